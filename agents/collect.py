@@ -1,0 +1,140 @@
+"""Roll out data policies in an env and write one shard per episode.
+
+``collect(cfg)`` fills ``<run>/rollouts/`` up to ``collect.episodes`` shards. Episode
+``i`` is seeded from ``(seed, i)`` only, so the same config gives the same shards
+whatever the number of workers, and a rerun after a crash collects just what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from tqdm import tqdm
+
+from agents.parallel import run_tasks
+from agents.policies import make_policy
+from envs.factory import make_env_from_config
+from worldmodels.config import EnvConfig, ExperimentConfig
+from worldmodels.shards import (
+    RolloutShard,
+    list_shards,
+    remove_partial_files,
+    shard_index,
+    shard_name,
+)
+
+
+@dataclass(frozen=True)
+class EpisodeTask:
+    """Everything a worker needs to collect episode ``index`` (plain data, cheap to send)."""
+
+    index: int
+    seed: int
+    out_dir: str
+    env: dict
+    policy: str
+    brownian_dt: float
+    linear_std: float
+    compress_level: int
+
+
+def episode_seeds(seed: int, index: int) -> tuple[int, np.random.Generator]:
+    """(env reset seed, policy generator) for episode ``index`` of a run seeded ``seed``."""
+    rng = np.random.default_rng([seed, index])
+    return int(rng.integers(2**31 - 1)), rng
+
+
+def run_episode(env: gym.Env, policy_name: str, seed: int, index: int,
+                brownian_dt: float = 0.02, linear_std: float = 0.5) -> RolloutShard:
+    """Play one episode to its end (the env's TimeLimit caps its length)."""
+    env_seed, rng = episode_seeds(seed, index)
+    env.action_space.seed(env_seed)
+    policy = make_policy(policy_name, env.action_space, rng, brownian_dt, linear_std)
+    obs, _ = env.reset(seed=env_seed)
+    frames, actions, rewards, terms, truncs = [obs], [], [], [], []
+    while True:
+        action = policy.act(obs)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        frames.append(obs)
+        actions.append(action)
+        rewards.append(reward)
+        terms.append(terminated)
+        truncs.append(truncated)
+        if terminated or truncated:
+            break
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    return RolloutShard(
+        obs=np.stack(frames).astype(np.uint8),
+        action=np.asarray(actions, dtype=np.int64 if discrete else np.float32),
+        reward=np.asarray(rewards, dtype=np.float32),
+        terminated=np.asarray(terms, dtype=bool),
+        truncated=np.asarray(truncs, dtype=bool),
+        meta={"env_id": env.spec.id if env.spec else "", "env_seed": env_seed,
+              "seed": seed, "index": index, "policy": policy_name},
+    )
+
+
+_WORKER_ENVS: dict[str, gym.Env] = {}
+
+
+def _worker_env(env_cfg: dict) -> gym.Env:
+    """One env per worker process, made on first use and reused for every episode."""
+    key = json.dumps(env_cfg, sort_keys=True)
+    if key not in _WORKER_ENVS:
+        _WORKER_ENVS[key] = make_env_from_config(EnvConfig(**env_cfg))
+    return _WORKER_ENVS[key]
+
+
+def collect_episode(task: EpisodeTask) -> int:
+    """Worker entry point: collect and atomically write one shard; returns its steps."""
+    env = _worker_env(task.env)
+    shard = run_episode(env, task.policy, task.seed, task.index, task.brownian_dt, task.linear_std)
+    shard.meta["env_id"] = task.env["id"]
+    shard.save(Path(task.out_dir) / shard_name(task.index), compress_level=task.compress_level)
+    return len(shard)
+
+
+@dataclass
+class CollectReport:
+    episodes_total: int
+    episodes_new: int
+    steps_new: int
+    seconds: float
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps_new / self.seconds if self.seconds > 0 else 0.0
+
+
+def collect(
+    cfg: ExperimentConfig, out_dir: Path | None = None, progress: bool = True
+) -> CollectReport:
+    """Collect shards until ``out_dir`` holds ``cfg.collect.episodes`` of them."""
+    out = Path(out_dir) if out_dir is not None else cfg.run_dir / "rollouts"
+    out.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(out)
+    have = {shard_index(p) for p in list_shards(out)}
+    todo = [i for i in range(cfg.collect.episodes) if i not in have]
+    c = cfg.collect
+    tasks = [EpisodeTask(i, cfg.seed, str(out), asdict(cfg.env), c.policy, c.brownian_dt,
+                         c.linear_std, c.compress_level) for i in todo]
+    start = time.perf_counter()
+    steps = 0
+    bar = tqdm(total=cfg.collect.episodes, initial=len(have), desc=f"collect {cfg.env.id}",
+               unit="ep", disable=not progress)
+    with bar:
+        for _, n in run_tasks(collect_episode, tasks, c.engine, c.workers, c.ray_address):
+            steps += n
+            bar.update(1)
+            bar.set_postfix(steps_per_s=f"{steps / (time.perf_counter() - start):.0f}")
+    return CollectReport(cfg.collect.episodes, len(todo), steps, time.perf_counter() - start)
+
+
+def describe(report: CollectReport) -> dict[str, Any]:
+    return {**asdict(report), "steps_per_second": report.steps_per_second}

@@ -1,0 +1,105 @@
+"""Data-collection policies: uniform random, brownian, and Ha's random linear controller.
+
+Each policy owns its random generator so an episode is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import cv2
+import gymnasium as gym
+import numpy as np
+
+from worldmodels.config import ConfigError
+
+
+class DataPolicy:
+    """``act(frame) -> action`` for one episode; ``frame`` is uint8 (64, 64, 3)."""
+
+    def __init__(self, action_space: gym.Space, rng: np.random.Generator):
+        self.action_space = action_space
+        self.rng = rng
+
+    def act(self, frame: np.ndarray) -> np.ndarray | int:
+        raise NotImplementedError
+
+    def _uniform(self) -> np.ndarray | int:
+        space = self.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            return int(space.start + self.rng.integers(space.n))
+        if isinstance(space, gym.spaces.Box):
+            return self.rng.uniform(space.low, space.high).astype(np.float32)
+        raise ConfigError(f"data policies support Box and Discrete actions, not {space}")
+
+
+class RandomPolicy(DataPolicy):
+    """Independent uniform actions every step."""
+
+    def act(self, frame: np.ndarray) -> np.ndarray | int:
+        return self._uniform()
+
+
+class BrownianPolicy(DataPolicy):
+    """a_{t+1} = clip(a_t + sqrt(dt) N(0, I), low, high): smooth, exploring actions."""
+
+    def __init__(self, action_space: gym.Space, rng: np.random.Generator, dt: float):
+        if not isinstance(action_space, gym.spaces.Box):
+            raise ConfigError(
+                f"collect.policy=brownian needs a Box action space, not {action_space}; "
+                "use random or linear"
+            )
+        super().__init__(action_space, rng)
+        self.dt = dt
+        self.action = np.asarray(self._uniform(), dtype=np.float32)
+
+    def act(self, frame: np.ndarray) -> np.ndarray:
+        space = self.action_space
+        step = np.sqrt(self.dt) * self.rng.standard_normal(space.shape)
+        self.action = np.clip(self.action + step, space.low, space.high).astype(np.float32)
+        return self.action.copy()
+
+
+class LinearPolicy(DataPolicy):
+    """Ha's randomly initialised linear controller, acting on a fixed view of the frame.
+
+    Before V and M exist there is no [z, h]; the controller sees the frame as an 8x8
+    greyscale picture standardised to zero mean and unit variance (64 features). Its
+    weights are N(0, s^2) with s ~ U(0, std) drawn per episode, so episodes range from
+    near-constant to jittery behaviour. Box actions are squashed with tanh into bounds,
+    Discrete actions take the argmax.
+    """
+
+    def __init__(self, action_space: gym.Space, rng: np.random.Generator, std: float):
+        super().__init__(action_space, rng)
+        if isinstance(action_space, gym.spaces.Discrete):
+            out = int(action_space.n)
+        elif isinstance(action_space, gym.spaces.Box):
+            out = int(np.prod(action_space.shape))
+        else:
+            raise ConfigError(f"data policies support Box and Discrete actions, not {action_space}")
+        scale = rng.uniform(0.0, std)
+        self.weight = rng.normal(0.0, scale, size=(out, 64)).astype(np.float32)
+        self.bias = rng.normal(0.0, scale, size=out).astype(np.float32)
+
+    def act(self, frame: np.ndarray) -> np.ndarray | int:
+        grey = cv2.resize(frame.mean(axis=-1).astype(np.float32), (8, 8),
+                          interpolation=cv2.INTER_AREA).ravel()
+        features = (grey - grey.mean()) / (grey.std() + 1e-6)
+        logits = self.weight @ features + self.bias
+        space = self.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            return int(space.start + np.argmax(logits))
+        unit = (np.tanh(logits).reshape(space.shape) + 1.0) / 2.0
+        return (space.low + unit * (space.high - space.low)).astype(np.float32)
+
+
+def make_policy(
+    name: str, action_space: gym.Space, rng: np.random.Generator,
+    brownian_dt: float = 0.02, linear_std: float = 0.5,
+) -> DataPolicy:
+    if name == "random":
+        return RandomPolicy(action_space, rng)
+    if name == "brownian":
+        return BrownianPolicy(action_space, rng, brownian_dt)
+    if name == "linear":
+        return LinearPolicy(action_space, rng, linear_std)
+    raise ConfigError(f"collect.policy: unknown data policy '{name}' (random, brownian, linear)")

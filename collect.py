@@ -1,0 +1,25 @@
+"""Stage 0: roll out a data policy and write one shard per episode to <run>/rollouts/.
+
+    python collect.py --config carracing --preset quick collect.workers=2
+"""
+
+from __future__ import annotations
+
+import sys
+
+from agents.collect import collect
+from worldmodels.config import cli_parser, config_from_args
+from worldmodels.run_dir import prepare_run_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = config_from_args(cli_parser(__doc__.splitlines()[0]).parse_args(argv))
+    run_dir = prepare_run_dir(cfg)
+    report = collect(cfg)
+    print(f"{run_dir / 'rollouts'}: {report.episodes_total} episodes "
+          f"({report.episodes_new} new, {report.steps_new} steps, "
+          f"{report.steps_per_second:.0f} steps/s)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

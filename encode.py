@@ -1,0 +1,24 @@
+"""Stage 1b: encode every rollout shard with V into <run>/latents/ for M.
+
+    python encode.py --config carracing --preset quick
+"""
+
+from __future__ import annotations
+
+import sys
+
+from worldmodels.config import cli_parser, config_from_args
+from worldmodels.encoding import encode_rollouts
+from worldmodels.run_dir import prepare_run_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = config_from_args(cli_parser(__doc__.splitlines()[0]).parse_args(argv))
+    run_dir = prepare_run_dir(cfg)
+    report = encode_rollouts(cfg)
+    print(f"{run_dir / 'latents'}: {report.episodes} episodes, {report.encoded} encoded now "
+          f"({report.frames} frames in {report.seconds:.1f}s)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

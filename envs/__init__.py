@@ -1,0 +1,34 @@
+"""Gymnasium side of worldmodels: preprocessing wrappers, the env factory, registration.
+
+Importing this package registers ``worldmodels/<id>`` for the paper's envs, so
+``gymnasium.make("worldmodels/CarRacing-v3")`` gives 64x64x3 uint8 frames.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from envs.factory import KNOWN_ENVS, MissingPackageError, make_env, make_env_from_config
+from envs.preprocess import PixelObservation, preprocess_frame
+
+__all__ = [
+    "KNOWN_ENVS",
+    "MissingPackageError",
+    "PixelObservation",
+    "make_env",
+    "make_env_from_config",
+    "preprocess_frame",
+    "register_envs",
+]
+
+
+def register_envs() -> None:
+    """Register ``worldmodels/<id>`` for every env in :data:`KNOWN_ENVS` (idempotent)."""
+    for env_id in KNOWN_ENVS:
+        wrapped = f"worldmodels/{env_id}"
+        if wrapped not in gym.registry:
+            gym.register(id=wrapped, entry_point="envs.factory:make_env",
+                         kwargs={"env_id": env_id}, disable_env_checker=True)
+
+
+register_envs()

@@ -1,0 +1,90 @@
+"""Make a preprocessed pixel env from an id: CarRacing-v3, VizdoomTakeCover-v1, or any other."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import gymnasium as gym
+
+from envs.preprocess import PixelObservation, pixel_source
+
+#: Per-env settings the paper used, applied unless the caller overrides them.
+KNOWN_ENVS: dict[str, dict[str, Any]] = {
+    # Ha & Schmidhuber crop the 12-row dashboard off CarRacing's 96x96 frame.
+    "CarRacing-v3": {"max_episode_steps": 1000, "crop_bottom": 12},
+    # The paper caps TakeCover episodes at 2,100 steps.
+    "VizdoomTakeCover-v1": {"max_episode_steps": 2100, "crop_bottom": 0},
+}
+
+#: id prefix -> (module that registers those ids, pip extra that provides it)
+_PROVIDERS = {
+    "Vizdoom": ("vizdoom.gymnasium_wrapper", "pip install 'worldmodels[doom]' (or vizdoom)"),
+    "ALE/": ("ale_py", "pip install ale-py"),
+}
+
+
+class MissingPackageError(ImportError):
+    """An optional package an env or engine needs is not installed."""
+
+
+def ensure_registered(env_id: str) -> None:
+    """Import the package that registers ``env_id`` (ViZDoom, ALE), with an install hint."""
+    for prefix, (module, hint) in _PROVIDERS.items():
+        if env_id.startswith(prefix):
+            try:
+                mod = importlib.import_module(module)
+            except ImportError as err:
+                raise MissingPackageError(
+                    f"env '{env_id}' needs the package '{module.split('.')[0]}': {hint}"
+                ) from err
+            if module == "ale_py":
+                gym.register_envs(mod)
+
+
+def make_env(
+    env_id: str,
+    frame_size: int = 64,
+    max_episode_steps: int | None = None,
+    crop_bottom: int | None = None,
+    render_mode: str | None = None,
+    **kwargs: Any,
+) -> gym.Env:
+    """A Gymnasium env whose observations are ``uint8 (frame_size, frame_size, 3)`` frames.
+
+    ``max_episode_steps``: None takes the paper's cap for known envs, 0 the env's own.
+    ``kwargs`` go to ``gymnasium.make``.
+    """
+    ensure_registered(env_id)
+    known = KNOWN_ENVS.get(env_id, {})
+    if max_episode_steps is None:
+        max_episode_steps = known.get("max_episode_steps", 0)
+    if crop_bottom is None:
+        crop_bottom = known.get("crop_bottom", 0)
+    if env_id not in gym.registry:
+        raise gym.error.UnregisteredEnv(
+            f"unknown env id '{env_id}' (not in gymnasium's registry; "
+            "Vizdoom*/ALE/* ids need their packages installed)"
+        )
+    make_kwargs: dict[str, Any] = dict(kwargs)
+    if render_mode is not None:
+        make_kwargs["render_mode"] = render_mode
+    if max_episode_steps:
+        make_kwargs["max_episode_steps"] = max_episode_steps
+    env = gym.make(env_id, **make_kwargs)
+    if pixel_source(env) is None and env.render_mode != "rgb_array":
+        # not a pixel observation (e.g. classic control): use its rendered picture
+        env.close()
+        env = gym.make(env_id, **{**make_kwargs, "render_mode": "rgb_array"})
+    return PixelObservation(env, size=frame_size, crop_bottom=crop_bottom)
+
+
+def make_env_from_config(cfg: Any, **overrides: Any) -> gym.Env:
+    """``make_env`` from an :class:`worldmodels.config.EnvConfig` (-1 = the known default)."""
+    return make_env(
+        cfg.id,
+        frame_size=cfg.frame_size,
+        max_episode_steps=None if cfg.max_episode_steps < 0 else cfg.max_episode_steps,
+        crop_bottom=None if cfg.crop_bottom < 0 else cfg.crop_bottom,
+        **{**cfg.kwargs, **overrides},
+    )

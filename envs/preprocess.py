@@ -1,0 +1,79 @@
+"""Frame preprocessing: any pixel observation -> ``uint8 (size, size, 3)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import gymnasium as gym
+import numpy as np
+
+#: keys under which Dict observation spaces keep their picture (ViZDoom: ``screen``)
+PIXEL_KEYS = ("screen", "pixels", "image", "rgb")
+
+
+def preprocess_frame(frame: np.ndarray, size: int = 64, crop_bottom: int = 0) -> np.ndarray:
+    """Crop ``crop_bottom`` rows off the bottom, then area-resize to ``(size, size, 3)`` uint8.
+
+    ``frame``: uint8 (H, W, 3) or (H, W) / (H, W, 1) greyscale (repeated to 3 channels).
+    Area interpolation averages the source pixels, which keeps thin lines (road edges,
+    fireballs) that nearest-neighbour resizing would drop.
+    """
+    if frame.ndim == 2:
+        frame = frame[..., None]
+    if frame.ndim != 3:
+        raise ValueError(f"expected an (H, W, C) frame, got shape {frame.shape}")
+    if crop_bottom:
+        frame = frame[: frame.shape[0] - crop_bottom]
+    if frame.shape[-1] == 1:
+        frame = np.repeat(frame, 3, axis=-1)
+    elif frame.shape[-1] == 4:
+        frame = frame[..., :3]
+    if frame.dtype != np.uint8:
+        frame = np.clip(frame, 0, 255).astype(np.uint8)
+    if frame.shape[:2] != (size, size):
+        frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(frame)
+
+
+def pixel_source(env: gym.Env) -> str | None:
+    """How to get a picture from ``env``: a Dict key, '' for a Box image, None for render()."""
+    space = env.observation_space
+    if isinstance(space, gym.spaces.Dict):
+        for key in PIXEL_KEYS:
+            if key in space.spaces:
+                return key
+        return None
+    if isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) in (2, 3):
+        return ""
+    return None
+
+
+class PixelObservation(gym.ObservationWrapper):
+    """Turns a pixel env's observation into a ``uint8 (size, size, 3)`` frame.
+
+    The picture is the Box observation itself, the ``screen``/``pixels`` entry of a Dict
+    observation, or (for envs whose observation is not a picture) ``env.render()`` with
+    ``render_mode='rgb_array'``.
+    """
+
+    def __init__(self, env: gym.Env, size: int = 64, crop_bottom: int = 0):
+        super().__init__(env)
+        self.size = size
+        self.crop_bottom = crop_bottom
+        self._source = pixel_source(env)
+        if self._source is None and env.render_mode != "rgb_array":
+            raise ValueError(
+                f"{env.spec.id if env.spec else env}: observation space "
+                f"{env.observation_space} holds no picture; make it with render_mode='rgb_array'"
+            )
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+
+    def observation(self, observation: Any) -> np.ndarray:
+        if self._source == "":
+            frame = observation
+        elif self._source is not None:
+            frame = observation[self._source]
+        else:
+            frame = self.env.render()
+        return preprocess_frame(np.asarray(frame), self.size, self.crop_bottom)

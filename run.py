@@ -1,0 +1,47 @@
+"""The main job: every stage of the pipeline for one config, each skipped or resumed
+when its output already exists, then a summary (wall time and figures per stage).
+
+    python run.py --preset quick                       # CarRacing, a few minutes on 2 cores
+    python run.py --config doom_takecover --preset quick
+
+Stages so far: collect -> train V -> encode. M, C and evaluation join as they land.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agents.collect import collect, describe
+from worldmodels.config import ExperimentConfig, cli_parser, config_from_args
+from worldmodels.encoding import encode_rollouts
+from worldmodels.run_dir import prepare_run_dir
+from worldmodels.vae_training import report_dict, train_vae
+
+
+def stages() -> list[tuple[str, Callable[[ExperimentConfig], Any]]]:
+    return [
+        ("collect", lambda cfg: describe(collect(cfg))),
+        ("vae", lambda cfg: report_dict(train_vae(cfg))),
+        ("encode", lambda cfg: vars(encode_rollouts(cfg))),
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = config_from_args(cli_parser(__doc__.splitlines()[0]).parse_args(argv))
+    run_dir = prepare_run_dir(cfg)
+    summary: dict[str, Any] = {"run_dir": str(run_dir)}
+    for name, stage in stages():
+        start = time.perf_counter()
+        result = stage(cfg)
+        summary[name] = {"wall_seconds": round(time.perf_counter() - start, 1), **result}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

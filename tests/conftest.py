@@ -1,0 +1,52 @@
+"""Shared fixtures: small synthetic shards and configs that write under tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+from worldmodels.config import load_config  # noqa: E402
+from worldmodels.shards import RolloutShard, shard_name  # noqa: E402
+
+
+def synthetic_shard(index: int, T: int = 30, action_dim: int = 3) -> RolloutShard:
+    """Frames whose pixel (0, 0) encodes (episode, step), so tests can track each frame."""
+    rng = np.random.default_rng(index)
+    obs = rng.integers(0, 256, size=(T + 1, 64, 64, 3), dtype=np.uint8)
+    obs[:, 0, 0, 0] = index
+    obs[:, 0, 0, 1] = np.arange(T + 1) % 256
+    obs[:, 0, 0, 2] = np.arange(T + 1) // 256
+    return RolloutShard(
+        obs=obs,
+        action=rng.uniform(-1, 1, size=(T, action_dim)).astype(np.float32),
+        reward=rng.normal(size=T).astype(np.float32),
+        terminated=np.eye(1, T, T - 1, dtype=bool)[0],
+        truncated=np.zeros(T, dtype=bool),
+        meta={"env_id": "synthetic", "index": index},
+    )
+
+
+def write_shards(directory: Path, n: int, T: int = 30) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = directory / shard_name(i)
+        synthetic_shard(i, T).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """The CarRacing quick preset, shrunk, writing under tmp_path."""
+    return load_config("carracing", ["quick"], [
+        f"root={tmp_path / 'runs'}", "collect.episodes=2", "env.max_episode_steps=20",
+        "collect.workers=1", "vae.epochs=1", "vae.batch_size=16", "data.shuffle_buffer=64",
+        "vae.grid_frames=4", "vae.max_holdout_frames=0",
+    ])

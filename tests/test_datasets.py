@@ -1,0 +1,94 @@
+import numpy as np
+import torch
+
+from tests.conftest import write_shards
+from worldmodels.datasets import (
+    FrameDataset,
+    SequenceDataset,
+    count_frames,
+    mean_frame,
+    split_episodes,
+)
+from worldmodels.shards import RolloutShard, write_npz_atomic
+
+
+def _ids(batch: torch.Tensor) -> list[tuple[int, int]]:
+    px = batch[:, 0, 0].numpy().astype(int)
+    return [(e, s + 256 * h) for e, s, h in px]
+
+
+def test_split_is_fixed_by_seed_disjoint_and_stable(tmp_path):
+    paths = write_shards(tmp_path, 40, T=3)
+    train, held = split_episodes(paths, 0.25, seed=0)
+    assert set(train).isdisjoint(held) and len(train) + len(held) == 40
+    assert 3 <= len(held) <= 20
+    assert split_episodes(paths, 0.25, seed=0) == (train, held)
+    assert split_episodes(paths, 0.25, seed=1) != (train, held)
+    more = write_shards(tmp_path / "more", 0)  # noqa: F841
+    # adding episodes never moves an existing one across the split
+    extra = [tmp_path / f"ep_{i:06d}.npz" for i in range(40, 60)]
+    for p in extra:
+        p.write_bytes(b"")
+    train2, held2 = split_episodes(paths + extra, 0.25, seed=0)
+    assert set(held) <= set(held2) and set(train) <= set(train2)
+    tiny_train, tiny_held = split_episodes(paths[:2], 0.01, seed=0)
+    assert len(tiny_train) == len(tiny_held) == 1
+
+
+def test_every_frame_once_per_epoch_shuffled_with_bounded_buffer(tmp_path):
+    paths = write_shards(tmp_path, 6, T=49)  # 300 frames
+    ds = FrameDataset(paths, batch_size=16, shuffle_buffer=64, seed=0)
+    ids = [i for batch in ds for i in _ids(batch)]
+    assert len(ids) == 300 and len(set(ids)) == 300
+    assert ids != sorted(ids)
+    ds.set_epoch(1)
+    again = [i for batch in ds for i in _ids(batch)]
+    assert sorted(again) == sorted(ids) and again != ids
+    assert ds.capacity == 64  # the buffer never holds more than this many frames
+    ordered = [i for batch in FrameDataset(paths, 16, shuffle=False) for i in _ids(batch)]
+    assert ordered == sorted(ordered)
+    capped = sum(len(b) for b in FrameDataset(paths, 16, 64, max_frames=100))
+    assert 100 <= capped < 116
+    assert count_frames(paths) == 300
+
+
+def test_mean_frame_matches_numpy(tmp_path):
+    paths = write_shards(tmp_path, 3, T=9)
+    frames = np.concatenate([RolloutShard.load(p).obs for p in paths]).astype(np.float64)
+    np.testing.assert_allclose(mean_frame(paths), frames.mean(0) / 255.0)
+
+
+def test_corrupt_shard_skipped_when_asked(tmp_path):
+    paths = write_shards(tmp_path, 3, T=9)
+    paths[1].write_bytes(b"not a zip")
+    ds = FrameDataset(paths, 8, 32, skip_corrupt=True)
+    assert sum(len(b) for b in ds) == 20 and ds.skipped == [str(paths[1])]
+    import pytest
+
+    from worldmodels.shards import ShardError
+
+    with pytest.raises(ShardError, match="ep_000001.npz"):
+        list(FrameDataset(paths, 8, 32))
+
+
+def test_sequence_windows_shapes_and_mask(tmp_path):
+    z = 4
+    for i, T in enumerate([25, 7]):
+        rng = np.random.default_rng(i)
+        write_npz_atomic(tmp_path / f"ep_{i:06d}.npz", {
+            "mu": rng.normal(size=(T + 1, z)).astype(np.float32),
+            "logvar": np.zeros((T + 1, z), np.float32),
+            "action": rng.normal(size=(T, 3)).astype(np.float32),
+            "reward": np.arange(T, dtype=np.float32),
+            "terminated": np.eye(1, T, T - 1, dtype=bool)[0],
+            "truncated": np.zeros(T, bool), "meta": np.array("{}")})
+    paths = sorted(tmp_path.glob("ep_*.npz"))
+    batches = list(SequenceDataset(paths, seq_len=10, batch_size=4, shuffle=False))
+    windows = sum(len(b["reward"]) for b in batches)
+    assert windows == 3  # 25 steps -> 2 full windows, 7 steps -> 1 padded window
+    b = batches[0]
+    assert b["mu"].shape[1:] == (11, z) and b["action"].shape[1:] == (10, 3)
+    masks = torch.cat([x["mask"] for x in batches])
+    assert masks.sum() == 20 + 7
+    dones = torch.cat([x["done"] for x in batches])
+    assert dones.sum() == 1  # only the short episode ends inside a window

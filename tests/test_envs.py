@@ -1,0 +1,93 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers worldmodels/* ids)
+from envs import make_env, preprocess_frame
+from envs.factory import MissingPackageError, ensure_registered
+
+try:
+    import vizdoom  # noqa: F401
+
+    HAVE_DOOM = True
+except ImportError:
+    HAVE_DOOM = False
+
+
+@pytest.mark.parametrize("shape, dtype", [
+    ((96, 96, 3), np.uint8), ((240, 320, 3), np.uint8), ((210, 160), np.uint8),
+    ((50, 60, 1), np.uint8), ((100, 100, 4), np.uint8), ((64, 64, 3), np.float32),
+])
+def test_preprocess_gives_64x64x3_uint8(shape, dtype):
+    frame = (np.random.default_rng(0).random(shape) * 255).astype(dtype)
+    out = preprocess_frame(frame, 64)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+
+
+def test_preprocess_crops_bottom_then_area_resizes():
+    frame = np.zeros((96, 96, 3), np.uint8)
+    frame[84:] = 255  # the dashboard
+    assert preprocess_frame(frame, 64, crop_bottom=12).max() == 0
+    assert preprocess_frame(frame, 64).max() > 0
+    # area interpolation averages: a uniform picture stays uniform
+    flat = np.full((240, 320, 3), 77, np.uint8)
+    assert (preprocess_frame(flat) == 77).all()
+
+
+def test_carracing_registered_and_checked():
+    env = gym.make("worldmodels/CarRacing-v3")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    check_env(env, skip_render_check=True)
+    obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+    assert obs.shape == (64, 64, 3)
+    env.close()
+
+
+def test_episode_cap_is_applied():
+    env = make_env("CarRacing-v3", max_episode_steps=5)
+    env.reset(seed=0)
+    for _ in range(5):
+        *_, terminated, truncated, _ = env.step(np.zeros(3, np.float32))
+    assert truncated or terminated
+    env.close()
+
+
+@pytest.mark.skipif(not HAVE_DOOM, reason="vizdoom not installed")
+def test_takecover_registered_and_checked():
+    env = gym.make("worldmodels/VizdoomTakeCover-v1")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert isinstance(env.action_space, gym.spaces.Discrete) and env.action_space.n == 3
+    check_env(env, skip_render_check=True)
+    env.close()
+
+
+def test_any_pixel_env_by_id_without_code_change():
+    # CartPole's observation is not a picture: its rendering is used instead
+    env = make_env("CartPole-v1")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8 and obs.std() > 0
+    env.close()
+
+
+def test_unknown_env_id_is_a_clear_error():
+    with pytest.raises(gym.error.Error, match="NoSuchEnv-v0"):
+        make_env("NoSuchEnv-v0")
+
+
+def test_missing_optional_package_gives_install_hint(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_vizdoom(name, *args, **kwargs):
+        if name.startswith("vizdoom"):
+            raise ImportError("No module named 'vizdoom'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_vizdoom)
+    monkeypatch.setattr("importlib.import_module", lambda name: no_vizdoom(name))
+    with pytest.raises(MissingPackageError, match=r"worldmodels\[doom\]"):
+        ensure_registered("VizdoomTakeCover-v1")

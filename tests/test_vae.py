@@ -1,0 +1,89 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import write_shards
+from worldmodels.checkpoint import CheckpointError, load_model, load_state, save_model
+from worldmodels.vae import ConvVAE, vae_loss
+from worldmodels.vae_training import train_vae, vae_paths
+
+
+def test_shapes_and_loss():
+    torch.manual_seed(0)
+    model = ConvVAE(z_dim=8)
+    frames = torch.randint(0, 256, (5, 64, 64, 3), dtype=torch.uint8)
+    recon, mu, logvar = model(frames)
+    assert recon.shape == (5, 3, 64, 64) and mu.shape == logvar.shape == (5, 8)
+    assert recon.min() >= 0 and recon.max() <= 1
+    assert model.decode(mu).shape == (5, 3, 64, 64)
+    x = frames.permute(0, 3, 1, 2).float() / 255
+    losses = vae_loss(x, recon, mu, logvar, kl_tolerance=0.5)
+    assert torch.isfinite(losses["loss"])
+    # the KL floor: the loss uses at least kl_tolerance * z nats
+    assert losses["loss"] >= losses["recon"] + 0.5 * 8 - 1e-4
+
+
+def test_checkpoint_reproduces_outputs_exactly(tmp_path):
+    torch.manual_seed(1)
+    model = ConvVAE(z_dim=16).eval()
+    save_model(tmp_path / "v.safetensors", model, meta={"epoch": 3})
+    loaded = load_model(tmp_path / "v.safetensors", expect={"z_dim": 16}).eval()
+    frames = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(model.encode(frames)[0], loaded.encode(frames)[0])
+        z = torch.randn(4, 16)
+        assert torch.equal(model.decode(z), loaded.decode(z))
+
+
+def test_checkpoint_of_other_config_is_refused(tmp_path):
+    save_model(tmp_path / "v.safetensors", ConvVAE(z_dim=32))
+    with pytest.raises(CheckpointError, match="z_dim=32.*z_dim=64"):
+        load_model(tmp_path / "v.safetensors", expect={"z_dim": 64})
+    # weights whose shapes disagree with the sidecar: the key is named
+    side = tmp_path / "v.safetensors.json"
+    data = json.loads(side.read_text())
+    data["config"]["z_dim"] = 8
+    side.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"'fc_\w+\.weight' has shape"):
+        load_model(tmp_path / "v.safetensors")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (open, ("/tmp/worldmodels_state_pickle_ran", "w"))
+
+
+def test_pickled_training_state_is_refused(tmp_path):
+    import os
+
+    marker = "/tmp/worldmodels_state_pickle_ran"
+    if os.path.exists(marker):
+        os.remove(marker)
+    path = tmp_path / "train_state.pt"
+    torch.save({"epoch": 1, "evil": _Payload()}, path, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="train_state.pt"):
+        load_state(path)
+    assert not os.path.exists(marker)
+
+
+def test_train_vae_writes_checkpoint_grid_and_resumes(tiny_cfg):
+    write_shards(tiny_cfg.run_dir / "rollouts", 4, T=40)
+    report = train_vae(tiny_cfg, progress=False)
+    files = vae_paths(tiny_cfg.run_dir)
+    assert report.epochs_done == 1 and np.isfinite(report.holdout_mse)
+    assert files["model"].exists() and files["grid"].exists() and files["state"].exists()
+    first = load_model(files["model"])
+    # rerunning with the same epochs does no training
+    again = train_vae(tiny_cfg, progress=False)
+    assert again.epochs_done == 1
+    assert torch.equal(load_model(files["model"]).fc_mu.weight, first.fc_mu.weight)
+    # asking for more epochs continues from the checkpoint
+    tiny_cfg.vae.epochs = 2
+    train_vae(tiny_cfg, progress=False)
+    metrics = json.loads(files["metrics"].read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    sidecar = files["model"].with_name("model.safetensors.json")
+    assert json.loads(sidecar.read_text())["meta"]["epoch"] == 2

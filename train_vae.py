@@ -1,0 +1,27 @@
+"""Stage 1: train V (the ConvVAE) on the run's rollout shards; rerun to resume.
+
+    python train_vae.py --config carracing --preset quick
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from worldmodels.config import cli_parser, config_from_args
+from worldmodels.run_dir import prepare_run_dir
+from worldmodels.vae_training import report_dict, train_vae, vae_paths
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = config_from_args(cli_parser(__doc__.splitlines()[0]).parse_args(argv))
+    run_dir = prepare_run_dir(cfg)
+    report = train_vae(cfg)
+    summary = report_dict(report)
+    print(json.dumps(summary, indent=2))
+    print(f"weights: {vae_paths(run_dir)['model']}  grid: {vae_paths(run_dir)['grid']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,302 @@
+"""Experiment configuration: typed dataclasses are the source of truth.
+
+A YAML file per environment fills them in layers (DreamerV3-style)::
+
+    dataclass defaults  <-  file `defaults:`  <-  file `presets: {name: ...}`  <-  CLI `a.b=value`
+
+Every key and type is checked before any work starts; an unknown key or a value of
+the wrong type raises :class:`ConfigError` naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or a preset/file is missing."""
+
+
+def _opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A dataclass field with a help text (shown by ``--help-config``)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class EnvConfig:
+    id: str = _opt("CarRacing-v3", "Gymnasium id of the raw pixel environment.")
+    frame_size: int = _opt(64, "Frames are resized to frame_size x frame_size x 3 uint8.")
+    max_episode_steps: int = _opt(-1, "Episode cap: -1 = the paper's cap, 0 = the env's own.")
+    crop_bottom: int = _opt(-1, "Rows cut off the frame's bottom: -1 = the paper's choice.")
+    kwargs: dict = _opt({}, "Extra keyword arguments for gymnasium.make.")
+
+
+@dataclass
+class CollectConfig:
+    episodes: int = _opt(10000, "Number of episodes (one shard each) to collect.")
+    workers: int = _opt(2, "Parallel workers (0 = one per CPU core).")
+    engine: str = _opt("process", "serial | process | ray.")
+    ray_address: str = _opt("", "Ray cluster address for engine=ray ('' starts a local Ray).")
+    policy: str = _opt("brownian", "Data policy: random | brownian | linear.")
+    brownian_dt: float = _opt(0.02, "Brownian policy step: a' = clip(a + sqrt(dt) N(0, I)).")
+    linear_std: float = _opt(0.5, "Linear policy: weights ~ N(0, s^2), s ~ U(0, linear_std).")
+    compress_level: int = _opt(1, "zlib level of shards (0 = stored, 9 = smallest).")
+
+
+@dataclass
+class DataConfig:
+    holdout_fraction: float = _opt(0.05, "Fraction of episodes held out (fixed by the seed).")
+    shuffle_buffer: int = _opt(20000, "Frames held in memory for shuffling while streaming.")
+    loader_workers: int = _opt(0, "DataLoader worker processes that read shards.")
+
+
+@dataclass
+class VAEConfig:
+    z_dim: int = _opt(32, "Latent size.")
+    kl_tolerance: float = _opt(0.5, "Ha's free bits: KL is floored at kl_tolerance * z_dim nats.")
+    kl_weight: float = _opt(1.0, "Weight of the KL term.")
+    lr: float = _opt(1e-4, "Adam learning rate.")
+    batch_size: int = _opt(100, "Frames per batch.")
+    epochs: int = _opt(10, "Epochs over the training episodes.")
+    max_frames_per_epoch: int = _opt(0, "Stop an epoch after this many frames (0 = all).")
+    max_holdout_frames: int = _opt(20000, "Held-out frames scored each epoch (0 = all).")
+    grid_frames: int = _opt(8, "Held-out frames in the reconstruction grid PNG.")
+
+
+@dataclass
+class EncodeConfig:
+    batch_size: int = _opt(1000, "Frames per encoder batch.")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = _opt("", "Run name; '' uses the preset names (or 'paper').")
+    seed: int = _opt(0, "Seed for collection, splits, shuffling and initialisation.")
+    root: str = _opt("runs", "Directory that holds run directories.")
+    device: str = _opt("cpu", "Torch device: cpu | cuda | cuda:N.")
+    env: EnvConfig = field(default_factory=EnvConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """``<root>/<env slug>/<name>``: every stage of one experiment lives here."""
+        return Path(self.root) / env_slug(self.env.id) / (self.name or "paper")
+
+
+def env_slug(env_id: str) -> str:
+    """A file-system friendly name for an env id: ``ALE/Pong-v5`` -> ``ALE-Pong-v5``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", env_id).strip("-")
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    check = origin or tp
+    # bool is a subclass of int, but `epochs: true` is a mistake, not 1
+    ok = isinstance(value, check) and not (check is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(
+            f"{source}: key '{key}' must be {_type_name(check)}, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def merge_into(obj: Any, values: dict, source: str, prefix: str = "") -> None:
+    """Set the fields of dataclass ``obj`` from a nested dict, checking keys and types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: '{prefix or '<root>'}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(
+                f"{source}: unknown key '{dotted}' (known here: {', '.join(sorted(names))})"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            merge_into(current, value, source, prefix=f"{dotted}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], dotted, source))
+
+
+def _dotted_to_nested(key: str, value: Any) -> dict:
+    out: dict = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``'vae.epochs=5'`` -> ``{'vae': {'epochs': 5}}`` (the value is read as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"command line: override '{text}' must look like key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"command line: cannot read value of '{key}': {err}") from err
+    return _dotted_to_nested(key.strip(), value)
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path, or the stem of a file in ``configs/`` (``carracing``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config '{name_or_path}' not found (known in {CONFIG_DIR}: {known})")
+
+
+def load_config(
+    config: str | None = "carracing",
+    presets: list[str] | None = None,
+    overrides: list[str] | None = None,
+) -> ExperimentConfig:
+    """Build the resolved config: defaults <- file <- presets <- overrides."""
+    cfg = ExperimentConfig()
+    presets = [p for p in (presets or []) if p]
+    if config:
+        path = resolve_config_path(config)
+        with open(path) as fh:
+            try:
+                data = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        unknown_top = set(data) - {"defaults", "presets"}
+        if unknown_top:
+            raise ConfigError(
+                f"{path}: unknown top-level key(s) {sorted(unknown_top)} "
+                "(a config file holds 'defaults' and 'presets')"
+            )
+        merge_into(cfg, data.get("defaults") or {}, f"{path} defaults")
+        file_presets = data.get("presets") or {}
+        for preset in presets:
+            if preset not in file_presets:
+                raise ConfigError(
+                    f"{path}: no preset '{preset}' (known: {', '.join(sorted(file_presets))})"
+                )
+            merge_into(cfg, file_presets[preset] or {}, f"{path} preset '{preset}'")
+    elif presets:
+        raise ConfigError("presets need a config file")
+    if not cfg.name:
+        cfg.name = "+".join(presets) if presets else "paper"
+    for text in overrides or []:
+        merge_into(cfg, parse_override(text), f"command line '{text}'")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Value checks that types alone cannot express."""
+    checks = [
+        (cfg.collect.engine in ("serial", "process", "ray"), "collect.engine",
+         "must be serial, process or ray"),
+        (cfg.collect.policy in ("random", "brownian", "linear"), "collect.policy",
+         "must be random, brownian or linear"),
+        (cfg.collect.episodes >= 0, "collect.episodes", "must be >= 0"),
+        (cfg.collect.workers >= 0, "collect.workers", "must be >= 0"),
+        (0 <= cfg.collect.compress_level <= 9, "collect.compress_level", "must be 0..9"),
+        (0.0 < cfg.data.holdout_fraction < 1.0, "data.holdout_fraction", "must be in (0, 1)"),
+        (cfg.data.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1"),
+        (cfg.env.frame_size == 64, "env.frame_size", "the ConvVAE takes 64x64 frames"),
+        (cfg.vae.z_dim >= 1, "vae.z_dim", "must be >= 1"),
+        (cfg.vae.batch_size >= 1, "vae.batch_size", "must be >= 1"),
+        (cfg.vae.lr > 0, "vae.lr", "must be > 0"),
+    ]
+    for ok, key, why in checks:
+        if not ok:
+            raise ConfigError(f"config key '{key}' {why}")
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: ExperimentConfig, path: Path) -> None:
+    """Write the resolved config (atomically) so a run can be rebuilt from it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+
+
+def config_help(obj: Any | None = None, prefix: str = "") -> list[str]:
+    """One line per key: ``vae.epochs = 10  # Epochs over the training episodes.``"""
+    obj = obj if obj is not None else ExperimentConfig()
+    lines = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += config_help(value, f"{prefix}{f.name}.")
+        else:
+            lines.append(f"{prefix}{f.name} = {value!r}  # {f.metadata.get('help', '')}")
+    return lines
+
+
+def cli_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every entry point shares: --config, --preset, key=value overrides."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="Overrides are dotted keys, e.g. vae.epochs=5 collect.workers=2. "
+        "--help-config lists every key.",
+    )
+    parser.add_argument("--config", default="carracing",
+                        help="config name in configs/ or a YAML path (default: carracing)")
+    parser.add_argument("--preset", action="append", default=None,
+                        help="named preset(s) layered over the file's defaults, e.g. quick")
+    parser.add_argument("--help-config", action="store_true", help="list every config key")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides key=value")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    if args.help_config:
+        print("\n".join(config_help()))
+        raise SystemExit(0)
+    presets: list[str] = []
+    for item in args.preset or []:
+        presets += [p for p in item.split(",") if p]
+    return load_config(args.config, presets, args.overrides)

@@ -1,0 +1,260 @@
+"""Datasets that stream from episode shards, so memory does not grow with the data.
+
+* :func:`split_episodes` — a train / held-out split by episode, fixed by the seed and
+  stable when more episodes are collected later.
+* :class:`FrameDataset` — shuffled batches of frames for V, through a bounded buffer.
+* :class:`SequenceDataset` — shuffled batches of latent windows for M.
+
+Both yield whole batches (use ``DataLoader(ds, batch_size=None)``): collating frame by
+frame would cost more than the model on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from worldmodels.shards import ShardError, load_frames, read_npz, shard_length
+
+
+def _unit_hash(seed: int, name: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_episodes(
+    paths: Sequence[Path], holdout_fraction: float, seed: int
+) -> tuple[list[Path], list[Path]]:
+    """Split shards into (train, held-out) by episode.
+
+    Each episode's side depends only on ``(seed, file name)``, so adding episodes never
+    moves an old one across the split. With two or more episodes both sides are non-empty.
+    """
+    paths = sorted(Path(p) for p in paths)
+    scores = {p: _unit_hash(seed, p.name) for p in paths}
+    held = [p for p in paths if scores[p] < holdout_fraction]
+    train = [p for p in paths if scores[p] >= holdout_fraction]
+    if len(paths) >= 2 and not held:
+        first = min(train, key=scores.__getitem__)
+        train.remove(first)
+        held = [first]
+    if len(paths) >= 2 and not train:
+        last = max(held, key=scores.__getitem__)
+        held.remove(last)
+        train = [last]
+    return train, held
+
+
+def _worker_slice(items: Sequence) -> tuple[Sequence, int]:
+    info = get_worker_info()
+    if info is None:
+        return items, 0
+    return items[info.id :: info.num_workers], info.id
+
+
+class _ShardStream(IterableDataset):
+    """Common part: shard order per epoch, worker split, corrupt-shard policy."""
+
+    def __init__(self, paths: Sequence[Path], seed: int, shuffle: bool, skip_corrupt: bool):
+        self.paths = [Path(p) for p in paths]
+        self.seed = seed
+        self.shuffle = shuffle
+        self.skip_corrupt = skip_corrupt
+        self.epoch = 0
+        self.skipped: list[str] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle differently (but reproducibly) each epoch."""
+        self.epoch = epoch
+
+    def _ordered(self) -> tuple[list[Path], np.random.Generator]:
+        paths, worker = _worker_slice(self.paths)
+        rng = np.random.default_rng([self.seed, self.epoch, worker])
+        order = list(paths)
+        if self.shuffle:
+            order = [order[i] for i in rng.permutation(len(order))]
+        return order, rng
+
+    def _read(self, path: Path, reader: Callable[[Path], object]) -> object | None:
+        try:
+            return reader(path)
+        except ShardError:
+            if not self.skip_corrupt:
+                raise
+            self.skipped.append(str(path))
+            return None
+
+
+class FrameDataset(_ShardStream):
+    """Batches of frames ``uint8 (B, 64, 64, 3)`` streamed from rollout shards.
+
+    Memory is bounded by ``shuffle_buffer`` frames (plus one episode being copied in):
+    when the buffer fills, it is permuted, half of it is emitted as batches and the rest
+    stays to mix with the next episodes. With ``shuffle=False`` frames come in shard order.
+    ``max_frames`` > 0 ends the pass after about that many frames.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        batch_size: int,
+        shuffle_buffer: int = 20000,
+        seed: int = 0,
+        shuffle: bool = True,
+        max_frames: int = 0,
+        skip_corrupt: bool = False,
+    ):
+        super().__init__(paths, seed, shuffle, skip_corrupt)
+        self.batch_size = batch_size
+        self.capacity = max(shuffle_buffer, 2 * batch_size)
+        self.max_frames = max_frames
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order, rng = self._ordered()
+        buf: np.ndarray | None = None
+        n = 0
+        emitted = 0
+        B = self.batch_size
+        for path in order:
+            frames = self._read(path, load_frames)
+            if frames is None:
+                continue
+            if buf is None:
+                buf = np.empty((self.capacity, *frames.shape[1:]), dtype=np.uint8)
+            if frames.shape[1:] != buf.shape[1:]:
+                raise ShardError(f"{path}: frames {frames.shape[1:]}, others {buf.shape[1:]}")
+            pos = 0
+            while pos < len(frames):
+                take = min(self.capacity - n, len(frames) - pos)
+                buf[n : n + take] = frames[pos : pos + take]
+                n += take
+                pos += take
+                if n == self.capacity:
+                    # emit about half of a full buffer; keep the rest for mixing
+                    perm = rng.permutation(n) if self.shuffle else np.arange(n)
+                    k = (n // 2 // B) * B if self.shuffle else (n // B) * B
+                    for i in range(0, k, B):
+                        yield torch.from_numpy(buf[perm[i : i + B]])
+                        emitted += B
+                        if self.max_frames and emitted >= self.max_frames:
+                            return
+                    rest = buf[perm[k:]]
+                    buf[: len(rest)] = rest
+                    n = len(rest)
+        if buf is None or n == 0:
+            return
+        perm = rng.permutation(n) if self.shuffle else np.arange(n)
+        for i in range(0, n, B):
+            yield torch.from_numpy(buf[perm[i : i + B]])
+            emitted += min(B, n - i)
+            if self.max_frames and emitted >= self.max_frames:
+                return
+
+
+def count_frames(paths: Sequence[Path]) -> int:
+    """Total frames (T+1 per episode) without decompressing any frames."""
+    return sum(shard_length(p) + 1 for p in paths)
+
+
+def mean_frame(paths: Sequence[Path]) -> np.ndarray:
+    """The mean training frame, float64 (H, W, 3) in [0, 1], accumulated shard by shard."""
+    total: np.ndarray | None = None
+    count = 0
+    for path in paths:
+        frames = load_frames(path)
+        s = frames.sum(axis=0, dtype=np.float64)
+        total = s if total is None else total + s
+        count += len(frames)
+    if total is None:
+        raise ShardError("mean_frame: no frames in the given shards")
+    return total / count / 255.0
+
+
+LATENT_KEYS = ("mu", "logvar", "action", "reward", "terminated")
+
+
+class SequenceDataset(_ShardStream):
+    """Batches of latent windows for M, streamed from latent shards.
+
+    Each episode is cut into windows of ``seq_len + 1`` latents (a random offset per
+    epoch when shuffling); windows pass through a bounded shuffle buffer. A batch is a
+    dict of tensors::
+
+        mu, logvar  float32 (B, L+1, z)    latents of frames t .. t+L
+        action      float32 (B, L, A) or int64 (B, L)
+        reward      float32 (B, L)
+        done        float32 (B, L)         1 where the episode terminated
+        mask        float32 (B, L)         0 on padding after an episode's end
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        seq_len: int,
+        batch_size: int,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        shuffle: bool = True,
+        skip_corrupt: bool = False,
+    ):
+        super().__init__(paths, seed, shuffle, skip_corrupt)
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.capacity = max(shuffle_buffer, 2 * batch_size)
+
+    def _windows(self, data: dict[str, np.ndarray], rng: np.random.Generator) -> list[dict]:
+        L = self.seq_len
+        T = len(data["reward"])
+        start = int(rng.integers(L)) if self.shuffle and T > L else 0
+        if T - start < L:
+            start = 0
+        out = []
+        for s in range(start, max(T - L, 0) + 1, L) if T >= L else [0]:
+            n = min(L, T - s)
+            pad = L - n
+            act = data["action"][s : s + n]
+            window = {
+                "mu": _pad(data["mu"][s : s + n + 1], pad),
+                "logvar": _pad(data["logvar"][s : s + n + 1], pad),
+                "action": _pad(act, pad),
+                "reward": _pad(data["reward"][s : s + n], pad),
+                "done": _pad(data["terminated"][s : s + n].astype(np.float32), pad),
+                "mask": _pad(np.ones(n, np.float32), pad),
+            }
+            out.append(window)
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order, rng = self._ordered()
+        buffer: list[dict] = []
+        for path in order:
+            data = self._read(path, lambda p: read_npz(p, LATENT_KEYS))
+            if data is None:
+                continue
+            buffer += self._windows(data, rng)
+            if len(buffer) >= self.capacity:
+                if self.shuffle:
+                    buffer = [buffer[i] for i in rng.permutation(len(buffer))]
+                k = (len(buffer) // 2 // self.batch_size) * self.batch_size
+                for i in range(0, k, self.batch_size):
+                    yield _stack(buffer[i : i + self.batch_size])
+                buffer = buffer[k:]
+        if self.shuffle:
+            buffer = [buffer[i] for i in rng.permutation(len(buffer))]
+        for i in range(0, len(buffer), self.batch_size):
+            yield _stack(buffer[i : i + self.batch_size])
+
+
+def _pad(x: np.ndarray, pad: int) -> np.ndarray:
+    if pad == 0:
+        return x
+    return np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
+
+
+def _stack(windows: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.stack([w[k] for w in windows])) for k in windows[0]}

@@ -1,0 +1,86 @@
+"""Encode each rollout shard's frames with V into a latent shard for M.
+
+``<run>/latents/ep_XXXXXX.npz`` holds ``mu``, ``logvar`` float32 (T+1, z) and the
+episode's ``action``, ``reward``, ``terminated``, ``truncated``, with the V weights'
+digest in ``meta.vae_digest``; a latent shard made by other weights is encoded again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldmodels.checkpoint import file_digest
+from worldmodels.config import ExperimentConfig
+from worldmodels.shards import (
+    RolloutShard,
+    ShardError,
+    list_shards,
+    read_meta,
+    remove_partial_files,
+    write_npz_atomic,
+)
+from worldmodels.vae import ConvVAE
+from worldmodels.vae_training import load_vae, vae_paths
+
+
+@dataclass
+class EncodeReport:
+    episodes: int
+    encoded: int
+    frames: int
+    seconds: float
+
+
+@torch.no_grad()
+def encode_frames(model: ConvVAE, frames: np.ndarray, batch_size: int,
+                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, 64, 64, 3) -> (mu, logvar), float32 (N, z) each."""
+    mus, logvars = [], []
+    for i in range(0, len(frames), batch_size):
+        mu, logvar = model.encode(torch.from_numpy(frames[i : i + batch_size]).to(device))
+        mus.append(mu.cpu())
+        logvars.append(logvar.cpu())
+    return torch.cat(mus).numpy(), torch.cat(logvars).numpy()
+
+
+def latent_is_current(path: Path, digest: str) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return read_meta(path).get("vae_digest") == digest
+    except ShardError:
+        return False
+
+
+def encode_rollouts(cfg: ExperimentConfig, progress: bool = True) -> EncodeReport:
+    """Write a latent shard for every rollout shard that lacks a current one."""
+    device = torch.device(cfg.device)
+    model = load_vae(cfg.run_dir, cfg.vae.z_dim, cfg.device).to(device)
+    digest = file_digest(vae_paths(cfg.run_dir)["model"])
+    src, dst = cfg.run_dir / "rollouts", cfg.run_dir / "latents"
+    dst.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(dst)
+    shards = list_shards(src)
+    if not shards:
+        raise ShardError(f"{src}: no rollout shards to encode (run collect.py first)")
+    todo = [p for p in shards if not latent_is_current(dst / p.name, digest)]
+    start = time.perf_counter()
+    frames = 0
+    for path in tqdm(todo, desc="encode", unit="ep", disable=not progress):
+        shard = RolloutShard.load(path)
+        mu, logvar = encode_frames(model, shard.obs, cfg.encode.batch_size, device)
+        frames += len(shard.obs)
+        meta = {**shard.meta, "vae_digest": digest, "z_dim": cfg.vae.z_dim}
+        write_npz_atomic(dst / path.name, {
+            "mu": mu, "logvar": logvar, "action": shard.action, "reward": shard.reward,
+            "terminated": shard.terminated, "truncated": shard.truncated,
+            "meta": np.array(json.dumps(meta)),
+        }, compress_level=cfg.collect.compress_level)
+    return EncodeReport(len(shards), len(todo), frames, time.perf_counter() - start)

@@ -1,0 +1,205 @@
+"""Episode shards: one ``.npz`` file per episode, written atomically, read without pickle.
+
+A rollout shard holds::
+
+    obs         uint8   (T+1, 64, 64, 3)   frames o_0 .. o_T
+    action      float32 (T, A)  or int64 (T,)
+    reward      float32 (T,)
+    terminated  bool    (T,)
+    truncated   bool    (T,)
+    meta        str     JSON: env id, seed, policy, episode index
+
+A latent shard (written by ``encode``) holds the same ``action``/``reward``/... with
+``mu`` and ``logvar`` float32 (T+1, z) in place of ``obs``.
+
+Shards are written to a hidden temporary name in the same directory, flushed to disk,
+then renamed: a reader (or a rerun after SIGKILL) never sees a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHARD_GLOB = "ep_*.npz"
+TMP_SUFFIX = ".partial"
+
+
+class ShardError(ValueError):
+    """A shard is corrupt, truncated, or has the wrong keys, shapes or dtypes."""
+
+
+def shard_name(index: int) -> str:
+    return f"ep_{index:06d}.npz"
+
+
+def shard_index(path: Path) -> int:
+    return int(Path(path).stem.split("_")[1])
+
+
+def list_shards(directory: Path) -> list[Path]:
+    """Complete shards in ``directory``, sorted by episode index (temp files excluded)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob(SHARD_GLOB) if p.name.count(".") == 1)
+
+
+def remove_partial_files(directory: Path) -> int:
+    """Delete temp files left by a killed writer; returns how many were removed."""
+    directory = Path(directory)
+    removed = 0
+    if directory.is_dir():
+        for p in directory.glob(f".*{TMP_SUFFIX}"):
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray], compress_level: int = 1) -> None:
+    """Write an ``.npz`` (readable by ``np.load``) atomically: temp file, fsync, rename.
+
+    ``np.savez_compressed`` fixes zlib at level 6; level 1 writes several times faster
+    for frames at nearly the same size, which keeps collection workers env-bound.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    compression = zipfile.ZIP_DEFLATED if compress_level > 0 else zipfile.ZIP_STORED
+    try:
+        with open(tmp, "wb") as raw:
+            with zipfile.ZipFile(
+                raw, "w", compression=compression,
+                compresslevel=compress_level if compress_level > 0 else None,
+            ) as zf:
+                for key, value in arrays.items():
+                    with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Read (some) arrays of an ``.npz`` with ``allow_pickle=False``.
+
+    Any failure (truncated zip, bad CRC, object arrays, missing key) becomes a
+    :class:`ShardError` naming the file.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = keys if keys is not None else tuple(data.files)
+            missing = [k for k in names if k not in data.files]
+            if missing:
+                raise ShardError(f"{path}: missing array(s) {missing} (has {data.files})")
+            return {k: data[k] for k in names}
+    except ShardError:
+        raise
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
+        raise ShardError(f"{path}: unreadable shard ({type(err).__name__}: {err})") from err
+
+
+@dataclass
+class RolloutShard:
+    """One episode of frames, actions, rewards and end flags (see module docstring)."""
+
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        """Number of transitions T (there are T+1 frames)."""
+        return len(self.reward)
+
+    def validate(self, source: str = "shard") -> None:
+        T = len(self.reward)
+        checks = [
+            (self.obs.dtype == np.uint8, f"obs dtype {self.obs.dtype}, expected uint8"),
+            (self.obs.ndim == 4 and self.obs.shape[-1] == 3,
+             f"obs shape {self.obs.shape}, expected (T+1, H, W, 3)"),
+            (self.obs.shape[0] == T + 1, f"obs has {self.obs.shape[0]} frames for {T} steps"),
+            (self.action.shape[:1] == (T,), f"action shape {self.action.shape} for {T} steps"),
+            (self.action.dtype in (np.float32, np.int64),
+             f"action dtype {self.action.dtype}, expected float32 or int64"),
+            (self.reward.dtype == np.float32, f"reward dtype {self.reward.dtype}"),
+            (self.terminated.shape == (T,) and self.terminated.dtype == np.bool_,
+             "terminated must be bool (T,)"),
+            (self.truncated.shape == (T,) and self.truncated.dtype == np.bool_,
+             "truncated must be bool (T,)"),
+        ]
+        for ok, why in checks:
+            if not ok:
+                raise ShardError(f"{source}: {why}")
+
+    def save(self, path: Path, compress_level: int = 1) -> None:
+        self.validate(str(path))
+        write_npz_atomic(
+            path,
+            {
+                "obs": self.obs,
+                "action": self.action,
+                "reward": self.reward,
+                "terminated": self.terminated,
+                "truncated": self.truncated,
+                "meta": np.array(json.dumps(self.meta)),
+            },
+            compress_level=compress_level,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> RolloutShard:
+        data = read_npz(path, ("obs", "action", "reward", "terminated", "truncated", "meta"))
+        shard = cls(
+            obs=data["obs"],
+            action=data["action"],
+            reward=data["reward"],
+            terminated=data["terminated"],
+            truncated=data["truncated"],
+            meta=_read_meta(data["meta"], path),
+        )
+        shard.validate(str(path))
+        return shard
+
+
+def _read_meta(value: np.ndarray, path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(str(value))
+    except json.JSONDecodeError as err:
+        raise ShardError(f"{path}: meta is not JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise ShardError(f"{path}: meta must be a JSON object")
+    return meta
+
+
+def load_frames(path: Path) -> np.ndarray:
+    """Only the frames of a rollout shard: uint8 (T+1, H, W, 3)."""
+    obs = read_npz(path, ("obs",))["obs"]
+    if obs.dtype != np.uint8 or obs.ndim != 4 or obs.shape[-1] != 3:
+        raise ShardError(f"{path}: obs is {obs.dtype} {obs.shape}, expected uint8 (T+1, H, W, 3)")
+    return obs
+
+
+def shard_length(path: Path) -> int:
+    """Transitions T of a shard, read from its small ``reward`` member only."""
+    return int(read_npz(path, ("reward",))["reward"].shape[0])
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    return _read_meta(read_npz(path, ("meta",))["meta"], path)

@@ -1,0 +1,221 @@
+"""Training V: Adam over streamed frames, held-out scoring, checkpoints that resume.
+
+Files under ``<run>/vae/``::
+
+    model.safetensors (+ .json)   weights of the last finished epoch
+    train_state.pt                optimizer state and counters (weights_only load)
+    mean_frame.npy                the mean training frame (the MSE baseline)
+    recon.png                     held-out frames (top) over their reconstructions (bottom)
+    metrics.json                  per-epoch held-out MSE, baseline MSE, wall time
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from worldmodels.checkpoint import CheckpointError, load_model, load_state, save_model, save_state
+from worldmodels.config import ExperimentConfig
+from worldmodels.datasets import FrameDataset, count_frames, mean_frame, split_episodes
+from worldmodels.pictures import recon_grid, save_png
+from worldmodels.run_dir import peak_rss_mib, summary_writer
+from worldmodels.shards import ShardError, list_shards, load_frames
+from worldmodels.vae import ConvVAE, to_float_frames, vae_loss
+
+
+@dataclass
+class VAEReport:
+    epochs_done: int
+    train_frames: int
+    holdout_frames_scored: int
+    holdout_mse: float
+    mean_frame_mse: float
+    seconds: float
+    peak_rss_mib: float
+
+    @property
+    def mse_ratio(self) -> float:
+        """Held-out MSE as a fraction of the mean-frame baseline's MSE."""
+        return self.holdout_mse / self.mean_frame_mse if self.mean_frame_mse > 0 else float("nan")
+
+
+def vae_paths(run_dir: Path) -> dict[str, Path]:
+    d = Path(run_dir) / "vae"
+    return {"dir": d, "model": d / "model.safetensors", "state": d / "train_state.pt",
+            "mean": d / "mean_frame.npy", "grid": d / "recon.png", "metrics": d / "metrics.json"}
+
+
+def rollout_split(cfg: ExperimentConfig) -> tuple[list[Path], list[Path]]:
+    shards = list_shards(cfg.run_dir / "rollouts")
+    if len(shards) < 2:
+        raise ShardError(
+            f"{cfg.run_dir / 'rollouts'}: {len(shards)} shard(s); training V needs at least 2 "
+            "(run collect.py with the same config first)"
+        )
+    return split_episodes(shards, cfg.data.holdout_fraction, cfg.seed)
+
+
+@torch.no_grad()
+def score_holdout(
+    model: ConvVAE, paths: list[Path], mean: np.ndarray, device: torch.device,
+    max_frames: int = 0, batch_size: int = 500,
+) -> tuple[float, float, int]:
+    """(per-pixel MSE of reconstructions from mu, per-pixel MSE of the mean frame, frames)."""
+    model.eval()
+    mean_t = torch.from_numpy(mean).float().permute(2, 0, 1).to(device)
+    sq_vae = sq_mean = 0.0
+    n = 0
+    for batch in FrameDataset(paths, batch_size, shuffle=False, max_frames=max_frames):
+        x = to_float_frames(batch.to(device))
+        mu, _ = model.encode(x)
+        recon = model.decode(mu)
+        sq_vae += (recon - x).pow(2).sum().item()
+        sq_mean += (x - mean_t).pow(2).sum().item()
+        n += x.shape[0]
+    pixels = n * 3 * 64 * 64
+    return sq_vae / pixels, sq_mean / pixels, n
+
+
+def grid_frames(paths: list[Path], count: int) -> np.ndarray:
+    """``count`` frames spread evenly over the first (up to 4) held-out episodes."""
+    episodes = paths[:4]
+    per_episode = -(-count // len(episodes))
+    picked: list[np.ndarray] = []
+    for path in episodes:
+        frames = load_frames(path)
+        picked += list(frames[np.linspace(0, len(frames) - 1, per_episode, dtype=int)])
+    return np.stack(picked[:count])
+
+
+def _resume(cfg: ExperimentConfig, files: dict[str, Path], model: ConvVAE,
+            optimizer: torch.optim.Optimizer) -> int:
+    """Load the last checkpoint if there is one; returns the number of finished epochs."""
+    if not files["model"].exists():
+        return 0
+    loaded = load_model(files["model"], expect={"z_dim": cfg.vae.z_dim})
+    model.load_state_dict(loaded.state_dict())
+    epoch = int(json.loads(Path(str(files["model"]) + ".json").read_text())["meta"]["epoch"])
+    if files["state"].exists():
+        state = load_state(files["state"])
+        if int(state.get("epoch", -1)) == epoch:
+            optimizer.load_state_dict(state["optimizer"])
+        else:  # killed between the two writes: weights are newer, restart Adam's moments
+            print(f"{files['state']}: from epoch {state.get('epoch')}, weights from {epoch}; "
+                  "optimizer state reset")
+    return epoch
+
+
+def train_vae(cfg: ExperimentConfig, progress: bool = True) -> VAEReport:
+    """Train (or resume) V on the run's rollouts up to ``cfg.vae.epochs`` epochs."""
+    v = cfg.vae
+    device = torch.device(cfg.device)
+    files = vae_paths(cfg.run_dir)
+    files["dir"].mkdir(parents=True, exist_ok=True)
+    train_paths, holdout_paths = rollout_split(cfg)
+
+    torch.manual_seed(cfg.seed)
+    model = ConvVAE(v.z_dim).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=v.lr)
+    start_epoch = _resume(cfg, files, model, optimizer)
+
+    if files["mean"].exists():
+        mean = np.load(files["mean"], allow_pickle=False)
+    else:
+        mean = mean_frame(train_paths)
+        np.save(files["mean"], mean)
+
+    frames_total = count_frames(train_paths)
+    frames_per_epoch = min(frames_total, v.max_frames_per_epoch or frames_total)
+    dataset = FrameDataset(train_paths, v.batch_size, cfg.data.shuffle_buffer, seed=cfg.seed,
+                           max_frames=v.max_frames_per_epoch)
+    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers,
+                        persistent_workers=False)
+    writer = summary_writer(cfg.run_dir / "tensorboard" / "vae")
+    metrics = json.loads(files["metrics"].read_text()) if files["metrics"].exists() else []
+    metrics = [m for m in metrics if m["epoch"] <= start_epoch]
+    step = start_epoch * (frames_per_epoch // v.batch_size)
+    started = time.perf_counter()
+    holdout_mse, base_mse, n_scored = float("nan"), float("nan"), 0
+    if start_epoch >= v.epochs and metrics:
+        holdout_mse, base_mse = metrics[-1]["holdout_mse"], metrics[-1]["mean_frame_mse"]
+        n_scored = metrics[-1]["holdout_frames"]
+
+    for epoch in range(start_epoch, v.epochs):
+        model.train()
+        dataset.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 1000 + epoch)
+        epoch_start = time.perf_counter()
+        bar = tqdm(loader, total=frames_per_epoch // v.batch_size, unit="batch",
+                   desc=f"vae epoch {epoch + 1}/{v.epochs}", disable=not progress)
+        for batch in bar:
+            x = to_float_frames(batch.to(device, non_blocking=True))
+            recon, mu, logvar = model(x)
+            losses = vae_loss(x, recon, mu, logvar, v.kl_tolerance, v.kl_weight)
+            if not torch.isfinite(losses["loss"]):
+                raise FloatingPointError(f"vae: loss is {losses['loss'].item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            step += 1
+            if step % 20 == 0:
+                for k, val in losses.items():
+                    writer.add_scalar(f"vae/{k}", val.item(), step)
+                bar.set_postfix(mse=f"{losses['mse'].item():.4f}", kl=f"{losses['kl'].item():.1f}")
+        train_seconds = time.perf_counter() - epoch_start
+
+        holdout_mse, base_mse, n_scored = score_holdout(
+            model, holdout_paths, mean, device, v.max_holdout_frames)
+        writer.add_scalar("vae/holdout_mse", holdout_mse, step)
+        writer.add_scalar("vae/holdout_mse_ratio", holdout_mse / base_mse, step)
+        writer.add_scalar("vae/frames_per_s", frames_per_epoch / train_seconds, step)
+        save_grid(model, holdout_paths, v.grid_frames, files["grid"], device)
+        metrics.append({"epoch": epoch + 1, "holdout_mse": holdout_mse,
+                        "mean_frame_mse": base_mse, "holdout_frames": n_scored,
+                        "train_seconds": train_seconds, "frames": frames_per_epoch})
+        # weights first: a kill between the writes only costs Adam's moments (see _resume)
+        save_model(files["model"], model, meta={"epoch": epoch + 1, "seed": cfg.seed})
+        save_state(files["state"], {"optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                                    "step": step})
+        files["metrics"].write_text(json.dumps(metrics, indent=2))
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: held-out MSE {holdout_mse:.5f} "
+                       f"(mean frame {base_mse:.5f}, ratio {holdout_mse / base_mse:.3f}), "
+                       f"{frames_per_epoch / train_seconds:.0f} frames/s")
+    writer.close()
+    if dataset.skipped:
+        print(f"skipped {len(dataset.skipped)} corrupt shard(s): {dataset.skipped[:3]}")
+    return VAEReport(
+        epochs_done=max(start_epoch, v.epochs), train_frames=frames_total,
+        holdout_frames_scored=n_scored, holdout_mse=holdout_mse, mean_frame_mse=base_mse,
+        seconds=time.perf_counter() - started, peak_rss_mib=peak_rss_mib(),
+    )
+
+
+@torch.no_grad()
+def save_grid(model: ConvVAE, holdout_paths: list[Path], count: int, path: Path,
+              device: torch.device) -> None:
+    frames = grid_frames(holdout_paths, count)
+    model.eval()
+    mu, _ = model.encode(torch.from_numpy(frames).to(device))
+    recon = (model.decode(mu).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    save_png(path, recon_grid(frames, recon))
+
+
+def load_vae(run_dir: Path, z_dim: int | None = None, device: str = "cpu") -> ConvVAE:
+    path = vae_paths(run_dir)["model"]
+    if not path.exists():
+        raise CheckpointError(f"{path}: no trained V (run train_vae.py with the same config)")
+    model = load_model(path, expect={"z_dim": z_dim} if z_dim else None, map_location=device)
+    assert isinstance(model, ConvVAE)
+    return model.eval()
+
+
+def report_dict(report: VAEReport) -> dict:
+    return {**asdict(report), "mse_ratio": report.mse_ratio}
