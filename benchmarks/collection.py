@@ -1,0 +1,80 @@
+"""Benchmark (b): parallel collection vs one plain env, measured side by side in one run.
+
+    python benchmarks/collection.py --config carracing --workers 2
+    python benchmarks/collection.py --config doom_takecover --workers 2
+
+"Plain" is ``gymnasium.make(<env id>)`` as registered, stepped with uniform random
+actions in this process, no preprocessing, nothing written. "Collection" is
+``agents.collect.collect`` with W worker processes, each preprocessing frames and
+writing compressed shards; its wall time includes starting the workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import gymnasium as gym  # noqa: E402
+
+from agents.collect import collect  # noqa: E402
+from envs.factory import ensure_registered  # noqa: E402
+from worldmodels.config import load_config  # noqa: E402
+
+
+def plain_env_steps_per_s(env_id: str, seconds: float, seed: int = 0) -> tuple[float, int]:
+    ensure_registered(env_id)
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    env.reset(seed=seed)
+    steps = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        *_, terminated, truncated, _ = env.step(env.action_space.sample())
+        steps += 1
+        if terminated or truncated:
+            env.reset()
+    elapsed = time.perf_counter() - start
+    env.close()
+    return steps / elapsed, steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="carracing")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--episodes", type=int, default=0,
+                        help="episodes to collect (0: about 40 s of work at the plain rate)")
+    parser.add_argument("--plain-seconds", type=float, default=20.0)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    cfg = load_config(args.config, [], args.overrides)
+    plain_sps, plain_steps = plain_env_steps_per_s(cfg.env.id, args.plain_seconds)
+    episodes = args.episodes
+    if not episodes:  # size the run from a short probe of episode length
+        cap = cfg.env.max_episode_steps if cfg.env.max_episode_steps > 0 else 1000
+        typical = min(cap, 300) if "Vizdoom" in cfg.env.id else cap
+        episodes = max(4, int(40 * plain_sps * args.workers / typical / 2))
+    cfg.collect.episodes = episodes
+    cfg.collect.workers = args.workers
+    cfg.collect.engine = "process"
+    with tempfile.TemporaryDirectory() as tmp:
+        report = collect(cfg, Path(tmp), progress=False)
+    ratio = report.steps_per_second / plain_sps
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}")
+    print(f"plain {cfg.env.id}: {plain_sps:.0f} steps/s ({plain_steps} steps)")
+    print(f"collection, {args.workers} workers, policy {cfg.collect.policy}: "
+          f"{report.steps_per_second:.0f} steps/s ({report.steps_new} steps, "
+          f"{episodes} episodes, {report.seconds:.1f} s wall)")
+    print(f"ratio: {ratio:.2f}x one plain env")
+
+
+if __name__ == "__main__":
+    main()
