@@ -76,8 +76,19 @@ def run_episode(env: gym.Env, policy_name: str, seed: int, index: int,
         terminated=np.asarray(terms, dtype=bool),
         truncated=np.asarray(truncs, dtype=bool),
         meta={"env_id": env.spec.id if env.spec else "", "env_seed": env_seed,
-              "seed": seed, "index": index, "policy": policy_name},
+              "seed": seed, "index": index, "policy": policy_name,
+              "action_space": describe_action_space(env.action_space)},
     )
+
+
+def describe_action_space(space: gym.Space) -> dict[str, Any]:
+    """JSON-able action space: ``{"type": "discrete", "n": 3}`` or ``{"type": "box", ...}``."""
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "discrete", "n": int(space.n)}
+    if isinstance(space, gym.spaces.Box):
+        return {"type": "box", "shape": list(space.shape), "low": space.low.tolist(),
+                "high": space.high.tolist()}
+    raise ValueError(f"unsupported action space {space}")
 
 
 _WORKER_ENVS: dict[str, gym.Env] = {}

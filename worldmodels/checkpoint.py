@@ -144,3 +144,27 @@ def load_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: unreadable training state ({type(err).__name__}: {err})"
         ) from err
+
+
+def resume_training(model_path: Path, state_path: Path, model: nn.Module,
+                    optimizer: torch.optim.Optimizer, expect: dict[str, Any] | None = None) -> int:
+    """Load the last checkpoint into ``model`` (and ``optimizer``); returns finished epochs.
+
+    Weights are written before the training state, so a kill between the two writes
+    leaves newer weights beside older optimizer moments: then Adam restarts its moments
+    rather than pairing them with the wrong weights. No checkpoint: returns 0.
+    """
+    model_path = Path(model_path)
+    if not model_path.exists():
+        return 0
+    loaded = load_model(model_path, expect=expect)
+    model.load_state_dict(loaded.state_dict())
+    epoch = int(read_sidecar(model_path)["meta"].get("epoch", 0))
+    if Path(state_path).exists():
+        state = load_state(state_path)
+        if int(state.get("epoch", -1)) == epoch:
+            optimizer.load_state_dict(state["optimizer"])
+        else:
+            print(f"{state_path}: from epoch {state.get('epoch')}, weights from epoch {epoch}; "
+                  "optimizer state reset")
+    return epoch

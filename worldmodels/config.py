@@ -82,6 +82,29 @@ class EncodeConfig:
 
 
 @dataclass
+class MemoryConfig:
+    hidden: int = _opt(256, "LSTM hidden size.")
+    mixtures: int = _opt(5, "Mixture components K.")
+    precision: str = _opt("diag", "Tied precision U D_k U^T: diag | square | overcomplete.")
+    overcomplete_m: int = _opt(0, "Columns m > d of an overcomplete U (0 = 2d).")
+    flow: str = _opt("maf", "Flow f on z_{t+1}: none (RMDN) | maf | coupling.")
+    flow_layers: int = _opt(2, "Flow transforms.")
+    flow_hidden: int = _opt(64, "Hidden units of each flow transform's two hidden layers.")
+    flow_conditional: bool = _opt(False, "Condition the flow on h_t.")
+    reward_head: bool = _opt(True, "Predict the reward from h_t (Gaussian / MSE).")
+    done_head: bool = _opt(True, "Predict episode termination from h_t (Bernoulli).")
+    reward_weight: float = _opt(1.0, "Weight of the reward MSE in the loss.")
+    done_weight: float = _opt(1.0, "Weight of the done BCE in the loss.")
+    seq_len: int = _opt(100, "Truncated-BPTT window length.")
+    batch_size: int = _opt(32, "Windows per batch.")
+    lr: float = _opt(1e-3, "Adam learning rate.")
+    grad_clip: float = _opt(1.0, "Gradient norm clip (0 = off).")
+    epochs: int = _opt(20, "Epochs over the training episodes.")
+    shuffle_buffer: int = _opt(2000, "Windows held in memory for shuffling.")
+    nonfinite: str = _opt("raise", "On a NaN/Inf loss: raise (naming the step) | skip (count it).")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = _opt("", "Run name; '' uses the preset names (or 'paper').")
     seed: int = _opt(0, "Seed for collection, splits, shuffling and initialisation.")
@@ -92,6 +115,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -245,6 +269,15 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.vae.z_dim >= 1, "vae.z_dim", "must be >= 1"),
         (cfg.vae.batch_size >= 1, "vae.batch_size", "must be >= 1"),
         (cfg.vae.lr > 0, "vae.lr", "must be > 0"),
+        (cfg.memory.precision in ("diag", "square", "overcomplete"), "memory.precision",
+         "must be diag, square or overcomplete"),
+        (cfg.memory.flow in ("none", "maf", "coupling"), "memory.flow",
+         "must be none, maf or coupling"),
+        (cfg.memory.nonfinite in ("raise", "skip"), "memory.nonfinite", "must be raise or skip"),
+        (cfg.memory.overcomplete_m == 0 or cfg.memory.overcomplete_m > cfg.vae.z_dim,
+         "memory.overcomplete_m", "must be 0 or > vae.z_dim"),
+        (cfg.memory.seq_len >= 1 and cfg.memory.batch_size >= 1, "memory.seq_len",
+         "and memory.batch_size must be >= 1"),
     ]
     for ok, key, why in checks:
         if not ok:

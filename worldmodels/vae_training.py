@@ -21,7 +21,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from worldmodels.checkpoint import CheckpointError, load_model, load_state, save_model, save_state
+from worldmodels.checkpoint import (
+    CheckpointError,
+    load_model,
+    resume_training,
+    save_model,
+    save_state,
+)
 from worldmodels.config import ExperimentConfig
 from worldmodels.datasets import FrameDataset, count_frames, mean_frame, split_episodes
 from worldmodels.pictures import recon_grid, save_png
@@ -94,24 +100,6 @@ def grid_frames(paths: list[Path], count: int) -> np.ndarray:
     return np.stack(picked[:count])
 
 
-def _resume(cfg: ExperimentConfig, files: dict[str, Path], model: ConvVAE,
-            optimizer: torch.optim.Optimizer) -> int:
-    """Load the last checkpoint if there is one; returns the number of finished epochs."""
-    if not files["model"].exists():
-        return 0
-    loaded = load_model(files["model"], expect={"z_dim": cfg.vae.z_dim})
-    model.load_state_dict(loaded.state_dict())
-    epoch = int(json.loads(Path(str(files["model"]) + ".json").read_text())["meta"]["epoch"])
-    if files["state"].exists():
-        state = load_state(files["state"])
-        if int(state.get("epoch", -1)) == epoch:
-            optimizer.load_state_dict(state["optimizer"])
-        else:  # killed between the two writes: weights are newer, restart Adam's moments
-            print(f"{files['state']}: from epoch {state.get('epoch')}, weights from {epoch}; "
-                  "optimizer state reset")
-    return epoch
-
-
 def train_vae(cfg: ExperimentConfig, progress: bool = True) -> VAEReport:
     """Train (or resume) V on the run's rollouts up to ``cfg.vae.epochs`` epochs."""
     v = cfg.vae
@@ -123,13 +111,17 @@ def train_vae(cfg: ExperimentConfig, progress: bool = True) -> VAEReport:
     torch.manual_seed(cfg.seed)
     model = ConvVAE(v.z_dim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=v.lr)
-    start_epoch = _resume(cfg, files, model, optimizer)
+    start_epoch = resume_training(files["model"], files["state"], model, optimizer,
+                                  expect={"z_dim": cfg.vae.z_dim})
 
     if files["mean"].exists():
         mean = np.load(files["mean"], allow_pickle=False)
     else:
         mean = mean_frame(train_paths)
-        np.save(files["mean"], mean)
+        tmp = files["mean"].with_name(".mean_frame.npy.partial")
+        with open(tmp, "wb") as fh:
+            np.save(fh, mean)
+        tmp.replace(files["mean"])
 
     frames_total = count_frames(train_paths)
     frames_per_epoch = min(frames_total, v.max_frames_per_epoch or frames_total)

@@ -1,0 +1,34 @@
+"""Train (or load) several M configurations on the same latents and print one table:
+held-out NLL in nats per latent dimension, reward MSE, done accuracy, seconds per epoch.
+
+    python compare_memory.py --config carracing --preset quick --seeds 0,1
+    python compare_memory.py --variants rmdn_diag,frmdn_square --seeds 0 memory.epochs=5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from worldmodels.config import cli_parser, config_from_args
+from worldmodels.memory_compare import VARIANTS, compare, write_results
+from worldmodels.run_dir import prepare_run_dir
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = cli_parser(__doc__.splitlines()[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated model seeds")
+    args: argparse.Namespace = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    run_dir = prepare_run_dir(cfg)
+    rows = compare(cfg, [v for v in args.variants.split(",") if v],
+                   [int(s) for s in args.seeds.split(",") if s])
+    text = write_results(run_dir, rows)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

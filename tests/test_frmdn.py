@@ -1,0 +1,198 @@
+"""The FRMDN's density is a density: it integrates to one, matches a brute-force
+computation, inverts, samples with the right moments, and steps like it runs sequences."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch.distributions import MultivariateNormal
+
+from worldmodels.checkpoint import load_model, save_model
+from worldmodels.frmdn import FRMDN, PRECISIONS
+
+FLOWS = [("maf", False), ("maf", True), ("coupling", False), ("coupling", True)]
+CASES = list(itertools.product((1, 2), PRECISIONS, FLOWS))
+HIDDEN = 8
+
+
+def make_model(d, precision, flow="maf", conditional=False, seed=0, mixtures=3):
+    torch.manual_seed(seed)
+    model = FRMDN(z_dim=d, action_dim=2, hidden=HIDDEN, mixtures=mixtures, precision=precision,
+                  overcomplete_m=d + 2, flow=flow, flow_layers=2, flow_hidden=16,
+                  flow_conditional=conditional).double()
+    with torch.no_grad():  # move away from the identity-like initialisation
+        for p in model.mixture.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        if model.flow is not None:
+            for p in model.flow.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def fixed_h(seed=1):
+    return torch.tanh(torch.randn(HIDDEN, generator=torch.Generator().manual_seed(seed))).double()
+
+
+def brute_log_prob(model, y, h):
+    """MultivariateNormal with precision U D_k U^T, plus the autograd Jacobian of f."""
+    d = model.z_dim
+    p = model.mixture.params(h)
+    U = model.mixture.u_matrix()
+    out = []
+    for yi in y:
+        if model.flow is None:
+            u, logdet = yi, torch.zeros((), dtype=y.dtype)
+        else:
+            f = lambda v: model.flow_forward(v.unsqueeze(0), h.unsqueeze(0))[0].squeeze(0)  # noqa: E731
+            u = f(yi)
+            logdet = torch.linalg.slogdet(torch.autograd.functional.jacobian(f, yi))[1]
+        comps = []
+        for k in range(model.mixture.K):
+            D = torch.exp(p.log_d[k])
+            if model.mixture.precision == "diag":
+                lam = torch.diag(D)
+            elif model.mixture.precision == "square":
+                lam = U @ torch.diag(D) @ U.T
+            else:  # sum_j D_kj u_j u_j^T + eps I
+                lam = sum(D[j] * torch.outer(U[:, j], U[:, j]) for j in range(U.shape[1]))
+                lam = lam + model.mixture.jitter * torch.eye(d, dtype=y.dtype)
+            comps.append(MultivariateNormal(p.mu[k], precision_matrix=lam).log_prob(u))
+        log_alpha = torch.log_softmax(p.logits, -1)
+        out.append(torch.logsumexp(log_alpha + torch.stack(comps), 0) + logdet)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("d, precision, flow", CASES)
+def test_log_prob_matches_brute_force(d, precision, flow):
+    model = make_model(d, precision, *flow)
+    h = fixed_h()
+    y = torch.randn(12, d, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    fast = model.log_prob(y, h.expand(12, HIDDEN))
+    torch.testing.assert_close(fast, brute_log_prob(model, y, h), atol=1e-4, rtol=0)
+
+
+def sample_bounds(model, h, d):
+    """A box that holds the density: the range of 20,000 samples, widened 60% each side."""
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        s = model.sample(h.expand(20_000, HIDDEN), generator=gen)
+    lo, hi = s.min(0).values, s.max(0).values
+    return lo - 0.6 * (hi - lo), hi + 0.6 * (hi - lo)
+
+
+@pytest.mark.parametrize("d, precision, flow", CASES)
+def test_density_integrates_to_one(d, precision, flow):
+    model = make_model(d, precision, *flow)
+    h = fixed_h()
+    lo, hi = sample_bounds(model, h, d)
+    with torch.no_grad():
+        if d == 1:
+            grid = torch.linspace(lo[0], hi[0], 20001, dtype=torch.float64)
+            dens = model.log_prob(grid[:, None], h.expand(len(grid), HIDDEN)).exp()
+            total = torch.trapezoid(dens, grid)
+        else:
+            n = 1001
+            ax0 = torch.linspace(lo[0], hi[0], n, dtype=torch.float64)
+            ax1 = torch.linspace(lo[1], hi[1], n, dtype=torch.float64)
+            yy = torch.cartesian_prod(ax0, ax1)
+            dens = torch.cat([model.log_prob(c, h.expand(len(c), HIDDEN)).exp()
+                              for c in yy.split(200_000)]).view(n, n)
+            total = torch.trapezoid(torch.trapezoid(dens, ax1, dim=1), ax0)
+    assert abs(total.item() - 1.0) < 0.01, total.item()
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_flow_inverts(flow):
+    model = make_model(3, "square", *flow)
+    h = torch.tanh(torch.randn(4, 5, HIDDEN, dtype=torch.float64))
+    y = torch.randn(4, 5, 3, dtype=torch.float64)
+    u, _ = model.flow_forward(y, h)
+    assert not torch.allclose(u, y)
+    torch.testing.assert_close(model.flow_inverse(u, h), y, atol=1e-8, rtol=0)
+
+
+def mixture_moments(model, h):
+    p = model.mixture.params(h)
+    alpha = torch.softmax(p.logits, -1)
+    cov_k = torch.linalg.inv(model.mixture.precision_matrices(p))
+    mean = (alpha[:, None] * p.mu).sum(0)
+    second = (alpha[:, None, None] * (cov_k + p.mu[:, :, None] * p.mu[:, None, :])).sum(0)
+    return mean, second - torch.outer(mean, mean)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_temperature_one_samples_match_moments(precision):
+    model = make_model(2, precision, flow="none")
+    h = fixed_h()
+    n = 200_000
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        samples = model.sample(h.expand(n, HIDDEN), tau=1.0, generator=gen)
+        mean, cov = mixture_moments(model, h)
+    scale = cov.diagonal().sqrt()
+    assert ((samples.mean(0) - mean).abs() / scale).max() < 0.02
+    assert ((torch.cov(samples.T) - cov).abs() / torch.outer(scale, scale)).max() < 0.03
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_temperature_scales_covariance(precision):
+    model = make_model(2, precision, flow="none", mixtures=1)
+    h = fixed_h()
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        _, cov = mixture_moments(model, h)
+        hot = model.sample(h.expand(100_000, HIDDEN), tau=2.0, generator=gen)
+    torch.testing.assert_close(torch.cov(hot.T), 2.0 * cov, atol=0.05 * cov.abs().max(), rtol=0.04)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_one_step_path_gives_sequence_outputs(discrete):
+    torch.manual_seed(0)
+    model = FRMDN(z_dim=4, action_dim=3, discrete_actions=discrete, hidden=16, mixtures=2,
+                  precision="square", flow="maf", flow_conditional=True).double()
+    z = torch.randn(2, 7, 4, dtype=torch.float64)
+    a = torch.randint(0, 3, (2, 7)) if discrete else torch.randn(2, 7, 3, dtype=torch.float64)
+    h_seq, (h_n, c_n) = model(z, a)
+    state = None
+    steps = []
+    for t in range(7):
+        h_t, state = model.step(z[:, t], a[:, t], state)
+        steps.append(h_t)
+    h_step = torch.stack(steps, 1)
+    torch.testing.assert_close(h_step, h_seq, atol=1e-12, rtol=0)
+    torch.testing.assert_close(state[0], h_n, atol=1e-12, rtol=0)
+    y = torch.randn(2, 4, dtype=torch.float64)
+    torch.testing.assert_close(model.log_prob(y, h_step[:, -1]), model.log_prob(y, h_seq[:, -1]))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_checkpoint_reproduces_density(tmp_path, precision):
+    model = make_model(3, precision, "maf", True).float()
+    save_model(tmp_path / "m.safetensors", model)
+    loaded = load_model(tmp_path / "m.safetensors", expect={"z_dim": 3}).eval()
+    z, a = torch.randn(2, 5, 3), torch.randn(2, 5, 2)
+    with torch.no_grad():
+        h1, _ = model(z, a)
+        h2, _ = loaded(z, a)
+        assert torch.equal(h1, h2)
+        assert torch.equal(model.log_prob(z, h1), loaded.log_prob(z, h2))
+
+
+def test_loss_is_finite_masked_and_trainable():
+    torch.manual_seed(0)
+    model = FRMDN(z_dim=4, action_dim=3, hidden=16, mixtures=2, precision="overcomplete")
+    z, a = torch.randn(3, 9, 4), torch.randn(3, 8, 3)
+    reward, done = torch.randn(3, 8), torch.zeros(3, 8)
+    mask = torch.ones(3, 8)
+    mask[0, 5:] = 0
+    losses = model.loss(z, a, reward, done, mask)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in model.parameters() if p.requires_grad)
+    # padding does not count: changing masked targets leaves the loss unchanged
+    z2 = z.clone()
+    z2[0, 7:] += 100.0
+    assert torch.allclose(model.loss(z2, a, reward, done, mask)["nll"], losses["nll"])
+    assert math.isfinite(losses["done_acc"].item())

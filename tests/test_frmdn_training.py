@@ -1,0 +1,91 @@
+import json
+
+import numpy as np
+import pytest
+
+from worldmodels.checkpoint import save_model
+from worldmodels.datasets import split_episodes
+from worldmodels.frmdn_training import load_memory, train_memory
+from worldmodels.memory_compare import compare, table
+from worldmodels.shards import ShardError, write_npz_atomic
+from worldmodels.vae import ConvVAE
+from worldmodels.vae_training import vae_paths
+
+
+def write_latents(directory, n=6, T=40, z=4, discrete=False, nan_in=None, digest=None):
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        # a learnable process: z_{t+1} = 0.9 z_t + noise
+        mu = np.zeros((T + 1, z), np.float32)
+        for t in range(T):
+            mu[t + 1] = 0.9 * mu[t] + 0.3 * rng.normal(size=z)
+        if nan_in == i:
+            mu[5, 0] = np.nan
+        space = {"type": "discrete", "n": 3} if discrete else {"type": "box", "shape": [3]}
+        action = (rng.integers(0, 3, T) if discrete
+                  else rng.uniform(-1, 1, (T, 3)).astype(np.float32))
+        meta = {"action_space": space, "vae_digest": digest}
+        write_npz_atomic(directory / f"ep_{i:06d}.npz", {
+            "mu": mu, "logvar": np.full((T + 1, z), -6.0, np.float32), "action": action,
+            "reward": rng.normal(size=T).astype(np.float32),
+            "terminated": np.eye(1, T, T - 1, dtype=bool)[0], "truncated": np.zeros(T, bool),
+            "meta": np.array(json.dumps(meta))})
+
+
+@pytest.fixture
+def mem_cfg(tiny_cfg):
+    for key, value in dict(hidden=16, mixtures=2, seq_len=10, batch_size=4, epochs=1,
+                           flow_hidden=8, shuffle_buffer=8).items():
+        setattr(tiny_cfg.memory, key, value)
+    tiny_cfg.vae.z_dim = 4
+    return tiny_cfg
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_train_memory_learns_and_resumes(mem_cfg, discrete):
+    write_latents(mem_cfg.run_dir / "latents", discrete=discrete)
+    mem_cfg.memory.epochs = 3
+    mem_cfg.memory.lr = 3e-3
+    report = train_memory(mem_cfg, progress=False)
+    metrics = json.loads((mem_cfg.run_dir / "memory" / "metrics.json").read_text())
+    assert report.epochs_done == 3 and np.isfinite(report.holdout_nll)
+    assert metrics[-1]["holdout_nll"] < metrics[0]["holdout_nll"]  # it learns
+    model = load_memory(mem_cfg.run_dir / "memory")
+    assert model.discrete_actions == discrete
+    mem_cfg.memory.epochs = 4
+    again = train_memory(mem_cfg, progress=False)
+    assert again.epochs_done == 4
+    metrics_path = mem_cfg.run_dir / "memory" / "metrics.json"
+    epochs = [m["epoch"] for m in json.loads(metrics_path.read_text())]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_nonfinite_loss_raises_naming_step_or_is_skipped(mem_cfg):
+    write_latents(mem_cfg.run_dir / "latents", n=8, nan_in=None)
+    train, _ = split_episodes(sorted((mem_cfg.run_dir / "latents").glob("ep_*.npz")),
+                              mem_cfg.data.holdout_fraction, mem_cfg.seed)
+    victim = int(train[0].stem.split("_")[1])
+    write_latents(mem_cfg.run_dir / "poisoned", n=8, nan_in=victim)
+    (mem_cfg.run_dir / "poisoned" / train[0].name).replace(train[0])
+    mem_cfg.memory.batch_size = 1
+    with pytest.raises(FloatingPointError, match=r"at epoch 1, step \d+"):
+        train_memory(mem_cfg, progress=False)
+    mem_cfg.memory.nonfinite = "skip"
+    report = train_memory(mem_cfg, mem_cfg.run_dir / "memory_skip", progress=False)
+    assert report.skipped_batches >= 1
+
+
+def test_latents_from_another_vae_are_refused(mem_cfg):
+    save_model(vae_paths(mem_cfg.run_dir)["model"], ConvVAE(z_dim=4))
+    write_latents(mem_cfg.run_dir / "latents", digest="0123456789abcdef")
+    with pytest.raises(ShardError, match="rerun encode.py"):
+        train_memory(mem_cfg, progress=False)
+
+
+def test_compare_table_has_every_variant(mem_cfg):
+    write_latents(mem_cfg.run_dir / "latents")
+    rows = compare(mem_cfg, ["rmdn_diag", "frmdn_square"], [0, 1], progress=False)
+    assert len(rows) == 4 and len({r["holdout_nll"] for r in rows}) == 4
+    text = table(rows)
+    assert "rmdn_diag" in text and "frmdn_square" in text and "(1.00x)" in text

@@ -1,0 +1,26 @@
+"""Stage 2: train M (the FRMDN) on the run's encoded latents; rerun to resume.
+
+    python train_frmdn.py --config carracing --preset quick memory.precision=square
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from worldmodels.config import cli_parser, config_from_args
+from worldmodels.frmdn_training import report_dict, train_memory
+from worldmodels.run_dir import prepare_run_dir
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = config_from_args(cli_parser(__doc__.splitlines()[0]).parse_args(argv))
+    run_dir = prepare_run_dir(cfg)
+    summary = report_dict(train_memory(cfg))
+    print(json.dumps(summary, indent=2))
+    print(f"weights: {run_dir / 'memory' / 'model.safetensors'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,311 @@
+"""M: the FRMDN, a flow-based recurrent mixture density network.
+
+At step t an LSTM reads x_t = [z_t, a_t] and gives h_t. The density of the next latent
+y = z_{t+1} in R^d is a Gaussian mixture on u = f(y), f an invertible normalizing flow
+(optionally conditioned on h_t), with tied precisions::
+
+    log p(y | h) = log sum_k alpha_k(h) N(u; mu_k(h), Lambda_k(h)^-1) + log|det df/dy|
+    Lambda_k = U D_k U^T,   D_k = diag(positive head outputs)
+
+``precision``:
+
+* ``diag`` — U = I.
+* ``square`` — U a shared, learned d x d matrix kept invertible by an LU
+  parameterisation (unit lower L times upper with positive diagonal exp(s), as in Glow's
+  invertible 1x1 convolution); log det Lambda_k = 2 sum s + sum log D_k.
+* ``overcomplete`` — U a shared d x m matrix, m > d (EMLLT-style:
+  Lambda_k = sum_j D_kj u_j u_j^T + eps I); log det by a batched Cholesky.
+
+The quadratic form uses (u - mu_k)^T U D_k U^T (u - mu_k) = sum_j D_kj (u_j^T (u - mu_k))^2,
+so only ``overcomplete`` ever builds a d x d matrix (for its determinant).
+
+One ``nn.LSTM`` serves whole sequences (``forward``) and one-step rollouts with carried
+state (``step``): the same weights, no renamed keys.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+PRECISIONS = ("diag", "square", "overcomplete")
+FLOWS = ("none", "maf", "coupling")
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class MixtureParams:
+    """Mixture parameters for a batch of hidden states (leading dims ``...``)."""
+
+    logits: Tensor  # (..., K)     unnormalised log mixture weights
+    mu: Tensor  # (..., K, d)      component means in u-space
+    log_d: Tensor  # (..., K, r)   log of D_k's diagonal (r = d, or m for overcomplete)
+
+
+class TiedPrecisionMixture(nn.Module):
+    """A K-component Gaussian mixture on u in R^d whose parameters come from ``h``.
+
+    ``log_d_bound`` bounds log D_k smoothly to [-bound, bound] (tanh), which keeps
+    precisions finite and the loss free of overflow; ``jitter`` is the eps I added to
+    overcomplete precisions so they stay positive definite.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        d: int,
+        mixtures: int = 5,
+        precision: str = "diag",
+        overcomplete_m: int = 0,
+        log_d_bound: float = 8.0,
+        jitter: float = 1e-4,
+    ):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not '{precision}'")
+        self.d, self.K, self.precision = d, mixtures, precision
+        self.m = (overcomplete_m or 2 * d) if precision == "overcomplete" else d
+        if precision == "overcomplete" and self.m <= d:
+            raise ValueError(f"overcomplete precision needs m > d, got m={self.m}, d={d}")
+        self.log_d_bound, self.jitter = log_d_bound, jitter
+        self.head = nn.Linear(in_features, mixtures * (1 + d + self.m))
+        if precision == "square":
+            self.lu_lower = nn.Parameter(torch.zeros(d, d))
+            self.lu_upper = nn.Parameter(torch.zeros(d, d))
+            self.lu_log_diag = nn.Parameter(torch.zeros(d))
+        elif precision == "overcomplete":
+            extra = torch.randn(d, self.m - d, generator=torch.Generator().manual_seed(0))
+            self.u_over = nn.Parameter(torch.cat([torch.eye(d), 0.1 * extra / math.sqrt(d)], 1))
+
+    # ------------------------------------------------------------------ parameters
+    def params(self, h: Tensor) -> MixtureParams:
+        """h (..., in_features) -> mixture parameters."""
+        out = self.head(h).unflatten(-1, (self.K, 1 + self.d + self.m))
+        raw = out[..., 1 + self.d :]
+        return MixtureParams(
+            logits=out[..., 0],
+            mu=out[..., 1 : 1 + self.d],
+            log_d=self.log_d_bound * torch.tanh(raw / self.log_d_bound),
+        )
+
+    def u_matrix(self) -> Tensor | None:
+        """U: None for diag, (d, d) for square, (d, m) for overcomplete."""
+        if self.precision == "square":
+            eye = torch.eye(self.d, dtype=self.lu_lower.dtype, device=self.lu_lower.device)
+            lower = torch.tril(self.lu_lower, -1) + eye
+            upper = torch.triu(self.lu_upper, 1) + torch.diag(torch.exp(self.lu_log_diag))
+            return lower @ upper
+        if self.precision == "overcomplete":
+            return self.u_over
+        return None
+
+    def precision_matrices(self, p: MixtureParams) -> Tensor:
+        """Lambda_k as full matrices, (..., K, d, d) (for tests, sampling, overcomplete)."""
+        D = torch.exp(p.log_d)
+        U = self.u_matrix()
+        if U is None:
+            return torch.diag_embed(D)
+        lam = (U * D.unsqueeze(-2)) @ U.transpose(-1, -2)
+        if self.precision == "overcomplete":
+            lam = lam + self.jitter * torch.eye(self.d, dtype=lam.dtype, device=lam.device)
+        return lam
+
+    # ------------------------------------------------------------------ density
+    def component_log_prob(self, u: Tensor, p: MixtureParams) -> Tensor:
+        """log N(u; mu_k, Lambda_k^-1) for every k: u (..., d) -> (..., K)."""
+        diff = u.unsqueeze(-2) - p.mu  # (..., K, d)
+        D = torch.exp(p.log_d)
+        U = self.u_matrix()
+        proj = diff if U is None else diff @ U  # (..., K, r): u_j^T (u - mu_k)
+        quad = (D * proj.square()).sum(-1)
+        if self.precision == "diag":
+            log_det = p.log_d.sum(-1)
+        elif self.precision == "square":
+            log_det = 2 * self.lu_log_diag.sum() + p.log_d.sum(-1)
+        else:
+            quad = quad + self.jitter * diff.square().sum(-1)
+            chol = torch.linalg.cholesky(self.precision_matrices(p))
+            log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        return 0.5 * (log_det - quad - self.d * LOG_2PI)
+
+    def log_prob(self, u: Tensor, p: MixtureParams) -> Tensor:
+        """log sum_k alpha_k N(u; mu_k, Lambda_k^-1): u (..., d) -> (...)."""
+        log_alpha = F.log_softmax(p.logits, dim=-1)
+        return torch.logsumexp(log_alpha + self.component_log_prob(u, p), dim=-1)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, p: MixtureParams, tau: float = 1.0,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Draw u (..., d) with temperature: mixture logits / tau, covariance x tau."""
+        batch = p.logits.shape[:-1]
+        probs = torch.softmax(p.logits / tau, dim=-1).reshape(-1, self.K)
+        k = torch.multinomial(probs, 1, generator=generator).view(*batch, 1)
+        mu = torch.gather(p.mu, -2, k.unsqueeze(-1).expand(*batch, 1, self.d)).squeeze(-2)
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+        scale = math.sqrt(tau)
+        if self.precision == "overcomplete":
+            lam = torch.gather(self.precision_matrices(p), -3,
+                               k[..., None, None].expand(*batch, 1, self.d, self.d)).squeeze(-3)
+            chol = torch.linalg.cholesky(lam)  # Lambda = L L^T; L^-T eps has covariance Lambda^-1
+            step = torch.linalg.solve_triangular(chol.transpose(-1, -2), eps.unsqueeze(-1),
+                                                 upper=True).squeeze(-1)
+            return mu + scale * step
+        log_d = torch.gather(p.log_d, -2, k.unsqueeze(-1).expand(*batch, 1, self.m)).squeeze(-2)
+        white = eps * torch.exp(-0.5 * log_d)  # covariance D^-1
+        U = self.u_matrix()
+        if U is None:
+            return mu + scale * white
+        # U^-T D^-1/2 eps has covariance U^-T D^-1 U^-1 = (U D U^T)^-1
+        step = torch.linalg.solve(U.transpose(0, 1), white.unsqueeze(-1)).squeeze(-1)
+        return mu + scale * step
+
+
+class FRMDN(nn.Module):
+    """The memory model: LSTM over [z_t, a_t], flow + tied-precision mixture on z_{t+1},
+    reward and done heads.
+
+    Shapes: z (B, T, d); actions (B, T, A) float or (B, T) int64 for Discrete(A);
+    h (B, T, hidden); state a pair (h0, c0) of (1, B, hidden).
+    """
+
+    def __init__(
+        self,
+        z_dim: int,
+        action_dim: int,
+        discrete_actions: bool = False,
+        hidden: int = 256,
+        mixtures: int = 5,
+        precision: str = "diag",
+        overcomplete_m: int = 0,
+        flow: str = "maf",
+        flow_layers: int = 2,
+        flow_hidden: int = 64,
+        flow_conditional: bool = False,
+        reward_head: bool = True,
+        done_head: bool = True,
+    ):
+        super().__init__()
+        if flow not in FLOWS:
+            raise ValueError(f"flow must be one of {FLOWS}, not '{flow}'")
+        self._config = dict(
+            z_dim=z_dim, action_dim=action_dim, discrete_actions=discrete_actions,
+            hidden=hidden, mixtures=mixtures, precision=precision,
+            overcomplete_m=overcomplete_m, flow=flow, flow_layers=flow_layers,
+            flow_hidden=flow_hidden, flow_conditional=flow_conditional,
+            reward_head=reward_head, done_head=done_head,
+        )
+        self.z_dim, self.action_dim, self.discrete_actions = z_dim, action_dim, discrete_actions
+        self.flow_conditional = flow_conditional and flow != "none"
+        self.lstm = nn.LSTM(z_dim + action_dim, hidden, batch_first=True)
+        self.mixture = TiedPrecisionMixture(hidden, z_dim, mixtures, precision, overcomplete_m)
+        self.flow = None
+        if flow != "none":
+            import zuko
+
+            self.flow = zuko.flows.MAF(
+                features=z_dim,
+                context=hidden if self.flow_conditional else 0,
+                transforms=flow_layers,
+                hidden_features=(flow_hidden, flow_hidden),
+                passes=2 if flow == "coupling" and z_dim > 1 else None,
+            ).transform
+        self.reward_head = nn.Linear(hidden, 1) if reward_head else None
+        self.done_head = nn.Linear(hidden, 1) if done_head else None
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    # ------------------------------------------------------------------ recurrence
+    def rnn_input(self, z: Tensor, action: Tensor) -> Tensor:
+        """[z, a] with Discrete actions one-hot: (..., d + A)."""
+        if self.discrete_actions:
+            action = F.one_hot(action.long(), self.action_dim).to(z.dtype)
+        return torch.cat([z, action.to(z.dtype)], dim=-1)
+
+    def forward(self, z: Tensor, action: Tensor,
+                state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Whole sequences: z (B, T, d), action (B, T, ...) -> h (B, T, hidden), state."""
+        h, state = self.lstm(self.rnn_input(z, action), state)
+        return h, state
+
+    def step(self, z: Tensor, action: Tensor,
+             state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One step with carried state: z (B, d), action (B, ...) -> h (B, hidden), state."""
+        h, state = self.lstm(self.rnn_input(z, action).unsqueeze(1), state)
+        return h.squeeze(1), state
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> tuple[Tensor, ...]:
+        zeros = torch.zeros(1, batch, self.lstm.hidden_size, device=device)
+        return zeros, zeros.clone()
+
+    # ------------------------------------------------------------------ density
+    def _transform(self, h: Tensor):
+        assert self.flow is not None
+        return self.flow(h if self.flow_conditional else None)
+
+    def flow_forward(self, y: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """u = f(y) and log|det df/dy|: y (..., d), h (..., hidden) -> (..., d), (...)."""
+        if self.flow is None:
+            return y, torch.zeros(y.shape[:-1], dtype=y.dtype, device=y.device)
+        return self._transform(h).call_and_ladj(y)
+
+    def flow_inverse(self, u: Tensor, h: Tensor) -> Tensor:
+        """y = f^-1(u)."""
+        return u if self.flow is None else self._transform(h).inv(u)
+
+    def log_prob(self, y: Tensor, h: Tensor) -> Tensor:
+        """log p(y | h) in nats: y (..., d), h (..., hidden) -> (...)."""
+        u, ladj = self.flow_forward(y, h)
+        return self.mixture.log_prob(u, self.mixture.params(h)) + ladj
+
+    def sample(self, h: Tensor, tau: float = 1.0,
+               generator: torch.Generator | None = None) -> Tensor:
+        """y ~ p(. | h) at temperature tau: h (..., hidden) -> (..., d)."""
+        u = self.mixture.sample(self.mixture.params(h), tau, generator)
+        return self.flow_inverse(u, h)
+
+    def reward(self, h: Tensor) -> Tensor | None:
+        """Predicted reward (..., ) or None without a reward head."""
+        return None if self.reward_head is None else self.reward_head(h).squeeze(-1)
+
+    def done_logit(self, h: Tensor) -> Tensor | None:
+        """Logit of P(done) (..., ) or None without a done head."""
+        return None if self.done_head is None else self.done_head(h).squeeze(-1)
+
+    # ------------------------------------------------------------------ training loss
+    def loss(self, z: Tensor, action: Tensor, reward: Tensor, done: Tensor, mask: Tensor,
+             reward_weight: float = 1.0, done_weight: float = 1.0) -> dict[str, Tensor]:
+        """Masked losses over windows: z (B, L+1, d); action, reward, done, mask (B, L, ...).
+
+        ``nll`` is nats per latent dimension; ``loss`` = nll + weighted reward MSE + done BCE.
+        """
+        h, _ = self(z[:, :-1], action)
+        n = mask.sum().clamp_min(1.0)
+        nll = -(self.log_prob(z[:, 1:], h) * mask).sum() / n / self.z_dim
+        out = {"nll": nll}
+        total = nll
+        r = self.reward(h)
+        if r is not None:
+            out["reward_mse"] = ((r - reward).square() * mask).sum() / n
+            total = total + reward_weight * out["reward_mse"]
+        logit = self.done_logit(h)
+        if logit is not None:
+            bce = F.binary_cross_entropy_with_logits(logit, done, reduction="none")
+            out["done_bce"] = (bce * mask).sum() / n
+            out["done_acc"] = (((logit > 0).float() == done).float() * mask).sum() / n
+            total = total + done_weight * out["done_bce"]
+        out["loss"] = total
+        return out
+
+
+def _register() -> None:
+    from worldmodels.checkpoint import register_model
+
+    register_model("FRMDN", FRMDN)
+
+
+_register()

@@ -1,0 +1,235 @@
+"""Training M: the FRMDN on encoded latents, z resampled from N(mu, sigma) every batch.
+
+Files under ``<run>/memory/`` (or another directory given by the caller)::
+
+    model.safetensors (+ .json)   weights of the last finished epoch
+    train_state.pt                optimizer state and counters (weights_only load)
+    metrics.json                  per epoch: held-out NLL (nats / latent dim), reward MSE,
+                                  done accuracy, train seconds, skipped batches
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from worldmodels.checkpoint import (
+    CheckpointError,
+    file_digest,
+    load_model,
+    resume_training,
+    save_model,
+    save_state,
+)
+from worldmodels.config import ExperimentConfig
+from worldmodels.datasets import SequenceDataset, split_episodes
+from worldmodels.frmdn import FRMDN
+from worldmodels.run_dir import summary_writer
+from worldmodels.shards import ShardError, list_shards, read_meta, shard_length
+from worldmodels.vae_training import vae_paths
+
+
+@dataclass
+class MemoryReport:
+    epochs_done: int
+    holdout_nll: float  # nats per latent dimension
+    holdout_reward_mse: float
+    holdout_done_acc: float
+    seconds_per_epoch: float  # mean training time of the epochs run now (or recorded)
+    skipped_batches: int
+    parameters: int
+
+
+def memory_paths(directory: Path) -> dict[str, Path]:
+    d = Path(directory)
+    return {"dir": d, "model": d / "model.safetensors", "state": d / "train_state.pt",
+            "metrics": d / "metrics.json"}
+
+
+def latent_split(cfg: ExperimentConfig, check_digest: bool = True) -> tuple[list[Path], list[Path]]:
+    """(train, held-out) latent shards, split by episode exactly as V's frames were."""
+    directory = cfg.run_dir / "latents"
+    shards = list_shards(directory)
+    if len(shards) < 2:
+        raise ShardError(f"{directory}: {len(shards)} latent shard(s); run encode.py first")
+    if check_digest:
+        check_latents_current(cfg, shards)
+    return split_episodes(shards, cfg.data.holdout_fraction, cfg.seed)
+
+
+def check_latents_current(cfg: ExperimentConfig, shards: list[Path]) -> None:
+    """Refuse latents made by other V weights than the run's (an older VAE, say)."""
+    model = vae_paths(cfg.run_dir)["model"]
+    if not model.exists():
+        return  # latents supplied without their V: nothing to compare with
+    digest = file_digest(model)
+    for path in shards:
+        made_by = read_meta(path).get("vae_digest")
+        if made_by != digest:
+            raise ShardError(f"{path}: made by V weights {made_by}, but the run's V is {digest} "
+                             "(rerun encode.py)")
+
+
+def action_info(path: Path) -> tuple[int, bool]:
+    """(action size, discrete?) of the episodes, from a shard's metadata or its actions."""
+    space = read_meta(path).get("action_space")
+    if space:
+        if space["type"] == "discrete":
+            return int(space["n"]), True
+        return int(math.prod(space["shape"])), False
+    raise ShardError(f"{path}: meta has no action_space (collected by an older version?)")
+
+
+def build_memory(cfg: ExperimentConfig, action_dim: int, discrete: bool) -> FRMDN:
+    m = cfg.memory
+    return FRMDN(
+        z_dim=cfg.vae.z_dim, action_dim=action_dim, discrete_actions=discrete,
+        hidden=m.hidden, mixtures=m.mixtures, precision=m.precision,
+        overcomplete_m=m.overcomplete_m, flow=m.flow, flow_layers=m.flow_layers,
+        flow_hidden=m.flow_hidden, flow_conditional=m.flow_conditional,
+        reward_head=m.reward_head, done_head=m.done_head,
+    )
+
+
+def sample_z(mu: torch.Tensor, logvar: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """z ~ N(mu, exp(logvar)): Ha's resampling, so M sees V's uncertainty."""
+    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def _batch_losses(model: FRMDN, batch: dict[str, torch.Tensor], cfg: ExperimentConfig,
+                  device: torch.device, generator: torch.Generator | None = None):
+    b = {k: v.to(device) for k, v in batch.items()}
+    z = sample_z(b["mu"], b["logvar"], generator)
+    return model.loss(z, b["action"], b["reward"], b["done"], b["mask"],
+                      cfg.memory.reward_weight, cfg.memory.done_weight), b["mask"].sum()
+
+
+@torch.no_grad()
+def evaluate_memory(model: FRMDN, paths: list[Path], cfg: ExperimentConfig,
+                    device: torch.device) -> dict[str, float]:
+    """Held-out means over all valid steps; z drawn with a fixed seed so runs compare."""
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(12345)
+    sums: dict[str, float] = {}
+    steps = 0.0
+    for batch in SequenceDataset(paths, cfg.memory.seq_len, cfg.memory.batch_size,
+                                 shuffle=False):
+        losses, n = _batch_losses(model, batch, cfg, device, gen)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * n.item()
+        steps += n.item()
+    return {k: v / steps for k, v in sums.items()}
+
+
+def count_windows(paths: list[Path], seq_len: int) -> int:
+    return sum(max(1, shard_length(p) // seq_len) for p in paths)
+
+
+def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int | None = None,
+                 progress: bool = True) -> MemoryReport:
+    """Train (or resume) M up to ``cfg.memory.epochs`` epochs.
+
+    ``seed`` seeds initialisation and z resampling (default ``cfg.seed``); the data
+    split always follows ``cfg.seed``, so runs with different seeds see the same data.
+    """
+    m = cfg.memory
+    seed = cfg.seed if seed is None else seed
+    device = torch.device(cfg.device)
+    files = memory_paths(out_dir or cfg.run_dir / "memory")
+    files["dir"].mkdir(parents=True, exist_ok=True)
+    train_paths, holdout_paths = latent_split(cfg)
+    action_dim, discrete = action_info(train_paths[0])
+
+    torch.manual_seed(seed)
+    model = build_memory(cfg, action_dim, discrete).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=m.lr)
+    start_epoch = resume_training(files["model"], files["state"], model, optimizer,
+                                  expect=model.config())
+
+    dataset = SequenceDataset(train_paths, m.seq_len, m.batch_size, m.shuffle_buffer, seed=seed)
+    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers)
+    batches = -(-count_windows(train_paths, m.seq_len) // m.batch_size)
+    writer = summary_writer(files["dir"].parent / "tensorboard" / files["dir"].name)
+    metrics = json.loads(files["metrics"].read_text()) if files["metrics"].exists() else []
+    metrics = [x for x in metrics if x["epoch"] <= start_epoch]
+    step = sum(x.get("batches", 0) for x in metrics)
+    skipped_total = sum(x.get("skipped", 0) for x in metrics)
+    generator = torch.Generator(device=device)
+
+    for epoch in range(start_epoch, m.epochs):
+        model.train()
+        dataset.set_epoch(epoch)
+        generator.manual_seed(seed * 1000 + epoch)
+        started = time.perf_counter()
+        skipped = ran = 0
+        bar = tqdm(loader, total=batches, unit="batch", desc=f"M epoch {epoch + 1}/{m.epochs}",
+                   disable=not progress)
+        for batch in bar:
+            losses, _ = _batch_losses(model, batch, cfg, device, generator)
+            if not torch.isfinite(losses["loss"]):
+                if m.nonfinite == "raise":
+                    raise FloatingPointError(
+                        f"M: loss is {losses['loss'].item()} at epoch {epoch + 1}, step {step} "
+                        "(set memory.nonfinite=skip to skip such batches)")
+                skipped += 1
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if m.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), m.grad_clip)
+            optimizer.step()
+            step += 1
+            ran += 1
+            if step % 10 == 0:
+                for k, v in losses.items():
+                    writer.add_scalar(f"m/{k}", v.item(), step)
+                bar.set_postfix(nll=f"{losses['nll'].item():.3f}")
+        seconds = time.perf_counter() - started
+        held = evaluate_memory(model, holdout_paths, cfg, device)
+        for k, v in held.items():
+            writer.add_scalar(f"m/holdout_{k}", v, step)
+        writer.add_scalar("m/seconds_per_epoch", seconds, step)
+        skipped_total += skipped
+        metrics.append({"epoch": epoch + 1, "train_seconds": seconds, "batches": ran,
+                        "skipped": skipped, **{f"holdout_{k}": v for k, v in held.items()}})
+        save_model(files["model"], model, meta={"epoch": epoch + 1, "seed": seed})
+        save_state(files["state"], {"optimizer": optimizer.state_dict(), "epoch": epoch + 1})
+        files["metrics"].write_text(json.dumps(metrics, indent=2))
+        if progress:
+            tqdm.write(f"M epoch {epoch + 1}: held-out NLL {held['nll']:.4f} nats/dim, "
+                       f"{seconds:.1f}s" + (f", skipped {skipped} batches" if skipped else ""))
+    writer.close()
+    if not metrics:
+        raise CheckpointError(f"{files['dir']}: no epochs recorded (memory.epochs=0?)")
+    last = metrics[-1]
+    return MemoryReport(
+        epochs_done=last["epoch"], holdout_nll=last["holdout_nll"],
+        holdout_reward_mse=last.get("holdout_reward_mse", float("nan")),
+        holdout_done_acc=last.get("holdout_done_acc", float("nan")),
+        seconds_per_epoch=sum(x["train_seconds"] for x in metrics) / len(metrics),
+        skipped_batches=skipped_total,
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def load_memory(directory: Path, device: str = "cpu") -> FRMDN:
+    path = memory_paths(directory)["model"]
+    if not path.exists():
+        raise CheckpointError(f"{path}: no trained M (run train_frmdn.py with the same config)")
+    model = load_model(path, map_location=device)
+    assert isinstance(model, FRMDN)
+    return model.eval()
+
+
+def report_dict(report: MemoryReport) -> dict[str, Any]:
+    return asdict(report)

@@ -1,0 +1,80 @@
+"""Compare M configurations on the same latents, same budget, several seeds.
+
+Each (variant, seed) trains into ``<run>/memory_compare/<variant>__s<seed>/`` and
+resumes like any M run, so an interrupted comparison picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from worldmodels.config import ExperimentConfig, merge_into, parse_override
+from worldmodels.frmdn_training import report_dict, train_memory
+
+#: name -> overrides of ``memory.*``; the RMDN baseline is the mixture with no flow
+VARIANTS: dict[str, list[str]] = {
+    "rmdn_diag": ["memory.flow=none", "memory.precision=diag"],
+    "frmdn_diag": ["memory.flow=maf", "memory.precision=diag"],
+    "frmdn_square": ["memory.flow=maf", "memory.precision=square"],
+    "frmdn_overcomplete": ["memory.flow=maf", "memory.precision=overcomplete"],
+    "frmdn_diag_conditional": ["memory.flow=maf", "memory.precision=diag",
+                               "memory.flow_conditional=true"],
+    "frmdn_square_conditional": ["memory.flow=maf", "memory.precision=square",
+                                 "memory.flow_conditional=true"],
+}
+
+
+def variant_config(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    out = copy.deepcopy(cfg)
+    for text in overrides:
+        merge_into(out, parse_override(text), f"variant '{text}'")
+    return out
+
+
+def compare(cfg: ExperimentConfig, variants: list[str], seeds: list[int],
+            progress: bool = True) -> list[dict[str, Any]]:
+    rows = []
+    for name in variants:
+        if name not in VARIANTS:
+            raise KeyError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})")
+        for seed in seeds:
+            vcfg = variant_config(cfg, VARIANTS[name])
+            out = cfg.run_dir / "memory_compare" / f"{name}__s{seed}"
+            report = report_dict(train_memory(vcfg, out, seed=seed, progress=progress))
+            rows.append({"variant": name, "seed": seed, **report})
+    return rows
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per variant, mean ± std over seeds."""
+    lines = ["| M | held-out NLL (nats/dim) | reward MSE | done acc | s/epoch | params | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    baseline = [r["seconds_per_epoch"] for r in rows if r["variant"] == "rmdn_diag"]
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == name]
+        secs = statistics.mean(r["seconds_per_epoch"] for r in rs)
+        ratio = f" ({secs / statistics.mean(baseline):.2f}x)" if baseline else ""
+        lines.append(
+            f"| {name} | {_mean_std([r['holdout_nll'] for r in rs])} "
+            f"| {_mean_std([r['holdout_reward_mse'] for r in rs])} "
+            f"| {_mean_std([r['holdout_done_acc'] for r in rs])} "
+            f"| {secs:.1f}{ratio} | {rs[0]['parameters']} | {len(rs)} |")
+    return "\n".join(lines)
+
+
+def write_results(run_dir: Path, rows: list[dict[str, Any]]) -> str:
+    text = table(rows)
+    (run_dir / "memory_compare").mkdir(parents=True, exist_ok=True)
+    (run_dir / "memory_compare" / "results.json").write_text(json.dumps(rows, indent=2))
+    (run_dir / "memory_compare" / "results.md").write_text(text + "\n")
+    return text
