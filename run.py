@@ -4,7 +4,7 @@ when its output already exists, then a summary (wall time and figures per stage)
     python run.py --preset quick                       # CarRacing, a few minutes on 2 cores
     python run.py --config doom_takecover --preset quick
 
-Stages so far: collect -> train V -> encode. M, C and evaluation join as they land.
+Stages so far: collect -> train V -> encode -> train M. C and evaluation join as they land.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 from agents.collect import collect, describe
 from worldmodels.config import ExperimentConfig, cli_parser, config_from_args
 from worldmodels.encoding import encode_rollouts
+from worldmodels.frmdn_training import report_dict as memory_report
+from worldmodels.frmdn_training import train_memory
 from worldmodels.run_dir import prepare_run_dir
 from worldmodels.vae_training import report_dict, train_vae
 
@@ -27,6 +29,7 @@ def stages() -> list[tuple[str, Callable[[ExperimentConfig], Any]]]:
         ("collect", lambda cfg: describe(collect(cfg))),
         ("vae", lambda cfg: report_dict(train_vae(cfg))),
         ("encode", lambda cfg: vars(encode_rollouts(cfg))),
+        ("memory", lambda cfg: memory_report(train_memory(cfg))),
     ]
 
 

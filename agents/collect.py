@@ -23,7 +23,9 @@ from envs.factory import make_env_from_config
 from worldmodels.config import EnvConfig, ExperimentConfig
 from worldmodels.shards import (
     RolloutShard,
+    ShardError,
     list_shards,
+    read_meta,
     remove_partial_files,
     shard_index,
     shard_name,
@@ -84,7 +86,7 @@ def run_episode(env: gym.Env, policy_name: str, seed: int, index: int,
 def describe_action_space(space: gym.Space) -> dict[str, Any]:
     """JSON-able action space: ``{"type": "discrete", "n": 3}`` or ``{"type": "box", ...}``."""
     if isinstance(space, gym.spaces.Discrete):
-        return {"type": "discrete", "n": int(space.n)}
+        return {"type": "discrete", "n": int(space.n), "start": int(space.start)}
     if isinstance(space, gym.spaces.Box):
         return {"type": "box", "shape": list(space.shape), "low": space.low.tolist(),
                 "high": space.high.tolist()}
@@ -111,6 +113,18 @@ def collect_episode(task: EpisodeTask) -> int:
     return len(shard)
 
 
+def check_compatible(shards: list[Path], cfg: ExperimentConfig) -> None:
+    """Refuse to resume into shards collected with another env, seed or policy."""
+    want = {"env_id": cfg.env.id, "seed": cfg.seed, "policy": cfg.collect.policy}
+    for path in shards:
+        meta = read_meta(path)
+        for key, value in want.items():
+            if meta.get(key) != value:
+                raise ShardError(
+                    f"{path}: collected with {key}={meta.get(key)!r}, this run asks for "
+                    f"{key}={value!r}; use another run name (name=...) or directory")
+
+
 @dataclass
 class CollectReport:
     episodes_total: int
@@ -130,7 +144,9 @@ def collect(
     out = Path(out_dir) if out_dir is not None else cfg.run_dir / "rollouts"
     out.mkdir(parents=True, exist_ok=True)
     remove_partial_files(out)
-    have = {shard_index(p) for p in list_shards(out)}
+    existing = list_shards(out)
+    check_compatible(existing, cfg)
+    have = {shard_index(p) for p in existing}
     todo = [i for i in range(cfg.collect.episodes) if i not in have]
     c = cfg.collect
     tasks = [EpisodeTask(i, cfg.seed, str(out), asdict(cfg.env), c.policy, c.brownian_dt,

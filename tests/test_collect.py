@@ -11,7 +11,7 @@ import pytest
 from agents.collect import collect
 from agents.policies import BrownianPolicy, LinearPolicy, make_policy
 from worldmodels.config import ConfigError
-from worldmodels.shards import RolloutShard, list_shards
+from worldmodels.shards import RolloutShard, ShardError, list_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +36,12 @@ def test_collect_writes_valid_shards_and_resumes(tiny_cfg):
     tiny_cfg.collect.episodes = 3
     assert collect(tiny_cfg, progress=False).episodes_new == 1
     assert (out / "ep_000000.npz").stat().st_mtime_ns == first
+    # shards of another seed or policy are not silently mixed in
+    tiny_cfg.collect.episodes = 4
+    tiny_cfg.seed = 7
+    with pytest.raises(ShardError, match="seed=0.*seed=7"):
+        collect(tiny_cfg, out, progress=False)
+    assert len(list_shards(out)) == 3
 
 
 def test_same_seed_same_shards_whatever_the_engine(tiny_cfg, tmp_path):

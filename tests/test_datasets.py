@@ -85,10 +85,17 @@ def test_sequence_windows_shapes_and_mask(tmp_path):
     paths = sorted(tmp_path.glob("ep_*.npz"))
     batches = list(SequenceDataset(paths, seq_len=10, batch_size=4, shuffle=False))
     windows = sum(len(b["reward"]) for b in batches)
-    assert windows == 3  # 25 steps -> 2 full windows, 7 steps -> 1 padded window
+    assert windows == 4  # 25 steps -> 10 + 10 + 5 (padded), 7 steps -> 1 padded window
     b = batches[0]
     assert b["mu"].shape[1:] == (11, z) and b["action"].shape[1:] == (10, 3)
-    masks = torch.cat([x["mask"] for x in batches])
-    assert masks.sum() == 20 + 7
-    dones = torch.cat([x["done"] for x in batches])
-    assert dones.sum() == 1  # only the short episode ends inside a window
+    for shuffle, epoch in [(False, 0), (True, 0), (True, 1), (True, 2)]:
+        ds = SequenceDataset(paths, seq_len=10, batch_size=4, shuffle=shuffle, seed=3)
+        ds.set_epoch(epoch)
+        batches = list(ds)
+        masks = torch.cat([x["mask"] for x in batches])
+        assert masks.sum() == 25 + 7  # every step once per epoch, whatever the offset
+        dones = torch.cat([x["done"] for x in batches])
+        assert dones.sum() == 2  # both terminal steps are trained every epoch
+        # rewards are arange(T): each step's target appears exactly once
+        seen = sorted(torch.cat([x["reward"][x["mask"] > 0] for x in batches]).tolist())
+        assert seen == sorted(list(range(25)) + list(range(7)))

@@ -42,12 +42,18 @@ def test_checkpoint_of_other_config_is_refused(tmp_path):
     save_model(tmp_path / "v.safetensors", ConvVAE(z_dim=32))
     with pytest.raises(CheckpointError, match="z_dim=32.*z_dim=64"):
         load_model(tmp_path / "v.safetensors", expect={"z_dim": 64})
-    # weights whose shapes disagree with the sidecar: the key is named
-    side = tmp_path / "v.safetensors.json"
-    data = json.loads(side.read_text())
-    data["config"]["z_dim"] = 8
-    side.write_text(json.dumps(data))
+    # weights whose shapes disagree with the config in their header: the key is named
+    from safetensors.torch import save_file
+
+    header = {"kind": "ConvVAE", "config": {"z_dim": 8}, "meta": {}}
+    tensors = {k: v.contiguous() for k, v in ConvVAE(z_dim=32).state_dict().items()}
+    save_file(tensors, str(tmp_path / "w.safetensors"),
+              metadata={"worldmodels": json.dumps(header)})
     with pytest.raises(CheckpointError, match=r"'fc_\w+\.weight' has shape"):
+        load_model(tmp_path / "w.safetensors")
+    # a truncated weights file is a clear error, not a crash
+    (tmp_path / "v.safetensors").write_bytes((tmp_path / "v.safetensors").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="v.safetensors"):
         load_model(tmp_path / "v.safetensors")
 
 

@@ -1,8 +1,10 @@
-"""Checkpoints without pickle: safetensors weights + a JSON sidecar with the model config.
+"""Checkpoints without pickle: safetensors weights carrying the model config.
 
-``save_model(path, model)`` writes ``path`` (``.safetensors``) and ``path.json``
-(``{"kind": "ConvVAE", "config": {...}, "meta": {...}}``); ``load_model(path)``
-rebuilds the model from the JSON and loads the weights strictly, raising
+``save_model(path, model)`` writes ``path`` (``.safetensors``) whose header metadata
+holds ``{"kind": "ConvVAE", "config": {...}, "meta": {...}}`` — weights and config in
+one atomically renamed file, so a kill can never pair one epoch's weights with another
+epoch's config — plus ``path.json``, a readable copy of that header. ``load_model(path)``
+rebuilds the model from the header and loads the weights strictly, raising
 :class:`CheckpointError` that names the file and key on any mismatch. Optimizer and
 loop state go in a separate ``torch.save`` file read with ``weights_only=True``.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -54,21 +56,35 @@ def save_model(path: Path, model: nn.Module, meta: dict[str, Any] | None = None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    sidecar = {"kind": type(model).__name__, "config": model.config(), "meta": meta or {}}
-    _atomic_write_bytes(path, lambda p: save_file(tensors, str(p)))
-    _atomic_write_bytes(_sidecar(path), lambda p: p.write_text(json.dumps(sidecar, indent=2)))
+    header = {"kind": type(model).__name__, "config": model.config(), "meta": meta or {}}
+    text = json.dumps(header)
+    _atomic_write_bytes(path, lambda p: save_file(tensors, str(p), metadata={HEADER_KEY: text}))
+    _atomic_write_bytes(_sidecar(path), lambda p: p.write_text(json.dumps(header, indent=2)))
 
 
-def read_sidecar(path: Path) -> dict[str, Any]:
-    side = _sidecar(Path(path))
-    if not side.exists():
-        raise CheckpointError(f"{side}: missing (every checkpoint has a JSON sidecar)")
+HEADER_KEY = "worldmodels"
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """``{"kind", "config", "meta"}`` from the safetensors header (the JSON copy if absent)."""
+    path = Path(path)
     try:
-        data = json.loads(side.read_text())
+        with safe_open(str(path), framework="pt") as fh:
+            text = (fh.metadata() or {}).get(HEADER_KEY)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: unreadable weights ({err})") from err
+    source = path
+    if text is None:
+        source = _sidecar(path)
+        if not source.exists():
+            raise CheckpointError(f"{path}: no model config in its header and no {source.name}")
+        text = source.read_text()
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{side}: not JSON: {err}") from err
+        raise CheckpointError(f"{source}: model config is not JSON: {err}") from err
     if not isinstance(data, dict) or "kind" not in data or "config" not in data:
-        raise CheckpointError(f"{side}: needs 'kind' and 'config'")
+        raise CheckpointError(f"{source}: model config needs 'kind' and 'config'")
     return data
 
 
@@ -105,7 +121,7 @@ def load_model(path: Path, expect: dict[str, Any] | None = None,
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
-    side = read_sidecar(path)
+    side = read_header(path)
     kind = side["kind"]
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"{path}: unknown model kind '{kind}' (known: {sorted(MODEL_KINDS)})")
@@ -146,25 +162,44 @@ def load_state(path: Path) -> dict[str, Any]:
         ) from err
 
 
-def resume_training(model_path: Path, state_path: Path, model: nn.Module,
-                    optimizer: torch.optim.Optimizer, expect: dict[str, Any] | None = None) -> int:
-    """Load the last checkpoint into ``model`` (and ``optimizer``); returns finished epochs.
+def resume_training(
+    model_path: Path, state_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+    expect: dict[str, Any] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Load the last checkpoint into ``model`` (and ``optimizer``).
 
-    Weights are written before the training state, so a kill between the two writes
-    leaves newer weights beside older optimizer moments: then Adam restarts its moments
-    rather than pairing them with the wrong weights. No checkpoint: returns 0.
+    Returns (finished epochs, training state dict; empty if unusable). The epoch comes
+    from the weights' own header. Weights are written before the training state, so a
+    kill between the two leaves newer weights beside older optimizer moments: then Adam
+    restarts its moments rather than pairing them with the wrong weights.
     """
     model_path = Path(model_path)
     if not model_path.exists():
-        return 0
+        return 0, {}
     loaded = load_model(model_path, expect=expect)
     model.load_state_dict(loaded.state_dict())
-    epoch = int(read_sidecar(model_path)["meta"].get("epoch", 0))
+    epoch = int(read_header(model_path)["meta"].get("epoch", 0))
     if Path(state_path).exists():
         state = load_state(state_path)
         if int(state.get("epoch", -1)) == epoch:
             optimizer.load_state_dict(state["optimizer"])
-        else:
-            print(f"{state_path}: from epoch {state.get('epoch')}, weights from epoch {epoch}; "
-                  "optimizer state reset")
-    return epoch
+            return epoch, state
+        print(f"{state_path}: from epoch {state.get('epoch')}, weights from epoch {epoch}; "
+              "optimizer state reset")
+    return epoch, {}
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path = Path(path)
+    _atomic_write_bytes(path, lambda p: p.write_text(json.dumps(data, indent=2)))
+
+
+def read_json(path: Path, default: Any) -> Any:
+    """A JSON file written by :func:`write_json_atomic`; ``default`` if it is absent."""
+    path = Path(path)
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not JSON ({err}); delete it to start its log anew") from err

@@ -116,6 +116,8 @@ class FrameDataset(_ShardStream):
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         order, rng = self._ordered()
+        info = get_worker_info()
+        max_frames = self.max_frames // (info.num_workers if info else 1)
         buf: np.ndarray | None = None
         n = 0
         emitted = 0
@@ -141,7 +143,7 @@ class FrameDataset(_ShardStream):
                     for i in range(0, k, B):
                         yield torch.from_numpy(buf[perm[i : i + B]])
                         emitted += B
-                        if self.max_frames and emitted >= self.max_frames:
+                        if max_frames and emitted >= max_frames:
                             return
                     rest = buf[perm[k:]]
                     buf[: len(rest)] = rest
@@ -152,7 +154,7 @@ class FrameDataset(_ShardStream):
         for i in range(0, n, B):
             yield torch.from_numpy(buf[perm[i : i + B]])
             emitted += min(B, n - i)
-            if self.max_frames and emitted >= self.max_frames:
+            if max_frames and emitted >= max_frames:
                 return
 
 
@@ -208,14 +210,20 @@ class SequenceDataset(_ShardStream):
         self.capacity = max(shuffle_buffer, 2 * batch_size)
 
     def _windows(self, data: dict[str, np.ndarray], rng: np.random.Generator) -> list[dict]:
+        """Cut an episode into windows that cover every step exactly once.
+
+        With shuffling the cut points move by a random offset each epoch; the pieces
+        before the first cut and after the last are padded windows (so the first steps
+        and the terminal step are trained every epoch).
+        """
         L = self.seq_len
         T = len(data["reward"])
-        start = int(rng.integers(L)) if self.shuffle and T > L else 0
-        if T - start < L:
-            start = 0
+        offset = int(rng.integers(L)) if self.shuffle and T > L else 0
+        starts = ([0] if offset else []) + list(range(offset, T, L))
         out = []
-        for s in range(start, max(T - L, 0) + 1, L) if T >= L else [0]:
-            n = min(L, T - s)
+        for i, s in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else T
+            n = min(L, end - s)
             pad = L - n
             act = data["action"][s : s + n]
             window = {

@@ -109,7 +109,10 @@ class TiedPrecisionMixture(nn.Module):
         U = self.u_matrix()
         if U is None:
             return torch.diag_embed(D)
-        lam = (U * D.unsqueeze(-2)) @ U.transpose(-1, -2)
+        if self.precision == "square":
+            lam = (U * D.unsqueeze(-2)) @ U.transpose(-1, -2)
+        else:  # (..., K, m) x (d, m) x (d, m): no (..., K, d, m) intermediate
+            lam = torch.einsum("...km,im,jm->...kij", D, U, U)
         if self.precision == "overcomplete":
             lam = lam + self.jitter * torch.eye(self.d, dtype=lam.dtype, device=lam.device)
         return lam
@@ -141,6 +144,8 @@ class TiedPrecisionMixture(nn.Module):
     def sample(self, p: MixtureParams, tau: float = 1.0,
                generator: torch.Generator | None = None) -> Tensor:
         """Draw u (..., d) with temperature: mixture logits / tau, covariance x tau."""
+        if not tau > 0:
+            raise ValueError(f"temperature tau must be > 0, got {tau}")
         batch = p.logits.shape[:-1]
         probs = torch.softmax(p.logits / tau, dim=-1).reshape(-1, self.K)
         k = torch.multinomial(probs, 1, generator=generator).view(*batch, 1)

@@ -10,7 +10,6 @@ Files under ``<run>/memory/`` (or another directory given by the caller)::
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -25,9 +24,11 @@ from worldmodels.checkpoint import (
     CheckpointError,
     file_digest,
     load_model,
+    read_json,
     resume_training,
     save_model,
     save_state,
+    write_json_atomic,
 )
 from worldmodels.config import ExperimentConfig
 from worldmodels.datasets import SequenceDataset, split_episodes
@@ -83,6 +84,9 @@ def action_info(path: Path) -> tuple[int, bool]:
     space = read_meta(path).get("action_space")
     if space:
         if space["type"] == "discrete":
+            if int(space.get("start", 0)) != 0:
+                raise ShardError(f"{path}: Discrete actions starting at {space['start']} "
+                                 "are not supported (M one-hot encodes 0..n-1)")
             return int(space["n"]), True
         return int(math.prod(space["shape"])), False
     raise ShardError(f"{path}: meta has no action_space (collected by an older version?)")
@@ -132,7 +136,8 @@ def evaluate_memory(model: FRMDN, paths: list[Path], cfg: ExperimentConfig,
 
 
 def count_windows(paths: list[Path], seq_len: int) -> int:
-    return sum(max(1, shard_length(p) // seq_len) for p in paths)
+    """Windows per epoch without a random offset (one more per episode with one)."""
+    return sum(-(-shard_length(p) // seq_len) for p in paths)
 
 
 def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int | None = None,
@@ -153,15 +158,14 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
     torch.manual_seed(seed)
     model = build_memory(cfg, action_dim, discrete).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=m.lr)
-    start_epoch = resume_training(files["model"], files["state"], model, optimizer,
-                                  expect=model.config())
+    start_epoch, _ = resume_training(files["model"], files["state"], model, optimizer,
+                                     expect=model.config())
 
     dataset = SequenceDataset(train_paths, m.seq_len, m.batch_size, m.shuffle_buffer, seed=seed)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers)
     batches = -(-count_windows(train_paths, m.seq_len) // m.batch_size)
     writer = summary_writer(files["dir"].parent / "tensorboard" / files["dir"].name)
-    metrics = json.loads(files["metrics"].read_text()) if files["metrics"].exists() else []
-    metrics = [x for x in metrics if x["epoch"] <= start_epoch]
+    metrics = [x for x in read_json(files["metrics"], []) if x["epoch"] <= start_epoch]
     step = sum(x.get("batches", 0) for x in metrics)
     skipped_total = sum(x.get("skipped", 0) for x in metrics)
     generator = torch.Generator(device=device)
@@ -176,17 +180,19 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
                    disable=not progress)
         for batch in bar:
             losses, _ = _batch_losses(model, batch, cfg, device, generator)
-            if not torch.isfinite(losses["loss"]):
+            optimizer.zero_grad(set_to_none=True)
+            bad = None if torch.isfinite(losses["loss"]) else f"loss is {losses['loss'].item()}"
+            if bad is None:
+                losses["loss"].backward()
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), m.grad_clip or math.inf)
+                bad = None if torch.isfinite(norm) else f"gradient norm is {norm.item()}"
+            if bad is not None:
                 if m.nonfinite == "raise":
                     raise FloatingPointError(
-                        f"M: loss is {losses['loss'].item()} at epoch {epoch + 1}, step {step} "
+                        f"M: {bad} at epoch {epoch + 1}, step {step} "
                         "(set memory.nonfinite=skip to skip such batches)")
                 skipped += 1
                 continue
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            if m.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), m.grad_clip)
             optimizer.step()
             step += 1
             ran += 1
@@ -202,9 +208,9 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
         skipped_total += skipped
         metrics.append({"epoch": epoch + 1, "train_seconds": seconds, "batches": ran,
                         "skipped": skipped, **{f"holdout_{k}": v for k, v in held.items()}})
+        write_json_atomic(files["metrics"], metrics)  # first: see vae_training
         save_model(files["model"], model, meta={"epoch": epoch + 1, "seed": seed})
         save_state(files["state"], {"optimizer": optimizer.state_dict(), "epoch": epoch + 1})
-        files["metrics"].write_text(json.dumps(metrics, indent=2))
         if progress:
             tqdm.write(f"M epoch {epoch + 1}: held-out NLL {held['nll']:.4f} nats/dim, "
                        f"{seconds:.1f}s" + (f", skipped {skipped} batches" if skipped else ""))

@@ -7,11 +7,11 @@ resumes like any M run, so an interrupted comparison picks up where it stopped.
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
+from worldmodels.checkpoint import write_json_atomic
 from worldmodels.config import ExperimentConfig, merge_into, parse_override
 from worldmodels.frmdn_training import report_dict, train_memory
 
@@ -75,6 +75,6 @@ def table(rows: list[dict[str, Any]]) -> str:
 def write_results(run_dir: Path, rows: list[dict[str, Any]]) -> str:
     text = table(rows)
     (run_dir / "memory_compare").mkdir(parents=True, exist_ok=True)
-    (run_dir / "memory_compare" / "results.json").write_text(json.dumps(rows, indent=2))
+    write_json_atomic(run_dir / "memory_compare" / "results.json", rows)
     (run_dir / "memory_compare" / "results.md").write_text(text + "\n")
     return text

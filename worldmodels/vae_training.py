@@ -11,7 +11,6 @@ Files under ``<run>/vae/``::
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,9 +23,11 @@ from tqdm import tqdm
 from worldmodels.checkpoint import (
     CheckpointError,
     load_model,
+    read_json,
     resume_training,
     save_model,
     save_state,
+    write_json_atomic,
 )
 from worldmodels.config import ExperimentConfig
 from worldmodels.datasets import FrameDataset, count_frames, mean_frame, split_episodes
@@ -90,13 +91,17 @@ def score_holdout(
 
 
 def grid_frames(paths: list[Path], count: int) -> np.ndarray:
-    """``count`` frames spread evenly over the first (up to 4) held-out episodes."""
+    """``count`` frames from inside the first (up to 4) held-out episodes.
+
+    Interior frames only: first frames are alike, and some envs (ViZDoom) end on a blank one.
+    """
     episodes = paths[:4]
     per_episode = -(-count // len(episodes))
     picked: list[np.ndarray] = []
     for path in episodes:
         frames = load_frames(path)
-        picked += list(frames[np.linspace(0, len(frames) - 1, per_episode, dtype=int)])
+        idx = np.linspace(0, len(frames) - 1, per_episode + 2)[1:-1].round().astype(int)
+        picked += list(frames[idx])
     return np.stack(picked[:count])
 
 
@@ -111,8 +116,8 @@ def train_vae(cfg: ExperimentConfig, progress: bool = True) -> VAEReport:
     torch.manual_seed(cfg.seed)
     model = ConvVAE(v.z_dim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=v.lr)
-    start_epoch = resume_training(files["model"], files["state"], model, optimizer,
-                                  expect={"z_dim": cfg.vae.z_dim})
+    start_epoch, state = resume_training(files["model"], files["state"], model, optimizer,
+                                         expect={"z_dim": cfg.vae.z_dim})
 
     if files["mean"].exists():
         mean = np.load(files["mean"], allow_pickle=False)
@@ -130,9 +135,8 @@ def train_vae(cfg: ExperimentConfig, progress: bool = True) -> VAEReport:
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers,
                         persistent_workers=False)
     writer = summary_writer(cfg.run_dir / "tensorboard" / "vae")
-    metrics = json.loads(files["metrics"].read_text()) if files["metrics"].exists() else []
-    metrics = [m for m in metrics if m["epoch"] <= start_epoch]
-    step = start_epoch * (frames_per_epoch // v.batch_size)
+    metrics = [m for m in read_json(files["metrics"], []) if m["epoch"] <= start_epoch]
+    step = int(state.get("step", start_epoch * (frames_per_epoch // v.batch_size)))
     started = time.perf_counter()
     holdout_mse, base_mse, n_scored = float("nan"), float("nan"), 0
     if start_epoch >= v.epochs and metrics:
@@ -171,11 +175,12 @@ def train_vae(cfg: ExperimentConfig, progress: bool = True) -> VAEReport:
         metrics.append({"epoch": epoch + 1, "holdout_mse": holdout_mse,
                         "mean_frame_mse": base_mse, "holdout_frames": n_scored,
                         "train_seconds": train_seconds, "frames": frames_per_epoch})
-        # weights first: a kill between the writes only costs Adam's moments (see _resume)
+        # metrics, then weights, then optimizer: a kill between writes leaves a state that
+        # resume_training recognises (metrics past the weights' epoch are dropped on resume)
+        write_json_atomic(files["metrics"], metrics)
         save_model(files["model"], model, meta={"epoch": epoch + 1, "seed": cfg.seed})
         save_state(files["state"], {"optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                                     "step": step})
-        files["metrics"].write_text(json.dumps(metrics, indent=2))
         if progress:
             tqdm.write(f"epoch {epoch + 1}: held-out MSE {holdout_mse:.5f} "
                        f"(mean frame {base_mse:.5f}, ratio {holdout_mse / base_mse:.3f}), "
