@@ -107,3 +107,38 @@ def test_sigkill_mid_collection_leaves_no_partial_shard(tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
     for path in list_shards(out):
         RolloutShard.load(path)
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_same_shards(tiny_cfg, tmp_path):
+    ray = pytest.importorskip("ray")
+    collect(tiny_cfg, tmp_path / "serial", progress=False)
+    tiny_cfg.collect.engine = "ray"
+    tiny_cfg.collect.workers = 2
+    try:
+        collect(tiny_cfg, tmp_path / "ray", progress=False)
+    finally:
+        ray.shutdown()
+    a, b = _shards(tmp_path / "serial"), _shards(tmp_path / "ray")
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.obs, y.obs)
+        np.testing.assert_array_equal(x.action, y.action)
+
+
+def test_missing_ray_gives_install_hint(tiny_cfg, monkeypatch):
+    import builtins
+
+    from envs.factory import MissingPackageError
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    tiny_cfg.collect.engine = "ray"
+    with pytest.raises(MissingPackageError, match=r"worldmodels\[ray\]"):
+        collect(tiny_cfg, progress=False)

@@ -91,3 +91,16 @@ def test_missing_optional_package_gives_install_hint(monkeypatch):
     monkeypatch.setattr("importlib.import_module", lambda name: no_vizdoom(name))
     with pytest.raises(MissingPackageError, match=r"worldmodels\[doom\]"):
         ensure_registered("VizdoomTakeCover-v1")
+
+
+def test_two_stage_resize_stays_close_to_single_area_resize():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    # a smooth picture with edges, the size of ViZDoom's screen
+    y, x = np.mgrid[0:240, 0:320]
+    frame = np.stack([(x * 0.8) % 256, (y * 1.1) % 256, ((x + y) // 40 % 2) * 200], -1)
+    frame = (frame + rng.integers(0, 20, frame.shape)).clip(0, 255).astype(np.uint8)
+    fast = preprocess_frame(frame, 64).astype(float)
+    exact = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA).astype(float)
+    assert np.abs(fast - exact).mean() < 2.0

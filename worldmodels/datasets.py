@@ -93,9 +93,9 @@ class _ShardStream(IterableDataset):
 class FrameDataset(_ShardStream):
     """Batches of frames ``uint8 (B, 64, 64, 3)`` streamed from rollout shards.
 
-    Memory is bounded by ``shuffle_buffer`` frames (plus one episode being copied in):
-    when the buffer fills, it is permuted, half of it is emitted as batches and the rest
-    stays to mix with the next episodes. With ``shuffle=False`` frames come in shard order.
+    Memory is bounded by ``shuffle_buffer`` frames plus one episode: when the buffer
+    fills, a random half is emitted as batches and the rest stays to mix with the next
+    episodes. With ``shuffle=False`` frames stream in shard order with no buffer.
     ``max_frames`` > 0 ends the pass after about that many frames.
     """
 
@@ -117,19 +117,52 @@ class FrameDataset(_ShardStream):
     def __iter__(self) -> Iterator[torch.Tensor]:
         order, rng = self._ordered()
         info = get_worker_info()
-        max_frames = self.max_frames // (info.num_workers if info else 1)
-        buf: np.ndarray | None = None
-        n = 0
+        budget = self.max_frames // (info.num_workers if info else 1)
+        batches = self._shuffled(order, rng) if self.shuffle else self._in_order(order)
         emitted = 0
-        B = self.batch_size
+        for batch in batches:
+            yield torch.from_numpy(batch)
+            emitted += len(batch)
+            if budget and emitted >= budget:
+                return
+
+    def _frames(self, order: list[Path]) -> Iterator[np.ndarray]:
+        shape = None
         for path in order:
             frames = self._read(path, load_frames)
             if frames is None:
                 continue
+            if shape is not None and frames.shape[1:] != shape:
+                raise ShardError(f"{path}: frames {frames.shape[1:]}, others {shape}")
+            shape = frames.shape[1:]
+            yield frames
+
+    def _in_order(self, order: list[Path]) -> Iterator[np.ndarray]:
+        """Shard order, no buffer: memory is one episode whatever the data size."""
+        B = self.batch_size
+        carry: np.ndarray | None = None
+        for frames in self._frames(order):
+            if carry is not None:
+                frames = np.concatenate([carry, frames])
+            full = len(frames) // B * B
+            for i in range(0, full, B):
+                yield frames[i : i + B]
+            carry = frames[full:] if full < len(frames) else None
+        if carry is not None:
+            yield carry
+
+    def _shuffled(self, order: list[Path], rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """A buffer of ``capacity`` frames: when full, emit a random half, keep the rest.
+
+        The kept frames are moved into the emitted slots in chunks, so the only memory
+        beyond the buffer is one episode and one chunk, however much data streams through.
+        """
+        B = self.batch_size
+        buf: np.ndarray | None = None
+        n = 0
+        for frames in self._frames(order):
             if buf is None:
                 buf = np.empty((self.capacity, *frames.shape[1:]), dtype=np.uint8)
-            if frames.shape[1:] != buf.shape[1:]:
-                raise ShardError(f"{path}: frames {frames.shape[1:]}, others {buf.shape[1:]}")
             pos = 0
             while pos < len(frames):
                 take = min(self.capacity - n, len(frames) - pos)
@@ -137,25 +170,31 @@ class FrameDataset(_ShardStream):
                 n += take
                 pos += take
                 if n == self.capacity:
-                    # emit about half of a full buffer; keep the rest for mixing
-                    perm = rng.permutation(n) if self.shuffle else np.arange(n)
-                    k = (n // 2 // B) * B if self.shuffle else (n // B) * B
+                    perm = rng.permutation(n)
+                    k = n // 2 // B * B
                     for i in range(0, k, B):
-                        yield torch.from_numpy(buf[perm[i : i + B]])
-                        emitted += B
-                        if max_frames and emitted >= max_frames:
-                            return
-                    rest = buf[perm[k:]]
-                    buf[: len(rest)] = rest
-                    n = len(rest)
-        if buf is None or n == 0:
-            return
-        perm = rng.permutation(n) if self.shuffle else np.arange(n)
-        for i in range(0, n, B):
-            yield torch.from_numpy(buf[perm[i : i + B]])
-            emitted += min(B, n - i)
-            if max_frames and emitted >= max_frames:
-                return
+                        yield buf[np.sort(perm[i : i + B])]
+                    n = _compact(buf, perm[:k], n)
+        if buf is not None and n:
+            perm = rng.permutation(n)
+            for i in range(0, n, B):
+                yield buf[np.sort(perm[i : i + B])]
+
+
+def _compact(buf: np.ndarray, emitted: np.ndarray, n: int, chunk: int = 1024) -> int:
+    """Move the frames of ``buf[:n]`` not in ``emitted`` to the front; returns the new count.
+
+    Kept frames already below the new end stay put; those above it fill the emitted
+    slots below it, ``chunk`` frames at a time (no copy of the whole buffer).
+    """
+    new_n = n - len(emitted)
+    holes = np.sort(emitted[emitted < new_n])
+    is_emitted = np.zeros(n, dtype=bool)
+    is_emitted[emitted] = True
+    movers = np.nonzero(~is_emitted[new_n:])[0] + new_n
+    for i in range(0, len(holes), chunk):
+        buf[holes[i : i + chunk]] = buf[movers[i : i + chunk]]
+    return new_n
 
 
 def count_frames(paths: Sequence[Path]) -> int:
