@@ -105,6 +105,23 @@ class MemoryConfig:
 
 
 @dataclass
+class ControllerConfig:
+    hidden: int = _opt(0, "Hidden units of C (0 = linear, as in the paper).")
+    use_cell: bool = _opt(False, "Feed M's cell state too: [z, c, h] (the paper's Doom setup).")
+    population: int = _opt(64, "CMA-ES population size.")
+    rollouts: int = _opt(16, "Episodes per candidate; fitness is their mean return.")
+    sigma0: float = _opt(0.1, "CMA-ES initial step size.")
+    generations: int = _opt(300, "Generations to run (a rerun resumes to this many).")
+    target_return: float = _opt(0.0, "Stop once the best's eval mean reaches it (0: off).")
+    eval_every: int = _opt(25, "Every N generations, evaluate the best candidate on more episodes.")
+    eval_episodes: int = _opt(100, "Episodes of that evaluation.")
+    engine: str = _opt("process", "Evaluator: serial | process | ray.")
+    workers: int = _opt(0, "Evaluator workers (0 = one per core).")
+    ray_address: str = _opt("", "Ray cluster address for engine=ray ('' starts a local Ray).")
+    max_episode_steps: int = _opt(0, "Cap on evaluation episodes (0 = the env's cap).")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = _opt("", "Run name; '' uses the preset names (or 'paper').")
     seed: int = _opt(0, "Seed for collection, splits, shuffling and initialisation.")
@@ -116,6 +133,7 @@ class ExperimentConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -274,6 +292,10 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.memory.flow in ("none", "maf", "coupling"), "memory.flow",
          "must be none, maf or coupling"),
         (cfg.memory.nonfinite in ("raise", "skip"), "memory.nonfinite", "must be raise or skip"),
+        (cfg.controller.engine in ("serial", "process", "ray"), "controller.engine",
+         "must be serial, process or ray"),
+        (cfg.controller.population >= 2 and cfg.controller.rollouts >= 1,
+         "controller.population", "must be >= 2 (and controller.rollouts >= 1)"),
         (cfg.memory.overcomplete_m == 0 or cfg.memory.overcomplete_m > cfg.vae.z_dim,
          "memory.overcomplete_m", "must be 0 or > vae.z_dim"),
         (cfg.memory.seq_len >= 1 and cfg.memory.batch_size >= 1, "memory.seq_len",

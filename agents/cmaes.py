@@ -1,0 +1,186 @@
+"""CMA-ES for the controller, with a resumable state that holds no pickle.
+
+A ``cma.CMAEvolutionStrategy`` is fully determined by its seed and the fitness values
+it was told, so the checkpoint is just those values: ``controller/cmaes_history.npz``
+holds ``fitness`` float64 (G, P). A rerun rebuilds the strategy by replaying ask/tell,
+then continues. CMA-ES draws from NumPy's global RNG; the strategy gets a private copy
+of that state, swapped in around each ``ask``, so nothing else in the process can
+perturb a replay.
+
+Files under ``<run>/controller/``: ``cmaes_history.npz``, ``best.safetensors`` (+ .json;
+the best mean fitness so far), ``generations.json`` (per-generation best / mean / worst
+and the periodic evaluations).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agents.parallel import run_tasks
+from agents.rollouts import RolloutTask, RolloutWorker, play_task
+from worldmodels.checkpoint import read_json, save_model, write_json_atomic
+from worldmodels.config import ExperimentConfig
+from worldmodels.run_dir import summary_writer
+from worldmodels.shards import read_npz, write_npz_atomic
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # cma warns that matplotlib is absent
+    import cma
+
+#: candidates (P, n) and env seeds (R,) -> mean return per candidate (P,)
+Evaluator = Callable[[np.ndarray, Sequence[int]], np.ndarray]
+
+
+def generation_seeds(seed: int, generation: int, rollouts: int) -> list[int]:
+    """Env seeds shared by every candidate of a generation (common random numbers)."""
+    rng = np.random.default_rng([seed, 7919, generation])
+    return [int(s) for s in rng.integers(0, 2**31 - 1, size=rollouts)]
+
+
+class ProcessEvaluator:
+    """Plays every (candidate, seed) episode on the chosen engine; V and M load once per
+    worker process (serial: once in this process)."""
+
+    def __init__(self, run_dir: Path, engine: str = "process", workers: int = 0,
+                 ray_address: str = "", max_steps: int = 0):
+        self.run_dir, self.engine, self.workers = str(run_dir), engine, workers
+        self.ray_address, self.max_steps = ray_address, max_steps
+
+    def __call__(self, candidates: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
+        tasks = [RolloutTask(self.run_dir, i, tuple(map(float, x)), int(s), self.max_steps)
+                 for i, x in enumerate(candidates) for s in seeds]
+        returns = np.zeros((len(candidates), len(seeds)))
+        counts = np.zeros(len(candidates), dtype=int)
+        for task, ret in run_tasks(play_task, tasks, self.engine, self.workers,
+                                   self.ray_address):
+            returns[task.candidate, counts[task.candidate]] = ret
+            counts[task.candidate] += 1
+        return returns.mean(axis=1)
+
+
+class CMAES:
+    """``cma.CMAEvolutionStrategy`` with a private RNG and replayable history."""
+
+    def __init__(self, x0: np.ndarray, sigma0: float, population: int, seed: int):
+        saved = np.random.get_state()
+        self.es = cma.CMAEvolutionStrategy(
+            np.asarray(x0, float), sigma0,
+            {"popsize": population, "seed": seed + 1, "verbose": -9})
+        self._rng_state = np.random.get_state()
+        np.random.set_state(saved)
+        self.history: list[np.ndarray] = []
+
+    @contextmanager
+    def _private_rng(self):
+        saved = np.random.get_state()
+        np.random.set_state(self._rng_state)
+        try:
+            yield
+        finally:
+            self._rng_state = np.random.get_state()
+            np.random.set_state(saved)
+
+    def ask(self) -> np.ndarray:
+        with self._private_rng():
+            return np.asarray(self.es.ask())
+
+    def tell(self, candidates: np.ndarray, fitness: np.ndarray) -> None:
+        """``fitness``: higher is better (CMA-ES minimises, so it is told the negative)."""
+        with self._private_rng():
+            self.es.tell(list(candidates), list(-np.asarray(fitness, float)))
+        self.history.append(np.asarray(fitness, float))
+
+    def replay(self, history: np.ndarray) -> None:
+        for fitness in history:
+            self.tell(self.ask(), fitness)
+
+
+@dataclass
+class CMAESReport:
+    generations: int
+    best_fitness: float
+    last_eval: dict[str, Any] | None
+    seconds: float
+
+
+def controller_paths(run_dir: Path) -> dict[str, Path]:
+    d = Path(run_dir) / "controller"
+    return {"dir": d, "history": d / "cmaes_history.npz", "best": d / "best.safetensors",
+            "log": d / "generations.json"}
+
+
+def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
+                progress: bool = True) -> CMAESReport:
+    """Run (or resume) CMA-ES up to ``controller.generations`` generations."""
+    c = cfg.controller
+    files = controller_paths(cfg.run_dir)
+    files["dir"].mkdir(parents=True, exist_ok=True)
+    template = RolloutWorker(cfg.run_dir)  # the controller's shape, and evaluation episodes
+    controller = template.controller
+    evaluator = evaluator or ProcessEvaluator(cfg.run_dir, c.engine, c.workers, c.ray_address,
+                                              c.max_episode_steps)
+    torch.manual_seed(cfg.seed)
+    x0 = np.zeros(controller.num_parameters())
+    es = CMAES(x0, c.sigma0, c.population, cfg.seed)
+    history = read_npz(files["history"], ("fitness",))["fitness"] \
+        if files["history"].exists() else np.zeros((0, c.population))
+    if history.shape[1:] != (c.population,):
+        raise ValueError(f"{files['history']}: population {history.shape[1:]} in the file, "
+                         f"controller.population={c.population} in the config")
+    es.replay(history)
+    log: list[dict[str, Any]] = read_json(files["log"], [])[: len(history)]
+    best = max((g["best"] for g in log), default=-np.inf)
+    writer = summary_writer(cfg.run_dir / "tensorboard" / "controller")
+    started = time.perf_counter()
+    last_eval = next((g["eval"] for g in reversed(log) if "eval" in g), None)
+    bar = tqdm(range(len(history), c.generations), initial=len(history), total=c.generations,
+               desc="CMA-ES", unit="gen", disable=not progress)
+    for gen in bar:
+        candidates = es.ask()
+        fitness = evaluator(candidates, generation_seeds(cfg.seed, gen, c.rollouts))
+        es.tell(candidates, fitness)
+        entry: dict[str, Any] = {"generation": gen + 1, "best": float(fitness.max()),
+                                 "mean": float(fitness.mean()), "worst": float(fitness.min()),
+                                 "seconds": time.perf_counter() - started}
+        if fitness.max() > best:
+            best = float(fitness.max())
+            controller.set_flat(torch.as_tensor(candidates[int(fitness.argmax())]))
+            save_model(files["best"], controller,
+                       meta={"generation": gen + 1, "fitness": best, "rollouts": c.rollouts})
+        if c.eval_every and (gen + 1) % c.eval_every == 0:
+            last_eval = evaluate_controller(template, files["best"], c.eval_episodes,
+                                            seed=cfg.seed + 10_000 + gen)
+            entry["eval"] = last_eval
+            writer.add_scalar("c/eval_mean", last_eval["mean"], gen + 1)
+        for key in ("best", "mean", "worst"):
+            writer.add_scalar(f"c/fitness_{key}", entry[key], gen + 1)
+        log.append(entry)
+        write_npz_atomic(files["history"], {"fitness": np.stack(es.history)}, compress_level=0)
+        write_json_atomic(files["log"], log)
+        bar.set_postfix(best=f"{entry['best']:.1f}", mean=f"{entry['mean']:.1f}")
+        if c.target_return and last_eval and last_eval["mean"] >= c.target_return:
+            break
+    writer.close()
+    return CMAESReport(len(es.history), best, last_eval, time.perf_counter() - started)
+
+
+def evaluate_controller(worker: RolloutWorker, weights: Path, episodes: int,
+                        seed: int) -> dict[str, Any]:
+    """Mean and spread of ``episodes`` returns of the controller saved at ``weights``."""
+    from agents.rollouts import describe_returns
+    from worldmodels.checkpoint import load_weights
+
+    load_weights(weights, worker.controller)
+    seeds = np.random.default_rng([seed, 104729]).integers(0, 2**31 - 1, size=episodes)
+    returns = np.array([worker.play(None, int(s))[0] for s in seeds])
+    return describe_returns(returns)

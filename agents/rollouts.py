@@ -1,0 +1,106 @@
+"""Real-env rollouts of a V-M-C agent, for CMA-ES fitness and for evaluation.
+
+A worker process loads V, M and the env once (from the run directory) and then plays
+any number of candidate controllers; tasks carry only the flat parameters and a seed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+
+from agents.vmc import VMCAgent
+from envs.factory import make_env_from_config
+from worldmodels.config import ExperimentConfig, merge_into
+from worldmodels.controller import Controller
+from worldmodels.frmdn_training import load_memory
+from worldmodels.vae_training import load_vae
+
+
+@dataclass(frozen=True)
+class RolloutTask:
+    """One episode of candidate ``candidate`` with env seed ``seed``."""
+
+    run_dir: str
+    candidate: int
+    params: tuple[float, ...]
+    seed: int
+    max_steps: int = 0
+
+
+def load_run_config(run_dir: Path) -> ExperimentConfig:
+    """The resolved config saved at the root of a run directory."""
+    cfg = ExperimentConfig()
+    merge_into(cfg, yaml.safe_load((Path(run_dir) / "config.yaml").read_text()),
+               f"{run_dir}/config.yaml")
+    return cfg
+
+
+def build_controller(cfg: ExperimentConfig, action_space: gym.Space, h_dim: int) -> Controller:
+    c = cfg.controller
+    if isinstance(action_space, gym.spaces.Discrete):
+        return Controller(cfg.vae.z_dim, h_dim, int(action_space.n), discrete=True,
+                          hidden=c.hidden, use_cell=c.use_cell)
+    if isinstance(action_space, gym.spaces.Box):
+        return Controller(cfg.vae.z_dim, h_dim, int(np.prod(action_space.shape)),
+                          low=action_space.low.tolist(), high=action_space.high.tolist(),
+                          hidden=c.hidden, use_cell=c.use_cell)
+    raise ValueError(f"controllers support Box and Discrete actions, not {action_space}")
+
+
+class RolloutWorker:
+    """V, M, the env and a controller template, made once per process."""
+
+    def __init__(self, run_dir: Path, device: str = "cpu"):
+        self.cfg = load_run_config(run_dir)
+        self.env = make_env_from_config(self.cfg.env)
+        vae = load_vae(run_dir, self.cfg.vae.z_dim, device)
+        memory = load_memory(Path(run_dir) / "memory", device)
+        self.controller = build_controller(self.cfg, self.env.action_space,
+                                           memory.lstm.hidden_size)
+        self.agent = VMCAgent(vae, memory, self.controller, device)
+
+    def play(self, params: np.ndarray | None, seed: int, max_steps: int = 0,
+             frames: list | None = None) -> tuple[float, int]:
+        """One episode; returns (return, steps). ``frames`` collects the real frames."""
+        if params is not None:
+            self.controller.set_flat(torch.as_tensor(np.asarray(params), dtype=torch.float32))
+        obs, _ = self.env.reset(seed=seed)
+        self.agent.reset(1)
+        total, steps = 0.0, 0
+        while True:
+            if frames is not None:
+                frames.append(obs)
+            action = self.agent.act(obs[None])[0]
+            obs, reward, terminated, truncated, _ = self.env.step(action)
+            total += float(reward)
+            steps += 1
+            if terminated or truncated or (max_steps and steps >= max_steps):
+                return total, steps
+
+
+_WORKERS: dict[str, RolloutWorker] = {}
+
+
+def play_task(task: RolloutTask) -> float:
+    """Worker entry point: the return of one episode of one candidate."""
+    if task.run_dir not in _WORKERS:
+        torch.set_num_threads(1)  # one core per worker process
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        _WORKERS[task.run_dir] = RolloutWorker(Path(task.run_dir))
+    ret, _ = _WORKERS[task.run_dir].play(np.asarray(task.params, np.float32), task.seed,
+                                         task.max_steps)
+    return ret
+
+
+def describe_returns(returns: np.ndarray) -> dict[str, Any]:
+    return {"mean": float(np.mean(returns)), "std": float(np.std(returns)),
+            "min": float(np.min(returns)), "max": float(np.max(returns)),
+            "episodes": int(len(returns))}

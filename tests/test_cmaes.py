@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+
+from agents.cmaes import CMAES, ProcessEvaluator, controller_paths, train_cmaes
+from worldmodels.checkpoint import save_model
+from worldmodels.config import save_config
+from worldmodels.frmdn import FRMDN
+from worldmodels.shards import read_npz
+from worldmodels.vae import ConvVAE
+from worldmodels.vae_training import vae_paths
+
+
+@pytest.fixture
+def tiny_run(tiny_cfg):
+    """A run directory with small random V and M, for CarRacing capped at 80 steps."""
+    cfg = tiny_cfg
+    cfg.vae.z_dim = 4
+    cfg.memory.hidden = 8
+    cfg.env.max_episode_steps = 80
+    c = cfg.controller
+    c.population, c.rollouts, c.generations, c.eval_every, c.engine = 4, 1, 4, 0, "serial"
+    cfg.run_dir.mkdir(parents=True)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    torch.manual_seed(0)
+    save_model(vae_paths(cfg.run_dir)["model"], ConvVAE(z_dim=4))
+    save_model(cfg.run_dir / "memory" / "model.safetensors",
+               FRMDN(z_dim=4, action_dim=3, hidden=8, mixtures=2))
+    return cfg
+
+
+def quadratic(candidates, seeds):
+    """A fake evaluator: best at all-0.5 parameters."""
+    return -np.square(np.asarray(candidates) - 0.5).sum(axis=1)
+
+
+def test_replayed_strategy_asks_the_same_population():
+    a = CMAES(np.zeros(6), 0.3, 5, seed=1)
+    for _ in range(3):
+        xs = a.ask()
+        a.tell(xs, quadratic(xs, []))
+    b = CMAES(np.zeros(6), 0.3, 5, seed=1)
+    np.random.seed(99)
+    np.random.rand(7)  # someone else uses the global RNG: no effect on the strategy
+    b.replay(np.stack(a.history))
+    np.testing.assert_array_equal(a.ask(), b.ask())
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_run, tmp_path):
+    full = train_cmaes(tiny_run, quadratic, progress=False)
+    history = read_npz(controller_paths(tiny_run.run_dir)["history"])["fitness"]
+    assert history.shape == (4, 4) and full.generations == 4
+    assert history[-1].max() > history[0].max()  # it optimises
+    # again, stopped after 2 generations and rerun
+    tiny_run.name = "resumed"
+    tiny_run.run_dir.mkdir(parents=True)
+    save_config(tiny_run, tiny_run.run_dir / "config.yaml")
+    torch.manual_seed(0)
+    save_model(vae_paths(tiny_run.run_dir)["model"], ConvVAE(z_dim=4))
+    save_model(tiny_run.run_dir / "memory" / "model.safetensors",
+               FRMDN(z_dim=4, action_dim=3, hidden=8, mixtures=2))
+    tiny_run.controller.generations = 2
+    train_cmaes(tiny_run, quadratic, progress=False)
+    tiny_run.controller.generations = 4
+    train_cmaes(tiny_run, quadratic, progress=False)
+    resumed = read_npz(controller_paths(tiny_run.run_dir)["history"])["fitness"]
+    np.testing.assert_array_equal(resumed, history)
+
+
+def test_real_env_fitness_is_the_same_on_every_engine(tiny_run):
+    rng = np.random.default_rng(0)
+    worker_params = rng.normal(0, 0.5, size=(3, (4 + 8) * 3 + 3))
+    seeds = [11, 12]
+    serial = ProcessEvaluator(tiny_run.run_dir, "serial", max_steps=80)(worker_params, seeds)
+    procs = ProcessEvaluator(tiny_run.run_dir, "process", workers=2,
+                             max_steps=80)(worker_params, seeds)
+    assert np.all(np.isfinite(serial)) and len(set(serial.round(6))) > 1
+    np.testing.assert_array_equal(serial, procs)
+
+
+@pytest.mark.slow
+def test_ray_back_end_returns_the_process_back_end_fitness(tiny_run):
+    ray = pytest.importorskip("ray")
+    rng = np.random.default_rng(1)
+    params = rng.normal(0, 0.5, size=(4, (4 + 8) * 3 + 3))
+    seeds = [5, 6]
+    procs = ProcessEvaluator(tiny_run.run_dir, "process", workers=2, max_steps=80)(params, seeds)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = ProcessEvaluator(tiny_run.run_dir, "ray", workers=2, max_steps=80)(params, seeds)
+    finally:
+        ray.shutdown()
+    np.testing.assert_array_equal(procs, on_ray)
+
+
+def test_wrong_population_in_history_is_refused(tiny_run):
+    train_cmaes(tiny_run, quadratic, progress=False)
+    tiny_run.controller.population = 6
+    with pytest.raises(ValueError, match="population"):
+        train_cmaes(tiny_run, quadratic, progress=False)

@@ -1,0 +1,75 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from agents.vmc import VMCAgent
+from worldmodels.checkpoint import load_model, save_model
+from worldmodels.controller import Controller
+from worldmodels.frmdn import FRMDN
+from worldmodels.vae import ConvVAE
+
+
+def test_box_actions_are_squashed_into_bounds():
+    torch.manual_seed(0)
+    c = Controller(4, 8, 3, low=[-1, 0, 0], high=[1, 1, 1])
+    c.set_flat(torch.randn(c.num_parameters()) * 50)  # saturate
+    with torch.no_grad():
+        a = c(torch.randn(100, 4), torch.randn(100, 8))
+    space = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.ones(3, np.float32))
+    assert all(space.contains(x) for x in a.numpy().astype(np.float32))
+    assert a[:, 0].min() < -0.99 and a[:, 0].max() > 0.99
+
+
+def test_discrete_actions_take_argmax_and_cell_is_read():
+    torch.manual_seed(0)
+    c = Controller(4, 8, 3, discrete=True, use_cell=True)
+    z, h, cell = torch.randn(50, 4), torch.randn(50, 8), torch.randn(50, 8)
+    a = c(z, h, cell)
+    assert a.dtype == torch.int64 and set(a.tolist()) <= {0, 1, 2}
+    assert torch.equal(a, c.logits(z, h, cell).argmax(-1))
+    assert c.num_parameters() == (4 + 16) * 3 + 3
+    with pytest.raises(ValueError, match="pass c"):
+        c(z, h)
+
+
+def test_flat_round_trip_and_checkpoint():
+    c = Controller(4, 8, 2, low=[-2, -2], high=[2, 2], hidden=5)
+    v = torch.arange(c.num_parameters(), dtype=torch.float32) / 100
+    c.set_flat(v)
+    assert torch.equal(c.get_flat(), v)
+    with pytest.raises(ValueError, match="expected"):
+        c.set_flat(torch.zeros(3))
+
+
+def test_controller_checkpoint_reproduces_actions(tmp_path):
+    torch.manual_seed(2)
+    c = Controller(4, 8, 3, low=[-1, 0, 0], high=[1, 1, 1])
+    save_model(tmp_path / "c.safetensors", c)
+    loaded = load_model(tmp_path / "c.safetensors")
+    z, h = torch.randn(6, 4), torch.randn(6, 8)
+    assert torch.equal(c(z, h), loaded(z, h))
+
+
+def test_agent_carries_and_resets_state():
+    torch.manual_seed(0)
+    vae, memory = ConvVAE(z_dim=4), FRMDN(z_dim=4, action_dim=3, hidden=8, mixtures=2)
+    agent = VMCAgent(vae, memory, Controller(4, 8, 3, low=[-1, 0, 0], high=[1, 1, 1]))
+    frames = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    agent.reset(2)
+    first = agent.act(frames)
+    second = agent.act(frames)  # same frames, new memory state: (almost surely) new actions
+    assert first.shape == (2, 3) and not np.allclose(first, second)
+    agent.reset_where(np.array([True, False]))
+    again = agent.act(frames)
+    np.testing.assert_allclose(again[0], first[0], rtol=1e-6)  # env 0 starts over
+    assert not np.allclose(again[1], first[1])
+    # the agent's state equals M's sequence path over the same inputs
+    agent.reset(2)
+    zs, acts = [], []
+    for _ in range(3):
+        z, _ = vae.encode(torch.from_numpy(frames))
+        acts.append(torch.from_numpy(agent.act(frames)))
+        zs.append(z)
+    h_seq, _ = memory(torch.stack(zs, 1), torch.stack(acts, 1))
+    torch.testing.assert_close(agent.state[0][0], h_seq[:, -1])

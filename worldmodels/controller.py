@@ -1,0 +1,81 @@
+"""C: the controller, a = squash(W [z, h] + b), with an optional hidden layer.
+
+Box actions are squashed into their bounds (low + (tanh + 1) / 2 * (high - low));
+Discrete actions take the argmax of the logits. It has about a thousand parameters and
+is trained as one flat vector (CMA-ES), so it offers ``get_flat`` / ``set_flat``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Controller(nn.Module):
+    """Shapes: z (B, z_dim), h (B, h_dim), c (B, h_dim) when ``use_cell`` (Doom: [z, c, h]).
+
+    Returns float (B, A) actions within ``[low, high]``, or int64 (B,) for Discrete(A).
+    """
+
+    def __init__(
+        self,
+        z_dim: int,
+        h_dim: int,
+        action_dim: int,
+        discrete: bool = False,
+        low: list[float] | None = None,
+        high: list[float] | None = None,
+        hidden: int = 0,
+        use_cell: bool = False,
+    ):
+        super().__init__()
+        self._config = dict(z_dim=z_dim, h_dim=h_dim, action_dim=action_dim, discrete=discrete,
+                            low=low, high=high, hidden=hidden, use_cell=use_cell)
+        self.discrete, self.use_cell = discrete, use_cell
+        features = z_dim + h_dim * (2 if use_cell else 1)
+        if hidden:
+            self.net: nn.Module = nn.Sequential(nn.Linear(features, hidden), nn.Tanh(),
+                                                nn.Linear(hidden, action_dim))
+        else:
+            self.net = nn.Linear(features, action_dim)
+        if not discrete:
+            if low is None or high is None or len(low) != action_dim or len(high) != action_dim:
+                raise ValueError(f"Box actions need low and high of length {action_dim}")
+            self.register_buffer("low", torch.tensor(low, dtype=torch.float32))
+            self.register_buffer("high", torch.tensor(high, dtype=torch.float32))
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    def logits(self, z: Tensor, h: Tensor, c: Tensor | None = None) -> Tensor:
+        parts = [z, c, h] if self.use_cell else [z, h]
+        if self.use_cell and c is None:
+            raise ValueError("this controller reads the LSTM cell state: pass c")
+        return self.net(torch.cat(parts, dim=-1))
+
+    def forward(self, z: Tensor, h: Tensor, c: Tensor | None = None) -> Tensor:
+        out = self.logits(z, h, c)
+        if self.discrete:
+            return out.argmax(dim=-1)
+        return self.low + (torch.tanh(out) + 1) / 2 * (self.high - self.low)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def get_flat(self) -> Tensor:
+        return nn.utils.parameters_to_vector(self.parameters()).detach().clone()
+
+    def set_flat(self, vector: Tensor) -> None:
+        vector = torch.as_tensor(vector, dtype=torch.float32)
+        if vector.numel() != self.num_parameters():
+            raise ValueError(f"expected {self.num_parameters()} parameters, got {vector.numel()}")
+        nn.utils.vector_to_parameters(vector, self.parameters())
+
+
+def _register() -> None:
+    from worldmodels.checkpoint import register_model
+
+    register_model("Controller", Controller)
+
+
+_register()
