@@ -4,7 +4,8 @@ when its output already exists, then a summary (wall time and figures per stage)
     python run.py --preset quick                       # CarRacing, a few minutes on 2 cores
     python run.py --config doom_takecover --preset quick
 
-Stages so far: collect -> train V -> encode -> train M. C and evaluation join as they land.
+Stages: collect -> train V -> encode -> train M -> train C (CMA-ES) -> evaluate C and a
+random policy on ``controller.eval_episodes`` real episodes.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
+from agents.cmaes import train_cmaes
 from agents.collect import collect, describe
+from agents.evaluation import evaluate
 from worldmodels.config import ExperimentConfig, cli_parser, config_from_args
 from worldmodels.encoding import encode_rollouts
 from worldmodels.frmdn_training import report_dict as memory_report
@@ -30,6 +34,11 @@ def stages() -> list[tuple[str, Callable[[ExperimentConfig], Any]]]:
         ("vae", lambda cfg: report_dict(train_vae(cfg))),
         ("encode", lambda cfg: vars(encode_rollouts(cfg))),
         ("memory", lambda cfg: memory_report(train_memory(cfg))),
+        ("controller", lambda cfg: asdict(train_cmaes(cfg))),
+        ("evaluate", lambda cfg: evaluate(cfg.run_dir, cfg.controller.eval_episodes,
+                                          seed=cfg.seed, progress=True)),
+        ("evaluate_random", lambda cfg: evaluate(cfg.run_dir, cfg.controller.eval_episodes,
+                                                 policy="random", seed=cfg.seed)),
     ]
 
 

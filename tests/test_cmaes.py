@@ -98,3 +98,25 @@ def test_wrong_population_in_history_is_refused(tiny_run):
     tiny_run.controller.population = 6
     with pytest.raises(ValueError, match="population"):
         train_cmaes(tiny_run, quadratic, progress=False)
+
+
+def test_evaluate_writes_csv_summary_and_video(tiny_run):
+    import csv
+    import json
+
+    from agents.evaluation import evaluate
+
+    train_cmaes(tiny_run, quadratic, progress=False)  # writes controller/best.safetensors
+    summary = evaluate(tiny_run.run_dir, episodes=2, video_episodes=1, progress=False)
+    out = tiny_run.run_dir / "eval"
+    with open(out / "controller.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and summary["episodes"] == 2
+    assert abs(np.mean([float(r["return"]) for r in rows]) - summary["mean"]) < 1e-9
+    assert json.loads((out / "controller.json").read_text())["mean"] == summary["mean"]
+    assert (out / "controller_episode0.gif").stat().st_size > 1000
+    rand = evaluate(tiny_run.run_dir, episodes=2, policy="random", progress=False)
+    assert rand["episodes"] == 2 and (out / "random.csv").exists()
+    # the same seeds give the same returns
+    again = evaluate(tiny_run.run_dir, episodes=2, progress=False)
+    assert again["mean"] == summary["mean"]

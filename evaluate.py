@@ -1,0 +1,34 @@
+"""Evaluate the run's controller (or a random policy) in the real env.
+
+    python evaluate.py --config carracing --preset quick --episodes 100 --policy random
+    python evaluate.py --config carracing --preset quick --episodes 100 --video 1
+
+Writes <run>/eval/<policy>.csv (one row per episode) and <policy>.json (mean, std, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from agents.evaluation import evaluate
+from worldmodels.config import cli_parser, config_from_args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = cli_parser(__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--policy", choices=["controller", "random"], default="controller")
+    parser.add_argument("--video", type=int, default=0,
+                        help="GIFs of the first N episodes: real frames beside V's reconstruction")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    summary = evaluate(cfg.run_dir, args.episodes, args.policy, cfg.seed, args.video)
+    print(json.dumps(summary, indent=2))
+    print(f"mean return {summary['mean']:.1f} ± {summary['std']:.1f} "
+          f"over {summary['episodes']} episodes")
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
