@@ -1,9 +1,11 @@
-"""Stage 3: train C with CMA-ES in the real env, on [z, h] from the run's V and M.
+"""Stage 3: train C in the real env on [z, h] from the run's V and M: CMA-ES (default)
+or a Stable-Baselines3 algorithm (--algo ppo).
 
     python train_controller.py --config carracing --preset quick
     python train_controller.py controller.engine=ray controller.ray_address=HOST:6379
+    python train_controller.py --algo ppo controller.sb3_timesteps=20000
 
-A rerun resumes from controller/cmaes_history.npz.
+A CMA-ES rerun resumes from controller/cmaes_history.npz.
 """
 
 from __future__ import annotations
@@ -18,11 +20,23 @@ from worldmodels.run_dir import prepare_run_dir
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = config_from_args(cli_parser(__doc__.splitlines()[0]).parse_args(argv))
+    parser = cli_parser(__doc__.splitlines()[0])
+    parser.add_argument("--algo", default=None,
+                        help="cmaes | ppo | a2c | sac | td3 (same as controller.algo=...)")
+    args = parser.parse_args(argv)
+    if args.algo:
+        args.overrides = [*args.overrides, f"controller.algo={args.algo}"]
+    cfg = config_from_args(args)
     run_dir = prepare_run_dir(cfg)
-    summary = asdict(train_cmaes(cfg))
+    if cfg.controller.algo == "cmaes":
+        summary = asdict(train_cmaes(cfg))
+        print(f"best controller: {run_dir / 'controller' / 'best.safetensors'}")
+    else:
+        from agents.sb3 import train_sb3
+
+        _, summary = train_sb3(run_dir, cfg.controller.algo, cfg.controller.sb3_timesteps,
+                               cfg.seed)
     print(json.dumps(summary, indent=2))
-    print(f"best controller: {run_dir / 'controller' / 'best.safetensors'}")
     return summary
 
 

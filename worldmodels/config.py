@@ -106,6 +106,8 @@ class MemoryConfig:
 
 @dataclass
 class ControllerConfig:
+    algo: str = _opt("cmaes", "cmaes, or a Stable-Baselines3 algorithm: ppo | a2c | sac | td3.")
+    sb3_timesteps: int = _opt(100_000, "Environment steps for an SB3 algorithm.")
     hidden: int = _opt(0, "Hidden units of C (0 = linear, as in the paper).")
     use_cell: bool = _opt(False, "Feed M's cell state too: [z, c, h] (the paper's Doom setup).")
     population: int = _opt(64, "CMA-ES population size.")
@@ -292,6 +294,8 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.memory.flow in ("none", "maf", "coupling"), "memory.flow",
          "must be none, maf or coupling"),
         (cfg.memory.nonfinite in ("raise", "skip"), "memory.nonfinite", "must be raise or skip"),
+        (cfg.controller.algo in ("cmaes", "ppo", "a2c", "sac", "td3"), "controller.algo",
+         "must be cmaes, ppo, a2c, sac or td3"),
         (cfg.controller.engine in ("serial", "process", "ray"), "controller.engine",
          "must be serial, process or ray"),
         (cfg.controller.population >= 2 and cfg.controller.rollouts >= 1,
