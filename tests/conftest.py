@@ -42,6 +42,24 @@ def write_shards(directory: Path, n: int, T: int = 30) -> list[Path]:
     return paths
 
 
+class PicklePayload:
+    """Unpickling this creates ``marker``: proof that a loader executed a pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def pickle_marker(tmp_path):
+    """A path that exists only if a planted pickle was executed."""
+    marker = tmp_path / "pickle_was_executed"
+    yield marker
+    assert not marker.exists(), "a planted pickle was executed"
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     """The CarRacing quick preset, shrunk, writing under tmp_path."""

@@ -20,13 +20,18 @@ def tiny_run(tiny_cfg):
     cfg.env.max_episode_steps = 80
     c = cfg.controller
     c.population, c.rollouts, c.generations, c.eval_every, c.engine = 4, 1, 4, 0, "serial"
+    write_tiny_run(cfg)
+    return cfg
+
+
+def write_tiny_run(cfg):
+    """config.yaml and small random V and M weights in ``cfg.run_dir``."""
     cfg.run_dir.mkdir(parents=True)
     save_config(cfg, cfg.run_dir / "config.yaml")
     torch.manual_seed(0)
     save_model(vae_paths(cfg.run_dir)["model"], ConvVAE(z_dim=4))
     save_model(cfg.run_dir / "memory" / "model.safetensors",
                FRMDN(z_dim=4, action_dim=3, hidden=8, mixtures=2))
-    return cfg
 
 
 def quadratic(candidates, seeds):
@@ -53,12 +58,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_run, tmp_path):
     assert history[-1].max() > history[0].max()  # it optimises
     # again, stopped after 2 generations and rerun
     tiny_run.name = "resumed"
-    tiny_run.run_dir.mkdir(parents=True)
-    save_config(tiny_run, tiny_run.run_dir / "config.yaml")
-    torch.manual_seed(0)
-    save_model(vae_paths(tiny_run.run_dir)["model"], ConvVAE(z_dim=4))
-    save_model(tiny_run.run_dir / "memory" / "model.safetensors",
-               FRMDN(z_dim=4, action_dim=3, hidden=8, mixtures=2))
+    write_tiny_run(tiny_run)
     tiny_run.controller.generations = 2
     train_cmaes(tiny_run, quadratic, progress=False)
     tiny_run.controller.generations = 4

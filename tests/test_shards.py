@@ -4,7 +4,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.conftest import synthetic_shard
+from tests.conftest import PicklePayload, synthetic_shard
 from worldmodels import shards as shards_mod
 from worldmodels.shards import (
     RolloutShard,
@@ -81,17 +81,7 @@ def test_wrong_dtype_is_refused(tmp_path):
         RolloutShard.load(tmp_path / "ep_000001.npz")
 
 
-class _Boom:
-    def __reduce__(self):
-        return (open, ("/tmp/worldmodels_pickle_was_executed", "w"))
-
-
-def test_pickled_object_in_shard_is_refused_not_executed(tmp_path):
-    marker = "/tmp/worldmodels_pickle_was_executed"
-    import os
-
-    if os.path.exists(marker):
-        os.remove(marker)
+def test_pickled_object_in_shard_is_refused_not_executed(tmp_path, pickle_marker):
     good = synthetic_shard(0)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -99,13 +89,13 @@ def test_pickled_object_in_shard_is_refused_not_executed(tmp_path):
             with zf.open(f"{key}.npy", "w") as member:
                 np.lib.format.write_array(member, getattr(good, key))
         with zf.open("meta.npy", "w") as member:
-            np.lib.format.write_array(member, np.array([_Boom()], dtype=object), allow_pickle=True)
+            payload = np.array([PicklePayload(pickle_marker)], dtype=object)
+            np.lib.format.write_array(member, payload, allow_pickle=True)
     path = tmp_path / "ep_000000.npz"
     path.write_bytes(buf.getvalue())
-    assert b"worldmodels_pickle_was_executed" in path.read_bytes()  # the payload is there
+    assert b"pickle_was_executed" in path.read_bytes()  # the payload is there
     with pytest.raises(ShardError, match="ep_000000.npz"):
         RolloutShard.load(path)
-    assert not os.path.exists(marker)
 
 
 def test_zip64_and_stored_levels_are_readable(tmp_path):

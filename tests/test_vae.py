@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_shards
+from tests.conftest import PicklePayload, write_shards
 from worldmodels.checkpoint import CheckpointError, load_model, load_state, save_model
 from worldmodels.vae import ConvVAE, vae_loss
 from worldmodels.vae_training import train_vae, vae_paths
@@ -57,22 +57,11 @@ def test_checkpoint_of_other_config_is_refused(tmp_path):
         load_model(tmp_path / "v.safetensors")
 
 
-class _Payload:
-    def __reduce__(self):
-        return (open, ("/tmp/worldmodels_state_pickle_ran", "w"))
-
-
-def test_pickled_training_state_is_refused(tmp_path):
-    import os
-
-    marker = "/tmp/worldmodels_state_pickle_ran"
-    if os.path.exists(marker):
-        os.remove(marker)
+def test_pickled_training_state_is_refused(tmp_path, pickle_marker):
     path = tmp_path / "train_state.pt"
-    torch.save({"epoch": 1, "evil": _Payload()}, path, pickle_module=pickle)
+    torch.save({"epoch": 1, "evil": PicklePayload(pickle_marker)}, path, pickle_module=pickle)
     with pytest.raises(CheckpointError, match="train_state.pt"):
         load_state(path)
-    assert not os.path.exists(marker)
 
 
 def test_train_vae_writes_checkpoint_grid_and_resumes(tiny_cfg):
