@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="GIFs of the first N episodes: real frames beside V's reconstruction")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    summary = evaluate(cfg.run_dir, args.episodes, args.policy, cfg.seed, args.video)
+    summary = evaluate(cfg.run_dir, args.episodes, args.policy, cfg.seed, args.video,
+                       engine=cfg.controller.engine, workers=cfg.controller.workers)
     print(json.dumps(summary, indent=2))
     print(f"mean return {summary['mean']:.1f} ± {summary['std']:.1f} "
           f"over {summary['episodes']} episodes")

@@ -36,9 +36,12 @@ def stages() -> list[tuple[str, Callable[[ExperimentConfig], Any]]]:
         ("memory", lambda cfg: memory_report(train_memory(cfg))),
         ("controller", lambda cfg: asdict(train_cmaes(cfg))),
         ("evaluate", lambda cfg: evaluate(cfg.run_dir, cfg.controller.eval_episodes,
-                                          seed=cfg.seed, progress=True)),
+                                          seed=cfg.seed, engine=cfg.controller.engine,
+                                          workers=cfg.controller.workers)),
         ("evaluate_random", lambda cfg: evaluate(cfg.run_dir, cfg.controller.eval_episodes,
-                                                 policy="random", seed=cfg.seed)),
+                                                 policy="random", seed=cfg.seed,
+                                                 engine=cfg.controller.engine,
+                                                 workers=cfg.controller.workers)),
     ]
 
 

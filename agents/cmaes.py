@@ -57,15 +57,25 @@ class ProcessEvaluator:
         self.ray_address, self.max_steps = ray_address, max_steps
 
     def __call__(self, candidates: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
-        tasks = [RolloutTask(self.run_dir, i, tuple(map(float, x)), int(s), self.max_steps)
+        return self.returns(list(candidates), seeds)[0].mean(axis=1)
+
+    def returns(self, candidates: Sequence[np.ndarray | None],
+                seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(returns, steps), each (P, R): every candidate on every seed, in seed order.
+
+        A candidate of None plays uniform random actions.
+        """
+        tasks = [RolloutTask(self.run_dir, i, None if x is None else tuple(map(float, x)),
+                             int(s), self.max_steps)
                  for i, x in enumerate(candidates) for s in seeds]
         returns = np.zeros((len(candidates), len(seeds)))
-        counts = np.zeros(len(candidates), dtype=int)
-        for task, ret in run_tasks(play_task, tasks, self.engine, self.workers,
-                                   self.ray_address):
-            returns[task.candidate, counts[task.candidate]] = ret
-            counts[task.candidate] += 1
-        return returns.mean(axis=1)
+        steps = np.zeros((len(candidates), len(seeds)), dtype=int)
+        column = {int(s): j for j, s in enumerate(seeds)}
+        for task, (ret, n) in run_tasks(play_task, tasks, self.engine, self.workers,
+                                        self.ray_address):
+            returns[task.candidate, column[task.seed]] = ret
+            steps[task.candidate, column[task.seed]] = n
+        return returns, steps
 
 
 class CMAES:
@@ -158,8 +168,8 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
             save_model(files["best"], controller,
                        meta={"generation": gen + 1, "fitness": best, "rollouts": c.rollouts})
         if c.eval_every and (gen + 1) % c.eval_every == 0:
-            last_eval = evaluate_controller(template, files["best"], c.eval_episodes,
-                                            seed=cfg.seed + 10_000 + gen)
+            last_eval = evaluate_best(template, files["best"], c.eval_episodes,
+                                      cfg.seed + 10_000 + gen, evaluator)
             entry["eval"] = last_eval
             writer.add_scalar("c/eval_mean", last_eval["mean"], gen + 1)
         for key in ("best", "mean", "worst"):
@@ -174,13 +184,19 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
     return CMAESReport(len(es.history), best, last_eval, time.perf_counter() - started)
 
 
-def evaluate_controller(worker: RolloutWorker, weights: Path, episodes: int,
-                        seed: int) -> dict[str, Any]:
-    """Mean and spread of ``episodes`` returns of the controller saved at ``weights``."""
+def evaluate_best(template: RolloutWorker, weights: Path, episodes: int, seed: int,
+                  evaluator: Evaluator) -> dict[str, Any]:
+    """Mean and spread over ``episodes`` fresh episodes of the controller at ``weights``,
+    played by the evaluator's workers when it has them."""
     from agents.rollouts import describe_returns
     from worldmodels.checkpoint import load_weights
 
-    load_weights(weights, worker.controller)
-    seeds = np.random.default_rng([seed, 104729]).integers(0, 2**31 - 1, size=episodes)
-    returns = np.array([worker.play(None, int(s))[0] for s in seeds])
+    load_weights(weights, template.controller)
+    params = template.controller.get_flat().numpy()
+    seeds = [int(s) for s in
+             np.random.default_rng([seed, 104729]).integers(0, 2**31 - 1, size=episodes)]
+    if isinstance(evaluator, ProcessEvaluator):
+        returns = evaluator.returns([params], seeds)[0][0]
+    else:
+        returns = np.array([template.play(params, s)[0] for s in seeds])
     return describe_returns(returns)

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from agents.rollouts import RolloutWorker, describe_returns
 from worldmodels.checkpoint import load_weights, write_json_atomic
@@ -25,44 +24,41 @@ def evaluation_seeds(seed: int, episodes: int) -> list[int]:
     return [int(s) for s in rng.integers(0, 2**31 - 1, size=episodes)]
 
 
-def play_random(worker: RolloutWorker, seed: int) -> tuple[float, int]:
-    env = worker.env
-    env.action_space.seed(seed)
-    env.reset(seed=seed)
-    total, steps = 0.0, 0
-    while True:
-        _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-        total += float(reward)
-        steps += 1
-        if terminated or truncated:
-            return total, steps
-
-
 def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", seed: int = 0,
-             video_episodes: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Play ``episodes`` episodes; writes ``eval/<policy>.csv`` and ``eval/<policy>.json``."""
+             video_episodes: int = 0, engine: str = "process", workers: int = 0,
+             progress: bool = True) -> dict[str, Any]:
+    """Play ``episodes`` episodes on the evaluator's workers.
+
+    Writes ``eval/<policy>.csv`` (episode, seed, return, steps) and ``eval/<policy>.json``
+    (mean, std, min, max); for the controller, GIFs of the first ``video_episodes``.
+    """
+    from agents.cmaes import ProcessEvaluator
+
+    if policy not in ("controller", "random"):
+        raise ValueError(f"policy must be controller or random, not '{policy}'")
     worker = RolloutWorker(run_dir)
+    params = None
     if policy == "controller":
         load_weights(Path(run_dir) / "controller" / "best.safetensors", worker.controller)
-    elif policy != "random":
-        raise ValueError(f"policy must be controller or random, not '{policy}'")
+        params = worker.controller.get_flat().numpy()
     out = Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    seeds = evaluation_seeds(seed, episodes)
     started = time.perf_counter()
-    for i, s in enumerate(tqdm(evaluation_seeds(seed, episodes), desc=f"evaluate {policy}",
-                               unit="ep", disable=not progress)):
-        frames: list | None = [] if i < video_episodes and policy == "controller" else None
-        ret, steps = (play_random(worker, s) if policy == "random"
-                      else worker.play(None, s, frames=frames))
-        rows.append({"episode": i, "seed": s, "return": ret, "steps": steps})
-        if frames:
-            save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif")
+    if progress:
+        print(f"evaluate {policy}: {episodes} episodes on {engine} workers")
+    returns, steps = ProcessEvaluator(run_dir, engine, workers).returns([params], seeds)
+    rows = [{"episode": i, "seed": s, "return": float(returns[0, i]), "steps": int(steps[0, i])}
+            for i, s in enumerate(seeds)]
+    for i in range(min(video_episodes, episodes) if params is not None else 0):
+        frames: list = []
+        worker.play(params, seeds[i], frames=frames)
+        save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif")
     with open(out / f"{policy}.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    summary = {"policy": policy, **describe_returns(np.array([r["return"] for r in rows])),
+    summary = {"policy": policy, **describe_returns(returns[0]),
                "seconds": time.perf_counter() - started}
     write_json_atomic(out / f"{policy}.json", summary)
     return summary

@@ -26,11 +26,12 @@ from worldmodels.vae_training import load_vae
 
 @dataclass(frozen=True)
 class RolloutTask:
-    """One episode of candidate ``candidate`` with env seed ``seed``."""
+    """One episode of candidate ``candidate`` with env seed ``seed``; ``params`` None plays
+    uniform random actions instead of a controller."""
 
     run_dir: str
     candidate: int
-    params: tuple[float, ...]
+    params: tuple[float, ...] | None
     seed: int
     max_steps: int = 0
 
@@ -70,6 +71,18 @@ class RolloutWorker:
                                            memory.lstm.hidden_size)
         self.agent = VMCAgent(vae, memory, self.controller, device)
 
+    def play_random(self, seed: int, max_steps: int = 0) -> tuple[float, int]:
+        """One episode of uniform random actions; returns (return, steps)."""
+        self.env.action_space.seed(seed)
+        self.env.reset(seed=seed)
+        total, steps = 0.0, 0
+        while True:
+            _, reward, terminated, truncated, _ = self.env.step(self.env.action_space.sample())
+            total += float(reward)
+            steps += 1
+            if terminated or truncated or (max_steps and steps >= max_steps):
+                return total, steps
+
     def play(self, params: np.ndarray | None, seed: int, max_steps: int = 0,
              frames: list | None = None) -> tuple[float, int]:
         """One episode; returns (return, steps). ``frames`` collects the real frames."""
@@ -92,14 +105,15 @@ class RolloutWorker:
 _WORKERS: dict[str, RolloutWorker] = {}
 
 
-def play_task(task: RolloutTask) -> float:
-    """Worker entry point: the return of one episode of one candidate."""
+def play_task(task: RolloutTask) -> tuple[float, int]:
+    """Worker entry point: (return, steps) of one episode of one candidate."""
     if task.run_dir not in _WORKERS:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         _WORKERS[task.run_dir] = RolloutWorker(Path(task.run_dir))
-    ret, _ = _WORKERS[task.run_dir].play(np.asarray(task.params, np.float32), task.seed,
-                                         task.max_steps)
-    return ret
+    worker = _WORKERS[task.run_dir]
+    if task.params is None:
+        return worker.play_random(task.seed, task.max_steps)
+    return worker.play(np.asarray(task.params, np.float32), task.seed, task.max_steps)
 
 
 def describe_returns(returns: np.ndarray) -> dict[str, Any]:

@@ -107,7 +107,8 @@ def test_evaluate_writes_csv_summary_and_video(tiny_run):
     from agents.evaluation import evaluate
 
     train_cmaes(tiny_run, quadratic, progress=False)  # writes controller/best.safetensors
-    summary = evaluate(tiny_run.run_dir, episodes=2, video_episodes=1, progress=False)
+    summary = evaluate(tiny_run.run_dir, episodes=2, video_episodes=1, engine="serial",
+                       progress=False)
     out = tiny_run.run_dir / "eval"
     with open(out / "controller.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -115,10 +116,11 @@ def test_evaluate_writes_csv_summary_and_video(tiny_run):
     assert abs(np.mean([float(r["return"]) for r in rows]) - summary["mean"]) < 1e-9
     assert json.loads((out / "controller.json").read_text())["mean"] == summary["mean"]
     assert (out / "controller_episode0.gif").stat().st_size > 1000
-    rand = evaluate(tiny_run.run_dir, episodes=2, policy="random", progress=False)
+    rand = evaluate(tiny_run.run_dir, episodes=2, policy="random", engine="serial",
+                    progress=False)
     assert rand["episodes"] == 2 and (out / "random.csv").exists()
     # the same seeds give the same returns
-    again = evaluate(tiny_run.run_dir, episodes=2, progress=False)
+    again = evaluate(tiny_run.run_dir, episodes=2, engine="process", workers=2, progress=False)
     assert again["mean"] == summary["mean"]
 
 
