@@ -36,7 +36,6 @@ def fixed_h(seed=1):
 
 def brute_log_prob(model, y, h):
     """MultivariateNormal with precision U D_k U^T, plus the autograd Jacobian of f."""
-    d = model.z_dim
     p = model.mixture.params(h)
     U = model.mixture.u_matrix()
     out = []
@@ -54,9 +53,8 @@ def brute_log_prob(model, y, h):
                 lam = torch.diag(D)
             elif model.mixture.precision == "square":
                 lam = U @ torch.diag(D) @ U.T
-            else:  # sum_j D_kj u_j u_j^T + eps I
+            else:  # sum_j D_kj u_j u_j^T
                 lam = sum(D[j] * torch.outer(U[:, j], U[:, j]) for j in range(U.shape[1]))
-                lam = lam + model.mixture.jitter * torch.eye(d, dtype=y.dtype)
             comps.append(MultivariateNormal(p.mu[k], precision_matrix=lam).log_prob(u))
         log_alpha = torch.log_softmax(p.logits, -1)
         out.append(torch.logsumexp(log_alpha + torch.stack(comps), 0) + logdet)
