@@ -52,9 +52,9 @@ class ProcessEvaluator:
     worker process (serial: once in this process)."""
 
     def __init__(self, run_dir: Path, engine: str = "process", workers: int = 0,
-                 ray_address: str = "", max_steps: int = 0):
+                 ray_address: str = "", max_steps: int = 0, stall_steps: int = 0):
         self.run_dir, self.engine, self.workers = str(run_dir), engine, workers
-        self.ray_address, self.max_steps = ray_address, max_steps
+        self.ray_address, self.max_steps, self.stall_steps = ray_address, max_steps, stall_steps
 
     def __call__(self, candidates: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
         return self.returns(list(candidates), seeds)[0].mean(axis=1)
@@ -66,7 +66,7 @@ class ProcessEvaluator:
         A candidate of None plays uniform random actions.
         """
         tasks = [RolloutTask(self.run_dir, i, None if x is None else tuple(map(float, x)),
-                             int(s), self.max_steps)
+                             int(s), self.max_steps, self.stall_steps)
                  for i, x in enumerate(candidates) for s in seeds]
         returns = np.zeros((len(candidates), len(seeds)))
         steps = np.zeros((len(candidates), len(seeds)), dtype=int)
@@ -138,7 +138,7 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
     template = RolloutWorker(cfg.run_dir)  # the controller's shape, and evaluation episodes
     controller = template.controller
     evaluator = evaluator or ProcessEvaluator(cfg.run_dir, c.engine, c.workers, c.ray_address,
-                                              c.max_episode_steps)
+                                              c.max_episode_steps, c.stall_steps)
     torch.manual_seed(cfg.seed)
     x0 = np.zeros(controller.num_parameters())
     es = CMAES(x0, c.sigma0, c.population, cfg.seed)
@@ -195,8 +195,10 @@ def evaluate_best(template: RolloutWorker, weights: Path, episodes: int, seed: i
     params = template.controller.get_flat().numpy()
     seeds = [int(s) for s in
              np.random.default_rng([seed, 104729]).integers(0, 2**31 - 1, size=episodes)]
-    if isinstance(evaluator, ProcessEvaluator):
-        returns = evaluator.returns([params], seeds)[0][0]
+    if isinstance(evaluator, ProcessEvaluator):  # whole episodes: no step cap, no stall stop
+        full = ProcessEvaluator(evaluator.run_dir, evaluator.engine, evaluator.workers,
+                                evaluator.ray_address)
+        returns = full.returns([params], seeds)[0][0]
     else:
         returns = np.array([template.play(params, s)[0] for s in seeds])
     return describe_returns(returns)

@@ -34,6 +34,7 @@ class RolloutTask:
     params: tuple[float, ...] | None
     seed: int
     max_steps: int = 0
+    stall_steps: int = 0
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:
@@ -84,13 +85,17 @@ class RolloutWorker:
                 return total, steps
 
     def play(self, params: np.ndarray | None, seed: int, max_steps: int = 0,
-             frames: list | None = None) -> tuple[float, int]:
-        """One episode; returns (return, steps). ``frames`` collects the real frames."""
+             frames: list | None = None, stall_steps: int = 0) -> tuple[float, int]:
+        """One episode; returns (return, steps). ``frames`` collects the real frames.
+
+        ``stall_steps`` > 0 ends the episode after that many steps in a row without a
+        positive reward (a CarRacing car off the track), to save training time.
+        """
         if params is not None:
             self.controller.set_flat(torch.as_tensor(np.asarray(params), dtype=torch.float32))
         obs, _ = self.env.reset(seed=seed)
         self.agent.reset(1)
-        total, steps = 0.0, 0
+        total, steps, stalled = 0.0, 0, 0
         while True:
             if frames is not None:
                 frames.append(obs)
@@ -98,7 +103,9 @@ class RolloutWorker:
             obs, reward, terminated, truncated, _ = self.env.step(action)
             total += float(reward)
             steps += 1
-            if terminated or truncated or (max_steps and steps >= max_steps):
+            stalled = 0 if reward > 0 else stalled + 1
+            if terminated or truncated or (max_steps and steps >= max_steps) \
+                    or (stall_steps and stalled >= stall_steps):
                 return total, steps
 
 
@@ -113,7 +120,8 @@ def play_task(task: RolloutTask) -> tuple[float, int]:
     worker = _WORKERS[task.run_dir]
     if task.params is None:
         return worker.play_random(task.seed, task.max_steps)
-    return worker.play(np.asarray(task.params, np.float32), task.seed, task.max_steps)
+    return worker.play(np.asarray(task.params, np.float32), task.seed, task.max_steps,
+                       stall_steps=task.stall_steps)
 
 
 def describe_returns(returns: np.ndarray) -> dict[str, Any]:

@@ -146,3 +146,11 @@ def test_latent_env_passes_sb3_checker_and_ppo_round_trips(tiny_run):
         a1, _ = trained.predict(obs, deterministic=True)
         a2, _ = loaded.predict(obs, deterministic=True)
         np.testing.assert_array_equal(a1, a2)
+
+
+def test_stall_steps_end_training_episodes_early(tiny_run):
+    params = np.zeros((1, (4 + 8) * 3 + 3))
+    full, full_steps = ProcessEvaluator(tiny_run.run_dir, "serial").returns(list(params), [1])
+    cut, cut_steps = ProcessEvaluator(tiny_run.run_dir, "serial",
+                                      stall_steps=10).returns(list(params), [1])
+    assert cut_steps[0, 0] < full_steps[0, 0] == 80

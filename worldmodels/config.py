@@ -120,7 +120,9 @@ class ControllerConfig:
     engine: str = _opt("process", "Evaluator: serial | process | ray.")
     workers: int = _opt(0, "Evaluator workers (0 = one per core).")
     ray_address: str = _opt("", "Ray cluster address for engine=ray ('' starts a local Ray).")
-    max_episode_steps: int = _opt(0, "Cap on evaluation episodes (0 = the env's cap).")
+    max_episode_steps: int = _opt(0, "Cap on training episodes (0 = the env's cap).")
+    stall_steps: int = _opt(0, "End a training episode after N steps without positive reward "
+                               "(0: off; evaluation always plays whole episodes).")
 
 
 @dataclass
