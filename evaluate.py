@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     summary = evaluate(cfg.run_dir, args.episodes, args.policy, cfg.seed, args.video,
-                       engine=cfg.controller.engine, workers=cfg.controller.workers)
+                       engine=cfg.controller.engine, workers=cfg.controller.workers,
+                       ray_address=cfg.controller.ray_address)
     print(json.dumps(summary, indent=2))
     print(f"mean return {summary['mean']:.1f} ± {summary['std']:.1f} "
           f"over {summary['episodes']} episodes")

@@ -14,6 +14,7 @@ and the periodic evaluations).
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agents.parallel import run_tasks
+from agents.parallel import TaskPool
 from agents.rollouts import RolloutTask, RolloutWorker, play_task
 from worldmodels.checkpoint import read_json, save_model, write_json_atomic
 from worldmodels.config import ExperimentConfig
@@ -55,6 +56,10 @@ class ProcessEvaluator:
                  ray_address: str = "", max_steps: int = 0, stall_steps: int = 0):
         self.run_dir, self.engine, self.workers = str(run_dir), engine, workers
         self.ray_address, self.max_steps, self.stall_steps = ray_address, max_steps, stall_steps
+        self.pool = TaskPool(engine, workers, ray_address)  # kept: workers load V, M once
+
+    def close(self) -> None:
+        self.pool.close()
 
     def __call__(self, candidates: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
         return self.returns(list(candidates), seeds)[0].mean(axis=1)
@@ -66,15 +71,13 @@ class ProcessEvaluator:
         A candidate of None plays uniform random actions.
         """
         tasks = [RolloutTask(self.run_dir, i, None if x is None else tuple(map(float, x)),
-                             int(s), self.max_steps, self.stall_steps)
-                 for i, x in enumerate(candidates) for s in seeds]
+                             int(s), self.max_steps, self.stall_steps, j)
+                 for i, x in enumerate(candidates) for j, s in enumerate(seeds)]
         returns = np.zeros((len(candidates), len(seeds)))
         steps = np.zeros((len(candidates), len(seeds)), dtype=int)
-        column = {int(s): j for j, s in enumerate(seeds)}
-        for task, (ret, n) in run_tasks(play_task, tasks, self.engine, self.workers,
-                                        self.ray_address):
-            returns[task.candidate, column[task.seed]] = ret
-            steps[task.candidate, column[task.seed]] = n
+        for task, (ret, n) in self.pool.run(play_task, tasks):
+            returns[task.candidate, task.column] = ret
+            steps[task.candidate, task.column] = n
         return returns, steps
 
 
@@ -142,14 +145,13 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
     torch.manual_seed(cfg.seed)
     x0 = np.zeros(controller.num_parameters())
     es = CMAES(x0, c.sigma0, c.population, cfg.seed)
-    history = read_npz(files["history"], ("fitness",))["fitness"] \
-        if files["history"].exists() else np.zeros((0, c.population))
-    if history.shape[1:] != (c.population,):
-        raise ValueError(f"{files['history']}: population {history.shape[1:]} in the file, "
-                         f"controller.population={c.population} in the config")
+    settings = {"dim": len(x0), "population": c.population, "rollouts": c.rollouts,
+                "sigma0": c.sigma0, "seed": cfg.seed, "max_episode_steps": c.max_episode_steps,
+                "stall_steps": c.stall_steps, "cma": cma.__version__}
+    history = read_history(files["history"], settings, c.population)
     es.replay(history)
     log: list[dict[str, Any]] = read_json(files["log"], [])[: len(history)]
-    best = max((g["best"] for g in log), default=-np.inf)
+    best = float(history.max()) if len(history) else -np.inf
     writer = summary_writer(cfg.run_dir / "tensorboard" / "controller")
     started = time.perf_counter()
     last_eval = next((g["eval"] for g in reversed(log) if "eval" in g), None)
@@ -175,13 +177,34 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
         for key in ("best", "mean", "worst"):
             writer.add_scalar(f"c/fitness_{key}", entry[key], gen + 1)
         log.append(entry)
-        write_npz_atomic(files["history"], {"fitness": np.stack(es.history)}, compress_level=0)
+        # best weights, then the log, then the history that a resume replays: a kill
+        # between them only makes the rerun redo this generation (same seeds, same values)
         write_json_atomic(files["log"], log)
+        write_npz_atomic(files["history"], {"fitness": np.stack(es.history),
+                                            "settings": np.array(json.dumps(settings))},
+                         compress_level=0)
         bar.set_postfix(best=f"{entry['best']:.1f}", mean=f"{entry['mean']:.1f}")
         if c.target_return and last_eval and last_eval["mean"] >= c.target_return:
             break
     writer.close()
+    if isinstance(evaluator, ProcessEvaluator):
+        evaluator.close()
     return CMAESReport(len(es.history), best, last_eval, time.perf_counter() - started)
+
+
+def read_history(path: Path, settings: dict[str, Any], population: int) -> np.ndarray:
+    """Recorded fitness (G, P); refuses a history made with other CMA-ES settings, whose
+    replay would put the old values on different candidates."""
+    if not path.exists():
+        return np.zeros((0, population))
+    data = read_npz(path, ("fitness", "settings"))
+    saved = json.loads(str(data["settings"]))
+    changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+    if changed:
+        raise ValueError(f"{path}: made with other CMA-ES settings "
+                         + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                         + "; use a new run name or delete the controller directory")
+    return data["fitness"]
 
 
 def evaluate_best(template: RolloutWorker, weights: Path, episodes: int, seed: int,
@@ -196,9 +219,12 @@ def evaluate_best(template: RolloutWorker, weights: Path, episodes: int, seed: i
     seeds = [int(s) for s in
              np.random.default_rng([seed, 104729]).integers(0, 2**31 - 1, size=episodes)]
     if isinstance(evaluator, ProcessEvaluator):  # whole episodes: no step cap, no stall stop
-        full = ProcessEvaluator(evaluator.run_dir, evaluator.engine, evaluator.workers,
-                                evaluator.ray_address)
-        returns = full.returns([params], seeds)[0][0]
+        caps = evaluator.max_steps, evaluator.stall_steps
+        evaluator.max_steps = evaluator.stall_steps = 0
+        try:
+            returns = evaluator.returns([params], seeds)[0][0]
+        finally:
+            evaluator.max_steps, evaluator.stall_steps = caps
     else:
         returns = np.array([template.play(params, s)[0] for s in seeds])
     return describe_returns(returns)

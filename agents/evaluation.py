@@ -26,7 +26,7 @@ def evaluation_seeds(seed: int, episodes: int) -> list[int]:
 
 def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", seed: int = 0,
              video_episodes: int = 0, engine: str = "process", workers: int = 0,
-             progress: bool = True) -> dict[str, Any]:
+             ray_address: str = "", progress: bool = True) -> dict[str, Any]:
     """Play ``episodes`` episodes on the evaluator's workers.
 
     Writes ``eval/<policy>.csv`` (episode, seed, return, steps) and ``eval/<policy>.json``
@@ -36,6 +36,8 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
 
     if policy not in ("controller", "random"):
         raise ValueError(f"policy must be controller or random, not '{policy}'")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
     worker = RolloutWorker(run_dir)
     params = None
     if policy == "controller":
@@ -47,7 +49,11 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
     started = time.perf_counter()
     if progress:
         print(f"evaluate {policy}: {episodes} episodes on {engine} workers")
-    returns, steps = ProcessEvaluator(run_dir, engine, workers).returns([params], seeds)
+    evaluator = ProcessEvaluator(run_dir, engine, workers, ray_address)
+    try:
+        returns, steps = evaluator.returns([params], seeds)
+    finally:
+        evaluator.close()
     rows = [{"episode": i, "seed": s, "return": float(returns[0, i]), "steps": int(steps[0, i])}
             for i, s in enumerate(seeds)]
     for i in range(min(video_episodes, episodes) if params is not None else 0):

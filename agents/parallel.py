@@ -1,7 +1,8 @@
 """Run independent tasks on one of three engines: serial, local processes, or Ray.
 
-Collection uses it now; controller evaluation can share it. Task functions must be
-importable top-level functions (they are sent to other processes by reference).
+A :class:`TaskPool` keeps its worker processes between calls, so a worker that loaded
+V and M for one generation keeps them for the next. Task functions must be importable
+top-level functions (they are sent to other processes by reference).
 """
 
 from __future__ import annotations
@@ -33,54 +34,6 @@ def _call(fn: Callable[..., T], task: Any) -> T:
         raise TaskError(f"task {task!r} failed:\n{traceback.format_exc()}") from err
 
 
-def run_tasks(
-    fn: Callable[[Any], T],
-    tasks: Sequence[Any],
-    engine: str = "process",
-    workers: int = 0,
-    ray_address: str = "",
-) -> Iterator[tuple[Any, T]]:
-    """Yield ``(task, fn(task))`` in completion order.
-
-    ``engine``: ``serial`` (in this process), ``process`` (a spawned process pool with
-    ``workers`` processes; 0 = one per core) or ``ray`` (needs the ``ray`` extra;
-    ``ray_address`` '' starts a local Ray). The first failing task stops the run and
-    raises :class:`TaskError` naming it; results already yielded stay valid.
-    """
-    if engine == "serial" or (engine == "process" and resolve_workers(workers) == 1):
-        for task in tasks:
-            yield task, _call(fn, task)
-    elif engine == "process":
-        yield from _run_processes(fn, tasks, resolve_workers(workers))
-    elif engine == "ray":
-        yield from _run_ray(fn, tasks, workers, ray_address)
-    else:
-        raise ValueError(f"unknown engine '{engine}' (serial, process, ray)")
-
-
-def _run_processes(fn: Callable[[Any], T], tasks: Sequence[Any], workers: int):
-    # spawn, not fork: workers must not inherit torch's threads or an open env
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending = {}
-        queue = list(tasks)
-        queue.reverse()
-        try:
-            # keep at most 2 tasks per worker in flight so a failure stops early
-            while queue or pending:
-                while queue and len(pending) < 2 * workers:
-                    task = queue.pop()
-                    pending[pool.submit(_call, fn, task)] = task
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    task = pending.pop(future)
-                    yield task, future.result()
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
-
-
 def ray_module() -> Any:
     try:
         import ray
@@ -91,16 +44,85 @@ def ray_module() -> Any:
     return ray
 
 
-def _run_ray(fn: Callable[[Any], T], tasks: Sequence[Any], workers: int, address: str):
-    ray = ray_module()
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"address": address} if address else {
-            "num_cpus": resolve_workers(workers)}
-        ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
-    remote = ray.remote(_call)
-    refs = {remote.remote(fn, task): task for task in tasks}
-    while refs:
-        done, _ = ray.wait(list(refs), num_returns=1)
-        for ref in done:
-            task = refs.pop(ref)
-            yield task, ray.get(ref)
+class TaskPool:
+    """Workers that outlive one batch of tasks.
+
+    ``engine``: ``serial`` (in this process), ``process`` (spawned processes; ``workers``
+    0 = one per core) or ``ray`` (needs the ``ray`` extra; ``ray_address`` '' starts a
+    local Ray). The first failing task stops the batch and raises :class:`TaskError`
+    naming it; results already yielded stay valid.
+    """
+
+    def __init__(self, engine: str = "process", workers: int = 0, ray_address: str = ""):
+        if engine not in ("serial", "process", "ray"):
+            raise ValueError(f"unknown engine '{engine}' (serial, process, ray)")
+        self.engine, self.workers, self.ray_address = engine, resolve_workers(workers), ray_address
+        if engine == "process" and self.workers == 1:
+            self.engine = "serial"
+        self._pool: ProcessPoolExecutor | None = None
+        self._ray: Any = None
+
+    def run(self, fn: Callable[[Any], T], tasks: Sequence[Any]) -> Iterator[tuple[Any, T]]:
+        """Yield ``(task, fn(task))`` in completion order."""
+        if self.engine == "serial":
+            for task in tasks:
+                yield task, _call(fn, task)
+        elif self.engine == "process":
+            yield from self._run_processes(fn, tasks)
+        else:
+            yield from self._run_ray(fn, tasks)
+
+    def _run_processes(self, fn: Callable[[Any], T], tasks: Sequence[Any]):
+        if self._pool is None:
+            # spawn, not fork: workers must not inherit torch's threads or an open env
+            self._pool = ProcessPoolExecutor(max_workers=self.workers,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        pending: dict = {}
+        queue = list(reversed(tasks))
+        try:
+            # at most 2 tasks per worker in flight, so a failure stops the batch early
+            while queue or pending:
+                while queue and len(pending) < 2 * self.workers:
+                    task = queue.pop()
+                    pending[self._pool.submit(_call, fn, task)] = task
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    task = pending.pop(future)
+                    yield task, future.result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+    def _run_ray(self, fn: Callable[[Any], T], tasks: Sequence[Any]):
+        ray = ray_module()
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = ({"address": self.ray_address} if self.ray_address
+                                      else {"num_cpus": self.workers})
+            ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+        if self._ray is None:
+            self._ray = ray.remote(_call)  # Ray reuses its worker processes between calls
+        refs = {self._ray.remote(fn, task): task for task in tasks}
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            for ref in done:
+                task = refs.pop(ref)
+                yield task, ray.get(ref)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> TaskPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_tasks(fn: Callable[[Any], T], tasks: Sequence[Any], engine: str = "process",
+              workers: int = 0, ray_address: str = "") -> Iterator[tuple[Any, T]]:
+    """One batch of tasks on a pool that is closed afterwards (see :class:`TaskPool`)."""
+    with TaskPool(engine, workers, ray_address) as pool:
+        yield from pool.run(fn, tasks)

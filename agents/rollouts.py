@@ -35,6 +35,7 @@ class RolloutTask:
     seed: int
     max_steps: int = 0
     stall_steps: int = 0
+    column: int = 0  # which of the candidate's episodes this is
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:
@@ -51,6 +52,9 @@ def build_controller(cfg: ExperimentConfig, action_space: gym.Space, h_dim: int)
         return Controller(cfg.vae.z_dim, h_dim, int(action_space.n), discrete=True,
                           hidden=c.hidden, use_cell=c.use_cell)
     if isinstance(action_space, gym.spaces.Box):
+        if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
+            raise ValueError(f"the controller squashes actions into bounds; {action_space} "
+                             "is unbounded")
         return Controller(cfg.vae.z_dim, h_dim, int(np.prod(action_space.shape)),
                           low=action_space.low.tolist(), high=action_space.high.tolist(),
                           hidden=c.hidden, use_cell=c.use_cell)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from agents.rollouts import describe_returns, load_run_config
 from envs.factory import make_env_from_config
+from worldmodels.checkpoint import write_json_atomic
 from worldmodels.frmdn import FRMDN
 from worldmodels.frmdn_training import load_memory
 from worldmodels.vae import ConvVAE
@@ -94,6 +95,11 @@ def train_sb3(run_dir: Path, algo: str = "ppo", timesteps: int = 100_000, seed: 
     """Train an SB3 algorithm on the [z, h] env; returns the model and how it was saved."""
     env = make_latent_env(run_dir)
     kwargs = dict(kwargs or {})
+    meta = {"algo": algo, "kwargs": kwargs, "timesteps": timesteps, "seed": seed}
+    try:
+        meta_text = json.dumps(meta, indent=2)  # fail before training, not after
+    except TypeError as err:
+        raise ValueError(f"SB3 kwargs must be JSON values to be saved: {err}") from err
     model = algorithm_class(algo)("MlpPolicy", env, seed=seed, verbose=0,
                                   tensorboard_log=str(Path(run_dir) / "tensorboard"), **kwargs)
     model.learn(total_timesteps=timesteps, progress_bar=False, tb_log_name=f"sb3_{algo}")
@@ -101,8 +107,7 @@ def train_sb3(run_dir: Path, algo: str = "ppo", timesteps: int = 100_000, seed: 
     files["weights"].parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.policy.state_dict().items()}
     save_file(tensors, str(files["weights"]))
-    meta = {"algo": algo, "kwargs": kwargs, "timesteps": timesteps, "seed": seed}
-    files["meta"].write_text(json.dumps(meta, indent=2))
+    write_json_atomic(files["meta"], json.loads(meta_text))
     return model, {"weights": str(files["weights"]), **meta}
 
 

@@ -154,3 +154,16 @@ def test_stall_steps_end_training_episodes_early(tiny_run):
     cut, cut_steps = ProcessEvaluator(tiny_run.run_dir, "serial",
                                       stall_steps=10).returns(list(params), [1])
     assert cut_steps[0, 0] < full_steps[0, 0] == 80
+
+
+def test_history_from_other_settings_is_refused(tiny_run):
+    train_cmaes(tiny_run, quadratic, progress=False)
+    tiny_run.controller.sigma0 = 0.5
+    with pytest.raises(ValueError, match="sigma0: 0.1 -> 0.5"):
+        train_cmaes(tiny_run, quadratic, progress=False)
+
+
+def test_repeated_seeds_fill_every_column(tiny_run):
+    params = np.random.default_rng(0).normal(0, 0.5, size=(2, (4 + 8) * 3 + 3))
+    returns, steps = ProcessEvaluator(tiny_run.run_dir, "serial").returns(list(params), [4, 4])
+    assert (steps == 80).all() and (returns[:, 0] == returns[:, 1]).all()

@@ -282,6 +282,7 @@ def validate(cfg: ExperimentConfig) -> None:
          "must be serial, process or ray"),
         (cfg.collect.policy in ("random", "brownian", "linear"), "collect.policy",
          "must be random, brownian or linear"),
+        (cfg.seed >= 0, "seed", "must be >= 0"),
         (cfg.collect.episodes >= 0, "collect.episodes", "must be >= 0"),
         (cfg.collect.workers >= 0, "collect.workers", "must be >= 0"),
         (0 <= cfg.collect.compress_level <= 9, "collect.compress_level", "must be 0..9"),

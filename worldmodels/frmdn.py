@@ -112,7 +112,8 @@ class TiedPrecisionMixture(nn.Module):
 
     def _inner(self, log_d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """For overcomplete: (V, D1, the r x r matrix D2^-1 + V^T D1^-1 V), batched."""
-        V = torch.linalg.solve(self.square_part(), self.u_extra)  # (d, r)
+        V = torch.linalg.solve(self.square_part().to(log_d.dtype),
+                               self.u_extra.to(log_d.dtype))  # (d, r)
         d1_inv = torch.exp(-log_d[..., : self.d])
         inner = torch.diag_embed(torch.exp(-log_d[..., self.d :])) \
             + (V.transpose(0, 1) * d1_inv.unsqueeze(-2)) @ V
@@ -139,9 +140,11 @@ class TiedPrecisionMixture(nn.Module):
         elif self.precision == "square":
             log_det = 2 * self.lu_log_diag.sum() + p.log_d.sum(-1)
         else:  # determinant lemma: only an r x r Cholesky per component
-            chol = torch.linalg.cholesky(self._inner(p.log_d)[2])
+            # in float64: bounded D still allows condition numbers near e^16
+            chol = torch.linalg.cholesky(self._inner(p.log_d.double())[2])
+            log_inner = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
             log_det = (2 * self.lu_log_diag.sum() + p.log_d.sum(-1)
-                       + 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1))
+                       + log_inner.to(p.log_d.dtype))
         return 0.5 * (log_det - quad - self.d * LOG_2PI)
 
     def log_prob(self, u: Tensor, p: MixtureParams) -> Tensor:
@@ -165,14 +168,14 @@ class TiedPrecisionMixture(nn.Module):
         if self.precision == "overcomplete":
             # Lambda = U1 M U1^T, M = D1 + V D2 V^T = L L^T: U1^-T L^-T eps has covariance
             # U1^-T M^-1 U1^-1 = Lambda^-1
-            V, d1, _ = self._inner(log_d)
-            M = torch.diag_embed(d1) + (V * torch.exp(log_d[..., self.d :]).unsqueeze(-2)) \
-                @ V.transpose(0, 1)
+            V, d1, _ = self._inner(log_d.double())
+            M = torch.diag_embed(d1) + (V * torch.exp(log_d.double()[..., self.d :])
+                                        .unsqueeze(-2)) @ V.transpose(0, 1)
             chol = torch.linalg.cholesky(M)
-            x = torch.linalg.solve_triangular(chol.transpose(-1, -2), eps.unsqueeze(-1),
-                                              upper=True)
-            step = torch.linalg.solve(self.square_part().transpose(0, 1), x).squeeze(-1)
-            return mu + scale * step
+            x = torch.linalg.solve_triangular(chol.transpose(-1, -2),
+                                              eps.double().unsqueeze(-1), upper=True)
+            step = torch.linalg.solve(self.square_part().double().transpose(0, 1), x)
+            return mu + scale * step.squeeze(-1).to(mu.dtype)
         white = eps * torch.exp(-0.5 * log_d)  # covariance D^-1
         U = self.u_matrix()
         if U is None:
