@@ -9,7 +9,7 @@ perturb a replay.
 
 Files under ``<run>/controller/``: ``cmaes_history.npz``, ``best.safetensors`` (+ .json;
 the best mean fitness so far), ``generations.json`` (per-generation best / mean / worst
-and the periodic evaluations).
+and the periodic evaluations), ``fitness.png`` (the curve).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from agents.parallel import TaskPool
 from agents.rollouts import RolloutTask, RolloutWorker, play_task
 from worldmodels.checkpoint import read_json, save_model, write_json_atomic
 from worldmodels.config import ExperimentConfig
+from worldmodels.pictures import plot_curves
 from worldmodels.run_dir import summary_writer
 from worldmodels.shards import read_npz, write_npz_atomic
 
@@ -180,6 +181,7 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
         # best weights, then the log, then the history that a resume replays: a kill
         # between them only makes the rerun redo this generation (same seeds, same values)
         write_json_atomic(files["log"], log)
+        plot_fitness(log, files["dir"] / "fitness.png")
         write_npz_atomic(files["history"], {"fitness": np.stack(es.history),
                                             "settings": np.array(json.dumps(settings))},
                          compress_level=0)
@@ -190,6 +192,19 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
     if isinstance(evaluator, ProcessEvaluator):
         evaluator.close()
     return CMAESReport(len(es.history), best, last_eval, time.perf_counter() - started)
+
+
+def plot_fitness(log: list[dict[str, Any]], path: Path) -> None:
+    """Best / mean fitness per generation with the worst-to-best band, and the
+    periodic evaluations of the best candidate."""
+    gens = [g["generation"] for g in log]
+    series = {"best": (gens, [g["best"] for g in log]),
+              "mean": (gens, [g["mean"] for g in log])}
+    evals = [(g["generation"], g["eval"]["mean"]) for g in log if "eval" in g]
+    if evals:
+        series["best candidate, eval mean"] = ([e[0] for e in evals], [e[1] for e in evals])
+    plot_curves(path, series, "CMA-ES fitness", "generation", "return",
+                band=([g["worst"] for g in log], [g["best"] for g in log]))
 
 
 def read_history(path: Path, settings: dict[str, Any], population: int) -> np.ndarray:

@@ -167,3 +167,9 @@ def test_repeated_seeds_fill_every_column(tiny_run):
     params = np.random.default_rng(0).normal(0, 0.5, size=(2, (4 + 8) * 3 + 3))
     returns, steps = ProcessEvaluator(tiny_run.run_dir, "serial").returns(list(params), [4, 4])
     assert (steps == 80).all() and (returns[:, 0] == returns[:, 1]).all()
+
+
+def test_fitness_curve_png_is_written(tiny_run):
+    train_cmaes(tiny_run, quadratic, progress=False)
+    png = controller_paths(tiny_run.run_dir)["dir"] / "fitness.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

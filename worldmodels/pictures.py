@@ -1,4 +1,4 @@
-"""Pictures people look at: frame grids (reconstructions) written as PNG."""
+"""Pictures people look at: frame grids (reconstructions) and training curves, as PNG."""
 
 from __future__ import annotations
 
@@ -35,4 +35,37 @@ def save_png(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     iio.imwrite(tmp, image, extension=".png")
+    os.replace(tmp, path)
+
+
+def plot_curves(path: Path, series: dict[str, tuple[list[float], list[float]]], title: str,
+                xlabel: str, ylabel: str, band: tuple[list[float], list[float]] | None = None,
+                hlines: dict[str, float] | None = None) -> None:
+    """Line plot of named (x, y) series, an optional shaded band (low, high) under the first
+    series' x, and labelled horizontal reference lines; written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    first_x = None
+    for name, (x, y) in series.items():
+        ax.plot(x, y, label=name, linewidth=1.6)
+        first_x = x if first_x is None else first_x
+    if band is not None and first_x is not None:
+        ax.fill_between(first_x, band[0], band[1], alpha=0.15, label="worst to best")
+    for name, value in (hlines or {}).items():
+        ax.axhline(value, linestyle="--", linewidth=1, color="grey")
+        ax.annotate(name, (ax.get_xlim()[0], value), fontsize=8, color="grey",
+                    xytext=(4, 3), textcoords="offset points")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
     os.replace(tmp, path)
