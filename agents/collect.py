@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,8 @@ class CollectReport:
     episodes_new: int
     steps_new: int
     seconds: float
+    #: (seconds since start, steps) as each episode finished, in completion order
+    timeline: list[tuple[float, int]] = field(default_factory=list, repr=False)
 
     @property
     def steps_per_second(self) -> float:
@@ -153,15 +155,20 @@ def collect(
                          c.linear_std, c.compress_level) for i in todo]
     start = time.perf_counter()
     steps = 0
+    timeline: list[tuple[float, int]] = []
     bar = tqdm(total=cfg.collect.episodes, initial=len(have), desc=f"collect {cfg.env.id}",
                unit="ep", disable=not progress)
     with bar:
         for _, n in run_tasks(collect_episode, tasks, c.engine, c.workers, c.ray_address):
+            timeline.append((time.perf_counter() - start, n))
             steps += n
             bar.update(1)
             bar.set_postfix(steps_per_s=f"{steps / (time.perf_counter() - start):.0f}")
-    return CollectReport(cfg.collect.episodes, len(todo), steps, time.perf_counter() - start)
+    return CollectReport(cfg.collect.episodes, len(todo), steps, time.perf_counter() - start,
+                         timeline)
 
 
 def describe(report: CollectReport) -> dict[str, Any]:
-    return {**asdict(report), "steps_per_second": report.steps_per_second}
+    summary = {**asdict(report), "steps_per_second": report.steps_per_second}
+    summary.pop("timeline")
+    return summary

@@ -67,13 +67,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report = collect(cfg, Path(tmp), progress=False)
     ratio = report.steps_per_second / plain_sps
+    # steady state: from the moment every worker has finished its first episode
+    # (process start-up, imports and env creation are then behind us)
+    skip = min(args.workers, len(report.timeline) - 1)
+    t0 = report.timeline[skip - 1][0] if skip else 0.0
+    steady_steps = sum(n for _, n in report.timeline[skip:])
+    steady_sps = steady_steps / (report.timeline[-1][0] - t0)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
     print(f"plain {cfg.env.id}: {plain_sps:.0f} steps/s ({plain_steps} steps)")
     print(f"collection, {args.workers} workers, policy {cfg.collect.policy}: "
           f"{report.steps_per_second:.0f} steps/s ({report.steps_new} steps, "
           f"{episodes} episodes, {report.seconds:.1f} s wall)")
-    print(f"ratio: {ratio:.2f}x one plain env")
+    print(f"ratio: {ratio:.2f}x one plain env (wall time from before worker start-up)")
+    print(f"steady state, after each worker's first episode: {steady_sps:.0f} steps/s, "
+          f"{steady_sps / plain_sps:.2f}x")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def make_env(
             f"unknown env id '{env_id}' (not in gymnasium's registry; "
             "Vizdoom*/ALE/* ids need their packages installed)"
         )
-    make_kwargs: dict[str, Any] = dict(kwargs)
+    # Gymnasium's passive checker re-checks every step's output; the wrapped envs are
+    # checked once by tests (check_env), so the per-step hop is skipped
+    make_kwargs: dict[str, Any] = {"disable_env_checker": True, **kwargs}
     if render_mode is not None:
         make_kwargs["render_mode"] = render_mode
     if max_episode_steps:
