@@ -89,3 +89,15 @@ def test_compare_table_has_every_variant(mem_cfg):
     assert len(rows) == 4 and len({r["holdout_nll"] for r in rows}) == 4
     text = table(rows)
     assert "rmdn_diag" in text and "frmdn_square" in text and "(1.00x)" in text
+
+
+def test_action_space_falls_back_to_float_actions(tmp_path):
+    from worldmodels.frmdn_training import action_info
+
+    write_npz_atomic(tmp_path / "ep_000000.npz", {
+        "action": np.zeros((5, 3), np.float32), "meta": np.array(json.dumps({}))})
+    assert action_info(tmp_path / "ep_000000.npz") == (3, False)
+    write_npz_atomic(tmp_path / "ep_000001.npz", {
+        "action": np.zeros(5, np.int64), "meta": np.array(json.dumps({}))})
+    with pytest.raises(ShardError, match="no action_space"):
+        action_info(tmp_path / "ep_000001.npz")

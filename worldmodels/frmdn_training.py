@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -34,7 +35,7 @@ from worldmodels.config import ExperimentConfig
 from worldmodels.datasets import SequenceDataset, split_episodes
 from worldmodels.frmdn import FRMDN
 from worldmodels.run_dir import summary_writer
-from worldmodels.shards import ShardError, list_shards, read_meta, shard_length
+from worldmodels.shards import ShardError, list_shards, read_meta, read_npz, shard_length
 from worldmodels.vae_training import vae_paths
 
 
@@ -80,7 +81,11 @@ def check_latents_current(cfg: ExperimentConfig, shards: list[Path]) -> None:
 
 
 def action_info(path: Path) -> tuple[int, bool]:
-    """(action size, discrete?) of the episodes, from a shard's metadata or its actions."""
+    """(action size, discrete?) of the episodes, from a shard's metadata or its actions.
+
+    Shards without ``action_space`` in their metadata (older collections) work when
+    their actions are float (T, A); integer actions need the metadata for n.
+    """
     space = read_meta(path).get("action_space")
     if space:
         if space["type"] == "discrete":
@@ -89,7 +94,11 @@ def action_info(path: Path) -> tuple[int, bool]:
                                  "are not supported (M one-hot encodes 0..n-1)")
             return int(space["n"]), True
         return int(math.prod(space["shape"])), False
-    raise ShardError(f"{path}: meta has no action_space (collected by an older version?)")
+    action = read_npz(path, ("action",))["action"]
+    if action.dtype == np.float32 and action.ndim == 2:
+        return int(action.shape[1]), False
+    raise ShardError(f"{path}: meta has no action_space and actions are {action.dtype} "
+                     f"{action.shape}; recollect, or add the action space to its meta")
 
 
 def build_memory(cfg: ExperimentConfig, action_dim: int, discrete: bool) -> FRMDN:
