@@ -45,7 +45,7 @@ class MemoryReport:
     holdout_nll: float  # nats per latent dimension
     holdout_reward_mse: float
     holdout_done_acc: float
-    seconds_per_epoch: float  # mean training time of the epochs run now (or recorded)
+    seconds_per_epoch: float  # median training time of the recorded epochs
     skipped_batches: int
     parameters: int
 
@@ -231,7 +231,8 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
         epochs_done=last["epoch"], holdout_nll=last["holdout_nll"],
         holdout_reward_mse=last.get("holdout_reward_mse", float("nan")),
         holdout_done_acc=last.get("holdout_done_acc", float("nan")),
-        seconds_per_epoch=sum(x["train_seconds"] for x in metrics) / len(metrics),
+        # the median: on a shared machine one disturbed epoch should not move the figure
+        seconds_per_epoch=float(np.median([x["train_seconds"] for x in metrics])),
         skipped_batches=skipped_total,
         parameters=sum(p.numel() for p in model.parameters()),
     )

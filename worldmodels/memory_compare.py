@@ -57,7 +57,8 @@ def _mean_std(values: list[float]) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per variant, mean ± std over seeds."""
-    lines = ["| M | held-out NLL (nats/dim) | reward MSE | done acc | s/epoch | params | seeds |",
+    lines = ["| M | held-out NLL (nats/dim) | reward MSE | done acc | s/epoch (median) | params "
+             "| seeds |",
              "|---|---|---|---|---|---|---|"]
     baseline = [r["seconds_per_epoch"] for r in rows if r["variant"] == "rmdn_diag"]
     for name in dict.fromkeys(r["variant"] for r in rows):
