@@ -1,0 +1,75 @@
+"""Benchmark: training-step cost of each M variant against the RMDN, side by side.
+
+    python benchmarks/memory_step.py --z 32 --hidden 128
+    python benchmarks/memory_step.py --z 64 --hidden 128
+
+One Adam step (forward, backward, update) on a batch of windows of random latents, for
+every variant of ``worldmodels.memory_compare.VARIANTS``. Rounds interleave the variants
+so that drift in the machine's load hits them alike; the median round is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from worldmodels.frmdn import FRMDN
+from worldmodels.memory_compare import VARIANTS
+
+
+def variant_kwargs(overrides: list[str]) -> dict:
+    out: dict = {}
+    for text in overrides:
+        key, value = text.split("=", 1)
+        name = key.split(".", 1)[1]
+        out[name] = value == "true" if value in ("true", "false") else value
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--z", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    B, L, d, A = args.batch, args.seq, args.z, 3
+    z, a = torch.randn(B, L + 1, d), torch.randn(B, L, A)
+    reward, done, mask = torch.randn(B, L), torch.zeros(B, L), torch.ones(B, L)
+    models = {}
+    for name, overrides in VARIANTS.items():
+        model = FRMDN(d, A, hidden=args.hidden, mixtures=5, **variant_kwargs(overrides))
+        models[name] = (model, torch.optim.Adam(model.parameters()))
+
+    def step(name: str) -> float:
+        model, opt = models[name]
+        start = time.perf_counter()
+        loss = model.loss(z, a, reward, done, mask)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
+
+    for name in models:  # warm-up
+        step(name)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name in models:
+            times[name].append(min(step(name) for _ in range(3)))
+    base = statistics.median(times["rmdn_diag"])
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; z={d}, hidden={args.hidden}, batch {B}x{L}")
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        print(f"{name:26s} {t * 1e3:7.1f} ms/step   {t / base:5.2f}x rmdn_diag")
+
+
+if __name__ == "__main__":
+    main()
