@@ -195,18 +195,3 @@ def test_loss_is_finite_masked_and_trainable():
     assert torch.allclose(model.loss(z2, a, reward, done, mask)["nll"], losses["nll"])
     assert math.isfinite(losses["done_acc"].item())
 
-
-def test_small_spd_logdet_matches_torch_and_its_gradient():
-    from worldmodels.frmdn import small_spd_logdet
-
-    gen = torch.Generator().manual_seed(0)
-    A = torch.randn(50, 3, 6, 6, dtype=torch.float64, generator=gen)
-    G = (torch.eye(6, dtype=torch.float64) + A @ A.transpose(-1, -2)).requires_grad_()
-    ours = small_spd_logdet(G)
-    torch.testing.assert_close(ours, torch.logdet(G), rtol=0, atol=1e-10)
-    (grad,) = torch.autograd.grad(ours.sum(), G)
-    (ref,) = torch.autograd.grad(torch.logdet(G).sum(), G)
-    # the column algorithm reads only the lower triangle: compare symmetrised gradients
-    torch.testing.assert_close(grad + grad.transpose(-1, -2) - torch.diag_embed(
-        grad.diagonal(dim1=-2, dim2=-1)), ref + ref.transpose(-1, -2) - torch.diag_embed(
-        ref.diagonal(dim1=-2, dim2=-1)), rtol=0, atol=1e-8)
