@@ -93,13 +93,6 @@ def test_ray_back_end_returns_the_process_back_end_fitness(tiny_run):
     np.testing.assert_array_equal(procs, on_ray)
 
 
-def test_wrong_population_in_history_is_refused(tiny_run):
-    train_cmaes(tiny_run, quadratic, progress=False)
-    tiny_run.controller.population = 6
-    with pytest.raises(ValueError, match="population"):
-        train_cmaes(tiny_run, quadratic, progress=False)
-
-
 def test_evaluate_writes_csv_summary_and_video(tiny_run):
     import csv
     import json
@@ -156,10 +149,14 @@ def test_stall_steps_end_training_episodes_early(tiny_run):
     assert cut_steps[0, 0] < full_steps[0, 0] == 80
 
 
-def test_history_from_other_settings_is_refused(tiny_run):
+@pytest.mark.parametrize("key, value, message", [
+    ("population", 6, "population: 4 -> 6"),
+    ("sigma0", 0.5, "sigma0: 0.1 -> 0.5"),
+])
+def test_history_from_other_settings_is_refused(tiny_run, key, value, message):
     train_cmaes(tiny_run, quadratic, progress=False)
-    tiny_run.controller.sigma0 = 0.5
-    with pytest.raises(ValueError, match="sigma0: 0.1 -> 0.5"):
+    setattr(tiny_run.controller, key, value)
+    with pytest.raises(ValueError, match=message):
         train_cmaes(tiny_run, quadratic, progress=False)
 
 
