@@ -18,7 +18,10 @@ from worldmodels.config import cli_parser, config_from_args
 def main(argv: list[str] | None = None) -> dict:
     parser = cli_parser(__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--policy", choices=["controller", "random"], default="controller")
+    parser.add_argument("--policy", choices=["controller", "random", "ppo", "a2c", "sac", "td3"],
+                        default="controller",
+                        help="the CMA-ES controller, uniform random actions, or an SB3 policy "
+                             "trained by train_controller.py --algo")
     parser.add_argument("--video", type=int, default=0,
                         help="GIFs of the first N episodes: real frames beside V's reconstruction")
     args = parser.parse_args(argv)

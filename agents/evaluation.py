@@ -18,6 +18,32 @@ from agents.rollouts import RolloutWorker, describe_returns
 from worldmodels.checkpoint import load_weights, write_json_atomic
 from worldmodels.pictures import recon_grid
 
+SB3_POLICIES = ("ppo", "a2c", "sac", "td3")
+
+
+def _write(out: Path, policy: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    with open(out / f"{policy}.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_json_atomic(out / f"{policy}.json", summary)
+
+
+def _evaluate_sb3(run_dir: Path, algo: str, seeds: list[int]) -> dict[str, Any]:
+    """An SB3 policy trained by ``train_controller.py --algo`` on the same seeds."""
+    from agents.sb3 import play_sb3
+
+    started = time.perf_counter()
+    results = play_sb3(run_dir, algo, seeds)
+    rows = [{"episode": i, "seed": s, "return": r, "steps": n}
+            for i, (s, (r, n)) in enumerate(zip(seeds, results, strict=True))]
+    summary = {"policy": algo, **describe_returns(np.array([r for r, _ in results])),
+               "seconds": time.perf_counter() - started}
+    out = run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out, algo, rows, summary)
+    return summary
+
 
 def evaluation_seeds(seed: int, episodes: int) -> list[int]:
     rng = np.random.default_rng([seed, 424242])
@@ -34,10 +60,13 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
     """
     from agents.cmaes import ProcessEvaluator
 
-    if policy not in ("controller", "random"):
-        raise ValueError(f"policy must be controller or random, not '{policy}'")
+    if policy not in ("controller", "random", *SB3_POLICIES):
+        raise ValueError(f"policy must be controller, random or one of {SB3_POLICIES}, "
+                         f"not '{policy}'")
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if policy in SB3_POLICIES:
+        return _evaluate_sb3(Path(run_dir), policy, evaluation_seeds(seed, episodes))
     worker = RolloutWorker(run_dir)
     params = None
     if policy == "controller":
@@ -60,13 +89,9 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
         frames: list = []
         worker.play(params, seeds[i], frames=frames)
         save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif")
-    with open(out / f"{policy}.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     summary = {"policy": policy, **describe_returns(returns[0]),
                "seconds": time.perf_counter() - started}
-    write_json_atomic(out / f"{policy}.json", summary)
+    _write(out, policy, rows, summary)
     return summary
 
 

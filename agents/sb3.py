@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from agents.rollouts import describe_returns, load_run_config
+from agents.rollouts import load_run_config
 from envs.factory import make_env_from_config
 from worldmodels.checkpoint import write_json_atomic
 from worldmodels.frmdn import FRMDN
@@ -122,16 +122,18 @@ def load_sb3(run_dir: Path, algo: str = "ppo") -> tuple[Any, LatentObservation]:
     return model, env
 
 
-def evaluate_sb3(run_dir: Path, algo: str, seeds: list[int]) -> dict[str, Any]:
+def play_sb3(run_dir: Path, algo: str, seeds: list[int]) -> list[tuple[float, int]]:
+    """(return, steps) of one deterministic episode per seed."""
     model, env = load_sb3(run_dir, algo)
-    returns = []
+    results = []
     for s in seeds:
         obs, _ = env.reset(seed=s)
-        total, done = 0.0, False
+        total, steps, done = 0.0, 0, False
         while not done:
             action, _ = model.predict(obs, deterministic=True)
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
+            steps += 1
             done = terminated or truncated
-        returns.append(total)
-    return describe_returns(np.array(returns))
+        results.append((total, steps))
+    return results

@@ -133,6 +133,10 @@ def test_latent_env_passes_sb3_checker_and_ppo_round_trips(tiny_run):
                               kwargs={"n_steps": 32, "batch_size": 16})
     loaded, env = load_sb3(tiny_run.run_dir, "ppo")
     assert info["timesteps"] == 64
+    from agents.evaluation import evaluate
+
+    summary = evaluate(tiny_run.run_dir, episodes=2, policy="ppo", progress=False)
+    assert summary["episodes"] == 2 and (tiny_run.run_dir / "eval" / "ppo.csv").exists()
     for seed in range(3):  # the saved weights reproduce the trained policy exactly
         obs, _ = env.reset(seed=seed)
         obs = obs + np.random.default_rng(seed).normal(size=obs.shape).astype(np.float32)
