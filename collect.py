@@ -8,12 +8,12 @@ from __future__ import annotations
 import sys
 
 from agents.collect import collect
-from worldmodels.config import cli_parser, config_from_args
+from worldmodels.config import cli_parser, config_from_args, parse_cli
 from worldmodels.run_dir import prepare_run_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = config_from_args(cli_parser(__doc__.splitlines()[0]).parse_args(argv))
+    cfg = config_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
     run_dir = prepare_run_dir(cfg)
     report = collect(cfg)
     print(f"{run_dir / 'rollouts'}: {report.episodes_total} episodes "

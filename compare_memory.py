@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from worldmodels.config import cli_parser, config_from_args
+from worldmodels.config import cli_parser, config_from_args, parse_cli
 from worldmodels.memory_compare import VARIANTS, compare, write_results
 from worldmodels.run_dir import prepare_run_dir
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1", help="comma-separated model seeds")
-    args: argparse.Namespace = parser.parse_args(argv)
+    args: argparse.Namespace = parse_cli(parser, argv)
     cfg = config_from_args(args)
     run_dir = prepare_run_dir(cfg)
     rows = compare(cfg, [v for v in args.variants.split(",") if v],

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import sys
 
-from worldmodels.config import cli_parser, config_from_args
+from worldmodels.config import cli_parser, config_from_args, parse_cli
 from worldmodels.encoding import encode_rollouts
 from worldmodels.run_dir import prepare_run_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = config_from_args(cli_parser(__doc__.splitlines()[0]).parse_args(argv))
+    cfg = config_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
     run_dir = prepare_run_dir(cfg)
     report = encode_rollouts(cfg)
     print(f"{run_dir / 'latents'}: {report.episodes} episodes, {report.encoded} encoded now "

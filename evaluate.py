@@ -12,7 +12,7 @@ import json
 import sys
 
 from agents.evaluation import evaluate
-from worldmodels.config import cli_parser, config_from_args
+from worldmodels.config import cli_parser, config_from_args, parse_cli
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "trained by train_controller.py --algo")
     parser.add_argument("--video", type=int, default=0,
                         help="GIFs of the first N episodes: real frames beside V's reconstruction")
-    args = parser.parse_args(argv)
+    args = parse_cli(parser, argv)
     cfg = config_from_args(args)
     summary = evaluate(cfg.run_dir, args.episodes, args.policy, cfg.seed, args.video,
                        engine=cfg.controller.engine, workers=cfg.controller.workers,

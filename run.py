@@ -20,7 +20,7 @@ from typing import Any
 from agents.cmaes import train_cmaes
 from agents.collect import collect, describe
 from agents.evaluation import evaluate
-from worldmodels.config import ExperimentConfig, cli_parser, config_from_args
+from worldmodels.config import ExperimentConfig, cli_parser, config_from_args, parse_cli
 from worldmodels.encoding import encode_rollouts
 from worldmodels.frmdn_training import report_dict as memory_report
 from worldmodels.frmdn_training import train_memory
@@ -46,7 +46,7 @@ def stages() -> list[tuple[str, Callable[[ExperimentConfig], Any]]]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = config_from_args(cli_parser(__doc__.splitlines()[0]).parse_args(argv))
+    cfg = config_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
     run_dir = prepare_run_dir(cfg)
     summary: dict[str, Any] = {"run_dir": str(run_dir)}
     for name, stage in stages():

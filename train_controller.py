@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 
 from agents.cmaes import train_cmaes
-from worldmodels.config import cli_parser, config_from_args
+from worldmodels.config import cli_parser, config_from_args, parse_cli
 from worldmodels.run_dir import prepare_run_dir
 
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = cli_parser(__doc__.splitlines()[0])
     parser.add_argument("--algo", default=None,
                         help="cmaes | ppo | a2c | sac | td3 (same as controller.algo=...)")
-    args = parser.parse_args(argv)
+    args = parse_cli(parser, argv)
     if args.algo:
         args.overrides = [*args.overrides, f"controller.algo={args.algo}"]
     cfg = config_from_args(args)

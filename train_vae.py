@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import sys
 
-from worldmodels.config import cli_parser, config_from_args
+from worldmodels.config import cli_parser, config_from_args, parse_cli
 from worldmodels.run_dir import prepare_run_dir
 from worldmodels.vae_training import report_dict, train_vae, vae_paths
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = config_from_args(cli_parser(__doc__.splitlines()[0]).parse_args(argv))
+    cfg = config_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
     run_dir = prepare_run_dir(cfg)
     report = train_vae(cfg)
     summary = report_dict(report)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from agents.rollouts import load_run_config
 from envs.factory import make_env_from_config
-from worldmodels.checkpoint import write_json_atomic
+from worldmodels.checkpoint import CheckpointError, write_json_atomic
 from worldmodels.frmdn import FRMDN
 from worldmodels.frmdn_training import load_memory
 from worldmodels.vae import ConvVAE
@@ -114,6 +114,9 @@ def train_sb3(run_dir: Path, algo: str = "ppo", timesteps: int = 100_000, seed: 
 def load_sb3(run_dir: Path, algo: str = "ppo") -> tuple[Any, LatentObservation]:
     """Rebuild the trained SB3 model (weights only, no pickle) and its env."""
     files = sb3_paths(run_dir, algo)
+    if not files["meta"].exists() or not files["weights"].exists():
+        raise CheckpointError(f"{files['weights']}: no trained {algo} policy "
+                              f"(run train_controller.py --algo {algo} with the same config)")
     meta = json.loads(files["meta"].read_text())
     env = make_latent_env(run_dir)
     model = algorithm_class(algo)("MlpPolicy", env, seed=meta["seed"], verbose=0,

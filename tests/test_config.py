@@ -61,3 +61,14 @@ def test_saved_config_round_trips(tmp_path):
     rebuilt = ExperimentConfig()
     merge_into(rebuilt, yaml.safe_load((tmp_path / "config.yaml").read_text()), "saved")
     assert rebuilt == cfg
+
+
+def test_options_and_overrides_mix_in_any_order():
+    from worldmodels.config import cli_parser, config_from_args, parse_cli
+
+    parser = cli_parser("test")
+    parser.add_argument("--algo", default=None)
+    args = parse_cli(parser, ["--preset", "quick", "vae.epochs=2", "--algo", "ppo",
+                              "controller.sb3_timesteps=7"])
+    cfg = config_from_args(args)
+    assert args.algo == "ppo" and cfg.vae.epochs == 2 and cfg.controller.sb3_timesteps == 7

@@ -354,6 +354,11 @@ def cli_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse options and ``key=value`` overrides in any order (``--algo ppo a.b=1`` too)."""
+    return parser.parse_intermixed_args(argv)
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     if args.help_config:
         print("\n".join(config_help()))
