@@ -8,9 +8,9 @@ held-out NLL in nats per latent dimension, reward MSE, done accuracy, seconds pe
 from __future__ import annotations
 
 import argparse
-import sys
 
 from worldmodels.config import cli_parser, config_from_args, parse_cli
+from worldmodels.errors import run_cli
 from worldmodels.memory_compare import VARIANTS, compare, write_results
 from worldmodels.run_dir import prepare_run_dir
 
@@ -31,4 +31,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

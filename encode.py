@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
-import sys
-
 from worldmodels.config import cli_parser, config_from_args, parse_cli
 from worldmodels.encoding import encode_rollouts
+from worldmodels.errors import run_cli
 from worldmodels.run_dir import prepare_run_dir
 
 
@@ -21,4 +20,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

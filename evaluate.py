@@ -9,10 +9,10 @@ Writes <run>/eval/<policy>.csv (one row per episode) and <policy>.json (mean, st
 from __future__ import annotations
 
 import json
-import sys
 
 from agents.evaluation import evaluate
 from worldmodels.config import cli_parser, config_from_args, parse_cli
+from worldmodels.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,4 +36,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

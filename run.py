@@ -11,7 +11,6 @@ random policy on ``controller.eval_episodes`` real episodes.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -22,6 +21,7 @@ from agents.collect import collect, describe
 from agents.evaluation import evaluate
 from worldmodels.config import ExperimentConfig, cli_parser, config_from_args, parse_cli
 from worldmodels.encoding import encode_rollouts
+from worldmodels.errors import run_cli
 from worldmodels.frmdn_training import report_dict as memory_report
 from worldmodels.frmdn_training import train_memory
 from worldmodels.run_dir import prepare_run_dir
@@ -59,4 +59,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

@@ -11,11 +11,11 @@ A CMA-ES rerun resumes from controller/cmaes_history.npz.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 
 from agents.cmaes import train_cmaes
 from worldmodels.config import cli_parser, config_from_args, parse_cli
+from worldmodels.errors import run_cli
 from worldmodels.run_dir import prepare_run_dir
 
 
@@ -41,4 +41,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

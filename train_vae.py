@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from worldmodels.config import cli_parser, config_from_args, parse_cli
+from worldmodels.errors import run_cli
 from worldmodels.run_dir import prepare_run_dir
 from worldmodels.vae_training import report_dict, train_vae, vae_paths
 
@@ -24,4 +24,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

@@ -113,6 +113,17 @@ def collect_episode(task: EpisodeTask) -> int:
     return len(shard)
 
 
+def probe_env(cfg: ExperimentConfig) -> None:
+    """Make the env and the data policy once here, so a bad env id, a missing package or
+    a policy that does not fit the action space fails before any worker starts."""
+    env = make_env_from_config(cfg.env)
+    try:
+        make_policy(cfg.collect.policy, env.action_space, np.random.default_rng(0),
+                    cfg.collect.brownian_dt, cfg.collect.linear_std)
+    finally:
+        env.close()
+
+
 def check_compatible(shards: list[Path], cfg: ExperimentConfig) -> None:
     """Refuse to resume into shards collected with another env, seed or policy."""
     want = {"env_id": cfg.env.id, "seed": cfg.seed, "policy": cfg.collect.policy}
@@ -143,6 +154,7 @@ def collect(
     cfg: ExperimentConfig, out_dir: Path | None = None, progress: bool = True
 ) -> CollectReport:
     """Collect shards until ``out_dir`` holds ``cfg.collect.episodes`` of them."""
+    probe_env(cfg)
     out = Path(out_dir) if out_dir is not None else cfg.run_dir / "rollouts"
     out.mkdir(parents=True, exist_ok=True)
     remove_partial_files(out)

@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
 from envs.factory import MissingPackageError
+from worldmodels.errors import InputError
 
 T = TypeVar("T")
 
@@ -30,7 +31,9 @@ def resolve_workers(workers: int) -> int:
 def _call(fn: Callable[..., T], task: Any) -> T:
     try:
         return fn(task)
-    except BaseException as err:  # keep the worker's traceback in the message
+    except InputError:  # bad input: its own message says what to fix
+        raise
+    except BaseException as err:  # a bug: keep the worker's traceback in the message
         raise TaskError(f"task {task!r} failed:\n{traceback.format_exc()}") from err
 
 

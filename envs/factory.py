@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium as gym
 
 from envs.preprocess import PixelObservation, pixel_source
+from worldmodels.errors import InputError
 
 #: Per-env settings the paper used, applied unless the caller overrides them.
 KNOWN_ENVS: dict[str, dict[str, Any]] = {
@@ -24,8 +25,12 @@ _PROVIDERS = {
 }
 
 
-class MissingPackageError(ImportError):
+class MissingPackageError(InputError, ImportError):
     """An optional package an env or engine needs is not installed."""
+
+
+class UnknownEnvError(InputError, gym.error.UnregisteredEnv):
+    """An env id that no installed package registers."""
 
 
 def ensure_registered(env_id: str) -> None:
@@ -62,7 +67,7 @@ def make_env(
     if crop_bottom is None:
         crop_bottom = known.get("crop_bottom", 0)
     if env_id not in gym.registry:
-        raise gym.error.UnregisteredEnv(
+        raise UnknownEnvError(
             f"unknown env id '{env_id}' (not in gymnasium's registry; "
             "Vizdoom*/ALE/* ids need their packages installed)"
         )

@@ -72,3 +72,20 @@ def test_options_and_overrides_mix_in_any_order():
                               "controller.sb3_timesteps=7"])
     cfg = config_from_args(args)
     assert args.algo == "ppo" and cfg.vae.epochs == 2 and cfg.controller.sb3_timesteps == 7
+
+
+def test_entry_points_print_one_line_errors(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for args, needle in [
+        (["train_vae.py", "vae.epoch=3"], "unknown key 'vae.epoch'"),
+        (["collect.py", "env.id=NoSuchEnv-v0", f"root={tmp_path}"], "unknown env id"),
+        (["train_vae.py", f"root={tmp_path}"], "run collect.py"),
+    ]:
+        proc = subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2, proc.stderr[-500:]
+        assert needle in proc.stderr and "Traceback" not in proc.stderr

@@ -23,11 +23,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from worldmodels.errors import InputError
+
 #: model kind -> constructor taking the JSON config as keyword arguments
 MODEL_KINDS: dict[str, Callable[..., nn.Module]] = {}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
     """A checkpoint is missing, corrupt, or does not match the model it is loaded into."""
 
 

@@ -21,10 +21,12 @@ from typing import Any
 
 import yaml
 
+from worldmodels.errors import InputError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config key is unknown, has the wrong type, or a preset/file is missing."""
 
 

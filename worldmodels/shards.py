@@ -29,11 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from worldmodels.errors import InputError
+
 SHARD_GLOB = "ep_*.npz"
 TMP_SUFFIX = ".partial"
 
 
-class ShardError(ValueError):
+class ShardError(InputError, ValueError):
     """A shard is corrupt, truncated, or has the wrong keys, shapes or dtypes."""
 
 
