@@ -61,6 +61,8 @@ def test_saved_config_round_trips(tmp_path):
     rebuilt = ExperimentConfig()
     merge_into(rebuilt, yaml.safe_load((tmp_path / "config.yaml").read_text()), "saved")
     assert rebuilt == cfg
+    # a run's resolved config.yaml is itself a valid --config
+    assert load_config(str(tmp_path / "config.yaml")) == cfg
 
 
 def test_options_and_overrides_mix_in_any_order():

@@ -82,3 +82,35 @@ def test_train_vae_writes_checkpoint_grid_and_resumes(tiny_cfg):
     assert [m["epoch"] for m in metrics] == [1, 2]
     sidecar = files["model"].with_name("model.safetensors.json")
     assert json.loads(sidecar.read_text())["meta"]["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_rerun_completes(tiny_cfg):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from worldmodels.config import save_config
+
+    root = Path(__file__).resolve().parent.parent
+    write_shards(tiny_cfg.run_dir / "rollouts", 6, T=60)
+    save_config(tiny_cfg, tiny_cfg.run_dir / "config.yaml")
+    args = [sys.executable, str(root / "train_vae.py"), "--config",
+            str(tiny_cfg.run_dir / "config.yaml"), "vae.epochs=6"]
+    files = vae_paths(tiny_cfg.run_dir)
+    proc = subprocess.Popen(args, cwd=root, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not files["state"].exists():
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rerun = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    metrics = json.loads(files["metrics"].read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert load_model(files["model"]).z_dim == tiny_cfg.vae.z_dim
+    assert not [p for p in files["dir"].iterdir() if p.name.endswith(".partial")]

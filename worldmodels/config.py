@@ -243,7 +243,11 @@ def load_config(
     presets: list[str] | None = None,
     overrides: list[str] | None = None,
 ) -> ExperimentConfig:
-    """Build the resolved config: defaults <- file <- presets <- overrides."""
+    """Build the resolved config: defaults <- file <- presets <- overrides.
+
+    ``config`` is a preset file (``defaults:`` and ``presets:``), or a run directory's
+    resolved ``config.yaml``, which reproduces that run.
+    """
     cfg = ExperimentConfig()
     presets = [p for p in (presets or []) if p]
     if config:
@@ -253,6 +257,9 @@ def load_config(
                 data = yaml.safe_load(fh) or {}
             except yaml.YAMLError as err:
                 raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if data and not {"defaults", "presets"} & set(data):
+            # a resolved config.yaml from a run directory: the whole file is the defaults
+            data = {"defaults": data}
         unknown_top = set(data) - {"defaults", "presets"}
         if unknown_top:
             raise ConfigError(
