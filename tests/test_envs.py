@@ -104,3 +104,14 @@ def test_two_stage_resize_stays_close_to_single_area_resize():
     fast = preprocess_frame(frame, 64).astype(float)
     exact = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA).astype(float)
     assert np.abs(fast - exact).mean() < 2.0
+
+
+def test_an_ale_game_by_id_without_code_change():
+    pytest.importorskip("ale_py")
+    env = make_env("ALE/Pong-v5")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert isinstance(env.action_space, gym.spaces.Discrete)
+    obs, *_ = env.step(env.action_space.sample())
+    assert obs.shape == (64, 64, 3) and obs.std() > 0
+    env.close()
