@@ -21,7 +21,7 @@ KNOWN_ENVS: dict[str, dict[str, Any]] = {
 #: id prefix -> (module that registers those ids, pip extra that provides it)
 _PROVIDERS = {
     "Vizdoom": ("vizdoom.gymnasium_wrapper", "pip install 'worldmodels[doom]' (or vizdoom)"),
-    "ALE/": ("ale_py", "pip install ale-py"),
+    "ALE/": ("ale_py", "pip install 'worldmodels[atari]' (or ale-py)"),
 }
 
 
