@@ -51,7 +51,8 @@ def plot_curves(path: Path, series: dict[str, tuple[list[float], list[float]]], 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     first_x = None
     for name, (x, y) in series.items():
-        ax.plot(x, y, label=name, linewidth=1.6)
+        ax.plot(x, y, label=name, linewidth=1.6, marker="o" if len(x) <= 30 else None,
+                markersize=4)
         first_x = x if first_x is None else first_x
     if band is not None and first_x is not None:
         ax.fill_between(first_x, band[0], band[1], alpha=0.15, label="worst to best")
