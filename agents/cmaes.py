@@ -65,14 +65,16 @@ class ProcessEvaluator:
     def __call__(self, candidates: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
         return self.returns(list(candidates), seeds)[0].mean(axis=1)
 
-    def returns(self, candidates: Sequence[np.ndarray | None],
-                seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def returns(self, candidates: Sequence[np.ndarray | None], seeds: Sequence[int],
+                whole_episodes: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(returns, steps), each (P, R): every candidate on every seed, in seed order.
 
-        A candidate of None plays uniform random actions.
+        A candidate of None plays uniform random actions. ``whole_episodes`` ignores the
+        training caps (``max_steps``, ``stall_steps``), as evaluation must.
         """
+        caps = (0, 0) if whole_episodes else (self.max_steps, self.stall_steps)
         tasks = [RolloutTask(self.run_dir, i, None if x is None else tuple(map(float, x)),
-                             int(s), self.max_steps, self.stall_steps, j)
+                             int(s), *caps, j)
                  for i, x in enumerate(candidates) for j, s in enumerate(seeds)]
         returns = np.zeros((len(candidates), len(seeds)))
         steps = np.zeros((len(candidates), len(seeds)), dtype=int)
@@ -233,13 +235,8 @@ def evaluate_best(template: RolloutWorker, weights: Path, episodes: int, seed: i
     params = template.controller.get_flat().numpy()
     seeds = [int(s) for s in
              np.random.default_rng([seed, 104729]).integers(0, 2**31 - 1, size=episodes)]
-    if isinstance(evaluator, ProcessEvaluator):  # whole episodes: no step cap, no stall stop
-        caps = evaluator.max_steps, evaluator.stall_steps
-        evaluator.max_steps = evaluator.stall_steps = 0
-        try:
-            returns = evaluator.returns([params], seeds)[0][0]
-        finally:
-            evaluator.max_steps, evaluator.stall_steps = caps
+    if isinstance(evaluator, ProcessEvaluator):
+        returns = evaluator.returns([params], seeds, whole_episodes=True)[0][0]
     else:
         returns = np.array([template.play(params, s)[0] for s in seeds])
     return describe_returns(returns)

@@ -67,9 +67,9 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if policy in SB3_POLICIES:
         return _evaluate_sb3(Path(run_dir), policy, evaluation_seeds(seed, episodes))
-    worker = RolloutWorker(run_dir)
     params = None
-    if policy == "controller":
+    if policy == "controller":  # (the random policy needs no V, M or env in this process)
+        worker = RolloutWorker(run_dir)
         load_weights(Path(run_dir) / "controller" / "best.safetensors", worker.controller)
         params = worker.controller.get_flat().numpy()
     out = Path(run_dir) / "eval"
@@ -85,7 +85,7 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
         evaluator.close()
     rows = [{"episode": i, "seed": s, "return": float(returns[0, i]), "steps": int(steps[0, i])}
             for i, s in enumerate(seeds)]
-    for i in range(min(video_episodes, episodes) if params is not None else 0):
+    for i in range(min(video_episodes, episodes) if policy == "controller" else 0):
         frames: list = []
         worker.play(params, seeds[i], frames=frames)
         save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif")

@@ -14,11 +14,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-import yaml
 
 from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
-from worldmodels.config import ExperimentConfig, merge_into
+from worldmodels.config import ExperimentConfig, load_config
 from worldmodels.controller import Controller
 from worldmodels.frmdn_training import load_memory
 from worldmodels.vae_training import load_vae
@@ -39,11 +38,8 @@ class RolloutTask:
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:
-    """The resolved config saved at the root of a run directory."""
-    cfg = ExperimentConfig()
-    merge_into(cfg, yaml.safe_load((Path(run_dir) / "config.yaml").read_text()),
-               f"{run_dir}/config.yaml")
-    return cfg
+    """The resolved config saved at the root of a run directory (checked like any other)."""
+    return load_config(str(Path(run_dir) / "config.yaml"))
 
 
 def build_controller(cfg: ExperimentConfig, action_space: gym.Space, h_dim: int) -> Controller:
