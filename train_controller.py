@@ -1,9 +1,11 @@
-"""Stage 3: train C in the real env on [z, h] from the run's V and M: CMA-ES (default)
-or a Stable-Baselines3 algorithm (--algo ppo).
+"""Stage 3: train C on [z, h] from the run's V and M, in the real env or inside M's dream
+(controller.environment=dream): CMA-ES (default) or a Stable-Baselines3 algorithm.
 
     python train_controller.py --config carracing --preset quick
     python train_controller.py controller.engine=ray controller.ray_address=HOST:6379
     python train_controller.py --algo ppo controller.sb3_timesteps=20000
+    python train_controller.py --config doom_takecover --preset dream   # C in M's dream
+    python train_controller.py controller.environment=dream dream.temperature=1.15
 
 A CMA-ES rerun resumes from controller/cmaes_history.npz.
 """
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
         from agents.sb3 import train_sb3
 
         _, summary = train_sb3(run_dir, cfg.controller.algo, cfg.controller.sb3_timesteps,
-                               cfg.seed)
+                               cfg.seed, environment=cfg.controller.environment)
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -143,14 +143,21 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
     files["dir"].mkdir(parents=True, exist_ok=True)
     template = RolloutWorker(cfg.run_dir)  # the controller's shape, and evaluation episodes
     controller = template.controller
-    evaluator = evaluator or ProcessEvaluator(cfg.run_dir, c.engine, c.workers, c.ray_address,
-                                              c.max_episode_steps, c.stall_steps)
+    in_dream = c.environment == "dream"
+    if evaluator is None:
+        evaluator = make_evaluator(cfg)
+    # periodic evaluations are real episodes, also when C trains in the dream
+    real_evaluator = evaluator if isinstance(evaluator, ProcessEvaluator) else None
     torch.manual_seed(cfg.seed)
     x0 = np.zeros(controller.num_parameters())
     es = CMAES(x0, c.sigma0, c.population, cfg.seed)
     settings = {"dim": len(x0), "population": c.population, "rollouts": c.rollouts,
                 "sigma0": c.sigma0, "seed": cfg.seed, "max_episode_steps": c.max_episode_steps,
                 "stall_steps": c.stall_steps, "cma": cma.__version__}
+    if in_dream:  # (real-env histories keep the keys they were written with)
+        settings.update(environment="dream", temperature=cfg.dream.temperature,
+                        done=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
+                        dream_max_steps=cfg.dream.max_steps)
     history = read_history(files["history"], settings, c.population)
     es.replay(history)
     log: list[dict[str, Any]] = read_json(files["log"], [])[: len(history)]
@@ -173,8 +180,11 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
             save_model(files["best"], controller,
                        meta={"generation": gen + 1, "fitness": best, "rollouts": c.rollouts})
         if c.eval_every and (gen + 1) % c.eval_every == 0:
+            if real_evaluator is None:
+                real_evaluator = ProcessEvaluator(cfg.run_dir, c.engine, c.workers,
+                                                  c.ray_address)
             last_eval = evaluate_best(template, files["best"], c.eval_episodes,
-                                      cfg.seed + 10_000 + gen, evaluator)
+                                      cfg.seed + 10_000 + gen, real_evaluator)
             entry["eval"] = last_eval
             writer.add_scalar("c/eval_mean", last_eval["mean"], gen + 1)
         for key in ("best", "mean", "worst"):
@@ -183,7 +193,9 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
         # best weights, then the log, then the history that a resume replays: a kill
         # between them only makes the rerun redo this generation (same seeds, same values)
         write_json_atomic(files["log"], log)
-        plot_fitness(log, files["dir"] / "fitness.png")
+        plot_fitness(log, files["dir"] / "fitness.png",
+                     "CMA-ES fitness in the dream (evaluations: real env)" if in_dream
+                     else "CMA-ES fitness")
         write_npz_atomic(files["history"], {"fitness": np.stack(es.history),
                                             "settings": np.array(json.dumps(settings))},
                          compress_level=0)
@@ -191,12 +203,25 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
         if c.target_return and last_eval and last_eval["mean"] >= c.target_return:
             break
     writer.close()
-    if isinstance(evaluator, ProcessEvaluator):
-        evaluator.close()
+    for ev in {id(e): e for e in (evaluator, real_evaluator)}.values():
+        if isinstance(ev, ProcessEvaluator):
+            ev.close()
     return CMAESReport(len(es.history), best, last_eval, time.perf_counter() - started)
 
 
-def plot_fitness(log: list[dict[str, Any]], path: Path) -> None:
+def make_evaluator(cfg: ExperimentConfig) -> Evaluator:
+    """Fitness in the real env (``controller.environment=real``: worker processes, Ray)
+    or in M's batched dream (``dream``: this process)."""
+    c = cfg.controller
+    if c.environment == "dream":
+        from agents.dreams import DreamEvaluator
+
+        return DreamEvaluator(cfg.run_dir, cfg)
+    return ProcessEvaluator(cfg.run_dir, c.engine, c.workers, c.ray_address,
+                            c.max_episode_steps, c.stall_steps)
+
+
+def plot_fitness(log: list[dict[str, Any]], path: Path, title: str = "CMA-ES fitness") -> None:
     """Best / mean fitness per generation with the worst-to-best band, and the
     periodic evaluations of the best candidate."""
     gens = [g["generation"] for g in log]
@@ -205,7 +230,7 @@ def plot_fitness(log: list[dict[str, Any]], path: Path) -> None:
     evals = [(g["generation"], g["eval"]["mean"]) for g in log if "eval" in g]
     if evals:
         series["best candidate, eval mean"] = ([e[0] for e in evals], [e[1] for e in evals])
-    plot_curves(path, series, "CMA-ES fitness", "generation", "return",
+    plot_curves(path, series, title, "generation", "return",
                 band=([g["worst"] for g in log], [g["best"] for g in log]))
 
 
@@ -216,7 +241,8 @@ def read_history(path: Path, settings: dict[str, Any], population: int) -> np.nd
         return np.zeros((0, population))
     data = read_npz(path, ("fitness", "settings"))
     saved = json.loads(str(data["settings"]))
-    changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+    changed = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
+               if saved.get(k) != settings.get(k)}
     if changed:
         raise ValueError(f"{path}: made with other CMA-ES settings "
                          + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())

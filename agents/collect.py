@@ -93,6 +93,17 @@ def describe_action_space(space: gym.Space) -> dict[str, Any]:
     raise ValueError(f"unsupported action space {space}")
 
 
+def action_space_from_meta(info: dict[str, Any]) -> gym.Space:
+    """The inverse of :func:`describe_action_space`."""
+    if info.get("type") == "discrete":
+        return gym.spaces.Discrete(int(info["n"]), start=int(info.get("start", 0)))
+    if info.get("type") == "box":
+        return gym.spaces.Box(np.array(info["low"], np.float32),
+                              np.array(info["high"], np.float32), tuple(info["shape"]),
+                              np.float32)
+    raise ValueError(f"unsupported action space description {info}")
+
+
 _WORKER_ENVS: dict[str, gym.Env] = {}
 
 

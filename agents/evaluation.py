@@ -52,11 +52,13 @@ def evaluation_seeds(seed: int, episodes: int) -> list[int]:
 
 def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", seed: int = 0,
              video_episodes: int = 0, engine: str = "process", workers: int = 0,
-             ray_address: str = "", progress: bool = True) -> dict[str, Any]:
+             ray_address: str = "", progress: bool = True,
+             key: dict[str, Any] | None = None) -> dict[str, Any]:
     """Play ``episodes`` episodes on the evaluator's workers.
 
     Writes ``eval/<policy>.csv`` (episode, seed, return, steps) and ``eval/<policy>.json``
-    (mean, std, min, max); for the controller, GIFs of the first ``video_episodes``.
+    (mean, std, min, max, and ``key`` if given: what the caller checks to reuse it); for
+    the controller, GIFs of the first ``video_episodes``.
     """
     from agents.cmaes import ProcessEvaluator
 
@@ -90,7 +92,7 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
         worker.play(params, seeds[i], frames=frames)
         save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif")
     summary = {"policy": policy, **describe_returns(returns[0]),
-               "seconds": time.perf_counter() - started}
+               "seconds": time.perf_counter() - started, **({"key": key} if key else {})}
     _write(out, policy, rows, summary)
     return summary
 

@@ -27,17 +27,20 @@ from worldmodels.vae_training import load_vae
 
 
 class LatentObservation(gym.Wrapper):
-    """Observations ``[z_t, h_t]`` float32 (z_dim + hidden,) from a frozen V and M.
+    """Observations ``[z_t, h_t]`` float32 (z_dim + hidden,) from a frozen V and M
+    (``[z_t, c_t, h_t]`` with ``use_cell``, as :class:`envs.dream_env.DreamEnv` gives).
 
     z_t is V's mean for the frame; h_t is M's hidden state after reading
     (z_{t-1}, a_{t-1}); ``reset`` starts M from zeros. Actions pass through unchanged.
     """
 
-    def __init__(self, env: gym.Env, vae: ConvVAE, memory: FRMDN, device: str = "cpu"):
+    def __init__(self, env: gym.Env, vae: ConvVAE, memory: FRMDN, device: str = "cpu",
+                 use_cell: bool = False):
         super().__init__(env)
         self.vae, self.memory = vae.eval(), memory.eval()
         self.device = torch.device(device)
-        size = vae.z_dim + memory.lstm.hidden_size
+        self.use_cell = use_cell
+        size = vae.z_dim + memory.lstm.hidden_size * (2 if use_cell else 1)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
         self._z: torch.Tensor | None = None
         self._state: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -48,7 +51,9 @@ class LatentObservation(gym.Wrapper):
 
     def _observation(self) -> np.ndarray:
         assert self._z is not None and self._state is not None
-        return torch.cat([self._z[0], self._state[0][0, 0]]).cpu().numpy().astype(np.float32)
+        h, c = self._state[0][0, 0], self._state[1][0, 0]
+        parts = [self._z[0], c, h] if self.use_cell else [self._z[0], h]
+        return torch.cat(parts).cpu().numpy().astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         frame, info = self.env.reset(seed=seed, options=options)
@@ -73,7 +78,8 @@ def make_latent_env(run_dir: Path, device: str = "cpu") -> LatentObservation:
     cfg = load_run_config(run_dir)
     vae = load_vae(run_dir, cfg.vae.z_dim, device)
     memory = load_memory(Path(run_dir) / "memory", device)
-    return LatentObservation(make_env_from_config(cfg.env), vae, memory, device)
+    return LatentObservation(make_env_from_config(cfg.env), vae, memory, device,
+                             cfg.controller.use_cell)
 
 
 def algorithm_class(name: str) -> Any:
@@ -91,11 +97,20 @@ def sb3_paths(run_dir: Path, algo: str) -> dict[str, Path]:
 
 
 def train_sb3(run_dir: Path, algo: str = "ppo", timesteps: int = 100_000, seed: int = 0,
-              kwargs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """Train an SB3 algorithm on the [z, h] env; returns the model and how it was saved."""
-    env = make_latent_env(run_dir)
+              kwargs: dict[str, Any] | None = None, environment: str = "real",
+              ) -> tuple[Any, dict[str, Any]]:
+    """Train an SB3 algorithm on the [z, h] env, or inside the run's dream
+    (``environment="dream"``, same observations); returns the model and how it was saved.
+    Either way the saved policy plays the real env (``load_sb3``)."""
+    if environment == "dream":
+        from envs.dream_env import make_dream_env
+
+        env: gym.Env = make_dream_env(run_dir, seed=seed)
+    else:
+        env = make_latent_env(run_dir)
     kwargs = dict(kwargs or {})
-    meta = {"algo": algo, "kwargs": kwargs, "timesteps": timesteps, "seed": seed}
+    meta = {"algo": algo, "kwargs": kwargs, "timesteps": timesteps, "seed": seed,
+            "environment": environment}
     try:
         meta_text = json.dumps(meta, indent=2)  # fail before training, not after
     except TypeError as err:

@@ -1,7 +1,8 @@
 """Gymnasium side of worldmodels: preprocessing wrappers, the env factory, registration.
 
 Importing this package registers ``worldmodels/<id>`` for the paper's envs, so
-``gymnasium.make("worldmodels/CarRacing-v3")`` gives 64x64x3 uint8 frames.
+``gymnasium.make("worldmodels/CarRacing-v3")`` gives 64x64x3 uint8 frames, and
+``worldmodels/Dream-v0`` (``run_dir=...``) a trained run's dream (``envs.dream_env``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def register_envs() -> None:
         if wrapped not in gym.registry:
             gym.register(id=wrapped, entry_point="envs.factory:make_env",
                          kwargs={"env_id": env_id}, disable_env_checker=True)
+    if "worldmodels/Dream-v0" not in gym.registry:  # needs run_dir=...
+        gym.register(id="worldmodels/Dream-v0", entry_point="envs.dream_env:make_dream_env")
 
 
 register_envs()

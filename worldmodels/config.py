@@ -97,6 +97,8 @@ class MemoryConfig:
     done_head: bool = _opt(True, "Predict episode termination from h_t (Bernoulli).")
     reward_weight: float = _opt(1.0, "Weight of the reward MSE in the loss.")
     done_weight: float = _opt(1.0, "Weight of the done BCE in the loss.")
+    done_pos_weight: float = _opt(1.0, "Weight of terminal steps in the done BCE (Ha used 10 "
+                                       "for Doom); dreams calibrate the probability back.")
     seq_len: int = _opt(100, "Truncated-BPTT window length.")
     batch_size: int = _opt(32, "Windows per batch.")
     lr: float = _opt(1e-3, "Adam learning rate.")
@@ -110,6 +112,8 @@ class MemoryConfig:
 class ControllerConfig:
     algo: str = _opt("cmaes", "cmaes, or a Stable-Baselines3 algorithm: ppo | a2c | sac | td3.")
     sb3_timesteps: int = _opt(100_000, "Environment steps for an SB3 algorithm.")
+    environment: str = _opt("real", "Where C trains: real (the env) | dream (M as the env; "
+                                    "evaluation is always in the real env).")
     hidden: int = _opt(0, "Hidden units of C (0 = linear, as in the paper).")
     use_cell: bool = _opt(False, "Feed M's cell state too: [z, c, h] (the paper's Doom setup).")
     population: int = _opt(64, "CMA-ES population size.")
@@ -128,6 +132,17 @@ class ControllerConfig:
 
 
 @dataclass
+class DreamConfig:
+    temperature: float = _opt(1.15, "tau: M's mixture logits / tau and covariance x tau "
+                                    "(1.15 was the paper's best for Doom).")
+    done: str = _opt("sample", "How M ends a dream: sample (a Bernoulli of its calibrated "
+                               "P(done)) | threshold (P(done) > done_threshold).")
+    done_threshold: float = _opt(0.5, "P(done) above which a dream ends, for done=threshold.")
+    max_steps: int = _opt(0, "Cap on dream length (0 = the env's cap).")
+    threads: int = _opt(0, "Torch threads for the batched dream (0 = torch's default).")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = _opt("", "Run name; '' uses the preset names (or 'paper').")
     seed: int = _opt(0, "Seed for collection, splits, shuffling and initialisation.")
@@ -140,6 +155,7 @@ class ExperimentConfig:
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    dream: DreamConfig = field(default_factory=DreamConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -316,6 +332,14 @@ def validate(cfg: ExperimentConfig) -> None:
          "memory.overcomplete_m", "must be 0 or > vae.z_dim"),
         (cfg.memory.seq_len >= 1 and cfg.memory.batch_size >= 1, "memory.seq_len",
          "and memory.batch_size must be >= 1"),
+        (cfg.memory.done_pos_weight > 0, "memory.done_pos_weight", "must be > 0"),
+        (cfg.controller.environment in ("real", "dream"), "controller.environment",
+         "must be real or dream"),
+        (cfg.dream.temperature > 0, "dream.temperature", "must be > 0"),
+        (cfg.dream.done in ("sample", "threshold"), "dream.done", "must be sample or threshold"),
+        (0 < cfg.dream.done_threshold < 1, "dream.done_threshold", "must be in (0, 1)"),
+        (cfg.dream.max_steps >= 0 and cfg.dream.threads >= 0, "dream.max_steps",
+         "and dream.threads must be >= 0"),
     ]
     for ok, key, why in checks:
         if not ok:

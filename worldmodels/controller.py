@@ -59,6 +59,34 @@ class Controller(nn.Module):
             return out.argmax(dim=-1)
         return self.low + (torch.tanh(out) + 1) / 2 * (self.high - self.low)
 
+    def batched(self, params: Tensor, z: Tensor, h: Tensor, c: Tensor | None = None) -> Tensor:
+        """Each row with its own weights: params (B, n) flat vectors (``get_flat`` order),
+        z (B, z_dim), h and c (B, h_dim) -> actions as ``forward`` gives them, (B, A) or (B,).
+
+        For CMA-ES in a batched dream: population x rollouts controllers in one pass.
+        """
+        parts = [z, c, h] if self.use_cell else [z, h]
+        if self.use_cell and c is None:
+            raise ValueError("this controller reads the LSTM cell state: pass c")
+        if params.shape[-1] != self.num_parameters():
+            raise ValueError(f"expected {self.num_parameters()} parameters, "
+                             f"got {params.shape[-1]}")
+        x = torch.cat(parts, dim=-1)
+        layers = [self.net] if isinstance(self.net, nn.Linear) else list(self.net)
+        offset = 0
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                n_w, n_b = layer.weight.numel(), layer.bias.numel()
+                w = params[:, offset : offset + n_w].view(-1, *layer.weight.shape)
+                b = params[:, offset + n_w : offset + n_w + n_b]
+                offset += n_w + n_b
+                x = torch.baddbmm(b.unsqueeze(-1), w, x.unsqueeze(-1)).squeeze(-1)
+            else:
+                x = layer(x)
+        if self.discrete:
+            return x.argmax(dim=-1)
+        return self.low + (torch.tanh(x) + 1) / 2 * (self.high - self.low)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -95,12 +95,27 @@ class TiedPrecisionMixture(nn.Module):
             log_d=self.log_d_bound * torch.tanh(raw / self.log_d_bound),
         )
 
-    def square_part(self) -> Tensor:
-        """U1 = L (Up + diag(exp s)), (d, d): unit lower times upper, always invertible."""
+    def lu_factors(self) -> tuple[Tensor, Tensor]:
+        """(L, Up + diag(exp s)), each (d, d): unit lower and upper triangular."""
         eye = torch.eye(self.d, dtype=self.lu_lower.dtype, device=self.lu_lower.device)
         lower = torch.tril(self.lu_lower, -1) + eye
         upper = torch.triu(self.lu_upper, 1) + torch.diag(torch.exp(self.lu_log_diag))
+        return lower, upper
+
+    def square_part(self) -> Tensor:
+        """U1 = L (Up + diag(exp s)), (d, d): unit lower times upper, always invertible."""
+        lower, upper = self.lu_factors()
         return lower @ upper
+
+    def solve_square_transpose(self, v: Tensor) -> Tensor:
+        """U1^-T v for v (..., d): two triangular solves against all rows at once
+        (U1^T = Up^T L^T), not one d x d factorisation per row."""
+        lower, upper = self.lu_factors()
+        cols = v.reshape(-1, self.d).transpose(0, 1)  # (d, N)
+        y = torch.linalg.solve_triangular(upper.transpose(0, 1), cols, upper=False)
+        x = torch.linalg.solve_triangular(lower.transpose(0, 1), y, upper=True,
+                                          unitriangular=True)
+        return x.transpose(0, 1).reshape(v.shape)
 
     def u_matrix(self) -> Tensor | None:
         """U: None for diag, (d, d) for square, (d, m) = [U1 | U2] for overcomplete."""
@@ -183,12 +198,10 @@ class TiedPrecisionMixture(nn.Module):
             step = torch.linalg.solve(self.square_part().double().transpose(0, 1), x)
             return mu + scale * step.squeeze(-1).to(mu.dtype)
         white = eps * torch.exp(-0.5 * log_d)  # covariance D^-1
-        U = self.u_matrix()
-        if U is None:
+        if self.precision == "diag":
             return mu + scale * white
         # U^-T D^-1/2 eps has covariance U^-T D^-1 U^-1 = (U D U^T)^-1
-        step = torch.linalg.solve(U.transpose(0, 1), white.unsqueeze(-1)).squeeze(-1)
-        return mu + scale * step
+        return mu + scale * self.solve_square_transpose(white)
 
 
 class FRMDN(nn.Module):
@@ -305,10 +318,18 @@ class FRMDN(nn.Module):
 
     # ------------------------------------------------------------------ training loss
     def loss(self, z: Tensor, action: Tensor, reward: Tensor, done: Tensor, mask: Tensor,
-             reward_weight: float = 1.0, done_weight: float = 1.0) -> dict[str, Tensor]:
+             reward_weight: float = 1.0, done_weight: float = 1.0,
+             done_pos_weight: float = 1.0) -> dict[str, Tensor]:
         """Masked losses over windows: z (B, L+1, d); action, reward, done, mask (B, L, ...).
 
-        ``nll`` is nats per latent dimension; ``loss`` = nll + weighted reward MSE + done BCE.
+        ``nll`` is nats per latent dimension; ``loss`` = nll + weighted reward MSE + done
+        BCE, whose terminal steps count ``done_pos_weight`` times (terminations are rare:
+        about 1 step in 200 in TakeCover). That weight shifts the done logit by
+        log(done_pos_weight), which :func:`done_probability` takes off again.
+
+        Besides the losses, per-step rates for done metrics over many batches:
+        ``done_bce`` (unweighted), ``done_tp`` (predicted p > 0.5 and done),
+        ``done_pred`` (predicted), ``done_true`` (done); see :func:`done_metrics`.
         """
         h, _ = self(z[:, :-1], action)
         n = mask.sum().clamp_min(1.0)
@@ -321,12 +342,43 @@ class FRMDN(nn.Module):
             total = total + reward_weight * out["reward_mse"]
         logit = self.done_logit(h)
         if logit is not None:
-            bce = F.binary_cross_entropy_with_logits(logit, done, reduction="none")
+            weight = None if done_pos_weight == 1.0 else torch.as_tensor(
+                done_pos_weight, dtype=logit.dtype, device=logit.device)
+            weighted = F.binary_cross_entropy_with_logits(logit, done, reduction="none",
+                                                          pos_weight=weight)
+            calibrated = logit - math.log(done_pos_weight)
+            bce = F.binary_cross_entropy_with_logits(calibrated, done, reduction="none")
+            predicted = (calibrated > 0).float()
             out["done_bce"] = (bce * mask).sum() / n
-            out["done_acc"] = (((logit > 0).float() == done).float() * mask).sum() / n
-            total = total + done_weight * out["done_bce"]
+            out["done_acc"] = (((predicted == done).float()) * mask).sum() / n
+            out["done_tp"] = (predicted * done * mask).sum() / n
+            out["done_pred"] = (predicted * mask).sum() / n
+            out["done_true"] = (done * mask).sum() / n
+            total = total + done_weight * (weighted * mask).sum() / n
         out["loss"] = total
         return out
+
+
+def done_probability(logit: Tensor, done_pos_weight: float = 1.0) -> Tensor:
+    """P(done) from a done logit trained with ``done_pos_weight`` (calibrated again)."""
+    return torch.sigmoid(logit - math.log(done_pos_weight))
+
+
+def done_metrics(rates: dict[str, float]) -> dict[str, float]:
+    """Recall, precision and skill of the done head from averaged per-step rates.
+
+    ``done_skill`` = 1 - BCE / H(base rate): 0 for always predicting the base rate,
+    1 for certainty (accuracy says little when 1 step in 200 is terminal).
+    """
+    if "done_true" not in rates:
+        return {}
+    p, tp = rates["done_true"], rates["done_tp"]
+    base = -(p * math.log(p) + (1 - p) * math.log(1 - p)) if 0 < p < 1 else 0.0
+    return {
+        "done_recall": tp / p if p else float("nan"),
+        "done_precision": tp / rates["done_pred"] if rates["done_pred"] else float("nan"),
+        "done_skill": 1 - rates["done_bce"] / base if base else float("nan"),
+    }
 
 
 def _register() -> None:

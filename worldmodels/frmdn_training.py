@@ -5,7 +5,8 @@ Files under ``<run>/memory/`` (or another directory given by the caller)::
     model.safetensors (+ .json)   weights of the last finished epoch
     train_state.pt                optimizer state and counters (weights_only load)
     metrics.json                  per epoch: held-out NLL (nats / latent dim), reward MSE,
-                                  done accuracy, train seconds, skipped batches
+                                  done accuracy, recall, precision and skill, train
+                                  seconds, skipped batches
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from worldmodels.checkpoint import (
 )
 from worldmodels.config import ExperimentConfig
 from worldmodels.datasets import SequenceDataset, split_episodes
-from worldmodels.frmdn import FRMDN
+from worldmodels.frmdn import FRMDN, done_metrics
 from worldmodels.run_dir import summary_writer
 from worldmodels.shards import ShardError, list_shards, read_meta, read_npz, shard_length
 from worldmodels.vae_training import vae_paths
@@ -45,6 +46,7 @@ class MemoryReport:
     holdout_nll: float  # nats per latent dimension
     holdout_reward_mse: float
     holdout_done_acc: float
+    holdout_done_skill: float  # 1 - BCE / base-rate entropy (see frmdn.done_metrics)
     seconds_per_epoch: float  # median training time of the recorded epochs
     skipped_batches: int
     parameters: int
@@ -124,7 +126,8 @@ def _batch_losses(model: FRMDN, batch: dict[str, torch.Tensor], cfg: ExperimentC
     b = {k: v.to(device) for k, v in batch.items()}
     z = sample_z(b["mu"], b["logvar"], generator)
     return model.loss(z, b["action"], b["reward"], b["done"], b["mask"],
-                      cfg.memory.reward_weight, cfg.memory.done_weight), b["mask"].sum()
+                      cfg.memory.reward_weight, cfg.memory.done_weight,
+                      cfg.memory.done_pos_weight), b["mask"].sum()
 
 
 @torch.no_grad()
@@ -141,7 +144,8 @@ def evaluate_memory(model: FRMDN, paths: list[Path], cfg: ExperimentConfig,
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v.item() * n.item()
         steps += n.item()
-    return {k: v / steps for k, v in sums.items()}
+    rates = {k: v / steps for k, v in sums.items()}
+    return {**rates, **done_metrics(rates)}
 
 
 def count_windows(paths: list[Path], seq_len: int) -> int:
@@ -218,10 +222,12 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
         metrics.append({"epoch": epoch + 1, "train_seconds": seconds, "batches": ran,
                         "skipped": skipped, **{f"holdout_{k}": v for k, v in held.items()}})
         write_json_atomic(files["metrics"], metrics)  # first: see vae_training
-        save_model(files["model"], model, meta={"epoch": epoch + 1, "seed": seed})
+        save_model(files["model"], model, meta={"epoch": epoch + 1, "seed": seed,
+                                                "done_pos_weight": m.done_pos_weight})
         save_state(files["state"], {"optimizer": optimizer.state_dict(), "epoch": epoch + 1})
         if progress:
-            tqdm.write(f"M epoch {epoch + 1}: held-out NLL {held['nll']:.4f} nats/dim, "
+            done = f", done skill {held['done_skill']:.3f}" if "done_skill" in held else ""
+            tqdm.write(f"M epoch {epoch + 1}: held-out NLL {held['nll']:.4f} nats/dim{done}, "
                        f"{seconds:.1f}s" + (f", skipped {skipped} batches" if skipped else ""))
     writer.close()
     if not metrics:
@@ -231,6 +237,7 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
         epochs_done=last["epoch"], holdout_nll=last["holdout_nll"],
         holdout_reward_mse=last.get("holdout_reward_mse", float("nan")),
         holdout_done_acc=last.get("holdout_done_acc", float("nan")),
+        holdout_done_skill=last.get("holdout_done_skill", float("nan")),
         # the median: on a shared machine one disturbed epoch should not move the figure
         seconds_per_epoch=float(np.median([x["train_seconds"] for x in metrics])),
         skipped_batches=skipped_total,

@@ -1,0 +1,118 @@
+"""Benchmark (d): batched dream steps/s against real env steps/s, side by side in one run.
+
+    python benchmarks/dream.py --config doom_takecover --preset dream
+    python benchmarks/dream.py --config doom_takecover --preset dream name=dream_frmdn --trained
+    python benchmarks/dream.py --config carracing --preset quick
+
+Three rates, each in this one process:
+
+* real env: the preprocessed env (``envs.make_env``) stepped with uniform random actions;
+* real env + agent: the same env driven by V+M+C (what a real-env CMA-ES rollout costs);
+* batched dream: ``controller.population x controller.rollouts`` dreams of M, each with
+  its own controller, stepped together (what a dream CMA-ES generation costs).
+
+M has the config's architecture: untrained, or the run's with ``--trained``. Dreams run
+to a fixed step count (the done head is ignored) so that every step holds all B dreams.
+Rounds interleave the three so load drift on a shared machine hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from agents.rollouts import build_controller  # noqa: E402
+from agents.vmc import VMCAgent  # noqa: E402
+from envs.factory import make_env_from_config  # noqa: E402
+from worldmodels.config import load_config  # noqa: E402
+from worldmodels.dream import Dream, dream_returns  # noqa: E402
+from worldmodels.frmdn_training import build_memory, load_memory  # noqa: E402
+from worldmodels.vae import ConvVAE  # noqa: E402
+
+
+def env_rate(env, agent: VMCAgent | None, steps: int, seed: int) -> float:
+    """Steps per second over ``steps`` steps (episodes restart as they end)."""
+    env.action_space.seed(seed)
+    obs, _ = env.reset(seed=seed)
+    if agent is not None:
+        agent.reset(1)
+    start = time.perf_counter()
+    for _ in range(steps):
+        action = env.action_space.sample() if agent is None else agent.act(obs[None])[0]
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset()
+            if agent is not None:
+                agent.reset(1)
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="doom_takecover")
+    parser.add_argument("--preset", action="append", default=None)
+    parser.add_argument("--trained", action="store_true", help="use the run's trained M")
+    parser.add_argument("--env-steps", type=int, default=1000, help="real steps per round")
+    parser.add_argument("--dream-steps", type=int, default=50, help="dream steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    cfg = load_config(args.config, args.preset, args.overrides)
+    env = make_env_from_config(cfg.env)
+    torch.manual_seed(0)
+    if args.trained:
+        memory = load_memory(cfg.run_dir / "memory")
+    else:
+        n = getattr(env.action_space, "n", None)
+        memory = build_memory(cfg, int(n) if n is not None else env.action_space.shape[0],
+                              n is not None).eval()
+    controller = build_controller(cfg, env.action_space, memory.lstm.hidden_size)
+    agent = VMCAgent(ConvVAE(cfg.vae.z_dim), memory, controller)
+    B = cfg.controller.population * cfg.controller.rollouts
+    d = cfg.vae.z_dim
+    # threshold 1.0: the done head never ends a dream, so each step holds all B dreams
+    dream = Dream(memory, torch.zeros(8, d), torch.zeros(8, d), cfg.dream.temperature,
+                  done_mode="threshold", done_threshold=1.0, max_steps=args.dream_steps)
+    params = 0.1 * torch.randn(cfg.controller.population, controller.num_parameters())
+    starts = torch.arange(cfg.controller.rollouts)
+
+    dream_threads = cfg.dream.threads or torch.get_num_threads()
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch "
+          f"{torch.__version__} (dream: {dream_threads} threads; agent: 1)")
+    print(f"env {cfg.env.id}; M: hidden {memory.lstm.hidden_size}, "
+          f"{memory.config()['precision']} precision, flow {memory.config()['flow']}"
+          f"{' (trained)' if args.trained else ''}; B = {cfg.controller.population} x "
+          f"{cfg.controller.rollouts} = {B} dreams at tau {cfg.dream.temperature}")
+    rates: dict[str, list[float]] = {"real env": [], "real env + V+M+C": [], "batched dream": []}
+    for r in range(args.rounds):
+        rates["real env"].append(env_rate(env, None, args.env_steps, r))
+        torch.set_num_threads(1)  # one frame per step: as RolloutWorker plays it
+        rates["real env + V+M+C"].append(env_rate(env, agent, args.env_steps // 2, r))
+        torch.set_num_threads(dream_threads)
+        start = time.perf_counter()
+        _, steps = dream_returns(dream, controller, params, starts)
+        rates["batched dream"].append(float(np.sum(steps)) / (time.perf_counter() - start))
+    env.close()
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    for k, v in median.items():
+        print(f"{k:>18}: {v:10.0f} steps/s  (rounds: {', '.join(f'{x:.0f}' for x in rates[k])})")
+    cores = os.cpu_count() or 1
+    ratio = median["batched dream"] / median["real env"]
+    print(f"ratio batched dream / real env:            {ratio:.2f}x")
+    print(f"ratio batched dream / (real env x {cores} cores): "
+          f"{median['batched dream'] / median['real env'] / cores:.2f}x")
+    print(f"ratio batched dream / real env + V+M+C:    "
+          f"{median['batched dream'] / median['real env + V+M+C']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

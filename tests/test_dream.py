@@ -1,0 +1,236 @@
+"""Dreams: the batched dream, the Gymnasium dream env, and C trained inside a dream."""
+
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from agents.cmaes import controller_paths, train_cmaes
+from agents.dreams import DreamEvaluator, load_dream
+from envs.dream_env import make_dream_env
+from tests.test_cmaes import write_tiny_run
+from worldmodels.checkpoint import file_digest, save_model
+from worldmodels.controller import Controller
+from worldmodels.dream import Dream, dream_returns
+from worldmodels.frmdn import FRMDN
+from worldmodels.shards import shard_name, write_npz_atomic
+from worldmodels.vae_training import vae_paths
+
+Z, H = 4, 8
+
+
+def write_latents(cfg, episodes: int = 6, T: int = 12) -> None:
+    """Latent shards made by the run's V (random mu), with CarRacing's action space."""
+    out = cfg.run_dir / "latents"
+    out.mkdir(parents=True, exist_ok=True)
+    digest = file_digest(vae_paths(cfg.run_dir)["model"])
+    space = {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}
+    for i in range(episodes):
+        rng = np.random.default_rng(i)
+        write_npz_atomic(out / shard_name(i), {
+            "mu": rng.normal(size=(T + 1, Z)).astype(np.float32),
+            "logvar": np.full((T + 1, Z), -4.0, np.float32),
+            "action": rng.uniform(0, 1, (T, 3)).astype(np.float32),
+            "reward": np.ones(T, np.float32),
+            "terminated": np.eye(1, T, T - 1, dtype=bool)[0],
+            "truncated": np.zeros(T, bool),
+            "meta": np.array(json.dumps({"action_space": space, "vae_digest": digest})),
+        })
+
+
+@pytest.fixture
+def dream_run(tiny_cfg):
+    """A run with small random V and M, latents, and C set to train in the dream."""
+    cfg = tiny_cfg
+    cfg.vae.z_dim, cfg.memory.hidden = Z, H
+    cfg.env.max_episode_steps = 40
+    c = cfg.controller
+    c.population, c.rollouts, c.generations, c.eval_every, c.engine = 4, 2, 2, 0, "serial"
+    c.environment = "dream"
+    write_tiny_run(cfg)
+    write_latents(cfg)
+    return cfg
+
+
+def memory_with_heads(reward: float, done_logit: float, use_done: bool = True) -> FRMDN:
+    """An M whose reward and done heads are constants (weights zero)."""
+    torch.manual_seed(0)
+    m = FRMDN(z_dim=Z, action_dim=3, hidden=H, mixtures=2, done_head=use_done)
+    with torch.no_grad():
+        m.reward_head.weight.zero_()
+        m.reward_head.bias.fill_(reward)
+        if use_done:
+            m.done_head.weight.zero_()
+            m.done_head.bias.fill_(done_logit)
+    return m.eval()
+
+
+def box_controller(hidden: int = 0, use_cell: bool = False) -> Controller:
+    return Controller(Z, H, 3, low=[-1, 0, 0], high=[1, 1, 1], hidden=hidden, use_cell=use_cell)
+
+
+@pytest.mark.parametrize("hidden", [0, 5])
+@pytest.mark.parametrize("discrete", [False, True])
+def test_batched_controller_equals_each_candidate_alone(hidden, discrete):
+    torch.manual_seed(0)
+    if discrete:
+        ctrl = Controller(Z, H, 3, discrete=True, hidden=hidden, use_cell=True)
+    else:
+        ctrl = box_controller(hidden, use_cell=True)
+    params = torch.randn(5, ctrl.num_parameters())
+    z, h, c = torch.randn(5, Z), torch.randn(5, H), torch.randn(5, H)
+    batched = ctrl.batched(params, z, h, c)
+    for i in range(5):
+        ctrl.set_flat(params[i])
+        with torch.no_grad():
+            alone = ctrl(z[i : i + 1], h[i : i + 1], c[i : i + 1])[0]
+        torch.testing.assert_close(batched[i], alone)
+
+
+def test_dreams_without_done_run_to_the_cap_and_sum_the_reward_head():
+    memory = memory_with_heads(reward=0.5, done_logit=-50.0)
+    dream = Dream(memory, torch.zeros(3, Z), torch.zeros(3, Z), max_steps=17)
+    ctrl = box_controller()
+    params = torch.randn(4, ctrl.num_parameters())
+    returns, steps = dream_returns(dream, ctrl, params, torch.arange(3))
+    assert returns.shape == steps.shape == (4, 3)
+    assert (steps == 17).all()
+    np.testing.assert_allclose(returns, 0.5 * 17, rtol=1e-6)
+
+
+@pytest.mark.parametrize("pos_weight", [1.0, 10.0])
+def test_sampled_done_follows_the_calibrated_probability(pos_weight):
+    """P(done) = 0.1 per step after taking off log(pos_weight): mean length 1 / 0.1."""
+    logit = math.log(0.1 / 0.9) + math.log(pos_weight)
+    dream = Dream(memory_with_heads(1.0, logit), torch.zeros(1, Z), torch.zeros(1, Z),
+                  done_pos_weight=pos_weight, max_steps=10_000,
+                  generator=torch.Generator().manual_seed(1))
+    ctrl = box_controller()
+    _, steps = dream_returns(dream, ctrl, torch.zeros(1, ctrl.num_parameters()),
+                             torch.zeros(4000, dtype=torch.long))
+    # geometric with p = 0.1: mean 10, std of the mean sqrt(90 / 4000) = 0.15
+    assert abs(steps.mean() - 10.0) < 0.6
+
+
+@pytest.mark.parametrize(("p", "expected"), [(0.6, 1), (0.4, 25)])
+def test_threshold_done_ends_exactly_when_p_crosses_it(p, expected):
+    dream = Dream(memory_with_heads(1.0, math.log(p / (1 - p))), torch.zeros(1, Z),
+                  torch.zeros(1, Z), done_mode="threshold", max_steps=25)
+    ctrl = box_controller()
+    _, steps = dream_returns(dream, ctrl, torch.zeros(2, ctrl.num_parameters()),
+                             torch.zeros(3, dtype=torch.long))
+    assert (steps == expected).all()
+
+
+def test_dream_env_passes_gymnasium_and_sb3_checkers(dream_run):
+    from gymnasium.utils.env_checker import check_env as gym_check
+    from stable_baselines3.common.env_checker import check_env as sb3_check
+
+    env = make_dream_env(dream_run.run_dir, render_mode="rgb_array")
+    gym_check(env, skip_render_check=False)
+    sb3_check(env)
+    obs, _ = env.reset(seed=3)
+    assert obs.shape == (Z + H,) and obs.dtype == np.float32
+    assert np.all(obs[Z:] == 0)  # M starts from zeros, as in the real env
+    frame = env.render()
+    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+    obs2, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+    assert np.any(obs2[Z:] != 0) and isinstance(reward, float)
+    again, _ = env.reset(seed=3)
+    np.testing.assert_array_equal(obs, again)
+
+
+def test_dream_env_is_registered_with_gymnasium(dream_run):
+    import envs  # noqa: F401  (registers worldmodels/Dream-v0)
+
+    env = gym.make("worldmodels/Dream-v0", run_dir=str(dream_run.run_dir))
+    obs, _ = env.reset(seed=0)
+    total = 0
+    for _ in range(100):
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        total += 1
+        if terminated or truncated:
+            break
+    assert total <= 40  # the env's cap (env.max_episode_steps) also caps dreams
+
+
+def test_dream_evaluator_is_reproducible_and_candidates_differ(dream_run):
+    evaluator = DreamEvaluator(dream_run.run_dir)
+    dim = evaluator.controller.num_parameters()
+    candidates = np.random.default_rng(0).normal(size=(3, dim))
+    seeds = [11, 12]
+    first = evaluator.returns(candidates, seeds)
+    second = evaluator.returns(candidates, seeds)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    assert first[0].shape == (3, 2)
+    assert (first[1] <= 40).all() and (first[1] >= 1).all()
+
+
+def test_cmaes_in_the_dream_resumes_and_evaluates_in_the_real_env(dream_run):
+    cfg = dream_run
+    cfg.controller.eval_every, cfg.controller.eval_episodes = 2, 2
+    report = train_cmaes(cfg, progress=False)
+    files = controller_paths(cfg.run_dir)
+    log = json.loads(files["log"].read_text())
+    assert report.generations == 2 and files["best"].exists()
+    assert log[-1]["eval"]["episodes"] == 2  # real episodes
+    cfg.controller.generations = 3
+    resumed = train_cmaes(cfg, progress=False)
+    assert resumed.generations == 3
+    # the history records where it was trained: a real-env run cannot replay it
+    cfg.controller.environment = "real"
+    with pytest.raises(ValueError, match="environment"):
+        train_cmaes(cfg, progress=False)
+
+
+def test_sb3_trains_in_the_dream_and_plays_the_real_env(dream_run):
+    from agents.evaluation import evaluate
+    from agents.sb3 import train_sb3
+
+    _, info = train_sb3(dream_run.run_dir, "ppo", timesteps=64,
+                        kwargs={"n_steps": 32, "batch_size": 16}, environment="dream")
+    assert info["environment"] == "dream"
+    summary = evaluate(dream_run.run_dir, episodes=1, policy="ppo", progress=False)
+    assert summary["episodes"] == 1
+
+
+def test_load_dream_refuses_a_run_without_memory(dream_run):
+    from worldmodels.checkpoint import CheckpointError
+
+    (dream_run.run_dir / "memory" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no trained M"):
+        load_dream(dream_run.run_dir)
+
+
+def test_save_model_keeps_done_pos_weight_for_dreams(dream_run):
+    cfg = dream_run
+    save_model(cfg.run_dir / "memory" / "model.safetensors",
+               memory_with_heads(1.0, 0.0), meta={"done_pos_weight": 10.0})
+    dream, _, _ = load_dream(cfg.run_dir)
+    assert dream.done_pos_weight == 10.0
+
+
+def test_dream_entry_point_writes_a_gif_beside_the_real_env(dream_run):
+    import imageio.v3 as iio
+
+    import dream as dream_script
+
+    result = dream_script.main(["--config", str(dream_run.run_dir / "config.yaml"),
+                                "--policy", "random", "--seed", "2", "--steps", "15"])
+    frames = iio.imread(result["gif"])
+    assert 1 <= result["dream_steps"] <= 15 and 1 <= result["real_steps"] <= 15
+    # one frame per step plus the start, dream over real, enlarged 3x
+    assert len(frames) == max(result["dream_steps"], result["real_steps"]) + 1
+    assert frames.shape[1] == 2 * 64 * 3 + 3 * 2
+
+
+def test_dream_entry_point_without_a_trained_controller_says_so(dream_run):
+    import dream as dream_script
+    from worldmodels.checkpoint import CheckpointError
+
+    with pytest.raises((CheckpointError, FileNotFoundError), match="best.safetensors"):
+        dream_script.main(["--config", str(dream_run.run_dir / "config.yaml"), "--dream-only"])

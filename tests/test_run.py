@@ -1,0 +1,34 @@
+"""The main job end to end on a tiny config, then again: every stage skipped or reused."""
+
+import json
+
+import run
+
+
+def tiny_job_args(tmp_path, environment: str) -> list[str]:
+    return ["--preset", "quick", f"root={tmp_path / 'runs'}", "name=tiny",
+            "collect.episodes=3", "collect.workers=1", "env.max_episode_steps=30",
+            "vae.epochs=1", "vae.batch_size=16", "vae.max_holdout_frames=0",
+            "vae.grid_frames=2", "vae.z_dim=4", "data.shuffle_buffer=64",
+            "data.holdout_fraction=0.34", "memory.hidden=8", "memory.epochs=1",
+            "memory.seq_len=10", "controller.population=2", "controller.rollouts=1",
+            "controller.generations=1", "controller.eval_episodes=1",
+            "controller.engine=serial", f"controller.environment={environment}"]
+
+
+def test_main_job_runs_every_stage_then_skips_them(tmp_path, capsys):
+    args = tiny_job_args(tmp_path, "dream")
+    first = run.main(args)
+    table = capsys.readouterr().out
+    for stage in ("collect", "vae", "encode", "memory", "controller", "evaluate",
+                  "evaluate_random", "total"):
+        assert stage in table
+    assert first["controller"]["environment"] == "dream"
+    assert first["evaluate"]["episodes"] == 1 and "cached" not in first["evaluate"]
+    second = run.main(args)
+    assert second["collect"]["episodes_new"] == 0
+    assert second["encode"]["encoded"] == 0
+    assert second["evaluate"]["cached"] and second["evaluate_random"]["cached"]
+    assert second["evaluate"]["mean"] == first["evaluate"]["mean"]
+    saved = json.loads((tmp_path / "runs" / "CarRacing-v3" / "tiny" / "summary.json").read_text())
+    assert saved["memory"]["epochs_done"] == 1

@@ -1,0 +1,175 @@
+"""Dreams: M stepped as an environment, B dreams at once in torch.
+
+A dream starts where real episodes start: z_0 ~ N(mu, sigma) of the first frame of a
+real episode (the distribution M was trained on), and M's zero state. At step t, with
+the controller's action a_t::
+
+    h_{t+1}, c_{t+1} = LSTM([z_t, a_t], (h_t, c_t))
+    z_{t+1} ~ p(. | h_{t+1}) at temperature tau      (FRMDN.sample)
+    r_t     = M's reward head at h_{t+1}
+    done_t  ~ Bernoulli(P(done | h_{t+1}))           (or P(done) > threshold)
+
+which is the order the real agent sees (``agents.vmc.VMCAgent``): C reads (z_t, h_t),
+M then reads (z_t, a_t). Dreams that end are dropped from the batch (``keep``), so a
+batch costs what its live dreams cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from worldmodels.controller import Controller
+from worldmodels.frmdn import FRMDN, done_probability
+from worldmodels.shards import ShardError, read_npz
+
+
+@dataclass
+class DreamStep:
+    """One step of B dreams: z (B, d) float, reward (B,) float, done and truncated (B,) bool."""
+
+    z: Tensor
+    reward: Tensor
+    done: Tensor
+    truncated: Tensor
+
+
+def start_latents(paths: list[Path]) -> tuple[Tensor, Tensor]:
+    """(mu, logvar), float32 (N, d) each: the first frame of each latent shard."""
+    if not paths:
+        raise ShardError("dream: no latent shards to start dreams from (run encode.py)")
+    mus, logvars = [], []
+    for path in paths:
+        data = read_npz(path, ("mu", "logvar"))
+        mus.append(data["mu"][0])
+        logvars.append(data["logvar"][0])
+    return torch.from_numpy(np.stack(mus)), torch.from_numpy(np.stack(logvars))
+
+
+class Dream:
+    """B dreams of one M, stepped together.
+
+    ``mu0``, ``logvar0`` (N, d): start latents. ``done_mode``: ``sample`` (Bernoulli of the
+    calibrated P(done)) or ``threshold``. ``done_pos_weight``: the weight M's done head
+    was trained with (its logit is shifted by log of it). ``max_steps`` > 0 truncates.
+    """
+
+    def __init__(self, memory: FRMDN, mu0: Tensor, logvar0: Tensor, temperature: float = 1.0,
+                 done_mode: str = "sample", done_threshold: float = 0.5,
+                 done_pos_weight: float = 1.0, max_steps: int = 0,
+                 generator: torch.Generator | None = None):
+        if memory.reward_head is None:
+            raise ValueError("dreams need M's reward head (train M with memory.reward_head=true)")
+        if done_mode not in ("sample", "threshold"):
+            raise ValueError(f"done_mode must be sample or threshold, not '{done_mode}'")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.memory = memory.eval()
+        self.mu0, self.logvar0 = mu0.float(), logvar0.float()
+        self.temperature, self.done_mode = temperature, done_mode
+        self.done_threshold, self.done_pos_weight = done_threshold, done_pos_weight
+        self.max_steps = max_steps
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self.state: tuple[Tensor, Tensor] | None = None
+        self.steps = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def batch(self) -> int:
+        return len(self.steps)
+
+    @property
+    def h(self) -> Tensor:
+        """M's hidden state (B, hidden), what C reads with z."""
+        assert self.state is not None, "reset first"
+        return self.state[0][0]
+
+    @property
+    def c(self) -> Tensor:
+        """M's cell state (B, hidden), for controllers with ``use_cell``."""
+        assert self.state is not None, "reset first"
+        return self.state[1][0]
+
+    def reset(self, batch: int, starts: Tensor | None = None, z0: Tensor | None = None) -> Tensor:
+        """Start ``batch`` dreams; ``starts`` (B,) picks start latents (default: random),
+        or ``z0`` (B, d) gives them (a real frame's encoding, say). Returns z_0 (B, d).
+        """
+        if z0 is not None:
+            self.state = self.memory.initial_state(batch)
+            self.steps = torch.zeros(batch, dtype=torch.long)
+            return z0.float().expand(batch, -1).clone()
+        if starts is None:
+            starts = torch.randint(len(self.mu0), (batch,), generator=self.generator)
+        starts = torch.as_tensor(starts, dtype=torch.long) % len(self.mu0)
+        mu, logvar = self.mu0[starts], self.logvar0[starts]
+        eps = torch.randn(mu.shape, generator=self.generator)
+        self.state = self.memory.initial_state(batch)
+        self.steps = torch.zeros(batch, dtype=torch.long)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    @torch.no_grad()
+    def step(self, z: Tensor, action: Tensor) -> DreamStep:
+        """z (B, d), action (B, A) float or (B,) int -> the next step of every dream."""
+        h, self.state = self.memory.step(z, action, self.state)
+        z_next = self.memory.sample(h, self.temperature, self.generator)
+        reward = self.memory.reward(h)
+        assert reward is not None
+        logit = self.memory.done_logit(h)
+        self.steps = self.steps + 1
+        if logit is None:
+            done = torch.zeros(len(h), dtype=torch.bool)
+        elif self.done_mode == "sample":
+            p = done_probability(logit, self.done_pos_weight)
+            done = torch.rand(p.shape, generator=self.generator) < p
+        else:
+            done = done_probability(logit, self.done_pos_weight) > self.done_threshold
+        truncated = ~done & (self.steps >= self.max_steps) if self.max_steps \
+            else torch.zeros_like(done)
+        return DreamStep(z_next, reward, done, truncated)
+
+    def keep(self, mask: Tensor) -> None:
+        """Keep only the dreams where ``mask`` (B,) is True (ended ones are dropped)."""
+        assert self.state is not None
+        self.state = (self.state[0][:, mask], self.state[1][:, mask])
+        self.steps = self.steps[mask]
+
+
+@torch.no_grad()
+def dream_returns(dream: Dream, controller: Controller, params: Tensor, starts: Tensor,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate from every start: params (P, n), starts (R,) -> returns and steps,
+    (P, R) each. All P x R dreams run as one batch until each ends (``dream.max_steps``
+    must be > 0 or M must end them)."""
+    if not dream.max_steps and dream.memory.done_head is None:
+        raise ValueError("these dreams never end: M has no done head and max_steps is 0")
+    P, R = len(params), len(starts)
+    candidate = torch.arange(P).repeat_interleave(R)
+    p = params.float()[candidate]
+    z = dream.reset(P * R, torch.as_tensor(starts).repeat(P))
+    alive = torch.arange(P * R)
+    returns = torch.zeros(P * R, dtype=torch.float64)
+    steps = torch.zeros(P * R, dtype=torch.long)
+    while len(alive):
+        action = controller.batched(p, z, dream.h, dream.c)
+        out = dream.step(z, action)
+        returns[alive] += out.reward.double()
+        steps[alive] += 1
+        live = ~(out.done | out.truncated)
+        z = out.z
+        if not bool(live.all()):
+            alive, p, z = alive[live], p[live], z[live]
+            dream.keep(live)
+    return returns.view(P, R).numpy(), steps.view(P, R).numpy()
+
+
+def start_indices(seeds: list[int], n: int) -> Tensor:
+    """Start latent of each rollout seed: the same starts for every candidate."""
+    return torch.tensor([s % n for s in seeds], dtype=torch.long)
+
+
+def dream_seed(seeds: list[int]) -> int:
+    """One generator seed from a generation's rollout seeds (common random numbers)."""
+    return int(np.random.default_rng(list(seeds)).integers(2**62)) if seeds else 0
