@@ -22,13 +22,15 @@ def main(argv: list[str] | None = None) -> dict:
                         default="controller",
                         help="the CMA-ES controller, uniform random actions, or an SB3 policy "
                              "trained by train_controller.py --algo")
+    parser.add_argument("--weights", choices=["best", "mean"], default="best",
+                        help="the controller: CMA-ES's best candidate or its search mean")
     parser.add_argument("--video", type=int, default=0,
                         help="GIFs of the first N episodes: real frames beside V's reconstruction")
     args = parse_cli(parser, argv)
     cfg = config_from_args(args)
     summary = evaluate(cfg.run_dir, args.episodes, args.policy, cfg.seed, args.video,
                        engine=cfg.controller.engine, workers=cfg.controller.workers,
-                       ray_address=cfg.controller.ray_address)
+                       ray_address=cfg.controller.ray_address, weights=args.weights)
     print(json.dumps(summary, indent=2))
     print(f"mean return {summary['mean']:.1f} ± {summary['std']:.1f} "
           f"over {summary['episodes']} episodes")

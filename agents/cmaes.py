@@ -8,7 +8,8 @@ of that state, swapped in around each ``ask``, so nothing else in the process ca
 perturb a replay.
 
 Files under ``<run>/controller/``: ``cmaes_history.npz``, ``best.safetensors`` (+ .json;
-the best mean fitness so far), ``generations.json`` (per-generation best / mean / worst
+the best mean fitness so far), ``mean.safetensors`` (the search distribution's mean after
+the last generation), ``generations.json`` (per-generation best / mean / worst
 and the periodic evaluations), ``fitness.png`` (the curve).
 """
 
@@ -116,6 +117,10 @@ class CMAES:
             self.es.tell(list(candidates), list(-np.asarray(fitness, float)))
         self.history.append(np.asarray(fitness, float))
 
+    def mean(self) -> np.ndarray:
+        """The search distribution's mean (n,)."""
+        return np.asarray(self.es.mean, float)
+
     def replay(self, history: np.ndarray) -> None:
         for fitness in history:
             self.tell(self.ask(), fitness)
@@ -132,6 +137,7 @@ class CMAESReport:
 def controller_paths(run_dir: Path) -> dict[str, Path]:
     d = Path(run_dir) / "controller"
     return {"dir": d, "history": d / "cmaes_history.npz", "best": d / "best.safetensors",
+            "mean": d / "mean.safetensors",
             "log": d / "generations.json"}
 
 
@@ -179,6 +185,10 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
             controller.set_flat(torch.as_tensor(candidates[int(fitness.argmax())]))
             save_model(files["best"], controller,
                        meta={"generation": gen + 1, "fitness": best, "rollouts": c.rollouts})
+        # the search distribution's mean: on noisy fitness (stochastic dreams, a few
+        # rollouts) often a better controller than the luckiest candidate
+        controller.set_flat(torch.as_tensor(es.mean()))
+        save_model(files["mean"], controller, meta={"generation": gen + 1})
         if c.eval_every and (gen + 1) % c.eval_every == 0:
             if real_evaluator is None:
                 real_evaluator = ProcessEvaluator(cfg.run_dir, c.engine, c.workers,

@@ -51,7 +51,7 @@ def load_dream(run_dir: Path, cfg: ExperimentConfig | None = None,
     ``dream.temperature`` unless given.
     """
     cfg = cfg or load_run_config(run_dir)
-    train, _ = latent_split(cfg)
+    train, _, _ = latent_split(cfg)
     action_space = run_action_space(train[0])
     directory = Path(run_dir) / "memory"
     memory = load_memory(directory)

@@ -53,12 +53,13 @@ def evaluation_seeds(seed: int, episodes: int) -> list[int]:
 def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", seed: int = 0,
              video_episodes: int = 0, engine: str = "process", workers: int = 0,
              ray_address: str = "", progress: bool = True,
-             key: dict[str, Any] | None = None) -> dict[str, Any]:
+             key: dict[str, Any] | None = None, weights: str = "best") -> dict[str, Any]:
     """Play ``episodes`` episodes on the evaluator's workers.
 
     Writes ``eval/<policy>.csv`` (episode, seed, return, steps) and ``eval/<policy>.json``
     (mean, std, min, max, and ``key`` if given: what the caller checks to reuse it); for
-    the controller, GIFs of the first ``video_episodes``.
+    the controller, GIFs of the first ``video_episodes``. ``weights``: the controller's
+    ``best`` candidate, or CMA-ES's ``mean`` (files ``eval/controller_mean.*``).
     """
     from agents.cmaes import ProcessEvaluator
 
@@ -69,10 +70,12 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if policy in SB3_POLICIES:
         return _evaluate_sb3(Path(run_dir), policy, evaluation_seeds(seed, episodes))
+    if weights not in ("best", "mean"):
+        raise ValueError(f"weights must be best or mean, not '{weights}'")
     params = None
     if policy == "controller":  # (the random policy needs no V, M or env in this process)
         worker = RolloutWorker(run_dir)
-        load_weights(Path(run_dir) / "controller" / "best.safetensors", worker.controller)
+        load_weights(Path(run_dir) / "controller" / f"{weights}.safetensors", worker.controller)
         params = worker.controller.get_flat().numpy()
     out = Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -91,6 +94,8 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
         frames: list = []
         worker.play(params, seeds[i], frames=frames)
         save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif")
+    if policy == "controller" and weights == "mean":
+        policy = "controller_mean"
     summary = {"policy": policy, **describe_returns(returns[0]),
                "seconds": time.perf_counter() - started, **({"key": key} if key else {})}
     _write(out, policy, rows, summary)

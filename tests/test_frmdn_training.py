@@ -20,8 +20,8 @@ def write_latents(directory, n=6, T=40, z=4, discrete=False, nan_in=None, digest
         mu = np.zeros((T + 1, z), np.float32)
         for t in range(T):
             mu[t + 1] = 0.9 * mu[t] + 0.3 * rng.normal(size=z)
-        if nan_in == i:
-            mu[5, 0] = np.nan
+        if nan_in == i:  # finite in the shard (which refuses NaN), but its square overflows
+            mu[5, 0] = np.float32(3e38)
         space = {"type": "discrete", "n": 3} if discrete else {"type": "box", "shape": [3]}
         action = (rng.integers(0, 3, T) if discrete
                   else rng.uniform(-1, 1, (T, 3)).astype(np.float32))

@@ -63,6 +63,8 @@ class DataConfig:
     holdout_fraction: float = _opt(0.05, "Fraction of episodes held out (fixed by the seed).")
     shuffle_buffer: int = _opt(20000, "Frames held in memory for shuffling while streaming.")
     loader_workers: int = _opt(0, "DataLoader worker processes that read shards.")
+    skip_corrupt: bool = _opt(False, "Skip unreadable or invalid shards (counted and listed "
+                                     "in <run>/skipped_shards.json) instead of stopping.")
 
 
 @dataclass

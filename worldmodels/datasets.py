@@ -219,6 +219,66 @@ def mean_frame(paths: Sequence[Path]) -> np.ndarray:
 LATENT_KEYS = ("mu", "logvar", "action", "reward", "terminated")
 
 
+def read_latents(path: Path, z_dim: int | None = None) -> dict[str, np.ndarray]:
+    """A latent shard's arrays, checked: mu, logvar float32 (T+1, z) finite; reward
+    float32 (T,) finite; terminated bool (T,); action (T, ...). ``z_dim`` is the size
+    the caller expects. Any violation is a :class:`ShardError` naming the file."""
+    data = read_npz(path, LATENT_KEYS)
+    T = len(data["reward"])
+    mu, logvar = data["mu"], data["logvar"]
+    checks = [
+        (mu.dtype == np.float32 and mu.ndim == 2 and mu.shape[0] == T + 1,
+         f"mu is {mu.dtype} {mu.shape}, expected float32 ({T + 1}, z)"),
+        (logvar.shape == mu.shape and logvar.dtype == np.float32,
+         f"logvar is {logvar.dtype} {logvar.shape}, expected float32 {mu.shape}"),
+        (z_dim is None or mu.shape[-1] == z_dim,
+         f"latents have z = {mu.shape[-1]}, but the config's vae.z_dim is {z_dim}"),
+        (data["reward"].dtype == np.float32 and data["reward"].ndim == 1,
+         f"reward is {data['reward'].dtype} {data['reward'].shape}, expected float32 (T,)"),
+        (data["terminated"].shape == (T,) and data["terminated"].dtype == np.bool_,
+         "terminated must be bool (T,)"),
+        (data["action"].shape[:1] == (T,), f"action shape {data['action'].shape} for {T} steps"),
+        (bool(np.isfinite(mu).all() and np.isfinite(logvar).all()), "mu or logvar has NaN/Inf"),
+        (bool(np.isfinite(data["reward"]).all()), "reward has NaN/Inf"),
+    ]
+    for ok, why in checks:
+        if not ok:
+            raise ShardError(f"{path}: {why}")
+    return data
+
+
+def usable_shards(paths: Sequence[Path], reader: Callable[[Path], object], skip_corrupt: bool,
+                  record: Path, kind: str) -> tuple[list[Path], int]:
+    """With ``skip_corrupt``, (the shards ``reader`` accepts, how many it refused), the
+    refused ones listed under ``kind`` in the JSON file ``record``; without, all shards
+    and 0 (a bad shard then stops whatever reads it, naming the file)."""
+    if not skip_corrupt:
+        return list(paths), 0
+    from worldmodels.checkpoint import read_json, write_json_atomic
+
+    good, bad = screen_shards(paths, reader)
+    listed = read_json(record, {})
+    listed[kind] = bad
+    write_json_atomic(record, listed)
+    if bad:
+        print(f"skipped {len(bad)} corrupt {kind} shard(s) of {len(paths)} "
+              f"(listed in {record}); first: {bad[0]}")
+    return good, len(bad)
+
+
+def screen_shards(paths: Sequence[Path], reader: Callable[[Path], object],
+                  ) -> tuple[list[Path], list[str]]:
+    """(readable shards, one error line per bad one): every shard read once by ``reader``."""
+    good, bad = [], []
+    for path in paths:
+        try:
+            reader(path)
+            good.append(Path(path))
+        except ShardError as err:
+            bad.append(str(err))
+    return good, bad
+
+
 class SequenceDataset(_ShardStream):
     """Batches of latent windows for M, streamed from latent shards.
 
@@ -242,8 +302,10 @@ class SequenceDataset(_ShardStream):
         seed: int = 0,
         shuffle: bool = True,
         skip_corrupt: bool = False,
+        z_dim: int | None = None,
     ):
         super().__init__(paths, seed, shuffle, skip_corrupt)
+        self.z_dim = z_dim
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.capacity = max(shuffle_buffer, 2 * batch_size)
@@ -280,7 +342,7 @@ class SequenceDataset(_ShardStream):
         order, rng = self._ordered()
         buffer: list[dict] = []
         for path in order:
-            data = self._read(path, lambda p: read_npz(p, LATENT_KEYS))
+            data = self._read(path, lambda p: read_latents(p, self.z_dim))
             if data is None:
                 continue
             buffer += self._windows(data, rng)

@@ -33,7 +33,7 @@ from worldmodels.checkpoint import (
     write_json_atomic,
 )
 from worldmodels.config import ExperimentConfig
-from worldmodels.datasets import SequenceDataset, split_episodes
+from worldmodels.datasets import SequenceDataset, read_latents, split_episodes, usable_shards
 from worldmodels.frmdn import FRMDN, done_metrics
 from worldmodels.run_dir import summary_writer
 from worldmodels.shards import ShardError, list_shards, read_meta, read_npz, shard_length
@@ -50,6 +50,7 @@ class MemoryReport:
     seconds_per_epoch: float  # median training time of the recorded epochs
     skipped_batches: int
     parameters: int
+    skipped_shards: int = 0  # corrupt shards left out (data.skip_corrupt)
 
 
 def memory_paths(directory: Path) -> dict[str, Path]:
@@ -58,15 +59,20 @@ def memory_paths(directory: Path) -> dict[str, Path]:
             "metrics": d / "metrics.json"}
 
 
-def latent_split(cfg: ExperimentConfig, check_digest: bool = True) -> tuple[list[Path], list[Path]]:
-    """(train, held-out) latent shards, split by episode exactly as V's frames were."""
+def latent_split(cfg: ExperimentConfig, check_digest: bool = True,
+                 ) -> tuple[list[Path], list[Path], int]:
+    """(train, held-out, corrupt shards skipped): latent shards split by episode exactly
+    as V's frames were."""
     directory = cfg.run_dir / "latents"
-    shards = list_shards(directory)
+    shards, skipped = usable_shards(
+        list_shards(directory), lambda p: read_latents(p, cfg.vae.z_dim), cfg.data.skip_corrupt,
+        cfg.run_dir / "skipped_shards.json", "latents")
     if len(shards) < 2:
-        raise ShardError(f"{directory}: {len(shards)} latent shard(s); run encode.py first")
+        raise ShardError(f"{directory}: {len(shards)} usable latent shard(s); "
+                         "run encode.py first")
     if check_digest:
         check_latents_current(cfg, shards)
-    return split_episodes(shards, cfg.data.holdout_fraction, cfg.seed)
+    return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed), skipped)
 
 
 def check_latents_current(cfg: ExperimentConfig, shards: list[Path]) -> None:
@@ -139,7 +145,7 @@ def evaluate_memory(model: FRMDN, paths: list[Path], cfg: ExperimentConfig,
     sums: dict[str, float] = {}
     steps = 0.0
     for batch in SequenceDataset(paths, cfg.memory.seq_len, cfg.memory.batch_size,
-                                 shuffle=False):
+                                 shuffle=False, z_dim=cfg.vae.z_dim):
         losses, n = _batch_losses(model, batch, cfg, device, gen)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v.item() * n.item()
@@ -165,7 +171,7 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
     device = torch.device(cfg.device)
     files = memory_paths(out_dir or cfg.run_dir / "memory")
     files["dir"].mkdir(parents=True, exist_ok=True)
-    train_paths, holdout_paths = latent_split(cfg)
+    train_paths, holdout_paths, skipped_shards = latent_split(cfg)
     action_dim, discrete = action_info(train_paths[0])
 
     torch.manual_seed(seed)
@@ -174,7 +180,8 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
     start_epoch, _ = resume_training(files["model"], files["state"], model, optimizer,
                                      expect=model.config())
 
-    dataset = SequenceDataset(train_paths, m.seq_len, m.batch_size, m.shuffle_buffer, seed=seed)
+    dataset = SequenceDataset(train_paths, m.seq_len, m.batch_size, m.shuffle_buffer, seed=seed,
+                              z_dim=cfg.vae.z_dim)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers)
     batches = -(-count_windows(train_paths, m.seq_len) // m.batch_size)
     writer = summary_writer(files["dir"].parent / "tensorboard" / files["dir"].name)
@@ -242,6 +249,7 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
         seconds_per_epoch=float(np.median([x["train_seconds"] for x in metrics])),
         skipped_batches=skipped_total,
         parameters=sum(p.numel() for p in model.parameters()),
+        skipped_shards=skipped_shards,
     )
 
 

@@ -30,10 +30,16 @@ from worldmodels.checkpoint import (
     write_json_atomic,
 )
 from worldmodels.config import ExperimentConfig
-from worldmodels.datasets import FrameDataset, count_frames, mean_frame, split_episodes
+from worldmodels.datasets import (
+    FrameDataset,
+    count_frames,
+    mean_frame,
+    split_episodes,
+    usable_shards,
+)
 from worldmodels.pictures import recon_grid, save_png
 from worldmodels.run_dir import peak_rss_mib, summary_writer
-from worldmodels.shards import ShardError, list_shards, load_frames
+from worldmodels.shards import RolloutShard, ShardError, list_shards, load_frames
 from worldmodels.vae import ConvVAE, to_float_frames, vae_loss
 
 
@@ -46,6 +52,7 @@ class VAEReport:
     mean_frame_mse: float
     seconds: float
     peak_rss_mib: float
+    skipped_shards: int = 0  # corrupt shards left out (data.skip_corrupt)
 
     @property
     def mse_ratio(self) -> float:
@@ -59,14 +66,18 @@ def vae_paths(run_dir: Path) -> dict[str, Path]:
             "mean": d / "mean_frame.npy", "grid": d / "recon.png", "metrics": d / "metrics.json"}
 
 
-def rollout_split(cfg: ExperimentConfig) -> tuple[list[Path], list[Path]]:
-    shards = list_shards(cfg.run_dir / "rollouts")
+def rollout_split(cfg: ExperimentConfig) -> tuple[list[Path], list[Path], int]:
+    """(train, held-out, corrupt shards skipped): split by episode name, fixed by the seed."""
+    directory = cfg.run_dir / "rollouts"
+    shards, skipped = usable_shards(list_shards(directory), RolloutShard.load,
+                                    cfg.data.skip_corrupt, cfg.run_dir / "skipped_shards.json",
+                                    "rollouts")
     if len(shards) < 2:
         raise ShardError(
-            f"{cfg.run_dir / 'rollouts'}: {len(shards)} shard(s); training V needs at least 2 "
+            f"{directory}: {len(shards)} usable shard(s); training V needs at least 2 "
             "(run collect.py with the same config first)"
         )
-    return split_episodes(shards, cfg.data.holdout_fraction, cfg.seed)
+    return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed), skipped)
 
 
 @torch.no_grad()
@@ -111,7 +122,7 @@ def train_vae(cfg: ExperimentConfig, progress: bool = True) -> VAEReport:
     device = torch.device(cfg.device)
     files = vae_paths(cfg.run_dir)
     files["dir"].mkdir(parents=True, exist_ok=True)
-    train_paths, holdout_paths = rollout_split(cfg)
+    train_paths, holdout_paths, skipped_shards = rollout_split(cfg)
 
     torch.manual_seed(cfg.seed)
     model = ConvVAE(v.z_dim).to(device)
@@ -192,6 +203,7 @@ def train_vae(cfg: ExperimentConfig, progress: bool = True) -> VAEReport:
         epochs_done=max(start_epoch, v.epochs), train_frames=frames_total,
         holdout_frames_scored=n_scored, holdout_mse=holdout_mse, mean_frame_mse=base_mse,
         seconds=time.perf_counter() - started, peak_rss_mib=peak_rss_mib(),
+        skipped_shards=skipped_shards,
     )
 
 
