@@ -3,8 +3,9 @@
     python benchmarks/collection.py --config carracing --workers 2
     python benchmarks/collection.py --config doom_takecover --workers 2
 
-"Plain" is ``gymnasium.make(<env id>)`` as registered, stepped with uniform random
-actions in this process, no preprocessing, nothing written. "Collection" is
+"Plain" is ``gymnasium.make(<env id>)`` as registered (for CarRacing-v3 the same
+renderer as the workers: ``CarRacingFast-v3`` unless ``env.fast_render=false``), stepped
+with uniform random actions in this process, no preprocessing, nothing written. "Collection" is
 ``agents.collect.collect`` with W worker processes, each preprocessing frames and
 writing compressed shards; its wall time includes starting the workers.
 """
@@ -23,7 +24,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 import gymnasium as gym  # noqa: E402
 
 from agents.collect import collect  # noqa: E402
-from envs.factory import ensure_registered  # noqa: E402
+from envs.factory import FAST_RENDERERS, ensure_registered  # noqa: E402
 from worldmodels.config import load_config  # noqa: E402
 
 
@@ -49,18 +50,19 @@ def main() -> None:
     parser.add_argument("--config", default="carracing")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--episodes", type=int, default=0,
-                        help="episodes to collect (0: about 40 s of collection)")
+                        help="episodes to collect (0: about 30 s of collection)")
     parser.add_argument("--plain-seconds", type=float, default=20.0)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
     cfg = load_config(args.config, [], args.overrides)
-    plain_sps, plain_steps = plain_env_steps_per_s(cfg.env.id, args.plain_seconds)
+    plain_id = FAST_RENDERERS.get(cfg.env.id, cfg.env.id) if cfg.env.fast_render else cfg.env.id
+    plain_sps, plain_steps = plain_env_steps_per_s(plain_id, args.plain_seconds)
     episodes = args.episodes
-    if not episodes:  # about 40 s of collection at a 1.7x rate (start-up included)
+    if not episodes:  # about 30 s of collection at a 1.7x rate (start-up included)
         cap = cfg.env.max_episode_steps if cfg.env.max_episode_steps > 0 else 1000
         typical = min(cap, 220) if "Vizdoom" in cfg.env.id else cap  # random TakeCover: ~210
-        episodes = max(4, int(40 * plain_sps * 1.7 / typical))
+        episodes = max(4, int(30 * plain_sps * 1.7 / typical))
     cfg.collect.episodes = episodes
     cfg.collect.workers = args.workers
     cfg.collect.engine = "process"
@@ -75,7 +77,7 @@ def main() -> None:
     steady_sps = steady_steps / (report.timeline[-1][0] - t0)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
-    print(f"plain {cfg.env.id}: {plain_sps:.0f} steps/s ({plain_steps} steps)")
+    print(f"plain {plain_id}: {plain_sps:.0f} steps/s ({plain_steps} steps)")
     print(f"collection, {args.workers} workers, policy {cfg.collect.policy}: "
           f"{report.steps_per_second:.0f} steps/s ({report.steps_new} steps, "
           f"{episodes} episodes, {report.seconds:.1f} s wall)")

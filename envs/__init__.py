@@ -2,7 +2,9 @@
 
 Importing this package registers ``worldmodels/<id>`` for the paper's envs, so
 ``gymnasium.make("worldmodels/CarRacing-v3")`` gives 64x64x3 uint8 frames, and
-``worldmodels/Dream-v0`` (``run_dir=...``) a trained run's dream (``envs.dream_env``).
+``worldmodels/Dream-v0`` (``run_dir=...``) a trained run's dream (``envs.dream_env``), and
+``CarRacingFast-v3``: CarRacing-v3 with the same 96x96 frames, rendered faster
+(:mod:`envs.fast_car_racing`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ __all__ = [
 
 
 def register_envs() -> None:
-    """Register ``worldmodels/<id>`` for every env in :data:`KNOWN_ENVS` (idempotent)."""
+    """Register ``CarRacingFast-v3`` and ``worldmodels/<id>`` for every env in
+    :data:`KNOWN_ENVS` (idempotent)."""
+    if "CarRacingFast-v3" not in gym.registry:
+        # the cap and threshold of Gymnasium's CarRacing-v3, whose drop-in it is
+        reference = gym.spec("CarRacing-v3")
+        gym.register(id="CarRacingFast-v3", entry_point="envs.fast_car_racing:FastCarRacing",
+                     max_episode_steps=reference.max_episode_steps,
+                     reward_threshold=reference.reward_threshold)
     for env_id in KNOWN_ENVS:
         wrapped = f"worldmodels/{env_id}"
         if wrapped not in gym.registry:

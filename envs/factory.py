@@ -16,7 +16,13 @@ KNOWN_ENVS: dict[str, dict[str, Any]] = {
     "CarRacing-v3": {"max_episode_steps": 1000, "crop_bottom": 12},
     # The paper caps TakeCover episodes at 2,100 steps.
     "VizdoomTakeCover-v1": {"max_episode_steps": 2100, "crop_bottom": 0},
+    # envs/fast_car_racing.py: CarRacing-v3 with pixel-identical frames, rendered faster
+    "CarRacingFast-v3": {"max_episode_steps": 1000, "crop_bottom": 12},
 }
+
+#: env id -> the id of a drop-in env with identical observations, rewards and episode
+#: ends that steps faster; ``make_env(..., fast_render=True)`` substitutes it
+FAST_RENDERERS: dict[str, str] = {"CarRacing-v3": "CarRacingFast-v3"}
 
 #: id prefix -> (module that registers those ids, pip extra that provides it)
 _PROVIDERS = {
@@ -53,11 +59,14 @@ def make_env(
     max_episode_steps: int | None = None,
     crop_bottom: int | None = None,
     render_mode: str | None = None,
+    fast_render: bool = True,
     **kwargs: Any,
 ) -> gym.Env:
     """A Gymnasium env whose observations are ``uint8 (frame_size, frame_size, 3)`` frames.
 
     ``max_episode_steps``: None takes the paper's cap for known envs, 0 the env's own.
+    ``fast_render``: make the :data:`FAST_RENDERERS` substitute of ``env_id`` if it has
+    one (same frames, rewards and episode ends; ``env_id``'s settings still apply).
     ``kwargs`` go to ``gymnasium.make``.
     """
     ensure_registered(env_id)
@@ -78,11 +87,12 @@ def make_env(
         make_kwargs["render_mode"] = render_mode
     if max_episode_steps:
         make_kwargs["max_episode_steps"] = max_episode_steps
-    env = gym.make(env_id, **make_kwargs)
+    make_id = FAST_RENDERERS.get(env_id, env_id) if fast_render else env_id
+    env = gym.make(make_id, **make_kwargs)
     if pixel_source(env) is None and env.render_mode != "rgb_array":
         # not a pixel observation (e.g. classic control): use its rendered picture
         env.close()
-        env = gym.make(env_id, **{**make_kwargs, "render_mode": "rgb_array"})
+        env = gym.make(make_id, **{**make_kwargs, "render_mode": "rgb_array"})
     return PixelObservation(env, size=frame_size, crop_bottom=crop_bottom)
 
 
@@ -93,5 +103,6 @@ def make_env_from_config(cfg: Any, **overrides: Any) -> gym.Env:
         frame_size=cfg.frame_size,
         max_episode_steps=None if cfg.max_episode_steps < 0 else cfg.max_episode_steps,
         crop_bottom=None if cfg.crop_bottom < 0 else cfg.crop_bottom,
+        fast_render=cfg.fast_render,
         **{**cfg.kwargs, **overrides},
     )

@@ -44,6 +44,8 @@ class EnvConfig:
     max_episode_steps: int = _opt(-1, "Episode cap: -1 = the paper's cap, 0 = the env's own.")
     crop_bottom: int = _opt(-1, "Rows cut off the frame's bottom: -1 = the paper's choice.")
     kwargs: dict = _opt({}, "Extra keyword arguments for gymnasium.make.")
+    fast_render: bool = _opt(True, "Use a pixel-identical faster renderer where there is one "
+                             "(CarRacing-v3: envs/fast_car_racing.py); false = Gymnasium's.")
 
 
 @dataclass
