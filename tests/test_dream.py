@@ -234,3 +234,16 @@ def test_dream_entry_point_without_a_trained_controller_says_so(dream_run):
 
     with pytest.raises((CheckpointError, FileNotFoundError), match="best.safetensors"):
         dream_script.main(["--config", str(dream_run.run_dir / "config.yaml"), "--dream-only"])
+
+
+def test_identical_candidates_share_their_luck_common_random_numbers():
+    """Rollout j of every candidate has the same start and noise: identical candidates
+    score identically, rollout by rollout; different rollouts differ."""
+    dream = Dream(memory_with_heads(1.0, math.log(0.05 / 0.95)), torch.randn(5, Z),
+                  torch.zeros(5, Z) - 2, max_steps=200, generator=torch.Generator().manual_seed(3))
+    ctrl = box_controller()
+    one = torch.randn(1, ctrl.num_parameters())
+    returns, steps = dream_returns(dream, ctrl, one.repeat(3, 1), torch.arange(4))
+    np.testing.assert_array_equal(steps[0], steps[1])
+    np.testing.assert_array_equal(steps[0], steps[2])
+    assert len(set(steps[0].tolist())) > 1

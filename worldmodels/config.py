@@ -79,7 +79,7 @@ class VAEConfig:
     epochs: int = _opt(10, "Epochs over the training episodes.")
     max_frames_per_epoch: int = _opt(0, "Stop an epoch after this many frames (0 = all).")
     max_holdout_frames: int = _opt(20000, "Held-out frames scored each epoch (0 = all).")
-    grid_frames: int = _opt(8, "Held-out frames in the reconstruction grid PNG.")
+    grid_frames: int = _opt(8, "Held-out frames in the reconstruction grid PNG (0: none).")
 
 
 @dataclass

@@ -12,6 +12,10 @@ the controller's action a_t::
 which is the order the real agent sees (``agents.vmc.VMCAgent``): C reads (z_t, h_t),
 M then reads (z_t, a_t). Dreams that end are dropped from the batch (``keep``), so a
 batch costs what its live dreams cost.
+
+Common random numbers: dreams given the same noise row (``reset(noise_rows=...)``) draw
+the same start noise, mixture choices, Gaussian noise and done draws at every step, so
+CMA-ES candidates are compared on the same luck (identical candidates score the same).
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class Dream:
         self.generator = generator or torch.Generator().manual_seed(0)
         self.state: tuple[Tensor, Tensor] | None = None
         self.steps = torch.zeros(0, dtype=torch.long)
+        self.rows: Tensor | None = None  # noise row of each live dream (None: its own)
+        self._n_rows = 0
 
     @property
     def batch(self) -> int:
@@ -93,28 +99,41 @@ class Dream:
         assert self.state is not None, "reset first"
         return self.state[1][0]
 
-    def reset(self, batch: int, starts: Tensor | None = None, z0: Tensor | None = None) -> Tensor:
+    def reset(self, batch: int, starts: Tensor | None = None, z0: Tensor | None = None,
+              noise_rows: Tensor | None = None) -> Tensor:
         """Start ``batch`` dreams; ``starts`` (B,) picks start latents (default: random),
-        or ``z0`` (B, d) gives them (a real frame's encoding, say). Returns z_0 (B, d).
+        or ``z0`` (B, d) gives them (a real frame's encoding, say). ``noise_rows`` (B,)
+        int: dreams with equal rows share their noise. Returns z_0 (B, d).
         """
+        self.state = self.memory.initial_state(batch)
+        self.steps = torch.zeros(batch, dtype=torch.long)
+        self.rows = None if noise_rows is None else torch.as_tensor(noise_rows, dtype=torch.long)
+        self._n_rows = 0 if self.rows is None else int(self.rows.max()) + 1
         if z0 is not None:
-            self.state = self.memory.initial_state(batch)
-            self.steps = torch.zeros(batch, dtype=torch.long)
             return z0.float().expand(batch, -1).clone()
         if starts is None:
             starts = torch.randint(len(self.mu0), (batch,), generator=self.generator)
         starts = torch.as_tensor(starts, dtype=torch.long) % len(self.mu0)
         mu, logvar = self.mu0[starts], self.logvar0[starts]
-        eps = torch.randn(mu.shape, generator=self.generator)
-        self.state = self.memory.initial_state(batch)
-        self.steps = torch.zeros(batch, dtype=torch.long)
-        return mu + torch.exp(0.5 * logvar) * eps
+        return mu + torch.exp(0.5 * logvar) * self._normal(mu.shape)
+
+    def _normal(self, shape: torch.Size) -> Tensor:
+        """Standard normal (B, ...) noise, shared by dreams of one noise row."""
+        if self.rows is None:
+            return torch.randn(shape, generator=self.generator)
+        return torch.randn((self._n_rows, *shape[1:]), generator=self.generator)[self.rows]
+
+    def _uniform(self, batch: int) -> Tensor:
+        if self.rows is None:
+            return torch.rand(batch, generator=self.generator)
+        return torch.rand(self._n_rows, generator=self.generator)[self.rows]
 
     @torch.no_grad()
     def step(self, z: Tensor, action: Tensor) -> DreamStep:
         """z (B, d), action (B, A) float or (B,) int -> the next step of every dream."""
         h, self.state = self.memory.step(z, action, self.state)
-        z_next = self.memory.sample(h, self.temperature, self.generator)
+        noise = (self._uniform(len(h)), self._normal(z.shape))
+        z_next = self.memory.sample(h, self.temperature, noise=noise)
         reward = self.memory.reward(h)
         assert reward is not None
         logit = self.memory.done_logit(h)
@@ -123,7 +142,7 @@ class Dream:
             done = torch.zeros(len(h), dtype=torch.bool)
         elif self.done_mode == "sample":
             p = done_probability(logit, self.done_pos_weight)
-            done = torch.rand(p.shape, generator=self.generator) < p
+            done = self._uniform(len(h)) < p
         else:
             done = done_probability(logit, self.done_pos_weight) > self.done_threshold
         truncated = ~done & (self.steps >= self.max_steps) if self.max_steps \
@@ -135,6 +154,8 @@ class Dream:
         assert self.state is not None
         self.state = (self.state[0][:, mask], self.state[1][:, mask])
         self.steps = self.steps[mask]
+        if self.rows is not None:
+            self.rows = self.rows[mask]
 
 
 @torch.no_grad()
@@ -148,7 +169,8 @@ def dream_returns(dream: Dream, controller: Controller, params: Tensor, starts: 
     P, R = len(params), len(starts)
     candidate = torch.arange(P).repeat_interleave(R)
     p = params.float()[candidate]
-    z = dream.reset(P * R, torch.as_tensor(starts).repeat(P))
+    # rollout j of every candidate shares start and noise: common random numbers
+    z = dream.reset(P * R, torch.as_tensor(starts).repeat(P), noise_rows=torch.arange(R).repeat(P))
     alive = torch.arange(P * R)
     returns = torch.zeros(P * R, dtype=torch.float64)
     steps = torch.zeros(P * R, dtype=torch.long)

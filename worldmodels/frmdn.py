@@ -173,15 +173,28 @@ class TiedPrecisionMixture(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     def sample(self, p: MixtureParams, tau: float = 1.0,
-               generator: torch.Generator | None = None) -> Tensor:
-        """Draw u (..., d) with temperature: mixture logits / tau, covariance x tau."""
+               generator: torch.Generator | None = None,
+               noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Draw u (..., d) with temperature: mixture logits / tau, covariance x tau.
+
+        ``noise`` = (uniform (...,), standard normal (..., d)) supplies the randomness
+        (the component is the uniform's place in the weights' CDF), so callers can share
+        it between samples (common random numbers).
+        """
         if not tau > 0:
             raise ValueError(f"temperature tau must be > 0, got {tau}")
         batch = p.logits.shape[:-1]
-        probs = torch.softmax(p.logits / tau, dim=-1).reshape(-1, self.K)
-        k = torch.multinomial(probs, 1, generator=generator).view(*batch, 1)
+        probs = torch.softmax(p.logits / tau, dim=-1)
+        if noise is None:
+            k = torch.multinomial(probs.reshape(-1, self.K), 1, generator=generator)
+            k = k.view(*batch, 1)
+        else:
+            cdf = torch.cumsum(probs, dim=-1)
+            k = torch.searchsorted(cdf, noise[0].to(cdf.dtype).unsqueeze(-1).contiguous())
+            k = k.clamp(max=self.K - 1)
         mu = torch.gather(p.mu, -2, k.unsqueeze(-1).expand(*batch, 1, self.d)).squeeze(-2)
-        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device) \
+            if noise is None else noise[1].to(mu.dtype)
         scale = math.sqrt(tau)
         log_d = torch.gather(p.log_d, -2, k.unsqueeze(-1).expand(*batch, 1, self.m)).squeeze(-2)
         if self.precision == "overcomplete":
@@ -302,10 +315,11 @@ class FRMDN(nn.Module):
         u, ladj = self.flow_forward(y, h)
         return self.mixture.log_prob(u, self.mixture.params(h)) + ladj
 
-    def sample(self, h: Tensor, tau: float = 1.0,
-               generator: torch.Generator | None = None) -> Tensor:
-        """y ~ p(. | h) at temperature tau: h (..., hidden) -> (..., d)."""
-        u = self.mixture.sample(self.mixture.params(h), tau, generator)
+    def sample(self, h: Tensor, tau: float = 1.0, generator: torch.Generator | None = None,
+               noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """y ~ p(. | h) at temperature tau: h (..., hidden) -> (..., d); ``noise`` as in
+        :meth:`TiedPrecisionMixture.sample`."""
+        u = self.mixture.sample(self.mixture.params(h), tau, generator, noise)
         return self.flow_inverse(u, h)
 
     def reward(self, h: Tensor) -> Tensor | None:

@@ -182,7 +182,8 @@ def train_vae(cfg: ExperimentConfig, progress: bool = True) -> VAEReport:
         writer.add_scalar("vae/holdout_mse", holdout_mse, step)
         writer.add_scalar("vae/holdout_mse_ratio", holdout_mse / base_mse, step)
         writer.add_scalar("vae/frames_per_s", frames_per_epoch / train_seconds, step)
-        save_grid(model, holdout_paths, v.grid_frames, files["grid"], device)
+        if v.grid_frames > 0:
+            save_grid(model, holdout_paths, v.grid_frames, files["grid"], device)
         metrics.append({"epoch": epoch + 1, "holdout_mse": holdout_mse,
                         "mean_frame_mse": base_mse, "holdout_frames": n_scored,
                         "train_seconds": train_seconds, "frames": frames_per_epoch})
