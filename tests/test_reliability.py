@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.test_dream import write_latents as write_dream_latents
 from tests.test_frmdn_training import write_latents
-from worldmodels.checkpoint import file_digest, load_model, save_model
+from worldmodels.checkpoint import CheckpointError, file_digest, load_model, save_model
 from worldmodels.config import save_config
+from worldmodels.shards import RolloutShard, ShardError, write_npz_atomic
 from worldmodels.vae import ConvVAE
 from worldmodels.vae_training import vae_paths
 
@@ -120,3 +122,100 @@ def test_sigkill_during_cmaes_then_rerun_equals_an_uninterrupted_run(dream_cmaes
     uninterrupted = read_npz(controller_paths(clean.run_dir)["history"])["fitness"]
     assert killed.shape == (40, 6)
     np.testing.assert_array_equal(killed, uninterrupted)
+
+
+# ---------------------------------------------------------------- bad input, by name
+
+
+def test_corrupt_rollout_shards_are_skipped_and_counted_when_asked(tiny_cfg):
+    from tests.conftest import write_shards
+    from worldmodels.vae_training import train_vae
+
+    paths = write_shards(tiny_cfg.run_dir / "rollouts", 5, T=20)
+    paths[1].write_bytes(paths[1].read_bytes()[:3000])  # truncated
+    shard = RolloutShard.load(paths[3])
+    write_npz_atomic(paths[3], {  # wrong shapes: one frame short
+        "obs": shard.obs[:-1], "action": shard.action, "reward": shard.reward,
+        "terminated": shard.terminated, "truncated": shard.truncated,
+        "meta": np.array("{}")})
+    with pytest.raises(ShardError, match=r"ep_00000[13]\.npz"):
+        train_vae(tiny_cfg, progress=False)
+    tiny_cfg.data.skip_corrupt = True
+    report = train_vae(tiny_cfg, progress=False)
+    assert report.skipped_shards == 2 and report.epochs_done == 1
+    listed = json.loads((tiny_cfg.run_dir / "skipped_shards.json").read_text())["rollouts"]
+    assert len(listed) == 2 and "ep_000001.npz" in listed[0] + listed[1]
+
+
+def test_rollout_shard_with_nan_reward_or_float_frames_is_refused(tmp_path):
+    from tests.conftest import synthetic_shard
+
+    shard = synthetic_shard(0)
+    shard.reward[3] = np.nan
+    with pytest.raises(ShardError, match="reward has NaN"):
+        shard.save(tmp_path / "ep_000000.npz")
+    good = synthetic_shard(1)
+    frames = good.obs.astype(np.float32)
+    frames[0, 0, 0, 0] = np.nan  # NaN frames can only come as floats: refused by dtype
+    write_npz_atomic(tmp_path / "ep_000001.npz", {
+        "obs": frames, "action": good.action, "reward": good.reward,
+        "terminated": good.terminated, "truncated": good.truncated, "meta": np.array("{}")})
+    with pytest.raises(ShardError, match="ep_000001.npz: obs dtype float32"):
+        RolloutShard.load(tmp_path / "ep_000001.npz")
+
+
+def test_empty_data_directories_are_clear_errors(tiny_cfg):
+    from worldmodels.encoding import encode_rollouts
+    from worldmodels.frmdn_training import train_memory
+    from worldmodels.vae_training import train_vae
+
+    (tiny_cfg.run_dir / "rollouts").mkdir(parents=True)
+    with pytest.raises(ShardError, match=r"rollouts: 0 usable shard\(s\).*collect.py"):
+        train_vae(tiny_cfg, progress=False)
+    save_model(vae_paths(tiny_cfg.run_dir)["model"], ConvVAE(z_dim=tiny_cfg.vae.z_dim))
+    with pytest.raises(ShardError, match="no rollout shards to encode"):
+        encode_rollouts(tiny_cfg, progress=False)
+    with pytest.raises(ShardError, match=r"latents: 0 usable latent shard\(s\).*encode.py"):
+        train_memory(tiny_cfg, progress=False)
+
+
+def test_latents_with_nan_or_another_z_size_are_refused_by_name(latent_run):
+    from worldmodels.frmdn_training import train_memory
+
+    cfg = latent_run
+    cfg.memory.epochs = 1
+    victim = cfg.run_dir / "latents" / "ep_000004.npz"
+    data = dict(np.load(victim, allow_pickle=False))
+    data["mu"] = data["mu"].copy()
+    data["mu"][3, 1] = np.inf
+    write_npz_atomic(victim, data)
+    with pytest.raises(ShardError, match="ep_000004.npz: mu or logvar has NaN/Inf"):
+        train_memory(cfg, progress=False)
+    cfg.data.skip_corrupt = True
+    assert train_memory(cfg, progress=False).skipped_shards == 1
+    cfg.data.skip_corrupt = False
+    cfg.vae.z_dim = 8  # latents are z = 4
+    with pytest.raises(ShardError, match="z = 4, but the config's vae.z_dim is 8"):
+        train_memory(cfg, cfg.run_dir / "memory_z8", progress=False)
+
+
+def test_memory_checkpoint_of_another_action_size_is_refused_on_resume(latent_run):
+    from worldmodels.frmdn import FRMDN
+    from worldmodels.frmdn_training import train_memory
+
+    cfg = latent_run
+    save_model(cfg.run_dir / "memory" / "model.safetensors",
+               FRMDN(z_dim=4, action_dim=5, hidden=16, mixtures=2), meta={"epoch": 1})
+    with pytest.raises(CheckpointError, match="action_dim=5.*action_dim=3"):
+        train_memory(cfg, progress=False)
+
+
+def test_controller_weights_of_another_shape_are_refused(tmp_path):
+    from worldmodels.checkpoint import load_weights
+    from worldmodels.controller import Controller
+
+    save_model(tmp_path / "c.safetensors", Controller(4, 8, 3, low=[0] * 3, high=[1] * 3))
+    other = Controller(6, 8, 3, low=[0] * 3, high=[1] * 3)
+    with pytest.raises(CheckpointError, match="c.safetensors"):
+        load_weights(tmp_path / "c.safetensors", other)
+    assert torch.isfinite(other.get_flat()).all()
