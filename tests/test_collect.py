@@ -142,3 +142,23 @@ def test_missing_ray_gives_install_hint(tiny_cfg, monkeypatch):
     tiny_cfg.collect.engine = "ray"
     with pytest.raises(MissingPackageError, match=r"worldmodels\[ray\]"):
         collect(tiny_cfg, progress=False)
+
+
+def test_a_policy_schedule_extends_a_collection_with_another_policy(tiny_cfg):
+    from agents.collect import policy_for
+    from worldmodels.config import ConfigError, load_config
+
+    assert [policy_for("random:2,linear", i) for i in range(4)] == [
+        "random", "random", "linear", "linear"]
+    assert policy_for("random", 99) == "random"
+    out = tiny_cfg.run_dir / "rollouts"
+    tiny_cfg.collect.policy = "random"
+    collect(tiny_cfg, progress=False)  # episodes 0, 1
+    tiny_cfg.collect.policy, tiny_cfg.collect.episodes = "random:2,linear", 3
+    assert collect(tiny_cfg, progress=False).episodes_new == 1
+    assert [s.meta["policy"] for s in _shards(out)] == ["random", "random", "linear"]
+    tiny_cfg.collect.policy = "random:1,linear"  # episode 1 was random: refused
+    with pytest.raises(ShardError, match="policy='random'.*policy='linear'"):
+        collect(tiny_cfg, progress=False)
+    with pytest.raises(ConfigError, match="collect.policy"):
+        load_config("carracing", [], ["collect.policy=random,linear:5"])

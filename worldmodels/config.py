@@ -54,7 +54,8 @@ class CollectConfig:
     workers: int = _opt(2, "Parallel workers (0 = one per CPU core).")
     engine: str = _opt("process", "serial | process | ray.")
     ray_address: str = _opt("", "Ray cluster address for engine=ray ('' starts a local Ray).")
-    policy: str = _opt("brownian", "Data policy: random | brownian | linear.")
+    policy: str = _opt("brownian", "Data policy: random | brownian | linear, or a schedule "
+                                   "'random:2000,linear' (episodes 0-1999 random, then linear).")
     brownian_dt: float = _opt(0.02, "Brownian policy step: a' = clip(a + sqrt(dt) N(0, I)).")
     linear_std: float = _opt(0.5, "Linear policy: weights ~ N(0, s^2), s ~ U(0, linear_std).")
     compress_level: int = _opt(1, "zlib level of shards (0 = stored, 9 = smallest).")
@@ -309,8 +310,8 @@ def validate(cfg: ExperimentConfig) -> None:
     checks = [
         (cfg.collect.engine in ("serial", "process", "ray"), "collect.engine",
          "must be serial, process or ray"),
-        (cfg.collect.policy in ("random", "brownian", "linear"), "collect.policy",
-         "must be random, brownian or linear"),
+        (_valid_schedule(cfg.collect.policy), "collect.policy",
+         "must be random, brownian or linear, or a schedule like 'random:2000,linear'"),
         (cfg.seed >= 0, "seed", "must be >= 0"),
         (cfg.collect.episodes >= 0, "collect.episodes", "must be >= 0"),
         (cfg.collect.workers >= 0, "collect.workers", "must be >= 0"),
@@ -348,6 +349,13 @@ def validate(cfg: ExperimentConfig) -> None:
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"config key '{key}' {why}")
+
+
+def _valid_schedule(spec: str) -> bool:
+    parts = [x.strip().partition(":") for x in spec.split(",")]
+    return all(name in ("random", "brownian", "linear")
+               and (count.isdigit() and int(count) > 0 if sep else i == len(parts) - 1)
+               for i, (name, sep, count) in enumerate(parts))
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:
