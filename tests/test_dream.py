@@ -43,13 +43,17 @@ def write_latents(cfg, episodes: int = 6, T: int = 12) -> None:
 
 @pytest.fixture
 def dream_run(tiny_cfg):
-    """A run with small random V and M, latents, and C set to train in the dream."""
-    cfg = tiny_cfg
+    return write_dream_run(tiny_cfg, population=4, rollouts=2, generations=2)
+
+
+def write_dream_run(cfg, population: int, rollouts: int, generations: int):
+    """A run with small random V and M, latents, and C set to train in the dream
+    (CarRacing's actions, episodes capped at 40 steps)."""
     cfg.vae.z_dim, cfg.memory.hidden = Z, H
     cfg.env.max_episode_steps = 40
     c = cfg.controller
-    c.population, c.rollouts, c.generations, c.eval_every, c.engine = 4, 2, 2, 0, "serial"
-    c.environment = "dream"
+    c.population, c.rollouts, c.generations = population, rollouts, generations
+    c.eval_every, c.engine, c.environment = 0, "serial", "dream"
     write_tiny_run(cfg)
     write_latents(cfg)
     return cfg

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_dream import write_latents as write_dream_latents
+from tests.test_dream import write_dream_run
 from tests.test_frmdn_training import write_latents
 from worldmodels.checkpoint import CheckpointError, file_digest, load_model, save_model
 from worldmodels.config import save_config
@@ -82,17 +82,7 @@ def test_sigkill_during_memory_training_then_rerun_completes(latent_run, kill_se
 
 @pytest.fixture
 def dream_cmaes_run(tiny_cfg):
-    from tests.test_cmaes import write_tiny_run
-
-    cfg = tiny_cfg
-    cfg.vae.z_dim, cfg.memory.hidden = 4, 8
-    cfg.env.max_episode_steps = 40
-    c = cfg.controller
-    c.population, c.rollouts, c.generations, c.eval_every, c.engine = 6, 3, 40, 0, "serial"
-    c.environment = "dream"
-    write_tiny_run(cfg)
-    write_dream_latents(cfg)
-    return cfg
+    return write_dream_run(tiny_cfg, population=6, rollouts=3, generations=40)
 
 
 @pytest.mark.parametrize("kill_seed", [1])
