@@ -2,6 +2,7 @@
 
     python evaluate.py --config carracing --preset quick --episodes 100 --policy random
     python evaluate.py --config carracing --preset quick --episodes 100 --video 1
+    python evaluate.py --config doom_takecover --preset dream --in-dream   # virtual score
 
 Writes <run>/eval/<policy>.csv (one row per episode) and <policy>.json (mean, std, ...).
 """
@@ -26,8 +27,18 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the controller: CMA-ES's best candidate or its search mean")
     parser.add_argument("--video", type=int, default=0,
                         help="GIFs of the first N episodes: real frames beside V's reconstruction")
+    parser.add_argument("--in-dream", action="store_true",
+                        help="score the controller inside M's dream at dream.temperature "
+                             "(the virtual score) instead of the real env")
     args = parse_cli(parser, argv)
     cfg = config_from_args(args)
+    if args.in_dream:
+        from agents.dreams import dream_score
+
+        summary = dream_score(cfg.run_dir, args.weights, args.episodes,
+                              cfg.dream.temperature, cfg.seed)
+        print(json.dumps(summary, indent=2))
+        return summary
     summary = evaluate(cfg.run_dir, args.episodes, args.policy, cfg.seed, args.video,
                        engine=cfg.controller.engine, workers=cfg.controller.workers,
                        ray_address=cfg.controller.ray_address, weights=args.weights)

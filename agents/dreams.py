@@ -93,6 +93,29 @@ class DreamEvaluator:
         return dream_returns(self.dream, self.controller, params, starts)
 
 
+def dream_score(run_dir: Path, weights: str = "best", episodes: int = 100,
+                temperature: float | None = None, seed: int = 0) -> dict[str, Any]:
+    """The controller's virtual score: mean and spread of its return over ``episodes``
+    dreams (the paper's "virtual score"), written to ``eval/controller_dream_tau<T>.json``."""
+    from agents.rollouts import describe_returns
+    from worldmodels.checkpoint import load_weights, write_json_atomic
+
+    cfg = load_run_config(run_dir)
+    evaluator = DreamEvaluator(run_dir, cfg, temperature)
+    load_weights(Path(run_dir) / "controller" / f"{weights}.safetensors", evaluator.controller)
+    seeds = [int(s) for s in np.random.default_rng([seed, 31337]).integers(0, 2**31 - 1,
+                                                                          size=episodes)]
+    returns, steps = evaluator.returns(evaluator.controller.get_flat()[None].numpy(), seeds)
+    tau = evaluator.dream.temperature
+    summary = {"policy": f"controller ({weights}) in the dream", "temperature": tau,
+               **describe_returns(returns[0]), "mean_steps": float(steps.mean())}
+    out = Path(run_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if weights == "best" else f"_{weights}"
+    write_json_atomic(out / f"controller{suffix}_dream_tau{tau:g}.json", summary)
+    return summary
+
+
 @torch.no_grad()
 def record_dream(run_dir: Path, out: Path, policy: str = "controller", seed: int = 0,
                  max_steps: int = 0, beside_real: bool = True,

@@ -251,3 +251,14 @@ def test_identical_candidates_share_their_luck_common_random_numbers():
     np.testing.assert_array_equal(steps[0], steps[1])
     np.testing.assert_array_equal(steps[0], steps[2])
     assert len(set(steps[0].tolist())) > 1
+
+
+def test_virtual_score_is_written_and_reproducible(dream_run):
+    from agents.dreams import dream_score
+
+    report = train_cmaes(dream_run, progress=False)
+    assert report.generations == 2
+    first = dream_score(dream_run.run_dir, episodes=5, temperature=1.3)
+    again = dream_score(dream_run.run_dir, episodes=5, temperature=1.3)
+    assert first == again and first["episodes"] == 5 and first["temperature"] == 1.3
+    assert (dream_run.run_dir / "eval" / "controller_dream_tau1.3.json").exists()
