@@ -71,8 +71,9 @@ def summary_table(summary: dict[str, Any]) -> str:
         if name == "encode":
             return f"{s['encoded']} of {s['episodes']} episodes encoded"
         if name == "memory":
-            return (f"held-out NLL {s['holdout_nll']:.4f} nats/dim, "
-                    f"done skill {s.get('holdout_done_skill', float('nan')):.3f}")
+            skill = s.get("holdout_done_skill", float("nan"))
+            return f"held-out NLL {s['holdout_nll']:.4f} nats/dim" + (
+                "" if skill != skill else f", done skill {skill:.3f}")  # nan: no episode ended
         if name == "controller":
             return (f"{s['generations']} generations, best fitness {s['best_fitness']:.1f} "
                     f"({s['environment']})")
