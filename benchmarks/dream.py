@@ -92,6 +92,8 @@ def main() -> None:
           f"{memory.config()['precision']} precision, flow {memory.config()['flow']}"
           f"{' (trained)' if args.trained else ''}; B = {cfg.controller.population} x "
           f"{cfg.controller.rollouts} = {B} dreams at tau {cfg.dream.temperature}")
+    torch.set_num_threads(dream_threads)
+    dream_returns(dream, controller, params, starts)  # warm-up: first calls allocate
     rates: dict[str, list[float]] = {"real env": [], "real env + V+M+C": [], "batched dream": []}
     for r in range(args.rounds):
         rates["real env"].append(env_rate(env, None, args.env_steps, r))
