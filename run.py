@@ -43,9 +43,8 @@ def evaluate_once(cfg: ExperimentConfig, policy: str) -> dict[str, Any]:
     cached = read_json(cfg.run_dir / "eval" / f"{policy}.json", {})
     if cached.get("key") == key:
         return {**cached, "cached": True}
-    summary = evaluate(cfg.run_dir, c.eval_episodes, policy=policy, seed=cfg.seed,
-                       engine=c.engine, workers=c.workers, key=key)
-    return summary
+    return evaluate(cfg.run_dir, c.eval_episodes, policy=policy, seed=cfg.seed,
+                    engine=c.engine, workers=c.workers, key=key)
 
 
 def stages() -> list[tuple[str, Callable[[ExperimentConfig], Any]]]:

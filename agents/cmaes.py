@@ -213,9 +213,10 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
         if c.target_return and last_eval and last_eval["mean"] >= c.target_return:
             break
     writer.close()
-    for ev in {id(e): e for e in (evaluator, real_evaluator)}.values():
-        if isinstance(ev, ProcessEvaluator):
-            ev.close()
+    if isinstance(evaluator, ProcessEvaluator):
+        evaluator.close()
+    if real_evaluator is not None and real_evaluator is not evaluator:
+        real_evaluator.close()
     return CMAESReport(len(es.history), best, last_eval, time.perf_counter() - started)
 
 
@@ -261,9 +262,9 @@ def read_history(path: Path, settings: dict[str, Any], population: int) -> np.nd
 
 
 def evaluate_best(template: RolloutWorker, weights: Path, episodes: int, seed: int,
-                  evaluator: Evaluator) -> dict[str, Any]:
-    """Mean and spread over ``episodes`` fresh episodes of the controller at ``weights``,
-    played by the evaluator's workers when it has them."""
+                  evaluator: ProcessEvaluator) -> dict[str, Any]:
+    """Mean and spread over ``episodes`` fresh, whole real episodes of the controller at
+    ``weights``, played by the evaluator's workers."""
     from agents.rollouts import describe_returns
     from worldmodels.checkpoint import load_weights
 
@@ -271,8 +272,4 @@ def evaluate_best(template: RolloutWorker, weights: Path, episodes: int, seed: i
     params = template.controller.get_flat().numpy()
     seeds = [int(s) for s in
              np.random.default_rng([seed, 104729]).integers(0, 2**31 - 1, size=episodes)]
-    if isinstance(evaluator, ProcessEvaluator):
-        returns = evaluator.returns([params], seeds, whole_episodes=True)[0][0]
-    else:
-        returns = np.array([template.play(params, s)[0] for s in seeds])
-    return describe_returns(returns)
+    return describe_returns(evaluator.returns([params], seeds, whole_episodes=True)[0][0])

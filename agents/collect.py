@@ -20,7 +20,7 @@ from tqdm import tqdm
 from agents.parallel import run_tasks
 from agents.policies import make_policy
 from envs.factory import make_env_from_config
-from worldmodels.config import EnvConfig, ExperimentConfig
+from worldmodels.config import EnvConfig, ExperimentConfig, policy_schedule
 from worldmodels.shards import (
     RolloutShard,
     ShardError,
@@ -124,27 +124,10 @@ def collect_episode(task: EpisodeTask) -> int:
     return len(shard)
 
 
-def policy_schedule(spec: str) -> list[tuple[str, int]]:
-    """``"random"`` or ``"random:2000,linear"``: (policy, episodes) segments in episode
-    order; a segment without a count (only the last may lack one) takes the rest (-1)."""
-    segments = []
-    parts = [x.strip() for x in spec.split(",")]
-    for i, part in enumerate(parts):
-        name, _, count = part.partition(":")
-        if not count and i < len(parts) - 1:
-            raise ValueError(f"collect.policy '{spec}': only the last segment may omit ':N'")
-        n = int(count) if count else -1
-        if count and n < 1:
-            raise ValueError(f"collect.policy '{spec}': counts must be >= 1")
-        segments.append((name, n))
-    return segments
-
-
-def policy_for(spec: str, index: int) -> str:
-    """The data policy of episode ``index`` under ``collect.policy`` (see policy_schedule);
-    past the last counted segment, the last policy."""
+def policy_for(segments: list[tuple[str, int]], index: int) -> str:
+    """The data policy of episode ``index`` under a parsed ``collect.policy``
+    (:func:`worldmodels.config.policy_schedule`); past the last segment, its policy."""
     start = 0
-    segments = policy_schedule(spec)
     for name, n in segments:
         if n < 0 or index < start + n:
             return name
@@ -166,10 +149,11 @@ def probe_env(cfg: ExperimentConfig) -> None:
 
 def check_compatible(shards: list[Path], cfg: ExperimentConfig) -> None:
     """Refuse to resume into shards collected with another env, seed or policy."""
+    schedule = policy_schedule(cfg.collect.policy)
     for path in shards:
         meta = read_meta(path)
         want = {"env_id": cfg.env.id, "seed": cfg.seed,
-                "policy": policy_for(cfg.collect.policy, shard_index(path))}
+                "policy": policy_for(schedule, shard_index(path))}
         for key, value in want.items():
             if meta.get(key) != value:
                 raise ShardError(
@@ -204,7 +188,8 @@ def collect(
     have = {shard_index(p) for p in existing}
     todo = [i for i in range(cfg.collect.episodes) if i not in have]
     c = cfg.collect
-    tasks = [EpisodeTask(i, cfg.seed, str(out), asdict(cfg.env), policy_for(c.policy, i),
+    schedule = policy_schedule(c.policy)
+    tasks = [EpisodeTask(i, cfg.seed, str(out), asdict(cfg.env), policy_for(schedule, i),
                          c.brownian_dt, c.linear_std, c.compress_level) for i in todo]
     start = time.perf_counter()
     steps = 0

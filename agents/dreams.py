@@ -13,7 +13,7 @@ import torch
 
 from agents.collect import action_space_from_meta
 from agents.rollouts import build_controller, load_run_config
-from envs.factory import KNOWN_ENVS
+from envs.factory import episode_cap
 from worldmodels.checkpoint import read_header
 from worldmodels.config import ExperimentConfig
 from worldmodels.controller import Controller
@@ -22,16 +22,9 @@ from worldmodels.frmdn_training import latent_split, load_memory, memory_paths
 from worldmodels.shards import ShardError, read_meta
 
 
-def episode_cap(cfg: ExperimentConfig) -> int:
-    """The real env's step cap for this config (0: none known)."""
-    if cfg.env.max_episode_steps >= 0:
-        return cfg.env.max_episode_steps
-    return int(KNOWN_ENVS.get(cfg.env.id, {}).get("max_episode_steps", 0))
-
-
 def dream_cap(cfg: ExperimentConfig) -> int:
     """Dream length cap: ``dream.max_steps``, else the env's cap, else 1,000."""
-    return cfg.dream.max_steps or episode_cap(cfg) or 1000
+    return cfg.dream.max_steps or episode_cap(cfg.env) or 1000
 
 
 def run_action_space(path: Path) -> gym.Space:
@@ -130,7 +123,7 @@ def record_dream(run_dir: Path, out: Path, policy: str = "controller", seed: int
 
     from envs.factory import make_env_from_config
     from worldmodels.checkpoint import load_weights
-    from worldmodels.pictures import recon_grid
+    from worldmodels.pictures import frame_grid
     from worldmodels.vae_training import load_vae
 
     if policy not in ("controller", "random"):
@@ -161,11 +154,10 @@ def record_dream(run_dir: Path, out: Path, policy: str = "controller", seed: int
         dream_return += float(step.reward[0])
         if bool(step.done[0] | step.truncated[0]):
             break
-    dreamt = (vae.decode(torch.cat(latents)).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1)
-    dreamt = dreamt.numpy()
+    dreamt = (vae.decode(torch.cat(latents)).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
     result: dict[str, Any] = {"dream_steps": len(actions), "dream_return": dream_return}
     if env is None:
-        pictures = [recon_grid(f[None], f[None], scale=3)[: 64 * 3 + 4] for f in dreamt]
+        pictures = [frame_grid(f[None], scale=3) for f in dreamt]
     else:
         real, real_return = [frame], 0.0
         for action in actions:
@@ -177,7 +169,7 @@ def record_dream(run_dir: Path, out: Path, policy: str = "controller", seed: int
                 break
         env.close()
         result.update(real_steps=len(real) - 1, real_return=real_return)
-        pictures = [recon_grid(_held(dreamt, i)[None], _held(real, i)[None], scale=3)
+        pictures = [frame_grid(_held(dreamt, i)[None], _held(real, i)[None], scale=3)
                     for i in range(max(len(dreamt), len(real)))]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -114,5 +114,5 @@ def save_video(worker: RolloutWorker, frames: np.ndarray, path: Path, fps: int =
         mu, _ = vae.encode(torch.from_numpy(chunk).to(worker.agent.device))
         recon = (vae.decode(mu).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         for real, fake in zip(chunk, recon, strict=True):
-            pictures.append(recon_grid(real[None], fake[None], scale=2)[:, :, :])
+            pictures.append(recon_grid(real[None], fake[None], scale=2))
     iio.imwrite(path, np.stack(pictures), duration=1000 / fps, loop=0)

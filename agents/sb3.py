@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from agents.rollouts import load_run_config
 from envs.factory import make_env_from_config
 from worldmodels.checkpoint import CheckpointError, write_json_atomic
+from worldmodels.controller import controller_features, feature_size
 from worldmodels.frmdn import FRMDN
 from worldmodels.frmdn_training import load_memory
 from worldmodels.vae import ConvVAE
@@ -40,7 +41,7 @@ class LatentObservation(gym.Wrapper):
         self.vae, self.memory = vae.eval(), memory.eval()
         self.device = torch.device(device)
         self.use_cell = use_cell
-        size = vae.z_dim + memory.lstm.hidden_size * (2 if use_cell else 1)
+        size = feature_size(vae.z_dim, memory.lstm.hidden_size, use_cell)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
         self._z: torch.Tensor | None = None
         self._state: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -52,8 +53,7 @@ class LatentObservation(gym.Wrapper):
     def _observation(self) -> np.ndarray:
         assert self._z is not None and self._state is not None
         h, c = self._state[0][0, 0], self._state[1][0, 0]
-        parts = [self._z[0], c, h] if self.use_cell else [self._z[0], h]
-        return torch.cat(parts).cpu().numpy().astype(np.float32)
+        return controller_features(self._z[0], h, c, self.use_cell).cpu().numpy()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         frame, info = self.env.reset(seed=seed, options=options)

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from worldmodels.controller import controller_features, feature_size
 from worldmodels.dream import Dream
 from worldmodels.vae import ConvVAE
 
@@ -38,16 +39,14 @@ class DreamEnv(gym.Env):
         self.dream, self.vae, self.use_cell = dream, vae, use_cell
         self.render_mode = render_mode
         self.action_space = action_space
-        hidden = dream.memory.lstm.hidden_size
-        size = dream.memory.z_dim + hidden * (2 if use_cell else 1)
+        size = feature_size(dream.memory.z_dim, dream.memory.lstm.hidden_size, use_cell)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
         self._z: torch.Tensor | None = None
 
     def _observation(self) -> np.ndarray:
         assert self._z is not None
-        parts = [self._z[0], self.dream.c[0], self.dream.h[0]] if self.use_cell \
-            else [self._z[0], self.dream.h[0]]
-        return torch.cat(parts).numpy().astype(np.float32)
+        return controller_features(self._z[0], self.dream.h[0], self.dream.c[0],
+                                   self.use_cell).numpy()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

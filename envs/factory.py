@@ -96,12 +96,20 @@ def make_env(
     return PixelObservation(env, size=frame_size, crop_bottom=crop_bottom)
 
 
+def episode_cap(cfg: Any) -> int:
+    """An :class:`worldmodels.config.EnvConfig`'s step cap: its own, or for -1 the known
+    default (0: the env's own cap, whatever that is)."""
+    if cfg.max_episode_steps >= 0:
+        return int(cfg.max_episode_steps)
+    return int(KNOWN_ENVS.get(cfg.id, {}).get("max_episode_steps", 0))
+
+
 def make_env_from_config(cfg: Any, **overrides: Any) -> gym.Env:
     """``make_env`` from an :class:`worldmodels.config.EnvConfig` (-1 = the known default)."""
     return make_env(
         cfg.id,
         frame_size=cfg.frame_size,
-        max_episode_steps=None if cfg.max_episode_steps < 0 else cfg.max_episode_steps,
+        max_episode_steps=episode_cap(cfg),
         crop_bottom=None if cfg.crop_bottom < 0 else cfg.crop_bottom,
         fast_render=cfg.fast_render,
         **{**cfg.kwargs, **overrides},

@@ -146,11 +146,11 @@ def test_missing_ray_gives_install_hint(tiny_cfg, monkeypatch):
 
 def test_a_policy_schedule_extends_a_collection_with_another_policy(tiny_cfg):
     from agents.collect import policy_for
-    from worldmodels.config import ConfigError, load_config
+    from worldmodels.config import ConfigError, load_config, policy_schedule
 
-    assert [policy_for("random:2,linear", i) for i in range(4)] == [
+    assert [policy_for(policy_schedule("random:2,linear"), i) for i in range(4)] == [
         "random", "random", "linear", "linear"]
-    assert policy_for("random", 99) == "random"
+    assert policy_for(policy_schedule("random"), 99) == "random"
     out = tiny_cfg.run_dir / "rollouts"
     tiny_cfg.collect.policy = "random"
     collect(tiny_cfg, progress=False)  # episodes 0, 1

@@ -310,7 +310,7 @@ def validate(cfg: ExperimentConfig) -> None:
     checks = [
         (cfg.collect.engine in ("serial", "process", "ray"), "collect.engine",
          "must be serial, process or ray"),
-        (_valid_schedule(cfg.collect.policy), "collect.policy",
+        (_is_schedule(cfg.collect.policy), "collect.policy",
          "must be random, brownian or linear, or a schedule like 'random:2000,linear'"),
         (cfg.seed >= 0, "seed", "must be >= 0"),
         (cfg.collect.episodes >= 0, "collect.episodes", "must be >= 0"),
@@ -351,11 +351,33 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"config key '{key}' {why}")
 
 
-def _valid_schedule(spec: str) -> bool:
-    parts = [x.strip().partition(":") for x in spec.split(",")]
-    return all(name in ("random", "brownian", "linear")
-               and (count.isdigit() and int(count) > 0 if sep else i == len(parts) - 1)
-               for i, (name, sep, count) in enumerate(parts))
+DATA_POLICIES = ("random", "brownian", "linear")
+
+
+def policy_schedule(spec: str) -> list[tuple[str, int]]:
+    """``collect.policy``: ``"random"`` or ``"random:2000,linear"``, as (policy, episodes)
+    segments in episode order; a segment without a count (only the last may lack one)
+    takes the rest (-1)."""
+    segments = []
+    parts = [x.strip() for x in spec.split(",")]
+    for i, part in enumerate(parts):
+        name, sep, count = part.partition(":")
+        if name not in DATA_POLICIES:
+            raise ConfigError(f"collect.policy '{spec}': unknown policy '{name}'")
+        if not sep and i < len(parts) - 1:
+            raise ConfigError(f"collect.policy '{spec}': only the last segment may omit ':N'")
+        if sep and not (count.isdigit() and int(count) > 0):
+            raise ConfigError(f"collect.policy '{spec}': counts must be integers >= 1")
+        segments.append((name, int(count) if sep else -1))
+    return segments
+
+
+def _is_schedule(spec: str) -> bool:
+    try:
+        policy_schedule(spec)
+    except ConfigError:
+        return False
+    return True
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:

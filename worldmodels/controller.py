@@ -11,6 +11,24 @@ import torch
 from torch import Tensor, nn
 
 
+def controller_features(z: Tensor, h: Tensor, c: Tensor | None = None,
+                        use_cell: bool = False) -> Tensor:
+    """What C reads: [z, h], or [z, c, h] with ``use_cell`` (the paper's Doom setup).
+
+    z (..., z_dim), h and c (..., h_dim) -> (..., z_dim + h_dim or z_dim + 2 h_dim). The
+    real-env wrapper and the dream env give SB3 the same layout, so one policy plays both.
+    """
+    if not use_cell:
+        return torch.cat([z, h], dim=-1)
+    if c is None:
+        raise ValueError("this controller reads the LSTM cell state: pass c")
+    return torch.cat([z, c, h], dim=-1)
+
+
+def feature_size(z_dim: int, h_dim: int, use_cell: bool = False) -> int:
+    return z_dim + h_dim * (2 if use_cell else 1)
+
+
 class Controller(nn.Module):
     """Shapes: z (B, z_dim), h (B, h_dim), c (B, h_dim) when ``use_cell`` (Doom: [z, c, h]).
 
@@ -32,7 +50,7 @@ class Controller(nn.Module):
         self._config = dict(z_dim=z_dim, h_dim=h_dim, action_dim=action_dim, discrete=discrete,
                             low=low, high=high, hidden=hidden, use_cell=use_cell)
         self.discrete, self.use_cell = discrete, use_cell
-        features = z_dim + h_dim * (2 if use_cell else 1)
+        features = feature_size(z_dim, h_dim, use_cell)
         if hidden:
             self.net: nn.Module = nn.Sequential(nn.Linear(features, hidden), nn.Tanh(),
                                                 nn.Linear(hidden, action_dim))
@@ -48,10 +66,7 @@ class Controller(nn.Module):
         return dict(self._config)
 
     def logits(self, z: Tensor, h: Tensor, c: Tensor | None = None) -> Tensor:
-        parts = [z, c, h] if self.use_cell else [z, h]
-        if self.use_cell and c is None:
-            raise ValueError("this controller reads the LSTM cell state: pass c")
-        return self.net(torch.cat(parts, dim=-1))
+        return self.net(controller_features(z, h, c, self.use_cell))
 
     def forward(self, z: Tensor, h: Tensor, c: Tensor | None = None) -> Tensor:
         out = self.logits(z, h, c)
@@ -65,13 +80,10 @@ class Controller(nn.Module):
 
         For CMA-ES in a batched dream: population x rollouts controllers in one pass.
         """
-        parts = [z, c, h] if self.use_cell else [z, h]
-        if self.use_cell and c is None:
-            raise ValueError("this controller reads the LSTM cell state: pass c")
         if params.shape[-1] != self.num_parameters():
             raise ValueError(f"expected {self.num_parameters()} parameters, "
                              f"got {params.shape[-1]}")
-        x = torch.cat(parts, dim=-1)
+        x = controller_features(z, h, c, self.use_cell)
         layers = [self.net] if isinstance(self.net, nn.Linear) else list(self.net)
         offset = 0
         for layer in layers:

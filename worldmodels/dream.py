@@ -84,10 +84,6 @@ class Dream:
         self._n_rows = 0
 
     @property
-    def batch(self) -> int:
-        return len(self.steps)
-
-    @property
     def h(self) -> Tensor:
         """M's hidden state (B, hidden), what C reads with z."""
         assert self.state is not None, "reset first"

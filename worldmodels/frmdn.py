@@ -356,12 +356,11 @@ class FRMDN(nn.Module):
             total = total + reward_weight * out["reward_mse"]
         logit = self.done_logit(h)
         if logit is not None:
-            weight = None if done_pos_weight == 1.0 else torch.as_tensor(
-                done_pos_weight, dtype=logit.dtype, device=logit.device)
-            weighted = F.binary_cross_entropy_with_logits(logit, done, reduction="none",
-                                                          pos_weight=weight)
             calibrated = logit - math.log(done_pos_weight)
             bce = F.binary_cross_entropy_with_logits(calibrated, done, reduction="none")
+            weighted = bce if done_pos_weight == 1.0 else F.binary_cross_entropy_with_logits(
+                logit, done, reduction="none", pos_weight=torch.as_tensor(
+                    done_pos_weight, dtype=logit.dtype, device=logit.device))
             predicted = (calibrated > 0).float()
             out["done_bce"] = (bce * mask).sum() / n
             out["done_acc"] = (((predicted == done).float()) * mask).sum() / n

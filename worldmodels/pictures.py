@@ -10,23 +10,28 @@ import imageio.v3 as iio
 import numpy as np
 
 
-def recon_grid(top: np.ndarray, bottom: np.ndarray, scale: int = 2, gap: int = 2) -> np.ndarray:
-    """Two rows of frames, ``top`` over ``bottom``: uint8 (N, H, W, 3) each -> one image.
+def frame_grid(*rows: np.ndarray, scale: int = 2, gap: int = 2) -> np.ndarray:
+    """Rows of frames, one above the other: uint8 (N, H, W, 3) each -> one image.
 
     Frames are enlarged ``scale`` times (nearest neighbour, so pixels stay honest) and
     separated by white lines ``gap`` pixels wide.
     """
-    if top.shape != bottom.shape:
-        raise ValueError(f"rows differ: {top.shape} vs {bottom.shape}")
-    n, h, w, _ = top.shape
+    if any(r.shape != rows[0].shape for r in rows):
+        raise ValueError(f"rows differ: {[r.shape for r in rows]}")
+    n, h, w, _ = rows[0].shape
     H, W = h * scale, w * scale
-    out = np.full((2 * H + 3 * gap, n * W + (n + 1) * gap, 3), 255, np.uint8)
-    for row, frames in enumerate((top, bottom)):
+    out = np.full((len(rows) * (H + gap) + gap, n * W + (n + 1) * gap, 3), 255, np.uint8)
+    for row, frames in enumerate(rows):
         for i, frame in enumerate(frames):
             big = cv2.resize(frame, (W, H), interpolation=cv2.INTER_NEAREST)
             y, x = gap + row * (H + gap), gap + i * (W + gap)
             out[y : y + H, x : x + W] = big
     return out
+
+
+def recon_grid(top: np.ndarray, bottom: np.ndarray, scale: int = 2, gap: int = 2) -> np.ndarray:
+    """Two rows of frames, ``top`` over ``bottom`` (see :func:`frame_grid`)."""
+    return frame_grid(top, bottom, scale=scale, gap=gap)
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
