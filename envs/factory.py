@@ -18,11 +18,18 @@ KNOWN_ENVS: dict[str, dict[str, Any]] = {
     "VizdoomTakeCover-v1": {"max_episode_steps": 2100, "crop_bottom": 0},
     # envs/fast_car_racing.py: CarRacing-v3 with pixel-identical frames, rendered faster
     "CarRacingFast-v3": {"max_episode_steps": 1000, "crop_bottom": 12},
+    # envs/direct_car_racing.py: CarRacing-v3 drawn straight at 96x96 (not identical)
+    "CarRacingDirect-v3": {"max_episode_steps": 1000, "crop_bottom": 12},
 }
 
 #: env id -> the id of a drop-in env with identical observations, rewards and episode
 #: ends that steps faster; ``make_env(..., fast_render=True)`` substitutes it
 FAST_RENDERERS: dict[str, str] = {"CarRacing-v3": "CarRacingFast-v3"}
+
+#: env id -> the id of a drop-in env with the same physics, rewards and episode ends
+#: whose frames are drawn directly at their final size: faster still, but the pixels
+#: differ slightly; ``make_env(..., direct_render=True)`` substitutes it
+DIRECT_RENDERERS: dict[str, str] = {"CarRacing-v3": "CarRacingDirect-v3"}
 
 #: id prefix -> (module that registers those ids, pip extra that provides it)
 _PROVIDERS = {
@@ -60,6 +67,7 @@ def make_env(
     crop_bottom: int | None = None,
     render_mode: str | None = None,
     fast_render: bool = True,
+    direct_render: bool = False,
     **kwargs: Any,
 ) -> gym.Env:
     """A Gymnasium env whose observations are ``uint8 (frame_size, frame_size, 3)`` frames.
@@ -67,6 +75,8 @@ def make_env(
     ``max_episode_steps``: None takes the paper's cap for known envs, 0 the env's own.
     ``fast_render``: make the :data:`FAST_RENDERERS` substitute of ``env_id`` if it has
     one (same frames, rewards and episode ends; ``env_id``'s settings still apply).
+    ``direct_render``: make the :data:`DIRECT_RENDERERS` substitute instead (same
+    rewards and episode ends, slightly different frames); it takes precedence.
     ``kwargs`` go to ``gymnasium.make``.
     """
     ensure_registered(env_id)
@@ -87,7 +97,11 @@ def make_env(
         make_kwargs["render_mode"] = render_mode
     if max_episode_steps:
         make_kwargs["max_episode_steps"] = max_episode_steps
-    make_id = FAST_RENDERERS.get(env_id, env_id) if fast_render else env_id
+    make_id = env_id
+    if direct_render and env_id in DIRECT_RENDERERS:
+        make_id = DIRECT_RENDERERS[env_id]
+    elif fast_render:
+        make_id = FAST_RENDERERS.get(env_id, env_id)
     env = gym.make(make_id, **make_kwargs)
     if pixel_source(env) is None and env.render_mode != "rgb_array":
         # not a pixel observation (e.g. classic control): use its rendered picture
@@ -112,5 +126,6 @@ def make_env_from_config(cfg: Any, **overrides: Any) -> gym.Env:
         max_episode_steps=episode_cap(cfg),
         crop_bottom=None if cfg.crop_bottom < 0 else cfg.crop_bottom,
         fast_render=cfg.fast_render,
+        direct_render=cfg.direct_render,
         **{**cfg.kwargs, **overrides},
     )

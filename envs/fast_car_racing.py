@@ -50,6 +50,25 @@ def _grass_polygons() -> np.ndarray:
 
 GRASS_POLYGONS = _grass_polygons()
 
+
+def polygon_circles(polys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres float64 (N, 2) and radii float64 (N,) of circles around world polygons
+    float64 (N, V, 2): a cheap first test of which polygons can be on screen."""
+    centre = polys.mean(axis=1)
+    radius = np.linalg.norm(polys - centre[:, None, :], axis=-1).max(axis=1)
+    return centre, radius
+
+
+GRASS_CIRCLES = polygon_circles(GRASS_POLYGONS)
+
+
+def near(circles: tuple[np.ndarray, np.ndarray], point: tuple[float, float],
+         reach: float) -> np.ndarray:
+    """Indices (ascending) of the ``circles`` that come within ``reach`` of ``point``."""
+    centre, radius = circles
+    d2 = (centre[:, 0] - point[0]) ** 2 + (centre[:, 1] - point[1]) ** 2
+    return np.flatnonzero(d2 <= (reach + radius) ** 2)
+
 #: The background field of ``CarRacing._render_road``: float64 (1, 4, 2), world units.
 FIELD_POLYGON = np.array([[(cr.PLAYFIELD, cr.PLAYFIELD), (cr.PLAYFIELD, -cr.PLAYFIELD),
                            (-cr.PLAYFIELD, -cr.PLAYFIELD), (-cr.PLAYFIELD, cr.PLAYFIELD)]])
@@ -125,6 +144,7 @@ class FastCarRacing(CarRacing):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._road_xy = np.zeros((0, 4, 2))
+        self._road_circles = (np.zeros((0, 2)), np.zeros(0))
         self._road_colors: list = []
         self._font: pygame.font.Font | None = None
         self._score_text = ""
@@ -137,6 +157,7 @@ class FastCarRacing(CarRacing):
         if not super()._create_track():
             return False
         self._road_xy = np.array([poly for poly, _ in self.road_poly], dtype=np.float64)
+        self._road_circles = polygon_circles(self._road_xy)
         # the tiles' colour arrays are live: the contact listener repaints touched tiles
         self._road_colors = [color for _, color in self.road_poly]
         return True
@@ -223,13 +244,20 @@ class FastCarRacing(CarRacing):
             self.surf.fill((0, 0, 0))
             self._draw_colored_polygon(self.surf, FIELD_POLYGON[0].tolist(), self.bg_color,
                                        zoom, translation, angle, clip=False)
-        grass = to_screen(GRASS_POLYGONS, zoom, translation, angle)
-        for i, low in self._visible(grass):
-            self._draw_polygon(grass[i].tolist(), self.grass_color, low)
-        if len(self._road_xy):
-            road = to_screen(self._road_xy, zoom, translation, angle)
-            for i, low in self._visible(road):
-                self._draw_polygon(road[i].tolist(), [int(c) for c in self._road_colors[i]], low)
+        # Gymnasium draws a polygon if a vertex is within MAX_SHAPE_DIM of the window; a
+        # circle test around the car first leaves a few dozen of the ~1,000 polygons
+        assert self.car is not None
+        pad = cr.MAX_SHAPE_DIM
+        reach = math.hypot(cr.WINDOW_W / 2 + pad, cr.WINDOW_H * 3 / 4 + pad) / zoom
+        car = tuple(self.car.hull.position)
+        for polys, circles, colors in ((GRASS_POLYGONS, GRASS_CIRCLES, None),
+                                       (self._road_xy, self._road_circles, self._road_colors)):
+            index = near(circles, car, reach)
+            screen = to_screen(polys[index], zoom, translation, angle)
+            for i, low in self._visible(screen):
+                color = self.grass_color if colors is None else \
+                    [int(c) for c in colors[index[i]]]
+                self._draw_polygon(screen[i].tolist(), color, low)
 
     @staticmethod
     def _visible(polys: np.ndarray) -> list[tuple[int, bool]]:

@@ -46,6 +46,9 @@ class EnvConfig:
     kwargs: dict = _opt({}, "Extra keyword arguments for gymnasium.make.")
     fast_render: bool = _opt(True, "Use a pixel-identical faster renderer where there is one "
                              "(CarRacing-v3: envs/fast_car_racing.py); false = Gymnasium's.")
+    direct_render: bool = _opt(False, "Draw frames straight at their final size where there is "
+                               "such a renderer (CarRacing-v3: envs/direct_car_racing.py): "
+                               "faster than fast_render, pixels differ slightly.")
 
 
 @dataclass
