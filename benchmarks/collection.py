@@ -24,7 +24,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 import gymnasium as gym  # noqa: E402
 
 from agents.collect import collect  # noqa: E402
-from envs.factory import FAST_RENDERERS, ensure_registered  # noqa: E402
+from envs.factory import ensure_registered, renderer_id  # noqa: E402
 from worldmodels.config import load_config  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_config(args.config, [], args.overrides)
-    plain_id = FAST_RENDERERS.get(cfg.env.id, cfg.env.id) if cfg.env.fast_render else cfg.env.id
+    plain_id = renderer_id(cfg.env.id, cfg.env.fast_render, cfg.env.direct_render)
     plain_sps, plain_steps = plain_env_steps_per_s(plain_id, args.plain_seconds)
     episodes = args.episodes
     if not episodes:  # about 30 s of collection at a 1.7x rate (start-up included)

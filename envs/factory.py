@@ -60,6 +60,16 @@ def ensure_registered(env_id: str) -> None:
                 gym.register_envs(mod)
 
 
+def renderer_id(env_id: str, fast_render: bool = True, direct_render: bool = False) -> str:
+    """The id to make for ``env_id``: its :data:`DIRECT_RENDERERS` substitute if asked
+    for and there is one, else its :data:`FAST_RENDERERS` one, else ``env_id``."""
+    if direct_render and env_id in DIRECT_RENDERERS:
+        return DIRECT_RENDERERS[env_id]
+    if fast_render:
+        return FAST_RENDERERS.get(env_id, env_id)
+    return env_id
+
+
 def make_env(
     env_id: str,
     frame_size: int = 64,
@@ -97,11 +107,7 @@ def make_env(
         make_kwargs["render_mode"] = render_mode
     if max_episode_steps:
         make_kwargs["max_episode_steps"] = max_episode_steps
-    make_id = env_id
-    if direct_render and env_id in DIRECT_RENDERERS:
-        make_id = DIRECT_RENDERERS[env_id]
-    elif fast_render:
-        make_id = FAST_RENDERERS.get(env_id, env_id)
+    make_id = renderer_id(env_id, fast_render, direct_render)
     env = gym.make(make_id, **make_kwargs)
     if pixel_source(env) is None and env.render_mode != "rgb_array":
         # not a pixel observation (e.g. classic control): use its rendered picture
