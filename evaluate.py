@@ -3,6 +3,7 @@
     python evaluate.py --config carracing --preset quick --episodes 100 --policy random
     python evaluate.py --config carracing --preset quick --episodes 100 --video 1
     python evaluate.py --config doom_takecover --preset dream --in-dream   # virtual score
+    python evaluate.py --config carracing name=direct env.direct_render=false  # another renderer
 
 Writes <run>/eval/<policy>.csv (one row per episode) and <policy>.json (mean, std, ...).
 """
@@ -39,9 +40,12 @@ def main(argv: list[str] | None = None) -> dict:
                               cfg.dream.temperature, cfg.seed)
         print(json.dumps(summary, indent=2))
         return summary
+    # env.* overrides change the env the trained agent plays (its own config is kept)
+    env_overrides = tuple(o for o in args.overrides if o.startswith("env."))
     summary = evaluate(cfg.run_dir, args.episodes, args.policy, cfg.seed, args.video,
                        engine=cfg.controller.engine, workers=cfg.controller.workers,
-                       ray_address=cfg.controller.ray_address, weights=args.weights)
+                       ray_address=cfg.controller.ray_address, weights=args.weights,
+                       env_overrides=env_overrides)
     print(json.dumps(summary, indent=2))
     print(f"mean return {summary['mean']:.1f} ± {summary['std']:.1f} "
           f"over {summary['episodes']} episodes")

@@ -55,9 +55,11 @@ class ProcessEvaluator:
     worker process (serial: once in this process)."""
 
     def __init__(self, run_dir: Path, engine: str = "process", workers: int = 0,
-                 ray_address: str = "", max_steps: int = 0, stall_steps: int = 0):
+                 ray_address: str = "", max_steps: int = 0, stall_steps: int = 0,
+                 env_overrides: tuple[str, ...] = ()):
         self.run_dir, self.engine, self.workers = str(run_dir), engine, workers
         self.ray_address, self.max_steps, self.stall_steps = ray_address, max_steps, stall_steps
+        self.env_overrides = tuple(env_overrides)  # see agents.rollouts.load_run_config
         self.pool = TaskPool(engine, workers, ray_address)  # kept: workers load V, M once
 
     def close(self) -> None:
@@ -75,7 +77,7 @@ class ProcessEvaluator:
         """
         caps = (0, 0) if whole_episodes else (self.max_steps, self.stall_steps)
         tasks = [RolloutTask(self.run_dir, i, None if x is None else tuple(map(float, x)),
-                             int(s), *caps, j)
+                             int(s), *caps, j, self.env_overrides)
                  for i, x in enumerate(candidates) for j, s in enumerate(seeds)]
         returns = np.zeros((len(candidates), len(seeds)))
         steps = np.zeros((len(candidates), len(seeds)), dtype=int)

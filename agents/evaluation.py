@@ -53,8 +53,13 @@ def evaluation_seeds(seed: int, episodes: int) -> list[int]:
 def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", seed: int = 0,
              video_episodes: int = 0, engine: str = "process", workers: int = 0,
              ray_address: str = "", progress: bool = True,
-             key: dict[str, Any] | None = None, weights: str = "best") -> dict[str, Any]:
+             key: dict[str, Any] | None = None, weights: str = "best",
+             env_overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Play ``episodes`` episodes on the evaluator's workers.
+
+    ``env_overrides`` (``env.<key>=<value>``) play the agent in another variant of the
+    run's env, e.g. ``env.direct_render=false`` for Gymnasium's renderer; the summary
+    records them.
 
     Writes ``eval/<policy>.csv`` (episode, seed, return, steps) and ``eval/<policy>.json``
     (mean, std, min, max, and ``key`` if given: what the caller checks to reuse it); for
@@ -74,7 +79,7 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
         raise ValueError(f"weights must be best or mean, not '{weights}'")
     params = None
     if policy == "controller":  # (the random policy needs no V, M or env in this process)
-        worker = RolloutWorker(run_dir)
+        worker = RolloutWorker(run_dir, env_overrides=tuple(env_overrides))
         load_weights(Path(run_dir) / "controller" / f"{weights}.safetensors", worker.controller)
         params = worker.controller.get_flat().numpy()
     out = Path(run_dir) / "eval"
@@ -83,7 +88,8 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
     started = time.perf_counter()
     if progress:
         print(f"evaluate {policy}: {episodes} episodes on {engine} workers")
-    evaluator = ProcessEvaluator(run_dir, engine, workers, ray_address)
+    evaluator = ProcessEvaluator(run_dir, engine, workers, ray_address,
+                                 env_overrides=tuple(env_overrides))
     try:
         returns, steps = evaluator.returns([params], seeds)
     finally:
@@ -96,8 +102,11 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
         save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif")
     if policy == "controller" and weights == "mean":
         policy = "controller_mean"
+    if env_overrides:  # e.g. controller_direct_render-false: the run's own stays as it is
+        policy += "_" + "_".join(o.removeprefix("env.").replace("=", "-") for o in env_overrides)
     summary = {"policy": policy, **describe_returns(returns[0]),
-               "seconds": time.perf_counter() - started, **({"key": key} if key else {})}
+               "seconds": time.perf_counter() - started, **({"key": key} if key else {}),
+               **({"env_overrides": list(env_overrides)} if env_overrides else {})}
     _write(out, policy, rows, summary)
     return summary
 

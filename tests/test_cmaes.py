@@ -117,6 +117,31 @@ def test_evaluate_writes_csv_summary_and_video(tiny_run):
     assert again["mean"] == summary["mean"]
 
 
+def test_evaluate_plays_env_overrides_and_keeps_the_runs_own_result(tiny_run):
+    import json
+
+    from agents.evaluation import evaluate
+    from agents.rollouts import RolloutWorker, load_run_config
+    from envs.direct_car_racing import DirectCarRacing
+
+    train_cmaes(tiny_run, quadratic, progress=False)
+    own = evaluate(tiny_run.run_dir, episodes=2, engine="serial", progress=False)
+    # a cap of 30 steps instead of the run's 80: the episodes really are shorter
+    capped = evaluate(tiny_run.run_dir, episodes=2, engine="serial", progress=False,
+                      env_overrides=("env.max_episode_steps=30",))
+    out = tiny_run.run_dir / "eval"
+    assert capped["policy"] == "controller_max_episode_steps-30"
+    assert capped["env_overrides"] == ["env.max_episode_steps=30"]
+    steps = [int(line.split(",")[3]) for line in
+             (out / "controller_max_episode_steps-30.csv").read_text().splitlines()[1:]]
+    assert max(steps) <= 30
+    assert json.loads((out / "controller.json").read_text())["mean"] == own["mean"]
+    worker = RolloutWorker(tiny_run.run_dir, env_overrides=("env.direct_render=true",))
+    assert isinstance(worker.env.unwrapped, DirectCarRacing)
+    with pytest.raises(ValueError, match="only env"):
+        load_run_config(tiny_run.run_dir, ("vae.z_dim=8",))
+
+
 def test_latent_env_passes_sb3_checker_and_ppo_round_trips(tiny_run):
     from stable_baselines3.common.env_checker import check_env
 
