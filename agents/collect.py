@@ -20,7 +20,8 @@ from tqdm import tqdm
 from agents.parallel import run_tasks
 from agents.policies import make_policy
 from envs.factory import make_env_from_config
-from worldmodels.config import EnvConfig, ExperimentConfig, policy_schedule
+from worldmodels.checkpoint import file_digest
+from worldmodels.config import ConfigError, EnvConfig, ExperimentConfig, policy_schedule
 from worldmodels.shards import (
     RolloutShard,
     ShardError,
@@ -44,6 +45,9 @@ class EpisodeTask:
     brownian_dt: float
     linear_std: float
     compress_level: int
+    run_dir: str = ""  # the controller policy's V, M and C
+    controller_weights: str = "best"
+    controller_epsilon: float = 0.0
 
 
 def episode_seeds(seed: int, index: int) -> tuple[int, np.random.Generator]:
@@ -53,11 +57,14 @@ def episode_seeds(seed: int, index: int) -> tuple[int, np.random.Generator]:
 
 
 def run_episode(env: gym.Env, policy_name: str, seed: int, index: int,
-                brownian_dt: float = 0.02, linear_std: float = 0.5) -> RolloutShard:
-    """Play one episode to its end (the env's TimeLimit caps its length)."""
+                brownian_dt: float = 0.02, linear_std: float = 0.5, agent: Any = None,
+                epsilon: float = 0.0) -> RolloutShard:
+    """Play one episode to its end (the env's TimeLimit caps its length). ``agent`` and
+    ``epsilon``: the ``controller`` policy's V-M-C agent and random-action chance."""
     env_seed, rng = episode_seeds(seed, index)
     env.action_space.seed(env_seed)
-    policy = make_policy(policy_name, env.action_space, rng, brownian_dt, linear_std)
+    policy = make_policy(policy_name, env.action_space, rng, brownian_dt, linear_std,
+                         agent, epsilon)
     obs, _ = env.reset(seed=env_seed)
     frames, actions, rewards, terms, truncs = [obs], [], [], [], []
     while True:
@@ -115,11 +122,47 @@ def _worker_env(env_cfg: dict) -> gym.Env:
     return _WORKER_ENVS[key]
 
 
+_WORKER_AGENTS: dict[tuple[str, str], Any] = {}
+
+
+def controller_weights_path(run_dir: Path, weights: str) -> Path:
+    """The trained controller the ``controller`` data policy plays; a clear error if the
+    run has none yet."""
+    path = Path(run_dir) / "controller" / f"{weights}.safetensors"
+    if not path.exists():
+        raise ConfigError(f"collect.policy=controller plays {path}, which does not exist: "
+                          "train the run's controller first (train_controller.py)")
+    return path
+
+
+def _worker_agent(run_dir: str, weights: str, env: gym.Env) -> Any:
+    """The run's V-M-C agent, loaded once per worker process."""
+    key = (run_dir, weights)
+    if key not in _WORKER_AGENTS:
+        import torch
+
+        from agents.rollouts import load_agent
+
+        controller_weights_path(Path(run_dir), weights)
+        torch.set_num_threads(1)  # one frame a step: threads only contend
+        _WORKER_AGENTS[key] = load_agent(Path(run_dir), env.action_space, weights)
+    return _WORKER_AGENTS[key]
+
+
 def collect_episode(task: EpisodeTask) -> int:
     """Worker entry point: collect and atomically write one shard; returns its steps."""
     env = _worker_env(task.env)
-    shard = run_episode(env, task.policy, task.seed, task.index, task.brownian_dt, task.linear_std)
+    agent = None
+    if task.policy == "controller":
+        agent = _worker_agent(task.run_dir, task.controller_weights, env)
+    shard = run_episode(env, task.policy, task.seed, task.index, task.brownian_dt,
+                        task.linear_std, agent, task.controller_epsilon)
     shard.meta["env_id"] = task.env["id"]
+    if agent is not None:
+        path = controller_weights_path(Path(task.run_dir), task.controller_weights)
+        shard.meta["controller"] = {"weights": task.controller_weights,
+                                    "digest": file_digest(path),
+                                    "epsilon": task.controller_epsilon}
     shard.save(Path(task.out_dir) / shard_name(task.index), compress_level=task.compress_level)
     return len(shard)
 
@@ -141,6 +184,9 @@ def probe_env(cfg: ExperimentConfig) -> None:
     env = make_env_from_config(cfg.env)
     try:
         for name, _ in policy_schedule(cfg.collect.policy):
+            if name == "controller":  # its weights must exist; the agent loads in workers
+                controller_weights_path(cfg.run_dir, cfg.collect.controller_weights)
+                continue
             make_policy(name, env.action_space, np.random.default_rng(0),
                         cfg.collect.brownian_dt, cfg.collect.linear_std)
     finally:
@@ -190,7 +236,8 @@ def collect(
     c = cfg.collect
     schedule = policy_schedule(c.policy)
     tasks = [EpisodeTask(i, cfg.seed, str(out), asdict(cfg.env), policy_for(schedule, i),
-                         c.brownian_dt, c.linear_std, c.compress_level) for i in todo]
+                         c.brownian_dt, c.linear_std, c.compress_level, str(cfg.run_dir),
+                         c.controller_weights, c.controller_epsilon) for i in todo]
     start = time.perf_counter()
     steps = 0
     timeline: list[tuple[float, int]] = []

@@ -1,9 +1,12 @@
-"""Data-collection policies: uniform random, brownian, and Ha's random linear controller.
+"""Data-collection policies: uniform random, brownian, Ha's random linear controller, and
+the run's own trained V-M-C agent (for Ha's iterative training).
 
 Each policy owns its random generator so an episode is reproducible from its seed.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import cv2
 import gymnasium as gym
@@ -92,14 +95,44 @@ class LinearPolicy(DataPolicy):
         return (space.low + unit * (space.high - space.low)).astype(np.float32)
 
 
+class ControllerPolicy(DataPolicy):
+    """The run's trained V-M-C agent, with a uniform random action instead at each step
+    with probability ``epsilon`` (so that the data also shows what the agent avoids).
+
+    Ha & Schmidhuber's iterative training collects such episodes, so that M learns
+    about the states the controller reaches, including those its dream got wrong.
+    """
+
+    def __init__(self, action_space: gym.Space, rng: np.random.Generator, agent: Any,
+                 epsilon: float):
+        super().__init__(action_space, rng)
+        self.agent, self.epsilon = agent, epsilon
+        agent.reset(1)
+
+    def act(self, frame: np.ndarray) -> np.ndarray | int:
+        action = self.agent.act(frame[None])[0]  # always, to keep M's state current
+        if self.rng.random() < self.epsilon:
+            return self._uniform()
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            return int(action)
+        return np.asarray(action, dtype=np.float32)
+
+
 def make_policy(
     name: str, action_space: gym.Space, rng: np.random.Generator,
-    brownian_dt: float = 0.02, linear_std: float = 0.5,
+    brownian_dt: float = 0.02, linear_std: float = 0.5, agent: Any = None,
+    epsilon: float = 0.0,
 ) -> DataPolicy:
+    """``agent``: a :class:`agents.vmc.VMCAgent` for the ``controller`` policy."""
     if name == "random":
         return RandomPolicy(action_space, rng)
     if name == "brownian":
         return BrownianPolicy(action_space, rng, brownian_dt)
     if name == "linear":
         return LinearPolicy(action_space, rng, linear_std)
-    raise ConfigError(f"collect.policy: unknown data policy '{name}' (random, brownian, linear)")
+    if name == "controller":
+        if agent is None:
+            raise ConfigError("collect.policy=controller needs the run's trained agent")
+        return ControllerPolicy(action_space, rng, agent, epsilon)
+    raise ConfigError(f"collect.policy: unknown data policy '{name}' "
+                      "(random, brownian, linear, controller)")

@@ -17,6 +17,7 @@ import torch
 
 from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
+from worldmodels.checkpoint import load_weights
 from worldmodels.config import ExperimentConfig, load_config
 from worldmodels.controller import Controller
 from worldmodels.frmdn_training import load_memory
@@ -63,6 +64,19 @@ def build_controller(cfg: ExperimentConfig, action_space: gym.Space, h_dim: int)
     raise ValueError(f"controllers support Box and Discrete actions, not {action_space}")
 
 
+def load_agent(run_dir: Path, action_space: gym.Space, weights: str = "", device: str = "cpu",
+               cfg: ExperimentConfig | None = None) -> VMCAgent:
+    """The run's V and M with a controller for ``action_space``: the run's trained
+    ``controller/<weights>.safetensors`` (``best`` or ``mean``), or untrained for ''."""
+    cfg = cfg if cfg is not None else load_run_config(run_dir)
+    vae = load_vae(run_dir, cfg.vae.z_dim, device)
+    memory = load_memory(Path(run_dir) / "memory", device)
+    controller = build_controller(cfg, action_space, memory.lstm.hidden_size)
+    if weights:
+        load_weights(Path(run_dir) / "controller" / f"{weights}.safetensors", controller)
+    return VMCAgent(vae, memory, controller, device)
+
+
 class RolloutWorker:
     """V, M, the env and a controller template, made once per process."""
 
@@ -72,11 +86,8 @@ class RolloutWorker:
         torch.set_num_threads(1)
         self.cfg = load_run_config(run_dir, env_overrides)
         self.env = make_env_from_config(self.cfg.env)
-        vae = load_vae(run_dir, self.cfg.vae.z_dim, device)
-        memory = load_memory(Path(run_dir) / "memory", device)
-        self.controller = build_controller(self.cfg, self.env.action_space,
-                                           memory.lstm.hidden_size)
-        self.agent = VMCAgent(vae, memory, self.controller, device)
+        self.agent = load_agent(run_dir, self.env.action_space, device=device, cfg=self.cfg)
+        self.controller = self.agent.controller
 
     def play_random(self, seed: int, max_steps: int = 0) -> tuple[float, int]:
         """One episode of uniform random actions; returns (return, steps)."""

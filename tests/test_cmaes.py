@@ -142,6 +142,36 @@ def test_evaluate_plays_env_overrides_and_keeps_the_runs_own_result(tiny_run):
         load_run_config(tiny_run.run_dir, ("vae.z_dim=8",))
 
 
+def test_collect_with_the_runs_trained_controller(tiny_run):
+    from agents.collect import collect, episode_seeds
+    from agents.rollouts import load_agent
+    from envs.factory import make_env_from_config
+    from worldmodels.config import ConfigError
+    from worldmodels.shards import read_meta
+
+    c = tiny_run.collect
+    c.policy, c.episodes, c.engine, c.controller_epsilon = "random:1,controller", 3, "serial", 0
+    with pytest.raises(ConfigError, match="controller/best.safetensors"):
+        collect(tiny_run, progress=False)  # no controller trained yet: nothing written
+    assert not list((tiny_run.run_dir / "rollouts").glob("*.npz"))
+    train_cmaes(tiny_run, quadratic, progress=False)
+    collect(tiny_run, progress=False)
+    shards = sorted((tiny_run.run_dir / "rollouts").glob("ep_*.npz"))
+    metas = [read_meta(p) for p in shards]
+    assert [m["policy"] for m in metas] == ["random", "controller", "controller"]
+    assert metas[1]["controller"]["weights"] == "best" and "digest" in metas[1]["controller"]
+    # with epsilon 0 the actions are the trained agent's, step for step
+    env = make_env_from_config(tiny_run.env)
+    agent = load_agent(tiny_run.run_dir, env.action_space, "best")
+    agent.reset(1)
+    shard = read_npz(shards[1])
+    obs, _ = env.reset(seed=episode_seeds(tiny_run.seed, 1)[0])
+    for t in range(len(shard["action"])):
+        np.testing.assert_allclose(agent.act(obs[None])[0], shard["action"][t], rtol=1e-5)
+        obs = env.step(shard["action"][t])[0]
+    env.close()
+
+
 def test_latent_env_passes_sb3_checker_and_ppo_round_trips(tiny_run):
     from stable_baselines3.common.env_checker import check_env
 

@@ -57,10 +57,14 @@ class CollectConfig:
     workers: int = _opt(2, "Parallel workers (0 = one per CPU core).")
     engine: str = _opt("process", "serial | process | ray.")
     ray_address: str = _opt("", "Ray cluster address for engine=ray ('' starts a local Ray).")
-    policy: str = _opt("brownian", "Data policy: random | brownian | linear, or a schedule "
-                                   "'random:2000,linear' (episodes 0-1999 random, then linear).")
+    policy: str = _opt("brownian", "Data policy: random | brownian | linear | controller (the "
+                                   "run's trained V-M-C agent), or a schedule 'random:2000,"
+                                   "linear' (episodes 0-1999 random, then linear).")
     brownian_dt: float = _opt(0.02, "Brownian policy step: a' = clip(a + sqrt(dt) N(0, I)).")
     linear_std: float = _opt(0.5, "Linear policy: weights ~ N(0, s^2), s ~ U(0, linear_std).")
+    controller_weights: str = _opt("best", "Controller policy: the run's best | mean weights.")
+    controller_epsilon: float = _opt(0.1, "Controller policy: chance of a uniform random action "
+                                     "at each step.")
     compress_level: int = _opt(1, "zlib level of shards (0 = stored, 9 = smallest).")
 
 
@@ -314,7 +318,12 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.collect.engine in ("serial", "process", "ray"), "collect.engine",
          "must be serial, process or ray"),
         (_is_schedule(cfg.collect.policy), "collect.policy",
-         "must be random, brownian or linear, or a schedule like 'random:2000,linear'"),
+         "must be random, brownian, linear or controller, or a schedule like "
+         "'random:2000,linear'"),
+        (cfg.collect.controller_weights in ("best", "mean"), "collect.controller_weights",
+         "must be best or mean"),
+        (0.0 <= cfg.collect.controller_epsilon <= 1.0, "collect.controller_epsilon",
+         "must be in [0, 1]"),
         (cfg.seed >= 0, "seed", "must be >= 0"),
         (cfg.collect.episodes >= 0, "collect.episodes", "must be >= 0"),
         (cfg.collect.workers >= 0, "collect.workers", "must be >= 0"),
@@ -354,7 +363,7 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"config key '{key}' {why}")
 
 
-DATA_POLICIES = ("random", "brownian", "linear")
+DATA_POLICIES = ("random", "brownian", "linear", "controller")
 
 
 def policy_schedule(spec: str) -> list[tuple[str, int]]:
