@@ -122,47 +122,50 @@ def _worker_env(env_cfg: dict) -> gym.Env:
     return _WORKER_ENVS[key]
 
 
-_WORKER_AGENTS: dict[tuple[str, str], Any] = {}
+_WORKER_AGENTS: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
 
 
 def controller_weights_path(run_dir: Path, weights: str) -> Path:
     """The trained controller the ``controller`` data policy plays; a clear error if the
     run has none yet."""
-    path = Path(run_dir) / "controller" / f"{weights}.safetensors"
+    from agents.cmaes import controller_paths  # (agents.cmaes imports agents.dreams, this)
+
+    path = controller_paths(run_dir)[weights]
     if not path.exists():
         raise ConfigError(f"collect.policy=controller plays {path}, which does not exist: "
                           "train the run's controller first (train_controller.py)")
     return path
 
 
-def _worker_agent(run_dir: str, weights: str, env: gym.Env) -> Any:
-    """The run's V-M-C agent, loaded once per worker process."""
-    key = (run_dir, weights)
+def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[Any, dict[str, Any]]:
+    """The run's V-M-C agent and the shard meta naming its weights, loaded once per
+    worker process."""
+    key = (task.run_dir, task.controller_weights)
     if key not in _WORKER_AGENTS:
         import torch
 
         from agents.rollouts import load_agent
 
-        controller_weights_path(Path(run_dir), weights)
+        path = controller_weights_path(Path(task.run_dir), task.controller_weights)
         torch.set_num_threads(1)  # one frame a step: threads only contend
-        _WORKER_AGENTS[key] = load_agent(Path(run_dir), env.action_space, weights)
+        agent = load_agent(Path(task.run_dir), env.action_space, task.controller_weights)
+        meta = {"weights": task.controller_weights, "digest": file_digest(path),
+                "epsilon": task.controller_epsilon}
+        _WORKER_AGENTS[key] = (agent, meta)
     return _WORKER_AGENTS[key]
 
 
 def collect_episode(task: EpisodeTask) -> int:
     """Worker entry point: collect and atomically write one shard; returns its steps."""
     env = _worker_env(task.env)
-    agent = None
+    agent, controller_meta = None, None
     if task.policy == "controller":
-        agent = _worker_agent(task.run_dir, task.controller_weights, env)
+        agent, controller_meta = _worker_agent(task, env)
     shard = run_episode(env, task.policy, task.seed, task.index, task.brownian_dt,
                         task.linear_std, agent, task.controller_epsilon)
     shard.meta["env_id"] = task.env["id"]
-    if agent is not None:
-        path = controller_weights_path(Path(task.run_dir), task.controller_weights)
-        shard.meta["controller"] = {"weights": task.controller_weights,
-                                    "digest": file_digest(path),
-                                    "epsilon": task.controller_epsilon}
+    if controller_meta is not None:
+        shard.meta["controller"] = controller_meta
     shard.save(Path(task.out_dir) / shard_name(task.index), compress_level=task.compress_level)
     return len(shard)
 

@@ -66,7 +66,7 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
     the controller, GIFs of the first ``video_episodes``. ``weights``: the controller's
     ``best`` candidate, or CMA-ES's ``mean`` (files ``eval/controller_mean.*``).
     """
-    from agents.cmaes import ProcessEvaluator
+    from agents.cmaes import ProcessEvaluator, controller_paths
 
     if policy not in ("controller", "random", *SB3_POLICIES):
         raise ValueError(f"policy must be controller, random or one of {SB3_POLICIES}, "
@@ -80,7 +80,7 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
     params = None
     if policy == "controller":  # (the random policy needs no V, M or env in this process)
         worker = RolloutWorker(run_dir, env_overrides=tuple(env_overrides))
-        load_weights(Path(run_dir) / "controller" / f"{weights}.safetensors", worker.controller)
+        load_weights(controller_paths(run_dir)[weights], worker.controller)
         params = worker.controller.get_flat().numpy()
     out = Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,9 @@ def load_agent(run_dir: Path, action_space: gym.Space, weights: str = "", device
     memory = load_memory(Path(run_dir) / "memory", device)
     controller = build_controller(cfg, action_space, memory.lstm.hidden_size)
     if weights:
-        load_weights(Path(run_dir) / "controller" / f"{weights}.safetensors", controller)
+        from agents.cmaes import controller_paths  # (agents.cmaes imports this module)
+
+        load_weights(controller_paths(run_dir)[weights], controller)
     return VMCAgent(vae, memory, controller, device)
 
 

@@ -115,7 +115,8 @@ class DirectCarRacing(FastCarRacing):
         self._steady: dict[str, np.ndarray] = {}  # inset world polygons at steady zoom
         self._car_key: object = None
         self._car_parts: tuple = ()
-        self._text_key: tuple[str, int] | None = None
+        self._text_key: str | None = None  # the score text last shrunk
+        pygame.font.init()  # FastCarRacing._score renders the score with pygame
         self._text: tuple[np.ndarray, int, int] | None = None
 
     def _create_track(self) -> bool:
@@ -160,6 +161,10 @@ class DirectCarRacing(FastCarRacing):
         out[:, 1] = (cr.WINDOW_H * 3 / 4 - (s * x + c * y) * zoom) * ky - _ONE / 2
         return np.rint(out).astype(np.int32)
 
+    def _half_pixel(self, zoom: float) -> float:
+        """Half a canvas pixel in world units at ``zoom`` (see :meth:`_inset`)."""
+        return 0.5 / (zoom * self._k)
+
     def _inset(self, name: str, polys: np.ndarray, index: np.ndarray, zoom: float) -> np.ndarray:
         """``polys[index]`` (world float64 (N, V, 2)) inset by half a canvas pixel; at the
         steady zoom all of ``polys`` are inset once and kept under ``name``.
@@ -168,7 +173,7 @@ class DirectCarRacing(FastCarRacing):
         inset of half a pixel at their geometric mean is 0.45-0.56 canvas pixels
         whatever the view's rotation: close enough, and it never needs redoing.
         """
-        d = 0.5 / (zoom * self._k)
+        d = self._half_pixel(zoom)
         if zoom != _STEADY_ZOOM:
             return inset(polys[index], d)
         if name not in self._steady:
@@ -281,7 +286,7 @@ class DirectCarRacing(FastCarRacing):
         local, owner, (wheels, hull) = self._car_shapes()
         local = self._inset("car", local, slice(None), zoom)
         bodies = self.car.drawlist
-        d = 0.5 / (zoom * self._k)
+        d = self._half_pixel(zoom)
         w, r = cd.WHEEL_W * cd.SIZE, cd.WHEEL_R * cd.SIZE
         dx = min(d, 0.9 * w)
         stripes, stripe_owner = [], []
@@ -353,17 +358,15 @@ class DirectCarRacing(FastCarRacing):
 
     def _draw_score(self) -> None:
         """The score text, rendered by pygame once per change and area-scaled."""
-        key = (f"{self.reward:04.0f}", self.supersample)
-        if self._text_key != key:
-            pygame.font.init()
-            text = self._score()  # pygame surface, as FastCarRacing renders it
+        text = self._score()  # pygame surface, re-rendered by FastCarRacing on change
+        if self._text_key != self._score_text:
             pixels = np.transpose(pygame.surfarray.array3d(text), (1, 0, 2))
             w = max(1, round(pixels.shape[1] * self._kx))
             h = max(1, round(pixels.shape[0] * self._ky))
             small = cv2.resize(pixels, (w, h), interpolation=cv2.INTER_AREA)
             cx, cy = 60 * self._kx, (cr.WINDOW_H - cr.WINDOW_H * 2.5 / 40.0) * self._ky
             self._text = (small, int(round(cx - w / 2)), int(round(cy - h / 2)))
-            self._text_key = key
+            self._text_key = self._score_text
         assert self._text is not None
         small, x0, y0 = self._text
         height, width = self._canvas.shape[:2]
