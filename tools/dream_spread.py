@@ -1,0 +1,71 @@
+"""How random is a dream step? M's samples of z_{t+1} along real episodes, per temperature.
+
+    R=runs/VizdoomTakeCover-v1
+    python tools/dream_spread.py $R/dream5_frmdn $R/dream5_rmdn
+
+Each run's M reads the same real episodes (V's means and the actions taken, from the
+first run's ``latents/``) and, at every step, draws ``--samples`` z_{t+1} at each τ.
+Printed per run and τ, averaged over steps and latent dimensions: the samples' standard
+deviation, their mean squared error to the real next latent, and that of their mean.
+Two Ms with the same spread give CMA-ES equally noisy dreams (docs/results.md, issue 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldmodels.frmdn import FRMDN
+from worldmodels.frmdn_training import load_memory
+
+
+def spread(memory: FRMDN, mu: torch.Tensor, action: torch.Tensor, tau: float,
+           samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mu (T+1, d) and action (T,) of one episode -> per step (T,): sample std, sample
+    MSE to the real next mu, and the sample mean's MSE to it."""
+    steps = len(action)
+    with torch.no_grad():
+        h, _ = memory(mu[None, :steps], action[None])  # (1, T, hidden)
+        y = memory.sample(h.expand(samples, -1, -1), tau=tau)  # (K, T, d)
+    target = mu[1:steps + 1]
+    return (y.std(0).mean(-1), ((y - target) ** 2).mean(-1).mean(0),
+            ((y.mean(0) - target) ** 2).mean(-1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--episodes", type=int, default=80,
+                        help="the first half and the last half of the first run's latents")
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--taus", type=float, nargs="+", default=[1.0, 1.15, 1.3])
+    args = parser.parse_args()
+
+    paths = sorted((args.runs[0] / "latents").glob("ep_*.npz"))
+    if not paths:
+        raise SystemExit(f"{args.runs[0] / 'latents'}: no encoded episodes")
+    half = args.episodes // 2
+    paths = paths[:half] + paths[-(args.episodes - half):] if len(paths) > args.episodes else paths
+    episodes = []
+    for path in paths:
+        with np.load(path, allow_pickle=False) as data:
+            episodes.append((torch.from_numpy(data["mu"]).float(),
+                             torch.from_numpy(data["action"])))
+    torch.manual_seed(0)
+    print(f"{len(episodes)} episodes from {args.runs[0] / 'latents'}, "
+          f"{args.samples} samples a step")
+    print("| run | τ | sample std | sample MSE to real | sample mean's MSE |")
+    print("|---|---|---|---|---|")
+    for run in args.runs:
+        memory = load_memory(run / "memory")
+        for tau in args.taus:
+            parts = [spread(memory, mu, action, tau, args.samples) for mu, action in episodes]
+            std, mse, mean_mse = (torch.cat(p).mean().item() for p in zip(*parts, strict=True))
+            print(f"| {run.name} | {tau:.2f} | {std:.4f} | {mse:.4f} | {mean_mse:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
