@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from worldmodels.datasets import read_latents
 from worldmodels.frmdn import FRMDN
 from worldmodels.frmdn_training import load_memory
+from worldmodels.shards import list_shards
 
 
 def spread(memory: FRMDN, mu: torch.Tensor, action: torch.Tensor, tau: float,
@@ -44,16 +45,13 @@ def main() -> None:
     parser.add_argument("--taus", type=float, nargs="+", default=[1.0, 1.15, 1.3])
     args = parser.parse_args()
 
-    paths = sorted((args.runs[0] / "latents").glob("ep_*.npz"))
+    paths = list_shards(args.runs[0] / "latents")
     if not paths:
         raise SystemExit(f"{args.runs[0] / 'latents'}: no encoded episodes")
     half = args.episodes // 2
     paths = paths[:half] + paths[-(args.episodes - half):] if len(paths) > args.episodes else paths
-    episodes = []
-    for path in paths:
-        with np.load(path, allow_pickle=False) as data:
-            episodes.append((torch.from_numpy(data["mu"]).float(),
-                             torch.from_numpy(data["action"])))
+    episodes = [(torch.from_numpy(data["mu"]), torch.from_numpy(data["action"]))
+                for data in map(read_latents, paths)]
     torch.manual_seed(0)
     print(f"{len(episodes)} episodes from {args.runs[0] / 'latents'}, "
           f"{args.samples} samples a step")
