@@ -5,10 +5,12 @@ when its output already exists, then a summary (wall time and figures per stage)
     python run.py --config doom_takecover --preset quick
     python run.py --config doom_takecover --preset dream   # C trained in M's dream
 
-Stages: collect -> train V -> encode -> train M -> train C (CMA-ES, in the real env or
-in the dream: ``controller.environment``) -> evaluate C and a random policy on
-``controller.eval_episodes`` real episodes. Evaluations are kept in ``eval/`` and redone
-only when the controller's weights or the episodes change.
+Stages: collect -> train V -> encode -> train M -> check M's dream (for C trained in
+it: held actions, dream against real; ``dream.max_held_ratio`` can stop the job here)
+-> train C (CMA-ES, in the real env or in the dream: ``controller.environment``) ->
+evaluate C and a random policy on ``controller.eval_episodes`` real episodes.
+Evaluations are kept in ``eval/`` and redone only when the controller's weights or the
+episodes change.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from agents.cmaes import train_cmaes
 from agents.collect import collect, describe
+from agents.dream_check import check_run
 from agents.evaluation import evaluate
 from worldmodels.checkpoint import file_digest, read_json
 from worldmodels.config import ExperimentConfig, cli_parser, config_from_args, parse_cli
@@ -53,6 +56,7 @@ def stages() -> list[tuple[str, Callable[[ExperimentConfig], Any]]]:
         ("vae", lambda cfg: report_dict(train_vae(cfg))),
         ("encode", lambda cfg: vars(encode_rollouts(cfg))),
         ("memory", lambda cfg: memory_report(train_memory(cfg))),
+        ("dream_check", check_run),
         ("controller", lambda cfg: {**asdict(train_cmaes(cfg)),
                                     "environment": cfg.controller.environment}),
         ("evaluate", lambda cfg: evaluate_once(cfg, "controller")),
@@ -73,6 +77,13 @@ def summary_table(summary: dict[str, Any]) -> str:
             skill = s.get("holdout_done_skill", float("nan"))
             return f"held-out NLL {s['holdout_nll']:.4f} nats/dim" + (
                 "" if skill != skill else f", done skill {skill:.3f}")  # nan: no episode ended
+        if name == "dream_check":
+            if "skipped" in s:
+                return f"skipped: {s['skipped']}"
+            worst = next(r for r in s["rows"] if r["action"] == s["worst_action"])
+            return (f"held action {s['worst_action']}: {worst['dream_mean']:.0f} steps in the "
+                    f"dream vs {worst['real_mean']:.0f} real ({s['worst_ratio']:.2f}x)"
+                    + (" (cached)" if s.get("cached") else ""))
         if name == "controller":
             return (f"{s['generations']} generations, best fitness {s['best_fitness']:.1f} "
                     f"({s['environment']})")

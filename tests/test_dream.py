@@ -59,10 +59,13 @@ def write_dream_run(cfg, population: int, rollouts: int, generations: int):
     return cfg
 
 
-def memory_with_heads(reward: float, done_logit: float, use_done: bool = True) -> FRMDN:
-    """An M whose reward and done heads are constants (weights zero)."""
+def memory_with_heads(reward: float, done_logit: float, use_done: bool = True,
+                      discrete: bool = False) -> FRMDN:
+    """An M whose reward and done heads are constants (weights zero); 3 actions, a Box
+    or (``discrete``) Discrete(3)."""
     torch.manual_seed(0)
-    m = FRMDN(z_dim=Z, action_dim=3, hidden=H, mixtures=2, done_head=use_done)
+    m = FRMDN(z_dim=Z, action_dim=3, hidden=H, mixtures=2, done_head=use_done,
+              discrete_actions=discrete)
     with torch.no_grad():
         m.reward_head.weight.zero_()
         m.reward_head.bias.fill_(reward)

@@ -20,7 +20,7 @@ def test_main_job_runs_every_stage_then_skips_them(tmp_path, capsys):
     args = tiny_job_args(tmp_path, "dream")
     first = run.main(args)
     table = capsys.readouterr().out
-    for stage in ("collect", "vae", "encode", "memory", "controller", "evaluate",
+    for stage in ("collect", "vae", "encode", "memory", "dream_check", "controller", "evaluate",
                   "evaluate_random", "total"):
         assert stage in table
     assert first["controller"]["environment"] == "dream"

@@ -152,6 +152,11 @@ class DreamConfig:
     done_threshold: float = _opt(0.5, "P(done) above which a dream ends, for done=threshold.")
     max_steps: int = _opt(0, "Cap on dream length (0 = the env's cap).")
     threads: int = _opt(0, "Torch threads for the batched dream (0 = torch's default).")
+    check_episodes: int = _opt(30, "run.py, before C trains in the dream: real episodes per "
+                                   "held action for the held-action check (0 = skip it).")
+    max_held_ratio: float = _opt(0.0, "Gate: stop before CMA-ES when a held action lives "
+                                      "more than this many times longer in the dream than "
+                                      "in the real env (0 = report only).")
 
 
 @dataclass

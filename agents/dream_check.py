@@ -1,0 +1,167 @@
+"""Does the dream get the actions' effects right? Mean episode length under each held
+action and under uniform random actions, in M's dream and in the real env, and a gate
+that stops before CMA-ES trains in a dream that overrates holding an action.
+
+CMA-ES finds such a hole: in VizdoomTakeCover-v1, a dream where holding one action
+survived 2.7x longer than in the real game gave controllers that scored 580-600 in the
+dream and 320-400 in reality (docs/results.md, issue 5). For Discrete action spaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.dreams import load_dream
+from envs.factory import make_env_from_config
+from worldmodels.checkpoint import file_digest, read_json, write_json_atomic
+from worldmodels.config import ExperimentConfig
+from worldmodels.dream import Dream
+from worldmodels.errors import InputError
+from worldmodels.frmdn_training import memory_paths
+
+
+@dataclass
+class HeldActionRow:
+    """One policy's episode lengths: ``action`` held every step (None: uniform random)."""
+
+    action: int | None
+    real_mean: float
+    real_std: float
+    dream_mean: float
+    dream_std: float
+
+    @property
+    def policy(self) -> str:
+        return "uniform random" if self.action is None else f"always action {self.action}"
+
+    @property
+    def ratio(self) -> float:
+        """Dream length / real length: > 1 where the dream is kinder than reality."""
+        return self.dream_mean / max(self.real_mean, 1e-9)
+
+
+@torch.no_grad()
+def dream_lengths(dream: Dream, n_actions: int, action: int | None, dreams: int = 256,
+                  seed: int = 0) -> np.ndarray:
+    """Steps until each of ``dreams`` dreams ends, (dreams,), holding ``action`` (None:
+    uniform random actions). The dream's own generator is reseeded with ``seed``."""
+    dream.generator.manual_seed(seed)
+    z = dream.reset(dreams)
+    alive, steps = torch.arange(dreams), torch.zeros(dreams)
+    pick = torch.Generator().manual_seed(seed)
+    while len(alive):
+        a = (torch.randint(n_actions, (len(alive),), generator=pick) if action is None
+             else torch.full((len(alive),), action))
+        out = dream.step(z, a)
+        steps[alive] += 1
+        live = ~(out.done | out.truncated)
+        z, alive = out.z[live], alive[live]
+        dream.keep(live)
+    return steps.numpy()
+
+
+def real_lengths(env: gym.Env, action: int | None, episodes: int = 30,
+                 seed: int = 0) -> np.ndarray:
+    """Steps of ``episodes`` real episodes (seeds seed, seed+1, ...), (episodes,), holding
+    ``action`` (None: uniform random actions)."""
+    rng, lengths = np.random.default_rng(seed), []
+    n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
+    for episode in range(episodes):
+        env.reset(seed=seed + episode)
+        steps, ended = 0, False
+        while not ended:
+            a = int(rng.integers(n_actions)) if action is None else action
+            *_, terminated, truncated, _ = env.step(a)
+            steps, ended = steps + 1, terminated or truncated
+        lengths.append(steps)
+    return np.array(lengths)
+
+
+def held_action_check(dream: Dream, env: gym.Env, dreams: int = 256, episodes: int = 30,
+                      ) -> list[HeldActionRow]:
+    """Each action held, then uniform random, in the dream and in the real env."""
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise ValueError(f"the held-action check needs a Discrete action space, "
+                         f"not {env.action_space}")
+    n = int(env.action_space.n)
+    rows = []
+    for action in [*range(n), None]:
+        real = real_lengths(env, action, episodes)
+        dreamt = dream_lengths(dream, n, action, dreams)
+        rows.append(HeldActionRow(action, float(real.mean()), float(real.std()),
+                                  float(dreamt.mean()), float(dreamt.std())))
+    return rows
+
+
+def markdown_table(rows: list[HeldActionRow], tau: float) -> str:
+    lines = [f"| policy | real | dream (tau {tau:g}) | dream / real |", "|---|---|---|---|"]
+    lines += [f"| {r.policy} | {r.real_mean:.0f} ± {r.real_std:.0f} | "
+              f"{r.dream_mean:.0f} ± {r.dream_std:.0f} | {r.ratio:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def worst_held(rows: list[HeldActionRow]) -> HeldActionRow:
+    """The held action the dream overrates most (uniform random is not a held action)."""
+    return max((r for r in rows if r.action is not None), key=lambda r: r.ratio)
+
+
+def gate(rows: list[HeldActionRow], max_ratio: float, where: Path | str) -> None:
+    """Raise :class:`InputError` if a held action lives more than ``max_ratio`` times
+    longer in the dream than in the real env (``max_ratio`` <= 0: never)."""
+    worst = worst_held(rows)
+    if max_ratio > 0 and worst.ratio > max_ratio:
+        raise InputError(
+            f"{where}: M's dream overrates holding action {worst.action}: "
+            f"{worst.dream_mean:.0f} steps in the dream against {worst.real_mean:.0f} "
+            f"real ({worst.ratio:.2f}x > dream.max_held_ratio={max_ratio:g}). CMA-ES "
+            f"would likely exploit it. Collect episodes with the trained controller "
+            f"(collect.policy=controller) and retrain M, or raise dream.max_held_ratio "
+            f"(0 turns the gate off).")
+
+
+def summary(rows: list[HeldActionRow], tau: float) -> dict[str, Any]:
+    worst = worst_held(rows)
+    return {"temperature": tau, "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
+            "worst_action": worst.action, "worst_ratio": worst.ratio}
+
+
+def check_run(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The main job's stage before C trains in the dream: the held-action check of the
+    run's M at ``dream.temperature`` on ``dream.check_episodes`` real episodes per
+    policy (0: skipped), kept in ``eval/dream_check.json`` and redone only when M or the
+    settings change; then the ``dream.max_held_ratio`` gate."""
+    if cfg.controller.environment != "dream":
+        return {"skipped": "C trains in the real env"}
+    if cfg.dream.check_episodes <= 0:
+        return {"skipped": "dream.check_episodes=0"}
+    dreams = 256
+    key = {"memory": file_digest(memory_paths(cfg.run_dir / "memory")["model"]),
+           "temperature": cfg.dream.temperature, "episodes": cfg.dream.check_episodes,
+           "dreams": dreams}
+    out = cfg.run_dir / "eval" / "dream_check.json"
+    cached = read_json(out, {})
+    if cached.get("key") == key:
+        rows = [HeldActionRow(**{k: r[k] for k in ("action", "real_mean", "real_std",
+                                                    "dream_mean", "dream_std")})
+                for r in cached["rows"]]
+        result = {**cached, "cached": True}
+    else:
+        dream, _, space = load_dream(cfg.run_dir, cfg)
+        if not isinstance(space, gym.spaces.Discrete):
+            return {"skipped": f"not a Discrete action space ({space})"}
+        env = make_env_from_config(cfg.env)
+        try:
+            rows = held_action_check(dream, env, dreams, cfg.dream.check_episodes)
+        finally:
+            env.close()
+        result = {"key": key, **summary(rows, cfg.dream.temperature)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, result)
+    gate(rows, cfg.dream.max_held_ratio, cfg.run_dir / "memory")
+    return result

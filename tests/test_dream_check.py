@@ -1,0 +1,85 @@
+"""The held-action check: dream lengths, real lengths, their ratio and the gate."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from agents.dream_check import (
+    HeldActionRow,
+    check_run,
+    dream_lengths,
+    gate,
+    held_action_check,
+    markdown_table,
+    real_lengths,
+    worst_held,
+)
+from tests.test_dream import Z, memory_with_heads
+from worldmodels.dream import Dream
+from worldmodels.errors import InputError
+
+
+class HoldToDie(gym.Env):
+    """Three actions; the episode ends once action k has been taken 5 (k + 1) times."""
+
+    observation_space = gym.spaces.Box(0, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.counts = [0, 0, 0]
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.counts[action] += 1
+        ended = self.counts[action] >= 5 * (action + 1)
+        return np.zeros(1, np.float32), 0.0, ended, False, {}
+
+
+def constant_done_dream(p: float) -> Dream:
+    """Every step ends a dream with probability p, whatever the action: mean 1 / p."""
+    return Dream(memory_with_heads(1.0, math.log(p / (1 - p)), discrete=True), torch.zeros(2, Z),
+                 torch.zeros(2, Z), max_steps=10_000)
+
+
+def test_real_lengths_count_the_steps_of_each_held_action():
+    env = HoldToDie()
+    for action in range(3):
+        assert (real_lengths(env, action, episodes=4) == 5 * (action + 1)).all()
+    random = real_lengths(env, None, episodes=50)
+    assert random.min() >= 5 and random.max() <= 5 + 9 + 14  # the last of 28 steps ends it
+
+
+def test_dream_lengths_follow_the_done_head_and_are_reproducible():
+    dream = constant_done_dream(0.1)
+    steps = dream_lengths(dream, 3, action=1, dreams=3000, seed=0)
+    assert abs(steps.mean() - 10.0) < 0.6  # geometric, p = 0.1: std of the mean 0.17
+    np.testing.assert_array_equal(steps, dream_lengths(dream, 3, action=1, dreams=3000))
+
+
+def test_ratios_find_the_overrated_action_and_the_gate_stops_on_it(tmp_path):
+    rows = held_action_check(constant_done_dream(0.1), HoldToDie(), dreams=2000, episodes=3)
+    assert [r.action for r in rows] == [0, 1, 2, None]
+    assert [r.real_mean for r in rows[:3]] == [5.0, 10.0, 15.0]
+    worst = worst_held(rows)
+    assert worst.action == 0 and worst.ratio == pytest.approx(2.0, rel=0.1)
+    with pytest.raises(InputError, match=r"holding action 0.*max_held_ratio=1.5") as err:
+        gate(rows, 1.5, tmp_path / "memory")
+    assert str(tmp_path / "memory") in str(err.value)
+    gate(rows, 2.5, tmp_path)  # passes
+    gate(rows, 0.0, tmp_path)  # off
+    assert "| always action 0 | 5 ± 0 |" in markdown_table(rows, 1.15)
+
+
+def test_uniform_random_is_not_a_held_action():
+    rows = [HeldActionRow(0, 100, 1, 110, 1), HeldActionRow(None, 100, 1, 500, 1)]
+    assert worst_held(rows).action == 0
+
+
+def test_main_job_check_is_skipped_where_it_does_not_apply(tiny_cfg):
+    assert "real env" in check_run(tiny_cfg)["skipped"]
+    tiny_cfg.controller.environment, tiny_cfg.dream.check_episodes = "dream", 0
+    assert "check_episodes=0" in check_run(tiny_cfg)["skipped"]
