@@ -142,8 +142,9 @@ def check_run(cfg: ExperimentConfig) -> dict[str, Any]:
         return {"skipped": "dream.check_episodes=0"}
     dreams = 256
     key = {"memory": file_digest(memory_paths(cfg.run_dir / "memory")["model"]),
-           "temperature": cfg.dream.temperature, "episodes": cfg.dream.check_episodes,
-           "dreams": dreams}
+           "temperature": cfg.dream.temperature, "done": cfg.dream.done,
+           "done_threshold": cfg.dream.done_threshold, "max_steps": cfg.dream.max_steps,
+           "episodes": cfg.dream.check_episodes, "dreams": dreams}
     out = cfg.run_dir / "eval" / "dream_check.json"
     cached = read_json(out, {})
     if cached.get("key") == key:
