@@ -1,0 +1,78 @@
+"""Does M recognise death in real episodes? M's done head, teacher forced along real
+episodes of each held action and of uniform random actions.
+
+    python tools/done_along_real.py runs/VizdoomTakeCover-v1/dream4L_frmdn
+
+For each policy it plays ``--episodes`` real episodes (seeds 0, 1, ...), encodes their
+frames with V and runs M along V's means and the actions taken. Printed: the real
+length; the length M's per-step P(done) implies up to the real end, E[min(L, T)] when
+done is sampled as in a dream; and P(done) at the real last step. If these match the
+real episodes while the dream still overrates a held action
+(``tools/dream_action_check.py``), the fault is in the dream's free-running latents,
+not in the done head (docs/results.md, issue 5). For Discrete action spaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.rollouts import load_run_config
+from envs.factory import make_env_from_config
+from worldmodels.checkpoint import read_header
+from worldmodels.frmdn import done_probability
+from worldmodels.frmdn_training import load_memory, memory_paths
+from worldmodels.vae import to_float_frames
+from worldmodels.vae_training import load_vae
+
+
+def implied_length(p_done: np.ndarray) -> float:
+    """E[min(L, T)] for L the first step where a done sampled with per-step
+    probability p_done (T,) fires: sum over t < T of P(no done in steps 1..t)."""
+    survive = np.cumprod(1.0 - p_done)
+    return float(1.0 + survive[:-1].sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--episodes", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = load_run_config(args.run)
+    vae, memory = load_vae(args.run), load_memory(args.run / "memory")
+    meta = read_header(memory_paths(args.run / "memory")["model"]).get("meta", {})
+    pos_weight = float(meta.get("done_pos_weight", cfg.memory.done_pos_weight))
+    env = make_env_from_config(cfg.env)
+    n = int(env.action_space.n)
+    print("| policy | real | implied by M's P(done) | P(done) at the real last step |\n"
+          "|---|---|---|---|")
+    for action in [*range(n), None]:
+        rng = np.random.default_rng(0)
+        real, implied, last = [], [], []
+        for episode in range(args.episodes):
+            obs, _ = env.reset(seed=episode)
+            frames, actions, ended = [obs], [], False
+            while not ended:
+                a = int(rng.integers(n)) if action is None else action
+                obs, _, terminated, truncated, _ = env.step(a)
+                frames.append(obs)
+                actions.append(a)
+                ended = terminated or truncated
+            with torch.no_grad():  # frames 0..T-1 and actions 0..T-1 -> P(done) at steps 1..T
+                mu, _ = vae.encode(to_float_frames(torch.as_tensor(np.stack(frames[:-1]))))
+                h, _ = memory(mu[None], torch.as_tensor(actions)[None])
+                p = done_probability(memory.done_logit(h[0]), pos_weight).numpy()
+            real.append(len(actions))
+            implied.append(implied_length(p))
+            last.append(p[-1])
+        name = "uniform random" if action is None else f"always action {action}"
+        print(f"| {name} | {np.mean(real):.0f} ± {np.std(real):.0f} | "
+              f"{np.mean(implied):.0f} ± {np.std(implied):.0f} | {np.mean(last):.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
