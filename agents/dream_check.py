@@ -9,6 +9,7 @@ dream and 320-400 in reality (docs/results.md, issue 5). For Discrete action spa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,21 +67,33 @@ def dream_lengths(dream: Dream, n_actions: int, action: int | None, dreams: int 
     return steps.numpy()
 
 
+def held_action_episodes(env: gym.Env, action: int | None, episodes: int = 30,
+                         seed: int = 0, frames: bool = False,
+                         ) -> Iterator[tuple[list[np.ndarray], list[int]]]:
+    """Real episodes (seeds seed, seed+1, ...) holding ``action`` (None: uniform random
+    actions from one generator seeded ``seed``): per episode, its observations 0..T if
+    ``frames`` (else an empty list) and its T actions."""
+    rng = np.random.default_rng(seed)
+    n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        observed, actions, ended = [obs] if frames else [], [], False
+        while not ended:
+            a = int(rng.integers(n_actions)) if action is None else action
+            obs, _, terminated, truncated, _ = env.step(a)
+            if frames:
+                observed.append(obs)
+            actions.append(a)
+            ended = terminated or truncated
+        yield observed, actions
+
+
 def real_lengths(env: gym.Env, action: int | None, episodes: int = 30,
                  seed: int = 0) -> np.ndarray:
     """Steps of ``episodes`` real episodes (seeds seed, seed+1, ...), (episodes,), holding
     ``action`` (None: uniform random actions)."""
-    rng, lengths = np.random.default_rng(seed), []
-    n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
-    for episode in range(episodes):
-        env.reset(seed=seed + episode)
-        steps, ended = 0, False
-        while not ended:
-            a = int(rng.integers(n_actions)) if action is None else action
-            *_, terminated, truncated, _ = env.step(a)
-            steps, ended = steps + 1, terminated or truncated
-        lengths.append(steps)
-    return np.array(lengths)
+    return np.array([len(actions) for _, actions in
+                     held_action_episodes(env, action, episodes, seed)])
 
 
 def held_action_check(dream: Dream, env: gym.Env, dreams: int = 256, episodes: int = 30,

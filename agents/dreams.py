@@ -35,6 +35,13 @@ def run_action_space(path: Path) -> gym.Space:
     return action_space_from_meta(info)
 
 
+def done_pos_weight(memory_dir: Path, cfg: ExperimentConfig) -> float:
+    """The weight M's done head was trained with (kept in its checkpoint's meta; older
+    checkpoints: ``memory.done_pos_weight``), which its P(done) must take off again."""
+    meta = read_header(memory_paths(Path(memory_dir))["model"]).get("meta", {})
+    return float(meta.get("done_pos_weight", cfg.memory.done_pos_weight))
+
+
 def load_dream(run_dir: Path, cfg: ExperimentConfig | None = None,
                temperature: float | None = None, seed: int = 0,
                ) -> tuple[Dream, Controller, gym.Space]:
@@ -48,13 +55,12 @@ def load_dream(run_dir: Path, cfg: ExperimentConfig | None = None,
     action_space = run_action_space(train[0])
     directory = Path(run_dir) / "memory"
     memory = load_memory(directory)
-    meta = read_header(memory_paths(directory)["model"]).get("meta", {})
     mu0, logvar0 = start_latents(train)
     dream = Dream(
         memory, mu0, logvar0,
         temperature=cfg.dream.temperature if temperature is None else temperature,
         done_mode=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
-        done_pos_weight=float(meta.get("done_pos_weight", cfg.memory.done_pos_weight)),
+        done_pos_weight=done_pos_weight(directory, cfg),
         max_steps=dream_cap(cfg), generator=torch.Generator().manual_seed(seed),
     )
     return dream, build_controller(cfg, action_space, memory.lstm.hidden_size), action_space

@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 import worldmodels.controller  # noqa: F401  (registers the Controller checkpoint kind)
+from agents.rollouts import load_run_config
 from worldmodels.checkpoint import file_digest, load_model, save_model
+from worldmodels.config import save_config
 from worldmodels.errors import InputError, run_cli
 from worldmodels.frmdn_training import memory_paths
 
@@ -35,9 +37,9 @@ def average(out: Path, members: list[Path]) -> None:
     for d in ("latents", "vae", "memory"):
         if not (out / d).exists():
             shutil.copytree(members[0] / d, out / d, copy_function=os.link)
-    text = (members[0] / "config.yaml").read_text()
-    (out / "config.yaml").write_text(text.replace(f"name: {members[0].name}\n",
-                                                  f"name: {out.name}\n", 1))
+    cfg = load_run_config(members[0])
+    cfg.name = out.name
+    save_config(cfg, out / "config.yaml")
     for weights in ("mean", "best"):
         models = [load_model(m / "controller" / f"{weights}.safetensors") for m in members]
         flats = torch.stack([m.get_flat() for m in models])

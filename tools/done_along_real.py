@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.dream_check import held_action_episodes
+from agents.dreams import done_pos_weight
 from agents.rollouts import load_run_config
 from envs.factory import make_env_from_config
-from worldmodels.checkpoint import read_header
 from worldmodels.frmdn import done_probability
-from worldmodels.frmdn_training import load_memory, memory_paths
+from worldmodels.frmdn_training import load_memory
 from worldmodels.vae import to_float_frames
 from worldmodels.vae_training import load_vae
 
@@ -44,24 +45,14 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load_run_config(args.run)
     vae, memory = load_vae(args.run), load_memory(args.run / "memory")
-    meta = read_header(memory_paths(args.run / "memory")["model"]).get("meta", {})
-    pos_weight = float(meta.get("done_pos_weight", cfg.memory.done_pos_weight))
+    pos_weight = done_pos_weight(args.run / "memory", cfg)
     env = make_env_from_config(cfg.env)
     n = int(env.action_space.n)
     print("| policy | real | implied by M's P(done) | P(done) at the real last step |\n"
           "|---|---|---|---|")
     for action in [*range(n), None]:
-        rng = np.random.default_rng(0)
         real, implied, last = [], [], []
-        for episode in range(args.episodes):
-            obs, _ = env.reset(seed=episode)
-            frames, actions, ended = [obs], [], False
-            while not ended:
-                a = int(rng.integers(n)) if action is None else action
-                obs, _, terminated, truncated, _ = env.step(a)
-                frames.append(obs)
-                actions.append(a)
-                ended = terminated or truncated
+        for frames, actions in held_action_episodes(env, action, args.episodes, frames=True):
             with torch.no_grad():  # frames 0..T-1 and actions 0..T-1 -> P(done) at steps 1..T
                 mu, _ = vae.encode(to_float_frames(torch.as_tensor(np.stack(frames[:-1]))))
                 h, _ = memory(mu[None], torch.as_tensor(actions)[None])

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from worldmodels.datasets import read_latents
+from worldmodels.errors import InputError, run_cli
 from worldmodels.frmdn import FRMDN
 from worldmodels.frmdn_training import load_memory
 from worldmodels.shards import list_shards
@@ -36,18 +37,18 @@ def spread(memory: FRMDN, mu: torch.Tensor, action: torch.Tensor, tau: float,
             ((y.mean(0) - target) ** 2).mean(-1))
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--episodes", type=int, default=80,
                         help="the first half and the last half of the first run's latents")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--taus", type=float, nargs="+", default=[1.0, 1.15, 1.3])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     paths = list_shards(args.runs[0] / "latents")
     if not paths:
-        raise SystemExit(f"{args.runs[0] / 'latents'}: no encoded episodes")
+        raise InputError(f"{args.runs[0] / 'latents'}: no encoded episodes (run encode.py)")
     half = args.episodes // 2
     paths = paths[:half] + paths[-(args.episodes - half):] if len(paths) > args.episodes else paths
     episodes = [(torch.from_numpy(data["mu"]), torch.from_numpy(data["action"]))
@@ -66,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
