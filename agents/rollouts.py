@@ -18,7 +18,7 @@ import torch
 from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
 from worldmodels.checkpoint import load_weights
-from worldmodels.config import ExperimentConfig, load_config
+from worldmodels.config import ConfigError, ExperimentConfig, load_config
 from worldmodels.controller import Controller
 from worldmodels.frmdn_training import load_memory
 from worldmodels.vae_training import load_vae
@@ -39,21 +39,33 @@ class RolloutTask:
     env_overrides: tuple[str, ...] = ()  # "env.key=value" applied to the run's config
 
 
-def load_run_config(run_dir: Path, env_overrides: tuple[str, ...] = ()) -> ExperimentConfig:
+def load_run_config(run_dir: Path, env_overrides: tuple[str, ...] = (),
+                    sections: tuple[str, ...] = ("env",)) -> ExperimentConfig:
     """The resolved config saved at the root of a run directory (checked like any other),
     with ``env_overrides`` (``env.<key>=<value>``: play the agent in another variant of
-    its env, e.g. ``env.direct_render=false``) applied."""
+    its env, e.g. ``env.direct_render=false``) applied. ``sections`` names the config
+    sections such overrides may change (a diagnostic may allow ``dream``, say); the
+    trained stages' own sections are fixed by their outputs."""
     for item in env_overrides:
-        if not item.startswith("env."):
-            raise ValueError(f"only env.* keys can be changed for a trained run, not '{item}'")
+        if item.split(".", 1)[0] not in sections or "." not in item.split("=", 1)[0]:
+            allowed = ", ".join(f"{s}.*" for s in sections)
+            raise ConfigError(f"only {allowed} keys can be changed for a trained run, "
+                             f"not '{item}'")
     return load_config(str(Path(run_dir) / "config.yaml"), [], list(env_overrides))
 
 
 def build_controller(cfg: ExperimentConfig, action_space: gym.Space, h_dim: int) -> Controller:
     c = cfg.controller
     if isinstance(action_space, gym.spaces.Discrete):
-        return Controller(cfg.vae.z_dim, h_dim, int(action_space.n), discrete=True,
-                          hidden=c.hidden, use_cell=c.use_cell)
+        n = int(action_space.n)
+        order = None
+        if c.discrete_head == "ordinal":
+            order = list(c.action_order) or list(range(n))
+            if sorted(order) != list(range(n)):
+                raise ConfigError(f"config key 'controller.action_order' must list each of "
+                                  f"the {n} actions 0..{n - 1} once, got {order}")
+        return Controller(cfg.vae.z_dim, h_dim, n, discrete=True, hidden=c.hidden,
+                          use_cell=c.use_cell, order=order)
     if isinstance(action_space, gym.spaces.Box):
         if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
             raise ValueError(f"the controller squashes actions into bounds; {action_space} "

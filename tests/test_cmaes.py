@@ -140,6 +140,11 @@ def test_evaluate_plays_env_overrides_and_keeps_the_runs_own_result(tiny_run):
     assert isinstance(worker.env.unwrapped, DirectCarRacing)
     with pytest.raises(ValueError, match="only env"):
         load_run_config(tiny_run.run_dir, ("vae.z_dim=8",))
+    # a diagnostic may allow the dream's settings, and still not V's
+    cfg = load_run_config(tiny_run.run_dir, ("dream.done=threshold",), sections=("dream",))
+    assert cfg.dream.done == "threshold"
+    with pytest.raises(ValueError, match="only dream"):
+        load_run_config(tiny_run.run_dir, ("vae.z_dim=8",), sections=("dream",))
 
 
 def test_collect_with_the_runs_trained_controller(tiny_run):

@@ -33,6 +33,46 @@ def test_discrete_actions_take_argmax_and_cell_is_read():
         c(z, h)
 
 
+def test_ordinal_head_cuts_one_tanh_output_into_ordered_bins(tmp_path):
+    torch.manual_seed(0)
+    c = Controller(4, 8, 3, discrete=True, use_cell=True, order=[2, 0, 1])
+    assert c.num_parameters() == (4 + 16) + 1  # one output, as the paper's Doom C
+    c.set_flat(torch.randn(c.num_parameters()))
+    z, h, cell = torch.randn(400, 4), torch.randn(400, 8), torch.randn(400, 8)
+    y = torch.tanh(c.logits(z, h, cell)[:, 0])
+    a = c(z, h, cell)
+    # left of -1/3 plays order[0], right of 1/3 order[2], between them order[1]
+    assert torch.equal(a[y < -1 / 3], torch.full_like(a[y < -1 / 3], 2))
+    assert torch.equal(a[y > 1 / 3], torch.ones_like(a[y > 1 / 3]))
+    middle = (y > -1 / 3 + 1e-6) & (y < 1 / 3 - 1e-6)
+    assert middle.any() and (a[middle] == 0).all()
+    # the batched path (CMA-ES in the dream) agrees with forward, row by row
+    params = torch.stack([c.get_flat(), -c.get_flat()])
+    rows = torch.tensor([0, 1]).repeat(200)
+    batched = c.batched(params[rows], z, h, cell)
+    assert torch.equal(batched[rows == 0], a[rows == 0])
+    # and the head survives a checkpoint
+    save_model(tmp_path / "c.safetensors", c)
+    assert torch.equal(load_model(tmp_path / "c.safetensors")(z, h, cell), a)
+    with pytest.raises(ValueError, match="each of 0..2 once"):
+        Controller(4, 8, 3, discrete=True, order=[0, 0, 1])
+
+
+def test_ordinal_head_from_config_names_a_bad_order():
+    from agents.rollouts import build_controller
+    from worldmodels.config import ConfigError, load_config
+
+    space = gym.spaces.Discrete(3)
+    cfg = load_config("doom_takecover", [], ["controller.discrete_head=ordinal"])
+    assert build_controller(cfg, space, 8).order.tolist() == [0, 1, 2]
+    cfg = load_config("doom_takecover", [], ["controller.discrete_head=ordinal",
+                                             "controller.action_order=[2, 0, 3]"])
+    with pytest.raises(ConfigError, match="controller.action_order"):
+        build_controller(cfg, space, 8)
+    with pytest.raises(ConfigError, match="controller.discrete_head"):
+        load_config("doom_takecover", [], ["controller.discrete_head=softmax"])
+
+
 def test_flat_round_trip_and_checkpoint():
     c = Controller(4, 8, 2, low=[-2, -2], high=[2, 2], hidden=5)
     v = torch.arange(c.num_parameters(), dtype=torch.float32) / 100

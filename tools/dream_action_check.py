@@ -2,6 +2,10 @@
 action and under uniform random actions, in M's dream and in the real env.
 
     python tools/dream_action_check.py runs/VizdoomTakeCover-v1/dream2_frmdn 1.15
+    python tools/dream_action_check.py runs/VizdoomTakeCover-v1/dream4L_frmdn 1.15 \
+        dream.done=threshold dream.done_threshold=0.0909   # another rule for ending a dream
+
+``dream.*`` overrides change how the dream is stepped, not the trained V or M.
 
 For Discrete action spaces. A dream whose ranking of the fixed actions disagrees with
 the real env's, or that lets a held action live much longer than reality does, will
@@ -11,7 +15,7 @@ check before C trains in the dream (``agents/dream_check.py``).
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import torch
@@ -20,15 +24,21 @@ from agents.dream_check import held_action_check, markdown_table
 from agents.dreams import load_dream
 from agents.rollouts import load_run_config
 from envs.factory import make_env_from_config
+from worldmodels.errors import run_cli
 
 
-def main() -> None:
-    run, tau = Path(sys.argv[1]), float(sys.argv[2])
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("temperature", type=float)
+    parser.add_argument("overrides", nargs="*", help="dream.<key>=<value>")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    dream, _, _ = load_dream(run, temperature=tau, seed=0)
-    env = make_env_from_config(load_run_config(run).env)
-    print(markdown_table(held_action_check(dream, env), tau))
+    cfg = load_run_config(args.run, tuple(args.overrides), sections=("dream",))
+    dream, _, _ = load_dream(args.run, cfg, temperature=args.temperature, seed=0)
+    env = make_env_from_config(cfg.env)
+    print(markdown_table(held_action_check(dream, env), args.temperature))
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -128,6 +128,11 @@ class ControllerConfig:
                                     "evaluation is always in the real env).")
     hidden: int = _opt(0, "Hidden units of C (0 = linear, as in the paper).")
     use_cell: bool = _opt(False, "Feed M's cell state too: [z, c, h] (the paper's Doom setup).")
+    discrete_head: str = _opt("argmax", "Discrete actions: argmax (one logit per action) | "
+                                        "ordinal (one tanh output cut into equal bins of "
+                                        "[-1, 1], as the paper's Doom controller).")
+    action_order: list = _opt([], "Ordinal head: the action of each bin from -1 to 1 "
+                                  "(empty: 0..n-1). TakeCover: [2, 0, 1], left-stay-right.")
     population: int = _opt(64, "CMA-ES population size.")
     rollouts: int = _opt(16, "Episodes per candidate; fitness is their mean return.")
     sigma0: float = _opt(0.1, "CMA-ES initial step size.")
@@ -357,6 +362,11 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.memory.done_pos_weight > 0, "memory.done_pos_weight", "must be > 0"),
         (cfg.controller.environment in ("real", "dream"), "controller.environment",
          "must be real or dream"),
+        (cfg.controller.discrete_head in ("argmax", "ordinal"), "controller.discrete_head",
+         "must be argmax or ordinal"),
+        (all(isinstance(a, int) and not isinstance(a, bool) and a >= 0
+             for a in cfg.controller.action_order), "controller.action_order",
+         "must be a list of action indices"),
         (cfg.dream.temperature > 0, "dream.temperature", "must be > 0"),
         (cfg.dream.done in ("sample", "threshold"), "dream.done", "must be sample or threshold"),
         (0 < cfg.dream.done_threshold < 1, "dream.done_threshold", "must be in (0, 1)"),

@@ -1,8 +1,12 @@
 """C: the controller, a = squash(W [z, h] + b), with an optional hidden layer.
 
-Box actions are squashed into their bounds (low + (tanh + 1) / 2 * (high - low));
-Discrete actions take the argmax of the logits. It has about a thousand parameters and
-is trained as one flat vector (CMA-ES), so it offers ``get_flat`` / ``set_flat``.
+Box actions are squashed into their bounds (low + (tanh + 1) / 2 * (high - low)).
+Discrete(n) actions take the argmax of n logits, or, with the ordinal head, one output
+y = tanh(W [z, h] + b) is cut into n equal bins of [-1, 1] and bin k plays action
+``order[k]``. That is the paper's Doom controller: one number, left below -1/3, right
+above 1/3, stay between, so "no move" is the middle of a line rather than one of three
+unrelated choices. C has about a thousand parameters and is trained as one flat vector
+(CMA-ES), so it offers ``get_flat`` / ``set_flat``.
 """
 
 from __future__ import annotations
@@ -45,17 +49,26 @@ class Controller(nn.Module):
         high: list[float] | None = None,
         hidden: int = 0,
         use_cell: bool = False,
+        order: list[int] | None = None,
     ):
         super().__init__()
         self._config = dict(z_dim=z_dim, h_dim=h_dim, action_dim=action_dim, discrete=discrete,
                             low=low, high=high, hidden=hidden, use_cell=use_cell)
         self.discrete, self.use_cell = discrete, use_cell
+        self.ordinal = order is not None
+        if self.ordinal:
+            if not discrete or sorted(order) != list(range(action_dim)):
+                raise ValueError(f"the ordinal head needs Discrete actions and an order that "
+                                 f"lists each of 0..{action_dim - 1} once, got {order}")
+            self._config["order"] = list(order)
+            self.register_buffer("order", torch.tensor(order, dtype=torch.int64))
         features = feature_size(z_dim, h_dim, use_cell)
+        outputs = 1 if self.ordinal else action_dim
         if hidden:
             self.net: nn.Module = nn.Sequential(nn.Linear(features, hidden), nn.Tanh(),
-                                                nn.Linear(hidden, action_dim))
+                                                nn.Linear(hidden, outputs))
         else:
-            self.net = nn.Linear(features, action_dim)
+            self.net = nn.Linear(features, outputs)
         if not discrete:
             if low is None or high is None or len(low) != action_dim or len(high) != action_dim:
                 raise ValueError(f"Box actions need low and high of length {action_dim}")
@@ -69,7 +82,14 @@ class Controller(nn.Module):
         return self.net(controller_features(z, h, c, self.use_cell))
 
     def forward(self, z: Tensor, h: Tensor, c: Tensor | None = None) -> Tensor:
-        out = self.logits(z, h, c)
+        return self._act(self.logits(z, h, c))
+
+    def _act(self, out: Tensor) -> Tensor:
+        """The net's outputs (B, A), or (B, 1) for the ordinal head -> actions."""
+        if self.ordinal:
+            n = len(self.order)
+            y = torch.tanh(out[..., 0])
+            return self.order[((y + 1) / 2 * n).long().clamp(0, n - 1)]
         if self.discrete:
             return out.argmax(dim=-1)
         return self.low + (torch.tanh(out) + 1) / 2 * (self.high - self.low)
@@ -95,9 +115,7 @@ class Controller(nn.Module):
                 x = torch.baddbmm(b.unsqueeze(-1), w, x.unsqueeze(-1)).squeeze(-1)
             else:
                 x = layer(x)
-        if self.discrete:
-            return x.argmax(dim=-1)
-        return self.low + (torch.tanh(x) + 1) / 2 * (self.high - self.low)
+        return self._act(x)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
