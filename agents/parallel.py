@@ -53,7 +53,10 @@ class TaskPool:
     ``engine``: ``serial`` (in this process), ``process`` (spawned processes; ``workers``
     0 = one per core) or ``ray`` (needs the ``ray`` extra; ``ray_address`` '' starts a
     local Ray). The first failing task stops the batch and raises :class:`TaskError`
-    naming it; results already yielded stay valid.
+    naming it; results already yielded stay valid. A batch given up before its end (a
+    failed task, Ctrl-C, SIGTERM through :func:`worldmodels.errors.run_cli`, a caller that
+    stops reading) stops the worker processes still running its tasks at once; the next
+    batch starts new ones.
     """
 
     def __init__(self, engine: str = "process", workers: int = 0, ray_address: str = ""):
@@ -93,8 +96,7 @@ class TaskPool:
                     task = pending.pop(future)
                     yield task, future.result()
         except BaseException:
-            for future in pending:
-                future.cancel()
+            self._stop_workers()  # their tasks' results are no longer wanted
             raise
 
     def _run_ray(self, fn: Callable[[Any], T], tasks: Sequence[Any]):
@@ -106,11 +108,31 @@ class TaskPool:
         if self._ray is None:
             self._ray = ray.remote(_call)  # Ray reuses its worker processes between calls
         refs = {self._ray.remote(fn, task): task for task in tasks}
-        while refs:
-            done, _ = ray.wait(list(refs), num_returns=1)
-            for ref in done:
-                task = refs.pop(ref)
-                yield task, ray.get(ref)
+        try:
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1)
+                for ref in done:
+                    task = refs.pop(ref)
+                    yield task, ray.get(ref)
+        except BaseException:
+            for ref in refs:  # a given-up batch: stop its tasks (force: mid-task)
+                ray.cancel(ref, force=True)
+            raise
+
+    def _stop_workers(self) -> None:
+        """Terminate the worker processes now, mid-task (``ProcessPoolExecutor``'s own
+        shutdown waits for running tasks, e.g. a whole episode)."""
+        if self._pool is None:
+            return
+        # the executor's process table (terminate_workers() only exists from Python 3.14)
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in processes:
+            proc.join(timeout=10)
+        self._pool = None
 
     def close(self) -> None:
         if self._pool is not None:

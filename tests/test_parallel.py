@@ -1,4 +1,9 @@
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +22,70 @@ def fails_on_three(task: int) -> int:
     if task == 3:
         raise ValueError("three is bad")
     return task
+
+
+def report_and_sleep(path: str) -> None:
+    """Write this worker's pid to ``path``, then sleep far longer than any test waits."""
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+_SLEEPING_ENTRY_POINT = """
+import sys
+from agents.parallel import TaskPool
+from tests.test_parallel import report_and_sleep
+from worldmodels.errors import run_cli
+
+def main(argv):
+    with TaskPool("process", workers=2) as pool:
+        list(pool.run(report_and_sleep, [argv[0] + "/a", argv[0] + "/b"]))
+
+run_cli(main)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_sigterm_stops_the_entry_point_and_its_workers_mid_task(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", _SLEEPING_ENTRY_POINT, str(tmp_path)],
+                            cwd=root, stderr=subprocess.PIPE, text=True)
+    try:
+        pid_files = [tmp_path / "a", tmp_path / "b"]
+        assert _wait_for(lambda: all(f.exists() and f.read_text() for f in pid_files), 60)
+        workers = [int(f.read_text()) for f in pid_files]
+        assert all(_alive(pid) for pid in workers)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    # one line and 128 + 15, not a traceback or death by the signal (-15)
+    assert proc.returncode == 143, stderr
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    # the workers were 2 minutes from the end of their tasks: they were stopped, not awaited
+    assert _wait_for(lambda: not any(_alive(pid) for pid in workers), 10)
+
+
+def test_a_pool_runs_new_batches_after_one_was_given_up():
+    with TaskPool("process", workers=2) as pool:
+        with pytest.raises(TaskError):
+            list(pool.run(fails_on_three, [1, 2, 3, 4]))
+        assert sorted(result for _, result in pool.run(fails_on_three, [5, 6])) == [5, 6]
 
 
 def test_pool_keeps_its_workers_between_batches():

@@ -1,9 +1,11 @@
 """Errors caused by the user's input (a config key, a file, a missing package), as opposed
 to bugs. Entry points print these as one line and exit with status 2; anything else
-keeps its traceback."""
+keeps its traceback. A stop (Ctrl-C, or SIGTERM from ``kill`` or a job scheduler) is one
+line too, exit status 128 + the signal's number."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -13,10 +15,37 @@ class InputError(Exception):
     """Bad input: the message names the file or key and says what to do."""
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same cleanup runs:
+    open files are left whole (every write is atomic) and worker processes are stopped
+    (see :class:`agents.parallel.TaskPool`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
 def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> None:
-    """Run an entry point; an :class:`InputError` becomes ``error: <message>``, exit 2."""
+    """Run an entry point; an :class:`InputError` becomes ``error: <message>``, exit 2.
+
+    SIGTERM stops it as Ctrl-C does; either prints one line and exits with 128 + the
+    signal's number (SIGINT 130, SIGTERM 143), keeping what was written.
+    """
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         main(sys.argv[1:] if argv is None else argv)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
+        print(f"stopped by {signal.Signals(signum).name}: files already written are kept; "
+              "the same command resumes a training stage from its last checkpoint",
+              file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
