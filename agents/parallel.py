@@ -7,11 +7,14 @@ top-level functions (they are sent to other processes by reference).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
 from typing import Any, TypeVar
 
 from envs.factory import MissingPackageError
@@ -35,6 +38,25 @@ def _call(fn: Callable[..., T], task: Any) -> T:
         raise
     except BaseException as err:  # a bug: keep the worker's traceback in the message
         raise TaskError(f"task {task!r} failed:\n{traceback.format_exc()}") from err
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living process below ``pid``: children, their children, ... (read from
+    Linux's /proc; elsewhere an empty list)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while we read
+            continue
+        ppid = int(text[text.rfind(")") + 2:].split()[1])  # (the name may hold spaces)
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
 def ray_module() -> Any:
@@ -129,6 +151,12 @@ class TaskPool:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for proc in processes:
             if proc.is_alive():
+                # a worker's own children go first and for good: a VizDoom game ignores
+                # SIGTERM, and, holding the worker's inherited pipes, would keep the
+                # executor (and so this process's exit) waiting for the worker forever
+                for pid in descendants(proc.pid):
+                    with contextlib.suppress(ProcessLookupError):  # (ended meanwhile)
+                        os.kill(pid, signal.SIGKILL)
                 proc.terminate()
         for proc in processes:
             proc.join(timeout=10)

@@ -24,9 +24,15 @@ def fails_on_three(task: int) -> int:
     return task
 
 
+_STUBBORN_CHILD = ("import signal, time; "
+                   "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)")
+
+
 def report_and_sleep(path: str) -> None:
-    """Write this worker's pid to ``path``, then sleep far longer than any test waits."""
-    Path(path).write_text(str(os.getpid()))
+    """Start a child that, like a VizDoom game, ignores SIGTERM and inherits this worker's
+    file descriptors; write both pids to ``path``; sleep far longer than any test waits."""
+    child = subprocess.Popen([sys.executable, "-c", _STUBBORN_CHILD], close_fds=False)
+    Path(path).write_text(f"{os.getpid()} {child.pid}")
     time.sleep(120)
 
 
@@ -68,7 +74,7 @@ def test_sigterm_stops_the_entry_point_and_its_workers_mid_task(tmp_path):
     try:
         pid_files = [tmp_path / "a", tmp_path / "b"]
         assert _wait_for(lambda: all(f.exists() and f.read_text() for f in pid_files), 60)
-        workers = [int(f.read_text()) for f in pid_files]
+        workers = [int(pid) for f in pid_files for pid in f.read_text().split()]
         assert all(_alive(pid) for pid in workers)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
@@ -77,7 +83,8 @@ def test_sigterm_stops_the_entry_point_and_its_workers_mid_task(tmp_path):
     # one line and 128 + 15, not a traceback or death by the signal (-15)
     assert proc.returncode == 143, stderr
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
-    # the workers were 2 minutes from the end of their tasks: they were stopped, not awaited
+    # the workers were 2 minutes from the end of their tasks: they were stopped, not
+    # awaited, and so were the children they started
     assert _wait_for(lambda: not any(_alive(pid) for pid in workers), 10)
 
 
