@@ -40,8 +40,8 @@ def _call(fn: Callable[..., T], task: Any) -> T:
         raise TaskError(f"task {task!r} failed:\n{traceback.format_exc()}") from err
 
 
-def descendants(pid: int) -> list[int]:
-    """Every living process below ``pid``: children, their children, ... (read from
+def descendants(pids: Sequence[int]) -> list[int]:
+    """Every living process below ``pids``: children, their children, ... (one read of
     Linux's /proc; elsewhere an empty list)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -51,7 +51,7 @@ def descendants(pid: int) -> list[int]:
             continue
         ppid = int(text[text.rfind(")") + 2:].split()[1])  # (the name may hold spaces)
         children.setdefault(ppid, []).append(int(stat.parent.name))
-    found, stack = [], [pid]
+    found, stack = [], list(pids)
     while stack:
         for child in children.get(stack.pop(), []):
             found.append(child)
@@ -149,15 +149,15 @@ class TaskPool:
         # the executor's process table (terminate_workers() only exists from Python 3.14)
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for proc in processes:
-            if proc.is_alive():
-                # a worker's own children go first and for good: a VizDoom game ignores
-                # SIGTERM, and, holding the worker's inherited pipes, would keep the
-                # executor (and so this process's exit) waiting for the worker forever
-                for pid in descendants(proc.pid):
-                    with contextlib.suppress(ProcessLookupError):  # (ended meanwhile)
-                        os.kill(pid, signal.SIGKILL)
-                proc.terminate()
+        alive = [proc for proc in processes if proc.is_alive()]
+        # the workers' own children go first and for good: a VizDoom game ignores SIGTERM,
+        # and, holding its worker's inherited pipes, would keep the executor (and so this
+        # process's exit) waiting for that worker forever
+        for pid in descendants([proc.pid for proc in alive]):
+            with contextlib.suppress(ProcessLookupError):  # (ended meanwhile)
+                os.kill(pid, signal.SIGKILL)
+        for proc in alive:
+            proc.terminate()
         for proc in processes:
             proc.join(timeout=10)
         self._pool = None

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,7 +38,6 @@ def report_and_sleep(path: str) -> None:
 
 
 _SLEEPING_ENTRY_POINT = """
-import sys
 from agents.parallel import TaskPool
 from tests.test_parallel import report_and_sleep
 from worldmodels.errors import run_cli
@@ -69,8 +69,9 @@ def _wait_for(condition, seconds: float) -> bool:
 
 def test_sigterm_stops_the_entry_point_and_its_workers_mid_task(tmp_path):
     root = Path(__file__).resolve().parents[1]
+    # a session of its own, so that a failing run is cleaned up whole (workers included)
     proc = subprocess.Popen([sys.executable, "-c", _SLEEPING_ENTRY_POINT, str(tmp_path)],
-                            cwd=root, stderr=subprocess.PIPE, text=True)
+                            cwd=root, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         pid_files = [tmp_path / "a", tmp_path / "b"]
         assert _wait_for(lambda: all(f.exists() and f.read_text() for f in pid_files), 60)
@@ -79,7 +80,8 @@ def test_sigterm_stops_the_entry_point_and_its_workers_mid_task(tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
     finally:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     # one line and 128 + 15, not a traceback or death by the signal (-15)
     assert proc.returncode == 143, stderr
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
