@@ -6,16 +6,15 @@
 from __future__ import annotations
 
 from agents.collect import collect
-from worldmodels.config import cli_parser, config_from_args, parse_cli
+from worldmodels.config import cli_parser, parse_cli
 from worldmodels.errors import run_cli
-from worldmodels.run_dir import prepare_run_dir
+from worldmodels.run_dir import run_from_args
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = config_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
-    run_dir = prepare_run_dir(cfg)
-    report = collect(cfg)
-    print(f"{run_dir / 'rollouts'}: {report.episodes_total} episodes "
+    cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
+    report = collect(cfg, run)
+    print(f"{run.rollouts}: {report.episodes_total} episodes "
           f"({report.episodes_new} new, {report.steps_new} steps, "
           f"{report.steps_per_second:.0f} steps/s)")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from worldmodels.config import cli_parser, config_from_args, parse_cli
+from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.memory_compare import VARIANTS, compare, write_results
-from worldmodels.run_dir import prepare_run_dir
+from worldmodels.run_dir import run_from_args
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -21,11 +21,14 @@ def main(argv: list[str] | None = None) -> str:
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1", help="comma-separated model seeds")
     args: argparse.Namespace = parse_cli(parser, argv)
-    cfg = config_from_args(args)
-    run_dir = prepare_run_dir(cfg)
-    rows = compare(cfg, [v for v in args.variants.split(",") if v],
-                   [int(s) for s in args.seeds.split(",") if s])
-    text = write_results(run_dir, rows)
+    cfg, run = run_from_args(args)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, not '{args.seeds}'") \
+            from None
+    rows = compare(cfg, run, [v for v in args.variants.split(",") if v], seeds)
+    text = write_results(run, rows)
     print(text)
     return text
 

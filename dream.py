@@ -1,35 +1,44 @@
 """Watch a dream: a GIF of M's dream rollout decoded by V, beside the real env driven by
 the same actions from the same start (top: dream, bottom: real).
 
-    python dream.py --config doom_takecover --preset dream
+    python dream.py --run runs/VizdoomTakeCover-v1/dream
     python dream.py --config doom_takecover --preset dream --policy random --seed 3
-    python dream.py --preset quick --dream-only dream.temperature=1.3
+    python dream.py --preset quick --dream-only dream.temperature=1.3 dream.done=threshold
 
-Writes ``<run>/dreams/<policy>_seed<S>_tau<T>.gif`` and prints both episodes' steps
-and returns.
+Writes ``<run>/dreams/<policy>_seed<S>_tau<T>.gif`` (or the same under ``--out``) and
+prints both episodes' steps and returns. ``dream.*`` and ``env.*`` overrides apply.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from agents.dreams import record_dream
-from worldmodels.config import cli_parser, config_from_args, parse_cli
+from agents.dreams import DREAM_POLICIES, record_dream
+from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
+from worldmodels.run_dir import run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = cli_parser(__doc__.splitlines()[0])
-    parser.add_argument("--policy", default="controller", help="controller | random")
+    parser.add_argument("--policy", choices=DREAM_POLICIES, default="controller")
     parser.add_argument("--seed", type=int, default=0, help="real env seed (and dream noise)")
     parser.add_argument("--steps", type=int, default=0, help="cap (0: the dream's cap)")
     parser.add_argument("--dream-only", action="store_true", help="no real env beside it")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write the GIF here instead of the run's dreams/")
     args = parse_cli(parser, argv)
-    cfg = config_from_args(args)
+    if args.steps < 0:
+        raise ConfigError(f"--steps must be >= 0, got {args.steps}")
+    if not 0 <= args.seed < 2**31:
+        raise ConfigError(f"--seed must be in [0, 2**31), got {args.seed}")
+    cfg, run = run_from_args(args, trained=True)
     tau = cfg.dream.temperature
-    out = cfg.run_dir / "dreams" / f"{args.policy}_seed{args.seed}_tau{tau:g}.gif"
-    result = record_dream(cfg.run_dir, out, args.policy, args.seed, args.steps,
-                          beside_real=not args.dream_only, temperature=tau)
+    out = (Path(args.out) if args.out else run.dreams_dir) \
+        / f"{args.policy}_seed{args.seed}_tau{tau:g}.gif"
+    result = record_dream(run, out, cfg, args.policy, args.seed, args.steps,
+                          beside_real=not args.dream_only)
     print(json.dumps(result, indent=2))
     return result
 

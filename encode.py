@@ -5,17 +5,16 @@
 
 from __future__ import annotations
 
-from worldmodels.config import cli_parser, config_from_args, parse_cli
+from worldmodels.config import cli_parser, parse_cli
 from worldmodels.encoding import encode_rollouts
 from worldmodels.errors import run_cli
-from worldmodels.run_dir import prepare_run_dir
+from worldmodels.run_dir import run_from_args
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = config_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
-    run_dir = prepare_run_dir(cfg)
-    report = encode_rollouts(cfg)
-    print(f"{run_dir / 'latents'}: {report.episodes} episodes, {report.encoded} encoded now "
+    cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
+    report = encode_rollouts(cfg, run)
+    print(f"{run.latents}: {report.episodes} episodes, {report.encoded} encoded now "
           f"({report.frames} frames in {report.seconds:.1f}s)")
 
 

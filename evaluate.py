@@ -1,27 +1,33 @@
-"""Evaluate the run's controller (or a random policy) in the real env.
+"""Evaluate a trained run's controller (or a random or SB3 policy) in the real env.
 
+    python evaluate.py --run runs/CarRacing-v3/quick --episodes 100
     python evaluate.py --config carracing --preset quick --episodes 100 --policy random
     python evaluate.py --config carracing --preset quick --episodes 100 --video 1
     python evaluate.py --config doom_takecover --preset dream --in-dream   # virtual score
-    python evaluate.py --config carracing name=direct env.direct_render=false  # another renderer
+    python evaluate.py --run DIR env.direct_render=false    # another variant of its env
+    python evaluate.py --run DIR --out /tmp/eval             # results outside the run
 
-Writes <run>/eval/<policy>.csv (one row per episode) and <policy>.json (mean, std, ...).
+Writes <run>/eval/<policy>.csv (one row per episode) and <policy>.json (mean, std, ...),
+or the same under --out. A trained run's own config is used; overrides may change only
+env.*, dream.* and how to run (seed, controller.engine, controller.workers, ...).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from agents.evaluation import evaluate
-from worldmodels.config import cli_parser, config_from_args, parse_cli
+from agents.dreams import dream_score
+from agents.evaluation import EVAL_POLICIES, evaluate
+from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
+from worldmodels.run_dir import run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = cli_parser(__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--policy", choices=["controller", "random", "ppo", "a2c", "sac", "td3"],
-                        default="controller",
+    parser.add_argument("--policy", choices=EVAL_POLICIES, default="controller",
                         help="the CMA-ES controller, uniform random actions, or an SB3 policy "
                              "trained by train_controller.py --algo")
     parser.add_argument("--weights", choices=["best", "mean"], default="best",
@@ -31,21 +37,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--in-dream", action="store_true",
                         help="score the controller inside M's dream at dream.temperature "
                              "(the virtual score) instead of the real env")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write results here instead of the run's eval/")
     args = parse_cli(parser, argv)
-    cfg = config_from_args(args)
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.video < 0:
+        raise ConfigError(f"--video must be >= 0, got {args.video}")
+    cfg, run = run_from_args(args, trained=True)
+    out = Path(args.out) if args.out else None
     if args.in_dream:
-        from agents.dreams import dream_score
-
-        summary = dream_score(cfg.run_dir, args.weights, args.episodes,
-                              cfg.dream.temperature, cfg.seed)
+        summary = dream_score(run, cfg, args.weights, args.episodes, cfg.seed, out)
         print(json.dumps(summary, indent=2))
         return summary
-    # env.* overrides change the env the trained agent plays (its own config is kept)
-    env_overrides = tuple(o for o in args.overrides if o.startswith("env."))
-    summary = evaluate(cfg.run_dir, args.episodes, args.policy, cfg.seed, args.video,
-                       engine=cfg.controller.engine, workers=cfg.controller.workers,
-                       ray_address=cfg.controller.ray_address, weights=args.weights,
-                       env_overrides=env_overrides)
+    # overrides of the trained run's config that reach its workers (env.*, dream.*)
+    overrides = tuple(o for o in args.overrides if o.split(".", 1)[0] in ("env", "dream"))
+    c = cfg.controller
+    summary = evaluate(run, args.episodes, args.policy, cfg.seed, args.video,
+                       engine=c.engine, workers=c.workers, ray_address=c.ray_address,
+                       weights=args.weights, overrides=overrides, out_dir=out,
+                       sb3_environment=c.environment)
     print(json.dumps(summary, indent=2))
     print(f"mean return {summary['mean']:.1f} ± {summary['std']:.1f} "
           f"over {summary['episodes']} episodes")

@@ -6,6 +6,7 @@
     python train_controller.py --algo ppo controller.sb3_timesteps=20000
     python train_controller.py --config doom_takecover --preset dream   # C in M's dream
     python train_controller.py controller.environment=dream dream.temperature=1.15
+    python train_controller.py --run pretrained/takecover controller.generations=200
 
 A CMA-ES rerun resumes from controller/cmaes_history.npz.
 """
@@ -16,9 +17,10 @@ import json
 from dataclasses import asdict
 
 from agents.cmaes import train_cmaes
-from worldmodels.config import cli_parser, config_from_args, parse_cli
+from agents.sb3 import train_sb3
+from worldmodels.config import cli_parser, parse_cli
 from worldmodels.errors import run_cli
-from worldmodels.run_dir import prepare_run_dir
+from worldmodels.run_dir import run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -28,16 +30,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_cli(parser, argv)
     if args.algo:
         args.overrides = [*args.overrides, f"controller.algo={args.algo}"]
-    cfg = config_from_args(args)
-    run_dir = prepare_run_dir(cfg)
+    cfg, run = run_from_args(args)
     if cfg.controller.algo == "cmaes":
-        summary = asdict(train_cmaes(cfg))
-        print(f"best controller: {run_dir / 'controller' / 'best.safetensors'}")
+        summary = asdict(train_cmaes(cfg, run))
+        print(f"best controller: {run.controller.best}")
     else:
-        from agents.sb3 import train_sb3
-
-        _, summary = train_sb3(run_dir, cfg.controller.algo, cfg.controller.sb3_timesteps,
-                               cfg.seed, environment=cfg.controller.environment)
+        _, summary = train_sb3(run, cfg)
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import json
 
-from worldmodels.config import cli_parser, config_from_args, parse_cli
+from worldmodels.config import cli_parser, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.frmdn_training import report_dict, train_memory
-from worldmodels.run_dir import prepare_run_dir
+from worldmodels.run_dir import run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = config_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
-    run_dir = prepare_run_dir(cfg)
-    summary = report_dict(train_memory(cfg))
+    cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
+    summary = report_dict(train_memory(cfg, run))
     print(json.dumps(summary, indent=2))
-    print(f"weights: {run_dir / 'memory' / 'model.safetensors'}")
+    print(f"weights: {run.memory.model}")
     return summary
 
 

@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import json
 
-from worldmodels.config import cli_parser, config_from_args, parse_cli
+from worldmodels.config import cli_parser, parse_cli
 from worldmodels.errors import run_cli
-from worldmodels.run_dir import prepare_run_dir
-from worldmodels.vae_training import report_dict, train_vae, vae_paths
+from worldmodels.run_dir import run_from_args
+from worldmodels.vae_training import report_dict, train_vae
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = config_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
-    run_dir = prepare_run_dir(cfg)
-    report = train_vae(cfg)
+    cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
+    report = train_vae(cfg, run)
     summary = report_dict(report)
     print(json.dumps(summary, indent=2))
-    print(f"weights: {vae_paths(run_dir)['model']}  grid: {vae_paths(run_dir)['grid']}")
+    print(f"weights: {run.vae.model}  grid: {run.vae.grid}")
     return summary
 
 

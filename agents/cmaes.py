@@ -7,7 +7,8 @@ then continues. CMA-ES draws from NumPy's global RNG; the strategy gets a privat
 of that state, swapped in around each ``ask``, so nothing else in the process can
 perturb a replay.
 
-Files under ``<run>/controller/``: ``cmaes_history.npz``, ``best.safetensors`` (+ .json;
+Files under ``<run>/controller/`` (:class:`worldmodels.run_dir.ControllerFiles`):
+``cmaes_history.npz``, ``best.safetensors`` (+ .json;
 the best mean fitness so far), ``mean.safetensors`` (the search distribution's mean after
 the last generation), ``generations.json`` (per-generation best / mean / worst
 and the periodic evaluations), ``fitness.png`` (the curve).
@@ -28,12 +29,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from agents.dreams import DreamEvaluator
 from agents.parallel import TaskPool
-from agents.rollouts import RolloutTask, RolloutWorker, play_task
-from worldmodels.checkpoint import read_json, save_model, write_json_atomic
-from worldmodels.config import ExperimentConfig
+from agents.rollouts import RolloutTask, describe_returns, play_task
+from worldmodels.checkpoint import load_weights, read_json, save_model, write_json_atomic
+from worldmodels.config import ConfigError, ExperimentConfig
+from worldmodels.controller import Controller
+from worldmodels.monitoring import summary_writer
 from worldmodels.pictures import plot_curves
-from worldmodels.run_dir import summary_writer
+from worldmodels.run_dir import RunDir
 from worldmodels.shards import read_npz, write_npz_atomic
 
 with warnings.catch_warnings():
@@ -54,12 +58,12 @@ class ProcessEvaluator:
     """Plays every (candidate, seed) episode on the chosen engine; V and M load once per
     worker process (serial: once in this process)."""
 
-    def __init__(self, run_dir: Path, engine: str = "process", workers: int = 0,
+    def __init__(self, run: RunDir, engine: str = "process", workers: int = 0,
                  ray_address: str = "", max_steps: int = 0, stall_steps: int = 0,
-                 env_overrides: tuple[str, ...] = ()):
-        self.run_dir, self.engine, self.workers = str(run_dir), engine, workers
+                 overrides: tuple[str, ...] = ()):
+        self.run_dir, self.engine, self.workers = str(run.path), engine, workers
         self.ray_address, self.max_steps, self.stall_steps = ray_address, max_steps, stall_steps
-        self.env_overrides = tuple(env_overrides)  # see agents.rollouts.load_run_config
+        self.overrides = tuple(overrides)  # env.* / dream.*: see RunDir.load_config
         self.pool = TaskPool(engine, workers, ray_address)  # kept: workers load V, M once
 
     def close(self) -> None:
@@ -77,7 +81,7 @@ class ProcessEvaluator:
         """
         caps = (0, 0) if whole_episodes else (self.max_steps, self.stall_steps)
         tasks = [RolloutTask(self.run_dir, i, None if x is None else tuple(map(float, x)),
-                             int(s), *caps, j, self.env_overrides)
+                             int(s), *caps, j, self.overrides)
                  for i, x in enumerate(candidates) for j, s in enumerate(seeds)]
         returns = np.zeros((len(candidates), len(seeds)))
         steps = np.zeros((len(candidates), len(seeds)), dtype=int)
@@ -136,41 +140,38 @@ class CMAESReport:
     seconds: float
 
 
-def controller_paths(run_dir: Path) -> dict[str, Path]:
-    d = Path(run_dir) / "controller"
-    return {"dir": d, "history": d / "cmaes_history.npz", "best": d / "best.safetensors",
-            "mean": d / "mean.safetensors",
-            "log": d / "generations.json"}
-
-
-def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
-                progress: bool = True) -> CMAESReport:
-    """Run (or resume) CMA-ES up to ``controller.generations`` generations."""
+def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
+                evaluator: Evaluator | None = None, progress: bool = True) -> CMAESReport:
+    """Run (or resume) CMA-ES up to ``controller.generations`` generations; the run is
+    ``cfg``'s default directory unless given."""
+    run = run or RunDir.for_config(cfg)
     c = cfg.controller
-    files = controller_paths(cfg.run_dir)
-    files["dir"].mkdir(parents=True, exist_ok=True)
-    template = RolloutWorker(cfg.run_dir)  # the controller's shape, and evaluation episodes
-    controller = template.controller
+    files = run.controller
+    controller = run.new_controller(cfg, run.action_space(), run.load_memory())
     in_dream = c.environment == "dream"
-    if evaluator is None:
-        evaluator = make_evaluator(cfg)
-    # periodic evaluations are real episodes, also when C trains in the dream
-    real_evaluator = evaluator if isinstance(evaluator, ProcessEvaluator) else None
     torch.manual_seed(cfg.seed)
     x0 = np.zeros(controller.num_parameters())
     es = CMAES(x0, c.sigma0, c.population, cfg.seed)
     settings = {"dim": len(x0), "population": c.population, "rollouts": c.rollouts,
                 "sigma0": c.sigma0, "seed": cfg.seed, "max_episode_steps": c.max_episode_steps,
                 "stall_steps": c.stall_steps, "cma": cma.__version__}
-    if in_dream:  # (real-env histories keep the keys they were written with)
-        settings.update(environment="dream", temperature=cfg.dream.temperature,
+    settings["environment"] = c.environment
+    if in_dream:
+        settings.update(temperature=cfg.dream.temperature,
                         done=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
                         dream_max_steps=cfg.dream.max_steps)
-    history = read_history(files["history"], settings, c.population)
+    run.load_vae(cfg.vae.z_dim)  # V fits the config
+    history = read_history(files.history, settings, c.population)
+    run.write_config(cfg)  # inputs accepted
+    files.dir.mkdir(parents=True, exist_ok=True)
+    if evaluator is None:
+        evaluator = make_evaluator(cfg, run)
+    # periodic evaluations are real episodes, also when C trains in the dream
+    real_evaluator = evaluator if isinstance(evaluator, ProcessEvaluator) else None
     es.replay(history)
-    log: list[dict[str, Any]] = read_json(files["log"], [])[: len(history)]
+    log: list[dict[str, Any]] = read_json(files.log, [])[: len(history)]
     best = float(history.max()) if len(history) else -np.inf
-    writer = summary_writer(cfg.run_dir / "tensorboard" / "controller")
+    writer = summary_writer(run.tensorboard("controller"))
     started = time.perf_counter()
     last_eval = next((g["eval"] for g in reversed(log) if "eval" in g), None)
     bar = tqdm(range(len(history), c.generations), initial=len(history), total=c.generations,
@@ -185,17 +186,16 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
         if fitness.max() > best:
             best = float(fitness.max())
             controller.set_flat(torch.as_tensor(candidates[int(fitness.argmax())]))
-            save_model(files["best"], controller,
+            save_model(files.best, controller,
                        meta={"generation": gen + 1, "fitness": best, "rollouts": c.rollouts})
         # the search distribution's mean: on noisy fitness (stochastic dreams, a few
         # rollouts) often a better controller than the luckiest candidate
         controller.set_flat(torch.as_tensor(es.mean()))
-        save_model(files["mean"], controller, meta={"generation": gen + 1})
+        save_model(files.mean, controller, meta={"generation": gen + 1})
         if c.eval_every and (gen + 1) % c.eval_every == 0:
             if real_evaluator is None:
-                real_evaluator = ProcessEvaluator(cfg.run_dir, c.engine, c.workers,
-                                                  c.ray_address)
-            last_eval = evaluate_best(template, files["best"], c.eval_episodes,
+                real_evaluator = ProcessEvaluator(run, c.engine, c.workers, c.ray_address)
+            last_eval = evaluate_best(controller, files.best, c.eval_episodes,
                                       cfg.seed + 10_000 + gen, real_evaluator)
             entry["eval"] = last_eval
             writer.add_scalar("c/eval_mean", last_eval["mean"], gen + 1)
@@ -204,11 +204,11 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
         log.append(entry)
         # best weights, then the log, then the history that a resume replays: a kill
         # between them only makes the rerun redo this generation (same seeds, same values)
-        write_json_atomic(files["log"], log)
-        plot_fitness(log, files["dir"] / "fitness.png",
+        write_json_atomic(files.log, log)
+        plot_fitness(log, files.fitness_plot,
                      "CMA-ES fitness in the dream (evaluations: real env)" if in_dream
                      else "CMA-ES fitness")
-        write_npz_atomic(files["history"], {"fitness": np.stack(es.history),
+        write_npz_atomic(files.history, {"fitness": np.stack(es.history),
                                             "settings": np.array(json.dumps(settings))},
                          compress_level=0)
         bar.set_postfix(best=f"{entry['best']:.1f}", mean=f"{entry['mean']:.1f}")
@@ -222,15 +222,13 @@ def train_cmaes(cfg: ExperimentConfig, evaluator: Evaluator | None = None,
     return CMAESReport(len(es.history), best, last_eval, time.perf_counter() - started)
 
 
-def make_evaluator(cfg: ExperimentConfig) -> Evaluator:
+def make_evaluator(cfg: ExperimentConfig, run: RunDir) -> Evaluator:
     """Fitness in the real env (``controller.environment=real``: worker processes, Ray)
     or in M's batched dream (``dream``: this process)."""
     c = cfg.controller
     if c.environment == "dream":
-        from agents.dreams import DreamEvaluator
-
-        return DreamEvaluator(cfg.run_dir, cfg)
-    return ProcessEvaluator(cfg.run_dir, c.engine, c.workers, c.ray_address,
+        return DreamEvaluator(run, cfg)
+    return ProcessEvaluator(run, c.engine, c.workers, c.ray_address,
                             c.max_episode_steps, c.stall_steps)
 
 
@@ -257,21 +255,18 @@ def read_history(path: Path, settings: dict[str, Any], population: int) -> np.nd
     changed = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
                if saved.get(k) != settings.get(k)}
     if changed:
-        raise ValueError(f"{path}: made with other CMA-ES settings "
+        raise ConfigError(f"{path}: made with other CMA-ES settings "
                          + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
                          + "; use a new run name or delete the controller directory")
     return data["fitness"]
 
 
-def evaluate_best(template: RolloutWorker, weights: Path, episodes: int, seed: int,
+def evaluate_best(controller: Controller, weights: Path, episodes: int, seed: int,
                   evaluator: ProcessEvaluator) -> dict[str, Any]:
     """Mean and spread over ``episodes`` fresh, whole real episodes of the controller at
-    ``weights``, played by the evaluator's workers."""
-    from agents.rollouts import describe_returns
-    from worldmodels.checkpoint import load_weights
-
-    load_weights(weights, template.controller)
-    params = template.controller.get_flat().numpy()
+    ``weights`` (loaded into ``controller``), played by the evaluator's workers."""
+    load_weights(weights, controller)
+    params = controller.get_flat().numpy()
     seeds = [int(s) for s in
              np.random.default_rng([seed, 104729]).integers(0, 2**31 - 1, size=episodes)]
     return describe_returns(evaluator.returns([params], seeds, whole_episodes=True)[0][0])

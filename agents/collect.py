@@ -15,16 +15,20 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from agents.parallel import run_tasks
 from agents.policies import make_policy
+from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
 from worldmodels.checkpoint import file_digest
 from worldmodels.config import ConfigError, EnvConfig, ExperimentConfig, policy_schedule
+from worldmodels.run_dir import RunDir
 from worldmodels.shards import (
     RolloutShard,
     ShardError,
+    describe_action_space,
     list_shards,
     read_meta,
     remove_partial_files,
@@ -90,27 +94,6 @@ def run_episode(env: gym.Env, policy_name: str, seed: int, index: int,
     )
 
 
-def describe_action_space(space: gym.Space) -> dict[str, Any]:
-    """JSON-able action space: ``{"type": "discrete", "n": 3}`` or ``{"type": "box", ...}``."""
-    if isinstance(space, gym.spaces.Discrete):
-        return {"type": "discrete", "n": int(space.n), "start": int(space.start)}
-    if isinstance(space, gym.spaces.Box):
-        return {"type": "box", "shape": list(space.shape), "low": space.low.tolist(),
-                "high": space.high.tolist()}
-    raise ValueError(f"unsupported action space {space}")
-
-
-def action_space_from_meta(info: dict[str, Any]) -> gym.Space:
-    """The inverse of :func:`describe_action_space`."""
-    if info.get("type") == "discrete":
-        return gym.spaces.Discrete(int(info["n"]), start=int(info.get("start", 0)))
-    if info.get("type") == "box":
-        return gym.spaces.Box(np.array(info["low"], np.float32),
-                              np.array(info["high"], np.float32), tuple(info["shape"]),
-                              np.float32)
-    raise ValueError(f"unsupported action space description {info}")
-
-
 _WORKER_ENVS: dict[str, gym.Env] = {}
 
 
@@ -125,30 +108,26 @@ def _worker_env(env_cfg: dict) -> gym.Env:
 _WORKER_AGENTS: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
 
 
-def controller_weights_path(run_dir: Path, weights: str) -> Path:
+def controller_weights_path(run: RunDir, weights: str) -> Path:
     """The trained controller the ``controller`` data policy plays; a clear error if the
     run has none yet."""
-    from agents.cmaes import controller_paths  # (agents.cmaes imports agents.dreams, this)
-
-    path = controller_paths(run_dir)[weights]
+    path = run.controller.weights(weights)
     if not path.exists():
         raise ConfigError(f"collect.policy=controller plays {path}, which does not exist: "
                           "train the run's controller first (train_controller.py)")
     return path
 
 
-def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[Any, dict[str, Any]]:
+def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[VMCAgent, dict[str, Any]]:
     """The run's V-M-C agent and the shard meta naming its weights, loaded once per
     worker process."""
     key = (task.run_dir, task.controller_weights)
     if key not in _WORKER_AGENTS:
-        import torch
-
-        from agents.rollouts import load_agent
-
-        path = controller_weights_path(Path(task.run_dir), task.controller_weights)
+        run = RunDir(task.run_dir)
+        path = controller_weights_path(run, task.controller_weights)
         torch.set_num_threads(1)  # one frame a step: threads only contend
-        agent = load_agent(Path(task.run_dir), env.action_space, task.controller_weights)
+        agent = VMCAgent.from_run(run, run.load_config(), env.action_space,
+                                  task.controller_weights)
         meta = {"weights": task.controller_weights, "digest": file_digest(path),
                 "epsilon": task.controller_epsilon}
         _WORKER_AGENTS[key] = (agent, meta)
@@ -181,14 +160,14 @@ def policy_for(segments: list[tuple[str, int]], index: int) -> str:
     return segments[-1][0]
 
 
-def probe_env(cfg: ExperimentConfig) -> None:
+def probe_env(cfg: ExperimentConfig, run: RunDir) -> None:
     """Make the env and the data policies once here, so a bad env id, a missing package
     or a policy that does not fit the action space fails before any worker starts."""
     env = make_env_from_config(cfg.env)
     try:
         for name, _ in policy_schedule(cfg.collect.policy):
             if name == "controller":  # its weights must exist; the agent loads in workers
-                controller_weights_path(cfg.run_dir, cfg.collect.controller_weights)
+                controller_weights_path(run, cfg.collect.controller_weights)
                 continue
             make_policy(name, env.action_space, np.random.default_rng(0),
                         cfg.collect.brownian_dt, cfg.collect.linear_std)
@@ -224,22 +203,26 @@ class CollectReport:
         return self.steps_new / self.seconds if self.seconds > 0 else 0.0
 
 
-def collect(
-    cfg: ExperimentConfig, out_dir: Path | None = None, progress: bool = True
-) -> CollectReport:
-    """Collect shards until ``out_dir`` holds ``cfg.collect.episodes`` of them."""
-    probe_env(cfg)
-    out = Path(out_dir) if out_dir is not None else cfg.run_dir / "rollouts"
-    out.mkdir(parents=True, exist_ok=True)
-    remove_partial_files(out)
+def collect(cfg: ExperimentConfig, run: RunDir | None = None, out_dir: Path | None = None,
+            progress: bool = True) -> CollectReport:
+    """Collect shards until the run's ``rollouts/`` (or ``out_dir``) holds
+    ``cfg.collect.episodes`` of them; the run is ``cfg``'s default directory unless
+    given."""
+    run = run or RunDir.for_config(cfg)
+    probe_env(cfg, run)
+    out = Path(out_dir) if out_dir is not None else run.rollouts
     existing = list_shards(out)
     check_compatible(existing, cfg)
+    if out_dir is None:
+        run.write_config(cfg)  # inputs accepted
+    out.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(out)
     have = {shard_index(p) for p in existing}
     todo = [i for i in range(cfg.collect.episodes) if i not in have]
     c = cfg.collect
     schedule = policy_schedule(c.policy)
     tasks = [EpisodeTask(i, cfg.seed, str(out), asdict(cfg.env), policy_for(schedule, i),
-                         c.brownian_dt, c.linear_std, c.compress_level, str(cfg.run_dir),
+                         c.brownian_dt, c.linear_std, c.compress_level, str(run.path),
                          c.controller_weights, c.controller_epsilon) for i in todo]
     start = time.perf_counter()
     steps = 0

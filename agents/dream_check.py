@@ -18,13 +18,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.dreams import load_dream
+from envs.dream_env import load_dream
 from envs.factory import make_env_from_config
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic
 from worldmodels.config import ExperimentConfig
 from worldmodels.dream import Dream
 from worldmodels.errors import InputError
-from worldmodels.frmdn_training import memory_paths
+from worldmodels.run_dir import RunDir
 
 
 @dataclass
@@ -144,7 +144,7 @@ def summary(rows: list[HeldActionRow], tau: float) -> dict[str, Any]:
             "worst_action": worst.action, "worst_ratio": worst.ratio}
 
 
-def check_run(cfg: ExperimentConfig) -> dict[str, Any]:
+def check_run(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     """The main job's stage before C trains in the dream: the held-action check of the
     run's M at ``dream.temperature`` on ``dream.check_episodes`` real episodes per
     policy (0: skipped), kept in ``eval/dream_check.json`` and redone only when M or the
@@ -154,11 +154,11 @@ def check_run(cfg: ExperimentConfig) -> dict[str, Any]:
     if cfg.dream.check_episodes <= 0:
         return {"skipped": "dream.check_episodes=0"}
     dreams = 256
-    key = {"memory": file_digest(memory_paths(cfg.run_dir / "memory")["model"]),
+    key = {"memory": file_digest(run.memory.model),
            "temperature": cfg.dream.temperature, "done": cfg.dream.done,
            "done_threshold": cfg.dream.done_threshold, "max_steps": cfg.dream.max_steps,
            "episodes": cfg.dream.check_episodes, "dreams": dreams}
-    out = cfg.run_dir / "eval" / "dream_check.json"
+    out = run.eval_dir / "dream_check.json"
     cached = read_json(out, {})
     if cached.get("key") == key:
         rows = [HeldActionRow(**{k: r[k] for k in ("action", "real_mean", "real_std",
@@ -166,7 +166,7 @@ def check_run(cfg: ExperimentConfig) -> dict[str, Any]:
                 for r in cached["rows"]]
         result = {**cached, "cached": True}
     else:
-        dream, _, space = load_dream(cfg.run_dir, cfg)
+        dream, space = load_dream(run, cfg)
         if not isinstance(space, gym.spaces.Discrete):
             return {"skipped": f"not a Discrete action space ({space})"}
         env = make_env_from_config(cfg.env)
@@ -175,7 +175,6 @@ def check_run(cfg: ExperimentConfig) -> dict[str, Any]:
         finally:
             env.close()
         result = {"key": key, **summary(rows, cfg.dream.temperature)}
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, result)
-    gate(rows, cfg.dream.max_held_ratio, cfg.run_dir / "memory")
+    gate(rows, cfg.dream.max_held_ratio, run.memory.dir)
     return result

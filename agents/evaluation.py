@@ -1,12 +1,14 @@
 """Evaluate a policy in the real env: fixed seeds, per-episode CSV, mean and std, video.
 
-The policy is the run's trained controller (``controller/best.safetensors``) or a
-uniform random policy, so both are scored on the same episodes.
+The policy is the run's trained controller (``controller/best.safetensors``), a
+uniform random policy or an SB3 policy, all scored on the same episodes.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,34 +16,45 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.cmaes import ProcessEvaluator
 from agents.rollouts import RolloutWorker, describe_returns
-from worldmodels.checkpoint import load_weights, write_json_atomic
+from agents.sb3 import SB3_ALGORITHMS, play_sb3
+from worldmodels.checkpoint import (
+    load_weights,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from worldmodels.config import ConfigError, ExperimentConfig
+from worldmodels.errors import InputError
 from worldmodels.pictures import recon_grid
+from worldmodels.run_dir import RunDir
 
-SB3_POLICIES = ("ppo", "a2c", "sac", "td3")
+SB3_POLICIES = tuple(SB3_ALGORITHMS)
+#: what ``evaluate`` can play: the CMA-ES controller, uniform random actions, SB3 policies
+EVAL_POLICIES = ("controller", "random", *SB3_POLICIES)
 
 
 def _write(out: Path, policy: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    with open(out / f"{policy}.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / f"{policy}.csv", text.getvalue())
     write_json_atomic(out / f"{policy}.json", summary)
 
 
-def _evaluate_sb3(run_dir: Path, algo: str, seeds: list[int]) -> dict[str, Any]:
+def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: str,
+                  seeds: list[int], out: Path) -> dict[str, Any]:
     """An SB3 policy trained by ``train_controller.py --algo`` on the same seeds."""
-    from agents.sb3 import play_sb3
-
     started = time.perf_counter()
-    results = play_sb3(run_dir, algo, seeds)
+    results = play_sb3(run, cfg, algo, seeds, environment)
     rows = [{"episode": i, "seed": s, "return": r, "steps": n}
             for i, (s, (r, n)) in enumerate(zip(seeds, results, strict=True))]
-    summary = {"policy": algo, **describe_returns(np.array([r for r, _ in results])),
+    name = algo if environment == "real" else f"{algo}_{environment}"
+    summary = {"policy": name, **describe_returns(np.array([r for r, _ in results])),
                "seconds": time.perf_counter() - started}
-    out = run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    _write(out, algo, rows, summary)
+    _write(out, name, rows, summary)
     return summary
 
 
@@ -50,46 +63,46 @@ def evaluation_seeds(seed: int, episodes: int) -> list[int]:
     return [int(s) for s in rng.integers(0, 2**31 - 1, size=episodes)]
 
 
-def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", seed: int = 0,
-             video_episodes: int = 0, engine: str = "process", workers: int = 0,
-             ray_address: str = "", progress: bool = True,
+def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
+             seed: int = 0, video_episodes: int = 0, engine: str = "process",
+             workers: int = 0, ray_address: str = "", progress: bool = True,
              key: dict[str, Any] | None = None, weights: str = "best",
-             env_overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Play ``episodes`` episodes on the evaluator's workers.
+             overrides: tuple[str, ...] = (), out_dir: Path | None = None,
+             sb3_environment: str = "real") -> dict[str, Any]:
+    """Play ``episodes`` real episodes of ``policy`` on the evaluator's workers.
 
-    ``env_overrides`` (``env.<key>=<value>``) play the agent in another variant of the
-    run's env, e.g. ``env.direct_render=false`` for Gymnasium's renderer; the summary
-    records them.
+    ``overrides`` (``env.<key>=<value>``) play the trained agent in another variant of
+    the run's env, e.g. ``env.direct_render=false`` for Gymnasium's renderer; the
+    summary records them and the files get their own names.
 
-    Writes ``eval/<policy>.csv`` (episode, seed, return, steps) and ``eval/<policy>.json``
-    (mean, std, min, max, and ``key`` if given: what the caller checks to reuse it); for
-    the controller, GIFs of the first ``video_episodes``. ``weights``: the controller's
-    ``best`` candidate, or CMA-ES's ``mean`` (files ``eval/controller_mean.*``).
+    Writes ``<out_dir>/<policy>.csv`` (episode, seed, return, steps) and ``<policy>.json``
+    (mean, std, min, max, and ``key`` if given: what the caller checks to reuse it);
+    for the controller, GIFs of the first ``video_episodes``. ``out_dir`` defaults to
+    the run's ``eval/``. ``weights``: the controller's ``best`` candidate, or CMA-ES's
+    ``mean`` (files ``controller_mean.*``). ``sb3_environment``: where the SB3 policy
+    was trained (``real`` or ``dream``). Every input is checked, and ``out_dir`` made,
+    before the first episode.
     """
-    from agents.cmaes import ProcessEvaluator, controller_paths
-
-    if policy not in ("controller", "random", *SB3_POLICIES):
-        raise ValueError(f"policy must be controller, random or one of {SB3_POLICIES}, "
-                         f"not '{policy}'")
+    if policy not in EVAL_POLICIES:
+        raise ConfigError(f"policy must be one of {', '.join(EVAL_POLICIES)}, not '{policy}'")
     if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+        raise ConfigError(f"episodes must be >= 1, got {episodes}")
+    cfg = run.load_config(overrides)
+    out = Path(out_dir) if out_dir is not None else run.eval_dir
+    writable_dir(out)
     if policy in SB3_POLICIES:
-        return _evaluate_sb3(Path(run_dir), policy, evaluation_seeds(seed, episodes))
-    if weights not in ("best", "mean"):
-        raise ValueError(f"weights must be best or mean, not '{weights}'")
+        return _evaluate_sb3(run, cfg, policy, sb3_environment,
+                             evaluation_seeds(seed, episodes), out)
     params = None
     if policy == "controller":  # (the random policy needs no V, M or env in this process)
-        worker = RolloutWorker(run_dir, env_overrides=tuple(env_overrides))
-        load_weights(controller_paths(run_dir)[weights], worker.controller)
+        worker = RolloutWorker(run, overrides=tuple(overrides))
+        load_weights(run.controller.weights(weights), worker.controller)
         params = worker.controller.get_flat().numpy()
-    out = Path(run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     seeds = evaluation_seeds(seed, episodes)
     started = time.perf_counter()
     if progress:
         print(f"evaluate {policy}: {episodes} episodes on {engine} workers")
-    evaluator = ProcessEvaluator(run_dir, engine, workers, ray_address,
-                                 env_overrides=tuple(env_overrides))
+    evaluator = ProcessEvaluator(run, engine, workers, ray_address, overrides=tuple(overrides))
     try:
         returns, steps = evaluator.returns([params], seeds)
     finally:
@@ -102,13 +115,26 @@ def evaluate(run_dir: Path, episodes: int = 100, policy: str = "controller", see
         save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif")
     if policy == "controller" and weights == "mean":
         policy = "controller_mean"
+    env_overrides = [o for o in overrides if o.startswith("env.")]
     if env_overrides:  # e.g. controller_direct_render-false: the run's own stays as it is
         policy += "_" + "_".join(o.removeprefix("env.").replace("=", "-") for o in env_overrides)
     summary = {"policy": policy, **describe_returns(returns[0]),
                "seconds": time.perf_counter() - started, **({"key": key} if key else {}),
-               **({"env_overrides": list(env_overrides)} if env_overrides else {})}
+               **({"env_overrides": env_overrides} if env_overrides else {})}
     _write(out, policy, rows, summary)
     return summary
+
+
+def writable_dir(path: Path) -> None:
+    """Make ``path`` and check that a file can be written there, before any work."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_probe_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"{path}: cannot write results there ({err.strerror}); "
+                         "give another output directory") from None
 
 
 @torch.no_grad()
@@ -124,4 +150,5 @@ def save_video(worker: RolloutWorker, frames: np.ndarray, path: Path, fps: int =
         recon = (vae.decode(mu).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         for real, fake in zip(chunk, recon, strict=True):
             pictures.append(recon_grid(real[None], fake[None], scale=2))
-    iio.imwrite(path, np.stack(pictures), duration=1000 / fps, loop=0)
+    write_bytes_atomic(path, iio.imwrite("<bytes>", np.stack(pictures), extension=".gif",
+                                         duration=1000 / fps, loop=0))

@@ -17,8 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, TypeVar
 
-from envs.factory import MissingPackageError
-from worldmodels.errors import InputError
+from worldmodels.errors import InputError, MissingPackageError
 
 T = TypeVar("T")
 

@@ -2,8 +2,9 @@
 made by frozen V and M, and a training route that saves without pickle.
 
 SB3's own ``.zip`` holds cloudpickled objects that ``load`` would execute, so the policy
-is saved as ``controller/sb3_<algo>.safetensors`` (its state dict) with a JSON sidecar,
-and rebuilt by constructing the same algorithm and loading the weights.
+is saved as ``controller/sb3_<algo>.safetensors`` (its state dict; trained in the dream:
+``sb3_<algo>_dream.safetensors``) with a JSON sidecar, and rebuilt by constructing the
+same algorithm and loading the weights.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
-from agents.rollouts import load_run_config
+from envs.dream_env import dream_env
 from envs.factory import make_env_from_config
-from worldmodels.checkpoint import CheckpointError, write_json_atomic
+from worldmodels.checkpoint import CheckpointError, write_bytes_atomic, write_text_atomic
+from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.controller import controller_features, feature_size
 from worldmodels.frmdn import FRMDN
-from worldmodels.frmdn_training import load_memory
+from worldmodels.run_dir import RunDir
 from worldmodels.vae import ConvVAE
-from worldmodels.vae_training import load_vae
 
 
 class LatentObservation(gym.Wrapper):
@@ -72,77 +75,98 @@ class LatentObservation(gym.Wrapper):
         return self._observation(), reward, terminated, truncated, info
 
 
-def make_latent_env(run_dir: Path, device: str = "cpu") -> LatentObservation:
-    """The run's real env, wrapped with the run's V and M."""
+def make_latent_env(run_dir: str | Path | RunDir, device: str = "cpu",
+                    overrides: tuple[str, ...] = ()) -> LatentObservation:
+    """The real env of the trained run at ``run_dir``, wrapped with the run's V and M.
+    ``overrides``: ``env.*`` keys (another variant of its env; see RunDir.load_config)."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    return latent_env(run, run.load_config(overrides), device)
+
+
+def latent_env(run: RunDir, cfg: ExperimentConfig, device: str = "cpu") -> LatentObservation:
+    """The env of ``cfg.env`` wrapped with the run's V and M."""
     torch.set_num_threads(1)
-    cfg = load_run_config(run_dir)
-    vae = load_vae(run_dir, cfg.vae.z_dim, device)
-    memory = load_memory(Path(run_dir) / "memory", device)
+    vae = run.load_vae(cfg.vae.z_dim, device)
+    memory = run.load_memory(device)
     return LatentObservation(make_env_from_config(cfg.env), vae, memory, device,
                              cfg.controller.use_cell)
+
+
+#: ``controller.algo`` -> the name of its Stable-Baselines3 class
+SB3_ALGORITHMS = {"ppo": "PPO", "a2c": "A2C", "sac": "SAC", "td3": "TD3"}
 
 
 def algorithm_class(name: str) -> Any:
     import stable_baselines3 as sb3
 
-    classes = {"ppo": sb3.PPO, "a2c": sb3.A2C, "sac": sb3.SAC, "td3": sb3.TD3}
-    if name not in classes:
-        raise ValueError(f"unknown SB3 algorithm '{name}' (known: {sorted(classes)})")
-    return classes[name]
+    if name not in SB3_ALGORITHMS:
+        raise ConfigError(f"unknown SB3 algorithm '{name}' (known: {', '.join(SB3_ALGORITHMS)})")
+    return getattr(sb3, SB3_ALGORITHMS[name])
 
 
-def sb3_paths(run_dir: Path, algo: str) -> dict[str, Path]:
-    d = Path(run_dir) / "controller"
-    return {"weights": d / f"sb3_{algo}.safetensors", "meta": d / f"sb3_{algo}.json"}
+def training_env(run: RunDir, cfg: ExperimentConfig) -> gym.Env:
+    """Where an SB3 policy trains: the run's real env on [z, h], or its dream
+    (``controller.environment``)."""
+    if cfg.controller.environment == "dream":
+        return dream_env(run, cfg, seed=cfg.seed)
+    return latent_env(run, cfg)
 
 
-def train_sb3(run_dir: Path, algo: str = "ppo", timesteps: int = 100_000, seed: int = 0,
-              kwargs: dict[str, Any] | None = None, environment: str = "real",
-              ) -> tuple[Any, dict[str, Any]]:
-    """Train an SB3 algorithm on the [z, h] env, or inside the run's dream
-    (``environment="dream"``, same observations); returns the model and how it was saved.
-    Either way the saved policy plays the real env (``load_sb3``)."""
-    if environment == "dream":
-        from envs.dream_env import make_dream_env
-
-        env: gym.Env = make_dream_env(run_dir, seed=seed)
-    else:
-        env = make_latent_env(run_dir)
+def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
+              kwargs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train ``controller.algo`` for ``controller.sb3_timesteps`` steps on the [z, h] env,
+    or inside the run's dream (``controller.environment=dream``, same observations);
+    returns the model and how it was saved. Either way the saved policy plays the real
+    env (:func:`load_sb3`); the two are saved apart."""
+    c = cfg.controller
+    algo, environment = c.algo, c.environment
     kwargs = dict(kwargs or {})
-    meta = {"algo": algo, "kwargs": kwargs, "timesteps": timesteps, "seed": seed,
+    meta = {"algo": algo, "kwargs": kwargs, "timesteps": c.sb3_timesteps, "seed": cfg.seed,
             "environment": environment}
     try:
         meta_text = json.dumps(meta, indent=2)  # fail before training, not after
     except TypeError as err:
-        raise ValueError(f"SB3 kwargs must be JSON values to be saved: {err}") from err
-    model = algorithm_class(algo)("MlpPolicy", env, seed=seed, verbose=0,
-                                  tensorboard_log=str(Path(run_dir) / "tensorboard"), **kwargs)
-    model.learn(total_timesteps=timesteps, progress_bar=False, tb_log_name=f"sb3_{algo}")
-    files = sb3_paths(run_dir, algo)
-    files["weights"].parent.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"SB3 kwargs must be JSON values to be saved: {err}") from err
+    env = training_env(run, cfg)
+    run.write_config(cfg)  # inputs accepted
+    model = algorithm_class(algo)("MlpPolicy", env, seed=cfg.seed, verbose=0,
+                                  tensorboard_log=str(run.tensorboard()), **kwargs)
+    model.learn(total_timesteps=c.sb3_timesteps, progress_bar=False,
+                tb_log_name=f"sb3_{algo}_{environment}")
+    weights, meta_path = run.controller.sb3(algo, environment)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.policy.state_dict().items()}
-    save_file(tensors, str(files["weights"]))
-    write_json_atomic(files["meta"], json.loads(meta_text))
-    return model, {"weights": str(files["weights"]), **meta}
+    write_bytes_atomic(weights, save_safetensors(tensors))
+    write_text_atomic(meta_path, meta_text)
+    return model, {"weights": str(weights), **meta}
 
 
-def load_sb3(run_dir: Path, algo: str = "ppo") -> tuple[Any, LatentObservation]:
-    """Rebuild the trained SB3 model (weights only, no pickle) and its env."""
-    files = sb3_paths(run_dir, algo)
-    if not files["meta"].exists() or not files["weights"].exists():
-        raise CheckpointError(f"{files['weights']}: no trained {algo} policy "
-                              f"(run train_controller.py --algo {algo} with the same config)")
-    meta = json.loads(files["meta"].read_text())
-    env = make_latent_env(run_dir)
+def load_sb3(run: RunDir, cfg: ExperimentConfig, algo: str = "ppo",
+             environment: str = "real") -> tuple[Any, LatentObservation]:
+    """Rebuild the trained SB3 model (weights only, no pickle) and the real env of
+    ``cfg.env`` it plays."""
+    weights, meta_path = run.controller.sb3(algo, environment)
+    if not meta_path.exists() or not weights.exists():
+        raise CheckpointError(f"{weights}: no {algo} policy trained in the {environment} env "
+                              f"(run train_controller.py --algo {algo} for {run.path})")
+    try:
+        meta = json.loads(meta_path.read_text())
+        tensors = load_file(str(weights))
+    except (ValueError, OSError, SafetensorError) as err:
+        raise CheckpointError(f"{weights}: unreadable SB3 policy ({err})") from None
+    env = latent_env(run, cfg)
     model = algorithm_class(algo)("MlpPolicy", env, seed=meta["seed"], verbose=0,
                                   **meta["kwargs"])
-    model.policy.load_state_dict(load_file(str(files["weights"])))
+    try:
+        model.policy.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights}: does not fit this run's policy ({err})") from None
     return model, env
 
 
-def play_sb3(run_dir: Path, algo: str, seeds: list[int]) -> list[tuple[float, int]]:
-    """(return, steps) of one deterministic episode per seed."""
-    model, env = load_sb3(run_dir, algo)
+def play_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, seeds: list[int],
+             environment: str = "real") -> list[tuple[float, int]]:
+    """(return, steps) of one deterministic real episode per seed."""
+    model, env = load_sb3(run, cfg, algo, environment)
     results = []
     for s in seeds:
         obs, _ = env.reset(seed=s)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import torch
 
+from worldmodels.config import ExperimentConfig
 from worldmodels.controller import Controller
 from worldmodels.frmdn import FRMDN
+from worldmodels.run_dir import RunDir
 from worldmodels.vae import ConvVAE
 
 
@@ -25,6 +28,17 @@ class VMCAgent:
         self.memory = memory.to(self.device).eval()
         self.controller = controller.to(self.device).eval()
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_run(cls, run: RunDir, cfg: ExperimentConfig, action_space: gym.Space,
+                 weights: str = "", device: str = "cpu") -> VMCAgent:
+        """The run's V and M with a controller for ``action_space``: the run's trained
+        ``controller/<weights>.safetensors`` (``best`` or ``mean``), or untrained for ''."""
+        vae = run.load_vae(cfg.vae.z_dim, device)
+        memory = run.load_memory(device)
+        controller = (run.load_controller(cfg, action_space, memory, weights) if weights
+                      else run.new_controller(cfg, action_space, memory))
+        return cls(vae, memory, controller, device)
 
     def reset(self, batch: int = 1) -> None:
         self.state = self.memory.initial_state(batch, self.device)

@@ -24,10 +24,10 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agents.rollouts import build_controller  # noqa: E402
 from agents.vmc import VMCAgent  # noqa: E402
 from envs.factory import FAST_RENDERERS, make_env_from_config  # noqa: E402
 from worldmodels.config import load_config  # noqa: E402
+from worldmodels.controller import build_controller  # noqa: E402
 from worldmodels.frmdn_training import build_memory  # noqa: E402
 from worldmodels.vae import ConvVAE  # noqa: E402
 
@@ -52,7 +52,7 @@ def main() -> None:
     discrete = isinstance(space, gym.spaces.Discrete)
     action_dim = int(space.n) if discrete else int(np.prod(space.shape))
     memory = build_memory(cfg, action_dim, discrete)
-    controller = build_controller(cfg, space, memory.lstm.hidden_size)
+    controller = build_controller(cfg.controller, cfg.vae.z_dim, memory.hidden_size, space)
     agent_by = {name: VMCAgent(ConvVAE(cfg.vae.z_dim), memory, controller)
                 for name in renderers}
     obs_by = {name: env.reset(seed=0)[0] for name, env in env_by.items()}

@@ -67,7 +67,7 @@ def main() -> None:
     cfg.collect.workers = args.workers
     cfg.collect.engine = "process"
     with tempfile.TemporaryDirectory() as tmp:
-        report = collect(cfg, Path(tmp), progress=False)
+        report = collect(cfg, out_dir=Path(tmp), progress=False)
     ratio = report.steps_per_second / plain_sps
     # steady state: from the moment every worker has finished its first episode
     # (process start-up, imports and env creation are then behind us)

@@ -29,12 +29,13 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agents.rollouts import build_controller  # noqa: E402
 from agents.vmc import VMCAgent  # noqa: E402
 from envs.factory import make_env_from_config  # noqa: E402
 from worldmodels.config import load_config  # noqa: E402
+from worldmodels.controller import build_controller  # noqa: E402
 from worldmodels.dream import Dream, dream_returns  # noqa: E402
-from worldmodels.frmdn_training import build_memory, load_memory  # noqa: E402
+from worldmodels.frmdn_training import build_memory  # noqa: E402
+from worldmodels.run_dir import RunDir  # noqa: E402
 from worldmodels.vae import ConvVAE  # noqa: E402
 
 
@@ -70,12 +71,13 @@ def main() -> None:
     env = make_env_from_config(cfg.env)
     torch.manual_seed(0)
     if args.trained:
-        memory = load_memory(cfg.run_dir / "memory")
+        memory = RunDir.for_config(cfg).load_memory()
     else:
         n = getattr(env.action_space, "n", None)
         memory = build_memory(cfg, int(n) if n is not None else env.action_space.shape[0],
                               n is not None).eval()
-    controller = build_controller(cfg, env.action_space, memory.lstm.hidden_size)
+    controller = build_controller(cfg.controller, cfg.vae.z_dim, memory.hidden_size,
+                                  env.action_space)
     agent = VMCAgent(ConvVAE(cfg.vae.z_dim), memory, controller)
     B = cfg.controller.population * cfg.controller.rollouts
     d = cfg.vae.z_dim

@@ -77,7 +77,8 @@ def run_part(part: str, config: str, frames: int, episodes: int) -> dict:
 
     from worldmodels.config import load_config
     from worldmodels.frmdn_training import train_memory
-    from worldmodels.run_dir import peak_rss_mib
+    from worldmodels.monitoring import peak_rss_mib
+    from worldmodels.run_dir import RunDir
     from worldmodels.vae_training import train_vae
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,18 +86,19 @@ def run_part(part: str, config: str, frames: int, episodes: int) -> dict:
             f"root={tmp}", "vae.epochs=1", "memory.epochs=1", "data.holdout_fraction=0.1",
             "vae.max_holdout_frames=200", "vae.grid_frames=4", "memory.seq_len=100",
             "memory.batch_size=32", *PARTS[part]])
+        run = RunDir.for_config(cfg)
         if part == "vae":
             steps = 250
-            write_rollouts(cfg.run_dir / "rollouts", max(2, -(-frames // steps) + 1), steps)
+            write_rollouts(run.rollouts, max(2, -(-frames // steps) + 1), steps)
             cfg.vae.max_frames_per_epoch = frames
             train_vae(cfg, progress=False)
-            epoch = json.loads((cfg.run_dir / "vae" / "metrics.json").read_text())[-1]
+            epoch = json.loads((run.vae.metrics).read_text())[-1]
             rate, unit = epoch["frames"] / epoch["train_seconds"], "frames/s"
             seconds = epoch["train_seconds"]
         else:
-            write_latents(cfg.run_dir / "latents", episodes, 1000, cfg.vae.z_dim)
+            write_latents(run.latents, episodes, 1000, cfg.vae.z_dim)
             report = train_memory(cfg, progress=False)
-            epoch = json.loads((cfg.run_dir / "memory" / "metrics.json").read_text())[-1]
+            epoch = json.loads((run.memory.metrics).read_text())[-1]
             seconds = epoch["train_seconds"]
             rate, unit = epoch["batches"] * cfg.memory.batch_size / seconds, "sequences/s"
         return {"part": part, "rate": rate, "unit": unit, "train_seconds": seconds,

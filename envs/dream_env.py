@@ -17,8 +17,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from envs.factory import episode_cap
+from worldmodels.config import ExperimentConfig
 from worldmodels.controller import controller_features, feature_size
-from worldmodels.dream import Dream
+from worldmodels.dream import Dream, start_latents
+from worldmodels.frmdn_training import latent_split
+from worldmodels.run_dir import RunDir
 from worldmodels.vae import ConvVAE
 
 
@@ -39,7 +43,7 @@ class DreamEnv(gym.Env):
         self.dream, self.vae, self.use_cell = dream, vae, use_cell
         self.render_mode = render_mode
         self.action_space = action_space
-        size = feature_size(dream.memory.z_dim, dream.memory.lstm.hidden_size, use_cell)
+        size = feature_size(dream.memory.z_dim, dream.memory.hidden_size, use_cell)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
         self._z: torch.Tensor | None = None
 
@@ -80,15 +84,43 @@ class DreamEnv(gym.Env):
         return self.decode() if self.render_mode == "rgb_array" else None
 
 
-def make_dream_env(run_dir: str | Path, temperature: float | None = None,
-                   render_mode: str | None = None, seed: int = 0) -> DreamEnv:
-    """The dream of a trained run (its M, start latents and action space; V to render)."""
-    from agents.dreams import load_dream
-    from agents.rollouts import load_run_config
-    from worldmodels.vae_training import load_vae
+def dream_cap(cfg: ExperimentConfig) -> int:
+    """Dream length cap: ``dream.max_steps``, else the env's cap, else 1,000."""
+    return cfg.dream.max_steps or episode_cap(cfg.env) or 1000
 
+
+def load_dream(run: RunDir, cfg: ExperimentConfig | None = None,
+               temperature: float | None = None, seed: int = 0) -> tuple[Dream, gym.Space]:
+    """(dream, action space) of a trained run: its M, dreaming from the first frames of
+    its training episodes, with ``cfg.dream``'s settings (default: the run's config);
+    the temperature is ``dream.temperature`` unless given."""
+    cfg = cfg if cfg is not None else run.load_config()
+    train, _, _ = latent_split(cfg, run)
+    memory = run.load_memory()
+    mu0, logvar0 = start_latents(train)
+    dream = Dream(
+        memory, mu0, logvar0,
+        temperature=cfg.dream.temperature if temperature is None else temperature,
+        done_mode=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
+        done_pos_weight=float(run.memory_meta()["done_pos_weight"]),
+        max_steps=dream_cap(cfg), generator=torch.Generator().manual_seed(seed),
+    )
+    return dream, run.action_space()
+
+
+def make_dream_env(run_dir: str | Path, temperature: float | None = None,
+                   render_mode: str | None = None, seed: int = 0,
+                   overrides: tuple[str, ...] = ()) -> DreamEnv:
+    """The dream of the trained run at ``run_dir`` (its M, start latents and action
+    space; V to render). ``overrides``: ``dream.*`` keys (see :meth:`RunDir.load_config`)."""
+    run = RunDir(run_dir)
+    return dream_env(run, run.load_config(overrides), temperature, render_mode, seed)
+
+
+def dream_env(run: RunDir, cfg: ExperimentConfig, temperature: float | None = None,
+              render_mode: str | None = None, seed: int = 0) -> DreamEnv:
+    """The run's dream with ``cfg.dream``'s settings."""
     torch.set_num_threads(1)  # one dream steps one row: threads only contend
-    cfg = load_run_config(Path(run_dir))
-    dream, _, action_space = load_dream(Path(run_dir), cfg, temperature, seed)
-    vae = load_vae(Path(run_dir), cfg.vae.z_dim) if render_mode else None
+    dream, action_space = load_dream(run, cfg, temperature, seed)
+    vae = run.load_vae(cfg.vae.z_dim) if render_mode else None
     return DreamEnv(dream, action_space, vae, cfg.controller.use_cell, render_mode)

@@ -8,7 +8,7 @@ from typing import Any
 import gymnasium as gym
 
 from envs.preprocess import PixelObservation, pixel_source
-from worldmodels.errors import InputError
+from worldmodels.errors import InputError, MissingPackageError
 
 #: Per-env settings the paper used, applied unless the caller overrides them.
 KNOWN_ENVS: dict[str, dict[str, Any]] = {
@@ -36,10 +36,6 @@ _PROVIDERS = {
     "Vizdoom": ("vizdoom.gymnasium_wrapper", "pip install 'worldmodels[doom]' (or vizdoom)"),
     "ALE/": ("ale_py", "pip install 'worldmodels[atari]' (or ale-py)"),
 }
-
-
-class MissingPackageError(InputError, ImportError):
-    """An optional package an env or engine needs is not installed."""
 
 
 class UnknownEnvError(InputError, gym.error.UnregisteredEnv):

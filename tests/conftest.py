@@ -68,3 +68,10 @@ def tiny_cfg(tmp_path):
         "collect.workers=1", "vae.epochs=1", "vae.batch_size=16", "data.shuffle_buffer=64",
         "vae.grid_frames=4", "vae.max_holdout_frames=0",
     ])
+
+
+def run_of(cfg) -> Path:
+    """The directory of ``cfg``'s run at its default place."""
+    from worldmodels.run_dir import RunDir
+
+    return RunDir.for_config(cfg).path

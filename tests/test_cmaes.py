@@ -2,13 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from agents.cmaes import CMAES, ProcessEvaluator, controller_paths, train_cmaes
+from agents.cmaes import CMAES, ProcessEvaluator, train_cmaes
+from tests.conftest import run_of
 from worldmodels.checkpoint import save_model
-from worldmodels.config import save_config
+from worldmodels.config import ConfigError, save_config
 from worldmodels.frmdn import FRMDN
+from worldmodels.run_dir import RunDir
 from worldmodels.shards import read_npz
 from worldmodels.vae import ConvVAE
-from worldmodels.vae_training import vae_paths
+
+#: CarRacing's action space as collect.py records it in shard and checkpoint meta
+CAR_ACTIONS = {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}
 
 
 @pytest.fixture
@@ -25,13 +29,14 @@ def tiny_run(tiny_cfg):
 
 
 def write_tiny_run(cfg):
-    """config.yaml and small random V and M weights in ``cfg.run_dir``."""
-    cfg.run_dir.mkdir(parents=True)
-    save_config(cfg, cfg.run_dir / "config.yaml")
+    """config.yaml and small random V and M weights in ``run_of(cfg)``."""
+    run_of(cfg).mkdir(parents=True)
+    save_config(cfg, run_of(cfg) / "config.yaml")
     torch.manual_seed(0)
-    save_model(vae_paths(cfg.run_dir)["model"], ConvVAE(z_dim=4))
-    save_model(cfg.run_dir / "memory" / "model.safetensors",
-               FRMDN(z_dim=4, action_dim=3, hidden=8, mixtures=2))
+    save_model(RunDir(run_of(cfg)).vae.model, ConvVAE(z_dim=4))
+    save_model(run_of(cfg) / "memory" / "model.safetensors",
+               FRMDN(z_dim=4, action_dim=3, hidden=8, mixtures=2),
+               meta={"done_pos_weight": 1.0, "action_space": CAR_ACTIONS})
 
 
 def quadratic(candidates, seeds):
@@ -52,18 +57,18 @@ def test_replayed_strategy_asks_the_same_population():
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_run, tmp_path):
-    full = train_cmaes(tiny_run, quadratic, progress=False)
-    history = read_npz(controller_paths(tiny_run.run_dir)["history"])["fitness"]
+    full = train_cmaes(tiny_run, evaluator=quadratic, progress=False)
+    history = read_npz(RunDir(run_of(tiny_run)).controller.history)["fitness"]
     assert history.shape == (4, 4) and full.generations == 4
     assert history[-1].max() > history[0].max()  # it optimises
     # again, stopped after 2 generations and rerun
     tiny_run.name = "resumed"
     write_tiny_run(tiny_run)
     tiny_run.controller.generations = 2
-    train_cmaes(tiny_run, quadratic, progress=False)
+    train_cmaes(tiny_run, evaluator=quadratic, progress=False)
     tiny_run.controller.generations = 4
-    train_cmaes(tiny_run, quadratic, progress=False)
-    resumed = read_npz(controller_paths(tiny_run.run_dir)["history"])["fitness"]
+    train_cmaes(tiny_run, evaluator=quadratic, progress=False)
+    resumed = read_npz(RunDir(run_of(tiny_run)).controller.history)["fitness"]
     np.testing.assert_array_equal(resumed, history)
 
 
@@ -71,8 +76,9 @@ def test_real_env_fitness_is_the_same_on_every_engine(tiny_run):
     rng = np.random.default_rng(0)
     worker_params = rng.normal(0, 0.5, size=(3, (4 + 8) * 3 + 3))
     seeds = [11, 12]
-    serial = ProcessEvaluator(tiny_run.run_dir, "serial", max_steps=80)(worker_params, seeds)
-    procs = ProcessEvaluator(tiny_run.run_dir, "process", workers=2,
+    run = RunDir(run_of(tiny_run))
+    serial = ProcessEvaluator(run, "serial", max_steps=80)(worker_params, seeds)
+    procs = ProcessEvaluator(run, "process", workers=2,
                              max_steps=80)(worker_params, seeds)
     assert np.all(np.isfinite(serial)) and len(set(serial.round(6))) > 1
     np.testing.assert_array_equal(serial, procs)
@@ -84,10 +90,11 @@ def test_ray_back_end_returns_the_process_back_end_fitness(tiny_run):
     rng = np.random.default_rng(1)
     params = rng.normal(0, 0.5, size=(4, (4 + 8) * 3 + 3))
     seeds = [5, 6]
-    procs = ProcessEvaluator(tiny_run.run_dir, "process", workers=2, max_steps=80)(params, seeds)
+    run = RunDir(run_of(tiny_run))
+    procs = ProcessEvaluator(run, "process", workers=2, max_steps=80)(params, seeds)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        on_ray = ProcessEvaluator(tiny_run.run_dir, "ray", workers=2, max_steps=80)(params, seeds)
+        on_ray = ProcessEvaluator(run, "ray", workers=2, max_steps=80)(params, seeds)
     finally:
         ray.shutdown()
     np.testing.assert_array_equal(procs, on_ray)
@@ -99,21 +106,22 @@ def test_evaluate_writes_csv_summary_and_video(tiny_run):
 
     from agents.evaluation import evaluate
 
-    train_cmaes(tiny_run, quadratic, progress=False)  # writes controller/best.safetensors
-    summary = evaluate(tiny_run.run_dir, episodes=2, video_episodes=1, engine="serial",
+    train_cmaes(tiny_run, evaluator=quadratic, progress=False)  # writes controller/best.safetensors
+    summary = evaluate(RunDir(run_of(tiny_run)), episodes=2, video_episodes=1, engine="serial",
                        progress=False)
-    out = tiny_run.run_dir / "eval"
+    out = run_of(tiny_run) / "eval"
     with open(out / "controller.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and summary["episodes"] == 2
     assert abs(np.mean([float(r["return"]) for r in rows]) - summary["mean"]) < 1e-9
     assert json.loads((out / "controller.json").read_text())["mean"] == summary["mean"]
     assert (out / "controller_episode0.gif").stat().st_size > 1000
-    rand = evaluate(tiny_run.run_dir, episodes=2, policy="random", engine="serial",
+    rand = evaluate(RunDir(run_of(tiny_run)), episodes=2, policy="random", engine="serial",
                     progress=False)
     assert rand["episodes"] == 2 and (out / "random.csv").exists()
     # the same seeds give the same returns
-    again = evaluate(tiny_run.run_dir, episodes=2, engine="process", workers=2, progress=False)
+    again = evaluate(RunDir(run_of(tiny_run)), episodes=2, engine="process", workers=2,
+                     progress=False)
     assert again["mean"] == summary["mean"]
 
 
@@ -121,35 +129,35 @@ def test_evaluate_plays_env_overrides_and_keeps_the_runs_own_result(tiny_run):
     import json
 
     from agents.evaluation import evaluate
-    from agents.rollouts import RolloutWorker, load_run_config
+    from agents.rollouts import RolloutWorker
     from envs.direct_car_racing import DirectCarRacing
 
-    train_cmaes(tiny_run, quadratic, progress=False)
-    own = evaluate(tiny_run.run_dir, episodes=2, engine="serial", progress=False)
+    train_cmaes(tiny_run, evaluator=quadratic, progress=False)
+    run = RunDir(run_of(tiny_run))
+    own = evaluate(run, episodes=2, engine="serial", progress=False)
     # a cap of 30 steps instead of the run's 80: the episodes really are shorter
-    capped = evaluate(tiny_run.run_dir, episodes=2, engine="serial", progress=False,
-                      env_overrides=("env.max_episode_steps=30",))
-    out = tiny_run.run_dir / "eval"
+    capped = evaluate(run, episodes=2, engine="serial", progress=False,
+                      overrides=("env.max_episode_steps=30",))
+    out = run_of(tiny_run) / "eval"
     assert capped["policy"] == "controller_max_episode_steps-30"
     assert capped["env_overrides"] == ["env.max_episode_steps=30"]
     steps = [int(line.split(",")[3]) for line in
              (out / "controller_max_episode_steps-30.csv").read_text().splitlines()[1:]]
     assert max(steps) <= 30
     assert json.loads((out / "controller.json").read_text())["mean"] == own["mean"]
-    worker = RolloutWorker(tiny_run.run_dir, env_overrides=("env.direct_render=true",))
+    worker = RolloutWorker(run, overrides=("env.direct_render=true",))
     assert isinstance(worker.env.unwrapped, DirectCarRacing)
-    with pytest.raises(ValueError, match="only env"):
-        load_run_config(tiny_run.run_dir, ("vae.z_dim=8",))
-    # a diagnostic may allow the dream's settings, and still not V's
-    cfg = load_run_config(tiny_run.run_dir, ("dream.done=threshold",), sections=("dream",))
+    with pytest.raises(ConfigError, match="'vae.z_dim' is fixed"):
+        run.load_config(("vae.z_dim=8",))
+    # the dream's settings may change, and an override that restates the run's value
+    cfg = run.load_config(("dream.done=threshold", "vae.z_dim=4"))
     assert cfg.dream.done == "threshold"
-    with pytest.raises(ValueError, match="only dream"):
-        load_run_config(tiny_run.run_dir, ("vae.z_dim=8",), sections=("dream",))
+    assert run.load_config(("vae.z_dim=8",), trained=False).vae.z_dim == 8
 
 
 def test_collect_with_the_runs_trained_controller(tiny_run):
     from agents.collect import collect, episode_seeds
-    from agents.rollouts import load_agent
+    from agents.vmc import VMCAgent
     from envs.factory import make_env_from_config
     from worldmodels.config import ConfigError
     from worldmodels.shards import read_meta
@@ -158,16 +166,16 @@ def test_collect_with_the_runs_trained_controller(tiny_run):
     c.policy, c.episodes, c.engine, c.controller_epsilon = "random:1,controller", 3, "serial", 0
     with pytest.raises(ConfigError, match="controller/best.safetensors"):
         collect(tiny_run, progress=False)  # no controller trained yet: nothing written
-    assert not list((tiny_run.run_dir / "rollouts").glob("*.npz"))
-    train_cmaes(tiny_run, quadratic, progress=False)
+    assert not list((run_of(tiny_run) / "rollouts").glob("*.npz"))
+    train_cmaes(tiny_run, evaluator=quadratic, progress=False)
     collect(tiny_run, progress=False)
-    shards = sorted((tiny_run.run_dir / "rollouts").glob("ep_*.npz"))
+    shards = sorted((run_of(tiny_run) / "rollouts").glob("ep_*.npz"))
     metas = [read_meta(p) for p in shards]
     assert [m["policy"] for m in metas] == ["random", "controller", "controller"]
     assert metas[1]["controller"]["weights"] == "best" and "digest" in metas[1]["controller"]
     # with epsilon 0 the actions are the trained agent's, step for step
     env = make_env_from_config(tiny_run.env)
-    agent = load_agent(tiny_run.run_dir, env.action_space, "best")
+    agent = VMCAgent.from_run(RunDir(run_of(tiny_run)), tiny_run, env.action_space, "best")
     agent.reset(1)
     shard = read_npz(shards[1])
     obs, _ = env.reset(seed=episode_seeds(tiny_run.seed, 1)[0])
@@ -182,21 +190,22 @@ def test_latent_env_passes_sb3_checker_and_ppo_round_trips(tiny_run):
 
     from agents.sb3 import load_sb3, make_latent_env, train_sb3
 
-    env = make_latent_env(tiny_run.run_dir)
+    env = make_latent_env(run_of(tiny_run))
     check_env(env)
+    run = RunDir(run_of(tiny_run))
     obs, _ = env.reset(seed=0)
     assert obs.shape == (4 + 8,) and obs.dtype == np.float32
     assert np.all(obs[4:] == 0)  # h starts at zero
     obs2, *_ = env.step(env.action_space.sample())
     assert np.any(obs2[4:] != 0)
-    trained, info = train_sb3(tiny_run.run_dir, "ppo", timesteps=64,
-                              kwargs={"n_steps": 32, "batch_size": 16})
-    loaded, env = load_sb3(tiny_run.run_dir, "ppo")
+    tiny_run.controller.algo, tiny_run.controller.sb3_timesteps = "ppo", 64
+    trained, info = train_sb3(run, tiny_run, kwargs={"n_steps": 32, "batch_size": 16})
+    loaded, env = load_sb3(run, tiny_run, "ppo")
     assert info["timesteps"] == 64
     from agents.evaluation import evaluate
 
-    summary = evaluate(tiny_run.run_dir, episodes=2, policy="ppo", progress=False)
-    assert summary["episodes"] == 2 and (tiny_run.run_dir / "eval" / "ppo.csv").exists()
+    summary = evaluate(run, episodes=2, policy="ppo", progress=False)
+    assert summary["episodes"] == 2 and (run_of(tiny_run) / "eval" / "ppo.csv").exists()
     for seed in range(3):  # the saved weights reproduce the trained policy exactly
         obs, _ = env.reset(seed=seed)
         obs = obs + np.random.default_rng(seed).normal(size=obs.shape).astype(np.float32)
@@ -207,8 +216,9 @@ def test_latent_env_passes_sb3_checker_and_ppo_round_trips(tiny_run):
 
 def test_stall_steps_end_training_episodes_early(tiny_run):
     params = np.zeros((1, (4 + 8) * 3 + 3))
-    full, full_steps = ProcessEvaluator(tiny_run.run_dir, "serial").returns(list(params), [1])
-    cut, cut_steps = ProcessEvaluator(tiny_run.run_dir, "serial",
+    run = RunDir(run_of(tiny_run))
+    full, full_steps = ProcessEvaluator(run, "serial").returns(list(params), [1])
+    cut, cut_steps = ProcessEvaluator(run, "serial",
                                       stall_steps=10).returns(list(params), [1])
     assert cut_steps[0, 0] < full_steps[0, 0] == 80
 
@@ -218,19 +228,20 @@ def test_stall_steps_end_training_episodes_early(tiny_run):
     ("sigma0", 0.5, "sigma0: 0.1 -> 0.5"),
 ])
 def test_history_from_other_settings_is_refused(tiny_run, key, value, message):
-    train_cmaes(tiny_run, quadratic, progress=False)
+    train_cmaes(tiny_run, evaluator=quadratic, progress=False)
     setattr(tiny_run.controller, key, value)
-    with pytest.raises(ValueError, match=message):
-        train_cmaes(tiny_run, quadratic, progress=False)
+    with pytest.raises(ConfigError, match=message):
+        train_cmaes(tiny_run, evaluator=quadratic, progress=False)
 
 
 def test_repeated_seeds_fill_every_column(tiny_run):
     params = np.random.default_rng(0).normal(0, 0.5, size=(2, (4 + 8) * 3 + 3))
-    returns, steps = ProcessEvaluator(tiny_run.run_dir, "serial").returns(list(params), [4, 4])
+    returns, steps = ProcessEvaluator(RunDir(run_of(tiny_run)), "serial").returns(
+        list(params), [4, 4])
     assert (steps == 80).all() and (returns[:, 0] == returns[:, 1]).all()
 
 
 def test_fitness_curve_png_is_written(tiny_run):
-    train_cmaes(tiny_run, quadratic, progress=False)
-    png = controller_paths(tiny_run.run_dir)["dir"] / "fitness.png"
+    train_cmaes(tiny_run, evaluator=quadratic, progress=False)
+    png = RunDir(run_of(tiny_run)).controller.dir / "fitness.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -10,6 +10,7 @@ import pytest
 
 from agents.collect import collect
 from agents.policies import BrownianPolicy, LinearPolicy, make_policy
+from tests.conftest import run_of
 from worldmodels.config import ConfigError
 from worldmodels.shards import RolloutShard, ShardError, list_shards
 
@@ -22,7 +23,7 @@ def _shards(directory):
 
 def test_collect_writes_valid_shards_and_resumes(tiny_cfg):
     report = collect(tiny_cfg, progress=False)
-    out = tiny_cfg.run_dir / "rollouts"
+    out = run_of(tiny_cfg) / "rollouts"
     assert report.episodes_new == 2
     shards = _shards(out)
     assert len(shards) == 2
@@ -40,15 +41,15 @@ def test_collect_writes_valid_shards_and_resumes(tiny_cfg):
     tiny_cfg.collect.episodes = 4
     tiny_cfg.seed = 7
     with pytest.raises(ShardError, match="seed=0.*seed=7"):
-        collect(tiny_cfg, out, progress=False)
+        collect(tiny_cfg, out_dir=out, progress=False)
     assert len(list_shards(out)) == 3
 
 
 def test_same_seed_same_shards_whatever_the_engine(tiny_cfg, tmp_path):
-    collect(tiny_cfg, tmp_path / "serial", progress=False)
+    collect(tiny_cfg, out_dir=tmp_path / "serial", progress=False)
     tiny_cfg.collect.engine = "process"
     tiny_cfg.collect.workers = 2
-    collect(tiny_cfg, tmp_path / "procs", progress=False)
+    collect(tiny_cfg, out_dir=tmp_path / "procs", progress=False)
     a, b = _shards(tmp_path / "serial"), _shards(tmp_path / "procs")
     assert len(a) == len(b) == 2
     for x, y in zip(a, b, strict=True):
@@ -57,7 +58,7 @@ def test_same_seed_same_shards_whatever_the_engine(tiny_cfg, tmp_path):
         np.testing.assert_array_equal(x.reward, y.reward)
     # and a different seed gives a different episode
     tiny_cfg.seed = 1
-    collect(tiny_cfg, tmp_path / "other", progress=False)
+    collect(tiny_cfg, out_dir=tmp_path / "other", progress=False)
     assert not np.array_equal(_shards(tmp_path / "other")[0].obs, a[0].obs)
 
 
@@ -112,11 +113,11 @@ def test_sigkill_mid_collection_leaves_no_partial_shard(tmp_path):
 @pytest.mark.slow
 def test_ray_engine_gives_the_same_shards(tiny_cfg, tmp_path):
     ray = pytest.importorskip("ray")
-    collect(tiny_cfg, tmp_path / "serial", progress=False)
+    collect(tiny_cfg, out_dir=tmp_path / "serial", progress=False)
     tiny_cfg.collect.engine = "ray"
     tiny_cfg.collect.workers = 2
     try:
-        collect(tiny_cfg, tmp_path / "ray", progress=False)
+        collect(tiny_cfg, out_dir=tmp_path / "ray", progress=False)
     finally:
         ray.shutdown()
     a, b = _shards(tmp_path / "serial"), _shards(tmp_path / "ray")
@@ -151,7 +152,7 @@ def test_a_policy_schedule_extends_a_collection_with_another_policy(tiny_cfg):
     assert [policy_for(policy_schedule("random:2,linear"), i) for i in range(4)] == [
         "random", "random", "linear", "linear"]
     assert policy_for(policy_schedule("random"), 99) == "random"
-    out = tiny_cfg.run_dir / "rollouts"
+    out = run_of(tiny_cfg) / "rollouts"
     tiny_cfg.collect.policy = "random"
     collect(tiny_cfg, progress=False)  # episodes 0, 1
     tiny_cfg.collect.policy, tiny_cfg.collect.episodes = "random:2,linear", 3

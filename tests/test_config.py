@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from tests.conftest import run_of
 from worldmodels.config import ConfigError, ExperimentConfig, load_config, merge_into, save_config
 
 
@@ -11,7 +12,7 @@ def test_presets_and_overrides_layer_in_order():
     assert quick.collect.episodes < paper.collect.episodes and quick.name == "quick"
     over = load_config("carracing", ["quick"], ["vae.epochs=7", "vae.lr=0.5", "name=x"])
     assert over.vae.epochs == 7 and over.vae.lr == 0.5 and over.name == "x"
-    assert str(over.run_dir).endswith("CarRacing-v3/x")
+    assert str(run_of(over)).endswith("CarRacing-v3/x")
 
 
 def test_doom_config_is_paper_scale():

@@ -59,16 +59,16 @@ def test_ordinal_head_cuts_one_tanh_output_into_ordered_bins(tmp_path):
 
 
 def test_ordinal_head_from_config_names_a_bad_order():
-    from agents.rollouts import build_controller
     from worldmodels.config import ConfigError, load_config
+    from worldmodels.controller import build_controller
 
     space = gym.spaces.Discrete(3)
     cfg = load_config("doom_takecover", [], ["controller.discrete_head=ordinal"])
-    assert build_controller(cfg, space, 8).order.tolist() == [0, 1, 2]
+    assert build_controller(cfg.controller, cfg.vae.z_dim, 8, space).order.tolist() == [0, 1, 2]
     cfg = load_config("doom_takecover", [], ["controller.discrete_head=ordinal",
                                              "controller.action_order=[2, 0, 3]"])
     with pytest.raises(ConfigError, match="controller.action_order"):
-        build_controller(cfg, space, 8)
+        build_controller(cfg.controller, cfg.vae.z_dim, 8, space)
     with pytest.raises(ConfigError, match="controller.discrete_head"):
         load_config("doom_takecover", [], ["controller.discrete_head=softmax"])
 

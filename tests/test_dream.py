@@ -8,25 +8,27 @@ import numpy as np
 import pytest
 import torch
 
-from agents.cmaes import controller_paths, train_cmaes
-from agents.dreams import DreamEvaluator, load_dream
-from envs.dream_env import make_dream_env
+from agents.cmaes import train_cmaes
+from agents.dreams import DreamEvaluator
+from envs.dream_env import load_dream, make_dream_env
+from tests.conftest import run_of
 from tests.test_cmaes import write_tiny_run
 from worldmodels.checkpoint import file_digest, save_model
+from worldmodels.config import ConfigError
 from worldmodels.controller import Controller
 from worldmodels.dream import Dream, dream_returns
 from worldmodels.frmdn import FRMDN
+from worldmodels.run_dir import RunDir
 from worldmodels.shards import shard_name, write_npz_atomic
-from worldmodels.vae_training import vae_paths
 
 Z, H = 4, 8
 
 
 def write_latents(cfg, episodes: int = 6, T: int = 12) -> None:
     """Latent shards made by the run's V (random mu), with CarRacing's action space."""
-    out = cfg.run_dir / "latents"
+    out = run_of(cfg) / "latents"
     out.mkdir(parents=True, exist_ok=True)
-    digest = file_digest(vae_paths(cfg.run_dir)["model"])
+    digest = file_digest(RunDir(run_of(cfg)).vae.model)
     space = {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}
     for i in range(episodes):
         rng = np.random.default_rng(i)
@@ -136,7 +138,7 @@ def test_dream_env_passes_gymnasium_and_sb3_checkers(dream_run):
     from gymnasium.utils.env_checker import check_env as gym_check
     from stable_baselines3.common.env_checker import check_env as sb3_check
 
-    env = make_dream_env(dream_run.run_dir, render_mode="rgb_array")
+    env = make_dream_env(run_of(dream_run), render_mode="rgb_array")
     gym_check(env, skip_render_check=False)
     sb3_check(env)
     obs, _ = env.reset(seed=3)
@@ -153,7 +155,7 @@ def test_dream_env_passes_gymnasium_and_sb3_checkers(dream_run):
 def test_dream_env_is_registered_with_gymnasium(dream_run):
     import envs  # noqa: F401  (registers worldmodels/Dream-v0)
 
-    env = gym.make("worldmodels/Dream-v0", run_dir=str(dream_run.run_dir))
+    env = gym.make("worldmodels/Dream-v0", run_dir=str(run_of(dream_run)))
     obs, _ = env.reset(seed=0)
     total = 0
     for _ in range(100):
@@ -165,7 +167,7 @@ def test_dream_env_is_registered_with_gymnasium(dream_run):
 
 
 def test_dream_evaluator_is_reproducible_and_candidates_differ(dream_run):
-    evaluator = DreamEvaluator(dream_run.run_dir)
+    evaluator = DreamEvaluator(RunDir(run_of(dream_run)))
     dim = evaluator.controller.num_parameters()
     candidates = np.random.default_rng(0).normal(size=(3, dim))
     seeds = [11, 12]
@@ -181,16 +183,16 @@ def test_cmaes_in_the_dream_resumes_and_evaluates_in_the_real_env(dream_run):
     cfg = dream_run
     cfg.controller.eval_every, cfg.controller.eval_episodes = 2, 2
     report = train_cmaes(cfg, progress=False)
-    files = controller_paths(cfg.run_dir)
-    log = json.loads(files["log"].read_text())
-    assert report.generations == 2 and files["best"].exists()
+    files = RunDir(run_of(cfg)).controller
+    log = json.loads(files.log.read_text())
+    assert report.generations == 2 and files.best.exists()
     assert log[-1]["eval"]["episodes"] == 2  # real episodes
     cfg.controller.generations = 3
     resumed = train_cmaes(cfg, progress=False)
     assert resumed.generations == 3
     # the history records where it was trained: a real-env run cannot replay it
     cfg.controller.environment = "real"
-    with pytest.raises(ValueError, match="environment"):
+    with pytest.raises(ConfigError, match="environment"):
         train_cmaes(cfg, progress=False)
 
 
@@ -198,26 +200,28 @@ def test_sb3_trains_in_the_dream_and_plays_the_real_env(dream_run):
     from agents.evaluation import evaluate
     from agents.sb3 import train_sb3
 
-    _, info = train_sb3(dream_run.run_dir, "ppo", timesteps=64,
-                        kwargs={"n_steps": 32, "batch_size": 16}, environment="dream")
+    cfg, run = dream_run, RunDir(run_of(dream_run))
+    cfg.controller.algo, cfg.controller.sb3_timesteps = "ppo", 64
+    _, info = train_sb3(run, cfg, kwargs={"n_steps": 32, "batch_size": 16})
     assert info["environment"] == "dream"
-    summary = evaluate(dream_run.run_dir, episodes=1, policy="ppo", progress=False)
-    assert summary["episodes"] == 1
+    assert info["weights"].endswith("sb3_ppo_dream.safetensors")  # beside a real-env one
+    summary = evaluate(run, episodes=1, policy="ppo", progress=False, sb3_environment="dream")
+    assert summary["episodes"] == 1 and summary["policy"] == "ppo_dream"
 
 
 def test_load_dream_refuses_a_run_without_memory(dream_run):
     from worldmodels.checkpoint import CheckpointError
 
-    (dream_run.run_dir / "memory" / "model.safetensors").unlink()
+    (run_of(dream_run) / "memory" / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no trained M"):
-        load_dream(dream_run.run_dir)
+        load_dream(RunDir(run_of(dream_run)))
 
 
 def test_save_model_keeps_done_pos_weight_for_dreams(dream_run):
     cfg = dream_run
-    save_model(cfg.run_dir / "memory" / "model.safetensors",
+    save_model(run_of(cfg) / "memory" / "model.safetensors",
                memory_with_heads(1.0, 0.0), meta={"done_pos_weight": 10.0})
-    dream, _, _ = load_dream(cfg.run_dir)
+    dream, _ = load_dream(RunDir(run_of(cfg)))
     assert dream.done_pos_weight == 10.0
 
 
@@ -226,7 +230,7 @@ def test_dream_entry_point_writes_a_gif_beside_the_real_env(dream_run):
 
     import dream as dream_script
 
-    result = dream_script.main(["--config", str(dream_run.run_dir / "config.yaml"),
+    result = dream_script.main(["--config", str(run_of(dream_run) / "config.yaml"),
                                 "--policy", "random", "--seed", "2", "--steps", "15"])
     frames = iio.imread(result["gif"])
     assert 1 <= result["dream_steps"] <= 15 and 1 <= result["real_steps"] <= 15
@@ -240,7 +244,7 @@ def test_dream_entry_point_without_a_trained_controller_says_so(dream_run):
     from worldmodels.checkpoint import CheckpointError
 
     with pytest.raises((CheckpointError, FileNotFoundError), match="best.safetensors"):
-        dream_script.main(["--config", str(dream_run.run_dir / "config.yaml"), "--dream-only"])
+        dream_script.main(["--config", str(run_of(dream_run) / "config.yaml"), "--dream-only"])
 
 
 def test_identical_candidates_share_their_luck_common_random_numbers():
@@ -261,7 +265,9 @@ def test_virtual_score_is_written_and_reproducible(dream_run):
 
     report = train_cmaes(dream_run, progress=False)
     assert report.generations == 2
-    first = dream_score(dream_run.run_dir, episodes=5, temperature=1.3)
-    again = dream_score(dream_run.run_dir, episodes=5, temperature=1.3)
+    run = RunDir(run_of(dream_run))
+    cfg = run.load_config(("dream.temperature=1.3",))
+    first = dream_score(run, cfg, episodes=5)
+    again = dream_score(run, cfg, episodes=5)
     assert first == again and first["episodes"] == 5 and first["temperature"] == 1.3
-    assert (dream_run.run_dir / "eval" / "controller_dream_tau1.3.json").exists()
+    assert (run_of(dream_run) / "eval" / "controller_dream_tau1.3.json").exists()

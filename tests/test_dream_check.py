@@ -17,9 +17,11 @@ from agents.dream_check import (
     real_lengths,
     worst_held,
 )
+from tests.conftest import run_of
 from tests.test_dream import Z, memory_with_heads
 from worldmodels.dream import Dream
 from worldmodels.errors import InputError
+from worldmodels.run_dir import RunDir
 
 
 class HoldToDie(gym.Env):
@@ -80,6 +82,6 @@ def test_uniform_random_is_not_a_held_action():
 
 
 def test_main_job_check_is_skipped_where_it_does_not_apply(tiny_cfg):
-    assert "real env" in check_run(tiny_cfg)["skipped"]
+    assert "real env" in check_run(tiny_cfg, RunDir(run_of(tiny_cfg)))["skipped"]
     tiny_cfg.controller.environment, tiny_cfg.dream.check_episodes = "dream", 0
-    assert "check_episodes=0" in check_run(tiny_cfg)["skipped"]
+    assert "check_episodes=0" in check_run(tiny_cfg, RunDir(run_of(tiny_cfg)))["skipped"]

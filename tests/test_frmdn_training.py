@@ -3,13 +3,14 @@ import json
 import numpy as np
 import pytest
 
+from tests.conftest import run_of
 from worldmodels.checkpoint import save_model
 from worldmodels.datasets import split_episodes
-from worldmodels.frmdn_training import load_memory, train_memory
+from worldmodels.frmdn_training import train_memory
 from worldmodels.memory_compare import compare, table
+from worldmodels.run_dir import RunDir
 from worldmodels.shards import ShardError, write_npz_atomic
 from worldmodels.vae import ConvVAE
-from worldmodels.vae_training import vae_paths
 
 
 def write_latents(directory, n=6, T=40, z=4, discrete=False, nan_in=None, digest=None):
@@ -44,60 +45,58 @@ def mem_cfg(tiny_cfg):
 
 @pytest.mark.parametrize("discrete", [False, True])
 def test_train_memory_learns_and_resumes(mem_cfg, discrete):
-    write_latents(mem_cfg.run_dir / "latents", discrete=discrete)
+    write_latents(run_of(mem_cfg) / "latents", discrete=discrete)
     mem_cfg.memory.epochs = 3
     mem_cfg.memory.lr = 3e-3
     report = train_memory(mem_cfg, progress=False)
-    metrics = json.loads((mem_cfg.run_dir / "memory" / "metrics.json").read_text())
+    metrics = json.loads((run_of(mem_cfg) / "memory" / "metrics.json").read_text())
     assert report.epochs_done == 3 and np.isfinite(report.holdout_nll)
     assert metrics[-1]["holdout_nll"] < metrics[0]["holdout_nll"]  # it learns
-    model = load_memory(mem_cfg.run_dir / "memory")
+    model = RunDir(run_of(mem_cfg)).load_memory()
     assert model.discrete_actions == discrete
     mem_cfg.memory.epochs = 4
     again = train_memory(mem_cfg, progress=False)
     assert again.epochs_done == 4
-    metrics_path = mem_cfg.run_dir / "memory" / "metrics.json"
+    metrics_path = run_of(mem_cfg) / "memory" / "metrics.json"
     epochs = [m["epoch"] for m in json.loads(metrics_path.read_text())]
     assert epochs == [1, 2, 3, 4]
 
 
 def test_nonfinite_loss_raises_naming_step_or_is_skipped(mem_cfg):
-    write_latents(mem_cfg.run_dir / "latents", n=8, nan_in=None)
-    train, _ = split_episodes(sorted((mem_cfg.run_dir / "latents").glob("ep_*.npz")),
+    write_latents(run_of(mem_cfg) / "latents", n=8, nan_in=None)
+    train, _ = split_episodes(sorted((run_of(mem_cfg) / "latents").glob("ep_*.npz")),
                               mem_cfg.data.holdout_fraction, mem_cfg.seed)
     victim = int(train[0].stem.split("_")[1])
-    write_latents(mem_cfg.run_dir / "poisoned", n=8, nan_in=victim)
-    (mem_cfg.run_dir / "poisoned" / train[0].name).replace(train[0])
+    write_latents(run_of(mem_cfg) / "poisoned", n=8, nan_in=victim)
+    (run_of(mem_cfg) / "poisoned" / train[0].name).replace(train[0])
     mem_cfg.memory.batch_size = 1
     with pytest.raises(FloatingPointError, match=r"at epoch 1, step \d+"):
         train_memory(mem_cfg, progress=False)
     mem_cfg.memory.nonfinite = "skip"
-    report = train_memory(mem_cfg, mem_cfg.run_dir / "memory_skip", progress=False)
+    report = train_memory(mem_cfg, out_dir=run_of(mem_cfg) / "memory_skip", progress=False)
     assert report.skipped_batches >= 1
 
 
 def test_latents_from_another_vae_are_refused(mem_cfg):
-    save_model(vae_paths(mem_cfg.run_dir)["model"], ConvVAE(z_dim=4))
-    write_latents(mem_cfg.run_dir / "latents", digest="0123456789abcdef")
+    save_model(RunDir(run_of(mem_cfg)).vae.model, ConvVAE(z_dim=4))
+    write_latents(run_of(mem_cfg) / "latents", digest="0123456789abcdef")
     with pytest.raises(ShardError, match="rerun encode.py"):
         train_memory(mem_cfg, progress=False)
 
 
 def test_compare_table_has_every_variant(mem_cfg):
-    write_latents(mem_cfg.run_dir / "latents")
-    rows = compare(mem_cfg, ["rmdn_diag", "frmdn_square"], [0, 1], progress=False)
+    write_latents(run_of(mem_cfg) / "latents")
+    rows = compare(mem_cfg, RunDir(run_of(mem_cfg)), ["rmdn_diag", "frmdn_square"], [0, 1],
+                   progress=False)
     assert len(rows) == 4 and len({r["holdout_nll"] for r in rows}) == 4
     text = table(rows)
     assert "rmdn_diag" in text and "frmdn_square" in text and "(1.00x)" in text
 
 
-def test_action_space_falls_back_to_float_actions(tmp_path):
+def test_shards_without_an_action_space_are_refused(tmp_path):
     from worldmodels.frmdn_training import action_info
 
     write_npz_atomic(tmp_path / "ep_000000.npz", {
         "action": np.zeros((5, 3), np.float32), "meta": np.array(json.dumps({}))})
-    assert action_info(tmp_path / "ep_000000.npz") == (3, False)
-    write_npz_atomic(tmp_path / "ep_000001.npz", {
-        "action": np.zeros(5, np.int64), "meta": np.array(json.dumps({}))})
     with pytest.raises(ShardError, match="no action_space"):
-        action_info(tmp_path / "ep_000001.npz")
+        action_info(tmp_path / "ep_000000.npz")

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import run_of
 from tests.test_dream import write_dream_run
 from tests.test_frmdn_training import write_latents
 from worldmodels.checkpoint import CheckpointError, file_digest, load_model, save_model
 from worldmodels.config import save_config
+from worldmodels.run_dir import MemoryFiles, RunDir
 from worldmodels.shards import RolloutShard, ShardError, write_npz_atomic
 from worldmodels.vae import ConvVAE
-from worldmodels.vae_training import vae_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,32 +53,31 @@ def latent_run(tiny_cfg):
     for key, value in dict(hidden=16, mixtures=2, seq_len=10, batch_size=4, epochs=30,
                            flow_hidden=8, shuffle_buffer=8).items():
         setattr(cfg.memory, key, value)
-    save_model(vae_paths(cfg.run_dir)["model"], ConvVAE(z_dim=4))
-    write_latents(cfg.run_dir / "latents", n=10, T=60,
-                  digest=file_digest(vae_paths(cfg.run_dir)["model"]))
-    save_config(cfg, cfg.run_dir / "config.yaml")
+    save_model(RunDir(run_of(cfg)).vae.model, ConvVAE(z_dim=4))
+    write_latents(run_of(cfg) / "latents", n=10, T=60,
+                  digest=file_digest(RunDir(run_of(cfg)).vae.model))
+    save_config(cfg, run_of(cfg) / "config.yaml")
     return cfg
 
 
 @pytest.mark.parametrize("kill_seed", [0])
 def test_sigkill_during_memory_training_then_rerun_completes(latent_run, kill_seed):
-    from worldmodels.frmdn_training import memory_paths
 
     cfg = latent_run
     args = [sys.executable, str(ROOT / "train_frmdn.py"), "--config",
-            str(cfg.run_dir / "config.yaml")]
-    files = memory_paths(cfg.run_dir / "memory")
-    assert run_and_kill(args, files["metrics"], np.random.default_rng(kill_seed))
+            str(run_of(cfg) / "config.yaml")]
+    files = MemoryFiles.at(run_of(cfg) / "memory")
+    assert run_and_kill(args, files.metrics, np.random.default_rng(kill_seed))
     # whatever was on disk at the kill is whole: loadable weights, parseable metrics
-    if files["model"].exists():
-        load_model(files["model"])
-        json.loads(files["metrics"].read_text())
+    if files.model.exists():
+        load_model(files.model)
+        json.loads(files.metrics.read_text())
     rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    epochs = [m["epoch"] for m in json.loads(files["metrics"].read_text())]
+    epochs = [m["epoch"] for m in json.loads(files.metrics.read_text())]
     assert epochs == list(range(1, 31))
-    assert load_model(files["model"]).z_dim == 4
-    assert no_partial_files(cfg.run_dir)
+    assert load_model(files.model).z_dim == 4
+    assert no_partial_files(run_of(cfg))
 
 
 @pytest.fixture
@@ -90,26 +90,26 @@ def test_sigkill_during_cmaes_then_rerun_equals_an_uninterrupted_run(dream_cmaes
     import copy
     import shutil
 
-    from agents.cmaes import controller_paths, train_cmaes
+    from agents.cmaes import train_cmaes
     from worldmodels.shards import read_npz
 
     cfg = dream_cmaes_run
     clean = copy.deepcopy(cfg)
     clean.name = "uninterrupted"
-    shutil.copytree(cfg.run_dir, clean.run_dir)
+    shutil.copytree(run_of(cfg), run_of(clean))
     args = [sys.executable, str(ROOT / "train_controller.py"), "--config",
-            str(cfg.run_dir / "config.yaml")]
-    files = controller_paths(cfg.run_dir)
-    assert run_and_kill(args, files["history"], np.random.default_rng(kill_seed))
-    if files["history"].exists():  # a whole file, or none
-        assert 1 <= len(read_npz(files["history"])["fitness"]) < 40
+            str(run_of(cfg) / "config.yaml")]
+    files = RunDir(run_of(cfg)).controller
+    assert run_and_kill(args, files.history, np.random.default_rng(kill_seed))
+    if files.history.exists():  # a whole file, or none
+        assert 1 <= len(read_npz(files.history)["fitness"]) < 40
     rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert no_partial_files(cfg.run_dir)
+    assert no_partial_files(run_of(cfg))
     # the same 40 generations an uninterrupted run gives: replay + reproducible dreams
     train_cmaes(clean, progress=False)
-    killed = read_npz(files["history"])["fitness"]
-    uninterrupted = read_npz(controller_paths(clean.run_dir)["history"])["fitness"]
+    killed = read_npz(files.history)["fitness"]
+    uninterrupted = read_npz(RunDir(run_of(clean)).controller.history)["fitness"]
     assert killed.shape == (40, 6)
     np.testing.assert_array_equal(killed, uninterrupted)
 
@@ -121,7 +121,7 @@ def test_corrupt_rollout_shards_are_skipped_and_counted_when_asked(tiny_cfg):
     from tests.conftest import write_shards
     from worldmodels.vae_training import train_vae
 
-    paths = write_shards(tiny_cfg.run_dir / "rollouts", 5, T=20)
+    paths = write_shards(run_of(tiny_cfg) / "rollouts", 5, T=20)
     paths[1].write_bytes(paths[1].read_bytes()[:3000])  # truncated
     shard = RolloutShard.load(paths[3])
     write_npz_atomic(paths[3], {  # wrong shapes: one frame short
@@ -133,7 +133,7 @@ def test_corrupt_rollout_shards_are_skipped_and_counted_when_asked(tiny_cfg):
     tiny_cfg.data.skip_corrupt = True
     report = train_vae(tiny_cfg, progress=False)
     assert report.skipped_shards == 2 and report.epochs_done == 1
-    listed = json.loads((tiny_cfg.run_dir / "skipped_shards.json").read_text())["rollouts"]
+    listed = json.loads((run_of(tiny_cfg) / "skipped_shards.json").read_text())["rollouts"]
     assert len(listed) == 2 and "ep_000001.npz" in listed[0] + listed[1]
 
 
@@ -159,10 +159,10 @@ def test_empty_data_directories_are_clear_errors(tiny_cfg):
     from worldmodels.frmdn_training import train_memory
     from worldmodels.vae_training import train_vae
 
-    (tiny_cfg.run_dir / "rollouts").mkdir(parents=True)
+    (run_of(tiny_cfg) / "rollouts").mkdir(parents=True)
     with pytest.raises(ShardError, match=r"rollouts: 0 usable shard\(s\).*collect.py"):
         train_vae(tiny_cfg, progress=False)
-    save_model(vae_paths(tiny_cfg.run_dir)["model"], ConvVAE(z_dim=tiny_cfg.vae.z_dim))
+    save_model(RunDir(run_of(tiny_cfg)).vae.model, ConvVAE(z_dim=tiny_cfg.vae.z_dim))
     with pytest.raises(ShardError, match="no rollout shards to encode"):
         encode_rollouts(tiny_cfg, progress=False)
     with pytest.raises(ShardError, match=r"latents: 0 usable latent shard\(s\).*encode.py"):
@@ -174,7 +174,7 @@ def test_latents_with_nan_or_another_z_size_are_refused_by_name(latent_run):
 
     cfg = latent_run
     cfg.memory.epochs = 1
-    victim = cfg.run_dir / "latents" / "ep_000004.npz"
+    victim = run_of(cfg) / "latents" / "ep_000004.npz"
     data = dict(np.load(victim, allow_pickle=False))
     data["mu"] = data["mu"].copy()
     data["mu"][3, 1] = np.inf
@@ -186,7 +186,7 @@ def test_latents_with_nan_or_another_z_size_are_refused_by_name(latent_run):
     cfg.data.skip_corrupt = False
     cfg.vae.z_dim = 8  # latents are z = 4
     with pytest.raises(ShardError, match="z = 4, but the config's vae.z_dim is 8"):
-        train_memory(cfg, cfg.run_dir / "memory_z8", progress=False)
+        train_memory(cfg, out_dir=run_of(cfg) / "memory_z8", progress=False)
 
 
 def test_memory_checkpoint_of_another_action_size_is_refused_on_resume(latent_run):
@@ -194,7 +194,7 @@ def test_memory_checkpoint_of_another_action_size_is_refused_on_resume(latent_ru
     from worldmodels.frmdn_training import train_memory
 
     cfg = latent_run
-    save_model(cfg.run_dir / "memory" / "model.safetensors",
+    save_model(run_of(cfg) / "memory" / "model.safetensors",
                FRMDN(z_dim=4, action_dim=5, hidden=16, mixtures=2), meta={"epoch": 1})
     with pytest.raises(CheckpointError, match="action_dim=5.*action_dim=3"):
         train_memory(cfg, progress=False)

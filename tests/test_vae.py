@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import PicklePayload, write_shards
+from tests.conftest import PicklePayload, run_of, write_shards
 from worldmodels.checkpoint import CheckpointError, load_model, load_state, save_model
+from worldmodels.run_dir import RunDir
 from worldmodels.vae import ConvVAE, vae_loss
-from worldmodels.vae_training import train_vae, vae_paths
+from worldmodels.vae_training import train_vae
 
 
 def test_shapes_and_loss():
@@ -65,22 +66,22 @@ def test_pickled_training_state_is_refused(tmp_path, pickle_marker):
 
 
 def test_train_vae_writes_checkpoint_grid_and_resumes(tiny_cfg):
-    write_shards(tiny_cfg.run_dir / "rollouts", 4, T=40)
+    write_shards(run_of(tiny_cfg) / "rollouts", 4, T=40)
     report = train_vae(tiny_cfg, progress=False)
-    files = vae_paths(tiny_cfg.run_dir)
+    files = RunDir(run_of(tiny_cfg)).vae
     assert report.epochs_done == 1 and np.isfinite(report.holdout_mse)
-    assert files["model"].exists() and files["grid"].exists() and files["state"].exists()
-    first = load_model(files["model"])
+    assert files.model.exists() and files.grid.exists() and files.state.exists()
+    first = load_model(files.model)
     # rerunning with the same epochs does no training
     again = train_vae(tiny_cfg, progress=False)
     assert again.epochs_done == 1
-    assert torch.equal(load_model(files["model"]).fc_mu.weight, first.fc_mu.weight)
+    assert torch.equal(load_model(files.model).fc_mu.weight, first.fc_mu.weight)
     # asking for more epochs continues from the checkpoint
     tiny_cfg.vae.epochs = 2
     train_vae(tiny_cfg, progress=False)
-    metrics = json.loads(files["metrics"].read_text())
+    metrics = json.loads(files.metrics.read_text())
     assert [m["epoch"] for m in metrics] == [1, 2]
-    sidecar = files["model"].with_name("model.safetensors.json")
+    sidecar = files.model.with_name("model.safetensors.json")
     assert json.loads(sidecar.read_text())["meta"]["epoch"] == 2
 
 
@@ -96,21 +97,21 @@ def test_sigkill_during_training_then_rerun_completes(tiny_cfg):
     from worldmodels.config import save_config
 
     root = Path(__file__).resolve().parent.parent
-    write_shards(tiny_cfg.run_dir / "rollouts", 6, T=60)
-    save_config(tiny_cfg, tiny_cfg.run_dir / "config.yaml")
+    write_shards(run_of(tiny_cfg) / "rollouts", 6, T=60)
+    save_config(tiny_cfg, run_of(tiny_cfg) / "config.yaml")
     args = [sys.executable, str(root / "train_vae.py"), "--config",
-            str(tiny_cfg.run_dir / "config.yaml"), "vae.epochs=6"]
-    files = vae_paths(tiny_cfg.run_dir)
+            str(run_of(tiny_cfg) / "config.yaml"), "vae.epochs=6"]
+    files = RunDir(run_of(tiny_cfg)).vae
     proc = subprocess.Popen(args, cwd=root, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not files["state"].exists():
+    while time.time() < deadline and not files.state.exists():
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     rerun = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    metrics = json.loads(files["metrics"].read_text())
+    metrics = json.loads(files.metrics.read_text())
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5, 6]
-    assert load_model(files["model"]).z_dim == tiny_cfg.vae.z_dim
-    assert not [p for p in files["dir"].iterdir() if p.name.endswith(".partial")]
+    assert load_model(files.model).z_dim == tiny_cfg.vae.z_dim
+    assert not [p for p in files.dir.iterdir() if p.name.endswith(".partial")]

@@ -21,30 +21,29 @@ from pathlib import Path
 import torch
 
 import worldmodels.controller  # noqa: F401  (registers the Controller checkpoint kind)
-from agents.rollouts import load_run_config
 from worldmodels.checkpoint import file_digest, load_model, save_model
-from worldmodels.config import save_config
 from worldmodels.errors import InputError, run_cli
-from worldmodels.frmdn_training import memory_paths
+from worldmodels.run_dir import RunDir
 
 
-def average(out: Path, members: list[Path]) -> None:
-    digests = {file_digest(memory_paths(m / "memory")["model"]) for m in members}
+def average(out_dir: Path, member_dirs: list[Path]) -> None:
+    out, members = RunDir(out_dir), [RunDir(m) for m in member_dirs]
+    digests = {file_digest(m.memory.model) for m in members}
     if len(digests) != 1:
         raise InputError(f"{', '.join(map(str, members))}: their Ms differ; average "
                          "controllers trained on one M")
-    out.mkdir(parents=True, exist_ok=True)
-    for d in ("latents", "vae", "memory"):
-        if not (out / d).exists():
-            shutil.copytree(members[0] / d, out / d, copy_function=os.link)
-    cfg = load_run_config(members[0])
-    cfg.name = out.name
-    save_config(cfg, out / "config.yaml")
+    cfg = members[0].load_config()
+    cfg.name = out.path.name
+    out.write_config(cfg)
+    for src, dst in ((members[0].latents, out.latents), (members[0].vae.dir, out.vae.dir),
+                     (members[0].memory.dir, out.memory.dir)):
+        if not dst.exists():
+            shutil.copytree(src, dst, copy_function=os.link)
     for weights in ("mean", "best"):
-        models = [load_model(m / "controller" / f"{weights}.safetensors") for m in members]
+        models = [load_model(m.controller.weights(weights)) for m in members]
         flats = torch.stack([m.get_flat() for m in models])
         models[0].set_flat(flats.mean(0))
-        save_model(out / "controller" / f"{weights}.safetensors", models[0],
+        save_model(out.controller.weights(weights), models[0],
                    meta={"average_of": [str(m) for m in members]})
         norms = ", ".join(f"{float(v):.2f}" for v in flats.norm(dim=1))
         print(f"{weights}: weight norms {norms}; their mean's {float(flats.mean(0).norm()):.2f}")

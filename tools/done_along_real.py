@@ -21,13 +21,10 @@ import numpy as np
 import torch
 
 from agents.dream_check import held_action_episodes
-from agents.dreams import done_pos_weight
-from agents.rollouts import load_run_config
 from envs.factory import make_env_from_config
 from worldmodels.frmdn import done_probability
-from worldmodels.frmdn_training import load_memory
+from worldmodels.run_dir import RunDir
 from worldmodels.vae import to_float_frames
-from worldmodels.vae_training import load_vae
 
 
 def implied_length(p_done: np.ndarray) -> float:
@@ -43,9 +40,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = load_run_config(args.run)
-    vae, memory = load_vae(args.run), load_memory(args.run / "memory")
-    pos_weight = done_pos_weight(args.run / "memory", cfg)
+    run = RunDir(args.run)
+    cfg = run.load_config()
+    vae, memory = run.load_vae(cfg.vae.z_dim), run.load_memory()
+    pos_weight = float(run.memory_meta()["done_pos_weight"])
     env = make_env_from_config(cfg.env)
     n = int(env.action_space.n)
     print("| policy | real | implied by M's P(done) | P(done) at the real last step |\n"

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from agents.dream_check import held_action_check, markdown_table
-from agents.dreams import load_dream
-from agents.rollouts import load_run_config
+from envs.dream_env import load_dream
 from envs.factory import make_env_from_config
 from worldmodels.errors import run_cli
+from worldmodels.run_dir import RunDir
 
 
 def main(argv: list[str]) -> None:
@@ -34,8 +34,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("overrides", nargs="*", help="dream.<key>=<value>")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = load_run_config(args.run, tuple(args.overrides), sections=("dream",))
-    dream, _, _ = load_dream(args.run, cfg, temperature=args.temperature, seed=0)
+    run = RunDir(args.run)
+    cfg = run.load_config(tuple(args.overrides))
+    dream, _ = load_dream(run, cfg, temperature=args.temperature, seed=0)
     env = make_env_from_config(cfg.env)
     print(markdown_table(held_action_check(dream, env), args.temperature))
 

@@ -20,7 +20,7 @@ import torch
 from worldmodels.datasets import read_latents
 from worldmodels.errors import InputError, run_cli
 from worldmodels.frmdn import FRMDN
-from worldmodels.frmdn_training import load_memory
+from worldmodels.run_dir import RunDir
 from worldmodels.shards import list_shards
 
 
@@ -46,24 +46,25 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--taus", type=float, nargs="+", default=[1.0, 1.15, 1.3])
     args = parser.parse_args(argv)
 
-    paths = list_shards(args.runs[0] / "latents")
+    runs = [RunDir(r) for r in args.runs]
+    paths = list_shards(runs[0].latents)
     if not paths:
-        raise InputError(f"{args.runs[0] / 'latents'}: no encoded episodes (run encode.py)")
+        raise InputError(f"{runs[0].latents}: no encoded episodes (run encode.py)")
     half = args.episodes // 2
     paths = paths[:half] + paths[-(args.episodes - half):] if len(paths) > args.episodes else paths
     episodes = [(torch.from_numpy(data["mu"]), torch.from_numpy(data["action"]))
                 for data in map(read_latents, paths)]
     torch.manual_seed(0)
-    print(f"{len(episodes)} episodes from {args.runs[0] / 'latents'}, "
+    print(f"{len(episodes)} episodes from {runs[0].latents}, "
           f"{args.samples} samples a step")
     print("| run | τ | sample std | sample MSE to real | sample mean's MSE |")
     print("|---|---|---|---|---|")
-    for run in args.runs:
-        memory = load_memory(run / "memory")
+    for run in runs:
+        memory = run.load_memory()
         for tau in args.taus:
             parts = [spread(memory, mu, action, tau, args.samples) for mu, action in episodes]
             std, mse, mean_mse = (torch.cat(p).mean().item() for p in zip(*parts, strict=True))
-            print(f"| {run.name} | {tau:.2f} | {std:.4f} | {mse:.4f} | {mean_mse:.4f} |")
+            print(f"| {run.path.name} | {tau:.2f} | {std:.4f} | {mse:.4f} | {mean_mse:.4f} |")
 
 
 if __name__ == "__main__":

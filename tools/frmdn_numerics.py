@@ -24,6 +24,7 @@ import torch
 from worldmodels.config import load_config
 from worldmodels.datasets import SequenceDataset
 from worldmodels.frmdn_training import _batch_losses, action_info, build_memory, latent_split
+from worldmodels.run_dir import RunDir
 
 VARIANTS = {
     "rmdn_diag": {"precision": "diag", "flow": "none"},
@@ -40,7 +41,7 @@ def run(cfg, variant: dict, seed: int, steps: int) -> dict:
     for k, v in variant.items():
         setattr(cfg.memory, k, v)
     m = cfg.memory
-    train, _, _ = latent_split(cfg)
+    train, _, _ = latent_split(cfg, RunDir.for_config(cfg))
     action_dim, discrete = action_info(train[0])
     torch.manual_seed(seed)
     model = build_memory(cfg, action_dim, discrete)
@@ -85,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config, args.preset, args.overrides)
     torch.set_num_threads(1)
-    print(f"machine: {platform.platform()}; run {cfg.run_dir}; z {cfg.vae.z_dim}, "
+    print(f"machine: {platform.platform()}; run {RunDir.for_config(cfg)}; z {cfg.vae.z_dim}, "
           f"LSTM {cfg.memory.hidden}, {args.steps} steps x {args.seeds} seeds, "
           f"lr {cfg.memory.lr}, clip {cfg.memory.grad_clip}")
     print("| variant | seed | NaN/Inf losses | NaN/Inf grads | weights finite | "

@@ -114,17 +114,21 @@ def load_weights(path: Path, model: nn.Module) -> None:
 
 
 def load_model(path: Path, expect: dict[str, Any] | None = None,
-               map_location: str | torch.device = "cpu") -> nn.Module:
+               map_location: str | torch.device = "cpu",
+               kinds: tuple[str, ...] | None = None) -> nn.Module:
     """Rebuild a model from its sidecar and load its weights.
 
     ``expect``: config values the caller needs (e.g. ``{"z_dim": 32}``); a checkpoint
-    made with other values is refused with an error naming the key.
+    made with other values is refused with an error naming the key. ``kinds``: the
+    model kinds that belong here (an M's checkpoint where V belongs is refused).
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     side = read_header(path)
     kind = side["kind"]
+    if kinds is not None and kind not in kinds:
+        raise CheckpointError(f"{path}: holds a {kind}, but a {' or '.join(kinds)} belongs here")
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"{path}: unknown model kind '{kind}' (known: {sorted(MODEL_KINDS)})")
     for key, value in (expect or {}).items():
@@ -192,8 +196,21 @@ def resume_training(
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file, fsync it, then rename it into place."""
     path = Path(path)
-    _atomic_write_bytes(path, lambda p: p.write_text(json.dumps(data, indent=2)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, lambda p: p.write_bytes(data))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file, fsync it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, lambda p: p.write_text(text))
 
 
 def read_json(path: Path, default: Any) -> Any:

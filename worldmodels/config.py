@@ -179,11 +179,6 @@ class ExperimentConfig:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     dream: DreamConfig = field(default_factory=DreamConfig)
 
-    @property
-    def run_dir(self) -> Path:
-        """``<root>/<env slug>/<name>``: every stage of one experiment lives here."""
-        return Path(self.root) / env_slug(self.env.id) / (self.name or "paper")
-
 
 def env_slug(env_id: str) -> str:
     """A file-system friendly name for an env id: ``ALE/Pong-v5`` -> ``ALE-Pong-v5``."""
@@ -264,6 +259,23 @@ def parse_override(text: str) -> dict:
     return _dotted_to_nested(key.strip(), value)
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file read safely: invalid YAML, a ``!!python/...`` tag or an unreadable
+    file is a :class:`ConfigError` naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a directory, not a YAML file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: unreadable ({err})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+
+
 def resolve_config_path(name_or_path: str) -> Path:
     """A YAML path, or the stem of a file in ``configs/`` (``carracing``)."""
     path = Path(name_or_path)
@@ -290,11 +302,9 @@ def load_config(
     presets = [p for p in (presets or []) if p]
     if config:
         path = resolve_config_path(config)
-        with open(path) as fh:
-            try:
-                data = yaml.safe_load(fh) or {}
-            except yaml.YAMLError as err:
-                raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        data = read_yaml(path) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file holds a mapping, not {type(data).__name__}")
         if data and not {"defaults", "presets"} & set(data):
             # a resolved config.yaml from a run directory: the whole file is the defaults
             data = {"defaults": data}
@@ -439,10 +449,14 @@ def cli_parser(description: str) -> argparse.ArgumentParser:
         epilog="Overrides are dotted keys, e.g. vae.epochs=5 collect.workers=2. "
         "--help-config lists every key.",
     )
-    parser.add_argument("--config", default="carracing",
-                        help="config name in configs/ or a YAML path (default: carracing)")
+    parser.add_argument("--config", default=None,
+                        help="config name in configs/ or a YAML path (default: carracing); "
+                             "a run's DIR/config.yaml is the run at DIR")
     parser.add_argument("--preset", action="append", default=None,
                         help="named preset(s) layered over the file's defaults, e.g. quick")
+    parser.add_argument("--run", default=None, metavar="DIR",
+                        help="the run's directory, wherever it is: its config.yaml is the "
+                             "config (overrides on top); instead of --config/--preset")
     parser.add_argument("--help-config", action="store_true", help="list every config key")
     parser.add_argument("overrides", nargs="*", help="dotted overrides key=value")
     return parser
@@ -460,4 +474,4 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     presets: list[str] = []
     for item in args.preset or []:
         presets += [p for p in item.split(",") if p]
-    return load_config(args.config, presets, args.overrides)
+    return load_config(args.config or "carracing", presets, args.overrides)

@@ -11,8 +11,16 @@ unrelated choices. C has about a thousand parameters and is trained as one flat 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+from worldmodels.checkpoint import register_model
+from worldmodels.config import ConfigError
 
 
 def controller_features(z: Tensor, h: Tensor, c: Tensor | None = None,
@@ -130,10 +138,40 @@ class Controller(nn.Module):
         nn.utils.vector_to_parameters(vector, self.parameters())
 
 
-def _register() -> None:
-    from worldmodels.checkpoint import register_model
+def _discrete_controller(c: Any, z_dim: int, h_dim: int, space: gym.Space) -> Controller:
+    n = int(space.n)
+    order = None
+    if c.discrete_head == "ordinal":
+        order = list(c.action_order) or list(range(n))
+        if sorted(order) != list(range(n)):
+            raise ConfigError(f"config key 'controller.action_order' must list each of "
+                              f"the {n} actions 0..{n - 1} once, got {order}")
+    return Controller(z_dim, h_dim, n, discrete=True, hidden=c.hidden, use_cell=c.use_cell,
+                      order=order)
 
-    register_model("Controller", Controller)
+
+def _box_controller(c: Any, z_dim: int, h_dim: int, space: gym.Space) -> Controller:
+    if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+        raise ConfigError(f"the controller squashes actions into bounds; {space} is unbounded")
+    return Controller(z_dim, h_dim, int(np.prod(space.shape)), low=space.low.tolist(),
+                      high=space.high.tolist(), hidden=c.hidden, use_cell=c.use_cell)
 
 
-_register()
+#: action space type -> builder of a controller for it
+CONTROLLER_BUILDERS: dict[type, Callable[..., Controller]] = {
+    gym.spaces.Discrete: _discrete_controller,
+    gym.spaces.Box: _box_controller,
+}
+
+
+def build_controller(c: Any, z_dim: int, h_dim: int, action_space: gym.Space) -> Controller:
+    """An untrained C from a :class:`worldmodels.config.ControllerConfig` ``c`` for
+    ``action_space``, reading z (z_dim) and M's hidden state (h_dim)."""
+    builder = CONTROLLER_BUILDERS.get(type(action_space))
+    if builder is None:
+        known = ", ".join(t.__name__ for t in CONTROLLER_BUILDERS)
+        raise ConfigError(f"controllers support {known} actions, not {action_space}")
+    return builder(c, z_dim, h_dim, action_space)
+
+
+register_model("Controller", Controller)

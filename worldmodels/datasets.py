@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from worldmodels.checkpoint import read_json, write_json_atomic
 from worldmodels.shards import ShardError, load_frames, read_npz, shard_length
 
 
@@ -254,7 +255,6 @@ def usable_shards(paths: Sequence[Path], reader: Callable[[Path], object], skip_
     and 0 (a bad shard then stops whatever reads it, naming the file)."""
     if not skip_corrupt:
         return list(paths), 0
-    from worldmodels.checkpoint import read_json, write_json_atomic
 
     good, bad = screen_shards(paths, reader)
     listed = read_json(record, {})

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from worldmodels.checkpoint import file_digest
 from worldmodels.config import ExperimentConfig
+from worldmodels.run_dir import RunDir
 from worldmodels.shards import (
     RolloutShard,
     ShardError,
@@ -27,7 +28,6 @@ from worldmodels.shards import (
     write_npz_atomic,
 )
 from worldmodels.vae import ConvVAE
-from worldmodels.vae_training import load_vae, vae_paths
 
 
 @dataclass
@@ -59,17 +59,21 @@ def latent_is_current(path: Path, digest: str) -> bool:
         return False
 
 
-def encode_rollouts(cfg: ExperimentConfig, progress: bool = True) -> EncodeReport:
-    """Write a latent shard for every rollout shard that lacks a current one."""
+def encode_rollouts(cfg: ExperimentConfig, run: RunDir | None = None,
+                    progress: bool = True) -> EncodeReport:
+    """Write a latent shard for every rollout shard of the run that lacks a current one;
+    the run is ``cfg``'s default directory unless given."""
+    run = run or RunDir.for_config(cfg)
     device = torch.device(cfg.device)
-    model = load_vae(cfg.run_dir, cfg.vae.z_dim, cfg.device).to(device)
-    digest = file_digest(vae_paths(cfg.run_dir)["model"])
-    src, dst = cfg.run_dir / "rollouts", cfg.run_dir / "latents"
-    dst.mkdir(parents=True, exist_ok=True)
-    remove_partial_files(dst)
+    model = run.load_vae(cfg.vae.z_dim, cfg.device).to(device)
+    digest = file_digest(run.vae.model)
+    src, dst = run.rollouts, run.latents
     shards = list_shards(src)
     if not shards:
         raise ShardError(f"{src}: no rollout shards to encode (run collect.py first)")
+    run.write_config(cfg)  # inputs accepted
+    dst.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(dst)
     todo = [p for p in shards if not latent_is_current(dst / p.name, digest)]
     start = time.perf_counter()
     frames = 0

@@ -15,6 +15,10 @@ class InputError(Exception):
     """Bad input: the message names the file or key and says what to do."""
 
 
+class MissingPackageError(InputError, ImportError):
+    """An optional package an env or engine needs is not installed."""
+
+
 class Stopped(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same cleanup runs:
     open files are left whole (every write is atomic) and worker processes are stopped

@@ -36,6 +36,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from worldmodels.checkpoint import register_model
+
 PRECISIONS = ("diag", "square", "overcomplete")
 FLOWS = ("none", "maf", "coupling")
 LOG_2PI = math.log(2 * math.pi)
@@ -272,6 +274,11 @@ class FRMDN(nn.Module):
     def config(self) -> dict:
         return dict(self._config)
 
+    @property
+    def hidden_size(self) -> int:
+        """Size of h (and of the cell state c)."""
+        return self.lstm.hidden_size
+
     # ------------------------------------------------------------------ recurrence
     def rnn_input(self, z: Tensor, action: Tensor) -> Tensor:
         """[z, a] with Discrete actions one-hot: (..., d + A)."""
@@ -394,10 +401,4 @@ def done_metrics(rates: dict[str, float]) -> dict[str, float]:
     }
 
 
-def _register() -> None:
-    from worldmodels.checkpoint import register_model
-
-    register_model("FRMDN", FRMDN)
-
-
-_register()
+register_model("FRMDN", FRMDN)

@@ -25,7 +25,6 @@ from tqdm import tqdm
 from worldmodels.checkpoint import (
     CheckpointError,
     file_digest,
-    load_model,
     read_json,
     resume_training,
     save_model,
@@ -35,9 +34,9 @@ from worldmodels.checkpoint import (
 from worldmodels.config import ExperimentConfig
 from worldmodels.datasets import SequenceDataset, read_latents, split_episodes, usable_shards
 from worldmodels.frmdn import FRMDN, done_metrics
-from worldmodels.run_dir import summary_writer
-from worldmodels.shards import ShardError, list_shards, read_meta, read_npz, shard_length
-from worldmodels.vae_training import vae_paths
+from worldmodels.monitoring import summary_writer
+from worldmodels.run_dir import MemoryFiles, RunDir
+from worldmodels.shards import ShardError, list_shards, read_meta, shard_length
 
 
 @dataclass
@@ -53,31 +52,25 @@ class MemoryReport:
     skipped_shards: int = 0  # corrupt shards left out (data.skip_corrupt)
 
 
-def memory_paths(directory: Path) -> dict[str, Path]:
-    d = Path(directory)
-    return {"dir": d, "model": d / "model.safetensors", "state": d / "train_state.pt",
-            "metrics": d / "metrics.json"}
-
-
-def latent_split(cfg: ExperimentConfig, check_digest: bool = True,
+def latent_split(cfg: ExperimentConfig, run: RunDir, check_digest: bool = True,
                  ) -> tuple[list[Path], list[Path], int]:
-    """(train, held-out, corrupt shards skipped): latent shards split by episode exactly
-    as V's frames were."""
-    directory = cfg.run_dir / "latents"
+    """(train, held-out, corrupt shards skipped): the run's latent shards split by
+    episode exactly as V's frames were."""
+    directory = run.latents
     shards, skipped = usable_shards(
         list_shards(directory), lambda p: read_latents(p, cfg.vae.z_dim), cfg.data.skip_corrupt,
-        cfg.run_dir / "skipped_shards.json", "latents")
+        run.skipped_shards_file, "latents")
     if len(shards) < 2:
         raise ShardError(f"{directory}: {len(shards)} usable latent shard(s); "
                          "run encode.py first")
     if check_digest:
-        check_latents_current(cfg, shards)
+        check_latents_current(run, shards)
     return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed), skipped)
 
 
-def check_latents_current(cfg: ExperimentConfig, shards: list[Path]) -> None:
+def check_latents_current(run: RunDir, shards: list[Path]) -> None:
     """Refuse latents made by other V weights than the run's (an older VAE, say)."""
-    model = vae_paths(cfg.run_dir)["model"]
+    model = run.vae.model
     if not model.exists():
         return  # latents supplied without their V: nothing to compare with
     digest = file_digest(model)
@@ -89,24 +82,16 @@ def check_latents_current(cfg: ExperimentConfig, shards: list[Path]) -> None:
 
 
 def action_info(path: Path) -> tuple[int, bool]:
-    """(action size, discrete?) of the episodes, from a shard's metadata or its actions.
-
-    Shards without ``action_space`` in their metadata (older collections) work when
-    their actions are float (T, A); integer actions need the metadata for n.
-    """
+    """(action size, discrete?) of the episodes, from a shard's metadata."""
     space = read_meta(path).get("action_space")
-    if space:
-        if space["type"] == "discrete":
-            if int(space.get("start", 0)) != 0:
-                raise ShardError(f"{path}: Discrete actions starting at {space['start']} "
-                                 "are not supported (M one-hot encodes 0..n-1)")
-            return int(space["n"]), True
-        return int(math.prod(space["shape"])), False
-    action = read_npz(path, ("action",))["action"]
-    if action.dtype == np.float32 and action.ndim == 2:
-        return int(action.shape[1]), False
-    raise ShardError(f"{path}: meta has no action_space and actions are {action.dtype} "
-                     f"{action.shape}; recollect, or add the action space to its meta")
+    if not space:
+        raise ShardError(f"{path}: meta has no action_space (collect.py writes one)")
+    if space["type"] == "discrete":
+        if int(space.get("start", 0)) != 0:
+            raise ShardError(f"{path}: Discrete actions starting at {space['start']} "
+                             "are not supported (M one-hot encodes 0..n-1)")
+        return int(space["n"]), True
+    return int(math.prod(space["shape"])), False
 
 
 def build_memory(cfg: ExperimentConfig, action_dim: int, discrete: bool) -> FRMDN:
@@ -159,33 +144,41 @@ def count_windows(paths: list[Path], seq_len: int) -> int:
     return sum(-(-shard_length(p) // seq_len) for p in paths)
 
 
-def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int | None = None,
+def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
+                 out_dir: Path | None = None, seed: int | None = None,
                  progress: bool = True) -> MemoryReport:
-    """Train (or resume) M up to ``cfg.memory.epochs`` epochs.
+    """Train (or resume) M on the run's latents up to ``cfg.memory.epochs`` epochs; the
+    run is ``cfg``'s default directory unless given.
 
-    ``seed`` seeds initialisation and z resampling (default ``cfg.seed``); the data
-    split always follows ``cfg.seed``, so runs with different seeds see the same data.
+    ``out_dir``: where M's files go (default: the run's ``memory/``). ``seed`` seeds
+    initialisation and z resampling (default ``cfg.seed``); the data split always
+    follows ``cfg.seed``, so runs with different seeds see the same data.
     """
+    run = run or RunDir.for_config(cfg)
     m = cfg.memory
     seed = cfg.seed if seed is None else seed
     device = torch.device(cfg.device)
-    files = memory_paths(out_dir or cfg.run_dir / "memory")
-    files["dir"].mkdir(parents=True, exist_ok=True)
-    train_paths, holdout_paths, skipped_shards = latent_split(cfg)
+    files = run.memory if out_dir is None else MemoryFiles.at(out_dir)
+    train_paths, holdout_paths, skipped_shards = latent_split(cfg, run)
     action_dim, discrete = action_info(train_paths[0])
+    action_space = read_meta(train_paths[0])["action_space"]
 
     torch.manual_seed(seed)
     model = build_memory(cfg, action_dim, discrete).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=m.lr)
-    start_epoch, _ = resume_training(files["model"], files["state"], model, optimizer,
+    start_epoch, _ = resume_training(files.model, files.state, model, optimizer,
                                      expect=model.config())
+    if out_dir is None:
+        run.write_config(cfg)  # inputs accepted
+    files.dir.mkdir(parents=True, exist_ok=True)
 
     dataset = SequenceDataset(train_paths, m.seq_len, m.batch_size, m.shuffle_buffer, seed=seed,
                               z_dim=cfg.vae.z_dim)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers)
     batches = -(-count_windows(train_paths, m.seq_len) // m.batch_size)
-    writer = summary_writer(files["dir"].parent / "tensorboard" / files["dir"].name)
-    metrics = [x for x in read_json(files["metrics"], []) if x["epoch"] <= start_epoch]
+    writer = summary_writer(run.tensorboard("memory") if out_dir is None
+                            else files.dir.parent / "tensorboard" / files.dir.name)
+    metrics = [x for x in read_json(files.metrics, []) if x["epoch"] <= start_epoch]
     step = sum(x.get("batches", 0) for x in metrics)
     skipped_total = sum(x.get("skipped", 0) for x in metrics)
     generator = torch.Generator(device=device)
@@ -228,17 +221,18 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
         skipped_total += skipped
         metrics.append({"epoch": epoch + 1, "train_seconds": seconds, "batches": ran,
                         "skipped": skipped, **{f"holdout_{k}": v for k, v in held.items()}})
-        write_json_atomic(files["metrics"], metrics)  # first: see vae_training
-        save_model(files["model"], model, meta={"epoch": epoch + 1, "seed": seed,
-                                                "done_pos_weight": m.done_pos_weight})
-        save_state(files["state"], {"optimizer": optimizer.state_dict(), "epoch": epoch + 1})
+        write_json_atomic(files.metrics, metrics)  # first: see vae_training
+        save_model(files.model, model, meta={"epoch": epoch + 1, "seed": seed,
+                                             "done_pos_weight": m.done_pos_weight,
+                                             "action_space": action_space})
+        save_state(files.state, {"optimizer": optimizer.state_dict(), "epoch": epoch + 1})
         if progress:
             done = f", done skill {held['done_skill']:.3f}" if "done_skill" in held else ""
             tqdm.write(f"M epoch {epoch + 1}: held-out NLL {held['nll']:.4f} nats/dim{done}, "
                        f"{seconds:.1f}s" + (f", skipped {skipped} batches" if skipped else ""))
     writer.close()
     if not metrics:
-        raise CheckpointError(f"{files['dir']}: no epochs recorded (memory.epochs=0?)")
+        raise CheckpointError(f"{files.dir}: no epochs recorded (memory.epochs=0?)")
     last = metrics[-1]
     return MemoryReport(
         epochs_done=last["epoch"], holdout_nll=last["holdout_nll"],
@@ -251,15 +245,6 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
         parameters=sum(p.numel() for p in model.parameters()),
         skipped_shards=skipped_shards,
     )
-
-
-def load_memory(directory: Path, device: str = "cpu") -> FRMDN:
-    path = memory_paths(directory)["model"]
-    if not path.exists():
-        raise CheckpointError(f"{path}: no trained M (run train_frmdn.py with the same config)")
-    model = load_model(path, map_location=device)
-    assert isinstance(model, FRMDN)
-    return model.eval()
 
 
 def report_dict(report: MemoryReport) -> dict[str, Any]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import copy
 import statistics
-from pathlib import Path
 from typing import Any
 
-from worldmodels.checkpoint import write_json_atomic
-from worldmodels.config import ExperimentConfig, merge_into, parse_override
-from worldmodels.frmdn_training import report_dict, train_memory
+from worldmodels.checkpoint import write_json_atomic, write_text_atomic
+from worldmodels.config import ConfigError, ExperimentConfig, merge_into, parse_override
+from worldmodels.frmdn_training import latent_split, report_dict, train_memory
+from worldmodels.run_dir import RunDir
 
 #: name -> overrides of ``memory.*``; the RMDN baseline is the mixture with no flow
 VARIANTS: dict[str, list[str]] = {
@@ -35,16 +35,20 @@ def variant_config(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentCon
     return out
 
 
-def compare(cfg: ExperimentConfig, variants: list[str], seeds: list[int],
+def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list[int],
             progress: bool = True) -> list[dict[str, Any]]:
+    """Train every variant with every seed on the run's latents (resuming each)."""
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown variant '{unknown[0]}' (known: {', '.join(VARIANTS)})")
+    latent_split(cfg, run)  # the run has usable latents of its V
+    run.write_config(cfg)  # inputs accepted
     rows = []
     for name in variants:
-        if name not in VARIANTS:
-            raise KeyError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})")
         for seed in seeds:
             vcfg = variant_config(cfg, VARIANTS[name])
-            out = cfg.run_dir / "memory_compare" / f"{name}__s{seed}"
-            report = report_dict(train_memory(vcfg, out, seed=seed, progress=progress))
+            out = run.memory_compare_dir / f"{name}__s{seed}"
+            report = report_dict(train_memory(vcfg, run, out, seed=seed, progress=progress))
             rows.append({"variant": name, "seed": seed, **report})
     return rows
 
@@ -73,9 +77,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(run_dir: Path, rows: list[dict[str, Any]]) -> str:
+def write_results(run: RunDir, rows: list[dict[str, Any]]) -> str:
+    """``memory_compare/results.json`` and ``results.md`` (the table, returned)."""
     text = table(rows)
-    (run_dir / "memory_compare").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "memory_compare" / "results.json", rows)
-    (run_dir / "memory_compare" / "results.md").write_text(text + "\n")
+    write_json_atomic(run.memory_compare_dir / "results.json", rows)
+    write_text_atomic(run.memory_compare_dir / "results.md", text + "\n")
     return text

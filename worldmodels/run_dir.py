@@ -1,15 +1,306 @@
-"""The run directory: one per experiment, holding every stage's output and the config."""
+"""A run is its directory: :class:`RunDir` owns every path of one experiment and loads
+its config, V, M and C.
+
+    runs/CarRacing-v3/quick/
+        config.yaml            the resolved config (config.prev.yaml: the one before)
+        rollouts/ep_*.npz      collect          latents/ep_*.npz   encode
+        vae/                   train_vae        memory/            train_frmdn
+        controller/            train_controller eval/              evaluate (and checks)
+        dreams/                dream.py         tensorboard/<stage>/
+        memory_compare/        compare_memory.py
+
+A run is located by the directory it is given, wherever it is and whatever the working
+directory: a run copied elsewhere, or shipped under ``pretrained/<name>/``, works
+unchanged. Only :meth:`RunDir.for_config` derives a directory from a config (its
+``root``, env and ``name``): the default place of a new run.
+
+A command writes the run's ``config.yaml`` (:meth:`RunDir.write_config`) only once its
+inputs have been checked, so a refused command leaves the run as it was.
+"""
 
 from __future__ import annotations
 
-import resource
+import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import yaml
 
-from worldmodels.config import ExperimentConfig, save_config, to_dict
+from worldmodels.checkpoint import (
+    CheckpointError,
+    load_model,
+    load_weights,
+    read_header,
+    write_text_atomic,
+)
+from worldmodels.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_from_args,
+    config_help,
+    env_slug,
+    load_config,
+    read_yaml,
+    to_dict,
+)
+from worldmodels.controller import Controller, build_controller
+from worldmodels.memory import MEMORY_KINDS
+from worldmodels.shards import ShardError, action_space_from_meta, list_shards, read_meta
+from worldmodels.vae import ConvVAE
+
+#: config sections a command may change for an already trained run (the rest are fixed
+#: by the files the run's stages wrote): the env it plays, its dream, and how to run
+TRAINED_RUN_SECTIONS = ("env", "dream")
+RUNTIME_KEYS = ("seed", "device", "root", "name", "controller.engine", "controller.workers",
+                "controller.ray_address", "controller.eval_episodes")
+
+
+@dataclass(frozen=True)
+class VAEFiles:
+    dir: Path
+    model: Path
+    state: Path
+    mean: Path  # the mean training frame, the MSE baseline
+    grid: Path  # reconstruction grid PNG
+    metrics: Path
+
+    @classmethod
+    def at(cls, d: Path) -> VAEFiles:
+        return cls(d, d / "model.safetensors", d / "train_state.pt", d / "mean_frame.npy",
+                   d / "recon.png", d / "metrics.json")
+
+
+@dataclass(frozen=True)
+class MemoryFiles:
+    dir: Path
+    model: Path
+    state: Path
+    metrics: Path
+
+    @classmethod
+    def at(cls, d: Path) -> MemoryFiles:
+        """The files of an M trained into ``d`` (a run's ``memory/``, or a variant's
+        directory under ``memory_compare/``)."""
+        d = Path(d)
+        return cls(d, d / "model.safetensors", d / "train_state.pt", d / "metrics.json")
+
+
+@dataclass(frozen=True)
+class ControllerFiles:
+    dir: Path
+    history: Path  # CMA-ES fitness values, replayed on resume
+    best: Path
+    mean: Path
+    log: Path
+    fitness_plot: Path
+
+    @classmethod
+    def at(cls, d: Path) -> ControllerFiles:
+        return cls(d, d / "cmaes_history.npz", d / "best.safetensors", d / "mean.safetensors",
+                   d / "generations.json", d / "fitness.png")
+
+    def weights(self, which: str) -> Path:
+        """``best`` (CMA-ES's best candidate) or ``mean`` (its search mean)."""
+        if which not in ("best", "mean"):
+            raise ConfigError(f"controller weights must be best or mean, not '{which}'")
+        return self.best if which == "best" else self.mean
+
+    def sb3(self, algo: str, environment: str = "real") -> tuple[Path, Path]:
+        """(weights, meta) of an SB3 policy; one trained in the dream has its own files."""
+        stem = f"sb3_{algo}" + ("" if environment == "real" else f"_{environment}")
+        return self.dir / f"{stem}.safetensors", self.dir / f"{stem}.json"
+
+
+class RunDir:
+    """One experiment's directory (kept absolute, so a later ``chdir`` or a worker
+    process with another working directory finds the same run)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser().absolute()
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path}: a run directory, but this is a file")
+
+    @classmethod
+    def for_config(cls, cfg: ExperimentConfig) -> RunDir:
+        """The default directory of a run: ``<root>/<env slug>/<name>``."""
+        return cls(Path(cfg.root) / env_slug(cfg.env.id) / (cfg.name or "paper"))
+
+    def __repr__(self) -> str:
+        return f"RunDir('{self.path}')"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def prev_config_file(self) -> Path:
+        return self.path / "config.prev.yaml"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def skipped_shards_file(self) -> Path:
+        return self.path / "skipped_shards.json"
+
+    @property
+    def rollouts(self) -> Path:
+        return self.path / "rollouts"
+
+    @property
+    def latents(self) -> Path:
+        return self.path / "latents"
+
+    @property
+    def vae(self) -> VAEFiles:
+        return VAEFiles.at(self.path / "vae")
+
+    @property
+    def memory(self) -> MemoryFiles:
+        return MemoryFiles.at(self.path / "memory")
+
+    @property
+    def controller(self) -> ControllerFiles:
+        return ControllerFiles.at(self.path / "controller")
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def dreams_dir(self) -> Path:
+        return self.path / "dreams"
+
+    @property
+    def memory_compare_dir(self) -> Path:
+        return self.path / "memory_compare"
+
+    def tensorboard(self, stage: str = "") -> Path:
+        """TensorBoard log directory of a stage (``vae``, ``memory``, ``controller``)."""
+        return self.path / "tensorboard" / stage if stage else self.path / "tensorboard"
+
+    # ------------------------------------------------------------------ config
+    def has_config(self) -> bool:
+        return self.config_file.is_file()
+
+    def load_config(self, overrides: tuple[str, ...] | list[str] = (),
+                    trained: bool = True) -> ExperimentConfig:
+        """The run's resolved ``config.yaml`` (checked like any config) with ``overrides``.
+
+        ``trained``: the overrides may only change what a trained run leaves open:
+        :data:`TRAINED_RUN_SECTIONS` (play the agent in another variant of its env, say
+        ``env.direct_render=false``, or dream at another ``dream.temperature``) and
+        :data:`RUNTIME_KEYS`. Overrides that restate the run's own values are fine; any
+        other change is refused, since the files of the run's stages fix it.
+        """
+        if not self.has_config():
+            raise ConfigError(f"{self.config_file}: no such file; is {self.path} a run "
+                              "directory (made by collect.py or run.py)?")
+        cfg = load_config(str(self.config_file), [], list(overrides))
+        if trained and overrides:
+            saved = _flatten(to_dict(load_config(str(self.config_file))))
+            now = _flatten(to_dict(cfg))
+            fixed = sorted(k for k in now if now[k] != saved.get(k)
+                           and k.split(".", 1)[0] not in TRAINED_RUN_SECTIONS
+                           and k not in RUNTIME_KEYS)
+            if fixed:
+                allowed = ", ".join([f"{s}.*" for s in TRAINED_RUN_SECTIONS] + list(RUNTIME_KEYS))
+                raise ConfigError(
+                    f"{self.path} is a trained run: '{fixed[0]}' is fixed by its files "
+                    f"({saved.get(fixed[0])!r}); only {allowed} can change")
+        return cfg
+
+    def write_config(self, cfg: ExperimentConfig) -> None:
+        """Save ``cfg`` as the run's ``config.yaml``, once a command has accepted it.
+
+        If a different config is there, the changed keys are printed (a rerun with,
+        say, more epochs is a normal way to continue a run) and the old file becomes
+        ``config.prev.yaml``.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+        if self.config_file.exists():
+            old_text = self.config_file.read_text()
+            if old_text == text:
+                return
+            old = read_yaml(self.config_file)
+            new, before = _flatten(to_dict(cfg)), _flatten(old if isinstance(old, dict) else {})
+            changed = sorted(k for k in set(new) | set(before) if new.get(k) != before.get(k))
+            print(f"{self.config_file}: config changed since the last run: "
+                  + ", ".join(f"{k}: {before.get(k)!r} -> {new.get(k)!r}" for k in changed),
+                  file=sys.stderr)
+            write_text_atomic(self.prev_config_file, old_text)
+        write_text_atomic(self.config_file, text)
+
+    # ------------------------------------------------------------------ parts
+    def action_space(self) -> gym.Space:
+        """The env's action space: as M's checkpoint recorded it, else from the metadata
+        of the run's first latent (or rollout) shard."""
+        if self.memory.model.exists():
+            info = self.memory_meta().get("action_space")
+            if info:
+                return action_space_from_meta(info)
+        for directory in (self.latents, self.rollouts):
+            shards = list_shards(directory)
+            if shards:
+                info = read_meta(shards[0]).get("action_space")
+                if not info:
+                    raise ShardError(f"{shards[0]}: meta has no action_space")
+                return action_space_from_meta(info)
+        raise ShardError(f"{self.path}: no trained M and no shards, so the action space "
+                         "is unknown (run collect.py)")
+
+    def load_vae(self, z_dim: int | None = None, device: str = "cpu") -> ConvVAE:
+        """The run's trained V (in eval mode); ``z_dim`` checks its latent size."""
+        path = self.vae.model
+        if not path.exists():
+            raise CheckpointError(f"{path}: no trained V (run train_vae.py for {self.path})")
+        model = load_model(path, expect={"z_dim": z_dim} if z_dim else None,
+                           map_location=device, kinds=("ConvVAE",))
+        assert isinstance(model, ConvVAE)
+        return model.eval()
+
+    def load_memory(self, device: str = "cpu", directory: Path | None = None) -> Any:
+        """The run's trained M (in eval mode), or the one trained into ``directory``."""
+        path = self.memory.model if directory is None else MemoryFiles.at(directory).model
+        if not path.exists():
+            raise CheckpointError(f"{path}: no trained M (run train_frmdn.py for {self.path})")
+        return load_model(path, map_location=device, kinds=tuple(MEMORY_KINDS)).eval()
+
+    def memory_meta(self) -> dict[str, Any]:
+        """What M's training recorded in its checkpoint (epoch, seed, done_pos_weight)."""
+        return dict(read_header(self.memory.model).get("meta", {}))
+
+    def new_controller(self, cfg: ExperimentConfig, action_space: gym.Space,
+                       memory: Any) -> Controller:
+        """An untrained C for ``action_space`` that reads M's features."""
+        return build_controller(cfg.controller, cfg.vae.z_dim, memory.hidden_size,
+                                action_space)
+
+    def load_controller(self, cfg: ExperimentConfig, action_space: gym.Space, memory: Any,
+                        weights: str = "best") -> Controller:
+        """The trained C: ``controller/<weights>.safetensors`` (``best`` or ``mean``)."""
+        path = self.controller.weights(weights)
+        if not path.exists():
+            raise CheckpointError(f"{path}: no trained controller (run train_controller.py "
+                                  f"for {self.path})")
+        controller = self.new_controller(cfg, action_space, memory)
+        load_weights(path, controller)
+        return controller.eval()
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -22,39 +313,43 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def prepare_run_dir(cfg: ExperimentConfig) -> Path:
-    """Create ``cfg.run_dir`` and write the resolved ``config.yaml`` at its root.
+def run_from_args(args: argparse.Namespace, trained: bool = False,
+                  ) -> tuple[ExperimentConfig, RunDir]:
+    """An entry point's config and run from its command line (see
+    :func:`worldmodels.config.cli_parser`).
 
-    If a config is already there and differs, the changed keys are printed (a rerun
-    with, say, more epochs is a normal way to continue a run) and the old file is kept
-    as ``config.prev.yaml``.
+    ``--run DIR``: the run at DIR, its ``config.yaml`` with the overrides on top.
+    ``--config DIR/config.yaml`` (a run's resolved config) is the same as ``--run DIR``.
+    Otherwise the config file with its presets and overrides, and the run at the
+    config's default place. ``trained`` (evaluate, dream): the run's own config is the
+    config, and overrides may change only what :meth:`RunDir.load_config` allows.
     """
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "config.yaml"
-    if path.exists():
-        old = yaml.safe_load(path.read_text()) or {}
-        new, before = _flatten(to_dict(cfg)), _flatten(old)
-        changed = sorted(k for k in set(new) | set(before) if new.get(k) != before.get(k))
-        if changed:
-            print(f"{path}: config changed since the last run: "
-                  + ", ".join(f"{k}: {before.get(k)!r} -> {new.get(k)!r}" for k in changed),
-                  file=sys.stderr)
-            (run_dir / "config.prev.yaml").write_text(path.read_text())
-    save_config(cfg, path)
-    return run_dir
+    if args.help_config:
+        print("\n".join(config_help()))
+        raise SystemExit(0)
+    run_path = args.run
+    if run_path and args.config:
+        raise ConfigError("give --run DIR or --config, not both")
+    if not run_path and args.config and is_run_config(args.config):
+        run_path = str(Path(args.config).parent)
+    if run_path:
+        if args.preset:
+            raise ConfigError("--preset layers over a config file; a run has its own config "
+                              f"({Path(run_path) / 'config.yaml'})")
+        run = RunDir(run_path)
+        return run.load_config(args.overrides, trained=trained), run
+    cfg = config_from_args(args)
+    run = RunDir.for_config(cfg)
+    if trained:
+        cfg = run.load_config(args.overrides, trained=True)
+    return cfg, run
 
 
-def summary_writer(log_dir: Path) -> Any:
-    """A TensorBoard ``SummaryWriter`` under ``log_dir``."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(log_dir))
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process and its finished children, in MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    bytes_per_unit = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
-    return max(own, kids) * bytes_per_unit / 2**20
+def is_run_config(config: str) -> bool:
+    """Is ``config`` the path of a run's resolved ``config.yaml`` (a file holding the
+    whole config, not ``defaults:`` and ``presets:``)?"""
+    path = Path(config)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return False
+    data = read_yaml(path)
+    return isinstance(data, dict) and bool(data) and not {"defaults", "presets"} & set(data)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from worldmodels.errors import InputError
@@ -207,3 +208,25 @@ def shard_length(path: Path) -> int:
 
 def read_meta(path: Path) -> dict[str, Any]:
     return _read_meta(read_npz(path, ("meta",))["meta"], path)
+
+
+def describe_action_space(space: gym.Space) -> dict[str, Any]:
+    """JSON-able action space for a shard's meta: ``{"type": "discrete", "n": 3,
+    "start": 0}`` or ``{"type": "box", "shape", "low", "high"}``."""
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, gym.spaces.Box):
+        return {"type": "box", "shape": list(space.shape), "low": space.low.tolist(),
+                "high": space.high.tolist()}
+    raise ValueError(f"unsupported action space {space}")
+
+
+def action_space_from_meta(info: dict[str, Any]) -> gym.Space:
+    """The inverse of :func:`describe_action_space`."""
+    if info.get("type") == "discrete":
+        return gym.spaces.Discrete(int(info["n"]), start=int(info.get("start", 0)))
+    if info.get("type") == "box":
+        return gym.spaces.Box(np.array(info["low"], np.float32),
+                              np.array(info["high"], np.float32), tuple(info["shape"]),
+                              np.float32)
+    raise ShardError(f"unsupported action space description {info}")

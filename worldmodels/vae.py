@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from worldmodels.checkpoint import register_model
+
 
 def to_float_frames(frames: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 64, 64, 3) -> float32 (B, 3, 64, 64) in [0, 1]; float NCHW passes through."""
@@ -80,10 +82,4 @@ def vae_loss(
     }
 
 
-def _register() -> None:
-    from worldmodels.checkpoint import register_model
-
-    register_model("ConvVAE", ConvVAE)
-
-
-_register()
+register_model("ConvVAE", ConvVAE)

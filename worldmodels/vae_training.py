@@ -11,6 +11,7 @@ Files under ``<run>/vae/``::
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,12 +22,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from worldmodels.checkpoint import (
-    CheckpointError,
-    load_model,
     read_json,
     resume_training,
     save_model,
     save_state,
+    write_bytes_atomic,
     write_json_atomic,
 )
 from worldmodels.config import ExperimentConfig
@@ -37,8 +37,9 @@ from worldmodels.datasets import (
     split_episodes,
     usable_shards,
 )
+from worldmodels.monitoring import peak_rss_mib, summary_writer
 from worldmodels.pictures import recon_grid, save_png
-from worldmodels.run_dir import peak_rss_mib, summary_writer
+from worldmodels.run_dir import RunDir
 from worldmodels.shards import RolloutShard, ShardError, list_shards, load_frames
 from worldmodels.vae import ConvVAE, to_float_frames, vae_loss
 
@@ -60,18 +61,11 @@ class VAEReport:
         return self.holdout_mse / self.mean_frame_mse if self.mean_frame_mse > 0 else float("nan")
 
 
-def vae_paths(run_dir: Path) -> dict[str, Path]:
-    d = Path(run_dir) / "vae"
-    return {"dir": d, "model": d / "model.safetensors", "state": d / "train_state.pt",
-            "mean": d / "mean_frame.npy", "grid": d / "recon.png", "metrics": d / "metrics.json"}
-
-
-def rollout_split(cfg: ExperimentConfig) -> tuple[list[Path], list[Path], int]:
+def rollout_split(cfg: ExperimentConfig, run: RunDir) -> tuple[list[Path], list[Path], int]:
     """(train, held-out, corrupt shards skipped): split by episode name, fixed by the seed."""
-    directory = cfg.run_dir / "rollouts"
+    directory = run.rollouts
     shards, skipped = usable_shards(list_shards(directory), RolloutShard.load,
-                                    cfg.data.skip_corrupt, cfg.run_dir / "skipped_shards.json",
-                                    "rollouts")
+                                    cfg.data.skip_corrupt, run.skipped_shards_file, "rollouts")
     if len(shards) < 2:
         raise ShardError(
             f"{directory}: {len(shards)} usable shard(s); training V needs at least 2 "
@@ -116,28 +110,29 @@ def grid_frames(paths: list[Path], count: int) -> np.ndarray:
     return np.stack(picked[:count])
 
 
-def train_vae(cfg: ExperimentConfig, progress: bool = True) -> VAEReport:
-    """Train (or resume) V on the run's rollouts up to ``cfg.vae.epochs`` epochs."""
+def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
+              progress: bool = True) -> VAEReport:
+    """Train (or resume) V on the run's rollouts up to ``cfg.vae.epochs`` epochs; the
+    run is ``cfg``'s default directory unless given."""
+    run = run or RunDir.for_config(cfg)
     v = cfg.vae
     device = torch.device(cfg.device)
-    files = vae_paths(cfg.run_dir)
-    files["dir"].mkdir(parents=True, exist_ok=True)
-    train_paths, holdout_paths, skipped_shards = rollout_split(cfg)
+    files = run.vae
+    train_paths, holdout_paths, skipped_shards = rollout_split(cfg, run)
 
     torch.manual_seed(cfg.seed)
     model = ConvVAE(v.z_dim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=v.lr)
-    start_epoch, state = resume_training(files["model"], files["state"], model, optimizer,
+    start_epoch, state = resume_training(files.model, files.state, model, optimizer,
                                          expect={"z_dim": cfg.vae.z_dim})
+    run.write_config(cfg)  # inputs accepted
+    files.dir.mkdir(parents=True, exist_ok=True)
 
-    if files["mean"].exists():
-        mean = np.load(files["mean"], allow_pickle=False)
+    if files.mean.exists():
+        mean = np.load(files.mean, allow_pickle=False)
     else:
         mean = mean_frame(train_paths)
-        tmp = files["mean"].with_name(".mean_frame.npy.partial")
-        with open(tmp, "wb") as fh:
-            np.save(fh, mean)
-        tmp.replace(files["mean"])
+        write_bytes_atomic(files.mean, _npy_bytes(mean))
 
     frames_total = count_frames(train_paths)
     frames_per_epoch = min(frames_total, v.max_frames_per_epoch or frames_total)
@@ -145,8 +140,8 @@ def train_vae(cfg: ExperimentConfig, progress: bool = True) -> VAEReport:
                            max_frames=v.max_frames_per_epoch)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers,
                         persistent_workers=False)
-    writer = summary_writer(cfg.run_dir / "tensorboard" / "vae")
-    metrics = [m for m in read_json(files["metrics"], []) if m["epoch"] <= start_epoch]
+    writer = summary_writer(run.tensorboard("vae"))
+    metrics = [m for m in read_json(files.metrics, []) if m["epoch"] <= start_epoch]
     step = int(state.get("step", start_epoch * (frames_per_epoch // v.batch_size)))
     started = time.perf_counter()
     holdout_mse, base_mse, n_scored = float("nan"), float("nan"), 0
@@ -183,15 +178,15 @@ def train_vae(cfg: ExperimentConfig, progress: bool = True) -> VAEReport:
         writer.add_scalar("vae/holdout_mse_ratio", holdout_mse / base_mse, step)
         writer.add_scalar("vae/frames_per_s", frames_per_epoch / train_seconds, step)
         if v.grid_frames > 0:
-            save_grid(model, holdout_paths, v.grid_frames, files["grid"], device)
+            save_grid(model, holdout_paths, v.grid_frames, files.grid, device)
         metrics.append({"epoch": epoch + 1, "holdout_mse": holdout_mse,
                         "mean_frame_mse": base_mse, "holdout_frames": n_scored,
                         "train_seconds": train_seconds, "frames": frames_per_epoch})
         # metrics, then weights, then optimizer: a kill between writes leaves a state that
         # resume_training recognises (metrics past the weights' epoch are dropped on resume)
-        write_json_atomic(files["metrics"], metrics)
-        save_model(files["model"], model, meta={"epoch": epoch + 1, "seed": cfg.seed})
-        save_state(files["state"], {"optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+        write_json_atomic(files.metrics, metrics)
+        save_model(files.model, model, meta={"epoch": epoch + 1, "seed": cfg.seed})
+        save_state(files.state, {"optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                                     "step": step})
         if progress:
             tqdm.write(f"epoch {epoch + 1}: held-out MSE {holdout_mse:.5f} "
@@ -218,13 +213,10 @@ def save_grid(model: ConvVAE, holdout_paths: list[Path], count: int, path: Path,
     save_png(path, recon_grid(frames, recon))
 
 
-def load_vae(run_dir: Path, z_dim: int | None = None, device: str = "cpu") -> ConvVAE:
-    path = vae_paths(run_dir)["model"]
-    if not path.exists():
-        raise CheckpointError(f"{path}: no trained V (run train_vae.py with the same config)")
-    model = load_model(path, expect={"z_dim": z_dim} if z_dim else None, map_location=device)
-    assert isinstance(model, ConvVAE)
-    return model.eval()
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
 def report_dict(report: VAEReport) -> dict:
