@@ -11,7 +11,7 @@ import argparse
 
 from worldmodels.config import cli_parser, config_from_args, parse_cli
 from worldmodels.errors import run_cli
-from worldmodels.memory_compare import VARIANTS, compare, write_results
+from worldmodels.memory_compare import VARIANTS, compare, variant_config, write_results
 from worldmodels.run_dir import prepare_run_dir
 
 
@@ -22,9 +22,11 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--seeds", default="0,1", help="comma-separated model seeds")
     args: argparse.Namespace = parse_cli(parser, argv)
     cfg = config_from_args(args)
+    variants = [v for v in args.variants.split(",") if v]
+    for name in variants:  # refuse an unknown variant or a bad variant config up front
+        variant_config(cfg, name)
     run_dir = prepare_run_dir(cfg)
-    rows = compare(cfg, [v for v in args.variants.split(",") if v],
-                   [int(s) for s in args.seeds.split(",") if s])
+    rows = compare(cfg, variants, [int(s) for s in args.seeds.split(",") if s])
     text = write_results(run_dir, rows)
     print(text)
     return text

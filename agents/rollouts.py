@@ -64,15 +64,16 @@ def build_controller(cfg: ExperimentConfig, action_space: gym.Space, h_dim: int)
             if sorted(order) != list(range(n)):
                 raise ConfigError(f"config key 'controller.action_order' must list each of "
                                   f"the {n} actions 0..{n - 1} once, got {order}")
-        return Controller(cfg.vae.z_dim, h_dim, n, discrete=True, hidden=c.hidden,
-                          use_cell=c.use_cell, order=order)
+        return Controller(z_dim=cfg.vae.z_dim, h_dim=h_dim, action_dim=n, discrete=True,
+                          hidden=c.hidden, use_cell=c.use_cell, order=order)
     if isinstance(action_space, gym.spaces.Box):
         if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
             raise ValueError(f"the controller squashes actions into bounds; {action_space} "
                              "is unbounded")
-        return Controller(cfg.vae.z_dim, h_dim, int(np.prod(action_space.shape)),
+        return Controller(z_dim=cfg.vae.z_dim, h_dim=h_dim,
+                          action_dim=int(np.prod(action_space.shape)),
                           low=action_space.low.tolist(), high=action_space.high.tolist(),
-                          hidden=c.hidden, use_cell=c.use_cell)
+                          hidden=c.hidden, use_cell=c.use_cell, order=None)
     raise ValueError(f"controllers support Box and Discrete actions, not {action_space}")
 
 

@@ -76,7 +76,7 @@ def main() -> None:
         memory = build_memory(cfg, int(n) if n is not None else env.action_space.shape[0],
                               n is not None).eval()
     controller = build_controller(cfg, env.action_space, memory.lstm.hidden_size)
-    agent = VMCAgent(ConvVAE(cfg.vae.z_dim), memory, controller)
+    agent = VMCAgent(ConvVAE(z_dim=cfg.vae.z_dim), memory, controller)
     B = cfg.controller.population * cfg.controller.rollouts
     d = cfg.vae.z_dim
     # threshold 1.0: the done head never ends a dream, so each step holds all B dreams

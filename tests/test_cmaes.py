@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from agents.cmaes import CMAES, ProcessEvaluator, controller_paths, train_cmaes
+from tests.builders import make_frmdn
 from worldmodels.checkpoint import save_model
 from worldmodels.config import save_config
-from worldmodels.frmdn import FRMDN
 from worldmodels.shards import read_npz
 from worldmodels.vae import ConvVAE
 from worldmodels.vae_training import vae_paths
@@ -31,7 +31,7 @@ def write_tiny_run(cfg):
     torch.manual_seed(0)
     save_model(vae_paths(cfg.run_dir)["model"], ConvVAE(z_dim=4))
     save_model(cfg.run_dir / "memory" / "model.safetensors",
-               FRMDN(z_dim=4, action_dim=3, hidden=8, mixtures=2))
+               make_frmdn(z_dim=4, action_dim=3, hidden=8, mixtures=2))
 
 
 def quadratic(candidates, seeds):

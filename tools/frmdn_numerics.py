@@ -26,7 +26,7 @@ from worldmodels.datasets import SequenceDataset
 from worldmodels.frmdn_training import _batch_losses, action_info, build_memory, latent_split
 
 VARIANTS = {
-    "rmdn_diag": {"precision": "diag", "flow": "none"},
+    "rmdn_diag": {"precision": "diag", "flow": "none", "flow_conditional": False},
     "frmdn_square_maf_cond": {"precision": "square", "flow": "maf", "flow_conditional": True},
     "frmdn_square_coupling_cond": {"precision": "square", "flow": "coupling",
                                    "flow_conditional": True},

@@ -12,26 +12,35 @@ from pathlib import Path
 from typing import Any
 
 from worldmodels.checkpoint import write_json_atomic
-from worldmodels.config import ExperimentConfig, merge_into, parse_override
+from worldmodels.config import ConfigError, ExperimentConfig, merge_into, validate
 from worldmodels.frmdn_training import report_dict, train_memory
 
-#: name -> overrides of ``memory.*``; the RMDN baseline is the mixture with no flow
-VARIANTS: dict[str, list[str]] = {
-    "rmdn_diag": ["memory.flow=none", "memory.precision=diag"],
-    "frmdn_diag": ["memory.flow=maf", "memory.precision=diag"],
-    "frmdn_square": ["memory.flow=maf", "memory.precision=square"],
-    "frmdn_overcomplete": ["memory.flow=maf", "memory.precision=overcomplete"],
-    "frmdn_diag_conditional": ["memory.flow=maf", "memory.precision=diag",
-                               "memory.flow_conditional=true"],
-    "frmdn_square_conditional": ["memory.flow=maf", "memory.precision=square",
-                                 "memory.flow_conditional=true"],
+#: the ``memory.*`` keys the comparison varies: every variant sets each of them, so none
+#: follows a default that may change (an unset flow_conditional once made frmdn_diag
+#: equal frmdn_diag_conditional)
+VARIED = ("flow", "precision", "flow_conditional")
+
+#: name -> ``memory.*`` values; the RMDN baseline is the mixture with no flow (a flow's
+#: conditioning does not apply to it)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "rmdn_diag": {"flow": "none", "precision": "diag", "flow_conditional": False},
+    "frmdn_diag": {"flow": "maf", "precision": "diag", "flow_conditional": False},
+    "frmdn_square": {"flow": "maf", "precision": "square", "flow_conditional": False},
+    "frmdn_overcomplete": {"flow": "maf", "precision": "overcomplete",
+                           "flow_conditional": False},
+    "frmdn_diag_conditional": {"flow": "maf", "precision": "diag", "flow_conditional": True},
+    "frmdn_square_conditional": {"flow": "maf", "precision": "square",
+                                 "flow_conditional": True},
 }
 
 
-def variant_config(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+def variant_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
+    """``cfg`` with variant ``name``'s ``memory.*`` values, checked like any config."""
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})")
     out = copy.deepcopy(cfg)
-    for text in overrides:
-        merge_into(out, parse_override(text), f"variant '{text}'")
+    merge_into(out, {"memory": VARIANTS[name]}, f"variant '{name}'")
+    validate(out)
     return out
 
 
@@ -39,10 +48,8 @@ def compare(cfg: ExperimentConfig, variants: list[str], seeds: list[int],
             progress: bool = True) -> list[dict[str, Any]]:
     rows = []
     for name in variants:
-        if name not in VARIANTS:
-            raise KeyError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})")
+        vcfg = variant_config(cfg, name)
         for seed in seeds:
-            vcfg = variant_config(cfg, VARIANTS[name])
             out = cfg.run_dir / "memory_compare" / f"{name}__s{seed}"
             report = report_dict(train_memory(vcfg, out, seed=seed, progress=progress))
             rows.append({"variant": name, "seed": seed, **report})
