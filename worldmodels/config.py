@@ -32,7 +32,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(InputError, ValueError):
-    """A config key is unknown, has the wrong type, or a preset/file is missing."""
+    """A config key is unknown, has the wrong type, a choice not offered or a number out
+    of range, or a preset/file is missing."""
 
 
 #: Choices shared with the models that take them (one source for both).
