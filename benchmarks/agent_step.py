@@ -53,7 +53,7 @@ def main() -> None:
     action_dim = int(space.n) if discrete else int(np.prod(space.shape))
     memory = build_memory(cfg, action_dim, discrete)
     controller = build_controller(cfg.controller, cfg.vae.z_dim, memory.hidden_size, space)
-    agent_by = {name: VMCAgent(ConvVAE(cfg.vae.z_dim), memory, controller)
+    agent_by = {name: VMCAgent(ConvVAE(z_dim=cfg.vae.z_dim), memory, controller)
                 for name in renderers}
     obs_by = {name: env.reset(seed=0)[0] for name, env in env_by.items()}
     for agent in agent_by.values():

@@ -78,7 +78,7 @@ def main() -> None:
                               n is not None).eval()
     controller = build_controller(cfg.controller, cfg.vae.z_dim, memory.hidden_size,
                                   env.action_space)
-    agent = VMCAgent(ConvVAE(cfg.vae.z_dim), memory, controller)
+    agent = VMCAgent(ConvVAE(z_dim=cfg.vae.z_dim), memory, controller)
     B = cfg.controller.population * cfg.controller.rollouts
     d = cfg.vae.z_dim
     # threshold 1.0: the done head never ends a dream, so each step holds all B dreams

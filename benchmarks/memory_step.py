@@ -18,17 +18,9 @@ import time
 
 import torch
 
-from worldmodels.frmdn import FRMDN
-from worldmodels.memory_compare import VARIANTS
-
-
-def variant_kwargs(overrides: list[str]) -> dict:
-    out: dict = {}
-    for text in overrides:
-        key, value = text.split("=", 1)
-        name = key.split(".", 1)[1]
-        out[name] = value == "true" if value in ("true", "false") else value
-    return out
+from worldmodels.config import load_config
+from worldmodels.frmdn_training import build_memory
+from worldmodels.memory_compare import VARIANTS, variant_config
 
 
 def main() -> None:
@@ -43,9 +35,11 @@ def main() -> None:
     B, L, d, A = args.batch, args.seq, args.z, 3
     z, a = torch.randn(B, L + 1, d), torch.randn(B, L, A)
     reward, done, mask = torch.randn(B, L), torch.zeros(B, L), torch.ones(B, L)
+    # no config file: the dataclasses' M (K = 5, flow 2 x 64) at this z and hidden size
+    cfg = load_config(None, [], [f"vae.z_dim={d}", f"memory.hidden={args.hidden}"])
     models = {}
-    for name, overrides in VARIANTS.items():
-        model = FRMDN(d, A, hidden=args.hidden, mixtures=5, **variant_kwargs(overrides))
+    for name in VARIANTS:
+        model = build_memory(variant_config(cfg, name), A, False)
         models[name] = (model, torch.optim.Adam(model.parameters()))
 
     def step(name: str) -> float:

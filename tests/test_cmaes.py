@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from agents.cmaes import CMAES, ProcessEvaluator, train_cmaes
+from tests.builders import make_frmdn
 from tests.conftest import run_of
 from worldmodels.checkpoint import save_model
 from worldmodels.config import ConfigError, save_config
-from worldmodels.frmdn import FRMDN
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import read_npz
 from worldmodels.vae import ConvVAE
@@ -35,7 +35,7 @@ def write_tiny_run(cfg):
     torch.manual_seed(0)
     save_model(RunDir(run_of(cfg)).vae.model, ConvVAE(z_dim=4))
     save_model(run_of(cfg) / "memory" / "model.safetensors",
-               FRMDN(z_dim=4, action_dim=3, hidden=8, mixtures=2),
+               make_frmdn(z_dim=4, action_dim=3, hidden=8, mixtures=2),
                meta={"done_pos_weight": 1.0, "action_space": CAR_ACTIONS})
 
 

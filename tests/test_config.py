@@ -1,8 +1,28 @@
+import dataclasses
+import re
+import typing
+
 import pytest
 import yaml
 
 from tests.conftest import run_of
-from worldmodels.config import ConfigError, ExperimentConfig, load_config, merge_into, save_config
+from worldmodels.config import (
+    CONFIG_DIR,
+    ConfigError,
+    ExperimentConfig,
+    load_config,
+    merge_into,
+    numeric_fields,
+    save_config,
+)
+
+
+def _owner(key: str):
+    """The dataclass instance that holds dotted ``key`` in a default config."""
+    obj = ExperimentConfig()
+    for part in key.split(".")[:-1]:
+        obj = getattr(obj, part)
+    return obj
 
 
 def test_presets_and_overrides_layer_in_order():
@@ -92,3 +112,168 @@ def test_entry_points_print_one_line_errors(tmp_path):
                               timeout=120)
         assert proc.returncode == 2, proc.stderr[-500:]
         assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------- one source of defaults
+
+
+def _leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "kwargs":
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_yaml_defaults_only_override_the_dataclasses(path):
+    data = yaml.safe_load(path.read_text())
+    defaults = ExperimentConfig()
+    for key, value in _leaves(data.get("defaults") or {}):
+        current = defaults
+        for part in key.split("."):
+            current = getattr(current, part)
+        # an env file names its env even where that is the dataclass default
+        assert key == "env.id" or current != value, f"{path.name}: {key} restates {value!r}"
+
+
+def test_shared_quick_preset_is_written_once():
+    car, doom = load_config("carracing", ["quick"]), load_config("doom_takecover", ["quick"])
+    common = yaml.safe_load((CONFIG_DIR / "common.yaml").read_text())["presets"]["quick"]
+    for key, value in _leaves(common):
+        for cfg in (car, doom):
+            current = cfg
+            for part in key.split("."):
+                current = getattr(current, part)
+            assert current == value, key
+    for path in (CONFIG_DIR / "carracing.yaml", CONFIG_DIR / "doom_takecover.yaml"):
+        own = dict(_leaves(yaml.safe_load(path.read_text())["presets"]["quick"]))
+        assert not set(own) & set(dict(_leaves(common))), f"{path.name} restates common quick"
+
+
+def test_include_layers_defaults_and_presets(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "defaults: {vae: {epochs: 3, lr: 0.5}}\n"
+        "presets: {small: {vae: {batch_size: 8, epochs: 2}}, only_base: {seed: 4}}\n")
+    (tmp_path / "env.yaml").write_text(
+        "include: base\ndefaults: {vae: {epochs: 5}}\npresets: {small: {vae: {epochs: 1}}}\n")
+    cfg = load_config(str(tmp_path / "env.yaml"))
+    assert (cfg.vae.epochs, cfg.vae.lr) == (5, 0.5)
+    cfg = load_config(str(tmp_path / "env.yaml"), ["small"])
+    assert (cfg.vae.epochs, cfg.vae.batch_size) == (1, 8)
+    assert load_config(str(tmp_path / "env.yaml"), ["only_base"]).seed == 4
+    with pytest.raises(ConfigError, match="no preset 'x' .known: only_base, small"):
+        load_config(str(tmp_path / "env.yaml"), ["x"])
+    (tmp_path / "base.yaml").write_text("include: env\n")
+    with pytest.raises(ConfigError, match="include cycle"):
+        load_config(str(tmp_path / "env.yaml"))
+    (tmp_path / "env.yaml").write_text("include: nothere\n")
+    with pytest.raises(ConfigError, match="include 'nothere' not found"):
+        load_config(str(tmp_path / "env.yaml"))
+
+
+# --------------------------------------------------------------- choices and ranges
+
+
+def _fields_where(test, obj=None, prefix=""):
+    obj = obj if obj is not None else ExperimentConfig()
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _fields_where(test, value, f"{prefix}{f.name}.")
+        elif test(hints[f.name]):
+            yield f"{prefix}{f.name}", hints[f.name]
+
+
+CHOICES = list(_fields_where(lambda tp: typing.get_origin(tp) is typing.Literal))
+
+
+def test_choices_are_literals():
+    keys = {key for key, _ in CHOICES}
+    assert {"memory.precision", "memory.flow", "memory.nonfinite", "collect.engine",
+            "collect.controller_weights", "controller.engine", "controller.algo",
+            "controller.environment", "controller.discrete_head", "dream.done"} <= keys
+
+
+@pytest.mark.parametrize("key, tp", CHOICES, ids=[k for k, _ in CHOICES])
+def test_a_choice_is_checked_from_its_type(key, tp):
+    allowed = typing.get_args(tp)
+    for value in allowed:
+        cfg = load_config("carracing", [], [f"{key}={value}"])
+        assert getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) == value
+    listed = " | ".join(map(str, allowed))
+    for bad in ("bogus", "true", "1"):
+        with pytest.raises(ConfigError, match=f"key '{key}' must be one of {re.escape(listed)}"):
+            load_config("carracing", [], [f"{key}={bad}"])
+
+
+@pytest.mark.parametrize("value", ["bogus", "cuda:x", "gpu", "cpu:0", "cuda:-1", ""])
+def test_device_is_validated(value):
+    with pytest.raises(ConfigError, match=r"^config key 'device' must be cpu, cuda, cuda:N or "
+                                          r"mps, got "):
+        load_config("carracing", [], [f"device={value}"])
+
+
+@pytest.mark.parametrize("value", ["cpu", "cuda", "cuda:1", "mps"])
+def test_devices_accepted(value):
+    assert load_config("carracing", [], [f"device={value}"]).device == value
+
+
+def _out_of_range(key: str, f: dataclasses.Field, tp: type) -> list:
+    bounds = f.metadata["range"]
+    values = []
+    if "ge" in bounds:
+        values.append(bounds["ge"] - 1)
+    if "gt" in bounds:
+        values.append(bounds["gt"])
+    if "le" in bounds:
+        values.append(bounds["le"] + 1)
+    if "lt" in bounds:
+        values.append(bounds["lt"])
+    if tp is float:
+        values += [".nan", ".inf", "-.inf"]
+    return values
+
+
+NUMERIC = [(key, value) for key, f in numeric_fields()
+           for value in _out_of_range(key, f, typing.get_type_hints(type(_owner(key)))[f.name])]
+
+
+def test_every_numeric_key_has_a_range():
+    for key, _ in numeric_fields():
+        assert any(k == key for k, _ in NUMERIC), f"{key} declares no range"
+    assert len(numeric_fields()) >= 50
+
+
+@pytest.mark.parametrize("key, value", NUMERIC, ids=[f"{k}={v}" for k, v in NUMERIC])
+def test_out_of_range_value_is_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=rf"^config key '{re.escape(key)}' must be "):
+        load_config("carracing", [], [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("override", [
+    "seed=4294967294", "seed=0", "env.max_episode_steps=-1", "env.crop_bottom=-1",
+    "controller.target_return=-50.5", "collect.controller_epsilon=1", "memory.grad_clip=0",
+])
+def test_edge_of_a_range_is_accepted(override):
+    load_config("carracing", [], [override])
+
+
+def test_seed_range_is_what_the_seeded_libraries_take():
+    import numpy as np
+    import torch
+
+    from worldmodels.config import SEED_MAX
+
+    np.random.seed(SEED_MAX + 1)  # CMA-ES seeds numpy's legacy RNG with seed + 1
+    with pytest.raises(ValueError):
+        np.random.seed(SEED_MAX + 2)
+    torch.manual_seed(SEED_MAX * 1000 + 999)  # V and M seed epochs with seed * 1000 + epoch
+    np.random.default_rng([SEED_MAX, 7919, 10**6])
+
+
+def test_overcomplete_m_is_checked_against_z_dim():
+    with pytest.raises(ConfigError, match="'memory.overcomplete_m' must be 0 or > vae.z_dim"):
+        load_config("carracing", [], ["memory.overcomplete_m=32"])
+    assert load_config("carracing", [], ["memory.overcomplete_m=33"]).memory.overcomplete_m == 33

@@ -4,15 +4,14 @@ import pytest
 import torch
 
 from agents.vmc import VMCAgent
+from tests.builders import make_controller, make_frmdn
 from worldmodels.checkpoint import load_model, save_model
-from worldmodels.controller import Controller
-from worldmodels.frmdn import FRMDN
 from worldmodels.vae import ConvVAE
 
 
 def test_box_actions_are_squashed_into_bounds():
     torch.manual_seed(0)
-    c = Controller(4, 8, 3, low=[-1, 0, 0], high=[1, 1, 1])
+    c = make_controller(4, 8, 3, low=[-1, 0, 0], high=[1, 1, 1])
     c.set_flat(torch.randn(c.num_parameters()) * 50)  # saturate
     with torch.no_grad():
         a = c(torch.randn(100, 4), torch.randn(100, 8))
@@ -23,7 +22,7 @@ def test_box_actions_are_squashed_into_bounds():
 
 def test_discrete_actions_take_argmax_and_cell_is_read():
     torch.manual_seed(0)
-    c = Controller(4, 8, 3, discrete=True, use_cell=True)
+    c = make_controller(4, 8, 3, discrete=True, use_cell=True)
     z, h, cell = torch.randn(50, 4), torch.randn(50, 8), torch.randn(50, 8)
     a = c(z, h, cell)
     assert a.dtype == torch.int64 and set(a.tolist()) <= {0, 1, 2}
@@ -35,7 +34,7 @@ def test_discrete_actions_take_argmax_and_cell_is_read():
 
 def test_ordinal_head_cuts_one_tanh_output_into_ordered_bins(tmp_path):
     torch.manual_seed(0)
-    c = Controller(4, 8, 3, discrete=True, use_cell=True, order=[2, 0, 1])
+    c = make_controller(4, 8, 3, discrete=True, use_cell=True, order=[2, 0, 1])
     assert c.num_parameters() == (4 + 16) + 1  # one output, as the paper's Doom C
     c.set_flat(torch.randn(c.num_parameters()))
     z, h, cell = torch.randn(400, 4), torch.randn(400, 8), torch.randn(400, 8)
@@ -55,7 +54,7 @@ def test_ordinal_head_cuts_one_tanh_output_into_ordered_bins(tmp_path):
     save_model(tmp_path / "c.safetensors", c)
     assert torch.equal(load_model(tmp_path / "c.safetensors")(z, h, cell), a)
     with pytest.raises(ValueError, match="each of 0..2 once"):
-        Controller(4, 8, 3, discrete=True, order=[0, 0, 1])
+        make_controller(4, 8, 3, discrete=True, order=[0, 0, 1])
 
 
 def test_ordinal_head_from_config_names_a_bad_order():
@@ -74,7 +73,7 @@ def test_ordinal_head_from_config_names_a_bad_order():
 
 
 def test_flat_round_trip_and_checkpoint():
-    c = Controller(4, 8, 2, low=[-2, -2], high=[2, 2], hidden=5)
+    c = make_controller(4, 8, 2, low=[-2, -2], high=[2, 2], hidden=5)
     v = torch.arange(c.num_parameters(), dtype=torch.float32) / 100
     c.set_flat(v)
     assert torch.equal(c.get_flat(), v)
@@ -84,7 +83,7 @@ def test_flat_round_trip_and_checkpoint():
 
 def test_controller_checkpoint_reproduces_actions(tmp_path):
     torch.manual_seed(2)
-    c = Controller(4, 8, 3, low=[-1, 0, 0], high=[1, 1, 1])
+    c = make_controller(4, 8, 3, low=[-1, 0, 0], high=[1, 1, 1])
     save_model(tmp_path / "c.safetensors", c)
     loaded = load_model(tmp_path / "c.safetensors")
     z, h = torch.randn(6, 4), torch.randn(6, 8)
@@ -93,8 +92,8 @@ def test_controller_checkpoint_reproduces_actions(tmp_path):
 
 def test_agent_carries_and_resets_state():
     torch.manual_seed(0)
-    vae, memory = ConvVAE(z_dim=4), FRMDN(z_dim=4, action_dim=3, hidden=8, mixtures=2)
-    agent = VMCAgent(vae, memory, Controller(4, 8, 3, low=[-1, 0, 0], high=[1, 1, 1]))
+    vae, memory = ConvVAE(z_dim=4), make_frmdn(z_dim=4, action_dim=3, hidden=8, mixtures=2)
+    agent = VMCAgent(vae, memory, make_controller(4, 8, 3, low=[-1, 0, 0], high=[1, 1, 1]))
     frames = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
     agent.reset(2)
     first = agent.act(frames)

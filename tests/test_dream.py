@@ -11,6 +11,7 @@ import torch
 from agents.cmaes import train_cmaes
 from agents.dreams import DreamEvaluator
 from envs.dream_env import load_dream, make_dream_env
+from tests.builders import make_controller, make_frmdn
 from tests.conftest import run_of
 from tests.test_cmaes import write_tiny_run
 from worldmodels.checkpoint import file_digest, save_model
@@ -66,7 +67,7 @@ def memory_with_heads(reward: float, done_logit: float, use_done: bool = True,
     """An M whose reward and done heads are constants (weights zero); 3 actions, a Box
     or (``discrete``) Discrete(3)."""
     torch.manual_seed(0)
-    m = FRMDN(z_dim=Z, action_dim=3, hidden=H, mixtures=2, done_head=use_done,
+    m = make_frmdn(z_dim=Z, action_dim=3, hidden=H, mixtures=2, done_head=use_done,
               discrete_actions=discrete)
     with torch.no_grad():
         m.reward_head.weight.zero_()
@@ -78,7 +79,8 @@ def memory_with_heads(reward: float, done_logit: float, use_done: bool = True,
 
 
 def box_controller(hidden: int = 0, use_cell: bool = False) -> Controller:
-    return Controller(Z, H, 3, low=[-1, 0, 0], high=[1, 1, 1], hidden=hidden, use_cell=use_cell)
+    return make_controller(Z, H, 3, low=[-1, 0, 0], high=[1, 1, 1], hidden=hidden,
+                           use_cell=use_cell)
 
 
 @pytest.mark.parametrize("hidden", [0, 5])
@@ -86,7 +88,7 @@ def box_controller(hidden: int = 0, use_cell: bool = False) -> Controller:
 def test_batched_controller_equals_each_candidate_alone(hidden, discrete):
     torch.manual_seed(0)
     if discrete:
-        ctrl = Controller(Z, H, 3, discrete=True, hidden=hidden, use_cell=True)
+        ctrl = make_controller(Z, H, 3, discrete=True, hidden=hidden, use_cell=True)
     else:
         ctrl = box_controller(hidden, use_cell=True)
     params = torch.randn(5, ctrl.num_parameters())

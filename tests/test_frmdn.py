@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
+from tests.builders import make_frmdn
 from worldmodels.checkpoint import load_model, save_model
-from worldmodels.frmdn import FRMDN, PRECISIONS
+from worldmodels.frmdn import PRECISIONS
 
 FLOWS = [("maf", False), ("maf", True), ("coupling", False), ("coupling", True)]
 CASES = list(itertools.product((1, 2), PRECISIONS, FLOWS))
@@ -18,7 +19,7 @@ HIDDEN = 8
 
 def make_model(d, precision, flow="maf", conditional=False, seed=0, mixtures=3):
     torch.manual_seed(seed)
-    model = FRMDN(z_dim=d, action_dim=2, hidden=HIDDEN, mixtures=mixtures, precision=precision,
+    model = make_frmdn(z_dim=d, action_dim=2, hidden=HIDDEN, mixtures=mixtures, precision=precision,
                   overcomplete_m=d + 2, flow=flow, flow_layers=2, flow_hidden=16,
                   flow_conditional=conditional).double()
     with torch.no_grad():  # move away from the identity-like initialisation
@@ -147,7 +148,7 @@ def test_temperature_scales_covariance(precision):
 @pytest.mark.parametrize("discrete", [False, True])
 def test_one_step_path_gives_sequence_outputs(discrete):
     torch.manual_seed(0)
-    model = FRMDN(z_dim=4, action_dim=3, discrete_actions=discrete, hidden=16, mixtures=2,
+    model = make_frmdn(z_dim=4, action_dim=3, discrete_actions=discrete, hidden=16, mixtures=2,
                   precision="square", flow="maf", flow_conditional=True).double()
     z = torch.randn(2, 7, 4, dtype=torch.float64)
     a = torch.randint(0, 3, (2, 7)) if discrete else torch.randn(2, 7, 3, dtype=torch.float64)
@@ -179,7 +180,7 @@ def test_checkpoint_reproduces_density(tmp_path, precision):
 
 def test_loss_is_finite_masked_and_trainable():
     torch.manual_seed(0)
-    model = FRMDN(z_dim=4, action_dim=3, hidden=16, mixtures=2, precision="overcomplete")
+    model = make_frmdn(z_dim=4, action_dim=3, hidden=16, mixtures=2, precision="overcomplete")
     z, a = torch.randn(3, 9, 4), torch.randn(3, 8, 3)
     reward, done = torch.randn(3, 8), torch.zeros(3, 8)
     mask = torch.ones(3, 8)

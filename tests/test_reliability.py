@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.builders import make_controller, make_frmdn
 from tests.conftest import run_of
 from tests.test_dream import write_dream_run
 from tests.test_frmdn_training import write_latents
@@ -190,22 +191,20 @@ def test_latents_with_nan_or_another_z_size_are_refused_by_name(latent_run):
 
 
 def test_memory_checkpoint_of_another_action_size_is_refused_on_resume(latent_run):
-    from worldmodels.frmdn import FRMDN
     from worldmodels.frmdn_training import train_memory
 
     cfg = latent_run
     save_model(run_of(cfg) / "memory" / "model.safetensors",
-               FRMDN(z_dim=4, action_dim=5, hidden=16, mixtures=2), meta={"epoch": 1})
+               make_frmdn(z_dim=4, action_dim=5, hidden=16, mixtures=2), meta={"epoch": 1})
     with pytest.raises(CheckpointError, match="action_dim=5.*action_dim=3"):
         train_memory(cfg, progress=False)
 
 
 def test_controller_weights_of_another_shape_are_refused(tmp_path):
     from worldmodels.checkpoint import load_weights
-    from worldmodels.controller import Controller
 
-    save_model(tmp_path / "c.safetensors", Controller(4, 8, 3, low=[0] * 3, high=[1] * 3))
-    other = Controller(6, 8, 3, low=[0] * 3, high=[1] * 3)
+    save_model(tmp_path / "c.safetensors", make_controller(4, 8, 3, low=[0] * 3, high=[1] * 3))
+    other = make_controller(6, 8, 3, low=[0] * 3, high=[1] * 3)
     with pytest.raises(CheckpointError, match="c.safetensors"):
         load_weights(tmp_path / "c.safetensors", other)
     assert torch.isfinite(other.get_flat()).all()

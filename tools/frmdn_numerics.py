@@ -27,7 +27,7 @@ from worldmodels.frmdn_training import _batch_losses, action_info, build_memory,
 from worldmodels.run_dir import RunDir
 
 VARIANTS = {
-    "rmdn_diag": {"precision": "diag", "flow": "none"},
+    "rmdn_diag": {"precision": "diag", "flow": "none", "flow_conditional": False},
     "frmdn_square_maf_cond": {"precision": "square", "flow": "maf", "flow_conditional": True},
     "frmdn_square_coupling_cond": {"precision": "square", "flow": "coupling",
                                    "flow_conditional": True},

@@ -1,23 +1,28 @@
 """Experiment configuration: typed dataclasses are the source of truth.
 
-A YAML file per environment fills them in layers (DreamerV3-style)::
+The dataclasses hold every default (Ha & Schmidhuber's recipe). A YAML file per
+environment only overrides them, in layers (DreamerV3-style)::
 
     dataclass defaults  <-  file `defaults:`  <-  file `presets: {name: ...}`  <-  CLI `a.b=value`
 
-Every key and type is checked before any work starts; an unknown key or a value of
-the wrong type raises :class:`ConfigError` naming the key and where it came from.
+A file can ``include:`` another (``configs/common.yaml``): its defaults and presets come
+first, so a preset shared by every env is written once.
+
+Every key, type, choice (``Literal``) and numeric range (field metadata) is checked
+before any work starts; a bad value raises :class:`ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -27,22 +32,49 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(InputError, ValueError):
-    """A config key is unknown, has the wrong type, or a preset/file is missing."""
+    """A config key is unknown, has the wrong type, a choice not offered or a number out
+    of range, or a preset/file is missing."""
 
 
-def _opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
-    """A dataclass field with a help text (shown by ``--help-config``)."""
+#: Choices shared with the models that take them (one source for both).
+Precision = Literal["diag", "square", "overcomplete"]
+Flow = Literal["none", "maf", "coupling"]
+Engine = Literal["serial", "process", "ray"]
+
+#: a seed reaches numpy's legacy RNG as seed + 1 (CMA-ES, via ``cma``), which takes
+#: 0..2**32 - 1; torch.manual_seed and np.random.default_rng take more
+SEED_MAX = 2**32 - 2
+
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _opt(default: Any, help: str, finite: bool = False,  # noqa: A002 - argparse's name
+         **bounds: float) -> Any:
+    """A dataclass field with a help text (shown by ``--help-config``) and, for a number,
+    its range (checked by :func:`check_ranges`): ``ge`` / ``gt`` / ``le`` / ``lt`` bounds,
+    or ``finite=True`` for a float that may be any finite number. A number must declare one.
+    """
+    unknown = set(bounds) - set(_BOUNDS)
+    if unknown:
+        raise TypeError(f"unknown bound(s) {sorted(unknown)}")
+    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if numeric and not (bounds or (finite and isinstance(default, float))):
+        raise TypeError(f"the option '{help}' needs a range (ge/gt/le/lt, or finite=True)")
+    metadata = {"help": help, "range": bounds}
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class EnvConfig:
     id: str = _opt("CarRacing-v3", "Gymnasium id of the raw pixel environment.")
-    frame_size: int = _opt(64, "Frames are resized to frame_size x frame_size x 3 uint8.")
-    max_episode_steps: int = _opt(-1, "Episode cap: -1 = the paper's cap, 0 = the env's own.")
-    crop_bottom: int = _opt(-1, "Rows cut off the frame's bottom: -1 = the paper's choice.")
+    frame_size: int = _opt(64, "Frames are resized to frame_size x frame_size x 3 uint8 (the "
+                           "ConvVAE takes 64).", ge=64, le=64)
+    max_episode_steps: int = _opt(-1, "Episode cap: -1 = the paper's cap, 0 = the env's own.",
+                                  ge=-1)
+    crop_bottom: int = _opt(-1, "Rows cut off the frame's bottom: -1 = the paper's choice.",
+                            ge=-1)
     kwargs: dict = _opt({}, "Extra keyword arguments for gymnasium.make.")
     fast_render: bool = _opt(True, "Use a pixel-identical faster renderer where there is one "
                              "(CarRacing-v3: envs/fast_car_racing.py); false = Gymnasium's.")
@@ -53,123 +85,142 @@ class EnvConfig:
 
 @dataclass
 class CollectConfig:
-    episodes: int = _opt(10000, "Number of episodes (one shard each) to collect.")
-    workers: int = _opt(2, "Parallel workers (0 = one per CPU core).")
-    engine: str = _opt("process", "serial | process | ray.")
+    episodes: int = _opt(10000, "Number of episodes (one shard each) to collect.", ge=0)
+    workers: int = _opt(0, "Parallel workers (0 = one per CPU core).", ge=0)
+    engine: Engine = _opt("process", "Where episodes run.")
     ray_address: str = _opt("", "Ray cluster address for engine=ray ('' starts a local Ray).")
     policy: str = _opt("brownian", "Data policy: random | brownian | linear | controller (the "
                                    "run's trained V-M-C agent), or a schedule 'random:2000,"
                                    "linear' (episodes 0-1999 random, then linear).")
-    brownian_dt: float = _opt(0.02, "Brownian policy step: a' = clip(a + sqrt(dt) N(0, I)).")
-    linear_std: float = _opt(0.5, "Linear policy: weights ~ N(0, s^2), s ~ U(0, linear_std).")
-    controller_weights: str = _opt("best", "Controller policy: the run's best | mean weights.")
+    brownian_dt: float = _opt(0.02, "Brownian policy step: a' = clip(a + sqrt(dt) N(0, I)).",
+                              gt=0)
+    linear_std: float = _opt(0.5, "Linear policy: weights ~ N(0, s^2), s ~ U(0, linear_std).",
+                             ge=0)
+    controller_weights: Literal["best", "mean"] = _opt(
+        "best", "Controller policy: the run's best or mean weights.")
     controller_epsilon: float = _opt(0.1, "Controller policy: chance of a uniform random action "
-                                     "at each step.")
-    compress_level: int = _opt(1, "zlib level of shards (0 = stored, 9 = smallest).")
+                                     "at each step.", ge=0, le=1)
+    compress_level: int = _opt(1, "zlib level of shards (0 = stored, 9 = smallest).",
+                               ge=0, le=9)
 
 
 @dataclass
 class DataConfig:
-    holdout_fraction: float = _opt(0.05, "Fraction of episodes held out (fixed by the seed).")
-    shuffle_buffer: int = _opt(20000, "Frames held in memory for shuffling while streaming.")
-    loader_workers: int = _opt(0, "DataLoader worker processes that read shards.")
+    holdout_fraction: float = _opt(0.05, "Fraction of episodes held out (fixed by the seed).",
+                                   gt=0, lt=1)
+    shuffle_buffer: int = _opt(20000, "Frames held in memory for shuffling while streaming.",
+                               ge=1)
+    loader_workers: int = _opt(0, "DataLoader worker processes that read shards.", ge=0)
     skip_corrupt: bool = _opt(False, "Skip unreadable or invalid shards (counted and listed "
                                      "in <run>/skipped_shards.json) instead of stopping.")
 
 
 @dataclass
 class VAEConfig:
-    z_dim: int = _opt(32, "Latent size.")
-    kl_tolerance: float = _opt(0.5, "Ha's free bits: KL is floored at kl_tolerance * z_dim nats.")
-    kl_weight: float = _opt(1.0, "Weight of the KL term.")
-    lr: float = _opt(1e-4, "Adam learning rate.")
-    batch_size: int = _opt(100, "Frames per batch.")
-    epochs: int = _opt(10, "Epochs over the training episodes.")
-    max_frames_per_epoch: int = _opt(0, "Stop an epoch after this many frames (0 = all).")
-    max_holdout_frames: int = _opt(20000, "Held-out frames scored each epoch (0 = all).")
-    grid_frames: int = _opt(8, "Held-out frames in the reconstruction grid PNG (0: none).")
+    z_dim: int = _opt(32, "Latent size.", ge=1)
+    kl_tolerance: float = _opt(0.5, "Ha's free bits: KL is floored at kl_tolerance * z_dim "
+                               "nats.", ge=0)
+    kl_weight: float = _opt(1.0, "Weight of the KL term.", ge=0)
+    lr: float = _opt(1e-4, "Adam learning rate.", gt=0)
+    batch_size: int = _opt(100, "Frames per batch.", ge=1)
+    epochs: int = _opt(10, "Epochs over the training episodes.", ge=1)
+    max_frames_per_epoch: int = _opt(0, "Stop an epoch after this many frames (0 = all).", ge=0)
+    max_holdout_frames: int = _opt(20000, "Held-out frames scored each epoch (0 = all).", ge=0)
+    grid_frames: int = _opt(8, "Held-out frames in the reconstruction grid PNG (0: none).",
+                            ge=0)
 
 
 @dataclass
 class EncodeConfig:
-    batch_size: int = _opt(1000, "Frames per encoder batch.")
+    batch_size: int = _opt(1000, "Frames per encoder batch.", ge=1)
 
 
 @dataclass
 class MemoryConfig:
-    hidden: int = _opt(256, "LSTM hidden size.")
-    mixtures: int = _opt(5, "Mixture components K.")
-    precision: str = _opt("square", "Tied precision U D_k U^T: diag | square | overcomplete.")
-    overcomplete_m: int = _opt(0, "Columns m > d of an overcomplete U (0 = 2d).")
-    flow: str = _opt("maf", "Flow f on z_{t+1}: none (RMDN) | maf | coupling.")
-    flow_layers: int = _opt(2, "Flow transforms.")
-    flow_hidden: int = _opt(64, "Hidden units of each flow transform's two hidden layers.")
+    hidden: int = _opt(256, "LSTM hidden size.", ge=1)
+    mixtures: int = _opt(5, "Mixture components K.", ge=1)
+    # square + a conditioned MAF won the comparison in docs/results.md on both envs' latents
+    precision: Precision = _opt("square", "Tied precision U D_k U^T.")
+    overcomplete_m: int = _opt(0, "Columns m > d of an overcomplete U (0 = d + max(4, d // 4)).",
+                               ge=0)
+    flow: Flow = _opt("maf", "Flow f on z_{t+1} (none: the RMDN).")
+    flow_layers: int = _opt(2, "Flow transforms.", ge=1)
+    flow_hidden: int = _opt(64, "Hidden units of each flow transform's two hidden layers.",
+                            ge=1)
     flow_conditional: bool = _opt(True, "Condition the flow on h_t.")
     reward_head: bool = _opt(True, "Predict the reward from h_t (Gaussian / MSE).")
     done_head: bool = _opt(True, "Predict episode termination from h_t (Bernoulli).")
-    reward_weight: float = _opt(1.0, "Weight of the reward MSE in the loss.")
-    done_weight: float = _opt(1.0, "Weight of the done BCE in the loss.")
+    reward_weight: float = _opt(1.0, "Weight of the reward MSE in the loss.", ge=0)
+    done_weight: float = _opt(1.0, "Weight of the done BCE in the loss.", ge=0)
     done_pos_weight: float = _opt(1.0, "Weight of terminal steps in the done BCE (Ha used 10 "
-                                       "for Doom); dreams calibrate the probability back.")
-    seq_len: int = _opt(100, "Truncated-BPTT window length.")
-    batch_size: int = _opt(32, "Windows per batch.")
-    lr: float = _opt(1e-3, "Adam learning rate.")
-    grad_clip: float = _opt(1.0, "Gradient norm clip (0 = off).")
-    epochs: int = _opt(20, "Epochs over the training episodes.")
-    shuffle_buffer: int = _opt(2000, "Windows held in memory for shuffling.")
-    nonfinite: str = _opt("raise", "On a NaN/Inf loss: raise (naming the step) | skip (count it).")
+                                       "for Doom); dreams calibrate the probability back.", gt=0)
+    seq_len: int = _opt(100, "Truncated-BPTT window length.", ge=1)
+    batch_size: int = _opt(100, "Windows per batch.", ge=1)
+    lr: float = _opt(1e-3, "Adam learning rate.", gt=0)
+    grad_clip: float = _opt(1.0, "Gradient norm clip (0 = off).", ge=0)
+    epochs: int = _opt(20, "Epochs over the training episodes.", ge=1)
+    shuffle_buffer: int = _opt(2000, "Windows held in memory for shuffling.", ge=1)
+    nonfinite: Literal["raise", "skip"] = _opt(
+        "raise", "On a NaN/Inf loss: raise (naming the step) or skip (count it).")
 
 
 @dataclass
 class ControllerConfig:
-    algo: str = _opt("cmaes", "cmaes, or a Stable-Baselines3 algorithm: ppo | a2c | sac | td3.")
-    sb3_timesteps: int = _opt(100_000, "Environment steps for an SB3 algorithm.")
-    environment: str = _opt("real", "Where C trains: real (the env) | dream (M as the env; "
-                                    "evaluation is always in the real env).")
-    hidden: int = _opt(0, "Hidden units of C (0 = linear, as in the paper).")
+    algo: Literal["cmaes", "ppo", "a2c", "sac", "td3"] = _opt(
+        "cmaes", "cmaes, or a Stable-Baselines3 algorithm.")
+    sb3_timesteps: int = _opt(100_000, "Environment steps for an SB3 algorithm.", ge=1)
+    environment: Literal["real", "dream"] = _opt(
+        "real", "Where C trains: real (the env) | dream (M as the env; evaluation is always "
+                "in the real env).")
+    hidden: int = _opt(0, "Hidden units of C (0 = linear, as in the paper).", ge=0)
     use_cell: bool = _opt(False, "Feed M's cell state too: [z, c, h] (the paper's Doom setup).")
-    discrete_head: str = _opt("argmax", "Discrete actions: argmax (one logit per action) | "
-                                        "ordinal (one tanh output cut into equal bins of "
-                                        "[-1, 1], as the paper's Doom controller).")
+    discrete_head: Literal["argmax", "ordinal"] = _opt(
+        "argmax", "Discrete actions: argmax (one logit per action) | ordinal (one tanh output "
+                  "cut into equal bins of [-1, 1], as the paper's Doom controller).")
     action_order: list = _opt([], "Ordinal head: the action of each bin from -1 to 1 "
                                   "(empty: 0..n-1). TakeCover: [2, 0, 1], left-stay-right.")
-    population: int = _opt(64, "CMA-ES population size.")
-    rollouts: int = _opt(16, "Episodes per candidate; fitness is their mean return.")
-    sigma0: float = _opt(0.1, "CMA-ES initial step size.")
-    generations: int = _opt(300, "Generations to run (a rerun resumes to this many).")
-    target_return: float = _opt(0.0, "Stop once the best's eval mean reaches it (0: off).")
-    eval_every: int = _opt(25, "Every N generations, evaluate the best candidate on more episodes.")
-    eval_episodes: int = _opt(100, "Episodes of that evaluation.")
-    engine: str = _opt("process", "Evaluator: serial | process | ray.")
-    workers: int = _opt(0, "Evaluator workers (0 = one per core).")
+    population: int = _opt(64, "CMA-ES population size.", ge=2)
+    rollouts: int = _opt(16, "Episodes per candidate; fitness is their mean return.", ge=1)
+    sigma0: float = _opt(0.1, "CMA-ES initial step size.", gt=0)
+    generations: int = _opt(300, "Generations to run (a rerun resumes to this many).", ge=1)
+    target_return: float = _opt(0.0, "Stop once the best's eval mean reaches it (0: off).",
+                                finite=True)
+    eval_every: int = _opt(25, "Every N generations, evaluate the best candidate on more "
+                           "episodes (0: never).", ge=0)
+    eval_episodes: int = _opt(100, "Episodes of that evaluation.", ge=1)
+    engine: Engine = _opt("process", "Evaluator back-end.")
+    workers: int = _opt(0, "Evaluator workers (0 = one per core).", ge=0)
     ray_address: str = _opt("", "Ray cluster address for engine=ray ('' starts a local Ray).")
-    max_episode_steps: int = _opt(0, "Cap on training episodes (0 = the env's cap).")
+    max_episode_steps: int = _opt(0, "Cap on training episodes (0 = the env's cap).", ge=0)
     stall_steps: int = _opt(0, "End a training episode after N steps without positive reward "
-                               "(0: off; evaluation always plays whole episodes).")
+                               "(0: off; evaluation always plays whole episodes).", ge=0)
 
 
 @dataclass
 class DreamConfig:
     temperature: float = _opt(1.15, "tau: M's mixture logits / tau and covariance x tau "
-                                    "(1.15 was the paper's best for Doom).")
-    done: str = _opt("sample", "How M ends a dream: sample (a Bernoulli of its calibrated "
-                               "P(done)) | threshold (P(done) > done_threshold).")
-    done_threshold: float = _opt(0.5, "P(done) above which a dream ends, for done=threshold.")
-    max_steps: int = _opt(0, "Cap on dream length (0 = the env's cap).")
-    threads: int = _opt(0, "Torch threads for the batched dream (0 = torch's default).")
+                                    "(1.15 was the paper's best for Doom).", gt=0)
+    done: Literal["sample", "threshold"] = _opt(
+        "sample", "How M ends a dream: sample (a Bernoulli of its calibrated P(done)) | "
+                  "threshold (P(done) > done_threshold).")
+    done_threshold: float = _opt(0.5, "P(done) above which a dream ends, for done=threshold.",
+                                 gt=0, lt=1)
+    max_steps: int = _opt(0, "Cap on dream length (0 = the env's cap).", ge=0)
+    threads: int = _opt(0, "Torch threads for the batched dream (0 = torch's default).", ge=0)
     check_episodes: int = _opt(30, "run.py, before C trains in the dream: real episodes per "
-                                   "held action for the held-action check (0 = skip it).")
+                                   "held action for the held-action check (0 = skip it).", ge=0)
     max_held_ratio: float = _opt(0.0, "Gate: stop before CMA-ES when a held action lives "
                                       "more than this many times longer in the dream than "
-                                      "in the real env (0 = report only).")
+                                      "in the real env (0 = report only).", ge=0)
 
 
 @dataclass
 class ExperimentConfig:
     name: str = _opt("", "Run name; '' uses the preset names (or 'paper').")
-    seed: int = _opt(0, "Seed for collection, splits, shuffling and initialisation.")
+    seed: int = _opt(0, "Seed for collection, splits, shuffling and initialisation.",
+                     ge=0, le=SEED_MAX)
     root: str = _opt("runs", "Directory that holds run directories.")
-    device: str = _opt("cpu", "Torch device: cpu | cuda | cuda:N.")
+    device: str = _opt("cpu", "Torch device: cpu | cuda | cuda:N | mps.")
     env: EnvConfig = field(default_factory=EnvConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -208,6 +259,13 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0])
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        # `type(...) is` too: YAML's `true` must not pass for a choice 1, nor 1 for True
+        if not any(value == a and type(value) is type(a) for a in allowed):
+            raise ConfigError(f"{source}: key '{key}' must be one of "
+                              f"{' | '.join(map(str, allowed))}, got {value!r}")
+        return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     check = origin or tp
@@ -288,40 +346,68 @@ def resolve_config_path(name_or_path: str) -> Path:
     raise ConfigError(f"config '{name_or_path}' not found (known in {CONFIG_DIR}: {known})")
 
 
+_FILE_KEYS = ("include", "defaults", "presets")
+
+
+def _config_layers(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """``path`` and the files it includes, as (path, contents), included files first.
+
+    ``include:`` names files next to ``path`` (``common`` or ``common.yaml``) whose
+    ``defaults`` and ``presets`` the file extends: a preset of the same name in both is
+    applied included part first. A run's resolved ``config.yaml`` (no ``defaults``,
+    ``presets`` or ``include``) is one layer of defaults.
+    """
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: include cycle ({' -> '.join(map(str, chain))} -> {path})")
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping, got {type(data).__name__}")
+    if data and not set(_FILE_KEYS) & set(data):
+        return [(path, {"defaults": data})]
+    unknown_top = set(data) - set(_FILE_KEYS)
+    if unknown_top:
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown_top)} "
+                          f"(a config file holds {', '.join(map(repr, _FILE_KEYS))})")
+    if not isinstance(data.get("presets") or {}, dict):
+        raise ConfigError(f"{path}: 'presets' must map preset names to settings")
+    includes = data.get("include") or []
+    layers: list[tuple[Path, dict]] = []
+    for name in [includes] if isinstance(includes, str) else includes:
+        included = path.parent / (name if str(name).endswith(".yaml") else f"{name}.yaml")
+        if not included.is_file():
+            raise ConfigError(f"{path}: include '{name}' not found (looked for {included})")
+        layers += _config_layers(included, chain + (path.resolve(),))
+    return layers + [(path, data)]
+
+
 def load_config(
     config: str | None = "carracing",
     presets: list[str] | None = None,
     overrides: list[str] | None = None,
 ) -> ExperimentConfig:
-    """Build the resolved config: defaults <- file <- presets <- overrides.
+    """Build the resolved config: dataclass defaults <- file (and what it includes)
+    <- presets <- overrides.
 
-    ``config`` is a preset file (``defaults:`` and ``presets:``), or a run directory's
-    resolved ``config.yaml``, which reproduces that run.
+    ``config`` is a preset file (``include:``, ``defaults:``, ``presets:``), or a run
+    directory's resolved ``config.yaml``, which reproduces that run.
     """
     cfg = ExperimentConfig()
     presets = [p for p in (presets or []) if p]
     if config:
         path = resolve_config_path(config)
-        data = read_yaml(path) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a config file holds a mapping, not {type(data).__name__}")
-        if data and not {"defaults", "presets"} & set(data):
-            # a resolved config.yaml from a run directory: the whole file is the defaults
-            data = {"defaults": data}
-        unknown_top = set(data) - {"defaults", "presets"}
-        if unknown_top:
-            raise ConfigError(
-                f"{path}: unknown top-level key(s) {sorted(unknown_top)} "
-                "(a config file holds 'defaults' and 'presets')"
-            )
-        merge_into(cfg, data.get("defaults") or {}, f"{path} defaults")
-        file_presets = data.get("presets") or {}
+        layers = _config_layers(path)
+        for layer_path, data in layers:
+            merge_into(cfg, data.get("defaults") or {}, f"{layer_path} defaults")
+        known = {name for _, data in layers for name in data.get("presets") or {}}
         for preset in presets:
-            if preset not in file_presets:
+            if preset not in known:
                 raise ConfigError(
-                    f"{path}: no preset '{preset}' (known: {', '.join(sorted(file_presets))})"
+                    f"{path}: no preset '{preset}' (known: {', '.join(sorted(known))})"
                 )
-            merge_into(cfg, file_presets[preset] or {}, f"{path} preset '{preset}'")
+            for layer_path, data in layers:
+                if preset in (data.get("presets") or {}):
+                    merge_into(cfg, data["presets"][preset] or {},
+                               f"{layer_path} preset '{preset}'")
     elif presets:
         raise ConfigError("presets need a config file")
     if not cfg.name:
@@ -332,56 +418,59 @@ def load_config(
     return cfg
 
 
+def numeric_fields(obj: Any = None, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
+    """Every int and float key, dotted (``memory.hidden``), with its dataclass field."""
+    obj = obj if obj is not None else ExperimentConfig()
+    hints = typing.get_type_hints(type(obj))
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += numeric_fields(value, f"{prefix}{f.name}.")
+        elif hints[f.name] in (int, float):
+            out.append((f"{prefix}{f.name}", f))
+    return out
+
+
+def _range_text(bounds: dict) -> str:
+    if "ge" in bounds and bounds.get("le") == bounds["ge"]:
+        return f"{bounds['ge']}"
+    return " and ".join(f"{_BOUNDS[name]} {bound}" for name, bound in bounds.items())
+
+
+def check_ranges(cfg: ExperimentConfig) -> None:
+    """Every number within its field's declared range, every float finite."""
+    for key, f in numeric_fields(cfg):
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+        bounds = f.metadata.get("range", {})
+        ok = all({"ge": value >= b, "gt": value > b, "le": value <= b, "lt": value < b}[name]
+                 for name, b in bounds.items())
+        if not ok:
+            raise ConfigError(f"config key '{key}' must be {_range_text(bounds)}, got {value}")
+
+
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
+
+
 def validate(cfg: ExperimentConfig) -> None:
-    """Value checks that types alone cannot express."""
+    """Value checks beyond the types (choices are checked as the values are merged):
+    every number's declared range, then what spans keys or needs parsing."""
+    check_ranges(cfg)
     checks = [
-        (cfg.collect.engine in ("serial", "process", "ray"), "collect.engine",
-         "must be serial, process or ray"),
+        (DEVICE_PATTERN.fullmatch(cfg.device) is not None, "device",
+         f"must be cpu, cuda, cuda:N or mps, got {cfg.device!r}"),
         (_is_schedule(cfg.collect.policy), "collect.policy",
          "must be random, brownian, linear or controller, or a schedule like "
          "'random:2000,linear'"),
-        (cfg.collect.controller_weights in ("best", "mean"), "collect.controller_weights",
-         "must be best or mean"),
-        (0.0 <= cfg.collect.controller_epsilon <= 1.0, "collect.controller_epsilon",
-         "must be in [0, 1]"),
-        (cfg.seed >= 0, "seed", "must be >= 0"),
-        (cfg.collect.episodes >= 0, "collect.episodes", "must be >= 0"),
-        (cfg.collect.workers >= 0, "collect.workers", "must be >= 0"),
-        (0 <= cfg.collect.compress_level <= 9, "collect.compress_level", "must be 0..9"),
-        (0.0 < cfg.data.holdout_fraction < 1.0, "data.holdout_fraction", "must be in (0, 1)"),
-        (cfg.data.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1"),
-        (cfg.env.frame_size == 64, "env.frame_size", "the ConvVAE takes 64x64 frames"),
-        (cfg.vae.z_dim >= 1, "vae.z_dim", "must be >= 1"),
-        (cfg.vae.batch_size >= 1, "vae.batch_size", "must be >= 1"),
-        (cfg.vae.lr > 0, "vae.lr", "must be > 0"),
-        (cfg.memory.precision in ("diag", "square", "overcomplete"), "memory.precision",
-         "must be diag, square or overcomplete"),
-        (cfg.memory.flow in ("none", "maf", "coupling"), "memory.flow",
-         "must be none, maf or coupling"),
-        (cfg.memory.nonfinite in ("raise", "skip"), "memory.nonfinite", "must be raise or skip"),
-        (cfg.controller.algo in ("cmaes", "ppo", "a2c", "sac", "td3"), "controller.algo",
-         "must be cmaes, ppo, a2c, sac or td3"),
-        (cfg.controller.engine in ("serial", "process", "ray"), "controller.engine",
-         "must be serial, process or ray"),
-        (cfg.controller.population >= 2 and cfg.controller.rollouts >= 1,
-         "controller.population", "must be >= 2 (and controller.rollouts >= 1)"),
         (cfg.memory.overcomplete_m == 0 or cfg.memory.overcomplete_m > cfg.vae.z_dim,
          "memory.overcomplete_m", "must be 0 or > vae.z_dim"),
-        (cfg.memory.seq_len >= 1 and cfg.memory.batch_size >= 1, "memory.seq_len",
-         "and memory.batch_size must be >= 1"),
-        (cfg.memory.done_pos_weight > 0, "memory.done_pos_weight", "must be > 0"),
-        (cfg.controller.environment in ("real", "dream"), "controller.environment",
-         "must be real or dream"),
-        (cfg.controller.discrete_head in ("argmax", "ordinal"), "controller.discrete_head",
-         "must be argmax or ordinal"),
         (all(isinstance(a, int) and not isinstance(a, bool) and a >= 0
              for a in cfg.controller.action_order), "controller.action_order",
          "must be a list of action indices"),
-        (cfg.dream.temperature > 0, "dream.temperature", "must be > 0"),
-        (cfg.dream.done in ("sample", "threshold"), "dream.done", "must be sample or threshold"),
-        (0 < cfg.dream.done_threshold < 1, "dream.done_threshold", "must be in (0, 1)"),
-        (cfg.dream.max_steps >= 0 and cfg.dream.threads >= 0, "dream.max_steps",
-         "and dream.threads must be >= 0"),
     ]
     for ok, key, why in checks:
         if not ok:
@@ -432,14 +521,23 @@ def save_config(cfg: ExperimentConfig, path: Path) -> None:
 def config_help(obj: Any | None = None, prefix: str = "") -> list[str]:
     """One line per key: ``vae.epochs = 10  # Epochs over the training episodes.``"""
     obj = obj if obj is not None else ExperimentConfig()
+    hints = typing.get_type_hints(type(obj))
     lines = []
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             lines += config_help(value, f"{prefix}{f.name}.")
         else:
-            lines.append(f"{prefix}{f.name} = {value!r}  # {f.metadata.get('help', '')}")
+            lines.append(f"{prefix}{f.name} = {value!r}  # {f.metadata.get('help', '')}"
+                         f"{_allowed_text(hints[f.name], f.metadata.get('range'))}")
     return lines
+
+
+def _allowed_text(tp: Any, bounds: dict | None) -> str:
+    """`` [a | b]`` for a choice, `` [>= 1]`` for a range, else ''."""
+    if typing.get_origin(tp) is Literal:
+        return f" [{' | '.join(map(str, typing.get_args(tp)))}]"
+    return f" [{_range_text(bounds)}]" if bounds else ""
 
 
 def cli_parser(description: str) -> argparse.ArgumentParser:

@@ -49,26 +49,30 @@ class Controller(nn.Module):
 
     def __init__(
         self,
+        *,
         z_dim: int,
         h_dim: int,
         action_dim: int,
+        hidden: int,
+        use_cell: bool,
+        order: list[int] | None,
         discrete: bool = False,
         low: list[float] | None = None,
         high: list[float] | None = None,
-        hidden: int = 0,
-        use_cell: bool = False,
-        order: list[int] | None = None,
     ):
+        """``hidden``, ``use_cell`` and ``order`` (None: argmax head; a list: the ordinal
+        head's action per bin) come from ``controller.*`` (:func:`build_controller`)
+        and have no defaults here. ``discrete``, ``low``, ``high``: the action space."""
         super().__init__()
         self._config = dict(z_dim=z_dim, h_dim=h_dim, action_dim=action_dim, discrete=discrete,
-                            low=low, high=high, hidden=hidden, use_cell=use_cell)
+                            low=low, high=high, hidden=hidden, use_cell=use_cell,
+                            order=None if order is None else list(order))
         self.discrete, self.use_cell = discrete, use_cell
         self.ordinal = order is not None
         if self.ordinal:
             if not discrete or sorted(order) != list(range(action_dim)):
                 raise ValueError(f"the ordinal head needs Discrete actions and an order that "
                                  f"lists each of 0..{action_dim - 1} once, got {order}")
-            self._config["order"] = list(order)
             self.register_buffer("order", torch.tensor(order, dtype=torch.int64))
         features = feature_size(z_dim, h_dim, use_cell)
         outputs = 1 if self.ordinal else action_dim
@@ -146,15 +150,16 @@ def _discrete_controller(c: Any, z_dim: int, h_dim: int, space: gym.Space) -> Co
         if sorted(order) != list(range(n)):
             raise ConfigError(f"config key 'controller.action_order' must list each of "
                               f"the {n} actions 0..{n - 1} once, got {order}")
-    return Controller(z_dim, h_dim, n, discrete=True, hidden=c.hidden, use_cell=c.use_cell,
-                      order=order)
+    return Controller(z_dim=z_dim, h_dim=h_dim, action_dim=n, discrete=True, hidden=c.hidden,
+                      use_cell=c.use_cell, order=order)
 
 
 def _box_controller(c: Any, z_dim: int, h_dim: int, space: gym.Space) -> Controller:
     if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
         raise ConfigError(f"the controller squashes actions into bounds; {space} is unbounded")
-    return Controller(z_dim, h_dim, int(np.prod(space.shape)), low=space.low.tolist(),
-                      high=space.high.tolist(), hidden=c.hidden, use_cell=c.use_cell)
+    return Controller(z_dim=z_dim, h_dim=h_dim, action_dim=int(np.prod(space.shape)),
+                      low=space.low.tolist(), high=space.high.tolist(), hidden=c.hidden,
+                      use_cell=c.use_cell, order=None)
 
 
 #: action space type -> builder of a controller for it

@@ -30,6 +30,7 @@ state (``step``): the same weights, no renamed keys.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -37,9 +38,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from worldmodels.checkpoint import register_model
+from worldmodels.config import Flow, Precision
 
-PRECISIONS = ("diag", "square", "overcomplete")
-FLOWS = ("none", "maf", "coupling")
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+FLOWS: tuple[str, ...] = typing.get_args(Flow)
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -64,9 +66,10 @@ class TiedPrecisionMixture(nn.Module):
         self,
         in_features: int,
         d: int,
-        mixtures: int = 5,
-        precision: str = "diag",
-        overcomplete_m: int = 0,
+        *,
+        mixtures: int,
+        precision: Precision,
+        overcomplete_m: int,
         log_d_bound: float = 8.0,
     ):
         super().__init__()
@@ -229,20 +232,23 @@ class FRMDN(nn.Module):
 
     def __init__(
         self,
+        *,
         z_dim: int,
         action_dim: int,
-        discrete_actions: bool = False,
-        hidden: int = 256,
-        mixtures: int = 5,
-        precision: str = "diag",
-        overcomplete_m: int = 0,
-        flow: str = "maf",
-        flow_layers: int = 2,
-        flow_hidden: int = 64,
-        flow_conditional: bool = False,
-        reward_head: bool = True,
-        done_head: bool = True,
+        discrete_actions: bool,
+        hidden: int,
+        mixtures: int,
+        precision: Precision,
+        overcomplete_m: int,
+        flow: Flow,
+        flow_layers: int,
+        flow_hidden: int,
+        flow_conditional: bool,
+        reward_head: bool,
+        done_head: bool,
     ):
+        # every argument is required: the defaults live in config.MemoryConfig only
+        # (frmdn_training.build_memory), and config() saves them all for load_model
         super().__init__()
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, not '{flow}'")
@@ -256,7 +262,8 @@ class FRMDN(nn.Module):
         self.z_dim, self.action_dim, self.discrete_actions = z_dim, action_dim, discrete_actions
         self.flow_conditional = flow_conditional and flow != "none"
         self.lstm = nn.LSTM(z_dim + action_dim, hidden, batch_first=True)
-        self.mixture = TiedPrecisionMixture(hidden, z_dim, mixtures, precision, overcomplete_m)
+        self.mixture = TiedPrecisionMixture(hidden, z_dim, mixtures=mixtures, precision=precision,
+                                            overcomplete_m=overcomplete_m)
         self.flow = None
         if flow != "none":
             import zuko

@@ -11,42 +11,50 @@ import statistics
 from typing import Any
 
 from worldmodels.checkpoint import write_json_atomic, write_text_atomic
-from worldmodels.config import ConfigError, ExperimentConfig, merge_into, parse_override
+from worldmodels.config import ConfigError, ExperimentConfig, merge_into, validate
 from worldmodels.frmdn_training import latent_split, report_dict, train_memory
 from worldmodels.run_dir import RunDir
 
-#: name -> overrides of ``memory.*``; the RMDN baseline is the mixture with no flow
-VARIANTS: dict[str, list[str]] = {
-    "rmdn_diag": ["memory.flow=none", "memory.precision=diag"],
-    "frmdn_diag": ["memory.flow=maf", "memory.precision=diag"],
-    "frmdn_square": ["memory.flow=maf", "memory.precision=square"],
-    "frmdn_overcomplete": ["memory.flow=maf", "memory.precision=overcomplete"],
-    "frmdn_diag_conditional": ["memory.flow=maf", "memory.precision=diag",
-                               "memory.flow_conditional=true"],
-    "frmdn_square_conditional": ["memory.flow=maf", "memory.precision=square",
-                                 "memory.flow_conditional=true"],
+#: the ``memory.*`` keys the comparison varies: every variant sets each of them, so none
+#: follows a default that may change (an unset flow_conditional once made frmdn_diag
+#: equal frmdn_diag_conditional)
+VARIED = ("flow", "precision", "flow_conditional")
+
+#: name -> ``memory.*`` values; the RMDN baseline is the mixture with no flow (a flow's
+#: conditioning does not apply to it)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "rmdn_diag": {"flow": "none", "precision": "diag", "flow_conditional": False},
+    "frmdn_diag": {"flow": "maf", "precision": "diag", "flow_conditional": False},
+    "frmdn_square": {"flow": "maf", "precision": "square", "flow_conditional": False},
+    "frmdn_overcomplete": {"flow": "maf", "precision": "overcomplete",
+                           "flow_conditional": False},
+    "frmdn_diag_conditional": {"flow": "maf", "precision": "diag", "flow_conditional": True},
+    "frmdn_square_conditional": {"flow": "maf", "precision": "square",
+                                 "flow_conditional": True},
 }
 
 
-def variant_config(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+def variant_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
+    """``cfg`` with variant ``name``'s ``memory.*`` values, checked like any config."""
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})")
     out = copy.deepcopy(cfg)
-    for text in overrides:
-        merge_into(out, parse_override(text), f"variant '{text}'")
+    merge_into(out, {"memory": VARIANTS[name]}, f"variant '{name}'")
+    validate(out)
     return out
 
 
 def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list[int],
             progress: bool = True) -> list[dict[str, Any]]:
     """Train every variant with every seed on the run's latents (resuming each)."""
-    unknown = [name for name in variants if name not in VARIANTS]
-    if unknown:
-        raise ConfigError(f"unknown variant '{unknown[0]}' (known: {', '.join(VARIANTS)})")
+    for name in variants:  # refuse an unknown variant or a bad variant config up front
+        variant_config(cfg, name)
     latent_split(cfg, run)  # the run has usable latents of its V
     run.write_config(cfg)  # inputs accepted
     rows = []
     for name in variants:
+        vcfg = variant_config(cfg, name)
         for seed in seeds:
-            vcfg = variant_config(cfg, VARIANTS[name])
             out = run.memory_compare_dir / f"{name}__s{seed}"
             report = report_dict(train_memory(vcfg, run, out, seed=seed, progress=progress))
             rows.append({"variant": name, "seed": seed, **report})

@@ -22,8 +22,8 @@ class ConvVAE(nn.Module):
     Shapes: frames (B, 3, 64, 64) in [0, 1] (or uint8 (B, 64, 64, 3)); z (B, z_dim).
     """
 
-    def __init__(self, z_dim: int = 32):
-        super().__init__()
+    def __init__(self, *, z_dim: int):
+        super().__init__()  # z_dim: vae.z_dim, no default here
         self.z_dim = z_dim
         self.encoder = nn.Sequential(
             nn.Conv2d(3, 32, 4, stride=2), nn.ReLU(),     # 31x31

@@ -121,7 +121,7 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
     train_paths, holdout_paths, skipped_shards = rollout_split(cfg, run)
 
     torch.manual_seed(cfg.seed)
-    model = ConvVAE(v.z_dim).to(device)
+    model = ConvVAE(z_dim=v.z_dim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=v.lr)
     start_epoch, state = resume_training(files.model, files.state, model, optimizer,
                                          expect={"z_dim": cfg.vae.z_dim})

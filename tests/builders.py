@@ -1,0 +1,30 @@
+"""Small models for tests, built as the library builds them: from the config dataclasses,
+so a test model has the defaults a run would have."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from worldmodels.config import ControllerConfig, ExperimentConfig
+from worldmodels.controller import Controller
+from worldmodels.frmdn import FRMDN
+from worldmodels.frmdn_training import build_memory
+
+
+def make_frmdn(z_dim: int, action_dim: int, discrete_actions: bool = False,
+               **memory) -> FRMDN:
+    """``build_memory`` on MemoryConfig's defaults with ``memory`` (its keys) overriding."""
+    cfg = ExperimentConfig()
+    cfg.vae.z_dim = z_dim
+    cfg.memory = dataclasses.replace(cfg.memory, **memory)
+    return build_memory(cfg, action_dim, discrete_actions)
+
+
+def make_controller(z_dim: int, h_dim: int, action_dim: int, *, discrete: bool = False,
+                    low: list[float] | None = None, high: list[float] | None = None,
+                    order: list[int] | None = None, **controller) -> Controller:
+    """A Controller with ControllerConfig's ``hidden`` and ``use_cell`` (``controller``
+    overriding them); ``order`` None is the argmax head."""
+    c = dataclasses.replace(ControllerConfig(), **controller)
+    return Controller(z_dim=z_dim, h_dim=h_dim, action_dim=action_dim, discrete=discrete,
+                      low=low, high=high, hidden=c.hidden, use_cell=c.use_cell, order=order)
