@@ -101,3 +101,33 @@ def test_action_space_falls_back_to_float_actions(tmp_path):
         "action": np.zeros(5, np.int64), "meta": np.array(json.dumps({}))})
     with pytest.raises(ShardError, match="no action_space"):
         action_info(tmp_path / "ep_000001.npz")
+
+
+def test_linalg_error_follows_the_nonfinite_policy(mem_cfg, monkeypatch):
+    """A LinAlgError from the loss (e.g. a Cholesky) is a non-finite batch: raise naming
+    the step, or skip and count it."""
+    import torch
+
+    from worldmodels.frmdn import FRMDN
+
+    write_latents(mem_cfg.run_dir / "latents")
+    real_loss = FRMDN.loss
+    calls = []
+
+    def failing_once(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.linalg.LinAlgError("linalg.cholesky: The factorization could not be "
+                                           "completed because the input is not positive-definite")
+        return real_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(FRMDN, "loss", failing_once)
+    match = r"LinAlgError.*positive-definite.*at epoch 1, step 1\b"
+    with pytest.raises(FloatingPointError, match=match):
+        train_memory(mem_cfg, progress=False)
+    calls.clear()
+    mem_cfg.memory.nonfinite = "skip"
+    report = train_memory(mem_cfg, mem_cfg.run_dir / "memory_skip", progress=False)
+    assert report.skipped_batches == 1
+    metrics = json.loads((mem_cfg.run_dir / "memory_skip" / "metrics.json").read_text())
+    assert metrics[0]["skipped"] == 1

@@ -199,18 +199,24 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
         bar = tqdm(loader, total=batches, unit="batch", desc=f"M epoch {epoch + 1}/{m.epochs}",
                    disable=not progress)
         for batch in bar:
-            losses, _ = _batch_losses(model, batch, cfg, device, generator)
             optimizer.zero_grad(set_to_none=True)
-            bad = None if torch.isfinite(losses["loss"]) else f"loss is {losses['loss'].item()}"
-            if bad is None:
-                losses["loss"].backward()
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), m.grad_clip or math.inf)
-                bad = None if torch.isfinite(norm) else f"gradient norm is {norm.item()}"
+            error = None
+            try:  # a failed factorisation is a non-finite batch too
+                losses, _ = _batch_losses(model, batch, cfg, device, generator)
+                loss = losses["loss"]
+                bad = None if torch.isfinite(loss) else f"loss is {loss.item()}"
+                if bad is None:
+                    loss.backward()
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                          m.grad_clip or math.inf)
+                    bad = None if torch.isfinite(norm) else f"gradient norm is {norm.item()}"
+            except torch.linalg.LinAlgError as exc:
+                error, bad = exc, f"LinAlgError ({exc})"
             if bad is not None:
                 if m.nonfinite == "raise":
                     raise FloatingPointError(
                         f"M: {bad} at epoch {epoch + 1}, step {step} "
-                        "(set memory.nonfinite=skip to skip such batches)")
+                        "(set memory.nonfinite=skip to skip such batches)") from error
                 skipped += 1
                 continue
             optimizer.step()
