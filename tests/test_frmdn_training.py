@@ -131,3 +131,24 @@ def test_linalg_error_follows_the_nonfinite_policy(mem_cfg, monkeypatch):
     assert report.skipped_batches == 1
     metrics = json.loads((mem_cfg.run_dir / "memory_skip" / "metrics.json").read_text())
     assert metrics[0]["skipped"] == 1
+
+def test_epoch_progress_total_is_the_batches_yielded(mem_cfg, monkeypatch):
+    """Random window offsets give an episode one window more than ceil(T / L); the bar's
+    total used to leave them out (14 batches of a total of 13)."""
+    import worldmodels.frmdn_training as frmdn_training
+
+    bars = []
+
+    class Recording(frmdn_training.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(frmdn_training, "tqdm", Recording)
+    write_latents(mem_cfg.run_dir / "latents", n=8, T=40)
+    mem_cfg.memory.epochs = 3
+    mem_cfg.memory.batch_size = 3
+    train_memory(mem_cfg, progress=True)
+    assert len(bars) == 3
+    assert [bar.n for bar in bars] == [bar.total for bar in bars]
+

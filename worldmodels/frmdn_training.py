@@ -154,11 +154,6 @@ def evaluate_memory(model: FRMDN, paths: list[Path], cfg: ExperimentConfig,
     return {**rates, **done_metrics(rates)}
 
 
-def count_windows(paths: list[Path], seq_len: int) -> int:
-    """Windows per epoch without a random offset (one more per episode with one)."""
-    return sum(-(-shard_length(p) // seq_len) for p in paths)
-
-
 def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int | None = None,
                  progress: bool = True) -> MemoryReport:
     """Train (or resume) M up to ``cfg.memory.epochs`` epochs.
@@ -183,7 +178,7 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
     dataset = SequenceDataset(train_paths, m.seq_len, m.batch_size, m.shuffle_buffer, seed=seed,
                               z_dim=cfg.vae.z_dim)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers)
-    batches = -(-count_windows(train_paths, m.seq_len) // m.batch_size)
+    lengths = {p: shard_length(p) for p in train_paths}  # read once, replayed every epoch
     writer = summary_writer(files["dir"].parent / "tensorboard" / files["dir"].name)
     metrics = [x for x in read_json(files["metrics"], []) if x["epoch"] <= start_epoch]
     step = sum(x.get("batches", 0) for x in metrics)
@@ -196,6 +191,7 @@ def train_memory(cfg: ExperimentConfig, out_dir: Path | None = None, seed: int |
         generator.manual_seed(seed * 1000 + epoch)
         started = time.perf_counter()
         skipped = ran = 0
+        batches = dataset.batches_per_epoch(cfg.data.loader_workers, lengths.__getitem__)
         bar = tqdm(loader, total=batches, unit="batch", desc=f"M epoch {epoch + 1}/{m.epochs}",
                    disable=not progress)
         for batch in bar:
