@@ -1,2 +1,2 @@
-"""Acting and learning: data-collection policies, parallel collection, (later) the V-M-C
-agent, CMA-ES and SB3 training, evaluation."""
+"""Acting and learning: data-collection policies, parallel collection, the V-M-C agent,
+CMA-ES (real-env and dream evaluators) and SB3 training, dream checks, evaluation."""

@@ -30,21 +30,41 @@ from worldmodels.run_dir import RunDir
 from worldmodels.vae import ConvVAE
 
 
-class LatentObservation(gym.Wrapper):
+class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Observations ``[z_t, h_t]`` float32 (z_dim + hidden,) from a frozen V and M
     (``[z_t, c_t, h_t]`` with ``use_cell``, as :class:`envs.dream_env.DreamEnv` gives).
 
     z_t is V's mean for the frame; h_t is M's hidden state after reading
     (z_{t-1}, a_{t-1}); ``reset`` starts M from zeros. Actions pass through unchanged.
+
+    V and M are given, or loaded from ``run_dir`` when they are not. ``env.spec`` records
+    the run directory rather than the models, so ``env.spec.make()`` rebuilds the env
+    (and the spec stays plain data); given models without a ``run_dir`` are recorded
+    by reference instead.
     """
 
-    def __init__(self, env: gym.Env, vae: ConvVAE, memory: FRMDN, device: str = "cpu",
-                 use_cell: bool = False):
-        super().__init__(env)
+    def __init__(self, env: gym.Env, vae: ConvVAE | None = None, memory: FRMDN | None = None,
+                 device: str = "cpu", use_cell: bool = False,
+                 run_dir: str | Path | None = None):
+        if run_dir is not None:
+            run_dir = str(Path(run_dir).absolute())  # the spec may be made elsewhere
+            gym.utils.RecordConstructorArgs.__init__(
+                self, device=str(device), use_cell=use_cell, run_dir=run_dir)
+        elif vae is None or memory is None:
+            raise ValueError("LatentObservation needs V and M, or the run_dir to load them")
+        else:
+            gym.utils.RecordConstructorArgs.__init__(
+                self, _disable_deepcopy=True, vae=vae, memory=memory, device=str(device),
+                use_cell=use_cell)
+        gym.Wrapper.__init__(self, env)
+        if vae is None or memory is None:
+            run = RunDir(run_dir)
+            vae = run.load_vae(run.load_config().vae.z_dim, device) if vae is None else vae
+            memory = run.load_memory(device) if memory is None else memory
         self.vae, self.memory = vae.eval(), memory.eval()
         self.device = torch.device(device)
         self.use_cell = use_cell
-        size = feature_size(vae.z_dim, memory.lstm.hidden_size, use_cell)
+        size = feature_size(vae.z_dim, memory.hidden_size, use_cell)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
         self._z: torch.Tensor | None = None
         self._state: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -89,7 +109,7 @@ def latent_env(run: RunDir, cfg: ExperimentConfig, device: str = "cpu") -> Laten
     vae = run.load_vae(cfg.vae.z_dim, device)
     memory = run.load_memory(device)
     return LatentObservation(make_env_from_config(cfg.env), vae, memory, device,
-                             cfg.controller.use_cell)
+                             cfg.controller.use_cell, run_dir=run.path)
 
 
 #: ``controller.algo`` -> the name of its Stable-Baselines3 class

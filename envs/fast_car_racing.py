@@ -164,7 +164,6 @@ class FastCarRacing(CarRacing):
 
     def _render(self, mode: str):
         assert mode in self.metadata["render_modes"]
-        pygame.font.init()
         if self.screen is None and mode == "human":
             pygame.display.init()
             self.screen = pygame.display.set_mode((cr.WINDOW_W, cr.WINDOW_H))
@@ -228,11 +227,24 @@ class FastCarRacing(CarRacing):
         """The score text surface, rendered only when the text changes."""
         text = f"{self.reward:04.0f}"
         if self._score_surface is None or text != self._score_text:
-            if self._font is None:
-                self._font = pygame.font.Font(pygame.font.get_default_font(), 42)
-            self._score_surface = self._font.render(text, True, (255, 255, 255), (0, 0, 0))
+            if not pygame.font.get_init():
+                pygame.font.init()
+            try:
+                self._score_surface = self._text_surface(text)
+            except pygame.error:
+                # another CarRacing's close() ran pygame.quit(), which leaves the font
+                # loaded before it unusable ("Invalid font"), even once fonts are
+                # initialised again: load it again
+                self._font = None
+                pygame.font.init()
+                self._score_surface = self._text_surface(text)
             self._score_text = text
         return self._score_surface
+
+    def _text_surface(self, text: str) -> pygame.Surface:
+        if self._font is None:
+            self._font = pygame.font.Font(pygame.font.get_default_font(), 42)
+        return self._font.render(text, True, (255, 255, 255), (0, 0, 0))
 
     def _render_road(self, zoom: float, translation: tuple[float, float], angle: float):
         field = to_screen(FIELD_POLYGON, zoom, translation, angle)[0]

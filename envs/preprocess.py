@@ -57,16 +57,18 @@ def pixel_source(env: gym.Env) -> str | None:
     return None
 
 
-class PixelObservation(gym.ObservationWrapper):
+class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Turns a pixel env's observation into a ``uint8 (size, size, 3)`` frame.
 
     The picture is the Box observation itself, the ``screen``/``pixels`` entry of a Dict
     observation, or (for envs whose observation is not a picture) ``env.render()`` with
-    ``render_mode='rgb_array'``.
+    ``render_mode='rgb_array'``. Its arguments are recorded in ``env.spec``, so
+    ``env.spec.make()`` rebuilds the wrapped env.
     """
 
     def __init__(self, env: gym.Env, size: int = 64, crop_bottom: int = 0):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, size=size, crop_bottom=crop_bottom)
+        gym.ObservationWrapper.__init__(self, env)
         self.size = size
         self.crop_bottom = crop_bottom
         self._source = pixel_source(env)
@@ -76,6 +78,8 @@ class PixelObservation(gym.ObservationWrapper):
                 f"{env.observation_space} holds no picture; make it with render_mode='rgb_array'"
             )
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+        if self._source is None:  # the picture is render()'s: no other render mode works
+            self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
 
     def observation(self, observation: Any) -> np.ndarray:
         if self._source == "":

@@ -245,3 +245,33 @@ def test_fitness_curve_png_is_written(tiny_run):
     train_cmaes(tiny_run, evaluator=quadratic, progress=False)
     png = RunDir(run_of(tiny_run)).controller.dir / "fitness.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_real_env_wrappers_pass_gymnasium_and_sb3_checkers(tiny_run, tmp_path, monkeypatch):
+    """PixelObservation and LatentObservation record their arguments, so the checkers'
+    ``env.spec.make()`` rebuilds them; the latent env's spec names its run directory."""
+    from gymnasium.utils.env_checker import check_env as gym_check
+    from stable_baselines3.common.env_checker import check_env as sb3_check
+
+    from agents.sb3 import make_latent_env
+    from envs import make_env
+
+    for env_id in ("CarRacing-v3", "CartPole-v1"):
+        pixels = make_env(env_id, max_episode_steps=20)
+        gym_check(pixels)  # render modes and close included: spec.make() per render mode
+        sb3_check(pixels)  # the same env still works after the copies were closed
+        pixels.close()
+    latent = make_latent_env(run_of(tiny_run))
+    gym_check(latent)
+    sb3_check(latent)
+    spec = latent.spec
+    assert spec.additional_wrappers[-1].kwargs["run_dir"] == str(run_of(tiny_run).absolute())
+    spec.to_json()  # plain data, no torch modules
+    monkeypatch.chdir(tmp_path)  # made again from elsewhere: the same observations
+    again = spec.make()
+    obs, _ = latent.reset(seed=5)
+    np.testing.assert_array_equal(again.reset(seed=5)[0], obs)
+    action = latent.action_space.sample()
+    np.testing.assert_array_equal(again.step(action)[0], latent.step(action)[0])
+    latent.close()
+    again.close()

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import write_shards
@@ -99,3 +100,24 @@ def test_sequence_windows_shapes_and_mask(tmp_path):
         # rewards are arange(T): each step's target appears exactly once
         seen = sorted(torch.cat([x["reward"][x["mask"] > 0] for x in batches]).tolist())
         assert seen == sorted(list(range(25)) + list(range(7)))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sequence_batches_per_epoch_is_what_a_loader_yields(tmp_path, workers):
+    from torch.utils.data import DataLoader
+
+    for i, T in enumerate([25, 7, 40, 13, 31, 9, 22]):
+        rng = np.random.default_rng(i)
+        write_npz_atomic(tmp_path / f"ep_{i:06d}.npz", {
+            "mu": rng.normal(size=(T + 1, 2)).astype(np.float32),
+            "logvar": np.zeros((T + 1, 2), np.float32),
+            "action": rng.normal(size=(T, 1)).astype(np.float32),
+            "reward": np.zeros(T, np.float32), "terminated": np.zeros(T, bool),
+            "truncated": np.zeros(T, bool), "meta": np.array("{}")})
+    paths = sorted(tmp_path.glob("ep_*.npz"))
+    for shuffle, epoch in [(False, 0), (True, 0), (True, 1), (True, 2)]:
+        ds = SequenceDataset(paths, seq_len=6, batch_size=3, shuffle_buffer=6, shuffle=shuffle,
+                             seed=1)
+        ds.set_epoch(epoch)
+        yielded = sum(1 for _ in DataLoader(ds, batch_size=None, num_workers=workers))
+        assert ds.batches_per_epoch(workers) == yielded

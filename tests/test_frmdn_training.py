@@ -100,3 +100,55 @@ def test_shards_without_an_action_space_are_refused(tmp_path):
         "action": np.zeros((5, 3), np.float32), "meta": np.array(json.dumps({}))})
     with pytest.raises(ShardError, match="no action_space"):
         action_info(tmp_path / "ep_000000.npz")
+
+
+def test_linalg_error_follows_the_nonfinite_policy(mem_cfg, monkeypatch):
+    """A LinAlgError from the loss (e.g. a Cholesky) is a non-finite batch: raise naming
+    the step, or skip and count it."""
+    import torch
+
+    from worldmodels.frmdn import FRMDN
+
+    write_latents(run_of(mem_cfg) / "latents")
+    real_loss = FRMDN.loss
+    calls = []
+
+    def failing_once(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.linalg.LinAlgError("linalg.cholesky: The factorization could not be "
+                                           "completed because the input is not positive-definite")
+        return real_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(FRMDN, "loss", failing_once)
+    match = r"LinAlgError.*positive-definite.*at epoch 1, step 1\b"
+    with pytest.raises(FloatingPointError, match=match):
+        train_memory(mem_cfg, progress=False)
+    calls.clear()
+    mem_cfg.memory.nonfinite = "skip"
+    report = train_memory(mem_cfg, out_dir=run_of(mem_cfg) / "memory_skip", progress=False)
+    assert report.skipped_batches == 1
+    metrics = json.loads((run_of(mem_cfg) / "memory_skip" / "metrics.json").read_text())
+    assert metrics[0]["skipped"] == 1
+
+
+def test_epoch_progress_total_is_the_batches_yielded(mem_cfg, monkeypatch):
+    """Random window offsets give an episode one window more than ceil(T / L); the bar's
+    total used to leave them out (14 batches of a total of 13)."""
+    import worldmodels.frmdn_training as frmdn_training
+
+    bars = []
+
+    class Recording(frmdn_training.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(frmdn_training, "tqdm", Recording)
+    write_latents(run_of(mem_cfg) / "latents", n=8, T=40)
+    mem_cfg.memory.epochs = 3
+    mem_cfg.memory.batch_size = 3
+    train_memory(mem_cfg, progress=True)
+    assert len(bars) == 3
+    assert [bar.n for bar in bars] == [bar.total for bar in bars]
+

@@ -73,9 +73,15 @@ class _ShardStream(IterableDataset):
         """Reshuffle differently (but reproducibly) each epoch."""
         self.epoch = epoch
 
-    def _ordered(self) -> tuple[list[Path], np.random.Generator]:
-        paths, worker = _worker_slice(self.paths)
-        rng = np.random.default_rng([self.seed, self.epoch, worker])
+    def _ordered(self, worker: tuple[int, int] | None = None,
+                 ) -> tuple[list[Path], np.random.Generator]:
+        """This epoch's shard order and random stream for the calling DataLoader worker,
+        or for ``worker`` = (id, number of workers)."""
+        if worker is None:
+            paths, index = _worker_slice(self.paths)
+        else:
+            paths, index = self.paths[worker[0] :: worker[1]], worker[0]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
         order = list(paths)
         if self.shuffle:
             order = [order[i] for i in rng.permutation(len(order))]
@@ -310,17 +316,23 @@ class SequenceDataset(_ShardStream):
         self.batch_size = batch_size
         self.capacity = max(shuffle_buffer, 2 * batch_size)
 
-    def _windows(self, data: dict[str, np.ndarray], rng: np.random.Generator) -> list[dict]:
-        """Cut an episode into windows that cover every step exactly once.
+    def _starts(self, T: int, rng: np.random.Generator) -> list[int]:
+        """Where an episode of T steps is cut into windows this epoch.
 
         With shuffling the cut points move by a random offset each epoch; the pieces
         before the first cut and after the last are padded windows (so the first steps
-        and the terminal step are trained every epoch).
+        and the terminal step are trained every epoch), which makes one window more
+        than ceil(T / L) for most offsets.
         """
         L = self.seq_len
-        T = len(data["reward"])
         offset = int(rng.integers(L)) if self.shuffle and T > L else 0
-        starts = ([0] if offset else []) + list(range(offset, T, L))
+        return ([0] if offset else []) + list(range(offset, T, L))
+
+    def _windows(self, data: dict[str, np.ndarray], rng: np.random.Generator) -> list[dict]:
+        """Cut an episode into windows that cover every step exactly once."""
+        L = self.seq_len
+        T = len(data["reward"])
+        starts = self._starts(T, rng)
         out = []
         for i, s in enumerate(starts):
             end = starts[i + 1] if i + 1 < len(starts) else T
@@ -339,24 +351,42 @@ class SequenceDataset(_ShardStream):
         return out
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order, rng = self._ordered()
-        buffer: list[dict] = []
-        for path in order:
+        def windows(path: Path, rng: np.random.Generator) -> list[dict]:
             data = self._read(path, lambda p: read_latents(p, self.z_dim))
-            if data is None:
-                continue
-            buffer += self._windows(data, rng)
+            return [] if data is None else self._windows(data, rng)
+
+        for batch in self._batches(*self._ordered(), windows):
+            yield _stack(batch)
+
+    def batches_per_epoch(self, workers: int = 0,
+                          lengths: Callable[[Path], int] = shard_length) -> int:
+        """Batches this epoch (see :meth:`set_epoch`) yields through a DataLoader with
+        ``workers`` worker processes: the same cuts and shuffles, replayed from each
+        shard's length alone (no corrupt shards skipped)."""
+        def windows(path: Path, rng: np.random.Generator) -> list[None]:
+            return [None] * len(self._starts(lengths(path), rng))
+
+        slices = [(i, workers) for i in range(workers)] if workers > 0 else [None]
+        return sum(sum(1 for _ in self._batches(*self._ordered(w), windows)) for w in slices)
+
+    def _batches(self, order: list[Path], rng: np.random.Generator,
+                 windows: Callable[[Path, np.random.Generator], list]) -> Iterator[list]:
+        """Lists of windows in batches: through the bounded shuffle buffer, which emits
+        whole batches of a shuffled half when full, then the rest at the end."""
+        buffer: list = []
+        for path in order:
+            buffer += windows(path, rng)
             if len(buffer) >= self.capacity:
                 if self.shuffle:
                     buffer = [buffer[i] for i in rng.permutation(len(buffer))]
                 k = (len(buffer) // 2 // self.batch_size) * self.batch_size
                 for i in range(0, k, self.batch_size):
-                    yield _stack(buffer[i : i + self.batch_size])
+                    yield buffer[i : i + self.batch_size]
                 buffer = buffer[k:]
         if self.shuffle:
             buffer = [buffer[i] for i in rng.permutation(len(buffer))]
         for i in range(0, len(buffer), self.batch_size):
-            yield _stack(buffer[i : i + self.batch_size])
+            yield buffer[i : i + self.batch_size]
 
 
 def _pad(x: np.ndarray, pad: int) -> np.ndarray:

@@ -17,8 +17,15 @@ y = z_{t+1} in R^d is a Gaussian mixture on u = f(y), f an invertible normalizin
   Lambda_k = sum_j D_kj u_j u_j^T), U1 square and LU-parameterised, U2 free. With
   V = U1^-1 U2 and W_k = D1^-1/2 V D2^1/2, Lambda_k = U1 D1^1/2 (I + W_k W_k^T) D1^1/2 U1^T,
   so by the determinant lemma log det Lambda_k = 2 sum s + sum log D1 + log det(I_r +
-  W_k^T W_k): an r x r Cholesky per component instead of a d x d one, exact, positive
-  definite by construction, and safe in float32 (I + W^T W >= I: every pivot is >= 1).
+  W_k^T W_k), and log det(I_r + W_k^T W_k) = sum log D2 + log det C_k with
+  C_k = D2^-1 + V^T D1^-1 V: an r x r Cholesky per component instead of a d x d one,
+  exact. C_k is positive definite in exact arithmetic (its eigenvalues are >= e^-8 at
+  the bounds of log D) but not in float32: V^T D1^-1 V reaches e^8 |V|^2 d, so its
+  rounding error is as large as the smallest eigenvalues wherever V^T D1^-1 V has none
+  or tiny ones (r - d of them when r > d), and the Cholesky fails or the log det is off
+  by up to a nat. C_k is therefore formed and factorised in float64 (a margin of ~1e9 /
+  (d |V|^2) at the bounds) and only its log det is cast back. C_k rather than
+  I + W^T W: D2 only touches its diagonal, so no r x r elementwise products are needed.
 
 The quadratic form uses (u - mu_k)^T U D_k U^T (u - mu_k) = sum_j D_kj (u_j^T (u - mu_k))^2,
 so training never builds a d x d matrix.
@@ -52,6 +59,29 @@ class MixtureParams:
     logits: Tensor  # (..., K)     unnormalised log mixture weights
     mu: Tensor  # (..., K, d)      component means in u-space
     log_d: Tensor  # (..., K, r)   log of D_k's diagonal (r = d, or m for overcomplete)
+
+
+class _PDLogDet(torch.autograd.Function):
+    """log det A for symmetric positive definite A (..., n, n) by Cholesky, A = L L^T.
+
+    Its backward is g A^-1 = g L^-T L^-1 from one triangular inverse: the same gradient
+    as autograd through ``torch.linalg.cholesky`` but without that general backward,
+    which (in float64) would make the overcomplete training step much slower.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor) -> Tensor:
+        chol = torch.linalg.cholesky(a)
+        ctx.save_for_backward(chol)
+        return 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (chol,) = ctx.saved_tensors
+        eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
+        l_inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+        return grad[..., None, None] * (l_inv.transpose(-1, -2) @ l_inv)
 
 
 class TiedPrecisionMixture(nn.Module):
@@ -130,20 +160,29 @@ class TiedPrecisionMixture(nn.Module):
             return self.square_part()
         return torch.cat([self.square_part(), self.u_extra], dim=1)
 
-    def _low_rank(self, log_d: Tensor) -> tuple[Tensor, Tensor]:
-        """For overcomplete: V = U1^-1 U2 (d, r) and I + W^T W (..., K, r, r),
-        W = D1^-1/2 V D2^1/2, in the dtype of ``log_d``."""
-        V = torch.linalg.solve(self.square_part().to(log_d.dtype),
-                               self.u_extra.to(log_d.dtype))  # (d, r)
-        d1_inv = torch.exp(-log_d[..., : self.d])
-        s2 = torch.exp(0.5 * log_d[..., self.d :])  # D2^1/2, (..., K, r)
+    def _low_rank(self, log_d: Tensor) -> Tensor:
+        """For overcomplete: C_k = D2^-1 + V^T D1^-1 V (..., K, r, r), V = U1^-1 U2,
+        in float64 (see :meth:`low_rank_log_det`)."""
+        log_d = log_d.double()
+        V = torch.linalg.solve(self.square_part().double(), self.u_extra.double())  # (d, r)
         r = self.m - self.d
         # V^T D1^-1 V = sum_j D1^-1_j v_j v_j^T: one GEMM against the flattened outer
         # products of V's rows, rather than a batch of tiny matmuls
         outer = (V.unsqueeze(-1) * V.unsqueeze(-2)).reshape(self.d, r * r)
-        gram = (d1_inv @ outer).unflatten(-1, (r, r))
-        eye = torch.eye(r, dtype=log_d.dtype, device=log_d.device)
-        return V, eye + s2.unsqueeze(-1) * gram * s2.unsqueeze(-2)
+        gram = (torch.exp(-log_d[..., : self.d]) @ outer).unflatten(-1, (r, r))
+        return gram + torch.diag_embed(torch.exp(-log_d[..., self.d :]))
+
+    def low_rank_log_det(self, log_d: Tensor) -> Tensor:
+        """log det(I_r + W^T W) = sum log D2 + log det C_k for overcomplete, (..., K), in
+        the dtype of ``log_d``.
+
+        C_k is formed and factorised in float64: in float32 the Gram term's rounding error
+        at log D = +-8 reaches the size of C_k's smallest eigenvalues (>= e^-8), and the
+        Cholesky loses definiteness (about 1 draw in 3 for d = 2, r = 4) or the log det is
+        off by up to a nat. Gradients flow through the casts.
+        """
+        log_det = _PDLogDet.apply(self._low_rank(log_d))
+        return (log_d[..., self.d :].double().sum(-1) + log_det).to(log_d.dtype)
 
     def precision_matrices(self, p: MixtureParams) -> Tensor:
         """Lambda_k as full matrices, (..., K, d, d) (for tests and checks)."""
@@ -166,9 +205,8 @@ class TiedPrecisionMixture(nn.Module):
         elif self.precision == "square":
             log_det = 2 * self.lu_log_diag.sum() + p.log_d.sum(-1)
         else:  # determinant lemma: only an r x r Cholesky per component, of I + W^T W
-            chol = torch.linalg.cholesky(self._low_rank(p.log_d)[1])
             log_det = (2 * self.lu_log_diag.sum() + p.log_d[..., : self.d].sum(-1)
-                       + 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1))
+                       + self.low_rank_log_det(p.log_d))
         return 0.5 * (log_det - quad - self.d * LOG_2PI)
 
     def log_prob(self, u: Tensor, p: MixtureParams) -> Tensor:

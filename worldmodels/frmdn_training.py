@@ -139,11 +139,6 @@ def evaluate_memory(model: FRMDN, paths: list[Path], cfg: ExperimentConfig,
     return {**rates, **done_metrics(rates)}
 
 
-def count_windows(paths: list[Path], seq_len: int) -> int:
-    """Windows per epoch without a random offset (one more per episode with one)."""
-    return sum(-(-shard_length(p) // seq_len) for p in paths)
-
-
 def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                  out_dir: Path | None = None, seed: int | None = None,
                  progress: bool = True) -> MemoryReport:
@@ -175,7 +170,7 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     dataset = SequenceDataset(train_paths, m.seq_len, m.batch_size, m.shuffle_buffer, seed=seed,
                               z_dim=cfg.vae.z_dim)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers)
-    batches = -(-count_windows(train_paths, m.seq_len) // m.batch_size)
+    lengths = {p: shard_length(p) for p in train_paths}  # read once, replayed every epoch
     writer = summary_writer(run.tensorboard("memory") if out_dir is None
                             else files.dir.parent / "tensorboard" / files.dir.name)
     metrics = [x for x in read_json(files.metrics, []) if x["epoch"] <= start_epoch]
@@ -189,21 +184,28 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
         generator.manual_seed(seed * 1000 + epoch)
         started = time.perf_counter()
         skipped = ran = 0
+        batches = dataset.batches_per_epoch(cfg.data.loader_workers, lengths.__getitem__)
         bar = tqdm(loader, total=batches, unit="batch", desc=f"M epoch {epoch + 1}/{m.epochs}",
                    disable=not progress)
         for batch in bar:
-            losses, _ = _batch_losses(model, batch, cfg, device, generator)
             optimizer.zero_grad(set_to_none=True)
-            bad = None if torch.isfinite(losses["loss"]) else f"loss is {losses['loss'].item()}"
-            if bad is None:
-                losses["loss"].backward()
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), m.grad_clip or math.inf)
-                bad = None if torch.isfinite(norm) else f"gradient norm is {norm.item()}"
+            error = None
+            try:  # a failed factorisation is a non-finite batch too
+                losses, _ = _batch_losses(model, batch, cfg, device, generator)
+                loss = losses["loss"]
+                bad = None if torch.isfinite(loss) else f"loss is {loss.item()}"
+                if bad is None:
+                    loss.backward()
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                          m.grad_clip or math.inf)
+                    bad = None if torch.isfinite(norm) else f"gradient norm is {norm.item()}"
+            except torch.linalg.LinAlgError as exc:
+                error, bad = exc, f"LinAlgError ({exc})"
             if bad is not None:
                 if m.nonfinite == "raise":
                     raise FloatingPointError(
                         f"M: {bad} at epoch {epoch + 1}, step {step} "
-                        "(set memory.nonfinite=skip to skip such batches)")
+                        "(set memory.nonfinite=skip to skip such batches)") from error
                 skipped += 1
                 continue
             optimizer.step()
