@@ -19,5 +19,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{report.steps_per_second:.0f} steps/s)")
 
 
-if __name__ == "__main__":
+
+def cli() -> None:
+    """The command ``worldmodels-collect``: main() through run_cli (one-line errors)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -33,5 +33,11 @@ def main(argv: list[str] | None = None) -> str:
     return text
 
 
-if __name__ == "__main__":
+
+def cli() -> None:
+    """The command ``worldmodels-compare-memory``: main() through run_cli (one-line errors)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

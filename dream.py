@@ -43,5 +43,11 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-if __name__ == "__main__":
+
+def cli() -> None:
+    """The command ``worldmodels-dream``: main() through run_cli (one-line errors)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

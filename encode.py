@@ -18,5 +18,11 @@ def main(argv: list[str] | None = None) -> None:
           f"({report.frames} frames in {report.seconds:.1f}s)")
 
 
-if __name__ == "__main__":
+
+def cli() -> None:
+    """The command ``worldmodels-encode``: main() through run_cli (one-line errors)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

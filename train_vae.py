@@ -22,5 +22,11 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-if __name__ == "__main__":
+
+def cli() -> None:
+    """The command ``worldmodels-train-vae``: main() through run_cli (one-line errors)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

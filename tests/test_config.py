@@ -7,9 +7,9 @@ import yaml
 
 from tests.conftest import run_of
 from worldmodels.config import (
-    CONFIG_DIR,
     ConfigError,
     ExperimentConfig,
+    config_dir,
     load_config,
     merge_into,
     numeric_fields,
@@ -125,7 +125,7 @@ def _leaves(tree: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(config_dir().glob("*.yaml")), ids=lambda p: p.stem)
 def test_yaml_defaults_only_override_the_dataclasses(path):
     data = yaml.safe_load(path.read_text())
     defaults = ExperimentConfig()
@@ -139,14 +139,14 @@ def test_yaml_defaults_only_override_the_dataclasses(path):
 
 def test_shared_quick_preset_is_written_once():
     car, doom = load_config("carracing", ["quick"]), load_config("doom_takecover", ["quick"])
-    common = yaml.safe_load((CONFIG_DIR / "common.yaml").read_text())["presets"]["quick"]
+    common = yaml.safe_load((config_dir() / "common.yaml").read_text())["presets"]["quick"]
     for key, value in _leaves(common):
         for cfg in (car, doom):
             current = cfg
             for part in key.split("."):
                 current = getattr(current, part)
             assert current == value, key
-    for path in (CONFIG_DIR / "carracing.yaml", CONFIG_DIR / "doom_takecover.yaml"):
+    for path in (config_dir() / "carracing.yaml", config_dir() / "doom_takecover.yaml"):
         own = dict(_leaves(yaml.safe_load(path.read_text())["presets"]["quick"]))
         assert not set(own) & set(dict(_leaves(common))), f"{path.name} restates common quick"
 

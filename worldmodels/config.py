@@ -21,6 +21,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,12 +29,21 @@ import yaml
 
 from worldmodels.errors import InputError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
 
 class ConfigError(InputError, ValueError):
     """A config key is unknown, has the wrong type, a choice not offered or a number out
     of range, or a preset/file is missing."""
+
+
+def config_dir() -> Path:
+    """The directory of the preset files: the package ``configs``, whose YAML files are
+    package data, so a checkout, an editable install and a wheel all find them."""
+    try:
+        return Path(str(resources.files("configs")))
+    except ModuleNotFoundError:
+        raise ConfigError("the package 'configs' (the preset files) is not installed: "
+                          "reinstall worldmodels (pip install ., or pip install -e . "
+                          "in a checkout)") from None
 
 
 #: Choices shared with the models that take them (one source for both).
@@ -339,11 +349,12 @@ def resolve_config_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.exists():
         return path
-    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    folder = config_dir()
+    candidate = folder / f"{name_or_path}.yaml"
     if candidate.exists():
         return candidate
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config '{name_or_path}' not found (known in {CONFIG_DIR}: {known})")
+    known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    raise ConfigError(f"config '{name_or_path}' not found (known in {folder}: {known})")
 
 
 _FILE_KEYS = ("include", "defaults", "presets")
