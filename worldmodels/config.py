@@ -20,6 +20,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -429,18 +430,22 @@ def load_config(
     return cfg
 
 
-def numeric_fields(obj: Any = None, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
-    """Every int and float key, dotted (``memory.hidden``), with its dataclass field."""
+def walk_fields(obj: Any = None, prefix: str = "",
+                ) -> Iterator[tuple[str, dataclasses.Field, Any, Any]]:
+    """(dotted key, field, annotation, value) of every leaf key of a config, in order."""
     obj = obj if obj is not None else ExperimentConfig()
     hints = typing.get_type_hints(type(obj))
-    out = []
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            out += numeric_fields(value, f"{prefix}{f.name}.")
-        elif hints[f.name] in (int, float):
-            out.append((f"{prefix}{f.name}", f))
-    return out
+            yield from walk_fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hints[f.name], value
+
+
+def numeric_fields(obj: Any = None) -> list[tuple[str, dataclasses.Field]]:
+    """Every int and float key, dotted (``memory.hidden``), with its dataclass field."""
+    return [(key, f) for key, f, hint, _ in walk_fields(obj) if hint in (int, float)]
 
 
 def _range_text(bounds: dict) -> str:
@@ -529,19 +534,11 @@ def save_config(cfg: ExperimentConfig, path: Path) -> None:
     tmp.replace(path)
 
 
-def config_help(obj: Any | None = None, prefix: str = "") -> list[str]:
+def config_help(obj: Any | None = None) -> list[str]:
     """One line per key: ``vae.epochs = 10  # Epochs over the training episodes.``"""
-    obj = obj if obj is not None else ExperimentConfig()
-    hints = typing.get_type_hints(type(obj))
-    lines = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            lines += config_help(value, f"{prefix}{f.name}.")
-        else:
-            lines.append(f"{prefix}{f.name} = {value!r}  # {f.metadata.get('help', '')}"
-                         f"{_allowed_text(hints[f.name], f.metadata.get('range'))}")
-    return lines
+    return [f"{key} = {value!r}  # {f.metadata.get('help', '')}"
+            f"{_allowed_text(hint, f.metadata.get('range'))}"
+            for key, f, hint, value in walk_fields(obj)]
 
 
 def _allowed_text(tp: Any, bounds: dict | None) -> str:
@@ -576,10 +573,15 @@ def parse_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpar
     return parser.parse_intermixed_args(argv)
 
 
-def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+def exit_on_help_config(args: argparse.Namespace) -> None:
+    """``--help-config``: print every key with its default, choices and range, exit 0."""
     if args.help_config:
         print("\n".join(config_help()))
         raise SystemExit(0)
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    exit_on_help_config(args)
     presets: list[str] = []
     for item in args.preset or []:
         presets += [p for p in item.split(",") if p]

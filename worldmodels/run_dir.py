@@ -40,8 +40,8 @@ from worldmodels.config import (
     ConfigError,
     ExperimentConfig,
     config_from_args,
-    config_help,
     env_slug,
+    exit_on_help_config,
     load_config,
     read_yaml,
     to_dict,
@@ -324,9 +324,7 @@ def run_from_args(args: argparse.Namespace, trained: bool = False,
     config's default place. ``trained`` (evaluate, dream): the run's own config is the
     config, and overrides may change only what :meth:`RunDir.load_config` allows.
     """
-    if args.help_config:
-        print("\n".join(config_help()))
-        raise SystemExit(0)
+    exit_on_help_config(args)
     run_path = args.run
     if run_path and args.config:
         raise ConfigError("give --run DIR or --config, not both")
