@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from agents.batched import Episode
 from agents.dreams import DreamEvaluator
 from agents.parallel import TaskPool
 from agents.rollouts import RolloutTask, describe_returns, play_task
@@ -60,10 +61,11 @@ class ProcessEvaluator:
 
     def __init__(self, run: RunDir, engine: str = "process", workers: int = 0,
                  ray_address: str = "", max_steps: int = 0, stall_steps: int = 0,
-                 overrides: tuple[str, ...] = ()):
+                 overrides: tuple[str, ...] = (), batch: int = 1):
         self.run_dir, self.engine, self.workers = str(run.path), engine, workers
         self.ray_address, self.max_steps, self.stall_steps = ray_address, max_steps, stall_steps
         self.overrides = tuple(overrides)  # env.* / dream.*: see RunDir.load_config
+        self.batch = batch  # episodes a worker steps together
         self.pool = TaskPool(engine, workers, ray_address)  # kept: workers load V, M once
 
     def close(self) -> None:
@@ -77,17 +79,23 @@ class ProcessEvaluator:
         """(returns, steps), each (P, R): every candidate on every seed, in seed order.
 
         A candidate of None plays uniform random actions. ``whole_episodes`` ignores the
-        training caps (``max_steps``, ``stall_steps``), as evaluation must.
+        training caps (``max_steps``, ``stall_steps``), as evaluation must. Episodes go
+        to the workers in tasks of ``batch``, the same tasks on every engine, so every
+        engine gives the same figures.
         """
         caps = (0, 0) if whole_episodes else (self.max_steps, self.stall_steps)
-        tasks = [RolloutTask(self.run_dir, i, None if x is None else tuple(map(float, x)),
-                             int(s), *caps, j, self.overrides)
-                 for i, x in enumerate(candidates) for j, s in enumerate(seeds)]
+        flat = [None if x is None else np.asarray(x, np.float32) for x in candidates]
+        episodes = [(Episode(int(s), flat[i], *caps), (i, j))
+                    for i in range(len(flat)) for j, s in enumerate(seeds)]
+        tasks = [RolloutTask(self.run_dir, tuple(e for e, _ in chunk),
+                             tuple(t for _, t in chunk), self.batch, self.overrides)
+                 for chunk in (episodes[k:k + self.batch]
+                               for k in range(0, len(episodes), self.batch))]
         returns = np.zeros((len(candidates), len(seeds)))
         steps = np.zeros((len(candidates), len(seeds)), dtype=int)
-        for task, (ret, n) in self.pool.run(play_task, tasks):
-            returns[task.candidate, task.column] = ret
-            steps[task.candidate, task.column] = n
+        for task, results in self.pool.run(play_task, tasks):
+            for (i, j), (ret, n) in zip(task.tags, results, strict=True):
+                returns[i, j], steps[i, j] = ret, n
         return returns, steps
 
 
@@ -194,7 +202,8 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
         save_model(files.mean, controller, meta={"generation": gen + 1})
         if c.eval_every and (gen + 1) % c.eval_every == 0:
             if real_evaluator is None:
-                real_evaluator = ProcessEvaluator(run, c.engine, c.workers, c.ray_address)
+                real_evaluator = ProcessEvaluator(run, c.engine, c.workers, c.ray_address,
+                                                  batch=c.batch_envs)
             last_eval = evaluate_best(controller, files.best, c.eval_episodes,
                                       cfg.seed + 10_000 + gen, real_evaluator)
             entry["eval"] = last_eval
@@ -229,7 +238,7 @@ def make_evaluator(cfg: ExperimentConfig, run: RunDir) -> Evaluator:
     if c.environment == "dream":
         return DreamEvaluator(run, cfg)
     return ProcessEvaluator(run, c.engine, c.workers, c.ray_address,
-                            c.max_episode_steps, c.stall_steps)
+                            c.max_episode_steps, c.stall_steps, batch=c.batch_envs)
 
 
 def plot_fitness(log: list[dict[str, Any]], path: Path, title: str = "CMA-ES fitness") -> None:

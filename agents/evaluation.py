@@ -102,7 +102,8 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
     started = time.perf_counter()
     if progress:
         print(f"evaluate {policy}: {episodes} episodes on {engine} workers")
-    evaluator = ProcessEvaluator(run, engine, workers, ray_address, overrides=tuple(overrides))
+    evaluator = ProcessEvaluator(run, engine, workers, ray_address, overrides=tuple(overrides),
+                                 batch=cfg.controller.batch_envs)
     try:
         returns, steps = evaluator.returns([params], seeds)
     finally:
@@ -110,8 +111,7 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
     rows = [{"episode": i, "seed": s, "return": float(returns[0, i]), "steps": int(steps[0, i])}
             for i, s in enumerate(seeds)]
     for i in range(min(video_episodes, episodes) if policy == "controller" else 0):
-        frames: list = []
-        worker.play(params, seeds[i], frames=frames)
+        frames = worker.play_one(params, seeds[i], record=True).frames
         save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif")
     if policy == "controller" and weights == "mean":
         policy = "controller_mean"
