@@ -35,7 +35,7 @@ from agents.parallel import TaskPool
 from agents.rollouts import RolloutTask, describe_returns, play_task
 from worldmodels.checkpoint import load_weights, read_json, save_model, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig
-from worldmodels.controller import Controller
+from worldmodels.controller import FlatPolicy
 from worldmodels.monitoring import summary_writer
 from worldmodels.pictures import plot_curves
 from worldmodels.run_dir import RunDir
@@ -270,7 +270,7 @@ def read_history(path: Path, settings: dict[str, Any], population: int) -> np.nd
     return data["fitness"]
 
 
-def evaluate_best(controller: Controller, weights: Path, episodes: int, seed: int,
+def evaluate_best(controller: FlatPolicy, weights: Path, episodes: int, seed: int,
                   evaluator: ProcessEvaluator) -> dict[str, Any]:
     """Mean and spread over ``episodes`` fresh, whole real episodes of the controller at
     ``weights`` (loaded into ``controller``), played by the evaluator's workers."""

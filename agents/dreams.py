@@ -103,7 +103,7 @@ def record_dream(run: RunDir, out: Path, cfg: ExperimentConfig | None = None,
     latents, actions, dream_return = [z], [], 0.0
     for _ in range(cap):
         if controller is not None:
-            action = controller(z, dream.h, dream.c)
+            action = controller(dream.features(z, controller.use_cell))
         else:
             action = torch.as_tensor(np.asarray(action_space.sample())[None])
         step = dream.step(z, action)

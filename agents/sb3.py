@@ -24,15 +24,15 @@ from envs.dream_env import dream_env
 from envs.factory import make_env_from_config
 from worldmodels.checkpoint import CheckpointError, write_bytes_atomic, write_text_atomic
 from worldmodels.config import ConfigError, ExperimentConfig
-from worldmodels.controller import controller_features, feature_size
-from worldmodels.frmdn import FRMDN
+from worldmodels.memory import Memory, State
 from worldmodels.run_dir import RunDir
 from worldmodels.vae import ConvVAE
 
 
 class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Observations ``[z_t, h_t]`` float32 (z_dim + hidden,) from a frozen V and M
-    (``[z_t, c_t, h_t]`` with ``use_cell``, as :class:`envs.dream_env.DreamEnv` gives).
+    """Observations: M's features ``[z_t, h_t]`` float32 (``memory.feature_size()``,) from
+    a frozen V and M (``[z_t, c_t, h_t]`` with ``use_cell``, as
+    :class:`envs.dream_env.DreamEnv` gives).
 
     z_t is V's mean for the frame; h_t is M's hidden state after reading
     (z_{t-1}, a_{t-1}); ``reset`` starts M from zeros. Actions pass through unchanged.
@@ -43,7 +43,7 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     by reference instead.
     """
 
-    def __init__(self, env: gym.Env, vae: ConvVAE | None = None, memory: FRMDN | None = None,
+    def __init__(self, env: gym.Env, vae: ConvVAE | None = None, memory: Memory | None = None,
                  device: str = "cpu", use_cell: bool = False,
                  run_dir: str | Path | None = None):
         if run_dir is not None:
@@ -64,10 +64,10 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.vae, self.memory = vae.eval(), memory.eval()
         self.device = torch.device(device)
         self.use_cell = use_cell
-        size = feature_size(vae.z_dim, memory.hidden_size, use_cell)
+        size = memory.feature_size(use_cell)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
         self._z: torch.Tensor | None = None
-        self._state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._state: State | None = None
 
     @torch.no_grad()
     def _encode(self, frame: np.ndarray) -> torch.Tensor:
@@ -75,8 +75,7 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def _observation(self) -> np.ndarray:
         assert self._z is not None and self._state is not None
-        h, c = self._state[0][0, 0], self._state[1][0, 0]
-        return controller_features(self._z[0], h, c, self.use_cell).cpu().numpy()
+        return self.memory.features(self._z, self._state, self.use_cell)[0].cpu().numpy()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         frame, info = self.env.reset(seed=seed, options=options)

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from worldmodels.config import ExperimentConfig
-from worldmodels.controller import Controller
-from worldmodels.frmdn import FRMDN
+from worldmodels.controller import FlatPolicy
+from worldmodels.memory import Memory, State, zero_rows
 from worldmodels.run_dir import RunDir
 from worldmodels.vae import ConvVAE
 
@@ -16,18 +16,20 @@ from worldmodels.vae import ConvVAE
 class VMCAgent:
     """Acts in B envs at once (a vector env, or B=1).
 
-    At step t: z_t = mu of V(frame_t); a_t = C(z_t, h_t); then h_{t+1} = M(z_t, a_t, h_t).
+    At step t: z_t = mu of V(frame_t); a_t = C([z_t, h_t]) (M's features); then
+    h_{t+1} = M.step(z_t, a_t, state_t).
     ``reset`` clears every state; ``reset_where(mask)`` clears only the envs that
     started a new episode (vector envs reset them on their own).
     """
 
-    def __init__(self, vae: ConvVAE, memory: FRMDN, controller: Controller,
+    def __init__(self, vae: ConvVAE, memory: Memory, controller: FlatPolicy,
                  device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.vae = vae.to(self.device).eval()
         self.memory = memory.to(self.device).eval()
         self.controller = controller.to(self.device).eval()
-        self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.state: State | None = None
+        self.batch = 0
 
     @classmethod
     def from_run(cls, run: RunDir, cfg: ExperimentConfig, action_space: gym.Space,
@@ -42,24 +44,24 @@ class VMCAgent:
 
     def reset(self, batch: int = 1) -> None:
         self.state = self.memory.initial_state(batch, self.device)
+        self.batch = batch
 
     def reset_where(self, mask: np.ndarray) -> None:
         """Zero the recurrent state of the envs where ``mask`` (B,) is True."""
         if self.state is None:
             self.reset(len(mask))
             return
-        keep = torch.as_tensor(~np.asarray(mask, bool), device=self.device).float()[None, :, None]
-        self.state = (self.state[0] * keep, self.state[1] * keep)
+        self.state = zero_rows(self.state, torch.as_tensor(np.asarray(mask, bool),
+                                                          device=self.device))
 
     @torch.no_grad()
     def act(self, frames: np.ndarray) -> np.ndarray:
         """frames uint8 (B, 64, 64, 3) -> actions float (B, A) or int64 (B,)."""
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        if self.state is None or self.state[0].shape[1] != x.shape[0]:
+        if self.state is None or self.batch != x.shape[0]:
             self.reset(x.shape[0])
         assert self.state is not None
         z, _ = self.vae.encode(x)
-        h, c = self.state
-        action = self.controller(z, h[0], c[0])
+        action = self.controller(self.memory.features(z, self.state, self.controller.use_cell))
         _, self.state = self.memory.step(z, action, self.state)
         return action.cpu().numpy()

@@ -52,7 +52,8 @@ def main() -> None:
     discrete = isinstance(space, gym.spaces.Discrete)
     action_dim = int(space.n) if discrete else int(np.prod(space.shape))
     memory = build_memory(cfg, action_dim, discrete)
-    controller = build_controller(cfg.controller, cfg.vae.z_dim, memory.hidden_size, space)
+    controller = build_controller(cfg.controller, memory.feature_size(cfg.controller.use_cell),
+                                  space)
     agent_by = {name: VMCAgent(ConvVAE(z_dim=cfg.vae.z_dim), memory, controller)
                 for name in renderers}
     obs_by = {name: env.reset(seed=0)[0] for name, env in env_by.items()}

@@ -76,7 +76,7 @@ def main() -> None:
         n = getattr(env.action_space, "n", None)
         memory = build_memory(cfg, int(n) if n is not None else env.action_space.shape[0],
                               n is not None).eval()
-    controller = build_controller(cfg.controller, cfg.vae.z_dim, memory.hidden_size,
+    controller = build_controller(cfg.controller, memory.feature_size(cfg.controller.use_cell),
                                   env.action_space)
     agent = VMCAgent(ConvVAE(z_dim=cfg.vae.z_dim), memory, controller)
     B = cfg.controller.population * cfg.controller.rollouts
@@ -90,8 +90,9 @@ def main() -> None:
     dream_threads = cfg.dream.threads or torch.get_num_threads()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__} (dream: {dream_threads} threads; agent: 1)")
-    print(f"env {cfg.env.id}; M: hidden {memory.lstm.hidden_size}, "
-          f"{memory.config()['precision']} precision, flow {memory.config()['flow']}"
+    m = memory.config()
+    print(f"env {cfg.env.id}; M: {cfg.memory.kind}, hidden {m['hidden']}, "
+          f"{m.get('precision', 'diag')} precision, flow {m.get('flow', 'none')}"
           f"{' (trained)' if args.trained else ''}; B = {cfg.controller.population} x "
           f"{cfg.controller.rollouts} = {B} dreams at tau {cfg.dream.temperature}")
     torch.set_num_threads(dream_threads)

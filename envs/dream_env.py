@@ -19,7 +19,6 @@ import torch
 
 from envs.factory import episode_cap
 from worldmodels.config import ExperimentConfig
-from worldmodels.controller import controller_features, feature_size
 from worldmodels.dream import Dream, start_latents
 from worldmodels.frmdn_training import latent_split
 from worldmodels.run_dir import RunDir
@@ -43,14 +42,13 @@ class DreamEnv(gym.Env):
         self.dream, self.vae, self.use_cell = dream, vae, use_cell
         self.render_mode = render_mode
         self.action_space = action_space
-        size = feature_size(dream.memory.z_dim, dream.memory.hidden_size, use_cell)
+        size = dream.memory.feature_size(use_cell)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
         self._z: torch.Tensor | None = None
 
     def _observation(self) -> np.ndarray:
         assert self._z is not None
-        return controller_features(self._z[0], self.dream.h[0], self.dream.c[0],
-                                   self.use_cell).numpy()
+        return self.dream.features(self._z, self.use_cell)[0].numpy()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

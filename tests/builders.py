@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+from torch import Tensor
+
 from worldmodels.config import ControllerConfig, ExperimentConfig
 from worldmodels.controller import Controller
 from worldmodels.frmdn import FRMDN
@@ -24,7 +27,14 @@ def make_controller(z_dim: int, h_dim: int, action_dim: int, *, discrete: bool =
                     low: list[float] | None = None, high: list[float] | None = None,
                     order: list[int] | None = None, **controller) -> Controller:
     """A Controller with ControllerConfig's ``hidden`` and ``use_cell`` (``controller``
-    overriding them); ``order`` None is the argmax head."""
+    overriding them) that reads an LSTM memory's features, [z, h] or [z, c, h] (see
+    :func:`lstm_features`); ``order`` None is the argmax head."""
     c = dataclasses.replace(ControllerConfig(), **controller)
-    return Controller(z_dim=z_dim, h_dim=h_dim, action_dim=action_dim, discrete=discrete,
+    features = z_dim + h_dim * (2 if c.use_cell else 1)
+    return Controller(features=features, action_dim=action_dim, discrete=discrete,
                       low=low, high=high, hidden=c.hidden, use_cell=c.use_cell, order=order)
+
+
+def lstm_features(z: Tensor, h: Tensor, c: Tensor | None = None) -> Tensor:
+    """The features an LSTM memory (FRMDN) gives C: [z, h], or [z, c, h] given c."""
+    return torch.cat([z, h] if c is None else [z, c, h], dim=-1)

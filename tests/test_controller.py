@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from agents.vmc import VMCAgent
-from tests.builders import make_controller, make_frmdn
+from tests.builders import lstm_features, make_controller, make_frmdn
 from worldmodels.checkpoint import load_model, save_model
 from worldmodels.vae import ConvVAE
 
@@ -14,7 +14,7 @@ def test_box_actions_are_squashed_into_bounds():
     c = make_controller(4, 8, 3, low=[-1, 0, 0], high=[1, 1, 1])
     c.set_flat(torch.randn(c.num_parameters()) * 50)  # saturate
     with torch.no_grad():
-        a = c(torch.randn(100, 4), torch.randn(100, 8))
+        a = c(lstm_features(torch.randn(100, 4), torch.randn(100, 8)))
     space = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.ones(3, np.float32))
     assert all(space.contains(x) for x in a.numpy().astype(np.float32))
     assert a[:, 0].min() < -0.99 and a[:, 0].max() > 0.99
@@ -24,12 +24,12 @@ def test_discrete_actions_take_argmax_and_cell_is_read():
     torch.manual_seed(0)
     c = make_controller(4, 8, 3, discrete=True, use_cell=True)
     z, h, cell = torch.randn(50, 4), torch.randn(50, 8), torch.randn(50, 8)
-    a = c(z, h, cell)
+    a = c(lstm_features(z, h, cell))
     assert a.dtype == torch.int64 and set(a.tolist()) <= {0, 1, 2}
-    assert torch.equal(a, c.logits(z, h, cell).argmax(-1))
+    assert torch.equal(a, c.logits(lstm_features(z, h, cell)).argmax(-1))
     assert c.num_parameters() == (4 + 16) * 3 + 3
-    with pytest.raises(ValueError, match="pass c"):
-        c(z, h)
+    with pytest.raises(RuntimeError):  # [z, h] is too short for a C that reads [z, c, h]
+        c(lstm_features(z, h))
 
 
 def test_ordinal_head_cuts_one_tanh_output_into_ordered_bins(tmp_path):
@@ -38,8 +38,9 @@ def test_ordinal_head_cuts_one_tanh_output_into_ordered_bins(tmp_path):
     assert c.num_parameters() == (4 + 16) + 1  # one output, as the paper's Doom C
     c.set_flat(torch.randn(c.num_parameters()))
     z, h, cell = torch.randn(400, 4), torch.randn(400, 8), torch.randn(400, 8)
-    y = torch.tanh(c.logits(z, h, cell)[:, 0])
-    a = c(z, h, cell)
+    x = lstm_features(z, h, cell)
+    y = torch.tanh(c.logits(x)[:, 0])
+    a = c(x)
     # left of -1/3 plays order[0], right of 1/3 order[2], between them order[1]
     assert torch.equal(a[y < -1 / 3], torch.full_like(a[y < -1 / 3], 2))
     assert torch.equal(a[y > 1 / 3], torch.ones_like(a[y > 1 / 3]))
@@ -48,11 +49,11 @@ def test_ordinal_head_cuts_one_tanh_output_into_ordered_bins(tmp_path):
     # the batched path (CMA-ES in the dream) agrees with forward, row by row
     params = torch.stack([c.get_flat(), -c.get_flat()])
     rows = torch.tensor([0, 1]).repeat(200)
-    batched = c.batched(params[rows], z, h, cell)
+    batched = c.batched(params[rows], x)
     assert torch.equal(batched[rows == 0], a[rows == 0])
     # and the head survives a checkpoint
     save_model(tmp_path / "c.safetensors", c)
-    assert torch.equal(load_model(tmp_path / "c.safetensors")(z, h, cell), a)
+    assert torch.equal(load_model(tmp_path / "c.safetensors")(x), a)
     with pytest.raises(ValueError, match="each of 0..2 once"):
         make_controller(4, 8, 3, discrete=True, order=[0, 0, 1])
 
@@ -63,11 +64,11 @@ def test_ordinal_head_from_config_names_a_bad_order():
 
     space = gym.spaces.Discrete(3)
     cfg = load_config("doom_takecover", [], ["controller.discrete_head=ordinal"])
-    assert build_controller(cfg.controller, cfg.vae.z_dim, 8, space).order.tolist() == [0, 1, 2]
+    assert build_controller(cfg.controller, cfg.vae.z_dim + 8, space).order.tolist() == [0, 1, 2]
     cfg = load_config("doom_takecover", [], ["controller.discrete_head=ordinal",
                                              "controller.action_order=[2, 0, 3]"])
     with pytest.raises(ConfigError, match="controller.action_order"):
-        build_controller(cfg.controller, cfg.vae.z_dim, 8, space)
+        build_controller(cfg.controller, cfg.vae.z_dim + 8, space)
     with pytest.raises(ConfigError, match="controller.discrete_head"):
         load_config("doom_takecover", [], ["controller.discrete_head=softmax"])
 
@@ -87,7 +88,7 @@ def test_controller_checkpoint_reproduces_actions(tmp_path):
     save_model(tmp_path / "c.safetensors", c)
     loaded = load_model(tmp_path / "c.safetensors")
     z, h = torch.randn(6, 4), torch.randn(6, 8)
-    assert torch.equal(c(z, h), loaded(z, h))
+    assert torch.equal(c(lstm_features(z, h)), loaded(lstm_features(z, h)))
 
 
 def test_agent_carries_and_resets_state():

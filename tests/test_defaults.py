@@ -16,11 +16,12 @@ from worldmodels.config import ControllerConfig, MemoryConfig, VAEConfig, load_c
 from worldmodels.controller import Controller, build_controller
 from worldmodels.frmdn import FRMDN, TiedPrecisionMixture
 from worldmodels.frmdn_training import build_memory
+from worldmodels.gru_mdn import GRUMDN
 from worldmodels.memory_compare import VARIANTS, VARIED, variant_config
 from worldmodels.vae import ConvVAE
 
 MIRRORS = [(FRMDN, MemoryConfig), (TiedPrecisionMixture, MemoryConfig), (ConvVAE, VAEConfig),
-           (Controller, ControllerConfig)]
+           (Controller, ControllerConfig), (GRUMDN, MemoryConfig)]
 
 
 @pytest.mark.parametrize("model, config", MIRRORS, ids=[m.__name__ for m, _ in MIRRORS])
@@ -51,10 +52,12 @@ def test_checkpoints_hold_every_constructor_argument(tmp_path):
     cfg = load_config("doom_takecover", [], ["vae.z_dim=4", "memory.hidden=8",
                                               "controller.discrete_head=ordinal"])
     memory = build_memory(cfg, 3, True)
-    controllers = [build_controller(cfg.controller, cfg.vae.z_dim, 8, gym.spaces.Discrete(3)),
-                   build_controller(cfg.controller, cfg.vae.z_dim, 8,
-                                    gym.spaces.Box(-1, 1, (2,)))]
-    for i, model in enumerate([ConvVAE(z_dim=4), memory, *controllers]):
+    gru = build_memory(dataclasses.replace(cfg, memory=dataclasses.replace(
+        cfg.memory, kind="gru_mdn")), 3, True)
+    features = memory.feature_size(cfg.controller.use_cell)
+    controllers = [build_controller(cfg.controller, features, gym.spaces.Discrete(3)),
+                   build_controller(cfg.controller, features, gym.spaces.Box(-1, 1, (2,)))]
+    for i, model in enumerate([ConvVAE(z_dim=4), memory, gru, *controllers]):
         params = set(inspect.signature(type(model).__init__).parameters) - {"self"}
         assert set(model.config()) == params, type(model).__name__
         save_model(tmp_path / f"{i}.safetensors", model)

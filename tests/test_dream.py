@@ -11,7 +11,7 @@ import torch
 from agents.cmaes import train_cmaes
 from agents.dreams import DreamEvaluator
 from envs.dream_env import load_dream, make_dream_env
-from tests.builders import make_controller, make_frmdn
+from tests.builders import lstm_features, make_controller, make_frmdn
 from tests.conftest import run_of
 from tests.test_cmaes import write_tiny_run
 from worldmodels.checkpoint import file_digest, save_model
@@ -93,11 +93,12 @@ def test_batched_controller_equals_each_candidate_alone(hidden, discrete):
         ctrl = box_controller(hidden, use_cell=True)
     params = torch.randn(5, ctrl.num_parameters())
     z, h, c = torch.randn(5, Z), torch.randn(5, H), torch.randn(5, H)
-    batched = ctrl.batched(params, z, h, c)
+    x = lstm_features(z, h, c)
+    batched = ctrl.batched(params, x)
     for i in range(5):
         ctrl.set_flat(params[i])
         with torch.no_grad():
-            alone = ctrl(z[i : i + 1], h[i : i + 1], c[i : i + 1])[0]
+            alone = ctrl(x[i : i + 1])[0]
         torch.testing.assert_close(batched[i], alone)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from agents.dream_check import held_action_episodes
 from envs.factory import make_env_from_config
-from worldmodels.frmdn import done_probability
+from worldmodels.memory import done_probability
 from worldmodels.run_dir import RunDir
 from worldmodels.vae import to_float_frames
 

@@ -19,12 +19,12 @@ import torch
 
 from worldmodels.datasets import read_latents
 from worldmodels.errors import InputError, run_cli
-from worldmodels.frmdn import FRMDN
+from worldmodels.memory import Memory
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import list_shards
 
 
-def spread(memory: FRMDN, mu: torch.Tensor, action: torch.Tensor, tau: float,
+def spread(memory: Memory, mu: torch.Tensor, action: torch.Tensor, tau: float,
            samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """mu (T+1, d) and action (T,) of one episode -> per step (T,): sample std, sample
     MSE to the real next mu, and the sample mean's MSE to it."""

@@ -51,6 +51,11 @@ def config_dir() -> Path:
 Precision = Literal["diag", "square", "overcomplete"]
 Flow = Literal["none", "maf", "coupling"]
 Engine = Literal["serial", "process", "ray"]
+#: ``memory.kind``: the key each memory model registers (worldmodels.memory.MEMORY_KINDS)
+MemoryKind = Literal["frmdn", "gru_mdn"]
+#: ``controller.kind``: the key each controller registers
+#: (worldmodels.controller.CONTROLLER_KINDS)
+ControllerKind = Literal["dense"]
 
 #: a seed reaches numpy's legacy RNG as seed + 1 (CMA-ES, via ``cma``), which takes
 #: 0..2**32 - 1; torch.manual_seed and np.random.default_rng take more
@@ -148,7 +153,10 @@ class EncodeConfig:
 
 @dataclass
 class MemoryConfig:
-    hidden: int = _opt(256, "LSTM hidden size.", ge=1)
+    kind: MemoryKind = _opt("frmdn", "The memory model: frmdn (LSTM + flow + tied-precision "
+                                     "mixture; flow=none is the RMDN) | gru_mdn (GRU + "
+                                     "diagonal mixture; reads no precision or flow key).")
+    hidden: int = _opt(256, "Recurrent hidden size (LSTM or GRU).", ge=1)
     mixtures: int = _opt(5, "Mixture components K.", ge=1)
     # square + a conditioned MAF won the comparison in docs/results.md on both envs' latents
     precision: Precision = _opt("square", "Tied precision U D_k U^T.")
@@ -183,8 +191,12 @@ class ControllerConfig:
     environment: Literal["real", "dream"] = _opt(
         "real", "Where C trains: real (the env) | dream (M as the env; evaluation is always "
                 "in the real env).")
+    kind: ControllerKind = _opt("dense", "The controller: dense (linear, or one tanh hidden "
+                                         "layer with controller.hidden; squashed Box actions, "
+                                         "argmax or ordinal Discrete ones).")
     hidden: int = _opt(0, "Hidden units of C (0 = linear, as in the paper).", ge=0)
-    use_cell: bool = _opt(False, "Feed M's cell state too: [z, c, h] (the paper's Doom setup).")
+    use_cell: bool = _opt(False, "Feed M's cell state too: [z, c, h] (the paper's Doom setup; "
+                                 "an LSTM memory only).")
     discrete_head: Literal["argmax", "ordinal"] = _opt(
         "argmax", "Discrete actions: argmax (one logit per action) | ordinal (one tanh output "
                   "cut into equal bins of [-1, 1], as the paper's Doom controller).")

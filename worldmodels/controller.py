@@ -1,18 +1,25 @@
-"""C: the controller, a = squash(W [z, h] + b), with an optional hidden layer.
+"""C: the controller, a = squash(W x + b) on M's features x = [z, h], with an optional
+hidden layer.
 
-Box actions are squashed into their bounds (low + (tanh + 1) / 2 * (high - low)).
-Discrete(n) actions take the argmax of n logits, or, with the ordinal head, one output
-y = tanh(W [z, h] + b) is cut into n equal bins of [-1, 1] and bin k plays action
-``order[k]``. That is the paper's Doom controller: one number, left below -1/3, right
-above 1/3, stay between, so "no move" is the middle of a line rather than one of three
-unrelated choices. C has about a thousand parameters and is trained as one flat vector
-(CMA-ES), so it offers ``get_flat`` / ``set_flat``.
+C reads the features M gives (:meth:`worldmodels.memory.Memory.features`: [z, h], or
+[z, c, h] with ``use_cell``) and knows nothing else of M. Box actions are squashed into
+their bounds (low + (tanh + 1) / 2 * (high - low)). Discrete(n) actions take the argmax
+of n logits, or, with the ordinal head, one output y = tanh(W x + b) is cut into n
+equal bins of [-1, 1] and bin k plays action ``order[k]``. That is the paper's Doom
+controller: one number, left below -1/3, right above 1/3, stay between, so "no move" is
+the middle of a line rather than one of three unrelated choices.
+
+C's seam is :class:`FlatPolicy`, what CMA-ES needs: about a thousand parameters trained
+as one flat vector (``get_flat`` / ``set_flat``), and ``batched`` acting with one
+vector per row. ``controller.kind`` picks the implementation from
+:data:`CONTROLLER_KINDS`; another controller is one module that calls
+:func:`register_controller`, plus its key in ``config.ControllerKind``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -20,38 +27,57 @@ import torch
 from torch import Tensor, nn
 
 from worldmodels.checkpoint import register_model
-from worldmodels.config import ConfigError
+from worldmodels.config import ConfigError, ControllerConfig
 
 
-def controller_features(z: Tensor, h: Tensor, c: Tensor | None = None,
-                        use_cell: bool = False) -> Tensor:
-    """What C reads: [z, h], or [z, c, h] with ``use_cell`` (the paper's Doom setup).
+@runtime_checkable
+class FlatPolicy(Protocol):
+    """A controller CMA-ES can train (an ``nn.Module`` with ``config()``, saved by
+    :func:`worldmodels.checkpoint.save_model`).
 
-    z (..., z_dim), h and c (..., h_dim) -> (..., z_dim + h_dim or z_dim + 2 h_dim). The
-    real-env wrapper and the dream env give SB3 the same layout, so one policy plays both.
+    x: M's features (B, F), as :meth:`worldmodels.memory.Memory.features` gives them with
+    ``use_cell``; actions (B, A) float within the Box's bounds, or int64 (B,) for
+    Discrete(A).
     """
-    if not use_cell:
-        return torch.cat([z, h], dim=-1)
-    if c is None:
-        raise ValueError("this controller reads the LSTM cell state: pass c")
-    return torch.cat([z, c, h], dim=-1)
 
+    #: whether C reads [z, c, h] rather than [z, h] (callers ask M for these features)
+    use_cell: bool
 
-def feature_size(z_dim: int, h_dim: int, use_cell: bool = False) -> int:
-    return z_dim + h_dim * (2 if use_cell else 1)
+    def __call__(self, x: Tensor) -> Tensor:
+        """Actions for features x (B, F) with the current parameters."""
+        ...
+
+    def batched(self, params: Tensor, x: Tensor) -> Tensor:
+        """Each row with its own parameters: params (B, n) in ``get_flat`` order,
+        x (B, F) -> actions as ``__call__`` gives them."""
+        ...
+
+    def num_parameters(self) -> int:
+        ...
+
+    def get_flat(self) -> Tensor:
+        """All parameters as one vector (n,)."""
+        ...
+
+    def set_flat(self, vector: Tensor) -> None:
+        """Load all parameters from one vector (n,)."""
+        ...
+
+    def config(self) -> dict:
+        """The constructor's keyword arguments (the checkpoint's config)."""
+        ...
 
 
 class Controller(nn.Module):
-    """Shapes: z (B, z_dim), h (B, h_dim), c (B, h_dim) when ``use_cell`` (Doom: [z, c, h]).
-
-    Returns float (B, A) actions within ``[low, high]``, or int64 (B,) for Discrete(A).
+    """``controller.kind=dense``, a :class:`FlatPolicy`: features x (B, features), M's
+    [z, h] ([z, c, h] when ``use_cell``, the paper's Doom setup) -> float (B, A) actions
+    within ``[low, high]``, or int64 (B,) for Discrete(A).
     """
 
     def __init__(
         self,
         *,
-        z_dim: int,
-        h_dim: int,
+        features: int,
         action_dim: int,
         hidden: int,
         use_cell: bool,
@@ -62,9 +88,10 @@ class Controller(nn.Module):
     ):
         """``hidden``, ``use_cell`` and ``order`` (None: argmax head; a list: the ordinal
         head's action per bin) come from ``controller.*`` (:func:`build_controller`)
-        and have no defaults here. ``discrete``, ``low``, ``high``: the action space."""
+        and have no defaults here. ``features``: the size of M's features with
+        ``use_cell``. ``discrete``, ``low``, ``high``: the action space."""
         super().__init__()
-        self._config = dict(z_dim=z_dim, h_dim=h_dim, action_dim=action_dim, discrete=discrete,
+        self._config = dict(features=features, action_dim=action_dim, discrete=discrete,
                             low=low, high=high, hidden=hidden, use_cell=use_cell,
                             order=None if order is None else list(order))
         self.discrete, self.use_cell = discrete, use_cell
@@ -74,7 +101,6 @@ class Controller(nn.Module):
                 raise ValueError(f"the ordinal head needs Discrete actions and an order that "
                                  f"lists each of 0..{action_dim - 1} once, got {order}")
             self.register_buffer("order", torch.tensor(order, dtype=torch.int64))
-        features = feature_size(z_dim, h_dim, use_cell)
         outputs = 1 if self.ordinal else action_dim
         if hidden:
             self.net: nn.Module = nn.Sequential(nn.Linear(features, hidden), nn.Tanh(),
@@ -90,11 +116,11 @@ class Controller(nn.Module):
     def config(self) -> dict:
         return dict(self._config)
 
-    def logits(self, z: Tensor, h: Tensor, c: Tensor | None = None) -> Tensor:
-        return self.net(controller_features(z, h, c, self.use_cell))
+    def logits(self, x: Tensor) -> Tensor:
+        return self.net(x)
 
-    def forward(self, z: Tensor, h: Tensor, c: Tensor | None = None) -> Tensor:
-        return self._act(self.logits(z, h, c))
+    def forward(self, x: Tensor) -> Tensor:
+        return self._act(self.net(x))
 
     def _act(self, out: Tensor) -> Tensor:
         """The net's outputs (B, A), or (B, 1) for the ordinal head -> actions."""
@@ -106,16 +132,15 @@ class Controller(nn.Module):
             return out.argmax(dim=-1)
         return self.low + (torch.tanh(out) + 1) / 2 * (self.high - self.low)
 
-    def batched(self, params: Tensor, z: Tensor, h: Tensor, c: Tensor | None = None) -> Tensor:
+    def batched(self, params: Tensor, x: Tensor) -> Tensor:
         """Each row with its own weights: params (B, n) flat vectors (``get_flat`` order),
-        z (B, z_dim), h and c (B, h_dim) -> actions as ``forward`` gives them, (B, A) or (B,).
+        x (B, features) -> actions as ``forward`` gives them, (B, A) or (B,).
 
         For CMA-ES in a batched dream: population x rollouts controllers in one pass.
         """
         if params.shape[-1] != self.num_parameters():
             raise ValueError(f"expected {self.num_parameters()} parameters, "
                              f"got {params.shape[-1]}")
-        x = controller_features(z, h, c, self.use_cell)
         layers = [self.net] if isinstance(self.net, nn.Linear) else list(self.net)
         offset = 0
         for layer in layers:
@@ -142,7 +167,7 @@ class Controller(nn.Module):
         nn.utils.vector_to_parameters(vector, self.parameters())
 
 
-def _discrete_controller(c: Any, z_dim: int, h_dim: int, space: gym.Space) -> Controller:
+def _discrete_controller(c: ControllerConfig, features: int, space: gym.Space) -> Controller:
     n = int(space.n)
     order = None
     if c.discrete_head == "ordinal":
@@ -150,33 +175,56 @@ def _discrete_controller(c: Any, z_dim: int, h_dim: int, space: gym.Space) -> Co
         if sorted(order) != list(range(n)):
             raise ConfigError(f"config key 'controller.action_order' must list each of "
                               f"the {n} actions 0..{n - 1} once, got {order}")
-    return Controller(z_dim=z_dim, h_dim=h_dim, action_dim=n, discrete=True, hidden=c.hidden,
+    return Controller(features=features, action_dim=n, discrete=True, hidden=c.hidden,
                       use_cell=c.use_cell, order=order)
 
 
-def _box_controller(c: Any, z_dim: int, h_dim: int, space: gym.Space) -> Controller:
+def _box_controller(c: ControllerConfig, features: int, space: gym.Space) -> Controller:
     if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
         raise ConfigError(f"the controller squashes actions into bounds; {space} is unbounded")
-    return Controller(z_dim=z_dim, h_dim=h_dim, action_dim=int(np.prod(space.shape)),
+    return Controller(features=features, action_dim=int(np.prod(space.shape)),
                       low=space.low.tolist(), high=space.high.tolist(), hidden=c.hidden,
                       use_cell=c.use_cell, order=None)
 
 
-#: action space type -> builder of a controller for it
-CONTROLLER_BUILDERS: dict[type, Callable[..., Controller]] = {
+#: action space type -> builder of a dense controller for it
+DENSE_BUILDERS: dict[type, Callable[[ControllerConfig, int, gym.Space], Controller]] = {
     gym.spaces.Discrete: _discrete_controller,
     gym.spaces.Box: _box_controller,
 }
 
 
-def build_controller(c: Any, z_dim: int, h_dim: int, action_space: gym.Space) -> Controller:
-    """An untrained C from a :class:`worldmodels.config.ControllerConfig` ``c`` for
-    ``action_space``, reading z (z_dim) and M's hidden state (h_dim)."""
-    builder = CONTROLLER_BUILDERS.get(type(action_space))
+def build_dense(c: ControllerConfig, features: int, action_space: gym.Space) -> Controller:
+    """``controller.kind=dense``: :class:`Controller`, with the head its action space needs."""
+    builder = DENSE_BUILDERS.get(type(action_space))
     if builder is None:
-        known = ", ".join(t.__name__ for t in CONTROLLER_BUILDERS)
+        known = ", ".join(t.__name__ for t in DENSE_BUILDERS)
         raise ConfigError(f"controllers support {known} actions, not {action_space}")
-    return builder(c, z_dim, h_dim, action_space)
+    return builder(c, features, action_space)
 
 
-register_model("Controller", Controller)
+#: builds an untrained C from ``controller.*``, the size of M's features and the actions
+ControllerBuilder = Callable[[ControllerConfig, int, gym.Space], FlatPolicy]
+
+#: ``controller.kind`` -> its builder (each controller module adds itself)
+CONTROLLER_KINDS: dict[str, ControllerBuilder] = {}
+
+
+def register_controller(kind: str, model: type[nn.Module], build: ControllerBuilder) -> None:
+    """Make ``build`` the builder of ``controller.kind=<kind>``, and ``model`` loadable
+    from its checkpoints (:func:`worldmodels.checkpoint.register_model`)."""
+    CONTROLLER_KINDS[kind] = build
+    register_model(model.__name__, model)
+
+
+def build_controller(c: ControllerConfig, features: int, action_space: gym.Space) -> FlatPolicy:
+    """An untrained C of kind ``c.kind`` for ``action_space``, reading M's features of
+    size ``features`` (``memory.feature_size(c.use_cell)``)."""
+    build = CONTROLLER_KINDS.get(c.kind)
+    if build is None:
+        raise ConfigError(f"config key 'controller.kind': no controller '{c.kind}' is "
+                          f"registered (known: {', '.join(CONTROLLER_KINDS) or 'none'})")
+    return build(c, features, action_space)
+
+
+register_controller("dense", Controller, build_dense)

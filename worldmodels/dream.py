@@ -1,17 +1,17 @@
 """Dreams: M stepped as an environment, B dreams at once in torch.
 
 A dream starts where real episodes start: z_0 ~ N(mu, sigma) of the first frame of a
-real episode (the distribution M was trained on), and M's zero state. At step t, with
-the controller's action a_t::
+real episode (the distribution M was trained on), and M's initial state. At step t, with
+the controller's action a_t = C(features(z_t, state_t))::
 
-    h_{t+1}, c_{t+1} = LSTM([z_t, a_t], (h_t, c_t))
-    z_{t+1} ~ p(. | h_{t+1}) at temperature tau      (FRMDN.sample)
+    h_{t+1}, state_{t+1} = M.step(z_t, a_t, state_t)     (an LSTM: h and c)
+    z_{t+1} ~ p(. | h_{t+1}) at temperature tau          (M.sample)
     r_t     = M's reward head at h_{t+1}
-    done_t  ~ Bernoulli(P(done | h_{t+1}))           (or P(done) > threshold)
+    done_t  ~ Bernoulli(P(done | h_{t+1}))               (or P(done) > threshold)
 
-which is the order the real agent sees (``agents.vmc.VMCAgent``): C reads (z_t, h_t),
-M then reads (z_t, a_t). Dreams that end are dropped from the batch (``keep``), so a
-batch costs what its live dreams cost.
+which is the order the real agent sees (``agents.vmc.VMCAgent``): C reads [z_t, h_t],
+M then reads (z_t, a_t). M is any :class:`worldmodels.memory.Memory`. Dreams that end
+are dropped from the batch (``keep``), so a batch costs what its live dreams cost.
 
 Common random numbers: dreams given the same noise row (``reset(noise_rows=...)``) draw
 the same start noise, mixture choices, Gaussian noise and done draws at every step, so
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from worldmodels.controller import Controller
-from worldmodels.frmdn import FRMDN, done_probability
+from worldmodels.controller import FlatPolicy
+from worldmodels.memory import Memory, State, done_probability, keep_rows
 from worldmodels.shards import ShardError, read_npz
 
 
@@ -62,11 +62,11 @@ class Dream:
     was trained with (its logit is shifted by log of it). ``max_steps`` > 0 truncates.
     """
 
-    def __init__(self, memory: FRMDN, mu0: Tensor, logvar0: Tensor, temperature: float = 1.0,
+    def __init__(self, memory: Memory, mu0: Tensor, logvar0: Tensor, temperature: float = 1.0,
                  done_mode: str = "sample", done_threshold: float = 0.5,
                  done_pos_weight: float = 1.0, max_steps: int = 0,
                  generator: torch.Generator | None = None):
-        if memory.reward_head is None:
+        if not memory.predicts_reward:
             raise ValueError("dreams need M's reward head (train M with memory.reward_head=true)")
         if done_mode not in ("sample", "threshold"):
             raise ValueError(f"done_mode must be sample or threshold, not '{done_mode}'")
@@ -78,22 +78,16 @@ class Dream:
         self.done_threshold, self.done_pos_weight = done_threshold, done_pos_weight
         self.max_steps = max_steps
         self.generator = generator or torch.Generator().manual_seed(0)
-        self.state: tuple[Tensor, Tensor] | None = None
+        self.state: State | None = None
         self.steps = torch.zeros(0, dtype=torch.long)
         self.rows: Tensor | None = None  # noise row of each live dream (None: its own)
         self._n_rows = 0
 
-    @property
-    def h(self) -> Tensor:
-        """M's hidden state (B, hidden), what C reads with z."""
+    def features(self, z: Tensor, use_cell: bool = False) -> Tensor:
+        """What C reads now: z (B, d) -> M's features (B, F), [z, h] ([z, c, h] with
+        ``use_cell``)."""
         assert self.state is not None, "reset first"
-        return self.state[0][0]
-
-    @property
-    def c(self) -> Tensor:
-        """M's cell state (B, hidden), for controllers with ``use_cell``."""
-        assert self.state is not None, "reset first"
-        return self.state[1][0]
+        return self.memory.features(z, self.state, use_cell)
 
     def reset(self, batch: int, starts: Tensor | None = None, z0: Tensor | None = None,
               noise_rows: Tensor | None = None) -> Tensor:
@@ -148,19 +142,19 @@ class Dream:
     def keep(self, mask: Tensor) -> None:
         """Keep only the dreams where ``mask`` (B,) is True (ended ones are dropped)."""
         assert self.state is not None
-        self.state = (self.state[0][:, mask], self.state[1][:, mask])
+        self.state = keep_rows(self.state, mask)
         self.steps = self.steps[mask]
         if self.rows is not None:
             self.rows = self.rows[mask]
 
 
 @torch.no_grad()
-def dream_returns(dream: Dream, controller: Controller, params: Tensor, starts: Tensor,
+def dream_returns(dream: Dream, controller: FlatPolicy, params: Tensor, starts: Tensor,
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Every candidate from every start: params (P, n), starts (R,) -> returns and steps,
     (P, R) each. All P x R dreams run as one batch until each ends (``dream.max_steps``
     must be > 0 or M must end them)."""
-    if not dream.max_steps and dream.memory.done_head is None:
+    if not dream.max_steps and not dream.memory.predicts_done:
         raise ValueError("these dreams never end: M has no done head and max_steps is 0")
     P, R = len(params), len(starts)
     candidate = torch.arange(P).repeat_interleave(R)
@@ -170,8 +164,9 @@ def dream_returns(dream: Dream, controller: Controller, params: Tensor, starts: 
     alive = torch.arange(P * R)
     returns = torch.zeros(P * R, dtype=torch.float64)
     steps = torch.zeros(P * R, dtype=torch.long)
+    use_cell = controller.use_cell
     while len(alive):
-        action = controller.batched(p, z, dream.h, dream.c)
+        action = controller.batched(p, dream.features(z, use_cell))
         out = dream.step(z, action)
         returns[alive] += out.reward.double()
         steps[alive] += 1

@@ -44,8 +44,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from worldmodels.checkpoint import register_model
-from worldmodels.config import Flow, Precision
+from worldmodels.config import ExperimentConfig, Flow, Precision
+from worldmodels.memory import State, register_memory, sequence_loss
 
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 FLOWS: tuple[str, ...] = typing.get_args(Flow)
@@ -262,7 +262,7 @@ class TiedPrecisionMixture(nn.Module):
 
 class FRMDN(nn.Module):
     """The memory model: LSTM over [z_t, a_t], flow + tied-precision mixture on z_{t+1},
-    reward and done heads.
+    reward and done heads; a :class:`worldmodels.memory.Memory` (``memory.kind=frmdn``).
 
     Shapes: z (B, T, d); actions (B, T, A) float or (B, T) int64 for Discrete(A);
     h (B, T, hidden); state a pair (h0, c0) of (1, B, hidden).
@@ -286,7 +286,7 @@ class FRMDN(nn.Module):
         done_head: bool,
     ):
         # every argument is required: the defaults live in config.MemoryConfig only
-        # (frmdn_training.build_memory), and config() saves them all for load_model
+        # (build_frmdn), and config() saves them all for load_model
         super().__init__()
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, not '{flow}'")
@@ -324,6 +324,25 @@ class FRMDN(nn.Module):
         """Size of h (and of the cell state c)."""
         return self.lstm.hidden_size
 
+    @property
+    def predicts_reward(self) -> bool:
+        return self.reward_head is not None
+
+    @property
+    def predicts_done(self) -> bool:
+        return self.done_head is not None
+
+    # ------------------------------------------------------------------ what C reads
+    def features(self, z: Tensor, state: State, use_cell: bool = False) -> Tensor:
+        """[z, h], or [z, c, h] with ``use_cell`` (the paper's Doom controller): z (B, d),
+        state (h, c) each (1, B, hidden) -> (B, d + hidden) or (B, d + 2 hidden)."""
+        if use_cell:
+            return torch.cat([z, state[1][0], state[0][0]], dim=-1)
+        return torch.cat([z, state[0][0]], dim=-1)
+
+    def feature_size(self, use_cell: bool = False) -> int:
+        return self.z_dim + self.hidden_size * (2 if use_cell else 1)
+
     # ------------------------------------------------------------------ recurrence
     def rnn_input(self, z: Tensor, action: Tensor) -> Tensor:
         """[z, a] with Discrete actions one-hot: (..., d + A)."""
@@ -343,7 +362,7 @@ class FRMDN(nn.Module):
         h, state = self.lstm(self.rnn_input(z, action).unsqueeze(1), state)
         return h.squeeze(1), state
 
-    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> tuple[Tensor, ...]:
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         zeros = torch.zeros(1, batch, self.lstm.hidden_size, device=device)
         return zeros, zeros.clone()
 
@@ -386,64 +405,22 @@ class FRMDN(nn.Module):
     def loss(self, z: Tensor, action: Tensor, reward: Tensor, done: Tensor, mask: Tensor,
              reward_weight: float = 1.0, done_weight: float = 1.0,
              done_pos_weight: float = 1.0) -> dict[str, Tensor]:
-        """Masked losses over windows: z (B, L+1, d); action, reward, done, mask (B, L, ...).
-
-        ``nll`` is nats per latent dimension; ``loss`` = nll + weighted reward MSE + done
-        BCE, whose terminal steps count ``done_pos_weight`` times (terminations are rare:
-        about 1 step in 200 in TakeCover). That weight shifts the done logit by
-        log(done_pos_weight), which :func:`done_probability` takes off again.
-
-        Besides the losses, per-step rates for done metrics over many batches:
-        ``done_bce`` (unweighted), ``done_tp`` (predicted p > 0.5 and done),
-        ``done_pred`` (predicted), ``done_true`` (done); see :func:`done_metrics`.
-        """
-        h, _ = self(z[:, :-1], action)
-        n = mask.sum().clamp_min(1.0)
-        nll = -(self.log_prob(z[:, 1:], h) * mask).sum() / n / self.z_dim
-        out = {"nll": nll}
-        total = nll
-        r = self.reward(h)
-        if r is not None:
-            out["reward_mse"] = ((r - reward).square() * mask).sum() / n
-            total = total + reward_weight * out["reward_mse"]
-        logit = self.done_logit(h)
-        if logit is not None:
-            calibrated = logit - math.log(done_pos_weight)
-            bce = F.binary_cross_entropy_with_logits(calibrated, done, reduction="none")
-            weighted = bce if done_pos_weight == 1.0 else F.binary_cross_entropy_with_logits(
-                logit, done, reduction="none", pos_weight=torch.as_tensor(
-                    done_pos_weight, dtype=logit.dtype, device=logit.device))
-            predicted = (calibrated > 0).float()
-            out["done_bce"] = (bce * mask).sum() / n
-            out["done_acc"] = (((predicted == done).float()) * mask).sum() / n
-            out["done_tp"] = (predicted * done * mask).sum() / n
-            out["done_pred"] = (predicted * mask).sum() / n
-            out["done_true"] = (done * mask).sum() / n
-            total = total + done_weight * (weighted * mask).sum() / n
-        out["loss"] = total
-        return out
+        """Masked losses over windows: z (B, L+1, d); action, reward, done, mask (B, L, ...);
+        see :func:`worldmodels.memory.sequence_loss`."""
+        return sequence_loss(self, z, action, reward, done, mask, reward_weight, done_weight,
+                             done_pos_weight)
 
 
-def done_probability(logit: Tensor, done_pos_weight: float = 1.0) -> Tensor:
-    """P(done) from a done logit trained with ``done_pos_weight`` (calibrated again)."""
-    return torch.sigmoid(logit - math.log(done_pos_weight))
+def build_frmdn(cfg: ExperimentConfig, action_dim: int, discrete: bool) -> FRMDN:
+    """``memory.kind=frmdn``: the FRMDN of ``cfg.memory`` (the RMDN with flow=none)."""
+    m = cfg.memory
+    return FRMDN(
+        z_dim=cfg.vae.z_dim, action_dim=action_dim, discrete_actions=discrete,
+        hidden=m.hidden, mixtures=m.mixtures, precision=m.precision,
+        overcomplete_m=m.overcomplete_m, flow=m.flow, flow_layers=m.flow_layers,
+        flow_hidden=m.flow_hidden, flow_conditional=m.flow_conditional,
+        reward_head=m.reward_head, done_head=m.done_head,
+    )
 
 
-def done_metrics(rates: dict[str, float]) -> dict[str, float]:
-    """Recall, precision and skill of the done head from averaged per-step rates.
-
-    ``done_skill`` = 1 - BCE / H(base rate): 0 for always predicting the base rate,
-    1 for certainty (accuracy says little when 1 step in 200 is terminal).
-    """
-    if "done_true" not in rates:
-        return {}
-    p, tp = rates["done_true"], rates["done_tp"]
-    base = -(p * math.log(p) + (1 - p) * math.log(1 - p)) if 0 < p < 1 else 0.0
-    return {
-        "done_recall": tp / p if p else float("nan"),
-        "done_precision": tp / rates["done_pred"] if rates["done_pred"] else float("nan"),
-        "done_skill": 1 - rates["done_bce"] / base if base else float("nan"),
-    }
-
-
-register_model("FRMDN", FRMDN)
+register_memory("frmdn", FRMDN, build_frmdn)

@@ -1,4 +1,4 @@
-"""Training M: the FRMDN on encoded latents, z resampled from N(mu, sigma) every batch.
+"""Training M (any `memory.kind`) on encoded latents, z resampled from N(mu, sigma) every batch.
 
 Files under ``<run>/memory/`` (or another directory given by the caller)::
 
@@ -31,9 +31,9 @@ from worldmodels.checkpoint import (
     save_state,
     write_json_atomic,
 )
-from worldmodels.config import ExperimentConfig
+from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.datasets import SequenceDataset, read_latents, split_episodes, usable_shards
-from worldmodels.frmdn import FRMDN, done_metrics
+from worldmodels.memory import MEMORY_KINDS, Memory, done_metrics
 from worldmodels.monitoring import summary_writer
 from worldmodels.run_dir import MemoryFiles, RunDir
 from worldmodels.shards import ShardError, list_shards, read_meta, shard_length
@@ -94,15 +94,15 @@ def action_info(path: Path) -> tuple[int, bool]:
     return int(math.prod(space["shape"])), False
 
 
-def build_memory(cfg: ExperimentConfig, action_dim: int, discrete: bool) -> FRMDN:
-    m = cfg.memory
-    return FRMDN(
-        z_dim=cfg.vae.z_dim, action_dim=action_dim, discrete_actions=discrete,
-        hidden=m.hidden, mixtures=m.mixtures, precision=m.precision,
-        overcomplete_m=m.overcomplete_m, flow=m.flow, flow_layers=m.flow_layers,
-        flow_hidden=m.flow_hidden, flow_conditional=m.flow_conditional,
-        reward_head=m.reward_head, done_head=m.done_head,
-    )
+def build_memory(cfg: ExperimentConfig, action_dim: int, discrete: bool) -> Memory:
+    """An untrained M of kind ``cfg.memory.kind`` (a lookup in
+    :data:`worldmodels.memory.MEMORY_KINDS`) with ``cfg``'s settings, for actions of size
+    ``action_dim`` (Discrete(action_dim) if ``discrete``)."""
+    kind = MEMORY_KINDS.get(cfg.memory.kind)
+    if kind is None:
+        raise ConfigError(f"config key 'memory.kind': no memory model '{cfg.memory.kind}' "
+                          f"is registered (known: {', '.join(MEMORY_KINDS)})")
+    return kind.build(cfg, action_dim, discrete)
 
 
 def sample_z(mu: torch.Tensor, logvar: torch.Tensor,
@@ -112,7 +112,7 @@ def sample_z(mu: torch.Tensor, logvar: torch.Tensor,
     return mu + torch.exp(0.5 * logvar) * eps
 
 
-def _batch_losses(model: FRMDN, batch: dict[str, torch.Tensor], cfg: ExperimentConfig,
+def _batch_losses(model: Memory, batch: dict[str, torch.Tensor], cfg: ExperimentConfig,
                   device: torch.device, generator: torch.Generator | None = None):
     b = {k: v.to(device) for k, v in batch.items()}
     z = sample_z(b["mu"], b["logvar"], generator)
@@ -122,7 +122,7 @@ def _batch_losses(model: FRMDN, batch: dict[str, torch.Tensor], cfg: ExperimentC
 
 
 @torch.no_grad()
-def evaluate_memory(model: FRMDN, paths: list[Path], cfg: ExperimentConfig,
+def evaluate_memory(model: Memory, paths: list[Path], cfg: ExperimentConfig,
                     device: torch.device) -> dict[str, float]:
     """Held-out means over all valid steps; z drawn with a fixed seed so runs compare."""
     model.eval()

@@ -29,6 +29,8 @@ from typing import Any
 import gymnasium as gym
 import yaml
 
+# the package's memory models: importing them registers them (memory.kind, checkpoints)
+from worldmodels import frmdn, gru_mdn  # noqa: F401
 from worldmodels.checkpoint import (
     CheckpointError,
     load_model,
@@ -46,8 +48,8 @@ from worldmodels.config import (
     read_yaml,
     to_dict,
 )
-from worldmodels.controller import Controller, build_controller
-from worldmodels.memory import MEMORY_KINDS
+from worldmodels.controller import FlatPolicy, build_controller
+from worldmodels.memory import Memory, checkpoint_kinds
 from worldmodels.shards import ShardError, action_space_from_meta, list_shards, read_meta
 from worldmodels.vae import ConvVAE
 
@@ -274,25 +276,28 @@ class RunDir:
         assert isinstance(model, ConvVAE)
         return model.eval()
 
-    def load_memory(self, device: str = "cpu", directory: Path | None = None) -> Any:
-        """The run's trained M (in eval mode), or the one trained into ``directory``."""
+    def load_memory(self, device: str = "cpu", directory: Path | None = None) -> Memory:
+        """The run's trained M (in eval mode), or the one trained into ``directory``: any
+        registered memory model (:data:`worldmodels.memory.MEMORY_KINDS`), by the kind its
+        checkpoint records."""
         path = self.memory.model if directory is None else MemoryFiles.at(directory).model
         if not path.exists():
             raise CheckpointError(f"{path}: no trained M (run train_frmdn.py for {self.path})")
-        return load_model(path, map_location=device, kinds=tuple(MEMORY_KINDS)).eval()
+        memory: Any = load_model(path, map_location=device, kinds=checkpoint_kinds())
+        return memory.eval()
 
     def memory_meta(self) -> dict[str, Any]:
         """What M's training recorded in its checkpoint (epoch, seed, done_pos_weight)."""
         return dict(read_header(self.memory.model).get("meta", {}))
 
     def new_controller(self, cfg: ExperimentConfig, action_space: gym.Space,
-                       memory: Any) -> Controller:
+                       memory: Memory) -> FlatPolicy:
         """An untrained C for ``action_space`` that reads M's features."""
-        return build_controller(cfg.controller, cfg.vae.z_dim, memory.hidden_size,
+        return build_controller(cfg.controller, memory.feature_size(cfg.controller.use_cell),
                                 action_space)
 
-    def load_controller(self, cfg: ExperimentConfig, action_space: gym.Space, memory: Any,
-                        weights: str = "best") -> Controller:
+    def load_controller(self, cfg: ExperimentConfig, action_space: gym.Space, memory: Memory,
+                        weights: str = "best") -> FlatPolicy:
         """The trained C: ``controller/<weights>.safetensors`` (``best`` or ``mean``)."""
         path = self.controller.weights(weights)
         if not path.exists():
