@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from agents.vmc import VMCAgent
+from worldmodels.memory import State
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,15 @@ class BatchedActor:
             self.envs.append(self.make_env())
         slots: list[_Slot | None] = [None] * n
         agent = self.agent
-        h, c = agent.memory.initial_state(n, agent.device)
+        state = agent.memory.initial_state(n, agent.device)
         while queue or any(slots):
             for i in range(n):  # free slots take the next episodes
                 if slots[i] is None and queue:
                     slots[i] = self._start(queue.popleft(), episodes, self.envs[i])
-                    h[:, i], c[:, i] = 0.0, 0.0
+                    for s in state:
+                        s[:, i] = 0.0
             live = [i for i in range(n) if slots[i] is not None]
-            actions = self._act([slots[i] for i in live], live, h, c)  # type: ignore[misc]
+            actions = self._act([slots[i] for i in live], live, state)  # type: ignore[misc]
             for i, action in zip(live, actions, strict=True):
                 slot = slots[i]
                 assert slot is not None
@@ -102,8 +104,7 @@ class BatchedActor:
         result = EpisodeResult(0.0, 0, [obs] if episode.record else [])
         return _Slot(index, episode, obs, result)
 
-    def _act(self, slots: list[_Slot], live: list[int], h: torch.Tensor, c: torch.Tensor,
-             ) -> list[np.ndarray]:
+    def _act(self, slots: list[_Slot], live: list[int], state: State) -> list[np.ndarray]:
         """Actions of the live slots; C's rows also advance M's state in place."""
         agent = self.agent
         acting = [j for j, s in enumerate(slots) if s.episode.params is not None]
@@ -114,10 +115,12 @@ class BatchedActor:
             z, _ = agent.vae.encode(torch.from_numpy(frames).to(agent.device))
             params = torch.as_tensor(np.stack([slots[j].episode.params for j in acting]),
                                      dtype=torch.float32, device=agent.device)
-            h_rows, c_rows = h[0, rows], c[0, rows]
-            action = agent.controller.batched(params, z, h_rows, c_rows)
-            _, (h_new, c_new) = agent.memory.step(z, action, (h_rows[None], c_rows[None]))
-            h[:, rows], c[:, rows] = h_new, c_new
+            rows_state = tuple(s[:, rows] for s in state)
+            x = agent.memory.features(z, rows_state, agent.controller.use_cell)
+            action = agent.controller.batched(params, x)
+            _, new_state = agent.memory.step(z, action, rows_state)
+            for s, new in zip(state, new_state, strict=True):
+                s[:, rows] = new
             for j, a in zip(acting, action.cpu().numpy(), strict=True):
                 out[j] = a
         for j in range(len(slots)):
