@@ -19,12 +19,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 
-from envs.dream_env import dream_env
+from envs.dream_env import action_batch, dream_vec_env
 from envs.factory import make_env_from_config
 from worldmodels.checkpoint import CheckpointError, write_bytes_atomic, write_text_atomic
 from worldmodels.config import ConfigError, ExperimentConfig
-from worldmodels.memory import Memory, State
+from worldmodels.memory import Memory, State, zero_rows
 from worldmodels.run_dir import RunDir
 from worldmodels.vae import ConvVAE
 
@@ -85,13 +86,74 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     @torch.no_grad()
     def step(self, action: Any):
-        a = torch.as_tensor(np.asarray(action)[None], device=self.device)
-        if not self.memory.discrete_actions:
-            a = a.float().reshape(1, -1)
+        a = action_batch([action], self.action_space).to(self.device)
         _, self._state = self.memory.step(self._z, a, self._state)
         frame, reward, terminated, truncated, info = self.env.step(action)
         self._z = self._encode(frame)
         return self._observation(), reward, terminated, truncated, info
+
+
+class LatentVecEnv(VecEnvWrapper):
+    """N real envs with observations M's features [z, h] ([z, c, h] with ``use_cell``),
+    as :class:`LatentObservation` gives for one, V and M batched: each step V encodes
+    the N frames in one call and M steps the N states in one call.
+
+    ``venv`` holds the pixel envs (e.g. SB3's ``DummyVecEnv``, which resets an ended
+    env at once); an env that starts anew starts M from zeros, and its last observation
+    is in ``info["terminal_observation"]`` as features too.
+    """
+
+    def __init__(self, venv: VecEnv, vae: ConvVAE, memory: Memory, device: str = "cpu",
+                 use_cell: bool = False):
+        size = memory.feature_size(use_cell)
+        super().__init__(venv, gym.spaces.Box(-np.inf, np.inf, (size,), np.float32))
+        self.vae, self.memory = vae.eval(), memory.eval()
+        self.device, self.use_cell = torch.device(device), use_cell
+        self._z: torch.Tensor | None = None
+        self._state: State | None = None
+        self._actions: Any = None
+
+    @torch.no_grad()
+    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+        return self.vae.encode(torch.from_numpy(np.ascontiguousarray(frames)).to(self.device))[0]
+
+    def _features(self, z: torch.Tensor, state: State) -> np.ndarray:
+        return self.memory.features(z, state, self.use_cell).cpu().numpy()
+
+    @torch.no_grad()
+    def reset(self) -> np.ndarray:
+        frames = self.venv.reset()
+        self._state = self.memory.initial_state(self.num_envs, self.device)
+        self._z = self._encode(frames)
+        return self._features(self._z, self._state)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+        self.venv.step_async(actions)
+
+    @torch.no_grad()
+    def step_wait(self):
+        assert self._z is not None and self._state is not None, "reset first"
+        a = action_batch(self._actions, self.action_space).to(self.device)
+        _, state = self.memory.step(self._z, a, self._state)
+        frames, rewards, dones, infos = self.venv.step_wait()
+        for i in np.flatnonzero(dones):  # the ended episode's last frame, before M restarts
+            if "terminal_observation" in infos[i]:
+                last = self._encode(infos[i]["terminal_observation"][None])
+                row = tuple(s[:, i : i + 1] for s in state)
+                infos[i]["terminal_observation"] = self._features(last, row)[0]
+        self._state = zero_rows(state, torch.as_tensor(dones, device=self.device))
+        self._z = self._encode(frames)
+        return self._features(self._z, self._state), rewards, dones, infos
+
+
+def latent_vec_env(run: RunDir, cfg: ExperimentConfig, n: int,
+                   device: str = "cpu") -> LatentVecEnv:
+    """``n`` envs of ``cfg.env`` in one process, with the run's V and M batched."""
+    torch.set_num_threads(1)
+    venv = DummyVecEnv([lambda: make_env_from_config(cfg.env)] * n)
+    return LatentVecEnv(venv, run.load_vae(cfg.vae.z_dim, device), run.load_memory(device),
+                        device, cfg.controller.use_cell)
 
 
 def make_latent_env(run_dir: str | Path | RunDir, device: str = "cpu",
@@ -123,12 +185,16 @@ def algorithm_class(name: str) -> Any:
     return getattr(sb3, SB3_ALGORITHMS[name])
 
 
-def training_env(run: RunDir, cfg: ExperimentConfig) -> gym.Env:
-    """Where an SB3 policy trains: the run's real env on [z, h], or its dream
-    (``controller.environment``)."""
+def training_env(run: RunDir, cfg: ExperimentConfig) -> VecEnv:
+    """Where an SB3 policy trains: ``controller.sb3_envs`` of the run's real envs on
+    [z, h], or as many of its dreams in one batch (``controller.environment``)."""
+    n = cfg.controller.sb3_envs
     if cfg.controller.environment == "dream":
-        return dream_env(run, cfg, seed=cfg.seed)
-    return latent_env(run, cfg)
+        venv: VecEnv = dream_vec_env(run, cfg, n, seed=cfg.seed)
+    else:
+        venv = latent_vec_env(run, cfg, n)
+    venv.seed(cfg.seed)
+    return venv
 
 
 def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,

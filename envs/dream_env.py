@@ -16,6 +16,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3.common.vec_env import VecEnv
 
 from envs.factory import episode_cap
 from worldmodels.config import ExperimentConfig
@@ -23,6 +24,16 @@ from worldmodels.dream import Dream, start_latents
 from worldmodels.frmdn_training import latent_split
 from worldmodels.run_dir import RunDir
 from worldmodels.vae import ConvVAE
+
+
+def action_batch(actions: Any, space: gym.Space) -> torch.Tensor:
+    """Actions of B envs as M reads them: (B,) int64 from 0 for Discrete (its ``start``
+    taken off), (B, A) float32 for a Box."""
+    if isinstance(space, gym.spaces.Discrete):
+        return torch.as_tensor(np.asarray(actions), dtype=torch.long).reshape(-1) \
+            - int(space.start)
+    a = torch.as_tensor(np.asarray(actions, np.float32))
+    return a.reshape(a.shape[0] if a.ndim > 1 else 1, -1)
 
 
 class DreamEnv(gym.Env):
@@ -62,11 +73,7 @@ class DreamEnv(gym.Env):
     def step(self, action: Any):
         if self._z is None:
             raise RuntimeError("call reset() before step()")
-        if isinstance(self.action_space, gym.spaces.Discrete):
-            a = torch.tensor([int(np.asarray(action)) - int(self.action_space.start)])
-        else:
-            a = torch.as_tensor(np.asarray(action, np.float32)).reshape(1, -1)
-        out = self.dream.step(self._z, a)
+        out = self.dream.step(self._z, action_batch([action], self.action_space))
         self._z = out.z
         return (self._observation(), float(out.reward[0]), bool(out.done[0]),
                 bool(out.truncated[0]), {})
@@ -122,3 +129,71 @@ def dream_env(run: RunDir, cfg: ExperimentConfig, temperature: float | None = No
     dream, action_space = load_dream(run, cfg, temperature, seed)
     vae = run.load_vae(cfg.vae.z_dim) if render_mode else None
     return DreamEnv(dream, action_space, vae, cfg.controller.use_cell, render_mode)
+
+
+class DreamVecEnv(VecEnv):
+    """N dreams of one M in one batch, as a Stable-Baselines3 ``VecEnv``: the same
+    observations (M's features) and actions as :class:`DreamEnv` and the real env's
+    [z, h] wrappers, so a policy trained here plays the real env unchanged.
+
+    A dream that ends is started anew at once from a random start latent (SB3's
+    auto-reset); its last observation is in ``info["terminal_observation"]``.
+    ``seed(s)`` then ``reset()`` makes the dreams reproducible.
+    """
+
+    render_mode = None  # (SB3 asks its envs)
+
+    def __init__(self, dream: Dream, action_space: gym.Space, n: int, use_cell: bool = False):
+        size = dream.memory.feature_size(use_cell)
+        super().__init__(n, gym.spaces.Box(-np.inf, np.inf, (size,), np.float32), action_space)
+        self.dream, self.use_cell = dream, use_cell
+        self._z: torch.Tensor | None = None
+        self._actions: Any = None
+
+    def reset(self) -> np.ndarray:
+        seed = self._seeds[0] if self._seeds and self._seeds[0] is not None else None
+        if seed is not None:
+            self.dream.generator.manual_seed(seed)
+        self._reset_seeds()
+        self._z = self.dream.reset(self.num_envs)
+        return self.dream.features(self._z, self.use_cell).numpy()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        if self._z is None:
+            raise RuntimeError("call reset() before step()")
+        out = self.dream.step(self._z, action_batch(self._actions, self.action_space))
+        ended = out.done | out.truncated
+        infos: list[dict] = [{} for _ in range(self.num_envs)]
+        if bool(ended.any()):
+            last = self.dream.features(out.z, self.use_cell).numpy()
+            for i in np.flatnonzero(ended.numpy()):
+                infos[i]["terminal_observation"] = last[i]
+                infos[i]["TimeLimit.truncated"] = bool(out.truncated[i])
+        self._z = self.dream.restart(ended, out.z)
+        return (self.dream.features(self._z, self.use_cell).numpy(),
+                out.reward.numpy().astype(np.float32), ended.numpy(), infos)
+
+    def close(self) -> None:
+        self._z = None
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        return [getattr(self, attr_name)] * len(self._get_indices(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name: str, *args: Any, indices: Any = None,
+                   **kwargs: Any) -> list[Any]:
+        raise NotImplementedError(f"DreamVecEnv's dreams have no method '{method_name}'")
+
+    def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
+        return [False] * len(self._get_indices(indices))
+
+
+def dream_vec_env(run: RunDir, cfg: ExperimentConfig, n: int, seed: int = 0) -> DreamVecEnv:
+    """``n`` dreams of the run in one batch, with ``cfg.dream``'s settings."""
+    dream, action_space = load_dream(run, cfg, seed=seed)
+    return DreamVecEnv(dream, action_space, n, cfg.controller.use_cell)

@@ -49,3 +49,55 @@ def test_a_batch_must_hold_an_episode(tiny_run):  # noqa: F811
     worker = RolloutWorker(RunDir(run_of(tiny_run)))
     with pytest.raises(ValueError, match="batch"):
         BatchedActor(worker.agent, lambda: worker.env, 0)
+
+
+def test_latent_vec_env_gives_each_env_what_the_single_wrapper_gives(tiny_run):  # noqa: F811
+    from agents.sb3 import latent_vec_env, make_latent_env
+
+    run = RunDir(run_of(tiny_run))
+    tiny_run.env.max_episode_steps = 12  # an episode ends within the test: auto-reset
+    venv = latent_vec_env(run, tiny_run, 3)
+    singles = [make_latent_env(run, overrides=("env.max_episode_steps=12",)) for _ in range(3)]
+    venv.seed(5)
+    obs = venv.reset()
+    expected = np.stack([env.reset(seed=5 + i)[0] for i, env in enumerate(singles)])
+    np.testing.assert_allclose(obs, expected, atol=1e-5)
+    rng, ended = np.random.default_rng(0), 0
+    for _ in range(14):
+        actions = rng.uniform([-1, 0, 0], [1, 1, 1], size=(3, 3)).astype(np.float32)
+        obs, rewards, dones, infos = venv.step(actions)
+        for i, env in enumerate(singles):
+            o, r, terminated, truncated, _ = env.step(actions[i])
+            assert dones[i] == (terminated or truncated) and abs(rewards[i] - r) < 1e-4
+            if dones[i]:
+                ended += 1
+                np.testing.assert_allclose(infos[i]["terminal_observation"], o, atol=1e-5)
+                o, _ = env.reset()
+                assert np.all(obs[i, 4:] == 0)  # M starts again from zeros
+            np.testing.assert_allclose(obs[i], o, atol=1e-4)
+    assert ended == 3 and venv.observation_space.shape == (12,)
+
+
+def test_dream_vec_env_restarts_ended_dreams_and_is_reproducible(tiny_cfg):
+    from envs.dream_env import dream_vec_env
+    from tests.test_dream import write_dream_run
+
+    cfg = write_dream_run(tiny_cfg, population=2, rollouts=1, generations=1)
+    run = RunDir(run_of(cfg))
+    venv = dream_vec_env(run, cfg, 16)
+    venv.seed(3)
+    first = venv.reset()
+    assert first.shape == (16, 12) and np.all(first[:, 4:] == 0)
+    actions = np.random.default_rng(0).uniform([-1, 0, 0], [1, 1, 1], (60, 16, 3))
+    ended, trace = 0, []
+    for a in actions:
+        obs, rewards, dones, infos = venv.step(a.astype(np.float32))
+        trace.append(obs)
+        for i in np.flatnonzero(dones):
+            ended += 1
+            assert infos[i]["terminal_observation"].shape == (12,)
+            assert np.all(obs[i, 4:] == 0)  # a new dream, M from zeros
+    assert ended >= 16  # dreams are capped at 40 steps: all ended once, and went on
+    venv.seed(3)
+    np.testing.assert_array_equal(venv.reset(), first)
+    np.testing.assert_array_equal(venv.step(actions[0].astype(np.float32))[0], trace[0])

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from worldmodels.controller import FlatPolicy
-from worldmodels.memory import Memory, State, done_probability, keep_rows
+from worldmodels.memory import Memory, State, done_probability, keep_rows, zero_rows
 from worldmodels.shards import ShardError, read_npz
 
 
@@ -101,11 +101,31 @@ class Dream:
         self._n_rows = 0 if self.rows is None else int(self.rows.max()) + 1
         if z0 is not None:
             return z0.float().expand(batch, -1).clone()
+        return self._start_latents(batch, starts)
+
+    def _start_latents(self, batch: int, starts: Tensor | None = None) -> Tensor:
+        """z_0 ~ N(mu, sigma) of the start latents ``starts`` (B,) (default: random)."""
         if starts is None:
             starts = torch.randint(len(self.mu0), (batch,), generator=self.generator)
         starts = torch.as_tensor(starts, dtype=torch.long) % len(self.mu0)
         mu, logvar = self.mu0[starts], self.logvar0[starts]
         return mu + torch.exp(0.5 * logvar) * self._normal(mu.shape)
+
+    def restart(self, mask: Tensor, z: Tensor) -> Tensor:
+        """Start the dreams where ``mask`` (B,) is True anew, from random start latents
+        and M's zero state, and keep the others as they are (a vector env's auto-reset):
+        z (B, d) -> z with those rows replaced. For dreams with their own noise."""
+        if self.rows is not None:
+            raise ValueError("restart is for dreams with their own noise (no noise_rows)")
+        assert self.state is not None, "reset first"
+        n = int(mask.sum())
+        if n == 0:
+            return z
+        self.state = zero_rows(self.state, mask)
+        self.steps = torch.where(mask, torch.zeros_like(self.steps), self.steps)
+        z = z.clone()
+        z[mask] = self._start_latents(n)
+        return z
 
     def _normal(self, shape: torch.Size) -> Tensor:
         """Standard normal (B, ...) noise, shared by dreams of one noise row."""
