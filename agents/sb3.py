@@ -205,7 +205,7 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
     env (:func:`load_sb3`); the two are saved apart."""
     c = cfg.controller
     algo, environment = c.algo, c.environment
-    kwargs = dict(kwargs or {})
+    kwargs = {**c.sb3_kwargs, **(kwargs or {})}
     meta = {"algo": algo, "kwargs": kwargs, "timesteps": c.sb3_timesteps, "seed": cfg.seed,
             "environment": environment}
     try:
@@ -213,9 +213,13 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
     except TypeError as err:
         raise ConfigError(f"SB3 kwargs must be JSON values to be saved: {err}") from err
     env = training_env(run, cfg)
+    try:
+        model = algorithm_class(algo)("MlpPolicy", env, seed=cfg.seed, verbose=0,
+                                      tensorboard_log=str(run.tensorboard()), **kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ConfigError(f"config key 'controller.sb3_kwargs' {kwargs} does not suit "
+                          f"{SB3_ALGORITHMS[algo]}: {str(err).splitlines()[0]}") from None
     run.write_config(cfg)  # inputs accepted
-    model = algorithm_class(algo)("MlpPolicy", env, seed=cfg.seed, verbose=0,
-                                  tensorboard_log=str(run.tensorboard()), **kwargs)
     model.learn(total_timesteps=c.sb3_timesteps, progress_bar=False,
                 tb_log_name=f"sb3_{algo}_{environment}")
     weights, meta_path = run.controller.sb3(algo, environment)

@@ -216,6 +216,7 @@ def test_main_job_trains_the_sb3_algorithm_it_is_given(tmp_path, monkeypatch):
     monkeypatch.setattr(run_script, "evaluate", spy)
     args = tiny_job_args(tmp_path, "dream") + [
         "controller.algo=ppo", "controller.sb3_timesteps=64", "dream.check_episodes=0",
+        "controller.sb3_kwargs={n_steps: 16, batch_size: 16}", "controller.sb3_envs=4",
         "controller.ray_address=localhost:1"]
     summary = run_script.main(args)
     assert summary["controller"]["algo"] == "ppo"

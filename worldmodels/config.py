@@ -188,6 +188,8 @@ class ControllerConfig:
     algo: Literal["cmaes", "ppo", "a2c", "sac", "td3"] = _opt(
         "cmaes", "cmaes, or a Stable-Baselines3 algorithm.")
     sb3_timesteps: int = _opt(100_000, "Environment steps for an SB3 algorithm.", ge=1)
+    sb3_kwargs: dict = _opt({}, "Keyword arguments for the SB3 algorithm, e.g. {n_steps: 512, "
+                                "batch_size: 128} (rl-zoo's hyperparameters go here).")
     sb3_envs: int = _opt(8, "Envs an SB3 algorithm steps together: real envs with V and M "
                             "batched, or dreams in one batch (controller.environment).", ge=1)
     environment: Literal["real", "dream"] = _opt(
