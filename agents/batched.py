@@ -80,14 +80,19 @@ class BatchedActor:
         slots: list[_Slot | None] = [None] * n
         agent = self.agent
         state = agent.memory.initial_state(n, agent.device)
+        # each slot's controller parameters, set when its episode starts
+        params = torch.zeros(n, agent.controller.num_parameters(), device=agent.device)
         while queue or any(slots):
             for i in range(n):  # free slots take the next episodes
                 if slots[i] is None and queue:
-                    slots[i] = self._start(queue.popleft(), episodes, self.envs[i])
+                    slots[i] = slot = self._start(queue.popleft(), episodes, self.envs[i])
                     for s in state:
                         s[:, i] = 0.0
+                    if slot.episode.params is not None:
+                        params[i] = torch.as_tensor(slot.episode.params, dtype=torch.float32)
             live = [i for i in range(n) if slots[i] is not None]
-            actions = self._act([slots[i] for i in live], live, state)  # type: ignore[misc]
+            actions = self._act([slots[i] for i in live], live, state,  # type: ignore[misc]
+                                params)
             for i, action in zip(live, actions, strict=True):
                 slot = slots[i]
                 assert slot is not None
@@ -104,23 +109,27 @@ class BatchedActor:
         result = EpisodeResult(0.0, 0, [obs] if episode.record else [])
         return _Slot(index, episode, obs, result)
 
-    def _act(self, slots: list[_Slot], live: list[int], state: State) -> list[np.ndarray]:
+    def _act(self, slots: list[_Slot], live: list[int], state: State,
+             params: torch.Tensor) -> list[np.ndarray]:
         """Actions of the live slots; C's rows also advance M's state in place."""
         agent = self.agent
         acting = [j for j, s in enumerate(slots) if s.episode.params is not None]
         out: list[np.ndarray | None] = [None] * len(slots)
         if acting:
-            rows = torch.tensor([live[j] for j in acting], device=agent.device)
             frames = np.stack([slots[j].obs for j in acting])
             z, _ = agent.vae.encode(torch.from_numpy(frames).to(agent.device))
-            params = torch.as_tensor(np.stack([slots[j].episode.params for j in acting]),
-                                     dtype=torch.float32, device=agent.device)
-            rows_state = tuple(s[:, rows] for s in state)
+            every_row = len(acting) == len(params)  # the usual case: no gather or scatter
+            rows = None if every_row else torch.tensor([live[j] for j in acting],
+                                                       device=agent.device)
+            rows_state = state if rows is None else tuple(s[:, rows] for s in state)
             x = agent.memory.features(z, rows_state, agent.controller.use_cell)
-            action = agent.controller.batched(params, x)
+            action = agent.controller.batched(params if rows is None else params[rows], x)
             _, new_state = agent.memory.step(z, action, rows_state)
             for s, new in zip(state, new_state, strict=True):
-                s[:, rows] = new
+                if rows is None:
+                    s.copy_(new)
+                else:
+                    s[:, rows] = new
             for j, a in zip(acting, action.cpu().numpy(), strict=True):
                 out[j] = a
         for j in range(len(slots)):

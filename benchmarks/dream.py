@@ -9,7 +9,10 @@ Three rates, each in this one process:
 * real env: the preprocessed env (``envs.make_env``) stepped with uniform random actions;
 * real env + agent: the same env driven by V+M+C (what a real-env CMA-ES rollout costs);
 * batched dream: ``controller.population x controller.rollouts`` dreams of M, each with
-  its own controller, stepped together (what a dream CMA-ES generation costs).
+  its own controller, stepped together (what a dream CMA-ES generation costs);
+* its floor: a bare ``nn.LSTMCell`` of M's size stepped at the same batch (no heads, no
+  flow, no sampling, no controller), since an LSTM step is the least a step of M costs.
+  The dream's steps/s is printed as a fraction of it.
 
 M has the config's architecture: untrained, or the run's with ``--trained``. Dreams run
 to a fixed step count (the done head is ignored) so that every step holds all B dreams.
@@ -37,6 +40,18 @@ from worldmodels.dream import Dream, dream_returns  # noqa: E402
 from worldmodels.frmdn_training import build_memory  # noqa: E402
 from worldmodels.run_dir import RunDir  # noqa: E402
 from worldmodels.vae import ConvVAE  # noqa: E402
+
+
+@torch.no_grad()
+def lstm_cell_rate(inputs: int, hidden: int, batch: int, steps: int) -> float:
+    """Dream steps per second of a bare ``nn.LSTMCell`` at ``batch`` rows (each step
+    counts ``batch`` dream steps, as the dream's rate does)."""
+    cell = torch.nn.LSTMCell(inputs, hidden)
+    x, h, c = torch.randn(batch, inputs), torch.zeros(batch, hidden), torch.zeros(batch, hidden)
+    start = time.perf_counter()
+    for _ in range(steps):
+        h, c = cell(x, (h, c))
+    return batch * steps / (time.perf_counter() - start)
 
 
 def env_rate(env, agent: VMCAgent | None, steps: int, seed: int) -> float:
@@ -97,7 +112,9 @@ def main() -> None:
           f"{cfg.controller.rollouts} = {B} dreams at tau {cfg.dream.temperature}")
     torch.set_num_threads(dream_threads)
     dream_returns(dream, controller, params, starts)  # warm-up: first calls allocate
-    rates: dict[str, list[float]] = {"real env": [], "real env + V+M+C": [], "batched dream": []}
+    rates: dict[str, list[float]] = {"real env": [], "real env + V+M+C": [], "batched dream": [],
+                                     "bare LSTMCell": []}
+    lstm_inputs = cfg.vae.z_dim + memory.config()["action_dim"]
     for r in range(args.rounds):
         rates["real env"].append(env_rate(env, None, args.env_steps, r))
         torch.set_num_threads(1)  # one frame per step: as RolloutWorker plays it
@@ -106,6 +123,8 @@ def main() -> None:
         start = time.perf_counter()
         _, steps = dream_returns(dream, controller, params, starts)
         rates["batched dream"].append(float(np.sum(steps)) / (time.perf_counter() - start))
+        rates["bare LSTMCell"].append(lstm_cell_rate(lstm_inputs, m["hidden"], B,
+                                                     args.dream_steps))
     env.close()
     median = {k: statistics.median(v) for k, v in rates.items()}
     for k, v in median.items():
@@ -117,6 +136,8 @@ def main() -> None:
           f"{median['batched dream'] / median['real env'] / cores:.2f}x")
     print(f"ratio batched dream / real env + V+M+C:    "
           f"{median['batched dream'] / median['real env + V+M+C']:.2f}x")
+    print(f"batched dream / bare LSTMCell at B = {B}:   "
+          f"{median['batched dream'] / median['bare LSTMCell']:.0%}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,163 @@
+"""Benchmark (f): batched acting against batch-1 play, side by side in one run.
+
+    python benchmarks/batched_acting.py                       # CarRacingDirect-v3, one core
+    python benchmarks/batched_acting.py --batches 8,16,32 --rounds 3 --sb3-envs 64
+
+Two comparisons, each on one torch thread in this one process:
+
+* real-env acting: agent + env steps/s of ``agents.batched.BatchedActor`` at N = 1 (how
+  a worker played before: one episode at a time) against N = 8, 16 and 32, on
+  CarRacing with the direct renderer (``env.direct_render=true``);
+* SB3 in the dream: ``envs.dream_env.DreamVecEnv`` with N dreams in one batch against
+  ``DreamEnv`` (what ``gymnasium.make("worldmodels/Dream-v0")`` gives), steps/s.
+
+V, M and C have the config's default sizes, freshly initialised (a step's cost does not
+depend on the weights' values); every controller episode has its own random
+parameters, as CMA-ES candidates do. Episodes are capped at ``--episode-steps`` so
+each round plays every setting for a comparable time; rounds interleave the settings
+so load drift on a shared machine hits them alike. The last line is
+``speed-up: <ratio>x``, the best batched N against N = 1 for real-env acting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from agents.batched import BatchedActor, Episode  # noqa: E402
+from agents.vmc import VMCAgent  # noqa: E402
+from envs.dream_env import DreamEnv, DreamVecEnv  # noqa: E402
+from envs.factory import make_env_from_config  # noqa: E402
+from worldmodels.config import load_config  # noqa: E402
+from worldmodels.controller import build_controller  # noqa: E402
+from worldmodels.dream import Dream  # noqa: E402
+from worldmodels.frmdn_training import build_memory  # noqa: E402
+from worldmodels.vae import ConvVAE  # noqa: E402
+
+
+def acting_rate(actor: BatchedActor, n_params: int, episodes: int, steps: int,
+                seed: int) -> float:
+    """Agent + env steps per second over ``episodes`` capped episodes."""
+    rng = np.random.default_rng(seed)
+    todo = [Episode(seed * 1000 + i, rng.normal(0, 0.5, n_params).astype(np.float32), steps)
+            for i in range(episodes)]
+    start = time.perf_counter()
+    results = actor.play(todo)
+    return sum(r.steps for r in results) / (time.perf_counter() - start)
+
+
+def dream_rate(env: DreamEnv | DreamVecEnv, steps: int, seed: int) -> float:
+    """Dream steps per second (a VecEnv's step counts its N dreams), random actions."""
+    space = env.action_space
+    space.seed(seed)
+    if isinstance(env, DreamVecEnv):
+        env.seed(seed)
+        env.reset()
+        actions = [np.stack([space.sample() for _ in range(env.num_envs)])
+                   for _ in range(steps)]
+        start = time.perf_counter()
+        for a in actions:
+            env.step(a)
+        return env.num_envs * steps / (time.perf_counter() - start)
+    env.reset(seed=seed)
+    actions = [space.sample() for _ in range(steps)]
+    start = time.perf_counter()
+    for a in actions:
+        _, _, terminated, truncated, _ = env.step(a)
+        if terminated or truncated:
+            env.reset()
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="carracing")
+    parser.add_argument("--batches", default="8,16,32", help="batched N to compare with 1")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--episode-steps", type=int, default=100)
+    parser.add_argument("--batch1-episodes", type=int, default=4,
+                        help="episodes of N = 1 per round (batched N plays 2 N)")
+    parser.add_argument("--sb3-envs", type=int, default=64)
+    parser.add_argument("--dream-steps", type=int, default=200)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    batches = [int(b) for b in args.batches.split(",") if b]
+
+    cfg = load_config(args.config, [], ["env.direct_render=true", *args.overrides])
+    probe = make_env_from_config(cfg.env)
+    space = probe.action_space
+    discrete = isinstance(space, gym.spaces.Discrete)
+    action_dim = int(space.n) if discrete else int(np.prod(space.shape))
+    memory = build_memory(cfg, action_dim, discrete).eval()
+    controller = build_controller(cfg.controller, memory.feature_size(cfg.controller.use_cell),
+                                  space)
+    agent = VMCAgent(ConvVAE(z_dim=cfg.vae.z_dim), memory, controller)
+    actors = {n: BatchedActor(agent, lambda: make_env_from_config(cfg.env), n)
+              for n in [1, *batches]}
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__},"
+          " 1 torch thread")
+    m = memory.config()
+    print(f"env {cfg.env.id} (direct_render={cfg.env.direct_render}); V z {cfg.vae.z_dim}; "
+          f"M {cfg.memory.kind} hidden {m['hidden']}, flow {m.get('flow', 'none')}, "
+          f"{m.get('precision', 'diag')}; C {controller.num_parameters()} parameters; "
+          f"episodes of {args.episode_steps} steps")
+    n_params = controller.num_parameters()
+    for n, actor in actors.items():  # warm-up: envs made, first calls allocate
+        acting_rate(actor, n_params, n, 5, 99)
+    rates: dict[int, list[float]] = {n: [] for n in actors}
+    for r in range(args.rounds):
+        for n, actor in actors.items():
+            episodes = args.batch1_episodes if n == 1 else 2 * n
+            rates[n].append(acting_rate(actor, n_params, episodes, args.episode_steps, r))
+    median = {n: statistics.median(v) for n, v in rates.items()}
+    print("| acting | agent + env steps/s (median) | rounds | vs N = 1 |")
+    print("|---|---|---|---|")
+    for n, v in median.items():
+        print(f"| N = {n} | {v:.0f} | {', '.join(f'{x:.0f}' for x in rates[n])} | "
+              f"{v / median[1]:.2f}x |")
+    for actor in actors.values():
+        actor.close()
+
+    d = cfg.vae.z_dim
+    start_mu, start_logvar = torch.randn(16, d), torch.full((16, d), -2.0)
+
+    def new_dream() -> Dream:
+        # threshold 1.0: the done head never ends a dream; the cap restarts them
+        return Dream(memory, start_mu, start_logvar, cfg.dream.temperature,
+                     done_mode="threshold", done_threshold=1.0, max_steps=1000)
+
+    single = DreamEnv(new_dream(), space, use_cell=cfg.controller.use_cell)
+    vec = DreamVecEnv(new_dream(), space, args.sb3_envs, cfg.controller.use_cell)
+    dream_rate(single, 5, 0)
+    dream_rate(vec, 2, 0)
+    dream_rates: dict[str, list[float]] = {"Dream-v0 (one dream)": [],
+                                           f"DreamVecEnv (N = {args.sb3_envs})": []}
+    for r in range(args.rounds):
+        dream_rates["Dream-v0 (one dream)"].append(dream_rate(single, args.dream_steps, r))
+        dream_rates[f"DreamVecEnv (N = {args.sb3_envs})"].append(
+            dream_rate(vec, max(1, args.dream_steps // 4), r))
+    dm = {k: statistics.median(v) for k, v in dream_rates.items()}
+    print("| SB3 in the dream | dream steps/s (median) | rounds |")
+    print("|---|---|---|")
+    for k, v in dm.items():
+        print(f"| {k} | {v:.0f} | {', '.join(f'{x:.0f}' for x in dream_rates[k])} |")
+    names = list(dm)
+    print(f"dream VecEnv / Dream-v0: {dm[names[1]] / dm[names[0]]:.1f}x")
+    best = max(batches, key=lambda n: median[n])
+    print(f"best batched N = {best}")
+    print(f"speed-up: {median[best] / median[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
