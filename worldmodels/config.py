@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
+from worldmodels.atomic import write_text_atomic
 from worldmodels.errors import InputError
 
 
@@ -523,10 +524,7 @@ def to_dict(cfg: ExperimentConfig) -> dict:
 
 def save_config(cfg: ExperimentConfig, path: Path) -> None:
     """Write the resolved config (atomically) so a run can be rebuilt from it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def config_help(obj: Any | None = None, prefix: str = "") -> list[str]:

@@ -3,7 +3,7 @@
 Files under ``<run>/memory/`` (or another directory given by the caller)::
 
     model.safetensors (+ .json)   weights of the last finished epoch
-    train_state.pt                optimizer state and counters (weights_only load)
+    train_state.safetensors       optimizer state and counters (safetensors + JSON)
     metrics.json                  per epoch: held-out NLL (nats / latent dim), reward MSE,
                                   done accuracy, recall, precision and skill, train
                                   seconds, skipped batches

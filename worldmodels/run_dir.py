@@ -69,7 +69,8 @@ class VAEFiles:
 
     @classmethod
     def at(cls, d: Path) -> VAEFiles:
-        return cls(d, d / "model.safetensors", d / "train_state.pt", d / "mean_frame.npy",
+        return cls(d, d / "model.safetensors", d / "train_state.safetensors",
+                   d / "mean_frame.npy",
                    d / "recon.png", d / "metrics.json")
 
 
@@ -85,7 +86,8 @@ class MemoryFiles:
         """The files of an M trained into ``d`` (a run's ``memory/``, or a variant's
         directory under ``memory_compare/``)."""
         d = Path(d)
-        return cls(d, d / "model.safetensors", d / "train_state.pt", d / "metrics.json")
+        return cls(d, d / "model.safetensors", d / "train_state.safetensors",
+                   d / "metrics.json")
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,14 @@ A rollout shard holds::
 A latent shard (written by ``encode``) holds the same ``action``/``reward``/... with
 ``mu`` and ``logvar`` float32 (T+1, z) in place of ``obs``.
 
-Shards are written to a hidden temporary name in the same directory, flushed to disk,
-then renamed: a reader (or a rerun after SIGKILL) never sees a partial file.
+Shards are written by :func:`worldmodels.atomic.write_atomic` (a hidden temporary name
+in the same directory, flushed to disk, then renamed): a reader (or a rerun after
+SIGKILL) never sees a partial file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -30,10 +30,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from worldmodels.atomic import TMP_SUFFIX, write_atomic
 from worldmodels.errors import InputError
 
 SHARD_GLOB = "ep_*.npz"
-TMP_SUFFIX = ".partial"
 
 
 class ShardError(InputError, ValueError):
@@ -73,25 +73,18 @@ def write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray], compress_leve
     ``np.savez_compressed`` fixes zlib at level 6; level 1 writes several times faster
     for frames at nearly the same size, which keeps collection workers env-bound.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
     compression = zipfile.ZIP_DEFLATED if compress_level > 0 else zipfile.ZIP_STORED
-    try:
-        with open(tmp, "wb") as raw:
-            with zipfile.ZipFile(
-                raw, "w", compression=compression,
-                compresslevel=compress_level if compress_level > 0 else None,
-            ) as zf:
-                for key, value in arrays.items():
-                    with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def write(raw) -> None:
+        with zipfile.ZipFile(
+            raw, "w", compression=compression,
+            compresslevel=compress_level if compress_level > 0 else None,
+        ) as zf:
+            for key, value in arrays.items():
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+
+    write_atomic(path, write)
 
 
 def read_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:

@@ -3,7 +3,7 @@
 Files under ``<run>/vae/``::
 
     model.safetensors (+ .json)   weights of the last finished epoch
-    train_state.pt                optimizer state and counters (weights_only load)
+    train_state.safetensors       optimizer state and counters (safetensors + JSON)
     mean_frame.npy                the mean training frame (the MSE baseline)
     recon.png                     held-out frames (top) over their reconstructions (bottom)
     metrics.json                  per-epoch held-out MSE, baseline MSE, wall time
