@@ -162,7 +162,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                         dream_max_steps=cfg.dream.max_steps)
     run.load_vae(cfg.vae.z_dim)  # V fits the config
     history = read_history(files.history, settings, c.population)
-    run.write_config(cfg)  # inputs accepted
+    run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     files.dir.mkdir(parents=True, exist_ok=True)
     if evaluator is None:
         evaluator = make_evaluator(cfg, run)

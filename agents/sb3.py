@@ -148,7 +148,7 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
     except TypeError as err:
         raise ConfigError(f"SB3 kwargs must be JSON values to be saved: {err}") from err
     env = training_env(run, cfg)
-    run.write_config(cfg)  # inputs accepted
+    run.write_config(cfg, outputs=(run.controller.dir,))  # inputs accepted
     model = algorithm_class(algo)("MlpPolicy", env, seed=cfg.seed, verbose=0,
                                   tensorboard_log=str(run.tensorboard()), **kwargs)
     model.learn(total_timesteps=c.sb3_timesteps, progress_bar=False,

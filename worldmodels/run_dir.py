@@ -29,6 +29,7 @@ from typing import Any
 import gymnasium as gym
 import yaml
 
+from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
     CheckpointError,
     load_model,
@@ -226,14 +227,18 @@ class RunDir:
                     f"({saved.get(fixed[0])!r}); only {allowed} can change")
         return cfg
 
-    def write_config(self, cfg: ExperimentConfig) -> None:
+    def write_config(self, cfg: ExperimentConfig, outputs: tuple[Path, ...] = ()) -> None:
         """Save ``cfg`` as the run's ``config.yaml``, once a command has accepted it.
 
+        First the run's directory and the stage's ``outputs`` (directories) are made
+        and a probe file written in each: a read-only place or a full disk stops the
+        command here, before any work (:func:`worldmodels.atomic.check_writable`).
         If a different config is there, the changed keys are printed (a rerun with,
         say, more epochs is a normal way to continue a run) and the old file becomes
         ``config.prev.yaml``.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        for directory in (self.path, *outputs):
+            check_writable(directory)
         text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
         if self.config_file.exists():
             old_text = self.config_file.read_text()
