@@ -19,13 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from worldmodels.errors import InputError
+from worldmodels.errors import OS_REFUSALS, InputError
 
 #: the temporary name of ``<dir>/<name>`` while it is written: ``<dir>/.<name>.partial``
 TMP_SUFFIX = ".partial"
-
-#: errno values that mean "the OS says no" (not a bug): reported as one line
-OS_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 _WHAT_TO_DO = {
     errno.ENOSPC: "free some space and rerun; the files already written are kept",

@@ -346,10 +346,17 @@ def read_yaml(path: Path) -> Any:
 
 
 def resolve_config_path(name_or_path: str) -> Path:
-    """A YAML path, or the stem of a file in ``configs/`` (``carracing``)."""
+    """A YAML path, or the stem of a file in ``configs/`` (``carracing``). An existing
+    file is read as YAML whatever its suffix; a directory is refused, naming it."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.exists():
+    if path.is_file():
         return path
+    if path.is_dir():
+        if (path / "config.yaml").is_file():
+            raise ConfigError(f"--config {path}: a run directory, not a config file; give "
+                              f"--run {path} (or --config {path / 'config.yaml'})")
+        raise ConfigError(f"--config {path}: a directory, not a config file (a .yaml file "
+                          "or a name in configs/)")
     folder = config_dir()
     candidate = folder / f"{name_or_path}.yaml"
     if candidate.exists():
@@ -549,9 +556,18 @@ def _allowed_text(tp: Any, bounds: dict | None) -> str:
     return f" [{_range_text(bounds)}]" if bounds else ""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument error (``--policy bogus``, ``--episodes x``) is a :class:`ConfigError`:
+    one line naming the option, exit status 2 through ``run_cli``, not argparse's
+    usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message} (--help lists the options)")
+
+
 def cli_parser(description: str) -> argparse.ArgumentParser:
     """The arguments every entry point shares: --config, --preset, key=value overrides."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         description=description,
         epilog="Overrides are dotted keys, e.g. vae.epochs=5 collect.workers=2. "
         "--help-config lists every key.",

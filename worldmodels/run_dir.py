@@ -125,11 +125,21 @@ class RunDir:
         self.path = Path(path).expanduser().absolute()
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path}: a run directory, but this is a file")
+        for parent in self.path.parents:  # a file where a directory of the path belongs
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ConfigError(f"{parent}: a file, so the run directory {self.path} "
+                                      "cannot be made under it")
+                break
 
     @classmethod
     def for_config(cls, cfg: ExperimentConfig) -> RunDir:
         """The default directory of a run: ``<root>/<env slug>/<name>``."""
-        return cls(Path(cfg.root) / env_slug(cfg.env.id) / (cfg.name or "paper"))
+        root = Path(cfg.root).expanduser()
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"config key 'root' is {cfg.root!r}, a file: root must be a "
+                              "directory (that holds run directories)")
+        return cls(root / env_slug(cfg.env.id) / (cfg.name or "paper"))
 
     def __repr__(self) -> str:
         return f"RunDir('{self.path}')"
@@ -356,7 +366,7 @@ def is_run_config(config: str) -> bool:
     """Is ``config`` the path of a run's resolved ``config.yaml`` (a file holding the
     whole config, not ``defaults:`` and ``presets:``)?"""
     path = Path(config)
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+    if not path.is_file():
         return False
     data = read_yaml(path)
     return isinstance(data, dict) and bool(data) and not {"defaults", "presets"} & set(data)
