@@ -346,9 +346,15 @@ def read_yaml(path: Path) -> Any:
 
 
 def resolve_config_path(name_or_path: str) -> Path:
-    """A YAML path, or the stem of a file in ``configs/`` (``carracing``). An existing
-    file is read as YAML whatever its suffix; a directory is refused, naming it."""
+    """A YAML path, or the stem of a file in ``configs/`` (``carracing``). Another
+    existing file is read as YAML whatever its suffix; a directory is refused, naming it."""
     path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    folder = config_dir()
+    candidate = folder / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
     if path.is_file():
         return path
     if path.is_dir():
@@ -357,10 +363,6 @@ def resolve_config_path(name_or_path: str) -> Path:
                               f"--run {path} (or --config {path / 'config.yaml'})")
         raise ConfigError(f"--config {path}: a directory, not a config file (a .yaml file "
                           "or a name in configs/)")
-    folder = config_dir()
-    candidate = folder / f"{name_or_path}.yaml"
-    if candidate.exists():
-        return candidate
     known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
     raise ConfigError(f"config '{name_or_path}' not found (known in {folder}: {known})")
 

@@ -45,6 +45,7 @@ from worldmodels.config import (
     env_slug,
     load_config,
     read_yaml,
+    resolve_config_path,
     to_dict,
 )
 from worldmodels.controller import Controller, build_controller
@@ -366,7 +367,8 @@ def is_run_config(config: str) -> bool:
     """Is ``config`` the path of a run's resolved ``config.yaml`` (a file holding the
     whole config, not ``defaults:`` and ``presets:``)?"""
     path = Path(config)
-    if not path.is_file():
-        return False
+    if not path.is_file() or (path.suffix not in (".yaml", ".yml")
+                              and resolve_config_path(config) != path):
+        return False  # not a file, or the name of a preset that a file in the way shadows
     data = read_yaml(path)
     return isinstance(data, dict) and bool(data) and not {"defaults", "presets"} & set(data)
