@@ -246,11 +246,12 @@ def check_shard(path: Path, kind: str, spec: ShardSpec) -> None:
         for key in image:
             shape, dtype = arrays[key]
             z = spec.z_dim
-            if dtype != np.float32 or len(shape) != 2 or shape[0] != T + 1 \
-                    or (z and shape[1] != z):
-                expected = f"float32 ({T + 1}, {z if z else 'z'})"
-                why = f" (vae.z_dim={z})" if z else ""
-                raise ShardError(f"{path}: '{key}' is {dtype} {shape}, expected {expected}{why}")
+            if dtype != np.float32 or len(shape) != 2 or shape[0] != T + 1:
+                raise ShardError(f"{path}: '{key}' is {dtype} {shape}, expected float32 "
+                                 f"({T + 1}, z)")
+            if z and shape[1] != z:
+                raise ShardError(f"{path}: latents have z = {shape[1]}, but the config's "
+                                 f"vae.z_dim is {z} ('{key}' is {shape})")
     space = spec.action_space or read_meta(path).get("action_space")
     if space:
         tail, dtype = _action_layout(space)
