@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, run = run_from_args(args)
     if cfg.controller.algo == "cmaes":
         summary = asdict(train_cmaes(cfg, run))
-        print(f"best controller: {run.controller.best}")
+        if run.controller.best.exists():
+            print(f"best controller: {run.controller.best}")
     else:
         _, summary = train_sb3(run, cfg)
     print(json.dumps(summary, indent=2))

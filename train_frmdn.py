@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
     summary = report_dict(train_memory(cfg, run))
     print(json.dumps(summary, indent=2))
-    print(f"weights: {run.memory.model}")
+    if run.memory.model.exists():
+        print(f"weights: {run.memory.model}")
     return summary
 
 

@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = train_vae(cfg, run)
     summary = report_dict(report)
     print(json.dumps(summary, indent=2))
-    print(f"weights: {run.vae.model}  grid: {run.vae.grid}")
+    files = {"weights": run.vae.model, "grid": run.vae.grid}
+    print("  ".join(f"{name}: {path}" for name, path in files.items() if path.exists()))
     return summary
 
 

@@ -39,7 +39,7 @@ from worldmodels.controller import FlatPolicy
 from worldmodels.monitoring import summary_writer
 from worldmodels.pictures import plot_curves
 from worldmodels.run_dir import RunDir
-from worldmodels.shards import read_npz, write_npz_atomic
+from worldmodels.shards import ShardError, read_npz, write_npz_atomic
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # cma warns that matplotlib is absent
@@ -170,7 +170,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                         dream_max_steps=cfg.dream.max_steps)
     run.load_vae(cfg.vae.z_dim)  # V fits the config
     history = read_history(files.history, settings, c.population)
-    run.write_config(cfg)  # inputs accepted
+    run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     files.dir.mkdir(parents=True, exist_ok=True)
     if evaluator is None:
         evaluator = make_evaluator(cfg, run)
@@ -259,15 +259,27 @@ def read_history(path: Path, settings: dict[str, Any], population: int) -> np.nd
     replay would put the old values on different candidates."""
     if not path.exists():
         return np.zeros((0, population))
-    data = read_npz(path, ("fitness", "settings"))
-    saved = json.loads(str(data["settings"]))
+    delete = "delete it (or the controller directory) to start CMA-ES anew"
+    try:
+        data = read_npz(path, ("fitness", "settings"))
+        saved = json.loads(str(data["settings"]))
+    except (ShardError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: unreadable CMA-ES history ({err}); {delete}") from None
+    fitness = data["fitness"]
+    if not isinstance(saved, dict) or fitness.dtype != np.float64 or fitness.ndim != 2:
+        raise ConfigError(f"{path}: not a CMA-ES history (fitness {fitness.dtype} "
+                          f"{fitness.shape}, float64 (generations, population) "
+                          f"expected, and a settings mapping); {delete}")
     changed = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
                if saved.get(k) != settings.get(k)}
     if changed:
         raise ConfigError(f"{path}: made with other CMA-ES settings "
                          + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
                          + "; use a new run name or delete the controller directory")
-    return data["fitness"]
+    if fitness.shape[1] != population:
+        raise ConfigError(f"{path}: has {fitness.shape[1]} candidates a generation, the "
+                          f"population is {population}; {delete}")
+    return fitness
 
 
 def evaluate_best(controller: FlatPolicy, weights: Path, episodes: int, seed: int,

@@ -22,6 +22,7 @@ from agents.parallel import run_tasks
 from agents.policies import make_policy
 from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
+from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import file_digest
 from worldmodels.config import ConfigError, EnvConfig, ExperimentConfig, policy_schedule
 from worldmodels.run_dir import RunDir
@@ -214,7 +215,9 @@ def collect(cfg: ExperimentConfig, run: RunDir | None = None, out_dir: Path | No
     existing = list_shards(out)
     check_compatible(existing, cfg)
     if out_dir is None:
-        run.write_config(cfg)  # inputs accepted
+        run.write_config(cfg, outputs=(out,))  # inputs accepted
+    else:
+        check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_partial_files(out)
     have = {shard_index(p) for p in existing}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from agents.cmaes import ProcessEvaluator
 from agents.rollouts import RolloutWorker, describe_returns
 from agents.sb3 import SB3_ALGORITHMS, play_sb3
+from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
     load_weights,
     write_bytes_atomic,
@@ -26,7 +26,6 @@ from worldmodels.checkpoint import (
     write_text_atomic,
 )
 from worldmodels.config import ConfigError, ExperimentConfig
-from worldmodels.errors import InputError
 from worldmodels.pictures import recon_grid
 from worldmodels.run_dir import RunDir
 
@@ -127,14 +126,7 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
 
 def writable_dir(path: Path) -> None:
     """Make ``path`` and check that a file can be written there, before any work."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write_probe_{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise InputError(f"{path}: cannot write results there ({err.strerror}); "
-                         "give another output directory") from None
+    check_writable(path)
 
 
 @torch.no_grad()

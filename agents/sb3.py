@@ -219,7 +219,7 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
     except (TypeError, ValueError, AssertionError) as err:
         raise ConfigError(f"config key 'controller.sb3_kwargs' {kwargs} does not suit "
                           f"{SB3_ALGORITHMS[algo]}: {str(err).splitlines()[0]}") from None
-    run.write_config(cfg)  # inputs accepted
+    run.write_config(cfg, outputs=(run.controller.dir,))  # inputs accepted
     model.learn(total_timesteps=c.sb3_timesteps, progress_bar=False,
                 tb_log_name=f"sb3_{algo}_{environment}")
     weights, meta_path = run.controller.sb3(algo, environment)
@@ -239,16 +239,29 @@ def load_sb3(run: RunDir, cfg: ExperimentConfig, algo: str = "ppo",
                               f"(run train_controller.py --algo {algo} for {run.path})")
     try:
         meta = json.loads(meta_path.read_text())
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"{meta_path}: unreadable SB3 policy description ({err})") \
+            from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("seed"), int)
+            and isinstance(meta.get("kwargs"), dict)):
+        raise CheckpointError(f"{meta_path}: an SB3 policy description needs 'seed' (an "
+                              "integer) and 'kwargs' (a mapping)")
+    try:
         tensors = load_file(str(weights))
     except (ValueError, OSError, SafetensorError) as err:
         raise CheckpointError(f"{weights}: unreadable SB3 policy ({err})") from None
     env = latent_env(run, cfg)
-    model = algorithm_class(algo)("MlpPolicy", env, seed=meta["seed"], verbose=0,
-                                  **meta["kwargs"])
+    try:
+        model = algorithm_class(algo)("MlpPolicy", env, seed=meta["seed"], verbose=0,
+                                      **meta["kwargs"])
+    except TypeError as err:
+        raise CheckpointError(f"{meta_path}: kwargs that {algo} does not take ({err})") \
+            from None
     try:
         model.policy.load_state_dict(tensors)
     except RuntimeError as err:
-        raise CheckpointError(f"{weights}: does not fit this run's policy ({err})") from None
+        why = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{weights}: does not fit this run's policy ({why})") from None
     return model, env
 
 

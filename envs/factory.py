@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium as gym
 
 from envs.preprocess import PixelObservation, pixel_source
+from worldmodels.config import ConfigError
 from worldmodels.errors import InputError, MissingPackageError
 
 #: Per-env settings the paper used, applied unless the caller overrides them.
@@ -104,7 +105,17 @@ def make_env(
     if max_episode_steps:
         make_kwargs["max_episode_steps"] = max_episode_steps
     make_id = renderer_id(env_id, fast_render, direct_render)
-    env = gym.make(make_id, **make_kwargs)
+    try:
+        env = gym.make(make_id, **make_kwargs)
+    except TypeError as err:
+        # an env that does not take a keyword of env.kwargs: name the key and the keyword
+        bad = [k for k in kwargs if f"'{k}'" in str(err)]
+        if not kwargs or "keyword" not in str(err):
+            raise
+        raise ConfigError(
+            f"config key 'env.kwargs': {env_id} does not take the keyword "
+            f"{repr(bad[0]) if bad else 'one of ' + ', '.join(map(repr, kwargs))} "
+            f"(env.kwargs={kwargs})") from None
     if pixel_source(env) is None and env.render_mode != "rgb_array":
         # not a pixel observation (e.g. classic control): use its rendered picture
         env.close()

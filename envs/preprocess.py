@@ -8,6 +8,8 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
+from worldmodels.config import ConfigError
+
 #: keys under which Dict observation spaces keep their picture (ViZDoom: ``screen``)
 PIXEL_KEYS = ("screen", "pixels", "image", "rgb")
 
@@ -78,8 +80,23 @@ class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
                 f"{env.observation_space} holds no picture; make it with render_mode='rgb_array'"
             )
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+        self._checked_height = False
+        space = env.observation_space
+        picture = space if self._source == "" else (
+            space.spaces[self._source] if self._source else None)
+        if picture is not None and picture.shape:
+            self._check_crop(int(picture.shape[0]))
         if self._source is None:  # the picture is render()'s: no other render mode works
             self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
+
+    def _check_crop(self, height: int) -> None:
+        """``crop_bottom`` must leave rows of the env's frame (else numpy's negative
+        index would wrap round and keep a few rows, or none)."""
+        self._checked_height = True
+        if self.crop_bottom >= height:
+            name = self.env.spec.id if self.env.spec else type(self.env.unwrapped).__name__
+            raise ConfigError(f"config key 'env.crop_bottom' is {self.crop_bottom}, but "
+                              f"{name}'s frames are {height} rows high: it must be < {height}")
 
     def observation(self, observation: Any) -> np.ndarray:
         if self._source == "":
@@ -88,4 +105,7 @@ class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
             frame = observation[self._source]
         else:
             frame = self.env.render()
-        return preprocess_frame(np.asarray(frame), self.size, self.crop_bottom)
+        frame = np.asarray(frame)
+        if not self._checked_height:  # a rendered picture: its height is known only now
+            self._check_crop(int(frame.shape[0]))
+        return preprocess_frame(frame, self.size, self.crop_bottom)

@@ -6,23 +6,26 @@ one atomically renamed file, so a kill can never pair one epoch's weights with a
 epoch's config — plus ``path.json``, a readable copy of that header. ``load_model(path)``
 rebuilds the model from the header and loads the weights strictly, raising
 :class:`CheckpointError` that names the file and key on any mismatch. Optimizer and
-loop state go in a separate ``torch.save`` file read with ``weights_only=True``.
+loop state go in a separate safetensors file too (:func:`save_state`): its tensors as
+safetensors, the structure around them as JSON in the header, so no pickle is read.
+Every file is written by :func:`worldmodels.atomic.write_atomic`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from worldmodels.atomic import write_bytes_atomic, write_text_atomic
 from worldmodels.errors import InputError
 
 #: model kind -> constructor taking the JSON config as keyword arguments
@@ -41,27 +44,14 @@ def _sidecar(path: Path) -> Path:
     return Path(str(path) + ".json")
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_model(path: Path, model: nn.Module, meta: dict[str, Any] | None = None) -> None:
     """Write weights and sidecar atomically; the model must have a ``config()`` method."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     header = {"kind": type(model).__name__, "config": model.config(), "meta": meta or {}}
     text = json.dumps(header)
-    _atomic_write_bytes(path, lambda p: save_file(tensors, str(p), metadata={HEADER_KEY: text}))
-    _atomic_write_bytes(_sidecar(path), lambda p: p.write_text(json.dumps(header, indent=2)))
+    write_bytes_atomic(path, safetensors_bytes(tensors, metadata={HEADER_KEY: text}))
+    write_text_atomic(_sidecar(path), json.dumps(header, indent=2))
 
 
 HEADER_KEY = "worldmodels"
@@ -151,21 +141,74 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+#: header key of a training-state file: the JSON structure around its tensors
+STATE_KEY = "worldmodels_state"
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON for ``obj``, its tensors moved into ``tensors`` (``{"__tensor__": name}``);
+    tuples and dicts with non-string keys (an optimizer's parameter ids) keep their type."""
+    if isinstance(obj, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = obj.detach().cpu().clone().contiguous()
+        return {"__tensor__": name}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode(v, tensors) for k, v in obj.items()}
+        return {"__items__": [[_encode(k, tensors), _encode(v, tensors)]
+                              for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"training state holds a {type(obj).__name__}, which save_state "
+                    "cannot store (tensors, numbers, strings, lists, tuples, dicts only)")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__tuple__"}:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        if set(obj) == {"__items__"}:
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__items__"]}
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    return obj
+
+
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Training state (optimizer state, counters): plain tensors and numbers only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, lambda p: torch.save(state, p))
+    """Training state (optimizer state, counters) without pickle: the tensors as
+    safetensors, the structure around them (param groups, ids, counters) as JSON in
+    the header, in one atomically written file."""
+    tensors: dict[str, torch.Tensor] = {}
+    structure = json.dumps(_encode(state, tensors))
+    write_bytes_atomic(path, safetensors_bytes(tensors, metadata={STATE_KEY: structure}))
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Read training state with ``weights_only=True``: a pickled object is refused."""
+    """Read what :func:`save_state` wrote; anything else (a pickle, a truncated file)
+    is a :class:`CheckpointError` naming the file. No pickle is ever read."""
+    path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError, EOFError...
+        with safe_open(str(path), framework="pt") as fh:
+            text = (fh.metadata() or {}).get(STATE_KEY)
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        if text is None:
+            raise ValueError("no training state in its header")
+        state = _decode(json.loads(text), tensors)
+        if not isinstance(state, dict):
+            raise ValueError("training state is not a mapping")
+        return state
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(
-            f"{path}: unreadable training state ({type(err).__name__}: {err})"
-        ) from err
+            f"{path}: unreadable training state ({type(err).__name__}: {err}); delete it "
+            "to restart the optimizer from the last weights"
+        ) from None
 
 
 def resume_training(
@@ -197,20 +240,6 @@ def resume_training(
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file, fsync it, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, lambda p: p.write_bytes(data))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file, fsync it, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, lambda p: p.write_text(text))
 
 
 def read_json(path: Path, default: Any) -> Any:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
+from worldmodels.atomic import write_text_atomic
 from worldmodels.errors import InputError
 
 
@@ -364,14 +365,23 @@ def read_yaml(path: Path) -> Any:
 
 
 def resolve_config_path(name_or_path: str) -> Path:
-    """A YAML path, or the stem of a file in ``configs/`` (``carracing``)."""
+    """A YAML path, or the stem of a file in ``configs/`` (``carracing``). Another
+    existing file is read as YAML whatever its suffix; a directory is refused, naming it."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.exists():
+    if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
     folder = config_dir()
     candidate = folder / f"{name_or_path}.yaml"
     if candidate.exists():
         return candidate
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if (path / "config.yaml").is_file():
+            raise ConfigError(f"--config {path}: a run directory, not a config file; give "
+                              f"--run {path} (or --config {path / 'config.yaml'})")
+        raise ConfigError(f"--config {path}: a directory, not a config file (a .yaml file "
+                          "or a name in configs/)")
     known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
     raise ConfigError(f"config '{name_or_path}' not found (known in {folder}: {known})")
 
@@ -546,10 +556,7 @@ def to_dict(cfg: ExperimentConfig) -> dict:
 
 def save_config(cfg: ExperimentConfig, path: Path) -> None:
     """Write the resolved config (atomically) so a run can be rebuilt from it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def config_help(obj: Any | None = None) -> list[str]:
@@ -566,9 +573,18 @@ def _allowed_text(tp: Any, bounds: dict | None) -> str:
     return f" [{_range_text(bounds)}]" if bounds else ""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument error (``--policy bogus``, ``--episodes x``) is a :class:`ConfigError`:
+    one line naming the option, exit status 2 through ``run_cli``, not argparse's
+    usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message} (--help lists the options)")
+
+
 def cli_parser(description: str) -> argparse.ArgumentParser:
     """The arguments every entry point shares: --config, --preset, key=value overrides."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         description=description,
         epilog="Overrides are dotted keys, e.g. vae.epochs=5 collect.workers=2. "
         "--help-config lists every key.",

@@ -5,7 +5,7 @@
 * :class:`FrameDataset` — shuffled batches of frames for V, through a bounded buffer.
 * :class:`SequenceDataset` — shuffled batches of latent windows for M.
 
-Both yield whole batches (use ``DataLoader(ds, batch_size=None)``): collating frame by
+Both yield whole batches (use ``ShardLoader(ds, batch_size=None)``): collating frame by
 frame would cost more than the model on a 2-core machine.
 """
 
@@ -17,10 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from worldmodels.checkpoint import read_json, write_json_atomic
-from worldmodels.shards import ShardError, load_frames, read_npz, shard_length
+from worldmodels.errors import InputError
+from worldmodels.shards import (
+    ShardError,
+    ShardSpec,
+    check_shard,
+    load_frames,
+    read_npz,
+    shard_length,
+)
 
 
 def _unit_hash(seed: int, name: str) -> float:
@@ -58,8 +66,39 @@ def _worker_slice(items: Sequence) -> tuple[Sequence, int]:
     return items[info.id :: info.num_workers], info.id
 
 
+class WorkerFailure:
+    """Bad input (an :class:`InputError`) met in a DataLoader worker, passed to the
+    main process as data: DataLoader would re-raise it wrapped in the worker's whole
+    traceback; :class:`ShardLoader` raises the error itself, its one line intact."""
+
+    def __init__(self, error: InputError):
+        self.error = error
+
+
+class ShardLoader(DataLoader):
+    """A DataLoader over a shard stream that raises a worker's :class:`InputError` as
+    it was raised (one line naming the shard), not as a wrapped worker traceback."""
+
+    def __iter__(self):  # type: ignore[override]
+        for batch in super().__iter__():
+            if isinstance(batch, WorkerFailure):
+                raise batch.error
+            yield batch
+
+
 class _ShardStream(IterableDataset):
     """Common part: shard order per epoch, worker split, corrupt-shard policy."""
+
+    def __iter__(self) -> Iterator:
+        try:
+            yield from self._iter()
+        except InputError as err:
+            if get_worker_info() is None:
+                raise
+            yield WorkerFailure(err)  # see ShardLoader
+
+    def _iter(self) -> Iterator:
+        raise NotImplementedError
 
     def __init__(self, paths: Sequence[Path], seed: int, shuffle: bool, skip_corrupt: bool):
         self.paths = [Path(p) for p in paths]
@@ -121,7 +160,7 @@ class FrameDataset(_ShardStream):
         self.capacity = max(shuffle_buffer, 2 * batch_size)
         self.max_frames = max_frames
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def _iter(self) -> Iterator[torch.Tensor]:
         order, rng = self._ordered()
         info = get_worker_info()
         budget = self.max_frames // (info.num_workers if info else 1)
@@ -255,14 +294,27 @@ def read_latents(path: Path, z_dim: int | None = None) -> dict[str, np.ndarray]:
 
 
 def usable_shards(paths: Sequence[Path], reader: Callable[[Path], object], skip_corrupt: bool,
-                  record: Path, kind: str) -> tuple[list[Path], int]:
-    """With ``skip_corrupt``, (the shards ``reader`` accepts, how many it refused), the
-    refused ones listed under ``kind`` in the JSON file ``record``; without, all shards
-    and 0 (a bad shard then stops whatever reads it, naming the file)."""
+                  record: Path, kind: str, spec: ShardSpec | None = None,
+                  ) -> tuple[list[Path], int]:
+    """The one place where a stage accepts its shards, before any work.
+
+    Every shard's arrays are checked against ``spec`` (what the run's config fixes:
+    frame size, z size, action space) from their headers, which is cheap. Without
+    ``skip_corrupt``, the first bad shard stops the stage (a :class:`ShardError` naming
+    the file and the array) and all shards are returned with 0. With it, (the shards
+    that pass and that ``reader`` reads whole, how many failed), the failed ones listed
+    under ``kind`` (``rollouts`` or ``latents``) in the JSON file ``record``."""
+    spec = spec or ShardSpec()
     if not skip_corrupt:
+        for path in paths:
+            check_shard(path, kind, spec)
         return list(paths), 0
 
-    good, bad = screen_shards(paths, reader)
+    def read(path: Path) -> object:
+        check_shard(path, kind, spec)
+        return reader(path)
+
+    good, bad = screen_shards(paths, read)
     listed = read_json(record, {})
     listed[kind] = bad
     write_json_atomic(record, listed)
@@ -350,7 +402,7 @@ class SequenceDataset(_ShardStream):
             out.append(window)
         return out
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def _iter(self) -> Iterator[dict[str, torch.Tensor]]:
         def windows(path: Path, rng: np.random.Generator) -> list[dict]:
             data = self._read(path, lambda p: read_latents(p, self.z_dim))
             return [] if data is None else self._windows(data, rng)

@@ -22,6 +22,8 @@ from worldmodels.run_dir import RunDir
 from worldmodels.shards import (
     RolloutShard,
     ShardError,
+    ShardSpec,
+    check_shard,
     list_shards,
     read_meta,
     remove_partial_files,
@@ -71,8 +73,10 @@ def encode_rollouts(cfg: ExperimentConfig, run: RunDir | None = None,
     shards = list_shards(src)
     if not shards:
         raise ShardError(f"{src}: no rollout shards to encode (run collect.py first)")
-    run.write_config(cfg)  # inputs accepted
-    dst.mkdir(parents=True, exist_ok=True)
+    spec = ShardSpec(frame_size=cfg.env.frame_size)
+    for path in shards:  # every shard fits V before any is encoded
+        check_shard(path, "rollouts", spec)
+    run.write_config(cfg, outputs=(dst,))  # inputs accepted
     remove_partial_files(dst)
     todo = [p for p in shards if not latent_is_current(dst / p.name, digest)]
     start = time.perf_counter()

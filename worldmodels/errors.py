@@ -1,14 +1,32 @@
 """Errors caused by the user's input (a config key, a file, a missing package), as opposed
 to bugs. Entry points print these as one line and exit with status 2; anything else
 keeps its traceback. A stop (Ctrl-C, or SIGTERM from ``kill`` or a job scheduler) is one
-line too, exit status 128 + the signal's number."""
+line too, exit status 128 + the signal's number.
+
+An ``OSError`` is the OS saying no. Writes go through :mod:`worldmodels.atomic`, which
+turns a refused write into an :class:`InputError` naming the file; what escapes
+elsewhere is handled here by its errno: :data:`OS_REFUSALS` (disk full, quota,
+read-only file system, no permission) are conditions of the machine, not of the code,
+so with a file name they become one line ``error: <path>: <reason>``, exit status 2.
+Every other ``OSError`` (no such file, not a directory, ...) keeps its traceback: the
+entry points check the paths a user gives (run directory, config, ``root``), so one of
+those reaching here more likely means a path the code got wrong, a bug."""
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
+
+#: errno values of an OSError that mean the OS refused, not that the code is wrong
+OS_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def one_line(message: object) -> str:
+    """A message as one line: its lines joined by '; '."""
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
 class InputError(Exception):
@@ -34,7 +52,8 @@ def _raise_stopped(signum: int, _frame: object) -> None:
 
 
 def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> None:
-    """Run an entry point; an :class:`InputError` becomes ``error: <message>``, exit 2.
+    """Run an entry point; an :class:`InputError` becomes ``error: <message>`` (one
+    line), exit 2, and so does an ``OSError`` of :data:`OS_REFUSALS` naming a file.
 
     SIGTERM stops it as Ctrl-C does; either prints one line and exits with 128 + the
     signal's number (SIGINT 130, SIGTERM 143), keeping what was written.
@@ -43,7 +62,13 @@ def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> 
     try:
         main(sys.argv[1:] if argv is None else argv)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as err:
+        if err.errno not in OS_REFUSALS or not err.filename:
+            raise  # see the module docstring: more likely a bug
+        reason = (err.strerror or str(err)).lower()
+        print(f"error: {err.filename}: {reason}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt as err:
         signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)

@@ -3,7 +3,7 @@
 Files under ``<run>/memory/`` (or another directory given by the caller)::
 
     model.safetensors (+ .json)   weights of the last finished epoch
-    train_state.pt                optimizer state and counters (weights_only load)
+    train_state.safetensors       optimizer state and counters (safetensors + JSON)
     metrics.json                  per epoch: held-out NLL (nats / latent dim), reward MSE,
                                   done accuracy, recall, precision and skill, train
                                   seconds, skipped batches
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
     CheckpointError,
     file_digest,
@@ -32,11 +32,17 @@ from worldmodels.checkpoint import (
     write_json_atomic,
 )
 from worldmodels.config import ConfigError, ExperimentConfig
-from worldmodels.datasets import SequenceDataset, read_latents, split_episodes, usable_shards
+from worldmodels.datasets import (
+    SequenceDataset,
+    ShardLoader,
+    read_latents,
+    split_episodes,
+    usable_shards,
+)
 from worldmodels.memory import MEMORY_KINDS, Memory, done_metrics
 from worldmodels.monitoring import summary_writer
 from worldmodels.run_dir import MemoryFiles, RunDir
-from worldmodels.shards import ShardError, list_shards, read_meta, shard_length
+from worldmodels.shards import ShardError, ShardSpec, list_shards, read_meta, shard_length
 
 
 @dataclass
@@ -57,15 +63,31 @@ def latent_split(cfg: ExperimentConfig, run: RunDir, check_digest: bool = True,
     """(train, held-out, corrupt shards skipped): the run's latent shards split by
     episode exactly as V's frames were."""
     directory = run.latents
+    paths = list_shards(directory)
+    spec = ShardSpec(z_dim=cfg.vae.z_dim, action_space=run_action_space(run, paths))
     shards, skipped = usable_shards(
-        list_shards(directory), lambda p: read_latents(p, cfg.vae.z_dim), cfg.data.skip_corrupt,
-        run.skipped_shards_file, "latents")
+        paths, lambda p: read_latents(p, cfg.vae.z_dim), cfg.data.skip_corrupt,
+        run.skipped_shards_file, "latents", spec)
     if len(shards) < 2:
         raise ShardError(f"{directory}: {len(shards)} usable latent shard(s); "
                          "run encode.py first")
     if check_digest:
         check_latents_current(run, shards)
     return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed), skipped)
+
+
+def run_action_space(run: RunDir, paths: list[Path]) -> dict[str, Any] | None:
+    """The action space every latent shard must have: as the run's M recorded it, else
+    as the first shard's meta says (None if neither can be read: each shard is then
+    checked against its own meta)."""
+    if run.memory.model.exists():
+        space = run.memory_meta().get("action_space")
+        if space:
+            return space
+    try:
+        return read_meta(paths[0]).get("action_space") if paths else None
+    except ShardError:
+        return None
 
 
 def check_latents_current(run: RunDir, shards: list[Path]) -> None:
@@ -164,12 +186,13 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     start_epoch, _ = resume_training(files.model, files.state, model, optimizer,
                                      expect=model.config())
     if out_dir is None:
-        run.write_config(cfg)  # inputs accepted
-    files.dir.mkdir(parents=True, exist_ok=True)
+        run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
+    else:
+        check_writable(files.dir)
 
     dataset = SequenceDataset(train_paths, m.seq_len, m.batch_size, m.shuffle_buffer, seed=seed,
                               z_dim=cfg.vae.z_dim)
-    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers)
+    loader = ShardLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers)
     lengths = {p: shard_length(p) for p in train_paths}  # read once, replayed every epoch
     writer = summary_writer(run.tensorboard("memory") if out_dir is None
                             else files.dir.parent / "tensorboard" / files.dir.name)
@@ -215,6 +238,11 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                 for k, v in losses.items():
                     writer.add_scalar(f"m/{k}", v.item(), step)
                 bar.set_postfix(nll=f"{losses['nll'].item():.3f}")
+        if skipped and not ran:  # nothing learnt: an error, not a model
+            raise ConfigError(
+                f"{files.dir}: every batch of M's epoch {epoch + 1} was non-finite and "
+                f"skipped ({skipped}, memory.nonfinite=skip), so no model is saved; "
+                "lower memory.lr or change the model (memory.*)")
         seconds = time.perf_counter() - started
         held = evaluate_memory(model, holdout_paths, cfg, device)
         for k, v in held.items():

@@ -50,7 +50,7 @@ def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list
     for name in variants:  # refuse an unknown variant or a bad variant config up front
         variant_config(cfg, name)
     latent_split(cfg, run)  # the run has usable latents of its V
-    run.write_config(cfg)  # inputs accepted
+    run.write_config(cfg, outputs=(run.memory_compare_dir,))  # inputs accepted
     rows = []
     for name in variants:
         vcfg = variant_config(cfg, name)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import imageio.v3 as iio
 import numpy as np
+
+from worldmodels.atomic import write_atomic, write_bytes_atomic
 
 
 def frame_grid(*rows: np.ndarray, scale: int = 2, gap: int = 2) -> np.ndarray:
@@ -36,11 +37,7 @@ def recon_grid(top: np.ndarray, bottom: np.ndarray, scale: int = 2, gap: int = 2
 
 def save_png(path: Path, image: np.ndarray) -> None:
     """Write a PNG atomically (temp name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    iio.imwrite(tmp, image, extension=".png")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, iio.imwrite("<bytes>", image, extension=".png"))
 
 
 def plot_curves(path: Path, series: dict[str, tuple[list[float], list[float]]], title: str,
@@ -69,9 +66,7 @@ def plot_curves(path: Path, series: dict[str, tuple[list[float], list[float]]], 
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_atomic(path, lambda fh: fig.savefig(fh, format="png"))
+    finally:
+        plt.close(fig)

@@ -31,6 +31,7 @@ import yaml
 
 # the package's memory models: importing them registers them (memory.kind, checkpoints)
 from worldmodels import frmdn, gru_mdn  # noqa: F401
+from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
     CheckpointError,
     load_model,
@@ -46,6 +47,7 @@ from worldmodels.config import (
     exit_on_help_config,
     load_config,
     read_yaml,
+    resolve_config_path,
     to_dict,
 )
 from worldmodels.controller import FlatPolicy, build_controller
@@ -71,7 +73,8 @@ class VAEFiles:
 
     @classmethod
     def at(cls, d: Path) -> VAEFiles:
-        return cls(d, d / "model.safetensors", d / "train_state.pt", d / "mean_frame.npy",
+        return cls(d, d / "model.safetensors", d / "train_state.safetensors",
+                   d / "mean_frame.npy",
                    d / "recon.png", d / "metrics.json")
 
 
@@ -87,7 +90,8 @@ class MemoryFiles:
         """The files of an M trained into ``d`` (a run's ``memory/``, or a variant's
         directory under ``memory_compare/``)."""
         d = Path(d)
-        return cls(d, d / "model.safetensors", d / "train_state.pt", d / "metrics.json")
+        return cls(d, d / "model.safetensors", d / "train_state.safetensors",
+                   d / "metrics.json")
 
 
 @dataclass(frozen=True)
@@ -124,11 +128,21 @@ class RunDir:
         self.path = Path(path).expanduser().absolute()
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path}: a run directory, but this is a file")
+        for parent in self.path.parents:  # a file where a directory of the path belongs
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ConfigError(f"{parent}: a file, so the run directory {self.path} "
+                                      "cannot be made under it")
+                break
 
     @classmethod
     def for_config(cls, cfg: ExperimentConfig) -> RunDir:
         """The default directory of a run: ``<root>/<env slug>/<name>``."""
-        return cls(Path(cfg.root) / env_slug(cfg.env.id) / (cfg.name or "paper"))
+        root = Path(cfg.root).expanduser()
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"config key 'root' is {cfg.root!r}, a file: root must be a "
+                              "directory (that holds run directories)")
+        return cls(root / env_slug(cfg.env.id) / (cfg.name or "paper"))
 
     def __repr__(self) -> str:
         return f"RunDir('{self.path}')"
@@ -226,14 +240,18 @@ class RunDir:
                     f"({saved.get(fixed[0])!r}); only {allowed} can change")
         return cfg
 
-    def write_config(self, cfg: ExperimentConfig) -> None:
+    def write_config(self, cfg: ExperimentConfig, outputs: tuple[Path, ...] = ()) -> None:
         """Save ``cfg`` as the run's ``config.yaml``, once a command has accepted it.
 
+        First the run's directory and the stage's ``outputs`` (directories) are made
+        and a probe file written in each: a read-only place or a full disk stops the
+        command here, before any work (:func:`worldmodels.atomic.check_writable`).
         If a different config is there, the changed keys are printed (a rerun with,
         say, more epochs is a normal way to continue a run) and the old file becomes
         ``config.prev.yaml``.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        for directory in (self.path, *outputs):
+            check_writable(directory)
         text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
         if self.config_file.exists():
             old_text = self.config_file.read_text()
@@ -352,7 +370,8 @@ def is_run_config(config: str) -> bool:
     """Is ``config`` the path of a run's resolved ``config.yaml`` (a file holding the
     whole config, not ``defaults:`` and ``presets:``)?"""
     path = Path(config)
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
-        return False
+    if not path.is_file() or (path.suffix not in (".yaml", ".yml")
+                              and resolve_config_path(config) != path):
+        return False  # not a file, or the name of a preset that a file in the way shadows
     data = read_yaml(path)
     return isinstance(data, dict) and bool(data) and not {"defaults", "presets"} & set(data)

@@ -12,14 +12,14 @@ A rollout shard holds::
 A latent shard (written by ``encode``) holds the same ``action``/``reward``/... with
 ``mu`` and ``logvar`` float32 (T+1, z) in place of ``obs``.
 
-Shards are written to a hidden temporary name in the same directory, flushed to disk,
-then renamed: a reader (or a rerun after SIGKILL) never sees a partial file.
+Shards are written by :func:`worldmodels.atomic.write_atomic` (a hidden temporary name
+in the same directory, flushed to disk, then renamed): a reader (or a rerun after
+SIGKILL) never sees a partial file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -30,10 +30,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from worldmodels.atomic import TMP_SUFFIX, write_atomic
 from worldmodels.errors import InputError
 
 SHARD_GLOB = "ep_*.npz"
-TMP_SUFFIX = ".partial"
 
 
 class ShardError(InputError, ValueError):
@@ -73,25 +73,18 @@ def write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray], compress_leve
     ``np.savez_compressed`` fixes zlib at level 6; level 1 writes several times faster
     for frames at nearly the same size, which keeps collection workers env-bound.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
     compression = zipfile.ZIP_DEFLATED if compress_level > 0 else zipfile.ZIP_STORED
-    try:
-        with open(tmp, "wb") as raw:
-            with zipfile.ZipFile(
-                raw, "w", compression=compression,
-                compresslevel=compress_level if compress_level > 0 else None,
-            ) as zf:
-                for key, value in arrays.items():
-                    with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def write(raw) -> None:
+        with zipfile.ZipFile(
+            raw, "w", compression=compression,
+            compresslevel=compress_level if compress_level > 0 else None,
+        ) as zf:
+            for key, value in arrays.items():
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+
+    write_atomic(path, write)
 
 
 def read_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
@@ -181,6 +174,92 @@ class RolloutShard:
         )
         shard.validate(str(path))
         return shard
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What a run fixes about its shards: the frame size (``env.frame_size``), the
+    latent size (``vae.z_dim``) and the action space (:func:`describe_action_space`;
+    None: each shard's own, from its meta)."""
+
+    frame_size: int | None = None
+    z_dim: int | None = None
+    action_space: dict[str, Any] | None = None
+
+
+def array_headers(path: Path, keys: tuple[str, ...]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of arrays of an ``.npz``, read from each member's ``.npy`` header
+    alone: cheap however large the arrays (nothing past the header is decompressed)."""
+    path = Path(path)
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            missing = [k for k in keys if f"{k}.npy" not in names]
+            if missing:
+                raise ShardError(f"{path}: missing array(s) {missing}")
+            for key in keys:
+                with zf.open(f"{key}.npy") as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(fh)
+                if dtype.hasobject:
+                    raise ShardError(f"{path}: '{key}' holds Python objects (a pickle); refused")
+                out[key] = (tuple(shape), dtype)
+    except ShardError:
+        raise
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
+        raise ShardError(f"{path}: unreadable shard ({type(err).__name__}: {err})") from err
+    return out
+
+
+def _action_layout(space: dict[str, Any]) -> tuple[tuple[int, ...], type]:
+    """(shape of one action, dtype) that an action space's shard arrays have."""
+    if space.get("type") == "discrete":
+        return (), np.int64
+    return tuple(int(n) for n in space.get("shape", ())), np.float32
+
+
+def check_shard(path: Path, kind: str, spec: ShardSpec) -> None:
+    """Check a ``rollouts`` or ``latents`` shard's arrays against what the run fixes
+    (``spec``), from their headers: a shard of another frame size, latent size or
+    action width is a :class:`ShardError` naming the file and the array."""
+    path = Path(path)
+    image = ("obs",) if kind == "rollouts" else ("mu", "logvar")
+    arrays = array_headers(path, (*image, "action", "reward"))
+    if len(arrays["reward"][0]) != 1:
+        raise ShardError(f"{path}: 'reward' has shape {arrays['reward'][0]}, expected (T,)")
+    T = arrays["reward"][0][0]
+    if kind == "rollouts":
+        F = spec.frame_size
+        shape, dtype = arrays["obs"]
+        want = (T + 1, F, F, 3) if F else None
+        if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3 or shape[0] != T + 1 \
+                or (want and shape != want):
+            expected = f"uint8 {want}" if want else f"uint8 ({T + 1}, H, W, 3)"
+            why = f" (env.frame_size={F})" if F else ""
+            raise ShardError(f"{path}: 'obs' is {dtype} {shape}, expected {expected}{why}")
+    else:
+        for key in image:
+            shape, dtype = arrays[key]
+            z = spec.z_dim
+            if dtype != np.float32 or len(shape) != 2 or shape[0] != T + 1:
+                raise ShardError(f"{path}: '{key}' is {dtype} {shape}, expected float32 "
+                                 f"({T + 1}, z)")
+            if z and shape[1] != z:
+                raise ShardError(f"{path}: latents have z = {shape[1]}, but the config's "
+                                 f"vae.z_dim is {z} ('{key}' is {shape})")
+    space = spec.action_space or read_meta(path).get("action_space")
+    if space:
+        tail, dtype = _action_layout(space)
+        shape, got = arrays["action"]
+        if shape != (T, *tail) or got != dtype:
+            raise ShardError(f"{path}: 'action' is {got} {shape}, but the run's action space "
+                             f"({space.get('type')} {space.get('shape', space.get('n'))}) "
+                             f"needs {np.dtype(dtype)} {(T, *tail)}")
 
 
 def _read_meta(value: np.ndarray, path: Path) -> dict[str, Any]:

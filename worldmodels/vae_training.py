@@ -3,7 +3,7 @@
 Files under ``<run>/vae/``::
 
     model.safetensors (+ .json)   weights of the last finished epoch
-    train_state.pt                optimizer state and counters (weights_only load)
+    train_state.safetensors       optimizer state and counters (safetensors + JSON)
     mean_frame.npy                the mean training frame (the MSE baseline)
     recon.png                     held-out frames (top) over their reconstructions (bottom)
     metrics.json                  per-epoch held-out MSE, baseline MSE, wall time
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from worldmodels.checkpoint import (
+    CheckpointError,
     read_json,
     resume_training,
     save_model,
@@ -32,6 +32,7 @@ from worldmodels.checkpoint import (
 from worldmodels.config import ExperimentConfig
 from worldmodels.datasets import (
     FrameDataset,
+    ShardLoader,
     count_frames,
     mean_frame,
     split_episodes,
@@ -40,7 +41,7 @@ from worldmodels.datasets import (
 from worldmodels.monitoring import peak_rss_mib, summary_writer
 from worldmodels.pictures import recon_grid, save_png
 from worldmodels.run_dir import RunDir
-from worldmodels.shards import RolloutShard, ShardError, list_shards, load_frames
+from worldmodels.shards import RolloutShard, ShardError, ShardSpec, list_shards, load_frames
 from worldmodels.vae import ConvVAE, to_float_frames, vae_loss
 
 
@@ -65,7 +66,8 @@ def rollout_split(cfg: ExperimentConfig, run: RunDir) -> tuple[list[Path], list[
     """(train, held-out, corrupt shards skipped): split by episode name, fixed by the seed."""
     directory = run.rollouts
     shards, skipped = usable_shards(list_shards(directory), RolloutShard.load,
-                                    cfg.data.skip_corrupt, run.skipped_shards_file, "rollouts")
+                                    cfg.data.skip_corrupt, run.skipped_shards_file, "rollouts",
+                                    ShardSpec(frame_size=cfg.env.frame_size))
     if len(shards) < 2:
         raise ShardError(
             f"{directory}: {len(shards)} usable shard(s); training V needs at least 2 "
@@ -125,12 +127,10 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
     optimizer = torch.optim.Adam(model.parameters(), lr=v.lr)
     start_epoch, state = resume_training(files.model, files.state, model, optimizer,
                                          expect={"z_dim": cfg.vae.z_dim})
-    run.write_config(cfg)  # inputs accepted
-    files.dir.mkdir(parents=True, exist_ok=True)
+    mean = read_mean_frame(files.mean, cfg.env.frame_size) if files.mean.exists() else None
+    run.write_config(cfg, outputs=(files.dir, run.tensorboard("vae")))  # inputs accepted
 
-    if files.mean.exists():
-        mean = np.load(files.mean, allow_pickle=False)
-    else:
+    if mean is None:
         mean = mean_frame(train_paths)
         write_bytes_atomic(files.mean, _npy_bytes(mean))
 
@@ -138,7 +138,7 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
     frames_per_epoch = min(frames_total, v.max_frames_per_epoch or frames_total)
     dataset = FrameDataset(train_paths, v.batch_size, cfg.data.shuffle_buffer, seed=cfg.seed,
                            max_frames=v.max_frames_per_epoch)
-    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers,
+    loader = ShardLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers,
                         persistent_workers=False)
     writer = summary_writer(run.tensorboard("vae"))
     metrics = [m for m in read_json(files.metrics, []) if m["epoch"] <= start_epoch]
@@ -211,6 +211,23 @@ def save_grid(model: ConvVAE, holdout_paths: list[Path], count: int, path: Path,
     mu, _ = model.encode(torch.from_numpy(frames).to(device))
     recon = (model.decode(mu).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     save_png(path, recon_grid(frames, recon))
+
+
+def read_mean_frame(path: Path, frame_size: int) -> np.ndarray:
+    """The saved mean training frame, float (F, F, 3) in [0, 1]; an empty, corrupt or
+    pickled file, or one of another shape, is a :class:`CheckpointError` naming it."""
+    try:
+        mean = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise CheckpointError(f"{path}: unreadable mean frame ({type(err).__name__}: {err}); "
+                              "delete it and train_vae.py recomputes it") from None
+    shape = (frame_size, frame_size, 3)
+    if not isinstance(mean, np.ndarray) or mean.shape != shape \
+            or mean.dtype.kind != "f" or not np.isfinite(mean).all():
+        raise CheckpointError(f"{path}: the mean frame is {getattr(mean, 'dtype', '?')} "
+                              f"{getattr(mean, 'shape', '?')}, expected finite floats {shape}; "
+                              "delete it and train_vae.py recomputes it")
+    return mean
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

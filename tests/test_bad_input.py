@@ -1,0 +1,501 @@
+"""Bad input at every entry point: a wrong value, file or disk gives exit status 2 and one
+line naming the key or file, and no file of the run changes (issue 17).
+
+One tiny trained run is built for the module. A case may plant a bad file in it (the
+bad input); the run is hashed after planting and again after the command, then
+restored. Cases that must change the run (a full disk midway, an all-skipped epoch)
+work on a copy and check what matters there: the files already written are intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import shutil
+import zipfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import collect as collect_script
+import compare_memory as compare_script
+import dream as dream_script
+import encode as encode_script
+import evaluate as evaluate_script
+import run as run_script
+import train_controller as controller_script
+import train_frmdn as frmdn_script
+import train_vae as vae_script
+import worldmodels.atomic
+from tests.conftest import PicklePayload
+from tests.test_run_dir import run_files, trained_run
+from worldmodels.checkpoint import CheckpointError, load_state, save_state
+from worldmodels.errors import run_cli
+from worldmodels.shards import read_npz, write_npz_atomic
+
+ENTRY_POINTS = {"collect": collect_script, "train_vae": vae_script, "encode": encode_script,
+                "train_frmdn": frmdn_script, "train_controller": controller_script,
+                "evaluate": evaluate_script, "dream": dream_script,
+                "compare_memory": compare_script, "run": run_script}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return trained_run(tmp_path_factory.mktemp("bad_input"), "CarRacing-v3")
+
+
+def refused(script, argv: list[str], capsys, worked: bool = False) -> str:
+    """Run the entry point as its console command does; its one stderr line. ``worked``:
+    the command started work before the error (progress bars and the config-change
+    notice come first; the error is still one line, the last, with no traceback)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_cli(script.main, argv)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2, err
+    if worked:
+        assert "Traceback" not in err, err
+        err = err.splitlines()[-1]
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    return err
+
+
+# --------------------------------------------------------------------------- planting
+
+
+def _rewrite_npz(path: Path, **changes: np.ndarray) -> None:
+    arrays = read_npz(path)
+    arrays.update(changes)
+    write_npz_atomic(path, arrays)
+
+
+def plant_bytes(rel: str, data: bytes) -> Callable[[Path], None]:
+    return lambda run: (run / rel).write_bytes(data)
+
+
+def big_frames(run: Path) -> None:
+    """A rollout shard of 96x96 frames (the env's raw size, not env.frame_size)."""
+    path = run / "rollouts" / "ep_000001.npz"
+    obs = read_npz(path, ("obs",))["obs"]
+    _rewrite_npz(path, obs=np.zeros((len(obs), 96, 96, 3), np.uint8))
+
+
+def narrow_actions(run: Path) -> None:
+    """A latent shard with 2 action columns where the run's action space has 3."""
+    path = run / "latents" / "ep_000001.npz"
+    action = read_npz(path, ("action",))["action"]
+    _rewrite_npz(path, action=np.ascontiguousarray(action[:, :2]))
+
+
+def other_z(run: Path) -> None:
+    path = run / "latents" / "ep_000001.npz"
+    data = read_npz(path, ("mu", "logvar"))
+    _rewrite_npz(path, mu=np.zeros((len(data["mu"]), 5), np.float32),
+                 logvar=np.zeros((len(data["mu"]), 5), np.float32))
+
+
+def truncated(rel: str) -> Callable[[Path], None]:
+    def plant(run: Path) -> None:
+        data = (run / rel).read_bytes()
+        (run / rel).write_bytes(data[: len(data) // 2])
+    return plant
+
+
+def pickled_mean_frame(run: Path) -> None:
+    np.save(run / "vae" / "mean_frame.npy",
+            np.array([PicklePayload(run.parent / "pickle_was_executed")], dtype=object),
+            allow_pickle=True)
+
+
+def small_mean_frame(run: Path) -> None:
+    np.save(run / "vae" / "mean_frame.npy", np.zeros((32, 32, 3)))
+
+
+def sb3_policy(weights: bytes, meta: str) -> Callable[[Path], None]:
+    def plant(run: Path) -> None:
+        (run / "controller" / "sb3_ppo_dream.safetensors").write_bytes(weights)
+        (run / "controller" / "sb3_ppo_dream.json").write_text(meta)
+    return plant
+
+
+SB3_META = json.dumps({"algo": "ppo", "kwargs": {}, "timesteps": 64, "seed": 0,
+                       "environment": "dream"})
+
+
+def history_with(settings: str) -> Callable[[Path], None]:
+    def plant(run: Path) -> None:
+        path = run / "controller" / "cmaes_history.npz"
+        _rewrite_npz(path, settings=np.array(settings))
+    return plant
+
+
+def memory_as_vae(run: Path) -> None:
+    for suffix in ("", ".json"):
+        shutil.copy(run / "memory" / f"model.safetensors{suffix}",
+                    run / "vae" / f"model.safetensors{suffix}")
+
+
+def pickled_state(run: Path) -> None:
+    torch.save({"epoch": 1, "evil": PicklePayload(run.parent / "pickle_was_executed")},
+               run / "vae" / "train_state.safetensors", pickle_module=pickle)
+
+
+def config_text(text: str) -> Callable[[Path], None]:
+    return lambda run: (run / "config.yaml").write_text(text)
+
+
+INVALID_YAML = "seed: [0\nvae: {z_dim: 4\n"
+PYTHON_TAG = "seed: !!python/object/apply:os.system ['touch /tmp/yaml_tag_ran']\n"
+
+
+@contextmanager
+def kept(run: Path, plant: Callable[[Path], None] | None):
+    """Plant the bad input; afterwards put every file of the run back as it was."""
+    backup = run.parent / (run.name + ".backup")
+    shutil.copytree(run, backup)
+    try:
+        if plant is not None:
+            plant(run)
+        yield
+    finally:
+        shutil.rmtree(run)
+        shutil.move(backup, run)
+
+
+# --------------------------------------------------------------------------- the cases
+
+
+@dataclass
+class Case:
+    script: str
+    args: list[str]
+    names: str  # what the one line must name (a key, a file, an option)
+    plant: Callable[[Path], None] | None = None
+    read_only: bool = False  # the run's directory cannot be written
+    by_run: bool = True  # pass --run <run>
+    extra: dict = field(default_factory=dict)
+
+
+CASES = {
+    # class 1 and 2: values, checked before any work
+    "vae.epochs=-1": Case("train_vae", ["vae.epochs=-1"], "vae.epochs"),
+    "vae.epochs=true": Case("train_vae", ["vae.epochs=true"], "vae.epochs"),
+    "memory.hidden=0": Case("train_frmdn", ["memory.hidden=0"], "memory.hidden"),
+    "memory.lr=-1": Case("train_frmdn", ["memory.lr=-1"], "memory.lr"),
+    "memory.mixtures=0": Case("train_frmdn", ["memory.mixtures=0", "memory.nonfinite=skip"],
+                              "memory.mixtures"),
+    "controller.sigma0=-1": Case("train_controller", ["controller.sigma0=-1"],
+                                 "controller.sigma0"),
+    "env.max_episode_steps=-5": Case("collect", ["env.max_episode_steps=-5"],
+                                     "env.max_episode_steps"),
+    "seed beyond 64 bits": Case("encode", [f"seed={2**70}"], "seed"),
+    "device=bogus": Case("train_vae", ["device=bogus"], "device"),
+    "choice not offered": Case("collect", ["memory.precision=bogus"], "memory.precision"),
+    "unknown key": Case("dream", ["bogus.key=1"], "bogus"),
+    "override without =": Case("train_vae", ["vae.epochs"], "vae.epochs"),
+    "env.crop_bottom = frame height": Case("collect", ["env.crop_bottom=96"],
+                                           "env.crop_bottom"),
+    "env.crop_bottom > frame height": Case("collect", ["env.crop_bottom=100"],
+                                           "env.crop_bottom"),
+    "env.kwargs unknown keyword": Case("collect", ["env.kwargs={bogus_option: 1}"],
+                                       "bogus_option"),
+    "evaluate --episodes 0": Case("evaluate", ["--episodes", "0"], "--episodes"),
+    "evaluate --episodes x": Case("evaluate", ["--episodes", "x"], "--episodes"),
+    "dream --policy bogus": Case("dream", ["--policy", "bogus"], "--policy"),
+    "compare_memory --seeds a,b": Case("compare_memory", ["--seeds", "a,b"], "--seeds"),
+    "unknown preset": Case("train_vae", ["--config", "carracing", "--preset", "nope"], "nope",
+                           by_run=False),
+    # class 3: files of the right format with the wrong content
+    "96x96 rollout shard (train_vae)": Case("train_vae", [], "ep_000001.npz", big_frames),
+    "96x96 rollout shard (encode)": Case("encode", [], "ep_000001.npz", big_frames),
+    "latent shard, other action width": Case("train_frmdn", [], "ep_000001.npz",
+                                             narrow_actions),
+    "latent shard, other z size": Case("train_frmdn", [], "ep_000001.npz", other_z),
+    "truncated rollout shard": Case("train_vae", [], "ep_000002.npz",
+                                    truncated("rollouts/ep_000002.npz")),
+    "garbage latent shard": Case("train_frmdn", [], "ep_000000.npz",
+                                 plant_bytes("latents/ep_000000.npz", b"not a zip")),
+    "corrupt mean_frame.npy": Case("train_vae", [], "mean_frame.npy",
+                                   plant_bytes("vae/mean_frame.npy", b"\x93NUMPY garbage")),
+    "empty mean_frame.npy": Case("train_vae", [], "mean_frame.npy",
+                                 plant_bytes("vae/mean_frame.npy", b"")),
+    "pickled mean_frame.npy": Case("train_vae", [], "mean_frame.npy", pickled_mean_frame),
+    "mean_frame.npy of another size": Case("train_vae", [], "mean_frame.npy", small_mean_frame),
+    "zero-byte SB3 policy": Case("evaluate", ["--policy", "ppo"], "sb3_ppo_dream.safetensors",
+                                 sb3_policy(b"", SB3_META)),
+    "corrupt SB3 policy description": Case("evaluate", ["--policy", "ppo"], "sb3_ppo_dream.json",
+                                           sb3_policy(b"", "{not json")),
+    "corrupt CMA-ES history": Case("train_controller", [], "cmaes_history.npz",
+                                   plant_bytes("controller/cmaes_history.npz", b"PK junk")),
+    "CMA-ES history, settings not JSON": Case("train_controller", [], "cmaes_history.npz",
+                                              history_with("{oops")),
+    "CMA-ES history from other settings": Case("train_controller", ["controller.sigma0=0.2"],
+                                               "sigma0"),
+    "M checkpoint where V belongs": Case("evaluate", ["--episodes", "1"], "vae/model.safetensors",
+                                         memory_as_vae),
+    "pickled training state": Case("train_vae", [], "train_state.safetensors", pickled_state),
+    "corrupt M training state": Case("train_frmdn", [], "train_state.safetensors",
+                                     plant_bytes("memory/train_state.safetensors", b"\0" * 9)),
+    # class 5: paths the OS refuses (the run directory read-only: see read_only_open)
+    "--config names a directory": Case("train_vae", ["--config", "{tmp}"], "{tmp}",
+                                       by_run=False),
+    "--config names a run directory": Case("evaluate", ["--config", "{run}"], "--run",
+                                           by_run=False),
+    "--config file without .yaml, not YAML": Case(
+        "train_vae", ["--config", "{tmp}/settings"], "settings", by_run=False,
+        extra={"settings": "defaults: [unclosed\n"}),
+    "root= a file": Case("collect", ["--config", "carracing", "--preset", "quick",
+                                     "root={tmp}/a_file"], "root", by_run=False,
+                         extra={"a_file": "not a directory\n"}),
+    **{f"read-only run ({name})": Case(name, args, "permission denied", read_only=True)
+       for name, args in [("collect", ["collect.episodes=4", "collect.engine=serial"]),
+                          ("train_vae", []), ("encode", []), ("train_frmdn", []),
+                          ("train_controller", []),
+                          ("evaluate", ["--episodes", "1", "controller.engine=serial"]),
+                          ("dream", ["--dream-only", "--steps", "2"])]},
+    # class 4: the run's config.yaml itself
+    **{f"invalid YAML config.yaml ({name})": Case(name, [], "config.yaml",
+                                                  config_text(INVALID_YAML))
+       for name in ENTRY_POINTS},
+    **{f"!!python tag in config.yaml ({name})": Case(name, [], "config.yaml",
+                                                     config_text(PYTHON_TAG))
+       for name in ENTRY_POINTS},
+}
+
+
+def test_at_least_forty_distinct_bad_inputs():
+    assert len(CASES) >= 40
+    assert {c.script for c in CASES.values()} == set(ENTRY_POINTS)
+
+
+@contextmanager
+def read_only_open(run: Path, monkeypatch):
+    """The run directory refuses writes, as a read-only mount or another owner's run does
+    (the tests run as root, whom chmod does not stop): opening a file there for writing
+    raises EACCES, as the OS would."""
+    real_open = open
+
+    def guarded(file, mode="r", *args, **kwargs):
+        if any(m in mode for m in "wax+") and Path(file).is_relative_to(run):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(worldmodels.atomic, "open", guarded, raising=False)
+    yield
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_naming_it_and_changes_nothing(run_dir, tmp_path, capsys,
+                                                             monkeypatch, name):
+    case = CASES[name]
+    for file, text in case.extra.items():
+        (tmp_path / file).write_text(text)
+    marker = run_dir.parent / "pickle_was_executed"
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(run_dir))
+            for a in case.args]
+    if case.by_run:
+        args = ["--run", str(run_dir), *args]
+    names = case.names.replace("{tmp}", str(tmp_path)).replace("{run}", str(run_dir))
+    monkeypatch.chdir(tmp_path)  # a run at a config's default place lands here
+    with kept(run_dir, case.plant):
+        before = run_files(run_dir)
+        if case.read_only:
+            with read_only_open(run_dir, monkeypatch):
+                err = refused(ENTRY_POINTS[case.script], args, capsys)
+        else:
+            err = refused(ENTRY_POINTS[case.script], args, capsys)
+        assert names in err
+        assert run_files(run_dir) == before
+        assert not marker.exists(), "a planted pickle was executed"
+    assert not Path("/tmp/yaml_tag_ran").exists()
+    assert not (tmp_path / "runs").exists()  # nothing made at a default place either
+
+
+# --------------------------------------------------------------------------- the disk
+
+
+def enospc_on(monkeypatch, name: str) -> None:
+    """The disk is full when the file ``name`` is renamed into place."""
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(worldmodels.atomic.os, "replace", replace)
+
+
+@pytest.fixture
+def run_copy(run_dir, tmp_path) -> Path:
+    copy = tmp_path / "copy" / "tiny"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def test_disk_full_during_collect_names_the_shard_and_keeps_the_others(run_copy, capsys,
+                                                                       monkeypatch):
+    shards = run_files(run_copy / "rollouts")
+    enospc_on(monkeypatch, "ep_000003.npz")
+    err = refused(collect_script, ["--run", str(run_copy), "collect.episodes=5",
+                                   "collect.engine=serial"], capsys, worked=True)
+    assert "ep_000003.npz" in err and "no space left on device" in err
+    left = run_files(run_copy / "rollouts")
+    assert left == shards  # the shards already written are intact; no partial file
+    monkeypatch.undo()
+    collect_script.main(["--run", str(run_copy), "collect.episodes=5", "collect.engine=serial"])
+    assert len(run_files(run_copy / "rollouts")) == 5
+
+
+def test_disk_full_while_saving_training_state_then_rerun_resumes(run_copy, capsys,
+                                                                  monkeypatch):
+    state = (run_copy / "vae" / "train_state.safetensors").read_bytes()
+    enospc_on(monkeypatch, "train_state.safetensors")
+    err = refused(vae_script, ["--run", str(run_copy), "vae.epochs=2"], capsys, worked=True)
+    assert "train_state.safetensors" in err and "no space left on device" in err
+    assert (run_copy / "vae" / "train_state.safetensors").read_bytes() == state  # intact
+    assert not list(run_copy.rglob("*.partial"))
+    monkeypatch.undo()
+    report = vae_script.main(["--run", str(run_copy), "vae.epochs=3"])
+    assert report["epochs_done"] == 3
+    assert load_state(run_copy / "vae" / "train_state.safetensors")["epoch"] == 3
+
+
+def test_an_os_refusal_outside_the_atomic_write_is_one_line_and_a_bug_is_not(capsys):
+    def full(_argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/x.bin")
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(full, [])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: /data/x.bin: no space left on device"
+
+    def missing(_argv):  # a path the code got wrong: a bug, kept with its traceback
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/nowhere")
+
+    with pytest.raises(FileNotFoundError):
+        run_cli(missing, [])
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_every_batch_skipped_is_an_error_not_a_model(run_copy, capsys, monkeypatch):
+    import worldmodels.frmdn as frmdn
+
+    shutil.rmtree(run_copy / "memory")
+    real_loss = frmdn.FRMDN.loss
+
+    def nan_loss(self, *args, **kwargs):
+        losses = real_loss(self, *args, **kwargs)
+        return {**losses, "loss": losses["loss"] * float("nan")}
+
+    monkeypatch.setattr(frmdn.FRMDN, "loss", nan_loss)
+    err = refused(frmdn_script, ["--run", str(run_copy), "memory.nonfinite=skip"], capsys,
+                  worked=True)
+    assert "every batch" in err and "memory.nonfinite=skip" in err
+    assert not (run_copy / "memory" / "model.safetensors").exists()
+
+
+def corrupt_member_tail(path: Path, member: str) -> None:
+    """Flip bytes near the end of one member's compressed data: its header still reads,
+    its data does not (as a disk error or a torn copy leaves it)."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+    data = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    end = start + info.compress_size
+    for i in range(max(start + 200, end - 64), end - 8):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_shard_error_in_a_dataloader_worker_is_one_line(run_copy, capsys, workers):
+    for path in (run_copy / "rollouts").glob("ep_*.npz"):
+        corrupt_member_tail(path, "obs.npy")
+    weights = (run_copy / "vae" / "model.safetensors").read_bytes()
+    err = refused(vae_script, ["--run", str(run_copy), "vae.epochs=2",
+                               f"data.loader_workers={workers}"], capsys, worked=True)
+    assert "ep_00000" in err and "unreadable shard" in err
+    assert "Traceback" not in err and "Caught" not in err
+    assert (run_copy / "vae" / "model.safetensors").read_bytes() == weights
+
+
+# --------------------------------------------------------------------------- no pickle
+
+
+def test_training_state_round_trips_without_torch_load(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.8, 0.9))
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    state = {"optimizer": optimizer.state_dict(), "epoch": 3, "step": 17}
+    save_state(tmp_path / "s.safetensors", state)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    loaded = load_state(tmp_path / "s.safetensors")
+    assert loaded["epoch"] == 3 and loaded["step"] == 17
+    assert loaded["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
+    for pid, values in state["optimizer"]["state"].items():
+        for key, value in values.items():
+            assert torch.equal(loaded["optimizer"]["state"][pid][key], value)
+    fresh = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fresh.load_state_dict(loaded["optimizer"])  # Adam takes it back
+    assert fresh.param_groups[0]["betas"] == (0.8, 0.9)
+    with pytest.raises(CheckpointError, match="s.safetensors"):
+        (tmp_path / "s.safetensors").write_bytes(b"\x80\x04K\x01.")  # a pickle
+        load_state(tmp_path / "s.safetensors")
+
+
+# --------------------------------------------------------------------------- one write
+
+
+def test_every_file_is_written_through_the_one_atomic_write():
+    """No module writes a file a later stage reads except through worldmodels.atomic
+    (one temporary-name scheme: .<name>.partial, fsync, rename)."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    direct = re.compile(r"os\.replace\(|\.write_text\(|\.write_bytes\(|torch\.save\(|"
+                        r"savez(_compressed)?\(|save_file\(|(?<![\w.])open\([^)]*[\"'][wax]b?[\"']")
+    offenders = []
+    for folder in ("worldmodels", "agents", "envs", "tools", "."):
+        for path in sorted((root / folder).glob("*.py")):
+            if path.name == "atomic.py":
+                continue
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if direct.search(line):
+                    offenders.append(f"{path.relative_to(root)}:{i}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_temporary_name_is_one_scheme(tmp_path, monkeypatch):
+    from worldmodels.checkpoint import save_model, write_json_atomic
+    from worldmodels.config import load_config, save_config
+    from worldmodels.pictures import save_png
+    from worldmodels.vae import ConvVAE
+
+    renamed = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        renamed.append((Path(src).name, Path(dst).name))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(worldmodels.atomic.os, "replace", replace)
+    write_npz_atomic(tmp_path / "ep_000000.npz", {"a": np.zeros(2)})
+    save_model(tmp_path / "v.safetensors", ConvVAE(z_dim=4))
+    save_state(tmp_path / "train_state.safetensors", {"epoch": 1})
+    save_png(tmp_path / "p.png", np.zeros((4, 4, 3), np.uint8))
+    save_config(load_config("carracing"), tmp_path / "config.yaml")
+    write_json_atomic(tmp_path / "m.json", {})
+    assert len(renamed) == 7
+    assert all(src == f".{dst}.partial" for src, dst in renamed)
