@@ -9,7 +9,11 @@ Two comparisons, each on one torch thread in this one process:
   a worker played before: one episode at a time) against N = 8, 16 and 32, on
   CarRacing with the direct renderer (``env.direct_render=true``);
 * SB3 in the dream: ``envs.dream_env.DreamVecEnv`` with N dreams in one batch against
-  ``DreamEnv`` (what ``gymnasium.make("worldmodels/Dream-v0")`` gives), steps/s.
+  ``DreamEnv`` (what ``gymnasium.make("worldmodels/Dream-v0")`` gives), steps/s;
+* with ``--generation P,R``: the wall time of one real-env CMA-ES generation (P
+  candidates x R rollouts, ``--workers`` worker processes, episodes capped at
+  ``--generation-steps``) with batch-1 workers against workers that play
+  ``--generation-batch`` episodes together, on a run directory of these V and M.
 
 V, M and C have the config's default sizes, freshly initialised (a step's cost does not
 depend on the weights' values); every controller episode has its own random
@@ -78,6 +82,46 @@ def dream_rate(env: DreamEnv | DreamVecEnv, steps: int, seed: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def generation_seconds(cfg, vae: ConvVAE, memory, population: int, rollouts: int,
+                       workers: int, batches: list[int], steps: int, rounds: int,
+                       ) -> dict[int, list[float]]:
+    """Seconds per CMA-ES generation (real env, ``workers`` processes) at each batch."""
+    import tempfile
+
+    from agents.cmaes import ProcessEvaluator, generation_seeds
+    from worldmodels.checkpoint import save_model
+    from worldmodels.run_dir import RunDir
+    from worldmodels.shards import describe_action_space
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir(tmp)
+        run.write_config(cfg)
+        save_model(run.vae.model, vae)
+        space = make_env_from_config(cfg.env).action_space
+        save_model(run.memory.model, memory, meta={"done_pos_weight": 1.0,
+                                                   "action_space": describe_action_space(space)})
+        controller = build_controller(cfg.controller,
+                                      memory.feature_size(cfg.controller.use_cell), space)
+        rng = np.random.default_rng(0)
+        candidates = rng.normal(0, 0.5, (population, controller.num_parameters()))
+        evaluators = {b: ProcessEvaluator(run, "process", workers, max_steps=steps, batch=b)
+                      for b in batches}
+        seconds: dict[int, list[float]] = {b: [] for b in batches}
+        try:
+            for evaluator in evaluators.values():  # warm-up: workers load V and M
+                evaluator(candidates[:1], [0])
+            for r in range(rounds):
+                seeds = generation_seeds(0, r, rollouts)
+                for b, evaluator in evaluators.items():
+                    start = time.perf_counter()
+                    evaluator(candidates, seeds)
+                    seconds[b].append(time.perf_counter() - start)
+        finally:
+            for evaluator in evaluators.values():
+                evaluator.close()
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="carracing")
@@ -88,6 +132,11 @@ def main() -> None:
                         help="episodes of N = 1 per round (batched N plays 2 N)")
     parser.add_argument("--sb3-envs", type=int, default=64)
     parser.add_argument("--dream-steps", type=int, default=200)
+    parser.add_argument("--generation", default="", metavar="P,R",
+                        help="also time a real-env CMA-ES generation of P x R episodes")
+    parser.add_argument("--generation-batch", type=int, default=16)
+    parser.add_argument("--generation-steps", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -154,6 +203,20 @@ def main() -> None:
         print(f"| {k} | {v:.0f} | {', '.join(f'{x:.0f}' for x in dream_rates[k])} |")
     names = list(dm)
     print(f"dream VecEnv / Dream-v0: {dm[names[1]] / dm[names[0]]:.1f}x")
+    if args.generation:
+        population, rollouts = (int(x) for x in args.generation.split(","))
+        gen = generation_seconds(cfg, agent.vae, memory, population, rollouts, args.workers,
+                                 [1, args.generation_batch], args.generation_steps,
+                                 args.rounds)
+        print(f"| CMA-ES generation, {population} x {rollouts} episodes of <= "
+              f"{args.generation_steps} steps, {args.workers} workers | seconds (median) "
+              "| rounds |")
+        print("|---|---|---|")
+        for b, v in gen.items():
+            print(f"| batch {b} per worker | {statistics.median(v):.1f} | "
+                  f"{', '.join(f'{x:.1f}' for x in v)} |")
+        g1, gb = (statistics.median(gen[b]) for b in (1, args.generation_batch))
+        print(f"generation time, batched / batch-1: {gb / g1:.2f}")
     best = max(batches, key=lambda n: median[n])
     print(f"best batched N = {best}")
     print(f"speed-up: {median[best] / median[1]:.2f}x")
