@@ -65,7 +65,8 @@ def test_train_memory_learns_and_resumes(mem_cfg, discrete):
 def test_nonfinite_loss_raises_naming_step_or_is_skipped(mem_cfg):
     write_latents(run_of(mem_cfg) / "latents", n=8, nan_in=None)
     train, _ = split_episodes(sorted((run_of(mem_cfg) / "latents").glob("ep_*.npz")),
-                              mem_cfg.data.holdout_fraction, mem_cfg.seed)
+                              mem_cfg.data.holdout_fraction, mem_cfg.seed,
+                              mem_cfg.data.holdout_min_episodes)
     victim = int(train[0].stem.split("_")[1])
     write_latents(run_of(mem_cfg) / "poisoned", n=8, nan_in=victim)
     (run_of(mem_cfg) / "poisoned" / train[0].name).replace(train[0])

@@ -118,6 +118,9 @@ class CollectConfig:
 class DataConfig:
     holdout_fraction: float = _opt(0.05, "Fraction of episodes held out (fixed by the seed).",
                                    gt=0, lt=1)
+    holdout_min_episodes: int = _opt(5, "Hold out at least this many episodes whatever the "
+                                     "fraction (fewer only when there are not enough; a "
+                                     "warning says so).", ge=0)
     shuffle_buffer: int = _opt(20000, "Frames held in memory for shuffling while streaming.",
                                ge=1)
     loader_workers: int = _opt(0, "DataLoader worker processes that read shards.", ge=0)

@@ -65,7 +65,8 @@ def latent_split(cfg: ExperimentConfig, run: RunDir, check_digest: bool = True,
                          "run encode.py first")
     if check_digest:
         check_latents_current(run, shards)
-    return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed), skipped)
+    return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed,
+                              cfg.data.holdout_min_episodes), skipped)
 
 
 def check_latents_current(run: RunDir, shards: list[Path]) -> None:
