@@ -13,7 +13,8 @@ from worldmodels.shards import ShardError, write_npz_atomic
 from worldmodels.vae import ConvVAE
 
 
-def write_latents(directory, n=6, T=40, z=4, discrete=False, nan_in=None, digest=None):
+def write_latents(directory, n=6, T=40, z=4, discrete=False, nan_in=None, digest=None,
+                  logvar=-6.0):
     directory.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         rng = np.random.default_rng(i)
@@ -28,7 +29,7 @@ def write_latents(directory, n=6, T=40, z=4, discrete=False, nan_in=None, digest
                   else rng.uniform(-1, 1, (T, 3)).astype(np.float32))
         meta = {"action_space": space, "vae_digest": digest}
         write_npz_atomic(directory / f"ep_{i:06d}.npz", {
-            "mu": mu, "logvar": np.full((T + 1, z), -6.0, np.float32), "action": action,
+            "mu": mu, "logvar": np.full((T + 1, z), logvar, np.float32), "action": action,
             "reward": rng.normal(size=T).astype(np.float32),
             "terminated": np.eye(1, T, T - 1, dtype=bool)[0], "truncated": np.zeros(T, bool),
             "meta": np.array(json.dumps(meta))})
@@ -153,3 +154,109 @@ def test_epoch_progress_total_is_the_batches_yielded(mem_cfg, monkeypatch):
     assert len(bars) == 3
     assert [bar.n for bar in bars] == [bar.total for bar in bars]
 
+
+
+def _held_out(mem_cfg):
+    import torch
+
+    from worldmodels.frmdn_training import action_info, build_memory, latent_split
+
+    run = RunDir(run_of(mem_cfg))
+    _, held, _ = latent_split(mem_cfg, run)
+    torch.manual_seed(0)
+    return build_memory(mem_cfg, *action_info(held[0])), held
+
+
+def test_averaging_over_draws_reduces_the_spread_and_z_mu_is_deterministic(mem_cfg):
+    """On a fixed model, the K-draw NLL moves less with the draws' base seed than one
+    draw does; z = mu needs no draw."""
+    import torch
+
+    from worldmodels.frmdn_training import evaluate_memory
+
+    write_latents(run_of(mem_cfg) / "latents", n=10, T=30, logvar=-1.0)
+    model, held = _held_out(mem_cfg)
+    device = torch.device("cpu")
+    spread = {}
+    for draws in (1, 8):
+        mem_cfg.memory.eval_draws = draws
+        runs = [evaluate_memory(model, held, mem_cfg, device, draw_seed=100 * s)
+                for s in range(6)]
+        spread[draws] = np.std([r["nll"] for r in runs])
+        assert len({r["nll_mu"] for r in runs}) == 1  # z = mu: the same whatever the seed
+        assert all(np.isfinite(r["nll_se"]) == (draws > 1) for r in runs)
+    assert spread[8] < 0.6 * spread[1]
+    # the standard error says about how far the K-draw average moves
+    assert 0.3 < runs[0]["nll_se"] / spread[8] < 3
+
+
+def test_whole_episode_and_windowed_nll_agree_when_a_window_holds_an_episode(mem_cfg):
+    import torch
+
+    from worldmodels.frmdn_training import (
+        episode_batches,
+        evaluate_memory,
+        score_memory,
+        window_batches,
+    )
+
+    write_latents(run_of(mem_cfg) / "latents", n=10, T=30, logvar=-1.0)
+    model, held = _held_out(mem_cfg)
+    device = torch.device("cpu")
+    mem_cfg.memory.eval_draws = 3
+    mem_cfg.memory.seq_len = 30
+    same = evaluate_memory(model, held, mem_cfg, device)
+    assert same["nll"] == pytest.approx(same["nll_windows"], abs=1e-6)
+    assert same["nll_se"] == pytest.approx(same["nll_windows_se"], abs=1e-6)
+    mem_cfg.memory.seq_len = 50  # longer windows are padded: z = mu scores agree too
+    whole = score_memory(model, episode_batches(held, mem_cfg), mem_cfg, device, None)
+    windows = score_memory(model, window_batches(held, mem_cfg), mem_cfg, device, None)
+    assert whole["nll"] == pytest.approx(windows["nll"], abs=1e-6)
+    mem_cfg.memory.seq_len = 5  # state reset every 5 steps: another figure
+    short = evaluate_memory(model, held, mem_cfg, device)
+    assert short["nll"] == pytest.approx(same["nll"], abs=1e-6)
+    assert abs(short["nll_windows"] - short["nll"]) > 1e-4
+
+
+def test_best_epoch_is_kept_loaded_and_patience_stops(mem_cfg, monkeypatch):
+    """The best held-out epoch's weights are kept beside the last's; later stages load the
+    best; patience stops training and a rerun does not train on; resume is from the last."""
+    from worldmodels import frmdn_training
+    from worldmodels.checkpoint import read_header
+
+    scripted = iter([1.0, 0.8, 0.9, 0.95, 0.97, 0.99, 0.7])
+
+    def fake_evaluate(model, paths, cfg, device, draw_seed=0):
+        nll = next(scripted)
+        return {"nll": nll, "nll_se": 0.01, "nll_mu": nll - 0.1, "nll_windows": nll + 0.1,
+                "nll_windows_se": 0.01}
+
+    monkeypatch.setattr(frmdn_training, "evaluate_memory", fake_evaluate)
+    write_latents(run_of(mem_cfg) / "latents")
+    run = RunDir(run_of(mem_cfg))
+    mem_cfg.memory.epochs = 6
+    mem_cfg.memory.patience = 2
+    report = train_memory(mem_cfg, progress=False)
+    assert (report.epochs_done, report.best_epoch, report.stopped_early) == (4, 2, True)
+    assert report.holdout_nll == 0.8 and report.last_holdout_nll == 0.95
+    assert report.holdout_nll_mu == pytest.approx(0.7)
+    assert read_header(run.memory.best)["meta"]["epoch"] == 2
+    assert read_header(run.memory.model)["meta"]["epoch"] == 4
+    assert run.memory.weights() == run.memory.best
+    assert run.memory.weights("last") == run.memory.model
+    best, last = run.load_memory(), run.load_memory(weights="last")
+    assert any((a != b).any() for a, b in zip(best.state_dict().values(),
+                                              last.state_dict().values(), strict=True))
+    again = train_memory(mem_cfg, progress=False)  # still stopped: nothing more trained
+    assert (again.epochs_done, again.best_epoch) == (4, 2)
+    mem_cfg.memory.patience = 0  # resumed from the last epoch's weights, not the best
+    report = train_memory(mem_cfg, progress=False)
+    epochs = [m["epoch"] for m in json.loads(run.memory.metrics.read_text())]
+    assert epochs == [1, 2, 3, 4, 5, 6] and report.best_epoch == 2
+    # killed between the last weights and the best copy: the copy is made on resume
+    mem_cfg.memory.epochs = 7
+    train_memory(mem_cfg, progress=False)  # epoch 7 scores 0.7, the best
+    run.memory.best.unlink()
+    assert run.memory.weights() == run.memory.model  # an M without best weights
+    report = train_memory(mem_cfg, progress=False)
+    assert report.best_epoch == 7 and read_header(run.memory.best)["meta"]["epoch"] == 7

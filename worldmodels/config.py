@@ -172,6 +172,10 @@ class MemoryConfig:
     lr: float = _opt(1e-3, "Adam learning rate.", gt=0)
     grad_clip: float = _opt(1.0, "Gradient norm clip (0 = off).", ge=0)
     epochs: int = _opt(20, "Epochs over the training episodes.", ge=1)
+    patience: int = _opt(0, "Stop after this many epochs without a better held-out NLL (0 = "
+                         "off; the best epoch's weights are kept either way).", ge=0)
+    eval_draws: int = _opt(5, "Fixed z draws the held-out NLL is averaged over (its standard "
+                           "error is across them).", ge=1)
     shuffle_buffer: int = _opt(2000, "Windows held in memory for shuffling.", ge=1)
     nonfinite: Literal["raise", "skip"] = _opt(
         "raise", "On a NaN/Inf loss: raise (naming the step) or skip (count it).")
