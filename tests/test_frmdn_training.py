@@ -93,6 +93,36 @@ def test_compare_table_has_every_variant(mem_cfg):
     assert len(rows) == 4 and len({r["holdout_nll"] for r in rows}) == 4
     text = table(rows)
     assert "rmdn_diag" in text and "frmdn_square" in text and "(1.00x)" in text
+    square = next(line for line in text.splitlines() if line.startswith("| frmdn_square "))
+    assert square.count("±") >= 3  # NLL, gap to the RMDN, z = mu, windows: over 2 seeds
+
+
+def test_one_command_makes_the_table_and_the_data_curve(mem_cfg, capsys):
+    """compare_memory.py --episodes: the table, then every variant and seed on each
+    training-set size (same held-out episodes), as markdown, JSON and a plot."""
+    import compare_memory
+
+    write_latents(run_of(mem_cfg) / "latents", n=14, T=20)
+    mem_cfg.memory.eval_draws = 2
+    run = RunDir(run_of(mem_cfg))
+    run.write_config(mem_cfg)
+    text = compare_memory.main(["--run", str(run.path), "--variants", "rmdn_diag,frmdn_diag",
+                                "--seeds", "0,1,2", "--episodes", "3,6"])
+    out = run.memory_compare_dir
+    assert (out / "results.md").read_text().strip() in text
+    assert (out / "curve.md").read_text().strip() in text
+    assert (out / "curve.png").stat().st_size > 1000
+    curve = json.loads((out / "curve.json").read_text())
+    assert len(curve) == 2 * 2 * 3
+    # budget: the same gradient steps, so half the episodes get twice the epochs
+    assert {(r["train_episodes"], r["epochs"]) for r in curve} == {(3, 2), (6, 1)}
+    rows = [line for line in (out / "curve.md").read_text().splitlines()
+            if line.startswith("| 3 ") or line.startswith("| 6 ")]
+    assert len(rows) == 4 and all(line.count("±") >= 1 for line in rows)
+    assert sum("| frmdn_diag |" in line and line.count("±") == 2 for line in rows) == 2
+    results = json.loads((out / "results.json").read_text())
+    assert {r["train_episodes"] for r in results} == {9}  # 14 episodes, 5 held out
+    assert (out / "curve" / "n3_e2" / "frmdn_diag__s2" / "best.safetensors").exists()
 
 
 def test_shards_without_an_action_space_are_refused(tmp_path):

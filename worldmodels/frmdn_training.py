@@ -57,7 +57,7 @@ from worldmodels.checkpoint import (
     save_state,
     write_json_atomic,
 )
-from worldmodels.config import ExperimentConfig
+from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.datasets import SequenceDataset, read_latents, split_episodes, usable_shards
 from worldmodels.frmdn import FRMDN, done_metrics
 from worldmodels.monitoring import summary_writer
@@ -237,13 +237,15 @@ def evaluate_memory(model: FRMDN, paths: list[Path], cfg: ExperimentConfig,
 
 def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                  out_dir: Path | None = None, seed: int | None = None,
-                 progress: bool = True) -> MemoryReport:
+                 progress: bool = True, train_episodes: int = 0) -> MemoryReport:
     """Train (or resume) M on the run's latents up to ``cfg.memory.epochs`` epochs; the
     run is ``cfg``'s default directory unless given.
 
     ``out_dir``: where M's files go (default: the run's ``memory/``). ``seed`` seeds
     initialisation and z resampling (default ``cfg.seed``); the data split always
     follows ``cfg.seed``, so runs with different seeds see the same data.
+    ``train_episodes`` > 0 trains on the first that many training episodes (by name)
+    only, scored on the same held-out episodes (a point of a data curve).
     """
     run = run or RunDir.for_config(cfg)
     m = cfg.memory
@@ -251,6 +253,11 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     device = torch.device(cfg.device)
     files = run.memory if out_dir is None else MemoryFiles.at(out_dir)
     train_paths, holdout_paths, skipped_shards = latent_split(cfg, run)
+    if train_episodes:
+        if train_episodes > len(train_paths):
+            raise ConfigError(f"{train_episodes} training episodes asked, "
+                              f"{len(train_paths)} exist")
+        train_paths = train_paths[:train_episodes]
     action_dim, discrete = action_info(train_paths[0])
     action_space = read_meta(train_paths[0])["action_space"]
 
