@@ -23,7 +23,7 @@ Held-out NLL (:func:`evaluate_memory`), in nats per latent dimension, on the epi
   the state reset at each, as M trains, over the same number of draws.
 
 Why that headline: C and the dream use M with its state carried through whole episodes,
-so that is the likelihood that matters, and reset windows flatter a model whose state
+so that is the likelihood that matters, and reset windows can flatter a model whose state
 drifts beyond ``seq_len`` steps. M is trained on drawn z (Ha's resampling) and models
 their density, so the NLL of drawn z is the quantity it fits; z = mu is a different,
 smoother target (a cross-check that needs no draw, not the claim). One draw moved the
