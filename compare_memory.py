@@ -1,8 +1,16 @@
 """Train (or load) several M configurations on the same latents and print one table:
-held-out NLL in nats per latent dimension, reward MSE, done accuracy, seconds per epoch.
+held-out NLL in nats per latent dimension (mean ± standard error over seeds, and each
+variant's gap to the RMDN), reward MSE, done accuracy, seconds per epoch.
 
-    python compare_memory.py --config carracing --preset quick --seeds 0,1
+    python compare_memory.py --config carracing --preset quick --seeds 0,1,2
     python compare_memory.py --variants rmdn_diag,frmdn_square --seeds 0 memory.epochs=5
+    python compare_memory.py --run runs/CarRacing-v3/quick --episodes 10,20,35 \
+        --variants rmdn_diag,frmdn_square_conditional      # and the data curve
+
+``--episodes``: also the data curve, each variant and seed trained on the first N
+training episodes for each N (same held-out episodes; ``--budget steps``: the same
+gradient steps for every N, ``epochs``: the same epochs), written to the run's
+``memory_compare/curve.md``, ``curve.json`` and ``curve.png``.
 """
 
 from __future__ import annotations
@@ -11,7 +19,14 @@ import argparse
 
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
-from worldmodels.memory_compare import VARIANTS, compare, write_results
+from worldmodels.memory_compare import (
+    BUDGETS,
+    VARIANTS,
+    compare,
+    curve,
+    write_curve,
+    write_results,
+)
 from worldmodels.run_dir import run_from_args
 
 
@@ -19,18 +34,31 @@ def main(argv: list[str] | None = None) -> str:
     parser = cli_parser(__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
-    parser.add_argument("--seeds", default="0,1", help="comma-separated model seeds")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds")
+    parser.add_argument("--episodes", default="",
+                        help="comma-separated training-set sizes: also the data curve")
+    parser.add_argument("--budget", default="steps", choices=BUDGETS,
+                        help="data curve: the same gradient steps or the same epochs per size")
     args: argparse.Namespace = parse_cli(parser, argv)
     cfg, run = run_from_args(args)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds must be comma-separated integers, not '{args.seeds}'") \
-            from None
-    rows = compare(cfg, run, [v for v in args.variants.split(",") if v], seeds)
+    seeds, sizes = _integers(args.seeds, "--seeds"), _integers(args.episodes, "--episodes")
+    variants = [v for v in args.variants.split(",") if v]
+    rows = compare(cfg, run, variants, seeds)
     text = write_results(run, rows)
+    if sizes:
+        text += "\n\n" + write_curve(run, curve(cfg, run, variants, seeds, sizes, args.budget),
+                                     args.budget)
+        text += f"\n\nplot: {run.memory_compare_dir / 'curve.png'}"
     print(text)
     return text
+
+
+def _integers(text: str, option: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated integers, not '{text}'") \
+            from None
 
 
 

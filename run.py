@@ -76,7 +76,9 @@ def _score(s: dict[str, Any]) -> str:
 
 def _memory(s: dict[str, Any]) -> str:
     skill = s.get("holdout_done_skill", float("nan"))
-    return f"held-out NLL {s['holdout_nll']:.4f} nats/dim" + (
+    se = s.get("holdout_nll_se", float("nan"))
+    return (f"held-out NLL {s['holdout_nll']:.4f}" + ("" if se != se else f" ± {se:.4f}")
+            + f" nats/dim (epoch {s.get('best_epoch', s['epochs_done'])})") + (
         "" if skill != skill else f", done skill {skill:.3f}")  # nan: no episode ended
 
 

@@ -154,7 +154,7 @@ def check_run(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     if cfg.dream.check_episodes <= 0:
         return {"skipped": "dream.check_episodes=0"}
     dreams = 256
-    key = {"memory": file_digest(run.memory.model),
+    key = {"memory": file_digest(run.memory.weights()),
            "temperature": cfg.dream.temperature, "done": cfg.dream.done,
            "done_threshold": cfg.dream.done_threshold, "max_steps": cfg.dream.max_steps,
            "episodes": cfg.dream.check_episodes, "dreams": dreams}

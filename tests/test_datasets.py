@@ -36,6 +36,43 @@ def test_split_is_fixed_by_seed_disjoint_and_stable(tmp_path):
     assert len(tiny_train) == len(tiny_held) == 1
 
 
+def test_split_holds_out_a_minimum_of_episodes(tmp_path, capsys):
+    """The fraction's episodes topped up to min_episodes; the minimum takes at most half
+    the episodes, with a one-line warning on stderr when it cannot be met."""
+    paths = write_shards(tmp_path, 40, T=3)
+    train, held = split_episodes(paths, 0.05, seed=0, min_episodes=5)
+    assert len(held) == 5 and len(train) == 35 and set(train).isdisjoint(held)
+    assert capsys.readouterr().err == ""
+    # the below-threshold episodes stay held out; the minimum tops them up
+    assert set(split_episodes(paths, 0.05, seed=0)[1]) <= set(held)
+    assert split_episodes(paths, 0.25, seed=0, min_episodes=5) == \
+        split_episodes(paths, 0.25, seed=0)  # the fraction already holds out more
+    for n, expect in ((10, 5), (9, 4), (4, 2), (2, 1)):
+        train, held = split_episodes(paths[:n], 0.05, seed=0, min_episodes=5)
+        assert (len(held), len(train)) == (expect, n - expect)
+        err = capsys.readouterr().err
+        assert (err.count("\n"), "data.holdout_min_episodes=5" in err) == \
+            ((0, False) if n >= 10 else (1, True))
+
+
+def test_v_and_m_split_the_same_episodes(tmp_path, tiny_cfg):
+    """V's frames and M's latents of the same episodes are held out alike."""
+    from tests.test_frmdn_training import write_latents
+    from worldmodels.frmdn_training import latent_split
+    from worldmodels.run_dir import RunDir
+    from worldmodels.vae_training import rollout_split
+
+    run = RunDir(tmp_path / "run")
+    tiny_cfg.vae.z_dim = 4  # as write_latents writes them
+    write_shards(run.rollouts, 12, T=3)
+    write_latents(run.latents, n=12, T=3)
+    v_train, v_held, _ = rollout_split(tiny_cfg, run)
+    m_train, m_held, _ = latent_split(tiny_cfg, run)
+    assert len(v_held) == tiny_cfg.data.holdout_min_episodes == 5
+    assert [p.name for p in v_held] == [p.name for p in m_held]
+    assert [p.name for p in v_train] == [p.name for p in m_train]
+
+
 def test_every_frame_once_per_epoch_shuffled_with_bounded_buffer(tmp_path):
     paths = write_shards(tmp_path, 6, T=49)  # 300 frames
     ds = FrameDataset(paths, batch_size=16, shuffle_buffer=64, seed=0)

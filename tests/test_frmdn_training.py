@@ -13,7 +13,8 @@ from worldmodels.shards import ShardError, write_npz_atomic
 from worldmodels.vae import ConvVAE
 
 
-def write_latents(directory, n=6, T=40, z=4, discrete=False, nan_in=None, digest=None):
+def write_latents(directory, n=6, T=40, z=4, discrete=False, nan_in=None, digest=None,
+                  logvar=-6.0):
     directory.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         rng = np.random.default_rng(i)
@@ -28,7 +29,7 @@ def write_latents(directory, n=6, T=40, z=4, discrete=False, nan_in=None, digest
                   else rng.uniform(-1, 1, (T, 3)).astype(np.float32))
         meta = {"action_space": space, "vae_digest": digest}
         write_npz_atomic(directory / f"ep_{i:06d}.npz", {
-            "mu": mu, "logvar": np.full((T + 1, z), -6.0, np.float32), "action": action,
+            "mu": mu, "logvar": np.full((T + 1, z), logvar, np.float32), "action": action,
             "reward": rng.normal(size=T).astype(np.float32),
             "terminated": np.eye(1, T, T - 1, dtype=bool)[0], "truncated": np.zeros(T, bool),
             "meta": np.array(json.dumps(meta))})
@@ -65,7 +66,8 @@ def test_train_memory_learns_and_resumes(mem_cfg, discrete):
 def test_nonfinite_loss_raises_naming_step_or_is_skipped(mem_cfg):
     write_latents(run_of(mem_cfg) / "latents", n=8, nan_in=None)
     train, _ = split_episodes(sorted((run_of(mem_cfg) / "latents").glob("ep_*.npz")),
-                              mem_cfg.data.holdout_fraction, mem_cfg.seed)
+                              mem_cfg.data.holdout_fraction, mem_cfg.seed,
+                              mem_cfg.data.holdout_min_episodes)
     victim = int(train[0].stem.split("_")[1])
     write_latents(run_of(mem_cfg) / "poisoned", n=8, nan_in=victim)
     (run_of(mem_cfg) / "poisoned" / train[0].name).replace(train[0])
@@ -91,6 +93,36 @@ def test_compare_table_has_every_variant(mem_cfg):
     assert len(rows) == 4 and len({r["holdout_nll"] for r in rows}) == 4
     text = table(rows)
     assert "rmdn_diag" in text and "frmdn_square" in text and "(1.00x)" in text
+    square = next(line for line in text.splitlines() if line.startswith("| frmdn_square "))
+    assert square.count("±") >= 3  # NLL, gap to the RMDN, z = mu, windows: over 2 seeds
+
+
+def test_one_command_makes_the_table_and_the_data_curve(mem_cfg, capsys):
+    """compare_memory.py --episodes: the table, then every variant and seed on each
+    training-set size (same held-out episodes), as markdown, JSON and a plot."""
+    import compare_memory
+
+    write_latents(run_of(mem_cfg) / "latents", n=14, T=20)
+    mem_cfg.memory.eval_draws = 2
+    run = RunDir(run_of(mem_cfg))
+    run.write_config(mem_cfg)
+    text = compare_memory.main(["--run", str(run.path), "--variants", "rmdn_diag,frmdn_diag",
+                                "--seeds", "0,1,2", "--episodes", "3,6"])
+    out = run.memory_compare_dir
+    assert (out / "results.md").read_text().strip() in text
+    assert (out / "curve.md").read_text().strip() in text
+    assert (out / "curve.png").stat().st_size > 1000
+    curve = json.loads((out / "curve.json").read_text())
+    assert len(curve) == 2 * 2 * 3
+    # budget: the same gradient steps, so half the episodes get twice the epochs
+    assert {(r["train_episodes"], r["epochs"]) for r in curve} == {(3, 2), (6, 1)}
+    rows = [line for line in (out / "curve.md").read_text().splitlines()
+            if line.startswith("| 3 ") or line.startswith("| 6 ")]
+    assert len(rows) == 4 and all(line.count("±") >= 1 for line in rows)
+    assert sum("| frmdn_diag |" in line and line.count("±") == 2 for line in rows) == 2
+    results = json.loads((out / "results.json").read_text())
+    assert {r["train_episodes"] for r in results} == {9}  # 14 episodes, 5 held out
+    assert (out / "curve" / "n3_e2" / "frmdn_diag__s2" / "best.safetensors").exists()
 
 
 def test_shards_without_an_action_space_are_refused(tmp_path):
@@ -152,3 +184,109 @@ def test_epoch_progress_total_is_the_batches_yielded(mem_cfg, monkeypatch):
     assert len(bars) == 3
     assert [bar.n for bar in bars] == [bar.total for bar in bars]
 
+
+
+def _held_out(mem_cfg):
+    import torch
+
+    from worldmodels.frmdn_training import action_info, build_memory, latent_split
+
+    run = RunDir(run_of(mem_cfg))
+    _, held, _ = latent_split(mem_cfg, run)
+    torch.manual_seed(0)
+    return build_memory(mem_cfg, *action_info(held[0])), held
+
+
+def test_averaging_over_draws_reduces_the_spread_and_z_mu_is_deterministic(mem_cfg):
+    """On a fixed model, the K-draw NLL moves less with the draws' base seed than one
+    draw does; z = mu needs no draw."""
+    import torch
+
+    from worldmodels.frmdn_training import evaluate_memory
+
+    write_latents(run_of(mem_cfg) / "latents", n=10, T=30, logvar=-1.0)
+    model, held = _held_out(mem_cfg)
+    device = torch.device("cpu")
+    spread = {}
+    for draws in (1, 8):
+        mem_cfg.memory.eval_draws = draws
+        runs = [evaluate_memory(model, held, mem_cfg, device, draw_seed=100 * s)
+                for s in range(6)]
+        spread[draws] = np.std([r["nll"] for r in runs])
+        assert len({r["nll_mu"] for r in runs}) == 1  # z = mu: the same whatever the seed
+        assert all(np.isfinite(r["nll_se"]) == (draws > 1) for r in runs)
+    assert spread[8] < 0.6 * spread[1]
+    # the standard error says about how far the K-draw average moves
+    assert 0.3 < runs[0]["nll_se"] / spread[8] < 3
+
+
+def test_whole_episode_and_windowed_nll_agree_when_a_window_holds_an_episode(mem_cfg):
+    import torch
+
+    from worldmodels.frmdn_training import (
+        episode_batches,
+        evaluate_memory,
+        score_memory,
+        window_batches,
+    )
+
+    write_latents(run_of(mem_cfg) / "latents", n=10, T=30, logvar=-1.0)
+    model, held = _held_out(mem_cfg)
+    device = torch.device("cpu")
+    mem_cfg.memory.eval_draws = 3
+    mem_cfg.memory.seq_len = 30
+    same = evaluate_memory(model, held, mem_cfg, device)
+    assert same["nll"] == pytest.approx(same["nll_windows"], abs=1e-6)
+    assert same["nll_se"] == pytest.approx(same["nll_windows_se"], abs=1e-6)
+    mem_cfg.memory.seq_len = 50  # longer windows are padded: z = mu scores agree too
+    whole = score_memory(model, episode_batches(held, mem_cfg), mem_cfg, device, None)
+    windows = score_memory(model, window_batches(held, mem_cfg), mem_cfg, device, None)
+    assert whole["nll"] == pytest.approx(windows["nll"], abs=1e-6)
+    mem_cfg.memory.seq_len = 5  # state reset every 5 steps: another figure
+    short = evaluate_memory(model, held, mem_cfg, device)
+    assert short["nll"] == pytest.approx(same["nll"], abs=1e-6)
+    assert abs(short["nll_windows"] - short["nll"]) > 1e-4
+
+
+def test_best_epoch_is_kept_loaded_and_patience_stops(mem_cfg, monkeypatch):
+    """The best held-out epoch's weights are kept beside the last's; later stages load the
+    best; patience stops training and a rerun does not train on; resume is from the last."""
+    from worldmodels import frmdn_training
+    from worldmodels.checkpoint import read_header
+
+    scripted = iter([1.0, 0.8, 0.9, 0.95, 0.97, 0.99, 0.7])
+
+    def fake_evaluate(model, paths, cfg, device, draw_seed=0):
+        nll = next(scripted)
+        return {"nll": nll, "nll_se": 0.01, "nll_mu": nll - 0.1, "nll_windows": nll + 0.1,
+                "nll_windows_se": 0.01}
+
+    monkeypatch.setattr(frmdn_training, "evaluate_memory", fake_evaluate)
+    write_latents(run_of(mem_cfg) / "latents")
+    run = RunDir(run_of(mem_cfg))
+    mem_cfg.memory.epochs = 6
+    mem_cfg.memory.patience = 2
+    report = train_memory(mem_cfg, progress=False)
+    assert (report.epochs_done, report.best_epoch, report.stopped_early) == (4, 2, True)
+    assert report.holdout_nll == 0.8 and report.last_holdout_nll == 0.95
+    assert report.holdout_nll_mu == pytest.approx(0.7)
+    assert read_header(run.memory.best)["meta"]["epoch"] == 2
+    assert read_header(run.memory.model)["meta"]["epoch"] == 4
+    assert run.memory.weights() == run.memory.best
+    assert run.memory.weights("last") == run.memory.model
+    best, last = run.load_memory(), run.load_memory(weights="last")
+    assert any((a != b).any() for a, b in zip(best.state_dict().values(),
+                                              last.state_dict().values(), strict=True))
+    again = train_memory(mem_cfg, progress=False)  # still stopped: nothing more trained
+    assert (again.epochs_done, again.best_epoch) == (4, 2)
+    mem_cfg.memory.patience = 0  # resumed from the last epoch's weights, not the best
+    report = train_memory(mem_cfg, progress=False)
+    epochs = [m["epoch"] for m in json.loads(run.memory.metrics.read_text())]
+    assert epochs == [1, 2, 3, 4, 5, 6] and report.best_epoch == 2
+    # killed between the last weights and the best copy: the copy is made on resume
+    mem_cfg.memory.epochs = 7
+    train_memory(mem_cfg, progress=False)  # epoch 7 scores 0.7, the best
+    run.memory.best.unlink()
+    assert run.memory.weights() == run.memory.model  # an M without best weights
+    report = train_memory(mem_cfg, progress=False)
+    assert report.best_epoch == 7 and read_header(run.memory.best)["meta"]["epoch"] == 7

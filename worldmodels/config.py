@@ -125,6 +125,9 @@ class CollectConfig:
 class DataConfig:
     holdout_fraction: float = _opt(0.05, "Fraction of episodes held out (fixed by the seed).",
                                    gt=0, lt=1)
+    holdout_min_episodes: int = _opt(5, "Hold out at least this many episodes whatever the "
+                                     "fraction (fewer only when there are not enough; a "
+                                     "warning says so).", ge=0)
     shuffle_buffer: int = _opt(20000, "Frames held in memory for shuffling while streaming.",
                                ge=1)
     loader_workers: int = _opt(0, "DataLoader worker processes that read shards.", ge=0)
@@ -179,6 +182,10 @@ class MemoryConfig:
     lr: float = _opt(1e-3, "Adam learning rate.", gt=0)
     grad_clip: float = _opt(1.0, "Gradient norm clip (0 = off).", ge=0)
     epochs: int = _opt(20, "Epochs over the training episodes.", ge=1)
+    patience: int = _opt(0, "Stop after this many epochs without a better held-out NLL (0 = "
+                         "off; the best epoch's weights are kept either way).", ge=0)
+    eval_draws: int = _opt(5, "Fixed z draws the held-out NLL is averaged over (its standard "
+                           "error is across them).", ge=1)
     shuffle_buffer: int = _opt(2000, "Windows held in memory for shuffling.", ge=1)
     nonfinite: Literal["raise", "skip"] = _opt(
         "raise", "On a NaN/Inf loss: raise (naming the step) or skip (count it).")

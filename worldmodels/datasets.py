@@ -12,6 +12,7 @@ frame would cost more than the model on a 2-core machine.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -37,26 +38,38 @@ def _unit_hash(seed: int, name: str) -> float:
 
 
 def split_episodes(
-    paths: Sequence[Path], holdout_fraction: float, seed: int
+    paths: Sequence[Path], holdout_fraction: float, seed: int, min_episodes: int = 0,
 ) -> tuple[list[Path], list[Path]]:
     """Split shards into (train, held-out) by episode.
 
-    Each episode's side depends only on ``(seed, file name)``, so adding episodes never
-    moves an old one across the split. With two or more episodes both sides are non-empty.
+    Each episode gets a score fixed by ``(seed, file name)``; those scoring below
+    ``holdout_fraction`` are held out (about that fraction of N). If that is fewer than
+    ``min_episodes``, the next-lowest scores are held out too, up to the minimum. The
+    minimum never takes more than half the episodes: with fewer than
+    ``2 * min_episodes`` episodes, N // 2 are held out and one line on stderr says so.
+    At least one episode always trains and, with two or more, at least one is held out.
+
+    The below-threshold part never moves when episodes are added (no episode a model
+    trained on becomes held-out later); only while the minimum binds may a topped-up
+    episode go back to training as episodes are added. (Topping up to
+    ``round(fraction * N)`` as well would move episodes at every size, so the fraction
+    is kept as the threshold.) V and M both split with this function, so their
+    held-out episodes are the same.
     """
     paths = sorted(Path(p) for p in paths)
+    n = len(paths)
     scores = {p: _unit_hash(seed, p.name) for p in paths}
-    held = [p for p in paths if scores[p] < holdout_fraction]
-    train = [p for p in paths if scores[p] >= holdout_fraction]
-    if len(paths) >= 2 and not held:
-        first = min(train, key=scores.__getitem__)
-        train.remove(first)
-        held = [first]
-    if len(paths) >= 2 and not train:
-        last = max(held, key=scores.__getitem__)
-        held.remove(last)
-        train = [last]
-    return train, held
+    ranked = sorted(paths, key=scores.__getitem__)
+    floor = min(min_episodes, n // 2)
+    wanted = max(floor, 1 if n >= 2 else 0)
+    count = sum(scores[p] < holdout_fraction for p in paths)
+    count = min(max(count, wanted), max(n - 1, 0))
+    if floor < min_episodes:
+        print(f"warning: only {n} episode(s), so {count} held out, fewer than "
+              f"data.holdout_min_episodes={min_episodes} (collect at least "
+              f"{2 * min_episodes})", file=sys.stderr)
+    held = set(ranked[:count])
+    return [p for p in paths if p not in held], [p for p in paths if p in held]
 
 
 def _worker_slice(items: Sequence) -> tuple[Sequence, int]:

@@ -2,29 +2,55 @@
 
 Files under ``<run>/memory/`` (or another directory given by the caller)::
 
-    model.safetensors (+ .json)   weights of the last finished epoch
+    model.safetensors (+ .json)   weights of the last finished epoch (training resumes
+                                  from them)
+    best.safetensors (+ .json)    weights of the epoch with the lowest held-out NLL (the
+                                  headline below); later stages load these
     train_state.safetensors       optimizer state and counters (safetensors + JSON)
-    metrics.json                  per epoch: held-out NLL (nats / latent dim), reward MSE,
-                                  done accuracy, recall, precision and skill, train
-                                  seconds, skipped batches
+    metrics.json                  per epoch: held-out NLL (nats / latent dim) as below,
+                                  reward MSE, done accuracy, recall, precision and skill,
+                                  train seconds, skipped batches
+
+Held-out NLL (:func:`evaluate_memory`), in nats per latent dimension, on the episodes
+:func:`latent_split` holds out (at least ``data.holdout_min_episodes``):
+
+* ``holdout_nll`` (the headline) ± ``holdout_nll_se``: each held-out episode scored from
+  step 0 to its end with M's state carried through, z drawn from V's N(mu, sigma) with
+  ``memory.eval_draws`` fixed seeds (the same for every model), averaged over the
+  draws; the standard error is across the draws.
+* ``holdout_nll_mu``: the same whole episodes with z = mu (no draw, deterministic).
+* ``holdout_nll_windows`` ± ``holdout_nll_windows_se``: ``memory.seq_len`` windows with
+  the state reset at each, as M trains, over the same number of draws.
+
+Why that headline: C and the dream use M with its state carried through whole episodes,
+so that is the likelihood that matters, and reset windows can flatter a model whose state
+drifts beyond ``seq_len`` steps. M is trained on drawn z (Ha's resampling) and models
+their density, so the NLL of drawn z is the quantity it fits; z = mu is a different,
+smoother target (a cross-check that needs no draw, not the claim). One draw moved the
+figure by about as much as the gaps between variants (issue 21), so the headline
+averages several and says how much noise is left. Best-epoch selection and
+``memory.patience`` use the headline.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
     CheckpointError,
     file_digest,
+    read_header,
     read_json,
     resume_training,
     save_model,
@@ -47,8 +73,11 @@ from worldmodels.shards import ShardError, ShardSpec, list_shards, read_meta, sh
 
 @dataclass
 class MemoryReport:
+    """Held-out figures of the chosen epoch (``best_epoch``: the lowest headline NLL),
+    whose weights are ``best.safetensors``; see :func:`evaluate_memory`."""
+
     epochs_done: int
-    holdout_nll: float  # nats per latent dimension
+    holdout_nll: float  # the headline, nats per latent dimension (evaluate_memory)
     holdout_reward_mse: float
     holdout_done_acc: float
     holdout_done_skill: float  # 1 - BCE / base-rate entropy (see frmdn.done_metrics)
@@ -56,6 +85,13 @@ class MemoryReport:
     skipped_batches: int
     parameters: int
     skipped_shards: int = 0  # corrupt shards left out (data.skip_corrupt)
+    best_epoch: int = 0  # the chosen epoch
+    holdout_nll_se: float = float("nan")  # standard error of holdout_nll across z draws
+    holdout_nll_mu: float = float("nan")  # whole episodes, z = mu
+    holdout_nll_windows: float = float("nan")  # seq_len windows, state reset, over draws
+    holdout_nll_windows_se: float = float("nan")
+    last_holdout_nll: float = float("nan")  # the headline of the last epoch
+    stopped_early: bool = False  # memory.patience ended training before memory.epochs
 
 
 def latent_split(cfg: ExperimentConfig, run: RunDir, check_digest: bool = True,
@@ -73,7 +109,8 @@ def latent_split(cfg: ExperimentConfig, run: RunDir, check_digest: bool = True,
                          "run encode.py first")
     if check_digest:
         check_latents_current(run, shards)
-    return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed), skipped)
+    return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed,
+                              cfg.data.holdout_min_episodes), skipped)
 
 
 def run_action_space(run: RunDir, paths: list[Path]) -> dict[str, Any] | None:
@@ -143,33 +180,94 @@ def _batch_losses(model: Memory, batch: dict[str, torch.Tensor], cfg: Experiment
                       cfg.memory.done_pos_weight), b["mask"].sum()
 
 
+#: seed of the first of M's held-out z draws (draw k uses DRAW_SEED + k): the same draws
+#: for every variant, seed and epoch, so their figures differ by the model alone
+DRAW_SEED = 12345
+
+
+def episode_batches(paths: list[Path], cfg: ExperimentConfig) -> Iterator[dict[str, Tensor]]:
+    """Whole episodes, each one window from step 0 to its end (padded to the longest of
+    its batch, episodes of similar length batched together): scored this way, M's state
+    is carried through the whole episode as when C or the dream uses it."""
+    by_length = sorted(paths, key=shard_length)  # stable: equal lengths keep their order
+    size = cfg.memory.batch_size
+    for i in range(0, len(by_length), size):
+        chunk = by_length[i : i + size]
+        yield from SequenceDataset(chunk, max(shard_length(p) for p in chunk), len(chunk),
+                                   shuffle=False, z_dim=cfg.vae.z_dim)
+
+
+def window_batches(paths: list[Path], cfg: ExperimentConfig) -> Iterator[dict[str, Tensor]]:
+    """Held-out windows of ``memory.seq_len`` steps as in training, state reset at each."""
+    return iter(SequenceDataset(paths, cfg.memory.seq_len, cfg.memory.batch_size,
+                                shuffle=False, z_dim=cfg.vae.z_dim))
+
+
 @torch.no_grad()
-def evaluate_memory(model: Memory, paths: list[Path], cfg: ExperimentConfig,
-                    device: torch.device) -> dict[str, float]:
-    """Held-out means over all valid steps; z drawn with a fixed seed so runs compare."""
+def score_memory(model: Memory, batches: Iterable[dict[str, Tensor]], cfg: ExperimentConfig,
+                 device: torch.device, draw_seed: int | None) -> dict[str, float]:
+    """Step-weighted held-out means over ``batches``: z drawn from N(mu, sigma) by a
+    generator seeded with ``draw_seed``, or z = mu when it is None."""
     model.eval()
-    gen = torch.Generator(device=device).manual_seed(12345)
+    gen = torch.Generator(device=device).manual_seed(draw_seed or 0)
     sums: dict[str, float] = {}
     steps = 0.0
-    for batch in SequenceDataset(paths, cfg.memory.seq_len, cfg.memory.batch_size,
-                                 shuffle=False, z_dim=cfg.vae.z_dim):
+    for batch in batches:
+        if draw_seed is None:  # sigma = exp(-inf) = 0: z = mu exactly
+            batch = {**batch, "logvar": torch.full_like(batch["logvar"], -math.inf)}
         losses, n = _batch_losses(model, batch, cfg, device, gen)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v.item() * n.item()
         steps += n.item()
-    rates = {k: v / steps for k, v in sums.items()}
-    return {**rates, **done_metrics(rates)}
+    return {k: v / steps for k, v in sums.items()}
+
+
+def _over_draws(model: Memory, batches: Callable[[], Iterable[dict[str, Tensor]]],
+                cfg: ExperimentConfig, device: torch.device, draws: int, draw_seed: int,
+                ) -> tuple[dict[str, float], float]:
+    """(rates averaged over ``draws`` fixed z draws, standard error of the NLL across
+    them: sample std / sqrt(draws); nan for one draw)."""
+    runs = [score_memory(model, batches(), cfg, device, draw_seed + k) for k in range(draws)]
+    mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+    nll = [r["nll"] for r in runs]
+    se = float(np.std(nll, ddof=1) / math.sqrt(draws)) if draws > 1 else float("nan")
+    return mean, se
+
+
+@torch.no_grad()
+def evaluate_memory(model: Memory, paths: list[Path], cfg: ExperimentConfig,
+                    device: torch.device, draw_seed: int = DRAW_SEED) -> dict[str, float]:
+    """M's held-out figures, in nats per latent dimension for the NLL:
+
+    ``nll`` (the headline), ``nll_se``: whole episodes with M's state carried from step 0
+    to the end, averaged over ``memory.eval_draws`` fixed z draws, and the standard error
+    of that average across the draws. The other rates (reward MSE, done metrics) are
+    the same average.
+    ``nll_mu``: whole episodes with z = mu (no draw; deterministic).
+    ``nll_windows``, ``nll_windows_se``: ``memory.seq_len`` windows with the state reset
+    at each (as M trains), averaged over the same number of draws.
+    """
+    draws = cfg.memory.eval_draws
+    rates, se = _over_draws(model, lambda: episode_batches(paths, cfg), cfg, device, draws,
+                            draw_seed)
+    mu = score_memory(model, episode_batches(paths, cfg), cfg, device, None)
+    windows, windows_se = _over_draws(model, lambda: window_batches(paths, cfg), cfg, device,
+                                      draws, draw_seed)
+    return {**rates, **done_metrics(rates), "nll_se": se, "nll_mu": mu["nll"],
+            "nll_windows": windows["nll"], "nll_windows_se": windows_se}
 
 
 def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                  out_dir: Path | None = None, seed: int | None = None,
-                 progress: bool = True) -> MemoryReport:
+                 progress: bool = True, train_episodes: int = 0) -> MemoryReport:
     """Train (or resume) M on the run's latents up to ``cfg.memory.epochs`` epochs; the
     run is ``cfg``'s default directory unless given.
 
     ``out_dir``: where M's files go (default: the run's ``memory/``). ``seed`` seeds
     initialisation and z resampling (default ``cfg.seed``); the data split always
     follows ``cfg.seed``, so runs with different seeds see the same data.
+    ``train_episodes`` > 0 trains on the first that many training episodes (by name)
+    only, scored on the same held-out episodes (a point of a data curve).
     """
     run = run or RunDir.for_config(cfg)
     m = cfg.memory
@@ -177,6 +275,11 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     device = torch.device(cfg.device)
     files = run.memory if out_dir is None else MemoryFiles.at(out_dir)
     train_paths, holdout_paths, skipped_shards = latent_split(cfg, run)
+    if train_episodes:
+        if train_episodes > len(train_paths):
+            raise ConfigError(f"{train_episodes} training episodes asked, "
+                              f"{len(train_paths)} exist")
+        train_paths = train_paths[:train_episodes]
     action_dim, discrete = action_info(train_paths[0])
     action_space = read_meta(train_paths[0])["action_space"]
 
@@ -200,8 +303,20 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     step = sum(x.get("batches", 0) for x in metrics)
     skipped_total = sum(x.get("skipped", 0) for x in metrics)
     generator = torch.Generator(device=device)
+    best_epoch, best_nll = _best_so_far(files, metrics)
+    meta = {"seed": seed, "done_pos_weight": m.done_pos_weight, "action_space": action_space}
+    if metrics and metrics[-1]["epoch"] == start_epoch and metrics[-1]["holdout_nll"] < best_nll:
+        # the last epoch was the best, killed before its weights were copied: copy them now
+        best_epoch, best_nll = start_epoch, metrics[-1]["holdout_nll"]
+        save_model(files.best, model, meta={"epoch": best_epoch, **meta})
 
     for epoch in range(start_epoch, m.epochs):
+        if m.patience and best_epoch and epoch - best_epoch >= m.patience:
+            if progress:
+                tqdm.write(f"M: no better held-out NLL for {epoch - best_epoch} epochs "
+                           f"(memory.patience={m.patience}); stopped after epoch {epoch}, "
+                           f"best epoch {best_epoch}")
+            break
         model.train()
         dataset.set_epoch(epoch)
         generator.manual_seed(seed * 1000 + epoch)
@@ -252,29 +367,52 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
         metrics.append({"epoch": epoch + 1, "train_seconds": seconds, "batches": ran,
                         "skipped": skipped, **{f"holdout_{k}": v for k, v in held.items()}})
         write_json_atomic(files.metrics, metrics)  # first: see vae_training
-        save_model(files.model, model, meta={"epoch": epoch + 1, "seed": seed,
-                                             "done_pos_weight": m.done_pos_weight,
-                                             "action_space": action_space})
+        save_model(files.model, model, meta={"epoch": epoch + 1, **meta})
         save_state(files.state, {"optimizer": optimizer.state_dict(), "epoch": epoch + 1})
+        if held["nll"] < best_nll:  # after the last weights: see the copy on resume above
+            best_epoch, best_nll = epoch + 1, held["nll"]
+            save_model(files.best, model, meta={"epoch": best_epoch, **meta})
+        writer.add_scalar("m/best_epoch", best_epoch, step)
         if progress:
             done = f", done skill {held['done_skill']:.3f}" if "done_skill" in held else ""
-            tqdm.write(f"M epoch {epoch + 1}: held-out NLL {held['nll']:.4f} nats/dim{done}, "
-                       f"{seconds:.1f}s" + (f", skipped {skipped} batches" if skipped else ""))
+            tqdm.write(f"M epoch {epoch + 1}: held-out NLL {held['nll']:.4f} "
+                       f"± {held['nll_se']:.4f} nats/dim (z = mu {held['nll_mu']:.4f}, "
+                       f"windows {held['nll_windows']:.4f}){done}, {seconds:.1f}s"
+                       + (f", skipped {skipped} batches" if skipped else "")
+                       + (" (best)" if best_epoch == epoch + 1 else ""))
     writer.close()
     if not metrics:
         raise CheckpointError(f"{files.dir}: no epochs recorded (memory.epochs=0?)")
     last = metrics[-1]
+    chosen = next((x for x in metrics if x["epoch"] == best_epoch), last)
+    nan = float("nan")
     return MemoryReport(
-        epochs_done=last["epoch"], holdout_nll=last["holdout_nll"],
-        holdout_reward_mse=last.get("holdout_reward_mse", float("nan")),
-        holdout_done_acc=last.get("holdout_done_acc", float("nan")),
-        holdout_done_skill=last.get("holdout_done_skill", float("nan")),
+        epochs_done=last["epoch"], holdout_nll=chosen["holdout_nll"],
+        holdout_reward_mse=chosen.get("holdout_reward_mse", nan),
+        holdout_done_acc=chosen.get("holdout_done_acc", nan),
+        holdout_done_skill=chosen.get("holdout_done_skill", nan),
         # the median: on a shared machine one disturbed epoch should not move the figure
         seconds_per_epoch=float(np.median([x["train_seconds"] for x in metrics])),
         skipped_batches=skipped_total,
         parameters=sum(p.numel() for p in model.parameters()),
         skipped_shards=skipped_shards,
+        best_epoch=chosen["epoch"], holdout_nll_se=chosen.get("holdout_nll_se", nan),
+        holdout_nll_mu=chosen.get("holdout_nll_mu", nan),
+        holdout_nll_windows=chosen.get("holdout_nll_windows", nan),
+        holdout_nll_windows_se=chosen.get("holdout_nll_windows_se", nan),
+        last_holdout_nll=last["holdout_nll"], stopped_early=last["epoch"] < m.epochs,
     )
+
+
+def _best_so_far(files: MemoryFiles, metrics: list[dict[str, Any]]) -> tuple[int, float]:
+    """(epoch, held-out NLL) of the weights in ``files.best``, if they are of a recorded
+    epoch; (0, inf) otherwise."""
+    if files.best.exists():
+        epoch = int(read_header(files.best).get("meta", {}).get("epoch", 0))
+        for x in metrics:
+            if x["epoch"] == epoch:
+                return epoch, x["holdout_nll"]
+    return 0, math.inf
 
 
 def report_dict(report: MemoryReport) -> dict[str, Any]:

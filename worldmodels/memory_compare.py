@@ -2,17 +2,35 @@
 
 Each (variant, seed) trains into ``<run>/memory_compare/<variant>__s<seed>/`` and
 resumes like any M run, so an interrupted comparison picks up where it stopped.
+:func:`write_results` writes the table (``results.md``, ``results.json``).
+
+The data curve (:func:`curve`): every variant and seed trained again on the first N
+training episodes (by name) for each N asked, scored on the same held-out episodes,
+into ``memory_compare/curve/n<N>_e<epochs>/<variant>__s<seed>/`` (the full-data point
+with ``memory.epochs`` is the table's own runs). The budget rule is ``steps`` (each size
+gets about the gradient steps of ``memory.epochs`` epochs over the largest size: epochs
+scaled by largest / N) or ``epochs`` (``memory.epochs`` for every size). Either way the
+reported figure is the best held-out epoch's (see :mod:`worldmodels.frmdn_training`).
+:func:`write_curve` writes ``curve.md``, ``curve.json`` and ``curve.png``.
+
+Figures are the headline held-out NLL (nats per latent dimension): mean over seeds ±
+its standard error (sample std / sqrt(seeds)). A variant's gap to the RMDN is the
+mean of its per-seed differences from the RMDN of the same seed (same data, same z
+draws), ± the standard error of those differences.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 from worldmodels.checkpoint import write_json_atomic, write_text_atomic
 from worldmodels.config import ConfigError, ExperimentConfig, merge_into, validate
 from worldmodels.frmdn_training import latent_split, report_dict, train_memory
+from worldmodels.pictures import plot_errorbars
 from worldmodels.run_dir import RunDir
 
 #: the ``memory.*`` keys the comparison varies: every variant sets each of them, so none
@@ -44,44 +62,132 @@ def variant_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
     return out
 
 
+BASELINE = "rmdn_diag"
+BUDGETS = ("steps", "epochs")
+
+
+def _point_dir(run: RunDir, cfg: ExperimentConfig, n: int, epochs: int, available: int) -> Path:
+    """Where the runs of ``n`` training episodes and ``epochs`` epochs go."""
+    if n in (0, available) and epochs == cfg.memory.epochs:
+        return run.memory_compare_dir
+    return run.memory_compare_dir / "curve" / f"n{n or available}_e{epochs}"
+
+
 def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list[int],
-            progress: bool = True) -> list[dict[str, Any]]:
-    """Train every variant with every seed on the run's latents (resuming each)."""
+            progress: bool = True, train_episodes: int = 0, epochs: int = 0,
+            ) -> list[dict[str, Any]]:
+    """Train every variant with every seed on the run's latents (resuming each): on the
+    first ``train_episodes`` training episodes (0: all), for ``epochs`` epochs (0:
+    ``memory.epochs``)."""
     for name in variants:  # refuse an unknown variant or a bad variant config up front
         variant_config(cfg, name)
-    latent_split(cfg, run)  # the run has usable latents of its V
+    train, _, _ = latent_split(cfg, run)  # the run has usable latents of its V
+    if train_episodes > len(train):
+        raise ConfigError(f"{train_episodes} training episodes asked, {len(train)} exist")
     run.write_config(cfg, outputs=(run.memory_compare_dir,))  # inputs accepted
     rows = []
     for name in variants:
         vcfg = variant_config(cfg, name)
+        if epochs:
+            merge_into(vcfg, {"memory": {"epochs": epochs}}, "compare")
+            validate(vcfg)
+        where = _point_dir(run, cfg, train_episodes, vcfg.memory.epochs, len(train))
         for seed in seeds:
-            out = run.memory_compare_dir / f"{name}__s{seed}"
-            report = report_dict(train_memory(vcfg, run, out, seed=seed, progress=progress))
-            rows.append({"variant": name, "seed": seed, **report})
+            report = report_dict(train_memory(vcfg, run, where / f"{name}__s{seed}", seed=seed,
+                                              progress=progress,
+                                              train_episodes=train_episodes))
+            rows.append({"variant": name, "seed": seed,
+                         "train_episodes": train_episodes or len(train),
+                         "epochs": vcfg.memory.epochs, **report})
     return rows
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+def curve(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list[int],
+          sizes: list[int], budget: str = "steps", progress: bool = True,
+          ) -> list[dict[str, Any]]:
+    """The data curve: :func:`compare` for each training-set size in ``sizes`` under the
+    ``budget`` rule (see the module's docstring)."""
+    if budget not in BUDGETS:
+        raise ConfigError(f"budget must be one of {', '.join(BUDGETS)}, not '{budget}'")
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"training-set sizes must be positive, not {sizes}")
+    available = len(latent_split(cfg, run)[0])
+    if max(sizes) > available:
+        raise ConfigError(f"{max(sizes)} training episodes asked, {available} exist")
+    rows = []
+    for n in sorted(set(sizes)):
+        epochs = cfg.memory.epochs if budget == "epochs" \
+            else max(1, round(cfg.memory.epochs * max(sizes) / n))
+        rows += compare(cfg, run, variants, seeds, progress, train_episodes=n, epochs=epochs)
+    return rows
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """(mean, standard error = sample std / sqrt(n)); the error is nan for one value."""
+    mean = statistics.mean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    return mean, se
+
+
+def gap_to_baseline(rows: list[dict[str, Any]], name: str,
+                    key: str = "holdout_nll") -> tuple[float, float] | None:
+    """(mean, standard error) of variant ``name``'s per-seed difference from the RMDN of
+    the same seed and training-set size; None without such RMDN runs."""
+    base = {(r["seed"], r.get("train_episodes")): r[key] for r in rows
+            if r["variant"] == BASELINE}
+    diffs = [r[key] - base[(r["seed"], r.get("train_episodes"))] for r in rows
+             if r["variant"] == name and (r["seed"], r.get("train_episodes")) in base]
+    return mean_se(diffs) if diffs else None
+
+
+def _fmt(pair: tuple[float, float] | None, sign: bool = False) -> str:
+    if pair is None:
+        return "—"
+    mean, se = pair
+    text = f"{mean:+.4f}" if sign else f"{mean:.4f}"
+    return text if se != se else f"{text} ± {se:.4f}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one line per variant, mean ± std over seeds."""
-    lines = ["| M | held-out NLL (nats/dim) | reward MSE | done acc | s/epoch (median) | params "
+    """Markdown: one line per variant, mean ± standard error over seeds."""
+    lines = [f"| M | held-out NLL (nats/dim) | gap to {BASELINE} | z = mu | reset windows "
+             "| draw SE | best epoch | reward MSE | done acc | s/epoch (median) | params "
              "| seeds |",
-             "|---|---|---|---|---|---|---|"]
-    baseline = [r["seconds_per_epoch"] for r in rows if r["variant"] == "rmdn_diag"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    baseline = [r["seconds_per_epoch"] for r in rows if r["variant"] == BASELINE]
     for name in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == name]
+
+        def of(key: str, rs: list[dict[str, Any]] = rs) -> tuple[float, float]:
+            return mean_se([r.get(key, math.nan) for r in rs])
+
         secs = statistics.mean(r["seconds_per_epoch"] for r in rs)
         ratio = f" ({secs / statistics.mean(baseline):.2f}x)" if baseline else ""
+        gap = None if name == BASELINE else gap_to_baseline(rows, name)
+        draw_se = statistics.mean(r.get("holdout_nll_se", math.nan) for r in rs)
+        best = "/".join(str(r.get("best_epoch", "?")) for r in rs)
         lines.append(
-            f"| {name} | {_mean_std([r['holdout_nll'] for r in rs])} "
-            f"| {_mean_std([r['holdout_reward_mse'] for r in rs])} "
-            f"| {_mean_std([r['holdout_done_acc'] for r in rs])} "
+            f"| {name} | {_fmt(of('holdout_nll'))} | {_fmt(gap, sign=True)} "
+            f"| {_fmt(of('holdout_nll_mu'))} | {_fmt(of('holdout_nll_windows'))} "
+            f"| {draw_se:.4f} | {best} of {rs[0].get('epochs', rs[0]['epochs_done'])} "
+            f"| {_fmt(of('holdout_reward_mse'))} | {_fmt(of('holdout_done_acc'))} "
             f"| {secs:.1f}{ratio} | {rs[0]['parameters']} | {len(rs)} |")
+    return "\n".join(lines)
+
+
+def curve_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per (training-set size, variant)."""
+    lines = [f"| training episodes | epochs | M | held-out NLL (nats/dim) | gap to {BASELINE} "
+             "| best epochs | seeds |", "|---|---|---|---|---|---|---|"]
+    for n in sorted({r["train_episodes"] for r in rows}):
+        at = [r for r in rows if r["train_episodes"] == n]
+        for name in dict.fromkeys(r["variant"] for r in at):
+            rs = [r for r in at if r["variant"] == name]
+            gap = None if name == BASELINE else gap_to_baseline(at, name)
+            lines.append(f"| {n} | {rs[0]['epochs']} | {name} "
+                         f"| {_fmt(mean_se([r['holdout_nll'] for r in rs]))} "
+                         f"| {_fmt(gap, sign=True)} "
+                         f"| {'/'.join(str(r['best_epoch']) for r in rs)} | {len(rs)} |")
     return "\n".join(lines)
 
 
@@ -90,4 +196,24 @@ def write_results(run: RunDir, rows: list[dict[str, Any]]) -> str:
     text = table(rows)
     write_json_atomic(run.memory_compare_dir / "results.json", rows)
     write_text_atomic(run.memory_compare_dir / "results.md", text + "\n")
+    return text
+
+
+def write_curve(run: RunDir, rows: list[dict[str, Any]], budget: str) -> str:
+    """``memory_compare/curve.json``, ``curve.md`` (returned) and ``curve.png``: held-out
+    NLL against training episodes, one line per variant, ± standard error over seeds."""
+    text = curve_table(rows)
+    write_json_atomic(run.memory_compare_dir / "curve.json", rows)
+    write_text_atomic(run.memory_compare_dir / "curve.md", text + "\n")
+    series = {}
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        sizes = sorted({r["train_episodes"] for r in rows if r["variant"] == name})
+        stats = [mean_se([r["holdout_nll"] for r in rows
+                          if r["variant"] == name and r["train_episodes"] == n]) for n in sizes]
+        series[name] = (sizes, [m for m, _ in stats], [0.0 if e != e else e for _, e in stats])
+    sizes = [r["train_episodes"] for r in rows]
+    plot_errorbars(run.memory_compare_dir / "curve.png", series,
+                   f"M's held-out NLL against data (budget: same {budget}; ± SE over seeds)",
+                   "training episodes", "held-out NLL (nats / latent dim)",
+                   logx=max(sizes) >= 10 * min(sizes))
     return text

@@ -70,3 +70,28 @@ def plot_curves(path: Path, series: dict[str, tuple[list[float], list[float]]], 
         write_atomic(path, lambda fh: fig.savefig(fh, format="png"))
     finally:
         plt.close(fig)
+
+
+def plot_errorbars(path: Path, series: dict[str, tuple[list[float], list[float], list[float]]],
+                   title: str, xlabel: str, ylabel: str, logx: bool = False) -> None:
+    """Named (x, y, error) series as lines with error bars (y ± error), written atomically
+    as PNG; ``logx`` for a logarithmic x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, (x, y, err) in series.items():
+        ax.errorbar(x, y, yerr=err, label=name, linewidth=1.6, marker="o", markersize=4,
+                    capsize=3)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    try:
+        write_atomic(path, lambda fh: fig.savefig(fh, format="png"))
+    finally:
+        plt.close(fig)

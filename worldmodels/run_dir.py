@@ -9,6 +9,10 @@ its config, V, M and C.
         dreams/                dream.py         tensorboard/<stage>/
         memory_compare/        compare_memory.py
 
+M's ``memory/`` keeps the last epoch's weights (``model.safetensors``, which training
+resumes from) and the best held-out epoch's (``best.safetensors``); later stages (the
+dream check, C, dreams, evaluation) load the best (:meth:`MemoryFiles.weights`).
+
 A run is located by the directory it is given, wherever it is and whatever the working
 directory: a run copied elsewhere, or shipped under ``pretrained/<name>/``, works
 unchanged. Only :meth:`RunDir.for_config` derives a directory from a config (its
@@ -84,14 +88,23 @@ class MemoryFiles:
     model: Path
     state: Path
     metrics: Path
+    best: Path  # the weights of the epoch with the best held-out NLL
 
     @classmethod
     def at(cls, d: Path) -> MemoryFiles:
         """The files of an M trained into ``d`` (a run's ``memory/``, or a variant's
-        directory under ``memory_compare/``)."""
+        directory under ``memory_compare/``): ``model`` holds the last epoch's weights
+        (training resumes from them), ``best`` the best held-out epoch's."""
         d = Path(d)
         return cls(d, d / "model.safetensors", d / "train_state.safetensors",
-                   d / "metrics.json")
+                   d / "metrics.json", d / "best.safetensors")
+
+    def weights(self, which: str = "best") -> Path:
+        """The weights later stages load: ``best`` (the default; the last epoch's for an M
+        trained without early selection) or ``last``."""
+        if which not in ("best", "last"):
+            raise ConfigError(f"M's weights must be best or last, not '{which}'")
+        return self.best if which == "best" and self.best.exists() else self.model
 
 
 @dataclass(frozen=True)
@@ -294,11 +307,14 @@ class RunDir:
         assert isinstance(model, ConvVAE)
         return model.eval()
 
-    def load_memory(self, device: str = "cpu", directory: Path | None = None) -> Memory:
+    def load_memory(self, device: str = "cpu", directory: Path | None = None,
+                    weights: str = "best") -> Memory:
         """The run's trained M (in eval mode), or the one trained into ``directory``: any
         registered memory model (:data:`worldmodels.memory.MEMORY_KINDS`), by the kind its
-        checkpoint records."""
-        path = self.memory.model if directory is None else MemoryFiles.at(directory).model
+        checkpoint records; the best held-out epoch's weights by default,
+        ``weights="last"`` for the last epoch's (see :meth:`MemoryFiles.weights`)."""
+        files = self.memory if directory is None else MemoryFiles.at(directory)
+        path = files.weights(weights)
         if not path.exists():
             raise CheckpointError(f"{path}: no trained M (run train_frmdn.py for {self.path})")
         memory: Any = load_model(path, map_location=device, kinds=checkpoint_kinds())

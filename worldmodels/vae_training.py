@@ -73,7 +73,8 @@ def rollout_split(cfg: ExperimentConfig, run: RunDir) -> tuple[list[Path], list[
             f"{directory}: {len(shards)} usable shard(s); training V needs at least 2 "
             "(run collect.py with the same config first)"
         )
-    return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed), skipped)
+    return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed,
+                              cfg.data.holdout_min_episodes), skipped)
 
 
 @torch.no_grad()
