@@ -13,6 +13,7 @@ space (V and M are skipped when no episode of the batch has a controller).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ class BatchedActor:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.agent, self.make_env, self.batch = agent, make_env, batch
         self.envs: list[gym.Env] = []
+        #: wall seconds spent so far in V + M + C (one call per step for every episode)
+        #: and in the envs (steps and resets), for benchmarks
+        self.seconds = {"agent": 0.0, "env": 0.0}
 
     def close(self) -> None:
         for env in self.envs:
@@ -82,7 +86,9 @@ class BatchedActor:
         state = agent.memory.initial_state(n, agent.device)
         # each slot's controller parameters, set when its episode starts
         params = torch.zeros(n, agent.controller.num_parameters(), device=agent.device)
+        clock = time.perf_counter
         while queue or any(slots):
+            t0 = clock()
             for i in range(n):  # free slots take the next episodes
                 if slots[i] is None and queue:
                     slots[i] = slot = self._start(queue.popleft(), episodes, self.envs[i])
@@ -91,14 +97,18 @@ class BatchedActor:
                     if slot.episode.params is not None:
                         params[i] = torch.as_tensor(slot.episode.params, dtype=torch.float32)
             live = [i for i in range(n) if slots[i] is not None]
+            t1 = clock()
             actions = self._act([slots[i] for i in live], live, state,  # type: ignore[misc]
                                 params)
+            t2 = clock()
             for i, action in zip(live, actions, strict=True):
                 slot = slots[i]
                 assert slot is not None
                 if self._step(slot, self.envs[i], action):
                     results[slot.index] = slot.result
                     slots[i] = None
+            self.seconds["agent"] += t2 - t1
+            self.seconds["env"] += (t1 - t0) + (clock() - t2)
         return results  # type: ignore[return-value]
 
     def _start(self, index: int, episodes: Sequence[Episode], env: gym.Env) -> _Slot:

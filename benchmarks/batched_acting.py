@@ -49,14 +49,18 @@ from worldmodels.vae import ConvVAE  # noqa: E402
 
 
 def acting_rate(actor: BatchedActor, n_params: int, episodes: int, steps: int,
-                seed: int) -> float:
-    """Agent + env steps per second over ``episodes`` capped episodes."""
+                seed: int) -> tuple[float, float, float]:
+    """(agent + env steps per second, agent ms per step, env ms per step) over
+    ``episodes`` capped episodes."""
     rng = np.random.default_rng(seed)
     todo = [Episode(seed * 1000 + i, rng.normal(0, 0.5, n_params).astype(np.float32), steps)
             for i in range(episodes)]
+    before = dict(actor.seconds)
     start = time.perf_counter()
     results = actor.play(todo)
-    return sum(r.steps for r in results) / (time.perf_counter() - start)
+    total = sum(r.steps for r in results)
+    agent_ms, env_ms = (1000 * (actor.seconds[k] - before[k]) / total for k in ("agent", "env"))
+    return total / (time.perf_counter() - start), agent_ms, env_ms
 
 
 def dream_rate(env: DreamEnv | DreamVecEnv, steps: int, seed: int) -> float:
@@ -165,16 +169,23 @@ def main() -> None:
     for n, actor in actors.items():  # warm-up: envs made, first calls allocate
         acting_rate(actor, n_params, n, 5, 99)
     rates: dict[int, list[float]] = {n: [] for n in actors}
+    split: dict[int, list[tuple[float, float]]] = {n: [] for n in actors}
     for r in range(args.rounds):
         for n, actor in actors.items():
             episodes = args.batch1_episodes if n == 1 else 2 * n
-            rates[n].append(acting_rate(actor, n_params, episodes, args.episode_steps, r))
+            rate, agent_ms, env_ms = acting_rate(actor, n_params, episodes,
+                                                 args.episode_steps, r)
+            rates[n].append(rate)
+            split[n].append((agent_ms, env_ms))
     median = {n: statistics.median(v) for n, v in rates.items()}
-    print("| acting | agent + env steps/s (median) | rounds | vs N = 1 |")
-    print("|---|---|---|---|")
+    agent_ms = {n: statistics.median(a for a, _ in v) for n, v in split.items()}
+    env_ms = {n: statistics.median(e for _, e in v) for n, v in split.items()}
+    print("| acting | agent + env steps/s (median) | rounds | vs N = 1 | agent ms/step "
+          "| env ms/step |")
+    print("|---|---|---|---|---|---|")
     for n, v in median.items():
         print(f"| N = {n} | {v:.0f} | {', '.join(f'{x:.0f}' for x in rates[n])} | "
-              f"{v / median[1]:.2f}x |")
+              f"{v / median[1]:.2f}x | {agent_ms[n]:.3f} | {env_ms[n]:.3f} |")
     for actor in actors.values():
         actor.close()
 
@@ -218,7 +229,10 @@ def main() -> None:
         g1, gb = (statistics.median(gen[b]) for b in (1, args.generation_batch))
         print(f"generation time, batched / batch-1: {gb / g1:.2f}")
     best = max(batches, key=lambda n: median[n])
-    print(f"best batched N = {best}")
+    print(f"best batched N = {best}; the agent's share of a step: "
+          f"{agent_ms[1]:.3f} -> {agent_ms[best]:.3f} ms ({agent_ms[1] / agent_ms[best]:.1f}x), "
+          f"the env's {env_ms[1]:.3f} -> {env_ms[best]:.3f} ms; with a free agent the "
+          f"ceiling would be {(agent_ms[1] + env_ms[1]) / env_ms[best]:.2f}x")
     print(f"speed-up: {median[best] / median[1]:.2f}x")
 
 

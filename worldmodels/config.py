@@ -37,6 +37,10 @@ class ConfigError(InputError, ValueError):
     of range, or a preset/file is missing."""
 
 
+#: the resolved config at the root of every run directory (worldmodels.run_dir.RunDir)
+RUN_CONFIG = "config.yaml"
+
+
 def config_dir() -> Path:
     """The directory of the preset files: the package ``configs``, whose YAML files are
     package data, so a checkout, an editable install and a wheel all find them."""
@@ -384,9 +388,9 @@ def resolve_config_path(name_or_path: str) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        if (path / "config.yaml").is_file():
+        if (path / RUN_CONFIG).is_file():
             raise ConfigError(f"--config {path}: a run directory, not a config file; give "
-                              f"--run {path} (or --config {path / 'config.yaml'})")
+                              f"--run {path} (or --config {path / RUN_CONFIG})")
         raise ConfigError(f"--config {path}: a directory, not a config file (a .yaml file "
                           "or a name in configs/)")
     known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))

@@ -297,8 +297,7 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                               z_dim=cfg.vae.z_dim)
     loader = ShardLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers)
     lengths = {p: shard_length(p) for p in train_paths}  # read once, replayed every epoch
-    writer = summary_writer(run.tensorboard("memory") if out_dir is None
-                            else files.dir.parent / "tensorboard" / files.dir.name)
+    writer = summary_writer(files.tensorboard)
     metrics = [x for x in read_json(files.metrics, []) if x["epoch"] <= start_epoch]
     step = sum(x.get("batches", 0) for x in metrics)
     skipped_total = sum(x.get("skipped", 0) for x in metrics)

@@ -44,6 +44,7 @@ from worldmodels.checkpoint import (
     write_text_atomic,
 )
 from worldmodels.config import (
+    RUN_CONFIG,
     ConfigError,
     ExperimentConfig,
     config_from_args,
@@ -89,15 +90,17 @@ class MemoryFiles:
     state: Path
     metrics: Path
     best: Path  # the weights of the epoch with the best held-out NLL
+    tensorboard: Path
 
     @classmethod
     def at(cls, d: Path) -> MemoryFiles:
         """The files of an M trained into ``d`` (a run's ``memory/``, or a variant's
         directory under ``memory_compare/``): ``model`` holds the last epoch's weights
-        (training resumes from them), ``best`` the best held-out epoch's."""
+        (training resumes from them), ``best`` the best held-out epoch's; its TensorBoard
+        log is ``tensorboard/<d's name>`` beside ``d``."""
         d = Path(d)
         return cls(d, d / "model.safetensors", d / "train_state.safetensors",
-                   d / "metrics.json", d / "best.safetensors")
+                   d / "metrics.json", d / "best.safetensors", d.parent / "tensorboard" / d.name)
 
     def weights(self, which: str = "best") -> Path:
         """The weights later stages load: ``best`` (the default; the last epoch's for an M
@@ -172,7 +175,7 @@ class RunDir:
     # ------------------------------------------------------------------ paths
     @property
     def config_file(self) -> Path:
-        return self.path / "config.yaml"
+        return self.path / RUN_CONFIG
 
     @property
     def prev_config_file(self) -> Path:
