@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from agents.batched import Episode
 from agents.dreams import DreamEvaluator
-from agents.parallel import TaskPool
+from agents.parallel import TaskPool, resolve_workers
 from agents.rollouts import RolloutTask, describe_returns, play_task
 from worldmodels.checkpoint import load_weights, read_json, save_model, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig
@@ -80,17 +80,19 @@ class ProcessEvaluator:
 
         A candidate of None plays uniform random actions. ``whole_episodes`` ignores the
         training caps (``max_steps``, ``stall_steps``), as evaluation must. Episodes go
-        to the workers in tasks of ``batch``, the same tasks on every engine, so every
-        engine gives the same figures.
+        to the workers in tasks of up to ``batch``, the same tasks on every engine, so
+        every engine gives the same figures.
         """
         caps = (0, 0) if whole_episodes else (self.max_steps, self.stall_steps)
         flat = [None if x is None else np.asarray(x, np.float32) for x in candidates]
         episodes = [(Episode(int(s), flat[i], *caps), (i, j))
                     for i in range(len(flat)) for j, s in enumerate(seeds)]
+        # tasks of up to ``batch`` episodes, at least one per worker; the split depends
+        # on the settings only, not on the engine
+        size = max(1, min(self.batch, -(-len(episodes) // resolve_workers(self.workers))))
         tasks = [RolloutTask(self.run_dir, tuple(e for e, _ in chunk),
                              tuple(t for _, t in chunk), self.batch, self.overrides)
-                 for chunk in (episodes[k:k + self.batch]
-                               for k in range(0, len(episodes), self.batch))]
+                 for chunk in (episodes[k:k + size] for k in range(0, len(episodes), size))]
         returns = np.zeros((len(candidates), len(seeds)))
         steps = np.zeros((len(candidates), len(seeds)), dtype=int)
         for task, results in self.pool.run(play_task, tasks):

@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--env-steps", type=int, default=1000, help="real steps per round")
     parser.add_argument("--dream-steps", type=int, default=50, help="dream steps per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--single", action="store_true",
+                        help="one dream (B = 1, as Dream-v0 steps it) instead of a generation")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -94,13 +96,14 @@ def main() -> None:
     controller = build_controller(cfg.controller, memory.feature_size(cfg.controller.use_cell),
                                   env.action_space)
     agent = VMCAgent(ConvVAE(z_dim=cfg.vae.z_dim), memory, controller)
-    B = cfg.controller.population * cfg.controller.rollouts
+    P, R = (1, 1) if args.single else (cfg.controller.population, cfg.controller.rollouts)
+    B = P * R
     d = cfg.vae.z_dim
     # threshold 1.0: the done head never ends a dream, so each step holds all B dreams
     dream = Dream(memory, torch.zeros(8, d), torch.zeros(8, d), cfg.dream.temperature,
                   done_mode="threshold", done_threshold=1.0, max_steps=args.dream_steps)
-    params = 0.1 * torch.randn(cfg.controller.population, controller.num_parameters())
-    starts = torch.arange(cfg.controller.rollouts)
+    params = 0.1 * torch.randn(P, controller.num_parameters())
+    starts = torch.arange(R)
 
     dream_threads = cfg.dream.threads or torch.get_num_threads()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch "
@@ -108,8 +111,8 @@ def main() -> None:
     m = memory.config()
     print(f"env {cfg.env.id}; M: {cfg.memory.kind}, hidden {m['hidden']}, "
           f"{m.get('precision', 'diag')} precision, flow {m.get('flow', 'none')}"
-          f"{' (trained)' if args.trained else ''}; B = {cfg.controller.population} x "
-          f"{cfg.controller.rollouts} = {B} dreams at tau {cfg.dream.temperature}")
+          f"{' (trained)' if args.trained else ''}; B = {P} x "
+          f"{R} = {B} dreams at tau {cfg.dream.temperature}")
     torch.set_num_threads(dream_threads)
     dream_returns(dream, controller, params, starts)  # warm-up: first calls allocate
     rates: dict[str, list[float]] = {"real env": [], "real env + V+M+C": [], "batched dream": [],

@@ -229,7 +229,7 @@ class ControllerConfig:
     eval_episodes: int = _opt(100, "Episodes of that evaluation.", ge=1)
     engine: Engine = _opt("process", "Evaluator back-end.")
     workers: int = _opt(0, "Evaluator workers (0 = one per core).", ge=0)
-    batch_envs: int = _opt(8, "Real episodes a worker steps together: V encodes their frames "
+    batch_envs: int = _opt(16, "Real episodes a worker steps together: V encodes their frames "
                               "in one call, M and C step them in one call.", ge=1)
     ray_address: str = _opt("", "Ray cluster address for engine=ray ('' starts a local Ray).")
     max_episode_steps: int = _opt(0, "Cap on training episodes (0 = the env's cap).", ge=0)
