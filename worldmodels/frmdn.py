@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from worldmodels.config import ExperimentConfig, Flow, Precision
-from worldmodels.memory import State, register_memory, sequence_loss
+from worldmodels.memory import MemoryModel, State, register_memory
 
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 FLOWS: tuple[str, ...] = typing.get_args(Flow)
@@ -260,7 +260,7 @@ class TiedPrecisionMixture(nn.Module):
         return mu + scale * self.solve_square_transpose(white)
 
 
-class FRMDN(nn.Module):
+class FRMDN(MemoryModel):
     """The memory model: LSTM over [z_t, a_t], flow + tied-precision mixture on z_{t+1},
     reward and done heads; a :class:`worldmodels.memory.Memory` (``memory.kind=frmdn``).
 
@@ -313,24 +313,12 @@ class FRMDN(nn.Module):
                 hidden_features=(flow_hidden, flow_hidden),
                 passes=2 if flow == "coupling" and z_dim > 1 else None,
             ).transform
-        self.reward_head = nn.Linear(hidden, 1) if reward_head else None
-        self.done_head = nn.Linear(hidden, 1) if done_head else None
-
-    def config(self) -> dict:
-        return dict(self._config)
+        self._make_heads(hidden, reward_head, done_head)
 
     @property
     def hidden_size(self) -> int:
         """Size of h (and of the cell state c)."""
         return self.lstm.hidden_size
-
-    @property
-    def predicts_reward(self) -> bool:
-        return self.reward_head is not None
-
-    @property
-    def predicts_done(self) -> bool:
-        return self.done_head is not None
 
     # ------------------------------------------------------------------ what C reads
     def features(self, z: Tensor, state: State, use_cell: bool = False) -> Tensor:
@@ -392,23 +380,6 @@ class FRMDN(nn.Module):
         :meth:`TiedPrecisionMixture.sample`."""
         u = self.mixture.sample(self.mixture.params(h), tau, generator, noise)
         return self.flow_inverse(u, h)
-
-    def reward(self, h: Tensor) -> Tensor | None:
-        """Predicted reward (..., ) or None without a reward head."""
-        return None if self.reward_head is None else self.reward_head(h).squeeze(-1)
-
-    def done_logit(self, h: Tensor) -> Tensor | None:
-        """Logit of P(done) (..., ) or None without a done head."""
-        return None if self.done_head is None else self.done_head(h).squeeze(-1)
-
-    # ------------------------------------------------------------------ training loss
-    def loss(self, z: Tensor, action: Tensor, reward: Tensor, done: Tensor, mask: Tensor,
-             reward_weight: float = 1.0, done_weight: float = 1.0,
-             done_pos_weight: float = 1.0) -> dict[str, Tensor]:
-        """Masked losses over windows: z (B, L+1, d); action, reward, done, mask (B, L, ...);
-        see :func:`worldmodels.memory.sequence_loss`."""
-        return sequence_loss(self, z, action, reward, done, mask, reward_weight, done_weight,
-                             done_pos_weight)
 
 
 def build_frmdn(cfg: ExperimentConfig, action_dim: int, discrete: bool) -> FRMDN:

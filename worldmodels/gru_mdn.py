@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.frmdn import TiedPrecisionMixture
-from worldmodels.memory import State, register_memory, sequence_loss
+from worldmodels.memory import MemoryModel, State, register_memory
 
 
 def _no_cell() -> ConfigError:
@@ -26,7 +26,7 @@ def _no_cell() -> ConfigError:
                        "controller.use_cell=false, or use memory.kind=frmdn")
 
 
-class GRUMDN(nn.Module):
+class GRUMDN(MemoryModel):
     """A :class:`worldmodels.memory.Memory`: GRU + diagonal mixture + reward and done heads.
 
     Shapes: z (B, T, d); actions (B, T, A) float or (B, T) int64 for Discrete(A);
@@ -45,19 +45,7 @@ class GRUMDN(nn.Module):
         self.gru = nn.GRU(z_dim + action_dim, hidden, batch_first=True)
         self.mixture = TiedPrecisionMixture(hidden, z_dim, mixtures=mixtures, precision="diag",
                                             overcomplete_m=0)
-        self.reward_head = nn.Linear(hidden, 1) if reward_head else None
-        self.done_head = nn.Linear(hidden, 1) if done_head else None
-
-    def config(self) -> dict:
-        return dict(self._config)
-
-    @property
-    def predicts_reward(self) -> bool:
-        return self.reward_head is not None
-
-    @property
-    def predicts_done(self) -> bool:
-        return self.done_head is not None
+        self._make_heads(hidden, reward_head, done_head)
 
     # ------------------------------------------------------------------ recurrence
     def _input(self, z: Tensor, action: Tensor) -> Tensor:
@@ -100,19 +88,6 @@ class GRUMDN(nn.Module):
                noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """y ~ p(. | h) at temperature tau: h (..., hidden) -> (..., d)."""
         return self.mixture.sample(self.mixture.params(h), tau, generator, noise)
-
-    def reward(self, h: Tensor) -> Tensor | None:
-        return None if self.reward_head is None else self.reward_head(h).squeeze(-1)
-
-    def done_logit(self, h: Tensor) -> Tensor | None:
-        return None if self.done_head is None else self.done_head(h).squeeze(-1)
-
-    def loss(self, z: Tensor, action: Tensor, reward: Tensor, done: Tensor, mask: Tensor,
-             reward_weight: float = 1.0, done_weight: float = 1.0,
-             done_pos_weight: float = 1.0) -> dict[str, Tensor]:
-        """See :func:`worldmodels.memory.sequence_loss`."""
-        return sequence_loss(self, z, action, reward, done, mask, reward_weight, done_weight,
-                             done_pos_weight)
 
 
 def build_gru_mdn(cfg: ExperimentConfig, action_dim: int, discrete: bool) -> GRUMDN:

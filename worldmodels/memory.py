@@ -215,3 +215,44 @@ def register_memory(kind: str, model: type[nn.Module], build: MemoryBuilder) -> 
 def checkpoint_kinds() -> tuple[str, ...]:
     """The checkpoint kinds of every registered memory model (what a run's M may be)."""
     return tuple(k.model.__name__ for k in MEMORY_KINDS.values())
+
+
+class MemoryModel(nn.Module):
+    """What the memory models share: the config a checkpoint rebuilds them from, reward
+    and done heads on h, and the masked loss over windows (:func:`sequence_loss`). A
+    model sets ``self._config`` and calls :meth:`_make_heads` in its constructor."""
+
+    _config: dict
+    reward_head: nn.Linear | None
+    done_head: nn.Linear | None
+
+    def _make_heads(self, hidden: int, reward_head: bool, done_head: bool) -> None:
+        self.reward_head = nn.Linear(hidden, 1) if reward_head else None
+        self.done_head = nn.Linear(hidden, 1) if done_head else None
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    @property
+    def predicts_reward(self) -> bool:
+        return self.reward_head is not None
+
+    @property
+    def predicts_done(self) -> bool:
+        return self.done_head is not None
+
+    def reward(self, h: Tensor) -> Tensor | None:
+        """Predicted reward (...,), or None without a reward head."""
+        return None if self.reward_head is None else self.reward_head(h).squeeze(-1)
+
+    def done_logit(self, h: Tensor) -> Tensor | None:
+        """Logit of P(done) (...,), or None without a done head."""
+        return None if self.done_head is None else self.done_head(h).squeeze(-1)
+
+    def loss(self, z: Tensor, action: Tensor, reward: Tensor, done: Tensor, mask: Tensor,
+             reward_weight: float = 1.0, done_weight: float = 1.0,
+             done_pos_weight: float = 1.0) -> dict[str, Tensor]:
+        """Masked losses over windows: z (B, L+1, d); action, reward, done, mask (B, L, ...);
+        see :func:`sequence_loss`."""
+        return sequence_loss(self, z, action, reward, done, mask,  # type: ignore[arg-type]
+                             reward_weight, done_weight, done_pos_weight)
