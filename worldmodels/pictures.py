@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import imageio.v3 as iio
@@ -62,14 +63,7 @@ def plot_curves(path: Path, series: dict[str, tuple[list[float], list[float]]], 
         ax.axhline(value, linestyle="--", linewidth=1, color="grey")
         ax.annotate(name, (ax.get_xlim()[0], value), fontsize=8, color="grey",
                     xytext=(4, 3), textcoords="offset points")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    try:
-        write_atomic(path, lambda fh: fig.savefig(fh, format="png"))
-    finally:
-        plt.close(fig)
+    _save_plot(fig, ax, path, title, xlabel, ylabel)
 
 
 def plot_errorbars(path: Path, series: dict[str, tuple[list[float], list[float], list[float]]],
@@ -87,6 +81,13 @@ def plot_errorbars(path: Path, series: dict[str, tuple[list[float], list[float],
                     capsize=3)
     if logx:
         ax.set_xscale("log")
+    _save_plot(fig, ax, path, title, xlabel, ylabel)
+
+
+def _save_plot(fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str) -> None:
+    """Title, labels, grid and legend, then the PNG written atomically; the figure closed."""
+    import matplotlib.pyplot as plt
+
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)

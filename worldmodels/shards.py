@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,16 +95,21 @@ def read_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.nd
     :class:`ShardError` naming the file.
     """
     path = Path(path)
+    with unreadable_as_shard_error(path), np.load(path, allow_pickle=False) as data:
+        names = keys if keys is not None else tuple(data.files)
+        missing = [k for k in names if k not in data.files]
+        if missing:
+            raise ShardError(f"{path}: missing array(s) {missing} (has {data.files})")
+        return {k: data[k] for k in names}
+
+
+@contextmanager
+def unreadable_as_shard_error(path: Path) -> Iterator[None]:
+    """A truncated zip, a bad CRC or header, or an unreadable file inside the block
+    becomes a :class:`ShardError` naming ``path`` (a missing file stays what it is)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            names = keys if keys is not None else tuple(data.files)
-            missing = [k for k in names if k not in data.files]
-            if missing:
-                raise ShardError(f"{path}: missing array(s) {missing} (has {data.files})")
-            return {k: data[k] for k in names}
-    except ShardError:
-        raise
-    except FileNotFoundError:
+        yield
+    except (ShardError, FileNotFoundError):
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
         raise ShardError(f"{path}: unreadable shard ({type(err).__name__}: {err})") from err
@@ -192,27 +198,20 @@ def array_headers(path: Path, keys: tuple[str, ...]) -> dict[str, tuple[tuple[in
     alone: cheap however large the arrays (nothing past the header is decompressed)."""
     path = Path(path)
     out = {}
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            missing = [k for k in keys if f"{k}.npy" not in names]
-            if missing:
-                raise ShardError(f"{path}: missing array(s) {missing}")
-            for key in keys:
-                with zf.open(f"{key}.npy") as fh:
-                    version = np.lib.format.read_magic(fh)
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0)
-                    shape, _, dtype = read(fh)
-                if dtype.hasobject:
-                    raise ShardError(f"{path}: '{key}' holds Python objects (a pickle); refused")
-                out[key] = (tuple(shape), dtype)
-    except ShardError:
-        raise
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
-        raise ShardError(f"{path}: unreadable shard ({type(err).__name__}: {err})") from err
+    with unreadable_as_shard_error(path), zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        missing = [k for k in keys if f"{k}.npy" not in names]
+        if missing:
+            raise ShardError(f"{path}: missing array(s) {missing}")
+        for key in keys:
+            with zf.open(f"{key}.npy") as fh:
+                version = np.lib.format.read_magic(fh)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(fh)
+            if dtype.hasobject:
+                raise ShardError(f"{path}: '{key}' holds Python objects (a pickle); refused")
+            out[key] = (tuple(shape), dtype)
     return out
 
 
