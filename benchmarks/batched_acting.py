@@ -5,9 +5,10 @@
 
 Two comparisons, each on one torch thread in this one process:
 
-* real-env acting: agent + env steps/s of ``agents.batched.BatchedActor`` at N = 1 (how
-  a worker played before: one episode at a time) against N = 8, 16 and 32, on
-  CarRacing with the direct renderer (``env.direct_render=true``);
+* real-env acting: agent + env steps/s of ``agents.batched.BatchedActor`` at N = 1
+  against N = 8, 16 and 32, and of the loop workers ran before batching
+  (``VMCAgent.act`` on one frame), on CarRacing with the direct renderer
+  (``env.direct_render=true``);
 * SB3 in the dream: ``envs.dream_env.DreamVecEnv`` with N dreams in one batch against
   ``DreamEnv`` (what ``gymnasium.make("worldmodels/Dream-v0")`` gives), steps/s;
 * with ``--generation P,R``: the wall time of one real-env CMA-ES generation (P
@@ -61,6 +62,25 @@ def acting_rate(actor: BatchedActor, n_params: int, episodes: int, steps: int,
     total = sum(r.steps for r in results)
     agent_ms, env_ms = (1000 * (actor.seconds[k] - before[k]) / total for k in ("agent", "env"))
     return total / (time.perf_counter() - start), agent_ms, env_ms
+
+
+def act_loop_rate(agent: VMCAgent, env: gym.Env, n_params: int, episodes: int, steps: int,
+                  seed: int) -> float:
+    """Agent + env steps per second of the batch-1 loop workers ran before batching
+    (``VMCAgent.act`` on one frame, C's weights set per episode), same episodes."""
+    rng = np.random.default_rng(seed)
+    total, start = 0, time.perf_counter()
+    for i in range(episodes):
+        agent.controller.set_flat(torch.as_tensor(rng.normal(0, 0.5, n_params),
+                                                  dtype=torch.float32))
+        obs, _ = env.reset(seed=seed * 1000 + i)
+        agent.reset(1)
+        for _ in range(steps):
+            obs, _, terminated, truncated, _ = env.step(agent.act(obs[None])[0])
+            total += 1
+            if terminated or truncated:
+                break
+    return total / (time.perf_counter() - start)
 
 
 def dream_rate(env: DreamEnv | DreamVecEnv, steps: int, seed: int) -> float:
@@ -170,7 +190,11 @@ def main() -> None:
         acting_rate(actor, n_params, n, 5, 99)
     rates: dict[int, list[float]] = {n: [] for n in actors}
     split: dict[int, list[tuple[float, float]]] = {n: [] for n in actors}
+    before: list[float] = []
+    act_loop_rate(agent, probe, n_params, 1, 5, 99)
     for r in range(args.rounds):
+        before.append(act_loop_rate(agent, probe, n_params, args.batch1_episodes,
+                                    args.episode_steps, r))
         for n, actor in actors.items():
             episodes = args.batch1_episodes if n == 1 else 2 * n
             rate, agent_ms, env_ms = acting_rate(actor, n_params, episodes,
@@ -183,6 +207,9 @@ def main() -> None:
     print("| acting | agent + env steps/s (median) | rounds | vs N = 1 | agent ms/step "
           "| env ms/step |")
     print("|---|---|---|---|---|---|")
+    print(f"| batch-1 loop before batching (VMCAgent.act) | {statistics.median(before):.0f} | "
+          f"{', '.join(f'{x:.0f}' for x in before)} | "
+          f"{statistics.median(before) / median[1]:.2f}x | | |")
     for n, v in median.items():
         print(f"| N = {n} | {v:.0f} | {', '.join(f'{x:.0f}' for x in rates[n])} | "
               f"{v / median[1]:.2f}x | {agent_ms[n]:.3f} | {env_ms[n]:.3f} |")
@@ -233,6 +260,8 @@ def main() -> None:
           f"{agent_ms[1]:.3f} -> {agent_ms[best]:.3f} ms ({agent_ms[1] / agent_ms[best]:.1f}x), "
           f"the env's {env_ms[1]:.3f} -> {env_ms[best]:.3f} ms; with a free agent the "
           f"ceiling would be {(agent_ms[1] + env_ms[1]) / env_ms[best]:.2f}x")
+    print(f"against the batch-1 loop before batching: "
+          f"{median[best] / statistics.median(before):.2f}x")
     print(f"speed-up: {median[best] / median[1]:.2f}x")
 
 
