@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 from agents.dreams import DREAM_POLICIES, record_dream
-from worldmodels.atomic import check_writable
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import run_from_args
@@ -38,7 +37,6 @@ def main(argv: list[str] | None = None) -> dict:
     tau = cfg.dream.temperature
     out = (Path(args.out) if args.out else run.dreams_dir) \
         / f"{args.policy}_seed{args.seed}_tau{tau:g}.gif"
-    check_writable(out.parent)
     result = record_dream(run, out, cfg, args.policy, args.seed, args.steps,
                           beside_real=not args.dream_only)
     print(json.dumps(result, indent=2))

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from agents.dreams import dream_score
 from agents.evaluation import EVAL_POLICIES, evaluate
-from worldmodels.atomic import check_writable
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import run_from_args
@@ -48,7 +47,6 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, run = run_from_args(args, trained=True)
     out = Path(args.out) if args.out else None
     if args.in_dream:
-        check_writable(out or run.eval_dir)
         summary = dream_score(run, cfg, args.weights, args.episodes, cfg.seed, out)
         print(json.dumps(summary, indent=2))
         return summary

@@ -14,6 +14,7 @@ import torch
 from agents.rollouts import describe_returns
 from envs.dream_env import load_dream
 from envs.factory import make_env_from_config
+from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import load_weights, write_bytes_atomic, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.dream import dream_returns, dream_seed, start_indices
@@ -58,6 +59,8 @@ def dream_score(run: RunDir, cfg: ExperimentConfig | None = None, weights: str =
     dreams at ``cfg.dream``'s settings (the paper's "virtual score"), written to
     ``controller_dream_tau<T>.json`` in ``out_dir`` (default: the run's ``eval/``)."""
     cfg = cfg if cfg is not None else run.load_config()
+    out = Path(out_dir) if out_dir is not None else run.eval_dir
+    check_writable(out)  # before the dreams, not after
     evaluator = DreamEvaluator(run, cfg)
     load_weights(run.controller.weights(weights), evaluator.controller)
     seeds = [int(s) for s in np.random.default_rng([seed, 31337]).integers(0, 2**31 - 1,
@@ -67,7 +70,6 @@ def dream_score(run: RunDir, cfg: ExperimentConfig | None = None, weights: str =
     summary = {"policy": f"controller ({weights}) in the dream", "temperature": tau,
                **describe_returns(returns[0]), "mean_steps": float(steps.mean())}
     suffix = "" if weights == "best" else f"_{weights}"
-    out = Path(out_dir) if out_dir is not None else run.eval_dir
     write_json_atomic(out / f"controller{suffix}_dream_tau{tau:g}.json", summary)
     return summary
 
@@ -88,6 +90,7 @@ def record_dream(run: RunDir, out: Path, cfg: ExperimentConfig | None = None,
     if policy not in DREAM_POLICIES:
         raise ConfigError(f"policy must be one of {', '.join(DREAM_POLICIES)}, not '{policy}'")
     cfg = cfg if cfg is not None else run.load_config()
+    check_writable(Path(out).parent)  # before the dream, not after
     dream, action_space = load_dream(run, cfg, seed=seed)
     vae = run.load_vae(cfg.vae.z_dim)
     controller = (run.load_controller(cfg, action_space, dream.memory)

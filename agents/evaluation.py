@@ -88,7 +88,7 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
         raise ConfigError(f"episodes must be >= 1, got {episodes}")
     cfg = run.load_config(overrides)
     out = Path(out_dir) if out_dir is not None else run.eval_dir
-    writable_dir(out)
+    check_writable(out)
     if policy in SB3_POLICIES:
         return _evaluate_sb3(run, cfg, policy, sb3_environment,
                              evaluation_seeds(seed, episodes), out)
@@ -122,11 +122,6 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
                **({"env_overrides": env_overrides} if env_overrides else {})}
     _write(out, policy, rows, summary)
     return summary
-
-
-def writable_dir(path: Path) -> None:
-    """Make ``path`` and check that a file can be written there, before any work."""
-    check_writable(path)
 
 
 @torch.no_grad()

@@ -57,10 +57,9 @@ class RolloutWorker:
         self.env = make_env_from_config(self.cfg.env)
         self.agent = VMCAgent.from_run(run, self.cfg, self.env.action_space, device=device)
         self.controller = self.agent.controller
-        envs = iter([self.env])  # the first slot reuses the probe env
-        self.actor = BatchedActor(self.agent,
-                                  lambda: next(envs, None) or make_env_from_config(self.cfg.env),
+        self.actor = BatchedActor(self.agent, lambda: make_env_from_config(self.cfg.env),
                                   batch)
+        self.actor.envs.append(self.env)  # the first slot plays in the env made above
 
     def play(self, episodes: list[Episode]) -> list[EpisodeResult]:
         return self.actor.play(episodes)

@@ -11,7 +11,6 @@ Files under ``<run>/vae/``::
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,13 +19,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from worldmodels.atomic import write_atomic
 from worldmodels.checkpoint import (
     CheckpointError,
     read_json,
     resume_training,
     save_model,
     save_state,
-    write_bytes_atomic,
     write_json_atomic,
 )
 from worldmodels.config import ExperimentConfig
@@ -133,7 +132,7 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
 
     if mean is None:
         mean = mean_frame(train_paths)
-        write_bytes_atomic(files.mean, _npy_bytes(mean))
+        write_atomic(files.mean, lambda fh: np.save(fh, mean, allow_pickle=False))
 
     frames_total = count_frames(train_paths)
     frames_per_epoch = min(frames_total, v.max_frames_per_epoch or frames_total)
@@ -229,12 +228,6 @@ def read_mean_frame(path: Path, frame_size: int) -> np.ndarray:
                               f"{getattr(mean, 'shape', '?')}, expected finite floats {shape}; "
                               "delete it and train_vae.py recomputes it")
     return mean
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def report_dict(report: VAEReport) -> dict:
