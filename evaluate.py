@@ -21,7 +21,7 @@ from agents.dreams import dream_score
 from agents.evaluation import EVAL_POLICIES, evaluate
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
-from worldmodels.run_dir import run_from_args
+from worldmodels.run_dir import CONTROLLER_WEIGHTS, run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--policy", choices=EVAL_POLICIES, default="controller",
                         help="the CMA-ES controller, uniform random actions, or an SB3 policy "
                              "trained by train_controller.py --algo")
-    parser.add_argument("--weights", choices=["best", "mean"], default="best",
-                        help="the controller: CMA-ES's best candidate or its search mean")
+    parser.add_argument("--weights", choices=list(CONTROLLER_WEIGHTS), default=None,
+                        help="the controller: CMA-ES's selected one (the default when it "
+                             "exists, else best), its best candidate or its search mean")
     parser.add_argument("--video", type=int, default=0,
                         help="GIFs of the first N episodes: real frames beside V's reconstruction")
     parser.add_argument("--in-dream", action="store_true",
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, run = run_from_args(args, trained=True)
     out = Path(args.out) if args.out else None
     if args.in_dream:
-        summary = dream_score(run, cfg, args.weights, args.episodes, cfg.seed, out)
+        summary = dream_score(run, cfg, args.weights or run.controller.default_weights(),
+                              args.episodes, cfg.seed, out)
         print(json.dumps(summary, indent=2))
         return summary
     # overrides of the trained run's config that reach its workers (env.*, dream.*)

@@ -10,12 +10,21 @@ perturb a replay.
 Files under ``<run>/controller/`` (:class:`worldmodels.run_dir.ControllerFiles`):
 ``cmaes_history.npz``, ``best.safetensors`` (+ .json;
 the best mean fitness so far), ``mean.safetensors`` (the search distribution's mean after
-the last generation), ``generations.json`` (per-generation best / mean / worst
-and the periodic evaluations), ``fitness.png`` (the curve).
+the last generation), ``selected.safetensors`` (see below), ``generations.json``
+(per-generation best / mean / worst and the periodic evaluations), ``fitness.png``.
+
+Selection: the best candidate's fitness is the luckiest of many noisy estimates, so it
+is not what ships. Every ``eval_every`` generations the best candidate so far and the
+search mean play the same fixed selection seeds (:func:`agents.seeds.selection_seeds`,
+``select_episodes`` whole real episodes, also when C trains in the dream; apart from the
+final report's seeds), and ``selected.safetensors`` keeps whichever had the highest
+selection mean ever seen; its meta records the generation, the source and that mean,
+which a resumed run compares against. ``target_return`` stops on that mean.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
@@ -33,7 +42,15 @@ from agents.batched import Episode
 from agents.dreams import DreamEvaluator
 from agents.parallel import TaskPool, resolve_workers
 from agents.rollouts import RolloutTask, describe_returns, play_task
-from worldmodels.checkpoint import load_weights, read_json, save_model, write_json_atomic
+from agents.seeds import selection_seeds
+from worldmodels.checkpoint import (
+    file_digest,
+    load_weights,
+    read_header,
+    read_json,
+    save_model,
+    write_json_atomic,
+)
 from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.controller import FlatPolicy
 from worldmodels.monitoring import summary_writer
@@ -146,8 +163,9 @@ class CMAES:
 class CMAESReport:
     generations: int
     best_fitness: float
-    last_eval: dict[str, Any] | None
+    last_eval: dict[str, Any] | None  # the last periodic evaluation (best and mean)
     seconds: float
+    selected: dict[str, Any] | None = None  # the selected controller's meta
 
 
 def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
@@ -181,9 +199,12 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     es.replay(history)
     log: list[dict[str, Any]] = read_json(files.log, [])[: len(history)]
     best = float(history.max()) if len(history) else -np.inf
+    best_generation = int(np.argmax(history.max(axis=1))) + 1 if len(history) else 0
     writer = summary_writer(run.tensorboard("controller"))
     started = time.perf_counter()
     last_eval = next((g["eval"] for g in reversed(log) if "eval" in g), None)
+    select = {"episodes": c.select_episodes or c.eval_episodes, "seed": cfg.seed}
+    selected = read_selected(files.selected, select)
     bar = tqdm(range(len(history), c.generations), initial=len(history), total=c.generations,
                desc="CMA-ES", unit="gen", disable=not progress)
     for gen in bar:
@@ -194,7 +215,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                                  "mean": float(fitness.mean()), "worst": float(fitness.min()),
                                  "seconds": time.perf_counter() - started}
         if fitness.max() > best:
-            best = float(fitness.max())
+            best, best_generation = float(fitness.max()), gen + 1
             controller.set_flat(torch.as_tensor(candidates[int(fitness.argmax())]))
             save_model(files.best, controller,
                        meta={"generation": gen + 1, "fitness": best, "rollouts": c.rollouts})
@@ -206,10 +227,27 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
             if real_evaluator is None:
                 real_evaluator = ProcessEvaluator(run, c.engine, c.workers, c.ray_address,
                                                   batch=c.batch_envs)
-            last_eval = evaluate_best(controller, files.best, c.eval_episodes,
-                                      cfg.seed + 10_000 + gen, real_evaluator)
+            last_eval = evaluate_for_selection(
+                controller, files.best, best_generation, es.mean(), gen + 1,
+                selection_seeds(cfg.seed, select["episodes"]), real_evaluator, log)
             entry["eval"] = last_eval
-            writer.add_scalar("c/eval_mean", last_eval["mean"], gen + 1)
+            for source in ("best", "mean"):
+                score = last_eval[source]
+                writer.add_scalar(f"c/selection_{source}", score["mean"], gen + 1)
+                if selected is None or score["mean"] > selected["selection_mean"]:
+                    selected = {"generation": score["generation"], "source": source,
+                                "selection_mean": score["mean"],
+                                "selection_std": score["std"],
+                                "selection_episodes": score["episodes"],
+                                "selection_seed": cfg.seed, "evaluated_at": gen + 1}
+                    params = es.mean() if source == "mean" else None
+                    if params is None:
+                        load_weights(files.best, controller)
+                    else:
+                        controller.set_flat(torch.as_tensor(params))
+                    save_model(files.selected, controller, meta=selected)
+            entry["selected"] = selected
+            writer.add_scalar("c/selected_mean", selected["selection_mean"], gen + 1)
         for key in ("best", "mean", "worst"):
             writer.add_scalar(f"c/fitness_{key}", entry[key], gen + 1)
         log.append(entry)
@@ -223,14 +261,15 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                                             "settings": np.array(json.dumps(settings))},
                          compress_level=0)
         bar.set_postfix(best=f"{entry['best']:.1f}", mean=f"{entry['mean']:.1f}")
-        if c.target_return and last_eval and last_eval["mean"] >= c.target_return:
+        if c.target_return and selected and selected["selection_mean"] >= c.target_return:
             break
     writer.close()
     if isinstance(evaluator, ProcessEvaluator):
         evaluator.close()
     if real_evaluator is not None and real_evaluator is not evaluator:
         real_evaluator.close()
-    return CMAESReport(len(es.history), best, last_eval, time.perf_counter() - started)
+    return CMAESReport(len(es.history), best, last_eval, time.perf_counter() - started,
+                       selected)
 
 
 def make_evaluator(cfg: ExperimentConfig, run: RunDir) -> Evaluator:
@@ -244,12 +283,19 @@ def make_evaluator(cfg: ExperimentConfig, run: RunDir) -> Evaluator:
 
 
 def plot_fitness(log: list[dict[str, Any]], path: Path, title: str = "CMA-ES fitness") -> None:
-    """Best / mean fitness per generation with the worst-to-best band, and the
-    periodic evaluations of the best candidate."""
+    """Best / mean fitness per generation with the worst-to-best band, and the selected
+    controller's selection mean at each periodic evaluation (a log written before
+    selection existed: the best candidate's eval mean)."""
     gens = [g["generation"] for g in log]
     series = {"best": (gens, [g["best"] for g in log]),
               "mean": (gens, [g["mean"] for g in log])}
-    evals = [(g["generation"], g["eval"]["mean"]) for g in log if "eval" in g]
+    selected = [(g["generation"], g["selected"]["selection_mean"]) for g in log
+                if g.get("selected")]
+    if selected:
+        series["selected, selection mean"] = ([e[0] for e in selected],
+                                              [e[1] for e in selected])
+    evals = [(g["generation"], g["eval"]["mean"]) for g in log
+             if "eval" in g and "best" not in g["eval"]]  # the old log layout
     if evals:
         series["best candidate, eval mean"] = ([e[0] for e in evals], [e[1] for e in evals])
     plot_curves(path, series, title, "generation", "return",
@@ -284,12 +330,43 @@ def read_history(path: Path, settings: dict[str, Any], population: int) -> np.nd
     return fitness
 
 
-def evaluate_best(controller: FlatPolicy, weights: Path, episodes: int, seed: int,
-                  evaluator: ProcessEvaluator) -> dict[str, Any]:
-    """Mean and spread over ``episodes`` fresh, whole real episodes of the controller at
-    ``weights`` (loaded into ``controller``), played by the evaluator's workers."""
-    load_weights(weights, controller)
-    params = controller.get_flat().numpy()
-    seeds = [int(s) for s in
-             np.random.default_rng([seed, 104729]).integers(0, 2**31 - 1, size=episodes)]
-    return describe_returns(evaluator.returns([params], seeds, whole_episodes=True)[0][0])
+def read_selected(path: Path, select: dict[str, int]) -> dict[str, Any] | None:
+    """The meta of a run's ``selected.safetensors`` (its selection mean is what a resumed
+    run must beat), or None: no file, or a score on other selection seeds (``select``:
+    their ``episodes`` and ``seed``), which the next evaluation replaces."""
+    if not path.exists():
+        return None
+    meta = dict(read_header(path).get("meta", {}))
+    if (meta.get("selection_episodes"), meta.get("selection_seed")) != \
+            (select["episodes"], select["seed"]):
+        print(f"{path}: scored on other selection seeds ({meta.get('selection_episodes')} "
+              f"episodes, seed {meta.get('selection_seed')}); the next evaluation replaces it")
+        return None
+    return meta
+
+
+def evaluate_for_selection(controller: FlatPolicy, best: Path, best_generation: int,
+                           mean: np.ndarray, generation: int, seeds: Sequence[int],
+                           evaluator: ProcessEvaluator,
+                           log: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The best candidate so far (the weights at ``best``) and the search ``mean`` on the
+    selection ``seeds``, whole real episodes: ``{"best": {...}, "mean": {...},
+    "episodes": n}``, each with the mean, spread and the generation it comes from. The
+    best candidate's score is reused from ``log`` when the same weights already played
+    the same seeds (the episodes are deterministic)."""
+    load_weights(best, controller)
+    digest = file_digest(best)
+    reused = next((g["eval"]["best"] for g in reversed(log)
+                   if "best" in g.get("eval", {}) and g["eval"]["best"].get("digest") == digest
+                   and g["eval"].get("seeds") == _seeds_key(seeds)), None)
+    candidates = [mean] if reused else [controller.get_flat().numpy(), mean]
+    returns = evaluator.returns(candidates, seeds, whole_episodes=True)[0]
+    scores = {"best": reused or {**describe_returns(returns[0]), "generation": best_generation,
+                                 "digest": digest},
+              "mean": {**describe_returns(returns[-1]), "generation": generation}}
+    return {**scores, "episodes": len(seeds), "seeds": _seeds_key(seeds)}
+
+
+def _seeds_key(seeds: Sequence[int]) -> str:
+    """A short digest of a seed list, to tell whether two evaluations played the same."""
+    return hashlib.sha256(json.dumps([int(s) for s in seeds]).encode()).hexdigest()[:16]

@@ -1,7 +1,9 @@
 """Evaluate a policy in the real env: fixed seeds, per-episode CSV, mean and std, video.
 
-The policy is the run's trained controller (``controller/best.safetensors``), a
-uniform random policy or an SB3 policy, all scored on the same episodes.
+The policy is the run's trained controller (``controller/selected.safetensors`` when
+CMA-ES selected one, else ``best``; or the weights named), a uniform random policy or an
+SB3 policy, all scored on the same episodes (:func:`agents.seeds.evaluation_seeds`, never
+the seeds CMA-ES selected the controller on).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from agents.cmaes import ProcessEvaluator
 from agents.rollouts import RolloutWorker, describe_returns
 from agents.sb3 import SB3_ALGORITHMS, play_sb3
+from agents.seeds import evaluation_seeds
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
     load_weights,
@@ -43,29 +46,40 @@ def _write(out: Path, policy: str, rows: list[dict[str, Any]], summary: dict[str
     write_json_atomic(out / f"{policy}.json", summary)
 
 
+def result_name(policy: str, weights: str = "best", overrides: tuple[str, ...] = (),
+                sb3_environment: str = "real") -> str:
+    """The stem of an evaluation's files in ``eval/``: ``controller`` (its ``best``
+    weights), ``controller_<weights>`` for others, ``<algo>_<environment>`` for an SB3
+    policy trained in the dream; each ``env.*`` override adds its own suffix (e.g.
+    ``controller_selected_direct_render-false``), so the run's own result stays."""
+    name = policy
+    if policy == "controller" and weights != "best":
+        name = f"controller_{weights}"
+    elif policy in SB3_POLICIES and sb3_environment != "real":
+        name = f"{policy}_{sb3_environment}"
+    env_overrides = [o for o in overrides if o.startswith("env.")]
+    if env_overrides:
+        name += "_" + "_".join(o.removeprefix("env.").replace("=", "-") for o in env_overrides)
+    return name
+
+
 def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: str,
-                  seeds: list[int], out: Path) -> dict[str, Any]:
+                  seeds: list[int], out: Path, name: str) -> dict[str, Any]:
     """An SB3 policy trained by ``train_controller.py --algo`` on the same seeds."""
     started = time.perf_counter()
     results = play_sb3(run, cfg, algo, seeds, environment)
     rows = [{"episode": i, "seed": s, "return": r, "steps": n}
             for i, (s, (r, n)) in enumerate(zip(seeds, results, strict=True))]
-    name = algo if environment == "real" else f"{algo}_{environment}"
     summary = {"policy": name, **describe_returns(np.array([r for r, _ in results])),
                "seconds": time.perf_counter() - started}
     _write(out, name, rows, summary)
     return summary
 
 
-def evaluation_seeds(seed: int, episodes: int) -> list[int]:
-    rng = np.random.default_rng([seed, 424242])
-    return [int(s) for s in rng.integers(0, 2**31 - 1, size=episodes)]
-
-
 def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
              seed: int = 0, video_episodes: int = 0, engine: str = "process",
              workers: int = 0, ray_address: str = "", progress: bool = True,
-             key: dict[str, Any] | None = None, weights: str = "best",
+             key: dict[str, Any] | None = None, weights: str | None = None,
              overrides: tuple[str, ...] = (), out_dir: Path | None = None,
              sb3_environment: str = "real") -> dict[str, Any]:
     """Play ``episodes`` real episodes of ``policy`` on the evaluator's workers.
@@ -77,8 +91,11 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
     Writes ``<out_dir>/<policy>.csv`` (episode, seed, return, steps) and ``<policy>.json``
     (mean, std, min, max, and ``key`` if given: what the caller checks to reuse it);
     for the controller, GIFs of the first ``video_episodes``. ``out_dir`` defaults to
-    the run's ``eval/``. ``weights``: the controller's ``best`` candidate, or CMA-ES's
-    ``mean`` (files ``controller_mean.*``). ``sb3_environment``: where the SB3 policy
+    the run's ``eval/`` (for a shipped agent, ``runs/pretrained/<name>/eval`` under the
+    working directory: :attr:`RunDir.eval_dir`). ``weights``: the controller's ``best``
+    candidate, CMA-ES's ``mean`` or the ``selected`` one of them (files
+    ``controller_<weights>.*``); None: the run's default
+    (:meth:`ControllerFiles.default_weights`). ``sb3_environment``: where the SB3 policy
     was trained (``real`` or ``dream``). Every input is checked, and ``out_dir`` made,
     before the first episode.
     """
@@ -87,11 +104,14 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
     if episodes < 1:
         raise ConfigError(f"episodes must be >= 1, got {episodes}")
     cfg = run.load_config(overrides)
+    weights = weights or run.controller.default_weights()
+    run.controller.weights(weights)  # a known name
+    name = result_name(policy, weights, tuple(overrides), sb3_environment)
     out = Path(out_dir) if out_dir is not None else run.eval_dir
     check_writable(out)
     if policy in SB3_POLICIES:
         return _evaluate_sb3(run, cfg, policy, sb3_environment,
-                             evaluation_seeds(seed, episodes), out)
+                             evaluation_seeds(seed, episodes), out, name)
     params = None
     if policy == "controller":  # (the random policy needs no V, M or env in this process)
         worker = RolloutWorker(run, overrides=tuple(overrides))
@@ -112,15 +132,12 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
     for i in range(min(video_episodes, episodes) if policy == "controller" else 0):
         frames = worker.play_one(params, seeds[i], record=True).frames
         save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif")
-    if policy == "controller" and weights == "mean":
-        policy = "controller_mean"
     env_overrides = [o for o in overrides if o.startswith("env.")]
-    if env_overrides:  # e.g. controller_direct_render-false: the run's own stays as it is
-        policy += "_" + "_".join(o.removeprefix("env.").replace("=", "-") for o in env_overrides)
-    summary = {"policy": policy, **describe_returns(returns[0]),
+    summary = {"policy": name, **describe_returns(returns[0]),
                "seconds": time.perf_counter() - started, **({"key": key} if key else {}),
+               **({"weights": weights} if policy == "controller" else {}),
                **({"env_overrides": env_overrides} if env_overrides else {})}
-    _write(out, policy, rows, summary)
+    _write(out, name, rows, summary)
     return summary
 
 

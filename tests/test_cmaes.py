@@ -275,3 +275,90 @@ def test_real_env_wrappers_pass_gymnasium_and_sb3_checkers(tiny_run, tmp_path, m
     np.testing.assert_array_equal(again.step(action)[0], latent.step(action)[0])
     latent.close()
     again.close()
+
+
+def test_selection_and_report_seeds_never_overlap():
+    from agents.evaluation import evaluation_seeds
+    from agents.seeds import selection_seeds
+
+    for seed in (0, 1, 12345):
+        for size in (1, 10, 100, 1000):
+            chosen = selection_seeds(seed, size)
+            assert len(set(chosen)) == size
+            assert not set(chosen) & set(evaluation_seeds(seed, 1000))
+            # a smaller set is the start of a larger one: every evaluation is paired
+            assert selection_seeds(seed, min(size, 10)) == chosen[: min(size, 10)]
+    # report seeds of any size are prefixes of one stream, which selection avoids
+    assert evaluation_seeds(3, 5) == evaluation_seeds(3, 50)[:5]
+
+
+def selection_run(cfg, name, generations):
+    """CMA-ES on the fake fitness, its periodic evaluations in the real (tiny) env."""
+    cfg.name = name
+    if not run_of(cfg).exists():
+        write_tiny_run(cfg)
+    c = cfg.controller
+    c.generations, c.eval_every, c.eval_episodes, c.select_episodes = generations, 2, 5, 2
+    return train_cmaes(cfg, evaluator=quadratic, progress=False)
+
+
+def test_selection_keeps_the_higher_of_best_and_mean_on_fixed_seeds(tiny_run):
+    import json
+
+    from worldmodels.checkpoint import file_digest, read_header
+
+    report = selection_run(tiny_run, "select", 6)
+    files = RunDir(run_of(tiny_run)).controller
+    log = json.loads(files.log.read_text())
+    evals = [g for g in log if "eval" in g]
+    assert [g["generation"] for g in evals] == [2, 4, 6]
+    assert len({g["eval"]["seeds"] for g in evals}) == 1  # the same seeds every time
+    assert all(g["eval"]["episodes"] == 2 for g in evals)  # select_episodes, not eval_episodes
+    scores = [(g["eval"][s]["mean"], s, g["eval"][s]["generation"]) for g in evals
+              for s in ("best", "mean")]
+    top = max(score for score, _, _ in scores)
+    meta = read_header(files.selected)["meta"]
+    assert meta["selection_mean"] == top == report.selected["selection_mean"]
+    assert meta["selection_episodes"] == 2 and meta["source"] in ("best", "mean")
+    assert (top, meta["source"], meta["generation"]) in scores
+    assert log[-1]["selected"] == meta
+    # the selected file holds the controller that scored it
+    run = RunDir(run_of(tiny_run))
+    cfg = run.load_config()
+    worker_ctrl = run.load_controller(cfg, run.action_space(), run.load_memory(), "selected")
+    evaluator = ProcessEvaluator(run, "serial")
+    from agents.seeds import selection_seeds
+
+    again = evaluator.returns([worker_ctrl.get_flat().numpy()],
+                              selection_seeds(tiny_run.seed, 2), whole_episodes=True)[0]
+    assert again.mean() == pytest.approx(top)
+    assert run.controller.default_weights() == "selected"
+    assert evals[-1]["eval"]["best"]["digest"] == file_digest(files.best)
+
+
+def test_selection_survives_a_kill_and_a_rerun(tiny_run):
+    from worldmodels.checkpoint import file_digest, read_header
+    from worldmodels.shards import write_npz_atomic
+
+    selection_run(tiny_run, "whole", 6)
+    whole = RunDir(run_of(tiny_run)).controller
+    # stopped after 4 generations, then killed in generation 6 after its selected file
+    # was written but before its history: the rerun redoes generation 6
+    selection_run(tiny_run, "killed", 4)
+    tiny_run.controller.target_return = 0
+    selection_run(tiny_run, "killed", 6)
+    files = RunDir(run_of(tiny_run)).controller
+    history = read_npz(files.history)
+    write_npz_atomic(files.history, {"fitness": history["fitness"][:5],
+                                     "settings": history["settings"]}, compress_level=0)
+    selection_run(tiny_run, "killed", 6)
+    assert file_digest(files.selected) == file_digest(whole.selected)
+    assert read_header(files.selected)["meta"] == read_header(whole.selected)["meta"]
+    assert read_npz(files.history)["fitness"].shape == (6, 4)
+
+
+def test_target_return_stops_on_the_selection_mean(tiny_run):
+    tiny_run.controller.target_return = -1e9  # any selection mean reaches it
+    report = selection_run(tiny_run, "target", 6)
+    assert report.generations == 2 and report.selected["evaluated_at"] == 2
+

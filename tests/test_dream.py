@@ -190,6 +190,7 @@ def test_cmaes_in_the_dream_resumes_and_evaluates_in_the_real_env(dream_run):
     log = json.loads(files.log.read_text())
     assert report.generations == 2 and files.best.exists()
     assert log[-1]["eval"]["episodes"] == 2  # real episodes
+    assert files.selected.exists() and log[-1]["selected"]["selection_episodes"] == 2
     cfg.controller.generations = 3
     resumed = train_cmaes(cfg, progress=False)
     assert resumed.generations == 3

@@ -222,11 +222,17 @@ class ControllerConfig:
     rollouts: int = _opt(16, "Episodes per candidate; fitness is their mean return.", ge=1)
     sigma0: float = _opt(0.1, "CMA-ES initial step size.", gt=0)
     generations: int = _opt(300, "Generations to run (a rerun resumes to this many).", ge=1)
-    target_return: float = _opt(0.0, "Stop once the best's eval mean reaches it (0: off).",
-                                finite=True)
-    eval_every: int = _opt(25, "Every N generations, evaluate the best candidate on more "
-                           "episodes (0: never).", ge=0)
-    eval_episodes: int = _opt(100, "Episodes of that evaluation.", ge=1)
+    target_return: float = _opt(0.0, "Stop once the selected controller's selection mean "
+                                     "reaches it (0: off).", finite=True)
+    eval_every: int = _opt(25, "Every N generations, evaluate the best candidate and the "
+                           "CMA-ES mean on the selection seeds, whole real episodes "
+                           "(0: never).", ge=0)
+    eval_episodes: int = _opt(100, "Episodes of that evaluation (and of run.py's final "
+                                   "evaluation).", ge=1)
+    select_episodes: int = _opt(0, "Size of the fixed selection seed set on which every "
+                                   "periodic evaluation plays the best candidate and the "
+                                   "CMA-ES mean (controller/selected.safetensors keeps the "
+                                   "higher mean ever seen; 0 = eval_episodes).", ge=0)
     engine: Engine = _opt("process", "Evaluator back-end.")
     workers: int = _opt(0, "Evaluator workers (0 = one per core).", ge=0)
     batch_envs: int = _opt(16, "Real episodes a worker steps together: V encodes their frames "

@@ -110,25 +110,38 @@ class MemoryFiles:
         return self.best if which == "best" and self.best.exists() else self.model
 
 
+#: the controller files a run can have: ``best`` (CMA-ES's luckiest candidate), ``mean``
+#: (its search mean), ``selected`` (whichever scored higher on the selection seeds)
+CONTROLLER_WEIGHTS = ("selected", "best", "mean")
+
+
 @dataclass(frozen=True)
 class ControllerFiles:
     dir: Path
     history: Path  # CMA-ES fitness values, replayed on resume
     best: Path
     mean: Path
+    selected: Path  # best or mean, whichever had the higher selection mean ever seen
     log: Path
     fitness_plot: Path
 
     @classmethod
     def at(cls, d: Path) -> ControllerFiles:
         return cls(d, d / "cmaes_history.npz", d / "best.safetensors", d / "mean.safetensors",
-                   d / "generations.json", d / "fitness.png")
+                   d / "selected.safetensors", d / "generations.json", d / "fitness.png")
 
     def weights(self, which: str) -> Path:
-        """``best`` (CMA-ES's best candidate) or ``mean`` (its search mean)."""
-        if which not in ("best", "mean"):
-            raise ConfigError(f"controller weights must be best or mean, not '{which}'")
-        return self.best if which == "best" else self.mean
+        """``best`` (CMA-ES's best candidate), ``mean`` (its search mean) or ``selected``
+        (the one of them with the highest mean on the selection seeds)."""
+        if which not in CONTROLLER_WEIGHTS:
+            raise ConfigError("controller weights must be "
+                              f"{', '.join(CONTROLLER_WEIGHTS)}, not '{which}'")
+        return getattr(self, which)
+
+    def default_weights(self) -> str:
+        """The run's controller when none is named: ``selected`` if CMA-ES wrote it, else
+        ``best`` (else ``mean``: a shipped agent may hold only that one)."""
+        return next((w for w in CONTROLLER_WEIGHTS if self.weights(w).exists()), "best")
 
     def sb3(self, algo: str, environment: str = "real") -> tuple[Path, Path]:
         """(weights, meta) of an SB3 policy; one trained in the dream has its own files."""
@@ -334,9 +347,10 @@ class RunDir:
                                 action_space)
 
     def load_controller(self, cfg: ExperimentConfig, action_space: gym.Space, memory: Memory,
-                        weights: str = "best") -> FlatPolicy:
-        """The trained C: ``controller/<weights>.safetensors`` (``best`` or ``mean``)."""
-        path = self.controller.weights(weights)
+                        weights: str | None = None) -> FlatPolicy:
+        """The trained C: ``controller/<weights>.safetensors`` (``selected``, ``best`` or
+        ``mean``; None: :meth:`ControllerFiles.default_weights`)."""
+        path = self.controller.weights(weights or self.controller.default_weights())
         if not path.exists():
             raise CheckpointError(f"{path}: no trained controller (run train_controller.py "
                                   f"for {self.path})")
