@@ -9,8 +9,9 @@ when its output already exists, then a summary (wall time and figures per stage)
 Stages: collect -> train V -> encode -> train M -> check M's dream (for C trained in
 it: held actions, dream against real; ``dream.max_held_ratio`` can stop the job here)
 -> train C (CMA-ES, or the SB3 algorithm of ``controller.algo``; in the real env or in
-the dream: ``controller.environment``) -> evaluate C and a random policy on
-``controller.eval_episodes`` real episodes.
+the dream: ``controller.environment``) -> evaluate C (CMA-ES's ``selected`` controller
+when there is one, else ``best``) and a random policy on ``controller.eval_episodes``
+real episodes, in Gymnasium's renderer also when C trained with ``env.direct_render``.
 Evaluations are kept in ``eval/`` and redone only when the controller's weights or the
 episodes change.
 """
@@ -25,7 +26,7 @@ from typing import Any
 from agents.cmaes import train_cmaes
 from agents.collect import collect, describe
 from agents.dream_check import check_run
-from agents.evaluation import evaluate
+from agents.evaluation import evaluate, result_name
 from agents.sb3 import train_sb3
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic
 from worldmodels.config import ExperimentConfig, cli_parser, parse_cli
@@ -42,22 +43,33 @@ def trained_policy(cfg: ExperimentConfig) -> str:
     return "controller" if cfg.controller.algo == "cmaes" else cfg.controller.algo
 
 
+#: the final evaluation of a run trained with the direct renderer plays Gymnasium's own
+REFERENCE_RENDERER = ("env.direct_render=false",)
+
+
 def evaluate_once(cfg: ExperimentConfig, run: RunDir, policy: str) -> dict[str, Any]:
-    """``evaluate`` unless the run's ``eval/<policy>.json`` already scores these weights
-    on these episodes."""
+    """``evaluate`` unless the run's ``eval/<name>.json`` already scores these weights
+    on these episodes.
+
+    The controller is ``selected`` when CMA-ES selected one, else ``best``. A run trained
+    with ``env.direct_render=true`` is scored in Gymnasium's renderer
+    (``env.direct_render=false``: the reference frames), its random baseline too.
+    """
     c = cfg.controller
-    weights = {"controller": run.controller.best, "random": None}.get(
+    which = run.controller.default_weights() if policy == "controller" else "best"
+    weights = {"controller": run.controller.weights(which), "random": None}.get(
         policy, run.controller.sb3(policy, c.environment)[0])
+    overrides = REFERENCE_RENDERER if cfg.env.direct_render else ()
     key = {"episodes": c.eval_episodes, "seed": cfg.seed,
-           "weights": file_digest(weights) if weights else None}
-    name = policy if policy in ("controller", "random") or c.environment == "real" \
-        else f"{policy}_{c.environment}"
+           "weights": file_digest(weights) if weights else None,
+           "weights_file": weights.name if weights else None, "overrides": list(overrides)}
+    name = result_name(policy, which, overrides, c.environment)
     cached = read_json(run.eval_dir / f"{name}.json", {})
     if cached.get("key") == key:
         return {**cached, "cached": True}
     return evaluate(run, c.eval_episodes, policy=policy, seed=cfg.seed, engine=c.engine,
-                    workers=c.workers, ray_address=c.ray_address, key=key,
-                    sb3_environment=c.environment)
+                    workers=c.workers, ray_address=c.ray_address, key=key, weights=which,
+                    overrides=overrides, sb3_environment=c.environment)
 
 
 def train_controller(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
@@ -70,8 +82,11 @@ def train_controller(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
 
 
 def _score(s: dict[str, Any]) -> str:
+    renderer = (" in Gymnasium's renderer (trained with the direct one)"
+                if "env.direct_render=false" in s.get("env_overrides", []) else "")
+    weights = f", controller/{s['weights']}" if "weights" in s else ""
     return (f"{s['mean']:.1f} +- {s['std']:.1f} over {s['episodes']} real episodes"
-            + (" (cached)" if s.get("cached") else ""))
+            + renderer + weights + (" (cached)" if s.get("cached") else ""))
 
 
 def _memory(s: dict[str, Any]) -> str:
@@ -93,8 +108,12 @@ def _dream_check(s: dict[str, Any]) -> str:
 
 def _controller(s: dict[str, Any]) -> str:
     if s["algo"] == "cmaes":
+        chosen = s.get("selected")
         return (f"{s['generations']} generations, best fitness {s['best_fitness']:.1f} "
-                f"({s['environment']})")
+                f"({s['environment']})" + (
+                    f", selected {chosen['source']} of generation {chosen['generation']}: "
+                    f"{chosen['selection_mean']:.1f} on {chosen['selection_episodes']} "
+                    "selection episodes" if chosen else ""))
     return f"{s['algo']}: {s['timesteps']} steps ({s['environment']})"
 
 

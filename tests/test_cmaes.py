@@ -362,3 +362,37 @@ def test_target_return_stops_on_the_selection_mean(tiny_run):
     report = selection_run(tiny_run, "target", 6)
     assert report.generations == 2 and report.selected["evaluated_at"] == 2
 
+
+def test_final_evaluation_plays_selected_in_gymnasiums_renderer(tiny_run, monkeypatch):
+    import run as run_script
+
+    tiny_run.env.direct_render = True
+    run = RunDir(run_of(tiny_run))
+    train_cmaes(tiny_run, evaluator=quadratic, progress=False)  # no evaluation: no selected
+    calls = []
+    real_evaluate = run_script.evaluate
+    monkeypatch.setattr(run_script, "evaluate",
+                        lambda *a, **k: calls.append(k) or real_evaluate(*a, **k))
+    tiny_run.controller.eval_episodes = 1
+    first = run_script.evaluate_once(tiny_run, run, "controller")
+    assert calls[-1]["weights"] == "best" and calls[-1]["overrides"] == ("env.direct_render=false",)
+    assert first["policy"] == "controller_direct_render-false"
+    assert first["key"]["weights_file"] == "best.safetensors"
+    line = run_script._score(first)
+    assert "Gymnasium's renderer" in line and "controller/best" in line
+    # CMA-ES selects: the final evaluation moves to the selected file, then is cached
+    tiny_run.controller.generations, tiny_run.controller.eval_every = 6, 2
+    tiny_run.controller.select_episodes = 1
+    train_cmaes(tiny_run, evaluator=quadratic, progress=False)
+    second = run_script.evaluate_once(tiny_run, run, "controller")
+    assert calls[-1]["weights"] == "selected"
+    assert second["policy"] == "controller_selected_direct_render-false"
+    assert second["key"]["weights_file"] == "selected.safetensors" and "cached" not in second
+    n = len(calls)
+    assert run_script.evaluate_once(tiny_run, run, "controller")["cached"] and len(calls) == n
+    rand = run_script.evaluate_once(tiny_run, run, "random")
+    assert calls[-1]["overrides"] == ("env.direct_render=false",) and rand["episodes"] == 1
+    # a run trained in Gymnasium's renderer is scored in it, with no override
+    tiny_run.env.direct_render = False
+    run_script.evaluate_once(tiny_run, run, "controller")
+    assert calls[-1]["overrides"] == ()
