@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary = dream_score(run, cfg, args.weights or run.controller.default_weights(),
                               args.episodes, cfg.seed, out)
         print(json.dumps(summary, indent=2))
+        print(f"mean return {summary['mean']:.1f} ± {summary['std']:.1f} "
+              f"over {summary['episodes']} episodes in the dream")
         return summary
     # overrides of the trained run's config that reach its workers (env.*, dream.*)
     overrides = tuple(o for o in args.overrides if o.split(".", 1)[0] in ("env", "dream"))

@@ -6,9 +6,10 @@
     python train_controller.py --algo ppo controller.sb3_timesteps=20000
     python train_controller.py --config doom_takecover --preset dream   # C in M's dream
     python train_controller.py controller.environment=dream dream.temperature=1.15
-    python train_controller.py --run pretrained/takecover controller.generations=200
+    python train_controller.py --run runs/VizdoomTakeCover-v1/dream controller.generations=200
 
-A CMA-ES rerun resumes from controller/cmaes_history.npz.
+A CMA-ES rerun resumes from controller/cmaes_history.npz. A shipped agent
+(tools/export_pretrained.py) is refused: it is only read.
 """
 
 from __future__ import annotations

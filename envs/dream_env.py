@@ -23,6 +23,7 @@ from worldmodels.config import ExperimentConfig
 from worldmodels.dream import Dream, start_latents
 from worldmodels.frmdn_training import latent_split
 from worldmodels.run_dir import RunDir
+from worldmodels.shards import read_npz
 from worldmodels.vae import ConvVAE
 
 
@@ -100,9 +101,12 @@ def load_dream(run: RunDir, cfg: ExperimentConfig | None = None,
     its training episodes, with ``cfg.dream``'s settings (default: the run's config);
     the temperature is ``dream.temperature`` unless given."""
     cfg = cfg if cfg is not None else run.load_config()
-    train, _, _ = latent_split(cfg, run)
     memory = run.load_memory()
-    mu0, logvar0 = start_latents(train)
+    if run.dream_starts.exists():  # a shipped agent: the start latents, without the shards
+        starts = read_npz(run.dream_starts, ("mu", "logvar"))
+        mu0, logvar0 = (torch.from_numpy(starts[k].astype(np.float32)) for k in ("mu", "logvar"))
+    else:
+        mu0, logvar0 = start_latents(latent_split(cfg, run)[0])
     dream = Dream(
         memory, mu0, logvar0,
         temperature=cfg.dream.temperature if temperature is None else temperature,

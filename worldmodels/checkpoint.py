@@ -44,10 +44,15 @@ def _sidecar(path: Path) -> Path:
     return Path(str(path) + ".json")
 
 
-def save_model(path: Path, model: nn.Module, meta: dict[str, Any] | None = None) -> None:
-    """Write weights and sidecar atomically; the model must have a ``config()`` method."""
+def save_model(path: Path, model: nn.Module, meta: dict[str, Any] | None = None,
+               dtype: torch.dtype | None = None) -> None:
+    """Write weights and sidecar atomically; the model must have a ``config()`` method.
+    ``dtype`` (e.g. ``torch.float16``, for a shipped agent) stores the floating-point
+    tensors in it; :func:`load_weights` casts them back to the model's own dtype."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     header = {"kind": type(model).__name__, "config": model.config(), "meta": meta or {}}
     text = json.dumps(header)
     write_bytes_atomic(path, safetensors_bytes(tensors, metadata={HEADER_KEY: text}))
@@ -100,6 +105,11 @@ def load_weights(path: Path, model: nn.Module) -> None:
                 f"{path}: '{key}' has shape {tuple(value.shape)}, "
                 f"the model expects {tuple(expected[key].shape)}"
             )
+        if value.is_floating_point() != expected[key].is_floating_point():
+            raise CheckpointError(f"{path}: '{key}' is {value.dtype}, the model expects "
+                                  f"{expected[key].dtype}")
+        if value.dtype != expected[key].dtype:  # fp16 weights of a shipped agent: fp32 model
+            tensors[key] = value.to(expected[key].dtype)
     model.load_state_dict(tensors)
 
 

@@ -20,6 +20,11 @@ unchanged. Only :meth:`RunDir.for_config` derives a directory from a config (its
 
 A command writes the run's ``config.yaml`` (:meth:`RunDir.write_config`) only once its
 inputs have been checked, so a refused command leaves the run as it was.
+
+A shipped agent (``tools/export_pretrained.py``: ``config.yaml``, V, M, one C and
+``shipped.json``) is a run that is only read: evaluate.py and dream.py play it, their
+default outputs go to ``runs/pretrained/<its directory's name>/`` under the working
+directory (:attr:`RunDir.output_dir`), and training entry points refuse it.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ from worldmodels.vae import ConvVAE
 #: config sections a command may change for an already trained run (the rest are fixed
 #: by the files the run's stages wrote): the env it plays, its dream, and how to run
 TRAINED_RUN_SECTIONS = ("env", "dream")
+#: the file that marks a shipped agent (written by tools/export_pretrained.py)
+SHIPPED_FILE = "shipped.json"
 RUNTIME_KEYS = ("seed", "device", "root", "name", "controller.engine", "controller.workers",
                 "controller.ray_address", "controller.eval_episodes")
 
@@ -223,12 +230,41 @@ class RunDir:
         return ControllerFiles.at(self.path / "controller")
 
     @property
+    def dream_starts(self) -> Path:
+        """A shipped agent's dream start latents (``mu``, ``logvar`` (N, z)): the first
+        frames of the training episodes, which a run reads from its latent shards."""
+        return self.path / "dream_starts.npz"
+
+    @property
+    def shipped_file(self) -> Path:
+        return self.path / SHIPPED_FILE
+
+    @property
+    def is_shipped(self) -> bool:
+        """A shipped agent (``shipped.json``): read, never written."""
+        return self.shipped_file.is_file()
+
+    @property
+    def output_dir(self) -> Path:
+        """Where evaluations and dreams go by default: the run itself, or for a shipped
+        agent ``runs/pretrained/<name>`` under the current working directory."""
+        if self.is_shipped:
+            return Path.cwd().absolute() / "runs" / "pretrained" / self.path.name
+        return self.path
+
+    @property
     def eval_dir(self) -> Path:
-        return self.path / "eval"
+        return self.output_dir / "eval"
 
     @property
     def dreams_dir(self) -> Path:
-        return self.path / "dreams"
+        return self.output_dir / "dreams"
+
+    def refuse_shipped(self) -> None:
+        """Training writes into a run: a shipped agent is refused (one-line error)."""
+        if self.is_shipped:
+            raise ConfigError(f"{self.path} is a shipped agent ({SHIPPED_FILE}), which is "
+                              "only read: evaluate or dream it, or train in a run directory")
 
     @property
     def memory_compare_dir(self) -> Path:
@@ -279,6 +315,7 @@ class RunDir:
         say, more epochs is a normal way to continue a run) and the old file becomes
         ``config.prev.yaml``.
         """
+        self.refuse_shipped()
         for directory in (self.path, *outputs):
             check_writable(directory)
         text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
@@ -391,6 +428,8 @@ def run_from_args(args: argparse.Namespace, trained: bool = False,
             raise ConfigError("--preset layers over a config file; a run has its own config "
                               f"({Path(run_path) / 'config.yaml'})")
         run = RunDir(run_path)
+        if not trained:
+            run.refuse_shipped()
         return run.load_config(args.overrides, trained=trained), run
     cfg = config_from_args(args)
     run = RunDir.for_config(cfg)

@@ -1,0 +1,122 @@
+"""A shipped agent (tools/export_pretrained.py): the run's V, M and chosen C in a new
+directory that evaluate.py and dream.py play from anywhere without writing into it, and
+that training entry points refuse."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import collect as collect_script
+import dream as dream_script
+import evaluate as evaluate_script
+import run as run_script
+import train_controller as controller_script
+import train_vae as vae_script
+from agents.evaluation import evaluate
+from agents.vmc import VMCAgent
+from envs.factory import make_env_from_config
+from tests.test_run import tiny_job_args
+from tools.export_pretrained import export
+from worldmodels.config import ConfigError
+from worldmodels.errors import InputError
+from worldmodels.run_dir import RunDir
+
+
+def tree_hash(directory: Path) -> dict[str, str]:
+    """Every file under ``directory`` (names included) and the hash of its bytes."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny CarRacing run through every stage whose CMA-ES selected a controller."""
+    root = tmp_path_factory.mktemp("source")
+    run_script.main(tiny_job_args(root, "real") + [
+        "controller.generations=2", "controller.eval_every=1", "controller.select_episodes=1"])
+    run = RunDir(root / "runs" / "CarRacing-v3" / "tiny")
+    assert run.controller.selected.exists()
+    return run
+
+
+def test_a_shipped_agent_plays_from_anywhere_and_is_never_written(trained, tmp_path,
+                                                                   monkeypatch, capsys):
+    own = evaluate(trained, episodes=2, weights="selected", engine="serial", progress=False)
+    dest = tmp_path / "ship" / "car"
+    info = export(trained.path, dest)
+    assert info["weights"] == "selected" and not info["fp16"]
+    assert sorted(info["files"]) == sorted(
+        ["config.yaml", "controller/selected.safetensors",
+         "controller/selected.safetensors.json", "dream_starts.npz", "memory/model.safetensors",
+         "memory/model.safetensors.json", "vae/model.safetensors", "vae/model.safetensors.json"])
+    shipped = json.loads((dest / "shipped.json").read_text())
+    for name, f in shipped["files"].items():
+        assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == f["sha256"]
+        assert (dest / name).stat().st_size == f["bytes"]
+    before = tree_hash(dest)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    summary = evaluate_script.main(["--run", str(dest), "--episodes", "2",
+                                    "controller.engine=serial"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"mean return -?\d+\.\d ± \d+\.\d over 2 episodes", last), last
+    assert summary["mean"] == own["mean"]  # the same agent on the same episodes
+    out = elsewhere / "runs" / "pretrained" / "car"
+    assert (out / "eval" / "controller_selected.json").exists()
+    dreamt = dream_script.main(["--run", str(dest), "--dream-only", "--steps", "4"])
+    assert Path(dreamt["gif"]).parent == out / "dreams"
+    evaluate_script.main(["--run", str(dest), "--in-dream", "--episodes", "2"])
+    evaluate_script.main(["--run", str(dest), "--episodes", "1", "--policy", "random",
+                          "controller.engine=serial", "--out", str(tmp_path / "o")])
+    assert (tmp_path / "o" / "random.json").exists()
+    assert tree_hash(dest) == before
+    with pytest.raises(InputError, match="not an empty directory"):
+        export(trained.path, dest)
+
+
+@pytest.mark.parametrize("script, args", [
+    (controller_script, ["controller.generations=3"]),
+    (run_script, []),
+    (vae_script, []),
+    (collect_script, []),
+])
+def test_training_entry_points_refuse_a_shipped_agent(trained, tmp_path, script, args):
+    dest = tmp_path / "ship"
+    export(trained.path, dest, weights="best")
+    before = tree_hash(dest)
+    with pytest.raises(ConfigError, match="is a shipped agent"):
+        script.main(["--run", str(dest), *args])
+    with pytest.raises(ConfigError, match="is a shipped agent"):
+        script.main(["--config", str(dest / "config.yaml"), *args])
+    assert tree_hash(dest) == before
+
+
+def test_fp16_agent_loads_as_fp32_and_acts_like_the_fp32_one(trained, tmp_path):
+    fp32 = export(trained.path, tmp_path / "fp32")
+    fp16 = export(trained.path, tmp_path / "fp16", fp16=True)
+    assert fp16["fp16"] and fp16["bytes"] < fp32["bytes"]
+    half = RunDir(tmp_path / "fp16")
+    for model in (half.load_vae(), half.load_memory()):
+        assert {str(p.dtype) for p in model.parameters()} == {"torch.float32"}
+    cfg = half.load_config()
+    env = make_env_from_config(cfg.env)
+    agents = [VMCAgent.from_run(RunDir(tmp_path / d), cfg, env.action_space, "selected")
+              for d in ("fp32", "fp16")]
+    for agent in agents:
+        agent.reset(1)
+    obs, _ = env.reset(seed=3)
+    worst = 0.0
+    for _ in range(20):  # both see the frames the fp32 agent's actions lead to
+        a32, a16 = (agent.act(obs[None])[0] for agent in agents)
+        worst = max(worst, float(np.abs(a32 - a16).max()))
+        obs = env.step(a32)[0]
+    env.close()
+    assert 0 < worst < 2e-2, worst  # rounding V and M to fp16 moves actions a little

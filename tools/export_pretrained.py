@@ -1,0 +1,127 @@
+"""Ship a trained run's agent: its resolved config, V, M and one C in a new directory.
+
+    python tools/export_pretrained.py runs/CarRacing-v3/solve pretrained/carracing --fp16
+    python tools/export_pretrained.py RUN DEST --weights best     # another controller
+    python evaluate.py --run pretrained/carracing env.direct_render=false
+
+DEST gets ``config.yaml`` (the run's resolved config, as it is), ``vae/model.safetensors``,
+``memory/model.safetensors`` (M's best held-out epoch, with the action space its training
+recorded), ``dream_starts.npz`` (the first latents of M's training episodes, which dreams
+start from), ``controller/<weights>.safetensors`` (``selected`` by default, fp32 always) and
+``shipped.json`` (the source run, the controller's name, each file's SHA-256 and size).
+``--fp16`` stores V's and M's floating-point tensors in half precision (half the size);
+they load into fp32 models, which the export checks before it finishes. DEST is written
+in full beside itself and renamed into place, and a DEST that exists non-empty is refused.
+
+A shipped directory is a run for evaluate.py and dream.py that is only read: their
+outputs go to ``runs/pretrained/<DEST's name>/`` under the working directory (or
+``--out``); training entry points refuse it (see :class:`worldmodels.run_dir.RunDir`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worldmodels.checkpoint import load_model, read_header, save_model, write_json_atomic
+from worldmodels.dream import start_latents
+from worldmodels.errors import InputError, run_cli
+from worldmodels.frmdn_training import latent_split
+from worldmodels.memory import checkpoint_kinds
+from worldmodels.run_dir import CONTROLLER_WEIGHTS, SHIPPED_FILE, RunDir
+from worldmodels.shards import ShardError, write_npz_atomic
+
+
+def sha256(path: Path) -> str:
+    """The full SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export(run_path: Path, dest: Path, fp16: bool = False,
+           weights: str = "selected") -> dict[str, Any]:
+    """Write the shipped agent of the run at ``run_path`` to ``dest``; returns what
+    ``shipped.json`` holds."""
+    run, dest = RunDir(run_path), Path(dest).expanduser().absolute()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise InputError(f"{dest}: exists and is not an empty directory; ship to a new one")
+    if weights not in CONTROLLER_WEIGHTS:
+        raise InputError(f"--weights must be one of {', '.join(CONTROLLER_WEIGHTS)}")
+    controller = run.controller.weights(weights)
+    if not controller.exists():
+        raise InputError(f"{controller}: no such controller (CMA-ES writes selected.safetensors "
+                         "when eval_every > 0); choose another with --weights")
+    cfg = run.load_config()  # a whole, valid config
+    vae, memory_path = run.load_vae(cfg.vae.z_dim), run.memory.weights("best")
+    memory = load_model(memory_path, kinds=checkpoint_kinds())
+    memory_meta = {**run.memory_meta(), **read_header(memory_path).get("meta", {}),
+                   "weights": memory_path.stem}
+    dtype = torch.float16 if fp16 else None
+    partial = dest.with_name(dest.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)  # an export killed half way
+    shipped = RunDir(partial)
+    partial.mkdir(parents=True)
+    shutil.copyfile(run.config_file, shipped.config_file)
+    save_model(shipped.vae.model, vae, meta=read_header(run.vae.model).get("meta", {}),
+               dtype=dtype)
+    save_model(shipped.memory.model, memory, meta=memory_meta, dtype=dtype)
+    try:  # what dreams start from (dream.py, evaluate.py --in-dream)
+        mu0, logvar0 = start_latents(latent_split(cfg, run)[0])
+        write_npz_atomic(shipped.dream_starts, {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
+    except ShardError as err:
+        print(f"note: no dream start latents shipped ({err}): the agent plays the real "
+              "env only")
+    target = shipped.controller.weights(weights)
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(controller, target)
+    sidecar = Path(str(controller) + ".json")
+    if sidecar.exists():
+        shutil.copyfile(sidecar, Path(str(target) + ".json"))
+    # the shipped parts load into the fp32 models a run builds
+    loaded = [shipped.load_vae(cfg.vae.z_dim), shipped.load_memory()]
+    agent_cfg = shipped.load_config()
+    loaded.append(shipped.load_controller(agent_cfg, shipped.action_space(), loaded[1], weights))
+    for model in loaded:
+        dtypes = {p.dtype for p in model.state_dict().values() if p.is_floating_point()}
+        if dtypes != {torch.float32}:
+            raise InputError(f"{partial}: a shipped model loads as {dtypes}, not float32")
+    files = {str(p.relative_to(partial)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+             for p in sorted(partial.rglob("*")) if p.is_file()}
+    info = {"source_run": str(run.path), "env": cfg.env.id, "weights": weights,
+            "controller_meta": read_header(controller).get("meta", {}),
+            "fp16": fp16, "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "bytes": sum(f["bytes"] for f in files.values()), "files": files}
+    write_json_atomic(partial / SHIPPED_FILE, info)
+    if dest.exists():
+        dest.rmdir()  # empty, checked above
+    partial.rename(dest)
+    return info
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="the trained run's directory")
+    parser.add_argument("dest", type=Path, help="a new (or empty) directory")
+    parser.add_argument("--fp16", action="store_true",
+                        help="store V and M in half precision (they load as fp32)")
+    parser.add_argument("--weights", choices=list(CONTROLLER_WEIGHTS), default="selected",
+                        help="the controller to ship (default: CMA-ES's selected one)")
+    args = parser.parse_args(argv)
+    info = export(args.run, args.dest, args.fp16, args.weights)
+    print(f"{args.dest}: {len(info['files'])} files, {info['bytes'] / 1e6:.1f} MB, "
+          f"controller {args.weights}" + (", V and M in fp16" if args.fp16 else ""))
+    return info
+
+
+if __name__ == "__main__":
+    run_cli(main)
