@@ -57,7 +57,7 @@ from worldmodels.checkpoint import (
     save_state,
     write_json_atomic,
 )
-from worldmodels.config import ConfigError, ExperimentConfig
+from worldmodels.config import ConfigError, ExperimentConfig, holdout_base
 from worldmodels.datasets import (
     SequenceDataset,
     ShardLoader,
@@ -110,7 +110,8 @@ def latent_split(cfg: ExperimentConfig, run: RunDir, check_digest: bool = True,
     if check_digest:
         check_latents_current(run, shards)
     return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed,
-                              cfg.data.holdout_min_episodes), skipped)
+                              cfg.data.holdout_min_episodes, holdout_base(cfg)),
+            skipped)
 
 
 def run_action_space(run: RunDir, paths: list[Path]) -> dict[str, Any] | None:
