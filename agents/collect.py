@@ -25,7 +25,7 @@ from envs.factory import make_env_from_config
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import file_digest
 from worldmodels.config import ConfigError, EnvConfig, ExperimentConfig, policy_schedule
-from worldmodels.run_dir import RunDir
+from worldmodels.run_dir import RunDir, file_stamp
 from worldmodels.shards import (
     RolloutShard,
     ShardError,
@@ -106,7 +106,7 @@ def _worker_env(env_cfg: dict) -> gym.Env:
     return _WORKER_ENVS[key]
 
 
-_WORKER_AGENTS: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+_WORKER_AGENTS: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
 
 
 def controller_weights_path(run: RunDir, weights: str) -> Path:
@@ -122,10 +122,14 @@ def controller_weights_path(run: RunDir, weights: str) -> Path:
 def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[VMCAgent, dict[str, Any]]:
     """The run's V-M-C agent and the shard meta naming its weights, loaded once per
     worker process."""
-    key = (task.run_dir, task.controller_weights)
+    run = RunDir(task.run_dir)
+    path = controller_weights_path(run, task.controller_weights)
+    # the stamps: a later round of iterative training replaces V-M-C's weights, and this
+    # process (the serial engine) may have loaded the earlier ones
+    key = (task.run_dir, task.controller_weights, run.models_stamp() + file_stamp(path))
     if key not in _WORKER_AGENTS:
-        run = RunDir(task.run_dir)
-        path = controller_weights_path(run, task.controller_weights)
+        for old in [k for k in _WORKER_AGENTS if k[:2] == key[:2]]:  # weights since replaced
+            del _WORKER_AGENTS[old]
         torch.set_num_threads(1)  # one frame a step: threads only contend
         agent = VMCAgent.from_run(run, run.load_config(), env.action_space,
                                   task.controller_weights)
