@@ -14,6 +14,12 @@ when there is one, else ``best``) and a random policy on ``controller.eval_episo
 real episodes, in Gymnasium's renderer also when C trained with ``env.direct_render``.
 Evaluations are kept in ``eval/`` and redone only when the controller's weights or the
 episodes change.
+
+With ``run.iterations`` > 1 (Ha's iterative training) that is round 1; each later round
+collects ``run.iteration_episodes`` episodes played by the last round's controller,
+encodes them, trains M ``run.iteration_memory_epochs`` more epochs on all the data,
+trains C anew and evaluates it (agents/iterations.py). Each finished round is kept in
+``iterations/round_<r>/``; a rerun continues the round it was in.
 """
 
 from __future__ import annotations
@@ -27,6 +33,13 @@ from agents.cmaes import train_cmaes
 from agents.collect import collect, describe
 from agents.dream_check import check_run
 from agents.evaluation import evaluate, result_name
+from agents.iterations import (
+    collect_round,
+    controller_round,
+    finished_round,
+    keep_round,
+    memory_round,
+)
 from agents.sb3 import train_sb3
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic
 from worldmodels.config import ExperimentConfig, cli_parser, parse_cli
@@ -143,13 +156,72 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
+def round_stages(number: int) -> tuple[Stage, ...]:
+    """The stages of round ``number`` of iterative training: round 1 is :data:`STAGES`;
+    a later round collects with the controller, encodes, trains M further, checks the
+    dream, trains C anew and evaluates it (the random policy's score does not change)."""
+    if number == 1:
+        return STAGES
+    same = {stage.name: stage for stage in STAGES}
+    return (
+        Stage("collect", lambda cfg, run: collect_round(cfg, run, number),
+              lambda s: (f"{s['episodes_total']} episodes ({s['episodes_new']} new, "
+                         f"controller, epsilon {s['epsilon']})")),
+        same["encode"],
+        Stage("memory", lambda cfg, run: memory_round(cfg, run, number),
+              lambda s: f"from epoch {s['round_start_epoch']}: {_memory(s)}"),
+        same["dream_check"],
+        # train_controller looked up at call time, so a test can stand in for it
+        Stage("controller",
+              lambda cfg, run: controller_round(cfg, run, number, train_controller),
+              lambda s: f"anew: {_controller(s)}"),
+        same["evaluate"],
+    )
+
+
+def run_stages(stages: tuple[Stage, ...], cfg: ExperimentConfig, run: RunDir,
+               ) -> dict[str, Any]:
+    """Each stage's figures with its wall time, by stage name."""
+    figures: dict[str, Any] = {}
+    for stage in stages:
+        start = time.perf_counter()
+        result = stage.run(cfg, run)
+        figures[stage.name] = {"wall_seconds": round(time.perf_counter() - start, 1), **result}
+    return figures
+
+
+def play_round(cfg: ExperimentConfig, run: RunDir, number: int) -> dict[str, Any]:
+    """Round ``number``'s figures: read back if the round is finished, else its stages
+    run (each resuming or skipping its work) and the round is kept
+    (``iterations/round_<r>/``)."""
+    done = finished_round(run, number)
+    if done is not None:
+        return {**done, "reused": True}
+    started = time.perf_counter()
+    figures = {"round": number, **run_stages(round_stages(number), cfg, run)}
+    figures["wall_seconds"] = round(time.perf_counter() - started, 1)
+    keep_round(run, number, figures)
+    return figures
+
+
+def _stage_lines(figures: dict[str, Any], stages: tuple[Stage, ...]) -> list[str]:
+    return [f"  {stage.name:<16} {figures[stage.name]['wall_seconds']:>8.1f} s   "
+            f"{stage.headline(figures[stage.name])}"
+            for stage in stages if stage.name in figures]
+
+
 def summary_table(summary: dict[str, Any]) -> str:
-    """One line per stage: wall time and its headline figure."""
+    """One line per stage: wall time and its headline figure (per round, for iterative
+    training)."""
     lines = [f"run: {summary['run_dir']}"]
-    for stage in STAGES:
-        if stage.name in summary:
-            s = summary[stage.name]
-            lines.append(f"  {stage.name:<16} {s['wall_seconds']:>8.1f} s   {stage.headline(s)}")
+    if "rounds" not in summary:
+        lines += _stage_lines(summary, STAGES)
+    for figures in summary.get("rounds", []):
+        n = figures["round"]
+        lines.append(f"round {n}: {figures['wall_seconds']:.1f} s" + (
+            f" (finished before, kept in iterations/round_{n}/)" if figures.get("reused")
+            else ""))
+        lines += _stage_lines(figures, round_stages(n))
     lines.append(f"  {'total':<16} {summary['wall_seconds']:>8.1f} s")
     return "\n".join(lines)
 
@@ -158,10 +230,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
     summary: dict[str, Any] = {"run_dir": str(run.path)}
     started = time.perf_counter()
-    for stage in STAGES:
-        start = time.perf_counter()
-        result = stage.run(cfg, run)
-        summary[stage.name] = {"wall_seconds": round(time.perf_counter() - start, 1), **result}
+    if cfg.run.iterations == 1:
+        summary.update(run_stages(STAGES, cfg, run))
+    else:
+        summary["rounds"] = [play_round(cfg, run, n) for n in range(1, cfg.run.iterations + 1)]
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(run.summary_file, summary)
     print(summary_table(summary))

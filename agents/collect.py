@@ -25,7 +25,7 @@ from envs.factory import make_env_from_config
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import file_digest
 from worldmodels.config import ConfigError, EnvConfig, ExperimentConfig, policy_schedule
-from worldmodels.run_dir import RunDir
+from worldmodels.run_dir import RunDir, file_stamp
 from worldmodels.shards import (
     RolloutShard,
     ShardError,
@@ -51,7 +51,7 @@ class EpisodeTask:
     linear_std: float
     compress_level: int
     run_dir: str = ""  # the controller policy's V, M and C
-    controller_weights: str = "best"
+    controller_weights: str = "selected"
     controller_epsilon: float = 0.0
 
 
@@ -106,13 +106,15 @@ def _worker_env(env_cfg: dict) -> gym.Env:
     return _WORKER_ENVS[key]
 
 
-_WORKER_AGENTS: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+_WORKER_AGENTS: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
 
 
 def controller_weights_path(run: RunDir, weights: str) -> Path:
     """The trained controller the ``controller`` data policy plays; a clear error if the
     run has none yet."""
     path = run.controller.weights(weights)
+    if weights == "selected" and not path.exists():  # CMA-ES ran no selection evaluation
+        path = run.controller.weights(run.controller.default_weights())
     if not path.exists():
         raise ConfigError(f"collect.policy=controller plays {path}, which does not exist: "
                           "train the run's controller first (train_controller.py)")
@@ -122,14 +124,17 @@ def controller_weights_path(run: RunDir, weights: str) -> Path:
 def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[VMCAgent, dict[str, Any]]:
     """The run's V-M-C agent and the shard meta naming its weights, loaded once per
     worker process."""
-    key = (task.run_dir, task.controller_weights)
+    run = RunDir(task.run_dir)
+    path = controller_weights_path(run, task.controller_weights)
+    # the stamps: a later round of iterative training replaces V-M-C's weights, and this
+    # process (the serial engine) may have loaded the earlier ones
+    key = (task.run_dir, task.controller_weights, run.models_stamp() + file_stamp(path))
     if key not in _WORKER_AGENTS:
-        run = RunDir(task.run_dir)
-        path = controller_weights_path(run, task.controller_weights)
+        for old in [k for k in _WORKER_AGENTS if k[:2] == key[:2]]:  # weights since replaced
+            del _WORKER_AGENTS[old]
         torch.set_num_threads(1)  # one frame a step: threads only contend
-        agent = VMCAgent.from_run(run, run.load_config(), env.action_space,
-                                  task.controller_weights)
-        meta = {"weights": task.controller_weights, "digest": file_digest(path),
+        agent = VMCAgent.from_run(run, run.load_config(), env.action_space, path.stem)
+        meta = {"weights": path.stem, "digest": file_digest(path),
                 "epsilon": task.controller_epsilon}
         _WORKER_AGENTS[key] = (agent, meta)
     return _WORKER_AGENTS[key]

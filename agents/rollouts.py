@@ -72,7 +72,7 @@ class RolloutWorker:
         return BatchedActor(self.agent, lambda: self.env, 1).play([episode])[0]
 
 
-_WORKERS: dict[tuple[str, tuple[str, ...], int], RolloutWorker] = {}
+_WORKERS: dict[tuple[Any, ...], RolloutWorker] = {}
 
 
 def play_task(task: RolloutTask) -> list[tuple[float, int]]:
@@ -83,8 +83,12 @@ def play_task(task: RolloutTask) -> list[tuple[float, int]]:
     106 ms with 2). The caller's thread count is restored, for the serial engine's sake.
     """
     with torch_threads(1):
-        key = (task.run_dir, task.overrides, task.batch)
+        # the weights' stamp: a later round of iterative training replaces M, and this
+        # process (the serial engine) may have loaded the earlier one
+        key = (task.run_dir, task.overrides, task.batch, RunDir(task.run_dir).models_stamp())
         if key not in _WORKERS:
+            for old in [k for k in _WORKERS if k[:3] == key[:3]]:  # weights since replaced
+                del _WORKERS[old]
             os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
             _WORKERS[key] = RolloutWorker(RunDir(task.run_dir), overrides=task.overrides,
                                           batch=task.batch)

@@ -31,5 +31,9 @@ def test_main_job_runs_every_stage_then_skips_them(tmp_path, capsys):
     assert second["encode"]["encoded"] == 0
     assert second["evaluate"]["cached"] and second["evaluate_random"]["cached"]
     assert second["evaluate"]["mean"] == first["evaluate"]["mean"]
-    saved = json.loads((tmp_path / "runs" / "CarRacing-v3" / "tiny" / "summary.json").read_text())
+    run_dir = tmp_path / "runs" / "CarRacing-v3" / "tiny"
+    saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["memory"]["epochs_done"] == 1
+    # run.iterations=1 (the default) is the pipeline once: these stages, no rounds kept
+    assert set(saved) == {s.name for s in run.STAGES} | {"run_dir", "wall_seconds"}
+    assert not (run_dir / "iterations").exists()

@@ -117,8 +117,9 @@ class CollectConfig:
                               gt=0)
     linear_std: float = _opt(0.5, "Linear policy: weights ~ N(0, s^2), s ~ U(0, linear_std).",
                              ge=0)
-    controller_weights: Literal["best", "mean"] = _opt(
-        "best", "Controller policy: the run's best or mean weights.")
+    controller_weights: Literal["selected", "best", "mean"] = _opt(
+        "selected", "Controller policy: the run's selected weights (its best candidate "
+        "when CMA-ES selected none), best or mean.")
     controller_epsilon: float = _opt(0.1, "Controller policy: chance of a uniform random action "
                                      "at each step.", ge=0, le=1)
     compress_level: int = _opt(1, "zlib level of shards (0 = stored, 9 = smallest).",
@@ -262,6 +263,20 @@ class DreamConfig:
 
 
 @dataclass
+class RunConfig:
+    iterations: int = _opt(1, "run.py: rounds of Ha's iterative training (1 = the pipeline "
+                              "once). Each later round collects run.iteration_episodes "
+                              "played by the last round's controller (collect.controller_*), "
+                              "trains M run.iteration_memory_epochs more epochs on all the "
+                              "data, and trains C anew (docs/experiments/"
+                              "takecover-iterations.md).", ge=1)
+    iteration_episodes: int = _opt(1000, "Episodes a later round collects with the controller "
+                                         "policy (indices after the run's earlier ones).", ge=1)
+    iteration_memory_epochs: int = _opt(5, "Epochs a later round trains M on all the data, "
+                                           "from the last round's last weights.", ge=1)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = _opt("", "Run name; '' uses the preset names (or 'paper').")
     seed: int = _opt(0, "Seed for collection, splits, shuffling and initialisation.",
@@ -276,6 +291,7 @@ class ExperimentConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     dream: DreamConfig = field(default_factory=DreamConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
 
 def env_slug(env_id: str) -> str:
@@ -532,6 +548,9 @@ def validate(cfg: ExperimentConfig) -> None:
         (all(isinstance(a, int) and not isinstance(a, bool) and a >= 0
              for a in cfg.controller.action_order), "controller.action_order",
          "must be a list of action indices"),
+        (cfg.run.iterations == 1 or cfg.controller.algo == "cmaes", "run.iterations",
+         "above 1 needs controller.algo=cmaes (later rounds collect with the controller "
+         "data policy, which plays CMA-ES's weights)"),
     ]
     for ok, key, why in checks:
         if not ok:
@@ -539,6 +558,14 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 DATA_POLICIES = ("random", "brownian", "linear", "controller")
+
+
+def holdout_base(cfg: ExperimentConfig) -> int:
+    """Episodes whose train / held-out split follows :func:`worldmodels.datasets.split_episodes`'s
+    full rule (threshold and minimum); 0 means all. With ``run.iterations`` > 1 that is
+    the first round's ``collect.episodes``: later rounds' episodes are held out by the
+    threshold alone, so adding them never moves an earlier episode."""
+    return cfg.collect.episodes if cfg.run.iterations > 1 else 0
 
 
 def policy_schedule(spec: str) -> list[tuple[str, int]]:

@@ -28,6 +28,7 @@ from worldmodels.shards import (
     check_shard,
     load_frames,
     read_npz,
+    shard_index,
     shard_length,
 )
 
@@ -39,6 +40,7 @@ def _unit_hash(seed: int, name: str) -> float:
 
 def split_episodes(
     paths: Sequence[Path], holdout_fraction: float, seed: int, min_episodes: int = 0,
+    base_episodes: int = 0,
 ) -> tuple[list[Path], list[Path]]:
     """Split shards into (train, held-out) by episode.
 
@@ -55,7 +57,19 @@ def split_episodes(
     ``round(fraction * N)`` as well would move episodes at every size, so the fraction
     is kept as the threshold.) V and M both split with this function, so their
     held-out episodes are the same.
+
+    ``base_episodes`` > 0 (iterative training, :func:`worldmodels.config.holdout_base`):
+    only the episodes with an index below it are split as above; those at or above it
+    (added by later rounds) are held out by the threshold alone, so the first round's
+    split never changes and each new episode's side is fixed by its own name.
     """
+    if base_episodes > 0:
+        first = [Path(p) for p in paths if shard_index(Path(p)) < base_episodes]
+        later = sorted(Path(p) for p in paths if shard_index(Path(p)) >= base_episodes)
+        train, held = split_episodes(first, holdout_fraction, seed, min_episodes)
+        late_held = {p for p in later if _unit_hash(seed, p.name) < holdout_fraction}
+        return (sorted(train + [p for p in later if p not in late_held]),
+                sorted(held + sorted(late_held)))
     paths = sorted(Path(p) for p in paths)
     n = len(paths)
     scores = {p: _unit_hash(seed, p.name) for p in paths}

@@ -57,7 +57,7 @@ from worldmodels.checkpoint import (
     save_state,
     write_json_atomic,
 )
-from worldmodels.config import ConfigError, ExperimentConfig
+from worldmodels.config import ConfigError, ExperimentConfig, holdout_base
 from worldmodels.datasets import (
     SequenceDataset,
     ShardLoader,
@@ -110,7 +110,8 @@ def latent_split(cfg: ExperimentConfig, run: RunDir, check_digest: bool = True,
     if check_digest:
         check_latents_current(run, shards)
     return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed,
-                              cfg.data.holdout_min_episodes), skipped)
+                              cfg.data.holdout_min_episodes, holdout_base(cfg)),
+            skipped)
 
 
 def run_action_space(run: RunDir, paths: list[Path]) -> dict[str, Any] | None:
@@ -259,7 +260,8 @@ def evaluate_memory(model: Memory, paths: list[Path], cfg: ExperimentConfig,
 
 def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                  out_dir: Path | None = None, seed: int | None = None,
-                 progress: bool = True, train_episodes: int = 0) -> MemoryReport:
+                 progress: bool = True, train_episodes: int = 0, epochs: int | None = None,
+                 select_after: int = 0) -> MemoryReport:
     """Train (or resume) M on the run's latents up to ``cfg.memory.epochs`` epochs; the
     run is ``cfg``'s default directory unless given.
 
@@ -268,9 +270,16 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     follows ``cfg.seed``, so runs with different seeds see the same data.
     ``train_episodes`` > 0 trains on the first that many training episodes (by name)
     only, scored on the same held-out episodes (a point of a data curve).
+
+    A later round of iterative training (``run.py`` with ``run.iterations`` > 1) gives
+    ``epochs``, the round's cumulative target instead of ``memory.epochs``, and
+    ``select_after``, the epoch M had when the round began: only later epochs can be
+    the round's best (the earlier ones trained on less data, and were scored on fewer
+    held-out episodes), and ``memory.patience`` counts from the round's best.
     """
     run = run or RunDir.for_config(cfg)
     m = cfg.memory
+    target = m.epochs if epochs is None else epochs
     seed = cfg.seed if seed is None else seed
     device = torch.device(cfg.device)
     files = run.memory if out_dir is None else MemoryFiles.at(out_dir)
@@ -302,14 +311,15 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     step = sum(x.get("batches", 0) for x in metrics)
     skipped_total = sum(x.get("skipped", 0) for x in metrics)
     generator = torch.Generator(device=device)
-    best_epoch, best_nll = _best_so_far(files, metrics)
+    best_epoch, best_nll = _best_so_far(files, metrics, select_after)
     meta = {"seed": seed, "done_pos_weight": m.done_pos_weight, "action_space": action_space}
-    if metrics and metrics[-1]["epoch"] == start_epoch and metrics[-1]["holdout_nll"] < best_nll:
+    if (metrics and metrics[-1]["epoch"] == start_epoch > select_after
+            and metrics[-1]["holdout_nll"] < best_nll):
         # the last epoch was the best, killed before its weights were copied: copy them now
         best_epoch, best_nll = start_epoch, metrics[-1]["holdout_nll"]
         save_model(files.best, model, meta={"epoch": best_epoch, **meta})
 
-    for epoch in range(start_epoch, m.epochs):
+    for epoch in range(start_epoch, target):
         if m.patience and best_epoch and epoch - best_epoch >= m.patience:
             if progress:
                 tqdm.write(f"M: no better held-out NLL for {epoch - best_epoch} epochs "
@@ -322,7 +332,7 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
         started = time.perf_counter()
         skipped = ran = 0
         batches = dataset.batches_per_epoch(cfg.data.loader_workers, lengths.__getitem__)
-        bar = tqdm(loader, total=batches, unit="batch", desc=f"M epoch {epoch + 1}/{m.epochs}",
+        bar = tqdm(loader, total=batches, unit="batch", desc=f"M epoch {epoch + 1}/{target}",
                    disable=not progress)
         for batch in bar:
             optimizer.zero_grad(set_to_none=True)
@@ -399,16 +409,17 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
         holdout_nll_mu=chosen.get("holdout_nll_mu", nan),
         holdout_nll_windows=chosen.get("holdout_nll_windows", nan),
         holdout_nll_windows_se=chosen.get("holdout_nll_windows_se", nan),
-        last_holdout_nll=last["holdout_nll"], stopped_early=last["epoch"] < m.epochs,
+        last_holdout_nll=last["holdout_nll"], stopped_early=last["epoch"] < target,
     )
 
 
-def _best_so_far(files: MemoryFiles, metrics: list[dict[str, Any]]) -> tuple[int, float]:
+def _best_so_far(files: MemoryFiles, metrics: list[dict[str, Any]],
+                 select_after: int = 0) -> tuple[int, float]:
     """(epoch, held-out NLL) of the weights in ``files.best``, if they are of a recorded
-    epoch; (0, inf) otherwise."""
+    epoch after ``select_after``; (0, inf) otherwise."""
     if files.best.exists():
         epoch = int(read_header(files.best).get("meta", {}).get("epoch", 0))
-        for x in metrics:
+        for x in metrics if epoch > select_after else []:
             if x["epoch"] == epoch:
                 return epoch, x["holdout_nll"]
     return 0, math.inf

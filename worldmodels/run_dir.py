@@ -8,6 +8,8 @@ its config, V, M and C.
         controller/            train_controller eval/              evaluate (and checks)
         dreams/                dream.py         tensorboard/<stage>/
         memory_compare/        compare_memory.py
+        iterations/round_<r>/  run.py with run.iterations > 1: what each round left
+                               (:class:`RoundFiles`)
 
 M's ``memory/`` keeps the last epoch's weights (``model.safetensors``, which training
 resumes from) and the best held-out epoch's (``best.safetensors``); later stages (the
@@ -156,6 +158,41 @@ class ControllerFiles:
         return self.dir / f"{stem}.safetensors", self.dir / f"{stem}.json"
 
 
+@dataclass(frozen=True)
+class RoundFiles:
+    """What one round of iterative training (``run.iterations`` > 1) keeps, under
+    ``iterations/round_<r>/``: copies of the files the round's stages left in the run's
+    ``memory/``, ``controller/`` and ``eval/`` (which the next round changes), and its
+    figures. ``summary`` is written last: a round with one is finished, and a rerun
+    reads it instead of playing the round again."""
+
+    dir: Path
+    number: int
+    summary: Path  # the round's stage figures (as the run's summary.json has them)
+    state: Path  # progress marks inside the round (C's files cleared for its CMA-ES)
+    memory: MemoryFiles  # best.safetensors and metrics.json: M as the round left it
+    controller: ControllerFiles  # C's weights, CMA-ES history, log and plot
+    eval_dir: Path  # eval/*.json and *.csv: the round's evaluations and dream check
+
+    @classmethod
+    def at(cls, d: Path, number: int) -> RoundFiles:
+        return cls(d, number, d / "summary.json", d / "state.json",
+                   MemoryFiles.at(d / "memory"), ControllerFiles.at(d / "controller"),
+                   d / "eval")
+
+
+def file_stamp(*paths: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """(path, inode, mtime in ns, size) of each existing file: a cheap identity for
+    weights that are only ever replaced whole (atomic writes), so a cache of loaded
+    models (a worker's V and M) notices when a later round replaces them."""
+    out = []
+    for path in paths:
+        if path.exists():
+            st = path.stat()
+            out.append((str(path), st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
 class RunDir:
     """One experiment's directory (kept absolute, so a later ``chdir`` or a worker
     process with another working directory finds the same run)."""
@@ -269,6 +306,21 @@ class RunDir:
     @property
     def memory_compare_dir(self) -> Path:
         return self.path / "memory_compare"
+
+    @property
+    def iterations_dir(self) -> Path:
+        return self.path / "iterations"
+
+    def round(self, number: int) -> RoundFiles:
+        """The kept files of round ``number`` (from 1) of iterative training."""
+        if number < 1:
+            raise ConfigError(f"rounds count from 1, not {number}")
+        return RoundFiles.at(self.iterations_dir / f"round_{number}", number)
+
+    def models_stamp(self) -> tuple[tuple[str, int, int, int], ...]:
+        """:func:`file_stamp` of the V and M weights later stages load: changes when
+        either is replaced (M after a round of iterative training)."""
+        return file_stamp(self.vae.model, self.memory.weights())
 
     def tensorboard(self, stage: str = "") -> Path:
         """TensorBoard log directory of a stage (``vae``, ``memory``, ``controller``)."""

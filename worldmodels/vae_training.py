@@ -28,7 +28,7 @@ from worldmodels.checkpoint import (
     save_state,
     write_json_atomic,
 )
-from worldmodels.config import ExperimentConfig
+from worldmodels.config import ExperimentConfig, holdout_base
 from worldmodels.datasets import (
     FrameDataset,
     ShardLoader,
@@ -73,7 +73,8 @@ def rollout_split(cfg: ExperimentConfig, run: RunDir) -> tuple[list[Path], list[
             "(run collect.py with the same config first)"
         )
     return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed,
-                              cfg.data.holdout_min_episodes), skipped)
+                              cfg.data.holdout_min_episodes, holdout_base(cfg)),
+            skipped)
 
 
 @torch.no_grad()

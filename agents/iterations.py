@@ -1,0 +1,144 @@
+"""Ha's iterative training: the later rounds of ``run.py`` with ``run.iterations`` > 1.
+
+Round 1 is the pipeline as ever. Round ``r`` > 1 (docs/experiments/takecover-iterations.md):
+
+* collects ``run.iteration_episodes`` episodes played by the run's controller as round
+  ``r - 1`` left it (the ``controller`` data policy: ``collect.controller_weights``,
+  with ``collect.controller_epsilon`` random actions), as the run's episodes
+  ``collect.episodes + (r - 2) * run.iteration_episodes`` onwards (:func:`round_episodes`);
+* encodes them (the encode stage encodes only shards without current latents);
+* trains M ``run.iteration_memory_epochs`` more epochs on all the episodes, from its last
+  weights; the round's best epoch is chosen among its own epochs (:func:`memory_round`);
+* trains C anew: the run's ``controller/`` is cleared (round ``r - 1`` kept a copy) and
+  CMA-ES starts from scratch in the new dream or env (:func:`controller_round`);
+* evaluates C as round 1 does.
+
+The run's ``memory/``, ``controller/`` and ``eval/`` always hold the latest round's
+files, so every script (evaluate.py, dream.py) plays the latest agent; each finished
+round keeps copies in ``iterations/round_<r>/`` (:func:`keep_round`,
+:class:`worldmodels.run_dir.RoundFiles`), whose ``summary.json`` marks it finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agents.collect import collect, describe
+from worldmodels.atomic import write_bytes_atomic
+from worldmodels.checkpoint import read_json, write_json_atomic
+from worldmodels.config import ConfigError, ExperimentConfig, policy_schedule
+from worldmodels.frmdn_training import report_dict, train_memory
+from worldmodels.run_dir import RunDir
+from worldmodels.shards import list_shards, shard_index
+
+
+def round_total(cfg: ExperimentConfig, number: int) -> int:
+    """Episodes the run holds once round ``number`` (from 1) has collected."""
+    return cfg.collect.episodes + (number - 1) * cfg.run.iteration_episodes
+
+
+def round_episodes(cfg: ExperimentConfig, number: int) -> range:
+    """Indices of the episodes round ``number`` adds (round 1: ``collect.episodes``)."""
+    return range(round_total(cfg, number - 1) if number > 1 else 0, round_total(cfg, number))
+
+
+def round_schedule(cfg: ExperimentConfig) -> str:
+    """``collect.policy`` for the later rounds: the run's own schedule for its first
+    ``collect.episodes`` (so their shards stay valid), then ``controller``:
+    ``random:2000,linear`` with 4,000 episodes -> ``random:2000,linear:2000,controller``."""
+    parts, start, first = [], 0, cfg.collect.episodes
+    for name, count in policy_schedule(cfg.collect.policy):
+        n = first - start if count < 0 else min(count, first - start)
+        if n > 0:
+            parts.append(f"{name}:{n}")
+        start += n
+        if start >= first:
+            break
+    return ",".join([*parts, "controller"])
+
+
+def finished_round(run: RunDir, number: int) -> dict[str, Any] | None:
+    """Round ``number``'s figures if it is finished (its summary exists), else None."""
+    summary = read_json(run.round(number).summary, None)
+    return summary if isinstance(summary, dict) else None
+
+
+def _previous(run: RunDir, number: int) -> dict[str, Any]:
+    previous = finished_round(run, number - 1)
+    if previous is None:
+        raise ConfigError(f"{run.round(number - 1).summary}: round {number - 1} is not "
+                          f"finished, so round {number} cannot start")
+    return previous
+
+
+def collect_round(cfg: ExperimentConfig, run: RunDir, number: int) -> dict[str, Any]:
+    """Round ``number``'s episodes, played by the run's controller (skipped when they
+    are all there: C's files may already be cleared for this round's CMA-ES)."""
+    total = round_total(cfg, number)
+    have = {shard_index(p) for p in list_shards(run.rollouts)}
+    figures: dict[str, Any] = {"policy": "controller",
+                               "epsilon": cfg.collect.controller_epsilon,
+                               "first_episode": round_episodes(cfg, number).start}
+    if all(i in have for i in range(total)):
+        return {"episodes_total": total, "episodes_new": 0, "steps_new": 0, "seconds": 0.0,
+                "steps_per_second": 0.0, **figures}
+    # this round's collection only: the run's config.yaml keeps the run's own settings
+    round_cfg = dataclasses.replace(cfg, collect=dataclasses.replace(
+        cfg.collect, episodes=total, policy=round_schedule(cfg)))
+    return {**describe(collect(round_cfg, run, out_dir=run.rollouts)), **figures}
+
+
+def memory_round(cfg: ExperimentConfig, run: RunDir, number: int) -> dict[str, Any]:
+    """M trained on all the run's latents from the epoch it had when round ``number``
+    began (the last round's ``epochs_done``) to ``run.iteration_memory_epochs`` more;
+    its best is chosen among the round's own epochs."""
+    start = int(_previous(run, number)["memory"]["epochs_done"])
+    report = train_memory(cfg, run, epochs=start + cfg.run.iteration_memory_epochs,
+                          select_after=start)
+    return {**report_dict(report), "round_start_epoch": start}
+
+
+def controller_round(cfg: ExperimentConfig, run: RunDir, number: int,
+                     train: Callable[[ExperimentConfig, RunDir], dict[str, Any]],
+                     ) -> dict[str, Any]:
+    """C trained anew for round ``number``: the run's ``controller/`` files (the last
+    round's, kept in its ``iterations/round_<r>/controller/``) are removed once, a mark
+    in the round's state says so, then ``train`` runs (or resumes) as in round 1."""
+    files = run.round(number)
+    state = read_json(files.state, {})
+    if not state.get("controller_cleared"):
+        _previous(run, number)  # the last round kept its copy of these files
+        for path in _files(run.controller.dir):
+            path.unlink()
+        files.dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(files.state, {**state, "controller_cleared": True})
+    return {**train(cfg, run), "restarted": True}
+
+
+def _files(directory: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and (not suffixes or p.suffix in suffixes))
+
+
+def keep_round(run: RunDir, number: int, figures: dict[str, Any]) -> None:
+    """Copy what round ``number`` left in the run's ``memory/`` (its best weights and
+    metrics), ``controller/`` and ``eval/`` (JSON and CSV) into
+    ``iterations/round_<r>/``, then write the round's summary: the mark that it is
+    finished (a kill before it only makes the rerun copy again)."""
+    files = run.round(number)
+    weights = run.memory.weights()
+    copies = [(weights, files.memory.best), (run.memory.metrics, files.memory.metrics),
+              (weights.with_name(weights.name + ".json"),  # the readable header beside them
+               files.memory.best.with_name(files.memory.best.name + ".json"))]
+    copies += [(p, files.controller.dir / p.name) for p in _files(run.controller.dir)]
+    copies += [(p, files.eval_dir / p.name) for p in _files(run.eval_dir, (".json", ".csv"))]
+    for src, dst in copies:
+        if src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(dst, src.read_bytes())
+    write_json_atomic(files.summary, figures)

@@ -1,0 +1,183 @@
+"""Ha's iterative training in run.py (run.iterations): rounds, their kept files, the
+held-out split across rounds, M's epochs, and a kill inside round 2 then a rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import agents.iterations
+import run
+from agents.iterations import round_episodes, round_schedule
+from tests.test_run import tiny_job_args
+from worldmodels.checkpoint import file_digest
+from worldmodels.config import ConfigError, load_config
+from worldmodels.datasets import split_episodes
+from worldmodels.frmdn_training import latent_split
+from worldmodels.run_dir import RunDir
+from worldmodels.shards import list_shards, read_meta, shard_index, shard_name
+
+ROUNDS = ["run.iterations=2", "run.iteration_episodes=2", "run.iteration_memory_epochs=1",
+          "collect.controller_epsilon=0.25"]
+
+
+def iterated_args(tmp_path: Path) -> list[str]:
+    return tiny_job_args(tmp_path, "dream") + ROUNDS
+
+
+def tiny_run(tmp_path: Path) -> RunDir:
+    return RunDir(tmp_path / "runs" / "CarRacing-v3" / "tiny")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every job here on one torch thread: collecting with the controller policy in this
+    process (the serial engine) sets one thread, and V's and M's floating-point sums
+    depend on the thread count, so the runs compared below must all start alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory, one_thread) -> tuple[Path, dict[str, Any]]:
+    """One uninterrupted two-round job (3 random-policy episodes, then 2 played by C)."""
+    tmp = tmp_path_factory.mktemp("iter")
+    return tmp, run.main(iterated_args(tmp))
+
+
+def test_round_schedule_keeps_the_first_rounds_policies_then_plays_the_controller():
+    cfg = load_config("carracing", [], ["collect.episodes=4000",
+                                        "collect.policy=random:2000,linear"])
+    assert round_schedule(cfg) == "random:2000,linear:2000,controller"
+    cfg = load_config("carracing", [], ["collect.episodes=3", "collect.policy=random:5"])
+    assert round_schedule(cfg) == "random:3,controller"
+    cfg = load_config("carracing", [], ["collect.episodes=10", "run.iterations=3",
+                                        "run.iteration_episodes=4"])
+    assert [round_episodes(cfg, r) for r in (1, 2, 3)] == [range(10), range(10, 14),
+                                                           range(14, 18)]
+
+
+def test_iterations_config_is_checked():
+    with pytest.raises(ConfigError, match="run.iterations"):
+        load_config("carracing", [], ["run.iterations=0"])
+    with pytest.raises(ConfigError, match="run.iterations"):
+        load_config("carracing", [], ["run.iterations=2", "controller.algo=ppo"])
+
+
+def test_later_episodes_never_move_the_first_rounds_split():
+    first = [Path(shard_name(i)) for i in range(40)]
+    later = [Path(shard_name(i)) for i in range(40, 140)]
+    before = split_episodes(first, 0.1, 0, 8, base_episodes=40)
+    assert before == split_episodes(first, 0.1, 0, 8)  # nothing added: the usual rule
+    train, held = split_episodes(first + later, 0.1, 0, 8, base_episodes=40)
+    assert [p for p in train if shard_index(p) < 40] == before[0]
+    assert [p for p in held if shard_index(p) < 40] == before[1]
+    late_held = [p for p in held if shard_index(p) >= 40]
+    assert 0 < len(late_held) < 30  # the 10% threshold alone, no minimum top-up
+    # each later episode's side depends on its own name only
+    assert late_held == [p for p in split_episodes(first + later[:50], 0.1, 0, 8,
+                                                   base_episodes=40)[1]
+                         if shard_index(p) >= 40] + [
+        p for p in late_held if shard_index(p) >= 90]
+
+
+def test_two_rounds_run_end_to_end_and_keep_each_rounds_files(two_rounds, capsys):
+    tmp, summary = two_rounds
+    rd = tiny_run(tmp)
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert set(rounds[0]) >= {s.name for s in run.STAGES}
+    assert "vae" not in rounds[1] and "evaluate_random" not in rounds[1]  # V: round 1 only
+    # round 2's data: episodes 3 and 4, played by round 1's controller with its epsilon
+    assert [shard_index(p) for p in list_shards(rd.rollouts)] == [0, 1, 2, 3, 4]
+    assert len(list_shards(rd.latents)) == 5
+    assert rounds[1]["collect"]["episodes_new"] == 2 and rounds[1]["encode"]["encoded"] == 2
+    for i in (3, 4):
+        meta = read_meta(rd.rollouts / shard_name(i))
+        assert meta["policy"] == "controller"
+        assert meta["controller"]["epsilon"] == 0.25
+        assert meta["controller"]["digest"] == file_digest(rd.round(1).controller.best)
+    assert {read_meta(rd.rollouts / shard_name(i))["policy"] for i in range(3)} == {"brownian"}
+    # M went on from round 1's last epoch, and its best is round 2's
+    assert rounds[0]["memory"]["epochs_done"] == 1
+    assert rounds[1]["memory"]["round_start_epoch"] == 1
+    assert rounds[1]["memory"]["epochs_done"] == rounds[1]["memory"]["best_epoch"] == 2
+    assert rd.memory_meta()["epoch"] == 2
+    # C trained anew: one generation in round 2's own history
+    assert rounds[1]["controller"]["restarted"] and rounds[1]["controller"]["generations"] == 1
+    # each round's files, kept apart
+    for r, epochs in ((1, 1), (2, 2)):
+        kept = rd.round(r)
+        assert json.loads(kept.summary.read_text())["round"] == r
+        assert len(json.loads(kept.memory.metrics.read_text())) == epochs
+        for path in (kept.memory.best, kept.controller.best, kept.controller.mean,
+                     kept.controller.log, kept.eval_dir / "controller.json"):
+            assert path.is_file(), path
+    assert file_digest(rd.round(2).controller.best) == file_digest(rd.controller.best)
+    assert file_digest(rd.round(2).memory.best) == file_digest(rd.memory.weights())
+    assert file_digest(rd.round(1).memory.best) != file_digest(rd.round(2).memory.best)
+    saved = json.loads(rd.summary_file.read_text())
+    assert [r["evaluate"]["mean"] for r in saved["rounds"]] == [
+        r["evaluate"]["mean"] for r in rounds]
+    # the config on disk is the run's own, not a round's collection settings
+    assert rd.load_config().collect.episodes == 3
+    # a rerun reads both finished rounds back
+    again = run.main(iterated_args(tmp))
+    assert [r.get("reused") for r in again["rounds"]] == [True, True]
+    table = capsys.readouterr().out
+    assert "round 2" in table and "anew" in table
+
+
+def test_round_2_keeps_the_first_rounds_held_out_split(two_rounds):
+    tmp, _ = two_rounds
+    rd = tiny_run(tmp)
+    cfg = rd.load_config()
+    train, held, _ = latent_split(cfg, rd)
+    first = [p for p in list_shards(rd.latents) if shard_index(p) < 3]
+    want_train, want_held = split_episodes(first, cfg.data.holdout_fraction, cfg.seed,
+                                           cfg.data.holdout_min_episodes)
+    assert [p for p in train if shard_index(p) < 3] == want_train
+    assert [p for p in held if shard_index(p) < 3] == want_held
+    assert want_held  # round 1 held out something, and it still does
+
+
+def _digests(rd: RunDir) -> dict[str, str]:
+    r2 = rd.round(2)
+    return {"controller": file_digest(r2.controller.best),
+            "memory": file_digest(r2.memory.best),
+            "history": file_digest(r2.controller.history),
+            "rollout": file_digest(rd.rollouts / shard_name(4))}
+
+
+@pytest.mark.parametrize("where", ["memory", "controller"])
+def test_a_kill_inside_round_2_then_a_rerun_finishes_as_an_uninterrupted_run(
+        two_rounds, tmp_path, monkeypatch, where):
+    class Killed(RuntimeError):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed(where)
+
+    if where == "memory":  # round 2, after its episodes are collected and encoded
+        monkeypatch.setattr(agents.iterations, "train_memory", killed)
+    else:  # round 2, after M's epochs and after C's files were cleared for CMA-ES
+        monkeypatch.setattr(run, "train_controller", killed)
+    with pytest.raises(Killed):
+        run.main(iterated_args(tmp_path))
+    rd = tiny_run(tmp_path)
+    assert rd.round(1).summary.is_file() and not rd.round(2).summary.exists()
+    monkeypatch.undo()
+    rerun = run.main(iterated_args(tmp_path))
+    first, second = rerun["rounds"]
+    assert first["reused"] and "reused" not in second  # round 1 is not played again
+    assert second["collect"]["episodes_new"] == 0 and second["encode"]["encoded"] == 0
+    uninterrupted_tmp, uninterrupted = two_rounds
+    assert second["evaluate"]["mean"] == uninterrupted["rounds"][1]["evaluate"]["mean"]
+    assert second["memory"]["epochs_done"] == 2
+    assert _digests(rd) == _digests(tiny_run(uninterrupted_tmp))
