@@ -201,9 +201,21 @@ class ControllerConfig:
         "cmaes", "cmaes, or a Stable-Baselines3 algorithm.")
     sb3_timesteps: int = _opt(100_000, "Environment steps for an SB3 algorithm.", ge=1)
     sb3_kwargs: dict = _opt({}, "Keyword arguments for the SB3 algorithm, e.g. {n_steps: 512, "
-                                "batch_size: 128} (rl-zoo's hyperparameters go here).")
+                                "batch_size: 128} (rl-zoo's hyperparameters go here; "
+                                "learning_rate/clip_range 'lin_<x>' are linear schedules, "
+                                "policy_kwargs.activation_fn a torch.nn name like GELU).")
     sb3_envs: int = _opt(8, "Envs an SB3 algorithm steps together: real envs with V and M "
                             "batched, or dreams in one batch (controller.environment).", ge=1)
+    sb3_normalize_reward: bool = _opt(False, "SB3: scale training rewards by a running std "
+                                             "of the discounted return (VecNormalize, "
+                                             "norm_reward only, as rl-zoo's CarRacing); "
+                                             "evaluation plays raw rewards.")
+    sb3_checkpoint_steps: int = _opt(50_000, "SB3: save the policy, optimizer and counters "
+                                             "every N env steps (0: only at the end); a rerun "
+                                             "resumes from the last save.", ge=0)
+    sb3_eval_steps: int = _opt(0, "SB3: every N env steps play the policy on the selection "
+                                  "seeds (controller.select_episodes); the shipped policy is "
+                                  "the best seen there (0: off, the last policy).", ge=0)
     environment: Literal["real", "dream"] = _opt(
         "real", "Where C trains: real (the env) | dream (M as the env; evaluation is always "
                 "in the real env).")

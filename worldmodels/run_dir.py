@@ -150,10 +150,25 @@ class ControllerFiles:
         ``best`` (else ``mean``: a shipped agent may hold only that one)."""
         return next((w for w in CONTROLLER_WEIGHTS if self.weights(w).exists()), "best")
 
+    @staticmethod
+    def _sb3_stem(algo: str, environment: str) -> str:
+        return f"sb3_{algo}" + ("" if environment == "real" else f"_{environment}")
+
     def sb3(self, algo: str, environment: str = "real") -> tuple[Path, Path]:
-        """(weights, meta) of an SB3 policy; one trained in the dream has its own files."""
-        stem = f"sb3_{algo}" + ("" if environment == "real" else f"_{environment}")
+        """(weights, meta) of an SB3 policy, the one evaluation plays (the best on the
+        selection seeds when training evaluated it there, else the last); one trained
+        in the dream has its own files."""
+        stem = self._sb3_stem(algo, environment)
         return self.dir / f"{stem}.safetensors", self.dir / f"{stem}.json"
+
+    def sb3_checkpoint(self, algo: str, environment: str = "real") -> Path:
+        """SB3 training state (policy, optimizers, step count, reward statistics, the
+        episode log and the selected policy), which a rerun resumes from."""
+        return self.dir / f"{self._sb3_stem(algo, environment)}_checkpoint.safetensors"
+
+    def sb3_curve(self, algo: str, environment: str = "real") -> Path:
+        """SB3 learning curve PNG: training episode returns (and selection means)."""
+        return self.dir / f"{self._sb3_stem(algo, environment)}_curve.png"
 
 
 class RunDir:
@@ -304,6 +319,15 @@ class RunDir:
                     f"{self.path} is a trained run: '{fixed[0]}' is fixed by its files "
                     f"({saved.get(fixed[0])!r}); only {allowed} can change")
         return cfg
+
+    def changed_keys(self, cfg: ExperimentConfig) -> list[str]:
+        """The dotted keys whose values in ``cfg`` differ from the run's ``config.yaml``
+        (every key of ``cfg`` when the run has none)."""
+        now = _flatten(to_dict(cfg))
+        if not self.has_config():
+            return sorted(now)
+        saved = _flatten(to_dict(load_config(str(self.config_file))))
+        return sorted(k for k in set(now) | set(saved) if now.get(k) != saved.get(k))
 
     def write_config(self, cfg: ExperimentConfig, outputs: tuple[Path, ...] = ()) -> None:
         """Save ``cfg`` as the run's ``config.yaml``, once a command has accepted it.
