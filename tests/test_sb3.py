@@ -1,5 +1,6 @@
 """The SB3 route: rl-zoo-style kwargs, reward normalisation, resumable training with
-checkpoints, selection on fixed seeds, batched evaluation."""
+checkpoints, selection on fixed seeds, batched evaluation, the controller preset over a
+run."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from agents.sb3 import (
 from tests.conftest import run_of
 from tests.test_cmaes import tiny_run  # noqa: F401 - a fixture
 from worldmodels.checkpoint import load_state
-from worldmodels.config import ConfigError
+from worldmodels.config import ConfigError, load_config
 from worldmodels.run_dir import RunDir
 
 REAL_TRAIN = PPO.train
@@ -150,3 +151,18 @@ def test_batched_sb3_evaluation_returns_the_serial_returns(tiny_run):  # noqa: F
     np.testing.assert_allclose([r for r, _ in batched], [r for r, _ in serial], rtol=1e-5,
                                atol=1e-4)
 
+
+def test_a_controller_preset_layers_over_a_run(tiny_run):  # noqa: F811
+    from worldmodels.config import cli_parser, parse_cli
+    from worldmodels.run_dir import run_from_args
+
+    run = str(run_of(tiny_run))
+    parser = cli_parser("test")
+    cfg, _ = run_from_args(parse_cli(parser, ["--run", run, "--preset", "ppo",
+                                              "controller.sb3_timesteps=5000"]))
+    ppo = load_config("carracing", ["ppo"]).controller
+    assert cfg.controller.algo == "ppo" and cfg.controller.sb3_kwargs == ppo.sb3_kwargs
+    assert cfg.controller.sb3_timesteps == 5000  # the command line comes last
+    assert cfg.vae.z_dim == 4  # the rest is the run's own
+    with pytest.raises(ConfigError, match="preset 'quick'.*sets 'collect'"):
+        run_from_args(parse_cli(parser, ["--run", run, "--preset", "quick"]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import re
 import types
@@ -485,6 +486,37 @@ def load_config(
         merge_into(cfg, parse_override(text), f"command line '{text}'")
     validate(cfg)
     return cfg
+
+
+#: config sections a preset may set when it layers over a run's own config (``--run DIR
+#: --preset NAME``): a run's stages fix the rest
+RUN_PRESET_SECTIONS = ("controller",)
+
+
+def preset_overrides(config: str, presets: list[str]) -> list[str]:
+    """``presets`` of the preset file ``config`` as ``key=value`` overrides, to layer over
+    a run's own config (``--run DIR --preset ppo``): such presets may set only
+    :data:`RUN_PRESET_SECTIONS` (a controller to train on the run's V and M); one that
+    sets another section is refused, naming it."""
+    path = resolve_config_path(config)
+    layers = _config_layers(path)
+    known = {name for _, data in layers for name in data.get("presets") or {}}
+    out: list[str] = []
+    for preset in presets:
+        if preset not in known:
+            raise ConfigError(f"{path}: no preset '{preset}' (known: {', '.join(sorted(known))})")
+        for layer_path, data in layers:
+            values = (data.get("presets") or {}).get(preset) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{layer_path}: preset '{preset}' must be a mapping")
+            for section, keys in values.items():
+                if section not in RUN_PRESET_SECTIONS or not isinstance(keys, dict):
+                    raise ConfigError(
+                        f"--preset {preset} with --run: a run's config fixes all but "
+                        f"{', '.join(s + '.*' for s in RUN_PRESET_SECTIONS)}, and preset "
+                        f"'{preset}' ({layer_path}) sets '{section}'; give it without --run")
+                out += [f"{section}.{k}={json.dumps(v)}" for k, v in keys.items()]
+    return out
 
 
 def walk_fields(obj: Any = None, prefix: str = "",

@@ -56,6 +56,7 @@ from worldmodels.config import (
     env_slug,
     exit_on_help_config,
     load_config,
+    preset_overrides,
     read_yaml,
     resolve_config_path,
     to_dict,
@@ -435,7 +436,11 @@ def run_from_args(args: argparse.Namespace, trained: bool = False,
     """An entry point's config and run from its command line (see
     :func:`worldmodels.config.cli_parser`).
 
-    ``--run DIR``: the run at DIR, its ``config.yaml`` with the overrides on top.
+    ``--run DIR``: the run at DIR, its ``config.yaml`` with the overrides on top; with
+    ``--preset NAME`` (of ``--config``'s file, default carracing) the preset's
+    ``controller.*`` keys come first (:func:`worldmodels.config.preset_overrides`: e.g.
+    ``train_controller.py --run runs/CarRacing-v3/solve --preset ppo`` trains PPO on the
+    solve run's V and M beside its CMA-ES controller).
     ``--config DIR/config.yaml`` (a run's resolved config) is the same as ``--run DIR``.
     Otherwise the config file with its presets and overrides, and the run at the
     config's default place. ``trained`` (evaluate, dream): the run's own config is the
@@ -443,18 +448,23 @@ def run_from_args(args: argparse.Namespace, trained: bool = False,
     """
     exit_on_help_config(args)
     run_path = args.run
-    if run_path and args.config:
-        raise ConfigError("give --run DIR or --config, not both")
+    presets = [p for item in args.preset or [] for p in item.split(",") if p]
+    if run_path and args.config and not presets:
+        raise ConfigError("give --run DIR or --config, not both (--config with --run only "
+                          "names the file of the --preset)")
     if not run_path and args.config and is_run_config(args.config):
         run_path = str(Path(args.config).parent)
     if run_path:
-        if args.preset:
-            raise ConfigError("--preset layers over a config file; a run has its own config "
-                              f"({Path(run_path) / 'config.yaml'})")
+        overrides = list(args.overrides)
+        if presets:  # a controller preset over the run's own config (its V and M)
+            if args.config and args.run and is_run_config(args.config):
+                raise ConfigError(f"--config {args.config}: a run's config holds no presets")
+            source = args.config if args.run else None
+            overrides = preset_overrides(source or "carracing", presets) + overrides
         run = RunDir(run_path)
         if not trained:
             run.refuse_shipped()
-        return run.load_config(args.overrides, trained=trained), run
+        return run.load_config(overrides, trained=trained), run
     cfg = config_from_args(args)
     run = RunDir.for_config(cfg)
     if trained:
