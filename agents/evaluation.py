@@ -19,7 +19,7 @@ import torch
 
 from agents.cmaes import ProcessEvaluator
 from agents.rollouts import RolloutWorker, describe_returns
-from agents.sb3 import SB3_ALGORITHMS, play_sb3
+from agents.sb3 import SB3_ALGORITHMS, play_sb3_batched
 from agents.seeds import evaluation_seeds
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
@@ -64,14 +64,15 @@ def result_name(policy: str, weights: str = "best", overrides: tuple[str, ...] =
 
 
 def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: str,
-                  seeds: list[int], out: Path, name: str) -> dict[str, Any]:
-    """An SB3 policy trained by ``train_controller.py --algo`` on the same seeds."""
+                  seeds: list[int], out: Path, name: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """An SB3 policy trained by ``train_controller.py --algo`` on the same seeds, played
+    ``controller.batch_envs`` episodes at a time (V and M batched)."""
     started = time.perf_counter()
-    results = play_sb3(run, cfg, algo, seeds, environment)
+    results = play_sb3_batched(run, cfg, algo, seeds, environment, cfg.controller.batch_envs)
     rows = [{"episode": i, "seed": s, "return": r, "steps": n}
             for i, (s, (r, n)) in enumerate(zip(seeds, results, strict=True))]
     summary = {"policy": name, **describe_returns(np.array([r for r, _ in results])),
-               "seconds": time.perf_counter() - started}
+               "seconds": time.perf_counter() - started, **extra}
     _write(out, name, rows, summary)
     return summary
 
@@ -110,8 +111,11 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
     out = Path(out_dir) if out_dir is not None else run.eval_dir
     check_writable(out)
     if policy in SB3_POLICIES:
+        env_overrides = [o for o in overrides if o.startswith("env.")]
+        extra = {**({"key": key} if key else {}),
+                 **({"env_overrides": env_overrides} if env_overrides else {})}
         return _evaluate_sb3(run, cfg, policy, sb3_environment,
-                             evaluation_seeds(seed, episodes), out, name)
+                             evaluation_seeds(seed, episodes), out, name, extra)
     params = None
     if policy == "controller":  # (the random policy needs no V, M or env in this process)
         worker = RolloutWorker(run, overrides=tuple(overrides))

@@ -19,14 +19,32 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import LinearSchedule
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    VecEnv,
+    VecEnvWrapper,
+    VecMonitor,
+    VecNormalize,
+)
+from torch import nn
 
+from agents.seeds import selection_seeds
 from envs.dream_env import action_batch, dream_vec_env
 from envs.factory import make_env_from_config
-from worldmodels.checkpoint import CheckpointError, write_bytes_atomic, write_text_atomic
-from worldmodels.config import ConfigError, ExperimentConfig
+from worldmodels.atomic import check_writable
+from worldmodels.checkpoint import (
+    CheckpointError,
+    load_state,
+    save_state,
+    write_bytes_atomic,
+    write_text_atomic,
+)
+from worldmodels.config import ConfigError, ExperimentConfig, to_dict
 from worldmodels.memory import Memory, State, zero_rows
-from worldmodels.run_dir import RunDir
+from worldmodels.pictures import plot_curves
+from worldmodels.run_dir import RUNTIME_KEYS, RunDir
 from worldmodels.vae import ConvVAE
 
 
@@ -175,6 +193,15 @@ def latent_env(run: RunDir, cfg: ExperimentConfig, device: str = "cpu") -> Laten
 
 #: ``controller.algo`` -> the name of its Stable-Baselines3 class
 SB3_ALGORITHMS = {"ppo": "PPO", "a2c": "A2C", "sac": "SAC", "td3": "TD3"}
+#: SB3 keyword arguments that take a schedule: a number, or ``"lin_<x>"`` (rl-zoo's
+#: notation: x at the start, falling linearly to 0 at the end of training)
+SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
+#: ``policy_kwargs.activation_fn`` names (``"GELU"`` or ``"nn.GELU"``) -> torch.nn classes
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "GELU": nn.GELU, "Tanh": nn.Tanh, "ReLU": nn.ReLU, "ELU": nn.ELU, "SiLU": nn.SiLU,
+    "LeakyReLU": nn.LeakyReLU}
+#: training episodes whose mean return is one point of the learning curve
+CURVE_WINDOW = 20
 
 
 def algorithm_class(name: str) -> Any:
@@ -185,48 +212,306 @@ def algorithm_class(name: str) -> Any:
     return getattr(sb3, SB3_ALGORITHMS[name])
 
 
+def _schedule(key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    number = value.removeprefix("lin_")
+    try:
+        start = float(number)
+    except ValueError:
+        start = float("nan")
+    if number == value or not start > 0:
+        raise ConfigError(f"config key 'controller.sb3_kwargs.{key}' must be a number or "
+                          f"'lin_<x>' with x > 0 (a linear schedule from x to 0), got {value!r}")
+    return LinearSchedule(start, 0.0, 1.0)
+
+
+def sb3_model_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``controller.sb3_kwargs`` (JSON values, as saved in a policy's meta) -> the keyword
+    arguments of the SB3 class: ``"lin_<x>"`` for a key of :data:`SCHEDULE_KEYS` is a
+    linear schedule from x to 0 (rl-zoo's ``lin_1e-4``), ``policy_kwargs.activation_fn``
+    a name of :data:`ACTIVATIONS`; the rest (``net_arch`` dicts too) passes through.
+    Training and loading both build the model through this."""
+    out = {k: _schedule(k, v) if k in SCHEDULE_KEYS else v for k, v in kwargs.items()}
+    policy_kwargs = out.get("policy_kwargs")
+    if policy_kwargs is not None:
+        if not isinstance(policy_kwargs, dict):
+            raise ConfigError("config key 'controller.sb3_kwargs.policy_kwargs' must be a "
+                              f"mapping, got {policy_kwargs!r}")
+        policy_kwargs = dict(policy_kwargs)
+        name = policy_kwargs.get("activation_fn")
+        if name is not None:
+            cls = ACTIVATIONS.get(str(name).removeprefix("nn.")) if isinstance(name, str) \
+                else None
+            if cls is None:
+                raise ConfigError(
+                    "config key 'controller.sb3_kwargs.policy_kwargs.activation_fn' must be "
+                    f"one of {', '.join(ACTIVATIONS)}, got {name!r}")
+            policy_kwargs["activation_fn"] = cls
+        out["policy_kwargs"] = policy_kwargs
+    return out
+
+
+def build_model(algo: str, env: Any, seed: int, kwargs: dict[str, Any],
+                tensorboard_log: str | None = None) -> Any:
+    """An untrained ``algo`` on ``env`` from JSON ``kwargs`` (:func:`sb3_model_kwargs`);
+    kwargs the algorithm does not take are a :class:`ConfigError` naming the key."""
+    built = sb3_model_kwargs(kwargs)
+    try:
+        return algorithm_class(algo)("MlpPolicy", env, seed=seed, verbose=0,
+                                     tensorboard_log=tensorboard_log, **built)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ConfigError(f"config key 'controller.sb3_kwargs' {kwargs} does not suit "
+                          f"{SB3_ALGORITHMS[algo]}: {str(err).splitlines()[0]}") from None
+
+
 def training_env(run: RunDir, cfg: ExperimentConfig) -> VecEnv:
     """Where an SB3 policy trains: ``controller.sb3_envs`` of the run's real envs on
-    [z, h], or as many of its dreams in one batch (``controller.environment``)."""
+    [z, h], or as many of its dreams in one batch (``controller.environment``), with
+    episode returns in the infos (``VecMonitor``, raw rewards) and, with
+    ``controller.sb3_normalize_reward``, rewards scaled by ``VecNormalize`` (its
+    discount is the algorithm's ``gamma``)."""
     n = cfg.controller.sb3_envs
     if cfg.controller.environment == "dream":
         venv: VecEnv = dream_vec_env(run, cfg, n, seed=cfg.seed)
     else:
         venv = latent_vec_env(run, cfg, n)
     venv.seed(cfg.seed)
+    venv = VecMonitor(venv)
+    if cfg.controller.sb3_normalize_reward:
+        gamma = float(cfg.controller.sb3_kwargs.get("gamma", 0.99))
+        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=gamma)
     return venv
+
+
+def _settings(cfg: ExperimentConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What fixes an SB3 training (a checkpoint made with others is refused)."""
+    c = cfg.controller
+    return {"algo": c.algo, "kwargs": kwargs, "seed": cfg.seed,
+            "environment": c.environment, "envs": c.sb3_envs,
+            "normalize_reward": c.sb3_normalize_reward}
+
+
+def _check_config(run: RunDir, cfg: ExperimentConfig) -> None:
+    """The SB3 route trains on the run's V and M as they are: its settings are the
+    ``controller.*`` keys (recorded in the policy's meta), which may differ from the
+    run's ``config.yaml`` (whose controller stays the CMA-ES one); other changes are
+    refused (they would need the earlier stages rerun)."""
+    fixed = [k for k in run.changed_keys(cfg)
+             if not k.startswith("controller.") and k not in RUNTIME_KEYS]
+    if fixed:
+        raise ConfigError(f"{run.path}: an SB3 policy trains on this run's V and M as its "
+                          f"config.yaml has them, but '{fixed[0]}' differs; change only "
+                          "controller.* keys (or rerun the earlier stages)")
+
+
+def _ret_rms(venv: VecEnv) -> VecNormalize | None:
+    return venv if isinstance(venv, VecNormalize) else None
+
+
+class _Trainer(BaseCallback):
+    """Progress bar, training episode log, periodic selection, checkpoints, curve."""
+
+    def __init__(self, run: RunDir, cfg: ExperimentConfig, state: dict[str, Any],
+                 progress: bool):
+        super().__init__()
+        c = cfg.controller
+        self.run, self.cfg, self.state = run, cfg, state
+        self.algo, self.environment = c.algo, c.environment
+        self.progress = progress
+        self.bar: Any = None
+        self.last_save = self.last_eval = int(state["num_timesteps"])
+        self.seeds = selection_seeds(cfg.seed, c.select_episodes or c.eval_episodes)
+
+    def _on_training_start(self) -> None:
+        if self.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.cfg.controller.sb3_timesteps,
+                            initial=self.model.num_timesteps, unit="step",
+                            desc=f"{self.algo} ({self.environment})", dynamic_ncols=True)
+
+    def _on_step(self) -> bool:
+        if self.bar is not None:
+            self.bar.update(self.training_env.num_envs)
+        for info in self.locals.get("infos", []):
+            episode = info.get("episode")
+            if episode is not None:
+                self.state["episode_steps"].append(int(self.num_timesteps))
+                self.state["episode_returns"].append(float(episode["r"]))
+        return True
+
+    def _on_rollout_start(self) -> None:  # the previous update is done: a clean state
+        c, n = self.cfg.controller, self.model.num_timesteps
+        if c.sb3_eval_steps and n - self.last_eval >= c.sb3_eval_steps:
+            self._select()
+        if c.sb3_checkpoint_steps and n - self.last_save >= c.sb3_checkpoint_steps:
+            self.save()
+
+    def _on_training_end(self) -> None:
+        if self.cfg.controller.sb3_eval_steps and self.model.num_timesteps > self.last_eval:
+            self._select()
+        self.save()
+        if self.bar is not None:
+            self.bar.close()
+
+    def _select(self) -> None:
+        """Play the policy on the selection seeds; keep it if it is the best so far."""
+        n = int(self.model.num_timesteps)
+        self.last_eval = n
+        returns = [r for r, _ in play_policy_batched(
+            self.run, self.cfg, self.model.policy, self.seeds, self.cfg.controller.batch_envs)]
+        mean, std = float(np.mean(returns)), float(np.std(returns))
+        self.state["evals"].append({"step": n, "mean": mean, "std": std})
+        self.logger.record("selection/mean", mean)
+        best = self.state.get("selected")
+        if best is None or mean > best["mean"]:
+            self.state["selected"] = {"step": n, "mean": mean, "std": std,
+                                      "episodes": len(returns), "policy": _policy_state(
+                                          self.model)}
+        if self.bar is not None:
+            self.bar.write(f"{self.algo} at {n} steps: selection mean {mean:.1f} +- {std:.1f}"
+                           f" (best {self.state['selected']['mean']:.1f})")
+
+    def save(self) -> None:
+        """Checkpoint, then the shipped policy and the learning curve (all atomic)."""
+        n = int(self.model.num_timesteps)
+        self.last_save = n
+        self.state["num_timesteps"] = n
+        self.state["parameters"] = self.model.get_parameters()
+        norm = _ret_rms(self.model.get_env())
+        if norm is not None:
+            self.state["ret_rms"] = {
+                "mean": torch.tensor(norm.ret_rms.mean, dtype=torch.float64),
+                "var": torch.tensor(norm.ret_rms.var, dtype=torch.float64),
+                "count": float(norm.ret_rms.count)}
+        save_state(self.run.controller.sb3_checkpoint(self.algo, self.environment),
+                   self.state)
+        ship(self.run, self.state, self.model)
+        plot_sb3_curve(self.run.controller.sb3_curve(self.algo, self.environment), self.state)
+
+
+def _policy_state(model: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone().contiguous()
+            for k, v in model.policy.state_dict().items()}
+
+
+def ship(run: RunDir, state: dict[str, Any], model: Any) -> dict[str, Any]:
+    """Write the shipped policy and its meta: the best on the selection seeds when there
+    was a selection, else the current policy; returns the meta."""
+    settings = state["settings"]
+    selected = state.get("selected")
+    tensors = selected["policy"] if selected else _policy_state(model)
+    meta = {**settings, "timesteps": int(state["timesteps"]),
+            "num_timesteps": int(state["num_timesteps"]),
+            "controller": state["controller"],
+            "source": "selected" if selected else "last"}
+    if selected:
+        meta["selected"] = {k: selected[k] for k in ("step", "mean", "std", "episodes")}
+    weights, meta_path = run.controller.sb3(settings["algo"], settings["environment"])
+    write_bytes_atomic(weights, save_safetensors(tensors))
+    write_text_atomic(meta_path, json.dumps(meta, indent=2))
+    return {"weights": str(weights), **meta}
+
+
+def plot_sb3_curve(path: Path, state: dict[str, Any]) -> None:
+    """Mean return of the last :data:`CURVE_WINDOW` training episodes against env steps,
+    and the selection means; nothing before the first episode ends."""
+    steps, returns = state["episode_steps"], state["episode_returns"]
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    if steps:
+        means = [float(np.mean(returns[max(0, i + 1 - CURVE_WINDOW) : i + 1]))
+                 for i in range(len(returns))]
+        series[f"training episodes, mean of the last {CURVE_WINDOW}"] = (list(steps), means)
+    if state["evals"]:
+        series["selection mean (deterministic)"] = (
+            [e["step"] for e in state["evals"]], [e["mean"] for e in state["evals"]])
+    if series:
+        s = state["settings"]
+        plot_curves(path, series, f"{s['algo']} on [z, h] ({s['environment']})",
+                    "env steps", "return")
+
+
+def _resume(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's state, or None when there is none; one made with other settings
+    is refused (its optimizer and schedules belong to another training)."""
+    if not path.exists():
+        return None
+    state = load_state(path)
+    saved = state.get("settings")
+    if saved != settings:
+        saved = saved if isinstance(saved, dict) else {}
+        changed = [f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}"
+                   for k in {**saved, **settings} if saved.get(k) != settings.get(k)]
+        raise ConfigError(f"{path}: an SB3 checkpoint made with other settings ("
+                          + "; ".join(changed) + "); delete it (and the policy beside it) "
+                          "to train anew, or use another run")
+    return state
 
 
 def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
               kwargs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Train ``controller.algo`` for ``controller.sb3_timesteps`` steps on the [z, h] env,
     or inside the run's dream (``controller.environment=dream``, same observations);
-    returns the model and how it was saved. Either way the saved policy plays the real
-    env (:func:`load_sb3`); the two are saved apart."""
+    returns the model (None when the checkpoint says training is already done) and how
+    the policy was saved. Either way the saved policy plays the real env
+    (:func:`load_sb3`); the two are saved apart.
+
+    Every ``controller.sb3_checkpoint_steps`` steps (and at the end) the training state
+    is saved; a rerun resumes from it to ``sb3_timesteps`` (``learn`` with
+    ``reset_num_timesteps=False``, so linear schedules continue where they were). The
+    run's ``config.yaml`` is written only when the run has none: the SB3 route trains
+    on a run's V and M beside its CMA-ES controller, its own settings in its meta.
+    """
     c = cfg.controller
     algo, environment = c.algo, c.environment
     kwargs = {**c.sb3_kwargs, **(kwargs or {})}
-    meta = {"algo": algo, "kwargs": kwargs, "timesteps": c.sb3_timesteps, "seed": cfg.seed,
-            "environment": environment}
+    settings = _settings(cfg, kwargs)
     try:
-        meta_text = json.dumps(meta, indent=2)  # fail before training, not after
+        json.dumps(settings)  # fail before training, not after
     except TypeError as err:
         raise ConfigError(f"SB3 kwargs must be JSON values to be saved: {err}") from err
-    env = training_env(run, cfg)
-    try:
-        model = algorithm_class(algo)("MlpPolicy", env, seed=cfg.seed, verbose=0,
-                                      tensorboard_log=str(run.tensorboard()), **kwargs)
-    except (TypeError, ValueError, AssertionError) as err:
-        raise ConfigError(f"config key 'controller.sb3_kwargs' {kwargs} does not suit "
-                          f"{SB3_ALGORITHMS[algo]}: {str(err).splitlines()[0]}") from None
-    run.write_config(cfg, outputs=(run.controller.dir,))  # inputs accepted
-    model.learn(total_timesteps=c.sb3_timesteps, progress_bar=False,
-                tb_log_name=f"sb3_{algo}_{environment}")
+    sb3_model_kwargs(kwargs)  # names checked before any env is made
+    if run.has_config():
+        run.refuse_shipped()
+        _check_config(run, cfg)
+        check_writable(run.controller.dir)
+    else:
+        run.write_config(cfg, outputs=(run.controller.dir,))
+    checkpoint = run.controller.sb3_checkpoint(algo, environment)
+    state = _resume(checkpoint, settings)
     weights, meta_path = run.controller.sb3(algo, environment)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.policy.state_dict().items()}
-    write_bytes_atomic(weights, save_safetensors(tensors))
-    write_text_atomic(meta_path, meta_text)
-    return model, {"weights": str(weights), **meta}
+    if state is not None and state["num_timesteps"] >= c.sb3_timesteps \
+            and weights.exists() and meta_path.exists():
+        print(f"{checkpoint}: trained for {state['num_timesteps']} steps already "
+              f"(controller.sb3_timesteps={c.sb3_timesteps}); skipped")
+        return None, {"weights": str(weights), **json.loads(meta_path.read_text()),
+                      "skipped": True}
+    env = training_env(run, cfg)
+    model = build_model(algo, env, cfg.seed, kwargs, str(run.tensorboard()))
+    if state is None:
+        state = {"settings": settings, "num_timesteps": 0, "episode_steps": [],
+                 "episode_returns": [], "evals": [], "selected": None}
+    else:
+        model.set_parameters(state["parameters"], exact_match=True)
+        model.num_timesteps = int(state["num_timesteps"])
+        norm = _ret_rms(env)
+        if norm is not None and state.get("ret_rms"):
+            norm.ret_rms.mean = state["ret_rms"]["mean"].numpy()
+            norm.ret_rms.var = state["ret_rms"]["var"].numpy()
+            norm.ret_rms.count = float(state["ret_rms"]["count"])
+        if progress:
+            print(f"{checkpoint}: resuming at {model.num_timesteps} of "
+                  f"{c.sb3_timesteps} steps")
+    state["timesteps"] = c.sb3_timesteps
+    state["controller"] = to_dict(cfg)["controller"]
+    trainer = _Trainer(run, cfg, state, progress)
+    started = model.num_timesteps
+    model.learn(total_timesteps=max(0, c.sb3_timesteps - started), callback=trainer,
+                reset_num_timesteps=started == 0, progress_bar=False,
+                tb_log_name=f"sb3_{algo}_{environment}")
+    env.close()
+    return model, ship(run, state, model)
 
 
 def load_sb3(run: RunDir, cfg: ExperimentConfig, algo: str = "ppo",
@@ -252,17 +537,63 @@ def load_sb3(run: RunDir, cfg: ExperimentConfig, algo: str = "ppo",
         raise CheckpointError(f"{weights}: unreadable SB3 policy ({err})") from None
     env = latent_env(run, cfg)
     try:
-        model = algorithm_class(algo)("MlpPolicy", env, seed=meta["seed"], verbose=0,
-                                      **meta["kwargs"])
-    except TypeError as err:
-        raise CheckpointError(f"{meta_path}: kwargs that {algo} does not take ({err})") \
-            from None
+        model = build_model(algo, env, meta["seed"], meta["kwargs"])
+    except ConfigError as err:
+        raise CheckpointError(f"{meta_path}: {err}") from None
     try:
         model.policy.load_state_dict(tensors)
     except RuntimeError as err:
         why = " ".join(str(err).split())[:300]
         raise CheckpointError(f"{weights}: does not fit this run's policy ({why})") from None
     return model, env
+
+
+class SB3Controller(nn.Module):
+    """An SB3 policy as the batched actor's controller (:class:`agents.batched.BatchedActor`):
+    M's features -> its deterministic actions (``predict``: clipped to a Box), the same
+    parameters for every row."""
+
+    def __init__(self, policy: Any, use_cell: bool = False):
+        super().__init__()
+        self.policy, self.use_cell = policy, use_cell
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        actions, _ = self.policy.predict(x.cpu().numpy(), deterministic=True)
+        return torch.as_tensor(np.asarray(actions), device=x.device)
+
+    def batched(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``params`` is ignored (one policy for every row)."""
+        return self(x)
+
+    def num_parameters(self) -> int:
+        return 1
+
+
+def play_policy_batched(run: RunDir, cfg: ExperimentConfig, policy: Any, seeds: list[int],
+                        batch: int) -> list[tuple[float, int]]:
+    """(return, steps) of one deterministic real episode of ``cfg.env`` per seed, played
+    ``batch`` at a time with the run's V and M batched (the same returns as
+    :func:`play_sb3`'s one at a time, up to float error)."""
+    from agents.batched import BatchedActor, Episode
+    from agents.vmc import VMCAgent
+
+    agent = VMCAgent(run.load_vae(cfg.vae.z_dim), run.load_memory(),
+                     SB3Controller(policy, cfg.controller.use_cell))  # type: ignore[arg-type]
+    actor = BatchedActor(agent, lambda: make_env_from_config(cfg.env), batch)
+    try:
+        results = actor.play([Episode(s, np.zeros(1, np.float32)) for s in seeds])
+    finally:
+        actor.close()
+    return [(r.ret, r.steps) for r in results]
+
+
+def play_sb3_batched(run: RunDir, cfg: ExperimentConfig, algo: str, seeds: list[int],
+                     environment: str = "real", batch: int = 16) -> list[tuple[float, int]]:
+    """The trained SB3 policy's deterministic real episodes, ``batch`` at a time."""
+    model, env = load_sb3(run, cfg, algo, environment)
+    env.close()
+    return play_policy_batched(run, cfg, model.policy, seeds, batch)
 
 
 def play_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, seeds: list[int],

@@ -206,7 +206,9 @@ def test_sb3_trains_in_the_dream_and_plays_the_real_env(dream_run):
 
     cfg, run = dream_run, RunDir(run_of(dream_run))
     cfg.controller.algo, cfg.controller.sb3_timesteps = "ppo", 64
-    _, info = train_sb3(run, cfg, kwargs={"n_steps": 32, "batch_size": 16})
+    cfg.controller.sb3_normalize_reward = True  # VecNormalize over the dream VecEnv too
+    model, info = train_sb3(run, cfg, kwargs={"n_steps": 32, "batch_size": 16})
+    assert model.get_env().ret_rms.count > 1
     assert info["environment"] == "dream"
     assert info["weights"].endswith("sb3_ppo_dream.safetensors")  # beside a real-env one
     summary = evaluate(run, episodes=1, policy="ppo", progress=False, sb3_environment="dream")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import re
 import types
@@ -202,9 +203,21 @@ class ControllerConfig:
         "cmaes", "cmaes, or a Stable-Baselines3 algorithm.")
     sb3_timesteps: int = _opt(100_000, "Environment steps for an SB3 algorithm.", ge=1)
     sb3_kwargs: dict = _opt({}, "Keyword arguments for the SB3 algorithm, e.g. {n_steps: 512, "
-                                "batch_size: 128} (rl-zoo's hyperparameters go here).")
+                                "batch_size: 128} (rl-zoo's hyperparameters go here; "
+                                "learning_rate/clip_range 'lin_<x>' are linear schedules, "
+                                "policy_kwargs.activation_fn a torch.nn name like GELU).")
     sb3_envs: int = _opt(8, "Envs an SB3 algorithm steps together: real envs with V and M "
                             "batched, or dreams in one batch (controller.environment).", ge=1)
+    sb3_normalize_reward: bool = _opt(False, "SB3: scale training rewards by a running std "
+                                             "of the discounted return (VecNormalize, "
+                                             "norm_reward only, as rl-zoo's CarRacing); "
+                                             "evaluation plays raw rewards.")
+    sb3_checkpoint_steps: int = _opt(50_000, "SB3: save the policy, optimizer and counters "
+                                             "every N env steps (0: only at the end); a rerun "
+                                             "resumes from the last save.", ge=0)
+    sb3_eval_steps: int = _opt(0, "SB3: every N env steps play the policy on the selection "
+                                  "seeds (controller.select_episodes); the shipped policy is "
+                                  "the best seen there (0: off, the last policy).", ge=0)
     environment: Literal["real", "dream"] = _opt(
         "real", "Where C trains: real (the env) | dream (M as the env; evaluation is always "
                 "in the real env).")
@@ -489,6 +502,37 @@ def load_config(
         merge_into(cfg, parse_override(text), f"command line '{text}'")
     validate(cfg)
     return cfg
+
+
+#: config sections a preset may set when it layers over a run's own config (``--run DIR
+#: --preset NAME``): a run's stages fix the rest
+RUN_PRESET_SECTIONS = ("controller",)
+
+
+def preset_overrides(config: str, presets: list[str]) -> list[str]:
+    """``presets`` of the preset file ``config`` as ``key=value`` overrides, to layer over
+    a run's own config (``--run DIR --preset ppo``): such presets may set only
+    :data:`RUN_PRESET_SECTIONS` (a controller to train on the run's V and M); one that
+    sets another section is refused, naming it."""
+    path = resolve_config_path(config)
+    layers = _config_layers(path)
+    known = {name for _, data in layers for name in data.get("presets") or {}}
+    out: list[str] = []
+    for preset in presets:
+        if preset not in known:
+            raise ConfigError(f"{path}: no preset '{preset}' (known: {', '.join(sorted(known))})")
+        for layer_path, data in layers:
+            values = (data.get("presets") or {}).get(preset) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{layer_path}: preset '{preset}' must be a mapping")
+            for section, keys in values.items():
+                if section not in RUN_PRESET_SECTIONS or not isinstance(keys, dict):
+                    raise ConfigError(
+                        f"--preset {preset} with --run: a run's config fixes all but "
+                        f"{', '.join(s + '.*' for s in RUN_PRESET_SECTIONS)}, and preset "
+                        f"'{preset}' ({layer_path}) sets '{section}'; give it without --run")
+                out += [f"{section}.{k}={json.dumps(v)}" for k, v in keys.items()]
+    return out
 
 
 def walk_fields(obj: Any = None, prefix: str = "",

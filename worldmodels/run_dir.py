@@ -58,6 +58,7 @@ from worldmodels.config import (
     env_slug,
     exit_on_help_config,
     load_config,
+    preset_overrides,
     read_yaml,
     resolve_config_path,
     to_dict,
@@ -152,10 +153,25 @@ class ControllerFiles:
         ``best`` (else ``mean``: a shipped agent may hold only that one)."""
         return next((w for w in CONTROLLER_WEIGHTS if self.weights(w).exists()), "best")
 
+    @staticmethod
+    def _sb3_stem(algo: str, environment: str) -> str:
+        return f"sb3_{algo}" + ("" if environment == "real" else f"_{environment}")
+
     def sb3(self, algo: str, environment: str = "real") -> tuple[Path, Path]:
-        """(weights, meta) of an SB3 policy; one trained in the dream has its own files."""
-        stem = f"sb3_{algo}" + ("" if environment == "real" else f"_{environment}")
+        """(weights, meta) of an SB3 policy, the one evaluation plays (the best on the
+        selection seeds when training evaluated it there, else the last); one trained
+        in the dream has its own files."""
+        stem = self._sb3_stem(algo, environment)
         return self.dir / f"{stem}.safetensors", self.dir / f"{stem}.json"
+
+    def sb3_checkpoint(self, algo: str, environment: str = "real") -> Path:
+        """SB3 training state (policy, optimizers, step count, reward statistics, the
+        episode log and the selected policy), which a rerun resumes from."""
+        return self.dir / f"{self._sb3_stem(algo, environment)}_checkpoint.safetensors"
+
+    def sb3_curve(self, algo: str, environment: str = "real") -> Path:
+        """SB3 learning curve PNG: training episode returns (and selection means)."""
+        return self.dir / f"{self._sb3_stem(algo, environment)}_curve.png"
 
 
 @dataclass(frozen=True)
@@ -357,6 +373,15 @@ class RunDir:
                     f"({saved.get(fixed[0])!r}); only {allowed} can change")
         return cfg
 
+    def changed_keys(self, cfg: ExperimentConfig) -> list[str]:
+        """The dotted keys whose values in ``cfg`` differ from the run's ``config.yaml``
+        (every key of ``cfg`` when the run has none)."""
+        now = _flatten(to_dict(cfg))
+        if not self.has_config():
+            return sorted(now)
+        saved = _flatten(to_dict(load_config(str(self.config_file))))
+        return sorted(k for k in set(now) | set(saved) if now.get(k) != saved.get(k))
+
     def write_config(self, cfg: ExperimentConfig, outputs: tuple[Path, ...] = ()) -> None:
         """Save ``cfg`` as the run's ``config.yaml``, once a command has accepted it.
 
@@ -463,7 +488,11 @@ def run_from_args(args: argparse.Namespace, trained: bool = False,
     """An entry point's config and run from its command line (see
     :func:`worldmodels.config.cli_parser`).
 
-    ``--run DIR``: the run at DIR, its ``config.yaml`` with the overrides on top.
+    ``--run DIR``: the run at DIR, its ``config.yaml`` with the overrides on top; with
+    ``--preset NAME`` (of ``--config``'s file, default carracing) the preset's
+    ``controller.*`` keys come first (:func:`worldmodels.config.preset_overrides`: e.g.
+    ``train_controller.py --run runs/CarRacing-v3/solve --preset ppo`` trains PPO on the
+    solve run's V and M beside its CMA-ES controller).
     ``--config DIR/config.yaml`` (a run's resolved config) is the same as ``--run DIR``.
     Otherwise the config file with its presets and overrides, and the run at the
     config's default place. ``trained`` (evaluate, dream): the run's own config is the
@@ -471,18 +500,23 @@ def run_from_args(args: argparse.Namespace, trained: bool = False,
     """
     exit_on_help_config(args)
     run_path = args.run
-    if run_path and args.config:
-        raise ConfigError("give --run DIR or --config, not both")
+    presets = [p for item in args.preset or [] for p in item.split(",") if p]
+    if run_path and args.config and not presets:
+        raise ConfigError("give --run DIR or --config, not both (--config with --run only "
+                          "names the file of the --preset)")
     if not run_path and args.config and is_run_config(args.config):
         run_path = str(Path(args.config).parent)
     if run_path:
-        if args.preset:
-            raise ConfigError("--preset layers over a config file; a run has its own config "
-                              f"({Path(run_path) / 'config.yaml'})")
+        overrides = list(args.overrides)
+        if presets:  # a controller preset over the run's own config (its V and M)
+            if args.config and args.run and is_run_config(args.config):
+                raise ConfigError(f"--config {args.config}: a run's config holds no presets")
+            source = args.config if args.run else None
+            overrides = preset_overrides(source or "carracing", presets) + overrides
         run = RunDir(run_path)
         if not trained:
             run.refuse_shipped()
-        return run.load_config(args.overrides, trained=trained), run
+        return run.load_config(overrides, trained=trained), run
     cfg = config_from_args(args)
     run = RunDir.for_config(cfg)
     if trained:

@@ -1,0 +1,168 @@
+"""The SB3 route: rl-zoo-style kwargs, reward normalisation, resumable training with
+checkpoints, selection on fixed seeds, batched evaluation, the controller preset over a
+run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+from torch import nn
+
+from agents.sb3 import (
+    play_sb3,
+    play_sb3_batched,
+    sb3_model_kwargs,
+    train_sb3,
+)
+from tests.conftest import run_of
+from tests.test_cmaes import tiny_run  # noqa: F401 - a fixture
+from worldmodels.checkpoint import load_state
+from worldmodels.config import ConfigError, load_config
+from worldmodels.run_dir import RunDir
+
+REAL_TRAIN = PPO.train
+#: 2 envs x 16 steps: one PPO update every 32 env steps
+TINY = {"n_steps": 16, "batch_size": 16, "n_epochs": 1, "learning_rate": "lin_1e-3",
+        "policy_kwargs": {"activation_fn": "GELU", "net_arch": {"pi": [8], "vf": [8]}}}
+
+
+def tiny_sb3(cfg, timesteps: int = 128, **controller):
+    c = cfg.controller
+    c.algo, c.sb3_timesteps, c.sb3_envs, c.sb3_kwargs = "ppo", timesteps, 2, dict(TINY)
+    c.sb3_checkpoint_steps = 32
+    for k, v in controller.items():
+        setattr(c, k, v)
+    return cfg
+
+
+def test_rl_zoo_kwargs_become_schedules_and_torch_classes():
+    built = sb3_model_kwargs({"learning_rate": "lin_1e-4", "clip_range": "lin_0.2",
+                              "gamma": 0.99, "policy_kwargs": {
+                                  "activation_fn": "nn.GELU", "log_std_init": -2,
+                                  "net_arch": {"pi": [256], "vf": [256]}}})
+    assert built["learning_rate"](1.0) == pytest.approx(1e-4)
+    assert built["learning_rate"](0.25) == pytest.approx(2.5e-5)
+    assert built["clip_range"](0.5) == pytest.approx(0.1)
+    assert built["gamma"] == 0.99
+    assert built["policy_kwargs"] == {"activation_fn": nn.GELU, "log_std_init": -2,
+                                      "net_arch": {"pi": [256], "vf": [256]}}
+    with pytest.raises(ConfigError, match="policy_kwargs.activation_fn"):
+        sb3_model_kwargs({"policy_kwargs": {"activation_fn": "Swish"}})
+    with pytest.raises(ConfigError, match="sb3_kwargs.learning_rate"):
+        sb3_model_kwargs({"learning_rate": "cosine_1e-4"})
+    with pytest.raises(ConfigError, match="sb3_kwargs.clip_range"):
+        sb3_model_kwargs({"clip_range": "lin_x"})
+
+
+def _spy_lr(monkeypatch, stop_after: int = 0) -> list[float]:
+    """The learning rate of every PPO update; ``stop_after`` > 0 kills training in the
+    update after that many (a crash after the checkpoint of the step before it)."""
+    seen: list[float] = []
+
+    def train(self):
+        if stop_after and len(seen) == stop_after:
+            raise KeyboardInterrupt("killed")
+        REAL_TRAIN(self)
+        seen.append(self.policy.optimizer.param_groups[0]["lr"])
+
+    monkeypatch.setattr(PPO, "train", train)
+    return seen
+
+
+def test_killed_sb3_training_resumes_to_the_same_end_and_schedule(tiny_run, monkeypatch):  # noqa: F811
+    cfg = tiny_sb3(tiny_run, timesteps=384)  # 12 updates; episodes of 80 steps
+    run = RunDir(run_of(cfg))
+    config_before = (run_of(cfg) / "config.yaml").read_text()
+    one_go = _spy_lr(monkeypatch)
+    _, info = train_sb3(run, cfg, progress=False)
+    assert info["num_timesteps"] == 384 and len(one_go) == 12
+    # lin_1e-3: 1e-3 x the progress remaining after each rollout of 32 steps
+    assert one_go == pytest.approx([1e-3 * (1 - 32 * k / 384) for k in range(1, 13)])
+    # the SB3 route leaves the run's config (its CMA-ES controller) as it was
+    assert (run_of(cfg) / "config.yaml").read_text() == config_before
+
+    checkpoint = run.controller.sb3_checkpoint("ppo")
+    checkpoint.unlink()
+    killed = _spy_lr(monkeypatch, stop_after=6)  # killed in the 7th update
+    with pytest.raises(KeyboardInterrupt):
+        train_sb3(run, cfg, progress=False)
+    assert load_state(checkpoint)["num_timesteps"] == 192 and killed == one_go[:6]
+    resumed = _spy_lr(monkeypatch)
+    model, info = train_sb3(run, cfg, progress=False)
+    assert model.num_timesteps == 384 and info["num_timesteps"] == 384
+    assert resumed == pytest.approx(one_go[6:])  # the schedule continued, not restarted
+    state = load_state(checkpoint)
+    assert state["num_timesteps"] == 384 and len(state["episode_returns"]) >= 4
+    assert run.controller.sb3_curve("ppo").read_bytes()[:4] == b"\x89PNG"
+    logs = sorted(run.tensorboard().glob("sb3_ppo_real_*"))
+    assert len(logs) == 2  # the killed-and-resumed training continued its log (_2)
+
+    skipped, again = train_sb3(run, cfg, progress=False)  # finished: nothing to do
+    assert skipped is None and again["skipped"] and again["num_timesteps"] == 384
+
+    cfg.controller.sb3_kwargs = {**TINY, "n_epochs": 2}
+    with pytest.raises(ConfigError, match=r"other settings.*n_epochs"):
+        train_sb3(run, cfg, progress=False)
+
+
+def test_reward_normalisation_keeps_return_statistics(tiny_run):  # noqa: F811
+    cfg = tiny_sb3(tiny_run, timesteps=64, sb3_normalize_reward=True)
+    run = RunDir(run_of(cfg))
+    model, _ = train_sb3(run, cfg, progress=False)
+    norm = model.get_env()
+    assert not norm.norm_obs and norm.norm_reward
+    state = load_state(run.controller.sb3_checkpoint("ppo"))
+    assert state["ret_rms"]["count"] == pytest.approx(norm.ret_rms.count)
+    assert float(state["ret_rms"]["var"]) == pytest.approx(float(norm.ret_rms.var))
+    cfg.controller.sb3_timesteps = 96  # resumed: the statistics come back
+    model, _ = train_sb3(run, cfg, progress=False)
+    assert model.get_env().ret_rms.count > state["ret_rms"]["count"]
+
+
+def test_selection_ships_the_best_policy_on_the_selection_seeds(tiny_run):  # noqa: F811
+    cfg = tiny_sb3(tiny_run, timesteps=96, sb3_eval_steps=32, select_episodes=2)
+    run = RunDir(run_of(cfg))
+    train_sb3(run, cfg, progress=False)
+    weights, meta_path = run.controller.sb3("ppo")
+    meta = json.loads(meta_path.read_text())
+    state = load_state(run.controller.sb3_checkpoint("ppo"))
+    assert [e["step"] for e in state["evals"]] == [32, 64, 96]
+    best = max(state["evals"], key=lambda e: e["mean"])
+    assert meta["source"] == "selected" and meta["selected"]["mean"] == best["mean"]
+    from safetensors.torch import load_file
+
+    shipped = load_file(str(weights))
+    for k, v in state["selected"]["policy"].items():
+        torch.testing.assert_close(shipped[k], v)
+
+
+def test_batched_sb3_evaluation_returns_the_serial_returns(tiny_run):  # noqa: F811
+    cfg = tiny_sb3(tiny_run, timesteps=32)
+    run = RunDir(run_of(cfg))
+    train_sb3(run, cfg, progress=False)
+    seeds = [3, 1, 4]
+    serial = play_sb3(run, cfg, "ppo", seeds)
+    batched = play_sb3_batched(run, cfg, "ppo", seeds, batch=2)
+    assert [n for _, n in batched] == [n for _, n in serial]
+    np.testing.assert_allclose([r for r, _ in batched], [r for r, _ in serial], rtol=1e-5,
+                               atol=1e-4)
+
+
+def test_a_controller_preset_layers_over_a_run(tiny_run):  # noqa: F811
+    from worldmodels.config import cli_parser, parse_cli
+    from worldmodels.run_dir import run_from_args
+
+    run = str(run_of(tiny_run))
+    parser = cli_parser("test")
+    cfg, _ = run_from_args(parse_cli(parser, ["--run", run, "--preset", "ppo",
+                                              "controller.sb3_timesteps=5000"]))
+    ppo = load_config("carracing", ["ppo"]).controller
+    assert cfg.controller.algo == "ppo" and cfg.controller.sb3_kwargs == ppo.sb3_kwargs
+    assert cfg.controller.sb3_timesteps == 5000  # the command line comes last
+    assert cfg.vae.z_dim == 4  # the rest is the run's own
+    with pytest.raises(ConfigError, match="preset 'quick'.*sets 'collect'"):
+        run_from_args(parse_cli(parser, ["--run", run, "--preset", "quick"]))
