@@ -43,6 +43,8 @@ _ONE = 1 << _SHIFT
 _STEADY_ZOOM = cr.ZOOM * cr.SCALE
 #: the dashboard band: the window's bottom eighth (rows 700-799 after the flip)
 _BAND = 7 / 8
+#: shrunk score texts kept per env (the scores of a few episodes)
+_MAX_TEXTS = 4096
 
 
 Insets = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -135,9 +137,9 @@ class DirectCarRacing(FastCarRacing):
         self._geometry: dict[str, Insets] = {}  # their inset_geometry, for other zooms
         self._car_key: object = None
         self._car_parts: tuple = ()
-        self._text_key: str | None = None  # the score text last shrunk
         pygame.font.init()  # FastCarRacing._score renders the score with pygame
-        self._text: tuple[np.ndarray, int, int] | None = None
+        # score text -> its shrunk pixels and top-left canvas corner
+        self._texts: dict[str, tuple[np.ndarray, int, int]] = {}
 
     def _create_track(self) -> bool:
         if not super()._create_track():
@@ -384,18 +386,22 @@ class DirectCarRacing(FastCarRacing):
             canvas[r0:r1, c0:c1] = color
 
     def _draw_score(self) -> None:
-        """The score text, rendered by pygame once per change and area-scaled."""
-        text = self._score()  # pygame surface, re-rendered by FastCarRacing on change
-        if self._text_key != self._score_text:
-            pixels = np.transpose(pygame.surfarray.array3d(text), (1, 0, 2))
+        """The score text, rendered by pygame and area-scaled once per text (the same
+        few hundred texts come back every episode)."""
+        text = f"{self.reward:04.0f}"  # FastCarRacing._score's text
+        placed = self._texts.get(text)
+        if placed is None:
+            surface = self._score()  # pygame renders the text now
+            pixels = np.transpose(pygame.surfarray.array3d(surface), (1, 0, 2))
             w = max(1, round(pixels.shape[1] * self._kx))
             h = max(1, round(pixels.shape[0] * self._ky))
             small = cv2.resize(pixels, (w, h), interpolation=cv2.INTER_AREA)
             cx, cy = 60 * self._kx, (cr.WINDOW_H - cr.WINDOW_H * 2.5 / 40.0) * self._ky
-            self._text = (small, int(round(cx - w / 2)), int(round(cy - h / 2)))
-            self._text_key = self._score_text
-        assert self._text is not None
-        small, x0, y0 = self._text
+            if len(self._texts) >= _MAX_TEXTS:
+                self._texts.clear()
+            placed = self._texts[text] = (small, int(round(cx - w / 2)),
+                                          int(round(cy - h / 2)))
+        small, x0, y0 = placed
         height, width = self._canvas.shape[:2]
         ys, xs = max(y0, 0), max(x0, 0)
         ye, xe = min(y0 + small.shape[0], height), min(x0 + small.shape[1], width)
