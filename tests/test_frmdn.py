@@ -291,3 +291,19 @@ def test_predict_is_sample_reward_and_done_in_one_pass(d, precision, flow):
     torch.testing.assert_close(a, b)
     model.reward_head = model.done_head = None
     assert model.predict(h, 1.0, noise=noise)[1:] == (None, None)
+
+
+def test_square_solve_without_autograd_uses_a_kept_inverse_that_follows_the_weights():
+    model = make_model(4, "square")
+    mix = model.mixture
+    v = torch.randn(30, 4, dtype=torch.float64)
+    solved = mix.solve_square_transpose(v)  # autograd on: the triangular solves
+    torch.testing.assert_close(mix.square_part().T @ solved.T, v.T)
+    with torch.no_grad():
+        torch.testing.assert_close(mix.solve_square_transpose(v), solved)
+        mix.lu_upper.add_(0.2)  # an optimiser's in-place step: the inverse is redone
+        mix.lu_log_diag.mul_(0.5)
+        torch.testing.assert_close(mix.square_part().T @ mix.solve_square_transpose(v).T, v.T)
+    mix.load_state_dict({k: torch.zeros_like(t) for k, t in mix.state_dict().items()})
+    with torch.no_grad():  # U1 = I now
+        torch.testing.assert_close(mix.solve_square_transpose(v), v)

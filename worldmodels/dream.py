@@ -196,8 +196,12 @@ def dream_returns(dream: Dream, controller: FlatPolicy, params: Tensor, starts: 
         else:
             action = controller.batched(p, x)
         out = dream.step(z, action)
-        returns[alive] += out.reward.double()
-        steps[alive] += 1
+        if len(alive) == P * R:
+            returns += out.reward.double()
+            steps += 1
+        else:
+            returns[alive] += out.reward.double()
+            steps[alive] += 1
         live = ~(out.done | out.truncated)
         z = out.z
         if not bool(live.all()):

@@ -144,13 +144,33 @@ class TiedPrecisionMixture(nn.Module):
 
     def solve_square_transpose(self, v: Tensor) -> Tensor:
         """U1^-T v for v (..., d): two triangular solves against all rows at once
-        (U1^T = Up^T L^T), not one d x d factorisation per row."""
+        (U1^T = Up^T L^T), not one d x d factorisation per row. Without autograd (a
+        dream), one product with U1^-1, kept while the LU parameters are unchanged."""
+        if not torch.is_grad_enabled():
+            return (v.reshape(-1, self.d) @ self._square_inverse()).reshape(v.shape)
         lower, upper = self.lu_factors()
         cols = v.reshape(-1, self.d).transpose(0, 1)  # (d, N)
         y = torch.linalg.solve_triangular(upper.transpose(0, 1), cols, upper=False)
         x = torch.linalg.solve_triangular(lower.transpose(0, 1), y, upper=True,
                                           unitriangular=True)
         return x.transpose(0, 1).reshape(v.shape)
+
+    def _square_inverse(self) -> Tensor:
+        """U1^-1 = Up^-1 L^-1 (d, d), made by triangular solves and cached until a LU
+        parameter changes (in place, as optimisers and ``load_state_dict`` change them,
+        or by a move to another device or dtype). Rows v give v U1^-1 = (U1^-T v^T)^T."""
+        params = (self.lu_lower, self.lu_upper, self.lu_log_diag)
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        cached = self.__dict__.get("_inverse")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                lower, upper = self.lu_factors()
+                eye = torch.eye(self.d, dtype=lower.dtype, device=lower.device)
+                l_inv = torch.linalg.solve_triangular(lower, eye, upper=False,
+                                                      unitriangular=True)
+                inverse = torch.linalg.solve_triangular(upper, l_inv, upper=True)
+            cached = self.__dict__["_inverse"] = (key, inverse)
+        return cached[1]
 
     def u_matrix(self) -> Tensor | None:
         """U: None for diag, (d, d) for square, (d, m) = [U1 | U2] for overcomplete."""
@@ -439,7 +459,7 @@ class FRMDN(MemoryModel):
                                     *(x.bias for x in heads)]))
         if noise is not None:
             noise = (noise[0].reshape(-1), noise[1].reshape(-1, mix.d))
-        k = mix.component(small[:, : mix.K], tau, generator, noise).squeeze(-1)
+        k = mix.component(small[:, : mix.K].contiguous(), tau, generator, noise).squeeze(-1)
         mu, log_d = mix.chosen(flat, k)
         z = self.flow_inverse(mix.draw(mu, log_d, tau, generator, noise), flat)
         column = mix.K
