@@ -43,17 +43,18 @@ _ONE = 1 << _SHIFT
 _STEADY_ZOOM = cr.ZOOM * cr.SCALE
 #: the dashboard band: the window's bottom eighth (rows 700-799 after the flip)
 _BAND = 7 / 8
+#: shrunk score texts kept per env (the scores of a few episodes)
+_MAX_TEXTS = 4096
 
 
-def inset(polys: np.ndarray, d: float) -> np.ndarray:
-    """Convex polygons float64 (N, V, 2) with every edge moved ``d`` inward.
+Insets = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-    ``cv2.fillPoly`` fills every pixel whose centre is within about half a pixel of a
-    polygon, so a shape inset by half a pixel fills the pixels whose centres it covers.
-    Polygons thinner than ``2 d`` are inset by less, so that they do not turn inside out.
-    A polygon may repeat its last vertex (to pad polygons to one vertex count): the
-    corner there is bevelled.
-    """
+
+def inset_geometry(polys: np.ndarray) -> Insets:
+    """What :func:`inset` needs of convex polygons float64 (N, V, 2), whatever ``d``:
+    (the polygons, each vertex's inward shift (N, V, 2) and its divisor (N, V, 1), and
+    the largest inset each polygon takes (N,)). Indexing every array by the same
+    polygon index gives those polygons' geometry."""
     n = polys.shape[1]
     after, before = (np.arange(n) + 1) % n, (np.arange(n) - 1) % n
     edge = polys[:, after] - polys  # edge k runs from vertex k to k + 1
@@ -69,10 +70,30 @@ def inset(polys: np.ndarray, d: float) -> np.ndarray:
     rel = polys[:, None, :, :] - polys[:, :, None, :]  # (N, edge, vertex, 2)
     dist = np.abs(t[:, :, None, 0] * rel[..., 1] - t[:, :, None, 1] * rel[..., 0])
     farthest = np.where(length[..., 0] > 1e-9, dist.max(axis=2), np.inf)
-    step = np.minimum(d, 0.45 * farthest.min(axis=1))[:, None, None]
     n_in = normal[:, before]  # the edges into and out of each vertex
     denom = np.maximum(1.0 + (n_in * normal).sum(axis=-1, keepdims=True), 0.2)
-    return polys + step * (n_in + normal) / denom
+    return polys, n_in + normal, denom, 0.45 * farthest.min(axis=1)
+
+
+def apply_inset(geometry: Insets, d: float) -> np.ndarray:
+    """The polygons of :func:`inset_geometry` inset by ``d``, as :func:`inset`."""
+    polys, shift, denom, most = geometry
+    step = np.minimum(d, most)[:, None, None]
+    return polys + step * shift / denom
+
+
+def inset(polys: np.ndarray, d: float) -> np.ndarray:
+    """Convex polygons float64 (N, V, 2) with every edge moved ``d`` inward.
+
+    ``cv2.fillPoly`` fills every pixel whose centre is within about half a pixel of a
+    polygon, so a shape inset by half a pixel fills the pixels whose centres it covers.
+    Polygons thinner than ``2 d`` are inset by less, so that they do not turn inside out.
+    A polygon may repeat its last vertex (to pad polygons to one vertex count): the
+    corner there is bevelled. Insetting the same polygons by many ``d`` (the first
+    second's zoom-in) is cheaper with :func:`inset_geometry` once and
+    :func:`apply_inset` per ``d``.
+    """
+    return apply_inset(inset_geometry(polys), d)
 
 
 @functools.cache
@@ -113,11 +134,12 @@ class DirectCarRacing(FastCarRacing):
         self._road_color_rows = np.zeros((0, 3))
         self._road_is_kerb = np.zeros(0, dtype=bool)
         self._steady: dict[str, np.ndarray] = {}  # inset world polygons at steady zoom
+        self._geometry: dict[str, Insets] = {}  # their inset_geometry, for other zooms
         self._car_key: object = None
         self._car_parts: tuple = ()
-        self._text_key: str | None = None  # the score text last shrunk
         pygame.font.init()  # FastCarRacing._score renders the score with pygame
-        self._text: tuple[np.ndarray, int, int] | None = None
+        # score text -> its shrunk pixels and top-left canvas corner
+        self._texts: dict[str, tuple[np.ndarray, int, int]] = {}
 
     def _create_track(self) -> bool:
         if not super()._create_track():
@@ -135,6 +157,7 @@ class DirectCarRacing(FastCarRacing):
             self._road_is_kerb[i] = False
         self._road_colors = list(self._road_color_rows)
         self._steady.pop("road", None)
+        self._geometry.pop("road", None)
         return True
 
     def _render(self, mode: str):
@@ -174,11 +197,16 @@ class DirectCarRacing(FastCarRacing):
         whatever the view's rotation: close enough, and it never needs redoing.
         """
         d = self._half_pixel(zoom)
-        if zoom != _STEADY_ZOOM:
-            return inset(polys[index], d)
-        if name not in self._steady:
-            self._steady[name] = inset(polys, d)
-        return self._steady[name][index]
+        if zoom == _STEADY_ZOOM and name in self._steady:
+            return self._steady[name][index]
+        if name not in self._geometry:
+            self._geometry[name] = inset_geometry(polys)
+        geometry = self._geometry[name]
+        if zoom == _STEADY_ZOOM:
+            self._steady[name] = apply_inset(geometry, d)
+            return self._steady[name][index]
+        # the first second's zoom-in: a new inset every frame, of the polygons in view
+        return apply_inset(tuple(a[index] for a in geometry), d)  # type: ignore[arg-type]
 
     # -- drawing --------------------------------------------------------------------
 
@@ -270,6 +298,7 @@ class DirectCarRacing(FastCarRacing):
             self._car_parts = (local, owner,
                                [(wheels, color[0]), (len(owner) - wheels, color[hull])])
             self._steady.pop("car", None)
+            self._geometry.pop("car", None)
             self._car_key = self.car
         return self._car_parts
 
@@ -357,18 +386,22 @@ class DirectCarRacing(FastCarRacing):
             canvas[r0:r1, c0:c1] = color
 
     def _draw_score(self) -> None:
-        """The score text, rendered by pygame once per change and area-scaled."""
-        text = self._score()  # pygame surface, re-rendered by FastCarRacing on change
-        if self._text_key != self._score_text:
-            pixels = np.transpose(pygame.surfarray.array3d(text), (1, 0, 2))
+        """The score text, rendered by pygame and area-scaled once per text (the same
+        few hundred texts come back every episode)."""
+        text = f"{self.reward:04.0f}"  # FastCarRacing._score's text
+        placed = self._texts.get(text)
+        if placed is None:
+            surface = self._score()  # pygame renders the text now
+            pixels = np.transpose(pygame.surfarray.array3d(surface), (1, 0, 2))
             w = max(1, round(pixels.shape[1] * self._kx))
             h = max(1, round(pixels.shape[0] * self._ky))
             small = cv2.resize(pixels, (w, h), interpolation=cv2.INTER_AREA)
             cx, cy = 60 * self._kx, (cr.WINDOW_H - cr.WINDOW_H * 2.5 / 40.0) * self._ky
-            self._text = (small, int(round(cx - w / 2)), int(round(cy - h / 2)))
-            self._text_key = self._score_text
-        assert self._text is not None
-        small, x0, y0 = self._text
+            if len(self._texts) >= _MAX_TEXTS:
+                self._texts.clear()
+            placed = self._texts[text] = (small, int(round(cx - w / 2)),
+                                          int(round(cy - h / 2)))
+        small, x0, y0 = placed
         height, width = self._canvas.shape[:2]
         ys, xs = max(y0, 0), max(x0, 0)
         ye, xe = min(y0 + small.shape[0], height), min(x0 + small.shape[1], width)

@@ -102,6 +102,23 @@ def test_batched_controller_equals_each_candidate_alone(hidden, discrete):
         torch.testing.assert_close(batched[i], alone)
 
 
+@pytest.mark.parametrize("hidden", [0, 5])
+@pytest.mark.parametrize("discrete", [False, True])
+def test_grouped_controller_equals_row_by_row(hidden, discrete):
+    # dream_returns' grouped path: R rows per candidate read its weights once
+    torch.manual_seed(0)
+    if discrete:
+        ctrl = make_controller(Z, H, 3, discrete=True, hidden=hidden, use_cell=True)
+    else:
+        ctrl = box_controller(hidden, use_cell=True)
+    params = torch.randn(4, ctrl.num_parameters())
+    x = lstm_features(torch.randn(12, Z), torch.randn(12, H), torch.randn(12, H))
+    rows = ctrl.batched(params.repeat_interleave(3, dim=0), x)
+    grouped = ctrl.batched(params, x.view(4, 3, -1))
+    assert grouped.shape[:2] == (4, 3)
+    torch.testing.assert_close(grouped.flatten(0, 1), rows)
+
+
 def test_dreams_without_done_run_to_the_cap_and_sum_the_reward_head():
     memory = memory_with_heads(reward=0.5, done_logit=-50.0)
     dream = Dream(memory, torch.zeros(3, Z), torch.zeros(3, Z), max_steps=17)

@@ -268,3 +268,42 @@ def test_overcomplete_log_prob_gradcheck():
     assert torch.autograd.gradcheck(
         lambda ld, m, x: mix.component_log_prob(x, MixtureParams(torch.zeros(5), m, ld)),
         (log_d, mu, u))
+
+
+@pytest.mark.parametrize("d, precision, flow", list(itertools.product(
+    (1, 3), PRECISIONS, [("none", False), ("coupling", True)])))
+def test_predict_is_sample_reward_and_done_in_one_pass(d, precision, flow):
+    # a dream step's path (Dream.step): the logits and the reward and done heads in one
+    # product, the mixture head's rows of the drawn component only
+    model = make_model(d, precision, flow[0], flow[1], mixtures=4)
+    model.reward_head = torch.nn.Linear(HIDDEN, 1).double()
+    model.done_head = torch.nn.Linear(HIDDEN, 1).double()
+    h = torch.tanh(torch.randn(2, 50, HIDDEN, generator=torch.Generator().manual_seed(2)))
+    h = h.double()
+    g = torch.Generator().manual_seed(3)
+    noise = (torch.rand(2, 50, generator=g).double(), torch.randn(2, 50, d, generator=g).double())
+    z, reward, done = model.predict(h, 0.8, noise=noise)
+    torch.testing.assert_close(z, model.sample(h, 0.8, noise=noise))
+    torch.testing.assert_close(reward, model.reward(h))
+    torch.testing.assert_close(done, model.done_logit(h))
+    a = model.predict(h, 1.2, generator=torch.Generator().manual_seed(4))[0]
+    b = model.sample(h, 1.2, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a, b)
+    model.reward_head = model.done_head = None
+    assert model.predict(h, 1.0, noise=noise)[1:] == (None, None)
+
+
+def test_square_solve_without_autograd_uses_a_kept_inverse_that_follows_the_weights():
+    model = make_model(4, "square")
+    mix = model.mixture
+    v = torch.randn(30, 4, dtype=torch.float64)
+    solved = mix.solve_square_transpose(v)  # autograd on: the triangular solves
+    torch.testing.assert_close(mix.square_part().T @ solved.T, v.T)
+    with torch.no_grad():
+        torch.testing.assert_close(mix.solve_square_transpose(v), solved)
+        mix.lu_upper.add_(0.2)  # an optimiser's in-place step: the inverse is redone
+        mix.lu_log_diag.mul_(0.5)
+        torch.testing.assert_close(mix.square_part().T @ mix.solve_square_transpose(v).T, v.T)
+    mix.load_state_dict({k: torch.zeros_like(t) for k, t in mix.state_dict().items()})
+    with torch.no_grad():  # U1 = I now
+        torch.testing.assert_close(mix.solve_square_transpose(v), v)

@@ -27,6 +27,18 @@ def test_shapes_and_loss():
     assert losses["loss"] >= losses["recon"] + 0.5 * 8 - 1e-4
 
 
+def test_encode_mean_is_encodes_mu_also_channels_last():
+    # what agents read: the mean alone, from a channels-last V (agents.vmc.VMCAgent)
+    torch.manual_seed(0)
+    vae = ConvVAE(z_dim=8).eval()
+    frames = torch.randint(0, 256, (5, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        mu, _ = vae.encode(frames)
+        assert torch.equal(vae.encode_mean(frames), mu)
+        vae.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(vae.encode_mean(frames), mu, rtol=1e-5, atol=1e-6)
+
+
 def test_checkpoint_reproduces_outputs_exactly(tmp_path):
     torch.manual_seed(1)
     model = ConvVAE(z_dim=16).eval()

@@ -49,7 +49,8 @@ class FlatPolicy(Protocol):
 
     def batched(self, params: Tensor, x: Tensor) -> Tensor:
         """Each row with its own parameters: params (B, n) in ``get_flat`` order,
-        x (B, F) -> actions as ``__call__`` gives them."""
+        x (B, F) -> actions as ``__call__`` gives them; or each group of rows with its
+        own: x (B, R, F) -> (B, R, ...)."""
         ...
 
     def num_parameters(self) -> int:
@@ -134,14 +135,17 @@ class Controller(nn.Module):
 
     def batched(self, params: Tensor, x: Tensor) -> Tensor:
         """Each row with its own weights: params (B, n) flat vectors (``get_flat`` order),
-        x (B, features) -> actions as ``forward`` gives them, (B, A) or (B,).
+        x (B, features) -> actions as ``forward`` gives them, (B, A) or (B,). With
+        x (B, R, features), row group b (R rows) shares params[b]: -> (B, R, A) or (B, R).
 
-        For CMA-ES in a batched dream: population x rollouts controllers in one pass.
+        For CMA-ES in a batched dream: population x rollouts controllers in one pass
+        (grouped: P candidates' weights are read once each, not once per rollout).
         """
         if params.shape[-1] != self.num_parameters():
             raise ValueError(f"expected {self.num_parameters()} parameters, "
                              f"got {params.shape[-1]}")
         layers = [self.net] if isinstance(self.net, nn.Linear) else list(self.net)
+        grouped = x.dim() == 3
         offset = 0
         for layer in layers:
             if isinstance(layer, nn.Linear):
@@ -149,7 +153,10 @@ class Controller(nn.Module):
                 w = params[:, offset : offset + n_w].view(-1, *layer.weight.shape)
                 b = params[:, offset + n_w : offset + n_w + n_b]
                 offset += n_w + n_b
-                x = torch.baddbmm(b.unsqueeze(-1), w, x.unsqueeze(-1)).squeeze(-1)
+                if grouped:  # (B, R, in) @ (B, in, out)
+                    x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+                else:
+                    x = torch.baddbmm(b.unsqueeze(-1), w, x.unsqueeze(-1)).squeeze(-1)
             else:
                 x = layer(x)
         return self._act(x)

@@ -143,10 +143,13 @@ class Dream:
         """z (B, d), action (B, A) float or (B,) int -> the next step of every dream."""
         h, self.state = self.memory.step(z, action, self.state)
         noise = (self._uniform(len(h)), self._normal(z.shape))
-        z_next = self.memory.sample(h, self.temperature, noise=noise)
-        reward = self.memory.reward(h)
+        predict = getattr(self.memory, "predict", None)  # MemoryModel's: one pass
+        if predict is not None:
+            z_next, reward, logit = predict(h, self.temperature, noise=noise)
+        else:
+            z_next = self.memory.sample(h, self.temperature, noise=noise)
+            reward, logit = self.memory.reward(h), self.memory.done_logit(h)
         assert reward is not None
-        logit = self.memory.done_logit(h)
         self.steps = self.steps + 1
         if logit is None:
             done = torch.zeros(len(h), dtype=torch.bool)
@@ -185,11 +188,20 @@ def dream_returns(dream: Dream, controller: FlatPolicy, params: Tensor, starts: 
     returns = torch.zeros(P * R, dtype=torch.float64)
     steps = torch.zeros(P * R, dtype=torch.long)
     use_cell = controller.use_cell
+    grouped = params.float()  # while every dream lives: candidate c's R rollouts together
     while len(alive):
-        action = controller.batched(p, dream.features(z, use_cell))
+        x = dream.features(z, use_cell)
+        if len(alive) == P * R:
+            action = controller.batched(grouped, x.view(P, R, -1)).flatten(0, 1)
+        else:
+            action = controller.batched(p, x)
         out = dream.step(z, action)
-        returns[alive] += out.reward.double()
-        steps[alive] += 1
+        if len(alive) == P * R:
+            returns += out.reward.double()
+            steps += 1
+        else:
+            returns[alive] += out.reward.double()
+            steps[alive] += 1
         live = ~(out.done | out.truncated)
         z = out.z
         if not bool(live.all()):

@@ -144,13 +144,33 @@ class TiedPrecisionMixture(nn.Module):
 
     def solve_square_transpose(self, v: Tensor) -> Tensor:
         """U1^-T v for v (..., d): two triangular solves against all rows at once
-        (U1^T = Up^T L^T), not one d x d factorisation per row."""
+        (U1^T = Up^T L^T), not one d x d factorisation per row. Without autograd (a
+        dream), one product with U1^-1, kept while the LU parameters are unchanged."""
+        if not torch.is_grad_enabled():
+            return (v.reshape(-1, self.d) @ self._square_inverse()).reshape(v.shape)
         lower, upper = self.lu_factors()
         cols = v.reshape(-1, self.d).transpose(0, 1)  # (d, N)
         y = torch.linalg.solve_triangular(upper.transpose(0, 1), cols, upper=False)
         x = torch.linalg.solve_triangular(lower.transpose(0, 1), y, upper=True,
                                           unitriangular=True)
         return x.transpose(0, 1).reshape(v.shape)
+
+    def _square_inverse(self) -> Tensor:
+        """U1^-1 = Up^-1 L^-1 (d, d), made by triangular solves and cached until a LU
+        parameter changes (in place, as optimisers and ``load_state_dict`` change them,
+        or by a move to another device or dtype). Rows v give v U1^-1 = (U1^-T v^T)^T."""
+        params = (self.lu_lower, self.lu_upper, self.lu_log_diag)
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        cached = self.__dict__.get("_inverse")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                lower, upper = self.lu_factors()
+                eye = torch.eye(self.d, dtype=lower.dtype, device=lower.device)
+                l_inv = torch.linalg.solve_triangular(lower, eye, upper=False,
+                                                      unitriangular=True)
+                inverse = torch.linalg.solve_triangular(upper, l_inv, upper=True)
+            cached = self.__dict__["_inverse"] = (key, inverse)
+        return cached[1]
 
     def u_matrix(self) -> Tensor | None:
         """U: None for diag, (d, d) for square, (d, m) = [U1 | U2] for overcomplete."""
@@ -227,19 +247,52 @@ class TiedPrecisionMixture(nn.Module):
         if not tau > 0:
             raise ValueError(f"temperature tau must be > 0, got {tau}")
         batch = p.logits.shape[:-1]
-        probs = torch.softmax(p.logits / tau, dim=-1)
+        k = self.component(p.logits, tau, generator, noise)
+        mu = torch.gather(p.mu, -2, k.unsqueeze(-1).expand(*batch, 1, self.d)).squeeze(-2)
+        log_d = torch.gather(p.log_d, -2, k.unsqueeze(-1).expand(*batch, 1, self.m)).squeeze(-2)
+        return self.draw(mu, log_d, tau, generator, noise)
+
+    def component(self, logits: Tensor, tau: float, generator: torch.Generator | None = None,
+                  noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The drawn component k (..., 1) int64 of mixture logits (..., K) at temperature
+        tau: multinomial, or the uniform ``noise[0]``'s place in the weights' CDF."""
+        batch = logits.shape[:-1]
+        probs = torch.softmax(logits / tau, dim=-1)
         if noise is None:
             k = torch.multinomial(probs.reshape(-1, self.K), 1, generator=generator)
-            k = k.view(*batch, 1)
-        else:
-            cdf = torch.cumsum(probs, dim=-1)
-            k = torch.searchsorted(cdf, noise[0].to(cdf.dtype).unsqueeze(-1).contiguous())
-            k = k.clamp(max=self.K - 1)
-        mu = torch.gather(p.mu, -2, k.unsqueeze(-1).expand(*batch, 1, self.d)).squeeze(-2)
+            return k.view(*batch, 1)
+        cdf = torch.cumsum(probs, dim=-1)
+        k = torch.searchsorted(cdf, noise[0].to(cdf.dtype).unsqueeze(-1).contiguous())
+        return k.clamp(max=self.K - 1)
+
+    def chosen(self, h: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, log D) (N, d), (N, m) of component ``k`` (N,) of each row of h (N, in):
+        the head's rows of that component only, one matrix product per component drawn
+        (a K-th of the whole head's work), rows grouped by a sort."""
+        per = 1 + self.d + self.m
+        weight = self.head.weight.view(self.K, per, -1)
+        bias = self.head.bias.view(self.K, per)
+        order = torch.argsort(k)
+        counts = torch.bincount(k, minlength=self.K).tolist()
+        hs = h[order]
+        parts, start = [], 0
+        for j, count in enumerate(counts):
+            if count:
+                parts.append(F.linear(hs[start: start + count], weight[j, 1:], bias[j, 1:]))
+                start += count
+        grouped = torch.cat(parts) if parts else h.new_empty(0, per - 1)
+        out = torch.empty_like(grouped).index_copy(0, order, grouped)
+        raw = out[:, self.d:]
+        return out[:, : self.d], self.log_d_bound * torch.tanh(raw / self.log_d_bound)
+
+    def draw(self, mu: Tensor, log_d: Tensor, tau: float,
+             generator: torch.Generator | None = None,
+             noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """u (..., d) of the drawn components' mu (..., d) and log D (..., m), at
+        temperature tau; the normal draw is ``noise[1]`` if given."""
         eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device) \
             if noise is None else noise[1].to(mu.dtype)
         scale = math.sqrt(tau)
-        log_d = torch.gather(p.log_d, -2, k.unsqueeze(-1).expand(*batch, 1, self.m)).squeeze(-2)
         if self.precision == "overcomplete":
             # Lambda = U1 M U1^T, M = D1 + V D2 V^T = L L^T: U1^-T L^-T eps has covariance
             # U1^-T M^-1 U1^-1 = Lambda^-1
@@ -380,6 +433,42 @@ class FRMDN(MemoryModel):
         :meth:`TiedPrecisionMixture.sample`."""
         u = self.mixture.sample(self.mixture.params(h), tau, generator, noise)
         return self.flow_inverse(u, h)
+
+    def predict(self, h: Tensor, tau: float = 1.0, generator: torch.Generator | None = None,
+                noise: tuple[Tensor, Tensor] | None = None,
+                ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """What a dream step needs of h (..., hidden), in one pass: (:meth:`sample`,
+        :meth:`reward`, :meth:`done_logit`), the same values up to float rounding.
+
+        The mixture logits and the reward and done heads are one small matrix product;
+        of the mixture head's other rows only those of each row's drawn component are
+        computed (the head's full output is K x (d + m) numbers a row, of which the
+        sample reads d + m).
+        """
+        mix = self.mixture
+        if not tau > 0:
+            raise ValueError(f"temperature tau must be > 0, got {tau}")
+        batch = h.shape[:-1]
+        flat = h.reshape(-1, h.shape[-1])
+        per = 1 + mix.d + mix.m
+        heads = [x for x in (self.reward_head, self.done_head) if x is not None]
+        small = F.linear(flat,
+                         torch.cat([mix.head.weight.view(mix.K, per, -1)[:, 0],
+                                    *(x.weight for x in heads)]),
+                         torch.cat([mix.head.bias.view(mix.K, per)[:, 0],
+                                    *(x.bias for x in heads)]))
+        if noise is not None:
+            noise = (noise[0].reshape(-1), noise[1].reshape(-1, mix.d))
+        k = mix.component(small[:, : mix.K].contiguous(), tau, generator, noise).squeeze(-1)
+        mu, log_d = mix.chosen(flat, k)
+        z = self.flow_inverse(mix.draw(mu, log_d, tau, generator, noise), flat)
+        column = mix.K
+        reward = done = None
+        if self.reward_head is not None:
+            reward, column = small[:, column].reshape(batch), column + 1
+        if self.done_head is not None:
+            done = small[:, column].reshape(batch)
+        return z.reshape(*batch, mix.d), reward, done
 
 
 def build_frmdn(cfg: ExperimentConfig, action_dim: int, discrete: bool) -> FRMDN:

@@ -249,6 +249,14 @@ class MemoryModel(nn.Module):
         """Logit of P(done) (...,), or None without a done head."""
         return None if self.done_head is None else self.done_head(h).squeeze(-1)
 
+    def predict(self, h: Tensor, tau: float = 1.0, generator: torch.Generator | None = None,
+                noise: tuple[Tensor, Tensor] | None = None,
+                ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """A dream step's predictions at h: (``sample(h, tau, generator, noise)``,
+        ``reward(h)``, ``done_logit(h)``); a model may compute them in one pass."""
+        sample = self.sample(h, tau, generator, noise)  # type: ignore[attr-defined]
+        return sample, self.reward(h), self.done_logit(h)
+
     def loss(self, z: Tensor, action: Tensor, reward: Tensor, done: Tensor, mask: Tensor,
              reward_weight: float = 1.0, done_weight: float = 1.0,
              done_pos_weight: float = 1.0) -> dict[str, Tensor]:

@@ -50,6 +50,10 @@ class ConvVAE(nn.Module):
         h = self.encoder(to_float_frames(frames))
         return self.fc_mu(h), self.fc_logvar(h)
 
+    def encode_mean(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames -> mu (B, z_dim): what an agent reads (no logvar head)."""
+        return self.fc_mu(self.encoder(to_float_frames(frames)))
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, z_dim) -> frames (B, 3, 64, 64) in [0, 1]."""
         return self.decoder(self.fc_decode(z).view(-1, 1024, 1, 1))
