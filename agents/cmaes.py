@@ -55,7 +55,7 @@ from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.controller import FlatPolicy
 from worldmodels.monitoring import summary_writer
 from worldmodels.pictures import plot_curves
-from worldmodels.run_dir import RunDir
+from worldmodels.run_dir import RunDir, RunView
 from worldmodels.shards import ShardError, read_npz, write_npz_atomic
 
 with warnings.catch_warnings():
@@ -79,7 +79,9 @@ class ProcessEvaluator:
     def __init__(self, run: RunDir, engine: str = "process", workers: int = 0,
                  ray_address: str = "", max_steps: int = 0, stall_steps: int = 0,
                  overrides: tuple[str, ...] = (), batch: int = 1):
-        self.run_dir, self.engine, self.workers = str(run.path), engine, workers
+        # a view's paths differ from its directory's: the tasks carry the view itself
+        self.run_dir: str | RunDir = run if isinstance(run, RunView) else str(run.path)
+        self.engine, self.workers = engine, workers
         self.ray_address, self.max_steps, self.stall_steps = ray_address, max_steps, stall_steps
         self.overrides = tuple(overrides)  # env.* / dream.*: see RunDir.load_config
         self.batch = batch  # episodes a worker steps together
@@ -169,19 +171,25 @@ class CMAESReport:
 
 
 def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
-                evaluator: Evaluator | None = None, progress: bool = True) -> CMAESReport:
+                evaluator: Evaluator | None = None, progress: bool = True,
+                seed: int | None = None) -> CMAESReport:
     """Run (or resume) CMA-ES up to ``controller.generations`` generations; the run is
-    ``cfg``'s default directory unless given."""
+    ``cfg``'s default directory unless given.
+
+    ``seed`` seeds CMA-ES, its generations' env (or dream) seeds and the selection seeds
+    (default ``cfg.seed``); the data split (a dream's start latents) always follows
+    ``cfg.seed``, so CMA-ES runs with different seeds dream from the same episodes."""
     run = run or RunDir.for_config(cfg)
+    seed = cfg.seed if seed is None else seed
     c = cfg.controller
     files = run.controller
     controller = run.new_controller(cfg, run.action_space(), run.load_memory())
     in_dream = c.environment == "dream"
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     x0 = np.zeros(controller.num_parameters())
-    es = CMAES(x0, c.sigma0, c.population, cfg.seed)
+    es = CMAES(x0, c.sigma0, c.population, seed)
     settings = {"dim": len(x0), "population": c.population, "rollouts": c.rollouts,
-                "sigma0": c.sigma0, "seed": cfg.seed, "max_episode_steps": c.max_episode_steps,
+                "sigma0": c.sigma0, "seed": seed, "max_episode_steps": c.max_episode_steps,
                 "stall_steps": c.stall_steps, "cma": cma.__version__}
     settings["environment"] = c.environment
     if in_dream:
@@ -203,13 +211,13 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     writer = summary_writer(run.tensorboard("controller"))
     started = time.perf_counter()
     last_eval = next((g["eval"] for g in reversed(log) if "eval" in g), None)
-    select = {"episodes": c.select_episodes or c.eval_episodes, "seed": cfg.seed}
+    select = {"episodes": c.select_episodes or c.eval_episodes, "seed": seed}
     selected = read_selected(files.selected, select)
     bar = tqdm(range(len(history), c.generations), initial=len(history), total=c.generations,
                desc="CMA-ES", unit="gen", disable=not progress)
     for gen in bar:
         candidates = es.ask()
-        fitness = evaluator(candidates, generation_seeds(cfg.seed, gen, c.rollouts))
+        fitness = evaluator(candidates, generation_seeds(seed, gen, c.rollouts))
         es.tell(candidates, fitness)
         entry: dict[str, Any] = {"generation": gen + 1, "best": float(fitness.max()),
                                  "mean": float(fitness.mean()), "worst": float(fitness.min()),
@@ -229,7 +237,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                                                   batch=c.batch_envs)
             last_eval = evaluate_for_selection(
                 controller, files.best, best_generation, es.mean(), gen + 1,
-                selection_seeds(cfg.seed, select["episodes"]), real_evaluator, log)
+                selection_seeds(seed, select["episodes"]), real_evaluator, log)
             entry["eval"] = last_eval
             for source in ("best", "mean"):
                 score = last_eval[source]
@@ -239,7 +247,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                                 "selection_mean": score["mean"],
                                 "selection_std": score["std"],
                                 "selection_episodes": score["episodes"],
-                                "selection_seed": cfg.seed, "evaluated_at": gen + 1}
+                                "selection_seed": seed, "evaluated_at": gen + 1}
                     params = es.mean() if source == "mean" else None
                     if params is None:
                         load_weights(files.best, controller)

@@ -1,6 +1,7 @@
 """Real-env rollouts of a V-M-C agent, for CMA-ES fitness and for evaluation.
 
-A worker process loads V, M and the env once (from the run directory) and then plays
+A worker process loads V, M and the env once (from the run directory, or the
+:class:`worldmodels.run_dir.RunView` the task carries) and then plays
 any number of candidate controllers; tasks carry only the run's directory, the flat
 parameters and a seed.
 """
@@ -19,7 +20,7 @@ import torch
 from agents.batched import BatchedActor, Episode, EpisodeResult
 from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
-from worldmodels.run_dir import RunDir
+from worldmodels.run_dir import RunDir, as_run
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class RolloutTask:
     """Episodes one worker plays together (:class:`agents.batched.BatchedActor`, ``batch``
     at a time), each tagged (candidate, column) for the caller."""
 
-    run_dir: str
+    run_dir: str | RunDir  # a run's directory, or a RunView (its paths travel whole)
     episodes: tuple[Episode, ...]
     tags: tuple[tuple[int, int], ...]
     batch: int = 1
@@ -85,12 +86,13 @@ def play_task(task: RolloutTask) -> list[tuple[float, int]]:
     with torch_threads(1):
         # the weights' stamp: a later round of iterative training replaces M, and this
         # process (the serial engine) may have loaded the earlier one
-        key = (task.run_dir, task.overrides, task.batch, RunDir(task.run_dir).models_stamp())
+        run = as_run(task.run_dir)
+        key = (task.run_dir, task.overrides, task.batch, run.models_stamp())
         if key not in _WORKERS:
             for old in [k for k in _WORKERS if k[:3] == key[:3]]:  # weights since replaced
                 del _WORKERS[old]
             os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-            _WORKERS[key] = RolloutWorker(RunDir(task.run_dir), overrides=task.overrides,
+            _WORKERS[key] = RolloutWorker(run, overrides=task.overrides,
                                           batch=task.batch)
         return [(r.ret, r.steps) for r in _WORKERS[key].play(list(task.episodes))]
 

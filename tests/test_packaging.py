@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["collect", "train_vae", "encode", "train_frmdn", "compare_memory",
-           "train_controller", "evaluate", "run", "dream"]
+           "compare_controllers", "train_controller", "evaluate", "run", "dream"]
 PRESETS = ["carracing", "doom_takecover"]
 
 pytestmark = pytest.mark.slow

@@ -66,10 +66,15 @@ def plot_curves(path: Path, series: dict[str, tuple[list[float], list[float]]], 
     _save_plot(fig, ax, path, title, xlabel, ylabel)
 
 
-def plot_errorbars(path: Path, series: dict[str, tuple[list[float], list[float], list[float]]],
-                   title: str, xlabel: str, ylabel: str, logx: bool = False) -> None:
-    """Named (x, y, error) series as lines with error bars (y ± error), written atomically
-    as PNG; ``logx`` for a logarithmic x axis."""
+ErrorBars = list[float] | tuple[list[float], list[float]]
+
+
+def plot_errorbars(path: Path, series: dict[str, tuple[list[float], list[float], ErrorBars]],
+                   title: str, xlabel: str, ylabel: str, logx: bool = False,
+                   xticks: list[float] | None = None) -> None:
+    """Named (x, y, error) series as lines with error bars, written atomically as PNG:
+    y ± error, or from y - lower to y + upper when the error is a (lower, upper) pair of
+    lists; ``logx`` for a logarithmic x axis, ``xticks`` to label exactly those x."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,6 +86,9 @@ def plot_errorbars(path: Path, series: dict[str, tuple[list[float], list[float],
                     capsize=3)
     if logx:
         ax.set_xscale("log")
+    if xticks:
+        ax.set_xticks(xticks, [f"{x:g}" for x in xticks])
+        ax.minorticks_off()
     _save_plot(fig, ax, path, title, xlabel, ylabel)
 
 

@@ -8,6 +8,9 @@ its config, V, M and C.
         controller/            train_controller eval/              evaluate (and checks)
         dreams/                dream.py         tensorboard/<stage>/
         memory_compare/        compare_memory.py
+        controller_compare/    compare_controllers.py: CMA-ES runs in the dreams of
+                               memory_compare's Ms (:class:`ControllerCompareFiles`,
+                               each run seen through a :class:`RunView`)
         iterations/round_<r>/  run.py with run.iterations > 1: what each round left
                                (:class:`RoundFiles`)
 
@@ -197,6 +200,26 @@ class RoundFiles:
                    d / "eval")
 
 
+@dataclass(frozen=True)
+class ControllerCompareFiles:
+    """The population experiment (``compare_controllers.py``): one CMA-ES run per (M
+    variant, population, seed) in its own directory, and the tables and plot over them."""
+
+    dir: Path
+    results: Path  # results.json: one row per run
+    table: Path  # results.md
+    plot: Path  # population.png: real score against population, one line per M
+
+    @classmethod
+    def at(cls, d: Path) -> ControllerCompareFiles:
+        return cls(d, d / "results.json", d / "results.md", d / "population.png")
+
+    def run_home(self, variant: str, population: int, seed: int) -> Path:
+        """The directory of one CMA-ES run: its config, controller, evaluations and logs
+        (the home of a :class:`RunView`)."""
+        return self.dir / variant / f"p{population}_s{seed}"
+
+
 def file_stamp(*paths: Path) -> tuple[tuple[str, int, int, int], ...]:
     """(path, inode, mtime in ns, size) of each existing file: a cheap identity for
     weights that are only ever replaced whole (atomic writes), so a cache of loaded
@@ -323,6 +346,14 @@ class RunDir:
     def memory_compare_dir(self) -> Path:
         return self.path / "memory_compare"
 
+    def memory_variant(self, variant: str, seed: int) -> Path:
+        """Where ``compare_memory.py`` trains M ``variant`` with ``seed``."""
+        return self.memory_compare_dir / f"{variant}__s{seed}"
+
+    @property
+    def controller_compare(self) -> ControllerCompareFiles:
+        return ControllerCompareFiles.at(self.path / "controller_compare")
+
     @property
     def iterations_dir(self) -> Path:
         return self.path / "iterations"
@@ -393,7 +424,7 @@ class RunDir:
         ``config.prev.yaml``.
         """
         self.refuse_shipped()
-        for directory in (self.path, *outputs):
+        for directory in (self.config_file.parent, *outputs):
             check_writable(directory)
         text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
         if self.config_file.exists():
@@ -471,6 +502,77 @@ class RunDir:
         controller = self.new_controller(cfg, action_space, memory)
         load_weights(path, controller)
         return controller.eval()
+
+
+class RunView(RunDir):
+    """A trained run seen with another M and another home for what a controller run
+    writes, without copying or linking a file: only the paths differ.
+
+    V, the shards, the start latents and the action space's shards are ``base``'s (its
+    :attr:`path`); M is the one trained into ``memory_dir`` (e.g. a variant under
+    ``memory_compare/``); the config (``config.yaml``), C's files (``controller/``),
+    evaluations (``eval/``), dreams and TensorBoard logs are under ``home``. Every
+    stage that takes a RunDir (CMA-ES, the dream, evaluation, rollout workers) works on
+    a view unchanged. A view is plain paths, so a task sent to a worker process carries
+    it whole (:class:`agents.rollouts.RolloutTask`).
+    """
+
+    def __init__(self, base: RunDir | str | Path, home: str | Path, memory_dir: str | Path):
+        super().__init__(base.path if isinstance(base, RunDir) else base)
+        self.home = Path(home).expanduser().absolute()
+        self.memory_dir = Path(memory_dir).expanduser().absolute()
+
+    def __repr__(self) -> str:
+        return f"RunView('{self.path}', home='{self.home}', memory='{self.memory_dir}')"
+
+    def __str__(self) -> str:
+        return str(self.home)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunView) and (other.path, other.home, other.memory_dir) \
+            == (self.path, self.home, self.memory_dir)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.home, self.memory_dir))
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / RUN_CONFIG
+
+    @property
+    def prev_config_file(self) -> Path:
+        return self.home / "config.prev.yaml"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.home / "summary.json"
+
+    @property
+    def memory(self) -> MemoryFiles:
+        return MemoryFiles.at(self.memory_dir)
+
+    @property
+    def controller(self) -> ControllerFiles:
+        return ControllerFiles.at(self.home / "controller")
+
+    @property
+    def output_dir(self) -> Path:
+        return self.home
+
+    @property
+    def result_file(self) -> Path:
+        """A finished experiment run's row and the settings it ran with
+        (:mod:`agents.population`)."""
+        return self.home / "result.json"
+
+    def tensorboard(self, stage: str = "") -> Path:
+        return self.home / "tensorboard" / stage if stage else self.home / "tensorboard"
+
+
+def as_run(run: str | Path | RunDir) -> RunDir:
+    """``run`` itself when it is a RunDir (or a :class:`RunView`), else the run at that
+    directory."""
+    return run if isinstance(run, RunDir) else RunDir(run)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

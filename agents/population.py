@@ -1,0 +1,388 @@
+"""The population experiment (issue 20): does C trained by CMA-ES in an FRMDN's dream
+score better in the real env than in an RMDN's dream, at smaller populations?
+
+One fixed dream data set: the run's V, its latent episodes (the training split of the
+run's ``seed``: every dream starts from the same episodes) and, for each M variant, the
+M that ``compare_memory.py`` trained with seed ``memory_seed`` into
+``memory_compare/<variant>__s<memory_seed>/`` (trained here if absent). For every
+(variant, population, seed) one CMA-ES run in that M's dream, in its own directory
+``controller_compare/<variant>/p<population>_s<seed>/`` seen through a
+:class:`worldmodels.run_dir.RunView` (the base run's V and latents, the variant's M, the
+run's own config, controller and evaluations: no file copied or linked).
+
+Budget: every run plays the same ``dream_episodes`` dream episodes, so a run of
+population P and R rollouts per candidate runs ``dream_episodes / (P x R)``
+generations (refused unless that divides exactly). Selection (see
+:mod:`agents.cmaes`): every ``eval_every`` generations (or ``selections`` times a run,
+evenly spaced in its budget) the best candidate and the search mean play the run's
+fixed selection seeds in the real env; ``selected`` keeps the better. Those real
+episodes are counted per run. The reported score of a run is its ``selected``
+controller's mean return over ``report_episodes`` real episodes on the report seeds
+(:func:`agents.seeds.evaluation_seeds` of ``report_seed``: the same for every run, and
+checked disjoint from every run's selection seeds). ``controller.target_return`` is
+off: every run spends its whole budget.
+
+Resuming: a run whose ``result.json`` matches its settings (and whose ``selected``
+weights are those it scored) is read, not run; otherwise CMA-ES resumes from its
+history (:func:`agents.cmaes.train_cmaes`; none of it replayed when it is complete) and
+the report evaluation is reused when the same weights played the same seeds.
+:func:`write_results` writes ``results.json``, ``results.md`` and ``population.png``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from agents.cmaes import _seeds_key, train_cmaes
+from agents.evaluation import evaluate, result_name
+from agents.seeds import evaluation_seeds, selection_seeds
+from worldmodels.checkpoint import file_digest, read_json, write_json_atomic, write_text_atomic
+from worldmodels.config import ConfigError, ExperimentConfig, merge_into, validate
+from worldmodels.memory_compare import VARIANTS, compare, variant_config
+from worldmodels.pictures import plot_errorbars
+from worldmodels.run_dir import RunDir, RunView
+from worldmodels.shards import ShardError, read_npz
+
+#: config keys the experiment's command line may change for the CMA-ES runs (prefixes);
+#: the rest (V, M, data, seed) are the base run's
+OPEN_KEYS = ("controller.", "dream.", "device")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the experiment runs: every (variant, population, seed), each on the same
+    ``dream_episodes`` dream episodes, its ``selected`` C scored on ``report_episodes``
+    real episodes of ``report_seed``'s report seeds. ``eval_every`` 0: the config's
+    ``controller.eval_every``; ``selections`` > 0 instead selects that many times a
+    run, every ``generations // selections`` generations."""
+
+    variants: tuple[str, ...]
+    populations: tuple[int, ...]
+    seeds: tuple[int, ...]
+    dream_episodes: int
+    memory_seed: int = 0
+    eval_every: int = 0
+    selections: int = 0
+    report_episodes: int = 100
+    report_seed: int = 0
+
+
+def generations_for(dream_episodes: int, population: int, rollouts: int) -> int:
+    """Generations of a run that plays ``dream_episodes`` dream episodes:
+    ``dream_episodes / (population x rollouts)``, refused unless it divides exactly."""
+    per_generation = population * rollouts
+    if dream_episodes < per_generation or dream_episodes % per_generation:
+        raise ConfigError(
+            f"--dream-episodes {dream_episodes} is not a positive multiple of population "
+            f"{population} x rollouts {rollouts} = {per_generation}: every run must play the "
+            "same dream episodes (give a multiple of the largest population x rollouts)")
+    return dream_episodes // per_generation
+
+
+def selection_interval(plan: Plan, generations: int, eval_every: int) -> int:
+    """Generations between selections of a run of ``generations`` generations: the
+    plan's ``selections`` spread evenly, else ``plan.eval_every``, else the config's
+    ``eval_every``; refused if the run would never select."""
+    every = generations // plan.selections if plan.selections else plan.eval_every or eval_every
+    if plan.selections > generations:
+        raise ConfigError(f"{plan.selections} selections asked, but a run has only "
+                          f"{generations} generations")
+    if not 1 <= every <= generations:
+        raise ConfigError(f"selection every {every} generations: a run of {generations} "
+                          "generations would never select a controller; lower "
+                          "controller.eval_every or give --selections")
+    return every
+
+
+def run_config(cfg: ExperimentConfig, variant: str, population: int, generations: int,
+               eval_every: int) -> ExperimentConfig:
+    """One CMA-ES run's config: ``cfg`` with variant's ``memory.*`` (as its M was
+    trained), CMA-ES in the dream at ``population`` for ``generations`` generations,
+    selection every ``eval_every``, no early stop."""
+    out = variant_config(cfg, variant)
+    merge_into(out, {"controller": {
+        "algo": "cmaes", "environment": "dream", "population": population,
+        "generations": generations, "eval_every": eval_every, "target_return": 0.0,
+    }}, "population experiment")
+    validate(out)
+    return out
+
+
+def check_open_keys(run: RunDir, cfg: ExperimentConfig) -> None:
+    """Refuse a command line that changes more than the CMA-ES runs' keys
+    (:data:`OPEN_KEYS`): V, M, the data and its split are the base run's."""
+    fixed = [k for k in run.changed_keys(cfg) if not k.startswith(OPEN_KEYS)]
+    if fixed:
+        raise ConfigError(f"the population experiment takes V, M and the data from "
+                          f"{run.path}: '{fixed[0]}' cannot change here (only "
+                          f"{', '.join(k + '*' if k.endswith('.') else k for k in OPEN_KEYS)})")
+
+
+def view_of(run: RunDir, plan: Plan, variant: str, population: int, seed: int) -> RunView:
+    """The CMA-ES run's view: the base run with variant's M and its own home."""
+    return RunView(run, run.controller_compare.run_home(variant, population, seed),
+                   run.memory_variant(variant, plan.memory_seed))
+
+
+def run_key(cfg: ExperimentConfig, view: RunView, variant: str, seed: int,
+            plan: Plan) -> dict[str, Any]:
+    """What a finished run's result depends on: a rerun with another key runs again."""
+    c = cfg.controller
+    return {"variant": variant, "memory_seed": plan.memory_seed,
+            "memory_digest": file_digest(view.memory.weights()),
+            "population": c.population, "rollouts": c.rollouts, "generations": c.generations,
+            "sigma0": c.sigma0, "seed": seed, "eval_every": c.eval_every,
+            "select_episodes": c.select_episodes or c.eval_episodes,
+            "max_episode_steps": c.max_episode_steps, "stall_steps": c.stall_steps,
+            "dream": {"temperature": cfg.dream.temperature, "done": cfg.dream.done,
+                      "done_threshold": cfg.dream.done_threshold,
+                      "max_steps": cfg.dream.max_steps},
+            "report_episodes": plan.report_episodes, "report_seed": plan.report_seed}
+
+
+def history_length(view: RunView) -> int:
+    """Generations the run's CMA-ES history holds (0: none yet)."""
+    path = view.controller.history
+    if not path.exists():
+        return 0
+    try:
+        return int(read_npz(path, ("fitness",))["fitness"].shape[0])
+    except ShardError:
+        return 0  # unreadable: train_cmaes says so
+
+
+def cmaes_seconds(log: list[dict[str, Any]]) -> float:
+    """CMA-ES wall time over every session of a run, from ``generations.json`` (each
+    entry's ``seconds`` counts from its session's start, so a drop marks a resume)."""
+    total, last = 0.0, 0.0
+    for entry in log:
+        if entry["seconds"] < last:
+            total += last
+        last = entry["seconds"]
+    return total + last
+
+
+def selection_episodes_played(log: list[dict[str, Any]]) -> tuple[int, int]:
+    """(selections, real episodes they played): each plays the search mean, and the best
+    candidate unless the same weights already played the same seeds (then reused, see
+    :func:`agents.cmaes.evaluate_for_selection`)."""
+    seen: set[tuple[str, str]] = set()
+    selections = episodes = 0
+    for entry in log:
+        ev = entry.get("eval")
+        if not ev or "best" not in ev:
+            continue
+        selections += 1
+        episodes += ev["episodes"]
+        key = (ev["best"].get("digest", ""), ev.get("seeds", ""))
+        if key not in seen:
+            episodes += ev["episodes"]
+            seen.add(key)
+    return selections, episodes
+
+
+def report(view: RunView, cfg: ExperimentConfig, plan: Plan, progress: bool = False,
+           ) -> dict[str, Any]:
+    """The run's ``selected`` C on the report seeds (``report_episodes`` real episodes):
+    reused from ``eval/controller_selected.json`` when the same weights played the same
+    seeds, else played (``controller.engine`` and ``workers``)."""
+    seeds = evaluation_seeds(plan.report_seed, plan.report_episodes)
+    key = {"weights": file_digest(view.controller.selected), "seeds": _seeds_key(seeds),
+           "episodes": plan.report_episodes, "report_seed": plan.report_seed}
+    cached = read_json(view.eval_dir / f"{result_name('controller', 'selected')}.json", {})
+    if cached.get("key") == key:
+        return {**cached, "cached": True}
+    c = cfg.controller
+    summary = evaluate(view, episodes=plan.report_episodes, policy="controller",
+                       seed=plan.report_seed, engine=c.engine, workers=c.workers,
+                       ray_address=c.ray_address, progress=progress, key=key,
+                       weights="selected")
+    return {**summary, "cached": False}
+
+
+def one_run(run: RunDir, cfg: ExperimentConfig, plan: Plan, variant: str, population: int,
+            seed: int, progress: bool = False) -> dict[str, Any]:
+    """One (variant, population, seed): the CMA-ES run (resumed, or skipped when done) and
+    its report evaluation (cached); returns its row, also kept in its ``result.json``."""
+    rollouts = cfg.controller.rollouts
+    generations = generations_for(plan.dream_episodes, population, rollouts)
+    every = selection_interval(plan, generations, cfg.controller.eval_every)
+    rcfg = run_config(cfg, variant, population, generations, every)
+    view = view_of(run, plan, variant, population, seed)
+    if not view.memory.weights().exists():
+        raise ConfigError(f"{view.memory.dir}: no trained M '{variant}'")
+    key = run_key(rcfg, view, variant, seed, plan)
+    files = view.controller
+    old = read_json(view.result_file, {})
+    if (old.get("key") == key and files.selected.exists()
+            and old.get("selected_digest") == file_digest(files.selected)):
+        return old  # finished with these settings: nothing to run
+    done = history_length(view)
+    if done > generations:
+        raise ConfigError(f"{files.history}: {done} generations, more than the {generations} "
+                          "this budget gives; delete the run's directory to run it again")
+    if done < generations or not files.selected.exists():
+        train_cmaes(rcfg, view, progress=progress, seed=seed)
+    if not files.selected.exists():
+        raise ConfigError(f"{files.dir}: CMA-ES selected no controller (selection every "
+                          f"{every} of {generations} generations)")
+    summary = report(view, rcfg, plan, progress=progress)
+    log = read_json(files.log, [])
+    selections, select_played = selection_episodes_played(log)
+    selected = next((e["selected"] for e in reversed(log) if e.get("selected")), {})
+    c = rcfg.controller
+    train_seconds = cmaes_seconds(log)
+    eval_seconds = float(summary.get("seconds", 0.0))
+    row = {
+        "variant": variant, "memory_seed": plan.memory_seed, "population": population,
+        "seed": seed, "rollouts": rollouts, "generations": len(log),
+        "dream_episodes": len(log) * population * rollouts,
+        "eval_every": every, "select_episodes": c.select_episodes or c.eval_episodes,
+        "selections": selections, "selection_real_episodes": select_played,
+        "selected_source": selected.get("source"),
+        "selected_generation": selected.get("generation"),
+        "selection_mean": selected.get("selection_mean"),
+        "report_mean": summary["mean"], "report_std": summary["std"],
+        "report_min": summary["min"], "report_max": summary["max"],
+        "report_episodes": summary["episodes"], "report_seed": plan.report_seed,
+        "final_dream_best": log[-1]["best"], "final_dream_mean": log[-1]["mean"],
+        "cmaes_seconds": train_seconds, "report_seconds": eval_seconds,
+        "wall_seconds": train_seconds + eval_seconds,
+        "memory_dir": str(view.memory.dir), "dir": str(view.home),
+        "selected_digest": file_digest(files.selected), "key": key,
+    }
+    write_json_atomic(view.result_file, row)
+    return row
+
+
+def check_plan(run: RunDir, cfg: ExperimentConfig, plan: Plan) -> None:
+    """Refuse a bad plan before any work: unknown variants, a budget that does not
+    divide, a run that would never select, report seeds that meet selection seeds."""
+    if not plan.variants or not plan.populations or not plan.seeds:
+        raise ConfigError("give at least one variant, one population and one seed")
+    for name in plan.variants:
+        if name not in VARIANTS:
+            raise ConfigError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})")
+    if min(plan.populations) < 2:
+        raise ConfigError(f"CMA-ES populations must be >= 2, not {min(plan.populations)}")
+    if plan.report_episodes < 1:
+        raise ConfigError(f"--report-episodes must be >= 1, not {plan.report_episodes}")
+    c = cfg.controller
+    generations = [generations_for(plan.dream_episodes, p, c.rollouts)
+                   for p in plan.populations]  # every budget first, then every selection
+    for gens in generations:
+        selection_interval(plan, gens, c.eval_every)
+    report_seeds = set(evaluation_seeds(plan.report_seed, plan.report_episodes))
+    for seed in plan.seeds:
+        if report_seeds & set(selection_seeds(seed, c.select_episodes or c.eval_episodes)):
+            raise ConfigError(f"seed {seed}'s selection seeds meet the report seeds of "
+                              f"--report-seed {plan.report_seed}: pick another report seed")
+
+
+def population_experiment(cfg: ExperimentConfig, run: RunDir, plan: Plan,
+                          progress: bool = True) -> list[dict[str, Any]]:
+    """Every run of ``plan`` (see the module's docstring), in order, resumed or skipped;
+    the Ms trained first where ``memory_compare`` has none. ``cfg``: the base run's
+    config with the CMA-ES runs' keys (:data:`OPEN_KEYS`) changed."""
+    run.refuse_shipped()
+    check_open_keys(run, cfg)
+    check_plan(run, cfg, plan)
+    base = run.load_config()
+    jobs = [(v, p, s) for v in plan.variants for p in plan.populations for s in plan.seeds]
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(jobs, desc="population runs", unit="run", disable=not progress)
+    for variant, population, seed in bar:
+        bar.set_postfix_str(f"{variant} p{population} s{seed}")
+        if not run.memory_variant(variant, plan.memory_seed).joinpath(
+                "model.safetensors").exists():
+            compare(base, run, [variant], [plan.memory_seed], progress=progress)
+        rows.append(one_run(run, cfg, plan, variant, population, seed, progress=False))
+    return rows
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min, max and the quartiles (inclusive method; one value: all equal)."""
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") \
+        if len(values) > 1 else (values[0],) * 3
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "q1": q1, "q3": q3}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: the settings, one line per (M, population) over seeds, then every run."""
+    first = rows[0]
+    lines = [
+        f"Every run: {first['dream_episodes']} dream episodes (generations x population x "
+        f"{first['rollouts']} rollouts); selection every `eval_every` generations on "
+        f"{first['select_episodes']} real episodes (the best candidate and the search "
+        f"mean, so up to 2 x {first['select_episodes']} real episodes each time: counted "
+        f"below); score: the selected C's mean return over {first['report_episodes']} real "
+        f"episodes (report seed {first['report_seed']}, the same for every run).", "",
+        "| M | population | generations | seeds | real score: median | min – max | IQR "
+        "| per seed | selection real episodes / run | wall time / run (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        for population in sorted({r["population"] for r in rows if r["variant"] == variant}):
+            rs = sorted((r for r in rows if (r["variant"], r["population"])
+                         == (variant, population)), key=lambda r: r["seed"])
+            s = spread([r["report_mean"] for r in rs])
+            wall = statistics.median(r["wall_seconds"] for r in rs)
+            lines.append(
+                f"| {variant} | {population} | {rs[0]['generations']} | {len(rs)} "
+                f"| {s['median']:.1f} | {s['min']:.1f} – {s['max']:.1f} "
+                f"| {s['q1']:.1f} – {s['q3']:.1f} "
+                f"| {', '.join(format(r['report_mean'], '.1f') for r in rs)} "
+                f"| {statistics.median(r['selection_real_episodes'] for r in rs):g} "
+                f"| {_duration(wall)} |")
+    lines += ["", "| M | population | seed | generations | eval every | selected (source, "
+              "generation, selection mean) | real score (mean ± std) | dream fitness at the "
+              "end (best / mean) | selection real episodes | CMA-ES time | report time |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['population']} | {r['seed']} | {r['generations']} "
+            f"| {r['eval_every']} | {r['selected_source']}, {r['selected_generation']}, "
+            f"{r['selection_mean']:.1f} | {r['report_mean']:.1f} ± {r['report_std']:.1f} "
+            f"| {r['final_dream_best']:.1f} / {r['final_dream_mean']:.1f} "
+            f"| {r['selection_real_episodes']} | {_duration(r['cmaes_seconds'])} "
+            f"| {_duration(r['report_seconds'])} |")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def write_results(run: RunDir, rows: list[dict[str, Any]]) -> str:
+    """``controller_compare/results.json`` (every run's row), ``results.md`` (the table,
+    returned) and ``population.png`` (real score against population, one line per M:
+    the median over seeds with min–max bars)."""
+    files = run.controller_compare
+    text = table(rows)
+    write_json_atomic(files.results, rows)
+    write_text_atomic(files.table, text + "\n")
+    series = {}
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        pops = sorted({r["population"] for r in rows if r["variant"] == variant})
+        stats = [spread([r["report_mean"] for r in rows
+                         if (r["variant"], r["population"]) == (variant, p)]) for p in pops]
+        series[variant] = ([float(p) for p in pops], [s["median"] for s in stats],
+                           ([s["median"] - s["min"] for s in stats],
+                            [s["max"] - s["median"] for s in stats]))
+    pops = sorted({r["population"] for r in rows})
+    plot_errorbars(files.plot, series,
+                   f"C's real score against CMA-ES population\n({rows[0]['dream_episodes']} "
+                   "dream episodes a run; median over seeds, min–max bars)",
+                   "population", f"mean return, {rows[0]['report_episodes']} real episodes",
+                   logx=len(pops) > 1 and max(pops) >= 4 * min(pops),
+                   xticks=[float(p) for p in pops])
+    return text
+

@@ -1,0 +1,81 @@
+"""The population experiment: C trained by CMA-ES in the dreams of several Ms at several
+population sizes, each run's selected C scored in the real env; one table and one plot.
+
+    python compare_controllers.py --run runs/VizdoomTakeCover-v1/dream \\
+        --memories rmdn_diag,frmdn_square_conditional --populations 4,8,16,32,64 \\
+        --seeds 0,1,2 --dream-episodes 16384 controller.rollouts=16 controller.eval_every=8
+
+Every run plays ``--dream-episodes`` dream episodes: generations = dream episodes /
+(population x ``controller.rollouts``), which must divide exactly. Each M is
+``memory_compare/<memory>__s<--memory-seed>/`` of the run (trained by compare_memory.py's
+code when absent). Selection: every ``controller.eval_every`` generations (or
+``--selections K`` times a run, evenly spaced) on ``controller.select_episodes`` real
+episodes. Score: the selected C on ``--report-episodes`` real episodes of the report
+seeds. Writes ``<run>/controller_compare/`` (one directory per run, ``results.md``,
+``results.json``, ``population.png``); a rerun skips finished runs and resumes the rest.
+Overrides may change ``controller.*``, ``dream.*`` and ``device`` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from agents.population import Plan, population_experiment, write_results
+from worldmodels.config import ConfigError, cli_parser, parse_cli
+from worldmodels.errors import run_cli
+from worldmodels.run_dir import run_from_args
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = cli_parser(__doc__.splitlines()[0])
+    parser.add_argument("--memories", default="rmdn_diag,frmdn_square_conditional",
+                        help="comma-separated M variants (compare_memory.py's names)")
+    parser.add_argument("--memory-seed", type=int, default=0,
+                        help="the seed of each variant's M in memory_compare/")
+    parser.add_argument("--populations", default="4,8,16,32,64", help="comma-separated")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated CMA-ES seeds")
+    parser.add_argument("--dream-episodes", type=int, required=True,
+                        help="dream episodes every run plays (its budget)")
+    parser.add_argument("--selections", type=int, default=0,
+                        help="select K times a run, evenly spaced in its budget, instead "
+                             "of every controller.eval_every generations")
+    parser.add_argument("--report-episodes", type=int, default=100,
+                        help="real episodes that score each run's selected C")
+    parser.add_argument("--report-seed", type=int, default=0,
+                        help="the report seeds' stream (the same for every run)")
+    args: argparse.Namespace = parse_cli(parser, argv)
+    if not args.run:
+        raise ConfigError("give --run DIR: the trained run whose V and data the Ms share")
+    cfg, run = run_from_args(args)
+    plan = Plan(variants=tuple(_items(args.memories)),
+                populations=tuple(_integers(args.populations, "--populations")),
+                seeds=tuple(_integers(args.seeds, "--seeds")),
+                dream_episodes=args.dream_episodes, memory_seed=args.memory_seed,
+                selections=args.selections, report_episodes=args.report_episodes,
+                report_seed=args.report_seed)
+    rows = population_experiment(cfg, run, plan)
+    text = write_results(run, rows)
+    text += f"\n\nplot: {run.controller_compare.plot}"
+    print(text)
+    return text
+
+
+def _items(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _integers(text: str, option: str) -> list[int]:
+    try:
+        return [int(s) for s in _items(text)]
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated integers, not '{text}'") \
+            from None
+
+
+def cli() -> None:
+    """The command ``worldmodels-compare-controllers``: main() through run_cli."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

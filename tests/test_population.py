@@ -1,0 +1,156 @@
+"""The population experiment (compare_controllers.py, agents/population.py): CMA-ES runs
+in the dreams of two Ms at two populations on a tiny CarRacing run, resumed and cached."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import agents.population as population
+import compare_controllers
+from agents.dreams import DreamEvaluator
+from agents.population import Plan, check_open_keys, generations_for, population_experiment
+from tests.conftest import run_of
+from tests.test_dream import write_dream_run
+from worldmodels.config import ConfigError, load_config
+from worldmodels.memory_compare import compare
+from worldmodels.run_dir import RunDir, RunView
+from worldmodels.shards import read_npz
+
+VARIANTS = ("rmdn_diag", "frmdn_square_conditional")
+OPEN = ["controller.eval_every=2", "controller.select_episodes=1"]
+#: selection every 2 generations on 1 real episode, C scored on 2 real episodes
+CLI = ["--memories", ",".join(VARIANTS), "--populations", "4,8", "--seeds", "0,1",
+       "--dream-episodes", "16", "--report-episodes", "2",
+       *OPEN]
+FIELDS = {"variant", "population", "seed", "rollouts", "generations", "dream_episodes",
+          "eval_every", "select_episodes", "selections", "selection_real_episodes",
+          "selected_source", "selection_mean", "report_mean", "report_std", "report_min",
+          "report_max", "report_episodes", "report_seed", "cmaes_seconds",
+          "report_seconds", "wall_seconds", "memory_dir", "dir"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny dream run (CarRacing's actions, 40-step episodes, 1 rollout a candidate)
+    whose memory_compare holds both Ms (seed 0, one epoch); tests copy it."""
+    root = tmp_path_factory.mktemp("population")
+    cfg = load_config("carracing", ["quick"], [
+        f"root={root / 'runs'}", "env.max_episode_steps=20", "memory.epochs=1"])
+    write_dream_run(cfg, population=4, rollouts=1, generations=1)
+    run = RunDir(run_of(cfg))
+    compare(run.load_config(), run, list(VARIANTS), [0], progress=False)
+    return run
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    shutil.copytree(trained.path, tmp_path / "run")
+    return RunDir(tmp_path / "run")
+
+
+def counting_dreams(monkeypatch, fail_at: int = 0) -> list[int]:
+    """Count CMA-ES generations played in a dream; the ``fail_at``-th call is killed."""
+    calls: list[int] = []
+    original = DreamEvaluator.__call__
+
+    def call(self, candidates, seeds):
+        calls.append(len(candidates))
+        if fail_at and len(calls) == fail_at:
+            raise KeyboardInterrupt
+        return original(self, candidates, seeds)
+
+    monkeypatch.setattr(DreamEvaluator, "__call__", call)
+    return calls
+
+
+def test_population_experiment_end_to_end_and_a_rerun_skips_everything(run, monkeypatch):
+    base_config = run.config_file.read_text()
+    text = compare_controllers.main(["--run", str(run.path), *CLI])
+    files = run.controller_compare
+    rows = json.loads(files.results.read_text())
+    assert len(rows) == 2 * 2 * 2 and files.plot.stat().st_size > 0
+    assert set(rows[0]) >= FIELDS and "| rmdn_diag | 4 | 4 | 2 |" in text
+    for row in rows:  # the same budget for every run: generations = budget / (P x R)
+        assert row["generations"] == 16 // (row["population"] * 1)
+        assert row["dream_episodes"] == 16 and row["report_episodes"] == 2
+        home = files.run_home(row["variant"], row["population"], row["seed"])
+        assert row["dir"] == str(home) and (home / "controller" / "selected.safetensors").exists()
+        history = read_npz(home / "controller" / "cmaes_history.npz")["fitness"]
+        assert history.shape == (row["generations"], row["population"])
+        assert row["memory_dir"] == str(run.memory_variant(row["variant"], 0))
+    # the base run is only read: its config stays, it gets no controller
+    assert run.config_file.read_text() == base_config and not run.controller.dir.exists()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr(population, "train_cmaes", refuse)
+    monkeypatch.setattr(population, "evaluate", refuse)
+    assert compare_controllers.main(["--run", str(run.path), *CLI]) == text
+    # without the rows kept per run: the histories are complete and the report cached
+    monkeypatch.undo()
+    calls = counting_dreams(monkeypatch)
+    monkeypatch.setattr(population, "evaluate", refuse)
+    for row in rows:
+        (files.run_home(row["variant"], row["population"], row["seed"])
+         / "result.json").unlink()
+    again = json.loads(json.dumps(population_experiment(
+        run.load_config(OPEN, trained=False), run,
+        Plan(VARIANTS, (4, 8), (0, 1), 16, report_episodes=2), progress=False)))
+    assert calls == [] and [r["report_mean"] for r in again] == [r["report_mean"] for r in rows]
+
+
+def test_a_run_killed_mid_way_resumes_where_it_stopped(run, tmp_path, monkeypatch):
+    plan = Plan(("rmdn_diag",), (4,), (0,), dream_episodes=16, report_episodes=2)
+    cfg = run.load_config(OPEN, trained=False)
+    counting_dreams(monkeypatch, fail_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        population_experiment(cfg, run, plan, progress=False)
+    history = run.controller_compare.run_home("rmdn_diag", 4, 0) / "controller" \
+        / "cmaes_history.npz"
+    assert read_npz(history)["fitness"].shape == (2, 4)
+    monkeypatch.undo()
+    calls = counting_dreams(monkeypatch)
+    [row] = population_experiment(cfg, run, plan, progress=False)
+    assert len(calls) == 2 and row["generations"] == 4  # only the generations left
+    # the same as a run never stopped
+    shutil.copytree(run.path, tmp_path / "fresh", ignore=shutil.ignore_patterns(
+        "controller_compare"))
+    fresh = RunDir(tmp_path / "fresh")
+    population_experiment(cfg, fresh, plan, progress=False)
+    np.testing.assert_array_equal(
+        read_npz(history)["fitness"],
+        read_npz(fresh.controller_compare.run_home("rmdn_diag", 4, 0) / "controller"
+                 / "cmaes_history.npz")["fitness"])
+
+
+def test_the_budget_must_divide_and_only_controller_keys_may_change(run):
+    assert generations_for(64, 4, 2) == 8
+    with pytest.raises(ConfigError, match="multiple"):
+        generations_for(100, 8, 4)
+    with pytest.raises(ConfigError, match="memory.epochs"):
+        check_open_keys(run, run.load_config(["memory.epochs=3"], trained=False))
+    check_open_keys(run, run.load_config(["controller.rollouts=4", "dream.temperature=1.1"],
+                                       trained=False))
+    with pytest.raises(ConfigError, match="never select"):  # eval_every 25 > 4 generations
+        population_experiment(run.load_config(["controller.eval_every=25"], trained=False), run,
+                              Plan(VARIANTS, (4,), (0,), 16), progress=False)
+    with pytest.raises(ConfigError, match="multiple"):
+        compare_controllers.main(["--run", str(run.path), "--populations", "4,8",
+                                  "--dream-episodes", "12"])
+
+
+def test_a_run_view_reads_the_base_run_and_writes_in_its_home(run, tmp_path):
+    view = RunView(run, tmp_path / "home", run.memory_variant("rmdn_diag", 0))
+    assert view.vae == run.vae and view.latents == run.latents
+    assert view.memory.dir == run.memory_variant("rmdn_diag", 0)
+    assert view.config_file == tmp_path / "home" / "config.yaml"
+    assert view.controller.dir == tmp_path / "home" / "controller"
+    assert view.eval_dir == tmp_path / "home" / "eval"
+    assert view.tensorboard("controller") == tmp_path / "home" / "tensorboard" / "controller"
+    assert view != run and view == RunView(run.path, tmp_path / "home",
+                                           run.memory_variant("rmdn_diag", 0))
