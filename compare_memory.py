@@ -21,6 +21,7 @@ from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.memory_compare import (
     BUDGETS,
+    PAPER_VARIANTS,
     VARIANTS,
     compare,
     curve,
@@ -32,7 +33,7 @@ from worldmodels.run_dir import run_from_args
 
 def main(argv: list[str] | None = None) -> str:
     parser = cli_parser(__doc__.splitlines()[0])
-    parser.add_argument("--variants", default=",".join(VARIANTS),
+    parser.add_argument("--variants", default=",".join(PAPER_VARIANTS),
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds")
     parser.add_argument("--episodes", default="",

@@ -49,7 +49,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "frmdn_diag_conditional": {"flow": "maf", "precision": "diag", "flow_conditional": True},
     "frmdn_square_conditional": {"flow": "maf", "precision": "square",
                                  "flow_conditional": True},
+    # the dream's FRMDN: a coupling flow inverts in two passes, a MAF in z_dim
+    "frmdn_square_coupling_conditional": {"flow": "coupling", "precision": "square",
+                                          "flow_conditional": True},
 }
+#: compare_memory.py's default set: the paper's variants (MAF flows) and the baseline
+PAPER_VARIANTS = tuple(v for v in VARIANTS if "coupling" not in v)
 
 
 def variant_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
