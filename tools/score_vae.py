@@ -1,0 +1,51 @@
+"""Score several runs' V on one run's held-out frames: per-pixel MSE of reconstructions
+from mu, against that run's mean training frame, on the same frames for every V.
+
+    python tools/score_vae.py --run runs/CarRacing-v3/solve --vae runs/CarRacing-v3/quick
+    python tools/score_vae.py --run runs/CarRacing-v3/solve --vae A --vae B --frames 0
+
+The first row is the run's own V; each ``--vae DIR`` adds a row (another run's V, which
+must have the same frame size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from worldmodels.errors import run_cli
+from worldmodels.run_dir import RunDir
+from worldmodels.vae_training import read_mean_frame, rollout_split, score_holdout
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="the run whose held-out frames are scored")
+    parser.add_argument("--vae", action="append", default=[],
+                        help="another run whose V is scored on them (repeatable)")
+    parser.add_argument("--frames", type=int, default=5000,
+                        help="held-out frames scored (0: all)")
+    args = parser.parse_args(argv)
+    run = RunDir(args.run)
+    cfg = run.load_config()
+    _, holdout, _ = rollout_split(cfg, run)
+    mean = read_mean_frame(run.vae.mean, cfg.env.frame_size)
+    lines = [f"held-out frames of {run.path} ({len(holdout)} episodes, "
+             f"{args.frames or 'all'} frames)",
+             "| V | held-out MSE | mean-frame MSE | ratio | frames | seconds |",
+             "|---|---|---|---|---|---|"]
+    for source in [run, *(RunDir(p) for p in args.vae)]:
+        vae = source.load_vae(source.load_config().vae.z_dim)
+        started = time.perf_counter()
+        mse, mean_mse, n = score_holdout(vae, holdout, mean, torch.device("cpu"), args.frames)
+        lines.append(f"| {source.path} | {mse:.5f} | {mean_mse:.5f} | {mse / mean_mse:.3f} "
+                     f"| {n} | {time.perf_counter() - started:.0f} |")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    run_cli(main)
