@@ -96,6 +96,6 @@ def test_variants_build_pairwise_different_models(base):
             with torch.no_grad():  # (a new flow is the identity: move it off first)
                 for p in ma.parameters():
                     p.add_(0.1 * torch.randn_like(p))
-                for (_, pa), (_, pb) in zip(ma.named_parameters(), mb.named_parameters()):
+                for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
                     pb.copy_(pa)  # parameters only: the flows' masks are their own
                 assert not torch.allclose(ma.log_prob(y, h), mb.log_prob(y, h)), (a, b)
