@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 
 from agents.population import Plan, population_experiment, write_results
-from worldmodels.config import ConfigError, cli_parser, parse_cli
+from worldmodels.config import ConfigError, cli_parser, comma_integers, comma_list, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import run_from_args
 
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> str:
     if not args.run:
         raise ConfigError("give --run DIR: the trained run whose V and data the Ms share")
     cfg, run = run_from_args(args)
-    plan = Plan(variants=tuple(_items(args.memories)),
-                populations=tuple(_integers(args.populations, "--populations")),
-                seeds=tuple(_integers(args.seeds, "--seeds")),
+    plan = Plan(variants=tuple(comma_list(args.memories)),
+                populations=tuple(comma_integers(args.populations, "--populations")),
+                seeds=tuple(comma_integers(args.seeds, "--seeds")),
                 dream_episodes=args.dream_episodes, memory_seed=args.memory_seed,
                 selections=args.selections, report_episodes=args.report_episodes,
                 report_seed=args.report_seed)
@@ -58,18 +58,6 @@ def main(argv: list[str] | None = None) -> str:
     text += f"\n\nplot: {run.controller_compare.plot}"
     print(text)
     return text
-
-
-def _items(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
-
-
-def _integers(text: str, option: str) -> list[int]:
-    try:
-        return [int(s) for s in _items(text)]
-    except ValueError:
-        raise ConfigError(f"{option} must be comma-separated integers, not '{text}'") \
-            from None
 
 
 def cli() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from worldmodels.config import ConfigError, cli_parser, parse_cli
+from worldmodels.config import cli_parser, comma_integers, comma_list, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.memory_compare import (
     BUDGETS,
@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> str:
                         help="data curve: the same gradient steps or the same epochs per size")
     args: argparse.Namespace = parse_cli(parser, argv)
     cfg, run = run_from_args(args)
-    seeds, sizes = _integers(args.seeds, "--seeds"), _integers(args.episodes, "--episodes")
-    variants = [v for v in args.variants.split(",") if v]
+    seeds = comma_integers(args.seeds, "--seeds")
+    sizes = comma_integers(args.episodes, "--episodes")
+    variants = comma_list(args.variants)
     rows = compare(cfg, run, variants, seeds)
     text = write_results(run, rows)
     if sizes:
@@ -52,14 +53,6 @@ def main(argv: list[str] | None = None) -> str:
         text += f"\n\nplot: {run.memory_compare_dir / 'curve.png'}"
     print(text)
     return text
-
-
-def _integers(text: str, option: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"{option} must be comma-separated integers, not '{text}'") \
-            from None
 
 
 

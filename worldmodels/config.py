@@ -670,6 +670,20 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message} (--help lists the options)")
 
 
+def comma_list(text: str) -> list[str]:
+    """A comma-separated option's items, blanks dropped: ``"a, b,"`` -> ``["a", "b"]``."""
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def comma_integers(text: str, option: str) -> list[int]:
+    """A comma-separated option's integers; a ConfigError naming ``option`` otherwise."""
+    try:
+        return [int(s) for s in comma_list(text)]
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated integers, not '{text}'") \
+            from None
+
+
 def cli_parser(description: str) -> argparse.ArgumentParser:
     """The arguments every entry point shares: --config, --preset, key=value overrides."""
     parser = _Parser(

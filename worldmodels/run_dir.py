@@ -238,6 +238,10 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser().absolute()
+        #: where the config, summary, C's files and TensorBoard logs live, and M's
+        #: directory: the run's own, except in a :class:`RunView`
+        self.home = self.path
+        self.memory_dir = self.path / "memory"
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path}: a run directory, but this is a file")
         for parent in self.path.parents:  # a file where a directory of the path belongs
@@ -263,23 +267,26 @@ class RunDir:
         return str(self.path)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, RunDir) and other.path == self.path
+        return isinstance(other, RunDir) and other._key() == self._key()
 
     def __hash__(self) -> int:
-        return hash(self.path)
+        return hash(self._key())
+
+    def _key(self) -> tuple[Path, Path, Path]:
+        return self.path, self.home, self.memory_dir
 
     # ------------------------------------------------------------------ paths
     @property
     def config_file(self) -> Path:
-        return self.path / RUN_CONFIG
+        return self.home / RUN_CONFIG
 
     @property
     def prev_config_file(self) -> Path:
-        return self.path / "config.prev.yaml"
+        return self.home / "config.prev.yaml"
 
     @property
     def summary_file(self) -> Path:
-        return self.path / "summary.json"
+        return self.home / "summary.json"
 
     @property
     def skipped_shards_file(self) -> Path:
@@ -299,11 +306,11 @@ class RunDir:
 
     @property
     def memory(self) -> MemoryFiles:
-        return MemoryFiles.at(self.path / "memory")
+        return MemoryFiles.at(self.memory_dir)
 
     @property
     def controller(self) -> ControllerFiles:
-        return ControllerFiles.at(self.path / "controller")
+        return ControllerFiles.at(self.home / "controller")
 
     @property
     def dream_starts(self) -> Path:
@@ -371,7 +378,7 @@ class RunDir:
 
     def tensorboard(self, stage: str = "") -> Path:
         """TensorBoard log directory of a stage (``vae``, ``memory``, ``controller``)."""
-        return self.path / "tensorboard" / stage if stage else self.path / "tensorboard"
+        return self.home / "tensorboard" / stage if stage else self.home / "tensorboard"
 
     # ------------------------------------------------------------------ config
     def has_config(self) -> bool:
@@ -528,33 +535,6 @@ class RunView(RunDir):
     def __str__(self) -> str:
         return str(self.home)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RunView) and (other.path, other.home, other.memory_dir) \
-            == (self.path, self.home, self.memory_dir)
-
-    def __hash__(self) -> int:
-        return hash((self.path, self.home, self.memory_dir))
-
-    @property
-    def config_file(self) -> Path:
-        return self.home / RUN_CONFIG
-
-    @property
-    def prev_config_file(self) -> Path:
-        return self.home / "config.prev.yaml"
-
-    @property
-    def summary_file(self) -> Path:
-        return self.home / "summary.json"
-
-    @property
-    def memory(self) -> MemoryFiles:
-        return MemoryFiles.at(self.memory_dir)
-
-    @property
-    def controller(self) -> ControllerFiles:
-        return ControllerFiles.at(self.home / "controller")
-
     @property
     def output_dir(self) -> Path:
         return self.home
@@ -564,9 +544,6 @@ class RunView(RunDir):
         """A finished experiment run's row and the settings it ran with
         (:mod:`agents.population`)."""
         return self.home / "result.json"
-
-    def tensorboard(self, stage: str = "") -> Path:
-        return self.home / "tensorboard" / stage if stage else self.home / "tensorboard"
 
 
 def as_run(run: str | Path | RunDir) -> RunDir:
