@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from worldmodels.config import ExperimentConfig, Flow, Precision
+from worldmodels.flow_inverse import FlowInverse
 from worldmodels.memory import MemoryModel, State, register_memory
 
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
@@ -59,6 +60,19 @@ class MixtureParams:
     logits: Tensor  # (..., K)     unnormalised log mixture weights
     mu: Tensor  # (..., K, d)      component means in u-space
     log_d: Tensor  # (..., K, r)   log of D_k's diagonal (r = d, or m for overcomplete)
+
+
+def kept(owner: nn.Module, name: str, params: tuple[Tensor, ...],
+         make: typing.Callable[[], Tensor]) -> Tensor:
+    """``make()`` (without autograd), kept in ``owner`` under ``name`` until a tensor of
+    ``params`` changes: in place (as optimisers and ``load_state_dict`` change them), or
+    by a move to another device or dtype."""
+    key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+    cached = owner.__dict__.get(name)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = owner.__dict__[name] = (key, make())
+    return cached[1]
 
 
 class _PDLogDet(torch.autograd.Function):
@@ -159,18 +173,13 @@ class TiedPrecisionMixture(nn.Module):
         """U1^-1 = Up^-1 L^-1 (d, d), made by triangular solves and cached until a LU
         parameter changes (in place, as optimisers and ``load_state_dict`` change them,
         or by a move to another device or dtype). Rows v give v U1^-1 = (U1^-T v^T)^T."""
-        params = (self.lu_lower, self.lu_upper, self.lu_log_diag)
-        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-        cached = self.__dict__.get("_inverse")
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                lower, upper = self.lu_factors()
-                eye = torch.eye(self.d, dtype=lower.dtype, device=lower.device)
-                l_inv = torch.linalg.solve_triangular(lower, eye, upper=False,
-                                                      unitriangular=True)
-                inverse = torch.linalg.solve_triangular(upper, l_inv, upper=True)
-            cached = self.__dict__["_inverse"] = (key, inverse)
-        return cached[1]
+        def inverse() -> Tensor:
+            lower, upper = self.lu_factors()
+            eye = torch.eye(self.d, dtype=lower.dtype, device=lower.device)
+            l_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+            return torch.linalg.solve_triangular(upper, l_inv, upper=True)
+
+        return kept(self, "_inverse", (self.lu_lower, self.lu_upper, self.lu_log_diag), inverse)
 
     def u_matrix(self) -> Tensor | None:
         """U: None for diag, (d, d) for square, (d, m) = [U1 | U2] for overcomplete."""
@@ -399,9 +408,29 @@ class FRMDN(MemoryModel):
 
     def step(self, z: Tensor, action: Tensor,
              state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """One step with carried state: z (B, d), action (B, ...) -> h (B, hidden), state."""
-        h, state = self.lstm(self.rnn_input(z, action).unsqueeze(1), state)
-        return h.squeeze(1), state
+        """One step with carried state: z (B, d), action (B, ...) -> h (B, hidden), state.
+
+        Without autograd (acting, dreams) the LSTM cell is written out: one product of
+        [z, a, h] with the stacked input and recurrent weights, then the gates (nn.LSTM's
+        own call on a one-step sequence costs about 0.2 ms at batch 1, five times this);
+        the same values up to float rounding."""
+        if torch.is_grad_enabled():
+            h, state = self.lstm(self.rnn_input(z, action).unsqueeze(1), state)
+            return h.squeeze(1), state
+        if state is None:
+            zeros = z.new_zeros(1, len(z), self.hidden_size)
+            state = (zeros, zeros)
+        lstm = self.lstm
+        weight = kept(self, "_cell_weight", (lstm.weight_ih_l0, lstm.weight_hh_l0),
+                      lambda: torch.cat([lstm.weight_ih_l0, lstm.weight_hh_l0], 1).t())
+        bias = kept(self, "_cell_bias", (lstm.bias_ih_l0, lstm.bias_hh_l0),
+                    lambda: lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        x = torch.cat([self.rnn_input(z, action), state[0][0]], dim=-1)
+        gates = torch.addmm(bias, x, weight)  # (B, 4 hidden): input, forget, cell, output
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.addcmul(f.sigmoid() * state[1][0], i.sigmoid(), g.tanh())
+        h = o.sigmoid_() * c.tanh()
+        return h, (h.unsqueeze(0), c.unsqueeze(0))
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         zeros = torch.zeros(1, batch, self.lstm.hidden_size, device=device)
@@ -419,8 +448,34 @@ class FRMDN(MemoryModel):
         return self._transform(h).call_and_ladj(y)
 
     def flow_inverse(self, u: Tensor, h: Tensor) -> Tensor:
-        """y = f^-1(u)."""
-        return u if self.flow is None else self._transform(h).inv(u)
+        """y = f^-1(u): u (..., d), h (..., hidden) -> (..., d).
+
+        Without autograd (sampling, dreams) by :class:`worldmodels.flow_inverse.FlowInverse`,
+        which computes each unit of the flow's MADEs once instead of running them
+        ``passes`` times (z_dim times for a MAF); zuko's own inverse otherwise (the same
+        values up to float rounding)."""
+        if self.flow is None:
+            return u
+        fast = self._fast_inverse() if not torch.is_grad_enabled() else None
+        if fast is None:
+            return self._transform(h).inv(u)
+        context = h if self.flow_conditional else None
+        if context is not None and context.shape[:-1] != u.shape[:-1]:
+            batch = torch.broadcast_shapes(u.shape[:-1], context.shape[:-1])
+            u, context = u.expand(*batch, -1), context.expand(*batch, -1)
+        flat = fast(u.reshape(-1, u.shape[-1]),
+                    None if context is None else context.reshape(-1, context.shape[-1]))
+        return flat.reshape(u.shape)
+
+    def _fast_inverse(self) -> FlowInverse | None:
+        """The flow's :class:`FlowInverse`, made on first use (None if the flow is one it
+        does not handle, e.g. a single feature's)."""
+        if "_flow_inverse" not in self.__dict__:
+            try:
+                self.__dict__["_flow_inverse"] = FlowInverse(self.flow)
+            except TypeError:
+                self.__dict__["_flow_inverse"] = None
+        return self.__dict__["_flow_inverse"]
 
     def log_prob(self, y: Tensor, h: Tensor) -> Tensor:
         """log p(y | h) in nats: y (..., d), h (..., hidden) -> (...)."""
