@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from agents.dreams import dream_score
-from agents.evaluation import EVAL_POLICIES, evaluate
+from agents.evaluation import EVAL_POLICIES, evaluate, play_overrides
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, run_from_args
@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"mean return {summary['mean']:.1f} ± {summary['std']:.1f} "
               f"over {summary['episodes']} episodes in the dream")
         return summary
-    # overrides of the trained run's config that reach its workers (env.*, dream.*)
-    overrides = tuple(o for o in args.overrides if o.split(".", 1)[0] in ("env", "dream"))
+    # overrides of the trained run's config that reach its workers (env.*, dream.*,
+    # controller.agent_precision)
+    overrides = play_overrides(args.overrides)
     c = cfg.controller
     summary = evaluate(run, args.episodes, args.policy, cfg.seed, args.video,
                        engine=c.engine, workers=c.workers, ray_address=c.ray_address,

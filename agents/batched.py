@@ -127,7 +127,7 @@ class BatchedActor:
         out: list[np.ndarray | None] = [None] * len(slots)
         if acting:
             frames = np.stack([slots[j].obs for j in acting])
-            z = agent.vae.encode_mean(torch.from_numpy(frames).to(agent.device))
+            z = agent.encode(torch.from_numpy(frames).to(agent.device))
             every_row = len(acting) == len(params)  # the usual case: no gather or scatter
             rows = None if every_row else torch.tensor([live[j] for j in acting],
                                                        device=agent.device)

@@ -46,20 +46,32 @@ def _write(out: Path, policy: str, rows: list[dict[str, Any]], summary: dict[str
     write_json_atomic(out / f"{policy}.json", summary)
 
 
+#: overrides of a trained run's config that change how its agent plays, so its workers
+#: read them (the other runtime keys say how to run the evaluator itself)
+PLAY_OVERRIDES = ("env.", "dream.", "controller.agent_precision=")
+
+
+def play_overrides(overrides: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The overrides (``key=value``) of :data:`PLAY_OVERRIDES`."""
+    return tuple(o for o in overrides if o.startswith(PLAY_OVERRIDES))
+
+
 def result_name(policy: str, weights: str = "best", overrides: tuple[str, ...] = (),
                 sb3_environment: str = "real") -> str:
     """The stem of an evaluation's files in ``eval/``: ``controller`` (its ``best``
     weights), ``controller_<weights>`` for others, ``<algo>_<environment>`` for an SB3
-    policy trained in the dream; each ``env.*`` override adds its own suffix (e.g.
-    ``controller_selected_direct_render-false``), so the run's own result stays."""
+    policy trained in the dream; each ``env.*`` or ``controller.agent_precision``
+    override adds its own suffix (e.g. ``controller_selected_direct_render-false``,
+    ``controller_agent_precision-bfloat16``), so the run's own result stays."""
     name = policy
     if policy == "controller" and weights != "best":
         name = f"controller_{weights}"
     elif policy in SB3_POLICIES and sb3_environment != "real":
         name = f"{policy}_{sb3_environment}"
-    env_overrides = [o for o in overrides if o.startswith("env.")]
-    if env_overrides:
-        name += "_" + "_".join(o.removeprefix("env.").replace("=", "-") for o in env_overrides)
+    named = [o for o in overrides if o.startswith(("env.", "controller.agent_precision="))]
+    if named:
+        name += "_" + "_".join(o.removeprefix("env.").removeprefix("controller.")
+                               .replace("=", "-") for o in named)
     return name
 
 
@@ -140,7 +152,9 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
     summary = {"policy": name, **describe_returns(returns[0]),
                "seconds": time.perf_counter() - started, **({"key": key} if key else {}),
                **({"weights": weights} if policy == "controller" else {}),
-               **({"env_overrides": env_overrides} if env_overrides else {})}
+               **({"env_overrides": env_overrides} if env_overrides else {}),
+               **({"agent_precision": cfg.controller.agent_precision}
+                  if cfg.controller.agent_precision != "float32" else {})}
     _write(out, name, rows, summary)
     return summary
 

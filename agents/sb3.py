@@ -579,7 +579,8 @@ def play_policy_batched(run: RunDir, cfg: ExperimentConfig, policy: Any, seeds: 
     from agents.vmc import VMCAgent
 
     agent = VMCAgent(run.load_vae(cfg.vae.z_dim), run.load_memory(),
-                     SB3Controller(policy, cfg.controller.use_cell))  # type: ignore[arg-type]
+                     SB3Controller(policy, cfg.controller.use_cell),  # type: ignore[arg-type]
+                     precision=cfg.controller.agent_precision)
     actor = BatchedActor(agent, lambda: make_env_from_config(cfg.env), batch)
     try:
         results = actor.play([Episode(s, np.zeros(1, np.float32)) for s in seeds])

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import typing
+
 import gymnasium as gym
 import numpy as np
 import torch
 
-from worldmodels.config import ExperimentConfig
+from worldmodels.config import AgentPrecision, ConfigError, ControllerConfig, ExperimentConfig
 from worldmodels.controller import FlatPolicy
 from worldmodels.memory import Memory, State, zero_rows
 from worldmodels.run_dir import RunDir
-from worldmodels.vae import ConvVAE
+from worldmodels.vae import ConvVAE, MeanEncoder
+
+AGENT_PRECISIONS: tuple[str, ...] = typing.get_args(AgentPrecision)
 
 
 class VMCAgent:
@@ -19,15 +23,24 @@ class VMCAgent:
     At step t: z_t = mu of V(frame_t); a_t = C([z_t, h_t]) (M's features); then
     h_{t+1} = M.step(z_t, a_t, state_t).
     ``reset`` clears every state; ``reset_where(mask)`` clears only the envs that
-    started a new episode (vector envs reset them on their own).
+    started a new episode (vector envs reset them on their own). ``precision``
+    (``controller.agent_precision``): the dtype V's encoder computes in (a copy of V's
+    encoder made here for bfloat16: V's weights as they are now).
     """
 
     def __init__(self, vae: ConvVAE, memory: Memory, controller: FlatPolicy,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu",
+                 precision: AgentPrecision = ControllerConfig.agent_precision):
+        if precision not in AGENT_PRECISIONS:
+            raise ConfigError(f"controller.agent_precision must be one of "
+                              f"{' | '.join(AGENT_PRECISIONS)}, not {precision!r}")
         self.device = torch.device(device)
         # channels-last convolutions: a uint8 (B, H, W, C) frame permuted to NCHW already
         # has that layout, and oneDNN runs V about 10% faster so (same values)
         self.vae = vae.to(self.device, memory_format=torch.channels_last).eval()
+        self.precision = precision
+        self._encoder = None if precision == "float32" else \
+            MeanEncoder(self.vae, getattr(torch, precision)).eval()
         self.memory = memory.to(self.device).eval()
         self.controller = controller.to(self.device).eval()
         self.state: State | None = None
@@ -42,7 +55,12 @@ class VMCAgent:
         memory = run.load_memory(device)
         controller = (run.load_controller(cfg, action_space, memory, weights) if weights
                       else run.new_controller(cfg, action_space, memory))
-        return cls(vae, memory, controller, device)
+        return cls(vae, memory, controller, device, cfg.controller.agent_precision)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """V's mean of frames uint8 (B, 64, 64, 3) -> z (B, z_dim) float32, in the agent's
+        precision (``controller.agent_precision``)."""
+        return self.vae.encode_mean(frames) if self._encoder is None else self._encoder(frames)
 
     def reset(self, batch: int = 1) -> None:
         self.state = self.memory.initial_state(batch, self.device)
@@ -63,7 +81,7 @@ class VMCAgent:
         if self.state is None or self.batch != x.shape[0]:
             self.reset(x.shape[0])
         assert self.state is not None
-        z = self.vae.encode_mean(x)
+        z = self.encode(x)
         action = self.controller(self.memory.features(z, self.state, self.controller.use_cell))
         _, self.state = self.memory.step(z, action, self.state)
         return action.cpu().numpy()

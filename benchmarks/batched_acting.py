@@ -161,6 +161,11 @@ def main() -> None:
     parser.add_argument("--generation-batch", type=int, default=16)
     parser.add_argument("--generation-steps", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--precisions", default="",
+                        help="agent precisions to compare side by side, e.g. "
+                             "float32,bfloat16 (default: the config's "
+                             "controller.agent_precision); the last line compares with "
+                             "N = 1 of the first")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -175,44 +180,51 @@ def main() -> None:
     memory = build_memory(cfg, action_dim, discrete).eval()
     controller = build_controller(cfg.controller, memory.feature_size(cfg.controller.use_cell),
                                   space)
-    agent = VMCAgent(ConvVAE(z_dim=cfg.vae.z_dim), memory, controller)
-    actors = {n: BatchedActor(agent, lambda: make_env_from_config(cfg.env), n)
-              for n in [1, *batches]}
+    precisions = [p for p in args.precisions.split(",") if p] \
+        or [cfg.controller.agent_precision]
+    vae = ConvVAE(z_dim=cfg.vae.z_dim)
+    agents = {p: VMCAgent(vae, memory, controller, precision=p) for p in precisions}
+    agent = agents[precisions[0]]
+    # one actor per (precision, N), each with its own envs
+    actors = {(p, n): BatchedActor(agents[p], lambda: make_env_from_config(cfg.env), n)
+              for p in precisions for n in [1, *batches]}
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__},"
           " 1 torch thread")
     m = memory.config()
     print(f"env {cfg.env.id} (direct_render={cfg.env.direct_render}); V z {cfg.vae.z_dim}; "
           f"M {cfg.memory.kind} hidden {m['hidden']}, flow {m.get('flow', 'none')}, "
           f"{m.get('precision', 'diag')}; C {controller.num_parameters()} parameters; "
-          f"episodes of {args.episode_steps} steps")
+          f"episodes of {args.episode_steps} steps; agent precision "
+          f"{', '.join(precisions)}")
     n_params = controller.num_parameters()
-    for n, actor in actors.items():  # warm-up: envs made, first calls allocate
+    for (_, n), actor in actors.items():  # warm-up: envs made, first calls allocate
         acting_rate(actor, n_params, n, 5, 99)
-    rates: dict[int, list[float]] = {n: [] for n in actors}
-    split: dict[int, list[tuple[float, float]]] = {n: [] for n in actors}
+    rates: dict[tuple[str, int], list[float]] = {k: [] for k in actors}
+    split: dict[tuple[str, int], list[tuple[float, float]]] = {k: [] for k in actors}
     before: list[float] = []
     act_loop_rate(agent, probe, n_params, 1, 5, 99)
     for r in range(args.rounds):
         before.append(act_loop_rate(agent, probe, n_params, args.batch1_episodes,
                                     args.episode_steps, r))
-        for n, actor in actors.items():
+        for (p, n), actor in actors.items():
             episodes = args.batch1_episodes if n == 1 else 2 * n
             rate, agent_ms, env_ms = acting_rate(actor, n_params, episodes,
                                                  args.episode_steps, r)
-            rates[n].append(rate)
-            split[n].append((agent_ms, env_ms))
-    median = {n: statistics.median(v) for n, v in rates.items()}
-    agent_ms = {n: statistics.median(a for a, _ in v) for n, v in split.items()}
-    env_ms = {n: statistics.median(e for _, e in v) for n, v in split.items()}
-    print("| acting | agent + env steps/s (median) | rounds | vs N = 1 | agent ms/step "
-          "| env ms/step |")
+            rates[p, n].append(rate)
+            split[p, n].append((agent_ms, env_ms))
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    agent_ms = {k: statistics.median(a for a, _ in v) for k, v in split.items()}
+    env_ms = {k: statistics.median(e for _, e in v) for k, v in split.items()}
+    base = (precisions[0], 1)
+    print(f"| acting | agent + env steps/s (median) | rounds | vs N = 1 ({precisions[0]}) "
+          "| agent ms/step | env ms/step |")
     print("|---|---|---|---|---|---|")
-    print(f"| batch-1 loop before batching (VMCAgent.act) | {statistics.median(before):.0f} | "
-          f"{', '.join(f'{x:.0f}' for x in before)} | "
-          f"{statistics.median(before) / median[1]:.2f}x | | |")
-    for n, v in median.items():
-        print(f"| N = {n} | {v:.0f} | {', '.join(f'{x:.0f}' for x in rates[n])} | "
-              f"{v / median[1]:.2f}x | {agent_ms[n]:.3f} | {env_ms[n]:.3f} |")
+    print(f"| batch-1 loop before batching (VMCAgent.act, {precisions[0]}) | "
+          f"{statistics.median(before):.0f} | {', '.join(f'{x:.0f}' for x in before)} | "
+          f"{statistics.median(before) / median[base]:.2f}x | | |")
+    for (p, n), v in median.items():
+        print(f"| {p}, N = {n} | {v:.0f} | {', '.join(f'{x:.0f}' for x in rates[p, n])} | "
+              f"{v / median[base]:.2f}x | {agent_ms[p, n]:.3f} | {env_ms[p, n]:.3f} |")
     for actor in actors.values():
         actor.close()
 
@@ -255,14 +267,19 @@ def main() -> None:
                   f"{', '.join(f'{x:.1f}' for x in v)} |")
         g1, gb = (statistics.median(gen[b]) for b in (1, args.generation_batch))
         print(f"generation time, batched / batch-1: {gb / g1:.2f}")
-    best = max(batches, key=lambda n: median[n])
-    print(f"best batched N = {best}; the agent's share of a step: "
-          f"{agent_ms[1]:.3f} -> {agent_ms[best]:.3f} ms ({agent_ms[1] / agent_ms[best]:.1f}x), "
-          f"the env's {env_ms[1]:.3f} -> {env_ms[best]:.3f} ms; with a free agent the "
-          f"ceiling would be {(agent_ms[1] + env_ms[1]) / env_ms[best]:.2f}x")
-    print(f"against the batch-1 loop before batching: "
-          f"{median[best] / statistics.median(before):.2f}x")
-    print(f"speed-up: {median[best] / median[1]:.2f}x")
+    for p in precisions:
+        one = (p, 1)
+        best_n = max(batches, key=lambda n: median[p, n])
+        b = (p, best_n)
+        print(f"{p}: best batched N = {best_n}, {median[b] / median[one]:.2f}x its own N = 1; "
+              f"the agent's share of a step: {agent_ms[one]:.3f} -> {agent_ms[b]:.3f} ms "
+              f"({agent_ms[one] / agent_ms[b]:.1f}x), the env's {env_ms[one]:.3f} -> "
+              f"{env_ms[b]:.3f} ms; with a free agent the ceiling would be "
+              f"{(agent_ms[one] + env_ms[one]) / env_ms[b]:.2f}x")
+    best = max(((p, n) for p in precisions for n in batches), key=lambda k: median[k])
+    print(f"best batched: {best[0]}, N = {best[1]}; against the batch-1 loop before "
+          f"batching: {median[best] / statistics.median(before):.2f}x")
+    print(f"speed-up: {median[best] / median[base]:.2f}x")
 
 
 if __name__ == "__main__":

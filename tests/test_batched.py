@@ -101,3 +101,55 @@ def test_dream_vec_env_restarts_ended_dreams_and_is_reproducible(tiny_cfg):
     venv.seed(3)
     np.testing.assert_array_equal(venv.reset(), first)
     np.testing.assert_array_equal(venv.step(actions[0].astype(np.float32))[0], trace[0])
+
+
+def test_bfloat16_agent_encodes_close_to_float32_and_plays(tiny_run):  # noqa: F811
+    import dataclasses
+
+    import torch
+
+    from agents.vmc import VMCAgent
+
+    run = RunDir(run_of(tiny_run))
+    env = _env(tiny_run)
+    frames, (obs, _) = [], env.reset(seed=0)
+    env.action_space.seed(0)
+    for _ in range(60):  # real frames, from the zoom-in to the track
+        frames.append(obs)
+        obs = env.step(env.action_space.sample())[0]
+    x = torch.from_numpy(np.stack(frames))
+    half_cfg = dataclasses.replace(tiny_run, controller=dataclasses.replace(
+        tiny_run.controller, agent_precision="bfloat16"))
+    full = VMCAgent.from_run(run, tiny_run, env.action_space)
+    half = VMCAgent.from_run(run, half_cfg, env.action_space)
+    assert (full.precision, half.precision) == ("float32", "bfloat16")
+    with torch.no_grad():
+        z, z_half = full.encode(x), half.encode(x)
+    assert z_half.dtype == torch.float32 and z_half.shape == z.shape
+    torch.testing.assert_close(z, full.vae.encode_mean(x))  # float32: V itself
+    # bfloat16 keeps 8 significant bits: errors of a fraction of a percent of the
+    # latents' size (this V is untrained, so its latents barely vary across frames; a
+    # trained V's errors against their spread are in docs/performance.md)
+    error = (z_half - z).norm(dim=1) / z.norm(dim=1)
+    assert 0 < error.mean() < 0.01 and error.max() < 0.03, error
+    params = np.random.default_rng(0).normal(0, 0.5, size=(2, N_PARAMS)).astype(np.float32)
+    results = BatchedActor(half, lambda: _env(tiny_run), 2).play(
+        [Episode(3, p, max_steps=20) for p in params])
+    assert [r.steps for r in results] == [20, 20]
+    # an evaluation of a trained run may play in bfloat16 (a runtime key)
+    fitness, _ = ProcessEvaluator(run, "serial", max_steps=10, batch=2, overrides=(
+        "controller.agent_precision=bfloat16",)).returns(list(params), [5])
+    assert np.isfinite(fitness).all()
+
+
+def test_agent_precision_is_checked():
+    from agents.vmc import VMCAgent
+    from worldmodels.config import ConfigError, load_config
+
+    cfg = load_config("carracing", [], ["controller.agent_precision=bfloat16"])
+    assert cfg.controller.agent_precision == "bfloat16"
+    assert load_config("carracing").controller.agent_precision == "float32"
+    with pytest.raises(ConfigError, match="controller.agent_precision"):
+        load_config("carracing", [], ["controller.agent_precision=float16"])
+    with pytest.raises(ConfigError, match="controller.agent_precision"):
+        VMCAgent(None, None, None, precision="fp16")  # type: ignore[arg-type]

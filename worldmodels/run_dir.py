@@ -77,7 +77,8 @@ TRAINED_RUN_SECTIONS = ("env", "dream")
 #: the file that marks a shipped agent (written by tools/export_pretrained.py)
 SHIPPED_FILE = "shipped.json"
 RUNTIME_KEYS = ("seed", "device", "root", "name", "controller.engine", "controller.workers",
-                "controller.ray_address", "controller.eval_episodes")
+                "controller.ray_address", "controller.eval_episodes",
+                "controller.agent_precision")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -63,6 +65,27 @@ class ConvVAE(nn.Module):
         mu, logvar = self.encode(frames)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return self.decode(z), mu, logvar
+
+
+class MeanEncoder(nn.Module):
+    """V's mean, frames -> mu (B, z_dim) float32, computed in ``dtype``: copies of V's
+    encoder and mean head in that dtype, made once (``torch.autocast`` would cast every
+    weight again at every call). bfloat16 runs V's convolutions on AMX-BF16 where the
+    CPU has it. Later changes to V's weights do not reach the copies.
+
+    Frames as :meth:`ConvVAE.encode_mean` takes them: uint8 (B, 64, 64, 3) or float
+    (B, 3, 64, 64) in [0, 1]; they are scaled in float32, then rounded to ``dtype``.
+    """
+
+    def __init__(self, vae: ConvVAE, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+        self.encoder = copy.deepcopy(vae.encoder).to(dtype)
+        self.fc_mu = copy.deepcopy(vae.fc_mu).to(dtype)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = to_float_frames(frames).to(self.dtype)
+        return self.fc_mu(self.encoder(x)).float()
 
 
 def vae_loss(
