@@ -23,6 +23,7 @@ from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
 from tests.test_run import tiny_job_args
 from tools.export_pretrained import export
+from tools.export_pretrained import main as export_main
 from worldmodels.config import ConfigError
 from worldmodels.errors import InputError
 from worldmodels.run_dir import RunDir
@@ -120,3 +121,21 @@ def test_fp16_agent_loads_as_fp32_and_acts_like_the_fp32_one(trained, tmp_path):
         obs = env.step(a32)[0]
     env.close()
     assert 0 < worst < 2e-2, worst  # rounding V and M to fp16 moves actions a little
+
+
+def test_play_overrides_change_the_shipped_config_and_fixed_keys_are_refused(trained,
+                                                                             tmp_path):
+    source = RunDir(trained.path).load_config()
+    flip = f"env.direct_render={str(not source.env.direct_render).lower()}"
+    dest = tmp_path / "played"
+    info = export(trained.path, dest, overrides=[flip])
+    assert info["config_overrides"] == [flip]
+    assert RunDir(dest).load_config().env.direct_render is not source.env.direct_render
+    assert RunDir(dest).load_config().vae == source.vae  # the rest as the run has it
+    by_cli = tmp_path / "cli"  # the overrides may follow the flags
+    assert export_main([str(trained.path), str(by_cli), "--fp16", flip])["fp16"]
+    assert RunDir(by_cli).load_config().env == RunDir(dest).load_config().env
+    refused = tmp_path / "refused"
+    with pytest.raises(ConfigError, match="vae.z_dim"):
+        export(trained.path, refused, overrides=["vae.z_dim=7"])
+    assert not refused.exists() and not refused.with_name("refused.partial").exists()

@@ -2,9 +2,12 @@
 
     python tools/export_pretrained.py runs/CarRacing-v3/solve pretrained/carracing --fp16
     python tools/export_pretrained.py RUN DEST --weights best     # another controller
-    python evaluate.py --run pretrained/carracing env.direct_render=false
+    python tools/export_pretrained.py RUN DEST --fp16 env.direct_render=false
+    python evaluate.py --run pretrained/carracing --episodes 100
 
-DEST gets ``config.yaml`` (the run's resolved config, as it is), ``vae/model.safetensors``,
+DEST gets ``config.yaml`` (the run's resolved config, with the optional ``KEY=VALUE``
+overrides that a trained run leaves open, e.g. ``env.direct_render=false`` so that the
+shipped agent plays Gymnasium's own CarRacing renderer by default), ``vae/model.safetensors``,
 ``memory/model.safetensors`` (M's best held-out epoch, with the action space its training
 recorded), ``dream_starts.npz`` (the first latents of M's training episodes, which dreams
 start from), ``controller/<weights>.safetensors`` (``selected`` by default, fp32 always) and
@@ -30,6 +33,7 @@ from typing import Any
 import torch
 
 from worldmodels.checkpoint import load_model, read_header, save_model, write_json_atomic
+from worldmodels.config import save_config
 from worldmodels.dream import start_latents
 from worldmodels.errors import InputError, run_cli
 from worldmodels.frmdn_training import latent_split
@@ -48,9 +52,11 @@ def sha256(path: Path) -> str:
 
 
 def export(run_path: Path, dest: Path, fp16: bool = False,
-           weights: str = "selected") -> dict[str, Any]:
+           weights: str = "selected", overrides: list[str] | None = None) -> dict[str, Any]:
     """Write the shipped agent of the run at ``run_path`` to ``dest``; returns what
-    ``shipped.json`` holds."""
+    ``shipped.json`` holds. ``overrides`` (dotted ``key=value``) change the shipped
+    config where :meth:`RunDir.load_config` allows a trained run to (how it plays, not
+    what its files fix)."""
     run, dest = RunDir(run_path), Path(dest).expanduser().absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InputError(f"{dest}: exists and is not an empty directory; ship to a new one")
@@ -61,6 +67,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
         raise InputError(f"{controller}: no such controller (CMA-ES writes selected.safetensors "
                          "when eval_every > 0); choose another with --weights")
     cfg = run.load_config()  # a whole, valid config
+    played = run.load_config(list(overrides or []), trained=True)  # refuses fixed keys
     vae, memory_path = run.load_vae(cfg.vae.z_dim), run.memory.weights("best")
     memory = load_model(memory_path, kinds=checkpoint_kinds())
     memory_meta = {**run.memory_meta(), **read_header(memory_path).get("meta", {}),
@@ -71,7 +78,10 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
         shutil.rmtree(partial)  # an export killed half way
     shipped = RunDir(partial)
     partial.mkdir(parents=True)
-    shutil.copyfile(run.config_file, shipped.config_file)
+    if overrides:
+        save_config(played, shipped.config_file)
+    else:
+        shutil.copyfile(run.config_file, shipped.config_file)
     save_model(shipped.vae.model, vae, meta=read_header(run.vae.model).get("meta", {}),
                dtype=dtype)
     save_model(shipped.memory.model, memory, meta=memory_meta, dtype=dtype)
@@ -99,7 +109,8 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
              for p in sorted(partial.rglob("*")) if p.is_file()}
     info = {"source_run": str(run.path), "env": cfg.env.id, "weights": weights,
             "controller_meta": read_header(controller).get("meta", {}),
-            "fp16": fp16, "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config_overrides": list(overrides or []), "fp16": fp16,
+            "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "bytes": sum(f["bytes"] for f in files.values()), "files": files}
     write_json_atomic(partial / SHIPPED_FILE, info)
     if dest.exists():
@@ -116,8 +127,11 @@ def main(argv: list[str]) -> dict[str, Any]:
                         help="store V and M in half precision (they load as fp32)")
     parser.add_argument("--weights", choices=list(CONTROLLER_WEIGHTS), default="selected",
                         help="the controller to ship (default: CMA-ES's selected one)")
-    args = parser.parse_args(argv)
-    info = export(args.run, args.dest, args.fp16, args.weights)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides of the shipped config.yaml that a trained run "
+                             "allows, e.g. env.direct_render=false")
+    args = parser.parse_intermixed_args(argv)  # the overrides may follow --fp16
+    info = export(args.run, args.dest, args.fp16, args.weights, args.overrides)
     print(f"{args.dest}: {len(info['files'])} files, {info['bytes'] / 1e6:.1f} MB, "
           f"controller {args.weights}" + (", V and M in fp16" if args.fp16 else ""))
     return info
