@@ -46,9 +46,11 @@ def _write(out: Path, policy: str, rows: list[dict[str, Any]], summary: dict[str
     write_json_atomic(out / f"{policy}.json", summary)
 
 
-#: overrides of a trained run's config that change how its agent plays, so its workers
-#: read them (the other runtime keys say how to run the evaluator itself)
-PLAY_OVERRIDES = ("env.", "dream.", "controller.agent_precision=")
+#: overrides of a trained run's config that change how its agent plays in the real env,
+#: so each names its own result files (:func:`result_name`)
+NAMED_OVERRIDES = ("env.", "controller.agent_precision=")
+#: the overrides its workers read (the other runtime keys say how to run the evaluator)
+PLAY_OVERRIDES = (*NAMED_OVERRIDES, "dream.")
 
 
 def play_overrides(overrides: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -68,7 +70,7 @@ def result_name(policy: str, weights: str = "best", overrides: tuple[str, ...] =
         name = f"controller_{weights}"
     elif policy in SB3_POLICIES and sb3_environment != "real":
         name = f"{policy}_{sb3_environment}"
-    named = [o for o in overrides if o.startswith(("env.", "controller.agent_precision="))]
+    named = [o for o in overrides if o.startswith(NAMED_OVERRIDES)]
     if named:
         name += "_" + "_".join(o.removeprefix("env.").removeprefix("controller.")
                                .replace("=", "-") for o in named)

@@ -66,8 +66,8 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     if not controller.exists():
         raise InputError(f"{controller}: no such controller (CMA-ES writes selected.safetensors "
                          "when eval_every > 0); choose another with --weights")
-    cfg = run.load_config()  # a whole, valid config
-    played = run.load_config(list(overrides or []), trained=True)  # refuses fixed keys
+    # a whole, valid config; overrides only where a trained run allows them
+    cfg = run.load_config(list(overrides or []), trained=True)
     vae, memory_path = run.load_vae(cfg.vae.z_dim), run.memory.weights("best")
     memory = load_model(memory_path, kinds=checkpoint_kinds())
     memory_meta = {**run.memory_meta(), **read_header(memory_path).get("meta", {}),
@@ -79,7 +79,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     shipped = RunDir(partial)
     partial.mkdir(parents=True)
     if overrides:
-        save_config(played, shipped.config_file)
+        save_config(cfg, shipped.config_file)
     else:
         shutil.copyfile(run.config_file, shipped.config_file)
     save_model(shipped.vae.model, vae, meta=read_header(run.vae.model).get("meta", {}),

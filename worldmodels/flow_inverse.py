@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,14 @@ from torch import Tensor, nn
 
 #: work buffers kept for this many batch sizes (a dream batch shrinks as dreams end)
 _KEPT_SIZES = 4
+
+
+def stamp(tensors: Iterable[Tensor | None]) -> tuple:
+    """What a value made from ``tensors`` depends on: each one's version (bumped by
+    in-place changes, as optimisers and ``load_state_dict`` make), storage, dtype and
+    device; None entries are skipped."""
+    return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors
+                 if t is not None)
 
 
 @dataclass
@@ -205,12 +214,8 @@ class FlowInverse:
         """What the reordered weights depend on: the version, place and type of every
         tensor of the flow (read from its modules directly: ``parameters()`` walks the
         module tree, which costs more than a MAF step at batch 1)."""
-        key = []
-        for module in self._owners:
-            for t in (*module._parameters.values(), *module._buffers.values()):
-                if t is not None:
-                    key.append((t._version, t.data_ptr(), t.dtype, t.device))
-        return tuple(key)
+        return stamp(t for module in self._owners
+                     for t in (*module._parameters.values(), *module._buffers.values()))
 
     @torch.no_grad()
     def _refresh(self) -> None:

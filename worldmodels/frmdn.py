@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from worldmodels.config import ExperimentConfig, Flow, Precision
-from worldmodels.flow_inverse import FlowInverse
+from worldmodels.flow_inverse import FlowInverse, stamp
 from worldmodels.memory import MemoryModel, State, register_memory
 
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
@@ -67,7 +67,7 @@ def kept(owner: nn.Module, name: str, params: tuple[Tensor, ...],
     """``make()`` (without autograd), kept in ``owner`` under ``name`` until a tensor of
     ``params`` changes: in place (as optimisers and ``load_state_dict`` change them), or
     by a move to another device or dtype."""
-    key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+    key = stamp(params)
     cached = owner.__dict__.get(name)
     if cached is None or cached[0] != key:
         with torch.no_grad():
