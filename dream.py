@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from agents.dreams import DREAM_POLICIES, record_dream
+from agents.evaluation import default_policy
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import run_from_args
@@ -22,7 +23,9 @@ from worldmodels.run_dir import run_from_args
 
 def main(argv: list[str] | None = None) -> dict:
     parser = cli_parser(__doc__.splitlines()[0])
-    parser.add_argument("--policy", choices=DREAM_POLICIES, default="controller")
+    parser.add_argument("--policy", choices=DREAM_POLICIES, default=None,
+                        help="what acts in the dream (default: a shipped agent's own policy, "
+                             "else the run's controller, else its SB3 policy)")
     parser.add_argument("--seed", type=int, default=0, help="real env seed (and dream noise)")
     parser.add_argument("--steps", type=int, default=0, help="cap (0: the dream's cap)")
     parser.add_argument("--dream-only", action="store_true", help="no real env beside it")
@@ -34,10 +37,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not 0 <= args.seed < 2**31:
         raise ConfigError(f"--seed must be in [0, 2**31), got {args.seed}")
     cfg, run = run_from_args(args, trained=True)
+    policy = args.policy or default_policy(run)
     tau = cfg.dream.temperature
     out = (Path(args.out) if args.out else run.dreams_dir) \
-        / f"{args.policy}_seed{args.seed}_tau{tau:g}.gif"
-    result = record_dream(run, out, cfg, args.policy, args.seed, args.steps,
+        / f"{policy}_seed{args.seed}_tau{tau:g}.gif"
+    result = record_dream(run, out, cfg, policy, args.seed, args.steps,
                           beside_real=not args.dream_only)
     print(json.dumps(result, indent=2))
     return result

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from agents.dreams import dream_score
-from agents.evaluation import EVAL_POLICIES, evaluate, play_overrides
+from agents.evaluation import EVAL_POLICIES, default_policy, evaluate, play_overrides
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, run_from_args
@@ -27,14 +27,18 @@ from worldmodels.run_dir import CONTROLLER_WEIGHTS, run_from_args
 def main(argv: list[str] | None = None) -> dict:
     parser = cli_parser(__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--policy", choices=EVAL_POLICIES, default="controller",
+    parser.add_argument("--policy", choices=EVAL_POLICIES, default=None,
                         help="the CMA-ES controller, uniform random actions, or an SB3 policy "
-                             "trained by train_controller.py --algo")
+                             "trained by train_controller.py --algo (default: a shipped "
+                             "agent's own policy, else the controller, else the SB3 policy "
+                             "the run has)")
     parser.add_argument("--weights", choices=list(CONTROLLER_WEIGHTS), default=None,
                         help="the controller: CMA-ES's selected one (the default when it "
                              "exists, else best), its best candidate or its search mean")
     parser.add_argument("--video", type=int, default=0,
                         help="GIFs of the first N episodes: real frames beside V's reconstruction")
+    parser.add_argument("--video-stride", type=int, default=1, metavar="K",
+                        help="keep every K-th frame in the GIFs (smaller files for long episodes)")
     parser.add_argument("--in-dream", action="store_true",
                         help="score the controller inside M's dream at dream.temperature "
                              "(the virtual score) instead of the real env")
@@ -45,7 +49,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     if args.video < 0:
         raise ConfigError(f"--video must be >= 0, got {args.video}")
+    if args.video_stride < 1:
+        raise ConfigError(f"--video-stride must be >= 1, got {args.video_stride}")
     cfg, run = run_from_args(args, trained=True)
+    policy = args.policy or default_policy(run)
     out = Path(args.out) if args.out else None
     if args.in_dream:
         summary = dream_score(run, cfg, args.weights or run.controller.default_weights(),
@@ -58,10 +65,10 @@ def main(argv: list[str] | None = None) -> dict:
     # controller.agent_precision)
     overrides = play_overrides(args.overrides)
     c = cfg.controller
-    summary = evaluate(run, args.episodes, args.policy, cfg.seed, args.video,
+    summary = evaluate(run, args.episodes, policy, cfg.seed, args.video,
                        engine=c.engine, workers=c.workers, ray_address=c.ray_address,
                        weights=args.weights, overrides=overrides, out_dir=out,
-                       sb3_environment=c.environment)
+                       sb3_environment=c.environment, video_stride=args.video_stride)
     print(json.dumps(summary, indent=2))
     print(f"mean return {summary['mean']:.1f} ± {summary['std']:.1f} "
           f"over {summary['episodes']} episodes")

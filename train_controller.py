@@ -7,9 +7,13 @@
     python train_controller.py --config doom_takecover --preset dream   # C in M's dream
     python train_controller.py controller.environment=dream dream.temperature=1.15
     python train_controller.py --run runs/VizdoomTakeCover-v1/dream controller.generations=200
+    python train_controller.py --world-model pretrained/carracing --run runs/carracing-ppo \
+        --preset ppo env.direct_render=true          # a new C on a shipped agent's V and M
 
 A CMA-ES rerun resumes from controller/cmaes_history.npz. A shipped agent
-(tools/export_pretrained.py) is refused: it is only read.
+(tools/export_pretrained.py) is refused: it is only read. ``--world-model DIR`` trains C
+in the new run ``--run`` on DIR's V and M (a trained run or a shipped agent), which are
+named there (world_model.json), not copied; evaluate.py and dream.py then play that run.
 """
 
 from __future__ import annotations
@@ -19,19 +23,30 @@ from dataclasses import asdict
 
 from agents.cmaes import train_cmaes
 from agents.sb3 import train_sb3
-from worldmodels.config import cli_parser, parse_cli
+from worldmodels.config import ConfigError, cli_parser, parse_cli, preset_overrides
 from worldmodels.errors import run_cli
-from worldmodels.run_dir import run_from_args
+from worldmodels.run_dir import borrow_world_model, run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = cli_parser(__doc__.splitlines()[0])
     parser.add_argument("--algo", default=None,
                         help="cmaes | ppo | a2c | sac | td3 (same as controller.algo=...)")
+    parser.add_argument("--world-model", default=None, metavar="DIR",
+                        help="train in the new run --run on the V and M of the trained run "
+                             "or shipped agent at DIR (nothing is copied)")
     args = parse_cli(parser, argv)
     if args.algo:
         args.overrides = [*args.overrides, f"controller.algo={args.algo}"]
-    cfg, run = run_from_args(args)
+    if args.world_model:
+        if not args.run:
+            raise ConfigError("--world-model DIR needs --run: the new run's directory")
+        presets = [p for item in args.preset or [] for p in item.split(",") if p]
+        overrides = preset_overrides(args.config or "carracing", presets) if presets else []
+        cfg, run = borrow_world_model(args.world_model, args.run,
+                                      [*overrides, *args.overrides])
+    else:
+        cfg, run = run_from_args(args, borrowed_ok=True)
     if cfg.controller.algo == "cmaes":
         summary = asdict(train_cmaes(cfg, run))
         if run.controller.best.exists():

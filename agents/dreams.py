@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from agents.rollouts import describe_returns
+from agents.sb3 import SB3_ALGORITHMS, sb3_controller
 from envs.dream_env import load_dream
 from envs.factory import make_env_from_config
 from worldmodels.atomic import check_writable
@@ -21,8 +22,8 @@ from worldmodels.dream import dream_returns, dream_seed, start_indices
 from worldmodels.pictures import frame_grid
 from worldmodels.run_dir import RunDir
 
-#: what ``record_dream`` can play
-DREAM_POLICIES = ("controller", "random")
+#: what ``record_dream`` can play: the CMA-ES controller, random actions, an SB3 policy
+DREAM_POLICIES = ("controller", "random", *SB3_ALGORITHMS)
 
 
 class DreamEvaluator:
@@ -80,7 +81,8 @@ def record_dream(run: RunDir, out: Path, cfg: ExperimentConfig | None = None,
                  beside_real: bool = True, fps: int = 30) -> dict[str, Any]:
     """A GIF of one dream, decoded by V; with ``beside_real``, the dream (top) starts
     from the real env's first frame (seed ``seed``) and the real env (bottom) is driven
-    by the same actions. ``policy``: the run's trained controller, or ``random``.
+    by the same actions. ``policy``: the run's trained controller, ``random``, or the
+    run's SB3 policy of that algorithm (trained in ``cfg.controller.environment``).
     ``cfg``: the run's config with any ``dream.*`` / ``env.*`` overrides (default: its own).
 
     Returns the dream's and the real episode's steps and returns, and the GIF's path.
@@ -93,8 +95,11 @@ def record_dream(run: RunDir, out: Path, cfg: ExperimentConfig | None = None,
     check_writable(Path(out).parent)  # before the dream, not after
     dream, action_space = load_dream(run, cfg, seed=seed)
     vae = run.load_vae(cfg.vae.z_dim)
-    controller = (run.load_controller(cfg, action_space, dream.memory)
-                  if policy == "controller" else None)
+    controller: Any = None
+    if policy == "controller":
+        controller = run.load_controller(cfg, action_space, dream.memory)
+    elif policy in SB3_ALGORITHMS:
+        controller = sb3_controller(run, cfg, policy, cfg.controller.environment)
     action_space.seed(seed)
     env = make_env_from_config(cfg.env) if beside_real else None
     if env is not None:

@@ -19,7 +19,7 @@ import torch
 
 from agents.cmaes import ProcessEvaluator
 from agents.rollouts import RolloutWorker, describe_returns
-from agents.sb3 import SB3_ALGORITHMS, play_sb3_batched
+from agents.sb3 import SB3_ALGORITHMS, play_policy_batched, sb3_controller
 from agents.seeds import evaluation_seeds
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
@@ -30,7 +30,7 @@ from worldmodels.checkpoint import (
 )
 from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.pictures import recon_grid
-from worldmodels.run_dir import RunDir
+from worldmodels.run_dir import CONTROLLER_WEIGHTS, RunDir
 
 SB3_POLICIES = tuple(SB3_ALGORITHMS)
 #: what ``evaluate`` can play: the CMA-ES controller, uniform random actions, SB3 policies
@@ -77,16 +77,39 @@ def result_name(policy: str, weights: str = "best", overrides: tuple[str, ...] =
     return name
 
 
+def default_policy(run: RunDir) -> str:
+    """What evaluate.py and dream.py play when no ``--policy`` is given: a shipped
+    agent's own (``shipped.json``'s ``policy``), else the run's CMA-ES controller when it
+    has one, else the first SB3 policy it trained in the real env, else ``controller``
+    (whose absence the caller then reports)."""
+    if run.is_shipped:
+        policy = run.shipped_info().get("policy", "controller")
+        return policy if policy in EVAL_POLICIES else "controller"
+    if any(run.controller.weights(w).exists() for w in CONTROLLER_WEIGHTS):
+        return "controller"
+    return next((a for a in SB3_POLICIES if all(p.exists() for p in run.controller.sb3(a))),
+                "controller")
+
+
 def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: str,
-                  seeds: list[int], out: Path, name: str, extra: dict[str, Any]) -> dict[str, Any]:
+                  seeds: list[int], out: Path, name: str, extra: dict[str, Any],
+                  overrides: tuple[str, ...], video_episodes: int, video_stride: int,
+                  ) -> dict[str, Any]:
     """An SB3 policy trained by ``train_controller.py --algo`` on the same seeds, played
-    ``controller.batch_envs`` episodes at a time (V and M batched)."""
+    ``controller.batch_envs`` episodes at a time (V and M batched); GIFs of the first
+    ``video_episodes``."""
     started = time.perf_counter()
-    results = play_sb3_batched(run, cfg, algo, seeds, environment, cfg.controller.batch_envs)
+    controller = sb3_controller(run, cfg, algo, environment)
+    results = play_policy_batched(run, cfg, controller.policy, seeds, cfg.controller.batch_envs)
     rows = [{"episode": i, "seed": s, "return": r, "steps": n}
             for i, (s, (r, n)) in enumerate(zip(seeds, results, strict=True))]
     summary = {"policy": name, **describe_returns(np.array([r for r, _ in results])),
                "seconds": time.perf_counter() - started, **extra}
+    if video_episodes:
+        worker = RolloutWorker(run, overrides=overrides, controller=controller)
+        for i in range(min(video_episodes, len(seeds))):
+            frames = worker.play_one(np.zeros(1, np.float32), seeds[i], record=True).frames
+            save_video(worker, np.stack(frames), out / f"{name}_episode{i}.gif", video_stride)
     _write(out, name, rows, summary)
     return summary
 
@@ -96,7 +119,7 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
              workers: int = 0, ray_address: str = "", progress: bool = True,
              key: dict[str, Any] | None = None, weights: str | None = None,
              overrides: tuple[str, ...] = (), out_dir: Path | None = None,
-             sb3_environment: str = "real") -> dict[str, Any]:
+             sb3_environment: str = "real", video_stride: int = 1) -> dict[str, Any]:
     """Play ``episodes`` real episodes of ``policy`` on the evaluator's workers.
 
     ``overrides`` (``env.<key>=<value>``) play the trained agent in another variant of
@@ -105,7 +128,7 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
 
     Writes ``<out_dir>/<policy>.csv`` (episode, seed, return, steps) and ``<policy>.json``
     (mean, std, min, max, and ``key`` if given: what the caller checks to reuse it);
-    for the controller, GIFs of the first ``video_episodes``. ``out_dir`` defaults to
+    GIFs of the first ``video_episodes`` (every ``video_stride``-th frame). ``out_dir`` defaults to
     the run's ``eval/`` (for a shipped agent, ``runs/pretrained/<name>/eval`` under the
     working directory: :attr:`RunDir.eval_dir`). ``weights``: the controller's ``best``
     candidate, CMA-ES's ``mean`` or the ``selected`` one of them (files
@@ -129,7 +152,8 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
         extra = {**({"key": key} if key else {}),
                  **({"env_overrides": env_overrides} if env_overrides else {})}
         return _evaluate_sb3(run, cfg, policy, sb3_environment,
-                             evaluation_seeds(seed, episodes), out, name, extra)
+                             evaluation_seeds(seed, episodes), out, name, extra,
+                             tuple(overrides), video_episodes, video_stride)
     params = None
     if policy == "controller":  # (the random policy needs no V, M or env in this process)
         worker = RolloutWorker(run, overrides=tuple(overrides))
@@ -149,7 +173,7 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
             for i, s in enumerate(seeds)]
     for i in range(min(video_episodes, episodes) if policy == "controller" else 0):
         frames = worker.play_one(params, seeds[i], record=True).frames
-        save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif")
+        save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif", video_stride)
     env_overrides = [o for o in overrides if o.startswith("env.")]
     summary = {"policy": name, **describe_returns(returns[0]),
                "seconds": time.perf_counter() - started, **({"key": key} if key else {}),
@@ -162,10 +186,13 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
 
 
 @torch.no_grad()
-def save_video(worker: RolloutWorker, frames: np.ndarray, path: Path, fps: int = 30) -> None:
-    """Real frames (left) beside V's reconstructions (right), as a GIF."""
+def save_video(worker: RolloutWorker, frames: np.ndarray, path: Path, stride: int = 1,
+               fps: int = 30) -> None:
+    """Real frames (left) beside V's reconstructions (right), as a GIF of every
+    ``stride``-th frame (shown ``stride`` times as long, so the pace stays)."""
     import imageio.v3 as iio
 
+    frames = frames[::stride]
     vae = worker.agent.vae
     pictures = []
     for i in range(0, len(frames), 256):
@@ -175,4 +202,4 @@ def save_video(worker: RolloutWorker, frames: np.ndarray, path: Path, fps: int =
         for real, fake in zip(chunk, recon, strict=True):
             pictures.append(recon_grid(real[None], fake[None], scale=2))
     write_bytes_atomic(path, iio.imwrite("<bytes>", np.stack(pictures), extension=".gif",
-                                         duration=1000 / fps, loop=0))
+                                         duration=1000 * stride / fps, loop=0))

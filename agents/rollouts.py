@@ -53,10 +53,18 @@ class RolloutWorker:
     plays episodes ``batch`` at a time."""
 
     def __init__(self, run: RunDir, device: str = "cpu", overrides: tuple[str, ...] = (),
-                 batch: int = 1):
+                 batch: int = 1, controller: torch.nn.Module | None = None):
+        """``controller``: what acts on M's features (e.g. an SB3 policy,
+        :class:`agents.sb3.SB3Controller`); default: an untrained C of the run's kind,
+        whose parameters each episode sets."""
         self.cfg = run.load_config(overrides)
         self.env = make_env_from_config(self.cfg.env)
-        self.agent = VMCAgent.from_run(run, self.cfg, self.env.action_space, device=device)
+        if controller is None:
+            self.agent = VMCAgent.from_run(run, self.cfg, self.env.action_space, device=device)
+        else:
+            self.agent = VMCAgent(run.load_vae(self.cfg.vae.z_dim, device),
+                                  run.load_memory(device), controller,  # type: ignore[arg-type]
+                                  device, self.cfg.controller.agent_precision)
         self.controller = self.agent.controller
         self.actor = BatchedActor(self.agent, lambda: make_env_from_config(self.cfg.env),
                                   batch)

@@ -589,12 +589,19 @@ def play_policy_batched(run: RunDir, cfg: ExperimentConfig, policy: Any, seeds: 
     return [(r.ret, r.steps) for r in results]
 
 
+def sb3_controller(run: RunDir, cfg: ExperimentConfig, algo: str,
+                   environment: str = "real") -> SB3Controller:
+    """The run's trained SB3 policy as a controller on M's features."""
+    model, env = load_sb3(run, cfg, algo, environment)
+    env.close()
+    return SB3Controller(model.policy, cfg.controller.use_cell)
+
+
 def play_sb3_batched(run: RunDir, cfg: ExperimentConfig, algo: str, seeds: list[int],
                      environment: str = "real", batch: int = 16) -> list[tuple[float, int]]:
     """The trained SB3 policy's deterministic real episodes, ``batch`` at a time."""
-    model, env = load_sb3(run, cfg, algo, environment)
-    env.close()
-    return play_policy_batched(run, cfg, model.policy, seeds, batch)
+    policy = sb3_controller(run, cfg, algo, environment).policy
+    return play_policy_batched(run, cfg, policy, seeds, batch)
 
 
 def play_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, seeds: list[int],

@@ -22,13 +22,24 @@ def test_a_shipped_agent_plays_real_steps(name):
         pytest.skip(f"{path} holds no shipped agent")
     if name == "takecover":
         pytest.importorskip("vizdoom", reason="vizdoom is not installed")
+    from agents.evaluation import default_policy
     from agents.rollouts import RolloutWorker
+    from agents.sb3 import sb3_controller
 
     run = RunDir(path)
     before = sorted(str(p) for p in path.rglob("*"))
-    worker = RolloutWorker(run)
-    load_weights(run.controller.weights(run.controller.default_weights()), worker.controller)
-    result = worker.play_one(worker.controller.get_flat().numpy(), seed=0, max_steps=20)
+    policy = default_policy(run)  # the shipped one: CMA-ES's controller or an SB3 policy
+    if policy == "controller":
+        worker = RolloutWorker(run)
+        load_weights(run.controller.weights(run.controller.default_weights()),
+                     worker.controller)
+        params = worker.controller.get_flat().numpy()
+    else:
+        cfg = run.load_config()
+        worker = RolloutWorker(run, controller=sb3_controller(run, cfg, policy,
+                                                              cfg.controller.environment))
+        params = np.zeros(1, np.float32)
+    result = worker.play_one(params, seed=0, max_steps=20)
     assert result.steps > 0 and np.isfinite(result.ret)
     worker.env.close()
     assert sorted(str(p) for p in path.rglob("*")) == before

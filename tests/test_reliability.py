@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from agents.rollouts import torch_threads
 from tests.builders import make_controller, make_frmdn
 from tests.conftest import run_of
 from tests.test_dream import write_dream_run
@@ -83,6 +84,10 @@ def test_sigkill_during_memory_training_then_rerun_completes(latent_run, kill_se
 
 @pytest.fixture
 def dream_cmaes_run(tiny_cfg):
+    # one dream thread in every process: the killed run (subprocesses) and the
+    # uninterrupted one (this process, whose thread count earlier tests may have changed)
+    # then do the same float operations, so equal means bit-equal
+    tiny_cfg.dream.threads = 1
     return write_dream_run(tiny_cfg, population=6, rollouts=3, generations=40)
 
 
@@ -108,7 +113,8 @@ def test_sigkill_during_cmaes_then_rerun_equals_an_uninterrupted_run(dream_cmaes
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert no_partial_files(run_of(cfg))
     # the same 40 generations an uninterrupted run gives: replay + reproducible dreams
-    train_cmaes(clean, progress=False)
+    with torch_threads(torch.get_num_threads()):  # restored after the dream's 1 thread
+        train_cmaes(clean, progress=False)
     killed = read_npz(files.history)["fitness"]
     uninterrupted = read_npz(RunDir(run_of(clean)).controller.history)["fitness"]
     assert killed.shape == (40, 6)

@@ -3,6 +3,7 @@
     python tools/export_pretrained.py runs/CarRacing-v3/solve pretrained/carracing --fp16
     python tools/export_pretrained.py RUN DEST --weights best     # another controller
     python tools/export_pretrained.py RUN DEST --fp16 env.direct_render=false
+    python tools/export_pretrained.py RUN DEST --policy ppo --fp16   # an SB3 policy instead
     python evaluate.py --run pretrained/carracing --episodes 100
 
 DEST gets ``config.yaml`` (the run's resolved config, with the optional ``KEY=VALUE``
@@ -10,8 +11,11 @@ overrides that a trained run leaves open, e.g. ``env.direct_render=false`` so th
 shipped agent plays Gymnasium's own CarRacing renderer by default), ``vae/model.safetensors``,
 ``memory/model.safetensors`` (M's best held-out epoch, with the action space its training
 recorded), ``dream_starts.npz`` (the first latents of M's training episodes, which dreams
-start from), ``controller/<weights>.safetensors`` (``selected`` by default, fp32 always) and
-``shipped.json`` (the source run, the controller's name, each file's SHA-256 and size).
+start from), the policy, and ``shipped.json`` (the source run, the policy, each file's
+SHA-256 and size). The policy is CMA-ES's ``controller/<weights>.safetensors`` (``selected``
+by default), or with ``--policy ppo`` (any SB3 algorithm) the run's SB3 policy
+``controller/sb3_<algo>.safetensors`` and its description; policies stay fp32, and
+evaluate.py and dream.py play the shipped one by default.
 ``--fp16`` stores V's and M's floating-point tensors in half precision (half the size);
 they load into fp32 models, which the export checks before it finishes. DEST is written
 in full beside itself and renamed into place, and a DEST that exists non-empty is refused.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shutil
 import time
 from pathlib import Path
@@ -32,6 +37,7 @@ from typing import Any
 
 import torch
 
+from agents.sb3 import SB3_ALGORITHMS, sb3_controller
 from worldmodels.checkpoint import load_model, read_header, save_model, write_json_atomic
 from worldmodels.config import save_config
 from worldmodels.dream import start_latents
@@ -51,23 +57,41 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _policy_files(run: RunDir, cfg: Any, policy: str, weights: str) -> tuple[Path, Path]:
+    """(weights, description) of the policy to ship, checked to exist."""
+    if policy == "controller":
+        if weights not in CONTROLLER_WEIGHTS:
+            raise InputError(f"--weights must be one of {', '.join(CONTROLLER_WEIGHTS)}")
+        controller = run.controller.weights(weights)
+        if not controller.exists():
+            raise InputError(f"{controller}: no such controller (CMA-ES writes "
+                             "selected.safetensors when eval_every > 0); choose another "
+                             "with --weights")
+        return controller, Path(str(controller) + ".json")
+    if policy not in SB3_ALGORITHMS:
+        raise InputError(f"--policy must be controller or one of {', '.join(SB3_ALGORITHMS)}")
+    files = run.controller.sb3(policy, cfg.controller.environment)
+    for path in files:
+        if not path.exists():
+            raise InputError(f"{path}: no {policy} policy in this run (train_controller.py "
+                             f"--algo {policy})")
+    return files
+
+
 def export(run_path: Path, dest: Path, fp16: bool = False,
-           weights: str = "selected", overrides: list[str] | None = None) -> dict[str, Any]:
+           weights: str = "selected", overrides: list[str] | None = None,
+           policy: str = "controller") -> dict[str, Any]:
     """Write the shipped agent of the run at ``run_path`` to ``dest``; returns what
     ``shipped.json`` holds. ``overrides`` (dotted ``key=value``) change the shipped
     config where :meth:`RunDir.load_config` allows a trained run to (how it plays, not
-    what its files fix)."""
+    what its files fix). ``policy``: ``controller`` (CMA-ES's ``weights``) or an SB3
+    algorithm whose policy the run trained."""
     run, dest = RunDir(run_path), Path(dest).expanduser().absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InputError(f"{dest}: exists and is not an empty directory; ship to a new one")
-    if weights not in CONTROLLER_WEIGHTS:
-        raise InputError(f"--weights must be one of {', '.join(CONTROLLER_WEIGHTS)}")
-    controller = run.controller.weights(weights)
-    if not controller.exists():
-        raise InputError(f"{controller}: no such controller (CMA-ES writes selected.safetensors "
-                         "when eval_every > 0); choose another with --weights")
     # a whole, valid config; overrides only where a trained run allows them
     cfg = run.load_config(list(overrides or []), trained=True)
+    controller, sidecar = _policy_files(run, cfg, policy, weights)
     vae, memory_path = run.load_vae(cfg.vae.z_dim), run.memory.weights("best")
     memory = load_model(memory_path, kinds=checkpoint_kinds())
     memory_meta = {**run.memory_meta(), **read_header(memory_path).get("meta", {}),
@@ -85,30 +109,43 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     save_model(shipped.vae.model, vae, meta=read_header(run.vae.model).get("meta", {}),
                dtype=dtype)
     save_model(shipped.memory.model, memory, meta=memory_meta, dtype=dtype)
-    try:  # what dreams start from (dream.py, evaluate.py --in-dream)
-        mu0, logvar0 = start_latents(latent_split(cfg, run)[0])
-        write_npz_atomic(shipped.dream_starts, {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
-    except ShardError as err:
-        print(f"note: no dream start latents shipped ({err}): the agent plays the real "
-              "env only")
-    target = shipped.controller.weights(weights)
+    if run.dream_starts.exists():  # a shipped agent's, under a run on its world model
+        shutil.copyfile(run.dream_starts, shipped.dream_starts)
+    else:
+        try:  # what dreams start from (dream.py, evaluate.py --in-dream)
+            mu0, logvar0 = start_latents(latent_split(cfg, run)[0])
+            write_npz_atomic(shipped.dream_starts,
+                             {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
+        except ShardError as err:
+            print(f"note: no dream start latents shipped ({err}): the agent plays the real "
+                  "env only")
+    target = shipped.controller.dir / controller.name
     target.parent.mkdir(parents=True)
     shutil.copyfile(controller, target)
-    sidecar = Path(str(controller) + ".json")
     if sidecar.exists():
-        shutil.copyfile(sidecar, Path(str(target) + ".json"))
+        shutil.copyfile(sidecar, shipped.controller.dir / sidecar.name)
     # the shipped parts load into the fp32 models a run builds
     loaded = [shipped.load_vae(cfg.vae.z_dim), shipped.load_memory()]
     agent_cfg = shipped.load_config()
-    loaded.append(shipped.load_controller(agent_cfg, shipped.action_space(), loaded[1], weights))
+    if policy == "controller":
+        loaded.append(shipped.load_controller(agent_cfg, shipped.action_space(), loaded[1],
+                                              weights))
+        meta = read_header(controller).get("meta", {})
+    else:
+        loaded.append(sb3_controller(shipped, agent_cfg, policy,
+                                     agent_cfg.controller.environment).policy)
+        meta = json.loads(sidecar.read_text())
     for model in loaded:
         dtypes = {p.dtype for p in model.state_dict().values() if p.is_floating_point()}
         if dtypes != {torch.float32}:
             raise InputError(f"{partial}: a shipped model loads as {dtypes}, not float32")
     files = {str(p.relative_to(partial)): {"sha256": sha256(p), "bytes": p.stat().st_size}
              for p in sorted(partial.rglob("*")) if p.is_file()}
-    info = {"source_run": str(run.path), "env": cfg.env.id, "weights": weights,
-            "controller_meta": read_header(controller).get("meta", {}),
+    info = {"source_run": str(run.home), "env": cfg.env.id, "policy": policy,
+            **({"weights": weights} if policy == "controller" else
+               {"sb3_environment": cfg.controller.environment}),
+            **({"world_model": str(run.path)} if run.borrows_world_model else {}),
+            "controller_meta": meta,
             "config_overrides": list(overrides or []), "fp16": fp16,
             "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "bytes": sum(f["bytes"] for f in files.values()), "files": files}
@@ -127,13 +164,17 @@ def main(argv: list[str]) -> dict[str, Any]:
                         help="store V and M in half precision (they load as fp32)")
     parser.add_argument("--weights", choices=list(CONTROLLER_WEIGHTS), default="selected",
                         help="the controller to ship (default: CMA-ES's selected one)")
+    parser.add_argument("--policy", choices=["controller", *SB3_ALGORITHMS],
+                        default="controller",
+                        help="ship CMA-ES's controller (default) or the run's SB3 policy")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides of the shipped config.yaml that a trained run "
                              "allows, e.g. env.direct_render=false")
     args = parser.parse_intermixed_args(argv)  # the overrides may follow --fp16
-    info = export(args.run, args.dest, args.fp16, args.weights, args.overrides)
+    info = export(args.run, args.dest, args.fp16, args.weights, args.overrides, args.policy)
+    what = f"controller {args.weights}" if args.policy == "controller" else args.policy
     print(f"{args.dest}: {len(info['files'])} files, {info['bytes'] / 1e6:.1f} MB, "
-          f"controller {args.weights}" + (", V and M in fp16" if args.fp16 else ""))
+          f"{what}" + (", V and M in fp16" if args.fp16 else ""))
     return info
 
 

@@ -363,8 +363,19 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
+def _merge_mappings(old: dict, new: dict) -> dict:
+    """``new`` over ``old`` key by key, nested mappings merged the same way."""
+    out = dict(old)
+    for k, v in new.items():
+        out[k] = _merge_mappings(out[k], v) if isinstance(out.get(k), dict) \
+            and isinstance(v, dict) else v
+    return out
+
+
 def merge_into(obj: Any, values: dict, source: str, prefix: str = "") -> None:
-    """Set the fields of dataclass ``obj`` from a nested dict, checking keys and types."""
+    """Set the fields of dataclass ``obj`` from a nested dict, checking keys and types.
+    A field that holds a mapping (``controller.sb3_kwargs``) is merged into, key by key:
+    ``controller.sb3_kwargs.gamma=0.995`` changes only ``gamma``."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: '{prefix or '<root>'}' must be a mapping, got {values!r}")
     hints = typing.get_type_hints(type(obj))
@@ -378,6 +389,9 @@ def merge_into(obj: Any, values: dict, source: str, prefix: str = "") -> None:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             merge_into(current, value, source, prefix=f"{dotted}.")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            setattr(obj, key, _coerce(_merge_mappings(current, value), hints[key], dotted,
+                                      source))
         else:
             setattr(obj, key, _coerce(value, hints[key], dotted, source))
 

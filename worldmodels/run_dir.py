@@ -35,6 +35,7 @@ directory (:attr:`RunDir.output_dir`), and training entry points refuse it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from worldmodels import frmdn, gru_mdn  # noqa: F401
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
     CheckpointError,
+    file_digest,
     load_model,
     load_weights,
     read_header,
@@ -76,6 +78,9 @@ from worldmodels.vae import ConvVAE
 TRAINED_RUN_SECTIONS = ("env", "dream")
 #: the file that marks a shipped agent (written by tools/export_pretrained.py)
 SHIPPED_FILE = "shipped.json"
+#: the file that makes a run train controllers on another run's (or a shipped agent's) V
+#: and M (``train_controller.py --world-model``; :func:`borrow_world_model`)
+WORLD_MODEL_FILE = "world_model.json"
 RUNTIME_KEYS = ("seed", "device", "root", "name", "controller.engine", "controller.workers",
                 "controller.ray_address", "controller.eval_episodes",
                 "controller.agent_precision")
@@ -251,6 +256,10 @@ class RunDir:
                     raise ConfigError(f"{parent}: a file, so the run directory {self.path} "
                                       "cannot be made under it")
                 break
+        marker = self.path / WORLD_MODEL_FILE
+        if marker.is_file():  # C's run on another run's V and M: its paths are theirs
+            self.path = world_model_source(marker)
+            self.memory_dir = self.path / "memory"
 
     @classmethod
     def for_config(cls, cfg: ExperimentConfig) -> RunDir:
@@ -262,10 +271,12 @@ class RunDir:
         return cls(root / env_slug(cfg.env.id) / (cfg.name or "paper"))
 
     def __repr__(self) -> str:
+        if self.borrows_world_model:
+            return f"RunDir('{self.home}', world model '{self.path}')"
         return f"RunDir('{self.path}')"
 
     def __str__(self) -> str:
-        return str(self.path)
+        return str(self.home)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RunDir) and other._key() == self._key()
@@ -321,7 +332,37 @@ class RunDir:
 
     @property
     def shipped_file(self) -> Path:
-        return self.path / SHIPPED_FILE
+        return self.home / SHIPPED_FILE
+
+    def shipped_info(self) -> dict[str, Any]:
+        """What ``shipped.json`` says (empty for a run that is not shipped)."""
+        if not self.is_shipped:
+            return {}
+        try:
+            info = json.loads(self.shipped_file.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{self.shipped_file}: unreadable ({err})") from None
+        if not isinstance(info, dict):
+            raise ConfigError(f"{self.shipped_file}: must hold a mapping")
+        return info
+
+    @property
+    def world_model_file(self) -> Path:
+        return self.home / WORLD_MODEL_FILE
+
+    @property
+    def borrows_world_model(self) -> bool:
+        """A run that trains only controllers, on the V and M of the run (or shipped
+        agent) its :data:`WORLD_MODEL_FILE` names: :attr:`path` (V, shards, dream
+        starts) and M are that run's, :attr:`home` is this one."""
+        return self.world_model_file.is_file()
+
+    def refuse_borrowed(self) -> None:
+        """The data, V and M stages would write into the borrowed run: refused."""
+        if self.borrows_world_model:
+            raise ConfigError(f"{self.home} trains controllers on the V and M of {self.path} "
+                              f"({WORLD_MODEL_FILE}): its data, V and M are that run's; "
+                              "only train_controller.py, evaluate.py and dream.py use it")
 
     @property
     def is_shipped(self) -> bool:
@@ -333,8 +374,8 @@ class RunDir:
         """Where evaluations and dreams go by default: the run itself, or for a shipped
         agent ``runs/pretrained/<name>`` under the current working directory."""
         if self.is_shipped:
-            return Path.cwd().absolute() / "runs" / "pretrained" / self.path.name
-        return self.path
+            return Path.cwd().absolute() / "runs" / "pretrained" / self.home.name
+        return self.home
 
     @property
     def eval_dir(self) -> Path:
@@ -564,7 +605,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def run_from_args(args: argparse.Namespace, trained: bool = False,
-                  ) -> tuple[ExperimentConfig, RunDir]:
+                  borrowed_ok: bool = False) -> tuple[ExperimentConfig, RunDir]:
     """An entry point's config and run from its command line (see
     :func:`worldmodels.config.cli_parser`).
 
@@ -577,6 +618,9 @@ def run_from_args(args: argparse.Namespace, trained: bool = False,
     Otherwise the config file with its presets and overrides, and the run at the
     config's default place. ``trained`` (evaluate, dream): the run's own config is the
     config, and overrides may change only what :meth:`RunDir.load_config` allows.
+    A run on another run's world model (:func:`borrow_world_model`) is refused unless
+    ``trained`` or ``borrowed_ok`` (train_controller.py): the other stages would write
+    into the run it borrows from.
     """
     exit_on_help_config(args)
     run_path = args.run
@@ -596,12 +640,85 @@ def run_from_args(args: argparse.Namespace, trained: bool = False,
         run = RunDir(run_path)
         if not trained:
             run.refuse_shipped()
+            if not borrowed_ok:
+                run.refuse_borrowed()
         return run.load_config(overrides, trained=trained), run
     cfg = config_from_args(args)
     run = RunDir.for_config(cfg)
     if trained:
         cfg = run.load_config(args.overrides, trained=True)
+    elif not borrowed_ok:
+        run.refuse_borrowed()
     return cfg, run
+
+
+def world_model_source(marker: Path) -> Path:
+    """The run directory a :data:`WORLD_MODEL_FILE` names (checked: it holds V and M)."""
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{marker}: unreadable ({err})") from None
+    source = info.get("source") if isinstance(info, dict) else None
+    if not isinstance(source, str) or not source:
+        raise ConfigError(f"{marker}: needs 'source', the directory of the run whose V and "
+                          "M this run uses")
+    path = Path(source)
+    if not path.is_absolute():  # relative to the run that names it
+        path = (marker.parent / path).absolute()
+    if not (path / "vae" / "model.safetensors").is_file() \
+            or not (path / "memory" / "model.safetensors").is_file():
+        raise ConfigError(f"{marker}: its source {path} holds no trained V and M "
+                          "(vae/model.safetensors, memory/model.safetensors)")
+    return path
+
+
+def _world_model_hashes(source: RunDir) -> dict[str, str]:
+    files = {"vae": source.vae.model, "memory": source.memory.weights("best")}
+    return {f"{k}/{p.name}": file_digest(p) for k, p in files.items()}
+
+
+def borrow_world_model(source: str | Path, dest: str | Path,
+                       overrides: list[str] | tuple[str, ...] = ()
+                       ) -> tuple[ExperimentConfig, RunDir]:
+    """A run at ``dest`` that trains controllers on the V and M of the trained run (or
+    shipped agent) at ``source``, with nothing copied or linked: ``dest`` gets a
+    :data:`WORLD_MODEL_FILE` naming ``source`` (absolute) and the SHA-256 of its V and
+    M, and later its own config, controllers, evaluations and logs.
+
+    The config is ``source``'s with ``overrides`` on top: ``controller.*`` keys and what
+    a trained run leaves open (``env.*``, ``dream.*``, :data:`RUNTIME_KEYS`), e.g.
+    ``env.direct_render=true`` to train in the fast renderer. A rerun on the same
+    source resumes; another source, or V or M changed since, is refused.
+    """
+    src, home = RunDir(source), RunDir(dest)
+    cfg = src.load_config(list(overrides), trained=False)
+    saved = _flatten(to_dict(src.load_config()))
+    fixed = sorted(k for k, v in _flatten(to_dict(cfg)).items()
+                   if v != saved.get(k) and k.split(".", 1)[0] not in
+                   (*TRAINED_RUN_SECTIONS, "controller") and k not in RUNTIME_KEYS)
+    if fixed:
+        raise ConfigError(f"--world-model {src.home}: '{fixed[0]}' is fixed by its V and M "
+                          f"({saved.get(fixed[0])!r}); change only controller.*, env.*, "
+                          "dream.* or how to run")
+    src.load_vae(cfg.vae.z_dim), src.load_memory()  # both load, before anything is written
+    hashes = _world_model_hashes(src)
+    if home.borrows_world_model:
+        recorded = json.loads(home.world_model_file.read_text())
+        if home.path != src.path:
+            raise ConfigError(f"{home.world_model_file}: this run uses the world model of "
+                              f"{home.path}, not {src.path}; use another --run")
+        if recorded.get("files") != hashes:
+            raise ConfigError(f"{home.world_model_file}: V or M of {src.path} changed since "
+                              "this run started (SHA-256 differs); use another --run")
+    elif home.has_config() or home.vae.model.exists():
+        raise ConfigError(f"{home.path}: already a run with its own config or V; a run on "
+                          "another world model needs a new directory")
+    else:
+        check_writable(home.home)
+        write_text_atomic(home.world_model_file, json.dumps(
+            {"source": str(src.path), "config": str(src.config_file), "files": hashes},
+            indent=2))
+    return cfg, RunDir(dest)
 
 
 def is_run_config(config: str) -> bool:

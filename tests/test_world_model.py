@@ -1,0 +1,116 @@
+"""A run on another run's world model (``train_controller.py --world-model``): C trains
+on a shipped agent's V and M with nothing copied and nothing written into the agent; the
+run evaluates, dreams and ships its SB3 policy, which a shipped agent then plays by
+default. Also: dotted overrides into a mapping key change only that key."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import dream as dream_script
+import evaluate as evaluate_script
+import train_controller as controller_script
+import train_frmdn as frmdn_script
+import train_vae as vae_script
+from tests.test_export import trained, tree_hash  # noqa: F401 - a fixture
+from tools.export_pretrained import export
+from worldmodels.config import ConfigError, load_config
+from worldmodels.errors import InputError
+from worldmodels.run_dir import WORLD_MODEL_FILE, RunDir
+
+#: a PPO that updates every 32 steps of 2 envs
+TINY_PPO = ["--algo", "ppo", "controller.sb3_timesteps=64", "controller.sb3_envs=2",
+            "controller.sb3_checkpoint_steps=32", "controller.sb3_eval_steps=0",
+            "controller.sb3_kwargs={n_steps: 16, batch_size: 16, n_epochs: 1}",
+            "controller.batch_envs=2"]
+
+
+@pytest.fixture(scope="module")
+def shipped(trained, tmp_path_factory):  # noqa: F811 - the fixture imported above
+    dest = tmp_path_factory.mktemp("ship") / "car"
+    export(trained.path, dest, fp16=True)
+    return dest
+
+
+def last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_ppo_on_a_shipped_world_model_ships_and_plays_by_default(shipped, tmp_path, capsys,
+                                                                 monkeypatch):
+    before = tree_hash(shipped)
+    home = tmp_path / "ppo"
+    controller_script.main(["--world-model", str(shipped), "--run", str(home), *TINY_PPO])
+    run = RunDir(home)
+    assert run.borrows_world_model and run.path == shipped and run.home == home
+    marker = json.loads((home / WORLD_MODEL_FILE).read_text())
+    assert marker["source"] == str(shipped)
+    assert not (home / "vae").exists() and not (home / "memory").exists()  # nothing copied
+    assert (home / "controller" / "sb3_ppo.safetensors").exists()
+    # a rerun resumes (here: is done) instead of starting anew
+    capsys.readouterr()
+    controller_script.main(["--world-model", str(shipped), "--run", str(home), *TINY_PPO])
+    assert "already" in capsys.readouterr().out
+    # evaluate's default policy is the run's only one, PPO
+    summary = evaluate_script.main(["--run", str(home), "--episodes", "2", "--video", "1",
+                                    "--video-stride", "3"])
+    assert re.fullmatch(r"mean return -?\d+\.\d ± \d+\.\d over 2 episodes", last_line(capsys))
+    assert summary["policy"] == "ppo" and (home / "eval" / "ppo_episode0.gif").exists()
+    dreamt = dream_script.main(["--run", str(home), "--steps", "4"])
+    assert Path(dreamt["gif"]).name.startswith("ppo_seed0_tau")
+    # shipped with its PPO, the agent plays PPO by default, with the same returns
+    ship = tmp_path / "ship_ppo"
+    info = export(home, ship, policy="ppo", overrides=["env.max_episode_steps=30"])
+    assert info["policy"] == "ppo" and info["world_model"] == str(shipped)
+    assert "controller/sb3_ppo.safetensors" in info["files"]
+    assert not any(name.startswith("controller/selected") for name in info["files"])
+    monkeypatch.chdir(tmp_path)
+    again = evaluate_script.main(["--run", str(ship), "--episodes", "2"])
+    assert again["policy"] == "ppo" and again["mean"] == summary["mean"]
+    dream_script.main(["--run", str(ship), "--dream-only", "--steps", "4"])
+    assert tree_hash(shipped) == before  # the world model's agent was only read
+
+
+def test_a_borrowed_world_model_is_guarded(shipped, trained, tmp_path):  # noqa: F811
+    home = tmp_path / "c"
+    with pytest.raises(ConfigError, match="needs --run"):
+        controller_script.main(["--world-model", str(shipped)])
+    with pytest.raises(ConfigError, match="'vae.z_dim' is fixed"):
+        controller_script.main(["--world-model", str(shipped), "--run", str(home),
+                                "vae.z_dim=8"])
+    assert not home.exists()  # refused before anything was written
+    controller_script.main(["--world-model", str(shipped), "--run", str(home), *TINY_PPO])
+    for script in (vae_script, frmdn_script):  # stages that would write into the source
+        with pytest.raises(ConfigError, match="trains controllers on the V and M"):
+            script.main(["--run", str(home)])
+    with pytest.raises(ConfigError, match="uses the world model of"):
+        controller_script.main(["--world-model", str(trained.path), "--run", str(home)])
+    with pytest.raises(ConfigError, match="already a run"):
+        controller_script.main(["--world-model", str(shipped), "--run", str(trained.path)])
+    marker = home / WORLD_MODEL_FILE
+    data = json.loads(marker.read_text())
+    data["files"]["vae/model.safetensors"] = "0" * 16  # as if V had been replaced since
+    marker.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="changed since"):
+        controller_script.main(["--world-model", str(shipped), "--run", str(home)])
+    marker.write_text(json.dumps({"source": str(tmp_path / "gone")}))
+    with pytest.raises(ConfigError, match="holds no trained V and M"):
+        RunDir(home)
+    with pytest.raises(InputError, match="no ppo policy"):
+        export(trained.path, tmp_path / "none", policy="ppo")
+
+
+def test_a_dotted_override_into_a_mapping_changes_only_that_key():
+    base = load_config("carracing", ["solve", "ppo"])
+    cfg = load_config("carracing", ["solve", "ppo"], [
+        "controller.sb3_kwargs.gamma=0.995",
+        "controller.sb3_kwargs.policy_kwargs.log_std_init=-1"])
+    want = {**base.controller.sb3_kwargs, "gamma": 0.995,
+            "policy_kwargs": {**base.controller.sb3_kwargs["policy_kwargs"],
+                              "log_std_init": -1}}
+    assert cfg.controller.sb3_kwargs == want
+    assert base.controller.sb3_kwargs["gamma"] == 0.99
