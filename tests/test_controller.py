@@ -20,6 +20,36 @@ def test_box_actions_are_squashed_into_bounds():
     assert a[:, 0].min() < -0.99 and a[:, 0].max() > 0.99
 
 
+def test_clip_dims_map_the_brake_ha_s_way_and_survive_a_checkpoint(tmp_path):
+    from worldmodels.config import ConfigError, ControllerConfig
+    from worldmodels.controller import build_controller
+
+    torch.manual_seed(1)
+    space = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.ones(3, np.float32))
+    clipped = build_controller(ControllerConfig(clip_dims=[2]), 12, space)
+    affine = build_controller(ControllerConfig(), 12, space)
+    affine.set_flat(clipped.get_flat())
+    x = torch.randn(200, 12) * 3
+    with torch.no_grad():
+        a, b = clipped(x), affine(x)
+        y = torch.tanh(clipped.net(x))
+    assert torch.equal(a[:, :2], b[:, :2])  # the other dims as before
+    assert torch.equal(a[:, 2], y[:, 2].clamp(0, 1))  # clip(tanh(y), 0, 1)
+    off = y[:, 2] <= 0
+    assert off.any() and (a[off, 2] == 0).all() and (b[off, 2] > 0).all()  # affine never 0
+    # CMA-ES's batched path, and a saved C, act the same
+    params = clipped.get_flat().repeat(200, 1)
+    with torch.no_grad():
+        assert torch.allclose(clipped.batched(params, x), a, atol=1e-6)
+    save_model(tmp_path / "c.safetensors", clipped)
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "c.safetensors")(x), a)
+    with pytest.raises(ConfigError, match="controller.clip_dims"):
+        build_controller(ControllerConfig(clip_dims=[3]), 12, space)
+    with pytest.raises(ConfigError, match="controller.clip_dims"):
+        build_controller(ControllerConfig(clip_dims=[0]), 12, gym.spaces.Discrete(3))
+
+
 def test_discrete_actions_take_argmax_and_cell_is_read():
     torch.manual_seed(0)
     c = make_controller(4, 8, 3, discrete=True, use_cell=True)

@@ -3,11 +3,14 @@ hidden layer.
 
 C reads the features M gives (:meth:`worldmodels.memory.Memory.features`: [z, h], or
 [z, c, h] with ``use_cell``) and knows nothing else of M. Box actions are squashed into
-their bounds (low + (tanh + 1) / 2 * (high - low)). Discrete(n) actions take the argmax
-of n logits, or, with the ordinal head, one output y = tanh(W x + b) is cut into n
-equal bins of [-1, 1] and bin k plays action ``order[k]``. That is the paper's Doom
-controller: one number, left below -1/3, right above 1/3, stay between, so "no move" is
-the middle of a line rather than one of three unrelated choices.
+their bounds (low + (tanh + 1) / 2 * (high - low)), or, for the dims in
+``controller.clip_dims``, clipped: clip(tanh, low, high), which is exactly ``low`` for
+half the outputs (Ha & Schmidhuber's CarRacing brake: off unless pressed).
+Discrete(n) actions take the argmax of n logits, or, with the ordinal head, one output
+y = tanh(W x + b) is cut into n equal bins of [-1, 1] and bin k plays action
+``order[k]``. That is the paper's Doom controller: one number, left below -1/3, right
+above 1/3, stay between, so "no move" is the middle of a line rather than one of three
+unrelated choices.
 
 C's seam is :class:`FlatPolicy`, what CMA-ES needs: about a thousand parameters trained
 as one flat vector (``get_flat`` / ``set_flat``), and ``batched`` acting with one
@@ -86,15 +89,23 @@ class Controller(nn.Module):
         discrete: bool = False,
         low: list[float] | None = None,
         high: list[float] | None = None,
+        clip_dims: list[int] | None = None,
     ):
         """``hidden``, ``use_cell`` and ``order`` (None: argmax head; a list: the ordinal
         head's action per bin) come from ``controller.*`` (:func:`build_controller`)
         and have no defaults here. ``features``: the size of M's features with
-        ``use_cell``. ``discrete``, ``low``, ``high``: the action space."""
+        ``use_cell``. ``discrete``, ``low``, ``high``: the action space. ``clip_dims``:
+        Box dims mapped by clip(tanh(y), low, high) instead of the affine squash."""
         super().__init__()
+        clip_dims = sorted(set(clip_dims or []))
         self._config = dict(features=features, action_dim=action_dim, discrete=discrete,
                             low=low, high=high, hidden=hidden, use_cell=use_cell,
                             order=None if order is None else list(order))
+        if clip_dims:  # (absent otherwise: checkpoints from before the option load as they were)
+            if discrete or not all(0 <= d < action_dim for d in clip_dims):
+                raise ValueError(f"clip_dims must be Box action dims in 0..{action_dim - 1}, "
+                                 f"got {clip_dims}")
+            self._config["clip_dims"] = clip_dims
         self.discrete, self.use_cell = discrete, use_cell
         self.ordinal = order is not None
         if self.ordinal:
@@ -113,6 +124,10 @@ class Controller(nn.Module):
                 raise ValueError(f"Box actions need low and high of length {action_dim}")
             self.register_buffer("low", torch.tensor(low, dtype=torch.float32))
             self.register_buffer("high", torch.tensor(high, dtype=torch.float32))
+        self.clip: Tensor | None = None
+        if clip_dims:  # a mask, not a buffer: the state dict stays what it was
+            self.clip = torch.zeros(action_dim, dtype=torch.bool)
+            self.clip[clip_dims] = True
 
     def config(self) -> dict:
         return dict(self._config)
@@ -131,7 +146,13 @@ class Controller(nn.Module):
             return self.order[((y + 1) / 2 * n).long().clamp(0, n - 1)]
         if self.discrete:
             return out.argmax(dim=-1)
-        return self.low + (torch.tanh(out) + 1) / 2 * (self.high - self.low)
+        y = torch.tanh(out)
+        actions = self.low + (y + 1) / 2 * (self.high - self.low)
+        if self.clip is not None:
+            clip = self.clip.to(out.device)
+            actions = torch.where(clip, torch.minimum(torch.maximum(y, self.low), self.high),
+                                  actions)
+        return actions
 
     def batched(self, params: Tensor, x: Tensor) -> Tensor:
         """Each row with its own weights: params (B, n) flat vectors (``get_flat`` order),
@@ -176,6 +197,9 @@ class Controller(nn.Module):
 
 def _discrete_controller(c: ControllerConfig, features: int, space: gym.Space) -> Controller:
     n = int(space.n)
+    if c.clip_dims:
+        raise ConfigError(f"config key 'controller.clip_dims' is for Box actions; {space} "
+                          "is Discrete")
     order = None
     if c.discrete_head == "ordinal":
         order = list(c.action_order) or list(range(n))
@@ -189,9 +213,15 @@ def _discrete_controller(c: ControllerConfig, features: int, space: gym.Space) -
 def _box_controller(c: ControllerConfig, features: int, space: gym.Space) -> Controller:
     if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
         raise ConfigError(f"the controller squashes actions into bounds; {space} is unbounded")
-    return Controller(features=features, action_dim=int(np.prod(space.shape)),
-                      low=space.low.tolist(), high=space.high.tolist(), hidden=c.hidden,
-                      use_cell=c.use_cell, order=None)
+    dims = int(np.prod(space.shape))
+    bad = [d for d in c.clip_dims if not isinstance(d, int) or isinstance(d, bool)
+           or not 0 <= d < dims]
+    if bad:
+        raise ConfigError(f"config key 'controller.clip_dims' must list action dims in "
+                          f"0..{dims - 1} of {space}, got {bad[0]!r}")
+    return Controller(features=features, action_dim=dims, low=space.low.tolist(),
+                      high=space.high.tolist(), hidden=c.hidden, use_cell=c.use_cell,
+                      order=None, clip_dims=list(c.clip_dims))
 
 
 #: action space type -> builder of a dense controller for it
