@@ -32,7 +32,8 @@ def make_controller(z_dim: int, h_dim: int, action_dim: int, *, discrete: bool =
     c = dataclasses.replace(ControllerConfig(), **controller)
     features = z_dim + h_dim * (2 if c.use_cell else 1)
     return Controller(features=features, action_dim=action_dim, discrete=discrete,
-                      low=low, high=high, hidden=c.hidden, use_cell=c.use_cell, order=order)
+                      low=low, high=high, hidden=c.hidden, use_cell=c.use_cell, order=order,
+                      clip_dims=list(c.clip_dims))
 
 
 def lstm_features(z: Tensor, h: Tensor, c: Tensor | None = None) -> Tensor:

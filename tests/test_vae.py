@@ -97,6 +97,44 @@ def test_train_vae_writes_checkpoint_grid_and_resumes(tiny_cfg):
     assert json.loads(sidecar.read_text())["meta"]["epoch"] == 2
 
 
+def test_a_pretrained_v_is_scored_here_and_becomes_the_runs_v(tiny_cfg, tmp_path):
+    from worldmodels.checkpoint import file_digest
+    from worldmodels.config import ConfigError
+    from worldmodels.vae_training import score_holdout
+
+    torch.manual_seed(3)
+    source = tmp_path / "shipped"
+    save_model(source / "vae" / "model.safetensors", ConvVAE(z_dim=tiny_cfg.vae.z_dim))
+    write_shards(run_of(tiny_cfg) / "rollouts", 4, T=40)
+    tiny_cfg.vae.pretrained = str(source)
+    report = train_vae(tiny_cfg, progress=False)
+    run = RunDir(run_of(tiny_cfg))
+    files = run.vae
+    own, theirs = load_model(files.model), load_model(source / "vae" / "model.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(own.state_dict().values(),
+                                                 theirs.state_dict().values(), strict=True))
+    meta = json.loads(files.model.with_name("model.safetensors.json").read_text())["meta"]
+    assert meta["pretrained_sha256"] == file_digest(source / "vae" / "model.safetensors")
+    # the score is the source V's on this run's held-out frames
+    from worldmodels.vae_training import rollout_split
+
+    holdout = rollout_split(tiny_cfg, run)[1]
+    mean = np.load(files.mean, allow_pickle=False)
+    assert report.holdout_mse == pytest.approx(
+        score_holdout(theirs, holdout, mean, torch.device("cpu"), 0)[0])
+    assert report.epochs_done == 0 and files.grid.exists() and not files.state.exists()
+    before = files.model.read_bytes()
+    again = train_vae(tiny_cfg, progress=False)  # a rerun: nothing to do
+    assert files.model.read_bytes() == before and again.holdout_mse == report.holdout_mse
+    save_model(source / "vae" / "model.safetensors", ConvVAE(z_dim=tiny_cfg.vae.z_dim))
+    with pytest.raises(ConfigError, match="use a new run"):  # other weights now
+        train_vae(tiny_cfg, progress=False)
+    tiny_cfg.vae.z_dim = 8
+    with pytest.raises(CheckpointError, match="z_dim"):
+        train_vae(tiny_cfg, progress=False, run=RunDir(tmp_path / "other"))
+    assert files.model.read_bytes() == before
+
+
 @pytest.mark.slow
 def test_sigkill_during_training_then_rerun_completes(tiny_cfg):
     import os

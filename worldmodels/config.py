@@ -157,6 +157,10 @@ class VAEConfig:
     max_holdout_frames: int = _opt(20000, "Held-out frames scored each epoch (0 = all).", ge=0)
     grid_frames: int = _opt(8, "Held-out frames in the reconstruction grid PNG (0: none).",
                             ge=0)
+    pretrained: str = _opt("", "A trained run's or shipped agent's directory whose V this run "
+                               "uses instead of training one: train_vae.py scores it on this "
+                               "run's held-out frames and saves it as the run's V, its SHA-256 "
+                               "recorded (same vae.z_dim). '' = train V.")
 
 
 @dataclass

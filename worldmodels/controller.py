@@ -89,7 +89,7 @@ class Controller(nn.Module):
         discrete: bool = False,
         low: list[float] | None = None,
         high: list[float] | None = None,
-        clip_dims: list[int] | None = None,
+        clip_dims: list[int],
     ):
         """``hidden``, ``use_cell`` and ``order`` (None: argmax head; a list: the ordinal
         head's action per bin) come from ``controller.*`` (:func:`build_controller`)
@@ -97,15 +97,13 @@ class Controller(nn.Module):
         ``use_cell``. ``discrete``, ``low``, ``high``: the action space. ``clip_dims``:
         Box dims mapped by clip(tanh(y), low, high) instead of the affine squash."""
         super().__init__()
-        clip_dims = sorted(set(clip_dims or []))
+        clip_dims = sorted(set(clip_dims))
+        if clip_dims and (discrete or not all(0 <= d < action_dim for d in clip_dims)):
+            raise ValueError(f"clip_dims must be Box action dims in 0..{action_dim - 1}, "
+                             f"got {clip_dims}")
         self._config = dict(features=features, action_dim=action_dim, discrete=discrete,
                             low=low, high=high, hidden=hidden, use_cell=use_cell,
-                            order=None if order is None else list(order))
-        if clip_dims:  # (absent otherwise: checkpoints from before the option load as they were)
-            if discrete or not all(0 <= d < action_dim for d in clip_dims):
-                raise ValueError(f"clip_dims must be Box action dims in 0..{action_dim - 1}, "
-                                 f"got {clip_dims}")
-            self._config["clip_dims"] = clip_dims
+                            order=None if order is None else list(order), clip_dims=clip_dims)
         self.discrete, self.use_cell = discrete, use_cell
         self.ordinal = order is not None
         if self.ordinal:
@@ -131,6 +129,12 @@ class Controller(nn.Module):
 
     def config(self) -> dict:
         return dict(self._config)
+
+    @classmethod
+    def from_checkpoint(cls, **config: object) -> Controller:
+        """Rebuild from a checkpoint's config; one written before ``clip_dims`` existed
+        had none."""
+        return cls(**{"clip_dims": [], **config})  # type: ignore[arg-type]
 
     def logits(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -207,7 +211,7 @@ def _discrete_controller(c: ControllerConfig, features: int, space: gym.Space) -
             raise ConfigError(f"config key 'controller.action_order' must list each of "
                               f"the {n} actions 0..{n - 1} once, got {order}")
     return Controller(features=features, action_dim=n, discrete=True, hidden=c.hidden,
-                      use_cell=c.use_cell, order=order)
+                      use_cell=c.use_cell, order=order, clip_dims=[])
 
 
 def _box_controller(c: ControllerConfig, features: int, space: gym.Space) -> Controller:
@@ -251,7 +255,7 @@ def register_controller(kind: str, model: type[nn.Module], build: ControllerBuil
     """Make ``build`` the builder of ``controller.kind=<kind>``, and ``model`` loadable
     from its checkpoints (:func:`worldmodels.checkpoint.register_model`)."""
     CONTROLLER_KINDS[kind] = build
-    register_model(model.__name__, model)
+    register_model(model.__name__, getattr(model, "from_checkpoint", model))
 
 
 def build_controller(c: ControllerConfig, features: int, action_space: gym.Space) -> FlatPolicy:

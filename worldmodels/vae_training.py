@@ -22,13 +22,15 @@ from tqdm import tqdm
 from worldmodels.atomic import write_atomic
 from worldmodels.checkpoint import (
     CheckpointError,
+    file_digest,
+    read_header,
     read_json,
     resume_training,
     save_model,
     save_state,
     write_json_atomic,
 )
-from worldmodels.config import ExperimentConfig, holdout_base
+from worldmodels.config import ConfigError, ExperimentConfig, holdout_base
 from worldmodels.datasets import (
     FrameDataset,
     ShardLoader,
@@ -113,12 +115,62 @@ def grid_frames(paths: list[Path], count: int) -> np.ndarray:
     return np.stack(picked[:count])
 
 
+def import_vae(cfg: ExperimentConfig, run: RunDir, progress: bool = True) -> VAEReport:
+    """``vae.pretrained``: the V of another run (or shipped agent) becomes this run's,
+    scored on this run's held-out frames like a trained V's epoch (``metrics.json``:
+    epoch 0, with the source and its weights' SHA-256; the weights' header says the same).
+    A rerun with the same source and weights does nothing; a run that trained its own V,
+    or imported other weights, is refused (its latents and M came from that V)."""
+    v, files = cfg.vae, run.vae
+    source = RunDir(Path(v.pretrained).expanduser())
+    if not source.vae.model.exists():
+        raise CheckpointError(f"config key 'vae.pretrained': {source.vae.model}: no trained V")
+    digest = file_digest(source.vae.model)
+    started = time.perf_counter()
+    if files.model.exists():
+        meta = read_header(files.model).get("meta", {})
+        if meta.get("pretrained_sha256") != digest:
+            was = (f"imported from {meta['pretrained']} ({meta['pretrained_sha256']})"
+                   if "pretrained" in meta else "trained here")
+            raise ConfigError(f"config key 'vae.pretrained': {files.model} was {was}, not "
+                              f"{source.vae.model} ({digest}); use a new run")
+        last = read_json(files.metrics, [{}])[-1]
+        return VAEReport(0, int(last.get("frames", 0)), int(last.get("holdout_frames", 0)),
+                         float(last.get("holdout_mse", "nan")),
+                         float(last.get("mean_frame_mse", "nan")),
+                         time.perf_counter() - started, peak_rss_mib())
+    model = source.load_vae(v.z_dim, cfg.device)  # z_dim checked, naming the file
+    train_paths, holdout_paths, skipped_shards = rollout_split(cfg, run)
+    run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
+    device = torch.device(cfg.device)
+    mean = mean_frame(train_paths)
+    write_atomic(files.mean, lambda fh: np.save(fh, mean, allow_pickle=False))
+    holdout_mse, base_mse, n_scored = score_holdout(model, holdout_paths, mean, device,
+                                                    v.max_holdout_frames)
+    if v.grid_frames > 0:
+        save_grid(model, holdout_paths, v.grid_frames, files.grid, device)
+    frames = count_frames(train_paths)
+    origin = {"pretrained": str(source.home), "pretrained_sha256": digest}
+    write_json_atomic(files.metrics, [{"epoch": 0, "holdout_mse": holdout_mse,
+                                       "mean_frame_mse": base_mse, "holdout_frames": n_scored,
+                                       "frames": frames, **origin}])
+    save_model(files.model, model, meta={"epoch": 0, "seed": cfg.seed, **origin})
+    if progress:
+        print(f"V from {source.home}: held-out MSE {holdout_mse:.5f} (mean frame "
+              f"{base_mse:.5f}, ratio {holdout_mse / base_mse:.3f}) on this run's frames")
+    return VAEReport(0, frames, n_scored, holdout_mse, base_mse, time.perf_counter() - started,
+                     peak_rss_mib(), skipped_shards)
+
+
 def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
               progress: bool = True) -> VAEReport:
     """Train (or resume) V on the run's rollouts up to ``cfg.vae.epochs`` epochs; the
-    run is ``cfg``'s default directory unless given."""
+    run is ``cfg``'s default directory unless given. With ``vae.pretrained``, import
+    that V instead (:func:`import_vae`)."""
     run = run or RunDir.for_config(cfg)
     v = cfg.vae
+    if v.pretrained:
+        return import_vae(cfg, run, progress)
     device = torch.device(cfg.device)
     files = run.vae
     train_paths, holdout_paths, skipped_shards = rollout_split(cfg, run)
