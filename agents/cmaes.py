@@ -80,7 +80,8 @@ class ProcessEvaluator:
                  ray_address: str = "", max_steps: int = 0, stall_steps: int = 0,
                  overrides: tuple[str, ...] = (), batch: int = 1):
         # a view's paths differ from its directory's: the tasks carry the view itself
-        self.run_dir: str | RunDir = run if isinstance(run, RunView) else str(run.path)
+        # (a run on another run's world model is rebuilt from its home, which names it)
+        self.run_dir: str | RunDir = run if isinstance(run, RunView) else str(run.home)
         self.engine, self.workers = engine, workers
         self.ray_address, self.max_steps, self.stall_steps = ray_address, max_steps, stall_steps
         self.overrides = tuple(overrides)  # env.* / dream.*: see RunDir.load_config
@@ -192,6 +193,8 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                 "sigma0": c.sigma0, "seed": seed, "max_episode_steps": c.max_episode_steps,
                 "stall_steps": c.stall_steps, "cma": cma.__version__}
     settings["environment"] = c.environment
+    if c.clip_dims:  # (only when set: histories from before the option stay valid)
+        settings["clip_dims"] = sorted(set(c.clip_dims))
     if in_dream:
         settings.update(temperature=cfg.dream.temperature,
                         done=cfg.dream.done, done_threshold=cfg.dream.done_threshold,

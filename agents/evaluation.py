@@ -87,8 +87,9 @@ def default_policy(run: RunDir) -> str:
         return policy if policy in EVAL_POLICIES else "controller"
     if any(run.controller.weights(w).exists() for w in CONTROLLER_WEIGHTS):
         return "controller"
-    return next((a for a in SB3_POLICIES if all(p.exists() for p in run.controller.sb3(a))),
-                "controller")
+    environment = run.load_config().controller.environment
+    return next((a for a in SB3_POLICIES
+                 if all(p.exists() for p in run.controller.sb3(a, environment))), "controller")
 
 
 def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: str,

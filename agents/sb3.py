@@ -188,7 +188,7 @@ def latent_env(run: RunDir, cfg: ExperimentConfig, device: str = "cpu") -> Laten
     vae = run.load_vae(cfg.vae.z_dim, device)
     memory = run.load_memory(device)
     return LatentObservation(make_env_from_config(cfg.env), vae, memory, device,
-                             cfg.controller.use_cell, run_dir=run.path)
+                             cfg.controller.use_cell, run_dir=run.home)
 
 
 #: ``controller.algo`` -> the name of its Stable-Baselines3 class
@@ -300,7 +300,7 @@ def _check_config(run: RunDir, cfg: ExperimentConfig) -> None:
     fixed = [k for k in run.changed_keys(cfg)
              if not k.startswith("controller.") and k not in RUNTIME_KEYS]
     if fixed:
-        raise ConfigError(f"{run.path}: an SB3 policy trains on this run's V and M as its "
+        raise ConfigError(f"{run.home}: an SB3 policy trains on this run's V and M as its "
                           f"config.yaml has them, but '{fixed[0]}' differs; change only "
                           "controller.* keys (or rerun the earlier stages)")
 
@@ -521,7 +521,7 @@ def load_sb3(run: RunDir, cfg: ExperimentConfig, algo: str = "ppo",
     weights, meta_path = run.controller.sb3(algo, environment)
     if not meta_path.exists() or not weights.exists():
         raise CheckpointError(f"{weights}: no {algo} policy trained in the {environment} env "
-                              f"(run train_controller.py --algo {algo} for {run.path})")
+                              f"(run train_controller.py --algo {algo} for {run.home})")
     try:
         meta = json.loads(meta_path.read_text())
     except (ValueError, OSError) as err:

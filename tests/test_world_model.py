@@ -104,6 +104,25 @@ def test_a_borrowed_world_model_is_guarded(shipped, trained, tmp_path):  # noqa:
         export(trained.path, tmp_path / "none", policy="ppo")
 
 
+def test_cmaes_on_a_borrowed_world_model_plays_the_runs_own_controller(shipped, tmp_path):
+    home = tmp_path / "cmaes"
+    args = ["--world-model", str(shipped), "--run", str(home)]
+    # a C of another shape than the shipped one: the workers must read this run's config
+    summary = controller_script.main(args + [
+        "controller.hidden=4", "controller.clip_dims=[2]", "controller.generations=1",
+        "controller.population=2", "controller.rollouts=1", "controller.engine=serial",
+        "controller.eval_every=1", "controller.select_episodes=1"])
+    assert summary["generations"] == 1
+    run = RunDir(home)
+    assert run.load_config().controller.hidden == 4
+    # a rerun with no options continues the run's own config (nothing left to do)
+    again = controller_script.main(args)
+    assert again["generations"] == 1 and run.load_config().controller.hidden == 4
+    result = evaluate_script.main(["--run", str(home), "--episodes", "1",
+                                   "controller.engine=serial"])
+    assert result["policy"] == "controller_selected"
+
+
 def test_a_dotted_override_into_a_mapping_changes_only_that_key():
     base = load_config("carracing", ["solve", "ppo"])
     cfg = load_config("carracing", ["solve", "ppo"], [
@@ -114,3 +133,8 @@ def test_a_dotted_override_into_a_mapping_changes_only_that_key():
                               "log_std_init": -1}}
     assert cfg.controller.sb3_kwargs == want
     assert base.controller.sb3_kwargs["gamma"] == 0.99
+    # a whole mapping replaces the preset's
+    whole = load_config("carracing", ["solve", "ppo"], ["controller.sb3_kwargs={gamma: 0.9}"])
+    assert whole.controller.sb3_kwargs == {"gamma": 0.9}
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config("carracing", [], ["controller.nope.gamma=1"])

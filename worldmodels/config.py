@@ -15,6 +15,7 @@ before any work starts; a bad value raises :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -370,19 +371,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
-def _merge_mappings(old: dict, new: dict) -> dict:
-    """``new`` over ``old`` key by key, nested mappings merged the same way."""
-    out = dict(old)
-    for k, v in new.items():
-        out[k] = _merge_mappings(out[k], v) if isinstance(out.get(k), dict) \
-            and isinstance(v, dict) else v
-    return out
-
-
 def merge_into(obj: Any, values: dict, source: str, prefix: str = "") -> None:
-    """Set the fields of dataclass ``obj`` from a nested dict, checking keys and types.
-    A field that holds a mapping (``controller.sb3_kwargs``) is merged into, key by key:
-    ``controller.sb3_kwargs.gamma=0.995`` changes only ``gamma``."""
+    """Set the fields of dataclass ``obj`` from a nested dict, checking keys and types
+    (a field that holds a mapping, such as ``controller.sb3_kwargs``, is replaced whole;
+    see :func:`parse_override` for one key inside it)."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: '{prefix or '<root>'}' must be a mapping, got {values!r}")
     hints = typing.get_type_hints(type(obj))
@@ -396,9 +388,6 @@ def merge_into(obj: Any, values: dict, source: str, prefix: str = "") -> None:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             merge_into(current, value, source, prefix=f"{dotted}.")
-        elif isinstance(current, dict) and isinstance(value, dict):
-            setattr(obj, key, _coerce(_merge_mappings(current, value), hints[key], dotted,
-                                      source))
         else:
             setattr(obj, key, _coerce(value, hints[key], dotted, source))
 
@@ -410,8 +399,12 @@ def _dotted_to_nested(key: str, value: Any) -> dict:
     return out
 
 
-def parse_override(text: str) -> dict:
-    """``'vae.epochs=5'`` -> ``{'vae': {'epochs': 5}}`` (the value is read as YAML)."""
+def parse_override(text: str, cfg: Any = None) -> dict:
+    """``'vae.epochs=5'`` -> ``{'vae': {'epochs': 5}}`` (the value is read as YAML).
+
+    A key that goes on inside a field holding a mapping (``controller.sb3_kwargs.gamma``)
+    changes that one entry of ``cfg``'s mapping and keeps the others; a whole mapping
+    (``controller.sb3_kwargs={n_steps: 512}``) replaces it."""
     if "=" not in text:
         raise ConfigError(f"command line: override '{text}' must look like key=value")
     key, raw = text.split("=", 1)
@@ -419,6 +412,20 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"command line: cannot read value of '{key}': {err}") from err
+    parts, obj = key.strip().split("."), cfg
+    for i, part in enumerate(parts[:-1]):
+        if obj is None or not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
+            break  # (an unknown key: merge_into names it)
+        obj = getattr(obj, part)
+        if isinstance(obj, dict):  # into a mapping field: change one entry of a copy
+            mapping = copy.deepcopy(obj)
+            inner = mapping
+            for name in parts[i + 1 : -1]:
+                if not isinstance(inner.get(name), dict):
+                    inner[name] = {}
+                inner = inner[name]
+            inner[parts[-1]] = value
+            return _dotted_to_nested(".".join(parts[: i + 1]), mapping)
     return _dotted_to_nested(key.strip(), value)
 
 
@@ -528,7 +535,7 @@ def load_config(
     if not cfg.name:
         cfg.name = "+".join(presets) if presets else "paper"
     for text in overrides or []:
-        merge_into(cfg, parse_override(text), f"command line '{text}'")
+        merge_into(cfg, parse_override(text, cfg), f"command line '{text}'")
     validate(cfg)
     return cfg
 

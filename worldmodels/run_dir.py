@@ -388,7 +388,7 @@ class RunDir:
     def refuse_shipped(self) -> None:
         """Training writes into a run: a shipped agent is refused (one-line error)."""
         if self.is_shipped:
-            raise ConfigError(f"{self.path} is a shipped agent ({SHIPPED_FILE}), which is "
+            raise ConfigError(f"{self.home} is a shipped agent ({SHIPPED_FILE}), which is "
                               "only read: evaluate or dream it, or train in a run directory")
 
     @property
@@ -437,7 +437,7 @@ class RunDir:
         other change is refused, since the files of the run's stages fix it.
         """
         if not self.has_config():
-            raise ConfigError(f"{self.config_file}: no such file; is {self.path} a run "
+            raise ConfigError(f"{self.config_file}: no such file; is {self.home} a run "
                               "directory (made by collect.py or run.py)?")
         cfg = load_config(str(self.config_file), [], list(overrides))
         if trained and overrides:
@@ -449,7 +449,7 @@ class RunDir:
             if fixed:
                 allowed = ", ".join([f"{s}.*" for s in TRAINED_RUN_SECTIONS] + list(RUNTIME_KEYS))
                 raise ConfigError(
-                    f"{self.path} is a trained run: '{fixed[0]}' is fixed by its files "
+                    f"{self.home} is a trained run: '{fixed[0]}' is fixed by its files "
                     f"({saved.get(fixed[0])!r}); only {allowed} can change")
         return cfg
 
@@ -547,7 +547,7 @@ class RunDir:
         path = self.controller.weights(weights or self.controller.default_weights())
         if not path.exists():
             raise CheckpointError(f"{path}: no trained controller (run train_controller.py "
-                                  f"for {self.path})")
+                                  f"for {self.home})")
         controller = self.new_controller(cfg, action_space, memory)
         load_weights(path, controller)
         return controller.eval()
@@ -691,7 +691,9 @@ def borrow_world_model(source: str | Path, dest: str | Path,
     source resumes; another source, or V or M changed since, is refused.
     """
     src, home = RunDir(source), RunDir(dest)
-    cfg = src.load_config(list(overrides), trained=False)
+    # a rerun continues the run's own config (the overrides on top), a new run the source's
+    resumed = home.borrows_world_model and home.has_config()
+    cfg = (home if resumed else src).load_config(list(overrides), trained=False)
     saved = _flatten(to_dict(src.load_config()))
     fixed = sorted(k for k, v in _flatten(to_dict(cfg)).items()
                    if v != saved.get(k) and k.split(".", 1)[0] not in
