@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out) if args.out else None
     if args.in_dream:
         summary = dream_score(run, cfg, args.weights or run.controller.default_weights(),
-                              args.episodes, cfg.seed, out)
+                              args.episodes, cfg.seed, out, policy)
         print(json.dumps(summary, indent=2))
         print(f"mean return {summary['mean']:.1f} ± {summary['std']:.1f} "
               f"over {summary['episodes']} episodes in the dream")

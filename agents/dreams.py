@@ -55,23 +55,33 @@ class DreamEvaluator:
 
 def dream_score(run: RunDir, cfg: ExperimentConfig | None = None, weights: str = "best",
                 episodes: int = 100, seed: int = 0, out_dir: Path | None = None,
-                ) -> dict[str, Any]:
-    """The controller's virtual score: mean and spread of its return over ``episodes``
+                policy: str = "controller") -> dict[str, Any]:
+    """The policy's virtual score: mean and spread of its return over ``episodes``
     dreams at ``cfg.dream``'s settings (the paper's "virtual score"), written to
-    ``controller_dream_tau<T>.json`` in ``out_dir`` (default: the run's ``eval/``)."""
+    ``<policy>_dream_tau<T>.json`` in ``out_dir`` (default: the run's ``eval/``).
+    ``policy``: the CMA-ES controller (its ``weights``) or an SB3 algorithm's policy."""
+    if policy not in ("controller", *SB3_ALGORITHMS):
+        raise ConfigError(f"a dream score needs a trained policy: controller or one of "
+                          f"{', '.join(SB3_ALGORITHMS)}, not '{policy}'")
     cfg = cfg if cfg is not None else run.load_config()
     out = Path(out_dir) if out_dir is not None else run.eval_dir
     check_writable(out)  # before the dreams, not after
     evaluator = DreamEvaluator(run, cfg)
-    load_weights(run.controller.weights(weights), evaluator.controller)
+    if policy == "controller":
+        load_weights(run.controller.weights(weights), evaluator.controller)
+        params = evaluator.controller.get_flat()[None].numpy()
+        name = "controller" + ("" if weights == "best" else f"_{weights}")
+        label = f"controller ({weights}) in the dream"
+    else:
+        evaluator.controller = sb3_controller(run, cfg, policy, cfg.controller.environment)
+        params, name, label = np.zeros((1, 1), np.float32), policy, f"{policy} in the dream"
     seeds = [int(s) for s in np.random.default_rng([seed, 31337]).integers(0, 2**31 - 1,
                                                                           size=episodes)]
-    returns, steps = evaluator.returns(evaluator.controller.get_flat()[None].numpy(), seeds)
+    returns, steps = evaluator.returns(params, seeds)
     tau = evaluator.dream.temperature
-    summary = {"policy": f"controller ({weights}) in the dream", "temperature": tau,
+    summary = {"policy": label, "temperature": tau,
                **describe_returns(returns[0]), "mean_steps": float(steps.mean())}
-    suffix = "" if weights == "best" else f"_{weights}"
-    write_json_atomic(out / f"controller{suffix}_dream_tau{tau:g}.json", summary)
+    write_json_atomic(out / f"{name}_dream_tau{tau:g}.json", summary)
     return summary
 
 

@@ -563,7 +563,11 @@ class SB3Controller(nn.Module):
         return torch.as_tensor(np.asarray(actions), device=x.device)
 
     def batched(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``params`` is ignored (one policy for every row)."""
+        """``params`` is ignored (one policy for every row); x (B, F) or grouped
+        (B, R, F) -> actions (B, ...) or (B, R, ...)."""
+        if x.dim() == 3:
+            actions = self(x.flatten(0, 1))
+            return actions.view(*x.shape[:2], *actions.shape[1:])
         return self(x)
 
     def num_parameters(self) -> int:

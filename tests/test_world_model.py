@@ -72,6 +72,9 @@ def test_ppo_on_a_shipped_world_model_ships_and_plays_by_default(shipped, tmp_pa
     again = evaluate_script.main(["--run", str(ship), "--episodes", "2"])
     assert again["policy"] == "ppo" and again["mean"] == summary["mean"]
     dream_script.main(["--run", str(ship), "--dream-only", "--steps", "4"])
+    virtual = evaluate_script.main(["--run", str(ship), "--in-dream", "--episodes", "3"])
+    assert virtual["policy"] == "ppo in the dream" and virtual["episodes"] == 3
+    assert list((tmp_path / "runs" / "pretrained" / "ship_ppo" / "eval").glob("ppo_dream_tau*"))
     assert tree_hash(shipped) == before  # the world model's agent was only read
 
 
