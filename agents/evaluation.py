@@ -48,7 +48,7 @@ def _write(out: Path, policy: str, rows: list[dict[str, Any]], summary: dict[str
 
 #: overrides of a trained run's config that change how its agent plays in the real env,
 #: so each names its own result files (:func:`result_name`)
-NAMED_OVERRIDES = ("env.", "controller.agent_precision=")
+NAMED_OVERRIDES = ("env.", "controller.agent_precision=", "controller.sb3_deterministic=")
 #: the overrides its workers read (the other runtime keys say how to run the evaluator)
 PLAY_OVERRIDES = (*NAMED_OVERRIDES, "dream.")
 
@@ -101,7 +101,7 @@ def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: st
     ``video_episodes``."""
     started = time.perf_counter()
     controller = sb3_controller(run, cfg, algo, environment)
-    results = play_policy_batched(run, cfg, controller.policy, seeds, cfg.controller.batch_envs)
+    results = play_policy_batched(run, cfg, controller, seeds, cfg.controller.batch_envs)
     rows = [{"episode": i, "seed": s, "return": r, "steps": n}
             for i, (s, (r, n)) in enumerate(zip(seeds, results, strict=True))]
     summary = {"policy": name, **describe_returns(np.array([r for r, _ in results])),

@@ -360,9 +360,11 @@ class _Trainer(BaseCallback):
         n = int(self.model.num_timesteps)
         self.last_eval = n
         returns = [r for r, _ in play_policy_batched(
-            self.run, self.cfg, self.model.policy, self.seeds, self.cfg.controller.batch_envs)]
+            self.run, self.cfg, policy_controller(self.model, self.cfg), self.seeds,
+            self.cfg.controller.batch_envs)]
         mean, std = float(np.mean(returns)), float(np.std(returns))
-        self.state["evals"].append({"step": n, "mean": mean, "std": std})
+        self.state["evals"].append({"step": n, "mean": mean, "std": std,
+                                    "deterministic": self.cfg.controller.sb3_deterministic})
         self.logger.record("selection/mean", mean)
         best = self.state.get("selected")
         if best is None or mean > best["mean"]:
@@ -550,16 +552,26 @@ def load_sb3(run: RunDir, cfg: ExperimentConfig, algo: str = "ppo",
 
 class SB3Controller(nn.Module):
     """An SB3 policy as the batched actor's controller (:class:`agents.batched.BatchedActor`):
-    M's features -> its deterministic actions (``predict``: clipped to a Box), the same
-    parameters for every row."""
+    M's features -> its actions (``predict``: clipped to a Box), the same parameters for
+    every row: the mean action (``deterministic``), or sampled as in training, a policy
+    with gSDE redrawing its exploration noise every ``noise_every`` calls (SB3's
+    ``sde_sample_freq``; 0: once, at the first call). Sampling draws from torch's global
+    generator: seed it for repeatable episodes."""
 
-    def __init__(self, policy: Any, use_cell: bool = False):
+    def __init__(self, policy: Any, use_cell: bool = False, deterministic: bool = True,
+                 noise_every: int = 0):
         super().__init__()
         self.policy, self.use_cell = policy, use_cell
+        self.deterministic, self.noise_every = deterministic, noise_every
+        self.calls = 0
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        actions, _ = self.policy.predict(x.cpu().numpy(), deterministic=True)
+        if not self.deterministic and getattr(self.policy, "use_sde", False) and (
+                self.calls == 0 or (self.noise_every and self.calls % self.noise_every == 0)):
+            self.policy.reset_noise(len(x))
+        self.calls += 1
+        actions, _ = self.policy.predict(x.cpu().numpy(), deterministic=self.deterministic)
         return torch.as_tensor(np.asarray(actions), device=x.device)
 
     def batched(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -574,22 +586,35 @@ class SB3Controller(nn.Module):
         return 1
 
 
-def play_policy_batched(run: RunDir, cfg: ExperimentConfig, policy: Any, seeds: list[int],
-                        batch: int) -> list[tuple[float, int]]:
-    """(return, steps) of one deterministic real episode of ``cfg.env`` per seed, played
-    ``batch`` at a time with the run's V and M batched (the same returns as
-    :func:`play_sb3`'s one at a time, up to float error)."""
+def policy_controller(model: Any, cfg: ExperimentConfig) -> SB3Controller:
+    """The SB3 model's policy as a controller that plays as ``controller.sb3_deterministic``
+    says (sampled: gSDE noise redrawn every ``sde_sample_freq`` steps, as in training)."""
+    every = int(getattr(model, "sde_sample_freq", -1))
+    return SB3Controller(model.policy, cfg.controller.use_cell,
+                         cfg.controller.sb3_deterministic, max(every, 0))
+
+
+def play_policy_batched(run: RunDir, cfg: ExperimentConfig, controller: SB3Controller,
+                        seeds: list[int], batch: int) -> list[tuple[float, int]]:
+    """(return, steps) of one real episode of ``cfg.env`` per seed, played ``batch`` at a
+    time with the run's V and M batched. Deterministic play gives the same returns as
+    :func:`play_sb3`'s one at a time, up to float error; sampled play is repeatable for
+    the same seeds and batch (torch's generator is seeded from the seeds here, and put
+    back as it was afterwards)."""
     from agents.batched import BatchedActor, Episode
     from agents.vmc import VMCAgent
 
-    agent = VMCAgent(run.load_vae(cfg.vae.z_dim), run.load_memory(),
-                     SB3Controller(policy, cfg.controller.use_cell),  # type: ignore[arg-type]
-                     precision=cfg.controller.agent_precision)
-    actor = BatchedActor(agent, lambda: make_env_from_config(cfg.env), batch)
-    try:
-        results = actor.play([Episode(s, np.zeros(1, np.float32)) for s in seeds])
-    finally:
-        actor.close()
+    with torch.random.fork_rng(devices=[]):  # (building V and M draws from it too)
+        agent = VMCAgent(run.load_vae(cfg.vae.z_dim), run.load_memory(),
+                         controller,  # type: ignore[arg-type]
+                         precision=cfg.controller.agent_precision)
+        actor = BatchedActor(agent, lambda: make_env_from_config(cfg.env), batch)
+        controller.calls = 0
+        torch.manual_seed(int(np.random.default_rng(seeds).integers(2**62)))
+        try:
+            results = actor.play([Episode(s, np.zeros(1, np.float32)) for s in seeds])
+        finally:
+            actor.close()
     return [(r.ret, r.steps) for r in results]
 
 
@@ -598,14 +623,14 @@ def sb3_controller(run: RunDir, cfg: ExperimentConfig, algo: str,
     """The run's trained SB3 policy as a controller on M's features."""
     model, env = load_sb3(run, cfg, algo, environment)
     env.close()
-    return SB3Controller(model.policy, cfg.controller.use_cell)
+    return policy_controller(model, cfg)
 
 
 def play_sb3_batched(run: RunDir, cfg: ExperimentConfig, algo: str, seeds: list[int],
                      environment: str = "real", batch: int = 16) -> list[tuple[float, int]]:
     """The trained SB3 policy's deterministic real episodes, ``batch`` at a time."""
-    policy = sb3_controller(run, cfg, algo, environment).policy
-    return play_policy_batched(run, cfg, policy, seeds, batch)
+    controller = sb3_controller(run, cfg, algo, environment)
+    return play_policy_batched(run, cfg, controller, seeds, batch)
 
 
 def play_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, seeds: list[int],

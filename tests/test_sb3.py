@@ -13,8 +13,10 @@ from stable_baselines3 import PPO
 from torch import nn
 
 from agents.sb3 import (
+    play_policy_batched,
     play_sb3,
     play_sb3_batched,
+    sb3_controller,
     sb3_model_kwargs,
     train_sb3,
 )
@@ -150,6 +152,26 @@ def test_batched_sb3_evaluation_returns_the_serial_returns(tiny_run):  # noqa: F
     assert [n for _, n in batched] == [n for _, n in serial]
     np.testing.assert_allclose([r for r, _ in batched], [r for r, _ in serial], rtol=1e-5,
                                atol=1e-4)
+
+
+def test_sampled_play_is_repeatable_and_leaves_torch_s_generator_alone(tiny_run):  # noqa: F811
+    cfg = tiny_sb3(tiny_run, timesteps=32)
+    cfg.controller.sb3_kwargs = {**TINY, "use_sde": True, "sde_sample_freq": 2}
+    run = RunDir(run_of(cfg))
+    train_sb3(run, cfg, progress=False)
+    seeds = [3, 1, 4]
+    mean_action = play_sb3_batched(run, cfg, "ppo", seeds, batch=2)
+    cfg.controller.sb3_deterministic = False
+    controller = sb3_controller(run, cfg, "ppo")
+    assert controller.noise_every == 2 and not controller.deterministic
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    sampled = play_policy_batched(run, cfg, controller, seeds, batch=2)
+    assert torch.equal(torch.rand(1), before)  # the caller's generator as it was
+    assert play_policy_batched(run, cfg, controller, seeds, batch=2) == sampled  # repeatable
+    assert play_sb3_batched(run, cfg, "ppo", seeds, batch=2) == sampled
+    assert sampled != mean_action  # the samples are not the mean action
 
 
 def test_a_controller_preset_layers_over_a_run(tiny_run):  # noqa: F811

@@ -216,6 +216,10 @@ class ControllerConfig:
                                 "policy_kwargs.activation_fn a torch.nn name like GELU).")
     sb3_envs: int = _opt(8, "Envs an SB3 algorithm steps together: real envs with V and M "
                             "batched, or dreams in one batch (controller.environment).", ge=1)
+    sb3_deterministic: bool = _opt(True, "SB3 policies play (select, evaluate) their mean "
+                                         "action; false: they sample as in training, a gSDE "
+                                         "policy redrawing its noise every sde_sample_freq "
+                                         "steps.")
     sb3_normalize_reward: bool = _opt(False, "SB3: scale training rewards by a running std "
                                              "of the discounted return (VecNormalize, "
                                              "norm_reward only, as rl-zoo's CarRacing); "

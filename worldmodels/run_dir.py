@@ -83,7 +83,7 @@ SHIPPED_FILE = "shipped.json"
 WORLD_MODEL_FILE = "world_model.json"
 RUNTIME_KEYS = ("seed", "device", "root", "name", "controller.engine", "controller.workers",
                 "controller.ray_address", "controller.eval_episodes",
-                "controller.agent_precision")
+                "controller.agent_precision", "controller.sb3_deterministic")
 
 
 @dataclass(frozen=True)
