@@ -141,3 +141,12 @@ def test_a_dotted_override_into_a_mapping_changes_only_that_key():
     assert whole.controller.sb3_kwargs == {"gamma": 0.9}
     with pytest.raises(ConfigError, match="unknown key"):
         load_config("carracing", [], ["controller.nope.gamma=1"])
+
+
+def test_shipping_a_shipped_agent_again_keeps_v_and_m_byte_identical(shipped, tmp_path):
+    again = tmp_path / "again"
+    export(shipped, again, fp16=True)
+    for name in ("vae/model.safetensors", "vae/model.safetensors.json",
+                 "memory/model.safetensors", "memory/model.safetensors.json",
+                 "dream_starts.npz"):
+        assert (again / name).read_bytes() == (shipped / name).read_bytes(), name

@@ -94,8 +94,8 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     controller, sidecar = _policy_files(run, cfg, policy, weights)
     vae, memory_path = run.load_vae(cfg.vae.z_dim), run.memory.weights("best")
     memory = load_model(memory_path, kinds=checkpoint_kinds())
-    memory_meta = {**run.memory_meta(), **read_header(memory_path).get("meta", {}),
-                   "weights": memory_path.stem}
+    memory_meta = {**run.memory_meta(), **read_header(memory_path).get("meta", {})}
+    memory_meta.setdefault("weights", memory_path.stem)  # (a shipped M's says "best")
     dtype = torch.float16 if fp16 else None
     partial = dest.with_name(dest.name + ".partial")
     if partial.exists():
