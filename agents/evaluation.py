@@ -19,7 +19,7 @@ import torch
 
 from agents.cmaes import ProcessEvaluator
 from agents.rollouts import RolloutWorker, describe_returns
-from agents.sb3 import SB3_ALGORITHMS, play_policy_batched, sb3_controller
+from agents.sb3 import SB3_ALGORITHMS, play_policy_episodes, sb3_controller
 from agents.seeds import evaluation_seeds
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
@@ -98,19 +98,20 @@ def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: st
                   ) -> dict[str, Any]:
     """An SB3 policy trained by ``train_controller.py --algo`` on the same seeds, played
     ``controller.batch_envs`` episodes at a time (V and M batched); GIFs of the first
-    ``video_episodes``."""
+    ``video_episodes``, recorded in the same batched play (the very episodes scored)."""
     started = time.perf_counter()
     controller = sb3_controller(run, cfg, algo, environment)
-    results = play_policy_batched(run, cfg, controller, seeds, cfg.controller.batch_envs)
-    rows = [{"episode": i, "seed": s, "return": r, "steps": n}
-            for i, (s, (r, n)) in enumerate(zip(seeds, results, strict=True))]
-    summary = {"policy": name, **describe_returns(np.array([r for r, _ in results])),
+    results = play_policy_episodes(run, cfg, controller, seeds, cfg.controller.batch_envs,
+                                   record=video_episodes)
+    rows = [{"episode": i, "seed": s, "return": r.ret, "steps": r.steps}
+            for i, (s, r) in enumerate(zip(seeds, results, strict=True))]
+    summary = {"policy": name, **describe_returns(np.array([r.ret for r in results])),
                "seconds": time.perf_counter() - started, **extra}
     if video_episodes:
-        worker = RolloutWorker(run, overrides=overrides, controller=controller)
-        for i in range(min(video_episodes, len(seeds))):
-            frames = worker.play_one(np.zeros(1, np.float32), seeds[i], record=True).frames
-            save_video(worker, np.stack(frames), out / f"{name}_episode{i}.gif", video_stride)
+        vae = run.load_vae(cfg.vae.z_dim)
+        for i, result in enumerate(results[:video_episodes]):
+            save_video(vae, np.stack(result.frames), out / f"{name}_episode{i}.gif",
+                       video_stride)
     _write(out, name, rows, summary)
     return summary
 
@@ -174,7 +175,8 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
             for i, s in enumerate(seeds)]
     for i in range(min(video_episodes, episodes) if policy == "controller" else 0):
         frames = worker.play_one(params, seeds[i], record=True).frames
-        save_video(worker, np.stack(frames), out / f"{policy}_episode{i}.gif", video_stride)
+        save_video(worker.agent.vae, np.stack(frames), out / f"{policy}_episode{i}.gif",
+                   video_stride, device=worker.agent.device)
     env_overrides = [o for o in overrides if o.startswith("env.")]
     summary = {"policy": name, **describe_returns(returns[0]),
                "seconds": time.perf_counter() - started, **({"key": key} if key else {}),
@@ -187,18 +189,17 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
 
 
 @torch.no_grad()
-def save_video(worker: RolloutWorker, frames: np.ndarray, path: Path, stride: int = 1,
-               fps: int = 30) -> None:
+def save_video(vae: Any, frames: np.ndarray, path: Path, stride: int = 1, fps: int = 30,
+               device: str | torch.device = "cpu") -> None:
     """Real frames (left) beside V's reconstructions (right), as a GIF of every
     ``stride``-th frame (shown ``stride`` times as long, so the pace stays)."""
     import imageio.v3 as iio
 
     frames = frames[::stride]
-    vae = worker.agent.vae
     pictures = []
     for i in range(0, len(frames), 256):
         chunk = frames[i : i + 256]
-        mu, _ = vae.encode(torch.from_numpy(chunk).to(worker.agent.device))
+        mu, _ = vae.encode(torch.from_numpy(chunk).to(device))
         recon = (vae.decode(mu).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         for real, fake in zip(chunk, recon, strict=True):
             pictures.append(recon_grid(real[None], fake[None], scale=2))

@@ -601,6 +601,13 @@ def play_policy_batched(run: RunDir, cfg: ExperimentConfig, controller: SB3Contr
     :func:`play_sb3`'s one at a time, up to float error; sampled play is repeatable for
     the same seeds and batch (torch's generator is seeded from the seeds here, and put
     back as it was afterwards)."""
+    return [(r.ret, r.steps) for r in play_policy_episodes(run, cfg, controller, seeds, batch)]
+
+
+def play_policy_episodes(run: RunDir, cfg: ExperimentConfig, controller: SB3Controller,
+                         seeds: list[int], batch: int, record: int = 0) -> list[Any]:
+    """:func:`play_policy_batched`'s episodes as :class:`agents.batched.EpisodeResult`,
+    the first ``record`` with their frames: a video of exactly the episode scored."""
     from agents.batched import BatchedActor, Episode
     from agents.vmc import VMCAgent
 
@@ -612,10 +619,11 @@ def play_policy_batched(run: RunDir, cfg: ExperimentConfig, controller: SB3Contr
         controller.calls = 0
         torch.manual_seed(int(np.random.default_rng(seeds).integers(2**62)))
         try:
-            results = actor.play([Episode(s, np.zeros(1, np.float32)) for s in seeds])
+            results = actor.play([Episode(s, np.zeros(1, np.float32), record=i < record)
+                                  for i, s in enumerate(seeds)])
         finally:
             actor.close()
-    return [(r.ret, r.steps) for r in results]
+    return results
 
 
 def sb3_controller(run: RunDir, cfg: ExperimentConfig, algo: str,
