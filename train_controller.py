@@ -23,7 +23,13 @@ from dataclasses import asdict
 
 from agents.cmaes import train_cmaes
 from agents.sb3 import train_sb3
-from worldmodels.config import ConfigError, cli_parser, parse_cli, preset_overrides
+from worldmodels.config import (
+    ConfigError,
+    cli_parser,
+    parse_cli,
+    preset_names,
+    preset_overrides,
+)
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import borrow_world_model, run_from_args
 
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.world_model:
         if not args.run:
             raise ConfigError("--world-model DIR needs --run: the new run's directory")
-        presets = [p for item in args.preset or [] for p in item.split(",") if p]
+        presets = preset_names(args)
         overrides = preset_overrides(args.config or "carracing", presets) if presets else []
         cfg, run = borrow_world_model(args.world_model, args.run,
                                       [*overrides, *args.overrides])

@@ -94,8 +94,7 @@ def default_policy(run: RunDir) -> str:
 
 def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: str,
                   seeds: list[int], out: Path, name: str, extra: dict[str, Any],
-                  overrides: tuple[str, ...], video_episodes: int, video_stride: int,
-                  ) -> dict[str, Any]:
+                  video_episodes: int, video_stride: int) -> dict[str, Any]:
     """An SB3 policy trained by ``train_controller.py --algo`` on the same seeds, played
     ``controller.batch_envs`` episodes at a time (V and M batched); GIFs of the first
     ``video_episodes``, recorded in the same batched play (the very episodes scored)."""
@@ -155,7 +154,7 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
                  **({"env_overrides": env_overrides} if env_overrides else {})}
         return _evaluate_sb3(run, cfg, policy, sb3_environment,
                              evaluation_seeds(seed, episodes), out, name, extra,
-                             tuple(overrides), video_episodes, video_stride)
+                             video_episodes, video_stride)
     params = None
     if policy == "controller":  # (the random policy needs no V, M or env in this process)
         worker = RolloutWorker(run, overrides=tuple(overrides))

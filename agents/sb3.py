@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -46,6 +46,9 @@ from worldmodels.memory import Memory, State, zero_rows
 from worldmodels.pictures import plot_curves
 from worldmodels.run_dir import RUNTIME_KEYS, RunDir
 from worldmodels.vae import ConvVAE
+
+if TYPE_CHECKING:
+    from agents.batched import EpisodeResult
 
 
 class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -605,7 +608,8 @@ def play_policy_batched(run: RunDir, cfg: ExperimentConfig, controller: SB3Contr
 
 
 def play_policy_episodes(run: RunDir, cfg: ExperimentConfig, controller: SB3Controller,
-                         seeds: list[int], batch: int, record: int = 0) -> list[Any]:
+                         seeds: list[int], batch: int, record: int = 0,
+                         ) -> list[EpisodeResult]:
     """:func:`play_policy_batched`'s episodes as :class:`agents.batched.EpisodeResult`,
     the first ``record`` with their frames: a video of exactly the episode scored."""
     from agents.batched import BatchedActor, Episode

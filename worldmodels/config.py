@@ -756,9 +756,11 @@ def exit_on_help_config(args: argparse.Namespace) -> None:
         raise SystemExit(0)
 
 
+def preset_names(args: argparse.Namespace) -> list[str]:
+    """The ``--preset`` names, in order (each option may list several, comma-separated)."""
+    return [p for item in args.preset or [] for p in item.split(",") if p]
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     exit_on_help_config(args)
-    presets: list[str] = []
-    for item in args.preset or []:
-        presets += [p for p in item.split(",") if p]
-    return load_config(args.config or "carracing", presets, args.overrides)
+    return load_config(args.config or "carracing", preset_names(args), args.overrides)

@@ -122,10 +122,12 @@ class Controller(nn.Module):
                 raise ValueError(f"Box actions need low and high of length {action_dim}")
             self.register_buffer("low", torch.tensor(low, dtype=torch.float32))
             self.register_buffer("high", torch.tensor(high, dtype=torch.float32))
-        self.clip: Tensor | None = None
-        if clip_dims:  # a mask, not a buffer: the state dict stays what it was
-            self.clip = torch.zeros(action_dim, dtype=torch.bool)
-            self.clip[clip_dims] = True
+        clip: Tensor | None = None
+        if clip_dims:
+            clip = torch.zeros(action_dim, dtype=torch.bool)
+            clip[clip_dims] = True
+        # not persistent: moves with the module, the state dict stays what it was
+        self.register_buffer("clip", clip, persistent=False)
 
     def config(self) -> dict:
         return dict(self._config)
@@ -153,9 +155,7 @@ class Controller(nn.Module):
         y = torch.tanh(out)
         actions = self.low + (y + 1) / 2 * (self.high - self.low)
         if self.clip is not None:
-            clip = self.clip.to(out.device)
-            actions = torch.where(clip, torch.minimum(torch.maximum(y, self.low), self.high),
-                                  actions)
+            actions = torch.where(self.clip, y.clamp(self.low, self.high), actions)
         return actions
 
     def batched(self, params: Tensor, x: Tensor) -> Tensor:

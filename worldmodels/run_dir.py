@@ -63,6 +63,7 @@ from worldmodels.config import (
     env_slug,
     exit_on_help_config,
     load_config,
+    preset_names,
     preset_overrides,
     read_yaml,
     resolve_config_path,
@@ -442,10 +443,7 @@ class RunDir:
         cfg = load_config(str(self.config_file), [], list(overrides))
         if trained and overrides:
             saved = _flatten(to_dict(load_config(str(self.config_file))))
-            now = _flatten(to_dict(cfg))
-            fixed = sorted(k for k in now if now[k] != saved.get(k)
-                           and k.split(".", 1)[0] not in TRAINED_RUN_SECTIONS
-                           and k not in RUNTIME_KEYS)
+            fixed = fixed_changes(cfg, saved, TRAINED_RUN_SECTIONS)
             if fixed:
                 allowed = ", ".join([f"{s}.*" for s in TRAINED_RUN_SECTIONS] + list(RUNTIME_KEYS))
                 raise ConfigError(
@@ -624,7 +622,7 @@ def run_from_args(args: argparse.Namespace, trained: bool = False,
     """
     exit_on_help_config(args)
     run_path = args.run
-    presets = [p for item in args.preset or [] for p in item.split(",") if p]
+    presets = preset_names(args)
     if run_path and args.config and not presets:
         raise ConfigError("give --run DIR or --config, not both (--config with --run only "
                           "names the file of the --preset)")
@@ -650,6 +648,15 @@ def run_from_args(args: argparse.Namespace, trained: bool = False,
     elif not borrowed_ok:
         run.refuse_borrowed()
     return cfg, run
+
+
+def fixed_changes(cfg: ExperimentConfig, saved: dict[str, Any],
+                  open_sections: tuple[str, ...]) -> list[str]:
+    """The dotted keys where ``cfg`` differs from ``saved`` (a flattened config) outside
+    ``open_sections`` and :data:`RUNTIME_KEYS`: what a run's files fix, sorted."""
+    return sorted(k for k, v in _flatten(to_dict(cfg)).items()
+                  if v != saved.get(k) and k.split(".", 1)[0] not in open_sections
+                  and k not in RUNTIME_KEYS)
 
 
 def world_model_source(marker: Path) -> Path:
@@ -695,9 +702,7 @@ def borrow_world_model(source: str | Path, dest: str | Path,
     resumed = home.borrows_world_model and home.has_config()
     cfg = (home if resumed else src).load_config(list(overrides), trained=False)
     saved = _flatten(to_dict(src.load_config()))
-    fixed = sorted(k for k, v in _flatten(to_dict(cfg)).items()
-                   if v != saved.get(k) and k.split(".", 1)[0] not in
-                   (*TRAINED_RUN_SECTIONS, "controller") and k not in RUNTIME_KEYS)
+    fixed = fixed_changes(cfg, saved, (*TRAINED_RUN_SECTIONS, "controller"))
     if fixed:
         raise ConfigError(f"--world-model {src.home}: '{fixed[0]}' is fixed by its V and M "
                           f"({saved.get(fixed[0])!r}); change only controller.*, env.*, "
