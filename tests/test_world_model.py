@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from tests.test_export import trained, tree_hash  # noqa: F401 - a fixture
 from tools.export_pretrained import export
 from worldmodels.config import ConfigError, load_config
 from worldmodels.errors import InputError
-from worldmodels.run_dir import WORLD_MODEL_FILE, RunDir
+from worldmodels.frmdn_training import latent_split
+from worldmodels.run_dir import WORLD_MODEL_FILE, RunDir, borrow_world_model
 
 #: a PPO that updates every 32 steps of 2 envs
 TINY_PPO = ["--algo", "ppo", "controller.sb3_timesteps=64", "controller.sb3_envs=2",
@@ -150,3 +152,16 @@ def test_shipping_a_shipped_agent_again_keeps_v_and_m_byte_identical(shipped, tm
                  "memory/model.safetensors", "memory/model.safetensors.json",
                  "dream_starts.npz"):
         assert (again / name).read_bytes() == (shipped / name).read_bytes(), name
+
+
+def test_a_borrowed_run_dreams_from_its_sources_training_episodes(trained, tmp_path):  # noqa: F811
+    """``seed=N`` on a run on another run's world model changes C's training, not the
+    data split: its dream starts are the source's training episodes."""
+    source_cfg = trained.load_config()
+    own_train, own_held, _ = latent_split(source_cfg, trained)
+    # a seed that would hold out other episodes, were the split to follow it
+    other_seed = next(s for s in range(1, 50)
+                      if latent_split(replace(source_cfg, seed=s), trained)[1] != own_held)
+    cfg, run = borrow_world_model(trained.path, tmp_path / "c", [f"seed={other_seed}"])
+    assert cfg.seed == other_seed and run.data_seed(cfg) == source_cfg.seed
+    assert latent_split(cfg, run)[:2] == (own_train, own_held)

@@ -97,7 +97,7 @@ class MemoryReport:
 def latent_split(cfg: ExperimentConfig, run: RunDir, check_digest: bool = True,
                  ) -> tuple[list[Path], list[Path], int]:
     """(train, held-out, corrupt shards skipped): the run's latent shards split by
-    episode exactly as V's frames were."""
+    episode exactly as V's frames were (by :meth:`RunDir.data_seed`)."""
     directory = run.latents
     paths = list_shards(directory)
     spec = ShardSpec(z_dim=cfg.vae.z_dim, action_space=run_action_space(run, paths))
@@ -109,7 +109,7 @@ def latent_split(cfg: ExperimentConfig, run: RunDir, check_digest: bool = True,
                          "run encode.py first")
     if check_digest:
         check_latents_current(run, shards)
-    return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed,
+    return (*split_episodes(shards, cfg.data.holdout_fraction, run.data_seed(cfg),
                               cfg.data.holdout_min_episodes, holdout_base(cfg)),
             skipped)
 

@@ -358,6 +358,16 @@ class RunDir:
         starts) and M are that run's, :attr:`home` is this one."""
         return self.world_model_file.is_file()
 
+    def data_seed(self, cfg: ExperimentConfig) -> int:
+        """The seed that split this run's episodes into training and held-out: ``cfg.seed``,
+        or for a run on another run's world model (``--world-model``) that run's own
+        ``seed``, so that ``seed=N`` there changes C's training (CMA-ES, selection seeds)
+        and not which episodes a dream starts from."""
+        source = RunDir(self.path)
+        if not self.borrows_world_model or not source.has_config():
+            return cfg.seed
+        return source.load_config().seed
+
     def refuse_borrowed(self) -> None:
         """The data, V and M stages would write into the borrowed run: refused."""
         if self.borrows_world_model:
