@@ -123,6 +123,26 @@ def test_one_command_makes_the_table_and_the_data_curve(mem_cfg, capsys):
     results = json.loads((out / "results.json").read_text())
     assert {r["train_episodes"] for r in results} == {9}  # 14 episodes, 5 held out
     assert (out / "curve" / "n3_e2" / "frmdn_diag__s2" / "best.safetensors").exists()
+    # ... and is scored on the held-out episodes as often per gradient step: every 2 epochs
+    small = json.loads((out / "curve" / "n3_e2" / "frmdn_diag__s2" / "metrics.json").read_text())
+    assert ["holdout_nll" in m for m in small] == [False, True]
+
+
+def test_eval_every_scores_some_epochs_and_picks_the_best_among_them(mem_cfg):
+    write_latents(run_of(mem_cfg) / "latents")
+    mem_cfg.memory.epochs, mem_cfg.memory.eval_every, mem_cfg.memory.eval_draws = 5, 2, 1
+    report = train_memory(mem_cfg, progress=False)
+    metrics = json.loads((run_of(mem_cfg) / "memory" / "metrics.json").read_text())
+    scored = [m["epoch"] for m in metrics if "holdout_nll" in m]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5] and scored == [2, 4, 5]
+    best = min((m for m in metrics if "holdout_nll" in m), key=lambda m: m["holdout_nll"])
+    assert report.best_epoch == best["epoch"] and report.holdout_nll == best["holdout_nll"]
+    assert report.epochs_done == 5 and report.last_holdout_nll == metrics[-1]["holdout_nll"]
+    # resumed to more epochs, the same rule goes on
+    mem_cfg.memory.epochs = 7
+    train_memory(mem_cfg, progress=False)
+    metrics = json.loads((run_of(mem_cfg) / "memory" / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics if "holdout_nll" in m] == [2, 4, 5, 6, 7]
 
 
 def test_shards_without_an_action_space_are_refused(tmp_path):

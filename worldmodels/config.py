@@ -198,6 +198,10 @@ class MemoryConfig:
     epochs: int = _opt(20, "Epochs over the training episodes.", ge=1)
     patience: int = _opt(0, "Stop after this many epochs without a better held-out NLL (0 = "
                          "off; the best epoch's weights are kept either way).", ge=0)
+    eval_every: int = _opt(1, "Score the held-out episodes every this many epochs, and at "
+                           "the last (the best epoch is chosen among the scored ones); the "
+                           "data curve's small sets use it to keep the scoring per gradient "
+                           "step the same.", ge=1)
     eval_draws: int = _opt(5, "Fixed z draws the held-out NLL is averaged over (its standard "
                            "error is across them).", ge=1)
     shuffle_buffer: int = _opt(2000, "Windows held in memory for shuffling.", ge=1)

@@ -90,7 +90,7 @@ class MemoryReport:
     holdout_nll_mu: float = float("nan")  # whole episodes, z = mu
     holdout_nll_windows: float = float("nan")  # seq_len windows, state reset, over draws
     holdout_nll_windows_se: float = float("nan")
-    last_holdout_nll: float = float("nan")  # the headline of the last epoch
+    last_holdout_nll: float = float("nan")  # the headline of the last scored epoch
     stopped_early: bool = False  # memory.patience ended training before memory.epochs
 
 
@@ -314,7 +314,7 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     best_epoch, best_nll = _best_so_far(files, metrics, select_after)
     meta = {"seed": seed, "done_pos_weight": m.done_pos_weight, "action_space": action_space}
     if (metrics and metrics[-1]["epoch"] == start_epoch > select_after
-            and metrics[-1]["holdout_nll"] < best_nll):
+            and metrics[-1].get("holdout_nll", math.inf) < best_nll):
         # the last epoch was the best, killed before its weights were copied: copy them now
         best_epoch, best_nll = start_epoch, metrics[-1]["holdout_nll"]
         save_model(files.best, model, meta={"epoch": best_epoch, **meta})
@@ -368,7 +368,8 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                 f"skipped ({skipped}, memory.nonfinite=skip), so no model is saved; "
                 "lower memory.lr or change the model (memory.*)")
         seconds = time.perf_counter() - started
-        held = evaluate_memory(model, holdout_paths, cfg, device)
+        scored = (epoch + 1) % m.eval_every == 0 or epoch + 1 == target
+        held = evaluate_memory(model, holdout_paths, cfg, device) if scored else {}
         for k, v in held.items():
             writer.add_scalar(f"m/holdout_{k}", v, step)
         writer.add_scalar("m/seconds_per_epoch", seconds, step)
@@ -378,6 +379,11 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
         write_json_atomic(files.metrics, metrics)  # first: see vae_training
         save_model(files.model, model, meta={"epoch": epoch + 1, **meta})
         save_state(files.state, {"optimizer": optimizer.state_dict(), "epoch": epoch + 1})
+        if not scored:  # memory.eval_every: this epoch is not a candidate for the best
+            if progress:
+                tqdm.write(f"M epoch {epoch + 1}: {seconds:.1f}s (held-out scored every "
+                           f"{m.eval_every} epochs)")
+            continue
         if held["nll"] < best_nll:  # after the last weights: see the copy on resume above
             best_epoch, best_nll = epoch + 1, held["nll"]
             save_model(files.best, model, meta={"epoch": best_epoch, **meta})
@@ -390,13 +396,13 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                        + (f", skipped {skipped} batches" if skipped else "")
                        + (" (best)" if best_epoch == epoch + 1 else ""))
     writer.close()
-    if not metrics:
-        raise CheckpointError(f"{files.dir}: no epochs recorded (memory.epochs=0?)")
-    last = metrics[-1]
+    last = next((x for x in reversed(metrics) if "holdout_nll" in x), None)
+    if last is None:
+        raise CheckpointError(f"{files.dir}: no scored epochs recorded (memory.epochs=0?)")
     chosen = next((x for x in metrics if x["epoch"] == best_epoch), last)
     nan = float("nan")
     return MemoryReport(
-        epochs_done=last["epoch"], holdout_nll=chosen["holdout_nll"],
+        epochs_done=metrics[-1]["epoch"], holdout_nll=chosen["holdout_nll"],
         holdout_reward_mse=chosen.get("holdout_reward_mse", nan),
         holdout_done_acc=chosen.get("holdout_done_acc", nan),
         holdout_done_skill=chosen.get("holdout_done_skill", nan),
@@ -409,7 +415,7 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
         holdout_nll_mu=chosen.get("holdout_nll_mu", nan),
         holdout_nll_windows=chosen.get("holdout_nll_windows", nan),
         holdout_nll_windows_se=chosen.get("holdout_nll_windows_se", nan),
-        last_holdout_nll=last["holdout_nll"], stopped_early=last["epoch"] < target,
+        last_holdout_nll=last["holdout_nll"], stopped_early=metrics[-1]["epoch"] < target,
     )
 
 

@@ -9,7 +9,9 @@ training episodes (by name) for each N asked, scored on the same held-out episod
 into ``memory_compare/curve/n<N>_e<epochs>/<variant>__s<seed>/`` (the full-data point
 with ``memory.epochs`` is the table's own runs). The budget rule is ``steps`` (each size
 gets about the gradient steps of ``memory.epochs`` epochs over the largest size: epochs
-scaled by largest / N) or ``epochs`` (``memory.epochs`` for every size). Either way the
+scaled by largest / N, and ``memory.eval_every`` by round(largest / N), so every size is
+scored on the held-out episodes about as often per gradient step) or ``epochs``
+(``memory.epochs`` for every size). Either way the
 reported figure is the best held-out epoch's (see :mod:`worldmodels.frmdn_training`).
 :func:`write_curve` writes ``curve.md``, ``curve.json`` and ``curve.png``.
 
@@ -80,10 +82,11 @@ def _point_dir(run: RunDir, cfg: ExperimentConfig, n: int, epochs: int, availabl
 
 def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list[int],
             progress: bool = True, train_episodes: int = 0, epochs: int = 0,
-            ) -> list[dict[str, Any]]:
+            eval_every: int = 0) -> list[dict[str, Any]]:
     """Train every variant with every seed on the run's latents (resuming each): on the
     first ``train_episodes`` training episodes (0: all), for ``epochs`` epochs (0:
-    ``memory.epochs``)."""
+    ``memory.epochs``), scored on the held-out episodes every ``eval_every`` epochs (0:
+    ``memory.eval_every``)."""
     for name in variants:  # refuse an unknown variant or a bad variant config up front
         variant_config(cfg, name)
     train, _, _ = latent_split(cfg, run)  # the run has usable latents of its V
@@ -93,8 +96,10 @@ def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list
     rows = []
     for name in variants:
         vcfg = variant_config(cfg, name)
-        if epochs:
-            merge_into(vcfg, {"memory": {"epochs": epochs}}, "compare")
+        if epochs or eval_every:
+            merge_into(vcfg, {"memory": {"epochs": epochs or vcfg.memory.epochs,
+                                         "eval_every": eval_every or vcfg.memory.eval_every}},
+                       "compare")
             validate(vcfg)
         where = _point_dir(run, cfg, train_episodes, vcfg.memory.epochs, len(train))
         for seed in seeds:
@@ -121,9 +126,14 @@ def curve(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list[i
         raise ConfigError(f"{max(sizes)} training episodes asked, {available} exist")
     rows = []
     for n in sorted(set(sizes)):
-        epochs = cfg.memory.epochs if budget == "epochs" \
-            else max(1, round(cfg.memory.epochs * max(sizes) / n))
-        rows += compare(cfg, run, variants, seeds, progress, train_episodes=n, epochs=epochs)
+        # steps: about the largest size's gradient steps and its number of held-out
+        # scorings (every `scale` epochs), so that small sets are not scored more often
+        epochs, scale = cfg.memory.epochs, 1
+        if budget == "steps":
+            epochs = max(1, round(cfg.memory.epochs * max(sizes) / n))
+            scale = max(1, round(max(sizes) / n))
+        rows += compare(cfg, run, variants, seeds, progress, train_episodes=n, epochs=epochs,
+                        eval_every=cfg.memory.eval_every * scale)
     return rows
 
 
