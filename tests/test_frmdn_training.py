@@ -310,3 +310,30 @@ def test_best_epoch_is_kept_loaded_and_patience_stops(mem_cfg, monkeypatch):
     assert run.memory.weights() == run.memory.model  # an M without best weights
     report = train_memory(mem_cfg, progress=False)
     assert report.best_epoch == 7 and read_header(run.memory.best)["meta"]["epoch"] == 7
+
+
+def test_padding_every_window_shares_is_cut_and_changes_no_loss(mem_cfg):
+    """Windows longer than the episodes (whole-episode M) are trimmed to the longest
+    window of the batch; the masked losses are those of the padded batch."""
+    import torch
+
+    from worldmodels.datasets import SequenceDataset, trim_padding
+    from worldmodels.frmdn_training import build_memory
+    from worldmodels.memory import sequence_loss
+
+    write_latents(run_of(mem_cfg) / "latents", n=4, T=30)
+    paths = sorted((run_of(mem_cfg) / "latents").glob("ep_*.npz"))
+    batch = next(iter(SequenceDataset(paths, 100, 4, shuffle=False, z_dim=4)))
+    assert batch["mask"].shape == (4, 30) and batch["mu"].shape == (4, 31, 4)
+    assert batch["mask"].all()  # nothing left that every window pads
+    padded = {k: torch.cat([v, torch.zeros_like(v[:, :1]).expand(-1, 70, *v.shape[2:])], 1)
+              for k, v in batch.items()}
+    assert trim_padding(padded).keys() == batch.keys()
+    assert all(torch.equal(trim_padding(padded)[k], batch[k]) for k in batch)
+    torch.manual_seed(0)
+    memory = build_memory(mem_cfg, 3, False)
+    for k, v in sequence_loss(memory, padded["mu"], padded["action"], padded["reward"],
+                              padded["done"], padded["mask"]).items():
+        trimmed = sequence_loss(memory, batch["mu"], batch["action"], batch["reward"],
+                                batch["done"], batch["mask"])[k]
+        assert torch.allclose(v, trimmed, rtol=1e-5, atol=1e-6), k

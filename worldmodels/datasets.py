@@ -475,4 +475,18 @@ def _pad(x: np.ndarray, pad: int) -> np.ndarray:
 
 
 def _stack(windows: list[dict]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.stack([w[k] for w in windows])) for k in windows[0]}
+    return trim_padding({k: torch.from_numpy(np.stack([w[k] for w in windows]))
+                         for k in windows[0]})
+
+
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` without the trailing steps that are padding in every window: steps
+    (B, L, ...) cut to the longest window's n, latents (B, L+1, z) to n+1.
+
+    Whole-episode windows (``memory.seq_len`` above most episodes' length) are mostly
+    padding: TakeCover's random episodes run ~300 of 1,000 steps. The losses are masked
+    means and M is causal, so the cut changes no loss, only the work."""
+    steps = max(1, int(batch["mask"].sum(1).max()))
+    if steps == batch["mask"].shape[1]:
+        return batch
+    return {k: v[:, : steps + (1 if k in ("mu", "logvar") else 0)] for k, v in batch.items()}
