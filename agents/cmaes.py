@@ -179,7 +179,8 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
 
     ``seed`` seeds CMA-ES, its generations' env (or dream) seeds and the selection seeds
     (default ``cfg.seed``); the data split (a dream's start latents) always follows
-    ``cfg.seed``, so CMA-ES runs with different seeds dream from the same episodes."""
+    :meth:`RunDir.data_seed`, so CMA-ES runs with different seeds dream from the same
+    episodes."""
     run = run or RunDir.for_config(cfg)
     seed = cfg.seed if seed is None else seed
     c = cfg.controller

@@ -122,9 +122,9 @@ def test_one_command_makes_the_table_and_the_data_curve(mem_cfg, capsys):
     assert sum("| frmdn_diag |" in line and line.count("±") == 2 for line in rows) == 2
     results = json.loads((out / "results.json").read_text())
     assert {r["train_episodes"] for r in results} == {9}  # 14 episodes, 5 held out
-    assert (out / "curve" / "n3_e2" / "frmdn_diag__s2" / "best.safetensors").exists()
+    assert (out / "curve" / "n3_e2_k2" / "frmdn_diag__s2" / "best.safetensors").exists()
     # ... and is scored on the held-out episodes as often per gradient step: every 2 epochs
-    small = json.loads((out / "curve" / "n3_e2" / "frmdn_diag__s2" / "metrics.json").read_text())
+    small = json.loads((out / "curve" / "n3_e2_k2" / "frmdn_diag__s2" / "metrics.json").read_text())
     assert ["holdout_nll" in m for m in small] == [False, True]
 
 
@@ -326,14 +326,32 @@ def test_padding_every_window_shares_is_cut_and_changes_no_loss(mem_cfg):
     batch = next(iter(SequenceDataset(paths, 100, 4, shuffle=False, z_dim=4)))
     assert batch["mask"].shape == (4, 30) and batch["mu"].shape == (4, 31, 4)
     assert batch["mask"].all()  # nothing left that every window pads
-    padded = {k: torch.cat([v, torch.zeros_like(v[:, :1]).expand(-1, 70, *v.shape[2:])], 1)
-              for k, v in batch.items()}
-    assert trim_padding(padded).keys() == batch.keys()
-    assert all(torch.equal(trim_padding(padded)[k], batch[k]) for k in batch)
+    padded = [{k: np.concatenate([v[i].numpy(), np.zeros_like(v[i, :1].numpy()).repeat(70, 0)])
+               for k, v in batch.items()} for i in range(4)]
+    trimmed = trim_padding(padded)
+    assert all(np.array_equal(t[k], batch[k][i].numpy())
+               for i, t in enumerate(trimmed) for k in batch)
     torch.manual_seed(0)
     memory = build_memory(mem_cfg, 3, False)
-    for k, v in sequence_loss(memory, padded["mu"], padded["action"], padded["reward"],
-                              padded["done"], padded["mask"]).items():
-        trimmed = sequence_loss(memory, batch["mu"], batch["action"], batch["reward"],
-                                batch["done"], batch["mask"])[k]
-        assert torch.allclose(v, trimmed, rtol=1e-5, atol=1e-6), k
+    stacked = {k: torch.from_numpy(np.stack([w[k] for w in padded])) for k in batch}
+    assert stacked["mask"].shape == (4, 100)
+    keys = ("mu", "action", "reward", "done", "mask")
+    for k, v in sequence_loss(memory, *(stacked[k] for k in keys)).items():
+        assert torch.allclose(v, sequence_loss(memory, *(batch[k] for k in keys))[k],
+                              rtol=1e-5, atol=1e-6), k
+
+
+def test_patience_is_judged_at_scored_epochs(mem_cfg, monkeypatch):
+    """With memory.eval_every=2 and patience 1, an unscored epoch never stops M: it stops
+    after the first scored epoch that did not improve."""
+    import worldmodels.frmdn_training as training
+
+    scores = iter([1.0, 2.0, 3.0, 4.0])  # worse at every scoring after the first
+    monkeypatch.setattr(training, "evaluate_memory", lambda *a, **k: {"nll": next(scores)})
+    write_latents(run_of(mem_cfg) / "latents")
+    mem_cfg.memory.epochs, mem_cfg.memory.eval_every, mem_cfg.memory.patience = 8, 2, 1
+    report = train_memory(mem_cfg, progress=False)
+    metrics = json.loads((run_of(mem_cfg) / "memory" / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert [m.get("holdout_nll") for m in metrics] == [None, 1.0, None, 2.0]
+    assert report.best_epoch == 2 and report.stopped_early

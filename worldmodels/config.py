@@ -196,8 +196,9 @@ class MemoryConfig:
     lr: float = _opt(1e-3, "Adam learning rate.", gt=0)
     grad_clip: float = _opt(1.0, "Gradient norm clip (0 = off).", ge=0)
     epochs: int = _opt(20, "Epochs over the training episodes.", ge=1)
-    patience: int = _opt(0, "Stop after this many epochs without a better held-out NLL (0 = "
-                         "off; the best epoch's weights are kept either way).", ge=0)
+    patience: int = _opt(0, "Stop after this many epochs without a better held-out NLL, "
+                         "judged at scored epochs (memory.eval_every) (0 = off; the best "
+                         "epoch's weights are kept either way).", ge=0)
     eval_every: int = _opt(1, "Score the held-out episodes every this many epochs, and at "
                            "the last (the best epoch is chosen among the scored ones); the "
                            "data curve's small sets use it to keep the scoring per gradient "

@@ -475,18 +475,22 @@ def _pad(x: np.ndarray, pad: int) -> np.ndarray:
 
 
 def _stack(windows: list[dict]) -> dict[str, torch.Tensor]:
-    return trim_padding({k: torch.from_numpy(np.stack([w[k] for w in windows]))
-                         for k in windows[0]})
+    return {k: torch.from_numpy(np.stack([w[k] for w in trim_padding(windows)]))
+            for k in windows[0]}
 
 
-def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``batch`` without the trailing steps that are padding in every window: steps
-    (B, L, ...) cut to the longest window's n, latents (B, L+1, z) to n+1.
+#: window keys with one entry per frame (L+1); the others have one per step (L)
+FRAME_KEYS = ("mu", "logvar")
+
+
+def trim_padding(windows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The windows of one batch without the trailing steps that every one of them pads:
+    steps (L, ...) cut to the longest window's n, latents (L+1, z) to n+1 (views).
 
     Whole-episode windows (``memory.seq_len`` above most episodes' length) are mostly
-    padding: TakeCover's random episodes run ~300 of 1,000 steps. The losses are masked
-    means and M is causal, so the cut changes no loss, only the work."""
-    steps = max(1, int(batch["mask"].sum(1).max()))
-    if steps == batch["mask"].shape[1]:
-        return batch
-    return {k: v[:, : steps + (1 if k in ("mu", "logvar") else 0)] for k, v in batch.items()}
+    padding: TakeCover's data episodes run a few hundred of 1,000 steps. The losses are
+    masked means and M is causal, so the cut changes no loss, only the work."""
+    steps = max(1, max(int(w["mask"].sum()) for w in windows))
+    if steps == len(windows[0]["mask"]):
+        return windows
+    return [{k: v[: steps + (k in FRAME_KEYS)] for k, v in w.items()} for w in windows]

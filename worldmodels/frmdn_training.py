@@ -7,9 +7,10 @@ Files under ``<run>/memory/`` (or another directory given by the caller)::
     best.safetensors (+ .json)    weights of the epoch with the lowest held-out NLL (the
                                   headline below); later stages load these
     train_state.safetensors       optimizer state and counters (safetensors + JSON)
-    metrics.json                  per epoch: held-out NLL (nats / latent dim) as below,
-                                  reward MSE, done accuracy, recall, precision and skill,
-                                  train seconds, skipped batches
+    metrics.json                  per epoch: train seconds, skipped batches and, on
+                                  scored epochs (every ``memory.eval_every`` and the
+                                  last), held-out NLL (nats / latent dim) as below,
+                                  reward MSE, done accuracy, recall, precision and skill
 
 Held-out NLL (:func:`evaluate_memory`), in nats per latent dimension, on the episodes
 :func:`latent_split` holds out (at least ``data.holdout_min_episodes``):
@@ -267,7 +268,7 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
 
     ``out_dir``: where M's files go (default: the run's ``memory/``). ``seed`` seeds
     initialisation and z resampling (default ``cfg.seed``); the data split always
-    follows ``cfg.seed``, so runs with different seeds see the same data.
+    follows :meth:`RunDir.data_seed`, so runs with different seeds see the same data.
     ``train_episodes`` > 0 trains on the first that many training episodes (by name)
     only, scored on the same held-out episodes (a point of a data curve).
 
@@ -320,7 +321,10 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
         save_model(files.best, model, meta={"epoch": best_epoch, **meta})
 
     for epoch in range(start_epoch, target):
-        if m.patience and best_epoch and epoch - best_epoch >= m.patience:
+        # patience is judged after scored epochs only: between scorings best_epoch cannot
+        # move, so counting there would stop before the next scoring could show progress
+        last_scored = bool(metrics) and "holdout_nll" in metrics[-1]
+        if m.patience and best_epoch and last_scored and epoch - best_epoch >= m.patience:
             if progress:
                 tqdm.write(f"M: no better held-out NLL for {epoch - best_epoch} epochs "
                            f"(memory.patience={m.patience}); stopped after epoch {epoch}, "

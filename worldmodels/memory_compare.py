@@ -73,11 +73,14 @@ BASELINE = "rmdn_diag"
 BUDGETS = ("steps", "epochs")
 
 
-def _point_dir(run: RunDir, cfg: ExperimentConfig, n: int, epochs: int, available: int) -> Path:
-    """Where the runs of ``n`` training episodes and ``epochs`` epochs go."""
-    if n in (0, available) and epochs == cfg.memory.epochs:
+def _point_dir(run: RunDir, cfg: ExperimentConfig, n: int, epochs: int, available: int,
+               eval_every: int = 1) -> Path:
+    """Where the runs of ``n`` training episodes and ``epochs`` epochs, scored every
+    ``eval_every`` epochs, go (a point trained under another scoring rule is not reused)."""
+    if n in (0, available) and epochs == cfg.memory.epochs and eval_every == cfg.memory.eval_every:
         return run.memory_compare_dir
-    return run.memory_compare_dir / "curve" / f"n{n or available}_e{epochs}"
+    every = f"_k{eval_every}" if eval_every != 1 else ""
+    return run.memory_compare_dir / "curve" / f"n{n or available}_e{epochs}{every}"
 
 
 def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list[int],
@@ -93,15 +96,17 @@ def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list
     if train_episodes > len(train):
         raise ConfigError(f"{train_episodes} training episodes asked, {len(train)} exist")
     run.write_config(cfg, outputs=(run.memory_compare_dir,))  # inputs accepted
-    rows = []
+    rows, m = [], cfg.memory
     for name in variants:
         vcfg = variant_config(cfg, name)
         if epochs or eval_every:
-            merge_into(vcfg, {"memory": {"epochs": epochs or vcfg.memory.epochs,
-                                         "eval_every": eval_every or vcfg.memory.eval_every}},
-                       "compare")
+            scale = (eval_every or m.eval_every) // m.eval_every  # patience scales alike
+            merge_into(vcfg, {"memory": {"epochs": epochs or m.epochs,
+                                         "eval_every": eval_every or m.eval_every,
+                                         "patience": m.patience * scale}}, "compare")
             validate(vcfg)
-        where = _point_dir(run, cfg, train_episodes, vcfg.memory.epochs, len(train))
+        where = _point_dir(run, cfg, train_episodes, vcfg.memory.epochs, len(train),
+                           vcfg.memory.eval_every)
         for seed in seeds:
             report = report_dict(train_memory(vcfg, run, where / f"{name}__s{seed}", seed=seed,
                                               progress=progress,
