@@ -130,10 +130,9 @@ def test_sequence_windows_shapes_and_mask(tmp_path):
         ds = SequenceDataset(paths, seq_len=10, batch_size=4, shuffle=shuffle, seed=3)
         ds.set_epoch(epoch)
         batches = list(ds)
-        masks = torch.cat([x["mask"] for x in batches])
-        assert masks.sum() == 25 + 7  # every step once per epoch, whatever the offset
-        dones = torch.cat([x["done"] for x in batches])
-        assert dones.sum() == 2  # both terminal steps are trained every epoch
+        # (a batch whose windows all end early is cut to its longest: lengths differ)
+        assert sum(x["mask"].sum() for x in batches) == 25 + 7  # every step once per epoch
+        assert sum(x["done"].sum() for x in batches) == 2  # both terminal steps, every epoch
         # rewards are arange(T): each step's target appears exactly once
         seen = sorted(torch.cat([x["reward"][x["mask"] > 0] for x in batches]).tolist())
         assert seen == sorted(list(range(25)) + list(range(7)))
