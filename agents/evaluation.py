@@ -59,12 +59,13 @@ def play_overrides(overrides: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 
 def result_name(policy: str, weights: str = "best", overrides: tuple[str, ...] = (),
-                sb3_environment: str = "real") -> str:
+                sb3_environment: str = "real", seed: int | None = None) -> str:
     """The stem of an evaluation's files in ``eval/``: ``controller`` (its ``best``
     weights), ``controller_<weights>`` for others, ``<algo>_<environment>`` for an SB3
     policy trained in the dream; each ``env.*`` or ``controller.agent_precision``
     override adds its own suffix (e.g. ``controller_selected_direct_render-false``,
-    ``controller_agent_precision-bfloat16``), so the run's own result stays."""
+    ``controller_agent_precision-bfloat16``), so the run's own result stays; so does
+    ``seed``, the report seed set when it is not the run's own (:func:`other_seed`)."""
     name = policy
     if policy == "controller" and weights != "best":
         name = f"controller_{weights}"
@@ -74,7 +75,13 @@ def result_name(policy: str, weights: str = "best", overrides: tuple[str, ...] =
     if named:
         name += "_" + "_".join(o.removeprefix("env.").removeprefix("controller.")
                                .replace("=", "-") for o in named)
-    return name
+    return name if seed is None else f"{name}_seed{seed}"
+
+
+def other_seed(run: RunDir, seed: int) -> int | None:
+    """``seed`` when it is not the run's own ``seed`` (its evaluation seeds then name
+    their own files, e.g. ``controller_selected_seed1``), else None."""
+    return None if seed == run.load_config().seed else seed
 
 
 def default_policy(run: RunDir) -> str:
@@ -145,7 +152,8 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
     cfg = run.load_config(overrides)
     weights = weights or run.controller.default_weights()
     run.controller.weights(weights)  # a known name
-    name = result_name(policy, weights, tuple(overrides), sb3_environment)
+    name = result_name(policy, weights, tuple(overrides), sb3_environment,
+                       other_seed(run, seed))
     out = Path(out_dir) if out_dir is not None else run.eval_dir
     check_writable(out)
     if policy in SB3_POLICIES:

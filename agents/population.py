@@ -38,7 +38,7 @@ from typing import Any
 from tqdm import tqdm
 
 from agents.cmaes import _seeds_key, train_cmaes
-from agents.evaluation import evaluate, result_name
+from agents.evaluation import evaluate, other_seed, result_name
 from agents.seeds import evaluation_seeds, selection_seeds
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic, write_text_atomic
 from worldmodels.config import ConfigError, ExperimentConfig, merge_into, validate
@@ -193,7 +193,8 @@ def report(view: RunView, cfg: ExperimentConfig, plan: Plan, progress: bool = Fa
     seeds = evaluation_seeds(plan.report_seed, plan.report_episodes)
     key = {"weights": file_digest(view.controller.selected), "seeds": _seeds_key(seeds),
            "episodes": plan.report_episodes, "report_seed": plan.report_seed}
-    cached = read_json(view.eval_dir / f"{result_name('controller', 'selected')}.json", {})
+    name = result_name("controller", "selected", seed=other_seed(view, plan.report_seed))
+    cached = read_json(view.eval_dir / f"{name}.json", {})
     if cached.get("key") == key:
         return {**cached, "cached": True}
     c = cfg.controller

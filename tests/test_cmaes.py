@@ -145,6 +145,14 @@ def test_evaluate_plays_env_overrides_and_keeps_the_runs_own_result(tiny_run):
              (out / "controller_max_episode_steps-30.csv").read_text().splitlines()[1:]]
     assert max(steps) <= 30
     assert json.loads((out / "controller.json").read_text())["mean"] == own["mean"]
+    # other report seeds than the run's own name their own files too
+    seed = run.load_config().seed + 1
+    other = evaluate(run, episodes=2, engine="serial", progress=False, seed=seed)
+    assert other["policy"] == f"controller_seed{seed}"
+    seeds = [(out / f"{name}.csv").read_text().splitlines()[1].split(",")[1]
+             for name in ("controller", f"controller_seed{seed}")]
+    assert seeds[0] != seeds[1]
+    assert json.loads((out / "controller.json").read_text())["mean"] == own["mean"]
     worker = RolloutWorker(run, overrides=("env.direct_render=true",))
     assert isinstance(worker.env.unwrapped, DirectCarRacing)
     with pytest.raises(ConfigError, match="'vae.z_dim' is fixed"):
