@@ -363,10 +363,10 @@ class RunDir:
         or for a run on another run's world model (``--world-model``) that run's own
         ``seed``, so that ``seed=N`` there changes C's training (CMA-ES, selection seeds)
         and not which episodes a dream starts from."""
-        source = RunDir(self.path)
-        if not self.borrows_world_model or not source.has_config():
+        if not self.borrows_world_model:
             return cfg.seed
-        return source.load_config().seed
+        source = RunDir(self.path)
+        return source.load_config().seed if source.has_config() else cfg.seed
 
     def refuse_borrowed(self) -> None:
         """The data, V and M stages would write into the borrowed run: refused."""
