@@ -7,10 +7,11 @@ variant's gap to the RMDN), reward MSE, done accuracy, seconds per epoch.
     python compare_memory.py --run runs/CarRacing-v3/quick --episodes 10,20,35 \
         --variants rmdn_diag,frmdn_square_conditional      # and the data curve
 
-``--episodes``: also the data curve, each variant and seed trained on the first N
-training episodes for each N (same held-out episodes; ``--budget steps``: the same
-gradient steps for every N, ``epochs``: the same epochs), written to the run's
-``memory_compare/curve.md``, ``curve.json`` and ``curve.png``.
+``--episodes``: also the data curve, each variant and seed trained on N of the
+training episodes for each N (nested subsets fixed by the data seed; the same held-out
+episodes; ``--budget steps``: the same gradient steps for every N, ``epochs``: the same
+epochs), written to the run's ``memory_compare/curve.md``, ``curve.json`` and
+``curve.png``.
 """
 
 from __future__ import annotations

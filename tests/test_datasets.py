@@ -8,6 +8,7 @@ from worldmodels.datasets import (
     SequenceDataset,
     count_frames,
     mean_frame,
+    nested_subset,
     split_episodes,
 )
 from worldmodels.shards import RolloutShard, write_npz_atomic
@@ -53,6 +54,21 @@ def test_split_holds_out_a_minimum_of_episodes(tmp_path, capsys):
         err = capsys.readouterr().err
         assert (err.count("\n"), "data.holdout_min_episodes=5" in err) == \
             ((0, False) if n >= 10 else (1, True))
+
+
+def test_nested_subset_is_nested_fixed_by_seed_and_mixes_the_data(tmp_path):
+    """A data curve's training sets: each smaller set inside the larger, fixed by the
+    seed, and drawn from the whole collection, not from its first episodes by name."""
+    paths = [tmp_path / f"ep_{i:06d}.npz" for i in range(400)]
+    sets = [nested_subset(paths, n, seed=0) for n in (10, 40, 200, 400)]
+    for small, big in zip(sets, sets[1:], strict=False):
+        assert set(small) < set(big) and small == sorted(small)
+    assert set(sets[-1]) == set(paths)
+    assert nested_subset(list(reversed(paths)), 40, seed=0) == sets[1]
+    assert nested_subset(paths, 40, seed=1) != sets[1]
+    # half the collection is "policy A" (the first 200 by name): a subset holds both
+    first_half = sum(p in set(paths[:200]) for p in sets[1])
+    assert 8 <= first_half <= 32
 
 
 def test_v_and_m_split_the_same_episodes(tmp_path, tiny_cfg):

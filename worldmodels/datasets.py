@@ -2,6 +2,7 @@
 
 * :func:`split_episodes` — a train / held-out split by episode, fixed by the seed and
   stable when more episodes are collected later.
+* :func:`nested_subset` — nested training subsets of a data curve, fixed by the seed.
 * :class:`FrameDataset` — shuffled batches of frames for V, through a bounded buffer.
 * :class:`SequenceDataset` — shuffled batches of latent windows for M.
 
@@ -84,6 +85,16 @@ def split_episodes(
               f"{2 * min_episodes})", file=sys.stderr)
     held = set(ranked[:count])
     return [p for p in paths if p not in held], [p for p in paths if p in held]
+
+
+def nested_subset(paths: Sequence[Path], n: int, seed: int) -> list[Path]:
+    """``n`` of ``paths`` (sorted by name on return): those first in an order fixed by
+    ``(seed, file name)``. The subsets are nested (the first n of a larger n are the
+    same episodes) and, unlike the first n by name, draw from every part of the data
+    in proportion, e.g. from each policy of a mixed collection (``random:2000,linear``
+    names its random episodes first)."""
+    ranked = sorted((Path(p) for p in paths), key=lambda p: _unit_hash(seed, "subset:" + p.name))
+    return sorted(ranked[:n])
 
 
 def _worker_slice(items: Sequence) -> tuple[Sequence, int]:

@@ -62,6 +62,7 @@ from worldmodels.config import ConfigError, ExperimentConfig, holdout_base
 from worldmodels.datasets import (
     SequenceDataset,
     ShardLoader,
+    nested_subset,
     read_latents,
     split_episodes,
     usable_shards,
@@ -269,8 +270,9 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     ``out_dir``: where M's files go (default: the run's ``memory/``). ``seed`` seeds
     initialisation and z resampling (default ``cfg.seed``); the data split always
     follows :meth:`RunDir.data_seed`, so runs with different seeds see the same data.
-    ``train_episodes`` > 0 trains on the first that many training episodes (by name)
-    only, scored on the same held-out episodes (a point of a data curve).
+    ``train_episodes`` > 0 trains on that many of the training episodes only
+    (:func:`~worldmodels.datasets.nested_subset` by the data seed), scored on the same
+    held-out episodes (a point of a data curve).
 
     A later round of iterative training (``run.py`` with ``run.iterations`` > 1) gives
     ``epochs``, the round's cumulative target instead of ``memory.epochs``, and
@@ -289,7 +291,7 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
         if train_episodes > len(train_paths):
             raise ConfigError(f"{train_episodes} training episodes asked, "
                               f"{len(train_paths)} exist")
-        train_paths = train_paths[:train_episodes]
+        train_paths = nested_subset(train_paths, train_episodes, run.data_seed(cfg))
     action_dim, discrete = action_info(train_paths[0])
     action_space = read_meta(train_paths[0])["action_space"]
 

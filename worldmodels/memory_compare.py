@@ -4,15 +4,16 @@ Each (variant, seed) trains into ``<run>/memory_compare/<variant>__s<seed>/`` an
 resumes like any M run, so an interrupted comparison picks up where it stopped.
 :func:`write_results` writes the table (``results.md``, ``results.json``).
 
-The data curve (:func:`curve`): every variant and seed trained again on the first N
-training episodes (by name) for each N asked, scored on the same held-out episodes,
-into ``memory_compare/curve/n<N>_e<epochs>/<variant>__s<seed>/`` (the full-data point
-with ``memory.epochs`` is the table's own runs). The budget rule is ``steps`` (each size
-gets about the gradient steps of ``memory.epochs`` epochs over the largest size: epochs
+The data curve (:func:`curve`): every variant and seed trained again on N of the
+training episodes for each N asked (:func:`~worldmodels.datasets.nested_subset`),
+scored on the same held-out episodes, into
+``memory_compare/curve/n<N>_e<epochs>/<variant>__s<seed>/`` (the full-data point with
+``memory.epochs`` is the table's own runs). The budget rule is ``steps`` (each size gets
+about the gradient steps of ``memory.epochs`` epochs over the largest size: epochs
 scaled by largest / N, and ``memory.eval_every`` by round(largest / N), so every size is
 scored on the held-out episodes about as often per gradient step) or ``epochs``
-(``memory.epochs`` for every size). Either way the
-reported figure is the best held-out epoch's (see :mod:`worldmodels.frmdn_training`).
+(``memory.epochs`` for every size). Either way the reported figure is the best held-out
+epoch's (see :mod:`worldmodels.frmdn_training`).
 :func:`write_curve` writes ``curve.md``, ``curve.json`` and ``curve.png``.
 
 Figures are the headline held-out NLL (nats per latent dimension): mean over seeds ±
