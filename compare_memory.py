@@ -7,11 +7,11 @@ variant's gap to the RMDN), reward MSE, done accuracy, seconds per epoch.
     python compare_memory.py --run runs/CarRacing-v3/quick --episodes 10,20,35 \
         --variants rmdn_diag,frmdn_square_conditional      # and the data curve
 
-``--episodes``: also the data curve, each variant and seed trained on N of the
+``--episodes``: the data curve instead, each variant and seed trained on N of the
 training episodes for each N (nested subsets fixed by the data seed; the same held-out
 episodes; ``--budget steps``: the same gradient steps for every N, ``epochs``: the same
 epochs), written to the run's ``memory_compare/curve.md``, ``curve.json`` and
-``curve.png``.
+``curve.png``; the table is then the largest N's (``memory.epochs`` epochs).
 """
 
 from __future__ import annotations
@@ -46,12 +46,14 @@ def main(argv: list[str] | None = None) -> str:
     seeds = comma_integers(args.seeds, "--seeds")
     sizes = comma_integers(args.episodes, "--episodes")
     variants = comma_list(args.variants)
-    rows = compare(cfg, run, variants, seeds)
-    text = write_results(run, rows)
-    if sizes:
-        text += "\n\n" + write_curve(run, curve(cfg, run, variants, seeds, sizes, args.budget),
-                                     args.budget)
-        text += f"\n\nplot: {run.memory_compare_dir / 'curve.png'}"
+    if not sizes:
+        text = write_results(run, compare(cfg, run, variants, seeds))
+    else:  # the table is the curve's largest size: no training beyond the curve's
+        points = curve(cfg, run, variants, seeds, sizes, args.budget)
+        text = (f"{max(sizes)} training episodes:\n"
+                + write_results(run, [r for r in points if r["train_episodes"] == max(sizes)])
+                + "\n\n" + write_curve(run, points, args.budget)
+                + f"\n\nplot: {run.memory_compare_dir / 'curve.png'}")
     print(text)
     return text
 

@@ -121,7 +121,10 @@ def test_one_command_makes_the_table_and_the_data_curve(mem_cfg, capsys):
     assert len(rows) == 4 and all(line.count("±") >= 1 for line in rows)
     assert sum("| frmdn_diag |" in line and line.count("±") == 2 for line in rows) == 2
     results = json.loads((out / "results.json").read_text())
-    assert {r["train_episodes"] for r in results} == {9}  # 14 episodes, 5 held out
+    # the table is the largest size's: nothing is trained on all 9 training episodes
+    assert {r["train_episodes"] for r in results} == {6} and len(results) == 2 * 3
+    assert text.startswith("6 training episodes:")
+    assert not list(out.glob("*__s*")) and not (out / "curve" / "n9_e1").exists()
     assert (out / "curve" / "n3_e2_k2" / "frmdn_diag__s2" / "best.safetensors").exists()
     # ... and is scored on the held-out episodes as often per gradient step: every 2 epochs
     small = json.loads((out / "curve" / "n3_e2_k2" / "frmdn_diag__s2" / "metrics.json").read_text())
