@@ -55,6 +55,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the dream's FRMDN: a coupling flow inverts in two passes, a MAF in z_dim
     "frmdn_square_coupling_conditional": {"flow": "coupling", "precision": "square",
                                           "flow_conditional": True},
+    # its ablation: the same flow with a diagonal precision (what the tied U adds)
+    "frmdn_diag_coupling_conditional": {"flow": "coupling", "precision": "diag",
+                                        "flow_conditional": True},
 }
 #: compare_memory.py's default set: the paper's variants (MAF flows) and the baseline
 PAPER_VARIANTS = tuple(v for v in VARIANTS if "coupling" not in v)
