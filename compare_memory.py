@@ -11,7 +11,8 @@ variant's gap to the RMDN), reward MSE, done accuracy, seconds per epoch.
 training episodes for each N (nested subsets fixed by the data seed; the same held-out
 episodes; ``--budget steps``: the same gradient steps for every N, ``epochs``: the same
 epochs), written to the run's ``memory_compare/curve.md``, ``curve.json`` and
-``curve.png``; the table is then the largest N's (``memory.epochs`` epochs).
+``curve.png``; the table is then the largest N's. ``--budget-episodes M``: the steps are
+those of ``memory.epochs`` epochs over M episodes rather than over the largest N.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> str:
                         help="comma-separated training-set sizes: also the data curve")
     parser.add_argument("--budget", default="steps", choices=BUDGETS,
                         help="data curve: the same gradient steps or the same epochs per size")
+    parser.add_argument("--budget-episodes", type=int, default=0,
+                        help="data curve, budget steps: the size whose memory.epochs set the "
+                             "steps (default: the largest), e.g. to add a size to a finished "
+                             "curve")
     args: argparse.Namespace = parse_cli(parser, argv)
     cfg, run = run_from_args(args)
     seeds = comma_integers(args.seeds, "--seeds")
@@ -49,7 +54,8 @@ def main(argv: list[str] | None = None) -> str:
     if not sizes:
         text = write_results(run, compare(cfg, run, variants, seeds))
     else:  # the table is the curve's largest size: no training beyond the curve's
-        points = curve(cfg, run, variants, seeds, sizes, args.budget)
+        points = curve(cfg, run, variants, seeds, sizes, args.budget,
+                       budget_episodes=args.budget_episodes)
         text = (f"{max(sizes)} training episodes:\n"
                 + write_results(run, [r for r in points if r["train_episodes"] == max(sizes)])
                 + "\n\n" + write_curve(run, points, args.budget)

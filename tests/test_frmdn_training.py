@@ -5,6 +5,7 @@ import pytest
 
 from tests.conftest import run_of
 from worldmodels.checkpoint import save_model
+from worldmodels.config import ConfigError
 from worldmodels.datasets import split_episodes
 from worldmodels.frmdn_training import train_memory
 from worldmodels.memory_compare import compare, table
@@ -129,6 +130,30 @@ def test_one_command_makes_the_table_and_the_data_curve(mem_cfg, capsys):
     # ... and is scored on the held-out episodes as often per gradient step: every 2 epochs
     small = json.loads((out / "curve" / "n3_e2_k2" / "frmdn_diag__s2" / "metrics.json").read_text())
     assert ["holdout_nll" in m for m in small] == [False, True]
+
+
+def test_a_larger_size_joins_a_finished_curve_under_its_budget(mem_cfg):
+    """--budget-episodes: the step budget stays the one the finished points were trained
+    under, so they are reused as they are and only the new size trains."""
+    import compare_memory
+
+    write_latents(run_of(mem_cfg) / "latents", n=14, T=20)
+    mem_cfg.memory.eval_draws, mem_cfg.memory.epochs, mem_cfg.memory.patience = 1, 2, 1
+    run = RunDir(run_of(mem_cfg))
+    run.write_config(mem_cfg)
+    common = ["--run", str(run.path), "--variants", "rmdn_diag", "--seeds", "0"]
+    compare_memory.main([*common, "--episodes", "2,4"])
+    points = run.memory_compare_dir / "curve"
+    before = {p: p.read_bytes() for p in sorted(points.glob("*/*/best.safetensors"))}
+    assert [p.parent.parent.name for p in before] == ["n2_e4_k2", "n4_e2"]
+    compare_memory.main([*common, "--episodes", "2,4,8", "--budget-episodes", "4"])
+    assert all(p.read_bytes() == b for p, b in before.items())  # not retrained
+    curve = json.loads((run.memory_compare_dir / "curve.json").read_text())
+    # 8 episodes: 2 epochs' steps over 4 episodes = 1 epoch, scored every epoch
+    assert {(r["train_episodes"], r["epochs"]) for r in curve} == {(2, 4), (4, 2), (8, 1)}
+    assert (points / "n8_e1" / "rmdn_diag__s0" / "best.safetensors").exists()
+    with pytest.raises(ConfigError, match="budget"):
+        compare_memory.main([*common, "--episodes", "2", "--budget-episodes", "-1"])
 
 
 def test_eval_every_scores_some_epochs_and_picks_the_best_among_them(mem_cfg):

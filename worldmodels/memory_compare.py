@@ -9,9 +9,10 @@ training episodes for each N asked (:func:`~worldmodels.datasets.nested_subset`)
 scored on the same held-out episodes, into
 ``memory_compare/curve/n<N>_e<epochs>/<variant>__s<seed>/`` (the full-data point with
 ``memory.epochs`` is the table's own runs). The budget rule is ``steps`` (each size gets
-about the gradient steps of ``memory.epochs`` epochs over the largest size: epochs
-scaled by largest / N, and ``memory.eval_every`` by round(largest / N), so every size is
-scored on the held-out episodes about as often per gradient step) or ``epochs``
+about the gradient steps of ``memory.epochs`` epochs over the reference size, by default
+the largest: epochs and ``memory.eval_every`` scaled by reference / N and rounded to
+whole epochs, so every size is scored on the held-out episodes about as often per
+gradient step) or ``epochs``
 (``memory.epochs`` for every size). Either way the reported figure is the best held-out
 epoch's (see :mod:`worldmodels.frmdn_training`).
 :func:`write_curve` writes ``curve.md``, ``curve.json`` and ``curve.png``.
@@ -104,10 +105,12 @@ def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list
     for name in variants:
         vcfg = variant_config(cfg, name)
         if epochs or eval_every:
-            scale = (eval_every or m.eval_every) // m.eval_every  # patience scales alike
+            # patience (in epochs) scales with the scoring interval; it stays on if it was
+            scale = (eval_every or m.eval_every) / m.eval_every
+            patience = max(1, round(m.patience * scale)) if m.patience else 0
             merge_into(vcfg, {"memory": {"epochs": epochs or m.epochs,
                                          "eval_every": eval_every or m.eval_every,
-                                         "patience": m.patience * scale}}, "compare")
+                                         "patience": patience}}, "compare")
             validate(vcfg)
         where = _point_dir(run, cfg, train_episodes, vcfg.memory.epochs, len(train),
                            vcfg.memory.eval_every)
@@ -123,9 +126,11 @@ def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list
 
 def curve(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list[int],
           sizes: list[int], budget: str = "steps", progress: bool = True,
-          ) -> list[dict[str, Any]]:
+          budget_episodes: int = 0) -> list[dict[str, Any]]:
     """The data curve: :func:`compare` for each training-set size in ``sizes`` under the
-    ``budget`` rule (see the module's docstring)."""
+    ``budget`` rule (see the module's docstring). ``budget_episodes`` (0: the largest
+    size) is the size whose ``memory.epochs`` set the step budget, so that a larger size
+    can be added to a finished curve without retraining its points."""
     if budget not in BUDGETS:
         raise ConfigError(f"budget must be one of {', '.join(BUDGETS)}, not '{budget}'")
     if not sizes or min(sizes) < 1:
@@ -133,16 +138,18 @@ def curve(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list[i
     available = len(latent_split(cfg, run)[0])
     if max(sizes) > available:
         raise ConfigError(f"{max(sizes)} training episodes asked, {available} exist")
-    rows = []
+    if budget_episodes < 0:
+        raise ConfigError(f"the budget's size must be positive, not {budget_episodes}")
+    reference, rows = budget_episodes or max(sizes), []
     for n in sorted(set(sizes)):
-        # steps: about the largest size's gradient steps and its number of held-out
-        # scorings (every `scale` epochs), so that small sets are not scored more often
-        epochs, scale = cfg.memory.epochs, 1
+        # steps: about the reference size's gradient steps and its number of held-out
+        # scorings, so that no size is scored more or less often per gradient step
+        epochs, eval_every = cfg.memory.epochs, cfg.memory.eval_every
         if budget == "steps":
-            epochs = max(1, round(cfg.memory.epochs * max(sizes) / n))
-            scale = max(1, round(max(sizes) / n))
+            epochs = max(1, round(cfg.memory.epochs * reference / n))
+            eval_every = max(1, round(cfg.memory.eval_every * reference / n))
         rows += compare(cfg, run, variants, seeds, progress, train_episodes=n, epochs=epochs,
-                        eval_every=cfg.memory.eval_every * scale)
+                        eval_every=eval_every)
     return rows
 
 
