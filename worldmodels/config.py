@@ -176,7 +176,8 @@ class MemoryConfig:
                                      "diagonal mixture; reads no precision or flow key).")
     hidden: int = _opt(256, "Recurrent hidden size (LSTM or GRU).", ge=1)
     mixtures: int = _opt(5, "Mixture components K.", ge=1)
-    # square + a conditioned MAF won the comparison in docs/results.md on both envs' latents
+    # the FRMDN (square U, MAF conditioned on h_t); against the RMDN (precision=diag,
+    # flow=none) by held-out NLL: docs/experiments/m-nll-data-curve.md
     precision: Precision = _opt("square", "Tied precision U D_k U^T.")
     overcomplete_m: int = _opt(0, "Columns m > d of an overcomplete U (0 = d + max(4, d // 4)).",
                                ge=0)
