@@ -13,7 +13,9 @@ code when absent). Selection: every ``controller.eval_every`` generations (or
 episodes. Score: the selected C on ``--report-episodes`` real episodes of the report
 seeds. Writes ``<run>/controller_compare/`` (one directory per run, ``results.md``,
 ``results.json``, ``population.png``); a rerun skips finished runs and resumes the rest.
-Overrides may change ``controller.*``, ``dream.*`` and ``device`` only.
+Overrides may change ``controller.*``, ``dream.*`` and ``device`` only. ``--shard K/N``
+splits the runs between N processes (started with K = 0 .. N-1, e.g. one per core); each
+trains a missing M under a lock, and each one's table covers every run finished so far.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from agents.population import Plan, population_experiment, write_results
 from worldmodels.config import ConfigError, cli_parser, comma_integers, comma_list, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import run_from_args
+
+
+def shard_of(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N)."""
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"--shard must be K/N with whole numbers (e.g. 0/2), not '{text}'")
+    return int(parts[0]), int(parts[1])
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -43,16 +53,20 @@ def main(argv: list[str] | None = None) -> str:
                         help="real episodes that score each run's selected C")
     parser.add_argument("--report-seed", type=int, default=0,
                         help="the report seeds' stream (the same for every run)")
+    parser.add_argument("--shard", default="0/1", metavar="K/N",
+                        help="run every N-th run from the K-th (0-based), so that N "
+                             "processes, e.g. one per core, share the plan")
     args: argparse.Namespace = parse_cli(parser, argv)
     if not args.run:
         raise ConfigError("give --run DIR: the trained run whose V and data the Ms share")
+    shard, shards = shard_of(args.shard)
     cfg, run = run_from_args(args)
     plan = Plan(variants=tuple(comma_list(args.memories)),
                 populations=tuple(comma_integers(args.populations, "--populations")),
                 seeds=tuple(comma_integers(args.seeds, "--seeds")),
                 dream_episodes=args.dream_episodes, memory_seed=args.memory_seed,
                 selections=args.selections, report_episodes=args.report_episodes,
-                report_seed=args.report_seed)
+                report_seed=args.report_seed, shard=shard, shards=shards)
     rows = population_experiment(cfg, run, plan)
     text = write_results(run, rows)
     text += f"\n\nplot: {run.controller_compare.plot}"

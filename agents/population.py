@@ -31,8 +31,12 @@ the report evaluation is reused when the same weights played the same seeds.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -58,7 +62,9 @@ class Plan:
     ``dream_episodes`` dream episodes, its ``selected`` C scored on ``report_episodes``
     real episodes of ``report_seed``'s report seeds. ``eval_every`` 0: the config's
     ``controller.eval_every``; ``selections`` > 0 instead selects that many times a
-    run, every ``generations // selections`` generations."""
+    run, every ``generations // selections`` generations. ``shard`` of ``shards``: this
+    process runs every ``shards``-th job of :func:`jobs_of` from the ``shard``-th, so that
+    ``shards`` processes share the plan (each one's results cover every finished run)."""
 
     variants: tuple[str, ...]
     populations: tuple[int, ...]
@@ -69,6 +75,8 @@ class Plan:
     selections: int = 0
     report_episodes: int = 100
     report_seed: int = 0
+    shard: int = 0
+    shards: int = 1
 
 
 def generations_for(dream_episodes: int, population: int, rollouts: int) -> int:
@@ -205,22 +213,43 @@ def report(view: RunView, cfg: ExperimentConfig, plan: Plan, progress: bool = Fa
     return {**summary, "cached": False}
 
 
-def one_run(run: RunDir, cfg: ExperimentConfig, plan: Plan, variant: str, population: int,
-            seed: int, progress: bool = False) -> dict[str, Any]:
-    """One (variant, population, seed): the CMA-ES run (resumed, or skipped when done) and
-    its report evaluation (cached); returns its row, also kept in its ``result.json``."""
-    rollouts = cfg.controller.rollouts
-    generations = generations_for(plan.dream_episodes, population, rollouts)
+def _prepare(run: RunDir, cfg: ExperimentConfig, plan: Plan, variant: str, population: int,
+             seed: int) -> tuple[ExperimentConfig, RunView, dict[str, Any], int, int]:
+    """One run's config, view, settings key, generations and selection interval."""
+    generations = generations_for(plan.dream_episodes, population, cfg.controller.rollouts)
     every = selection_interval(plan, generations, cfg.controller.eval_every)
     rcfg = run_config(cfg, variant, population, generations, every)
     view = view_of(run, plan, variant, population, seed)
     if not view.memory.weights().exists():
         raise ConfigError(f"{view.memory.dir}: no trained M '{variant}'")
-    key = run_key(rcfg, view, variant, seed, plan)
-    files = view.controller
+    return rcfg, view, run_key(rcfg, view, variant, seed, plan), generations, every
+
+
+def _finished(view: RunView, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's kept row if it finished with these settings and these weights."""
     old = read_json(view.result_file, {})
-    if (old.get("key") == key and files.selected.exists()
-            and old.get("selected_digest") == file_digest(files.selected)):
+    selected = view.controller.selected
+    if (old.get("key") == key and selected.exists()
+            and old.get("selected_digest") == file_digest(selected)):
+        return old
+    return None
+
+
+def finished_row(run: RunDir, cfg: ExperimentConfig, plan: Plan, variant: str,
+                 population: int, seed: int) -> dict[str, Any] | None:
+    """The row of a run that finished with the plan's settings (None if it has not)."""
+    _, view, key, _, _ = _prepare(run, cfg, plan, variant, population, seed)
+    return _finished(view, key)
+
+
+def one_run(run: RunDir, cfg: ExperimentConfig, plan: Plan, variant: str, population: int,
+            seed: int, progress: bool = False) -> dict[str, Any]:
+    """One (variant, population, seed): the CMA-ES run (resumed, or skipped when done) and
+    its report evaluation (cached); returns its row, also kept in its ``result.json``."""
+    rollouts = cfg.controller.rollouts
+    rcfg, view, key, generations, every = _prepare(run, cfg, plan, variant, population, seed)
+    files = view.controller
+    if (old := _finished(view, key)) is not None:
         return old  # finished with these settings: nothing to run
     done = history_length(view)
     if done > generations:
@@ -268,6 +297,9 @@ def check_plan(run: RunDir, cfg: ExperimentConfig, plan: Plan) -> None:
     for name in plan.variants:
         if name not in VARIANTS:
             raise ConfigError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})")
+    if not 0 <= plan.shard < plan.shards <= len(jobs_of(plan)):
+        raise ConfigError(f"shard {plan.shard} of {plan.shards}: give 0 <= shard < shards "
+                          f"<= the plan's {len(jobs_of(plan))} runs")
     if min(plan.populations) < 2:
         raise ConfigError(f"CMA-ES populations must be >= 2, not {min(plan.populations)}")
     if plan.report_episodes < 1:
@@ -284,25 +316,53 @@ def check_plan(run: RunDir, cfg: ExperimentConfig, plan: Plan) -> None:
                               f"--report-seed {plan.report_seed}: pick another report seed")
 
 
+def jobs_of(plan: Plan) -> list[tuple[str, int, int]]:
+    """Every (variant, population, seed) of ``plan`` in the order they run: seed by seed,
+    population by population, every M at each, so that the runs finished at any point
+    cover the Ms equally (a stopped experiment still compares them)."""
+    return [(v, p, s) for s in plan.seeds for p in plan.populations for v in plan.variants]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if absent): shards of one plan train
+    each M once, one after the other, never two at once into the same files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def population_experiment(cfg: ExperimentConfig, run: RunDir, plan: Plan,
                           progress: bool = True) -> list[dict[str, Any]]:
-    """Every run of ``plan`` (see the module's docstring), in order, resumed or skipped;
-    the Ms trained first where ``memory_compare`` has none. ``cfg``: the base run's
-    config with the CMA-ES runs' keys (:data:`OPEN_KEYS`) changed."""
+    """Every run of ``plan`` (see the module's docstring) of this process's shard, in
+    :func:`jobs_of`'s order, resumed or skipped; each M first trained, or its training
+    finished (an M killed mid-way is not used half-trained), in ``memory_compare``.
+    ``cfg``: the base run's config with the CMA-ES runs' keys (:data:`OPEN_KEYS`)
+    changed. Returns the rows of every finished run of the plan, this shard's and the
+    others', in :func:`jobs_of`'s order."""
     run.refuse_shipped()
     check_open_keys(run, cfg)
     check_plan(run, cfg, plan)
     base = run.load_config()
-    jobs = [(v, p, s) for v in plan.variants for p in plan.populations for s in plan.seeds]
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(jobs, desc="population runs", unit="run", disable=not progress)
+    for variant in plan.variants:  # resumes an unfinished M; a finished one is only read
+        where = run.memory_variant(variant, plan.memory_seed)
+        with _locked(where.parent / f".{where.name}.lock"):
+            compare(base, run, [variant], [plan.memory_seed], progress=progress)
+    jobs = jobs_of(plan)
+    mine = jobs[plan.shard::plan.shards]
+    rows: dict[tuple[str, int, int], dict[str, Any]] = {}
+    bar = tqdm(mine, desc="population runs", unit="run", disable=not progress)
     for variant, population, seed in bar:
         bar.set_postfix_str(f"{variant} p{population} s{seed}")
-        if not run.memory_variant(variant, plan.memory_seed).joinpath(
-                "model.safetensors").exists():
-            compare(base, run, [variant], [plan.memory_seed], progress=progress)
-        rows.append(one_run(run, cfg, plan, variant, population, seed, progress=False))
-    return rows
+        rows[variant, population, seed] = one_run(run, cfg, plan, variant, population, seed)
+    for job in jobs:  # the other shards' runs that have finished
+        if job not in rows and (row := finished_row(run, cfg, plan, *job)) is not None:
+            rows[job] = row
+    return [rows[job] for job in jobs if job in rows]
 
 
 def spread(values: list[float]) -> dict[str, float]:

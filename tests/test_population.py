@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -154,3 +155,39 @@ def test_a_run_view_reads_the_base_run_and_writes_in_its_home(run, tmp_path):
     assert view.tensorboard("controller") == tmp_path / "home" / "tensorboard" / "controller"
     assert view != run and view == RunView(run.path, tmp_path / "home",
                                            run.memory_variant("rmdn_diag", 0))
+
+
+def test_shards_share_the_plan_and_each_one_reports_every_finished_run(run, monkeypatch):
+    cfg = run.load_config(OPEN, trained=False)
+    plan = Plan(VARIANTS, (4,), (0, 1), dream_episodes=8, report_episodes=2)
+    jobs = population.jobs_of(plan)  # seed-major, the Ms side by side at each step
+    assert jobs == [("rmdn_diag", 4, 0), ("frmdn_square_conditional", 4, 0),
+                    ("rmdn_diag", 4, 1), ("frmdn_square_conditional", 4, 1)]
+    calls = counting_dreams(monkeypatch)
+    second = population_experiment(cfg, run, replace(plan, shard=1, shards=2), progress=False)
+    assert [(r["variant"], r["population"], r["seed"]) for r in second] == jobs[1::2]
+    assert len(calls) == 2 * 2  # two runs of 2 generations
+    first = population_experiment(cfg, run, replace(plan, shard=0, shards=2), progress=False)
+    assert len(calls) == 4 * 2  # only its own runs ran
+    assert [(r["variant"], r["population"], r["seed"]) for r in first] == jobs
+    assert first[1::2] == second
+    for bad in (replace(plan, shard=2, shards=2), replace(plan, shards=5)):
+        with pytest.raises(ConfigError, match="shard"):
+            population_experiment(cfg, run, bad, progress=False)
+    with pytest.raises(ConfigError, match="K/N"):
+        compare_controllers.main(["--run", str(run.path), *CLI, "--shard", "1"])
+
+
+def test_an_m_killed_mid_training_is_finished_before_any_dream(run, monkeypatch):
+    # the base run asks 2 epochs of M; its rmdn M stopped after 1 (as if killed)
+    run.config_file.write_text(run.config_file.read_text().replace(
+        "epochs: 1\n  patience", "epochs: 2\n  patience"))
+    assert run.load_config().memory.epochs == 2
+    metrics = run.memory_variant("rmdn_diag", 0) / "metrics.json"
+    assert len(json.loads(metrics.read_text())) == 1
+    plan = Plan(("rmdn_diag",), (4,), (0,), dream_episodes=8, report_episodes=1)
+    [row] = population_experiment(run.load_config(OPEN, trained=False), run, plan,
+                                  progress=False)
+    assert [x["epoch"] for x in json.loads(metrics.read_text())] == [1, 2]
+    assert row["key"]["memory_digest"] == population.file_digest(
+        RunView(run, run.path, run.memory_variant("rmdn_diag", 0)).memory.weights())
