@@ -255,6 +255,18 @@ def one_run(run: RunDir, cfg: ExperimentConfig, plan: Plan, variant: str, popula
     if done > generations:
         raise ConfigError(f"{files.history}: {done} generations, more than the {generations} "
                           "this budget gives; delete the run's directory to run it again")
+    started = view.home / "started.json"  # the settings its CMA-ES history was made with
+    if done:
+        before = read_json(started, None)
+        if before != key:
+            changed = sorted(k for k in set(key) | set(before or {})
+                             if (before or {}).get(k) != key.get(k))
+            raise ConfigError(
+                f"{files.history}: this CMA-ES history was made with other settings "
+                f"({', '.join(changed) if before else f'{started} is missing'}), e.g. another "
+                f"M; it cannot be resumed with these; delete {view.home} to run it again")
+    else:
+        write_json_atomic(started, key)
     if done < generations or not files.selected.exists():
         train_cmaes(rcfg, view, progress=progress, seed=seed)
     if not files.selected.exists():

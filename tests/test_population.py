@@ -114,6 +114,11 @@ def test_a_run_killed_mid_way_resumes_where_it_stopped(run, tmp_path, monkeypatc
     history = run.controller_compare.run_home("rmdn_diag", 4, 0) / "controller" \
         / "cmaes_history.npz"
     assert read_npz(history)["fitness"].shape == (2, 4)
+    # a history is never continued under other settings (here sigma0; likewise another M)
+    with pytest.raises(ConfigError, match="sigma0"):
+        population_experiment(run.load_config([*OPEN, "controller.sigma0=0.3"], trained=False),
+                              run, plan, progress=False)
+    assert read_npz(history)["fitness"].shape == (2, 4)
     monkeypatch.undo()
     calls = counting_dreams(monkeypatch)
     [row] = population_experiment(cfg, run, plan, progress=False)
