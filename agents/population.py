@@ -370,7 +370,8 @@ def population_experiment(cfg: ExperimentConfig, run: RunDir, plan: Plan,
     bar = tqdm(mine, desc="population runs", unit="run", disable=not progress)
     for variant, population, seed in bar:
         bar.set_postfix_str(f"{variant} p{population} s{seed}")
-        rows[variant, population, seed] = one_run(run, cfg, plan, variant, population, seed)
+        rows[variant, population, seed] = one_run(run, cfg, plan, variant, population, seed,
+                                                   progress=progress)
     for job in jobs:  # the other shards' runs that have finished
         if job not in rows and (row := finished_row(run, cfg, plan, *job)) is not None:
             rows[job] = row
