@@ -152,6 +152,17 @@ def run_key(cfg: ExperimentConfig, view: RunView, variant: str, seed: int,
             "report_episodes": plan.report_episodes, "report_seed": plan.report_seed}
 
 
+#: run_key entries a CMA-ES history does not depend on: a larger budget continues it,
+#: and the report is played after it
+AFTER_HISTORY = frozenset({"generations", "report_episodes", "report_seed"})
+
+
+def _history_changes(before: dict[str, Any], key: dict[str, Any]) -> list[str]:
+    """The run_key entries, other than :data:`AFTER_HISTORY`, that differ."""
+    return sorted(k for k in (set(before) | set(key)) - AFTER_HISTORY
+                  if before.get(k) != key.get(k))
+
+
 def history_length(view: RunView) -> int:
     """Generations the run's CMA-ES history holds (0: none yet)."""
     path = view.controller.history
@@ -256,17 +267,15 @@ def one_run(run: RunDir, cfg: ExperimentConfig, plan: Plan, variant: str, popula
         raise ConfigError(f"{files.history}: {done} generations, more than the {generations} "
                           "this budget gives; delete the run's directory to run it again")
     started = view.home / "started.json"  # the settings its CMA-ES history was made with
-    if done:
-        before = read_json(started, None)
-        if before != key:
-            changed = sorted(k for k in set(key) | set(before or {})
-                             if (before or {}).get(k) != key.get(k))
-            raise ConfigError(
-                f"{files.history}: this CMA-ES history was made with other settings "
-                f"({', '.join(changed) if before else f'{started} is missing'}), e.g. another "
-                f"M; it cannot be resumed with these; delete {view.home} to run it again")
-    else:
+    if not done:
         write_json_atomic(started, key)
+    elif (before := read_json(started, None)) is None:
+        raise ConfigError(f"{files.history}: {started} is missing, so the settings of this "
+                          f"CMA-ES history are unknown; delete {view.home} to run it again")
+    elif changed := _history_changes(before, key):
+        raise ConfigError(f"{files.history}: this CMA-ES history was made with other "
+                          f"settings ({', '.join(changed)}), e.g. another M; it cannot be "
+                          f"resumed with these; delete {view.home} to run it again")
     if done < generations or not files.selected.exists():
         train_cmaes(rcfg, view, progress=progress, seed=seed)
     if not files.selected.exists():
@@ -309,9 +318,10 @@ def check_plan(run: RunDir, cfg: ExperimentConfig, plan: Plan) -> None:
     for name in plan.variants:
         if name not in VARIANTS:
             raise ConfigError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})")
-    if not 0 <= plan.shard < plan.shards <= len(jobs_of(plan)):
+    runs = len(plan.variants) * len(plan.populations) * len(plan.seeds)
+    if not 0 <= plan.shard < plan.shards <= runs:
         raise ConfigError(f"shard {plan.shard} of {plan.shards}: give 0 <= shard < shards "
-                          f"<= the plan's {len(jobs_of(plan))} runs")
+                          f"<= the plan's {runs} runs")
     if min(plan.populations) < 2:
         raise ConfigError(f"CMA-ES populations must be >= 2, not {min(plan.populations)}")
     if plan.report_episodes < 1:
