@@ -83,9 +83,10 @@ def test_density_is_a_diagonal_mixture_and_samples_share_noise():
     expected = -0.5 * (((y - p.mu[:, 0]) ** 2 / var).sum(-1) + var.log().sum(-1)
                        + 3 * math.log(2 * math.pi))
     torch.testing.assert_close(model.log_prob(y, h), expected)
+    # given noise (u, eps), a sample is mu + sqrt(tau * var) * eps
     noise = (torch.rand(4), torch.randn(4, 3))
     torch.testing.assert_close(model.sample(h, 1.3, noise=noise),
-                               model.sample(h, 1.3, noise=noise))
+                               p.mu[:, 0] + (1.3 * var).sqrt() * noise[1])
 
 
 def test_checkpoint_round_trip(tmp_path):

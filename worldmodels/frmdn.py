@@ -101,8 +101,10 @@ class _PDLogDet(torch.autograd.Function):
 class TiedPrecisionMixture(nn.Module):
     """A K-component Gaussian mixture on u in R^d whose parameters come from ``h``.
 
-    ``log_d_bound`` bounds log D_k smoothly to [-bound, bound] (tanh), which keeps
-    precisions finite and the loss free of overflow. ``overcomplete_m`` is m for
+    ``log_d_bound`` bounds log D_k smoothly to [-bound, bound] (tanh), which keeps the
+    loss free of overflow. For ``diag`` that bounds the precisions too; for ``square`` and
+    ``overcomplete`` U's own scale (exp of ``lu_log_diag``) is free, so Lambda_k = U D_k
+    U^T is bounded only as far as training keeps U. ``overcomplete_m`` is m for
     ``overcomplete`` (0: d + max(4, d // 4)).
     """
 
@@ -130,7 +132,7 @@ class TiedPrecisionMixture(nn.Module):
             self.lu_upper = nn.Parameter(torch.zeros(d, d))
             self.lu_log_diag = nn.Parameter(torch.zeros(d))
         if precision == "overcomplete":
-            extra = torch.randn(d, self.m - d, generator=torch.Generator().manual_seed(0))
+            extra = torch.randn(d, self.m - d)  # from the seeded global generator
             self.u_extra = nn.Parameter(0.1 * extra / math.sqrt(d))
 
     # ------------------------------------------------------------------ parameters
@@ -264,14 +266,17 @@ class TiedPrecisionMixture(nn.Module):
     def component(self, logits: Tensor, tau: float, generator: torch.Generator | None = None,
                   noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """The drawn component k (..., 1) int64 of mixture logits (..., K) at temperature
-        tau: multinomial, or the uniform ``noise[0]``'s place in the weights' CDF."""
+        tau: multinomial, or the uniform ``noise[0]``'s place in the weights' CDF (u in
+        [0, 1) scaled to the CDF's last value, so rounding never picks a component whose
+        weight is 0: u = 0 or u just below 1 land on the first or last nonzero weight)."""
         batch = logits.shape[:-1]
         probs = torch.softmax(logits / tau, dim=-1)
         if noise is None:
             k = torch.multinomial(probs.reshape(-1, self.K), 1, generator=generator)
             return k.view(*batch, 1)
         cdf = torch.cumsum(probs, dim=-1)
-        k = torch.searchsorted(cdf, noise[0].to(cdf.dtype).unsqueeze(-1).contiguous())
+        u = noise[0].to(cdf.dtype).unsqueeze(-1) * cdf[..., -1:]
+        k = torch.searchsorted(cdf, u.contiguous(), right=True)
         return k.clamp(max=self.K - 1)
 
     def chosen(self, h: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
