@@ -76,6 +76,8 @@ def evaluate_once(cfg: ExperimentConfig, run: RunDir, policy: str) -> dict[str, 
     key = {"episodes": c.eval_episodes, "seed": cfg.seed,
            "weights": file_digest(weights) if weights else None,
            "weights_file": weights.name if weights else None, "overrides": list(overrides)}
+    if weights:  # the policy sees [z, h]: V and M are part of what is scored
+        key |= {"vae": file_digest(run.vae.model), "memory": file_digest(run.memory.weights())}
     name = result_name(policy, which, overrides, c.environment)
     cached = read_json(run.eval_dir / f"{name}.json", {})
     if cached.get("key") == key:

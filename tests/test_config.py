@@ -59,6 +59,20 @@ def test_int_is_accepted_for_float():
     assert load_config("carracing", [], ["vae.lr=1"]).vae.lr == 1.0
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    """YAML 1.1 reads ``1e-3`` as a string; configs read it as the float a user means."""
+    cfg = load_config("carracing", [], ["vae.lr=1e-3", "controller.sb3_kwargs.learning_rate=3E-4"])
+    assert cfg.vae.lr == 0.001 and cfg.controller.sb3_kwargs["learning_rate"] == 0.0003
+    path = tmp_path / "exp.yaml"
+    base = config_dir() / "carracing.yaml"
+    path.write_text(f"include: {base}\ndefaults:\n  vae:\n    lr: 2e-4\n")
+    assert load_config(str(path)).vae.lr == 0.0002
+    with pytest.raises(ConfigError, match="key 'vae.epochs' must be int"):
+        load_config("carracing", [], ["vae.epochs=1e3"])
+    with pytest.raises(ConfigError, match="key 'vae.lr' must be float"):
+        load_config("carracing", [], ["vae.lr='1e-3'"])  # quoted: a string, as written
+
+
 def test_unknown_key_in_file_names_file_and_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("defaults:\n  vae:\n    zdim: 3\n")

@@ -2,7 +2,12 @@
 
 import json
 
+import pytest
+import torch
+
 import run
+from worldmodels.checkpoint import file_digest, load_model, read_header, save_model
+from worldmodels.config import ConfigError
 
 
 def tiny_job_args(tmp_path, environment: str) -> list[str]:
@@ -37,3 +42,20 @@ def test_main_job_runs_every_stage_then_skips_them(tmp_path, capsys):
     # run.iterations=1 (the default) is the pipeline once: these stages, no rounds kept
     assert set(saved) == {s.name for s in run.STAGES} | {"run_dir", "wall_seconds"}
     assert not (run_dir / "iterations").exists()
+
+    # the score belongs to V and M too: other M weights are scored again
+    best = run_dir / "memory" / "best.safetensors"
+    memory = load_model(best)
+    with torch.no_grad():
+        next(memory.parameters()).add_(0.1)
+    save_model(best, memory, meta=read_header(best)["meta"])
+    third = run.main(args)
+    assert "cached" not in third["evaluate"] and third["evaluate_random"]["cached"]
+
+    # V trained again: the latents are encoded again, but the M (and C) of the old V
+    # are refused, untouched, with the file named
+    model = run_dir / "memory" / "model.safetensors"
+    before = file_digest(model)
+    with pytest.raises(ConfigError, match="memory/model.safetensors: M was trained on latents"):
+        run.main([*args, "vae.epochs=2"])
+    assert file_digest(model) == before

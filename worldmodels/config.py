@@ -419,7 +419,7 @@ def parse_override(text: str, cfg: Any = None) -> dict:
         raise ConfigError(f"command line: override '{text}' must look like key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"command line: cannot read value of '{key}': {err}") from err
     parts, obj = key.strip().split("."), cfg
@@ -439,6 +439,21 @@ def parse_override(text: str, cfg: Any = None) -> dict:
     return _dotted_to_nested(key.strip(), value)
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2's floats without a dot (``1e-3``, ``3E+4``),
+    which YAML 1.1 reads as strings: ``lr: 3e-4`` is a float, as a user expects."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` read as YAML safely (no Python tags), ``1e-3`` as a float."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_yaml(path: Path) -> Any:
     """A YAML file read safely: invalid YAML, a ``!!python/...`` tag or an unreadable
     file is a :class:`ConfigError` naming the file."""
@@ -450,7 +465,7 @@ def read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: unreadable ({err})") from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{path}: not valid YAML ({first})") from None

@@ -143,6 +143,22 @@ def check_latents_current(run: RunDir, shards: list[Path]) -> None:
                              "(rerun encode.py)")
 
 
+def check_memory_matches_latents(model: Path, vae_digest: str | None) -> None:
+    """Refuse to go on training (or to count as trained) an M whose checkpoint ``model``
+    was trained on latents of other V weights than ``vae_digest``, the current latents'
+    (V was trained again after M): M, and the C trained in its dream, belong to the old
+    V. An M saved before V digests were recorded is not checked."""
+    if not model.exists() or not vae_digest:
+        return
+    trained_on = read_header(model).get("meta", {}).get("vae_digest")
+    if trained_on and trained_on != vae_digest:
+        raise ConfigError(
+            f"{model}: M was trained on latents of V weights {trained_on}, but the run's "
+            f"latents are now V {vae_digest}'s (V was trained again). M and the controller "
+            f"belong to the old V: start a new run (or move {model.parent} and the "
+            "controller's files aside) to train them on the new V")
+
+
 def action_info(path: Path) -> tuple[int, bool]:
     """(action size, discrete?) of the episodes, from a shard's metadata."""
     space = read_meta(path).get("action_space")
@@ -294,6 +310,8 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
         train_paths = nested_subset(train_paths, train_episodes, run.data_seed(cfg))
     action_dim, discrete = action_info(train_paths[0])
     action_space = read_meta(train_paths[0])["action_space"]
+    vae_digest = read_meta(train_paths[0]).get("vae_digest")
+    check_memory_matches_latents(files.model, vae_digest)
 
     torch.manual_seed(seed)
     model = build_memory(cfg, action_dim, discrete).to(device)
@@ -315,7 +333,8 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     skipped_total = sum(x.get("skipped", 0) for x in metrics)
     generator = torch.Generator(device=device)
     best_epoch, best_nll = _best_so_far(files, metrics, select_after)
-    meta = {"seed": seed, "done_pos_weight": m.done_pos_weight, "action_space": action_space}
+    meta = {"seed": seed, "done_pos_weight": m.done_pos_weight, "action_space": action_space,
+            **({"vae_digest": vae_digest} if vae_digest else {})}
     if (metrics and metrics[-1]["epoch"] == start_epoch > select_after
             and metrics[-1].get("holdout_nll", math.inf) < best_nll):
         # the last epoch was the best, killed before its weights were copied: copy them now
