@@ -23,7 +23,15 @@ from __future__ import annotations
 import argparse
 
 from agents.population import Plan, population_experiment, write_results
-from worldmodels.config import ConfigError, cli_parser, comma_integers, comma_list, parse_cli
+from worldmodels.config import (
+    ConfigError,
+    check_seed,
+    cli_parser,
+    comma_integers,
+    comma_names,
+    comma_seeds,
+    parse_cli,
+)
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import run_from_args
 
@@ -61,12 +69,15 @@ def main(argv: list[str] | None = None) -> str:
         raise ConfigError("give --run DIR: the trained run whose V and data the Ms share")
     shard, shards = shard_of(args.shard)
     cfg, run = run_from_args(args)
-    plan = Plan(variants=tuple(comma_list(args.memories)),
-                populations=tuple(comma_integers(args.populations, "--populations")),
-                seeds=tuple(comma_integers(args.seeds, "--seeds")),
-                dream_episodes=args.dream_episodes, memory_seed=args.memory_seed,
+    plan = Plan(variants=tuple(comma_names(args.memories, "--memories")),
+                populations=tuple(comma_integers(args.populations, "--populations",
+                                                 low=2, required=True)),
+                seeds=tuple(comma_seeds(args.seeds)),
+                dream_episodes=args.dream_episodes,
+                memory_seed=check_seed(args.memory_seed, "--memory-seed"),
                 selections=args.selections, report_episodes=args.report_episodes,
-                report_seed=args.report_seed, shard=shard, shards=shards)
+                report_seed=check_seed(args.report_seed, "--report-seed"),
+                shard=shard, shards=shards)
     rows = population_experiment(cfg, run, plan)
     text = write_results(run, rows)
     text += f"\n\nplot: {run.controller_compare.plot}"

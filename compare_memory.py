@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from worldmodels.config import cli_parser, comma_integers, comma_list, parse_cli
+from worldmodels.config import cli_parser, comma_integers, comma_names, comma_seeds, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.memory_compare import (
     BUDGETS,
@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> str:
                              "curve")
     args: argparse.Namespace = parse_cli(parser, argv)
     cfg, run = run_from_args(args)
-    seeds = comma_integers(args.seeds, "--seeds")
-    sizes = comma_integers(args.episodes, "--episodes")
-    variants = comma_list(args.variants)
+    seeds = comma_seeds(args.seeds)
+    sizes = comma_integers(args.episodes, "--episodes", low=1)
+    variants = comma_names(args.variants, "--variants")
     if not sizes:
         text = write_results(run, compare(cfg, run, variants, seeds))
     else:  # the table is the curve's largest size: no training beyond the curve's

@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--policy", choices=DREAM_POLICIES, default=None,
                         help="what acts in the dream (default: a shipped agent's own policy, "
                              "else the run's controller, else its SB3 policy)")
-    parser.add_argument("--seed", type=int, default=0, help="real env seed (and dream noise)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="real env seed and dream noise (default: the config's seed, "
+                             "which seed=N also sets)")
     parser.add_argument("--steps", type=int, default=0, help="cap (0: the dream's cap)")
     parser.add_argument("--dream-only", action="store_true", help="no real env beside it")
     parser.add_argument("--out", default=None, metavar="DIR",
@@ -34,14 +36,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_cli(parser, argv)
     if args.steps < 0:
         raise ConfigError(f"--steps must be >= 0, got {args.steps}")
-    if not 0 <= args.seed < 2**31:
-        raise ConfigError(f"--seed must be in [0, 2**31), got {args.seed}")
     cfg, run = run_from_args(args, trained=True)
+    if args.seed is not None and any(o.startswith("seed=") for o in args.overrides) \
+            and args.seed != cfg.seed:
+        raise ConfigError(f"--seed {args.seed} and seed={cfg.seed}: give one of them")
+    seed = cfg.seed if args.seed is None else args.seed
+    if not 0 <= seed < 2**31:
+        raise ConfigError(f"--seed must be in [0, 2**31), got {seed}")
     policy = args.policy or default_policy(run)
     tau = cfg.dream.temperature
     out = (Path(args.out) if args.out else run.dreams_dir) \
-        / f"{policy}_seed{args.seed}_tau{tau:g}.gif"
-    result = record_dream(run, out, cfg, policy, args.seed, args.steps,
+        / f"{policy}_seed{seed}_tau{tau:g}.gif"
+    result = record_dream(run, out, cfg, policy, seed, args.steps,
                           beside_real=not args.dream_only)
     print(json.dumps(result, indent=2))
     return result

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"--video-stride must be >= 1, got {args.video_stride}")
     cfg, run = run_from_args(args, trained=True)
     policy = args.policy or default_policy(run)
+    if args.weights and policy != "controller":
+        raise ConfigError(f"--weights {args.weights} chooses among CMA-ES's controllers, but "
+                          f"the policy played is {policy} (give --policy controller)")
     out = Path(args.out) if args.out else None
     if args.in_dream:
         summary = dream_score(run, cfg, args.weights or run.controller.default_weights(),

@@ -68,7 +68,7 @@ def dream_score(run: RunDir, cfg: ExperimentConfig | None = None, weights: str =
     check_writable(out)  # before the dreams, not after
     evaluator = DreamEvaluator(run, cfg)
     if policy == "controller":
-        load_weights(run.controller.weights(weights), evaluator.controller)
+        load_weights(run.trained_controller(weights), evaluator.controller)
         params = evaluator.controller.get_flat()[None].numpy()
         name = "controller" + ("" if weights == "best" else f"_{weights}")
         label = f"controller ({weights}) in the dream"

@@ -165,8 +165,9 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
                              video_episodes, video_stride)
     params = None
     if policy == "controller":  # (the random policy needs no V, M or env in this process)
+        path = run.trained_controller(weights)
         worker = RolloutWorker(run, overrides=tuple(overrides))
-        load_weights(run.controller.weights(weights), worker.controller)
+        load_weights(path, worker.controller)
         params = worker.controller.get_flat().numpy()
     seeds = evaluation_seeds(seed, episodes)
     started = time.perf_counter()

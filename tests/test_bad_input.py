@@ -34,9 +34,17 @@ import train_controller as controller_script
 import train_frmdn as frmdn_script
 import train_vae as vae_script
 import worldmodels.atomic
+from tests.builders import make_frmdn
 from tests.conftest import PicklePayload
 from tests.test_run_dir import run_files, trained_run
-from worldmodels.checkpoint import CheckpointError, load_state, save_state
+from worldmodels.checkpoint import (
+    CheckpointError,
+    load_model,
+    load_state,
+    read_header,
+    save_model,
+    save_state,
+)
 from worldmodels.errors import run_cli
 from worldmodels.shards import read_npz, write_npz_atomic
 
@@ -143,6 +151,23 @@ def memory_as_vae(run: Path) -> None:
                     run / "vae" / f"model.safetensors{suffix}")
 
 
+def memory_with(z_dim: int | None = None, **meta: object) -> Callable[[Path], None]:
+    """M's checkpoints replaced by an M reading latents of ``z_dim`` (an M of another V),
+    or by the same M with ``meta`` changed (another env's actions, another V's latents)."""
+    def plant(run: Path) -> None:
+        for name in ("model", "best"):
+            path = run / "memory" / f"{name}.safetensors"
+            if not path.exists():
+                continue
+            header = read_header(path)
+            model = load_model(path)
+            if z_dim is not None:
+                model = make_frmdn(z_dim, model.action_dim, hidden=model.hidden_size,
+                                   mixtures=header["config"]["mixtures"])
+            save_model(path, model, meta={**header["meta"], **meta})
+    return plant
+
+
 def pickled_state(run: Path) -> None:
     torch.save({"epoch": 1, "evil": PicklePayload(run.parent / "pickle_was_executed")},
                run / "vae" / "train_state.safetensors", pickle_module=pickle)
@@ -241,6 +266,21 @@ CASES = {
                                                "sigma0"),
     "M checkpoint where V belongs": Case("evaluate", ["--episodes", "1"], "vae/model.safetensors",
                                          memory_as_vae),
+    "M of another V (z size)": Case("evaluate", ["--episodes", "1"], "memory/",
+                                    memory_with(z_dim=7)),
+    "M of another env (actions)": Case("dream", ["--dream-only", "--steps", "2"], "memory/",
+                                       memory_with(action_space={"type": "discrete", "n": 5})),
+    "M trained on another V's latents": Case("train_frmdn", [], "memory/model.safetensors",
+                                             memory_with(vae_digest="0123456789abcdef")),
+    "evaluate --weights of another policy": Case("evaluate", ["--policy", "random",
+                                                              "--weights", "mean"], "--weights"),
+    "evaluate, no controller file": Case("evaluate", ["--policy", "controller", "--weights",
+                                                      "best"], "no trained controller",
+                                         lambda run: (run / "controller" / "best.safetensors"
+                                                      ).unlink()),
+    "compare_memory --seeds 0,0": Case("compare_memory", ["--seeds", "0,0"], "--seeds"),
+    "compare_memory --seeds -1": Case("compare_memory", ["--seeds=-1"], "--seeds"),
+    "compare_memory --variants ,": Case("compare_memory", ["--variants", ","], "--variants"),
     "pickled training state": Case("train_vae", [], "train_state.safetensors", pickled_state),
     "corrupt M training state": Case("train_frmdn", [], "train_state.safetensors",
                                      plant_bytes("memory/train_state.safetensors", b"\0" * 9)),

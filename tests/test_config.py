@@ -9,6 +9,9 @@ from tests.conftest import run_of
 from worldmodels.config import (
     ConfigError,
     ExperimentConfig,
+    comma_integers,
+    comma_names,
+    comma_seeds,
     config_dir,
     load_config,
     merge_into,
@@ -71,6 +74,29 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path):
         load_config("carracing", [], ["vae.epochs=1e3"])
     with pytest.raises(ConfigError, match="key 'vae.lr' must be float"):
         load_config("carracing", [], ["vae.lr='1e-3'"])  # quoted: a string, as written
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("-1", r"--seeds: -1 is outside \[0, 4294967294\]"),
+    ("0,99999999999", "99999999999 is outside"),
+    ("0,1,0", "--seeds: 0 given more than once"),
+    (",", "--seeds: give at least one value"),
+    ("0,x", "comma-separated integers"),
+])
+def test_bad_seed_lists_are_refused_naming_the_option(text, needle):
+    with pytest.raises(ConfigError, match=needle):
+        comma_seeds(text)
+
+
+def test_lists_of_names_and_sizes():
+    assert comma_seeds(" 0, 1,4294967294") == [0, 1, 4294967294]
+    assert comma_names("rmdn_diag, frmdn_square", "--variants") == ["rmdn_diag", "frmdn_square"]
+    for text in ("", ",", "a,a"):
+        with pytest.raises(ConfigError, match="--variants"):
+            comma_names(text, "--variants")
+    assert comma_integers("", "--episodes", low=1) == []  # optional: no data curve
+    with pytest.raises(ConfigError, match=r"--episodes: 0 is outside \[1, \]"):
+        comma_integers("40,0", "--episodes", low=1)
 
 
 def test_unknown_key_in_file_names_file_and_key(tmp_path):

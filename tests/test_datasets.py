@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,18 @@ def test_v_and_m_split_the_same_episodes(tmp_path, tiny_cfg):
     assert len(v_held) == tiny_cfg.data.holdout_min_episodes == 5
     assert [p.name for p in v_held] == [p.name for p in m_held]
     assert [p.name for p in v_train] == [p.name for p in m_train]
+
+    # once V is trained, seed=N (another M or CMA-ES seed) no longer moves the split
+    from worldmodels.checkpoint import save_model
+    from worldmodels.vae import ConvVAE
+    save_model(run.vae.model, ConvVAE(z_dim=4), meta={"epoch": 1, "seed": tiny_cfg.seed,
+                                                 "data_seed": tiny_cfg.seed})
+    other = dataclasses.replace(tiny_cfg, seed=tiny_cfg.seed + 1)
+    assert [p.name for p in rollout_split(other, run)[1]] == [p.name for p in v_held]
+    assert [p.name for p in latent_split(other, run, check_digest=False)[1]] == \
+        [p.name for p in m_held]
+    run.vae.model.unlink()  # without V the config's seed splits: another split
+    assert [p.name for p in rollout_split(other, run)[1]] != [p.name for p in v_held]
 
 
 def test_every_frame_once_per_epoch_shuffled_with_bounded_buffer(tmp_path):

@@ -78,6 +78,11 @@ def test_a_moved_run_works_through_every_entry_point(moved_run, elsewhere):
     assert {k: dreamt[k] for k in ("dream_steps", "dream_return")} == \
         {k: before["dream"][k] for k in ("dream_steps", "dream_return")}
     assert Path(dreamt["gif"]).is_relative_to(moved)
+    # seed=1 is the same dream as --seed 1; both, disagreeing, are refused
+    by_key = dream_script.main(["--run", str(moved), "--dream-only", "--steps", "6", "seed=1"])
+    assert by_key["dream_return"] == dreamt["dream_return"] and by_key["gif"] == dreamt["gif"]
+    with pytest.raises(ConfigError, match="give one of them"):
+        dream_script.main(["--run", str(moved), "--dream-only", "--seed", "2", "seed=1"])
     virtual = evaluate_script.main(["--run", str(moved), "--in-dream", "--episodes", "3"])
     assert virtual["episodes"] == 3
     gens = json.loads((moved / "controller" / "generations.json").read_text())
@@ -226,3 +231,25 @@ def test_main_job_trains_the_sb3_algorithm_it_is_given(tmp_path, monkeypatch):
     assert seen["ray_address"] == "localhost:1"  # passed through to the evaluator
     assert not (tmp_path / "runs" / "CarRacing-v3" / "tiny" / "controller"
                 / "best.safetensors").exists()  # no CMA-ES ran
+
+
+def test_only_a_file_named_config_yaml_stands_for_its_run(tmp_path):
+    """A whole-config YAML of another name is a config file, even beside a run's
+    config.yaml; a typo next to ``include:`` is named, not taken for a run."""
+    from worldmodels.config import ConfigError, cli_parser, load_config, parse_cli, save_config
+    from worldmodels.run_dir import is_run_config, run_from_args
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    save_config(load_config("carracing", ["quick"]), exp / "config.yaml")
+    (exp / "small.yaml").write_text(f"vae: {{z_dim: 16}}\nroot: {tmp_path / 'runs'}\n")
+    (exp / "typo.yaml").write_text("include: ../x\ndefault: {}\n")
+    assert is_run_config(str(exp / "config.yaml"))
+    assert not is_run_config(str(exp / "small.yaml"))
+    parser = cli_parser("test")
+    cfg, run = run_from_args(parse_cli(parser, ["--config", str(exp / "small.yaml")]))
+    assert cfg.vae.z_dim == 16 and run.home.parent.parent == tmp_path / "runs"
+    cfg, run = run_from_args(parse_cli(parser, ["--config", str(exp / "config.yaml")]))
+    assert run.home == exp and cfg.vae.z_dim == load_config("carracing", ["quick"]).vae.z_dim
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown top-level key\(s\) \['default'\]"):
+        run_from_args(parse_cli(parser, ["--config", str(exp / "typo.yaml")]))

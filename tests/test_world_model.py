@@ -19,10 +19,12 @@ import train_frmdn as frmdn_script
 import train_vae as vae_script
 from tests.test_export import trained, tree_hash  # noqa: F401 - a fixture
 from tools.export_pretrained import export
-from worldmodels.config import ConfigError, load_config
+from worldmodels.config import ConfigError, holdout_base, load_config
+from worldmodels.datasets import split_episodes
 from worldmodels.errors import InputError
 from worldmodels.frmdn_training import latent_split
 from worldmodels.run_dir import WORLD_MODEL_FILE, RunDir, borrow_world_model
+from worldmodels.shards import list_shards
 
 #: a PPO that updates every 32 steps of 2 envs
 TINY_PPO = ["--algo", "ppo", "controller.sb3_timesteps=64", "controller.sb3_envs=2",
@@ -160,8 +162,12 @@ def test_a_borrowed_run_dreams_from_its_sources_training_episodes(trained, tmp_p
     source_cfg = trained.load_config()
     own_train, own_held, _ = latent_split(source_cfg, trained)
     # a seed that would hold out other episodes, were the split to follow it
-    other_seed = next(s for s in range(1, 50)
-                      if latent_split(replace(source_cfg, seed=s), trained)[1] != own_held)
+    d = source_cfg.data
+    other_seed = next(s for s in range(1, 50) if split_episodes(
+        list_shards(trained.latents), d.holdout_fraction, s, d.holdout_min_episodes,
+        holdout_base(source_cfg))[1] != own_held)
+    # the source's own split no longer follows seed=N either, once its V is trained
+    assert latent_split(replace(source_cfg, seed=other_seed), trained)[1] == own_held
     cfg, run = borrow_world_model(trained.path, tmp_path / "c", [f"seed={other_seed}"])
     assert cfg.seed == other_seed and run.data_seed(cfg) == source_cfg.seed
     assert latent_split(cfg, run)[:2] == (own_train, own_held)

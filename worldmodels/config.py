@@ -318,7 +318,9 @@ class RunConfig:
 @dataclass
 class ExperimentConfig:
     name: str = _opt("", "Run name; '' uses the preset names (or 'paper').")
-    seed: int = _opt(0, "Seed for collection, splits, shuffling and initialisation.",
+    seed: int = _opt(0, "Seed for collection, splits, shuffling, initialisation, CMA-ES "
+                        "and evaluation seeds (the held-out split stays the one V was "
+                        "trained with).",
                      ge=0, le=SEED_MAX)
     root: str = _opt("runs", "Directory that holds run directories.")
     device: str = _opt("cpu", "Torch device: cpu | cuda | cuda:N | mps.")
@@ -493,7 +495,7 @@ def resolve_config_path(name_or_path: str) -> Path:
     raise ConfigError(f"config '{name_or_path}' not found (known in {folder}: {known})")
 
 
-_FILE_KEYS = ("include", "defaults", "presets")
+CONFIG_FILE_KEYS = ("include", "defaults", "presets")
 
 
 def _config_layers(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
@@ -509,12 +511,12 @@ def _config_layers(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path,
     data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping, got {type(data).__name__}")
-    if data and not set(_FILE_KEYS) & set(data):
+    if data and not set(CONFIG_FILE_KEYS) & set(data):
         return [(path, {"defaults": data})]
-    unknown_top = set(data) - set(_FILE_KEYS)
+    unknown_top = set(data) - set(CONFIG_FILE_KEYS)
     if unknown_top:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown_top)} "
-                          f"(a config file holds {', '.join(map(repr, _FILE_KEYS))})")
+                          f"(a config file holds {', '.join(map(repr, CONFIG_FILE_KEYS))})")
     if not isinstance(data.get("presets") or {}, dict):
         raise ConfigError(f"{path}: 'presets' must map preset names to settings")
     includes = data.get("include") or []
@@ -736,13 +738,50 @@ def comma_list(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-def comma_integers(text: str, option: str) -> list[int]:
-    """A comma-separated option's integers; a ConfigError naming ``option`` otherwise."""
+def _no_repeats(items: list[Any], option: str, required: bool) -> None:
+    if required and not items:
+        raise ConfigError(f"{option}: give at least one value")
+    repeated = sorted({str(x) for x in items if items.count(x) > 1})
+    if repeated:  # a repeat would count one run twice (a standard error of 0)
+        raise ConfigError(f"{option}: {', '.join(repeated)} given more than once")
+
+
+def comma_names(text: str, option: str) -> list[str]:
+    """A comma-separated option's names: at least one, none twice (a ConfigError naming
+    ``option`` otherwise)."""
+    names = comma_list(text)
+    _no_repeats(names, option, required=True)
+    return names
+
+
+def comma_integers(text: str, option: str, low: int | None = None, high: int | None = None,
+                   required: bool = False) -> list[int]:
+    """A comma-separated option's integers, none twice, each in [low, high] where given
+    (and at least one if ``required``); a ConfigError naming ``option`` otherwise."""
     try:
-        return [int(s) for s in comma_list(text)]
+        values = [int(s) for s in comma_list(text)]
     except ValueError:
         raise ConfigError(f"{option} must be comma-separated integers, not '{text}'") \
             from None
+    _no_repeats(values, option, required)
+    for value in values:
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"{option}: {value} is outside "
+                              f"[{'' if low is None else low}, {'' if high is None else high}]")
+    return values
+
+
+def comma_seeds(text: str, option: str = "--seeds") -> list[int]:
+    """A comma-separated list of seeds: at least one, none twice, each in [0, SEED_MAX]
+    (what the seeded libraries take)."""
+    return comma_integers(text, option, low=0, high=SEED_MAX, required=True)
+
+
+def check_seed(value: int, option: str) -> int:
+    """``value`` if it is a seed the seeded libraries take, else a ConfigError."""
+    if not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{option}: {value} is outside [0, {SEED_MAX}]")
+    return value
 
 
 def cli_parser(description: str) -> argparse.ArgumentParser:

@@ -56,6 +56,7 @@ from worldmodels.checkpoint import (
     write_text_atomic,
 )
 from worldmodels.config import (
+    CONFIG_FILE_KEYS,
     RUN_CONFIG,
     ConfigError,
     ExperimentConfig,
@@ -66,7 +67,6 @@ from worldmodels.config import (
     preset_names,
     preset_overrides,
     read_yaml,
-    resolve_config_path,
     to_dict,
 )
 from worldmodels.controller import FlatPolicy, build_controller
@@ -359,10 +359,17 @@ class RunDir:
         return self.world_model_file.is_file()
 
     def data_seed(self, cfg: ExperimentConfig) -> int:
-        """The seed that split this run's episodes into training and held-out: ``cfg.seed``,
-        or for a run on another run's world model (``--world-model``) that run's own
-        ``seed``, so that ``seed=N`` there changes C's training (CMA-ES, selection seeds)
-        and not which episodes a dream starts from."""
+        """The seed that split this run's episodes into training and held-out: the one V's
+        training recorded (``data_seed``, or ``seed`` in older checkpoints), so that a
+        later ``seed=N`` changes what it seeds (M's initialisation, CMA-ES, the evaluation
+        seeds) and never which episodes V, M and a dream's starts count as held out. With
+        no V yet: ``cfg.seed``, or for a run on another run's world model
+        (``--world-model``) that run's own ``seed``."""
+        if self.vae.model.exists():
+            meta = read_header(self.vae.model).get("meta", {})
+            recorded = meta.get("data_seed", meta.get("seed"))
+            if recorded is not None:
+                return int(recorded)
         if not self.borrows_world_model:
             return cfg.seed
         source = RunDir(self.path)
@@ -536,7 +543,26 @@ class RunDir:
         if not path.exists():
             raise CheckpointError(f"{path}: no trained M (run train_frmdn.py for {self.path})")
         memory: Any = load_model(path, map_location=device, kinds=checkpoint_kinds())
+        self._check_memory_fits(path, memory)
         return memory.eval()
+
+    def _check_memory_fits(self, path: Path, memory: Memory) -> None:
+        """Refuse an M (at ``path``) made for another V or env than this run's: its z size
+        against the run's V, its action space against the run's shards."""
+        if self.vae.model.exists():
+            z_dim = read_header(self.vae.model).get("config", {}).get("z_dim")
+            if z_dim is not None and memory.z_dim != z_dim:
+                raise CheckpointError(
+                    f"{path}: M reads latents of size {memory.z_dim}, but the run's V "
+                    f"({self.vae.model}) makes latents of size {z_dim} (an M of another run?)")
+        space = read_header(path).get("meta", {}).get("action_space")
+        shards = list_shards(self.latents) or list_shards(self.rollouts)
+        if space and shards:
+            made = read_meta(shards[0]).get("action_space")
+            if made and made != space:
+                raise CheckpointError(
+                    f"{path}: M was trained on actions {space}, but the run's episodes "
+                    f"({shards[0]}) have actions {made} (an M of another env?)")
 
     def memory_meta(self) -> dict[str, Any]:
         """What M's training recorded in its checkpoint (epoch, seed, done_pos_weight)."""
@@ -548,14 +574,19 @@ class RunDir:
         return build_controller(cfg.controller, memory.feature_size(cfg.controller.use_cell),
                                 action_space)
 
-    def load_controller(self, cfg: ExperimentConfig, action_space: gym.Space, memory: Memory,
-                        weights: str | None = None) -> FlatPolicy:
-        """The trained C: ``controller/<weights>.safetensors`` (``selected``, ``best`` or
-        ``mean``; None: :meth:`ControllerFiles.default_weights`)."""
+    def trained_controller(self, weights: str | None = None) -> Path:
+        """The path of C's ``weights`` (None: the default), which must exist."""
         path = self.controller.weights(weights or self.controller.default_weights())
         if not path.exists():
             raise CheckpointError(f"{path}: no trained controller (run train_controller.py "
                                   f"for {self.home})")
+        return path
+
+    def load_controller(self, cfg: ExperimentConfig, action_space: gym.Space, memory: Memory,
+                        weights: str | None = None) -> FlatPolicy:
+        """The trained C: ``controller/<weights>.safetensors`` (``selected``, ``best`` or
+        ``mean``; None: :meth:`ControllerFiles.default_weights`)."""
+        path = self.trained_controller(weights)
         controller = self.new_controller(cfg, action_space, memory)
         load_weights(path, controller)
         return controller.eval()
@@ -708,6 +739,9 @@ def borrow_world_model(source: str | Path, dest: str | Path,
     source resumes; another source, or V or M changed since, is refused.
     """
     src, home = RunDir(source), RunDir(dest)
+    if home.borrows_world_model and home.path != src.path:  # before comparing configs
+        raise ConfigError(f"{home.world_model_file}: this run uses the world model of "
+                          f"{home.path}, not {src.path}; use another --run")
     # a rerun continues the run's own config (the overrides on top), a new run the source's
     resumed = home.borrows_world_model and home.has_config()
     cfg = (home if resumed else src).load_config(list(overrides), trained=False)
@@ -721,9 +755,6 @@ def borrow_world_model(source: str | Path, dest: str | Path,
     hashes = _world_model_hashes(src)
     if home.borrows_world_model:
         recorded = json.loads(home.world_model_file.read_text())
-        if home.path != src.path:
-            raise ConfigError(f"{home.world_model_file}: this run uses the world model of "
-                              f"{home.path}, not {src.path}; use another --run")
         if recorded.get("files") != hashes:
             raise ConfigError(f"{home.world_model_file}: V or M of {src.path} changed since "
                               "this run started (SHA-256 differs); use another --run")
@@ -739,11 +770,11 @@ def borrow_world_model(source: str | Path, dest: str | Path,
 
 
 def is_run_config(config: str) -> bool:
-    """Is ``config`` the path of a run's resolved ``config.yaml`` (a file holding the
-    whole config, not ``defaults:`` and ``presets:``)?"""
+    """Is ``config`` the path of a run's resolved ``config.yaml`` (a file of that name
+    holding the whole config, not ``include:``, ``defaults:`` and ``presets:``)? Another
+    file of whole-config form is a config file of one layer, not a run."""
     path = Path(config)
-    if not path.is_file() or (path.suffix not in (".yaml", ".yml")
-                              and resolve_config_path(config) != path):
-        return False  # not a file, or the name of a preset that a file in the way shadows
+    if not path.is_file() or path.name != RUN_CONFIG:
+        return False
     data = read_yaml(path)
-    return isinstance(data, dict) and bool(data) and not {"defaults", "presets"} & set(data)
+    return isinstance(data, dict) and bool(data) and not set(CONFIG_FILE_KEYS) & set(data)

@@ -64,7 +64,8 @@ class VAEReport:
 
 
 def rollout_split(cfg: ExperimentConfig, run: RunDir) -> tuple[list[Path], list[Path], int]:
-    """(train, held-out, corrupt shards skipped): split by episode name, fixed by the seed."""
+    """(train, held-out, corrupt shards skipped): split by episode name, fixed by
+    :meth:`RunDir.data_seed` (the seed V's training recorded, else ``cfg.seed``)."""
     directory = run.rollouts
     shards, skipped = usable_shards(list_shards(directory), RolloutShard.load,
                                     cfg.data.skip_corrupt, run.skipped_shards_file, "rollouts",
@@ -74,7 +75,7 @@ def rollout_split(cfg: ExperimentConfig, run: RunDir) -> tuple[list[Path], list[
             f"{directory}: {len(shards)} usable shard(s); training V needs at least 2 "
             "(run collect.py with the same config first)"
         )
-    return (*split_episodes(shards, cfg.data.holdout_fraction, cfg.seed,
+    return (*split_episodes(shards, cfg.data.holdout_fraction, run.data_seed(cfg),
                               cfg.data.holdout_min_episodes, holdout_base(cfg)),
             skipped)
 
@@ -154,7 +155,8 @@ def import_vae(cfg: ExperimentConfig, run: RunDir, progress: bool = True) -> VAE
     write_json_atomic(files.metrics, [{"epoch": 0, "holdout_mse": holdout_mse,
                                        "mean_frame_mse": base_mse, "holdout_frames": n_scored,
                                        "frames": frames, **origin}])
-    save_model(files.model, model, meta={"epoch": 0, "seed": cfg.seed, **origin})
+    save_model(files.model, model, meta={"epoch": 0, "seed": cfg.seed,
+                                         "data_seed": run.data_seed(cfg), **origin})
     if progress:
         print(f"V from {source.home}: held-out MSE {holdout_mse:.5f} (mean frame "
               f"{base_mse:.5f}, ratio {holdout_mse / base_mse:.3f}) on this run's frames")
@@ -173,6 +175,7 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
         return import_vae(cfg, run, progress)
     device = torch.device(cfg.device)
     files = run.vae
+    data_seed = run.data_seed(cfg)  # recorded with V: the split stays V's
     train_paths, holdout_paths, skipped_shards = rollout_split(cfg, run)
 
     torch.manual_seed(cfg.seed)
@@ -238,7 +241,8 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
         # metrics, then weights, then optimizer: a kill between writes leaves a state that
         # resume_training recognises (metrics past the weights' epoch are dropped on resume)
         write_json_atomic(files.metrics, metrics)
-        save_model(files.model, model, meta={"epoch": epoch + 1, "seed": cfg.seed})
+        save_model(files.model, model, meta={"epoch": epoch + 1, "seed": cfg.seed,
+                                             "data_seed": data_seed})
         save_state(files.state, {"optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                                     "step": step})
         if progress:
