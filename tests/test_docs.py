@@ -55,3 +55,64 @@ def test_docs_paths_named_in_text_exist():
                       for name in re.findall(r"\bdocs/[\w./-]*\w", doc.read_text())
                       if not (ROOT / name).exists()})
     assert not missing, "\n".join(missing)
+
+
+COMMAND = re.compile(r"python (?:-m )?([\w/]+\.py)((?:[^`\n|;#]|\\\n)*)")
+SHARED_OPTIONS = {"--config", "--preset", "--run", "--help-config", "-h", "--help"}
+
+
+def _documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(document, script, arguments) of every ``python <script>.py ...`` in the README,
+    docs/ and the shipped agents' READMEs, except those shown failing (``error:`` next)."""
+    found = []
+    for doc in [*_docs(), *sorted((ROOT / "pretrained").rglob("README.md"))]:
+        text = doc.read_text().replace("\\\n", " ")
+        for m in COMMAND.finditer(text):
+            if text[m.end(): m.end() + 8].lstrip().startswith("error:"):
+                continue
+            args = [a.strip("'\"") for a in m.group(2).split()]
+            found.append((doc.relative_to(ROOT).as_posix(), m.group(1), args))
+    return found
+
+
+def test_documented_commands_use_known_scripts_options_keys_and_presets():
+    """A command in the docs still runs as written: its script exists, its options are
+    the script's, its key=value overrides are config keys of the right type, and its
+    --config file has its --presets (a stale command is caught before a user finds it)."""
+    from worldmodels.config import (
+        ConfigError,
+        ExperimentConfig,
+        load_config,
+        merge_into,
+        parse_override,
+    )
+
+    commands = _documented_commands()
+    assert len(commands) > 100
+    problems = []
+    for doc, script, args in commands:
+        path = ROOT / script
+        if not path.is_file():
+            problems.append(f"{doc}: {script}: no such script")
+            continue
+        source = path.read_text()
+        config, presets = "carracing", []
+        for i, arg in enumerate(args):
+            value = args[i + 1] if i + 1 < len(args) else ""
+            if arg.startswith("--"):
+                option = arg.split("=")[0]
+                if option not in SHARED_OPTIONS and f'"{option}"' not in source:
+                    problems.append(f"{doc}: {script}: unknown option {option}")
+                config = value if option == "--config" else config
+                presets += [value] if option == "--preset" else []
+            elif re.match(r"^[a-z_][\w.]*=", arg):
+                try:
+                    merge_into(ExperimentConfig(), parse_override(arg, ExperimentConfig()), arg)
+                except ConfigError as err:
+                    problems.append(f"{doc}: {script}: {err}")
+        if presets and not config.endswith(".yaml") and "/" not in config:
+            try:
+                load_config(config, presets)
+            except ConfigError as err:
+                problems.append(f"{doc}: {script}: {err}")
+    assert not problems, "\n".join(problems)
