@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ import torch
 from agents.cmaes import ProcessEvaluator
 from agents.rollouts import RolloutWorker, describe_returns
 from agents.sb3 import SB3_ALGORITHMS, play_policy_episodes, sb3_controller
-from agents.seeds import evaluation_seeds
+from agents.seeds import check_report_seeds, evaluation_seeds, selection_of
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
     load_weights,
+    read_header,
     write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -99,6 +101,22 @@ def default_policy(run: RunDir) -> str:
                  if all(p.exists() for p in run.controller.sb3(a, environment))), "controller")
 
 
+def _selection(run: RunDir, policy: str, weights: str, sb3_environment: str,
+               ) -> tuple[int, int] | None:
+    """(seed, episodes) of the selection that chose the policy to be played, if any."""
+    if policy == "controller":
+        path = run.controller.weights(weights)
+        return selection_of(read_header(path).get("meta", {})) if path.exists() else None
+    if policy in SB3_POLICIES:
+        meta = run.controller.sb3(policy, sb3_environment)[1]
+        if meta.exists():
+            try:
+                return selection_of(json.loads(meta.read_text()))
+            except (json.JSONDecodeError, TypeError, ValueError):
+                return None  # (the policy's loader names the bad file)
+    return None
+
+
 def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: str,
                   seeds: list[int], out: Path, name: str, extra: dict[str, Any],
                   video_episodes: int, video_stride: int) -> dict[str, Any]:
@@ -156,6 +174,8 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
                        other_seed(run, seed))
     out = Path(out_dir) if out_dir is not None else run.eval_dir
     check_writable(out)
+    check_report_seeds(evaluation_seeds(seed, episodes),
+                       _selection(run, policy, weights, sb3_environment), f"the {policy}")
     if policy in SB3_POLICIES:
         env_overrides = [o for o in overrides if o.startswith("env.")]
         extra = {**({"key": key} if key else {}),

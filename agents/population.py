@@ -149,7 +149,15 @@ def run_key(cfg: ExperimentConfig, view: RunView, variant: str, seed: int,
             "dream": {"temperature": cfg.dream.temperature, "done": cfg.dream.done,
                       "done_threshold": cfg.dream.done_threshold,
                       "max_steps": cfg.dream.max_steps},
-            "report_episodes": plan.report_episodes, "report_seed": plan.report_seed}
+            "report_episodes": plan.report_episodes, "report_seed": plan.report_seed,
+            **_precision(cfg)}
+
+
+def _precision(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``controller.agent_precision`` where it is not the default float32 (so that keys
+    written before it was recorded stay valid): the real episodes play in it."""
+    precision = cfg.controller.agent_precision
+    return {} if precision == "float32" else {"agent_precision": precision}
 
 
 #: run_key entries a CMA-ES history does not depend on: a larger budget continues it,
@@ -211,7 +219,7 @@ def report(view: RunView, cfg: ExperimentConfig, plan: Plan, progress: bool = Fa
     seeds, else played (``controller.engine`` and ``workers``)."""
     seeds = evaluation_seeds(plan.report_seed, plan.report_episodes)
     key = {"weights": file_digest(view.controller.selected), "seeds": _seeds_key(seeds),
-           "episodes": plan.report_episodes, "report_seed": plan.report_seed}
+           "episodes": plan.report_episodes, "report_seed": plan.report_seed, **_precision(cfg)}
     name = result_name("controller", "selected", seed=other_seed(view, plan.report_seed))
     cached = read_json(view.eval_dir / f"{name}.json", {})
     if cached.get("key") == key:
@@ -358,10 +366,35 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _claimed(path: Path) -> Iterator[bool]:
+    """Try to take an exclusive lock on ``path`` (created if absent) without waiting:
+    True while held, False if another process holds it (that process runs the job)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def job_lock(run: RunDir, variant: str, population: int, seed: int) -> Path:
+    """The lock file a process holds while it runs this job (beside the run's home)."""
+    home = run.controller_compare.run_home(variant, population, seed)
+    return home.parent / f".{home.name}.lock"
+
+
 def population_experiment(cfg: ExperimentConfig, run: RunDir, plan: Plan,
                           progress: bool = True) -> list[dict[str, Any]]:
     """Every run of ``plan`` (see the module's docstring) of this process's shard, in
-    :func:`jobs_of`'s order, resumed or skipped; each M first trained, or its training
+    :func:`jobs_of`'s order, resumed or skipped; a run another process is running (its
+    :func:`job_lock` held) is left to it, so several processes of one shard share its
+    runs, each taking the next free one; each M first trained, or its training
     finished (an M killed mid-way is not used half-trained), in ``memory_compare``.
     ``cfg``: the base run's config with the CMA-ES runs' keys (:data:`OPEN_KEYS`)
     changed. Returns the rows of every finished run of the plan, this shard's and the
@@ -380,8 +413,10 @@ def population_experiment(cfg: ExperimentConfig, run: RunDir, plan: Plan,
     bar = tqdm(mine, desc="population runs", unit="run", disable=not progress)
     for variant, population, seed in bar:
         bar.set_postfix_str(f"{variant} p{population} s{seed}")
-        rows[variant, population, seed] = one_run(run, cfg, plan, variant, population, seed,
-                                                   progress=progress)
+        with _claimed(job_lock(run, variant, population, seed)) as ours:
+            if ours:  # else another process of the same shard runs it: go on
+                rows[variant, population, seed] = one_run(run, cfg, plan, variant,
+                                                          population, seed, progress=progress)
     for job in jobs:  # the other shards' runs that have finished
         if job not in rows and (row := finished_row(run, cfg, plan, *job)) is not None:
             rows[job] = row

@@ -168,6 +168,15 @@ def memory_with(z_dim: int | None = None, **meta: object) -> Callable[[Path], No
     return plant
 
 
+def selected_on(seed: int, episodes: int) -> Callable[[Path], None]:
+    """The controller marked as selected on ``episodes`` selection seeds of ``seed``."""
+    def plant(run: Path) -> None:
+        best = run / "controller" / "best.safetensors"
+        save_model(run / "controller" / "selected.safetensors", load_model(best),
+                   meta={"selection_seed": seed, "selection_episodes": episodes})
+    return plant
+
+
 def pickled_state(run: Path) -> None:
     torch.save({"epoch": 1, "evil": PicklePayload(run.parent / "pickle_was_executed")},
                run / "vae" / "train_state.safetensors", pickle_module=pickle)
@@ -278,6 +287,9 @@ CASES = {
                                                       "best"], "no trained controller",
                                          lambda run: (run / "controller" / "best.safetensors"
                                                       ).unlink()),
+    "evaluate on its own selection seeds": Case(
+        "evaluate", ["--episodes", "1000", "seed=8175", "--weights", "selected"],
+        "give another seed=N", selected_on(0, 1000)),
     "compare_memory --seeds 0,0": Case("compare_memory", ["--seeds", "0,0"], "--seeds"),
     "compare_memory --seeds -1": Case("compare_memory", ["--seeds=-1"], "--seeds"),
     "compare_memory --variants ,": Case("compare_memory", ["--variants", ","], "--variants"),

@@ -298,6 +298,26 @@ def test_selection_and_report_seeds_never_overlap():
             assert selection_seeds(seed, min(size, 10)) == chosen[: min(size, 10)]
     # report seeds of any size are prefixes of one stream, which selection avoids
     assert evaluation_seeds(3, 5) == evaluation_seeds(3, 50)[:5]
+    # a stream that repeats a value (seed 4507 does within 1,000) still gives distinct
+    # episodes, and a report too large to be kept apart is refused
+    assert len(set(evaluation_seeds(4507, 1000))) == 1000
+    assert evaluation_seeds(4507, 1000)[:900] == evaluation_seeds(4507, 900)
+    with pytest.raises(ConfigError, match="at most 100000"):
+        evaluation_seeds(0, 100_001)
+
+
+def test_a_report_on_the_seeds_a_policy_was_selected_on_is_refused():
+    from agents.seeds import check_report_seeds, evaluation_seeds, selection_of
+
+    cmaes = {"selection_seed": 0, "selection_episodes": 1000, "generation": 3}
+    sb3 = {"seed": 0, "selected": {"step": 10, "mean": 1.0, "std": 0.0, "episodes": 1000}}
+    for meta in (cmaes, sb3):
+        assert selection_of(meta) == (0, 1000)
+        check_report_seeds(evaluation_seeds(0, 1000), selection_of(meta), "C")  # kept apart
+        # another stream can meet them by chance: evaluation seed 161 of seed 8175 does
+        with pytest.raises(ConfigError, match="1 of these evaluation episodes"):
+            check_report_seeds(evaluation_seeds(8175, 1000), selection_of(meta), "C")
+    assert selection_of({"seed": 0}) is None  # nothing selected: nothing to keep apart
 
 
 def selection_run(cfg, name, generations):

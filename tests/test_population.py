@@ -3,6 +3,7 @@ in the dreams of two Ms at two populations on a tiny CarRacing run, resumed and 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 from dataclasses import replace
@@ -181,6 +182,26 @@ def test_shards_share_the_plan_and_each_one_reports_every_finished_run(run, monk
             population_experiment(cfg, run, bad, progress=False)
     with pytest.raises(ConfigError, match="K/N"):
         compare_controllers.main(["--run", str(run.path), *CLI, "--shard", "1"])
+
+
+def test_processes_of_one_shard_share_its_runs_through_locks(run, monkeypatch):
+    """A run whose lock another process holds is left to it; the others go on, and once
+    the lock is free the run is taken (so N processes of one command share the plan)."""
+    cfg = run.load_config(OPEN, trained=False)
+    plan = Plan(VARIANTS[:1], (4,), (5, 6), dream_episodes=8, report_episodes=2)
+    jobs = population.jobs_of(plan)
+    calls = counting_dreams(monkeypatch)
+    lock = population.job_lock(run, *jobs[0])
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as other:  # another process is running the first run
+        fcntl.flock(other, fcntl.LOCK_EX)
+        rows = population_experiment(cfg, run, plan, progress=False)
+        fcntl.flock(other, fcntl.LOCK_UN)
+    assert [(r["variant"], r["population"], r["seed"]) for r in rows] == jobs[1:]
+    assert len(calls) == 2  # only the second run's 2 generations
+    rows = population_experiment(cfg, run, plan, progress=False)
+    assert [(r["variant"], r["population"], r["seed"]) for r in rows] == jobs
+    assert len(calls) == 4
 
 
 def test_an_m_killed_mid_training_is_finished_before_any_dream(run, monkeypatch):

@@ -52,6 +52,12 @@ def test_main_job_runs_every_stage_then_skips_them(tmp_path, capsys):
     third = run.main(args)
     assert "cached" not in third["evaluate"] and third["evaluate_random"]["cached"]
 
+    # so are other play settings: the agent's precision, the env's step cap
+    fourth = run.main([*args, "controller.agent_precision=bfloat16"])
+    assert "cached" not in fourth["evaluate"] and fourth["evaluate_random"]["cached"]
+    fifth = run.main([*args, "controller.agent_precision=bfloat16", "env.max_episode_steps=10"])
+    assert "cached" not in fifth["evaluate"] and "cached" not in fifth["evaluate_random"]
+
     # V trained again: the latents are encoded again, but the M (and C) of the old V
     # are refused, untouched, with the file named
     model = run_dir / "memory" / "model.safetensors"
