@@ -174,14 +174,14 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
                        other_seed(run, seed))
     out = Path(out_dir) if out_dir is not None else run.eval_dir
     check_writable(out)
-    check_report_seeds(evaluation_seeds(seed, episodes),
-                       _selection(run, policy, weights, sb3_environment), f"the {policy}")
+    seeds = evaluation_seeds(seed, episodes)
+    check_report_seeds(seeds, _selection(run, policy, weights, sb3_environment),
+                       f"the {policy}")
     if policy in SB3_POLICIES:
         env_overrides = [o for o in overrides if o.startswith("env.")]
         extra = {**({"key": key} if key else {}),
                  **({"env_overrides": env_overrides} if env_overrides else {})}
-        return _evaluate_sb3(run, cfg, policy, sb3_environment,
-                             evaluation_seeds(seed, episodes), out, name, extra,
+        return _evaluate_sb3(run, cfg, policy, sb3_environment, seeds, out, name, extra,
                              video_episodes, video_stride)
     params = None
     if policy == "controller":  # (the random policy needs no V, M or env in this process)
@@ -189,7 +189,6 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
         worker = RolloutWorker(run, overrides=tuple(overrides))
         load_weights(path, worker.controller)
         params = worker.controller.get_flat().numpy()
-    seeds = evaluation_seeds(seed, episodes)
     started = time.perf_counter()
     if progress:
         print(f"evaluate {policy}: {episodes} episodes on {engine} workers")

@@ -309,8 +309,8 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                               f"{len(train_paths)} exist")
         train_paths = nested_subset(train_paths, train_episodes, run.data_seed(cfg))
     action_dim, discrete = action_info(train_paths[0])
-    action_space = read_meta(train_paths[0])["action_space"]
-    vae_digest = read_meta(train_paths[0]).get("vae_digest")
+    first = read_meta(train_paths[0])
+    action_space, vae_digest = first["action_space"], first.get("vae_digest")
     check_memory_matches_latents(files.model, vae_digest)
 
     torch.manual_seed(seed)

@@ -512,15 +512,23 @@ class RunDir:
             info = self.memory_meta().get("action_space")
             if info:
                 return action_space_from_meta(info)
+        found = self._episodes_action_space()
+        if found is None:
+            raise ShardError(f"{self.path}: no trained M and no shards, so the action space "
+                             "is unknown (run collect.py)")
+        return action_space_from_meta(found[1])
+
+    def _episodes_action_space(self) -> tuple[Path, dict[str, Any]] | None:
+        """(first shard, its recorded action space) of the run's latents, else rollouts;
+        None without shards."""
         for directory in (self.latents, self.rollouts):
             shards = list_shards(directory)
             if shards:
                 info = read_meta(shards[0]).get("action_space")
                 if not info:
                     raise ShardError(f"{shards[0]}: meta has no action_space")
-                return action_space_from_meta(info)
-        raise ShardError(f"{self.path}: no trained M and no shards, so the action space "
-                         "is unknown (run collect.py)")
+                return shards[0], info
+        return None
 
     def load_vae(self, z_dim: int | None = None, device: str = "cpu") -> ConvVAE:
         """The run's trained V (in eval mode); ``z_dim`` checks its latent size."""
@@ -556,13 +564,11 @@ class RunDir:
                     f"{path}: M reads latents of size {memory.z_dim}, but the run's V "
                     f"({self.vae.model}) makes latents of size {z_dim} (an M of another run?)")
         space = read_header(path).get("meta", {}).get("action_space")
-        shards = list_shards(self.latents) or list_shards(self.rollouts)
-        if space and shards:
-            made = read_meta(shards[0]).get("action_space")
-            if made and made != space:
-                raise CheckpointError(
-                    f"{path}: M was trained on actions {space}, but the run's episodes "
-                    f"({shards[0]}) have actions {made} (an M of another env?)")
+        found = self._episodes_action_space() if space else None
+        if found is not None and found[1] != space:
+            raise CheckpointError(
+                f"{path}: M was trained on actions {space}, but the run's episodes "
+                f"({found[0]}) have actions {found[1]} (an M of another env?)")
 
     def memory_meta(self) -> dict[str, Any]:
         """What M's training recorded in its checkpoint (epoch, seed, done_pos_weight)."""
