@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from agents.cmaes import train_cmaes
 from agents.collect import collect, describe
 from agents.dream_check import check_run
 from agents.evaluation import evaluate, result_name
@@ -42,6 +41,7 @@ from agents.iterations import (
     memory_round,
 )
 from agents.sb3 import train_sb3
+from agents.searches import train_searches
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic
 from worldmodels.config import ExperimentConfig, cli_parser, parse_cli
 from worldmodels.encoding import encode_rollouts
@@ -93,7 +93,7 @@ def evaluate_once(cfg: ExperimentConfig, run: RunDir, policy: str) -> dict[str, 
 def train_controller(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     """CMA-ES, or the SB3 algorithm of ``controller.algo``."""
     if cfg.controller.algo == "cmaes":
-        return {**asdict(train_cmaes(cfg, run)), "algo": "cmaes",
+        return {**asdict(train_searches(cfg, run)), "algo": "cmaes",
                 "environment": cfg.controller.environment}
     _, saved = train_sb3(run, cfg)
     return saved
@@ -131,7 +131,10 @@ def _controller(s: dict[str, Any]) -> str:
                 f"({s['environment']})" + (
                     f", selected {chosen['source']} of generation {chosen['generation']}: "
                     f"{chosen['selection_mean']:.1f} on {chosen['selection_episodes']} "
-                    "selection episodes" if chosen else ""))
+                    "selection episodes" if chosen else "") + (
+                    f", from search {s['search']} of {len(s['searches'])} (seeds "
+                    + ", ".join(str(r["seed"]) for r in s["searches"]) + ")"
+                    if s.get("searches") else ""))
     return f"{s['algo']}: {s['timesteps']} steps ({s['environment']})"
 
 

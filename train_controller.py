@@ -21,8 +21,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from agents.cmaes import train_cmaes
 from agents.sb3 import train_sb3
+from agents.searches import train_searches
 from worldmodels.config import (
     ConfigError,
     cli_parser,
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         cfg, run = run_from_args(args, borrowed_ok=True)
     if cfg.controller.algo == "cmaes":
-        summary = asdict(train_cmaes(cfg, run))
+        summary = asdict(train_searches(cfg, run))
         if run.controller.best.exists():
             print(f"best controller: {run.controller.best}")
     else:

@@ -55,7 +55,7 @@ from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.controller import FlatPolicy
 from worldmodels.monitoring import summary_writer
 from worldmodels.pictures import plot_curves
-from worldmodels.run_dir import RunDir, RunView
+from worldmodels.run_dir import ControllerFiles, RunDir, RunView
 from worldmodels.shards import ShardError, read_npz, write_npz_atomic
 
 with warnings.catch_warnings():
@@ -64,6 +64,10 @@ with warnings.catch_warnings():
 
 #: candidates (P, n) and env seeds (R,) -> mean return per candidate (P,)
 Evaluator = Callable[[np.ndarray, Sequence[int]], np.ndarray]
+
+
+#: what every record of ``controller/generations.json`` holds
+GENERATION_KEYS = ("generation", "best", "mean", "worst")
 
 
 def generation_seeds(seed: int, generation: int, rollouts: int) -> list[int]:
@@ -169,22 +173,29 @@ class CMAESReport:
     last_eval: dict[str, Any] | None  # the last periodic evaluation (best and mean)
     seconds: float
     selected: dict[str, Any] | None = None  # the selected controller's meta
+    searches: list[dict[str, Any]] | None = None  # controller.restarts > 1: every search
+    search: int | None = None  # and the one kept (agents.searches)
 
 
 def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                 evaluator: Evaluator | None = None, progress: bool = True,
-                seed: int | None = None) -> CMAESReport:
+                seed: int | None = None, selection_seed: int | None = None,
+                files: ControllerFiles | None = None,
+                tensorboard: str = "controller") -> CMAESReport:
     """Run (or resume) CMA-ES up to ``controller.generations`` generations; the run is
     ``cfg``'s default directory unless given.
 
-    ``seed`` seeds CMA-ES, its generations' env (or dream) seeds and the selection seeds
-    (default ``cfg.seed``); the data split (a dream's start latents) always follows
-    :meth:`RunDir.data_seed`, so CMA-ES runs with different seeds dream from the same
-    episodes."""
+    ``seed`` seeds CMA-ES and its generations' env (or dream) seeds (default
+    ``cfg.seed``), ``selection_seed`` the selection seeds (default ``seed``); the data
+    split (a dream's start latents) always follows :meth:`RunDir.data_seed`, so CMA-ES
+    runs with different seeds dream from the same episodes. ``files``: where the search
+    keeps its files (default the run's ``controller/``; :mod:`agents.searches` gives each
+    of several searches its own), ``tensorboard`` its TensorBoard stage."""
     run = run or RunDir.for_config(cfg)
     seed = cfg.seed if seed is None else seed
+    selection_seed = seed if selection_seed is None else selection_seed
     c = cfg.controller
-    files = run.controller
+    files = files or run.controller
     controller = run.new_controller(cfg, run.action_space(), run.load_memory())
     in_dream = c.environment == "dream"
     torch.manual_seed(seed)
@@ -202,6 +213,9 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                         dream_max_steps=cfg.dream.max_steps)
     run.load_vae(cfg.vae.z_dim)  # V fits the config
     history = read_history(files.history, settings, c.population)
+    log: list[dict[str, Any]] = read_json(files.log, [], GENERATION_KEYS)[: len(history)]
+    select = {"episodes": c.select_episodes or c.eval_episodes, "seed": selection_seed}
+    selected = read_selected(files.selected, select)
     run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     files.dir.mkdir(parents=True, exist_ok=True)
     if evaluator is None:
@@ -209,14 +223,11 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     # periodic evaluations are real episodes, also when C trains in the dream
     real_evaluator = evaluator if isinstance(evaluator, ProcessEvaluator) else None
     es.replay(history)
-    log: list[dict[str, Any]] = read_json(files.log, [])[: len(history)]
     best = float(history.max()) if len(history) else -np.inf
     best_generation = int(np.argmax(history.max(axis=1))) + 1 if len(history) else 0
-    writer = summary_writer(run.tensorboard("controller"))
+    writer = summary_writer(run.tensorboard(tensorboard))
     started = time.perf_counter()
     last_eval = next((g["eval"] for g in reversed(log) if "eval" in g), None)
-    select = {"episodes": c.select_episodes or c.eval_episodes, "seed": seed}
-    selected = read_selected(files.selected, select)
     bar = tqdm(range(len(history), c.generations), initial=len(history), total=c.generations,
                desc="CMA-ES", unit="gen", disable=not progress)
     for gen in bar:
@@ -241,7 +252,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                                                   batch=c.batch_envs)
             last_eval = evaluate_for_selection(
                 controller, files.best, best_generation, es.mean(), gen + 1,
-                selection_seeds(seed, select["episodes"]), real_evaluator, log)
+                selection_seeds(selection_seed, select["episodes"]), real_evaluator, log)
             entry["eval"] = last_eval
             for source in ("best", "mean"):
                 score = last_eval[source]
@@ -251,7 +262,8 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                                 "selection_mean": score["mean"],
                                 "selection_std": score["std"],
                                 "selection_episodes": score["episodes"],
-                                "selection_seed": seed, "evaluated_at": gen + 1}
+                                "selection_seed": selection_seed,
+                                "evaluated_at": gen + 1}
                     params = es.mean() if source == "mean" else None
                     if params is None:
                         load_weights(files.best, controller)

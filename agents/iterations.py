@@ -111,17 +111,20 @@ def controller_round(cfg: ExperimentConfig, run: RunDir, number: int,
     state = read_json(files.state, {})
     if not state.get("controller_cleared"):
         _previous(run, number)  # the last round kept its copy of these files
-        for path in _files(run.controller.dir):
+        for path in _files(run.controller.dir, recursive=True):
             path.unlink()
         files.dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(files.state, {**state, "controller_cleared": True})
     return {**train(cfg, run), "restarted": True}
 
 
-def _files(directory: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
+def _files(directory: Path, suffixes: tuple[str, ...] = (), recursive: bool = False,
+           ) -> list[Path]:
+    """The files in ``directory`` (and below it if ``recursive``: a controller's
+    ``searches/``), optionally only those with one of ``suffixes``."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir()
+    return sorted(p for p in (directory.rglob("*") if recursive else directory.iterdir())
                   if p.is_file() and (not suffixes or p.suffix in suffixes))
 
 
@@ -135,7 +138,8 @@ def keep_round(run: RunDir, number: int, figures: dict[str, Any]) -> None:
     copies = [(weights, files.memory.best), (run.memory.metrics, files.memory.metrics),
               (weights.with_name(weights.name + ".json"),  # the readable header beside them
                files.memory.best.with_name(files.memory.best.name + ".json"))]
-    copies += [(p, files.controller.dir / p.name) for p in _files(run.controller.dir)]
+    copies += [(p, files.controller.dir / p.relative_to(run.controller.dir))
+               for p in _files(run.controller.dir, recursive=True)]
     copies += [(p, files.eval_dir / p.name) for p in _files(run.eval_dir, (".json", ".csv"))]
     for src, dst in copies:
         if src.exists():

@@ -7,13 +7,12 @@ from agents.batched import BatchedActor, Episode
 from agents.cmaes import ProcessEvaluator
 from agents.rollouts import RolloutWorker
 from tests.conftest import run_of
-from tests.test_cmaes import tiny_run  # noqa: F401  (fixture)
 from worldmodels.run_dir import RunDir
 
 N_PARAMS = (4 + 8) * 3 + 3
 
 
-def test_batched_play_equals_batch_1_play(tiny_run):  # noqa: F811
+def test_batched_play_equals_batch_1_play(tiny_run):
     worker = RolloutWorker(RunDir(run_of(tiny_run)))
     rng = np.random.default_rng(0)
     params = rng.normal(0, 0.5, size=(3, N_PARAMS)).astype(np.float32)
@@ -35,7 +34,7 @@ def _env(cfg):
     return make_env_from_config(cfg.env)
 
 
-def test_the_evaluator_gives_the_same_fitness_at_any_batch(tiny_run):  # noqa: F811
+def test_the_evaluator_gives_the_same_fitness_at_any_batch(tiny_run):
     params = np.random.default_rng(1).normal(0, 0.5, size=(3, N_PARAMS))
     run = RunDir(run_of(tiny_run))
     base, base_steps = ProcessEvaluator(run, "serial", max_steps=30).returns(list(params), [5, 6])
@@ -45,13 +44,13 @@ def test_the_evaluator_gives_the_same_fitness_at_any_batch(tiny_run):  # noqa: F
     np.testing.assert_allclose(got, base, rtol=1e-4, atol=1e-3)
 
 
-def test_a_batch_must_hold_an_episode(tiny_run):  # noqa: F811
+def test_a_batch_must_hold_an_episode(tiny_run):
     worker = RolloutWorker(RunDir(run_of(tiny_run)))
     with pytest.raises(ValueError, match="batch"):
         BatchedActor(worker.agent, lambda: worker.env, 0)
 
 
-def test_latent_vec_env_gives_each_env_what_the_single_wrapper_gives(tiny_run):  # noqa: F811
+def test_latent_vec_env_gives_each_env_what_the_single_wrapper_gives(tiny_run):
     from agents.sb3 import latent_vec_env, make_latent_env
 
     run = RunDir(run_of(tiny_run))
@@ -103,7 +102,7 @@ def test_dream_vec_env_restarts_ended_dreams_and_is_reproducible(tiny_cfg):
     np.testing.assert_array_equal(venv.step(actions[0].astype(np.float32))[0], trace[0])
 
 
-def test_bfloat16_agent_encodes_close_to_float32_and_plays(tiny_run):  # noqa: F811
+def test_bfloat16_agent_encodes_close_to_float32_and_plays(tiny_run):
     import dataclasses
 
     import torch

@@ -1,42 +1,11 @@
 import numpy as np
 import pytest
-import torch
 
 from agents.cmaes import CMAES, ProcessEvaluator, train_cmaes
-from tests.builders import make_frmdn
-from tests.conftest import run_of
-from worldmodels.checkpoint import save_model
-from worldmodels.config import ConfigError, save_config
+from tests.conftest import run_of, write_tiny_run
+from worldmodels.config import ConfigError
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import read_npz
-from worldmodels.vae import ConvVAE
-
-#: CarRacing's action space as collect.py records it in shard and checkpoint meta
-CAR_ACTIONS = {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}
-
-
-@pytest.fixture
-def tiny_run(tiny_cfg):
-    """A run directory with small random V and M, for CarRacing capped at 80 steps."""
-    cfg = tiny_cfg
-    cfg.vae.z_dim = 4
-    cfg.memory.hidden = 8
-    cfg.env.max_episode_steps = 80
-    c = cfg.controller
-    c.population, c.rollouts, c.generations, c.eval_every, c.engine = 4, 1, 4, 0, "serial"
-    write_tiny_run(cfg)
-    return cfg
-
-
-def write_tiny_run(cfg):
-    """config.yaml and small random V and M weights in ``run_of(cfg)``."""
-    run_of(cfg).mkdir(parents=True)
-    save_config(cfg, run_of(cfg) / "config.yaml")
-    torch.manual_seed(0)
-    save_model(RunDir(run_of(cfg)).vae.model, ConvVAE(z_dim=4))
-    save_model(run_of(cfg) / "memory" / "model.safetensors",
-               make_frmdn(z_dim=4, action_dim=3, hidden=8, mixtures=2),
-               meta={"done_pos_weight": 1.0, "action_space": CAR_ACTIONS})
 
 
 def quadratic(candidates, seeds):

@@ -12,8 +12,7 @@ from agents.cmaes import train_cmaes
 from agents.dreams import DreamEvaluator
 from envs.dream_env import load_dream, make_dream_env
 from tests.builders import lstm_features, make_controller, make_frmdn
-from tests.conftest import run_of
-from tests.test_cmaes import write_tiny_run
+from tests.conftest import run_of, write_tiny_run
 from worldmodels.checkpoint import file_digest, save_model
 from worldmodels.config import ConfigError
 from worldmodels.controller import Controller

@@ -142,7 +142,9 @@ class DataConfig:
                                ge=1)
     loader_workers: int = _opt(0, "DataLoader worker processes that read shards.", ge=0)
     skip_corrupt: bool = _opt(False, "Skip unreadable or invalid shards (counted and listed "
-                                     "in <run>/skipped_shards.json) instead of stopping.")
+                                     "in <run>/skipped_shards.json) instead of stopping: "
+                                     "collect keeps them as they are, encode, V and M "
+                                     "leave them out.")
 
 
 @dataclass
@@ -262,6 +264,10 @@ class ControllerConfig:
     eval_every: int = _opt(25, "Every N generations, evaluate the best candidate and the "
                            "CMA-ES mean on the selection seeds, whole real episodes "
                            "(0: never).", ge=0)
+    restarts: int = _opt(1, "CMA-ES searches from scratch, each with its own seed (the "
+                            "first: the run's); the run's C is the one with the highest "
+                            "mean on the run's selection seeds (needs eval_every > 0). "
+                            "Search k keeps its files in controller/searches/<k>/.", ge=1)
     eval_episodes: int = _opt(100, "Episodes of that evaluation (and of run.py's final "
                                    "evaluation).", ge=1)
     select_episodes: int = _opt(0, "Size of the fixed selection seed set on which every "
@@ -658,6 +664,12 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.run.iterations == 1 or cfg.controller.algo == "cmaes", "run.iterations",
          "above 1 needs controller.algo=cmaes (later rounds collect with the controller "
          "data policy, which plays CMA-ES's weights)"),
+        (cfg.controller.restarts == 1 or (
+            cfg.controller.algo == "cmaes"
+            and 0 < cfg.controller.eval_every <= cfg.controller.generations),
+         "controller.restarts", "above 1 needs controller.algo=cmaes and a selection "
+         "(0 < controller.eval_every <= controller.generations): the searches are "
+         "compared on the selection seeds"),
     ]
     for ok, key, why in checks:
         if not ok:

@@ -150,6 +150,16 @@ class ControllerFiles:
         return cls(d, d / "cmaes_history.npz", d / "best.safetensors", d / "mean.safetensors",
                    d / "selected.safetensors", d / "generations.json", d / "fitness.png")
 
+    @property
+    def searches(self) -> Path:
+        """``controller.restarts`` > 1: every search's figures and the winner
+        (:mod:`agents.searches`)."""
+        return self.dir / "searches.json"
+
+    def search(self, k: int) -> ControllerFiles:
+        """The files of CMA-ES search ``k`` of several: ``searches/<k>/``."""
+        return ControllerFiles.at(self.dir / "searches" / str(k))
+
     def weights(self, which: str) -> Path:
         """``best`` (CMA-ES's best candidate), ``mean`` (its search mean) or ``selected``
         (the one of them with the highest mean on the selection seeds)."""

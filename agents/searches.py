@@ -1,0 +1,90 @@
+"""Several CMA-ES searches for one controller (``controller.restarts`` > 1).
+
+Where one CMA-ES run ends up depends on its seed: on TakeCover one of three runs on the
+same V and M settled on a poor policy that later generations never left
+(docs/experiments/takecover-solve.md). With ``controller.restarts: K`` a run trains K
+searches from scratch and keeps the one whose selected controller has the highest mean on
+the run's selection seeds:
+
+* search 0 uses the run's ``seed``; search k > 0 a seed drawn from it
+  (:func:`search_seed`). Each draws its own generations' env or dream seeds;
+* every search is selected on the same selection seeds, the run's, so their selection
+  means compare episode for episode, and a report must still avoid only those seeds;
+* search k keeps its files in ``controller/searches/<k>/`` and resumes from them like any
+  CMA-ES run; the searches run one after another, a finished one is only replayed;
+* then the winner's ``selected``, ``best`` and ``mean`` weights, its ``generations.json``
+  and ``fitness.png`` are copied into ``controller/``, so every script plays the winner
+  unchanged, and ``controller/searches.json`` lists every search and names the winner.
+  It is written last: a kill before it only makes the rerun copy again.
+
+``controller.restarts: 1`` (the default) is one search in ``controller/`` as ever.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from agents.cmaes import CMAESReport, Evaluator, train_cmaes
+from worldmodels.atomic import write_bytes_atomic
+from worldmodels.checkpoint import read_header, write_json_atomic
+from worldmodels.config import ExperimentConfig
+from worldmodels.run_dir import CONTROLLER_WEIGHTS, RunDir
+
+
+def search_seed(seed: int, k: int) -> int:
+    """The CMA-ES seed of search ``k`` of a run with ``seed``: the run's own for k = 0."""
+    if k == 0:
+        return seed
+    return int(np.random.default_rng([seed, 60617, k]).integers(0, 2**31 - 1))
+
+
+def train_searches(cfg: ExperimentConfig, run: RunDir, progress: bool = True,
+                   evaluator: Evaluator | None = None) -> CMAESReport:
+    """Train (or resume) ``controller.restarts`` CMA-ES searches and keep the best on the
+    run's selection seeds; one search is :func:`agents.cmaes.train_cmaes` itself
+    (``evaluator``: its fitness, default the run's real env or dream)."""
+    restarts = cfg.controller.restarts
+    if restarts == 1:
+        return train_cmaes(cfg, run, evaluator, progress=progress)
+    reports = []
+    for k in range(restarts):
+        if progress:
+            print(f"CMA-ES search {k + 1} of {restarts} (seed {search_seed(cfg.seed, k)})")
+        reports.append(train_cmaes(cfg, run, evaluator, progress=progress,
+                                   seed=search_seed(cfg.seed, k), selection_seed=cfg.seed,
+                                   files=run.controller.search(k),
+                                   tensorboard=f"controller/search_{k}"))
+    rows = [search_row(k, cfg.seed, report) for k, report in enumerate(reports)]
+    scored = [row for row in rows if row["selection_mean"] is not None]
+    winner = max(scored, key=lambda row: row["selection_mean"])["search"]
+    selected = keep_winner(run, winner)
+    write_json_atomic(run.controller.searches, {"winner": winner, "searches": rows})
+    report = reports[winner]
+    return dataclasses.replace(report, selected=selected, searches=rows, search=winner,
+                               seconds=sum(r.seconds for r in reports))
+
+
+def search_row(k: int, seed: int, report: CMAESReport) -> dict[str, Any]:
+    """One search's figures for ``searches.json`` and the run's summary."""
+    chosen = report.selected or {}
+    return {"search": k, "seed": search_seed(seed, k), "generations": report.generations,
+            "best_fitness": report.best_fitness,
+            "selection_mean": chosen.get("selection_mean"),
+            "selected": {key: chosen.get(key) for key in ("source", "generation")}}
+
+
+def keep_winner(run: RunDir, k: int) -> dict[str, Any]:
+    """Copy search ``k``'s controller into the run's ``controller/``: its weights (with
+    their readable headers), log and plot; returns the selected controller's meta."""
+    source, target = run.controller.search(k), run.controller
+    pairs = [(source.log, target.log), (source.fitness_plot, target.fitness_plot)]
+    for name in CONTROLLER_WEIGHTS:
+        src, dst = source.weights(name), target.weights(name)
+        pairs += [(src, dst), (src.with_name(src.name + ".json"),
+                               dst.with_name(dst.name + ".json"))]
+    for src, dst in pairs:
+        write_bytes_atomic(dst, src.read_bytes())
+    return dict(read_header(target.selected)["meta"])
