@@ -182,10 +182,19 @@ def probe_env(cfg: ExperimentConfig, run: RunDir) -> None:
 
 
 def check_compatible(shards: list[Path], cfg: ExperimentConfig) -> None:
-    """Refuse to resume into shards collected with another env, seed or policy."""
+    """Refuse to resume into shards collected with another env, seed or policy. With
+    ``data.skip_corrupt`` an unreadable shard is kept as it is (and counted as
+    collected): the later stages skip it and list it in ``skipped_shards.json``."""
     schedule = policy_schedule(cfg.collect.policy)
+    unreadable = []
     for path in shards:
-        meta = read_meta(path)
+        try:
+            meta = read_meta(path)
+        except ShardError as err:
+            if not cfg.data.skip_corrupt:
+                raise
+            unreadable.append(str(err))
+            continue
         want = {"env_id": cfg.env.id, "seed": cfg.seed,
                 "policy": policy_for(schedule, shard_index(path))}
         for key, value in want.items():
@@ -193,6 +202,9 @@ def check_compatible(shards: list[Path], cfg: ExperimentConfig) -> None:
                 raise ShardError(
                     f"{path}: collected with {key}={meta.get(key)!r}, this run asks for "
                     f"{key}={value!r}; use another run name (name=...) or directory")
+    if unreadable:
+        print(f"{len(unreadable)} unreadable rollout shard(s) kept as they are "
+              f"(data.skip_corrupt: later stages skip them); first: {unreadable[0]}")
 
 
 @dataclass

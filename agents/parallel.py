@@ -11,6 +11,8 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -58,6 +60,22 @@ def descendants(pids: Sequence[int]) -> list[int]:
     return found
 
 
+def _exit_with_parent(parent: int, poll_seconds: float = 0.5) -> None:
+    """A worker's initializer: a daemon thread ends the worker, and the processes it
+    started (a VizDoom game), once ``parent`` is gone. A ``kill -9`` of the main
+    process, or the OOM killer, gives its workers no signal; without this they would
+    play out their tasks and then wait, holding V, M and an env, for ever."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        for pid in descendants([os.getpid()]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def ray_module() -> Any:
     try:
         import ray
@@ -77,7 +95,8 @@ class TaskPool:
     naming it; results already yielded stay valid. A batch given up before its end (a
     failed task, Ctrl-C, SIGTERM through :func:`worldmodels.errors.run_cli`, a caller that
     stops reading) stops the worker processes still running its tasks at once; the next
-    batch starts new ones.
+    batch starts new ones. A worker whose main process dies (even by ``kill -9``) ends
+    itself and its children within a second (:func:`_exit_with_parent`).
     """
 
     def __init__(self, engine: str = "process", workers: int = 0, ray_address: str = ""):
@@ -103,7 +122,9 @@ class TaskPool:
         if self._pool is None:
             # spawn, not fork: workers must not inherit torch's threads or an open env
             self._pool = ProcessPoolExecutor(max_workers=self.workers,
-                                             mp_context=multiprocessing.get_context("spawn"))
+                                             mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_exit_with_parent,
+                                             initargs=(os.getpid(),))
         pending: dict = {}
         queue = list(reversed(tasks))
         try:

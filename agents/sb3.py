@@ -37,6 +37,7 @@ from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
     CheckpointError,
     load_state,
+    read_json,
     save_state,
     write_bytes_atomic,
     write_text_atomic,
@@ -323,7 +324,9 @@ class _Trainer(BaseCallback):
         self.algo, self.environment = c.algo, c.environment
         self.progress = progress
         self.bar: Any = None
-        self.last_save = self.last_eval = int(state["num_timesteps"])
+        self.last_save = int(state["num_timesteps"])
+        # the selection schedule resumes where the checkpoint left it
+        self.last_eval = int(state.get("last_eval", state["num_timesteps"]))
         self.seeds = selection_seeds(cfg.seed, c.select_episodes or c.eval_episodes)
 
     def _on_training_start(self) -> None:
@@ -383,6 +386,7 @@ class _Trainer(BaseCallback):
         n = int(self.model.num_timesteps)
         self.last_save = n
         self.state["num_timesteps"] = n
+        self.state["last_eval"] = self.last_eval
         self.state["parameters"] = self.model.get_parameters()
         norm = _ret_rms(self.model.get_env())
         if norm is not None:
@@ -390,9 +394,11 @@ class _Trainer(BaseCallback):
                 "mean": torch.tensor(norm.ret_rms.mean, dtype=torch.float64),
                 "var": torch.tensor(norm.ret_rms.var, dtype=torch.float64),
                 "count": float(norm.ret_rms.count)}
+        # the shipped policy first: a kill between the two leaves an older checkpoint,
+        # which a rerun resumes and ships again, never a finished one beside an old policy
+        ship(self.run, self.state, self.model)
         save_state(self.run.controller.sb3_checkpoint(self.algo, self.environment),
                    self.state)
-        ship(self.run, self.state, self.model)
         plot_sb3_curve(self.run.controller.sb3_curve(self.algo, self.environment), self.state)
 
 
@@ -401,12 +407,14 @@ def _policy_state(model: Any) -> dict[str, torch.Tensor]:
             for k, v in model.policy.state_dict().items()}
 
 
-def ship(run: RunDir, state: dict[str, Any], model: Any) -> dict[str, Any]:
+def ship(run: RunDir, state: dict[str, Any], model: Any = None) -> dict[str, Any]:
     """Write the shipped policy and its meta: the best on the selection seeds when there
-    was a selection, else the current policy; returns the meta."""
+    was a selection, else the current policy (``model``'s, or without one the
+    checkpoint ``state``'s); returns the meta."""
     settings = state["settings"]
     selected = state.get("selected")
-    tensors = selected["policy"] if selected else _policy_state(model)
+    tensors = (selected["policy"] if selected else _policy_state(model) if model is not None
+               else state["parameters"]["policy"])
     meta = {**settings, "timesteps": int(state["timesteps"]),
             "num_timesteps": int(state["num_timesteps"]),
             "controller": state["controller"],
@@ -486,12 +494,14 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
     checkpoint = run.controller.sb3_checkpoint(algo, environment)
     state = _resume(checkpoint, settings)
     weights, meta_path = run.controller.sb3(algo, environment)
-    if state is not None and state["num_timesteps"] >= c.sb3_timesteps \
-            and weights.exists() and meta_path.exists():
+    if state is not None and state["num_timesteps"] >= c.sb3_timesteps:
         print(f"{checkpoint}: trained for {state['num_timesteps']} steps already "
               f"(controller.sb3_timesteps={c.sb3_timesteps}); skipped")
-        return None, {"weights": str(weights), **json.loads(meta_path.read_text()),
-                      "skipped": True}
+        if _shipped_steps(weights, meta_path) != state["num_timesteps"]:
+            # killed between the checkpoint and the policy (before the policy was written
+            # first): the policy comes from the finished checkpoint
+            return None, {**ship(run, state), "skipped": True}
+        return None, {"weights": str(weights), **read_json(meta_path, {}), "skipped": True}
     env = training_env(run, cfg)
     model = build_model(algo, env, cfg.seed, kwargs, str(run.tensorboard()))
     if state is None:
@@ -517,6 +527,16 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
                 tb_log_name=f"sb3_{algo}_{environment}")
     env.close()
     return model, ship(run, state, model)
+
+
+def _shipped_steps(weights: Path, meta_path: Path) -> int | None:
+    """The training steps of the shipped policy (None: absent or unreadable)."""
+    if not weights.exists():
+        return None
+    try:
+        return int(read_json(meta_path, {}).get("num_timesteps", -1))
+    except (CheckpointError, TypeError, ValueError):
+        return None
 
 
 def load_sb3(run: RunDir, cfg: ExperimentConfig, algo: str = "ppo",

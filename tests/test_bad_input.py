@@ -293,6 +293,20 @@ CASES = {
     "compare_memory --seeds 0,0": Case("compare_memory", ["--seeds", "0,0"], "--seeds"),
     "compare_memory --seeds -1": Case("compare_memory", ["--seeds=-1"], "--seeds"),
     "compare_memory --variants ,": Case("compare_memory", ["--variants", ","], "--variants"),
+    # files of a run read before its config.yaml is rewritten: a refused rerun with a
+    # changed key leaves config.yaml as it was
+    "V metrics not JSON": Case("train_vae", ["vae.epochs=3"], "vae/metrics.json",
+                               truncated("vae/metrics.json")),
+    "M metrics of another shape": Case("train_frmdn", ["memory.epochs=3"],
+                                       "memory/metrics.json",
+                                       plant_bytes("memory/metrics.json", b'[{"epoch": 1}]')),
+    "CMA-ES log not a list": Case("train_controller", ["controller.generations=9"],
+                                  "generations.json",
+                                  plant_bytes("controller/generations.json", b"{}")),
+    "corrupt selected controller": Case("train_controller", ["controller.generations=9"],
+                                        "selected.safetensors",
+                                        plant_bytes("controller/selected.safetensors",
+                                                    b"junk")),
     "pickled training state": Case("train_vae", [], "train_state.safetensors", pickled_state),
     "corrupt M training state": Case("train_frmdn", [], "train_state.safetensors",
                                      plant_bytes("memory/train_state.safetensors", b"\0" * 9)),
@@ -512,7 +526,7 @@ def test_training_state_round_trips_without_torch_load(tmp_path, monkeypatch):
 
 def test_every_file_is_written_through_the_one_atomic_write():
     """No module writes a file a later stage reads except through worldmodels.atomic
-    (one temporary-name scheme: .<name>.partial, fsync, rename)."""
+    (one temporary-name scheme: .<name>.<pid>.partial, fsync, rename)."""
     import re
 
     root = Path(__file__).resolve().parent.parent
@@ -550,4 +564,46 @@ def test_the_temporary_name_is_one_scheme(tmp_path, monkeypatch):
     save_config(load_config("carracing"), tmp_path / "config.yaml")
     write_json_atomic(tmp_path / "m.json", {})
     assert len(renamed) == 7
-    assert all(src == f".{dst}.partial" for src, dst in renamed)
+    assert all(src == f".{dst}.{os.getpid()}.partial" for src, dst in renamed)
+
+
+def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    from worldmodels.checkpoint import write_json_atomic
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f".log.json.{dead}.partial"  # a writer killed mid-write
+    live = tmp_path / f".log.json.{os.getppid()}.partial"  # a writer still at work
+    other = tmp_path / f".other.json.{dead}.partial"  # another file's
+    for p in (stale, live, other):
+        p.write_bytes(b"half")
+    write_json_atomic(tmp_path / "log.json", {"ok": 1})
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def _write_often(path: str, tag: int, times: int) -> None:
+    from worldmodels.checkpoint import write_json_atomic
+
+    for i in range(times):
+        write_json_atomic(Path(path), {"writer": tag, "i": i, "pad": "x" * 4096})
+
+
+def test_processes_writing_one_file_never_share_a_temporary_file(tmp_path):
+    """Two processes of one command (a population experiment's) write its results file
+    at once: each write succeeds and the file is always one whole write."""
+    import json
+    import multiprocessing as mp
+
+    target = tmp_path / "results.json"
+    ctx = mp.get_context("spawn")
+    writers = [ctx.Process(target=_write_often, args=(str(target), k, 200)) for k in (1, 2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    assert json.loads(target.read_text())["i"] == 199
+    assert not list(tmp_path.glob("*.partial"))

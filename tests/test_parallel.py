@@ -90,6 +90,34 @@ def test_sigterm_stops_the_entry_point_and_its_workers_mid_task(tmp_path):
     assert _wait_for(lambda: not any(_alive(pid) for pid in workers), 10)
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's new parent may be slow to reap it)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return _alive(pid) if not Path("/proc").is_dir() else False
+    return text[text.rfind(")") + 2] != "Z"
+
+
+def test_workers_end_when_their_main_process_is_killed(tmp_path):
+    """kill -9 of the main process gives its workers no signal: they notice the loss of
+    their parent and end, with the children they started."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", _SLEEPING_ENTRY_POINT, str(tmp_path)],
+                            cwd=root, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        pid_files = [tmp_path / "a", tmp_path / "b"]
+        assert _wait_for(lambda: all(f.exists() and f.read_text() for f in pid_files), 60)
+        workers = [int(pid) for f in pid_files for pid in f.read_text().split()]
+        assert all(_running(pid) for pid in workers)
+        proc.kill()
+        proc.wait(timeout=30)
+        assert _wait_for(lambda: not any(_running(pid) for pid in workers), 10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_a_pool_runs_new_batches_after_one_was_given_up():
     with TaskPool("process", workers=2) as pool:
         with pytest.raises(TaskError):

@@ -144,6 +144,38 @@ def test_corrupt_rollout_shards_are_skipped_and_counted_when_asked(tiny_cfg):
     assert len(listed) == 2 and "ep_000001.npz" in listed[0] + listed[1]
 
 
+def test_skip_corrupt_carries_collect_and_encode_past_an_unreadable_shard(tiny_cfg):
+    """data.skip_corrupt holds for every stage that reads rollouts, so run.py can use it:
+    collect keeps an unreadable shard as it is (and does not collect it again), V and
+    encode leave it out and list it."""
+    from agents.collect import collect
+    from worldmodels.encoding import encode_rollouts
+    from worldmodels.vae_training import train_vae
+
+    tiny_cfg.collect.episodes = 3
+    collect(tiny_cfg, progress=False)
+    bad = run_of(tiny_cfg) / "rollouts" / "ep_000001.npz"
+    bad.write_bytes(bad.read_bytes()[:3000])  # truncated
+    kept = bad.read_bytes()
+    tiny_cfg.collect.episodes = 4
+    with pytest.raises(ShardError, match=r"ep_000001\.npz"):
+        collect(tiny_cfg, progress=False)
+    tiny_cfg.data.skip_corrupt = True
+    assert collect(tiny_cfg, progress=False).episodes_new == 1  # only ep_000003
+    assert bad.read_bytes() == kept
+    train_vae(tiny_cfg, progress=False)
+    tiny_cfg.data.skip_corrupt = False
+    with pytest.raises(ShardError, match=r"ep_000001\.npz"):
+        encode_rollouts(tiny_cfg, progress=False)
+    tiny_cfg.data.skip_corrupt = True
+    report = encode_rollouts(tiny_cfg, progress=False)
+    assert report.encoded == 3
+    latents = sorted(p.name for p in (run_of(tiny_cfg) / "latents").glob("ep_*.npz"))
+    assert latents == ["ep_000000.npz", "ep_000002.npz", "ep_000003.npz"]
+    listed = json.loads((run_of(tiny_cfg) / "skipped_shards.json").read_text())["rollouts"]
+    assert len(listed) == 1 and "ep_000001.npz" in listed[0]
+
+
 def test_rollout_shard_with_nan_reward_or_float_frames_is_refused(tmp_path):
     from tests.conftest import synthetic_shard
 
@@ -214,3 +246,28 @@ def test_controller_weights_of_another_shape_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="c.safetensors"):
         load_weights(tmp_path / "c.safetensors", other)
     assert torch.isfinite(other.get_flat()).all()
+
+
+def test_a_resumed_optimizer_keeps_its_moments_and_takes_the_configs_learning_rate(tmp_path):
+    """A rerun with memory.lr (or vae.lr) changed trains at the new rate: the saved
+    optimizer state brings back Adam's moments, not the old rate."""
+    from worldmodels.checkpoint import resume_training, save_model, save_state
+    from worldmodels.vae import ConvVAE
+
+    torch.manual_seed(0)
+    model = ConvVAE(z_dim=4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.rand(2, 3, 64, 64))[0].sum().backward()
+    optimizer.step()
+    save_model(tmp_path / "model.safetensors", model, meta={"epoch": 1})
+    save_state(tmp_path / "state.safetensors", {"optimizer": optimizer.state_dict(), "epoch": 1})
+    again = ConvVAE(z_dim=4)
+    resumed = torch.optim.Adam(again.parameters(), lr=0.5)
+    epoch, _ = resume_training(tmp_path / "model.safetensors", tmp_path / "state.safetensors",
+                               again, resumed)
+    assert epoch == 1
+    assert [g["lr"] for g in resumed.param_groups] == [0.5]
+    saved, loaded = optimizer.state_dict()["state"], resumed.state_dict()["state"]
+    assert saved.keys() == loaded.keys()
+    for k in saved:
+        torch.testing.assert_close(loaded[k]["exp_avg"], saved[k]["exp_avg"])

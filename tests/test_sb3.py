@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from stable_baselines3 import PPO
 from torch import nn
 
@@ -21,7 +22,6 @@ from agents.sb3 import (
     train_sb3,
 )
 from tests.conftest import run_of
-from tests.test_cmaes import tiny_run  # noqa: F401 - a fixture
 from worldmodels.checkpoint import load_state
 from worldmodels.config import ConfigError, load_config
 from worldmodels.run_dir import RunDir
@@ -75,7 +75,7 @@ def _spy_lr(monkeypatch, stop_after: int = 0) -> list[float]:
     return seen
 
 
-def test_killed_sb3_training_resumes_to_the_same_end_and_schedule(tiny_run, monkeypatch):  # noqa: F811
+def test_killed_sb3_training_resumes_to_the_same_end_and_schedule(tiny_run, monkeypatch):
     cfg = tiny_sb3(tiny_run, timesteps=384)  # 12 updates; episodes of 80 steps
     run = RunDir(run_of(cfg))
     config_before = (run_of(cfg) / "config.yaml").read_text()
@@ -105,13 +105,26 @@ def test_killed_sb3_training_resumes_to_the_same_end_and_schedule(tiny_run, monk
 
     skipped, again = train_sb3(run, cfg, progress=False)  # finished: nothing to do
     assert skipped is None and again["skipped"] and again["num_timesteps"] == 384
+    # a policy older than the finished checkpoint (a kill between the two writes, when
+    # the checkpoint came first) is shipped again from the checkpoint
+    weights, meta_path = run.controller.sb3("ppo")
+    final = {k: v.clone() for k, v in load_file(str(weights)).items()}  # (not the mmap)
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()),
+                                     "num_timesteps": 352}))
+    weights.write_bytes(b"an older policy")
+    _, reshipped = train_sb3(run, cfg, progress=False)
+    assert reshipped["skipped"] and reshipped["num_timesteps"] == 384
+    assert json.loads(meta_path.read_text())["num_timesteps"] == 384
+    again = load_file(str(weights))
+    assert again.keys() == final.keys()
+    assert all(torch.equal(again[k], final[k]) for k in final)
 
     cfg.controller.sb3_kwargs = {**TINY, "n_epochs": 2}
     with pytest.raises(ConfigError, match=r"other settings.*n_epochs"):
         train_sb3(run, cfg, progress=False)
 
 
-def test_reward_normalisation_keeps_return_statistics(tiny_run):  # noqa: F811
+def test_reward_normalisation_keeps_return_statistics(tiny_run):
     cfg = tiny_sb3(tiny_run, timesteps=64, sb3_normalize_reward=True)
     run = RunDir(run_of(cfg))
     model, _ = train_sb3(run, cfg, progress=False)
@@ -125,7 +138,7 @@ def test_reward_normalisation_keeps_return_statistics(tiny_run):  # noqa: F811
     assert model.get_env().ret_rms.count > state["ret_rms"]["count"]
 
 
-def test_selection_ships_the_best_policy_on_the_selection_seeds(tiny_run):  # noqa: F811
+def test_selection_ships_the_best_policy_on_the_selection_seeds(tiny_run):
     cfg = tiny_sb3(tiny_run, timesteps=96, sb3_eval_steps=32, select_episodes=2)
     run = RunDir(run_of(cfg))
     train_sb3(run, cfg, progress=False)
@@ -142,7 +155,7 @@ def test_selection_ships_the_best_policy_on_the_selection_seeds(tiny_run):  # no
         torch.testing.assert_close(shipped[k], v)
 
 
-def test_batched_sb3_evaluation_returns_the_serial_returns(tiny_run):  # noqa: F811
+def test_batched_sb3_evaluation_returns_the_serial_returns(tiny_run):
     cfg = tiny_sb3(tiny_run, timesteps=32)
     run = RunDir(run_of(cfg))
     train_sb3(run, cfg, progress=False)
@@ -154,7 +167,7 @@ def test_batched_sb3_evaluation_returns_the_serial_returns(tiny_run):  # noqa: F
                                atol=1e-4)
 
 
-def test_sampled_play_is_repeatable_and_leaves_torch_s_generator_alone(tiny_run):  # noqa: F811
+def test_sampled_play_is_repeatable_and_leaves_torch_s_generator_alone(tiny_run):
     cfg = tiny_sb3(tiny_run, timesteps=32)
     cfg.controller.sb3_kwargs = {**TINY, "use_sde": True, "sde_sample_freq": 2}
     run = RunDir(run_of(cfg))
@@ -174,7 +187,7 @@ def test_sampled_play_is_repeatable_and_leaves_torch_s_generator_alone(tiny_run)
     assert sampled != mean_action  # the samples are not the mean action
 
 
-def test_a_controller_preset_layers_over_a_run(tiny_run):  # noqa: F811
+def test_a_controller_preset_layers_over_a_run(tiny_run):
     from worldmodels.config import cli_parser, parse_cli
     from worldmodels.run_dir import run_from_args
 

@@ -37,8 +37,11 @@ def average(out_dir: Path, member_dirs: list[Path]) -> None:
     out.write_config(cfg)
     for src, dst in ((members[0].latents, out.latents), (members[0].vae.dir, out.vae.dir),
                      (members[0].memory.dir, out.memory.dir)):
-        if not dst.exists():
-            shutil.copytree(src, dst, copy_function=os.link)
+        if not dst.exists():  # linked under a temporary name: a kill leaves no half copy
+            partial = dst.with_name(dst.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(src, partial, copy_function=os.link)
+            partial.rename(dst)
     for weights in ("mean", "best"):
         models = [load_model(m.controller.weights(weights)) for m in members]
         flats = torch.stack([m.get_flat() for m in models])

@@ -1,7 +1,9 @@
 """The one atomic write: every file a later stage reads is written here.
 
-:func:`write_atomic` writes to ``.<name>.partial`` beside the target (hidden, and never
-listed as a shard), flushes and fsyncs it, renames it over the target and fsyncs the
+:func:`write_atomic` writes to ``.<name>.<pid>.partial`` beside the target (hidden, never
+listed as a shard, and one per process, so that two processes writing the same file,
+such as the processes of one population experiment writing its results, never share
+one), flushes and fsyncs it, renames it over the target and fsyncs the
 directory: a kill leaves the old file or the new one, never half of one, and a failed
 write removes its temporary file. When the OS refuses the write (disk full, quota,
 read-only file system, no permission) the error is a :class:`WriteError`: one line
@@ -21,7 +23,8 @@ from typing import BinaryIO
 
 from worldmodels.errors import OS_REFUSALS, InputError
 
-#: the temporary name of ``<dir>/<name>`` while it is written: ``<dir>/.<name>.partial``
+#: the temporary name of ``<dir>/<name>`` while process ``pid`` writes it:
+#: ``<dir>/.<name>.<pid>.partial``
 TMP_SUFFIX = ".partial"
 
 _WHAT_TO_DO = {
@@ -45,8 +48,8 @@ def refusal(path: Path | str, err: OSError) -> WriteError:
 
 
 def temp_path(path: Path) -> Path:
-    """Where ``path`` is written before it is renamed into place."""
-    return path.with_name(f".{path.name}{TMP_SUFFIX}")
+    """Where this process writes ``path`` before renaming it into place."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
 def write_atomic(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
@@ -61,6 +64,7 @@ def write_atomic(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _remove_dead_writers_temps(path)
     except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
@@ -68,6 +72,30 @@ def write_atomic(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
             raise refusal(path, err) from None
         raise
     _fsync_dir(path.parent)
+
+
+def _remove_dead_writers_temps(path: Path) -> None:
+    """Remove the temporary files of ``path`` that killed processes left (a live
+    writer's is its own business): with a name per process, no later write reuses them."""
+    prefix = f".{path.name}."
+    with os.scandir(path.parent) as entries:
+        stale = [e.name for e in entries
+                 if e.name.startswith(prefix) and e.name.endswith(TMP_SUFFIX)]
+    for name in stale:
+        pid = name[len(prefix): -len(TMP_SUFFIX)]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                (path.parent / name).unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -225,7 +225,8 @@ def resume_training(
     model_path: Path, state_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     expect: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Load the last checkpoint into ``model`` (and ``optimizer``).
+    """Load the last checkpoint into ``model`` (and ``optimizer``'s moments; its
+    learning rates stay those it was made with, the config's).
 
     Returns (finished epochs, training state dict; empty if unusable). The epoch comes
     from the weights' own header. Weights are written before the training state, so a
@@ -241,7 +242,11 @@ def resume_training(
     if Path(state_path).exists():
         state = load_state(state_path)
         if int(state.get("epoch", -1)) == epoch:
+            # the moments resume; the learning rate is the config's (a rerun may change it)
+            rates = [group["lr"] for group in optimizer.param_groups]
             optimizer.load_state_dict(state["optimizer"])
+            for group, rate in zip(optimizer.param_groups, rates, strict=True):
+                group["lr"] = rate
             return epoch, state
         print(f"{state_path}: from epoch {state.get('epoch')}, weights from epoch {epoch}; "
               "optimizer state reset")
@@ -252,12 +257,28 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2))
 
 
-def read_json(path: Path, default: Any) -> Any:
-    """A JSON file written by :func:`write_json_atomic`; ``default`` if it is absent."""
+def read_json(path: Path, default: Any, keys: tuple[str, ...] = ()) -> Any:
+    """A JSON file written by :func:`write_json_atomic`; ``default`` if it is absent.
+
+    A file that is not JSON, not of ``default``'s kind (a list, a mapping), or, with
+    ``keys``, a mapping (or a list of mappings: a log's records) without one of them, is
+    a :class:`CheckpointError` naming the file."""
     path = Path(path)
     if not path.exists():
         return default
+    delete = "delete it to start its log anew"
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not JSON ({err}); delete it to start its log anew") from err
+        raise CheckpointError(f"{path}: not JSON ({err}); {delete}") from err
+    if default is not None and not isinstance(data, type(default)):
+        raise CheckpointError(f"{path}: a JSON {type(data).__name__}, where a "
+                              f"{type(default).__name__} is expected; {delete}")
+    if keys:
+        for i, record in enumerate(data if isinstance(data, list) else [data]):
+            missing = [k for k in keys if not isinstance(record, dict) or k not in record]
+            if missing:
+                where = f"record {i + 1}" if isinstance(data, list) else "it"
+                raise CheckpointError(f"{path}: {where} lacks '{missing[0]}' (every record "
+                                      f"holds {', '.join(keys)}); {delete}")
+    return data

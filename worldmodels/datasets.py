@@ -362,6 +362,15 @@ def usable_shards(paths: Sequence[Path], reader: Callable[[Path], object], skip_
     return good, len(bad)
 
 
+def add_skipped(record: Path, kind: str, error: str) -> None:
+    """List one more corrupt ``kind`` shard (its error line) in the JSON file ``record``."""
+    listed = read_json(record, {})
+    if error not in listed.get(kind, []):
+        listed[kind] = [*listed.get(kind, []), error]
+        write_json_atomic(record, listed)
+    print(f"skipped a corrupt {kind} shard: {error}")
+
+
 def screen_shards(paths: Sequence[Path], reader: Callable[[Path], object],
                   ) -> tuple[list[Path], list[str]]:
     """(readable shards, one error line per bad one): every shard read once by ``reader``."""

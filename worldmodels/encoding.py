@@ -18,12 +18,12 @@ from tqdm import tqdm
 
 from worldmodels.checkpoint import file_digest
 from worldmodels.config import ExperimentConfig
+from worldmodels.datasets import add_skipped, usable_shards
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import (
     RolloutShard,
     ShardError,
     ShardSpec,
-    check_shard,
     list_shards,
     read_meta,
     remove_partial_files,
@@ -74,15 +74,23 @@ def encode_rollouts(cfg: ExperimentConfig, run: RunDir | None = None,
     if not shards:
         raise ShardError(f"{src}: no rollout shards to encode (run collect.py first)")
     spec = ShardSpec(frame_size=cfg.env.frame_size)
-    for path in shards:  # every shard fits V before any is encoded
-        check_shard(path, "rollouts", spec)
+    skip, record = cfg.data.skip_corrupt, run.skipped_shards_file
+    # every shard fits V before any is encoded (data.skip_corrupt: those that do not are
+    # listed and left out)
+    shards, _ = usable_shards(shards, lambda path: None, skip, record, "rollouts", spec)
     run.write_config(cfg, outputs=(dst,))  # inputs accepted
     remove_partial_files(dst)
     todo = [p for p in shards if not latent_is_current(dst / p.name, digest)]
     start = time.perf_counter()
-    frames = 0
+    frames = encoded = 0
     for path in tqdm(todo, desc="encode", unit="ep", disable=not progress):
-        shard = RolloutShard.load(path)
+        try:
+            shard = RolloutShard.load(path)
+        except ShardError as err:  # a payload that its header did not show to be bad
+            if not skip:
+                raise
+            add_skipped(record, "rollouts", str(err))
+            continue
         mu, logvar = encode_frames(model, shard.obs, cfg.encode.batch_size, device)
         frames += len(shard.obs)
         meta = {**shard.meta, "vae_digest": digest, "z_dim": cfg.vae.z_dim}
@@ -91,4 +99,5 @@ def encode_rollouts(cfg: ExperimentConfig, run: RunDir | None = None,
             "terminated": shard.terminated, "truncated": shard.truncated,
             "meta": np.array(json.dumps(meta)),
         }, compress_level=cfg.collect.compress_level)
-    return EncodeReport(len(shards), len(todo), frames, time.perf_counter() - start)
+        encoded += 1
+    return EncodeReport(len(shards), encoded, frames, time.perf_counter() - start)

@@ -318,6 +318,9 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     optimizer = torch.optim.Adam(model.parameters(), lr=m.lr)
     start_epoch, _ = resume_training(files.model, files.state, model, optimizer,
                                      expect=model.config())
+    metrics = [x for x in read_json(files.metrics, [], ("epoch", "train_seconds"))
+               if x["epoch"] <= start_epoch]
+    best_epoch, best_nll = _best_so_far(files, metrics, select_after)
     if out_dir is None:
         run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     else:
@@ -328,11 +331,9 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     loader = ShardLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers)
     lengths = {p: shard_length(p) for p in train_paths}  # read once, replayed every epoch
     writer = summary_writer(files.tensorboard)
-    metrics = [x for x in read_json(files.metrics, []) if x["epoch"] <= start_epoch]
     step = sum(x.get("batches", 0) for x in metrics)
     skipped_total = sum(x.get("skipped", 0) for x in metrics)
     generator = torch.Generator(device=device)
-    best_epoch, best_nll = _best_so_far(files, metrics, select_after)
     meta = {"seed": seed, "done_pos_weight": m.done_pos_weight, "action_space": action_space,
             **({"vae_digest": vae_digest} if vae_digest else {})}
     if (metrics and metrics[-1]["epoch"] == start_epoch > select_after
@@ -451,7 +452,7 @@ def _best_so_far(files: MemoryFiles, metrics: list[dict[str, Any]],
     if files.best.exists():
         epoch = int(read_header(files.best).get("meta", {}).get("epoch", 0))
         for x in metrics if epoch > select_after else []:
-            if x["epoch"] == epoch:
+            if x["epoch"] == epoch and "holdout_nll" in x:
                 return epoch, x["holdout_nll"]
     return 0, math.inf
 

@@ -45,6 +45,9 @@ from worldmodels.run_dir import RunDir
 from worldmodels.shards import RolloutShard, ShardError, ShardSpec, list_shards, load_frames
 from worldmodels.vae import ConvVAE, to_float_frames, vae_loss
 
+#: what every record of ``vae/metrics.json`` holds
+VAE_METRIC_KEYS = ("epoch", "holdout_mse", "mean_frame_mse", "holdout_frames")
+
 
 @dataclass
 class VAEReport:
@@ -135,7 +138,7 @@ def import_vae(cfg: ExperimentConfig, run: RunDir, progress: bool = True) -> VAE
                    if "pretrained" in meta else "trained here")
             raise ConfigError(f"config key 'vae.pretrained': {files.model} was {was}, not "
                               f"{source.vae.model} ({digest}); use a new run")
-        last = read_json(files.metrics, [{}])[-1]
+        last = (read_json(files.metrics, []) or [{}])[-1]
         return VAEReport(0, int(last.get("frames", 0)), int(last.get("holdout_frames", 0)),
                          float(last.get("holdout_mse", "nan")),
                          float(last.get("mean_frame_mse", "nan")),
@@ -184,6 +187,8 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
     start_epoch, state = resume_training(files.model, files.state, model, optimizer,
                                          expect={"z_dim": cfg.vae.z_dim})
     mean = read_mean_frame(files.mean, cfg.env.frame_size) if files.mean.exists() else None
+    metrics = [m for m in read_json(files.metrics, [], VAE_METRIC_KEYS)
+               if m["epoch"] <= start_epoch]
     run.write_config(cfg, outputs=(files.dir, run.tensorboard("vae")))  # inputs accepted
 
     if mean is None:
@@ -197,7 +202,6 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
     loader = ShardLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers,
                         persistent_workers=False)
     writer = summary_writer(run.tensorboard("vae"))
-    metrics = [m for m in read_json(files.metrics, []) if m["epoch"] <= start_epoch]
     step = int(state.get("step", start_epoch * (frames_per_epoch // v.batch_size)))
     started = time.perf_counter()
     holdout_mse, base_mse, n_scored = float("nan"), float("nan"), 0
