@@ -16,6 +16,8 @@ seeds. Writes ``<run>/controller_compare/`` (one directory per run, ``results.md
 Overrides may change ``controller.*``, ``dream.*`` and ``device`` only. ``--shard K/N``
 splits the runs between N processes (started with K = 0 .. N-1, e.g. one per core); each
 trains a missing M under a lock, and each one's table covers every run finished so far.
+The same command started twice shares the runs the same way (a lock per run).
+``--report-only`` runs nothing and writes the table and plot of the runs finished so far.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--shard", default="0/1", metavar="K/N",
                         help="run every N-th run from the K-th (0-based), so that N "
                              "processes, e.g. one per core, share the plan")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the table and plot of the runs finished "
+                             "so far (e.g. while the experiment runs elsewhere)")
     args: argparse.Namespace = parse_cli(parser, argv)
     if not args.run:
         raise ConfigError("give --run DIR: the trained run whose V and data the Ms share")
@@ -78,7 +83,10 @@ def main(argv: list[str] | None = None) -> str:
                 selections=args.selections, report_episodes=args.report_episodes,
                 report_seed=check_seed(args.report_seed, "--report-seed"),
                 shard=shard, shards=shards)
-    rows = population_experiment(cfg, run, plan)
+    rows = population_experiment(cfg, run, plan, report_only=args.report_only)
+    if not rows:
+        raise ConfigError(f"{run.controller_compare.plot.parent}: no run of this plan has "
+                          "finished yet")
     text = write_results(run, rows)
     text += f"\n\nplot: {run.controller_compare.plot}"
     print(text)

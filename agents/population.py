@@ -48,7 +48,7 @@ from worldmodels.checkpoint import file_digest, read_json, write_json_atomic, wr
 from worldmodels.config import ConfigError, ExperimentConfig, merge_into, validate
 from worldmodels.memory_compare import VARIANTS, compare, variant_config
 from worldmodels.pictures import plot_errorbars
-from worldmodels.run_dir import RunDir, RunView
+from worldmodels.run_dir import MemoryFiles, RunDir, RunView
 from worldmodels.shards import ShardError, read_npz
 
 #: config keys the experiment's command line may change for the CMA-ES runs (prefixes);
@@ -390,7 +390,8 @@ def job_lock(run: RunDir, variant: str, population: int, seed: int) -> Path:
 
 
 def population_experiment(cfg: ExperimentConfig, run: RunDir, plan: Plan,
-                          progress: bool = True) -> list[dict[str, Any]]:
+                          progress: bool = True, report_only: bool = False,
+                          ) -> list[dict[str, Any]]:
     """Every run of ``plan`` (see the module's docstring) of this process's shard, in
     :func:`jobs_of`'s order, resumed or skipped; a run another process is running (its
     :func:`job_lock` held) is left to it, so several processes of one shard share its
@@ -398,16 +399,22 @@ def population_experiment(cfg: ExperimentConfig, run: RunDir, plan: Plan,
     finished (an M killed mid-way is not used half-trained), in ``memory_compare``.
     ``cfg``: the base run's config with the CMA-ES runs' keys (:data:`OPEN_KEYS`)
     changed. Returns the rows of every finished run of the plan, this shard's and the
-    others', in :func:`jobs_of`'s order."""
+    others', in :func:`jobs_of`'s order. ``report_only``: train and run nothing, only
+    gather the finished runs' rows (an experiment still running elsewhere)."""
     run.refuse_shipped()
     check_open_keys(run, cfg)
     check_plan(run, cfg, plan)
+    jobs = jobs_of(plan)
+    if report_only:
+        trained = [v for v in plan.variants
+                   if MemoryFiles.at(run.memory_variant(v, plan.memory_seed)).weights().exists()]
+        return [row for job in jobs if job[0] in trained
+                and (row := finished_row(run, cfg, plan, *job)) is not None]
     base = run.load_config()
     for variant in plan.variants:  # resumes an unfinished M; a finished one is only read
         where = run.memory_variant(variant, plan.memory_seed)
         with _locked(where.parent / f".{where.name}.lock"):
             compare(base, run, [variant], [plan.memory_seed], progress=progress)
-    jobs = jobs_of(plan)
     mine = jobs[plan.shard::plan.shards]
     rows: dict[tuple[str, int, int], dict[str, Any]] = {}
     bar = tqdm(mine, desc="population runs", unit="run", disable=not progress)

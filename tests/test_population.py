@@ -217,3 +217,28 @@ def test_an_m_killed_mid_training_is_finished_before_any_dream(run, monkeypatch)
     assert [x["epoch"] for x in json.loads(metrics.read_text())] == [1, 2]
     assert row["key"]["memory_digest"] == population.file_digest(
         RunView(run, run.path, run.memory_variant("rmdn_diag", 0)).memory.weights())
+
+
+def test_report_only_gathers_the_finished_runs_and_runs_nothing(run, monkeypatch):
+    """--report-only while the experiment runs elsewhere: the finished runs' table and
+    plot, no CMA-ES, no evaluation, no M trained."""
+    cfg = run.load_config(OPEN, trained=False)
+    plan = Plan(VARIANTS[:1], (4,), (0, 1), dream_episodes=8, report_episodes=2)
+    [done] = population_experiment(cfg, run, replace(plan, seeds=(0,)), progress=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--report-only ran something")
+
+    for name in ("train_cmaes", "evaluate", "compare"):
+        monkeypatch.setattr(population, name, refuse)
+    shutil.rmtree(run.memory_variant(VARIANTS[1], 0))  # an M not trained yet
+    args = ["--run", str(run.path), "--memories", ",".join(VARIANTS), "--populations", "4",
+            "--seeds", "0,1", "--dream-episodes", "8", "--report-episodes", "2", *OPEN]
+    text = compare_controllers.main([*args, "--report-only"])
+    rows = json.loads(run.controller_compare.results.read_text())
+    assert rows == [json.loads(json.dumps(done))] and "| rmdn_diag | 4 |" in text
+    assert run.controller_compare.plot.stat().st_size > 0
+    assert not run.controller_compare.run_home(VARIANTS[0], 4, 1).exists()
+    shutil.rmtree(run.controller_compare.dir)
+    with pytest.raises(ConfigError, match="no run of this plan has finished"):
+        compare_controllers.main([*args, "--report-only"])
