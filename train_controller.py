@@ -10,7 +10,8 @@
     python train_controller.py --world-model pretrained/carracing --run runs/carracing-ppo \
         --preset ppo env.direct_render=true          # a new C on a shipped agent's V and M
 
-A CMA-ES rerun resumes from controller/cmaes_history.npz. A shipped agent
+A CMA-ES rerun resumes from controller/cmaes_history.npz (with controller.restarts=K,
+from each search's controller/searches/<k>/cmaes_history.npz). A shipped agent
 (tools/export_pretrained.py) is refused: it is only read. ``--world-model DIR`` trains C
 in the new run ``--run`` on DIR's V and M (a trained run or a shipped agent), which are
 named there (world_model.json), not copied; evaluate.py and dream.py then play that run.

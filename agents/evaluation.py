@@ -105,8 +105,15 @@ def _selection(run: RunDir, policy: str, weights: str, sb3_environment: str,
                ) -> tuple[int, int] | None:
     """(seed, episodes) of the selection that chose the policy to be played, if any."""
     if policy == "controller":
-        path = run.controller.weights(weights)
-        return selection_of(read_header(path).get("meta", {})) if path.exists() else None
+        # best and mean come from the run whose selected C was chosen on those seeds (and
+        # with several searches, from the search chosen there): the same seeds are kept
+        # apart for every weights file of the run
+        for path in (run.controller.weights(weights), run.controller.selected):
+            chosen = selection_of(read_header(path).get("meta", {})) \
+                if path.exists() else None
+            if chosen is not None:
+                return chosen
+        return None
     if policy in SB3_POLICIES:
         meta = run.controller.sb3(policy, sb3_environment)[1]
         if meta.exists():

@@ -335,6 +335,9 @@ def check_plan(run: RunDir, cfg: ExperimentConfig, plan: Plan) -> None:
     if plan.report_episodes < 1:
         raise ConfigError(f"--report-episodes must be >= 1, not {plan.report_episodes}")
     c = cfg.controller
+    if c.restarts != 1:
+        raise ConfigError("config key 'controller.restarts': the population experiment runs "
+                          "one CMA-ES search per (M, population, seed); leave it at 1")
     generations = [generations_for(plan.dream_episodes, p, c.rollouts)
                    for p in plan.populations]  # every budget first, then every selection
     for gens in generations:

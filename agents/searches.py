@@ -17,12 +17,16 @@ the run's selection seeds:
   unchanged, and ``controller/searches.json`` lists every search and names the winner.
   It is written last: a kill before it only makes the rerun copy again.
 
-``controller.restarts: 1`` (the default) is one search in ``controller/`` as ever.
+``controller.restarts: 1`` (the default) is one search in ``controller/`` as ever. A run
+that trained one search and is rerun with several keeps it as search 0 (its files move
+to ``searches/0/``); going back to one search, or to fewer searches than the run has, is
+refused (their files would mix with the winner's).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +34,7 @@ import numpy as np
 from agents.cmaes import CMAESReport, Evaluator, train_cmaes
 from worldmodels.atomic import write_bytes_atomic
 from worldmodels.checkpoint import read_header, write_json_atomic
-from worldmodels.config import ExperimentConfig
+from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, RunDir
 
 
@@ -46,25 +50,64 @@ def train_searches(cfg: ExperimentConfig, run: RunDir, progress: bool = True,
     """Train (or resume) ``controller.restarts`` CMA-ES searches and keep the best on the
     run's selection seeds; one search is :func:`agents.cmaes.train_cmaes` itself
     (``evaluator``: its fitness, default the run's real env or dream)."""
-    restarts = cfg.controller.restarts
+    restarts, files = cfg.controller.restarts, run.controller
     if restarts == 1:
+        if files.searches.exists():
+            raise ConfigError(
+                f"{files.searches}: {files.dir} holds the winner of several CMA-ES searches; "
+                "one search there would mix its files with the winner's: set "
+                "controller.restarts to their number, or use a new run")
         return train_cmaes(cfg, run, evaluator, progress=progress)
+    beyond = sorted(int(d.name) for d in (files.dir / "searches").glob("*")
+                    if d.name.isdigit() and int(d.name) >= restarts)
+    if beyond:
+        raise ConfigError(f"{files.search(beyond[0]).dir}: a search beyond "
+                          f"controller.restarts={restarts}; set restarts to "
+                          f"{beyond[-1] + 1}, or delete it")
+    adopt_single_search(run)
     reports = []
     for k in range(restarts):
         if progress:
-            print(f"CMA-ES search {k + 1} of {restarts} (seed {search_seed(cfg.seed, k)})")
+            print(f"CMA-ES search {k} (searches 0-{restarts - 1}), "
+                  f"seed {search_seed(cfg.seed, k)}")
         reports.append(train_cmaes(cfg, run, evaluator, progress=progress,
                                    seed=search_seed(cfg.seed, k), selection_seed=cfg.seed,
-                                   files=run.controller.search(k),
+                                   files=files.search(k),
                                    tensorboard=f"controller/search_{k}"))
     rows = [search_row(k, cfg.seed, report) for k, report in enumerate(reports)]
-    scored = [row for row in rows if row["selection_mean"] is not None]
-    winner = max(scored, key=lambda row: row["selection_mean"])["search"]
+    unscored = [row["search"] for row in rows if row["selection_mean"] is None]
+    if unscored:
+        raise ConfigError(
+            f"{files.search(unscored[0]).dir}: this search has no controller selected on "
+            "the run's selection seeds (its selected file is missing, or "
+            "controller.select_episodes changed since it ran), so the searches cannot be "
+            "compared; delete that directory to run the search again")
+    winner = max(rows, key=lambda row: row["selection_mean"])["search"]
     selected = keep_winner(run, winner)
-    write_json_atomic(run.controller.searches, {"winner": winner, "searches": rows})
+    write_json_atomic(files.searches, {"winner": winner, "searches": rows})
     report = reports[winner]
     return dataclasses.replace(report, selected=selected, searches=rows, search=winner,
                                seconds=sum(r.seconds for r in reports))
+
+
+def adopt_single_search(run: RunDir) -> None:
+    """A run that trained one search in ``controller/`` and now asks for several: that
+    search is search 0 (same seed, same selection seeds), so its files move to
+    ``searches/0/`` rather than being trained again; its history moves last, so a kill
+    midway only makes the rerun move the rest."""
+    source, target = run.controller, run.controller.search(0)
+    if not source.history.exists() or target.history.exists():
+        return
+    target.dir.mkdir(parents=True, exist_ok=True)
+    moves = [(source.log, target.log), (source.fitness_plot, target.fitness_plot)]
+    for name in CONTROLLER_WEIGHTS:
+        src, dst = source.weights(name), target.weights(name)
+        moves += [(src, dst), (_header(src), _header(dst))]
+    for src, dst in [*moves, (source.history, target.history)]:
+        if src.exists():
+            src.replace(dst)
+    print(f"{source.dir}: its one CMA-ES search is search 0 of several; moved to "
+          f"{target.dir}")
 
 
 def search_row(k: int, seed: int, report: CMAESReport) -> dict[str, Any]:
@@ -83,8 +126,12 @@ def keep_winner(run: RunDir, k: int) -> dict[str, Any]:
     pairs = [(source.log, target.log), (source.fitness_plot, target.fitness_plot)]
     for name in CONTROLLER_WEIGHTS:
         src, dst = source.weights(name), target.weights(name)
-        pairs += [(src, dst), (src.with_name(src.name + ".json"),
-                               dst.with_name(dst.name + ".json"))]
+        pairs += [(src, dst), (_header(src), _header(dst))]
     for src, dst in pairs:
         write_bytes_atomic(dst, src.read_bytes())
     return dict(read_header(target.selected)["meta"])
+
+
+def _header(weights: Path) -> Path:
+    """The readable JSON copy of a weights file's header, beside it."""
+    return weights.with_name(weights.name + ".json")

@@ -290,6 +290,9 @@ CASES = {
     "evaluate on its own selection seeds": Case(
         "evaluate", ["--episodes", "1000", "seed=8175", "--weights", "selected"],
         "give another seed=N", selected_on(0, 1000)),
+    "evaluate best on the run's selection seeds": Case(
+        "evaluate", ["--episodes", "1000", "seed=8175", "--weights", "best"],
+        "give another seed=N", selected_on(0, 1000)),
     "compare_memory --seeds 0,0": Case("compare_memory", ["--seeds", "0,0"], "--seeds"),
     "compare_memory --seeds -1": Case("compare_memory", ["--seeds=-1"], "--seeds"),
     "compare_memory --variants ,": Case("compare_memory", ["--variants", ","], "--variants"),

@@ -149,6 +149,10 @@ def test_the_budget_must_divide_and_only_controller_keys_may_change(run):
     with pytest.raises(ConfigError, match="multiple"):
         compare_controllers.main(["--run", str(run.path), "--populations", "4,8",
                                   "--dream-episodes", "12"])
+    with pytest.raises(ConfigError, match="one CMA-ES search per"):  # not silently ignored
+        population_experiment(run.load_config([*OPEN, "controller.generations=4",
+                                               "controller.restarts=2"], trained=False),
+                              run, Plan(VARIANTS, (4,), (0,), 16), progress=False)
 
 
 def test_a_run_view_reads_the_base_run_and_writes_in_its_home(run, tmp_path):

@@ -264,10 +264,11 @@ class ControllerConfig:
     eval_every: int = _opt(25, "Every N generations, evaluate the best candidate and the "
                            "CMA-ES mean on the selection seeds, whole real episodes "
                            "(0: never).", ge=0)
-    restarts: int = _opt(1, "CMA-ES searches from scratch, each with its own seed (the "
-                            "first: the run's); the run's C is the one with the highest "
-                            "mean on the run's selection seeds (needs eval_every > 0). "
-                            "Search k keeps its files in controller/searches/<k>/.", ge=1)
+    restarts: int = _opt(1, "CMA-ES searches from scratch, each with its own seed (search "
+                            "0: the run's); the run's C is the one with the highest mean "
+                            "on the run's selection seeds (needs algo cmaes and a "
+                            "selection: 0 < eval_every <= generations). Search k keeps "
+                            "its files in controller/searches/<k>/.", ge=1)
     eval_episodes: int = _opt(100, "Episodes of that evaluation (and of run.py's final "
                                    "evaluation).", ge=1)
     select_episodes: int = _opt(0, "Size of the fixed selection seed set on which every "
