@@ -60,11 +60,15 @@ def descendants(pids: Sequence[int]) -> list[int]:
     return found
 
 
-def _exit_with_parent(parent: int, poll_seconds: float = 0.5) -> None:
+def _exit_with_parent(poll_seconds: float = 0.5) -> None:
     """A worker's initializer: a daemon thread ends the worker, and the processes it
-    started (a VizDoom game), once ``parent`` is gone. A ``kill -9`` of the main
+    started (a VizDoom game), once its parent is gone. A ``kill -9`` of the main
     process, or the OOM killer, gives its workers no signal; without this they would
-    play out their tasks and then wait, holding V, M and an env, for ever."""
+    play out their tasks and then wait, holding V, M and an env, for ever. The parent is
+    the one the worker starts with (an interpreter launcher that forks may stand
+    between the pool and its workers)."""
+    parent = os.getppid()
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll_seconds)
@@ -123,8 +127,7 @@ class TaskPool:
             # spawn, not fork: workers must not inherit torch's threads or an open env
             self._pool = ProcessPoolExecutor(max_workers=self.workers,
                                              mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_exit_with_parent,
-                                             initargs=(os.getpid(),))
+                                             initializer=_exit_with_parent)
         pending: dict = {}
         queue = list(reversed(tasks))
         try:

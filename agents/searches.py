@@ -17,10 +17,10 @@ the run's selection seeds:
   unchanged, and ``controller/searches.json`` lists every search and names the winner.
   It is written last: a kill before it only makes the rerun copy again.
 
-``controller.restarts: 1`` (the default) is one search in ``controller/`` as ever. A run
-that trained one search and is rerun with several keeps it as search 0 (its files move
-to ``searches/0/``); going back to one search, or to fewer searches than the run has, is
-refused (their files would mix with the winner's).
+``controller.restarts: 1`` (the default) is one search in ``controller/`` as ever. A run's
+number of searches is fixed once it has CMA-ES files: a change is refused
+(:func:`check_searches`), since it would mix two searches' files in ``controller/``; more
+searches may be added (K to K + 1) to a run of several.
 """
 
 from __future__ import annotations
@@ -51,20 +51,9 @@ def train_searches(cfg: ExperimentConfig, run: RunDir, progress: bool = True,
     run's selection seeds; one search is :func:`agents.cmaes.train_cmaes` itself
     (``evaluator``: its fitness, default the run's real env or dream)."""
     restarts, files = cfg.controller.restarts, run.controller
+    check_searches(run, restarts)
     if restarts == 1:
-        if files.searches.exists():
-            raise ConfigError(
-                f"{files.searches}: {files.dir} holds the winner of several CMA-ES searches; "
-                "one search there would mix its files with the winner's: set "
-                "controller.restarts to their number, or use a new run")
         return train_cmaes(cfg, run, evaluator, progress=progress)
-    beyond = sorted(int(d.name) for d in (files.dir / "searches").glob("*")
-                    if d.name.isdigit() and int(d.name) >= restarts)
-    if beyond:
-        raise ConfigError(f"{files.search(beyond[0]).dir}: a search beyond "
-                          f"controller.restarts={restarts}; set restarts to "
-                          f"{beyond[-1] + 1}, or delete it")
-    adopt_single_search(run)
     reports = []
     for k in range(restarts):
         if progress:
@@ -90,24 +79,25 @@ def train_searches(cfg: ExperimentConfig, run: RunDir, progress: bool = True,
                                seconds=sum(r.seconds for r in reports))
 
 
-def adopt_single_search(run: RunDir) -> None:
-    """A run that trained one search in ``controller/`` and now asks for several: that
-    search is search 0 (same seed, same selection seeds), so its files move to
-    ``searches/0/`` rather than being trained again; its history moves last, so a kill
-    midway only makes the rerun move the rest."""
-    source, target = run.controller, run.controller.search(0)
-    if not source.history.exists() or target.history.exists():
-        return
-    target.dir.mkdir(parents=True, exist_ok=True)
-    moves = [(source.log, target.log), (source.fitness_plot, target.fitness_plot)]
-    for name in CONTROLLER_WEIGHTS:
-        src, dst = source.weights(name), target.weights(name)
-        moves += [(src, dst), (_header(src), _header(dst))]
-    for src, dst in [*moves, (source.history, target.history)]:
-        if src.exists():
-            src.replace(dst)
-    print(f"{source.dir}: its one CMA-ES search is search 0 of several; moved to "
-          f"{target.dir}")
+def check_searches(run: RunDir, restarts: int) -> None:
+    """Refuse a change in the number of searches of a run that has CMA-ES files: one
+    search and several keep their files in different places, and the winner's are copied
+    over the run's, so a change would mix two searches' files. (A new C on the same V
+    and M: ``train_controller.py --world-model RUN --run NEW``.)"""
+    files = run.controller
+    found = sorted(int(d.name) for d in (files.dir / "searches").glob("*")
+                   if d.name.isdigit() and d.is_dir())
+    new_run = "use a new run (train_controller.py --world-model RUN --run NEW)"
+    if restarts == 1 and found:
+        raise ConfigError(f"{files.dir / 'searches'}: this run's C comes from several CMA-ES "
+                          f"searches; set controller.restarts={found[-1] + 1}, or {new_run}")
+    if restarts > 1 and files.history.exists():
+        raise ConfigError(f"{files.history}: this run trained one CMA-ES search; several "
+                          f"would mix their files with it: {new_run}")
+    if found and found[-1] >= restarts:
+        raise ConfigError(f"{files.search(found[-1]).dir}: a search beyond "
+                          f"controller.restarts={restarts}; set controller.restarts="
+                          f"{found[-1] + 1}, or {new_run}")
 
 
 def search_row(k: int, seed: int, report: CMAESReport) -> dict[str, Any]:

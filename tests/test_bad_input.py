@@ -567,10 +567,12 @@ def test_the_temporary_name_is_one_scheme(tmp_path, monkeypatch):
     save_config(load_config("carracing"), tmp_path / "config.yaml")
     write_json_atomic(tmp_path / "m.json", {})
     assert len(renamed) == 7
-    assert all(src == f".{dst}.{os.getpid()}.partial" for src, dst in renamed)
+    writer = worldmodels.atomic._writer()  # host and pid
+    assert writer.endswith(f"-{os.getpid()}")
+    assert all(src == f".{dst}.{writer}.partial" for src, dst in renamed)
 
 
-def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
+def test_a_killed_writers_temporary_files_go_with_the_next_write_there(tmp_path):
     import subprocess
     import sys
 
@@ -578,13 +580,16 @@ def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    stale = tmp_path / f".log.json.{dead}.partial"  # a writer killed mid-write
-    live = tmp_path / f".log.json.{os.getppid()}.partial"  # a writer still at work
-    other = tmp_path / f".other.json.{dead}.partial"  # another file's
-    for p in (stale, live, other):
+    host = worldmodels.atomic._writer().rsplit("-", 1)[0]
+    stale = tmp_path / f".log.json.{host}-{dead}.partial"  # a writer killed mid-write
+    other = tmp_path / f".other.json.{host}-{dead}.partial"  # another file's, as dead
+    live = tmp_path / f".log.json.{host}-{os.getppid()}.partial"  # a writer at work
+    remote = tmp_path / f".log.json.elsewhere-{dead}.partial"  # another host's writer
+    for p in (stale, other, live, remote):
         p.write_bytes(b"half")
     write_json_atomic(tmp_path / "log.json", {"ok": 1})
-    assert not stale.exists() and live.exists() and other.exists()
+    assert not stale.exists() and not other.exists()
+    assert live.exists() and remote.exists()
 
 
 def _write_often(path: str, tag: int, times: int) -> None:

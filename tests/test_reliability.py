@@ -172,8 +172,9 @@ def test_skip_corrupt_carries_collect_and_encode_past_an_unreadable_shard(tiny_c
     assert report.encoded == 3
     latents = sorted(p.name for p in (run_of(tiny_cfg) / "latents").glob("ep_*.npz"))
     assert latents == ["ep_000000.npz", "ep_000002.npz", "ep_000003.npz"]
-    listed = json.loads((run_of(tiny_cfg) / "skipped_shards.json").read_text())["rollouts"]
-    assert len(listed) == 1 and "ep_000001.npz" in listed[0]
+    listed = json.loads((run_of(tiny_cfg) / "skipped_shards.json").read_text())
+    assert [len(listed["rollouts"]), len(listed["encode"])] == [1, 1]  # V's and encode's
+    assert "ep_000001.npz" in listed["rollouts"][0] and "ep_000001.npz" in listed["encode"][0]
 
 
 def test_rollout_shard_with_nan_reward_or_float_frames_is_refused(tmp_path):

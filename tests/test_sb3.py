@@ -21,7 +21,7 @@ from agents.sb3 import (
     sb3_model_kwargs,
     train_sb3,
 )
-from tests.conftest import run_of
+from tests.conftest import run_of, write_tiny_run
 from worldmodels.checkpoint import load_state
 from worldmodels.config import ConfigError, load_config
 from worldmodels.run_dir import RunDir
@@ -122,6 +122,44 @@ def test_killed_sb3_training_resumes_to_the_same_end_and_schedule(tiny_run, monk
     cfg.controller.sb3_kwargs = {**TINY, "n_epochs": 2}
     with pytest.raises(ConfigError, match=r"other settings.*n_epochs"):
         train_sb3(run, cfg, progress=False)
+
+
+def test_a_kill_resumes_the_selection_schedule_and_never_leaves_an_older_policy(
+        tiny_run, monkeypatch):
+    import agents.sb3 as sb3
+
+    cfg = tiny_sb3(tiny_run, timesteps=192, sb3_eval_steps=64, select_episodes=1)
+    _spy_lr(monkeypatch)
+    train_sb3(RunDir(run_of(cfg)), cfg, progress=False)
+    straight = [e["step"] for e in load_state(
+        RunDir(run_of(cfg)).controller.sb3_checkpoint("ppo"))["evals"]]
+    assert straight == [64, 128, 192]
+    cfg.name = "killed"
+    write_tiny_run(cfg)
+    run = RunDir(run_of(cfg))
+    checkpoint = run.controller.sb3_checkpoint("ppo")
+    _spy_lr(monkeypatch, stop_after=3)  # killed in the 4th update: checkpoint at 96
+    with pytest.raises(KeyboardInterrupt):
+        train_sb3(run, cfg, progress=False)
+    assert load_state(checkpoint)["num_timesteps"] == 96
+    _spy_lr(monkeypatch)
+    real_save = sb3.save_state
+
+    def killed_at_the_end(path, state):  # between the last policy and the checkpoint
+        if state["num_timesteps"] == 192:
+            raise KeyboardInterrupt("killed")
+        real_save(path, state)
+
+    monkeypatch.setattr(sb3, "save_state", killed_at_the_end)
+    with pytest.raises(KeyboardInterrupt):
+        train_sb3(run, cfg, progress=False)
+    weights, meta_path = run.controller.sb3("ppo")
+    assert json.loads(meta_path.read_text())["num_timesteps"] == 192  # the policy first
+    assert load_state(checkpoint)["num_timesteps"] == 160
+    monkeypatch.setattr(sb3, "save_state", real_save)
+    _, info = train_sb3(run, cfg, progress=False)  # resumed, not skipped
+    assert not info.get("skipped") and info["num_timesteps"] == 192
+    assert [e["step"] for e in load_state(checkpoint)["evals"]] == straight
 
 
 def test_reward_normalisation_keeps_return_statistics(tiny_run):

@@ -63,38 +63,27 @@ def test_the_winner_is_the_best_on_the_runs_selection_seeds_and_survives_a_kill(
     assert json.loads(files.searches.read_text()) == summary
 
 
-def counted(calls):
-    def evaluator(candidates, seeds):
-        calls.append(len(candidates))
-        return quadratic(candidates, seeds)
-    return evaluator
-
-
-def test_one_search_becomes_search_0_and_fewer_searches_are_refused(tiny_run):
-    from agents.searches import train_searches as train
-
-    searches_run(tiny_run, "grown", 1)
+def test_the_number_of_searches_of_a_run_is_fixed_once_it_has_files(tiny_run):
+    """Going from one search to several, or back, or to fewer, would mix two searches'
+    files in controller/: refused, with nothing moved; adding a search is fine."""
+    searches_run(tiny_run, "one", 1)
     files = RunDir(run_of(tiny_run)).controller
-    single = {name: file_digest(files.weights(name)) for name in ("selected", "best", "mean")}
-    history = read_npz(files.history)["fitness"]
-    calls: list[int] = []
-    tiny_run.controller.restarts = 2
-    train(tiny_run, RunDir(run_of(tiny_run)), progress=False, evaluator=counted(calls))
-    assert calls == [4, 4]  # search 1's two generations only: search 0 was kept
-    assert not files.history.exists()  # moved, not left beside the winner's files
-    np.testing.assert_array_equal(read_npz(files.search(0).history)["fitness"], history)
-    assert {n: file_digest(files.search(0).weights(n)) for n in single} == single
-    tiny_run.controller.restarts = 1
-    with pytest.raises(ConfigError, match="searches.json"):
-        train(tiny_run, RunDir(run_of(tiny_run)), progress=False, evaluator=quadratic)
+    before = {p: p.read_bytes() for p in files.dir.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="trained one CMA-ES search"):
+        searches_run(tiny_run, "one", 2)
+    assert {p: p.read_bytes() for p in files.dir.rglob("*") if p.is_file()} == before
+    searches_run(tiny_run, "two", 2)
+    files = RunDir(run_of(tiny_run)).controller
+    with pytest.raises(ConfigError, match="set controller.restarts=2"):
+        searches_run(tiny_run, "two", 1)
+    report = searches_run(tiny_run, "two", 3)  # one more search
+    assert len(report.searches) == 3 and files.search(2).selected.exists()
+    with pytest.raises(ConfigError, match=r"searches/2: a search beyond"):
+        searches_run(tiny_run, "two", 2)
     # a search that lost its selection cannot be compared
     files.search(1).selected.unlink()
-    tiny_run.controller.restarts = 2
     with pytest.raises(ConfigError, match=r"searches/1: this search has no controller"):
-        train(tiny_run, RunDir(run_of(tiny_run)), progress=False, evaluator=quadratic)
-    (files.dir / "searches" / "5").mkdir()
-    with pytest.raises(ConfigError, match=r"searches/5: a search beyond"):
-        train(tiny_run, RunDir(run_of(tiny_run)), progress=False, evaluator=quadratic)
+        searches_run(tiny_run, "two", 3)
 
 
 def test_restarts_need_cmaes_and_a_selection(tiny_run):

@@ -1,6 +1,6 @@
 """The one atomic write: every file a later stage reads is written here.
 
-:func:`write_atomic` writes to ``.<name>.<pid>.partial`` beside the target (hidden, never
+:func:`write_atomic` writes to ``.<name>.<host>-<pid>.partial`` beside the target (hidden, never
 listed as a shard, and one per process, so that two processes writing the same file,
 such as the processes of one population experiment writing its results, never share
 one), flushes and fsyncs it, renames it over the target and fsyncs the
@@ -17,14 +17,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from worldmodels.errors import OS_REFUSALS, InputError
 
-#: the temporary name of ``<dir>/<name>`` while process ``pid`` writes it:
-#: ``<dir>/.<name>.<pid>.partial``
+#: the temporary name of ``<dir>/<name>`` while process ``pid`` of ``host`` writes it:
+#: ``<dir>/.<name>.<host>-<pid>.partial``
 TMP_SUFFIX = ".partial"
 
 _WHAT_TO_DO = {
@@ -47,9 +48,16 @@ def refusal(path: Path | str, err: OSError) -> WriteError:
     return WriteError(f"{path}: {reason}" + (f" ({todo})" if todo else ""))
 
 
+def _writer() -> str:
+    """This process's tag in temporary names: host and pid (``--shard K/N`` runs on
+    several machines that share a directory; a pid alone means something on one)."""
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())
+    return f"{host or 'host'}-{os.getpid()}"
+
+
 def temp_path(path: Path) -> Path:
     """Where this process writes ``path`` before renaming it into place."""
-    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    return path.with_name(f".{path.name}.{_writer()}{TMP_SUFFIX}")
 
 
 def write_atomic(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
@@ -64,7 +72,6 @@ def write_atomic(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _remove_dead_writers_temps(path)
     except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
@@ -72,20 +79,36 @@ def write_atomic(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
             raise refusal(path, err) from None
         raise
     _fsync_dir(path.parent)
+    _remove_dead_writers_temps(path.parent)
 
 
-def _remove_dead_writers_temps(path: Path) -> None:
-    """Remove the temporary files of ``path`` that killed processes left (a live
-    writer's is its own business): with a name per process, no later write reuses them."""
-    prefix = f".{path.name}."
-    with os.scandir(path.parent) as entries:
-        stale = [e.name for e in entries
-                 if e.name.startswith(prefix) and e.name.endswith(TMP_SUFFIX)]
-    for name in stale:
-        pid = name[len(prefix): -len(TMP_SUFFIX)]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            with contextlib.suppress(OSError):
-                (path.parent / name).unlink()
+#: directories this process has cleaned of dead writers' temporary files
+_CLEANED: set[tuple[int, Path]] = set()
+
+
+def _remove_dead_writers_temps(directory: Path) -> None:
+    """Once per process and directory (a scan per write would make a directory of N
+    shards cost N^2): remove the temporary files that killed processes of this host
+    left, which no later write reuses since each process has its own name. Another
+    host's, and a live writer's, are left alone. Best effort: the write itself is done."""
+    key = (os.getpid(), directory)
+    if key in _CLEANED:
+        return
+    _CLEANED.add(key)
+    mine = f"-{os.getpid()}{TMP_SUFFIX}"
+    host = _writer().rsplit("-", 1)[0]
+    try:
+        with os.scandir(directory) as entries:
+            names = [e.name for e in entries
+                     if e.name.startswith(".") and e.name.endswith(TMP_SUFFIX)]
+        for name in names:
+            writer = name[: -len(TMP_SUFFIX)].rsplit(".", 1)[-1]
+            who, _, pid = writer.rpartition("-")
+            if who == host and pid.isdigit() and not name.endswith(mine) \
+                    and not _alive(int(pid)):
+                (directory / name).unlink(missing_ok=True)
+    except (OSError, OverflowError, ValueError):
+        pass
 
 
 def _alive(pid: int) -> bool:
@@ -93,8 +116,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # another user's process
-        return True
+    except (OSError, OverflowError):  # another user's process, or no such pid at all
+        return pid <= 2**22  # (Linux's largest pid)
     return True
 
 

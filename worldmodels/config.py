@@ -142,9 +142,9 @@ class DataConfig:
                                ge=1)
     loader_workers: int = _opt(0, "DataLoader worker processes that read shards.", ge=0)
     skip_corrupt: bool = _opt(False, "Skip unreadable or invalid shards (counted and listed "
-                                     "in <run>/skipped_shards.json) instead of stopping: "
-                                     "collect keeps them as they are, encode, V and M "
-                                     "leave them out.")
+                                     "in <run>/skipped_shards.json, one list per stage) "
+                                     "instead of stopping: collect keeps them as they "
+                                     "are, encode, V and M leave them out.")
 
 
 @dataclass

@@ -333,7 +333,7 @@ def read_latents(path: Path, z_dim: int | None = None) -> dict[str, np.ndarray]:
 
 def usable_shards(paths: Sequence[Path], reader: Callable[[Path], object], skip_corrupt: bool,
                   record: Path, kind: str, spec: ShardSpec | None = None,
-                  ) -> tuple[list[Path], int]:
+                  check_kind: str | None = None) -> tuple[list[Path], int]:
     """The one place where a stage accepts its shards, before any work.
 
     Every shard's arrays are checked against ``spec`` (what the run's config fixes:
@@ -341,15 +341,17 @@ def usable_shards(paths: Sequence[Path], reader: Callable[[Path], object], skip_
     ``skip_corrupt``, the first bad shard stops the stage (a :class:`ShardError` naming
     the file and the array) and all shards are returned with 0. With it, (the shards
     that pass and that ``reader`` reads whole, how many failed), the failed ones listed
-    under ``kind`` (``rollouts`` or ``latents``) in the JSON file ``record``."""
+    under ``kind`` (``rollouts`` or ``latents``; a stage with a list of its own, such as
+    ``encode``, names the shards' kind in ``check_kind``) in the JSON file ``record``."""
     spec = spec or ShardSpec()
+    check_kind = check_kind or kind
     if not skip_corrupt:
         for path in paths:
-            check_shard(path, kind, spec)
+            check_shard(path, check_kind, spec)
         return list(paths), 0
 
     def read(path: Path) -> object:
-        check_shard(path, kind, spec)
+        check_shard(path, check_kind, spec)
         return reader(path)
 
     good, bad = screen_shards(paths, read)

@@ -76,8 +76,9 @@ def encode_rollouts(cfg: ExperimentConfig, run: RunDir | None = None,
     spec = ShardSpec(frame_size=cfg.env.frame_size)
     skip, record = cfg.data.skip_corrupt, run.skipped_shards_file
     # every shard fits V before any is encoded (data.skip_corrupt: those that do not are
-    # listed and left out)
-    shards, _ = usable_shards(shards, lambda path: None, skip, record, "rollouts", spec)
+    # left out and listed under "encode", beside V's own "rollouts" list)
+    shards, _ = usable_shards(shards, lambda path: None, skip, record, "encode", spec,
+                              check_kind="rollouts")
     run.write_config(cfg, outputs=(dst,))  # inputs accepted
     remove_partial_files(dst)
     todo = [p for p in shards if not latent_is_current(dst / p.name, digest)]
@@ -89,7 +90,7 @@ def encode_rollouts(cfg: ExperimentConfig, run: RunDir | None = None,
         except ShardError as err:  # a payload that its header did not show to be bad
             if not skip:
                 raise
-            add_skipped(record, "rollouts", str(err))
+            add_skipped(record, "encode", str(err))
             continue
         mu, logvar = encode_frames(model, shard.obs, cfg.encode.batch_size, device)
         frames += len(shard.obs)

@@ -139,6 +139,7 @@ def import_vae(cfg: ExperimentConfig, run: RunDir, progress: bool = True) -> VAE
             raise ConfigError(f"config key 'vae.pretrained': {files.model} was {was}, not "
                               f"{source.vae.model} ({digest}); use a new run")
         last = (read_json(files.metrics, []) or [{}])[-1]
+        last = last if isinstance(last, dict) else {}
         return VAEReport(0, int(last.get("frames", 0)), int(last.get("holdout_frames", 0)),
                          float(last.get("holdout_mse", "nan")),
                          float(last.get("mean_frame_mse", "nan")),
