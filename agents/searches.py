@@ -14,7 +14,8 @@ the run's selection seeds:
   CMA-ES run; the searches run one after another, a finished one is only replayed;
 * then the winner's ``selected``, ``best`` and ``mean`` weights, its ``generations.json``
   and ``fitness.png`` are copied into ``controller/``, so every script plays the winner
-  unchanged, and ``controller/searches.json`` lists every search and names the winner.
+  unchanged, ``controller/searches.json`` lists every search and names the winner, and
+  ``controller/searches.png`` draws every search's fitness and selection means.
   It is written last: a kill before it only makes the rerun copy again.
 
 ``controller.restarts: 1`` (the default) is one search in ``controller/`` as ever. A run's
@@ -33,8 +34,9 @@ import numpy as np
 
 from agents.cmaes import CMAESReport, Evaluator, train_cmaes
 from worldmodels.atomic import write_bytes_atomic
-from worldmodels.checkpoint import read_header, write_json_atomic
+from worldmodels.checkpoint import read_header, read_json, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig
+from worldmodels.pictures import plot_curves
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, RunDir
 
 
@@ -73,6 +75,7 @@ def train_searches(cfg: ExperimentConfig, run: RunDir, progress: bool = True,
             "compared; delete that directory to run the search again")
     winner = max(rows, key=lambda row: row["selection_mean"])["search"]
     selected = keep_winner(run, winner)
+    plot_searches(run, rows, winner)
     write_json_atomic(files.searches, {"winner": winner, "searches": rows})
     report = reports[winner]
     return dataclasses.replace(report, selected=selected, searches=rows, search=winner,
@@ -107,6 +110,24 @@ def search_row(k: int, seed: int, report: CMAESReport) -> dict[str, Any]:
             "best_fitness": report.best_fitness,
             "selection_mean": chosen.get("selection_mean"),
             "selected": {key: chosen.get(key) for key in ("source", "generation")}}
+
+
+def plot_searches(run: RunDir, rows: list[dict[str, Any]], winner: int) -> None:
+    """``controller/searches.png``: every search's mean fitness by generation, and its
+    selection means (real episodes) at the periodic evaluations."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        k, log = row["search"], read_json(run.controller.search(row["search"]).log, [])
+        tag = f"search {k}" + (" (kept)" if k == winner else "")
+        series[f"{tag}: mean fitness"] = ([g["generation"] for g in log],
+                                          [g["mean"] for g in log])
+        chosen = [(g["generation"], g["selected"]["selection_mean"]) for g in log
+                  if g.get("selected")]
+        series[f"{tag}: selected, selection mean"] = ([g for g, _ in chosen],
+                                                      [m for _, m in chosen])
+    plot_curves(run.controller.dir / "searches.png", series,
+                f"{len(rows)} CMA-ES searches (selection on the run's seeds)", "generation",
+                "return")
 
 
 def keep_winner(run: RunDir, k: int) -> dict[str, Any]:

@@ -50,6 +50,7 @@ def test_the_winner_is_the_best_on_the_runs_selection_seeds_and_survives_a_kill(
         assert digest == file_digest(files.search(report.search).weights(name))
     assert report.selected == read_header(files.selected)["meta"] == metas[report.search]
     assert [r["seed"] for r in report.searches] == [s["seed"] for s in settings]
+    assert (files.dir / "searches.png").read_bytes()[:4] == b"\x89PNG"
     # killed in search 1's last generation (its history not yet written), before the
     # summary: the rerun redoes that generation and keeps the same winner
     files.searches.unlink()
