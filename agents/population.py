@@ -47,7 +47,7 @@ from agents.seeds import evaluation_seeds, selection_seeds
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic, write_text_atomic
 from worldmodels.config import ConfigError, ExperimentConfig, merge_into, validate
 from worldmodels.memory_compare import VARIANTS, compare, variant_config
-from worldmodels.pictures import plot_errorbars
+from worldmodels.pictures import plot_errorbars, plot_points
 from worldmodels.run_dir import MemoryFiles, RunDir, RunView
 from worldmodels.shards import ShardError, read_npz
 
@@ -492,8 +492,9 @@ def _duration(seconds: float) -> str:
 
 def write_results(run: RunDir, rows: list[dict[str, Any]]) -> str:
     """``controller_compare/results.json`` (every run's row), ``results.md`` (the table,
-    returned) and ``population.png`` (real score against population, one line per M:
-    the median over seeds with min–max bars)."""
+    returned), ``population.png`` (real score against population, one line per M:
+    the median over seeds with min–max bars) and ``transfer.png`` (each run's real score
+    against its last generation's mean dream fitness)."""
     files = run.controller_compare
     text = table(rows)
     write_json_atomic(files.results, rows)
@@ -513,5 +514,13 @@ def write_results(run: RunDir, rows: list[dict[str, Any]]) -> str:
                    "population", f"mean return, {rows[0]['report_episodes']} real episodes",
                    logx=len(pops) > 1 and max(pops) >= 4 * min(pops),
                    xticks=[float(p) for p in pops])
+    variants = dict.fromkeys(r["variant"] for r in rows)
+    plot_points(files.transfer,
+                {v: ([r["final_dream_mean"] for r in rows if r["variant"] == v],
+                     [r["report_mean"] for r in rows if r["variant"] == v]) for v in variants},
+                "Does the dream's score carry over to the real env?\n(one point a run; "
+                "y: its selected C)",
+                "mean fitness in the dream, last generation",
+                f"mean return, {rows[0]['report_episodes']} real episodes", diagonal=True)
     return text
 

@@ -75,6 +75,7 @@ def test_population_experiment_end_to_end_and_a_rerun_skips_everything(run, monk
     files = run.controller_compare
     rows = json.loads(files.results.read_text())
     assert len(rows) == 2 * 2 * 2 and files.plot.stat().st_size > 0
+    assert files.transfer.read_bytes()[:4] == b"\x89PNG"
     assert set(rows[0]) >= FIELDS and "| rmdn_diag | 4 | 4 | 2 |" in text
     for row in rows:  # the same budget for every run: generations = budget / (P x R)
         assert row["generations"] == 16 // (row["population"] * 1)

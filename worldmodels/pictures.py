@@ -92,6 +92,26 @@ def plot_errorbars(path: Path, series: dict[str, tuple[list[float], list[float],
     _save_plot(fig, ax, path, title, xlabel, ylabel)
 
 
+def plot_points(path: Path, series: dict[str, tuple[list[float], list[float]]], title: str,
+                xlabel: str, ylabel: str, diagonal: bool = False) -> None:
+    """Named (x, y) point clouds, one marker colour each, written atomically as PNG;
+    ``diagonal`` draws y = x (where the two axes measure the same thing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, (x, y) in series.items():
+        ax.scatter(x, y, label=name, s=22, alpha=0.8)
+    if diagonal:
+        low, high = (min(ax.get_xlim()[0], ax.get_ylim()[0]),
+                     max(ax.get_xlim()[1], ax.get_ylim()[1]))
+        ax.plot([low, high], [low, high], linestyle="--", linewidth=1, color="grey",
+                label="real = dream")
+    _save_plot(fig, ax, path, title, xlabel, ylabel)
+
+
 def _save_plot(fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str) -> None:
     """Title, labels, grid and legend, then the PNG written atomically; the figure closed."""
     import matplotlib.pyplot as plt

@@ -226,10 +226,12 @@ class ControllerCompareFiles:
     results: Path  # results.json: one row per run
     table: Path  # results.md
     plot: Path  # population.png: real score against population, one line per M
+    transfer: Path  # transfer.png: each run's real score against its final dream fitness
 
     @classmethod
     def at(cls, d: Path) -> ControllerCompareFiles:
-        return cls(d, d / "results.json", d / "results.md", d / "population.png")
+        return cls(d, d / "results.json", d / "results.md", d / "population.png",
+                   d / "transfer.png")
 
     def run_home(self, variant: str, population: int, seed: int) -> Path:
         """The directory of one CMA-ES run: its config, controller, evaluations and logs
