@@ -59,7 +59,7 @@ Precision = Literal["diag", "square", "overcomplete"]
 Flow = Literal["none", "maf", "coupling"]
 Engine = Literal["serial", "process", "ray"]
 #: ``memory.kind``: the key each memory model registers (worldmodels.memory.MEMORY_KINDS)
-MemoryKind = Literal["frmdn", "gru_mdn"]
+MemoryKind = Literal["frmdn", "gru_mdn", "mdn_rnn"]
 #: ``controller.agent_precision``: the dtype V's encoder computes in when the V-M-C agent acts
 #: (``agents.vmc.VMCAgent``); latents are float32 either way
 AgentPrecision = Literal["float32", "bfloat16"]
@@ -175,7 +175,10 @@ class EncodeConfig:
 class MemoryConfig:
     kind: MemoryKind = _opt("frmdn", "The memory model: frmdn (LSTM + flow + tied-precision "
                                      "mixture; flow=none is the RMDN) | gru_mdn (GRU + "
-                                     "diagonal mixture; reads no precision or flow key).")
+                                     "diagonal mixture; reads no precision or flow key) | "
+                                     "mdn_rnn (Ha's MDN-RNN: LSTM + a mixture of 1-D "
+                                     "Gaussians per dimension of z, each dimension "
+                                     "drawing its own component).")
     hidden: int = _opt(256, "Recurrent hidden size (LSTM or GRU).", ge=1)
     mixtures: int = _opt(5, "Mixture components K.", ge=1)
     # the FRMDN (square U, MAF conditioned on h_t); against the RMDN (precision=diag,

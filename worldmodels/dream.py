@@ -133,16 +133,19 @@ class Dream:
             return torch.randn(shape, generator=self.generator)
         return torch.randn((self._n_rows, *shape[1:]), generator=self.generator)[self.rows]
 
-    def _uniform(self, batch: int) -> Tensor:
+    def _uniform(self, batch: int, *shape: int) -> Tensor:
+        """Uniform (B, *shape) noise, shared by dreams of one noise row."""
         if self.rows is None:
-            return torch.rand(batch, generator=self.generator)
-        return torch.rand(self._n_rows, generator=self.generator)[self.rows]
+            return torch.rand((batch, *shape), generator=self.generator)
+        return torch.rand((self._n_rows, *shape), generator=self.generator)[self.rows]
 
     @torch.no_grad()
     def step(self, z: Tensor, action: Tensor) -> DreamStep:
         """z (B, d), action (B, A) float or (B,) int -> the next step of every dream."""
         h, self.state = self.memory.step(z, action, self.state)
-        noise = (self._uniform(len(h)), self._normal(z.shape))
+        # one component uniform a dream, or one a dimension (a per-dimension mixture)
+        shape = getattr(self.memory, "component_noise_shape", ())
+        noise = (self._uniform(len(h), *shape), self._normal(z.shape))
         predict = getattr(self.memory, "predict", None)  # MemoryModel's: one pass
         if predict is not None:
             z_next, reward, logit = predict(h, self.temperature, noise=noise)

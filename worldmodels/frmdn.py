@@ -327,60 +327,19 @@ class TiedPrecisionMixture(nn.Module):
         return mu + scale * self.solve_square_transpose(white)
 
 
-class FRMDN(MemoryModel):
-    """The memory model: LSTM over [z_t, a_t], flow + tied-precision mixture on z_{t+1},
-    reward and done heads; a :class:`worldmodels.memory.Memory` (``memory.kind=frmdn``).
+class LSTMMemory(MemoryModel):
+    """What the LSTM memories share (the FRMDN, :class:`worldmodels.mdn_rnn.MDNRNN`): the
+    LSTM over [z_t, a_t], its one-step cell, its state and what C reads of it. A subclass
+    sets ``z_dim``, ``action_dim``, ``discrete_actions`` and ``lstm``.
 
     Shapes: z (B, T, d); actions (B, T, A) float or (B, T) int64 for Discrete(A);
     h (B, T, hidden); state a pair (h0, c0) of (1, B, hidden).
     """
 
-    def __init__(
-        self,
-        *,
-        z_dim: int,
-        action_dim: int,
-        discrete_actions: bool,
-        hidden: int,
-        mixtures: int,
-        precision: Precision,
-        overcomplete_m: int,
-        flow: Flow,
-        flow_layers: int,
-        flow_hidden: int,
-        flow_conditional: bool,
-        reward_head: bool,
-        done_head: bool,
-    ):
-        # every argument is required: the defaults live in config.MemoryConfig only
-        # (build_frmdn), and config() saves them all for load_model
-        super().__init__()
-        if flow not in FLOWS:
-            raise ValueError(f"flow must be one of {FLOWS}, not '{flow}'")
-        self._config = dict(
-            z_dim=z_dim, action_dim=action_dim, discrete_actions=discrete_actions,
-            hidden=hidden, mixtures=mixtures, precision=precision,
-            overcomplete_m=overcomplete_m, flow=flow, flow_layers=flow_layers,
-            flow_hidden=flow_hidden, flow_conditional=flow_conditional,
-            reward_head=reward_head, done_head=done_head,
-        )
-        self.z_dim, self.action_dim, self.discrete_actions = z_dim, action_dim, discrete_actions
-        self.flow_conditional = flow_conditional and flow != "none"
-        self.lstm = nn.LSTM(z_dim + action_dim, hidden, batch_first=True)
-        self.mixture = TiedPrecisionMixture(hidden, z_dim, mixtures=mixtures, precision=precision,
-                                            overcomplete_m=overcomplete_m)
-        self.flow = None
-        if flow != "none":
-            import zuko
-
-            self.flow = zuko.flows.MAF(
-                features=z_dim,
-                context=hidden if self.flow_conditional else 0,
-                transforms=flow_layers,
-                hidden_features=(flow_hidden, flow_hidden),
-                passes=2 if flow == "coupling" and z_dim > 1 else None,
-            ).transform
-        self._make_heads(hidden, reward_head, done_head)
+    z_dim: int
+    action_dim: int
+    discrete_actions: bool
+    lstm: nn.LSTM
 
     @property
     def hidden_size(self) -> int:
@@ -440,6 +399,63 @@ class FRMDN(MemoryModel):
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         zeros = torch.zeros(1, batch, self.lstm.hidden_size, device=device)
         return zeros, zeros.clone()
+
+
+
+class FRMDN(LSTMMemory):
+    """The memory model: LSTM over [z_t, a_t], flow + tied-precision mixture on z_{t+1},
+    reward and done heads; a :class:`worldmodels.memory.Memory` (``memory.kind=frmdn``).
+
+    Shapes: z (B, T, d); actions (B, T, A) float or (B, T) int64 for Discrete(A);
+    h (B, T, hidden); state a pair (h0, c0) of (1, B, hidden).
+    """
+
+    def __init__(
+        self,
+        *,
+        z_dim: int,
+        action_dim: int,
+        discrete_actions: bool,
+        hidden: int,
+        mixtures: int,
+        precision: Precision,
+        overcomplete_m: int,
+        flow: Flow,
+        flow_layers: int,
+        flow_hidden: int,
+        flow_conditional: bool,
+        reward_head: bool,
+        done_head: bool,
+    ):
+        # every argument is required: the defaults live in config.MemoryConfig only
+        # (build_frmdn), and config() saves them all for load_model
+        super().__init__()
+        if flow not in FLOWS:
+            raise ValueError(f"flow must be one of {FLOWS}, not '{flow}'")
+        self._config = dict(
+            z_dim=z_dim, action_dim=action_dim, discrete_actions=discrete_actions,
+            hidden=hidden, mixtures=mixtures, precision=precision,
+            overcomplete_m=overcomplete_m, flow=flow, flow_layers=flow_layers,
+            flow_hidden=flow_hidden, flow_conditional=flow_conditional,
+            reward_head=reward_head, done_head=done_head,
+        )
+        self.z_dim, self.action_dim, self.discrete_actions = z_dim, action_dim, discrete_actions
+        self.flow_conditional = flow_conditional and flow != "none"
+        self.lstm = nn.LSTM(z_dim + action_dim, hidden, batch_first=True)
+        self.mixture = TiedPrecisionMixture(hidden, z_dim, mixtures=mixtures, precision=precision,
+                                            overcomplete_m=overcomplete_m)
+        self.flow = None
+        if flow != "none":
+            import zuko
+
+            self.flow = zuko.flows.MAF(
+                features=z_dim,
+                context=hidden if self.flow_conditional else 0,
+                transforms=flow_layers,
+                hidden_features=(flow_hidden, flow_hidden),
+                passes=2 if flow == "coupling" and z_dim > 1 else None,
+            ).transform
+        self._make_heads(hidden, reward_head, done_head)
 
     # ------------------------------------------------------------------ density
     def _transform(self, h: Tensor):

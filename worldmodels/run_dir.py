@@ -45,7 +45,7 @@ import gymnasium as gym
 import yaml
 
 # the package's memory models: importing them registers them (memory.kind, checkpoints)
-from worldmodels import frmdn, gru_mdn  # noqa: F401
+from worldmodels import frmdn, gru_mdn, mdn_rnn  # noqa: F401
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
     CheckpointError,
