@@ -52,12 +52,12 @@ def test_checkpoints_hold_every_constructor_argument(tmp_path):
     cfg = load_config("doom_takecover", [], ["vae.z_dim=4", "memory.hidden=8",
                                               "controller.discrete_head=ordinal"])
     memory = build_memory(cfg, 3, True)
-    gru = build_memory(dataclasses.replace(cfg, memory=dataclasses.replace(
-        cfg.memory, kind="gru_mdn")), 3, True)
+    gru, mdn = (build_memory(dataclasses.replace(cfg, memory=dataclasses.replace(
+        cfg.memory, kind=kind)), 3, True) for kind in ("gru_mdn", "mdn_rnn"))
     features = memory.feature_size(cfg.controller.use_cell)
     controllers = [build_controller(cfg.controller, features, gym.spaces.Discrete(3)),
                    build_controller(cfg.controller, features, gym.spaces.Box(-1, 1, (2,)))]
-    for i, model in enumerate([ConvVAE(z_dim=4), memory, gru, *controllers]):
+    for i, model in enumerate([ConvVAE(z_dim=4), memory, gru, mdn, *controllers]):
         params = set(inspect.signature(type(model).__init__).parameters) - {"self"}
         assert set(model.config()) == params, type(model).__name__
         save_model(tmp_path / f"{i}.safetensors", model)

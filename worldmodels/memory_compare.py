@@ -40,28 +40,33 @@ from worldmodels.run_dir import RunDir
 #: the ``memory.*`` keys the comparison varies: every variant sets each of them, so none
 #: follows a default that may change (an unset flow_conditional once made frmdn_diag
 #: equal frmdn_diag_conditional)
-VARIED = ("flow", "precision", "flow_conditional")
+VARIED = ("kind", "flow", "precision", "flow_conditional")
 
 #: name -> ``memory.*`` values; the RMDN baseline is the mixture with no flow (a flow's
 #: conditioning does not apply to it)
+def _frmdn(flow: str, precision: str, conditional: bool) -> dict[str, Any]:
+    return {"kind": "frmdn", "flow": flow, "precision": precision,
+            "flow_conditional": conditional}
+
+
 VARIANTS: dict[str, dict[str, Any]] = {
-    "rmdn_diag": {"flow": "none", "precision": "diag", "flow_conditional": False},
-    "frmdn_diag": {"flow": "maf", "precision": "diag", "flow_conditional": False},
-    "frmdn_square": {"flow": "maf", "precision": "square", "flow_conditional": False},
-    "frmdn_overcomplete": {"flow": "maf", "precision": "overcomplete",
-                           "flow_conditional": False},
-    "frmdn_diag_conditional": {"flow": "maf", "precision": "diag", "flow_conditional": True},
-    "frmdn_square_conditional": {"flow": "maf", "precision": "square",
-                                 "flow_conditional": True},
+    "rmdn_diag": _frmdn("none", "diag", False),
+    "frmdn_diag": _frmdn("maf", "diag", False),
+    "frmdn_square": _frmdn("maf", "square", False),
+    "frmdn_overcomplete": _frmdn("maf", "overcomplete", False),
+    "frmdn_diag_conditional": _frmdn("maf", "diag", True),
+    "frmdn_square_conditional": _frmdn("maf", "square", True),
     # the dream's FRMDN: a coupling flow inverts in two passes, a MAF in z_dim
-    "frmdn_square_coupling_conditional": {"flow": "coupling", "precision": "square",
-                                          "flow_conditional": True},
+    "frmdn_square_coupling_conditional": _frmdn("coupling", "square", True),
     # its ablation: the same flow with a diagonal precision (what the tied U adds)
-    "frmdn_diag_coupling_conditional": {"flow": "coupling", "precision": "diag",
-                                        "flow_conditional": True},
+    "frmdn_diag_coupling_conditional": _frmdn("coupling", "diag", True),
+    # Ha & Schmidhuber's own M: a mixture per dimension of z (worldmodels/mdn_rnn.py); it
+    # reads none of the FRMDN's keys, which are set all the same
+    "mdn_rnn": {"kind": "mdn_rnn", "flow": "none", "precision": "diag",
+                "flow_conditional": False},
 }
 #: compare_memory.py's default set: the paper's variants (MAF flows) and the baseline
-PAPER_VARIANTS = tuple(v for v in VARIANTS if "coupling" not in v)
+PAPER_VARIANTS = tuple(v for v in VARIANTS if "coupling" not in v and v != "mdn_rnn")
 
 
 def variant_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
