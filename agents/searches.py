@@ -116,18 +116,22 @@ def plot_searches(run: RunDir, rows: list[dict[str, Any]], winner: int) -> None:
     """``controller/searches.png``: every search's mean fitness by generation, and its
     selection means (real episodes) at the periodic evaluations."""
     series: dict[str, tuple[list[float], list[float]]] = {}
+    styles: dict[str, dict[str, Any]] = {}
     for row in rows:
         k, log = row["search"], read_json(run.controller.search(row["search"]).log, [])
         tag = f"search {k}" + (" (kept)" if k == winner else "")
-        series[f"{tag}: mean fitness"] = ([g["generation"] for g in log],
-                                          [g["mean"] for g in log])
-        chosen = [(g["generation"], g["selected"]["selection_mean"]) for g in log
+        fitness, chosen = f"{tag}: mean fitness", f"{tag}: selected, selection mean"
+        series[fitness] = ([g["generation"] for g in log], [g["mean"] for g in log])
+        picked = [(g["generation"], g["selected"]["selection_mean"]) for g in log
                   if g.get("selected")]
-        series[f"{tag}: selected, selection mean"] = ([g for g, _ in chosen],
-                                                      [m for _, m in chosen])
+        series[chosen] = ([g for g, _ in picked], [m for _, m in picked])
+        color = f"C{k % 10}"  # one colour a search: its fitness line, its selections
+        styles[fitness] = {"color": color, "marker": None,
+                           "linewidth": 2.2 if k == winner else 1.0}
+        styles[chosen] = {"color": color, "linestyle": ":", "marker": "s", "markersize": 5}
     plot_curves(run.controller.dir / "searches.png", series,
                 f"{len(rows)} CMA-ES searches (selection on the run's seeds)", "generation",
-                "return")
+                "return", styles=styles)
 
 
 def keep_winner(run: RunDir, k: int) -> dict[str, Any]:

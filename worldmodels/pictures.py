@@ -43,9 +43,11 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 def plot_curves(path: Path, series: dict[str, tuple[list[float], list[float]]], title: str,
                 xlabel: str, ylabel: str, band: tuple[list[float], list[float]] | None = None,
-                hlines: dict[str, float] | None = None) -> None:
+                hlines: dict[str, float] | None = None,
+                styles: dict[str, dict[str, Any]] | None = None) -> None:
     """Line plot of named (x, y) series, an optional shaded band (low, high) under the first
-    series' x, and labelled horizontal reference lines; written atomically as PNG."""
+    series' x, and labelled horizontal reference lines; written atomically as PNG.
+    ``styles``: matplotlib keywords for some series by name (colour, marker, ...)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,8 +56,9 @@ def plot_curves(path: Path, series: dict[str, tuple[list[float], list[float]]], 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     first_x = None
     for name, (x, y) in series.items():
-        ax.plot(x, y, label=name, linewidth=1.6, marker="o" if len(x) <= 30 else None,
-                markersize=4)
+        style = {"linewidth": 1.6, "marker": "o" if len(x) <= 30 else None, "markersize": 4,
+                 **(styles or {}).get(name, {})}
+        ax.plot(x, y, label=name, **style)
         first_x = x if first_x is None else first_x
     if band is not None and first_x is not None:
         ax.fill_between(first_x, band[0], band[1], alpha=0.15, label="worst to best")
