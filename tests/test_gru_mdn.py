@@ -8,19 +8,14 @@ import dataclasses
 import math
 
 import gymnasium as gym
-import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import run
-from agents.dreams import DreamEvaluator
 from agents.sb3 import make_latent_env
-from agents.vmc import VMCAgent
 from envs.dream_env import make_dream_env
-from envs.factory import make_env_from_config
-from tests.test_run import tiny_job_args
+from tests.test_run import dreams_and_acts, tiny_memory_run
 from worldmodels.checkpoint import load_model, save_model
 from worldmodels.config import ConfigError, ExperimentConfig, load_config
 from worldmodels.controller import FlatPolicy, build_controller
@@ -113,33 +108,11 @@ def test_batched_dream_runs_on_the_gru():
 
 @pytest.fixture(scope="module")
 def gru_run(tmp_path_factory) -> RunDir:
-    """A tiny CarRacing run with memory.kind=gru_mdn: M trained, CMA-ES in its dream for
-    2 generations, then evaluated in the real env (run.py's main job)."""
-    root = tmp_path_factory.mktemp("gru")
-    args = [a for a in tiny_job_args(root, "dream") if not a.startswith("controller.gen")]
-    summary = run.main([*args, "memory.kind=gru_mdn", "controller.generations=2"])
-    assert summary["controller"]["environment"] == "dream"
-    assert summary["evaluate"]["episodes"] == 1
-    return RunDir(root / "runs" / "CarRacing-v3" / "tiny")
+    return tiny_memory_run(tmp_path_factory.mktemp("gru"), "gru_mdn")
 
 
 def test_a_gru_run_trains_dreams_and_acts(gru_run):
-    cfg = gru_run.load_config()
-    assert cfg.memory.kind == "gru_mdn"
-    memory = gru_run.load_memory()
-    assert isinstance(memory, GRUMDN)
-    assert gru_run.controller.best.exists()
-    # CMA-ES's fitness in the dream: one batched dream per generation
-    evaluator = DreamEvaluator(gru_run, cfg)
-    fitness = evaluator(np.zeros((2, evaluator.controller.num_parameters())), [0, 1])
-    assert fitness.shape == (2,) and np.isfinite(fitness).all()
-    # the trained C acts in the real env through M's features
-    real = make_env_from_config(cfg.env)
-    agent = VMCAgent.from_run(gru_run, cfg, real.action_space, weights="best")
-    obs, _ = real.reset(seed=0)
-    for _ in range(3):
-        obs, *_ = real.step(agent.act(obs[None])[0])
-    real.close()
+    dreams_and_acts(gru_run, "gru_mdn", GRUMDN)
 
 
 def test_both_envs_pass_the_checkers_on_a_gru_run(gru_run):

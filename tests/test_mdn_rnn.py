@@ -10,19 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-import run
-from agents.dreams import DreamEvaluator
-from agents.vmc import VMCAgent
 from envs.dream_env import make_dream_env
-from envs.factory import make_env_from_config
-from tests.test_run import tiny_job_args
+from tests.test_run import dreams_and_acts, tiny_memory_run
 from worldmodels.checkpoint import load_model, save_model
 from worldmodels.config import ExperimentConfig
 from worldmodels.dream import Dream
 from worldmodels.frmdn_training import build_memory
 from worldmodels.mdn_rnn import MDNRNN
 from worldmodels.memory import MEMORY_KINDS, Memory
-from worldmodels.run_dir import RunDir
 
 
 def mdn(z_dim: int = 2, mixtures: int = 2, hidden: int = 8) -> MDNRNN:
@@ -130,31 +125,9 @@ def test_dreams_with_common_noise_rows_are_identical():
     assert not torch.equal(z[0], z[1])
 
 
-@pytest.fixture(scope="module")
-def mdn_run(tmp_path_factory) -> RunDir:
-    """A tiny CarRacing run with memory.kind=mdn_rnn: M trained, CMA-ES in its dream for
-    2 generations, then evaluated in the real env (run.py's main job)."""
-    root = tmp_path_factory.mktemp("mdn")
-    args = [a for a in tiny_job_args(root, "dream") if not a.startswith("controller.gen")]
-    summary = run.main([*args, "memory.kind=mdn_rnn", "controller.generations=2"])
-    assert summary["controller"]["environment"] == "dream"
-    assert summary["evaluate"]["episodes"] == 1
-    return RunDir(root / "runs" / "CarRacing-v3" / "tiny")
-
-
-def test_an_mdn_rnn_run_trains_dreams_and_acts(mdn_run):
-    cfg = mdn_run.load_config()
-    assert cfg.memory.kind == "mdn_rnn"
-    assert isinstance(mdn_run.load_memory(), MDNRNN)
-    evaluator = DreamEvaluator(mdn_run, cfg)
-    fitness = evaluator(np.zeros((2, evaluator.controller.num_parameters())), [0, 1])
-    assert fitness.shape == (2,) and np.isfinite(fitness).all()
-    real = make_env_from_config(cfg.env)
-    agent = VMCAgent.from_run(mdn_run, cfg, real.action_space, weights="best")
-    obs, _ = real.reset(seed=0)
-    for _ in range(3):
-        obs, *_ = real.step(agent.act(obs[None])[0])
-    real.close()
+def test_an_mdn_rnn_run_trains_dreams_and_acts(tmp_path_factory):
+    mdn_run = tiny_memory_run(tmp_path_factory.mktemp("mdn"), "mdn_rnn")
+    dreams_and_acts(mdn_run, "mdn_rnn", MDNRNN)
     env = make_dream_env(mdn_run.path)
     obs, _ = env.reset(seed=0)
     obs, *_ = env.step(env.action_space.sample())

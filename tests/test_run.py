@@ -22,6 +22,41 @@ def tiny_job_args(tmp_path, environment: str) -> list[str]:
             "controller.engine=serial", f"controller.environment={environment}"]
 
 
+def tiny_memory_run(root, kind: str):
+    """A tiny CarRacing run with ``memory.kind=<kind>``: M trained, CMA-ES in its dream
+    for 2 generations, then evaluated in the real env (run.py's main job)."""
+    from worldmodels.run_dir import RunDir
+
+    args = [a for a in tiny_job_args(root, "dream") if not a.startswith("controller.gen")]
+    summary = run.main([*args, f"memory.kind={kind}", "controller.generations=2"])
+    assert summary["controller"]["environment"] == "dream"
+    assert summary["evaluate"]["episodes"] == 1
+    return RunDir(root / "runs" / "CarRacing-v3" / "tiny")
+
+
+def dreams_and_acts(trained, kind: str, model: type) -> None:
+    """A run's M is of ``kind``; CMA-ES's fitness comes from its batched dream, and the
+    trained C acts in the real env through M's features."""
+    import numpy as np
+
+    from agents.dreams import DreamEvaluator
+    from agents.vmc import VMCAgent
+    from envs.factory import make_env_from_config
+
+    cfg = trained.load_config()
+    assert cfg.memory.kind == kind and isinstance(trained.load_memory(), model)
+    assert trained.controller.best.exists()
+    evaluator = DreamEvaluator(trained, cfg)
+    fitness = evaluator(np.zeros((2, evaluator.controller.num_parameters())), [0, 1])
+    assert fitness.shape == (2,) and np.isfinite(fitness).all()
+    real = make_env_from_config(cfg.env)
+    agent = VMCAgent.from_run(trained, cfg, real.action_space, weights="best")
+    obs, _ = real.reset(seed=0)
+    for _ in range(3):
+        obs, *_ = real.step(agent.act(obs[None])[0])
+    real.close()
+
+
 def test_main_job_runs_every_stage_then_skips_them(tmp_path, capsys):
     args = tiny_job_args(tmp_path, "dream")
     first = run.main(args)

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from worldmodels.config import ConfigError, ExperimentConfig
+from worldmodels.config import ConfigError
 from worldmodels.frmdn import TiedPrecisionMixture
-from worldmodels.memory import MemoryModel, State, register_memory
+from worldmodels.memory import MemoryModel, State, mixture_memory_builder, register_memory
 
 
 def _no_cell() -> ConfigError:
@@ -37,10 +37,9 @@ class GRUMDN(MemoryModel):
                  mixtures: int, reward_head: bool, done_head: bool):
         # every argument is required: the defaults live in config.MemoryConfig only
         super().__init__()
-        self._config = dict(z_dim=z_dim, action_dim=action_dim,
-                            discrete_actions=discrete_actions, hidden=hidden,
-                            mixtures=mixtures, reward_head=reward_head, done_head=done_head)
-        self.z_dim, self.action_dim, self.discrete_actions = z_dim, action_dim, discrete_actions
+        self._keep_config(z_dim=z_dim, action_dim=action_dim,
+                          discrete_actions=discrete_actions, hidden=hidden,
+                          mixtures=mixtures, reward_head=reward_head, done_head=done_head)
         self.hidden_size = hidden
         self.gru = nn.GRU(z_dim + action_dim, hidden, batch_first=True)
         self.mixture = TiedPrecisionMixture(hidden, z_dim, mixtures=mixtures, precision="diag",
@@ -90,12 +89,4 @@ class GRUMDN(MemoryModel):
         return self.mixture.sample(self.mixture.params(h), tau, generator, noise)
 
 
-def build_gru_mdn(cfg: ExperimentConfig, action_dim: int, discrete: bool) -> GRUMDN:
-    """``memory.kind=gru_mdn`` from ``cfg.memory``'s hidden, mixtures and heads."""
-    m = cfg.memory
-    return GRUMDN(z_dim=cfg.vae.z_dim, action_dim=action_dim, discrete_actions=discrete,
-                  hidden=m.hidden, mixtures=m.mixtures, reward_head=m.reward_head,
-                  done_head=m.done_head)
-
-
-register_memory("gru_mdn", GRUMDN, build_gru_mdn)
+register_memory("gru_mdn", GRUMDN, mixture_memory_builder(GRUMDN))

@@ -24,9 +24,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from worldmodels.config import ExperimentConfig
 from worldmodels.frmdn import LSTMMemory
-from worldmodels.memory import register_memory
+from worldmodels.memory import mixture_memory_builder, register_memory
 
 #: log sigma is kept within these bounds (a component narrower than e^-7 of a latent's
 #: unit scale is a spike the NLL would chase)
@@ -42,10 +41,9 @@ class MDNRNN(LSTMMemory):
                  mixtures: int, reward_head: bool, done_head: bool):
         # every argument is required: the defaults live in config.MemoryConfig only
         super().__init__()
-        self._config = dict(z_dim=z_dim, action_dim=action_dim,
-                            discrete_actions=discrete_actions, hidden=hidden,
-                            mixtures=mixtures, reward_head=reward_head, done_head=done_head)
-        self.z_dim, self.action_dim, self.discrete_actions = z_dim, action_dim, discrete_actions
+        self._keep_config(z_dim=z_dim, action_dim=action_dim,
+                          discrete_actions=discrete_actions, hidden=hidden,
+                          mixtures=mixtures, reward_head=reward_head, done_head=done_head)
         self.K = mixtures
         self.lstm = nn.LSTM(z_dim + action_dim, hidden, batch_first=True)
         self.head = nn.Linear(hidden, 3 * z_dim * mixtures)
@@ -98,12 +96,4 @@ class MDNRNN(LSTMMemory):
         return chosen_mu + chosen_sigma * math.sqrt(tau) * eps
 
 
-def build_mdn_rnn(cfg: ExperimentConfig, action_dim: int, discrete: bool) -> MDNRNN:
-    """``memory.kind=mdn_rnn`` from ``cfg.memory``'s hidden, mixtures and heads."""
-    m = cfg.memory
-    return MDNRNN(z_dim=cfg.vae.z_dim, action_dim=action_dim, discrete_actions=discrete,
-                  hidden=m.hidden, mixtures=m.mixtures, reward_head=m.reward_head,
-                  done_head=m.done_head)
-
-
-register_memory("mdn_rnn", MDNRNN, build_mdn_rnn)
+register_memory("mdn_rnn", MDNRNN, mixture_memory_builder(MDNRNN))

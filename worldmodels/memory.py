@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -212,6 +212,17 @@ def register_memory(kind: str, model: type[nn.Module], build: MemoryBuilder) -> 
     register_model(model.__name__, model)
 
 
+def mixture_memory_builder(model: type[nn.Module]) -> MemoryBuilder:
+    """How a memory built from ``memory.hidden``, ``mixtures`` and the heads alone (no
+    FRMDN keys: the GRU-MDN, the MDN-RNN) is made from a config."""
+    def build(cfg: ExperimentConfig, action_dim: int, discrete: bool) -> Memory:
+        m = cfg.memory
+        return model(z_dim=cfg.vae.z_dim, action_dim=action_dim, discrete_actions=discrete,
+                     hidden=m.hidden, mixtures=m.mixtures, reward_head=m.reward_head,
+                     done_head=m.done_head)
+    return build
+
+
 def checkpoint_kinds() -> tuple[str, ...]:
     """The checkpoint kinds of every registered memory model (what a run's M may be)."""
     return tuple(k.model.__name__ for k in MEMORY_KINDS.values())
@@ -225,6 +236,13 @@ class MemoryModel(nn.Module):
     _config: dict
     reward_head: nn.Linear | None
     done_head: nn.Linear | None
+
+    def _keep_config(self, **config: Any) -> None:
+        """Record the constructor's arguments (what a checkpoint rebuilds the model from)
+        and the sizes every memory has: ``z_dim``, ``action_dim``, ``discrete_actions``."""
+        self._config = dict(config)
+        self.z_dim, self.action_dim = config["z_dim"], config["action_dim"]
+        self.discrete_actions = config["discrete_actions"]
 
     def _make_heads(self, hidden: int, reward_head: bool, done_head: bool) -> None:
         self.reward_head = nn.Linear(hidden, 1) if reward_head else None
