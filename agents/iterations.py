@@ -28,7 +28,7 @@ from typing import Any
 
 from agents.collect import collect, describe
 from worldmodels.atomic import write_bytes_atomic
-from worldmodels.checkpoint import read_json, write_json_atomic
+from worldmodels.checkpoint import read_json, sidecar, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig, policy_schedule
 from worldmodels.frmdn_training import report_dict, train_memory
 from worldmodels.run_dir import RunDir
@@ -136,8 +136,7 @@ def keep_round(run: RunDir, number: int, figures: dict[str, Any]) -> None:
     files = run.round(number)
     weights = run.memory.weights()
     copies = [(weights, files.memory.best), (run.memory.metrics, files.memory.metrics),
-              (weights.with_name(weights.name + ".json"),  # the readable header beside them
-               files.memory.best.with_name(files.memory.best.name + ".json"))]
+              (sidecar(weights), sidecar(files.memory.best))]  # the readable headers
     copies += [(p, files.controller.dir / p.relative_to(run.controller.dir))
                for p in _files(run.controller.dir, recursive=True)]
     copies += [(p, files.eval_dir / p.name) for p in _files(run.eval_dir, (".json", ".csv"))]

@@ -27,14 +27,13 @@ searches may be added (K to K + 1) to a run of several.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agents.cmaes import CMAESReport, Evaluator, train_cmaes
 from worldmodels.atomic import write_bytes_atomic
-from worldmodels.checkpoint import read_header, read_json, write_json_atomic
+from worldmodels.checkpoint import read_header, read_json, sidecar, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.pictures import plot_curves
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, RunDir
@@ -141,12 +140,8 @@ def keep_winner(run: RunDir, k: int) -> dict[str, Any]:
     pairs = [(source.log, target.log), (source.fitness_plot, target.fitness_plot)]
     for name in CONTROLLER_WEIGHTS:
         src, dst = source.weights(name), target.weights(name)
-        pairs += [(src, dst), (_header(src), _header(dst))]
+        pairs += [(src, dst), (sidecar(src), sidecar(dst))]
     for src, dst in pairs:
         write_bytes_atomic(dst, src.read_bytes())
     return dict(read_header(target.selected)["meta"])
 
-
-def _header(weights: Path) -> Path:
-    """The readable JSON copy of a weights file's header, beside it."""
-    return weights.with_name(weights.name + ".json")

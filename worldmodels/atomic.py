@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import socket
 from collections.abc import Callable
@@ -48,11 +49,17 @@ def refusal(path: Path | str, err: OSError) -> WriteError:
     return WriteError(f"{path}: {reason}" + (f" ({todo})" if todo else ""))
 
 
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    """This host's name as it stands in temporary names (letters, digits and dashes)."""
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())
+    return host or "host"
+
+
 def _writer() -> str:
     """This process's tag in temporary names: host and pid (``--shard K/N`` runs on
     several machines that share a directory; a pid alone means something on one)."""
-    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())
-    return f"{host or 'host'}-{os.getpid()}"
+    return f"{_host()}-{os.getpid()}"
 
 
 def temp_path(path: Path) -> Path:
@@ -95,8 +102,7 @@ def _remove_dead_writers_temps(directory: Path) -> None:
     if key in _CLEANED:
         return
     _CLEANED.add(key)
-    mine = f"-{os.getpid()}{TMP_SUFFIX}"
-    host = _writer().rsplit("-", 1)[0]
+    mine, host = f"-{os.getpid()}{TMP_SUFFIX}", _host()
     try:
         with os.scandir(directory) as entries:
             names = [e.name for e in entries

@@ -40,7 +40,8 @@ def register_model(kind: str, builder: Callable[..., nn.Module]) -> None:
     MODEL_KINDS[kind] = builder
 
 
-def _sidecar(path: Path) -> Path:
+def sidecar(path: Path) -> Path:
+    """The readable JSON copy of a weights file's header, beside it."""
     return Path(str(path) + ".json")
 
 
@@ -56,7 +57,7 @@ def save_model(path: Path, model: nn.Module, meta: dict[str, Any] | None = None,
     header = {"kind": type(model).__name__, "config": model.config(), "meta": meta or {}}
     text = json.dumps(header)
     write_bytes_atomic(path, safetensors_bytes(tensors, metadata={HEADER_KEY: text}))
-    write_text_atomic(_sidecar(path), json.dumps(header, indent=2))
+    write_text_atomic(sidecar(path), json.dumps(header, indent=2))
 
 
 HEADER_KEY = "worldmodels"
@@ -72,7 +73,7 @@ def read_header(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable weights ({err})") from err
     source = path
     if text is None:
-        source = _sidecar(path)
+        source = sidecar(path)
         if not source.exists():
             raise CheckpointError(f"{path}: no model config in its header and no {source.name}")
         text = source.read_text()

@@ -75,6 +75,21 @@ def kept(owner: nn.Module, name: str, params: tuple[Tensor, ...],
     return cached[1]
 
 
+def draw_component(probs: Tensor, generator: torch.Generator | None = None,
+                   u: Tensor | None = None) -> Tensor:
+    """A component k (..., 1) int64 drawn from mixture weights ``probs`` (..., K):
+    multinomial, or the uniform ``u`` (...)'s place in the weights' CDF (u in [0, 1)
+    scaled to the CDF's last value, so rounding never picks a component whose weight is
+    0: u = 0 or u just below 1 land on the first or last nonzero weight)."""
+    K = probs.shape[-1]
+    if u is None:
+        k = torch.multinomial(probs.reshape(-1, K), 1, generator=generator)
+        return k.view(*probs.shape[:-1], 1)
+    cdf = torch.cumsum(probs, dim=-1)
+    place = u.to(cdf.dtype).unsqueeze(-1) * cdf[..., -1:]
+    return torch.searchsorted(cdf, place.contiguous(), right=True).clamp(max=K - 1)
+
+
 class _PDLogDet(torch.autograd.Function):
     """log det A for symmetric positive definite A (..., n, n) by Cholesky, A = L L^T.
 
@@ -269,15 +284,8 @@ class TiedPrecisionMixture(nn.Module):
         tau: multinomial, or the uniform ``noise[0]``'s place in the weights' CDF (u in
         [0, 1) scaled to the CDF's last value, so rounding never picks a component whose
         weight is 0: u = 0 or u just below 1 land on the first or last nonzero weight)."""
-        batch = logits.shape[:-1]
-        probs = torch.softmax(logits / tau, dim=-1)
-        if noise is None:
-            k = torch.multinomial(probs.reshape(-1, self.K), 1, generator=generator)
-            return k.view(*batch, 1)
-        cdf = torch.cumsum(probs, dim=-1)
-        u = noise[0].to(cdf.dtype).unsqueeze(-1) * cdf[..., -1:]
-        k = torch.searchsorted(cdf, u.contiguous(), right=True)
-        return k.clamp(max=self.K - 1)
+        return draw_component(torch.softmax(logits / tau, dim=-1), generator,
+                              None if noise is None else noise[0])
 
     def chosen(self, h: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """(mu, log D) (N, d), (N, m) of component ``k`` (N,) of each row of h (N, in):

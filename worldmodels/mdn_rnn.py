@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from worldmodels.frmdn import LSTMMemory
+from worldmodels.frmdn import LSTMMemory, draw_component
 from worldmodels.memory import mixture_memory_builder, register_memory
 
 #: log sigma is kept within these bounds (a component narrower than e^-7 of a latent's
@@ -77,8 +77,7 @@ class MDNRNN(LSTMMemory):
         log_pi, mu, log_sigma = self.params(h)
         probs = torch.softmax(log_pi / tau, dim=-1)  # (..., d, K)
         if noise is None:
-            k = torch.multinomial(probs.reshape(-1, self.K), 1, generator=generator)
-            k = k.view(*probs.shape[:-1], 1)
+            k = draw_component(probs, generator)
             eps = torch.randn(mu.shape[:-1], generator=generator, dtype=mu.dtype,
                               device=mu.device)
         else:
@@ -87,9 +86,7 @@ class MDNRNN(LSTMMemory):
                 raise ValueError(f"{type(self).__name__} draws a component per dimension: "
                                  f"uniform noise of shape {tuple(probs.shape[:-1])} needed, "
                                  f"got {tuple(u.shape)}")
-            cdf = torch.cumsum(probs, dim=-1)
-            k = torch.searchsorted(cdf, (u.to(cdf.dtype).unsqueeze(-1) * cdf[..., -1:])
-                                   .contiguous(), right=True).clamp(max=self.K - 1)
+            k = draw_component(probs, u=u)
             eps = eps.to(mu.dtype).reshape(mu.shape[:-1])
         chosen_mu = torch.gather(mu, -1, k).squeeze(-1)
         chosen_sigma = torch.gather(log_sigma, -1, k).squeeze(-1).exp()
