@@ -52,6 +52,17 @@ class PicklePayload:
         return (open, (self.marker, "w"))
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for every Ray test of the session: starting Ray's
+    worker processes (each imports torch) costs more than the tests themselves."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture
 def pickle_marker(tmp_path):
     """A path that exists only if a planted pickle was executed."""

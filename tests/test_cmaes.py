@@ -54,18 +54,13 @@ def test_real_env_fitness_is_the_same_on_every_engine(tiny_run):
 
 
 @pytest.mark.slow
-def test_ray_back_end_returns_the_process_back_end_fitness(tiny_run):
-    ray = pytest.importorskip("ray")
+def test_ray_back_end_returns_the_process_back_end_fitness(tiny_run, ray_cluster):
     rng = np.random.default_rng(1)
     params = rng.normal(0, 0.5, size=(4, (4 + 8) * 3 + 3))
     seeds = [5, 6]
     run = RunDir(run_of(tiny_run))
     procs = ProcessEvaluator(run, "process", workers=2, max_steps=80)(params, seeds)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        on_ray = ProcessEvaluator(run, "ray", workers=2, max_steps=80)(params, seeds)
-    finally:
-        ray.shutdown()
+    on_ray = ProcessEvaluator(run, "ray", workers=2, max_steps=80)(params, seeds)
     np.testing.assert_array_equal(procs, on_ray)
 
 

@@ -111,15 +111,11 @@ def test_sigkill_mid_collection_leaves_no_partial_shard(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_engine_gives_the_same_shards(tiny_cfg, tmp_path):
-    ray = pytest.importorskip("ray")
+def test_ray_engine_gives_the_same_shards(tiny_cfg, tmp_path, ray_cluster):
     collect(tiny_cfg, out_dir=tmp_path / "serial", progress=False)
     tiny_cfg.collect.engine = "ray"
     tiny_cfg.collect.workers = 2
-    try:
-        collect(tiny_cfg, out_dir=tmp_path / "ray", progress=False)
-    finally:
-        ray.shutdown()
+    collect(tiny_cfg, out_dir=tmp_path / "ray", progress=False)
     a, b = _shards(tmp_path / "serial"), _shards(tmp_path / "ray")
     assert len(a) == len(b) == 2
     for x, y in zip(a, b, strict=True):
