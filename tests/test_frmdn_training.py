@@ -383,3 +383,28 @@ def test_patience_is_judged_at_scored_epochs(mem_cfg, monkeypatch):
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
     assert [m.get("holdout_nll") for m in metrics] == [None, 1.0, None, 2.0]
     assert report.best_epoch == 2 and report.stopped_early
+
+
+def test_a_later_command_adds_its_variants_to_the_table(mem_cfg):
+    """compare_memory.py --variants B after --variants A: the table holds A and B; a
+    (variant, seed) trained again replaces its row instead of adding one."""
+    import compare_memory
+
+    write_latents(run_of(mem_cfg) / "latents", n=8, T=20)
+    mem_cfg.memory.eval_draws = 2
+    run = RunDir(run_of(mem_cfg))
+    run.write_config(mem_cfg)
+    base = ["--run", str(run.path), "--seeds", "0"]
+    compare_memory.main(base + ["--variants", "rmdn_diag"])
+    text = compare_memory.main(base + ["--variants", "frmdn_diag", "--seeds", "0,1"])
+    out = run.memory_compare_dir
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in results] == [
+        ("rmdn_diag", 0), ("frmdn_diag", 0), ("frmdn_diag", 1)]
+    assert "| rmdn_diag |" in text and "| frmdn_diag |" in text
+    # the gap to the RMDN uses the earlier command's RMDN row of the same seed
+    line = next(x for x in text.splitlines() if x.startswith("| frmdn_diag |"))
+    assert line.split("|")[3].strip() != "—"
+    again = compare_memory.main(base + ["--variants", "rmdn_diag"])  # resumes: nothing new
+    assert len(json.loads((out / "results.json").read_text())) == 3
+    assert again == text

@@ -31,7 +31,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from worldmodels.checkpoint import write_json_atomic, write_text_atomic
+from worldmodels.checkpoint import read_json, write_json_atomic, write_text_atomic
 from worldmodels.config import ConfigError, ExperimentConfig, merge_into, validate
 from worldmodels.frmdn_training import latent_split, report_dict, train_memory
 from worldmodels.pictures import plot_errorbars
@@ -227,8 +227,23 @@ def curve_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _row_key(row: dict[str, Any]) -> tuple[Any, Any, Any]:
+    return row["variant"], row["seed"], row.get("train_episodes")
+
+
 def write_results(run: RunDir, rows: list[dict[str, Any]]) -> str:
-    """``memory_compare/results.json`` and ``results.md`` (the table, returned)."""
+    """``memory_compare/results.json`` and ``results.md`` (the table, returned).
+
+    The table keeps the rows of earlier commands on the same training-set size that
+    ``rows`` does not redo (e.g. ``--variants mdn_rnn`` after the paper's variants), in
+    their order; a (variant, seed) trained again replaces its old row."""
+    path = run.memory_compare_dir / "results.json"
+    new = {_row_key(r): r for r in rows}
+    sizes = {r.get("train_episodes") for r in rows}
+    kept = [r for r in read_json(path, [], keys=("variant", "seed", "holdout_nll"))
+            if r.get("train_episodes") in sizes]
+    rows = ([new.pop(_row_key(r), r) for r in kept]  # an old row, or its new one in place
+            + [r for r in rows if _row_key(r) in new])
     text = table(rows)
     write_json_atomic(run.memory_compare_dir / "results.json", rows)
     write_text_atomic(run.memory_compare_dir / "results.md", text + "\n")
