@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> str:
     cfg, run = run_from_args(args)
     plan = Plan(variants=tuple(comma_names(args.memories, "--memories")),
                 populations=tuple(comma_integers(args.populations, "--populations",
-                                                 low=2, required=True)),
+                                                 low=3, required=True)),
                 seeds=tuple(comma_seeds(args.seeds)),
                 dream_episodes=args.dream_episodes,
                 memory_seed=check_seed(args.memory_seed, "--memory-seed"),

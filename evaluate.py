@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"--video must be >= 0, got {args.video}")
     if args.video_stride < 1:
         raise ConfigError(f"--video-stride must be >= 1, got {args.video_stride}")
+    if args.in_dream and args.video:
+        raise ConfigError("--video films real episodes; a dream's video is dream.py's "
+                          "(python dream.py --run RUN)")
     cfg, run = run_from_args(args, trained=True)
     policy = args.policy or default_policy(run)
     if args.weights and policy != "controller":

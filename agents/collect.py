@@ -8,6 +8,7 @@ whatever the number of workers, and a rerun after a crash collects just what is 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -239,6 +240,10 @@ def collect(cfg: ExperimentConfig, run: RunDir | None = None, out_dir: Path | No
     remove_partial_files(out)
     have = {shard_index(p) for p in existing}
     todo = [i for i in range(cfg.collect.episodes) if i not in have]
+    if len(have) > cfg.collect.episodes:  # collect never deletes an episode
+        print(f"note: {out} holds {len(have)} episodes, more than collect.episodes="
+              f"{cfg.collect.episodes}; the later stages use all {len(have)}",
+              file=sys.stderr)
     c = cfg.collect
     schedule = policy_schedule(c.policy)
     tasks = [EpisodeTask(i, cfg.seed, str(out), asdict(cfg.env), policy_for(schedule, i),
@@ -255,8 +260,8 @@ def collect(cfg: ExperimentConfig, run: RunDir | None = None, out_dir: Path | No
             steps += n
             bar.update(1)
             bar.set_postfix(steps_per_s=f"{steps / (time.perf_counter() - start):.0f}")
-    return CollectReport(cfg.collect.episodes, len(todo), steps, time.perf_counter() - start,
-                         timeline)
+    return CollectReport(len(have) + len(todo), len(todo), steps,
+                         time.perf_counter() - start, timeline)
 
 
 def describe(report: CollectReport) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def held_action_check(dream: Dream, env: gym.Env, dreams: int = 256, episodes: i
                       ) -> list[HeldActionRow]:
     """Each action held, then uniform random, in the dream and in the real env."""
     if not isinstance(env.action_space, gym.spaces.Discrete):
-        raise ValueError(f"the held-action check needs a Discrete action space, "
+        raise InputError(f"the held-action check needs a Discrete action space, "
                          f"not {env.action_space}")
     n = int(env.action_space.n)
     rows = []

@@ -330,8 +330,9 @@ def check_plan(run: RunDir, cfg: ExperimentConfig, plan: Plan) -> None:
     if not 0 <= plan.shard < plan.shards <= runs:
         raise ConfigError(f"shard {plan.shard} of {plan.shards}: give 0 <= shard < shards "
                           f"<= the plan's {runs} runs")
-    if min(plan.populations) < 2:
-        raise ConfigError(f"CMA-ES populations must be >= 2, not {min(plan.populations)}")
+    if min(plan.populations) < 3:
+        raise ConfigError(f"CMA-ES populations must be >= 3 (controller.population), "
+                          f"not {min(plan.populations)}")
     if plan.report_episodes < 1:
         raise ConfigError(f"--report-episodes must be >= 1, not {plan.report_episodes}")
     c = cfg.controller

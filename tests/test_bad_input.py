@@ -232,6 +232,18 @@ CASES = {
                                      "env.max_episode_steps"),
     "seed beyond 64 bits": Case("encode", [f"seed={2**70}"], "seed"),
     "device=bogus": Case("train_vae", ["device=bogus"], "device"),
+    **({"device=cuda without CUDA (train_vae)": Case("train_vae", ["device=cuda"], "device"),
+        "device=cuda without CUDA (train_frmdn)": Case("train_frmdn", ["device=cuda"], "device"),
+        "device=cuda without CUDA (encode)": Case("encode", ["device=cuda"], "device")}
+       if not torch.cuda.is_available() else {}),
+    "CMA-ES population 2": Case("train_controller", ["controller.population=2"],
+                                "controller.population"),
+    # keys that conflict: refused before the first stage, not after V and M
+    "dream C, M without a reward head": Case("collect", ["controller.environment=dream",
+                                                         "memory.reward_head=false"],
+                                             "controller.environment"),
+    "[z, c, h] from a GRU": Case("collect", ["memory.kind=gru_mdn", "controller.use_cell=true"],
+                                 "controller.use_cell"),
     "choice not offered": Case("collect", ["memory.precision=bogus"], "memory.precision"),
     "unknown key": Case("dream", ["bogus.key=1"], "bogus"),
     "override without =": Case("train_vae", ["vae.epochs"], "vae.epochs"),
@@ -337,6 +349,8 @@ CASES = {
     **{f"!!python tag in config.yaml ({name})": Case(name, [], "config.yaml",
                                                      config_text(PYTHON_TAG))
        for name in ENTRY_POINTS},
+    **{f"empty config.yaml ({name})": Case(name, [], "config.yaml", config_text(""))
+       for name in ("collect", "evaluate", "dream")},
 }
 
 

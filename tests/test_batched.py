@@ -81,7 +81,7 @@ def test_dream_vec_env_restarts_ended_dreams_and_is_reproducible(tiny_cfg):
     from envs.dream_env import dream_vec_env
     from tests.test_dream import write_dream_run
 
-    cfg = write_dream_run(tiny_cfg, population=2, rollouts=1, generations=1)
+    cfg = write_dream_run(tiny_cfg, population=3, rollouts=1, generations=1)
     run = RunDir(run_of(cfg))
     venv = dream_vec_env(run, cfg, 16)
     venv.seed(3)

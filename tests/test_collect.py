@@ -159,3 +159,13 @@ def test_a_policy_schedule_extends_a_collection_with_another_policy(tiny_cfg):
         collect(tiny_cfg, progress=False)
     with pytest.raises(ConfigError, match="collect.policy"):
         load_config("carracing", [], ["collect.policy=random,linear:5"])
+
+
+def test_fewer_episodes_than_on_disk_are_counted_and_said(tiny_cfg, tmp_path, capsys):
+    """collect never deletes an episode: asked for fewer than the run holds, it reports
+    the episodes there (what the later stages use) and says so."""
+    collect(tiny_cfg, out_dir=tmp_path / "r", progress=False)  # 2 episodes
+    tiny_cfg.collect.episodes = 1
+    report = collect(tiny_cfg, out_dir=tmp_path / "r", progress=False)
+    assert (report.episodes_total, report.episodes_new) == (2, 0)
+    assert "holds 2 episodes, more than collect.episodes=1" in capsys.readouterr().err

@@ -317,3 +317,12 @@ def test_overcomplete_m_is_checked_against_z_dim():
     with pytest.raises(ConfigError, match="'memory.overcomplete_m' must be 0 or > vae.z_dim"):
         load_config("carracing", [], ["memory.overcomplete_m=32"])
     assert load_config("carracing", [], ["memory.overcomplete_m=33"]).memory.overcomplete_m == 33
+
+
+def test_a_relative_path_key_becomes_absolute(tmp_path, monkeypatch):
+    """vae.pretrained=pretrained/x given on the command line names the same directory
+    from any later working directory."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("carracing", [], ["vae.pretrained=pretrained/x"])
+    assert cfg.vae.pretrained == str(tmp_path / "pretrained" / "x")
+    assert load_config("carracing", [], ["vae.pretrained="]).vae.pretrained == ""

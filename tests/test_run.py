@@ -17,7 +17,7 @@ def tiny_job_args(tmp_path, environment: str) -> list[str]:
             "vae.grid_frames=2", "vae.z_dim=4", "data.shuffle_buffer=64",
             "data.holdout_fraction=0.34", "data.holdout_min_episodes=1", "memory.hidden=8",
             "memory.epochs=1",
-            "memory.seq_len=10", "controller.population=2", "controller.rollouts=1",
+            "memory.seq_len=10", "controller.population=3", "controller.rollouts=1",
             "controller.generations=1", "controller.eval_episodes=1",
             "controller.engine=serial", f"controller.environment={environment}"]
 

@@ -117,7 +117,7 @@ def test_cmaes_on_a_borrowed_world_model_plays_the_runs_own_controller(shipped, 
     # a C of another shape than the shipped one: the workers must read this run's config
     summary = controller_script.main(args + [
         "controller.hidden=4", "controller.clip_dims=[2]", "controller.generations=1",
-        "controller.population=2", "controller.rollouts=1", "controller.engine=serial",
+        "controller.population=3", "controller.rollouts=1", "controller.engine=serial",
         "controller.eval_every=1", "controller.select_episodes=1"])
     assert summary["generations"] == 1
     run = RunDir(home)

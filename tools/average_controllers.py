@@ -28,6 +28,9 @@ from worldmodels.run_dir import RunDir
 
 def average(out_dir: Path, member_dirs: list[Path]) -> None:
     out, members = RunDir(out_dir), [RunDir(m) for m in member_dirs]
+    for m in members:
+        if not m.memory.model.is_file():
+            raise InputError(f"{m.memory.model}: no trained M; is {m.path} a run?")
     digests = {file_digest(m.memory.model) for m in members}
     if len(digests) != 1:
         raise InputError(f"{', '.join(map(str, members))}: their Ms differ; average "

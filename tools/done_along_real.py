@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from agents.dream_check import held_action_episodes
 from envs.factory import make_env_from_config
+from worldmodels.errors import InputError, run_cli
 from worldmodels.memory import done_probability
 from worldmodels.run_dir import RunDir
 from worldmodels.vae import to_float_frames
@@ -34,17 +36,20 @@ def implied_length(p_done: np.ndarray) -> float:
     return float(1.0 + survive[:-1].sum())
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--episodes", type=int, default=15)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     run = RunDir(args.run)
     cfg = run.load_config()
     vae, memory = run.load_vae(cfg.vae.z_dim), run.load_memory()
     pos_weight = float(run.memory_meta()["done_pos_weight"])
     env = make_env_from_config(cfg.env)
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise InputError(f"{run.path}: {cfg.env.id} has {env.action_space} actions; this "
+                         "check holds each of a Discrete env's actions")
     n = int(env.action_space.n)
     print("| policy | real | implied by M's P(done) | P(done) at the real last step |\n"
           "|---|---|---|---|")
@@ -64,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -61,6 +61,11 @@ def main(argv: list[str]) -> None:
     print("|---|---|---|---|---|")
     for run in runs:
         memory = run.load_memory()
+        width = (episodes[0][0].shape[-1], episodes[0][1].shape[-1])
+        if (memory.z_dim, memory.action_dim) != width:
+            raise InputError(f"{run.path}: its M takes z of {memory.z_dim} and actions of "
+                             f"{memory.action_dim}, {runs[0].path}'s latents hold "
+                             f"{width[0]} and {width[1]}: give runs of one V and env")
         for tau in args.taus:
             parts = [spread(memory, mu, action, tau, args.samples) for mu, action in episodes]
             std, mse, mean_mse = (torch.cat(p).mean().item() for p in zip(*parts, strict=True))

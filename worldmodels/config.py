@@ -237,7 +237,10 @@ class ControllerConfig:
                                              "evaluation plays raw rewards.")
     sb3_checkpoint_steps: int = _opt(50_000, "SB3: save the policy, optimizer and counters "
                                              "every N env steps (0: only at the end); a rerun "
-                                             "resumes from the last save.", ge=0)
+                                             "resumes from the last save, close to but not "
+                                             "bit-identical with an unbroken run (the envs "
+                                             "start new episodes; V, M and CMA-ES resume "
+                                             "exactly).", ge=0)
     sb3_eval_steps: int = _opt(0, "SB3: every N env steps play the policy on the selection "
                                   "seeds (controller.select_episodes); the shipped policy is "
                                   "the best seen there (0: off, the last policy).", ge=0)
@@ -258,7 +261,8 @@ class ControllerConfig:
     clip_dims: list = _opt([], "Box action dims mapped by clip(tanh(y), low, high) instead "
                                "of low + (tanh(y) + 1) / 2 (high - low): exactly low (off) "
                                "for y <= 0. Ha & Schmidhuber's CarRacing brake: [2].")
-    population: int = _opt(64, "CMA-ES population size.", ge=2)
+    population: int = _opt(64, "CMA-ES population size (cma's mirrored sampling fails at 2 "
+                               "for controllers of a few hundred weights).", ge=3)
     rollouts: int = _opt(16, "Episodes per candidate; fitness is their mean return.", ge=1)
     sigma0: float = _opt(0.1, "CMA-ES initial step size.", gt=0)
     generations: int = _opt(300, "Generations to run (a rerun resumes to this many).", ge=1)
@@ -333,7 +337,8 @@ class ExperimentConfig:
                         "trained with).",
                      ge=0, le=SEED_MAX)
     root: str = _opt("runs", "Directory that holds run directories.")
-    device: str = _opt("cpu", "Torch device: cpu | cuda | cuda:N | mps.")
+    device: str = _opt("cpu", "Torch device of V's and M's training and of encoding: cpu | "
+                              "cuda | cuda:N | mps (agents act, and C trains, on the CPU).")
     env: EnvConfig = field(default_factory=EnvConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -421,8 +426,14 @@ def _dotted_to_nested(key: str, value: Any) -> dict:
     return out
 
 
+#: keys naming a path; given on the command line, a relative one is made absolute
+#: against the working directory, so that the run's ``config.yaml`` works from anywhere
+PATH_KEYS = ("vae.pretrained",)
+
+
 def parse_override(text: str, cfg: Any = None) -> dict:
-    """``'vae.epochs=5'`` -> ``{'vae': {'epochs': 5}}`` (the value is read as YAML).
+    """``'vae.epochs=5'`` -> ``{'vae': {'epochs': 5}}`` (the value is read as YAML; a
+    :data:`PATH_KEYS` value becomes an absolute path).
 
     A key that goes on inside a field holding a mapping (``controller.sb3_kwargs.gamma``)
     changes that one entry of ``cfg``'s mapping and keeps the others; a whole mapping
@@ -434,6 +445,8 @@ def parse_override(text: str, cfg: Any = None) -> dict:
         value = load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"command line: cannot read value of '{key}': {err}") from err
+    if key.strip() in PATH_KEYS and isinstance(value, str) and value:
+        value = str(Path(value).expanduser().absolute())  # the run works from anywhere
     parts, obj = key.strip().split("."), cfg
     for i, part in enumerate(parts[:-1]):
         if obj is None or not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
@@ -649,12 +662,34 @@ def check_ranges(cfg: ExperimentConfig) -> None:
 
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 
+#: memory kinds with no cell state to feed C (``controller.use_cell``)
+CELLLESS_MEMORY_KINDS = ("gru_mdn",)
+
+
+def torch_device(name: str) -> Any:
+    """The ``torch.device`` of config key ``device``; a ConfigError if this machine's
+    torch cannot use it (a CPU-only build and ``cuda``, a missing GPU index, no MPS)."""
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"config key 'device': {name} is not available here (torch "
+                              f"{torch.__version__} sees {count} CUDA device(s)); use "
+                              f"device=cpu")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("config key 'device': mps is not available here; use device=cpu")
+    return device
+
 
 def validate(cfg: ExperimentConfig) -> None:
     """Value checks beyond the types (choices are checked as the values are merged):
     every number's declared range, then what spans keys or needs parsing."""
     check_ranges(cfg)
     checks = [
+        (cfg.name not in (".", "..") and "/" not in cfg.name and "\\" not in cfg.name, "name",
+         f"must name a directory inside root, not {cfg.name!r}"),
         (DEVICE_PATTERN.fullmatch(cfg.device) is not None, "device",
          f"must be cpu, cuda, cuda:N or mps, got {cfg.device!r}"),
         (_is_schedule(cfg.collect.policy), "collect.policy",
@@ -665,6 +700,12 @@ def validate(cfg: ExperimentConfig) -> None:
         (all(isinstance(a, int) and not isinstance(a, bool) and a >= 0
              for a in cfg.controller.action_order), "controller.action_order",
          "must be a list of action indices"),
+        (not (cfg.controller.use_cell and cfg.memory.kind in CELLLESS_MEMORY_KINDS),
+         "controller.use_cell", f"is true, but memory.kind={cfg.memory.kind} has no cell "
+         "state to feed C; set controller.use_cell=false or use another memory.kind"),
+        (cfg.controller.environment == "real" or cfg.memory.reward_head,
+         "controller.environment", "=dream needs M's reward head: the dream's reward "
+         "(memory.reward_head=true)"),
         (cfg.run.iterations == 1 or cfg.controller.algo == "cmaes", "run.iterations",
          "above 1 needs controller.algo=cmaes (later rounds collect with the controller "
          "data policy, which plays CMA-ES's weights)"),

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from worldmodels.config import ConfigError
 from worldmodels.controller import FlatPolicy
 from worldmodels.memory import Memory, State, done_probability, keep_rows, zero_rows
 from worldmodels.shards import ShardError, read_npz
@@ -67,7 +68,8 @@ class Dream:
                  done_pos_weight: float = 1.0, max_steps: int = 0,
                  generator: torch.Generator | None = None):
         if not memory.predicts_reward:
-            raise ValueError("dreams need M's reward head (train M with memory.reward_head=true)")
+            raise ConfigError("config key 'memory.reward_head': dreams need M's reward head "
+                              "(train M with memory.reward_head=true)")
         if done_mode not in ("sample", "threshold"):
             raise ValueError(f"done_mode must be sample or threshold, not '{done_mode}'")
         if not temperature > 0:

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from worldmodels.checkpoint import file_digest
-from worldmodels.config import ExperimentConfig
+from worldmodels.config import ExperimentConfig, torch_device
 from worldmodels.datasets import add_skipped, usable_shards
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import (
@@ -66,7 +66,7 @@ def encode_rollouts(cfg: ExperimentConfig, run: RunDir | None = None,
     """Write a latent shard for every rollout shard of the run that lacks a current one;
     the run is ``cfg``'s default directory unless given."""
     run = run or RunDir.for_config(cfg)
-    device = torch.device(cfg.device)
+    device = torch_device(cfg.device)
     model = run.load_vae(cfg.vae.z_dim, cfg.device).to(device)
     digest = file_digest(run.vae.model)
     src, dst = run.rollouts, run.latents

@@ -58,7 +58,7 @@ from worldmodels.checkpoint import (
     save_state,
     write_json_atomic,
 )
-from worldmodels.config import ConfigError, ExperimentConfig, holdout_base
+from worldmodels.config import ConfigError, ExperimentConfig, holdout_base, torch_device
 from worldmodels.datasets import (
     SequenceDataset,
     ShardLoader,
@@ -300,7 +300,7 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     m = cfg.memory
     target = m.epochs if epochs is None else epochs
     seed = cfg.seed if seed is None else seed
-    device = torch.device(cfg.device)
+    device = torch_device(cfg.device)
     files = run.memory if out_dir is None else MemoryFiles.at(out_dir)
     train_paths, holdout_paths, skipped_shards = latent_split(cfg, run)
     if train_episodes:

@@ -469,6 +469,9 @@ class RunDir:
         if not self.has_config():
             raise ConfigError(f"{self.config_file}: no such file; is {self.home} a run "
                               "directory (made by collect.py or run.py)?")
+        if not read_yaml(self.config_file):  # (defaults would silently stand in for it)
+            raise ConfigError(f"{self.config_file}: empty; a run's config is written whole by "
+                              "its first stage (an earlier one may be in config.prev.yaml)")
         cfg = load_config(str(self.config_file), [], list(overrides))
         if trained and overrides:
             saved = _flatten(to_dict(load_config(str(self.config_file))))

@@ -30,7 +30,7 @@ from worldmodels.checkpoint import (
     save_state,
     write_json_atomic,
 )
-from worldmodels.config import ConfigError, ExperimentConfig, holdout_base
+from worldmodels.config import ConfigError, ExperimentConfig, holdout_base, torch_device
 from worldmodels.datasets import (
     FrameDataset,
     ShardLoader,
@@ -144,10 +144,10 @@ def import_vae(cfg: ExperimentConfig, run: RunDir, progress: bool = True) -> VAE
                          float(last.get("holdout_mse", "nan")),
                          float(last.get("mean_frame_mse", "nan")),
                          time.perf_counter() - started, peak_rss_mib())
+    device = torch_device(cfg.device)
     model = source.load_vae(v.z_dim, cfg.device)  # z_dim checked, naming the file
     train_paths, holdout_paths, skipped_shards = rollout_split(cfg, run)
     run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
-    device = torch.device(cfg.device)
     mean = mean_frame(train_paths)
     write_atomic(files.mean, lambda fh: np.save(fh, mean, allow_pickle=False))
     holdout_mse, base_mse, n_scored = score_holdout(model, holdout_paths, mean, device,
@@ -177,7 +177,7 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
     v = cfg.vae
     if v.pretrained:
         return import_vae(cfg, run, progress)
-    device = torch.device(cfg.device)
+    device = torch_device(cfg.device)
     files = run.vae
     data_seed = run.data_seed(cfg)  # recorded with V: the split stays V's
     train_paths, holdout_paths, skipped_shards = rollout_split(cfg, run)
