@@ -126,7 +126,7 @@ def car_run(tmp_path_factory):
     (vae_script, ["vae.z_dim=16"], "z_dim"),
     (frmdn_script, ["memory.hidden=16"], "hidden"),
     (frmdn_script, ["vae.z_dim=16"], "z_dim"),
-    (controller_script, ["controller.population=3"], "population"),
+    (controller_script, ["controller.population=5"], "population"),
     (controller_script, ["vae.z_dim=16"], "z_dim"),
     (evaluate_script, ["vae.z_dim=16"], "fixed by its files"),
     (evaluate_script, ["--policy", "ppo"], "no ppo policy"),
