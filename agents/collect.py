@@ -26,6 +26,7 @@ from envs.factory import make_env_from_config
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import file_digest
 from worldmodels.config import ConfigError, EnvConfig, ExperimentConfig, policy_schedule
+from worldmodels.controller import build_controller
 from worldmodels.run_dir import RunDir, file_stamp
 from worldmodels.shards import (
     RolloutShard,
@@ -169,9 +170,12 @@ def policy_for(segments: list[tuple[str, int]], index: int) -> str:
 
 def probe_env(cfg: ExperimentConfig, run: RunDir) -> None:
     """Make the env and the data policies once here, so a bad env id, a missing package
-    or a policy that does not fit the action space fails before any worker starts."""
+    or a policy that does not fit the action space fails before any worker starts; and
+    an untrained C, so ``controller.*`` keys that do not fit the actions (``clip_dims``
+    of a dim the env lacks) fail before the stages that come before C's."""
     env = make_env_from_config(cfg.env)
     try:
+        build_controller(cfg.controller, 1, env.action_space)
         for name, _ in policy_schedule(cfg.collect.policy):
             if name == "controller":  # its weights must exist; the agent loads in workers
                 controller_weights_path(run, cfg.collect.controller_weights)

@@ -218,6 +218,10 @@ def _box_controller(c: ControllerConfig, features: int, space: gym.Space) -> Con
     if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
         raise ConfigError(f"the controller squashes actions into bounds; {space} is unbounded")
     dims = int(np.prod(space.shape))
+    if c.discrete_head != "argmax" or c.action_order:
+        key = "action_order" if c.action_order else "discrete_head"
+        raise ConfigError(f"config key 'controller.{key}' is for Discrete actions; {space} "
+                          "is a Box")
     bad = [d for d in c.clip_dims if not isinstance(d, int) or isinstance(d, bool)
            or not 0 <= d < dims]
     if bad:
