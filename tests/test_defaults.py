@@ -56,7 +56,8 @@ def test_checkpoints_hold_every_constructor_argument(tmp_path):
         cfg.memory, kind=kind)), 3, True) for kind in ("gru_mdn", "mdn_rnn"))
     features = memory.feature_size(cfg.controller.use_cell)
     controllers = [build_controller(cfg.controller, features, gym.spaces.Discrete(3)),
-                   build_controller(cfg.controller, features, gym.spaces.Box(-1, 1, (2,)))]
+                   build_controller(dataclasses.replace(cfg.controller, discrete_head="argmax"),
+                                    features, gym.spaces.Box(-1, 1, (2,)))]
     for i, model in enumerate([ConvVAE(z_dim=4), memory, gru, mdn, *controllers]):
         params = set(inspect.signature(type(model).__init__).parameters) - {"self"}
         assert set(model.config()) == params, type(model).__name__
