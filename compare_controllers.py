@@ -26,6 +26,7 @@ import argparse
 
 from agents.population import Plan, population_experiment, write_results
 from worldmodels.config import (
+    MIN_POPULATION,
     ConfigError,
     check_seed,
     cli_parser,
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> str:
     cfg, run = run_from_args(args)
     plan = Plan(variants=tuple(comma_names(args.memories, "--memories")),
                 populations=tuple(comma_integers(args.populations, "--populations",
-                                                 low=3, required=True)),
+                                                 low=MIN_POPULATION, required=True)),
                 seeds=tuple(comma_seeds(args.seeds)),
                 dream_episodes=args.dream_episodes,
                 memory_seed=check_seed(args.memory_seed, "--memory-seed"),

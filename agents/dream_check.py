@@ -67,6 +67,15 @@ def dream_lengths(dream: Dream, n_actions: int, action: int | None, dreams: int 
     return steps.numpy()
 
 
+def discrete_actions(env: gym.Env) -> int:
+    """The number of actions of ``env``; an InputError unless its actions are Discrete (the
+    held-action checks hold each action in turn)."""
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise InputError(f"the held-action check needs a Discrete action space, "
+                         f"not {env.action_space}")
+    return int(env.action_space.n)
+
+
 def held_action_episodes(env: gym.Env, action: int | None, episodes: int = 30,
                          seed: int = 0, frames: bool = False,
                          ) -> Iterator[tuple[list[np.ndarray], list[int]]]:
@@ -74,7 +83,7 @@ def held_action_episodes(env: gym.Env, action: int | None, episodes: int = 30,
     actions from one generator seeded ``seed``): per episode, its observations 0..T if
     ``frames`` (else an empty list) and its T actions."""
     rng = np.random.default_rng(seed)
-    n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
+    n_actions = discrete_actions(env)
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         observed, actions, ended = [obs] if frames else [], [], False
@@ -99,10 +108,7 @@ def real_lengths(env: gym.Env, action: int | None, episodes: int = 30,
 def held_action_check(dream: Dream, env: gym.Env, dreams: int = 256, episodes: int = 30,
                       ) -> list[HeldActionRow]:
     """Each action held, then uniform random, in the dream and in the real env."""
-    if not isinstance(env.action_space, gym.spaces.Discrete):
-        raise InputError(f"the held-action check needs a Discrete action space, "
-                         f"not {env.action_space}")
-    n = int(env.action_space.n)
+    n = discrete_actions(env)
     rows = []
     for action in [*range(n), None]:
         real = real_lengths(env, action, episodes)

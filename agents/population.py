@@ -45,7 +45,7 @@ from agents.cmaes import _seeds_key, train_cmaes
 from agents.evaluation import evaluate, other_seed, result_name
 from agents.seeds import evaluation_seeds, selection_seeds
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic, write_text_atomic
-from worldmodels.config import ConfigError, ExperimentConfig, merge_into, validate
+from worldmodels.config import MIN_POPULATION, ConfigError, ExperimentConfig, merge_into, validate
 from worldmodels.memory_compare import VARIANTS, compare, variant_config
 from worldmodels.pictures import plot_errorbars, plot_points
 from worldmodels.run_dir import MemoryFiles, RunDir, RunView
@@ -330,9 +330,9 @@ def check_plan(run: RunDir, cfg: ExperimentConfig, plan: Plan) -> None:
     if not 0 <= plan.shard < plan.shards <= runs:
         raise ConfigError(f"shard {plan.shard} of {plan.shards}: give 0 <= shard < shards "
                           f"<= the plan's {runs} runs")
-    if min(plan.populations) < 3:
-        raise ConfigError(f"CMA-ES populations must be >= 3 (controller.population), "
-                          f"not {min(plan.populations)}")
+    if min(plan.populations) < MIN_POPULATION:
+        raise ConfigError(f"CMA-ES populations must be >= {MIN_POPULATION} "
+                          f"(controller.population), not {min(plan.populations)}")
     if plan.report_episodes < 1:
         raise ConfigError(f"--report-episodes must be >= 1, not {plan.report_episodes}")
     c = cfg.controller

@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.dream_check import held_action_episodes
+from agents.dream_check import discrete_actions, held_action_episodes
 from envs.factory import make_env_from_config
-from worldmodels.errors import InputError, run_cli
+from worldmodels.errors import run_cli
 from worldmodels.memory import done_probability
 from worldmodels.run_dir import RunDir
 from worldmodels.vae import to_float_frames
@@ -47,10 +46,7 @@ def main(argv: list[str]) -> None:
     vae, memory = run.load_vae(cfg.vae.z_dim), run.load_memory()
     pos_weight = float(run.memory_meta()["done_pos_weight"])
     env = make_env_from_config(cfg.env)
-    if not isinstance(env.action_space, gym.spaces.Discrete):
-        raise InputError(f"{run.path}: {cfg.env.id} has {env.action_space} actions; this "
-                         "check holds each of a Discrete env's actions")
-    n = int(env.action_space.n)
+    n = discrete_actions(env)
     print("| policy | real | implied by M's P(done) | P(done) at the real last step |\n"
           "|---|---|---|---|")
     for action in [*range(n), None]:

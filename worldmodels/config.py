@@ -70,6 +70,9 @@ ControllerKind = Literal["dense"]
 #: a seed reaches numpy's legacy RNG as seed + 1 (CMA-ES, via ``cma``), which takes
 #: 0..2**32 - 1; torch.manual_seed and np.random.default_rng take more
 SEED_MAX = 2**32 - 2
+#: the smallest CMA-ES population: ``cma``'s mirrored sampling fails at 2 for controllers
+#: of a few hundred weights
+MIN_POPULATION = 3
 
 _BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
@@ -261,8 +264,7 @@ class ControllerConfig:
     clip_dims: list = _opt([], "Box action dims mapped by clip(tanh(y), low, high) instead "
                                "of low + (tanh(y) + 1) / 2 (high - low): exactly low (off) "
                                "for y <= 0. Ha & Schmidhuber's CarRacing brake: [2].")
-    population: int = _opt(64, "CMA-ES population size (cma's mirrored sampling fails at 2 "
-                               "for controllers of a few hundred weights).", ge=3)
+    population: int = _opt(64, "CMA-ES population size.", ge=MIN_POPULATION)
     rollouts: int = _opt(16, "Episodes per candidate; fitness is their mean return.", ge=1)
     sigma0: float = _opt(0.1, "CMA-ES initial step size.", gt=0)
     generations: int = _opt(300, "Generations to run (a rerun resumes to this many).", ge=1)

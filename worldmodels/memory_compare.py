@@ -245,7 +245,7 @@ def write_results(run: RunDir, rows: list[dict[str, Any]]) -> str:
     rows = ([new.pop(_row_key(r), r) for r in kept]  # an old row, or its new one in place
             + [r for r in rows if _row_key(r) in new])
     text = table(rows)
-    write_json_atomic(run.memory_compare_dir / "results.json", rows)
+    write_json_atomic(path, rows)
     write_text_atomic(run.memory_compare_dir / "results.md", text + "\n")
     return text
 
