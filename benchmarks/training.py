@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: import this checkout, not an installed copy
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
 
 #: part -> config overrides; M variants are those of worldmodels.memory_compare

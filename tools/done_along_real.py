@@ -15,7 +15,11 @@ not in the done head (docs/results.md, issue 5). For Discrete action spaces.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import this checkout, not an installed copy
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch

@@ -16,7 +16,11 @@ check before C trains in the dream (``agents/dream_check.py``).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import this checkout, not an installed copy
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

@@ -11,7 +11,12 @@ must have the same frame size).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import this checkout, not an installed copy
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
