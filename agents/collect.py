@@ -111,9 +111,16 @@ def _worker_env(env_cfg: dict) -> gym.Env:
 _WORKER_AGENTS: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
 
 
-def controller_weights_path(run: RunDir, weights: str) -> Path:
-    """The trained controller the ``controller`` data policy plays; a clear error if the
-    run has none yet."""
+def controller_weights_path(run: RunDir, weights: str, algo: str = "cmaes") -> Path:
+    """The trained controller the ``controller`` data policy plays: CMA-ES's ``weights``,
+    or for ``sb3`` the run's SB3 policy of ``algo``; a clear error if the run has none yet."""
+    if weights == "sb3":
+        path = run.controller.sb3(algo)[0]
+        if not path.exists():
+            raise ConfigError(f"collect.controller_weights=sb3 plays {path}, which does not "
+                              f"exist: train the run's policy first (train_controller.py "
+                              f"--algo {algo})")
+        return path
     path = run.controller.weights(weights)
     if weights == "selected" and not path.exists():  # CMA-ES ran no selection evaluation
         path = run.controller.weights(run.controller.default_weights())
@@ -127,7 +134,8 @@ def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[VMCAgent, dict[str, 
     """The run's V-M-C agent and the shard meta naming its weights, loaded once per
     worker process."""
     run = RunDir(task.run_dir)
-    path = controller_weights_path(run, task.controller_weights)
+    cfg = run.load_config()
+    path = controller_weights_path(run, task.controller_weights, cfg.controller.algo)
     # the stamps: a later round of iterative training replaces V-M-C's weights, and this
     # process (the serial engine) may have loaded the earlier ones
     key = (task.run_dir, task.controller_weights, run.models_stamp() + file_stamp(path))
@@ -135,7 +143,15 @@ def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[VMCAgent, dict[str, 
         for old in [k for k in _WORKER_AGENTS if k[:2] == key[:2]]:  # weights since replaced
             del _WORKER_AGENTS[old]
         torch.set_num_threads(1)  # one frame a step: threads only contend
-        agent = VMCAgent.from_run(run, run.load_config(), env.action_space, path.stem)
+        if task.controller_weights == "sb3":
+            from agents.sb3 import SB3Controller, load_sb3  # SB3 loads only when played
+
+            model, latent = load_sb3(run, cfg, cfg.controller.algo)
+            latent.close()
+            policy = SB3Controller(model.policy, cfg.controller.use_cell, deterministic=True)
+            agent = VMCAgent.from_run(run, cfg, env.action_space, controller=policy)
+        else:
+            agent = VMCAgent.from_run(run, cfg, env.action_space, path.stem)
         meta = {"weights": path.stem, "digest": file_digest(path),
                 "epsilon": task.controller_epsilon}
         _WORKER_AGENTS[key] = (agent, meta)
@@ -178,7 +194,8 @@ def probe_env(cfg: ExperimentConfig, run: RunDir) -> None:
         build_controller(cfg.controller, 1, env.action_space)
         for name, _ in policy_schedule(cfg.collect.policy):
             if name == "controller":  # its weights must exist; the agent loads in workers
-                controller_weights_path(run, cfg.collect.controller_weights)
+                controller_weights_path(run, cfg.collect.controller_weights,
+                                        cfg.controller.algo)
                 continue
             make_policy(name, env.action_space, np.random.default_rng(0),
                         cfg.collect.brownian_dt, cfg.collect.linear_std)

@@ -48,13 +48,16 @@ class VMCAgent:
 
     @classmethod
     def from_run(cls, run: RunDir, cfg: ExperimentConfig, action_space: gym.Space,
-                 weights: str = "", device: str = "cpu") -> VMCAgent:
-        """The run's V and M with a controller for ``action_space``: the run's trained
+                 weights: str = "", device: str = "cpu",
+                 controller: FlatPolicy | None = None) -> VMCAgent:
+        """The run's V and M with a controller for ``action_space``: ``controller`` (e.g.
+        an :class:`agents.sb3.SB3Controller`), else the run's trained
         ``controller/<weights>.safetensors`` (``best`` or ``mean``), or untrained for ''."""
         vae = run.load_vae(cfg.vae.z_dim, device)
         memory = run.load_memory(device)
-        controller = (run.load_controller(cfg, action_space, memory, weights) if weights
-                      else run.new_controller(cfg, action_space, memory))
+        if controller is None:
+            controller = (run.load_controller(cfg, action_space, memory, weights) if weights
+                          else run.new_controller(cfg, action_space, memory))
         return cls(vae, memory, controller, device, cfg.controller.agent_precision)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:

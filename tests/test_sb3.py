@@ -4,6 +4,7 @@ run."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -23,7 +24,7 @@ from agents.sb3 import (
 )
 from tests.conftest import run_of, write_tiny_run
 from worldmodels.checkpoint import load_state
-from worldmodels.config import ConfigError, load_config
+from worldmodels.config import ConfigError, load_config, validate
 from worldmodels.run_dir import RunDir
 
 REAL_TRAIN = PPO.train
@@ -239,3 +240,49 @@ def test_a_controller_preset_layers_over_a_run(tiny_run):
     assert cfg.vae.z_dim == 4  # the rest is the run's own
     with pytest.raises(ConfigError, match="preset 'quick'.*sets 'collect'"):
         run_from_args(parse_cli(parser, ["--run", run, "--preset", "quick"]))
+
+
+def test_collect_plays_the_runs_sb3_policy(tiny_run):
+    """``collect.controller_weights=sb3``: the data policy is the run's SB3 policy by its
+    mean action through the run's V and M (the next round's data of Ha's loop)."""
+    from agents.collect import collect, episode_seeds
+    from agents.vmc import VMCAgent
+    from envs.factory import make_env_from_config
+    from worldmodels.checkpoint import file_digest
+    from worldmodels.shards import read_meta, read_npz
+
+    cfg = tiny_sb3(tiny_run, timesteps=32)
+    data = copy.deepcopy(cfg)
+    c = data.collect
+    c.policy, c.episodes, c.engine, c.controller_epsilon = "random:1,controller", 2, "serial", 0
+    c.controller_weights = "sb3"
+    run = RunDir(run_of(cfg))
+    with pytest.raises(ConfigError, match="sb3_ppo.safetensors.*--algo ppo"):
+        collect(data, progress=False)  # no policy trained yet: nothing written
+    assert not list((run.home / "rollouts").glob("*.npz"))
+    train_sb3(run, cfg, progress=False)
+    collect(data, progress=False)
+    shards = sorted((run.home / "rollouts").glob("ep_*.npz"))
+    meta = read_meta(shards[1])
+    weights = run.controller.sb3("ppo")[0]
+    assert meta["policy"] == "controller"
+    assert meta["controller"] == {"weights": "sb3_ppo", "digest": file_digest(weights),
+                                  "epsilon": 0}
+    env = make_env_from_config(cfg.env)
+    policy = sb3_controller(run, cfg, "ppo")
+    agent = VMCAgent.from_run(run, cfg, env.action_space, controller=policy)
+    agent.reset(1)
+    shard = read_npz(shards[1])
+    obs, _ = env.reset(seed=episode_seeds(cfg.seed, 1)[0])
+    for t in range(len(shard["action"])):
+        np.testing.assert_allclose(agent.act(obs[None])[0], shard["action"][t], rtol=1e-5)
+        obs = env.step(shard["action"][t])[0]
+    env.close()
+
+
+def test_the_sb3_data_policy_needs_an_sb3_algorithm(tiny_run):
+    tiny_run.collect.controller_weights = "sb3"  # controller.algo is cmaes
+    validate(tiny_run)  # no episode of the controller policy: nothing to play
+    tiny_run.collect.policy = "random:1,controller"
+    with pytest.raises(ConfigError, match="collect.controller_weights.*controller.algo"):
+        validate(tiny_run)

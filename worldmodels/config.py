@@ -125,9 +125,10 @@ class CollectConfig:
                               gt=0)
     linear_std: float = _opt(0.5, "Linear policy: weights ~ N(0, s^2), s ~ U(0, linear_std).",
                              ge=0)
-    controller_weights: Literal["selected", "best", "mean"] = _opt(
+    controller_weights: Literal["selected", "best", "mean", "sb3"] = _opt(
         "selected", "Controller policy: the run's selected weights (its best candidate "
-        "when CMA-ES selected none), best or mean.")
+        "when CMA-ES selected none), best or mean; or sb3: the run's SB3 policy of "
+        "controller.algo (trained in the real env), by its mean action.")
     controller_epsilon: float = _opt(0.1, "Controller policy: chance of a uniform random action "
                                      "at each step.", ge=0, le=1)
     compress_level: int = _opt(1, "zlib level of shards (0 = stored, 9 = smallest).",
@@ -708,6 +709,10 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.controller.environment == "real" or cfg.memory.reward_head,
          "controller.environment", "=dream needs M's reward head: the dream's reward "
          "(memory.reward_head=true)"),
+        (cfg.collect.controller_weights != "sb3" or cfg.controller.algo != "cmaes"
+         or "controller" not in cfg.collect.policy,
+         "collect.controller_weights", "=sb3 plays the run's SB3 policy: set controller.algo "
+         "to its algorithm (ppo, a2c, sac or td3)"),
         (cfg.run.iterations == 1 or cfg.controller.algo == "cmaes", "run.iterations",
          "above 1 needs controller.algo=cmaes (later rounds collect with the controller "
          "data policy, which plays CMA-ES's weights)"),
