@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from agents.sb3 import (
 )
 from tests.conftest import run_of, write_tiny_run
 from worldmodels.checkpoint import load_state
-from worldmodels.config import ConfigError, load_config, validate
+from worldmodels.config import ConfigError, load_config, save_config, validate
 from worldmodels.run_dir import RunDir
 
 REAL_TRAIN = PPO.train
@@ -286,3 +287,33 @@ def test_the_sb3_data_policy_needs_an_sb3_algorithm(tiny_run):
     tiny_run.collect.policy = "random:1,controller"
     with pytest.raises(ConfigError, match="collect.controller_weights.*controller.algo"):
         validate(tiny_run)
+
+
+def test_m_on_policy_plays_the_policy_and_scores_both(tiny_run):
+    """tools/m_on_policy.py: its policy episodes are the SB3 policy's own (the returns
+    and lengths of play_sb3 on the same seeds), and its table is repeatable."""
+    from tools.m_on_policy import episode_nll, main
+
+    cfg = tiny_sb3(tiny_run, timesteps=32)
+    run = RunDir(run_of(cfg))
+    train_sb3(run, cfg, progress=False)
+    save_config(cfg, run.home / "config.yaml")  # the run's policy is the SB3 one
+    from agents.vmc import VMCAgent
+    from envs.factory import make_env_from_config
+
+    env = make_env_from_config(cfg.env)
+    agent = VMCAgent.from_run(run, cfg, env.action_space,
+                              controller=sb3_controller(run, cfg, "ppo"))
+    played = [episode_nll(agent, env, s, None, cfg) for s in (3, 5)]
+    env.close()
+    serial = play_sb3(run, cfg, "ppo", [3, 5])
+    for (nll, ret, steps), (ret_sb3, steps_sb3) in zip(played, serial, strict=True):
+        assert steps == steps_sb3 and math.isfinite(nll)
+        assert ret == pytest.approx(ret_sb3, rel=1e-5, abs=1e-4)
+    args = [str(run.home), "--episodes", "2", "--first-seed", "3"]
+    def without_seconds(text: str) -> list[str]:
+        return [line.rsplit("|", 2)[0] for line in text.splitlines()]
+
+    first = main(args)
+    assert without_seconds(first) == without_seconds(main(args))  # repeatable
+    assert "| ppo |" in first and "| brownian |" in first and "difference" in first
