@@ -310,7 +310,8 @@ def test_m_on_policy_plays_the_policy_and_scores_both(tiny_run):
     for (nll, ret, steps), (ret_sb3, steps_sb3) in zip(played, serial, strict=True):
         assert steps == steps_sb3 and math.isfinite(nll)
         assert ret == pytest.approx(ret_sb3, rel=1e-5, abs=1e-4)
-    args = [str(run.home), "--episodes", "2", "--first-seed", "3"]
+    args = [str(run.home), "--episodes", "2", "--first-seed", "3",
+            f"env.max_episode_steps={cfg.env.max_episode_steps}"]
     def without_seconds(text: str) -> list[str]:
         return [line.rsplit("|", 2)[0] for line in text.splitlines()]
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> str:
                         help="env seed of the first episode (the others follow)")
     parser.add_argument("overrides", nargs="*", help="env.* overrides, e.g. "
                         "env.direct_render=true (the env M's data came from)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     if args.episodes < 1:
         parser.error("--episodes must be >= 1")
     torch.set_num_threads(1)
