@@ -55,6 +55,7 @@ class EpisodeTask:
     run_dir: str = ""  # the controller policy's V, M and C
     controller_weights: str = "selected"
     controller_epsilon: float = 0.0
+    controller_algo: str = "cmaes"  # the SB3 policy's algorithm for controller_weights=sb3
 
 
 def episode_seeds(seed: int, index: int) -> tuple[int, np.random.Generator]:
@@ -134,8 +135,7 @@ def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[VMCAgent, dict[str, 
     """The run's V-M-C agent and the shard meta naming its weights, loaded once per
     worker process."""
     run = RunDir(task.run_dir)
-    cfg = run.load_config()
-    path = controller_weights_path(run, task.controller_weights, cfg.controller.algo)
+    path = controller_weights_path(run, task.controller_weights, task.controller_algo)
     # the stamps: a later round of iterative training replaces V-M-C's weights, and this
     # process (the serial engine) may have loaded the earlier ones
     key = (task.run_dir, task.controller_weights, run.models_stamp() + file_stamp(path))
@@ -143,12 +143,12 @@ def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[VMCAgent, dict[str, 
         for old in [k for k in _WORKER_AGENTS if k[:2] == key[:2]]:  # weights since replaced
             del _WORKER_AGENTS[old]
         torch.set_num_threads(1)  # one frame a step: threads only contend
+        cfg = run.load_config()
         if task.controller_weights == "sb3":
-            from agents.sb3 import SB3Controller, load_sb3  # SB3 loads only when played
+            from agents.sb3 import sb3_controller  # SB3 loads only when played
 
-            model, latent = load_sb3(run, cfg, cfg.controller.algo)
-            latent.close()
-            policy = SB3Controller(model.policy, cfg.controller.use_cell, deterministic=True)
+            policy = sb3_controller(run, cfg, task.controller_algo)
+            policy.deterministic = True  # its mean action; exploration is the epsilon
             agent = VMCAgent.from_run(run, cfg, env.action_space, controller=policy)
         else:
             agent = VMCAgent.from_run(run, cfg, env.action_space, path.stem)
@@ -269,7 +269,8 @@ def collect(cfg: ExperimentConfig, run: RunDir | None = None, out_dir: Path | No
     schedule = policy_schedule(c.policy)
     tasks = [EpisodeTask(i, cfg.seed, str(out), asdict(cfg.env), policy_for(schedule, i),
                          c.brownian_dt, c.linear_std, c.compress_level, str(run.path),
-                         c.controller_weights, c.controller_epsilon) for i in todo]
+                         c.controller_weights, c.controller_epsilon, cfg.controller.algo)
+             for i in todo]
     start = time.perf_counter()
     steps = 0
     timeline: list[tuple[float, int]] = []
