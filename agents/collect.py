@@ -56,6 +56,7 @@ class EpisodeTask:
     controller_weights: str = "selected"
     controller_epsilon: float = 0.0
     controller_algo: str = "cmaes"  # the SB3 policy's algorithm for controller_weights=sb3
+    controller_environment: str = "real"  # where that policy trained (its files differ)
 
 
 def episode_seeds(seed: int, index: int) -> tuple[int, np.random.Generator]:
@@ -112,11 +113,13 @@ def _worker_env(env_cfg: dict) -> gym.Env:
 _WORKER_AGENTS: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
 
 
-def controller_weights_path(run: RunDir, weights: str, algo: str = "cmaes") -> Path:
+def controller_weights_path(run: RunDir, weights: str, algo: str = "cmaes",
+                            environment: str = "real") -> Path:
     """The trained controller the ``controller`` data policy plays: CMA-ES's ``weights``,
-    or for ``sb3`` the run's SB3 policy of ``algo``; a clear error if the run has none yet."""
+    or for ``sb3`` the run's SB3 policy of ``algo`` trained in ``environment`` (the real
+    env or the dream); a clear error if the run has none yet."""
     if weights == "sb3":
-        path = run.controller.sb3(algo)[0]
+        path = run.controller.sb3(algo, environment)[0]
         if not path.exists():
             raise ConfigError(f"collect.controller_weights=sb3 plays {path}, which does not "
                               f"exist: train the run's policy first (train_controller.py "
@@ -135,7 +138,8 @@ def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[VMCAgent, dict[str, 
     """The run's V-M-C agent and the shard meta naming its weights, loaded once per
     worker process."""
     run = RunDir(task.run_dir)
-    path = controller_weights_path(run, task.controller_weights, task.controller_algo)
+    path = controller_weights_path(run, task.controller_weights, task.controller_algo,
+                                   task.controller_environment)
     # the stamps: a later round of iterative training replaces V-M-C's weights, and this
     # process (the serial engine) may have loaded the earlier ones
     key = (task.run_dir, task.controller_weights, run.models_stamp() + file_stamp(path))
@@ -147,7 +151,8 @@ def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[VMCAgent, dict[str, 
         if task.controller_weights == "sb3":
             from agents.sb3 import sb3_controller  # SB3 loads only when played
 
-            policy = sb3_controller(run, cfg, task.controller_algo)
+            policy = sb3_controller(run, cfg, task.controller_algo,
+                                    task.controller_environment)
             policy.deterministic = True  # its mean action; exploration is the epsilon
             agent = VMCAgent.from_run(run, cfg, env.action_space, controller=policy)
         else:
@@ -195,7 +200,7 @@ def probe_env(cfg: ExperimentConfig, run: RunDir) -> None:
         for name, _ in policy_schedule(cfg.collect.policy):
             if name == "controller":  # its weights must exist; the agent loads in workers
                 controller_weights_path(run, cfg.collect.controller_weights,
-                                        cfg.controller.algo)
+                                        cfg.controller.algo, cfg.controller.environment)
                 continue
             make_policy(name, env.action_space, np.random.default_rng(0),
                         cfg.collect.brownian_dt, cfg.collect.linear_std)
@@ -269,7 +274,8 @@ def collect(cfg: ExperimentConfig, run: RunDir | None = None, out_dir: Path | No
     schedule = policy_schedule(c.policy)
     tasks = [EpisodeTask(i, cfg.seed, str(out), asdict(cfg.env), policy_for(schedule, i),
                          c.brownian_dt, c.linear_std, c.compress_level, str(run.path),
-                         c.controller_weights, c.controller_epsilon, cfg.controller.algo)
+                         c.controller_weights, c.controller_epsilon, cfg.controller.algo,
+                         cfg.controller.environment)
              for i in todo]
     start = time.perf_counter()
     steps = 0

@@ -10,7 +10,9 @@ Round 1 is the pipeline as ever. Round ``r`` > 1 (docs/experiments/takecover-ite
 * trains M ``run.iteration_memory_epochs`` more epochs on all the episodes, from its last
   weights; the round's best epoch is chosen among its own epochs (:func:`memory_round`);
 * trains C anew: the run's ``controller/`` is cleared (round ``r - 1`` kept a copy) and
-  CMA-ES starts from scratch in the new dream or env (:func:`controller_round`);
+  CMA-ES, or the SB3 algorithm of ``controller.algo`` (whose policy the ``controller``
+  data policy plays with ``collect.controller_weights=sb3``), starts from scratch in the
+  new dream or env (:func:`controller_round`);
 * evaluates C as round 1 does.
 
 The run's ``memory/``, ``controller/`` and ``eval/`` always hold the latest round's

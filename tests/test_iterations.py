@@ -68,6 +68,11 @@ def test_iterations_config_is_checked():
         load_config("carracing", [], ["run.iterations=0"])
     with pytest.raises(ConfigError, match="run.iterations"):
         load_config("carracing", [], ["run.iterations=2", "controller.algo=ppo"])
+    with pytest.raises(ConfigError, match="run.iterations"):  # C trains CMA-ES, data SB3
+        load_config("carracing", [], ["run.iterations=2", "collect.controller_weights=sb3"])
+    ppo = load_config("carracing", [], ["run.iterations=2", "controller.algo=ppo",
+                                        "collect.controller_weights=sb3"])
+    assert ppo.run.iterations == 2
 
 
 def test_later_episodes_never_move_the_first_rounds_split():
@@ -181,3 +186,29 @@ def test_a_kill_inside_round_2_then_a_rerun_finishes_as_an_uninterrupted_run(
     assert second["evaluate"]["mean"] == uninterrupted["rounds"][1]["evaluate"]["mean"]
     assert second["memory"]["epochs_done"] == 2
     assert _digests(rd) == _digests(tiny_run(uninterrupted_tmp))
+
+
+def test_two_rounds_with_ppo_in_the_dream_collect_with_round_1s_policy(tmp_path):
+    """Ha's loop with an SB3 controller (``collect.controller_weights=sb3``): round 2's
+    episodes are played by the PPO policy round 1 trained in the dream, and round 2
+    trains PPO anew in the new M's dream; each round keeps its own policy."""
+    args = [*iterated_args(tmp_path), "controller.algo=ppo", "collect.controller_weights=sb3",
+            "controller.sb3_timesteps=32", "controller.sb3_envs=2",
+            "controller.sb3_checkpoint_steps=32",
+            "controller.sb3_kwargs={n_steps: 16, batch_size: 16, n_epochs: 1}"]
+    rounds = run.main(args)["rounds"]
+    rd = tiny_run(tmp_path)
+    kept = [rd.round(r).controller.dir / "sb3_ppo_dream.safetensors" for r in (1, 2)]
+    assert all(p.is_file() for p in kept)
+    for i in (3, 4):  # round 2's episodes: round 1's dream-trained policy
+        meta = read_meta(rd.rollouts / shard_name(i))
+        assert meta["policy"] == "controller"
+        assert meta["controller"]["weights"] == "sb3_ppo_dream"
+        assert meta["controller"]["digest"] == file_digest(kept[0])
+    second = rounds[1]
+    assert second["controller"]["restarted"] and second["controller"]["algo"] == "ppo"
+    assert second["controller"]["timesteps"] == 32  # from scratch, not 64
+    assert second["evaluate"]["policy"] == "ppo_dream" and second["evaluate"]["episodes"] == 1
+    # round 2's policy trained on round 2's M: not round 1's file
+    assert file_digest(kept[1]) == file_digest(rd.controller.sb3("ppo", "dream")[0])
+    assert file_digest(kept[1]) != file_digest(kept[0])

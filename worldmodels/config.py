@@ -128,7 +128,7 @@ class CollectConfig:
     controller_weights: Literal["selected", "best", "mean", "sb3"] = _opt(
         "selected", "Controller policy: the run's selected weights (its best candidate "
         "when CMA-ES selected none), best or mean; or sb3: the run's SB3 policy of "
-        "controller.algo (trained in the real env), by its mean action.")
+        "controller.algo (trained where controller.environment says), by its mean action.")
     controller_epsilon: float = _opt(0.1, "Controller policy: chance of a uniform random action "
                                      "at each step.", ge=0, le=1)
     compress_level: int = _opt(1, "zlib level of shards (0 = stored, 9 = smallest).",
@@ -324,8 +324,9 @@ class RunConfig:
                               "once). Each later round collects run.iteration_episodes "
                               "played by the last round's controller (collect.controller_*), "
                               "trains M run.iteration_memory_epochs more epochs on all the "
-                              "data, and trains C anew (docs/experiments/"
-                              "takecover-iterations.md).", ge=1)
+                              "data, and trains C anew: CMA-ES, or with "
+                              "collect.controller_weights=sb3 the SB3 algorithm "
+                              "(docs/experiments/takecover-iterations.md).", ge=1)
     iteration_episodes: int = _opt(1000, "Episodes a later round collects with the controller "
                                          "policy (indices after the run's earlier ones).", ge=1)
     iteration_memory_epochs: int = _opt(5, "Epochs a later round trains M on all the data, "
@@ -713,9 +714,12 @@ def validate(cfg: ExperimentConfig) -> None:
          or "controller" not in cfg.collect.policy,
          "collect.controller_weights", "=sb3 plays the run's SB3 policy: set controller.algo "
          "to its algorithm (ppo, a2c, sac or td3)"),
-        (cfg.run.iterations == 1 or cfg.controller.algo == "cmaes", "run.iterations",
-         "above 1 needs controller.algo=cmaes (later rounds collect with the controller "
-         "data policy, which plays CMA-ES's weights)"),
+        (cfg.run.iterations == 1
+         or (cfg.controller.algo == "cmaes") == (cfg.collect.controller_weights != "sb3"),
+         "run.iterations", "above 1: later rounds collect with the controller data policy, "
+         "which must play what the controller stage trains: CMA-ES's weights "
+         "(controller.algo=cmaes) or, with collect.controller_weights=sb3, the SB3 "
+         "policy (controller.algo=ppo, a2c, sac or td3)"),
         (cfg.controller.restarts == 1 or (
             cfg.controller.algo == "cmaes"
             and 0 < cfg.controller.eval_every <= cfg.controller.generations),
