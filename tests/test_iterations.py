@@ -73,6 +73,9 @@ def test_iterations_config_is_checked():
     ppo = load_config("carracing", [], ["run.iterations=2", "controller.algo=ppo",
                                         "collect.controller_weights=sb3"])
     assert ppo.run.iterations == 2
+    loop = load_config("carracing", ["solve", "ppo", "ppo_horizon", "ppo_loop"])
+    assert (loop.run.iterations, loop.collect.controller_weights) == (2, "sb3")
+    assert loop.controller.algo == "ppo" and loop.controller.sb3_kwargs["gamma"] == 0.995
 
 
 def test_later_episodes_never_move_the_first_rounds_split():
