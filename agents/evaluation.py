@@ -24,6 +24,7 @@ from agents.sb3 import SB3_ALGORITHMS, play_policy_episodes, sb3_controller
 from agents.seeds import check_report_seeds, evaluation_seeds, selection_of
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
+    file_digest,
     load_weights,
     read_header,
     write_bytes_atomic,
@@ -137,7 +138,8 @@ def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: st
     rows = [{"episode": i, "seed": s, "return": r.ret, "steps": r.steps}
             for i, (s, r) in enumerate(zip(seeds, results, strict=True))]
     summary = {"policy": name, **describe_returns(np.array([r.ret for r in results])),
-               "seconds": time.perf_counter() - started, **extra}
+               "seconds": time.perf_counter() - started, **extra,
+               "weights_digest": file_digest(run.controller.sb3(algo, environment)[0])}
     if video_episodes:
         vae = run.load_vae(cfg.vae.z_dim)
         for i, result in enumerate(results[:video_episodes]):
@@ -214,7 +216,8 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
     env_overrides = [o for o in overrides if o.startswith("env.")]
     summary = {"policy": name, **describe_returns(returns[0]),
                "seconds": time.perf_counter() - started, **({"key": key} if key else {}),
-               **({"weights": weights} if policy == "controller" else {}),
+               **({"weights": weights, "weights_digest": file_digest(path)}
+                  if policy == "controller" else {}),
                **({"env_overrides": env_overrides} if env_overrides else {}),
                **({"agent_precision": cfg.controller.agent_precision}
                   if cfg.controller.agent_precision != "float32" else {})}

@@ -3,6 +3,7 @@ import pytest
 
 from agents.cmaes import CMAES, ProcessEvaluator, train_cmaes
 from tests.conftest import run_of, write_tiny_run
+from worldmodels.checkpoint import file_digest
 from worldmodels.config import ConfigError
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import read_npz
@@ -78,7 +79,11 @@ def test_evaluate_writes_csv_summary_and_video(tiny_run):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and summary["episodes"] == 2
     assert abs(np.mean([float(r["return"]) for r in rows]) - summary["mean"]) < 1e-9
-    assert json.loads((out / "controller.json").read_text())["mean"] == summary["mean"]
+    saved = json.loads((out / "controller.json").read_text())
+    assert saved["mean"] == summary["mean"]
+    # which weights played: tools/runs_summary.py refuses to pool different ones
+    assert saved["weights_digest"] == file_digest(run_of(tiny_run) / "controller" /
+                                                  "best.safetensors")
     assert (out / "controller_episode0.gif").stat().st_size > 1000
     rand = evaluate(RunDir(run_of(tiny_run)), episodes=2, policy="random", engine="serial",
                     progress=False)
@@ -178,6 +183,7 @@ def test_latent_env_passes_sb3_checker_and_ppo_round_trips(tiny_run):
 
     summary = evaluate(run, episodes=2, policy="ppo", progress=False)
     assert summary["episodes"] == 2 and (run_of(tiny_run) / "eval" / "ppo.csv").exists()
+    assert summary["weights_digest"] == file_digest(run.controller.sb3("ppo")[0])
     for seed in range(3):  # the saved weights reproduce the trained policy exactly
         obs, _ = env.reset(seed=seed)
         obs = obs + np.random.default_rng(seed).normal(size=obs.shape).astype(np.float32)

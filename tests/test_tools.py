@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tools.average_controllers import average
@@ -56,3 +57,62 @@ def test_a_script_imports_its_own_checkout_over_another_copy(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
+
+
+def _run_with_eval(path: Path, own_seed: int, files: dict[str, list[tuple[int, float]]]):
+    """A run directory (config only) whose eval/ holds ``files``: name -> (seed, return)."""
+    from worldmodels.config import load_config, save_config
+    from worldmodels.run_dir import RunDir
+
+    run = RunDir(path)
+    run.eval_dir.mkdir(parents=True)
+    save_config(load_config("carracing", ["quick"], [f"seed={own_seed}"]), run.config_file)
+    for name, rows in files.items():
+        lines = ["episode,seed,return,steps"] + [f"{i},{s},{r},100"
+                                                 for i, (s, r) in enumerate(rows)]
+        (run.eval_dir / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def test_runs_summary_pools_each_runs_seed_sets_and_gives_the_median_over_runs(
+        tmp_path, capsys):
+    from tools.runs_summary import main
+
+    rng = np.random.default_rng(0)
+    pooled = {}
+    for own in (0, 1, 2):  # each run's own seed set is unsuffixed, the other is _seed<s>
+        sets = {s: [(1000 * s + i, float(rng.normal(500, 100))) for i in range(5)]
+                for s in (0, 1)}
+        _run_with_eval(tmp_path / f"r{own}", own, {
+            ("controller_selected" if s == own else f"controller_selected_seed{s}"): rows
+            for s, rows in sets.items()})
+        pooled[own] = [r for rows in sets.values() for _, r in rows]
+    scores = main([str(tmp_path / f"r{i}") for i in (0, 1, 2)] + ["--seeds", "0,1"])
+    assert [len(s.returns) for s in scores] == [10, 10, 10]
+    assert [s.mean for s in scores] == pytest.approx([np.mean(pooled[i]) for i in (0, 1, 2)])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    median = float(np.median([np.mean(pooled[i]) for i in (0, 1, 2)]))
+    assert last.startswith(f"median {median:.1f} over 3 runs")
+
+
+def test_runs_summary_names_a_missing_evaluation_and_refuses_repeated_seeds(tmp_path):
+    from tools.runs_summary import main
+
+    _run_with_eval(tmp_path / "r", 0, {"controller_selected": [(1, 1.0), (2, 2.0)]})
+    with pytest.raises(InputError, match=r"controller_selected_seed1\.csv: no such file.*"
+                                         r"evaluate\.py --run .* seed=1"):
+        main([str(tmp_path / "r"), "--seeds", "0,1"])
+    _run_with_eval(tmp_path / "twice", 0, {"controller_selected": [(1, 1.0), (2, 2.0)],
+                                           "controller_selected_seed1": [(2, 3.0)]})
+    with pytest.raises(InputError, match="repeat env seeds"):
+        main([str(tmp_path / "twice"), "--seeds", "0,1"])
+    with pytest.raises(InputError, match="--seeds"):
+        main([str(tmp_path / "r"), "--seeds", "0,x"])
+    stale = _run_with_eval(tmp_path / "stale", 0, {"controller_selected": [(1, 1.0)],
+                                                   "controller_selected_seed1": [(2, 3.0)]})
+    (stale.eval_dir / "controller_selected.json").write_text('{"key": {"weights": "aa"}}')
+    (stale.eval_dir / "controller_selected_seed1.json").write_text('{"weights_digest": "bb"}')
+    with pytest.raises(InputError, match="different weights"):
+        main([str(tmp_path / "stale"), "--seeds", "0,1"])
+    (stale.eval_dir / "controller_selected_seed1.json").write_text('{"weights_digest": "aa"}')
+    assert len(main([str(tmp_path / "stale"), "--seeds", "0,1"])[0].returns) == 2
