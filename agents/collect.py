@@ -121,9 +121,10 @@ def controller_weights_path(run: RunDir, weights: str, algo: str = "cmaes",
     if weights == "sb3":
         path = run.controller.sb3(algo, environment)[0]
         if not path.exists():
+            where = "" if environment == "real" else f" controller.environment={environment}"
             raise ConfigError(f"collect.controller_weights=sb3 plays {path}, which does not "
                               f"exist: train the run's policy first (train_controller.py "
-                              f"--algo {algo})")
+                              f"--algo {algo}{where})")
         return path
     path = run.controller.weights(weights)
     if weights == "selected" and not path.exists():  # CMA-ES ran no selection evaluation

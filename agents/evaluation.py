@@ -125,6 +125,14 @@ def _selection(run: RunDir, policy: str, weights: str, sb3_environment: str,
     return None
 
 
+def agent_digests(run: RunDir, weights: Path) -> dict[str, str]:
+    """Short SHA-256s of what a trained policy's evaluation plays: C's ``weights`` and
+    the V and M it reads (the policy sees [z, h]), as run.py's evaluation key names them;
+    taken when the weights are loaded, before play."""
+    return {"weights": file_digest(weights), "vae": file_digest(run.vae.model),
+            "memory": file_digest(run.memory.weights())}
+
+
 def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: str,
                   seeds: list[int], out: Path, name: str, extra: dict[str, Any],
                   video_episodes: int, video_stride: int) -> dict[str, Any]:
@@ -133,13 +141,13 @@ def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: st
     ``video_episodes``, recorded in the same batched play (the very episodes scored)."""
     started = time.perf_counter()
     controller = sb3_controller(run, cfg, algo, environment)
+    played = agent_digests(run, run.controller.sb3(algo, environment)[0])
     results = play_policy_episodes(run, cfg, controller, seeds, cfg.controller.batch_envs,
                                    record=video_episodes)
     rows = [{"episode": i, "seed": s, "return": r.ret, "steps": r.steps}
             for i, (s, r) in enumerate(zip(seeds, results, strict=True))]
     summary = {"policy": name, **describe_returns(np.array([r.ret for r in results])),
-               "seconds": time.perf_counter() - started, **extra,
-               "weights_digest": file_digest(run.controller.sb3(algo, environment)[0])}
+               "seconds": time.perf_counter() - started, **extra, "digests": played}
     if video_episodes:
         vae = run.load_vae(cfg.vae.z_dim)
         for i, result in enumerate(results[:video_episodes]):
@@ -197,6 +205,7 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
         path = run.trained_controller(weights)
         worker = RolloutWorker(run, overrides=tuple(overrides))
         load_weights(path, worker.controller)
+        played = agent_digests(run, path)
         params = worker.controller.get_flat().numpy()
     started = time.perf_counter()
     if progress:
@@ -216,8 +225,7 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
     env_overrides = [o for o in overrides if o.startswith("env.")]
     summary = {"policy": name, **describe_returns(returns[0]),
                "seconds": time.perf_counter() - started, **({"key": key} if key else {}),
-               **({"weights": weights, "weights_digest": file_digest(path)}
-                  if policy == "controller" else {}),
+               **({"weights": weights, "digests": played} if policy == "controller" else {}),
                **({"env_overrides": env_overrides} if env_overrides else {}),
                **({"agent_precision": cfg.controller.agent_precision}
                   if cfg.controller.agent_precision != "float32" else {})}

@@ -82,8 +82,10 @@ def test_evaluate_writes_csv_summary_and_video(tiny_run):
     saved = json.loads((out / "controller.json").read_text())
     assert saved["mean"] == summary["mean"]
     # which weights played: tools/runs_summary.py refuses to pool different ones
-    assert saved["weights_digest"] == file_digest(run_of(tiny_run) / "controller" /
-                                                  "best.safetensors")
+    run = RunDir(run_of(tiny_run))
+    assert saved["digests"] == {"weights": file_digest(run.controller.best),
+                                "vae": file_digest(run.vae.model),
+                                "memory": file_digest(run.memory.weights())}
     assert (out / "controller_episode0.gif").stat().st_size > 1000
     rand = evaluate(RunDir(run_of(tiny_run)), episodes=2, policy="random", engine="serial",
                     progress=False)
@@ -183,7 +185,7 @@ def test_latent_env_passes_sb3_checker_and_ppo_round_trips(tiny_run):
 
     summary = evaluate(run, episodes=2, policy="ppo", progress=False)
     assert summary["episodes"] == 2 and (run_of(tiny_run) / "eval" / "ppo.csv").exists()
-    assert summary["weights_digest"] == file_digest(run.controller.sb3("ppo")[0])
+    assert summary["digests"]["weights"] == file_digest(run.controller.sb3("ppo")[0])
     for seed in range(3):  # the saved weights reproduce the trained policy exactly
         obs, _ = env.reset(seed=seed)
         obs = obs + np.random.default_rng(seed).normal(size=obs.shape).astype(np.float32)

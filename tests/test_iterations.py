@@ -191,15 +191,18 @@ def test_a_kill_inside_round_2_then_a_rerun_finishes_as_an_uninterrupted_run(
     assert _digests(rd) == _digests(tiny_run(uninterrupted_tmp))
 
 
+def ppo_rounds_args(tmp_path: Path) -> list[str]:
+    return [*iterated_args(tmp_path), "controller.algo=ppo", "collect.controller_weights=sb3",
+            "controller.sb3_timesteps=32", "controller.sb3_envs=2",
+            "controller.sb3_checkpoint_steps=32",
+            "controller.sb3_kwargs={n_steps: 16, batch_size: 16, n_epochs: 1}"]
+
+
 def test_two_rounds_with_ppo_in_the_dream_collect_with_round_1s_policy(tmp_path):
     """Ha's loop with an SB3 controller (``collect.controller_weights=sb3``): round 2's
     episodes are played by the PPO policy round 1 trained in the dream, and round 2
     trains PPO anew in the new M's dream; each round keeps its own policy."""
-    args = [*iterated_args(tmp_path), "controller.algo=ppo", "collect.controller_weights=sb3",
-            "controller.sb3_timesteps=32", "controller.sb3_envs=2",
-            "controller.sb3_checkpoint_steps=32",
-            "controller.sb3_kwargs={n_steps: 16, batch_size: 16, n_epochs: 1}"]
-    rounds = run.main(args)["rounds"]
+    rounds = run.main(ppo_rounds_args(tmp_path))["rounds"]
     rd = tiny_run(tmp_path)
     kept = [rd.round(r).controller.dir / "sb3_ppo_dream.safetensors" for r in (1, 2)]
     assert all(p.is_file() for p in kept)
@@ -212,6 +215,33 @@ def test_two_rounds_with_ppo_in_the_dream_collect_with_round_1s_policy(tmp_path)
     assert second["controller"]["restarted"] and second["controller"]["algo"] == "ppo"
     assert second["controller"]["timesteps"] == 32  # from scratch, not 64
     assert second["evaluate"]["policy"] == "ppo_dream" and second["evaluate"]["episodes"] == 1
+    assert not second["evaluate"].get("cached")  # round 2's own policy was played
+    assert second["evaluate"]["digests"]["weights"] == file_digest(kept[1])
     # round 2's policy trained on round 2's M: not round 1's file
     assert file_digest(kept[1]) == file_digest(rd.controller.sb3("ppo", "dream")[0])
     assert file_digest(kept[1]) != file_digest(kept[0])
+
+
+def test_a_kill_in_an_sb3_rounds_controller_stage_then_a_rerun_trains_round_2s_policy(
+        tmp_path, monkeypatch):
+    """Killed after round 2 cleared round 1's policy from ``controller/``: the rerun
+    does not collect again and trains round 2's policy from scratch on round 2's M."""
+    class Killed(RuntimeError):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(run, "train_controller", killed)
+    with pytest.raises(Killed):
+        run.main(ppo_rounds_args(tmp_path))
+    rd = tiny_run(tmp_path)
+    assert json.loads(rd.round(2).state.read_text())["controller_cleared"]
+    assert not rd.controller.sb3("ppo", "dream")[0].exists()  # round 1's kept apart only
+    monkeypatch.undo()
+    second = run.main(ppo_rounds_args(tmp_path))["rounds"][1]
+    assert second["collect"]["episodes_new"] == 0 and second["controller"]["timesteps"] == 32
+    now = rd.controller.sb3("ppo", "dream")[0]
+    assert file_digest(now) == file_digest(rd.round(2).controller.dir / now.name)
+    assert file_digest(now) != file_digest(rd.round(1).controller.dir / now.name)
+    assert second["evaluate"]["digests"]["memory"] == file_digest(rd.round(2).memory.best)

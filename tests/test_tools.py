@@ -2,6 +2,7 @@
 tools/ and benchmarks/ imports the checkout it is run from."""
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -59,8 +60,13 @@ def test_a_script_imports_its_own_checkout_over_another_copy(tmp_path):
     assert "usage:" in done.stdout
 
 
-def _run_with_eval(path: Path, own_seed: int, files: dict[str, list[tuple[int, float]]]):
-    """A run directory (config only) whose eval/ holds ``files``: name -> (seed, return)."""
+AGENT = {"weights": "c1", "vae": "v1", "memory": "m1"}
+
+
+def _run_with_eval(path: Path, own_seed: int, files: dict[str, list[tuple[int, float]]],
+                   agent: dict[str, str] | None = AGENT):
+    """A run directory (config only) whose eval/ holds ``files``: name -> (seed, return),
+    each with a JSON naming ``agent``'s digests (None: no JSON, as before digests)."""
     from worldmodels.config import load_config, save_config
     from worldmodels.run_dir import RunDir
 
@@ -71,6 +77,8 @@ def _run_with_eval(path: Path, own_seed: int, files: dict[str, list[tuple[int, f
         lines = ["episode,seed,return,steps"] + [f"{i},{s},{r},100"
                                                  for i, (s, r) in enumerate(rows)]
         (run.eval_dir / f"{name}.csv").write_text("\n".join(lines) + "\n")
+        if agent is not None:
+            (run.eval_dir / f"{name}.json").write_text(json.dumps({"digests": agent}))
     return run
 
 
@@ -109,10 +117,18 @@ def test_runs_summary_names_a_missing_evaluation_and_refuses_repeated_seeds(tmp_
     with pytest.raises(InputError, match="--seeds"):
         main([str(tmp_path / "r"), "--seeds", "0,x"])
     stale = _run_with_eval(tmp_path / "stale", 0, {"controller_selected": [(1, 1.0)],
-                                                   "controller_selected_seed1": [(2, 3.0)]})
-    (stale.eval_dir / "controller_selected.json").write_text('{"key": {"weights": "aa"}}')
-    (stale.eval_dir / "controller_selected_seed1.json").write_text('{"weights_digest": "bb"}')
-    with pytest.raises(InputError, match="different weights"):
+                                                   "controller_selected_seed1": [(2, 3.0)]},
+                           agent=None)
+    with pytest.raises(InputError, match="--allow-unverified"):  # no digests recorded
         main([str(tmp_path / "stale"), "--seeds", "0,1"])
-    (stale.eval_dir / "controller_selected_seed1.json").write_text('{"weights_digest": "aa"}')
+    assert len(main([str(tmp_path / "stale"), "--seeds", "0,1", "--allow-unverified"])[0]
+               .returns) == 2
+    # run.py's own file names the agent in its key; evaluate.py's in "digests"
+    key = {"weights": "c1", "vae": "v1", "memory": "m1", "episodes": 1}
+    (stale.eval_dir / "controller_selected.json").write_text(json.dumps({"key": key}))
+    seed1 = stale.eval_dir / "controller_selected_seed1.json"
+    seed1.write_text(json.dumps({"digests": {**AGENT, "memory": "m2"}}))  # M changed since
+    with pytest.raises(InputError, match="different agents"):
+        main([str(tmp_path / "stale"), "--seeds", "0,1"])
+    seed1.write_text(json.dumps({"digests": AGENT}))
     assert len(main([str(tmp_path / "stale"), "--seeds", "0,1"])[0].returns) == 2

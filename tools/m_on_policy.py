@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> str:
     else:
         from agents.sb3 import sb3_controller  # SB3 loads only when played
 
-        policy = sb3_controller(run, cfg, args.policy)
+        policy = sb3_controller(run, cfg, args.policy, cfg.controller.environment)
         policy.deterministic = True  # its mean action
         agent = VMCAgent.from_run(run, cfg, env.action_space, controller=policy)
     seeds = range(args.first_seed, args.first_seed + args.episodes)

@@ -68,19 +68,22 @@ def read_returns(path: Path) -> tuple[list[int], list[float]]:
                          f"{err}") from err
 
 
-def weights_digest(csv_path: Path) -> str | None:
-    """The digest of the weights the evaluation played, from the JSON beside its CSV
-    (evaluate.py's ``weights_digest``, or run.py's ``key``); None if it names none."""
+def played_agent(csv_path: Path) -> tuple[str, str, str] | None:
+    """The digests of (C's weights, V, M) an evaluation played, from the JSON beside its
+    CSV (evaluate.py's ``digests``, or run.py's ``key``); None if it names none."""
     summary = read_json(csv_path.with_suffix(".json"), {})
     if not isinstance(summary, dict):
         return None
-    key = summary.get("key")
-    return summary.get("weights_digest") or (key.get("weights") if isinstance(key, dict)
-                                              else None)
+    for found in (summary.get("digests"), summary.get("key")):
+        if isinstance(found, dict) and all(found.get(k) for k in ("weights", "vae", "memory")):
+            return found["weights"], found["vae"], found["memory"]
+    return None
 
 
-def run_score(path: Path, result: str, seeds: list[int]) -> RunScore:
-    """``result``'s episodes of the run at ``path``, pooled over the seed sets ``seeds``."""
+def run_score(path: Path, result: str, seeds: list[int], unverified: bool = False,
+              ) -> RunScore:
+    """``result``'s episodes of the run at ``path``, pooled over the seed sets ``seeds``;
+    ``unverified``: pool files that do not say which agent they played."""
     run = RunDir(path)
     files, env_seeds, returns = [], [], []
     for seed in seeds:
@@ -95,11 +98,16 @@ def run_score(path: Path, result: str, seeds: list[int]) -> RunScore:
         files.append(csv_path.name)
         env_seeds += got_seeds
         returns += got_returns
-    digests = {d for d in (weights_digest(run.eval_dir / f) for f in files) if d}
-    if len(digests) > 1:
-        raise InputError(f"{path}: the files {', '.join(files)} scored different weights "
-                         f"({', '.join(sorted(digests))}); evaluate the run's current "
-                         "policy on every seed set again")
+    agents = {f: played_agent(run.eval_dir / f) for f in files}
+    unknown = [f for f, a in agents.items() if a is None]
+    if len(files) > 1 and unknown and not unverified:
+        raise InputError(f"{path}: {', '.join(unknown)} do(es) not say which weights, V and "
+                         "M played (an evaluation written before digests were recorded); "
+                         "evaluate again, or pass --allow-unverified")
+    if len({a for a in agents.values() if a}) > 1:
+        raise InputError(f"{path}: the files {', '.join(files)} scored different agents "
+                         "(C, V or M differ); evaluate the run's current policy on every "
+                         "seed set again")
     if len(set(env_seeds)) != len(env_seeds):
         raise InputError(f"{path}: the files {', '.join(files)} repeat env seeds; pool "
                          "different seed sets")
@@ -134,9 +142,12 @@ def main(argv: list[str] | None = None) -> list[RunScore]:
                         help="the evaluation's name in eval/ (controller_selected, ppo, ...)")
     parser.add_argument("--seeds", default="0",
                         help="report seed sets to pool per run, e.g. 0,1 (default 0)")
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="pool evaluations that do not record the agent they played")
     args = parser.parse_args(argv)
     seeds = parse_seeds(args.seeds)
-    scores = [run_score(path, args.result, seeds) for path in args.runs]
+    scores = [run_score(path, args.result, seeds, args.allow_unverified)
+              for path in args.runs]
     print("\n".join(summary_lines(scores)))
     return scores
 
