@@ -36,6 +36,7 @@ from envs.factory import make_env_from_config
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
     CheckpointError,
+    file_digest,
     load_state,
     read_json,
     save_state,
@@ -291,9 +292,40 @@ def training_env(run: RunDir, cfg: ExperimentConfig) -> VecEnv:
 def _settings(cfg: ExperimentConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
     """What fixes an SB3 training (a checkpoint made with others is refused)."""
     c = cfg.controller
-    return {"algo": c.algo, "kwargs": kwargs, "seed": cfg.seed,
-            "environment": c.environment, "envs": c.sb3_envs,
-            "normalize_reward": c.sb3_normalize_reward}
+    settings = {"algo": c.algo, "kwargs": kwargs, "seed": cfg.seed,
+                "environment": c.environment, "envs": c.sb3_envs,
+                "normalize_reward": c.sb3_normalize_reward}
+    if c.sb3_init:
+        path = init_policy_path(c.sb3_init, c.algo)
+        settings["init"] = {"path": str(path), "sha256": file_digest(path)}
+    return settings
+
+
+def init_policy_path(source: str, algo: str) -> Path:
+    """The policy file ``controller.sb3_init`` names: the file itself, or a run's real-env
+    ``controller/sb3_<algo>.safetensors``; a missing one is a :class:`ConfigError`."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = RunDir(path).controller.sb3(algo, "real")[0]
+    if not path.is_file():
+        raise ConfigError(f"config key 'controller.sb3_init' is {source!r}: no {algo} policy "
+                          f"at {path} (give a run directory holding one, or its "
+                          ".safetensors file)")
+    return path.absolute()
+
+
+def load_policy(model: Any, path: Path, whose: str = "this run's policy") -> None:
+    """Load the policy file at ``path`` (policy, value net, log std) into ``model``; an
+    unreadable file, or one of another network, is a :class:`CheckpointError` naming it."""
+    try:
+        tensors = load_file(str(path))
+    except (ValueError, OSError, SafetensorError) as err:
+        raise CheckpointError(f"{path}: unreadable SB3 policy ({err})") from None
+    try:
+        model.policy.load_state_dict(tensors)
+    except RuntimeError as err:
+        why = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{path}: does not fit {whose} ({why})") from None
 
 
 def _check_config(run: RunDir, cfg: ExperimentConfig) -> None:
@@ -507,6 +539,11 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
     if state is None:
         state = {"settings": settings, "num_timesteps": 0, "episode_steps": [],
                  "episode_returns": [], "evals": [], "selected": None}
+        if "init" in settings:
+            load_policy(model, Path(settings["init"]["path"]),
+                        "this training's policy (controller.sb3_init)")
+            if progress:
+                print(f"starting from the policy {settings['init']['path']}")
     else:
         model.set_parameters(state["parameters"], exact_match=True)
         model.num_timesteps = int(state["num_timesteps"])
@@ -556,20 +593,12 @@ def load_sb3(run: RunDir, cfg: ExperimentConfig, algo: str = "ppo",
             and isinstance(meta.get("kwargs"), dict)):
         raise CheckpointError(f"{meta_path}: an SB3 policy description needs 'seed' (an "
                               "integer) and 'kwargs' (a mapping)")
-    try:
-        tensors = load_file(str(weights))
-    except (ValueError, OSError, SafetensorError) as err:
-        raise CheckpointError(f"{weights}: unreadable SB3 policy ({err})") from None
     env = latent_env(run, cfg)
     try:
         model = build_model(algo, env, meta["seed"], meta["kwargs"])
     except ConfigError as err:
         raise CheckpointError(f"{meta_path}: {err}") from None
-    try:
-        model.policy.load_state_dict(tensors)
-    except RuntimeError as err:
-        why = " ".join(str(err).split())[:300]
-        raise CheckpointError(f"{weights}: does not fit this run's policy ({why})") from None
+    load_policy(model, weights)
     return model, env
 
 

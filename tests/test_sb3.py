@@ -24,7 +24,7 @@ from agents.sb3 import (
     train_sb3,
 )
 from tests.conftest import run_of, write_tiny_run
-from worldmodels.checkpoint import load_state
+from worldmodels.checkpoint import CheckpointError, load_state
 from worldmodels.config import ConfigError, load_config, save_config, validate
 from worldmodels.run_dir import RunDir
 
@@ -318,3 +318,46 @@ def test_m_on_policy_plays_the_policy_and_scores_both(tiny_run):
     first = main(args)
     assert without_seconds(first) == without_seconds(main(args))  # repeatable
     assert "| ppo |" in first and "| brownian |" in first and "difference" in first
+
+
+def test_a_training_can_start_from_another_run_s_policy(tiny_run, monkeypatch):
+    cfg = tiny_sb3(tiny_run, timesteps=64)
+    source_run = RunDir(run_of(cfg))
+    train_sb3(source_run, cfg, progress=False)
+    source = source_run.controller.sb3("ppo")[0]
+    start = {k: v.clone() for k, v in load_file(str(source)).items()}
+
+    fine = copy.deepcopy(cfg)
+    fine.name, fine.seed = "fine", cfg.seed + 1
+    write_tiny_run(fine)
+    fine.controller.sb3_init = str(run_of(cfg))  # a run directory names its real policy
+    run = RunDir(run_of(fine))
+    monkeypatch.setattr(PPO, "train", lambda self: None)  # no update: the start stays
+    _, info = train_sb3(run, fine, progress=False)
+    assert info["init"] == {"path": str(source.absolute()), "sha256": info["init"]["sha256"]}
+    shipped = load_file(str(run.controller.sb3("ppo")[0]))
+    assert shipped.keys() == start.keys()
+    assert all(torch.equal(shipped[k], start[k]) for k in start)
+
+    # a resumed training whose initial policy file changed since is refused
+    fine.controller.sb3_timesteps = 96
+    changed = {k: v + 1 for k, v in start.items()}
+    from safetensors.torch import save_file
+
+    save_file(changed, str(source))
+    with pytest.raises(ConfigError, match=r"other settings.*init"):
+        train_sb3(run, fine, progress=False)
+
+    fine.name = "nowhere"
+    write_tiny_run(fine)
+    fine.controller.sb3_init = str(run_of(cfg) / "missing.safetensors")
+    with pytest.raises(ConfigError, match=r"controller\.sb3_init.*missing\.safetensors"):
+        train_sb3(RunDir(run_of(fine)), fine, progress=False)
+
+    fine.name = "other_net"  # a policy of another network: the error names its file
+    write_tiny_run(fine)
+    fine.controller.sb3_init = str(source)
+    fine.controller.sb3_kwargs = {**TINY, "policy_kwargs": {"net_arch": {"pi": [16],
+                                                                         "vf": [16]}}}
+    with pytest.raises(CheckpointError, match=r"sb3_ppo\.safetensors: does not fit"):
+        train_sb3(RunDir(run_of(fine)), fine, progress=False)

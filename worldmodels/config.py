@@ -248,6 +248,11 @@ class ControllerConfig:
     sb3_eval_steps: int = _opt(0, "SB3: every N env steps play the policy on the selection "
                                   "seeds (controller.select_episodes); the shipped policy is "
                                   "the best seen there (0: off, the last policy).", ge=0)
+    sb3_init: str = _opt("", "SB3: start a new training from this policy rather than a "
+                             "random one: a run directory holding controller/sb3_<algo>."
+                             "safetensors (real env), e.g. pretrained/carracing, or such a "
+                             "file; same algo and network, on the same [z, h] (its SHA-256 "
+                             "joins the training's settings). Empty: random start.")
     environment: Literal["real", "dream"] = _opt(
         "real", "Where C trains: real (the env) | dream (M as the env; evaluation is always "
                 "in the real env).")
