@@ -361,3 +361,31 @@ def test_a_training_can_start_from_another_run_s_policy(tiny_run, monkeypatch):
                                                                          "vf": [16]}}}
     with pytest.raises(CheckpointError, match=r"sb3_ppo\.safetensors: does not fit"):
         train_sb3(RunDir(run_of(fine)), fine, progress=False)
+
+
+def test_an_ensemble_plays_the_mean_of_its_policies_actions(tiny_run):
+    """tools/ensemble_eval.py: one policy alone plays its own episodes; two give the mean
+    of their actions; runs on other V and M are refused before anything is played."""
+    from agents.seeds import evaluation_seeds
+    from tools.ensemble_eval import EnsembleController, main
+
+    cfg = tiny_sb3(tiny_run, timesteps=32)
+    run = RunDir(run_of(cfg))
+    train_sb3(run, cfg, progress=False)
+    other = copy.deepcopy(cfg)
+    other.name, other.seed = "other", cfg.seed + 1  # the same V and M, another policy
+    write_tiny_run(other)
+    train_sb3(RunDir(run_of(other)), other, progress=False)
+    one, two = sb3_controller(run, cfg, "ppo"), sb3_controller(RunDir(run_of(other)), other,
+                                                               "ppo")
+    x = torch.randn(5, run.load_memory().feature_size())
+    assert not torch.allclose(one(x), two(x))
+    torch.testing.assert_close(EnsembleController([one, two])(x), (one(x) + two(x)) / 2)
+
+    alone = main([str(run_of(cfg)), "--episodes", "3", "--batch", "2"])
+    seeds = evaluation_seeds(cfg.seed, 3)
+    assert alone == [r for r, _ in play_policy_batched(run, cfg, one, seeds, 2)]
+
+    run_of(other).joinpath("vae", "model.safetensors").write_bytes(b"another V")
+    with pytest.raises(ConfigError, match="V and M differ"):
+        main([str(run_of(cfg)), str(run_of(other)), "--episodes", "1"])
