@@ -295,9 +295,8 @@ def _settings(cfg: ExperimentConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
     settings = {"algo": c.algo, "kwargs": kwargs, "seed": cfg.seed,
                 "environment": c.environment, "envs": c.sb3_envs,
                 "normalize_reward": c.sb3_normalize_reward}
-    if c.sb3_init:
-        path = init_policy_path(c.sb3_init, c.algo)
-        settings["init"] = {"path": str(path), "sha256": file_digest(path)}
+    if c.sb3_init:  # the bytes decide (a path differs with the working directory)
+        settings["init"] = file_digest(init_policy_path(c.sb3_init, c.algo))
     return settings
 
 
@@ -312,6 +311,30 @@ def init_policy_path(source: str, algo: str) -> Path:
                           f"at {path} (give a run directory holding one, or its "
                           ".safetensors file)")
     return path.absolute()
+
+
+def check_init_policy(run: RunDir, source: str, algo: str, kwargs: dict[str, Any]) -> Path:
+    """The ``controller.sb3_init`` policy file, refused (a :class:`ConfigError` naming it)
+    when its sidecar says another algorithm or network, or when ``source`` is a run whose
+    V and M are not ``run``'s (the policy would read another [z, h])."""
+    path = init_policy_path(source, algo)
+    meta_path = path.with_suffix(".json")
+    meta = read_json(meta_path, {}) if meta_path.exists() else {}
+    if meta:
+        theirs = (meta.get("algo"), (meta.get("kwargs") or {}).get("policy_kwargs", {}))
+        ours = (algo, kwargs.get("policy_kwargs", {}))
+        if theirs != ours:
+            raise ConfigError(f"config key 'controller.sb3_init': {path} is {theirs[0]} with "
+                              f"policy_kwargs {theirs[1]}; this training is {ours[0]} with "
+                              f"{ours[1]}")
+    source_dir = Path(source).expanduser()
+    if source_dir.is_dir():
+        other = RunDir(source_dir)
+        if (file_digest(other.vae.model), file_digest(other.memory.weights())) != (
+                file_digest(run.vae.model), file_digest(run.memory.weights())):
+            raise ConfigError(f"config key 'controller.sb3_init': {other.home}'s V and M "
+                              f"differ from {run.home}'s, so its policy reads another [z, h]")
+    return path
 
 
 def load_policy(model: Any, path: Path, whose: str = "this run's policy") -> None:
@@ -451,6 +474,8 @@ def ship(run: RunDir, state: dict[str, Any], model: Any = None) -> dict[str, Any
             "num_timesteps": int(state["num_timesteps"]),
             "controller": state["controller"],
             "source": "selected" if selected else "last"}
+    if state.get("init_path"):
+        meta["init_path"] = state["init_path"]
     if selected:
         meta["selected"] = {k: selected[k] for k in ("step", "mean", "std", "episodes")}
     weights, meta_path = run.controller.sb3(settings["algo"], settings["environment"])
@@ -534,16 +559,19 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
             # first): the policy comes from the finished checkpoint
             return None, {**ship(run, state), "skipped": True}
         return None, {"weights": str(weights), **read_json(meta_path, {}), "skipped": True}
+    # a new training's initial policy is checked before any env is made
+    init = check_init_policy(run, c.sb3_init, algo, kwargs) \
+        if c.sb3_init and state is None else None
     env = training_env(run, cfg)
     model = build_model(algo, env, cfg.seed, kwargs, str(run.tensorboard()))
     if state is None:
         state = {"settings": settings, "num_timesteps": 0, "episode_steps": [],
                  "episode_returns": [], "evals": [], "selected": None}
-        if "init" in settings:
-            load_policy(model, Path(settings["init"]["path"]),
-                        "this training's policy (controller.sb3_init)")
+        if init is not None:
+            load_policy(model, init, "this training's policy (controller.sb3_init)")
+            state["init_path"] = str(init)
             if progress:
-                print(f"starting from the policy {settings['init']['path']}")
+                print(f"starting from the policy {init}")
     else:
         model.set_parameters(state["parameters"], exact_match=True)
         model.num_timesteps = int(state["num_timesteps"])

@@ -24,7 +24,7 @@ from agents.sb3 import (
     train_sb3,
 )
 from tests.conftest import run_of, write_tiny_run
-from worldmodels.checkpoint import CheckpointError, load_state
+from worldmodels.checkpoint import CheckpointError, file_digest, load_state
 from worldmodels.config import ConfigError, load_config, save_config, validate
 from worldmodels.run_dir import RunDir
 
@@ -334,13 +334,19 @@ def test_a_training_can_start_from_another_run_s_policy(tiny_run, monkeypatch):
     run = RunDir(run_of(fine))
     monkeypatch.setattr(PPO, "train", lambda self: None)  # no update: the start stays
     _, info = train_sb3(run, fine, progress=False)
-    assert info["init"] == {"path": str(source.absolute()), "sha256": info["init"]["sha256"]}
+    assert info["init"] == file_digest(source) and info["init_path"] == str(source.absolute())
     shipped = load_file(str(run.controller.sb3("ppo")[0]))
     assert shipped.keys() == start.keys()
     assert all(torch.equal(shipped[k], start[k]) for k in start)
 
-    # a resumed training whose initial policy file changed since is refused
+    # resumed with the file as it was, from another working directory: accepted
     fine.controller.sb3_timesteps = 96
+    monkeypatch.chdir(run_of(cfg))
+    fine.controller.sb3_init = "."
+    _, info = train_sb3(run, fine, progress=False)
+    assert info["num_timesteps"] == 96
+    # a resumed training whose initial policy file changed since is refused
+    fine.controller.sb3_timesteps = 128
     changed = {k: v + 1 for k, v in start.items()}
     from safetensors.torch import save_file
 
@@ -354,13 +360,34 @@ def test_a_training_can_start_from_another_run_s_policy(tiny_run, monkeypatch):
     with pytest.raises(ConfigError, match=r"controller\.sb3_init.*missing\.safetensors"):
         train_sb3(RunDir(run_of(fine)), fine, progress=False)
 
-    fine.name = "other_net"  # a policy of another network: the error names its file
+    fine.name = "other_net"  # a policy of another network: refused, naming its file
     write_tiny_run(fine)
     fine.controller.sb3_init = str(source)
-    fine.controller.sb3_kwargs = {**TINY, "policy_kwargs": {"net_arch": {"pi": [16],
-                                                                         "vf": [16]}}}
+    other_net = {**TINY, "policy_kwargs": {"net_arch": {"pi": [16], "vf": [16]}}}
+    fine.controller.sb3_kwargs = other_net
+    with pytest.raises(ConfigError, match=r"sb3_ppo\.safetensors is ppo with policy_kwargs"):
+        train_sb3(RunDir(run_of(fine)), fine, progress=False)
+    source.with_suffix(".json").unlink()  # without its sidecar, loading it tells
     with pytest.raises(CheckpointError, match=r"sb3_ppo\.safetensors: does not fit"):
         train_sb3(RunDir(run_of(fine)), fine, progress=False)
+
+    fine.name, fine.controller.sb3_kwargs = "other_m", dict(TINY)  # another world model
+    write_tiny_run(fine)
+    from tests.builders import make_frmdn
+    from tests.conftest import CAR_ACTIONS
+    from worldmodels.checkpoint import save_model
+
+    torch.manual_seed(1)
+    save_model(run_of(fine) / "memory" / "model.safetensors",
+               make_frmdn(z_dim=4, action_dim=3, hidden=8, mixtures=2),
+               meta={"done_pos_weight": 1.0, "action_space": CAR_ACTIONS})
+    fine.controller.sb3_init = str(run_of(cfg))
+    with pytest.raises(ConfigError, match=r"V and M differ"):
+        train_sb3(RunDir(run_of(fine)), fine, progress=False)
+
+    fine.controller.algo = "cmaes"
+    with pytest.raises(ConfigError, match=r"controller\.sb3_init"):
+        validate(fine)
 
 
 def test_an_ensemble_plays_the_mean_of_its_policies_actions(tiny_run):
@@ -385,6 +412,9 @@ def test_an_ensemble_plays_the_mean_of_its_policies_actions(tiny_run):
     alone = main([str(run_of(cfg)), "--episodes", "3", "--batch", "2"])
     seeds = evaluation_seeds(cfg.seed, 3)
     assert alone == [r for r, _ in play_policy_batched(run, cfg, one, seeds, 2)]
+    both = main([str(run_of(cfg)), str(run_of(other)), "--episodes", "3", "--batch", "2"])
+    assert both == [r for r, _ in play_policy_batched(
+        run, cfg, EnsembleController([one, two]), seeds, 2)]
 
     run_of(other).joinpath("vae", "model.safetensors").write_bytes(b"another V")
     with pytest.raises(ConfigError, match="V and M differ"):

@@ -20,25 +20,28 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import this checkout, not an installed copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
+from agents.evaluation import agent_digests
 from agents.sb3 import SB3Controller, play_policy_batched, sb3_controller
-from agents.seeds import evaluation_seeds
-from worldmodels.checkpoint import file_digest
+from agents.seeds import check_report_seeds, evaluation_seeds, selection_of
+from worldmodels.checkpoint import read_json
 from worldmodels.config import ConfigError
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
 
 
-class EnsembleController(nn.Module):
-    """The mean of several SB3 controllers' actions: features (B, F) -> actions (B, A)."""
+class EnsembleController(SB3Controller):
+    """The mean of several SB3 controllers' mean actions (Box actions only): features
+    (B, F) -> actions (B, A); ``batched`` as :class:`SB3Controller`'s."""
 
     def __init__(self, members: list[SB3Controller]):
-        super().__init__()
-        self.members = members
-        self.use_cell = members[0].use_cell
+        nn.Module.__init__(self)
+        self.members = nn.ModuleList(members)
+        self.use_cell, self.deterministic, self.noise_every = members[0].use_cell, True, 0
         self.calls = 0
 
     @torch.no_grad()
@@ -46,19 +49,28 @@ class EnsembleController(nn.Module):
         self.calls += 1
         return torch.stack([m(x).float() for m in self.members]).mean(0)
 
-    def batched(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            actions = self(x.flatten(0, 1))
-            return actions.view(*x.shape[:2], *actions.shape[1:])
-        return self(x)
 
-    def num_parameters(self) -> int:
-        return len(self.members)
+def check_members(runs: list[RunDir], algo: str, seeds: list[int]) -> None:
+    """Refuse an ensemble whose runs read other V and M, other features (``use_cell``),
+    or Discrete actions (a mean of action indices is no action), or that was selected
+    on any of the report ``seeds``; each error names the run."""
+    def world_model(run: RunDir) -> tuple[str, str]:
+        digests = agent_digests(run, run.controller.sb3(algo)[0])
+        return digests["vae"], digests["memory"]
 
-
-def world_model_digests(run: RunDir) -> tuple[str, str]:
-    """SHA-256 (short) of the run's V and M weights."""
-    return file_digest(run.vae.model), file_digest(run.memory.model)
+    first = runs[0]
+    if not isinstance(first.action_space(), gym.spaces.Box):
+        raise ConfigError(f"{first}: an ensemble averages actions, so it needs a Box action "
+                          f"space, not {first.action_space()}")
+    for run in runs:
+        if run is not first and world_model(run) != world_model(first):
+            raise ConfigError(f"{run}: its V and M differ from {first}'s; an ensemble "
+                              "plays one world model's [z, h]")
+        if run.load_config().controller.use_cell != first.load_config().controller.use_cell:
+            raise ConfigError(f"{run}: controller.use_cell differs from {first}'s")
+        meta = run.controller.sb3(algo)[1]
+        check_report_seeds(seeds, selection_of(read_json(meta, {})) if meta.exists()
+                           else None, f"{run}'s {algo} policy")
 
 
 def main(argv: list[str] | None = None) -> list[float]:
@@ -72,18 +84,14 @@ def main(argv: list[str] | None = None) -> list[float]:
     args = parser.parse_intermixed_args(argv)
     overrides = [a for a in args.items if "=" in a]
     runs = [RunDir(a) for a in args.items if "=" not in a]
-    first = world_model_digests(runs[0])
-    for run in runs[1:]:
-        if world_model_digests(run) != first:
-            raise ConfigError(f"{run}: its V and M differ from {runs[0]}'s; an ensemble "
-                              "plays one world model's [z, h]")
     cfg = runs[0].load_config(overrides)
+    seeds = evaluation_seeds(cfg.seed, args.episodes)
+    check_members(runs, args.algo, seeds)
     members = [sb3_controller(run, run.load_config(overrides), args.algo)
                for run in runs]
-    seeds = evaluation_seeds(cfg.seed, args.episodes)
     start = time.time()
     returns = [r for r, _ in play_policy_batched(runs[0], cfg,
-                                                 EnsembleController(members),  # type: ignore[arg-type]
+                                                 EnsembleController(members),
                                                  seeds, args.batch)]
     for s, r in zip(seeds, returns, strict=True):
         print(f"seed {s}: {r:.1f}")

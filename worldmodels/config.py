@@ -251,7 +251,7 @@ class ControllerConfig:
     sb3_init: str = _opt("", "SB3: start a new training from this policy rather than a "
                              "random one: a run directory holding controller/sb3_<algo>."
                              "safetensors (real env), e.g. pretrained/carracing, or such a "
-                             "file; same algo and network, on the same [z, h] (its SHA-256 "
+                             "file; same algo and network, on the same V and M (its SHA-256 "
                              "joins the training's settings). Empty: random start.")
     environment: Literal["real", "dream"] = _opt(
         "real", "Where C trains: real (the env) | dream (M as the env; evaluation is always "
@@ -437,7 +437,7 @@ def _dotted_to_nested(key: str, value: Any) -> dict:
 
 #: keys naming a path; given on the command line, a relative one is made absolute
 #: against the working directory, so that the run's ``config.yaml`` works from anywhere
-PATH_KEYS = ("vae.pretrained",)
+PATH_KEYS = ("vae.pretrained", "controller.sb3_init")
 
 
 def parse_override(text: str, cfg: Any = None) -> dict:
@@ -725,6 +725,9 @@ def validate(cfg: ExperimentConfig) -> None:
          "which must play what the controller stage trains: CMA-ES's weights "
          "(controller.algo=cmaes) or, with collect.controller_weights=sb3, the SB3 "
          "policy (controller.algo=ppo, a2c, sac or td3)"),
+        (not cfg.controller.sb3_init or cfg.controller.algo != "cmaes",
+         "controller.sb3_init", "starts an SB3 training: set controller.algo to its "
+         "algorithm (ppo, a2c, sac or td3)"),
         (cfg.controller.restarts == 1 or (
             cfg.controller.algo == "cmaes"
             and 0 < cfg.controller.eval_every <= cfg.controller.generations),
