@@ -78,8 +78,8 @@ def evaluate_once(cfg: ExperimentConfig, run: RunDir, policy: str) -> dict[str, 
            "weights": file_digest(weights) if weights else None,
            "weights_file": weights.name if weights else None, "overrides": list(overrides)}
     if weights:  # the policy sees [z, h]: V and M are part of what is scored
-        key |= {"vae": file_digest(run.vae.model), "memory": file_digest(run.memory.weights()),
-                "agent_precision": c.agent_precision, "sb3_deterministic": c.sb3_deterministic}
+        key |= {**run.world_model_digests(), "agent_precision": c.agent_precision,
+                "sb3_deterministic": c.sb3_deterministic}
     key["env"] = json.loads(json.dumps(asdict(cfg.env)))  # as the cached file holds it
     name = result_name(policy, which, overrides, c.environment)
     cached = read_json(run.eval_dir / f"{name}.json", {})

@@ -129,8 +129,7 @@ def agent_digests(run: RunDir, weights: Path) -> dict[str, str]:
     """Short SHA-256s of what a trained policy's evaluation plays: C's ``weights`` and
     the V and M it reads (the policy sees [z, h]), as run.py's evaluation key names them;
     taken when the weights are loaded, before play."""
-    return {"weights": file_digest(weights), "vae": file_digest(run.vae.model),
-            "memory": file_digest(run.memory.weights())}
+    return {"weights": file_digest(weights), **run.world_model_digests()}
 
 
 def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: str,

@@ -330,8 +330,7 @@ def check_init_policy(run: RunDir, source: str, algo: str, kwargs: dict[str, Any
     source_dir = Path(source).expanduser()
     if source_dir.is_dir():
         other = RunDir(source_dir)
-        if (file_digest(other.vae.model), file_digest(other.memory.weights())) != (
-                file_digest(run.vae.model), file_digest(run.memory.weights())):
+        if other.world_model_digests() != run.world_model_digests():
             raise ConfigError(f"config key 'controller.sb3_init': {other.home}'s V and M "
                               f"differ from {run.home}'s, so its policy reads another [z, h]")
     return path

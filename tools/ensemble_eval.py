@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.evaluation import agent_digests
 from agents.sb3 import SB3Controller, play_policy_batched, sb3_controller
 from agents.seeds import check_report_seeds, evaluation_seeds, selection_of
 from worldmodels.checkpoint import read_json
@@ -54,19 +53,17 @@ def check_members(runs: list[RunDir], algo: str, seeds: list[int]) -> None:
     """Refuse an ensemble whose runs read other V and M, other features (``use_cell``),
     or Discrete actions (a mean of action indices is no action), or that was selected
     on any of the report ``seeds``; each error names the run."""
-    def world_model(run: RunDir) -> tuple[str, str]:
-        digests = agent_digests(run, run.controller.sb3(algo)[0])
-        return digests["vae"], digests["memory"]
-
     first = runs[0]
-    if not isinstance(first.action_space(), gym.spaces.Box):
+    space, use_cell = first.action_space(), first.load_config().controller.use_cell
+    if not isinstance(space, gym.spaces.Box):
         raise ConfigError(f"{first}: an ensemble averages actions, so it needs a Box action "
-                          f"space, not {first.action_space()}")
+                          f"space, not {space}")
+    world_model = first.world_model_digests()
     for run in runs:
-        if run is not first and world_model(run) != world_model(first):
+        if run is not first and run.world_model_digests() != world_model:
             raise ConfigError(f"{run}: its V and M differ from {first}'s; an ensemble "
                               "plays one world model's [z, h]")
-        if run.load_config().controller.use_cell != first.load_config().controller.use_cell:
+        if run.load_config().controller.use_cell != use_cell:
             raise ConfigError(f"{run}: controller.use_cell differs from {first}'s")
         meta = run.controller.sb3(algo)[1]
         check_report_seeds(seeds, selection_of(read_json(meta, {})) if meta.exists()

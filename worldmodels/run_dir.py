@@ -337,6 +337,11 @@ class RunDir:
     def controller(self) -> ControllerFiles:
         return ControllerFiles.at(self.home / "controller")
 
+    def world_model_digests(self) -> dict[str, str]:
+        """Short SHA-256s of the V and M a policy of this run reads (M: the weights
+        :meth:`load_memory` loads), as ``{"vae": ..., "memory": ...}``."""
+        return {"vae": file_digest(self.vae.model), "memory": file_digest(self.memory.weights())}
+
     @property
     def dream_starts(self) -> Path:
         """A shipped agent's dream start latents (``mu``, ``logvar`` (N, z)): the first
