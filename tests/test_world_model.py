@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from worldmodels.config import ConfigError, holdout_base, load_config
 from worldmodels.datasets import split_episodes
 from worldmodels.errors import InputError
 from worldmodels.frmdn_training import latent_split
-from worldmodels.run_dir import WORLD_MODEL_FILE, RunDir, borrow_world_model
+from worldmodels.run_dir import SHIPPED_FILE, WORLD_MODEL_FILE, RunDir, borrow_world_model
 from worldmodels.shards import list_shards
 
 #: a PPO that updates every 32 steps of 2 envs
@@ -171,3 +172,27 @@ def test_a_borrowed_run_dreams_from_its_sources_training_episodes(trained, tmp_p
     cfg, run = borrow_world_model(trained.path, tmp_path / "c", [f"seed={other_seed}"])
     assert cfg.seed == other_seed and run.data_seed(cfg) == source_cfg.seed
     assert latent_split(cfg, run)[:2] == (own_train, own_held)
+
+
+def test_ppo_trains_on_the_world_model_of_cmaes_rounds(shipped, tmp_path):
+    """CMA-ES rounds of Ha's loop made V and M (``run.iterations`` 2, data played by
+    CMA-ES): a PPO run on that world model plays no rounds, so it is not refused for
+    their data policy, and the shipped PPO agent loads; the run with the rounds itself
+    still refuses PPO, since its next round would collect with CMA-ES's weights."""
+    rounds = tmp_path / "rounds"
+    shutil.copytree(shipped, rounds)
+    (rounds / SHIPPED_FILE).unlink()  # a run of its own, no longer a shipped agent
+    text = (rounds / "config.yaml").read_text()
+    (rounds / "config.yaml").write_text(re.sub(r"(?m)^  iterations: 1$", "  iterations: 2", text))
+    with pytest.raises(ConfigError, match="run.iterations"):
+        RunDir(rounds).load_config(["controller.algo=ppo"], trained=False)
+    home = tmp_path / "ppo"
+    controller_script.main(["--world-model", str(rounds), "--run", str(home), *TINY_PPO])
+    cfg = RunDir(home).load_config()
+    assert (cfg.run.iterations, cfg.controller.algo) == (2, "ppo")
+    ship = tmp_path / "ship"
+    export(home, ship, policy="ppo")
+    assert RunDir(ship).load_config().run.iterations == 2
+    summary = evaluate_script.main(["--run", str(ship), "--episodes", "1",
+                                    "--out", str(tmp_path / "eval")])
+    assert summary["policy"] == "ppo"

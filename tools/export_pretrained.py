@@ -130,7 +130,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
         shutil.copyfile(sidecar, shipped.controller.dir / sidecar.name)
     # the shipped parts load into the fp32 models a run builds
     loaded = [shipped.load_vae(cfg.vae.z_dim), shipped.load_memory()]
-    agent_cfg = shipped.load_config()
+    agent_cfg = shipped.load_config(rounds=False)  # (shipped.json comes last)
     if policy == "controller":
         loaded.append(shipped.load_controller(agent_cfg, shipped.action_space(), loaded[1],
                                               weights))

@@ -565,12 +565,14 @@ def load_config(
     config: str | None = "carracing",
     presets: list[str] | None = None,
     overrides: list[str] | None = None,
+    rounds: bool = True,
 ) -> ExperimentConfig:
     """Build the resolved config: dataclass defaults <- file (and what it includes)
     <- presets <- overrides.
 
     ``config`` is a preset file (``include:``, ``defaults:``, ``presets:``), or a run
-    directory's resolved ``config.yaml``, which reproduces that run.
+    directory's resolved ``config.yaml``, which reproduces that run. ``rounds``: see
+    :func:`validate`.
     """
     cfg = ExperimentConfig()
     presets = [p for p in (presets or []) if p]
@@ -595,7 +597,7 @@ def load_config(
         cfg.name = "+".join(presets) if presets else "paper"
     for text in overrides or []:
         merge_into(cfg, parse_override(text, cfg), f"command line '{text}'")
-    validate(cfg)
+    validate(cfg, rounds)
     return cfg
 
 
@@ -692,9 +694,15 @@ def torch_device(name: str) -> Any:
     return device
 
 
-def validate(cfg: ExperimentConfig) -> None:
+def validate(cfg: ExperimentConfig, rounds: bool = True) -> None:
     """Value checks beyond the types (choices are checked as the values are merged):
-    every number's declared range, then what spans keys or needs parsing."""
+    every number's declared range, then what spans keys or needs parsing.
+
+    ``rounds=False`` for a config that will never play a round of iterative training: a
+    run that trains controllers on another run's V and M, or a shipped agent. There
+    ``run.*`` and ``collect.*`` only record how V and M were made, so the check that
+    later rounds collect with what C trains is left out (say CMA-ES rounds made M, and
+    PPO now trains on it)."""
     check_ranges(cfg)
     checks = [
         (cfg.name not in (".", "..") and "/" not in cfg.name and "\\" not in cfg.name, "name",
@@ -719,7 +727,7 @@ def validate(cfg: ExperimentConfig) -> None:
          or "controller" not in cfg.collect.policy,
          "collect.controller_weights", "=sb3 plays the run's SB3 policy: set controller.algo "
          "to its algorithm (ppo, a2c, sac or td3)"),
-        (cfg.run.iterations == 1
+        (cfg.run.iterations == 1 or not rounds
          or (cfg.controller.algo == "cmaes") == (cfg.collect.controller_weights != "sb3"),
          "run.iterations", "above 1: later rounds collect with the controller data policy, "
          "which must play what the controller stage trains: CMA-ES's weights "

@@ -400,6 +400,13 @@ class RunDir:
                               "only train_controller.py, evaluate.py and dream.py use it")
 
     @property
+    def plays_rounds(self) -> bool:
+        """Can this run play rounds of iterative training? Not a shipped agent, nor a run
+        on another run's V and M: their ``run.*`` and ``collect.*`` keys only record
+        how that V and M were made."""
+        return not (self.borrows_world_model or self.is_shipped)
+
+    @property
     def is_shipped(self) -> bool:
         """A shipped agent (``shipped.json``): read, never written."""
         return self.shipped_file.is_file()
@@ -462,7 +469,7 @@ class RunDir:
         return self.config_file.is_file()
 
     def load_config(self, overrides: tuple[str, ...] | list[str] = (),
-                    trained: bool = True) -> ExperimentConfig:
+                    trained: bool = True, rounds: bool | None = None) -> ExperimentConfig:
         """The run's resolved ``config.yaml`` (checked like any config) with ``overrides``.
 
         ``trained``: the overrides may only change what a trained run leaves open:
@@ -470,16 +477,20 @@ class RunDir:
         ``env.direct_render=false``, or dream at another ``dream.temperature``) and
         :data:`RUNTIME_KEYS`. Overrides that restate the run's own values are fine; any
         other change is refused, since the files of the run's stages fix it.
+        ``rounds`` (:func:`~worldmodels.config.validate`): by default false for a run on
+        another run's V and M and for a shipped agent, which play no rounds.
         """
+        if rounds is None:
+            rounds = self.plays_rounds
         if not self.has_config():
             raise ConfigError(f"{self.config_file}: no such file; is {self.home} a run "
                               "directory (made by collect.py or run.py)?")
         if not read_yaml(self.config_file):  # (defaults would silently stand in for it)
             raise ConfigError(f"{self.config_file}: empty; a run's config is written whole by "
                               "its first stage (an earlier one may be in config.prev.yaml)")
-        cfg = load_config(str(self.config_file), [], list(overrides))
+        cfg = load_config(str(self.config_file), [], list(overrides), rounds)
         if trained and overrides:
-            saved = _flatten(to_dict(load_config(str(self.config_file))))
+            saved = _flatten(to_dict(load_config(str(self.config_file), rounds=rounds)))
             fixed = fixed_changes(cfg, saved, TRAINED_RUN_SECTIONS)
             if fixed:
                 allowed = ", ".join([f"{s}.*" for s in TRAINED_RUN_SECTIONS] + list(RUNTIME_KEYS))
@@ -494,7 +505,8 @@ class RunDir:
         now = _flatten(to_dict(cfg))
         if not self.has_config():
             return sorted(now)
-        saved = _flatten(to_dict(load_config(str(self.config_file))))
+        saved = _flatten(to_dict(load_config(
+            str(self.config_file), rounds=self.plays_rounds)))
         return sorted(k for k in set(now) | set(saved) if now.get(k) != saved.get(k))
 
     def write_config(self, cfg: ExperimentConfig, outputs: tuple[Path, ...] = ()) -> None:
@@ -770,7 +782,8 @@ def borrow_world_model(source: str | Path, dest: str | Path,
                           f"{home.path}, not {src.path}; use another --run")
     # a rerun continues the run's own config (the overrides on top), a new run the source's
     resumed = home.borrows_world_model and home.has_config()
-    cfg = (home if resumed else src).load_config(list(overrides), trained=False)
+    cfg = (home if resumed else src).load_config(list(overrides), trained=False,
+                                                 rounds=False)
     saved = _flatten(to_dict(src.load_config()))
     fixed = fixed_changes(cfg, saved, (*TRAINED_RUN_SECTIONS, "controller"))
     if fixed:
