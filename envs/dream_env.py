@@ -198,6 +198,9 @@ class DreamVecEnv(VecEnv):
 
 
 def dream_vec_env(run: RunDir, cfg: ExperimentConfig, n: int, seed: int = 0) -> DreamVecEnv:
-    """``n`` dreams of the run in one batch, with ``cfg.dream``'s settings."""
+    """``n`` dreams of the run in one batch, with ``cfg.dream``'s settings (also
+    ``dream.threads``: 1 for runs side by side, which would otherwise contend)."""
+    if cfg.dream.threads:
+        torch.set_num_threads(cfg.dream.threads)
     dream, action_space = load_dream(run, cfg, seed=seed)
     return DreamVecEnv(dream, action_space, n, cfg.controller.use_cell)

@@ -1,5 +1,7 @@
 """Batched acting: N episodes stepped together give the returns batch-1 play gives."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -100,6 +102,15 @@ def test_dream_vec_env_restarts_ended_dreams_and_is_reproducible(tiny_cfg):
     venv.seed(3)
     np.testing.assert_array_equal(venv.reset(), first)
     np.testing.assert_array_equal(venv.step(actions[0].astype(np.float32))[0], trace[0])
+    import torch
+
+    before = torch.get_num_threads()
+    try:  # dream.threads holds for SB3's dreams as for CMA-ES's (runs side by side)
+        torch.set_num_threads(2)
+        dream_vec_env(run, replace(cfg, dream=replace(cfg.dream, threads=1)), 2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_bfloat16_agent_encodes_close_to_float32_and_plays(tiny_run):

@@ -315,7 +315,8 @@ class DreamConfig:
     done_threshold: float = _opt(0.5, "P(done) above which a dream ends, for done=threshold.",
                                  gt=0, lt=1)
     max_steps: int = _opt(0, "Cap on dream length (0 = the env's cap).", ge=0)
-    threads: int = _opt(0, "Torch threads for the batched dream (0 = torch's default).", ge=0)
+    threads: int = _opt(0, "Torch threads for the batched dream, in CMA-ES and SB3 (0 = "
+                           "torch's default; 1 for runs side by side).", ge=0)
     check_episodes: int = _opt(30, "run.py, before C trains in the dream: real episodes per "
                                    "held action for the held-action check (0 = skip it).", ge=0)
     max_held_ratio: float = _opt(0.0, "Gate: stop before CMA-ES when a held action lives "
