@@ -13,7 +13,7 @@ import torch
 
 from agents.rollouts import describe_returns
 from agents.sb3 import SB3_ALGORITHMS, sb3_controller
-from envs.dream_env import load_dream
+from envs.dream_env import load_batched_dream, load_dream
 from envs.factory import make_env_from_config
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import load_weights, write_bytes_atomic, write_json_atomic
@@ -37,9 +37,7 @@ class DreamEvaluator:
     def __init__(self, run: RunDir, cfg: ExperimentConfig | None = None,
                  temperature: float | None = None):
         cfg = cfg if cfg is not None else run.load_config()
-        if cfg.dream.threads:
-            torch.set_num_threads(cfg.dream.threads)
-        self.dream, self.action_space = load_dream(run, cfg, temperature)
+        self.dream, self.action_space = load_batched_dream(run, cfg, temperature)
         self.controller = run.new_controller(cfg, self.action_space, self.dream.memory)
 
     def __call__(self, candidates: np.ndarray, seeds: list[int]) -> np.ndarray:

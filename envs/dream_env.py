@@ -197,10 +197,17 @@ class DreamVecEnv(VecEnv):
         return [False] * len(self._get_indices(indices))
 
 
-def dream_vec_env(run: RunDir, cfg: ExperimentConfig, n: int, seed: int = 0) -> DreamVecEnv:
-    """``n`` dreams of the run in one batch, with ``cfg.dream``'s settings (also
-    ``dream.threads``: 1 for runs side by side, which would otherwise contend)."""
+def load_batched_dream(run: RunDir, cfg: ExperimentConfig, temperature: float | None = None,
+                       seed: int = 0) -> tuple[Dream, gym.Space]:
+    """:func:`load_dream` for many dreams in one batch (CMA-ES's fitness, SB3's
+    :class:`DreamVecEnv`), run on ``dream.threads`` torch threads (0: torch's default;
+    1 for runs side by side, which would otherwise contend)."""
     if cfg.dream.threads:
         torch.set_num_threads(cfg.dream.threads)
-    dream, action_space = load_dream(run, cfg, seed=seed)
+    return load_dream(run, cfg, temperature, seed)
+
+
+def dream_vec_env(run: RunDir, cfg: ExperimentConfig, n: int, seed: int = 0) -> DreamVecEnv:
+    """``n`` dreams of the run in one batch, with ``cfg.dream``'s settings."""
+    dream, action_space = load_batched_dream(run, cfg, seed=seed)
     return DreamVecEnv(dream, action_space, n, cfg.controller.use_cell)

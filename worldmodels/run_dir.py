@@ -759,8 +759,10 @@ def world_model_source(marker: Path) -> Path:
 
 
 def _world_model_hashes(source: RunDir) -> dict[str, str]:
-    files = {"vae": source.vae.model, "memory": source.memory.weights("best")}
-    return {f"{k}/{p.name}": file_digest(p) for k, p in files.items()}
+    """:meth:`RunDir.world_model_digests` keyed by file (``vae/model.safetensors``), as
+    :data:`WORLD_MODEL_FILE` records them."""
+    files = {"vae": source.vae.model, "memory": source.memory.weights()}
+    return {f"{k}/{files[k].name}": d for k, d in source.world_model_digests().items()}
 
 
 def borrow_world_model(source: str | Path, dest: str | Path,
