@@ -12,12 +12,16 @@ import torch
 
 import agents.iterations
 import run
+from agents.evaluation import evaluate
 from agents.iterations import round_episodes, round_schedule
 from tests.test_run import tiny_job_args
-from worldmodels.checkpoint import file_digest
+from tools.export_pretrained import export
+from worldmodels.checkpoint import file_digest, load_model
 from worldmodels.config import ConfigError, load_config
 from worldmodels.datasets import split_episodes
+from worldmodels.errors import InputError
 from worldmodels.frmdn_training import latent_split
+from worldmodels.memory import checkpoint_kinds
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import list_shards, read_meta, shard_index, shard_name
 
@@ -245,3 +249,34 @@ def test_a_kill_in_an_sb3_rounds_controller_stage_then_a_rerun_trains_round_2s_p
     assert file_digest(now) == file_digest(rd.round(2).controller.dir / now.name)
     assert file_digest(now) != file_digest(rd.round(1).controller.dir / now.name)
     assert second["evaluate"]["digests"]["memory"] == file_digest(rd.round(2).memory.best)
+
+
+def test_a_finished_round_ships_as_that_round_left_it_and_replays_its_score(two_rounds,
+                                                                           tmp_path):
+    """``export_pretrained.py --round 1`` after round 2: round 1's M and C (not the
+    run's latest), which play round 1's evaluation episodes to the same returns; an
+    unfinished round is refused, naming its summary file."""
+    tmp, summary = two_rounds
+    rd = tiny_run(tmp)
+    scored = summary["rounds"][0]["evaluate"]
+    weights = Path(scored["key"]["weights_file"]).stem
+    dest = tmp_path / "round1"
+    info = export(rd.path, dest, weights=weights, round_number=1)
+    assert info["round"] == 1
+    shipped = RunDir(dest)
+    assert file_digest(shipped.controller.weights(weights)) == file_digest(
+        rd.round(1).controller.weights(weights))
+    kept = load_model(rd.round(1).memory.best, kinds=checkpoint_kinds()).state_dict()
+    latest = load_model(rd.memory.weights(), kinds=checkpoint_kinds()).state_dict()
+    ours = shipped.load_memory().state_dict()
+    assert all(torch.equal(ours[k], kept[k]) for k in kept)
+    assert not all(torch.equal(ours[k], latest[k]) for k in latest)  # not round 2's M
+    again = evaluate(shipped, scored["episodes"], seed=rd.load_config().seed, engine="serial",
+                     progress=False, weights=weights, overrides=tuple(scored["key"]["overrides"]),
+                     out_dir=tmp_path / "eval")
+    assert again["episodes"] == scored["episodes"]
+    for stat in ("mean", "std", "min", "max"):
+        assert again[stat] == pytest.approx(scored[stat], abs=1e-6)
+    with pytest.raises(InputError, match=r"round_3.summary\.json.*not finished"):
+        export(rd.path, tmp_path / "round3", weights=weights, round_number=3)
+    assert not (tmp_path / "round3").exists()

@@ -4,6 +4,7 @@
     python tools/export_pretrained.py RUN DEST --weights best     # another controller
     python tools/export_pretrained.py RUN DEST --fp16 env.direct_render=false
     python tools/export_pretrained.py RUN DEST --policy ppo --fp16   # an SB3 policy instead
+    python tools/export_pretrained.py RUN DEST --round 2 --fp16      # a finished round's agent
     python evaluate.py --run pretrained/carracing --episodes 100
 
 DEST gets ``config.yaml`` (the run's resolved config, with the optional ``KEY=VALUE``
@@ -19,6 +20,13 @@ evaluate.py and dream.py play the shipped one by default.
 ``--fp16`` stores V's and M's floating-point tensors in half precision (half the size);
 they load into fp32 models, which the export checks before it finishes. DEST is written
 in full beside itself and renamed into place, and a DEST that exists non-empty is refused.
+
+``--round N`` ships round ``N`` of Ha's iterative training (``run.iterations``) as that
+round left it: its M and C from ``iterations/round_<N>/`` (V is trained in round 1 only),
+so a finished round can be played, dreamt or trained on (``train_controller.py
+--world-model``) while the run goes on or after its run directory is lost. Its dream start
+latents are those of the run's training episodes when it is exported (the first frames
+of every episode so far).
 
 A shipped directory is a run for evaluate.py and dream.py that is only read: their
 outputs go to ``runs/pretrained/<DEST's name>/`` under the working directory (or
@@ -48,7 +56,7 @@ from worldmodels.dream import start_latents
 from worldmodels.errors import InputError, run_cli
 from worldmodels.frmdn_training import latent_split
 from worldmodels.memory import checkpoint_kinds
-from worldmodels.run_dir import CONTROLLER_WEIGHTS, SHIPPED_FILE, RunDir
+from worldmodels.run_dir import CONTROLLER_WEIGHTS, SHIPPED_FILE, ControllerFiles, RunDir
 from worldmodels.shards import ShardError, write_npz_atomic
 
 
@@ -61,12 +69,14 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _policy_files(run: RunDir, cfg: Any, policy: str, weights: str) -> tuple[Path, Path]:
-    """(weights, description) of the policy to ship, checked to exist."""
+def _policy_files(policies: ControllerFiles, cfg: Any, policy: str,
+                  weights: str) -> tuple[Path, Path]:
+    """(weights, description) of the policy to ship from ``policies`` (a run's or a
+    round's controller files), checked to exist."""
     if policy == "controller":
         if weights not in CONTROLLER_WEIGHTS:
             raise InputError(f"--weights must be one of {', '.join(CONTROLLER_WEIGHTS)}")
-        controller = run.controller.weights(weights)
+        controller = policies.weights(weights)
         if not controller.exists():
             raise InputError(f"{controller}: no such controller (CMA-ES writes "
                              "selected.safetensors when eval_every > 0); choose another "
@@ -74,7 +84,7 @@ def _policy_files(run: RunDir, cfg: Any, policy: str, weights: str) -> tuple[Pat
         return controller, Path(str(controller) + ".json")
     if policy not in SB3_ALGORITHMS:
         raise InputError(f"--policy must be controller or one of {', '.join(SB3_ALGORITHMS)}")
-    files = run.controller.sb3(policy, cfg.controller.environment)
+    files = policies.sb3(policy, cfg.controller.environment)
     for path in files:
         if not path.exists():
             raise InputError(f"{path}: no {policy} policy in this run (train_controller.py "
@@ -84,19 +94,28 @@ def _policy_files(run: RunDir, cfg: Any, policy: str, weights: str) -> tuple[Pat
 
 def export(run_path: Path, dest: Path, fp16: bool = False,
            weights: str = "selected", overrides: list[str] | None = None,
-           policy: str = "controller") -> dict[str, Any]:
+           policy: str = "controller", round_number: int | None = None) -> dict[str, Any]:
     """Write the shipped agent of the run at ``run_path`` to ``dest``; returns what
     ``shipped.json`` holds. ``overrides`` (dotted ``key=value``) change the shipped
     config where :meth:`RunDir.load_config` allows a trained run to (how it plays, not
     what its files fix). ``policy``: ``controller`` (CMA-ES's ``weights``) or an SB3
-    algorithm whose policy the run trained."""
+    algorithm whose policy the run trained. ``round_number``: ship that finished round
+    of iterative training (its kept M and C) instead of the run's latest."""
     run, dest = RunDir(run_path), Path(dest).expanduser().absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InputError(f"{dest}: exists and is not an empty directory; ship to a new one")
     # a whole, valid config; overrides only where a trained run allows them
     cfg = run.load_config(list(overrides or []), trained=True)
-    controller, sidecar = _policy_files(run, cfg, policy, weights)
-    vae, memory_path = run.load_vae(cfg.vae.z_dim), run.memory.weights("best")
+    if round_number is None:
+        policies, memory_path = run.controller, run.memory.weights("best")
+    else:
+        kept = run.round(round_number)
+        if not kept.summary.is_file():
+            raise InputError(f"{kept.summary}: round {round_number} of {run.path} is not "
+                             f"finished (run.iterations={cfg.run.iterations})")
+        policies, memory_path = kept.controller, kept.memory.best
+    controller, sidecar = _policy_files(policies, cfg, policy, weights)
+    vae = run.load_vae(cfg.vae.z_dim)
     memory = load_model(memory_path, kinds=checkpoint_kinds())
     memory_meta = {**run.memory_meta(), **read_header(memory_path).get("meta", {})}
     memory_meta.setdefault("weights", memory_path.stem)  # (a shipped M's says "best")
@@ -149,6 +168,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
             **({"weights": weights} if policy == "controller" else
                {"sb3_environment": cfg.controller.environment}),
             **({"world_model": str(run.path)} if run.borrows_world_model else {}),
+            **({"round": round_number} if round_number is not None else {}),
             "controller_meta": meta,
             "config_overrides": list(overrides or []), "fp16": fp16,
             "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -171,12 +191,18 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--policy", choices=["controller", *SB3_ALGORITHMS],
                         default="controller",
                         help="ship CMA-ES's controller (default) or the run's SB3 policy")
+    parser.add_argument("--round", type=int, default=None, metavar="N", dest="round_number",
+                        help="ship finished round N of iterative training (run.iterations) "
+                             "instead of the run's latest M and C")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides of the shipped config.yaml that a trained run "
                              "allows, e.g. env.direct_render=false")
     args = parser.parse_intermixed_args(argv)  # the overrides may follow --fp16
-    info = export(args.run, args.dest, args.fp16, args.weights, args.overrides, args.policy)
+    info = export(args.run, args.dest, args.fp16, args.weights, args.overrides, args.policy,
+                  args.round_number)
     what = f"controller {args.weights}" if args.policy == "controller" else args.policy
+    if args.round_number is not None:
+        what += f" of round {args.round_number}"
     print(f"{args.dest}: {len(info['files'])} files, {info['bytes'] / 1e6:.1f} MB, "
           f"{what}" + (", V and M in fp16" if args.fp16 else ""))
     return info
