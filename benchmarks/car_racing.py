@@ -10,6 +10,10 @@ load from other processes on the machine hits them alike; only ``step`` is timed
 env's must equal Gymnasium's, so its speed-up is for identical output; the direct
 env's differ slightly, and their mean absolute difference is printed. Rewards and
 episode ends must be equal for both.
+
+A fourth env, ``physics``, is the direct env with its drawing replaced by a constant
+frame: Box2D, the car, rewards and episode ends only. Its ms/step is the floor of any
+CarRacing step, however it is drawn (benchmark (f)'s bound in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -41,17 +45,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    names = ("gymnasium", "fast", "direct")
+    names = ("gymnasium", "fast", "direct", "physics")
     env_by = {"gymnasium": gym.make("CarRacing-v3", disable_env_checker=True),
               "fast": gym.make("CarRacingFast-v3", disable_env_checker=True),
-              "direct": gym.make("CarRacingDirect-v3", disable_env_checker=True)}
+              "direct": gym.make("CarRacingDirect-v3", disable_env_checker=True),
+              "physics": gym.make("CarRacingDirect-v3", disable_env_checker=True)}
+    blank = np.zeros((96, 96, 3), np.uint8)
+    env_by["physics"].unwrapped._draw_state = lambda: blank  # what is left: Box2D and rules
     rng = np.random.default_rng(args.seed)
     seed = args.seed
     for env in env_by.values():
         env.reset(seed=seed)
     seconds = dict.fromkeys(names, 0.0)
     steps = 0
-    block_ratios: dict[str, list[float]] = {"fast": [], "direct": []}
+    block_ratios: dict[str, list[float]] = {"fast": [], "direct": [], "physics": []}
     abs_diff, far = [], []  # direct vs Gymnasium: per frame mean |difference|, far pixels
     start = time.perf_counter()
     while time.perf_counter() - start < args.seconds:
@@ -74,8 +81,9 @@ def main() -> None:
         if not (np.array_equal(np.stack(out["fast"][0]), reference)
                 and out["fast"][1] == out["gymnasium"][1]):
             raise SystemExit(f"frames or rewards differ near step {steps} (seed {seed})")
-        if out["direct"][1] != out["gymnasium"][1]:
-            raise SystemExit(f"direct env: rewards differ near step {steps} (seed {seed})")
+        for name in ("direct", "physics"):
+            if out[name][1] != out["gymnasium"][1]:
+                raise SystemExit(f"{name} env: rewards differ near step {steps} (seed {seed})")
         diff = np.abs(np.stack(out["direct"][0]).astype(np.int16) - reference)
         abs_diff += diff.mean(axis=(1, 2, 3)).tolist()
         far += (diff > 32).any(axis=-1).mean(axis=(1, 2)).tolist()
