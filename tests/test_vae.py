@@ -9,7 +9,7 @@ from tests.conftest import PicklePayload, run_of, write_shards
 from worldmodels.checkpoint import CheckpointError, load_model, load_state, save_model
 from worldmodels.run_dir import RunDir
 from worldmodels.vae import ConvVAE, vae_loss
-from worldmodels.vae_training import train_vae
+from worldmodels.vae_training import object_recall, train_vae
 
 
 def test_shapes_and_loss():
@@ -165,3 +165,38 @@ def test_sigkill_during_training_then_rerun_completes(tiny_cfg):
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     assert load_model(files.model).z_dim == tiny_cfg.vae.z_dim
     assert not [p for p in files.dir.iterdir() if p.name.endswith(".partial")]
+
+
+class _Recon(torch.nn.Module):
+    """A stand-in V whose reconstruction is fixed: the frame itself, or ``mean``."""
+
+    def __init__(self, mean: torch.Tensor | None = None):
+        super().__init__()
+        self.mean = mean
+
+    def encode(self, x):
+        return x, None
+
+    def decode(self, z):
+        return z if self.mean is None else self.mean.expand_as(z)
+
+
+def test_object_recall_bins_frames_by_object_size_and_scores_what_v_keeps():
+    mean = np.full((64, 64, 3), 0.5, dtype=np.float32)
+    frames = np.full((3, 64, 64, 3), 128, dtype=np.uint8)
+    frames[0, 10, 10:15] = 255  # a 5-pixel object (a distant fireball)
+    frames[1, 20:25, 20:30] = 0  # 50 pixels
+    frames[2, 30, 30, 0] = 150  # off the mean by 0.09: not an object
+    batches = [torch.from_numpy(frames)]
+    kept_all = object_recall(_Recon(), batches, mean)
+    assert [b["frames"] for b in kept_all] == [1, 0, 1, 0]
+    assert [b["pixels"] for b in kept_all] == [5, 0, 50, 0]
+    assert kept_all[0]["kept"] == 1.0 and kept_all[2]["kept"] == 1.0
+    assert np.isnan(kept_all[1]["kept"])
+    blurred = object_recall(_Recon(torch.full((1, 3, 64, 64), 0.5)), batches, mean)
+    assert blurred[0]["kept"] == 0.0 and blurred[2]["kept"] == 0.0
+    # nearer the mean frame than the frame is not kept; a quarter of the way is
+    for shift, want in ((0.6, 0.0), (0.25, 1.0)):
+        near = _Recon()
+        near.decode = lambda z, s=shift: z + s * (0.5 - z)
+        assert object_recall(near, [torch.from_numpy(frames)], mean)[0]["kept"] == want

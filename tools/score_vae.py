@@ -5,7 +5,12 @@ from mu, against that run's mean training frame, on the same frames for every V.
     python tools/score_vae.py --run runs/CarRacing-v3/solve --vae A --vae B --frames 0
 
 The first row is the run's own V; each ``--vae DIR`` adds a row (another run's V, which
-must have the same frame size).
+must have the same frame size). ``--objects`` adds a second table: the share of object
+pixels (those far from the mean frame) each V keeps, with frames binned by how many
+object pixels they have (:func:`worldmodels.vae_training.object_recall`): the small
+things, such as TakeCover's distant fireballs, that the frame MSE hides.
+
+    python tools/score_vae.py --run RUN --vae pretrained/takecover --objects
 """
 
 from __future__ import annotations
@@ -20,9 +25,20 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
+from worldmodels.datasets import FrameDataset
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
-from worldmodels.vae_training import read_mean_frame, rollout_split, score_holdout
+from worldmodels.vae_training import (
+    OBJECT_DEVIATION,
+    object_recall,
+    read_mean_frame,
+    rollout_split,
+    score_holdout,
+)
+
+
+def _bin_name(b: dict) -> str:
+    return f"{b['low']}-{b['high'] - 1} px" if b["high"] is not None else f">= {b['low']} px"
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -32,6 +48,8 @@ def main(argv: list[str] | None = None) -> str:
                         help="another run whose V is scored on them (repeatable)")
     parser.add_argument("--frames", type=int, default=5000,
                         help="held-out frames scored (0: all)")
+    parser.add_argument("--objects", action="store_true",
+                        help="also the share of object pixels kept, by object size")
     args = parser.parse_args(argv)
     run = RunDir(args.run)
     cfg = run.load_config()
@@ -41,12 +59,26 @@ def main(argv: list[str] | None = None) -> str:
              f"{args.frames or 'all'} frames)",
              "| V | held-out MSE | mean-frame MSE | ratio | frames | seconds |",
              "|---|---|---|---|---|---|"]
-    for source in [run, *(RunDir(p) for p in args.vae)]:
+    sources = [run, *(RunDir(p) for p in args.vae)]
+    recalls = []
+    for source in sources:
         vae = source.load_vae(source.load_config().vae.z_dim)
         started = time.perf_counter()
         mse, mean_mse, n = score_holdout(vae, holdout, mean, torch.device("cpu"), args.frames)
         lines.append(f"| {source.path} | {mse:.5f} | {mean_mse:.5f} | {mse / mean_mse:.3f} "
                      f"| {n} | {time.perf_counter() - started:.0f} |")
+        if args.objects:
+            recalls.append(object_recall(vae, FrameDataset(holdout, 500, shuffle=False,
+                                                           max_frames=args.frames), mean))
+    if recalls:
+        bins = recalls[0]
+        lines += ["", "object pixels kept (frames binned by object pixels; "
+                  f"object: > {OBJECT_DEVIATION} from the mean frame)",
+                  "| V | " + " | ".join(_bin_name(b) for b in bins) + " |",
+                  "|---|" + "---|" * len(bins),
+                  "| frames | " + " | ".join(str(b["frames"]) for b in bins) + " |"]
+        lines += [f"| {source.path} | " + " | ".join(f"{b['kept']:.2f}" for b in recall) + " |"
+                  for source, recall in zip(sources, recalls, strict=True)]
     text = "\n".join(lines)
     print(text)
     return text

@@ -12,6 +12,7 @@ Files under ``<run>/vae/``::
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -102,6 +103,51 @@ def score_holdout(
         n += x.shape[0]
     pixels = n * 3 * 64 * 64
     return sq_vae / pixels, sq_mean / pixels, n
+
+
+#: an object pixel differs from the mean training frame by more than this (any channel)
+OBJECT_DEVIATION = 0.25
+#: frames binned by their object pixels: [low, high) (None: no upper end). A distant
+#: fireball in VizdoomTakeCover is a few pixels at 64x64
+OBJECT_BINS: tuple[tuple[int, int | None], ...] = ((1, 10), (10, 40), (40, 150), (150, None))
+
+
+@torch.no_grad()
+def object_recall(model: ConvVAE, batches: Iterable[torch.Tensor], mean: np.ndarray,
+                  bins: tuple[tuple[int, int | None], ...] = OBJECT_BINS,
+                  ) -> list[dict[str, float | int | None]]:
+    """How much of the small things in frames V keeps, which a frame's MSE hides.
+
+    An object pixel of a frame differs from the mean training frame ``mean`` (float
+    (F, F, 3) in [0, 1]) by more than :data:`OBJECT_DEVIATION` in some channel; it is
+    kept when the reconstruction from mu is off by less than half that difference
+    (max over channels), i.e. nearer to the frame than to the mean frame. ``batches``:
+    uint8 frames (B, F, F, 3). Frames are binned by their number of object pixels;
+    per bin: ``low``, ``high``, ``frames``, ``pixels`` (object pixels) and ``kept``
+    (their share kept; NaN for an empty bin).
+    """
+    model.eval()
+    mean_t = torch.from_numpy(mean).float().permute(2, 0, 1)
+    frames = np.zeros(len(bins), dtype=np.int64)
+    pixels = np.zeros(len(bins), dtype=np.int64)
+    kept = np.zeros(len(bins), dtype=np.int64)
+    for batch in batches:
+        x = to_float_frames(batch)
+        mu, _ = model.encode(x)
+        recon = model.decode(mu)
+        deviation = (x - mean_t).abs().amax(dim=1)  # (B, F, F)
+        objects = deviation > OBJECT_DEVIATION
+        close = (recon - x).abs().amax(dim=1) < deviation / 2
+        count = objects.flatten(1).sum(1)
+        for i, (low, high) in enumerate(bins):
+            in_bin = (count >= low) & (count < (high if high is not None else count.max() + 1))
+            frames[i] += int(in_bin.sum())
+            sel = objects & in_bin[:, None, None]
+            pixels[i] += int(sel.sum())
+            kept[i] += int((sel & close).sum())
+    return [{"low": low, "high": high, "frames": int(frames[i]), "pixels": int(pixels[i]),
+             "kept": kept[i] / pixels[i] if pixels[i] else float("nan")}
+            for i, (low, high) in enumerate(bins)]
 
 
 def grid_frames(paths: list[Path], count: int) -> np.ndarray:
