@@ -9,7 +9,7 @@ from tests.conftest import PicklePayload, run_of, write_shards
 from worldmodels.checkpoint import CheckpointError, load_model, load_state, save_model
 from worldmodels.run_dir import RunDir
 from worldmodels.vae import ConvVAE, vae_loss
-from worldmodels.vae_training import object_recall, train_vae
+from worldmodels.vae_training import ObjectTally, train_vae
 
 
 def test_shapes_and_loss():
@@ -93,6 +93,7 @@ def test_train_vae_writes_checkpoint_grid_and_resumes(tiny_cfg):
     train_vae(tiny_cfg, progress=False)
     metrics = json.loads(files.metrics.read_text())
     assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(set(m["objects_kept"]) == {"1-9", "10-39", "40-149", ">=150"} for m in metrics)
     sidecar = files.model.with_name("model.safetensors.json")
     assert json.loads(sidecar.read_text())["meta"]["epoch"] == 2
 
@@ -121,7 +122,7 @@ def test_a_pretrained_v_is_scored_here_and_becomes_the_runs_v(tiny_cfg, tmp_path
     holdout = rollout_split(tiny_cfg, run)[1]
     mean = np.load(files.mean, allow_pickle=False)
     assert report.holdout_mse == pytest.approx(
-        score_holdout(theirs, holdout, mean, torch.device("cpu"), 0)[0])
+        score_holdout(theirs, holdout, mean, torch.device("cpu"), 0).mse)
     assert report.epochs_done == 0 and files.grid.exists() and not files.state.exists()
     before = files.model.read_bytes()
     again = train_vae(tiny_cfg, progress=False)  # a rerun: nothing to do
@@ -167,36 +168,25 @@ def test_sigkill_during_training_then_rerun_completes(tiny_cfg):
     assert not [p for p in files.dir.iterdir() if p.name.endswith(".partial")]
 
 
-class _Recon(torch.nn.Module):
-    """A stand-in V whose reconstruction is fixed: the frame itself, or ``mean``."""
+def test_object_tally_bins_frames_by_object_size_and_scores_what_v_keeps():
+    mean = torch.full((3, 64, 64), 0.5)
+    frames = torch.full((3, 3, 64, 64), 0.5)
+    frames[0, :, 10, 10:15] = 1.0  # a 5-pixel object (a distant fireball)
+    frames[1, :, 20:25, 20:30] = 0.0  # 50 pixels
+    frames[2, 0, 30, 30] = 0.6  # off the mean by 0.1: not an object
 
-    def __init__(self, mean: torch.Tensor | None = None):
-        super().__init__()
-        self.mean = mean
+    def tally(recon: torch.Tensor) -> list[dict]:
+        t = ObjectTally()
+        t.add(frames, recon, mean)
+        return t.result()
 
-    def encode(self, x):
-        return x, None
-
-    def decode(self, z):
-        return z if self.mean is None else self.mean.expand_as(z)
-
-
-def test_object_recall_bins_frames_by_object_size_and_scores_what_v_keeps():
-    mean = np.full((64, 64, 3), 0.5, dtype=np.float32)
-    frames = np.full((3, 64, 64, 3), 128, dtype=np.uint8)
-    frames[0, 10, 10:15] = 255  # a 5-pixel object (a distant fireball)
-    frames[1, 20:25, 20:30] = 0  # 50 pixels
-    frames[2, 30, 30, 0] = 150  # off the mean by 0.09: not an object
-    batches = [torch.from_numpy(frames)]
-    kept_all = object_recall(_Recon(), batches, mean)
-    assert [b["frames"] for b in kept_all] == [1, 0, 1, 0]
-    assert [b["pixels"] for b in kept_all] == [5, 0, 50, 0]
-    assert kept_all[0]["kept"] == 1.0 and kept_all[2]["kept"] == 1.0
-    assert np.isnan(kept_all[1]["kept"])
-    blurred = object_recall(_Recon(torch.full((1, 3, 64, 64), 0.5)), batches, mean)
+    exact = tally(frames)
+    assert [b["frames"] for b in exact] == [1, 0, 1, 0]
+    assert [b["pixels"] for b in exact] == [5, 0, 50, 0]
+    assert exact[0]["kept"] == 1.0 and exact[2]["kept"] == 1.0 and np.isnan(exact[1]["kept"])
+    blurred = tally(mean.expand_as(frames))
     assert blurred[0]["kept"] == 0.0 and blurred[2]["kept"] == 0.0
-    # nearer the mean frame than the frame is not kept; a quarter of the way is
-    for shift, want in ((0.6, 0.0), (0.25, 1.0)):
-        near = _Recon()
-        near.decode = lambda z, s=shift: z + s * (0.5 - z)
-        assert object_recall(near, [torch.from_numpy(frames)], mean)[0]["kept"] == want
+    # a reconstruction nearer the mean frame than the frame is not kept; a quarter of
+    # the way there is
+    assert tally(frames + 0.6 * (mean - frames))[0]["kept"] == 0.0
+    assert tally(frames + 0.25 * (mean - frames))[0]["kept"] == 1.0

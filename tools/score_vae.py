@@ -7,7 +7,7 @@ from mu, against that run's mean training frame, on the same frames for every V.
 The first row is the run's own V; each ``--vae DIR`` adds a row (another run's V, which
 must have the same frame size). ``--objects`` adds a second table: the share of object
 pixels (those far from the mean frame) each V keeps, with frames binned by how many
-object pixels they have (:func:`worldmodels.vae_training.object_recall`): the small
+object pixels they have (:class:`worldmodels.vae_training.ObjectTally`): the small
 things, such as TakeCover's distant fireballs, that the frame MSE hides.
 
     python tools/score_vae.py --run RUN --vae pretrained/takecover --objects
@@ -25,12 +25,10 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
-from worldmodels.datasets import FrameDataset
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
 from worldmodels.vae_training import (
     OBJECT_DEVIATION,
-    object_recall,
     read_mean_frame,
     rollout_split,
     score_holdout,
@@ -64,13 +62,12 @@ def main(argv: list[str] | None = None) -> str:
     for source in sources:
         vae = source.load_vae(source.load_config().vae.z_dim)
         started = time.perf_counter()
-        mse, mean_mse, n = score_holdout(vae, holdout, mean, torch.device("cpu"), args.frames)
+        score = score_holdout(vae, holdout, mean, torch.device("cpu"), args.frames)
+        mse, mean_mse = score.mse, score.mean_frame_mse
         lines.append(f"| {source.path} | {mse:.5f} | {mean_mse:.5f} | {mse / mean_mse:.3f} "
-                     f"| {n} | {time.perf_counter() - started:.0f} |")
-        if args.objects:
-            recalls.append(object_recall(vae, FrameDataset(holdout, 500, shuffle=False,
-                                                           max_frames=args.frames), mean))
-    if recalls:
+                     f"| {score.frames} | {time.perf_counter() - started:.0f} |")
+        recalls.append(score.objects)
+    if args.objects:
         bins = recalls[0]
         lines += ["", "object pixels kept (frames binned by object pixels; "
                   f"object: > {OBJECT_DEVIATION} from the mean frame)",

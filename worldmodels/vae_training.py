@@ -12,9 +12,9 @@ Files under ``<run>/vae/``::
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,27 +84,6 @@ def rollout_split(cfg: ExperimentConfig, run: RunDir) -> tuple[list[Path], list[
             skipped)
 
 
-@torch.no_grad()
-def score_holdout(
-    model: ConvVAE, paths: list[Path], mean: np.ndarray, device: torch.device,
-    max_frames: int = 0, batch_size: int = 500,
-) -> tuple[float, float, int]:
-    """(per-pixel MSE of reconstructions from mu, per-pixel MSE of the mean frame, frames)."""
-    model.eval()
-    mean_t = torch.from_numpy(mean).float().permute(2, 0, 1).to(device)
-    sq_vae = sq_mean = 0.0
-    n = 0
-    for batch in FrameDataset(paths, batch_size, shuffle=False, max_frames=max_frames):
-        x = to_float_frames(batch.to(device))
-        mu, _ = model.encode(x)
-        recon = model.decode(mu)
-        sq_vae += (recon - x).pow(2).sum().item()
-        sq_mean += (x - mean_t).pow(2).sum().item()
-        n += x.shape[0]
-    pixels = n * 3 * 64 * 64
-    return sq_vae / pixels, sq_mean / pixels, n
-
-
 #: an object pixel differs from the mean training frame by more than this (any channel)
 OBJECT_DEVIATION = 0.25
 #: frames binned by their object pixels: [low, high) (None: no upper end). A distant
@@ -112,42 +91,87 @@ OBJECT_DEVIATION = 0.25
 OBJECT_BINS: tuple[tuple[int, int | None], ...] = ((1, 10), (10, 40), (40, 150), (150, None))
 
 
-@torch.no_grad()
-def object_recall(model: ConvVAE, batches: Iterable[torch.Tensor], mean: np.ndarray,
-                  bins: tuple[tuple[int, int | None], ...] = OBJECT_BINS,
-                  ) -> list[dict[str, float | int | None]]:
+class ObjectTally:
     """How much of the small things in frames V keeps, which a frame's MSE hides.
 
-    An object pixel of a frame differs from the mean training frame ``mean`` (float
-    (F, F, 3) in [0, 1]) by more than :data:`OBJECT_DEVIATION` in some channel; it is
-    kept when the reconstruction from mu is off by less than half that difference
-    (max over channels), i.e. nearer to the frame than to the mean frame. ``batches``:
-    uint8 frames (B, F, F, 3). Frames are binned by their number of object pixels;
-    per bin: ``low``, ``high``, ``frames``, ``pixels`` (object pixels) and ``kept``
-    (their share kept; NaN for an empty bin).
-    """
-    model.eval()
-    mean_t = torch.from_numpy(mean).float().permute(2, 0, 1)
-    frames = np.zeros(len(bins), dtype=np.int64)
-    pixels = np.zeros(len(bins), dtype=np.int64)
-    kept = np.zeros(len(bins), dtype=np.int64)
-    for batch in batches:
-        x = to_float_frames(batch)
-        mu, _ = model.encode(x)
-        recon = model.decode(mu)
-        deviation = (x - mean_t).abs().amax(dim=1)  # (B, F, F)
+    An object pixel of a frame differs from the mean training frame by more than
+    :data:`OBJECT_DEVIATION` in some channel; it is kept when the reconstruction from mu
+    is off by less than half that difference (max over channels), i.e. nearer to the
+    frame than to the mean frame. Frames are counted, batch by batch, in bins by their
+    number of object pixels."""
+
+    def __init__(self, bins: tuple[tuple[int, int | None], ...] = OBJECT_BINS):
+        self.bins = bins
+        self.frames = np.zeros(len(bins), dtype=np.int64)
+        self.pixels = np.zeros(len(bins), dtype=np.int64)
+        self.kept = np.zeros(len(bins), dtype=np.int64)
+
+    def add(self, x: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor) -> None:
+        """``x``, ``recon``: float (B, 3, F, F) in [0, 1]; ``mean``: (3, F, F)."""
+        deviation = (x - mean).abs().amax(dim=1)  # (B, F, F)
         objects = deviation > OBJECT_DEVIATION
         close = (recon - x).abs().amax(dim=1) < deviation / 2
         count = objects.flatten(1).sum(1)
-        for i, (low, high) in enumerate(bins):
-            in_bin = (count >= low) & (count < (high if high is not None else count.max() + 1))
-            frames[i] += int(in_bin.sum())
+        for i, (low, high) in enumerate(self.bins):
+            in_bin = count >= low if high is None else (count >= low) & (count < high)
             sel = objects & in_bin[:, None, None]
-            pixels[i] += int(sel.sum())
-            kept[i] += int((sel & close).sum())
-    return [{"low": low, "high": high, "frames": int(frames[i]), "pixels": int(pixels[i]),
-             "kept": kept[i] / pixels[i] if pixels[i] else float("nan")}
-            for i, (low, high) in enumerate(bins)]
+            self.frames[i] += int(in_bin.sum())
+            self.pixels[i] += int(sel.sum())
+            self.kept[i] += int((sel & close).sum())
+
+    def result(self) -> list[dict[str, Any]]:
+        """Per bin: ``low``, ``high``, ``frames``, ``pixels`` (object pixels) and ``kept``
+        (their share kept; NaN for an empty bin)."""
+        return [{"low": low, "high": high, "frames": int(self.frames[i]),
+                 "pixels": int(self.pixels[i]),
+                 "kept": self.kept[i] / self.pixels[i] if self.pixels[i] else float("nan")}
+                for i, (low, high) in enumerate(self.bins)]
+
+
+@dataclass(frozen=True)
+class HoldoutScore:
+    """V on held-out frames: per-pixel MSE of reconstructions from mu, the mean frame's,
+    the frames scored, and the object pixels kept by object size (:class:`ObjectTally`)."""
+
+    mse: float
+    mean_frame_mse: float
+    frames: int
+    objects: list[dict[str, Any]]
+
+    @property
+    def small_objects_kept(self) -> float:
+        """The share kept of the smallest objects' pixels (frames with under 10)."""
+        return float(self.objects[0]["kept"])
+
+
+@torch.no_grad()
+def score_holdout(
+    model: ConvVAE, paths: list[Path], mean: np.ndarray, device: torch.device,
+    max_frames: int = 0, batch_size: int = 500,
+) -> HoldoutScore:
+    """V's reconstructions from mu on up to ``max_frames`` (0: all) frames of ``paths``."""
+    model.eval()
+    mean_t = torch.from_numpy(mean).float().permute(2, 0, 1).to(device)
+    sq_vae = sq_mean = 0.0
+    n = 0
+    tally = ObjectTally()
+    for batch in FrameDataset(paths, batch_size, shuffle=False, max_frames=max_frames):
+        x = to_float_frames(batch.to(device))
+        mu, _ = model.encode(x)
+        recon = model.decode(mu)
+        sq_vae += (recon - x).pow(2).sum().item()
+        sq_mean += (x - mean_t).pow(2).sum().item()
+        tally.add(x, recon, mean_t)
+        n += x.shape[0]
+    pixels = n * 3 * 64 * 64
+    return HoldoutScore(sq_vae / pixels, sq_mean / pixels, n, tally.result())
+
+
+def _kept(score: HoldoutScore) -> dict[str, float]:
+    """``metrics.json``'s ``objects_kept``: per object-size bin (``"1-9"``, ...,
+    ``">=150"`` pixels), the share of object pixels kept (NaN: no such frame)."""
+    return {(f"{b['low']}-{b['high'] - 1}" if b["high"] is not None else f">={b['low']}"):
+            b["kept"] for b in score.objects}
 
 
 def grid_frames(paths: list[Path], count: int) -> np.ndarray:
@@ -196,15 +220,16 @@ def import_vae(cfg: ExperimentConfig, run: RunDir, progress: bool = True) -> VAE
     run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     mean = mean_frame(train_paths)
     write_atomic(files.mean, lambda fh: np.save(fh, mean, allow_pickle=False))
-    holdout_mse, base_mse, n_scored = score_holdout(model, holdout_paths, mean, device,
-                                                    v.max_holdout_frames)
+    score = score_holdout(model, holdout_paths, mean, device, v.max_holdout_frames)
+    holdout_mse, base_mse, n_scored = score.mse, score.mean_frame_mse, score.frames
     if v.grid_frames > 0:
         save_grid(model, holdout_paths, v.grid_frames, files.grid, device)
     frames = count_frames(train_paths)
     origin = {"pretrained": str(source.home), "pretrained_sha256": digest}
     write_json_atomic(files.metrics, [{"epoch": 0, "holdout_mse": holdout_mse,
                                        "mean_frame_mse": base_mse, "holdout_frames": n_scored,
-                                       "frames": frames, **origin}])
+                                       "objects_kept": _kept(score), "frames": frames,
+                                       **origin}])
     save_model(files.model, model, meta={"epoch": 0, "seed": cfg.seed,
                                          "data_seed": run.data_seed(cfg), **origin})
     if progress:
@@ -279,15 +304,18 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
                 bar.set_postfix(mse=f"{losses['mse'].item():.4f}", kl=f"{losses['kl'].item():.1f}")
         train_seconds = time.perf_counter() - epoch_start
 
-        holdout_mse, base_mse, n_scored = score_holdout(
-            model, holdout_paths, mean, device, v.max_holdout_frames)
+        score = score_holdout(model, holdout_paths, mean, device, v.max_holdout_frames)
+        holdout_mse, base_mse, n_scored = score.mse, score.mean_frame_mse, score.frames
         writer.add_scalar("vae/holdout_mse", holdout_mse, step)
         writer.add_scalar("vae/holdout_mse_ratio", holdout_mse / base_mse, step)
+        for b in score.objects:
+            writer.add_scalar(f"vae/objects_kept_from_{b['low']}px", b["kept"], step)
         writer.add_scalar("vae/frames_per_s", frames_per_epoch / train_seconds, step)
         if v.grid_frames > 0:
             save_grid(model, holdout_paths, v.grid_frames, files.grid, device)
         metrics.append({"epoch": epoch + 1, "holdout_mse": holdout_mse,
                         "mean_frame_mse": base_mse, "holdout_frames": n_scored,
+                        "objects_kept": _kept(score),
                         "train_seconds": train_seconds, "frames": frames_per_epoch})
         # metrics, then weights, then optimizer: a kill between writes leaves a state that
         # resume_training recognises (metrics past the weights' epoch are dropped on resume)
@@ -299,6 +327,7 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
         if progress:
             tqdm.write(f"epoch {epoch + 1}: held-out MSE {holdout_mse:.5f} "
                        f"(mean frame {base_mse:.5f}, ratio {holdout_mse / base_mse:.3f}), "
+                       f"small objects kept {score.small_objects_kept:.2f}, "
                        f"{frames_per_epoch / train_seconds:.0f} frames/s")
     writer.close()
     if dataset.skipped:
