@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from tools.export_pretrained import export
 from worldmodels.checkpoint import file_digest, load_model
 from worldmodels.config import ConfigError, load_config
 from worldmodels.datasets import split_episodes
+from worldmodels.dream import start_latents
 from worldmodels.errors import InputError
 from worldmodels.frmdn_training import latent_split
 from worldmodels.memory import checkpoint_kinds
@@ -280,3 +282,13 @@ def test_a_finished_round_ships_as_that_round_left_it_and_replays_its_score(two_
     with pytest.raises(InputError, match=r"round_3.summary\.json.*not finished"):
         export(rd.path, tmp_path / "round3", weights=weights, round_number=3)
     assert not (tmp_path / "round3").exists()
+    # dreams start from the episodes round 1's M trained on, not round 2's as well
+    cfg = rd.load_config()
+    train = latent_split(cfg, rd)[0]
+    starts = np.load(shipped.dream_starts, allow_pickle=False)["mu"]
+    round_1 = [p for p in train if shard_index(p) < cfg.collect.episodes]
+    assert len(round_1) < len(train)
+    np.testing.assert_array_equal(starts, start_latents(round_1)[0].numpy())
+    # a shipped agent plays no rounds: its iterations/ would not be its own
+    with pytest.raises(InputError, match="plays none"):
+        export(dest, tmp_path / "again", weights=weights, round_number=1)

@@ -93,9 +93,22 @@ def test_train_vae_writes_checkpoint_grid_and_resumes(tiny_cfg):
     train_vae(tiny_cfg, progress=False)
     metrics = json.loads(files.metrics.read_text())
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert all(set(m["objects_kept"]) == {"1-9", "10-39", "40-149", ">=150"} for m in metrics)
+    for m in metrics:
+        assert set(m["objects_kept"]) == {"1-9", "10-39", "40-149", ">=150"}
+        assert all(k is None or 0 <= k <= 1 for k in m["objects_kept"].values())
+        assert any(k is not None for k in m["objects_kept"].values())
     sidecar = files.model.with_name("model.safetensors.json")
     assert json.loads(sidecar.read_text())["meta"]["epoch"] == 2
+    # tools/score_vae.py --objects scores the same held-out frames to the same figures
+    from tools.score_vae import main as score_vae
+
+    table = score_vae(["--run", str(run_of(tiny_cfg)), "--objects", "--frames", "0"])
+    row = next(line for line in table.splitlines()  # the first table's row
+               if line.startswith(f"| {run_of(tiny_cfg)} |"))
+    assert float(row.split("|")[2]) == pytest.approx(metrics[-1]["holdout_mse"], rel=1e-4)
+    kept_row = table.splitlines()[-1].split("|")[2:-1]
+    assert [c.strip() for c in kept_row] == [
+        "-" if k is None else f"{k:.2f}" for k in metrics[-1]["objects_kept"].values()]
 
 
 def test_a_pretrained_v_is_scored_here_and_becomes_the_runs_v(tiny_cfg, tmp_path):
@@ -183,7 +196,7 @@ def test_object_tally_bins_frames_by_object_size_and_scores_what_v_keeps():
     exact = tally(frames)
     assert [b["frames"] for b in exact] == [1, 0, 1, 0]
     assert [b["pixels"] for b in exact] == [5, 0, 50, 0]
-    assert exact[0]["kept"] == 1.0 and exact[2]["kept"] == 1.0 and np.isnan(exact[1]["kept"])
+    assert exact[0]["kept"] == 1.0 and exact[2]["kept"] == 1.0 and exact[1]["kept"] is None
     blurred = tally(mean.expand_as(frames))
     assert blurred[0]["kept"] == 0.0 and blurred[2]["kept"] == 0.0
     # a reconstruction nearer the mean frame than the frame is not kept; a quarter of

@@ -24,9 +24,8 @@ in full beside itself and renamed into place, and a DEST that exists non-empty i
 ``--round N`` ships round ``N`` of Ha's iterative training (``run.iterations``) as that
 round left it: its M and C from ``iterations/round_<N>/`` (V is trained in round 1 only),
 so a finished round can be played, dreamt or trained on (``train_controller.py
---world-model``) while the run goes on or after its run directory is lost. Its dream start
-latents are those of the run's training episodes when it is exported (the first frames
-of every episode so far).
+--world-model``) while the run goes on or after its run directory is lost. Its dream
+start latents are those of the training episodes that round's M saw.
 
 A shipped directory is a run for evaluate.py and dream.py that is only read: their
 outputs go to ``runs/pretrained/<DEST's name>/`` under the working directory (or
@@ -49,6 +48,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
+from agents.iterations import round_total
 from agents.sb3 import SB3_ALGORITHMS, sb3_controller
 from worldmodels.checkpoint import load_model, read_header, save_model, write_json_atomic
 from worldmodels.config import save_config
@@ -57,7 +57,7 @@ from worldmodels.errors import InputError, run_cli
 from worldmodels.frmdn_training import latent_split
 from worldmodels.memory import checkpoint_kinds
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, SHIPPED_FILE, ControllerFiles, RunDir
-from worldmodels.shards import ShardError, write_npz_atomic
+from worldmodels.shards import ShardError, shard_index, write_npz_atomic
 
 
 def sha256(path: Path) -> str:
@@ -87,7 +87,7 @@ def _policy_files(policies: ControllerFiles, cfg: Any, policy: str,
     files = policies.sb3(policy, cfg.controller.environment)
     for path in files:
         if not path.exists():
-            raise InputError(f"{path}: no {policy} policy in this run (train_controller.py "
+            raise InputError(f"{path}: no {policy} policy there (train_controller.py "
                              f"--algo {policy})")
     return files
 
@@ -109,6 +109,9 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     if round_number is None:
         policies, memory_path = run.controller, run.memory.weights("best")
     else:
+        if not run.plays_rounds:  # its iterations/ would be another run's
+            raise InputError(f"{run.home}: --round ships a round this run played; it "
+                             "plays none (a run on another's world model, or a shipped agent)")
         kept = run.round(round_number)
         if not kept.summary.is_file():
             raise InputError(f"{kept.summary}: round {round_number} of {run.path} is not "
@@ -136,7 +139,10 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
         shutil.copyfile(run.dream_starts, shipped.dream_starts)
     else:
         try:  # what dreams start from (dream.py, evaluate.py --in-dream)
-            mu0, logvar0 = start_latents(latent_split(cfg, run)[0])
+            train = latent_split(cfg, run)[0]
+            if round_number is not None:  # the episodes that round's M trained on
+                train = [p for p in train if shard_index(p) < round_total(cfg, round_number)]
+            mu0, logvar0 = start_latents(train)
             write_npz_atomic(shipped.dream_starts,
                              {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
         except ShardError as err:

@@ -39,6 +39,10 @@ def _bin_name(b: dict) -> str:
     return f"{b['low']}-{b['high'] - 1} px" if b["high"] is not None else f">= {b['low']} px"
 
 
+def _share(kept: float | None) -> str:
+    return "-" if kept is None else f"{kept:.2f}"
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="the run whose held-out frames are scored")
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> str:
                   "| V | " + " | ".join(_bin_name(b) for b in bins) + " |",
                   "|---|" + "---|" * len(bins),
                   "| frames | " + " | ".join(str(b["frames"]) for b in bins) + " |"]
-        lines += [f"| {source.path} | " + " | ".join(f"{b['kept']:.2f}" for b in recall) + " |"
+        lines += [f"| {source.path} | " + " | ".join(_share(b["kept"]) for b in recall) + " |"
                   for source, recall in zip(sources, recalls, strict=True)]
     text = "\n".join(lines)
     print(text)

@@ -96,8 +96,8 @@ class ObjectTally:
 
     An object pixel of a frame differs from the mean training frame by more than
     :data:`OBJECT_DEVIATION` in some channel; it is kept when the reconstruction from mu
-    is off by less than half that difference (max over channels), i.e. nearer to the
-    frame than to the mean frame. Frames are counted, batch by batch, in bins by their
+    is off by less than half that difference (max over channels): within half the
+    frame's deviation from the mean. Frames are counted, batch by batch, in bins by their
     number of object pixels."""
 
     def __init__(self, bins: tuple[tuple[int, int | None], ...] = OBJECT_BINS):
@@ -121,10 +121,10 @@ class ObjectTally:
 
     def result(self) -> list[dict[str, Any]]:
         """Per bin: ``low``, ``high``, ``frames``, ``pixels`` (object pixels) and ``kept``
-        (their share kept; NaN for an empty bin)."""
+        (their share kept; None for an empty bin, so that JSON stays valid)."""
         return [{"low": low, "high": high, "frames": int(self.frames[i]),
                  "pixels": int(self.pixels[i]),
-                 "kept": self.kept[i] / self.pixels[i] if self.pixels[i] else float("nan")}
+                 "kept": float(self.kept[i] / self.pixels[i]) if self.pixels[i] else None}
                 for i, (low, high) in enumerate(self.bins)]
 
 
@@ -140,8 +140,10 @@ class HoldoutScore:
 
     @property
     def small_objects_kept(self) -> float:
-        """The share kept of the smallest objects' pixels (frames with under 10)."""
-        return float(self.objects[0]["kept"])
+        """The share kept of the smallest objects' pixels (frames with under 10; NaN if
+        no frame has such objects)."""
+        kept = self.objects[0]["kept"]
+        return float("nan") if kept is None else kept
 
 
 @torch.no_grad()
@@ -169,7 +171,7 @@ def score_holdout(
 
 def _kept(score: HoldoutScore) -> dict[str, float]:
     """``metrics.json``'s ``objects_kept``: per object-size bin (``"1-9"``, ...,
-    ``">=150"`` pixels), the share of object pixels kept (NaN: no such frame)."""
+    ``">=150"`` pixels), the share of object pixels kept (None: no such frame)."""
     return {(f"{b['low']}-{b['high'] - 1}" if b["high"] is not None else f">={b['low']}"):
             b["kept"] for b in score.objects}
 
@@ -309,7 +311,8 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
         writer.add_scalar("vae/holdout_mse", holdout_mse, step)
         writer.add_scalar("vae/holdout_mse_ratio", holdout_mse / base_mse, step)
         for b in score.objects:
-            writer.add_scalar(f"vae/objects_kept_from_{b['low']}px", b["kept"], step)
+            if b["kept"] is not None:
+                writer.add_scalar(f"vae/objects_kept_from_{b['low']}px", b["kept"], step)
         writer.add_scalar("vae/frames_per_s", frames_per_epoch / train_seconds, step)
         if v.grid_frames > 0:
             save_grid(model, holdout_paths, v.grid_frames, files.grid, device)
