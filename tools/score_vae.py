@@ -29,14 +29,11 @@ from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
 from worldmodels.vae_training import (
     OBJECT_DEVIATION,
+    object_bin_label,
     read_mean_frame,
     rollout_split,
     score_holdout,
 )
-
-
-def _bin_name(b: dict) -> str:
-    return f"{b['low']}-{b['high'] - 1} px" if b["high"] is not None else f">= {b['low']} px"
 
 
 def _share(kept: float | None) -> str:
@@ -75,7 +72,7 @@ def main(argv: list[str] | None = None) -> str:
         bins = recalls[0]
         lines += ["", "object pixels kept (frames binned by object pixels; "
                   f"object: > {OBJECT_DEVIATION} from the mean frame)",
-                  "| V | " + " | ".join(_bin_name(b) for b in bins) + " |",
+                  "| V | " + " | ".join(f"{object_bin_label(b)} px" for b in bins) + " |",
                   "|---|" + "---|" * len(bins),
                   "| frames | " + " | ".join(str(b["frames"]) for b in bins) + " |"]
         lines += [f"| {source.path} | " + " | ".join(_share(b["kept"]) for b in recall) + " |"

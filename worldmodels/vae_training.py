@@ -169,11 +169,15 @@ def score_holdout(
     return HoldoutScore(sq_vae / pixels, sq_mean / pixels, n, tally.result())
 
 
-def _kept(score: HoldoutScore) -> dict[str, float]:
-    """``metrics.json``'s ``objects_kept``: per object-size bin (``"1-9"``, ...,
-    ``">=150"`` pixels), the share of object pixels kept (None: no such frame)."""
-    return {(f"{b['low']}-{b['high'] - 1}" if b["high"] is not None else f">={b['low']}"):
-            b["kept"] for b in score.objects}
+def object_bin_label(b: dict[str, Any]) -> str:
+    """An :class:`ObjectTally` bin's object pixels as a label: ``"1-9"``, ``">=150"``."""
+    return f"{b['low']}-{b['high'] - 1}" if b["high"] is not None else f">={b['low']}"
+
+
+def _kept(score: HoldoutScore) -> dict[str, float | None]:
+    """``metrics.json``'s ``objects_kept``: per object-size bin (:func:`object_bin_label`),
+    the share of object pixels kept (None: no such frame)."""
+    return {object_bin_label(b): b["kept"] for b in score.objects}
 
 
 def grid_frames(paths: list[Path], count: int) -> np.ndarray:
