@@ -19,7 +19,9 @@ With ``run.iterations`` > 1 (Ha's iterative training) that is round 1; each late
 collects ``run.iteration_episodes`` episodes played by the last round's controller,
 encodes them, trains M ``run.iteration_memory_epochs`` more epochs on all the data,
 trains C anew and evaluates it (agents/iterations.py). Each finished round is kept in
-``iterations/round_<r>/``; a rerun continues the round it was in.
+``iterations/round_<r>/``; a rerun continues the round it was in. The run's agent is
+then the last round's, or with ``run.agent_round=best`` the round whose winning
+controller selected highest (agents/agent_round.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from agents.agent_round import put_back_previous, settle_agent
 from agents.collect import collect, describe
 from agents.dream_check import check_run
 from agents.evaluation import evaluate, result_name
@@ -206,6 +209,7 @@ def play_round(cfg: ExperimentConfig, run: RunDir, number: int) -> dict[str, Any
     if done is not None:
         return {**done, "reused": True}
     started = time.perf_counter()
+    put_back_previous(cfg, run, number)  # (an earlier round may be the agent)
     figures = {"round": number, **run_stages(round_stages(number), cfg, run)}
     figures["wall_seconds"] = round(time.perf_counter() - started, 1)
     keep_round(run, number, figures)
@@ -230,6 +234,12 @@ def summary_table(summary: dict[str, Any]) -> str:
             f" (finished before, kept in iterations/round_{n}/)" if figures.get("reused")
             else ""))
         lines += _stage_lines(figures, round_stages(n))
+    agent = summary.get("agent")
+    if agent:
+        means = agent.get("selection_means")
+        lines.append(f"agent: round {agent['round']} (run.agent_round={agent['rule']}"
+                     + ("; selection means by round: " + ", ".join(
+                         f"{n}: {m:.1f}" for n, m in means.items()) if means else "") + ")")
     lines.append(f"  {'total':<16} {summary['wall_seconds']:>8.1f} s")
     return "\n".join(lines)
 
@@ -242,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary.update(run_stages(STAGES, cfg, run))
     else:
         summary["rounds"] = [play_round(cfg, run, n) for n in range(1, cfg.run.iterations + 1)]
+        summary["agent"] = settle_agent(cfg, run, summary["rounds"])
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(run.summary_file, summary)
     print(summary_table(summary))

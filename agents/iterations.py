@@ -26,15 +26,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.collect import collect, describe
 from worldmodels.atomic import write_bytes_atomic
 from worldmodels.checkpoint import read_json, sidecar, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig, policy_schedule
-from worldmodels.frmdn_training import report_dict, train_memory
+from worldmodels.dream import start_latents
+from worldmodels.frmdn_training import latent_split, report_dict, train_memory
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import list_shards, shard_index
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def round_total(cfg: ExperimentConfig, number: int) -> int:
@@ -60,6 +64,17 @@ def round_schedule(cfg: ExperimentConfig) -> str:
         if start >= first:
             break
     return ",".join([*parts, "controller"])
+
+
+def round_start_latents(cfg: ExperimentConfig, run: RunDir, number: int | None = None,
+                        ) -> tuple[Tensor, Tensor]:
+    """(mu, logvar), each ``(episodes, z_dim)``: the first latents of the run's training
+    episodes, where dreams on its M start; with ``number``, only the episodes round
+    ``number``'s M trained on (the run's first :func:`round_total`)."""
+    train = latent_split(cfg, run)[0]
+    if number is not None:
+        train = [p for p in train if shard_index(p) < round_total(cfg, number)]
+    return start_latents(train)
 
 
 def finished_round(run: RunDir, number: int) -> dict[str, Any] | None:
@@ -113,14 +128,14 @@ def controller_round(cfg: ExperimentConfig, run: RunDir, number: int,
     state = read_json(files.state, {})
     if not state.get("controller_cleared"):
         _previous(run, number)  # the last round kept its copy of these files
-        for path in _files(run.controller.dir, recursive=True):
+        for path in files_in(run.controller.dir, recursive=True):
             path.unlink()
         files.dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(files.state, {**state, "controller_cleared": True})
     return {**train(cfg, run), "restarted": True}
 
 
-def _files(directory: Path, suffixes: tuple[str, ...] = (), recursive: bool = False,
+def files_in(directory: Path, suffixes: tuple[str, ...] = (), recursive: bool = False,
            ) -> list[Path]:
     """The files in ``directory`` (and below it if ``recursive``: a controller's
     ``searches/``), optionally only those with one of ``suffixes``."""
@@ -140,8 +155,8 @@ def keep_round(run: RunDir, number: int, figures: dict[str, Any]) -> None:
     copies = [(weights, files.memory.best), (run.memory.metrics, files.memory.metrics),
               (sidecar(weights), sidecar(files.memory.best))]  # the readable headers
     copies += [(p, files.controller.dir / p.relative_to(run.controller.dir))
-               for p in _files(run.controller.dir, recursive=True)]
-    copies += [(p, files.eval_dir / p.name) for p in _files(run.eval_dir, (".json", ".csv"))]
+               for p in files_in(run.controller.dir, recursive=True)]
+    copies += [(p, files.eval_dir / p.name) for p in files_in(run.eval_dir, (".json", ".csv"))]
     for src, dst in copies:
         if src.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)

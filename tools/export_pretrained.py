@@ -48,16 +48,14 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
-from agents.iterations import round_total
+from agents.iterations import round_start_latents
 from agents.sb3 import SB3_ALGORITHMS, sb3_controller
 from worldmodels.checkpoint import load_model, read_header, save_model, write_json_atomic
 from worldmodels.config import save_config
-from worldmodels.dream import start_latents
 from worldmodels.errors import InputError, run_cli
-from worldmodels.frmdn_training import latent_split
 from worldmodels.memory import checkpoint_kinds
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, SHIPPED_FILE, ControllerFiles, RunDir
-from worldmodels.shards import ShardError, shard_index, write_npz_atomic
+from worldmodels.shards import ShardError, write_npz_atomic
 
 
 def sha256(path: Path) -> str:
@@ -139,10 +137,8 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
         shutil.copyfile(run.dream_starts, shipped.dream_starts)
     else:
         try:  # what dreams start from (dream.py, evaluate.py --in-dream)
-            train = latent_split(cfg, run)[0]
-            if round_number is not None:  # the episodes that round's M trained on
-                train = [p for p in train if shard_index(p) < round_total(cfg, round_number)]
-            mu0, logvar0 = start_latents(train)
+            # with --round, the episodes that round's M trained on
+            mu0, logvar0 = round_start_latents(cfg, run, round_number)
             write_npz_atomic(shipped.dream_starts,
                              {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
         except ShardError as err:

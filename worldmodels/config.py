@@ -337,6 +337,11 @@ class RunConfig:
                                          "policy (indices after the run's earlier ones).", ge=1)
     iteration_memory_epochs: int = _opt(5, "Epochs a later round trains M on all the data, "
                                            "from the last round's last weights.", ge=1)
+    agent_round: Literal["last", "best"] = _opt(
+        "last", "run.py, after the last round: which round is the run's agent (its M, C "
+                "and evaluations in the run's memory/, controller/ and eval/): last | best "
+                "(the round whose winning controller has the highest selection mean; "
+                "needs CMA-ES with a selection, controller.eval_every > 0).")
 
 
 @dataclass
@@ -734,6 +739,12 @@ def validate(cfg: ExperimentConfig, rounds: bool = True) -> None:
          "which must play what the controller stage trains: CMA-ES's weights "
          "(controller.algo=cmaes) or, with collect.controller_weights=sb3, the SB3 "
          "policy (controller.algo=ppo, a2c, sac or td3)"),
+        (cfg.run.agent_round == "last" or cfg.run.iterations == 1 or not rounds or (
+            cfg.controller.algo == "cmaes"
+            and 0 < cfg.controller.eval_every <= cfg.controller.generations),
+         "run.agent_round", "=best compares the rounds' controllers on the selection "
+         "episodes: it needs controller.algo=cmaes and a selection "
+         "(0 < controller.eval_every <= controller.generations)"),
         (not cfg.controller.sb3_init or cfg.controller.algo != "cmaes",
          "controller.sb3_init", "starts an SB3 training: set controller.algo to its "
          "algorithm (ppo, a2c, sac or td3)"),

@@ -12,7 +12,9 @@ its config, V, M and C.
                                memory_compare's Ms (:class:`ControllerCompareFiles`,
                                each run seen through a :class:`RunView`)
         iterations/round_<r>/  run.py with run.iterations > 1: what each round left
-                               (:class:`RoundFiles`)
+                               (:class:`RoundFiles`); iterations/agent.json: the
+                               round in memory/, controller/ and eval/ when
+                               run.agent_round=best picked an earlier one
 
 M's ``memory/`` keeps the last epoch's weights (``model.safetensors``, which training
 resumes from) and the best held-out epoch's (``best.safetensors``); later stages (the
@@ -448,6 +450,12 @@ class RunDir:
     @property
     def iterations_dir(self) -> Path:
         return self.path / "iterations"
+
+    @property
+    def agent_round_file(self) -> Path:
+        """``iterations/agent.json``: which finished round's files the run's places hold,
+        when it is not the latest (``run.agent_round``; agents/agent_round.py)."""
+        return self.iterations_dir / "agent.json"
 
     def round(self, number: int) -> RoundFiles:
         """The kept files of round ``number`` (from 1) of iterative training."""

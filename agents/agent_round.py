@@ -1,0 +1,137 @@
+"""Which finished round of iterative training is the run's agent (``run.agent_round``).
+
+After every round of ``run.py`` with ``run.iterations`` > 1, the run's ``memory/``,
+``controller/`` and ``eval/`` hold the last round's files. With ``run.agent_round=best``
+the agent is instead the round whose winning controller has the highest mean on the
+selection episodes (:func:`best_round`; every round's winner plays the same selection
+seeds, so the means compare; a tie goes to the later round, whose M saw more data).
+:func:`settle_agent` then puts that round's kept files (``iterations/round_<k>/``) in
+the run's places, so every script that reads a run (evaluate.py, dream.py,
+``train_controller.py --world-model RUN``, tools/export_pretrained.py) takes that round:
+
+* ``memory/best.safetensors``: round ``k``'s M (its last-epoch ``model.safetensors``,
+  training state and metrics stay the last round's: a later round continues M from them);
+* ``controller/``: round ``k``'s files, all of them;
+* ``eval/``: round ``k``'s evaluations (JSON and CSV) over the run's;
+* ``dream_starts.npz``: the first latents of the training episodes round ``k``'s M saw,
+  so a dream on the run starts as round ``k``'s controller training did.
+
+``iterations/agent.json`` records the round in place. It is written before any file
+moves (``complete: false``) and completed after, so a kill in between only makes the
+next command move the files again. A round that starts later (``run.iterations``
+raised) first puts the previous round back (:func:`put_back_previous`): rounds collect
+with the last round's controller and continue its M, whatever the agent was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agents.iterations import files_in, round_start_latents
+from worldmodels.atomic import write_bytes_atomic
+from worldmodels.checkpoint import read_json, sidecar, write_json_atomic
+from worldmodels.config import ExperimentConfig
+from worldmodels.errors import InputError
+from worldmodels.run_dir import RunDir
+from worldmodels.shards import write_npz_atomic
+
+
+def selection_mean(figures: dict[str, Any], where: Path) -> float:
+    """The mean return of a round's winning controller on the selection episodes
+    (``controller.selected.selection_mean`` of its figures, read from ``where``)."""
+    try:
+        return float(figures["controller"]["selected"]["selection_mean"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(
+            f"{where}: round {figures.get('round', '?')} has no selection mean "
+            "(controller.selected.selection_mean); run.agent_round=best compares the "
+            "rounds' controllers on the selection episodes (controller.eval_every > 0)"
+        ) from None
+
+
+def best_round(rounds: list[dict[str, Any]], run: RunDir) -> int:
+    """The round (from 1) whose winner has the highest selection mean; the later round
+    on a tie."""
+    means = [(selection_mean(r, run.round(int(r["round"])).summary), int(r["round"]))
+             for r in rounds]
+    return max(means)[1]
+
+
+def latest_finished(run: RunDir) -> int:
+    """The highest round with a kept summary (0 if none): the round whose files
+    ``keep_round`` last left in the run's places."""
+    numbers = [int(d.name.split("_", 1)[1]) for d in run.iterations_dir.glob("round_*")
+               if d.name.split("_", 1)[1].isdigit() and (d / "summary.json").is_file()]
+    return max(numbers, default=0)
+
+
+def round_in_place(run: RunDir) -> int | None:
+    """The round whose files the run's places hold: as ``iterations/agent.json`` says,
+    else (no mark) the latest finished round; None if a move was cut short."""
+    mark = read_json(run.agent_round_file, None)
+    if not isinstance(mark, dict):
+        return latest_finished(run)
+    return int(mark["round"]) if mark.get("complete") else None
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(dst, src.read_bytes())
+
+
+def _round_starts(cfg: ExperimentConfig, run: RunDir, number: int) -> None:
+    """Write ``dream_starts.npz``: the start latents of the training episodes round
+    ``number``'s M saw."""
+    mu0, logvar0 = round_start_latents(cfg, run, number)
+    write_npz_atomic(run.dream_starts, {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
+
+
+def move_in(cfg: ExperimentConfig, run: RunDir, number: int) -> None:
+    """Put finished round ``number``'s kept M, C and evaluations in the run's places
+    (see the module's docstring); the mark records it."""
+    kept = run.round(number)
+    if not kept.summary.is_file():
+        raise InputError(f"{kept.summary}: round {number} is not finished, so it cannot "
+                         "be the run's agent")
+    latest = latest_finished(run)
+    write_json_atomic(run.agent_round_file, {"round": number, "complete": False})
+    for src, dst in ((kept.memory.best, run.memory.best),
+                     (sidecar(kept.memory.best), sidecar(run.memory.best))):
+        if src.exists():
+            _copy(src, dst)
+    for path in files_in(run.controller.dir, recursive=True):
+        path.unlink()
+    for path in files_in(kept.controller.dir, recursive=True):
+        _copy(path, run.controller.dir / path.relative_to(kept.controller.dir))
+    for path in files_in(kept.eval_dir, (".json", ".csv")):
+        _copy(path, run.eval_dir / path.name)
+    if number == latest:
+        run.dream_starts.unlink(missing_ok=True)  # the run's own episodes, as ever
+        run.agent_round_file.unlink()  # no mark: the latest round in place
+    else:
+        _round_starts(cfg, run, number)
+        write_json_atomic(run.agent_round_file, {"round": number, "complete": True})
+
+
+def put_back_previous(cfg: ExperimentConfig, run: RunDir, number: int) -> None:
+    """Before round ``number`` (> 1) plays: the run's places hold round ``number - 1``
+    (it collects with that round's C and continues its M)."""
+    if number > 1 and run.agent_round_file.exists() and round_in_place(run) != number - 1:
+        move_in(cfg, run, number - 1)
+
+
+def settle_agent(cfg: ExperimentConfig, run: RunDir, rounds: list[dict[str, Any]],
+                 ) -> dict[str, Any]:
+    """Once every round is finished: the round ``run.agent_round`` picks, in the run's
+    places; returns the choice's figures for the summary."""
+    last = int(rounds[-1]["round"])
+    pick = best_round(rounds, run) if cfg.run.agent_round == "best" else last
+    if round_in_place(run) != pick:
+        move_in(cfg, run, pick)
+    figures: dict[str, Any] = {"rule": cfg.run.agent_round, "round": pick}
+    if cfg.run.agent_round == "best":
+        figures["selection_means"] = {
+            str(r["round"]): selection_mean(r, run.round(int(r["round"])).summary)
+            for r in rounds}
+    return figures
