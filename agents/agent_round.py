@@ -12,7 +12,8 @@ the run's places, so every script that reads a run (evaluate.py, dream.py,
 * ``memory/best.safetensors``: round ``k``'s M (its last-epoch ``model.safetensors``,
   training state and metrics stay the last round's: a later round continues M from them);
 * ``controller/``: round ``k``'s files, all of them;
-* ``eval/``: round ``k``'s evaluations (JSON and CSV) over the run's;
+* ``eval/``: round ``k``'s evaluations (JSON and CSV); the run's others, which describe
+  another round's agent, go to ``eval/set_aside/``;
 * ``dream_starts.npz``: the first latents of the training episodes round ``k``'s M saw,
   so a dream on the run starts as round ``k``'s controller training did.
 
@@ -28,13 +29,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agents.iterations import files_in, round_start_latents
+from agents.iterations import files_in, round_start_latents, round_total
 from worldmodels.atomic import write_bytes_atomic
 from worldmodels.checkpoint import read_json, sidecar, write_json_atomic
 from worldmodels.config import ExperimentConfig
 from worldmodels.errors import InputError
 from worldmodels.run_dir import RunDir
-from worldmodels.shards import write_npz_atomic
+from worldmodels.shards import list_shards, shard_index, write_npz_atomic
 
 
 def selection_mean(figures: dict[str, Any], where: Path) -> float:
@@ -80,21 +81,50 @@ def _copy(src: Path, dst: Path) -> None:
     write_bytes_atomic(dst, src.read_bytes())
 
 
-def _round_starts(cfg: ExperimentConfig, run: RunDir, number: int) -> None:
-    """Write ``dream_starts.npz``: the start latents of the training episodes round
-    ``number``'s M saw."""
-    mu0, logvar0 = round_start_latents(cfg, run, number)
-    write_npz_atomic(run.dream_starts, {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
+def started_after(cfg: ExperimentConfig, run: RunDir, latest: int) -> str | None:
+    """What shows that a round after ``latest`` (the last finished one) has started, or
+    None: its episodes, its kept-files directory, or M's epochs beyond ``latest``'s.
+    The run's places then hold that round's unfinished work, which a move would lose."""
+    later = [p for p in list_shards(run.rollouts) if shard_index(p) >= round_total(cfg, latest)]
+    if later:
+        return f"{later[0]} (an episode of round {latest + 1})"
+    if run.round(latest + 1).dir.exists():
+        return str(run.round(latest + 1).dir)
+    metrics = read_json(run.memory.metrics, [])
+    epochs = int(metrics[-1]["epoch"]) if metrics else 0
+    done = int(read_json(run.round(latest).summary, {}).get("memory", {}).get("epochs_done", 0))
+    if epochs > done:
+        return f"{run.memory.metrics} ({epochs} epochs of M; round {latest} ended at {done})"
+    return None
+
+
+def _set_aside(run: RunDir, keep: set[str]) -> None:
+    """Move the run's evaluations (JSON, CSV) not named in ``keep`` (say
+    evaluate.py on other seeds of the agent in place) to ``eval/set_aside/``: they
+    describe another round's agent."""
+    for path in files_in(run.eval_dir, (".json", ".csv")):
+        if path.name not in keep:
+            target = run.eval_dir / "set_aside" / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(target)
 
 
 def move_in(cfg: ExperimentConfig, run: RunDir, number: int) -> None:
     """Put finished round ``number``'s kept M, C and evaluations in the run's places
-    (see the module's docstring); the mark records it."""
+    (see the module's docstring); the mark records it. Refused, with nothing moved, when
+    a later round has started or the round's dream starts cannot be read."""
     kept = run.round(number)
     if not kept.summary.is_file():
         raise InputError(f"{kept.summary}: round {number} is not finished, so it cannot "
                          "be the run's agent")
     latest = latest_finished(run)
+    started = started_after(cfg, run, latest)
+    if started is not None:
+        raise InputError(
+            f"{started}: round {latest + 1} has started, and its unfinished work is in the "
+            f"run's memory/ and controller/; finish it first (run.iterations={latest + 1}), "
+            f"then choose the agent")
+    starts = None if number == latest else round_start_latents(cfg, run, number)
     write_json_atomic(run.agent_round_file, {"round": number, "complete": False})
     for src, dst in ((kept.memory.best, run.memory.best),
                      (sidecar(kept.memory.best), sidecar(run.memory.best))):
@@ -104,13 +134,16 @@ def move_in(cfg: ExperimentConfig, run: RunDir, number: int) -> None:
         path.unlink()
     for path in files_in(kept.controller.dir, recursive=True):
         _copy(path, run.controller.dir / path.relative_to(kept.controller.dir))
-    for path in files_in(kept.eval_dir, (".json", ".csv")):
+    evaluations = files_in(kept.eval_dir, (".json", ".csv"))
+    _set_aside(run, {p.name for p in evaluations})
+    for path in evaluations:
         _copy(path, run.eval_dir / path.name)
-    if number == latest:
+    if starts is None:
         run.dream_starts.unlink(missing_ok=True)  # the run's own episodes, as ever
         run.agent_round_file.unlink()  # no mark: the latest round in place
     else:
-        _round_starts(cfg, run, number)
+        write_npz_atomic(run.dream_starts, {"mu": starts[0].numpy(),
+                                            "logvar": starts[1].numpy()})
         write_json_atomic(run.agent_round_file, {"round": number, "complete": True})
 
 
@@ -127,8 +160,8 @@ def settle_agent(cfg: ExperimentConfig, run: RunDir, rounds: list[dict[str, Any]
     places; returns the choice's figures for the summary."""
     last = int(rounds[-1]["round"])
     pick = best_round(rounds, run) if cfg.run.agent_round == "best" else last
-    if round_in_place(run) != pick:
-        move_in(cfg, run, pick)
+    if round_in_place(run) != pick or started_after(cfg, run, latest_finished(run)):
+        move_in(cfg, run, pick)  # (which refuses when a later round has started)
     figures: dict[str, Any] = {"rule": cfg.run.agent_round, "round": pick}
     if cfg.run.agent_round == "best":
         figures["selection_means"] = {

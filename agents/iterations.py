@@ -15,10 +15,12 @@ Round 1 is the pipeline as ever. Round ``r`` > 1 (docs/experiments/takecover-ite
   new dream or env (:func:`controller_round`);
 * evaluates C as round 1 does.
 
-The run's ``memory/``, ``controller/`` and ``eval/`` always hold the latest round's
-files, so every script (evaluate.py, dream.py) plays the latest agent; each finished
-round keeps copies in ``iterations/round_<r>/`` (:func:`keep_round`,
+While rounds play, the run's ``memory/``, ``controller/`` and ``eval/`` hold the
+latest round's files, so every script (evaluate.py, dream.py) plays the latest agent;
+each finished round keeps copies in ``iterations/round_<r>/`` (:func:`keep_round`,
 :class:`worldmodels.run_dir.RoundFiles`), whose ``summary.json`` marks it finished.
+After the last round, ``run.agent_round=best`` may put an earlier round's files in
+their places (agents/agent_round.py).
 """
 
 from __future__ import annotations

@@ -13,11 +13,13 @@ import pytest
 import torch
 
 import agents.agent_round
+import agents.iterations
 import run
 from agents.agent_round import best_round, round_in_place
 from agents.evaluation import evaluate
 from agents.iterations import round_start_latents
 from tests.test_iterations import iterated_args, one_thread, tiny_run  # noqa: F401
+from tools.export_pretrained import export
 from worldmodels.checkpoint import file_digest
 from worldmodels.config import ConfigError, load_config
 from worldmodels.errors import InputError
@@ -37,7 +39,7 @@ def places(rd: RunDir) -> dict[str, str]:
     out = {"memory": file_digest(rd.memory.weights())}
     out |= {f"controller/{p.relative_to(rd.controller.dir)}": file_digest(p)
             for p in sorted(rd.controller.dir.rglob("*")) if p.is_file()}
-    out |= {f"eval/{p.name}": file_digest(p) for p in sorted(rd.eval_dir.glob("*.json"))}
+    out |= {f"eval/{p.name}": file_digest(p) for p in sorted(rd.eval_dir.glob("*.[jc]s*"))}
     return out
 
 
@@ -47,7 +49,8 @@ def kept(rd: RunDir, number: int) -> dict[str, str]:
     out = {"memory": file_digest(files.memory.best)}
     out |= {f"controller/{p.relative_to(files.controller.dir)}": file_digest(p)
             for p in sorted(files.controller.dir.rglob("*")) if p.is_file()}
-    out |= {f"eval/{p.name}": file_digest(p) for p in sorted(files.eval_dir.glob("*.json"))}
+    out |= {f"eval/{p.name}": file_digest(p)
+            for p in sorted(files.eval_dir.glob("*.[jc]s*"))}
     return out
 
 
@@ -110,10 +113,13 @@ def test_the_run_holds_the_best_rounds_agent(best_run, tmp_path):
     # make round 1 the best: the rerun puts its M, C and evaluations in the run's places
     last_epoch = file_digest(rd.memory.model)
     favour(rd, 1)
+    stray = rd.eval_dir / "controller_selected_seed9.json"  # an evaluation of round 2's C
+    stray.write_text("{}")
     again = run.main(best_args(tmp))
     assert again["agent"]["round"] == 1 and all(r["reused"] for r in again["rounds"])
     assert places(rd) == kept(rd, 1) and places(rd) != kept(rd, 2)
     assert round_in_place(rd) == 1
+    assert not stray.exists() and (rd.eval_dir / "set_aside" / stray.name).is_file()
     assert file_digest(rd.memory.model) == last_epoch  # M's last epoch stays round 2's
     cfg = rd.load_config()
     starts = np.load(rd.dream_starts, allow_pickle=False)
@@ -126,6 +132,13 @@ def test_the_run_holds_the_best_rounds_agent(best_run, tmp_path):
                       out_dir=tmp_path / "eval")
     assert replay["digests"] == scored["digests"]
     assert replay["mean"] == pytest.approx(scored["mean"], abs=1e-6)
+    # the export ships round 1 and says so; --round 2 ships round 2's own dream starts
+    info = export(rd.path, tmp_path / "agent")
+    assert info["round"] == 1
+    assert file_digest(RunDir(tmp_path / "agent").dream_starts) == file_digest(rd.dream_starts)
+    export(rd.path, tmp_path / "round2", round_number=2)
+    starts2 = np.load(RunDir(tmp_path / "round2").dream_starts, allow_pickle=False)
+    np.testing.assert_array_equal(starts2["mu"], round_start_latents(cfg, rd, 2)[0].numpy())
     # and the last rule puts round 2 back, without the mark or round 1's dream starts
     last = run.main([*best_args(tmp), "run.agent_round=last"])
     assert last["agent"] == {"rule": "last", "round": 2}
@@ -158,6 +171,33 @@ def test_a_kill_while_the_files_move_then_a_rerun_finishes_the_move(tmp_path, mo
     monkeypatch.undo()
     assert run.main(best_args(tmp_path))["agent"]["round"] == other
     assert places(rd) == kept(rd, other)
+
+
+def test_no_move_while_a_later_round_is_unfinished(tmp_path, monkeypatch):
+    """Round 3 killed after collecting, then a rerun with run.iterations=2 that would
+    make round 1 the agent: refused, naming round 3's first episode, and nothing moves
+    (the run's places hold round 3's unfinished work)."""
+    run.main(best_args(tmp_path))
+    rd = tiny_run(tmp_path)
+
+    class Killed(RuntimeError):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(agents.iterations, "train_memory", killed)
+    with pytest.raises(Killed):
+        run.main(best_args(tmp_path, rounds=3))
+    monkeypatch.undo()
+    favour(rd, 1)
+    before = places(rd)
+    with pytest.raises(InputError, match=r"ep_000005.*round 3 has started.*run.iterations=3"):
+        run.main(best_args(tmp_path))
+    assert places(rd) == before and not rd.agent_round_file.exists()
+    # finishing round 3 then chooses among all three
+    assert set(run.main(best_args(tmp_path, rounds=3))["agent"]["selection_means"]) == {
+        "1", "2", "3"}
 
 
 def test_a_later_round_plays_from_the_last_round_not_the_agent(best_run, tmp_path):

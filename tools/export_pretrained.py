@@ -48,6 +48,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
+from agents.agent_round import round_in_place
 from agents.iterations import round_start_latents
 from agents.sb3 import SB3_ALGORITHMS, sb3_controller
 from worldmodels.checkpoint import load_model, read_header, save_model, write_json_atomic
@@ -115,6 +116,9 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
             raise InputError(f"{kept.summary}: round {round_number} of {run.path} is not "
                              f"finished (run.iterations={cfg.run.iterations})")
         policies, memory_path = kept.controller, kept.memory.best
+    # the round shipped: --round N, or the earlier round run.agent_round=best put in place
+    shipped_round = round_number if round_number is not None else (
+        round_in_place(run) if run.agent_round_file.exists() else None)
     controller, sidecar = _policy_files(policies, cfg, policy, weights)
     vae = run.load_vae(cfg.vae.z_dim)
     memory = load_model(memory_path, kinds=checkpoint_kinds())
@@ -133,7 +137,9 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     save_model(shipped.vae.model, vae, meta=read_header(run.vae.model).get("meta", {}),
                dtype=dtype)
     save_model(shipped.memory.model, memory, meta=memory_meta, dtype=dtype)
-    if run.dream_starts.exists():  # a shipped agent's, under a run on its world model
+    # a shipped agent's (under a run on its world model), or those of the earlier round
+    # that run.agent_round=best put in the run's places; --round N computes round N's
+    if round_number is None and run.dream_starts.exists():
         shutil.copyfile(run.dream_starts, shipped.dream_starts)
     else:
         try:  # what dreams start from (dream.py, evaluate.py --in-dream)
@@ -170,7 +176,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
             **({"weights": weights} if policy == "controller" else
                {"sb3_environment": cfg.controller.environment}),
             **({"world_model": str(run.path)} if run.borrows_world_model else {}),
-            **({"round": round_number} if round_number is not None else {}),
+            **({"round": shipped_round} if shipped_round is not None else {}),
             "controller_meta": meta,
             "config_overrides": list(overrides or []), "fp16": fp16,
             "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -346,8 +346,9 @@ class RunDir:
 
     @property
     def dream_starts(self) -> Path:
-        """A shipped agent's dream start latents (``mu``, ``logvar`` (N, z)): the first
-        frames of the training episodes, which a run reads from its latent shards."""
+        """Dream start latents (``mu``, ``logvar`` (N, z)): the first frames of the
+        training episodes. A shipped agent has them here; a run reads them from its latent
+        shards, unless ``run.agent_round=best`` put an earlier round's here."""
         return self.path / "dream_starts.npz"
 
     @property
