@@ -29,8 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agents.iterations import files_in, round_start_latents, round_total
-from worldmodels.atomic import write_bytes_atomic
+from agents.iterations import copy_files, files_in, round_start_latents, round_total
 from worldmodels.checkpoint import read_json, sidecar, write_json_atomic
 from worldmodels.config import ExperimentConfig
 from worldmodels.errors import InputError
@@ -51,12 +50,20 @@ def selection_mean(figures: dict[str, Any], where: Path) -> float:
         ) from None
 
 
+def selection_means(rounds: list[dict[str, Any]], run: RunDir) -> dict[int, float]:
+    """Each round's winner's selection mean, by round number."""
+    return {int(r["round"]): selection_mean(r, run.round(int(r["round"])).summary)
+            for r in rounds}
+
+
 def best_round(rounds: list[dict[str, Any]], run: RunDir) -> int:
     """The round (from 1) whose winner has the highest selection mean; the later round
     on a tie."""
-    means = [(selection_mean(r, run.round(int(r["round"])).summary), int(r["round"]))
-             for r in rounds]
-    return max(means)[1]
+    return _best(selection_means(rounds, run))
+
+
+def _best(means: dict[int, float]) -> int:
+    return max((mean, number) for number, mean in means.items())[1]
 
 
 def latest_finished(run: RunDir) -> int:
@@ -74,11 +81,6 @@ def round_in_place(run: RunDir) -> int | None:
     if not isinstance(mark, dict):
         return latest_finished(run)
     return int(mark["round"]) if mark.get("complete") else None
-
-
-def _copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(dst, src.read_bytes())
 
 
 def started_after(cfg: ExperimentConfig, run: RunDir, latest: int) -> str | None:
@@ -126,18 +128,15 @@ def move_in(cfg: ExperimentConfig, run: RunDir, number: int) -> None:
             f"then choose the agent")
     starts = None if number == latest else round_start_latents(cfg, run, number)
     write_json_atomic(run.agent_round_file, {"round": number, "complete": False})
-    for src, dst in ((kept.memory.best, run.memory.best),
-                     (sidecar(kept.memory.best), sidecar(run.memory.best))):
-        if src.exists():
-            _copy(src, dst)
+    copy_files([(kept.memory.best, run.memory.best),
+                (sidecar(kept.memory.best), sidecar(run.memory.best))])
     for path in files_in(run.controller.dir, recursive=True):
         path.unlink()
-    for path in files_in(kept.controller.dir, recursive=True):
-        _copy(path, run.controller.dir / path.relative_to(kept.controller.dir))
+    copy_files([(p, run.controller.dir / p.relative_to(kept.controller.dir))
+                for p in files_in(kept.controller.dir, recursive=True)])
     evaluations = files_in(kept.eval_dir, (".json", ".csv"))
     _set_aside(run, {p.name for p in evaluations})
-    for path in evaluations:
-        _copy(path, run.eval_dir / path.name)
+    copy_files([(p, run.eval_dir / p.name) for p in evaluations])
     if starts is None:
         run.dream_starts.unlink(missing_ok=True)  # the run's own episodes, as ever
         run.agent_round_file.unlink()  # no mark: the latest round in place
@@ -158,13 +157,11 @@ def settle_agent(cfg: ExperimentConfig, run: RunDir, rounds: list[dict[str, Any]
                  ) -> dict[str, Any]:
     """Once every round is finished: the round ``run.agent_round`` picks, in the run's
     places; returns the choice's figures for the summary."""
-    last = int(rounds[-1]["round"])
-    pick = best_round(rounds, run) if cfg.run.agent_round == "best" else last
+    means = selection_means(rounds, run) if cfg.run.agent_round == "best" else None
+    pick = _best(means) if means else int(rounds[-1]["round"])
     if round_in_place(run) != pick or started_after(cfg, run, latest_finished(run)):
         move_in(cfg, run, pick)  # (which refuses when a later round has started)
     figures: dict[str, Any] = {"rule": cfg.run.agent_round, "round": pick}
-    if cfg.run.agent_round == "best":
-        figures["selection_means"] = {
-            str(r["round"]): selection_mean(r, run.round(int(r["round"])).summary)
-            for r in rounds}
+    if means:
+        figures["selection_means"] = {str(n): m for n, m in means.items()}
     return figures

@@ -159,8 +159,14 @@ def keep_round(run: RunDir, number: int, figures: dict[str, Any]) -> None:
     copies += [(p, files.controller.dir / p.relative_to(run.controller.dir))
                for p in files_in(run.controller.dir, recursive=True)]
     copies += [(p, files.eval_dir / p.name) for p in files_in(run.eval_dir, (".json", ".csv"))]
+    copy_files(copies)
+    write_json_atomic(files.summary, figures)
+
+
+def copy_files(copies: list[tuple[Path, Path]]) -> None:
+    """Copy each existing ``src`` to ``dst`` (made whole by an atomic write, its folder
+    made as needed); a missing ``src`` (say an M without a header) is skipped."""
     for src, dst in copies:
         if src.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(dst, src.read_bytes())
-    write_json_atomic(files.summary, figures)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-import agents.agent_round
 import agents.iterations
 import run
 from agents.agent_round import best_round, round_in_place
@@ -156,7 +155,7 @@ def test_a_kill_while_the_files_move_then_a_rerun_finishes_the_move(tmp_path, mo
         pass
 
     calls = {"n": 0}
-    copy = agents.agent_round.write_bytes_atomic
+    copy = agents.iterations.write_bytes_atomic
 
     def dies_on_the_third(path, data):
         calls["n"] += 1
@@ -164,7 +163,7 @@ def test_a_kill_while_the_files_move_then_a_rerun_finishes_the_move(tmp_path, mo
             raise Killed
         copy(path, data)
 
-    monkeypatch.setattr(agents.agent_round, "write_bytes_atomic", dies_on_the_third)
+    monkeypatch.setattr(agents.iterations, "write_bytes_atomic", dies_on_the_third)
     with pytest.raises(Killed):
         run.main(best_args(tmp_path))
     assert round_in_place(rd) is None  # the mark says the move was cut short

@@ -710,6 +710,9 @@ def validate(cfg: ExperimentConfig, rounds: bool = True) -> None:
     later rounds collect with what C trains is left out (say CMA-ES rounds made M, and
     PPO now trains on it)."""
     check_ranges(cfg)
+    # CMA-ES with a selection: candidates compared on the selection seeds
+    cmaes_selects = (cfg.controller.algo == "cmaes"
+                     and 0 < cfg.controller.eval_every <= cfg.controller.generations)
     checks = [
         (cfg.name not in (".", "..") and "/" not in cfg.name and "\\" not in cfg.name, "name",
          f"must name a directory inside root, not {cfg.name!r}"),
@@ -739,18 +742,15 @@ def validate(cfg: ExperimentConfig, rounds: bool = True) -> None:
          "which must play what the controller stage trains: CMA-ES's weights "
          "(controller.algo=cmaes) or, with collect.controller_weights=sb3, the SB3 "
          "policy (controller.algo=ppo, a2c, sac or td3)"),
-        (cfg.run.agent_round == "last" or cfg.run.iterations == 1 or not rounds or (
-            cfg.controller.algo == "cmaes"
-            and 0 < cfg.controller.eval_every <= cfg.controller.generations),
+        (cfg.run.agent_round == "last" or cfg.run.iterations == 1 or not rounds
+         or cmaes_selects,
          "run.agent_round", "=best compares the rounds' controllers on the selection "
          "episodes: it needs controller.algo=cmaes and a selection "
          "(0 < controller.eval_every <= controller.generations)"),
         (not cfg.controller.sb3_init or cfg.controller.algo != "cmaes",
          "controller.sb3_init", "starts an SB3 training: set controller.algo to its "
          "algorithm (ppo, a2c, sac or td3)"),
-        (cfg.controller.restarts == 1 or (
-            cfg.controller.algo == "cmaes"
-            and 0 < cfg.controller.eval_every <= cfg.controller.generations),
+        (cfg.controller.restarts == 1 or cmaes_selects,
          "controller.restarts", "above 1 needs controller.algo=cmaes and a selection "
          "(0 < controller.eval_every <= controller.generations): the searches are "
          "compared on the selection seeds"),
