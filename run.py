@@ -106,8 +106,10 @@ def _score(s: dict[str, Any]) -> str:
     renderer = (" in Gymnasium's renderer (trained with the direct one)"
                 if "env.direct_render=false" in s.get("env_overrides", []) else "")
     weights = f", controller/{s['weights']}" if "weights" in s else ""
+    seed = s.get("key", {}).get("seed")
+    seeds = "" if seed is None else f" (the report seeds of seed={seed})"
     return (f"{s['mean']:.1f} +- {s['std']:.1f} over {s['episodes']} real episodes"
-            + renderer + weights + (" (cached)" if s.get("cached") else ""))
+            + seeds + renderer + weights + (" (cached)" if s.get("cached") else ""))
 
 
 def _memory(s: dict[str, Any]) -> str:

@@ -66,6 +66,8 @@ def test_main_job_runs_every_stage_then_skips_them(tmp_path, capsys):
         assert stage in table
     assert first["controller"]["environment"] == "dream"
     assert first["evaluate"]["episodes"] == 1 and "cached" not in first["evaluate"]
+    # the printed score says which episodes it was played on
+    assert f"(the report seeds of seed={first['evaluate']['key']['seed']})" in table
     second = run.main(args)
     assert second["collect"]["episodes_new"] == 0
     assert second["encode"]["encoded"] == 0
