@@ -40,7 +40,44 @@ SB3_POLICIES = tuple(SB3_ALGORITHMS)
 EVAL_POLICIES = ("controller", "random", *SB3_POLICIES)
 
 
+#: what an evaluation's JSON must repeat for a new one under its name to replace it
+#: losslessly (the same seeds, the same agent, the same returns)
+_SAME_EVALUATION = ("episodes", "mean", "std", "min", "max", "digests")
+
+
+def keep_replaced(out: Path, name: str, summary: dict[str, Any]) -> Path | None:
+    """Move an earlier evaluation under ``name`` in ``out`` that ``summary`` does not
+    reproduce (other episodes, another agent or other returns, say a 2-episode check
+    after a 100-episode report) to ``out/replaced/<name>.<N>ep[.k].json`` and ``.csv``
+    rather than overwrite it; returns where its JSON went, None if nothing moved."""
+    old_json = out / f"{name}.json"
+    if not old_json.is_file():
+        return None
+    try:
+        old = json.loads(old_json.read_text())
+    except (OSError, ValueError):
+        old = {}  # unreadable: kept aside too, never overwritten
+    old = old if isinstance(old, dict) else {}
+    if old and all(old.get(k) == summary.get(k) for k in _SAME_EVALUATION):
+        return None
+    stem = f"{name}.{old.get('episodes', 'unknown')}ep"
+    target, k = out / "replaced" / f"{stem}.json", 1
+    while target.exists():
+        k += 1
+        target = out / "replaced" / f"{stem}.{k}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old_csv = out / f"{name}.csv"
+    if old_csv.is_file():
+        old_csv.replace(target.with_suffix(".csv"))
+    old_json.replace(target)
+    what = (f"{old['episodes']} episodes, mean {old['mean']:.1f}"
+            if isinstance(old.get("mean"), (int, float)) else "unreadable")
+    print(f"kept the earlier evaluation {old_json.name} ({what}) as {target}")
+    return target
+
+
 def _write(out: Path, policy: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    keep_replaced(out, policy, summary)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -124,6 +124,19 @@ def test_evaluate_plays_env_overrides_and_keeps_the_runs_own_result(tiny_run):
              for name in ("controller", f"controller_seed{seed}")]
     assert seeds[0] != seeds[1]
     assert json.loads((out / "controller.json").read_text())["mean"] == own["mean"]
+    # a shorter evaluation under the same name keeps the longer one aside, byte for byte;
+    # one that only repeats it moves nothing
+    report = {p: (out / f"controller.{p}").read_bytes() for p in ("json", "csv")}
+    check = evaluate(run, episodes=1, engine="serial", progress=False)
+    assert check["episodes"] == 1 and not (out / "replaced" / "controller.1ep.json").exists()
+    assert {p: (out / "replaced" / f"controller.2ep.{p}").read_bytes()
+            for p in ("json", "csv")} == report
+    evaluate(run, episodes=1, engine="serial", progress=False)
+    assert sorted(q.name for q in (out / "replaced").iterdir()) == [
+        "controller.2ep.csv", "controller.2ep.json"]
+    (out / "controller.json").write_text("{not json")  # unreadable: kept aside, not lost
+    evaluate(run, episodes=1, engine="serial", progress=False)
+    assert (out / "replaced" / "controller.unknownep.json").read_text() == "{not json"
     worker = RolloutWorker(run, overrides=("env.direct_render=true",))
     assert isinstance(worker.env.unwrapped, DirectCarRacing)
     with pytest.raises(ConfigError, match="'vae.z_dim' is fixed"):

@@ -20,6 +20,7 @@ import train_frmdn as frmdn_script
 import train_vae as vae_script
 from tests.test_export import trained, tree_hash  # noqa: F401 - a fixture
 from tools.export_pretrained import export
+from worldmodels.checkpoint import CheckpointError
 from worldmodels.config import ConfigError, holdout_base, load_config
 from worldmodels.datasets import split_episodes
 from worldmodels.errors import InputError
@@ -105,6 +106,11 @@ def test_a_borrowed_world_model_is_guarded(shipped, trained, tmp_path):  # noqa:
     marker.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="changed since"):
         controller_script.main(["--world-model", str(shipped), "--run", str(home)])
+    # nor is its C played with that V: evaluate.py names the file, and writes nothing
+    evals = sorted((home / "eval").rglob("*")) if (home / "eval").exists() else []
+    with pytest.raises(CheckpointError, match="vae/model.safetensors: not the weights"):
+        evaluate_script.main(["--run", str(home), "--episodes", "1"])
+    assert (sorted((home / "eval").rglob("*")) if (home / "eval").exists() else []) == evals
     marker.write_text(json.dumps({"source": str(tmp_path / "gone")}))
     with pytest.raises(ConfigError, match="holds no trained V and M"):
         RunDir(home)

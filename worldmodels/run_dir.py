@@ -576,6 +576,7 @@ class RunDir:
         path = self.vae.model
         if not path.exists():
             raise CheckpointError(f"{path}: no trained V (run train_vae.py for {self.path})")
+        self._check_borrowed(path)
         model = load_model(path, expect={"z_dim": z_dim} if z_dim else None,
                            map_location=device, kinds=("ConvVAE",))
         assert isinstance(model, ConvVAE)
@@ -591,9 +592,32 @@ class RunDir:
         path = files.weights(weights)
         if not path.exists():
             raise CheckpointError(f"{path}: no trained M (run train_frmdn.py for {self.path})")
+        self._check_borrowed(path)
         memory: Any = load_model(path, map_location=device, kinds=checkpoint_kinds())
         self._check_memory_fits(path, memory)
         return memory.eval()
+
+    def _check_borrowed(self, path: Path) -> None:
+        """For a run on another run's world model: refuse V or M weights (at ``path``)
+        other than those its :data:`WORLD_MODEL_FILE` recorded when its C was trained, so
+        that C never plays with a V or M it did not learn on (the source may have moved on:
+        a later round, or ``run.agent_round`` putting another round in place)."""
+        if not self.borrows_world_model:
+            return
+        try:
+            recorded = json.loads(self.world_model_file.read_text()).get("files", {})
+        except (OSError, ValueError, AttributeError) as err:
+            raise ConfigError(f"{self.world_model_file}: unreadable ({err})") from None
+        key = f"{path.parent.name}/{path.name}"
+        if key not in recorded:  # not a file C was trained on (e.g. M's last epoch)
+            return
+        found = file_digest(path)
+        if found != recorded[key]:
+            raise CheckpointError(
+                f"{path}: not the weights {self.home}'s C was trained on (SHA-256 {found}, "
+                f"{self.world_model_file} records {recorded[key]}); the run {self.path} has "
+                "moved on (a later round, or run.agent_round put another round in place). "
+                "Put those weights back there, or train C again on the new ones")
 
     def _check_memory_fits(self, path: Path, memory: Memory) -> None:
         """Refuse an M (at ``path``) made for another V or env than this run's: its z size
