@@ -70,7 +70,7 @@ def keep_replaced(out: Path, name: str, summary: dict[str, Any]) -> Path | None:
     if old_csv.is_file():
         old_csv.replace(target.with_suffix(".csv"))
     old_json.replace(target)
-    what = (f"{old['episodes']} episodes, mean {old['mean']:.1f}"
+    what = (f"{old.get('episodes', '?')} episodes, mean {old['mean']:.1f}"
             if isinstance(old.get("mean"), (int, float)) else "unreadable")
     print(f"kept the earlier evaluation {old_json.name} ({what}) as {target}")
     return target
