@@ -30,6 +30,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from agents.agent_round import put_back_previous, settle_agent
@@ -146,21 +147,30 @@ def _controller(s: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class Stage:
     """One step of the main job: ``run`` does (or resumes, or reuses) it and returns its
-    figures; ``headline`` gives the summary line's text for them."""
+    figures; ``headline`` gives the summary line's text for them. ``adds`` names the
+    figures that count this invocation's work (new episodes, their steps and seconds):
+    a rerun that finds the stage finished by an earlier, interrupted invocation adds
+    the earlier counts to its own (see :func:`run_stages`)."""
 
     name: str
     run: Callable[[ExperimentConfig, RunDir], dict[str, Any]]
     headline: Callable[[dict[str, Any]], str]
+    adds: tuple[str, ...] = ()
+
+
+#: the work counts of collection and encoding (their other figures describe the result)
+COLLECT_ADDS = ("episodes_new", "steps_new", "seconds")
+ENCODE_ADDS = ("encoded", "frames", "seconds")
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("collect", lambda cfg, run: describe(collect(cfg, run)),
-          lambda s: f"{s['episodes_total']} episodes ({s['episodes_new']} new)"),
+          lambda s: f"{s['episodes_total']} episodes ({s['episodes_new']} new)", COLLECT_ADDS),
     Stage("vae", lambda cfg, run: report_dict(train_vae(cfg, run)),
           lambda s: (f"held-out MSE {s['holdout_mse']:.5f} = {s['mse_ratio']:.3f} x "
                      "mean frame's")),
     Stage("encode", lambda cfg, run: vars(encode_rollouts(cfg, run)),
-          lambda s: f"{s['encoded']} of {s['episodes']} episodes encoded"),
+          lambda s: f"{s['encoded']} of {s['episodes']} episodes encoded", ENCODE_ADDS),
     Stage("memory", lambda cfg, run: memory_report(train_memory(cfg, run)), _memory),
     Stage("dream_check", check_run, _dream_check),
     Stage("controller", train_controller, _controller),
@@ -179,7 +189,7 @@ def round_stages(number: int) -> tuple[Stage, ...]:
     return (
         Stage("collect", lambda cfg, run: collect_round(cfg, run, number),
               lambda s: (f"{s['episodes_total']} episodes ({s['episodes_new']} new, "
-                         f"controller, epsilon {s['epsilon']})")),
+                         f"controller, epsilon {s['epsilon']})"), COLLECT_ADDS),
         same["encode"],
         Stage("memory", lambda cfg, run: memory_round(cfg, run, number),
               lambda s: f"from epoch {s['round_start_epoch']}: {_memory(s)}"),
@@ -193,14 +203,43 @@ def round_stages(number: int) -> tuple[Stage, ...]:
 
 
 def run_stages(stages: tuple[Stage, ...], cfg: ExperimentConfig, run: RunDir,
-               ) -> dict[str, Any]:
-    """Each stage's figures with its wall time, by stage name."""
+               progress: Path) -> dict[str, Any]:
+    """Each stage's figures with its wall time, by stage name.
+
+    Every stage runs (each skips or resumes its own work), and its figures go into
+    ``progress`` as soon as it ends. A rerun after a kill reads them back: a stage the
+    killed job finished counts its wall time and its ``adds`` figures over both jobs, so
+    a resumed job reports the work of its stages, not the near-zero time of finding it
+    done. (The part of a stage cut off by the kill is not counted: nothing timed it.)
+    The caller deletes ``progress`` once the job's summary is written."""
+    earlier = read_json(progress, {})
+    earlier = earlier if isinstance(earlier, dict) else {}
     figures: dict[str, Any] = {}
     for stage in stages:
         start = time.perf_counter()
         result = stage.run(cfg, run)
-        figures[stage.name] = {"wall_seconds": round(time.perf_counter() - start, 1), **result}
+        result = {"wall_seconds": round(time.perf_counter() - start, 1), **result}
+        before = earlier.get(stage.name)
+        if isinstance(before, dict):
+            result = with_earlier(result, before, stage.adds)
+        figures[stage.name] = result
+        write_json_atomic(progress, {**earlier, **figures})
     return figures
+
+
+def with_earlier(now: dict[str, Any], before: dict[str, Any], adds: tuple[str, ...],
+                 ) -> dict[str, Any]:
+    """A stage's figures ``now`` with those of the earlier invocation that finished it
+    (``before``) counted in: wall time and the ``adds`` figures summed, the steps per
+    second recomputed from the sums."""
+    merged = {**now, "wall_seconds": round(now["wall_seconds"] + before.get("wall_seconds", 0), 1),
+              "invocations": int(before.get("invocations", 1)) + 1}
+    for key in adds:
+        if isinstance(now.get(key), int | float) and isinstance(before.get(key), int | float):
+            merged[key] = now[key] + before[key]
+    if "steps_per_second" in merged and merged.get("seconds"):
+        merged["steps_per_second"] = merged["steps_new"] / merged["seconds"]
+    return merged
 
 
 def play_round(cfg: ExperimentConfig, run: RunDir, number: int) -> dict[str, Any]:
@@ -212,15 +251,19 @@ def play_round(cfg: ExperimentConfig, run: RunDir, number: int) -> dict[str, Any
         return {**done, "reused": True}
     started = time.perf_counter()
     put_back_previous(cfg, run, number)  # (an earlier round may be the agent)
-    figures = {"round": number, **run_stages(round_stages(number), cfg, run)}
+    files = run.round(number)
+    figures = {"round": number, **run_stages(round_stages(number), cfg, run, files.progress)}
     figures["wall_seconds"] = round(time.perf_counter() - started, 1)
     keep_round(run, number, figures)
+    files.progress.unlink(missing_ok=True)
     return figures
 
 
 def _stage_lines(figures: dict[str, Any], stages: tuple[Stage, ...]) -> list[str]:
     return [f"  {stage.name:<16} {figures[stage.name]['wall_seconds']:>8.1f} s   "
-            f"{stage.headline(figures[stage.name])}"
+            f"{stage.headline(figures[stage.name])}" + (
+                f" [over {n} invocations]" if (n := figures[stage.name].get("invocations"))
+                else "")
             for stage in stages if stage.name in figures]
 
 
@@ -251,12 +294,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_dir": str(run.path)}
     started = time.perf_counter()
     if cfg.run.iterations == 1:
-        summary.update(run_stages(STAGES, cfg, run))
+        summary.update(run_stages(STAGES, cfg, run, run.progress_file))
     else:
         summary["rounds"] = [play_round(cfg, run, n) for n in range(1, cfg.run.iterations + 1)]
         summary["agent"] = settle_agent(cfg, run, summary["rounds"])
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(run.summary_file, summary)
+    run.progress_file.unlink(missing_ok=True)
     print(summary_table(summary))
     return summary
 

@@ -186,12 +186,20 @@ def test_a_kill_inside_round_2_then_a_rerun_finishes_as_an_uninterrupted_run(
         run.main(iterated_args(tmp_path))
     rd = tiny_run(tmp_path)
     assert rd.round(1).summary.is_file() and not rd.round(2).summary.exists()
+    killed_job = json.loads(rd.round(2).progress.read_text())  # the stages it finished
+    assert "collect" in killed_job and where not in killed_job
     monkeypatch.undo()
     rerun = run.main(iterated_args(tmp_path))
     first, second = rerun["rounds"]
     assert first["reused"] and "reused" not in second  # round 1 is not played again
-    assert second["collect"]["episodes_new"] == 0 and second["encode"]["encoded"] == 0
     uninterrupted_tmp, uninterrupted = two_rounds
+    # the round's figures count the killed job's work: its episodes, encoding, wall time
+    for stage, count in (("collect", "episodes_new"), ("encode", "encoded")):
+        assert second[stage][count] == uninterrupted["rounds"][1][stage][count] > 0
+        assert second[stage]["invocations"] == 2
+        assert second[stage]["wall_seconds"] >= killed_job[stage]["wall_seconds"]
+    assert "invocations" not in second[where]  # the stage the kill cut off
+    assert not rd.round(2).progress.exists()  # gone once the round's summary is written
     assert second["evaluate"]["mean"] == uninterrupted["rounds"][1]["evaluate"]["mean"]
     assert second["memory"]["epochs_done"] == 2
     assert _digests(rd) == _digests(tiny_run(uninterrupted_tmp))
@@ -244,9 +252,13 @@ def test_a_kill_in_an_sb3_rounds_controller_stage_then_a_rerun_trains_round_2s_p
     rd = tiny_run(tmp_path)
     assert json.loads(rd.round(2).state.read_text())["controller_cleared"]
     assert not rd.controller.sb3("ppo", "dream")[0].exists()  # round 1's kept apart only
+    collected = {p.name: file_digest(p) for p in list_shards(rd.rollouts)}
     monkeypatch.undo()
     second = run.main(ppo_rounds_args(tmp_path))["rounds"][1]
-    assert second["collect"]["episodes_new"] == 0 and second["controller"]["timesteps"] == 32
+    # round 2's 2 episodes were collected once, by the killed job, and are counted
+    assert {p.name: file_digest(p) for p in list_shards(rd.rollouts)} == collected
+    assert len(collected) == 5 and second["collect"]["episodes_new"] == 2
+    assert second["collect"]["invocations"] == 2 and second["controller"]["timesteps"] == 32
     now = rd.controller.sb3("ppo", "dream")[0]
     assert file_digest(now) == file_digest(rd.round(2).controller.dir / now.name)
     assert file_digest(now) != file_digest(rd.round(1).controller.dir / now.name)

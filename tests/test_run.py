@@ -22,6 +22,36 @@ def tiny_job_args(tmp_path, environment: str) -> list[str]:
             "controller.engine=serial", f"controller.environment={environment}"]
 
 
+def test_a_job_killed_in_m_then_rerun_reports_the_killed_jobs_collection(
+        tmp_path, monkeypatch, capsys):
+    """The rerun's summary counts the episodes, encoding and wall time of the stages the
+    killed job finished (kept in progress.json until the summary is written)."""
+    class Killed(RuntimeError):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    args = tiny_job_args(tmp_path, "dream")
+    monkeypatch.setattr(run, "train_memory", killed)
+    with pytest.raises(Killed):
+        run.main(args)
+    run_dir = tmp_path / "runs" / "CarRacing-v3" / "tiny"
+    progress = run_dir / "progress.json"
+    killed_job = json.loads(progress.read_text())
+    assert set(killed_job) == {"collect", "vae", "encode"}
+    monkeypatch.undo()
+    capsys.readouterr()
+    rerun = run.main(args)
+    assert "3 episodes (3 new) [over 2 invocations]" in capsys.readouterr().out
+    assert rerun["collect"]["episodes_new"] == 3 and rerun["encode"]["encoded"] == 3
+    assert rerun["collect"]["steps_new"] == killed_job["collect"]["steps_new"] > 0
+    assert rerun["vae"]["invocations"] == 2 and "invocations" not in rerun["memory"]
+    assert rerun["collect"]["wall_seconds"] >= killed_job["collect"]["wall_seconds"]
+    assert not progress.exists()
+    assert json.loads((run_dir / "summary.json").read_text())["collect"]["episodes_new"] == 3
+
+
 def tiny_memory_run(root, kind: str):
     """A tiny CarRacing run with ``memory.kind=<kind>``: M trained, CMA-ES in its dream
     for 2 generations, then evaluated in the real env (run.py's main job)."""
@@ -69,7 +99,8 @@ def test_main_job_runs_every_stage_then_skips_them(tmp_path, capsys):
     # the printed score says which episodes it was played on
     assert f"(the report seeds of seed={first['evaluate']['key']['seed']})" in table
     second = run.main(args)
-    assert second["collect"]["episodes_new"] == 0
+    # a rerun of a finished job reports its own (no) work: nothing was carried over
+    assert second["collect"]["episodes_new"] == 0 and "invocations" not in second["collect"]
     assert second["encode"]["encoded"] == 0
     assert second["evaluate"]["cached"] and second["evaluate_random"]["cached"]
     assert second["evaluate"]["mean"] == first["evaluate"]["mean"]

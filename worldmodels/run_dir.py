@@ -208,13 +208,14 @@ class RoundFiles:
     number: int
     summary: Path  # the round's stage figures (as the run's summary.json has them)
     state: Path  # progress marks inside the round (C's files cleared for its CMA-ES)
+    progress: Path  # figures of the stages a killed invocation finished (until summary)
     memory: MemoryFiles  # best.safetensors and metrics.json: M as the round left it
     controller: ControllerFiles  # C's weights, CMA-ES history, log and plot
     eval_dir: Path  # eval/*.json and *.csv: the round's evaluations and dream check
 
     @classmethod
     def at(cls, d: Path, number: int) -> RoundFiles:
-        return cls(d, number, d / "summary.json", d / "state.json",
+        return cls(d, number, d / "summary.json", d / "state.json", d / "progress.json",
                    MemoryFiles.at(d / "memory"), ControllerFiles.at(d / "controller"),
                    d / "eval")
 
@@ -314,6 +315,12 @@ class RunDir:
     @property
     def summary_file(self) -> Path:
         return self.home / "summary.json"
+
+    @property
+    def progress_file(self) -> Path:
+        """The figures of the stages a killed run.py job finished; gone once its
+        summary is written (see ``run.run_stages``)."""
+        return self.home / "progress.json"
 
     @property
     def skipped_shards_file(self) -> Path:
