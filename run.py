@@ -203,8 +203,9 @@ def round_stages(number: int) -> tuple[Stage, ...]:
 
 
 def run_stages(stages: tuple[Stage, ...], cfg: ExperimentConfig, run: RunDir,
-               progress: Path) -> dict[str, Any]:
-    """Each stage's figures with its wall time, by stage name.
+               progress: Path) -> tuple[dict[str, Any], float]:
+    """Each stage's figures with its wall time, by stage name, and the wall time the
+    killed jobs before this one spent up to their last finished stage (0 if none).
 
     Every stage runs (each skips or resumes its own work), and its figures go into
     ``progress`` as soon as it ends. A rerun after a kill reads them back: a stage the
@@ -212,8 +213,10 @@ def run_stages(stages: tuple[Stage, ...], cfg: ExperimentConfig, run: RunDir,
     a resumed job reports the work of its stages, not the near-zero time of finding it
     done. (The part of a stage cut off by the kill is not counted: nothing timed it.)
     The caller deletes ``progress`` once the job's summary is written."""
-    earlier = read_json(progress, {})
-    earlier = earlier if isinstance(earlier, dict) else {}
+    kept = read_json(progress, {})
+    earlier = kept.get("stages", {}) if isinstance(kept, dict) else {}
+    earlier_wall = float(kept.get("wall_seconds", 0.0)) if isinstance(kept, dict) else 0.0
+    started = time.perf_counter()
     figures: dict[str, Any] = {}
     for stage in stages:
         start = time.perf_counter()
@@ -223,8 +226,10 @@ def run_stages(stages: tuple[Stage, ...], cfg: ExperimentConfig, run: RunDir,
         if isinstance(before, dict):
             result = with_earlier(result, before, stage.adds)
         figures[stage.name] = result
-        write_json_atomic(progress, {**earlier, **figures})
-    return figures
+        write_json_atomic(progress, {
+            "wall_seconds": round(earlier_wall + time.perf_counter() - started, 1),
+            "stages": {**earlier, **figures}})
+    return figures, earlier_wall
 
 
 def with_earlier(now: dict[str, Any], before: dict[str, Any], adds: tuple[str, ...],
@@ -252,8 +257,9 @@ def play_round(cfg: ExperimentConfig, run: RunDir, number: int) -> dict[str, Any
     started = time.perf_counter()
     put_back_previous(cfg, run, number)  # (an earlier round may be the agent)
     files = run.round(number)
-    figures = {"round": number, **run_stages(round_stages(number), cfg, run, files.progress)}
-    figures["wall_seconds"] = round(time.perf_counter() - started, 1)
+    stages, earlier_wall = run_stages(round_stages(number), cfg, run, files.progress)
+    figures = {"round": number, **stages,
+               "wall_seconds": round(earlier_wall + time.perf_counter() - started, 1)}
     keep_round(run, number, figures)
     files.progress.unlink(missing_ok=True)
     return figures
@@ -293,12 +299,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
     summary: dict[str, Any] = {"run_dir": str(run.path)}
     started = time.perf_counter()
+    earlier_wall = 0.0  # of killed jobs (a round keeps its own)
     if cfg.run.iterations == 1:
-        summary.update(run_stages(STAGES, cfg, run, run.progress_file))
+        stages, earlier_wall = run_stages(STAGES, cfg, run, run.progress_file)
+        summary.update(stages)
     else:
         summary["rounds"] = [play_round(cfg, run, n) for n in range(1, cfg.run.iterations + 1)]
         summary["agent"] = settle_agent(cfg, run, summary["rounds"])
-    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    summary["wall_seconds"] = round(earlier_wall + time.perf_counter() - started, 1)
     write_json_atomic(run.summary_file, summary)
     run.progress_file.unlink(missing_ok=True)
     print(summary_table(summary))

@@ -38,8 +38,10 @@ def test_a_job_killed_in_m_then_rerun_reports_the_killed_jobs_collection(
         run.main(args)
     run_dir = tmp_path / "runs" / "CarRacing-v3" / "tiny"
     progress = run_dir / "progress.json"
-    killed_job = json.loads(progress.read_text())
+    kept = json.loads(progress.read_text())
+    killed_job = kept["stages"]
     assert set(killed_job) == {"collect", "vae", "encode"}
+    assert kept["wall_seconds"] >= sum(s["wall_seconds"] for s in killed_job.values()) - 0.2
     monkeypatch.undo()
     capsys.readouterr()
     rerun = run.main(args)
@@ -48,6 +50,7 @@ def test_a_job_killed_in_m_then_rerun_reports_the_killed_jobs_collection(
     assert rerun["collect"]["steps_new"] == killed_job["collect"]["steps_new"] > 0
     assert rerun["vae"]["invocations"] == 2 and "invocations" not in rerun["memory"]
     assert rerun["collect"]["wall_seconds"] >= killed_job["collect"]["wall_seconds"]
+    assert rerun["wall_seconds"] >= kept["wall_seconds"]  # the job's total counts both
     assert not progress.exists()
     assert json.loads((run_dir / "summary.json").read_text())["collect"]["episodes_new"] == 3
 
