@@ -27,6 +27,7 @@ controller selected highest (agents/agent_round.py).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -46,7 +47,7 @@ from agents.iterations import (
 )
 from agents.sb3 import train_sb3
 from agents.searches import train_searches
-from worldmodels.checkpoint import file_digest, read_json, write_json_atomic
+from worldmodels.checkpoint import CheckpointError, file_digest, read_json, write_json_atomic
 from worldmodels.config import ExperimentConfig, cli_parser, parse_cli
 from worldmodels.encoding import encode_rollouts
 from worldmodels.errors import run_cli
@@ -213,9 +214,8 @@ def run_stages(stages: tuple[Stage, ...], cfg: ExperimentConfig, run: RunDir,
     a resumed job reports the work of its stages, not the near-zero time of finding it
     done. (The part of a stage cut off by the kill is not counted: nothing timed it.)
     The caller deletes ``progress`` once the job's summary is written."""
-    kept = read_json(progress, {})
-    earlier = kept.get("stages", {}) if isinstance(kept, dict) else {}
-    earlier_wall = float(kept.get("wall_seconds", 0.0)) if isinstance(kept, dict) else 0.0
+    kept = killed_jobs(progress)
+    earlier, earlier_wall = kept.get("stages", {}), float(kept.get("wall_seconds", 0.0))
     started = time.perf_counter()
     figures: dict[str, Any] = {}
     for stage in stages:
@@ -230,6 +230,20 @@ def run_stages(stages: tuple[Stage, ...], cfg: ExperimentConfig, run: RunDir,
             "wall_seconds": round(earlier_wall + time.perf_counter() - started, 1),
             "stages": {**earlier, **figures}})
     return figures, earlier_wall
+
+
+def killed_jobs(progress: Path) -> dict[str, Any]:
+    """What ``progress`` kept of killed jobs. It is bookkeeping only, so an unreadable
+    one is named in a warning and set aside (``<name>.unreadable``), not an error."""
+    try:
+        kept = read_json(progress, {}, ("stages", "wall_seconds"))
+    except CheckpointError:
+        aside = progress.with_name(progress.name + ".unreadable")
+        progress.replace(aside)
+        print(f"warning: {progress} is unreadable; set aside as {aside.name}, so the stages "
+              "killed jobs finished are not counted in this summary", file=sys.stderr)
+        return {}
+    return kept if isinstance(kept.get("stages"), dict) else {}
 
 
 def with_earlier(now: dict[str, Any], before: dict[str, Any], adds: tuple[str, ...],

@@ -55,6 +55,16 @@ def test_a_job_killed_in_m_then_rerun_reports_the_killed_jobs_collection(
     assert json.loads((run_dir / "summary.json").read_text())["collect"]["episodes_new"] == 3
 
 
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"stages": {}}'])
+def test_an_unreadable_progress_file_is_set_aside_with_a_warning(tmp_path, capsys, text):
+    progress = tmp_path / "progress.json"
+    progress.write_text(text)
+    assert run.killed_jobs(progress) == {}
+    assert (tmp_path / "progress.json.unreadable").read_text() == text  # kept, not lost
+    assert f"{progress} is unreadable" in capsys.readouterr().err
+    assert run.killed_jobs(progress) == {}  # and none now: nothing to count
+
+
 def tiny_memory_run(root, kind: str):
     """A tiny CarRacing run with ``memory.kind=<kind>``: M trained, CMA-ES in its dream
     for 2 generations, then evaluated in the real env (run.py's main job)."""
