@@ -76,6 +76,29 @@ def env_rate(env, agent: VMCAgent | None, steps: int, seed: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def dream_generation(cfg, action_space, trained: bool = False, single: bool = False,
+                     dream_steps: int = 50):
+    """What one dream CMA-ES generation steps, as the config sizes it: M (untrained, or
+    the run's with ``trained``), a controller, ``P`` candidates' parameters and the
+    ``R`` start indices, and the :class:`Dream` of ``P x R`` dreams (``single``: 1 x 1)
+    that run ``dream_steps`` steps (the done head never ends one: threshold 1.0)."""
+    torch.manual_seed(0)
+    if trained:
+        memory = RunDir.for_config(cfg).load_memory()
+    else:
+        n = getattr(action_space, "n", None)
+        memory = build_memory(cfg, int(n) if n is not None else action_space.shape[0],
+                              n is not None).eval()
+    controller = build_controller(cfg.controller, memory.feature_size(cfg.controller.use_cell),
+                                  action_space)
+    P, R = (1, 1) if single else (cfg.controller.population, cfg.controller.rollouts)
+    d = cfg.vae.z_dim
+    dream = Dream(memory, torch.zeros(8, d), torch.zeros(8, d), cfg.dream.temperature,
+                  done_mode="threshold", done_threshold=1.0, max_steps=dream_steps)
+    params = 0.1 * torch.randn(P, controller.num_parameters())
+    return memory, controller, dream, params, torch.arange(R)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="doom_takecover")
@@ -91,24 +114,11 @@ def main() -> None:
 
     cfg = load_config(args.config, args.preset, args.overrides)
     env = make_env_from_config(cfg.env)
-    torch.manual_seed(0)
-    if args.trained:
-        memory = RunDir.for_config(cfg).load_memory()
-    else:
-        n = getattr(env.action_space, "n", None)
-        memory = build_memory(cfg, int(n) if n is not None else env.action_space.shape[0],
-                              n is not None).eval()
-    controller = build_controller(cfg.controller, memory.feature_size(cfg.controller.use_cell),
-                                  env.action_space)
+    memory, controller, dream, params, starts = dream_generation(
+        cfg, env.action_space, args.trained, args.single, args.dream_steps)
     agent = VMCAgent(ConvVAE(z_dim=cfg.vae.z_dim), memory, controller)
-    P, R = (1, 1) if args.single else (cfg.controller.population, cfg.controller.rollouts)
+    P, R = len(params), len(starts)
     B = P * R
-    d = cfg.vae.z_dim
-    # threshold 1.0: the done head never ends a dream, so each step holds all B dreams
-    dream = Dream(memory, torch.zeros(8, d), torch.zeros(8, d), cfg.dream.temperature,
-                  done_mode="threshold", done_threshold=1.0, max_steps=args.dream_steps)
-    params = 0.1 * torch.randn(P, controller.num_parameters())
-    starts = torch.arange(R)
 
     dream_threads = cfg.dream.threads or torch.get_num_threads()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch "
