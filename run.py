@@ -47,7 +47,7 @@ from agents.iterations import (
 )
 from agents.sb3 import train_sb3
 from agents.searches import train_searches
-from worldmodels.checkpoint import CheckpointError, file_digest, read_json, write_json_atomic
+from worldmodels.checkpoint import file_digest, read_json, write_json_atomic
 from worldmodels.config import ExperimentConfig, cli_parser, parse_cli
 from worldmodels.encoding import encode_rollouts
 from worldmodels.errors import run_cli
@@ -151,12 +151,15 @@ class Stage:
     figures; ``headline`` gives the summary line's text for them. ``adds`` names the
     figures that count this invocation's work (new episodes, their steps and seconds):
     a rerun that finds the stage finished by an earlier, interrupted invocation adds
-    the earlier counts to its own (see :func:`run_stages`)."""
+    the earlier counts to its own, if the figures named in ``same`` are equal (the
+    latents' V: latents of another V were made again, not added to; see
+    :func:`run_stages`)."""
 
     name: str
     run: Callable[[ExperimentConfig, RunDir], dict[str, Any]]
     headline: Callable[[dict[str, Any]], str]
     adds: tuple[str, ...] = ()
+    same: tuple[str, ...] = ()
 
 
 #: the work counts of collection and encoding (their other figures describe the result)
@@ -171,7 +174,8 @@ STAGES: tuple[Stage, ...] = (
           lambda s: (f"held-out MSE {s['holdout_mse']:.5f} = {s['mse_ratio']:.3f} x "
                      "mean frame's")),
     Stage("encode", lambda cfg, run: vars(encode_rollouts(cfg, run)),
-          lambda s: f"{s['encoded']} of {s['episodes']} episodes encoded", ENCODE_ADDS),
+          lambda s: f"{s['encoded']} of {s['episodes']} episodes encoded", ENCODE_ADDS,
+          ("vae_digest",)),
     Stage("memory", lambda cfg, run: memory_report(train_memory(cfg, run)), _memory),
     Stage("dream_check", check_run, _dream_check),
     Stage("controller", train_controller, _controller),
@@ -224,7 +228,8 @@ def run_stages(stages: tuple[Stage, ...], cfg: ExperimentConfig, run: RunDir,
         result = {"wall_seconds": round(time.perf_counter() - start, 1), **result}
         before = earlier.get(stage.name)
         if isinstance(before, dict):
-            result = with_earlier(result, before, stage.adds)
+            same = all(before.get(k) == result.get(k) for k in stage.same)
+            result = with_earlier(result, before, stage.adds if same else ())
         figures[stage.name] = result
         write_json_atomic(progress, {
             "wall_seconds": round(earlier_wall + time.perf_counter() - started, 1),
@@ -233,17 +238,33 @@ def run_stages(stages: tuple[Stage, ...], cfg: ExperimentConfig, run: RunDir,
 
 
 def killed_jobs(progress: Path) -> dict[str, Any]:
-    """What ``progress`` kept of killed jobs. It is bookkeeping only, so an unreadable
-    one is named in a warning and set aside (``<name>.unreadable``), not an error."""
+    """What ``progress`` kept of killed jobs: ``{"wall_seconds": s, "stages": {name:
+    figures}}``, or ``{}``. It is bookkeeping only, so a file that is unreadable or not
+    of that form is named in a warning and set aside (``<name>.unreadable``), not an
+    error."""
+    if not progress.exists():
+        return {}
     try:
-        kept = read_json(progress, {}, ("stages", "wall_seconds"))
-    except CheckpointError:
+        kept = json.loads(progress.read_bytes())
+        stages = kept["stages"]
+        if not (isinstance(stages, dict) and _seconds(kept) and all(
+                isinstance(f, dict) and _seconds(f)
+                and isinstance(f.get("invocations", 1), int) for f in stages.values())):
+            raise ValueError("not of the form written by run.py")
+    except (OSError, ValueError, TypeError, KeyError) as err:  # (JSON and UTF-8 errors too)
         aside = progress.with_name(progress.name + ".unreadable")
         progress.replace(aside)
-        print(f"warning: {progress} is unreadable; set aside as {aside.name}, so the stages "
-              "killed jobs finished are not counted in this summary", file=sys.stderr)
+        print(f"warning: {progress} is unreadable ({type(err).__name__}); set aside as "
+              f"{aside.name}, so the stages killed jobs finished are not counted in this "
+              "summary", file=sys.stderr)
         return {}
-    return kept if isinstance(kept.get("stages"), dict) else {}
+    return kept
+
+
+def _seconds(figures: Any) -> bool:
+    """``figures`` holds a number of seconds (``wall_seconds``)."""
+    value = figures.get("wall_seconds") if isinstance(figures, dict) else None
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def with_earlier(now: dict[str, Any], before: dict[str, Any], adds: tuple[str, ...],
@@ -274,8 +295,12 @@ def play_round(cfg: ExperimentConfig, run: RunDir, number: int) -> dict[str, Any
     stages, earlier_wall = run_stages(round_stages(number), cfg, run, files.progress)
     figures = {"round": number, **stages,
                "wall_seconds": round(earlier_wall + time.perf_counter() - started, 1)}
-    keep_round(run, number, figures)
+    if earlier_wall:
+        figures["killed_jobs_seconds"] = earlier_wall  # (part of wall_seconds)
+    # gone before the round is marked finished: a kill in between loses these counts
+    # from the summary rather than counting them twice
     files.progress.unlink(missing_ok=True)
+    keep_round(run, number, figures)
     return figures
 
 
@@ -313,16 +338,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
     summary: dict[str, Any] = {"run_dir": str(run.path)}
     started = time.perf_counter()
-    earlier_wall = 0.0  # of killed jobs (a round keeps its own)
     if cfg.run.iterations == 1:
         stages, earlier_wall = run_stages(STAGES, cfg, run, run.progress_file)
         summary.update(stages)
     else:
         summary["rounds"] = [play_round(cfg, run, n) for n in range(1, cfg.run.iterations + 1)]
         summary["agent"] = settle_agent(cfg, run, summary["rounds"])
+        # the killed jobs' part of the rounds this job finished (reused rounds: none)
+        earlier_wall = sum(r.get("killed_jobs_seconds", 0.0) for r in summary["rounds"]
+                           if not r.get("reused"))
     summary["wall_seconds"] = round(earlier_wall + time.perf_counter() - started, 1)
+    run.progress_file.unlink(missing_ok=True)  # first: a kill after it loses, not doubles
     write_json_atomic(run.summary_file, summary)
-    run.progress_file.unlink(missing_ok=True)
     print(summary_table(summary))
     return summary
 

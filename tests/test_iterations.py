@@ -200,7 +200,8 @@ def test_a_kill_inside_round_2_then_a_rerun_finishes_as_an_uninterrupted_run(
         assert second[stage]["invocations"] == 2
         assert second[stage]["wall_seconds"] >= killed_job[stage]["wall_seconds"]
     assert "invocations" not in second[where]  # the stage the kill cut off
-    assert second["wall_seconds"] >= kept["wall_seconds"]
+    assert second["killed_jobs_seconds"] == kept["wall_seconds"] > 0
+    assert rerun["wall_seconds"] >= second["wall_seconds"] >= kept["wall_seconds"]
     assert not rd.round(2).progress.exists()  # gone once the round's summary is written
     assert second["evaluate"]["mean"] == uninterrupted["rounds"][1]["evaluate"]["mean"]
     assert second["memory"]["epochs_done"] == 2

@@ -22,10 +22,12 @@ def tiny_job_args(tmp_path, environment: str) -> list[str]:
             "controller.engine=serial", f"controller.environment={environment}"]
 
 
+@pytest.mark.parametrize("new_v", [False, True])
 def test_a_job_killed_in_m_then_rerun_reports_the_killed_jobs_collection(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, monkeypatch, capsys, new_v):
     """The rerun's summary counts the episodes, encoding and wall time of the stages the
-    killed job finished (kept in progress.json until the summary is written)."""
+    killed job finished (kept in progress.json until the summary is written); with V
+    trained further in between, the latents are encoded again and counted once."""
     class Killed(RuntimeError):
         pass
 
@@ -44,9 +46,11 @@ def test_a_job_killed_in_m_then_rerun_reports_the_killed_jobs_collection(
     assert kept["wall_seconds"] >= sum(s["wall_seconds"] for s in killed_job.values()) - 0.2
     monkeypatch.undo()
     capsys.readouterr()
-    rerun = run.main(args)
+    rerun = run.main([*args, "vae.epochs=2"] if new_v else args)
     assert "3 episodes (3 new) [over 2 invocations]" in capsys.readouterr().out
     assert rerun["collect"]["episodes_new"] == 3 and rerun["encode"]["encoded"] == 3
+    assert rerun["encode"]["invocations"] == 2
+    assert (rerun["encode"]["vae_digest"] != killed_job["encode"]["vae_digest"]) == new_v
     assert rerun["collect"]["steps_new"] == killed_job["collect"]["steps_new"] > 0
     assert rerun["vae"]["invocations"] == 2 and "invocations" not in rerun["memory"]
     assert rerun["collect"]["wall_seconds"] >= killed_job["collect"]["wall_seconds"]
@@ -55,14 +59,25 @@ def test_a_job_killed_in_m_then_rerun_reports_the_killed_jobs_collection(
     assert json.loads((run_dir / "summary.json").read_text())["collect"]["episodes_new"] == 3
 
 
-@pytest.mark.parametrize("text", ["{not json", "[]", '{"stages": {}}'])
-def test_an_unreadable_progress_file_is_set_aside_with_a_warning(tmp_path, capsys, text):
+@pytest.mark.parametrize("data", [
+    b"{not json", b"\xff\xfe{", b"[]", b'{"stages": {}}', b'{"stages": [], "wall_seconds": 0}',
+    b'{"stages": {}, "wall_seconds": "x"}',
+    b'{"stages": {"collect": {"wall_seconds": null}}, "wall_seconds": 1}',
+    b'{"stages": {"collect": {"wall_seconds": 1, "invocations": "2"}}, "wall_seconds": 1}'])
+def test_an_unreadable_progress_file_is_set_aside_with_a_warning(tmp_path, capsys, data):
     progress = tmp_path / "progress.json"
-    progress.write_text(text)
+    progress.write_bytes(data)
     assert run.killed_jobs(progress) == {}
-    assert (tmp_path / "progress.json.unreadable").read_text() == text  # kept, not lost
+    assert (tmp_path / "progress.json.unreadable").read_bytes() == data  # kept, not lost
     assert f"{progress} is unreadable" in capsys.readouterr().err
     assert run.killed_jobs(progress) == {}  # and none now: nothing to count
+
+
+def test_a_progress_file_run_py_wrote_is_read_back(tmp_path):
+    progress = tmp_path / "progress.json"
+    kept = {"wall_seconds": 3.5, "stages": {"collect": {"wall_seconds": 2.0, "invocations": 2}}}
+    progress.write_text(json.dumps(kept))
+    assert run.killed_jobs(progress) == kept and progress.exists()
 
 
 def tiny_memory_run(root, kind: str):

@@ -38,6 +38,7 @@ class EncodeReport:
     encoded: int
     frames: int
     seconds: float
+    vae_digest: str = ""  # of the V every latent shard is now encoded with
 
 
 @torch.no_grad()
@@ -101,4 +102,4 @@ def encode_rollouts(cfg: ExperimentConfig, run: RunDir | None = None,
             "meta": np.array(json.dumps(meta)),
         }, compress_level=cfg.collect.compress_level)
         encoded += 1
-    return EncodeReport(len(shards), encoded, frames, time.perf_counter() - start)
+    return EncodeReport(len(shards), encoded, frames, time.perf_counter() - start, digest)
