@@ -34,15 +34,17 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
+import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from agents.vmc import VMCAgent  # noqa: E402
 from envs.factory import make_env_from_config  # noqa: E402
-from worldmodels.config import load_config  # noqa: E402
-from worldmodels.controller import build_controller  # noqa: E402
+from worldmodels.config import ExperimentConfig, load_config  # noqa: E402
+from worldmodels.controller import FlatPolicy, build_controller  # noqa: E402
 from worldmodels.dream import Dream, dream_returns  # noqa: E402
 from worldmodels.frmdn_training import build_memory  # noqa: E402
+from worldmodels.memory import Memory  # noqa: E402
 from worldmodels.run_dir import RunDir  # noqa: E402
 from worldmodels.vae import ConvVAE  # noqa: E402
 
@@ -76,8 +78,9 @@ def env_rate(env, agent: VMCAgent | None, steps: int, seed: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def dream_generation(cfg, action_space, trained: bool = False, single: bool = False,
-                     dream_steps: int = 50):
+def dream_generation(cfg: ExperimentConfig, action_space: gym.Space, trained: bool = False,
+                     single: bool = False, dream_steps: int = 50,
+                     ) -> tuple[Memory, FlatPolicy, Dream, torch.Tensor, torch.Tensor]:
     """What one dream CMA-ES generation steps, as the config sizes it: M (untrained, or
     the run's with ``trained``), a controller, ``P`` candidates' parameters and the
     ``R`` start indices, and the :class:`Dream` of ``P x R`` dreams (``single``: 1 x 1)
