@@ -139,6 +139,8 @@ def _controller(s: dict[str, Any]) -> str:
                     f", selected {chosen['source']} of generation {chosen['generation']}: "
                     f"{chosen['selection_mean']:.1f} on {chosen['selection_episodes']} "
                     "selection episodes" if chosen else "") + (
+                    f" (a second stage of {chosen['final']['candidates']} finalists)"
+                    if chosen and chosen.get("final") else "") + (
                     f", from search {s['search']} of searches 0-{len(s['searches']) - 1} "
                     "(seeds " + ", ".join(str(r["seed"]) for r in s["searches"]) + ")"
                     if s.get("searches") else ""))

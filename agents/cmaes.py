@@ -201,16 +201,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     torch.manual_seed(seed)
     x0 = np.zeros(controller.num_parameters())
     es = CMAES(x0, c.sigma0, c.population, seed)
-    settings = {"dim": len(x0), "population": c.population, "rollouts": c.rollouts,
-                "sigma0": c.sigma0, "seed": seed, "max_episode_steps": c.max_episode_steps,
-                "stall_steps": c.stall_steps, "cma": cma.__version__}
-    settings["environment"] = c.environment
-    if c.clip_dims:  # (only when set: histories from before the option stay valid)
-        settings["clip_dims"] = sorted(set(c.clip_dims))
-    if in_dream:
-        settings.update(temperature=cfg.dream.temperature,
-                        done=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
-                        dream_max_steps=cfg.dream.max_steps)
+    settings = cmaes_settings(cfg, len(x0), seed)
     run.load_vae(cfg.vae.z_dim)  # V fits the config
     history = read_history(files.history, settings, c.population)
     log: list[dict[str, Any]] = read_json(files.log, [], GENERATION_KEYS)[: len(history)]
@@ -296,6 +287,51 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                        selected)
 
 
+def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int) -> dict[str, Any]:
+    """What a CMA-ES history depends on (stored beside it; a replay under other settings
+    would put the old fitness values on other candidates)."""
+    c = cfg.controller
+    settings: dict[str, Any] = {
+        "dim": dim, "population": c.population, "rollouts": c.rollouts, "sigma0": c.sigma0,
+        "seed": seed, "max_episode_steps": c.max_episode_steps,
+        "stall_steps": c.stall_steps, "cma": cma.__version__, "environment": c.environment}
+    if c.clip_dims:  # (only when set: histories from before the option stay valid)
+        settings["clip_dims"] = sorted(set(c.clip_dims))
+    if c.environment == "dream":
+        settings.update(temperature=cfg.dream.temperature,
+                        done=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
+                        dream_max_steps=cfg.dream.max_steps)
+    return settings
+
+
+def replay_parameters(cfg: ExperimentConfig, files: ControllerFiles, dim: int, seed: int,
+                      wanted: Sequence[tuple[str, int]]) -> dict[tuple[str, int], np.ndarray]:
+    """Rebuild past controllers of a CMA-ES search by replaying its history: for each
+    ``(source, generation)`` of ``wanted``, ``("best", g)`` the best candidate of
+    generation g and ``("mean", g)`` the search mean after it, each (dim,) float64.
+    The strategy is fixed by its seed and the fitness it was told, so these are the
+    weights the search saved then (a test checks it against the saved files)."""
+    c = cfg.controller
+    history = read_history(files.history, cmaes_settings(cfg, dim, seed), c.population)
+    wanted_set = set(wanted)
+    missing = [w for w in wanted_set if not 1 <= w[1] <= len(history)]
+    if missing:
+        raise ConfigError(f"{files.history}: has {len(history)} generations; no "
+                          f"controller of generation {missing[0][1]} to rebuild")
+    es = CMAES(np.zeros(dim), c.sigma0, c.population, seed)
+    found: dict[tuple[str, int], np.ndarray] = {}
+    for generation, fitness in enumerate(history, start=1):
+        if len(found) == len(wanted_set):
+            break
+        candidates = es.ask()
+        if ("best", generation) in wanted_set:
+            found["best", generation] = candidates[int(np.argmax(fitness))]
+        es.tell(candidates, fitness)
+        if ("mean", generation) in wanted_set:
+            found["mean", generation] = es.mean()
+    return found
+
+
 def make_evaluator(cfg: ExperimentConfig, run: RunDir) -> Evaluator:
     """Fitness in the real env (``controller.environment=real``: worker processes, Ray)
     or in M's batched dream (``dream``: this process)."""
@@ -361,6 +397,8 @@ def read_selected(path: Path, select: dict[str, int]) -> dict[str, Any] | None:
     if not path.exists():
         return None
     meta = dict(read_header(path).get("meta", {}))
+    if isinstance(meta.get("final"), dict) and "stage1" in meta["final"]:
+        meta = dict(meta["final"]["stage1"])  # the mean later evaluations must beat
     if (meta.get("selection_episodes"), meta.get("selection_seed")) != \
             (select["episodes"], select["seed"]):
         print(f"{path}: scored on other selection seeds ({meta.get('selection_episodes')} "
@@ -382,15 +420,15 @@ def evaluate_for_selection(controller: FlatPolicy, best: Path, best_generation: 
     digest = file_digest(best)
     reused = next((g["eval"]["best"] for g in reversed(log)
                    if "best" in g.get("eval", {}) and g["eval"]["best"].get("digest") == digest
-                   and g["eval"].get("seeds") == _seeds_key(seeds)), None)
+                   and g["eval"].get("seeds") == seeds_key(seeds)), None)
     candidates = [mean] if reused else [controller.get_flat().numpy(), mean]
     returns = evaluator.returns(candidates, seeds, whole_episodes=True)[0]
     scores = {"best": reused or {**describe_returns(returns[0]), "generation": best_generation,
                                  "digest": digest},
               "mean": {**describe_returns(returns[-1]), "generation": generation}}
-    return {**scores, "episodes": len(seeds), "seeds": _seeds_key(seeds)}
+    return {**scores, "episodes": len(seeds), "seeds": seeds_key(seeds)}
 
 
-def _seeds_key(seeds: Sequence[int]) -> str:
+def seeds_key(seeds: Sequence[int]) -> str:
     """A short digest of a seed list, to tell whether two evaluations played the same."""
     return hashlib.sha256(json.dumps([int(s) for s in seeds]).encode()).hexdigest()[:16]

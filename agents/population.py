@@ -41,7 +41,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from agents.cmaes import _seeds_key, train_cmaes
+from agents.cmaes import seeds_key, train_cmaes
 from agents.evaluation import evaluate, other_seed, result_name
 from agents.seeds import evaluation_seeds, selection_seeds
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic, write_text_atomic
@@ -218,7 +218,7 @@ def report(view: RunView, cfg: ExperimentConfig, plan: Plan, progress: bool = Fa
     reused from ``eval/controller_selected.json`` when the same weights played the same
     seeds, else played (``controller.engine`` and ``workers``)."""
     seeds = evaluation_seeds(plan.report_seed, plan.report_episodes)
-    key = {"weights": file_digest(view.controller.selected), "seeds": _seeds_key(seeds),
+    key = {"weights": file_digest(view.controller.selected), "seeds": seeds_key(seeds),
            "episodes": plan.report_episodes, "report_seed": plan.report_seed, **_precision(cfg)}
     name = result_name("controller", "selected", seed=other_seed(view, plan.report_seed))
     cached = read_json(view.eval_dir / f"{name}.json", {})

@@ -29,21 +29,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
-
 from agents.cmaes import CMAESReport, Evaluator, train_cmaes
+from agents.finalists import final_selection, save_selected
+from agents.seeds import search_seed
 from worldmodels.atomic import write_bytes_atomic
 from worldmodels.checkpoint import read_header, read_json, sidecar, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.pictures import plot_curves
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, RunDir
-
-
-def search_seed(seed: int, k: int) -> int:
-    """The CMA-ES seed of search ``k`` of a run with ``seed``: the run's own for k = 0."""
-    if k == 0:
-        return seed
-    return int(np.random.default_rng([seed, 60617, k]).integers(0, 2**31 - 1))
 
 
 def train_searches(cfg: ExperimentConfig, run: RunDir, progress: bool = True,
@@ -54,7 +47,12 @@ def train_searches(cfg: ExperimentConfig, run: RunDir, progress: bool = True,
     restarts, files = cfg.controller.restarts, run.controller
     check_searches(run, restarts)
     if restarts == 1:
-        return train_cmaes(cfg, run, evaluator, progress=progress)
+        report = train_cmaes(cfg, run, evaluator, progress=progress)
+        final = final_selection(cfg, run, cfg.seed, progress)
+        if final is None:
+            return report
+        save_selected(cfg, run, *final)
+        return dataclasses.replace(report, selected=final[0])
     reports = []
     for k in range(restarts):
         if progress:
@@ -72,10 +70,17 @@ def train_searches(cfg: ExperimentConfig, run: RunDir, progress: bool = True,
             "the run's selection seeds (its selected file is missing, or "
             "controller.select_episodes changed since it ran), so the searches cannot be "
             "compared; delete that directory to run the search again")
-    winner = max(rows, key=lambda row: row["selection_mean"])["search"]
+    first_winner = max(rows, key=lambda row: row["selection_mean"])["search"]
+    final = final_selection(cfg, run, cfg.seed, progress)
+    winner = final[0]["search"] if final else first_winner
     selected = keep_winner(run, winner)
+    summary: dict[str, Any] = {"winner": winner, "searches": rows}
+    if final:  # the finalist replaces its search's selected weights
+        save_selected(cfg, run, *final)
+        selected = final[0]
+        summary.update(first_stage_winner=first_winner, final=final[0]["final"])
     plot_searches(run, rows, winner)
-    write_json_atomic(files.searches, {"winner": winner, "searches": rows})
+    write_json_atomic(files.searches, summary)
     report = reports[winner]
     return dataclasses.replace(report, selected=selected, searches=rows, search=winner,
                                seconds=sum(r.seconds for r in reports))

@@ -64,6 +64,14 @@ def check_report_seeds(seeds: list[int], selection: tuple[int, int] | None,
             "give another seed=N")
 
 
+def search_seed(seed: int, k: int) -> int:
+    """The CMA-ES seed of search ``k`` of a run with ``seed``: the run's own for k = 0
+    (``controller.restarts``, :mod:`agents.searches`)."""
+    if k == 0:
+        return seed
+    return int(np.random.default_rng([seed, 60617, k]).integers(0, 2**31 - 1))
+
+
 def selection_seeds(seed: int, episodes: int) -> list[int]:
     """The fixed env seeds on which CMA-ES's periodic evaluations compare controllers: the
     same at every evaluation of a run (paired comparisons), distinct from each other and

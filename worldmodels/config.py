@@ -284,6 +284,14 @@ class ControllerConfig:
                             "on the run's selection seeds (needs algo cmaes and a "
                             "selection: 0 < eval_every <= generations). Search k keeps "
                             "its files in controller/searches/<k>/.", ge=1)
+    final_candidates: int = _opt(0, "A second selection stage (0: off): when the searches "
+                                    "are done, the K checkpoints with the highest selection "
+                                    "means (across searches) play controller.final_episodes "
+                                    "more selection seeds, and the run's C is the one with "
+                                    "the highest mean over all (agents/finalists.py).", ge=0)
+    final_episodes: int = _opt(0, "Episodes each finalist of the second selection stage plays "
+                                  "beyond the first stage's (the next seeds of the same "
+                                  "selection stream).", ge=0)
     eval_episodes: int = _opt(100, "Episodes of that evaluation (and of run.py's final "
                                    "evaluation).", ge=1)
     select_episodes: int = _opt(0, "Size of the fixed selection seed set on which every "
@@ -754,6 +762,14 @@ def validate(cfg: ExperimentConfig, rounds: bool = True) -> None:
          "controller.restarts", "above 1 needs controller.algo=cmaes and a selection "
          "(0 < controller.eval_every <= controller.generations): the searches are "
          "compared on the selection seeds"),
+        ((cfg.controller.final_candidates > 0) == (cfg.controller.final_episodes > 0),
+         "controller.final_candidates",
+         "and controller.final_episodes go together: both 0 (no second selection stage) "
+         "or both above 0"),
+        (cfg.controller.final_candidates == 0 or cmaes_selects,
+         "controller.final_candidates", "above 0 needs controller.algo=cmaes and a "
+         "selection (0 < controller.eval_every <= controller.generations): the finalists "
+         "are the checkpoints it scored"),
     ]
     for ok, key, why in checks:
         if not ok:

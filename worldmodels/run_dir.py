@@ -158,6 +158,12 @@ class ControllerFiles:
         (:mod:`agents.searches`)."""
         return self.dir / "searches.json"
 
+    @property
+    def final(self) -> Path:
+        """``controller.final_candidates`` > 0: the finalists' scores on the second
+        selection stage (:mod:`agents.finalists`)."""
+        return self.dir / "final.json"
+
     def search(self, k: int) -> ControllerFiles:
         """The files of CMA-ES search ``k`` of several: ``searches/<k>/``."""
         return ControllerFiles.at(self.dir / "searches" / str(k))

@@ -1,0 +1,208 @@
+"""A second selection stage: the finalists of a run's CMA-ES searches play more episodes.
+
+Every periodic evaluation scores the best candidate so far and the search mean on the
+run's ``select_episodes`` selection seeds, and the run's C is the highest of those means:
+with a spread of hundreds per episode and a few dozen checkpoints, the highest mean is
+optimistic and its checkpoint need not be the best (docs/experiments/takecover-solve.md).
+With ``controller.final_candidates: K`` and ``controller.final_episodes: N`` the K
+checkpoints with the highest selection means, across all of a run's searches, play the
+next N seeds of the same selection stream (:func:`agents.seeds.selection_seeds` of
+``select_episodes + N``, whose first ``select_episodes`` are the ones already played;
+the stream avoids the report seeds), and the run's C is the finalist with the highest
+mean over all ``select_episodes + N`` episodes.
+
+* each finalist is rebuilt exactly by replaying its search's CMA-ES history
+  (:func:`agents.cmaes.replay_parameters`), so no checkpoint needs to have been saved;
+  the first stage's pick is checked against its saved weights first;
+* ``controller/final.json`` keeps every finalist's scores as they come; a rerun only plays
+  the finalists it lacks, and a new first-stage ranking (more generations) starts anew;
+* the winner becomes ``controller/selected.safetensors``; its meta gives the mean over all
+  episodes as ``selection_mean``, ``selection_episodes = select_episodes + N`` (so a report
+  on any of those seeds is refused), and under ``final`` the first stage's pick and every
+  finalist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.cmaes import ProcessEvaluator, replay_parameters, seeds_key
+from agents.rollouts import describe_returns
+from agents.seeds import search_seed, selection_seeds
+from worldmodels.checkpoint import (
+    load_weights,
+    read_header,
+    read_json,
+    save_model,
+    write_json_atomic,
+)
+from worldmodels.config import ConfigError, ExperimentConfig
+from worldmodels.run_dir import ControllerFiles, RunDir
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One controller a periodic evaluation scored on the selection seeds."""
+
+    search: int  # the search it comes from (0 for a run of one search)
+    source: str  # "best" (the best candidate so far) or "mean" (the search mean)
+    generation: int  # of its weights: the best candidate's own generation, or the mean's
+    mean: float  # its first-stage selection mean
+    std: float
+    evaluated_at: int  # the generation of the evaluation that scored it
+
+    @property
+    def key(self) -> str:
+        return f"{self.search}/{self.source}/{self.generation}"
+
+
+def search_files(run: RunDir, restarts: int) -> list[ControllerFiles]:
+    """The files of each of the run's searches (one search: ``controller/`` itself)."""
+    files = run.controller
+    return [files] if restarts == 1 else [files.search(k) for k in range(restarts)]
+
+
+def ranked_checkpoints(run: RunDir, restarts: int, seeds: list[int]) -> list[Checkpoint]:
+    """Every checkpoint scored on ``seeds`` by the run's searches, highest selection mean
+    first; ties keep the order in which the searches met them (search, then generation),
+    the order in which the first stage picks, so the first is the first stage's pick."""
+    found: dict[tuple[int, str, int], Checkpoint] = {}
+    key = seeds_key(seeds)
+    for k, files in enumerate(search_files(run, restarts)):
+        for entry in read_json(files.log, []):
+            evaluation = entry.get("eval") or {}
+            if evaluation.get("seeds") != key:
+                continue
+            for source in ("best", "mean"):
+                score = evaluation[source]
+                point = Checkpoint(k, source, int(score["generation"]), float(score["mean"]),
+                                   float(score["std"]), int(entry["generation"]))
+                found.setdefault((k, source, point.generation), point)
+    return sorted(found.values(), key=lambda p: -p.mean)
+
+
+def pooled(first: dict[str, float], n1: int, second: dict[str, Any]) -> dict[str, float]:
+    """Mean and spread (population std) of ``n1`` episodes described by ``first`` and the
+    episodes described by ``second`` (:func:`agents.rollouts.describe_returns`)."""
+    n2 = int(second["episodes"])
+    mean = (n1 * first["mean"] + n2 * second["mean"]) / (n1 + n2)
+    square = (n1 * (first["std"] ** 2 + first["mean"] ** 2)
+              + n2 * (second["std"] ** 2 + second["mean"] ** 2)) / (n1 + n2)
+    return {"mean": float(mean), "std": float(np.sqrt(max(square - mean**2, 0.0)))}
+
+
+def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int,
+                    progress: bool = True) -> tuple[dict[str, Any], np.ndarray] | None:
+    """Run (or resume) the second stage on the run's finished searches: the winner's
+    meta and flat weights (None when the stage is off), for :func:`save_selected`.
+    ``seed``: the run's selection seed."""
+    c = cfg.controller
+    if not c.final_candidates:
+        return None
+    files, n1, n2 = run.controller, c.select_episodes or c.eval_episodes, c.final_episodes
+    first_seeds = selection_seeds(seed, n1)
+    every = selection_seeds(seed, n1 + n2)
+    if every[:n1] != first_seeds:  # the stream's prefixes: what makes the stages one set
+        raise ConfigError(f"selection seeds of seed {seed}: the first {n1} of {n1 + n2} "
+                          "differ from the first stage's")
+    extra = every[n1:]
+    points = ranked_checkpoints(run, c.restarts, first_seeds)[: c.final_candidates]
+    if not points:
+        raise ConfigError(f"{files.dir}: no controller was scored on the run's selection "
+                          "seeds, so there are no finalists (controller.eval_every)")
+    params = rebuild(cfg, run, points)
+    state_settings = {"candidates": c.final_candidates, "episodes": n2, "seed": seed,
+                      "select_episodes": n1, "finalists": [p.key for p in points]}
+    state = read_json(files.final, {})
+    results: dict[str, Any] = state.get("results", {}) \
+        if state.get("settings") == state_settings else {}
+    evaluator = None
+    for point in points:
+        if point.key in results:
+            continue
+        if evaluator is None:
+            evaluator = ProcessEvaluator(run, c.engine, c.workers, c.ray_address,
+                                         batch=c.batch_envs)
+        returns = evaluator.returns([params[point.key]], extra, whole_episodes=True)[0][0]
+        results[point.key] = describe_returns(returns)
+        write_json_atomic(files.final, {"settings": state_settings, "results": results})
+        if progress:
+            print(f"final selection: search {point.search}, {point.source} of generation "
+                  f"{point.generation}: {point.mean:.1f} on {n1} episodes, "
+                  f"{results[point.key]['mean']:.1f} on {n2} more")
+    if evaluator is not None:
+        evaluator.close()
+    rows = [{**asdict(p), "first_stage": {"mean": p.mean, "std": p.std, "episodes": n1},
+             "final": results[p.key],
+             "overall": pooled({"mean": p.mean, "std": p.std}, n1, results[p.key])}
+            for p in points]
+    winner_row = max(rows, key=lambda row: row["overall"]["mean"])  # first on ties
+    winner = points[rows.index(winner_row)]
+    first = points[0]
+    meta = {"generation": winner.generation, "source": winner.source,
+            "search": winner.search, "selection_mean": winner_row["overall"]["mean"],
+            "selection_std": winner_row["overall"]["std"], "selection_episodes": n1 + n2,
+            "selection_seed": seed, "evaluated_at": winner.evaluated_at,
+            "final": {"candidates": c.final_candidates, "episodes": n2,
+                      "stage1": stage1_meta(first, n1, seed),
+                      "finalists": [{k: row[k] for k in ("search", "source", "generation",
+                                                         "first_stage", "final", "overall")}
+                                    for row in rows]}}
+    if progress:
+        print(f"final selection: search {winner.search}, {winner.source} of generation "
+              f"{winner.generation}, {meta['selection_mean']:.1f} over {n1 + n2} episodes "
+              f"(first stage: search {first.search}, {first.source} of generation "
+              f"{first.generation}, {first.mean:.1f} over {n1})")
+    return meta, params[winner.key]
+
+
+def save_selected(cfg: ExperimentConfig, run: RunDir, meta: dict[str, Any],
+                  params: np.ndarray) -> None:
+    """Write the second stage's winner as the run's ``controller/selected.safetensors``."""
+    controller = run.new_controller(cfg, run.action_space(), run.load_memory())
+    controller.set_flat(torch.as_tensor(params))
+    save_model(run.controller.selected, controller, meta=meta)
+
+
+def stage1_meta(point: Checkpoint, episodes: int, seed: int) -> dict[str, Any]:
+    """The selected controller's meta as the first stage writes it (agents.cmaes)."""
+    return {"generation": point.generation, "source": point.source,
+            "selection_mean": point.mean, "selection_std": point.std,
+            "selection_episodes": episodes, "selection_seed": seed,
+            "evaluated_at": point.evaluated_at}
+
+
+def rebuild(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint]
+            ) -> dict[str, np.ndarray]:
+    """Each checkpoint's weights (flat, float64) by replaying its search; the first
+    stage's pick (``points[0]``) must match its search's saved ``selected`` weights."""
+    controller = run.new_controller(cfg, run.action_space(), run.load_memory())
+    dim = controller.num_parameters()
+    out: dict[str, np.ndarray] = {}
+    for k, files in enumerate(search_files(run, cfg.controller.restarts)):
+        wanted = [(p.source, p.generation) for p in points if p.search == k]
+        if not wanted:
+            continue
+        found = replay_parameters(cfg, files, dim, search_seed(cfg.seed, k), wanted)
+        for p in points:
+            if p.search == k:
+                out[p.key] = found[p.source, p.generation]
+    first = points[0]
+    first_files = search_files(run, cfg.controller.restarts)[first.search]
+    saved = first_files.selected
+    meta = read_header(saved).get("meta", {}) if saved.exists() else {}
+    # (a run of one search: once this stage ran, its selected file holds the finalist)
+    if not meta.get("final") and \
+            (meta.get("source"), meta.get("generation")) == (first.source, first.generation):
+        load_weights(saved, controller)
+        rebuilt = torch.as_tensor(out[first.key]).to(controller.get_flat().dtype)
+        if not torch.equal(controller.get_flat(), rebuilt):
+            raise ConfigError(f"{saved}: replaying {first_files.history} does not give "
+                              "these weights (another cma version?), so the finalists "
+                              "cannot be rebuilt")
+    return out
+
