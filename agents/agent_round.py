@@ -51,7 +51,22 @@ def selection_mean(figures: dict[str, Any], where: Path) -> float:
 
 
 def selection_means(rounds: list[dict[str, Any]], run: RunDir) -> dict[int, float]:
-    """Each round's winner's selection mean, by round number."""
+    """Each round's winner's selection mean, by round number; refused when the rounds'
+    winners were scored on different selection episodes (a second selection stage,
+    ``controller.final_episodes``, turned on or changed between rounds): such means do
+    not compare."""
+    kinds = {}
+    for r in rounds:
+        chosen = (r.get("controller") or {}).get("selected") or {}
+        kinds[int(r["round"])] = (chosen.get("selection_seed"),
+                                  chosen.get("selection_episodes"))
+    if len(set(kinds.values())) > 1:
+        raise InputError(
+            f"{run.iterations_dir}: run.agent_round=best compares the rounds' winners on "
+            "the same selection episodes, but they were scored on different ones (round: "
+            "(seed, episodes) " + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items()))
+            + "); keep controller.select_episodes and controller.final_episodes as the "
+            "first round had them, or set run.agent_round=last")
     return {int(r["round"]): selection_mean(r, run.round(int(r["round"])).summary)
             for r in rounds}
 

@@ -14,8 +14,10 @@ mean over all ``select_episodes + N`` episodes.
 * each finalist is rebuilt exactly by replaying its search's CMA-ES history
   (:func:`agents.cmaes.replay_parameters`), so no checkpoint needs to have been saved;
   the first stage's pick is checked against its saved weights first;
-* ``controller/final.json`` keeps every finalist's scores as they come; a rerun only plays
-  the finalists it lacks, and a new first-stage ranking (more generations) starts anew;
+* ``controller/final.json`` keeps every finalist's scores as they come, by the digest of
+  its weights and of the seeds it played; a rerun (a new ranking after more generations,
+  another K) plays only what it lacks;
+* turned off again on a run of one search, the first stage's pick is put back;
 * the winner becomes ``controller/selected.safetensors``; its meta gives the mean over all
   episodes as ``selection_mean``, ``selection_episodes = select_episodes + N`` (so a report
   on any of those seeds is refused), and under ``final`` the first stage's pick and every
@@ -24,6 +26,7 @@ mean over all ``select_episodes + N`` episodes.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -115,30 +118,34 @@ def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int,
         raise ConfigError(f"{files.dir}: no controller was scored on the run's selection "
                           "seeds, so there are no finalists (controller.eval_every)")
     params = rebuild(cfg, run, points)
-    state_settings = {"candidates": c.final_candidates, "episodes": n2, "seed": seed,
-                      "select_episodes": n1, "finalists": [p.key for p in points]}
-    state = read_json(files.final, {})
-    results: dict[str, Any] = state.get("results", {}) \
-        if state.get("settings") == state_settings else {}
+    # scores kept by the weights and the seeds they played: a new ranking, K or N only
+    # plays what is missing
+    played = seeds_key(extra)
+    kept = read_json(files.final, {}).get("results", {})
+    results: dict[str, Any] = {}
     evaluator = None
     for point in points:
-        if point.key in results:
+        entry = {"seeds": played, "weights": weights_key(params[point.key])}
+        old = kept.get(point.key)
+        if isinstance(old, dict) and {k: old.get(k) for k in entry} == entry \
+                and isinstance(old.get("score"), dict):
+            results[point.key] = old
             continue
         if evaluator is None:
             evaluator = ProcessEvaluator(run, c.engine, c.workers, c.ray_address,
                                          batch=c.batch_envs)
         returns = evaluator.returns([params[point.key]], extra, whole_episodes=True)[0][0]
-        results[point.key] = describe_returns(returns)
-        write_json_atomic(files.final, {"settings": state_settings, "results": results})
+        results[point.key] = {**entry, "score": describe_returns(returns)}
+        write_json_atomic(files.final, {"results": {**kept, **results}})
         if progress:
             print(f"final selection: search {point.search}, {point.source} of generation "
                   f"{point.generation}: {point.mean:.1f} on {n1} episodes, "
-                  f"{results[point.key]['mean']:.1f} on {n2} more")
+                  f"{returns.mean():.1f} on {n2} more")
     if evaluator is not None:
         evaluator.close()
     rows = [{**asdict(p), "first_stage": {"mean": p.mean, "std": p.std, "episodes": n1},
-             "final": results[p.key],
-             "overall": pooled({"mean": p.mean, "std": p.std}, n1, results[p.key])}
+             "final": results[p.key]["score"],
+             "overall": pooled({"mean": p.mean, "std": p.std}, n1, results[p.key]["score"])}
             for p in points]
     winner_row = max(rows, key=lambda row: row["overall"]["mean"])  # first on ties
     winner = points[rows.index(winner_row)]
@@ -195,14 +202,41 @@ def rebuild(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint]
     first_files = search_files(run, cfg.controller.restarts)[first.search]
     saved = first_files.selected
     meta = read_header(saved).get("meta", {}) if saved.exists() else {}
-    # (a run of one search: once this stage ran, its selected file holds the finalist)
-    if not meta.get("final") and \
-            (meta.get("source"), meta.get("generation")) == (first.source, first.generation):
-        load_weights(saved, controller)
-        rebuilt = torch.as_tensor(out[first.key]).to(controller.get_flat().dtype)
-        if not torch.equal(controller.get_flat(), rebuilt):
-            raise ConfigError(f"{saved}: replaying {first_files.history} does not give "
-                              "these weights (another cma version?), so the finalists "
-                              "cannot be rebuilt")
+    if meta.get("final"):  # one search, the stage ran: the file holds the finalist
+        return out
+    picked = (meta.get("source"), meta.get("generation"), meta.get("selection_mean"))
+    if picked != (first.source, first.generation, first.mean):
+        raise ConfigError(f"{saved}: the first stage's pick ({picked[0]} of generation "
+                          f"{picked[1]}, {picked[2]}) is not the top of its search's log "
+                          f"{first_files.log} ({first.source} of generation "
+                          f"{first.generation}, {first.mean}); the files disagree, so the "
+                          "finalists cannot be trusted: train this C in a new run")
+    load_weights(saved, controller)
+    rebuilt = torch.as_tensor(out[first.key]).to(controller.get_flat().dtype)
+    if not torch.equal(controller.get_flat(), rebuilt):
+        raise ConfigError(f"{saved}: replaying {first_files.history} does not give these "
+                          "weights (another cma version?), so the finalists cannot be "
+                          "rebuilt")
     return out
+
+
+def weights_key(params: np.ndarray) -> str:
+    """A short digest of flat weights as they are saved (float32)."""
+    return hashlib.sha256(np.asarray(params, np.float32).tobytes()).hexdigest()[:16]
+
+
+def restore_first_stage(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any] | None:
+    """A run of one search whose second stage was turned off: put its first stage's pick
+    back in ``controller/selected.safetensors`` (rebuilt by replay); returns its meta, or
+    None when the file holds a first-stage pick already."""
+    files = run.controller
+    meta = read_header(files.selected).get("meta", {}) if files.selected.exists() else {}
+    if not meta.get("final"):
+        return None
+    stage1 = dict(meta["final"]["stage1"])
+    controller = run.new_controller(cfg, run.action_space(), run.load_memory())
+    key = (stage1["source"], int(stage1["generation"]))
+    found = replay_parameters(cfg, files, controller.num_parameters(), cfg.seed, [key])
+    save_selected(cfg, run, stage1, found[key])
+    return stage1
 

@@ -339,6 +339,10 @@ def check_plan(run: RunDir, cfg: ExperimentConfig, plan: Plan) -> None:
     if c.restarts != 1:
         raise ConfigError("config key 'controller.restarts': the population experiment runs "
                           "one CMA-ES search per (M, population, seed); leave it at 1")
+    if c.final_candidates:
+        raise ConfigError("config key 'controller.final_candidates': the population "
+                          "experiment scores each search's own selected controller; leave "
+                          "it at 0")
     generations = [generations_for(plan.dream_episodes, p, c.rollouts)
                    for p in plan.populations]  # every budget first, then every selection
     for gens in generations:

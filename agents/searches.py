@@ -30,7 +30,7 @@ import dataclasses
 from typing import Any
 
 from agents.cmaes import CMAESReport, Evaluator, train_cmaes
-from agents.finalists import final_selection, save_selected
+from agents.finalists import final_selection, restore_first_stage, save_selected
 from agents.seeds import search_seed
 from worldmodels.atomic import write_bytes_atomic
 from worldmodels.checkpoint import read_header, read_json, sidecar, write_json_atomic
@@ -50,7 +50,8 @@ def train_searches(cfg: ExperimentConfig, run: RunDir, progress: bool = True,
         report = train_cmaes(cfg, run, evaluator, progress=progress)
         final = final_selection(cfg, run, cfg.seed, progress)
         if final is None:
-            return report
+            restored = restore_first_stage(cfg, run)  # the stage turned off
+            return dataclasses.replace(report, selected=restored) if restored else report
         save_selected(cfg, run, *final)
         return dataclasses.replace(report, selected=final[0])
     reports = []
@@ -72,6 +73,10 @@ def train_searches(cfg: ExperimentConfig, run: RunDir, progress: bool = True,
             "compared; delete that directory to run the search again")
     first_winner = max(rows, key=lambda row: row["selection_mean"])["search"]
     final = final_selection(cfg, run, cfg.seed, progress)
+    if final and final[0]["final"]["finalists"][0]["search"] != first_winner:
+        raise ConfigError(f"{files.searches}: the second stage's ranking does not start "
+                          f"at the first stage's winner (search {first_winner}); the "
+                          "searches' logs and selected files disagree")
     winner = final[0]["search"] if final else first_winner
     selected = keep_winner(run, winner)
     summary: dict[str, Any] = {"winner": winner, "searches": rows}

@@ -98,6 +98,19 @@ def test_the_highest_selection_mean_wins_and_a_tie_goes_to_the_later_round(tmp_p
         best_round([rnd(1, 1.0), {"round": 2, "controller": {}}], rd)
 
 
+def test_rounds_scored_on_different_selection_episodes_are_not_compared(tmp_path):
+    """A second selection stage turned on between rounds: round 2's mean is over 128
+    episodes, round 1's over 32 (a more optimistic figure); refused."""
+    def rnd(n: int, mean: float, episodes: int) -> dict[str, Any]:
+        return {"round": n, "controller": {"selected": {
+            "selection_mean": mean, "selection_seed": 5, "selection_episodes": episodes}}}
+
+    rd = RunDir(tmp_path)
+    assert best_round([rnd(1, 900.0, 128), rnd(2, 800.0, 128)], rd) == 1
+    with pytest.raises(InputError, match=r"different ones.*1: \(5, 32\), 2: \(5, 128\)"):
+        best_round([rnd(1, 900.0, 32), rnd(2, 800.0, 128)], rd)
+
+
 def test_the_run_holds_the_best_rounds_agent(best_run, tmp_path):
     tmp, summary = best_run
     rd = tiny_run(tmp)

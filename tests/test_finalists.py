@@ -10,7 +10,7 @@ import torch
 
 from agents.cmaes import ProcessEvaluator, replay_parameters, train_cmaes
 from agents.finalists import pooled, ranked_checkpoints
-from agents.searches import search_seed, train_searches
+from agents.searches import train_searches
 from agents.seeds import check_report_seeds, selection_of, selection_seeds
 from tests.conftest import run_of, write_tiny_run
 from tests.test_cmaes import quadratic
@@ -61,45 +61,68 @@ def test_replaying_a_search_rebuilds_the_controllers_it_saved(tiny_run):
         replay_parameters(cfg, files, dim, cfg.seed, [("mean", 6)])
 
 
+def fading(candidates, seeds, calls=[0]):  # noqa: B006 (a counter across calls)
+    """Fake dream fitness whose best candidate stays in generation 1: the best
+    candidate's checkpoints are then older than the evaluations that score them."""
+    calls[0] += 1
+    return quadratic(candidates, seeds) - 1000.0 * calls[0]
+
+
+def scored_by_weights(cfg, monkeypatch):
+    """Real selection episodes replaced by a score of the weights: their sum on the
+    first stage's seeds, minus it on the others, so the second stage reverses the
+    first's order."""
+    first = set(selection_seeds(cfg.seed, cfg.controller.select_episodes))
+
+    def returns(self, candidates, seeds, whole_episodes=False):
+        sums = np.array([float(np.sum(c)) for c in candidates])
+        signs = np.array([1.0 if s in first else -1.0 for s in seeds])
+        offsets = np.array([(s % 7) * 1e-3 for s in seeds])
+        out = sums[:, None] * signs[None, :] + offsets[None, :]
+        return out, np.ones_like(out, dtype=int)
+
+    monkeypatch.setattr(ProcessEvaluator, "returns", returns)
+    return returns
+
+
 def test_the_finalist_with_the_best_mean_over_all_episodes_becomes_the_runs_c(
         tiny_run, monkeypatch):
     cfg = tiny_run
-    report = finals_run(cfg, "final", 2, candidates=3, episodes=3)
+    cfg.name = "final"
+    write_tiny_run(cfg)
+    c = cfg.controller
+    c.generations, c.eval_every, c.eval_episodes, c.select_episodes = 4, 2, 5, 2
+    c.restarts, c.final_candidates, c.final_episodes = 2, 3, 3
+    fake = scored_by_weights(cfg, monkeypatch)
     run = RunDir(run_of(cfg))
+    report = train_searches(cfg, run, progress=False, evaluator=fading)
     files = run.controller
     meta = read_header(files.selected)["meta"]
     assert report.selected == meta
     assert meta["selection_episodes"] == 5 and meta["selection_seed"] == cfg.seed
     finalists = meta["final"]["finalists"]
-    first_seeds = selection_seeds(cfg.seed, 2)
-    ranked = ranked_checkpoints(run, 2, first_seeds)
-    assert len(finalists) == 3
+    ranked = ranked_checkpoints(run, 2, selection_seeds(cfg.seed, 2))
+    assert len(ranked) > 3 and len(finalists) == 3
     assert [f["first_stage"]["mean"] for f in finalists] == [p.mean for p in ranked[:3]]
-    # the first stage's pick is the top of the ranking: the winning search's own selected
+    # the best candidates' checkpoints come from generation 1, scored at 2 and 4
+    assert {p.generation for p in ranked if p.source == "best"} == {1}
+    # the first stage's pick is the top of the ranking: its search's own selected
     stage1 = meta["final"]["stage1"]
     summary = json.loads(files.searches.read_text())
-    own = read_header(files.search(summary["first_stage_winner"]).selected)["meta"]
-    assert stage1 == own
-    winner = max(finalists, key=lambda f: f["overall"]["mean"])
+    assert stage1 == read_header(files.search(summary["first_stage_winner"]).selected)["meta"]
+    # the second stage reverses the order: the last finalist wins
+    winner = finalists[-1]
     assert (meta["search"], meta["source"], meta["generation"]) == \
         (winner["search"], winner["source"], winner["generation"])
+    assert (stage1["source"], stage1["generation"]) != (meta["source"], meta["generation"]) \
+        or summary["first_stage_winner"] != meta["search"]
     assert summary["winner"] == meta["search"] == report.search
-    assert meta["selection_mean"] == pytest.approx(winner["overall"]["mean"])
-    # replayed on all 5 selection seeds (the first stage's 2, then the next 3), the saved
-    # weights give the recorded mean: the stages are one seed stream
+    # the saved weights, scored on all 5 seeds of the stream, give the recorded mean:
+    # the right checkpoint was rebuilt, and the stages are one seed stream
     weights = flat_weights(cfg, run, files.selected)
-    evaluator = ProcessEvaluator(run, "serial")
-    returns = evaluator.returns([weights.numpy()], selection_seeds(cfg.seed, 5),
-                                whole_episodes=True)[0][0]
-    evaluator.close()
-    assert returns.mean() == pytest.approx(meta["selection_mean"], abs=1e-6)
-    assert returns[:2].mean() == pytest.approx(winner["first_stage"]["mean"], abs=1e-6)
-    # the winner's weights are its search's checkpoint, rebuilt
-    rebuilt = replay_parameters(cfg, files.search(meta["search"]), weights.numel(),
-                                search_seed(cfg.seed, meta["search"]),
-                                [(meta["source"], meta["generation"])])
-    assert torch.equal(torch.as_tensor(rebuilt[meta["source"], meta["generation"]],
-                                       dtype=torch.float32), weights)
+    every = fake(None, [weights.numpy()], selection_seeds(cfg.seed, 5))[0][0]
+    assert every.mean() == pytest.approx(meta["selection_mean"], abs=1e-6)
+    assert every[:2].mean() == pytest.approx(winner["first_stage"]["mean"], abs=1e-6)
     # every episode that chose it is kept from a report
     with pytest.raises(ConfigError, match="among them"):
         check_report_seeds(selection_seeds(cfg.seed, 5)[4:], selection_of(meta), "C")
@@ -111,29 +134,63 @@ def test_the_finalist_with_the_best_mean_over_all_episodes_becomes_the_runs_c(
         raise AssertionError("a finished final stage played again")
 
     monkeypatch.setattr(ProcessEvaluator, "returns", refuse)
-    finals_run(cfg, "final", 2, candidates=3, episodes=3)
+    train_searches(cfg, run, progress=False, evaluator=fading)
     assert {p: file_digest(p) for p in before} == before
+    # one more finalist: only it plays
+    played = []
+    monkeypatch.setattr(ProcessEvaluator, "returns",
+                        lambda self, cands, seeds, whole_episodes=False:
+                        played.append(len(cands)) or fake(self, cands, seeds))
+    c.final_candidates = 4
+    train_searches(cfg, run, progress=False, evaluator=fading)
+    assert played == [1]
+    assert len(read_header(files.selected)["meta"]["final"]["finalists"]) == 4
 
 
-def test_one_search_takes_the_stage_and_resumes_from_its_first_stage(tiny_run):
+def test_a_first_stage_pick_that_its_log_does_not_rank_first_is_refused(tiny_run):
+    finals_run(tiny_run, "odd", 2)
+    files = RunDir(run_of(tiny_run)).controller
+    log = json.loads(files.search(0).log.read_text())
+    for entry in log:  # another controller than the saved one now tops search 0's log
+        if "eval" in entry:
+            entry["eval"]["mean"]["mean"] += 1e6
+    files.search(0).log.write_text(json.dumps(log))
+    with pytest.raises(ConfigError, match="the files disagree"):
+        finals_run(tiny_run, "odd", 2, candidates=2, episodes=2)
+
+
+def test_one_search_takes_the_stage_and_gives_it_back(tiny_run):
     cfg = tiny_run
+    finals_run(cfg, "one", 1)
+    run = RunDir(run_of(cfg))
+    files = run.controller
+    first_stage = file_digest(files.selected)
     finals_run(cfg, "one", 1, candidates=2, episodes=2)
-    files = RunDir(run_of(cfg)).controller
     meta = read_header(files.selected)["meta"]
     assert meta["selection_episodes"] == 4 and "final" in meta
     assert {f["search"] for f in meta["final"]["finalists"]} == {0}
+    # real episodes: the saved C on the 4 seeds of the stream gives the recorded mean
+    evaluator = ProcessEvaluator(run, "serial")
+    returns = evaluator.returns([flat_weights(cfg, run, files.selected).numpy()],
+                                selection_seeds(cfg.seed, 4), whole_episodes=True)[0][0]
+    evaluator.close()
+    assert returns.mean() == pytest.approx(meta["selection_mean"], abs=1e-6)
     digest = file_digest(files.selected)
     finals_run(cfg, "one", 1, candidates=2, episodes=2)  # finished: the same winner
     assert file_digest(files.selected) == digest
-    # more generations: the first stage goes on against its own pick, then a new final
+    # more generations: the first stage goes on against its own pick, then the stage again
     cfg.controller.generations = 6
-    c = cfg.controller
-    c.eval_every, c.select_episodes = 2, 2
-    train_searches(cfg, RunDir(run_of(cfg)), progress=False, evaluator=quadratic)
-    meta = read_header(files.selected)["meta"]
-    assert meta["selection_episodes"] == 4
+    train_searches(cfg, run, progress=False, evaluator=quadratic)
+    assert read_header(files.selected)["meta"]["selection_episodes"] == 4
     log = json.loads(files.log.read_text())
     assert log[-1]["selected"]["selection_episodes"] == 2  # the first stage's figure
+    # turned off: the first stage's pick is back
+    cfg.controller.final_candidates = cfg.controller.final_episodes = 0
+    report = train_searches(cfg, run, progress=False, evaluator=quadratic)
+    meta = read_header(files.selected)["meta"]
+    assert "final" not in meta and meta == report.selected == log[-1]["selected"]
+    if log[-1]["selected"]["evaluated_at"] <= 4:  # picked before the stage first ran
+        assert file_digest(files.selected) == first_stage
 
 
 def test_pooled_mean_and_spread_are_those_of_all_the_episodes():
