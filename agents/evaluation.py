@@ -76,7 +76,10 @@ def keep_replaced(out: Path, name: str, summary: dict[str, Any]) -> Path | None:
     return target
 
 
-def _write(out: Path, policy: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+def write_evaluation(out: Path, policy: str, rows: list[dict[str, Any]],
+                     summary: dict[str, Any]) -> None:
+    """``<out>/<policy>.csv`` (one row an episode) and ``.json``; an earlier evaluation
+    under that name that this one does not reproduce is kept aside (:func:`keep_replaced`)."""
     keep_replaced(out, policy, summary)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
@@ -189,7 +192,7 @@ def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: st
         for i, result in enumerate(results[:video_episodes]):
             save_video(vae, np.stack(result.frames), out / f"{name}_episode{i}.gif",
                        video_stride)
-    _write(out, name, rows, summary)
+    write_evaluation(out, name, rows, summary)
     return summary
 
 
@@ -265,7 +268,7 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
                **({"env_overrides": env_overrides} if env_overrides else {}),
                **({"agent_precision": cfg.controller.agent_precision}
                   if cfg.controller.agent_precision != "float32" else {})}
-    _write(out, name, rows, summary)
+    write_evaluation(out, name, rows, summary)
     return summary
 
 

@@ -117,7 +117,7 @@ def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int,
     if not points:
         raise ConfigError(f"{files.dir}: no controller was scored on the run's selection "
                           "seeds, so there are no finalists (controller.eval_every)")
-    params = rebuild(cfg, run, points)
+    params = rebuild(cfg, run, points, seed)
     # scores kept by the weights and the seeds they played: a new ranking, K or N only
     # plays what is missing
     played = seeds_key(extra)
@@ -183,10 +183,11 @@ def stage1_meta(point: Checkpoint, episodes: int, seed: int) -> dict[str, Any]:
             "evaluated_at": point.evaluated_at}
 
 
-def rebuild(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint]
+def rebuild(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint], seed: int
             ) -> dict[str, np.ndarray]:
-    """Each checkpoint's weights (flat, float64) by replaying its search; the first
-    stage's pick (``points[0]``) must match its search's saved ``selected`` weights."""
+    """Each checkpoint's weights (flat, float64) by replaying its search (``seed``: the
+    run's CMA-ES seed, whose searches' seeds follow from it); the first stage's pick
+    (``points[0]``) must match its search's saved ``selected`` weights."""
     controller = run.new_controller(cfg, run.action_space(), run.load_memory())
     dim = controller.num_parameters()
     out: dict[str, np.ndarray] = {}
@@ -194,7 +195,7 @@ def rebuild(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint]
         wanted = [(p.source, p.generation) for p in points if p.search == k]
         if not wanted:
             continue
-        found = replay_parameters(cfg, files, dim, search_seed(cfg.seed, k), wanted)
+        found = replay_parameters(cfg, files, dim, search_seed(seed, k), wanted)
         for p in points:
             if p.search == k:
                 out[p.key] = found[p.source, p.generation]

@@ -213,3 +213,23 @@ def test_the_stage_needs_both_keys_and_a_selection(tiny_run):
     c.eval_every = 0
     with pytest.raises(ConfigError, match="controller.final_candidates' above 0 needs"):
         validate(tiny_run)
+
+
+def test_score_finalists_plays_each_finalist_as_evaluate_plays_the_selected(tiny_run):
+    import evaluate
+    from tools.score_finalists import main
+
+    finals_run(tiny_run, "plain", 1)
+    path = str(run_of(tiny_run))
+    with pytest.raises(ConfigError, match="no finalists"):
+        main(["--run", path, "--episodes", "2", "seed=3"])
+    finals_run(tiny_run, "plain", 1, candidates=2, episodes=2)
+    rows = main(["--run", path, "--episodes", "2", "seed=3"])
+    meta = read_header(RunDir(run_of(tiny_run)).controller.selected)["meta"]
+    assert [r["finalist"] for r in rows] == meta["final"]["finalists"]
+    picked = next(r for r in rows if (r["finalist"]["source"], r["finalist"]["generation"])
+                  == (meta["source"], meta["generation"]))
+    played = evaluate.main(["--run", path, "--episodes", "2", "seed=3"])
+    assert picked["mean"] == pytest.approx(played["mean"]) and picked["episodes"] == 2
+    name = f"finalist_0_{meta['source']}_{meta['generation']}_seed3"
+    assert (RunDir(run_of(tiny_run)).eval_dir / f"{name}.csv").is_file()
