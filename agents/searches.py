@@ -17,6 +17,10 @@ the run's selection seeds:
   unchanged, ``controller/searches.json`` lists every search and names the winner, and
   ``controller/searches.png`` draws every search's fitness and selection means.
   It is written last: a kill before it only makes the rerun copy again.
+* with ``controller.final_candidates`` > 0 a second selection stage then picks among the
+  searches' best checkpoints on more selection episodes (:mod:`agents.finalists`): the
+  winner's search is the one copied, its finalist becomes ``controller/selected``, and
+  ``searches.json`` also names the first stage's winner and lists the finalists.
 
 ``controller.restarts: 1`` (the default) is one search in ``controller/`` as ever. A run's
 number of searches is fixed once it has CMA-ES files: a change is refused
