@@ -3,7 +3,10 @@
 A ``cma.CMAEvolutionStrategy`` is fully determined by its seed and the fitness values
 it was told, so the checkpoint is just those values: ``controller/cmaes_history.npz``
 holds ``fitness`` float64 (G, P). A rerun rebuilds the strategy by replaying ask/tell,
-then continues. CMA-ES draws from NumPy's global RNG; the strategy gets a private copy
+then continues: bit for bit under the BLAS thread count the search ran with, and within
+a float32 ulp or so of it under another (NumPy's OpenBLAS rounds its threaded linear
+algebra differently; measured on a 1,731-parameter search: 284 of its weights one ulp
+apart after 50 generations). CMA-ES draws from NumPy's global RNG; the strategy gets a private copy
 of that state, swapped in around each ``ask``, so nothing else in the process can
 perturb a replay.
 

@@ -233,3 +233,25 @@ def test_score_finalists_plays_each_finalist_as_evaluate_plays_the_selected(tiny
     assert picked["mean"] == pytest.approx(played["mean"]) and picked["episodes"] == 2
     name = f"finalist_0_{meta['source']}_{meta['generation']}_seed3"
     assert (RunDir(run_of(tiny_run)).eval_dir / f"{name}.csv").is_file()
+
+
+def test_a_replay_that_misses_the_saved_pick_is_refused_and_an_ulp_is_not(tiny_run):
+    """Another BLAS thread count moves a replayed weight by a float32 ulp or so: accepted.
+    A replay that lands on other weights (another cma, another history) is refused."""
+    finals_run(tiny_run, "ulp", 2)
+    run = RunDir(run_of(tiny_run))
+    summary = json.loads(run.controller.searches.read_text())
+    saved = run.controller.search(summary["winner"]).selected
+    header = read_header(saved)
+    controller = run.new_controller(tiny_run, run.action_space(), run.load_memory())
+    load_weights(saved, controller)
+    exact = controller.get_flat()
+    from worldmodels.checkpoint import save_model
+
+    controller.set_flat(torch.nextafter(exact, exact + 1))  # one ulp up, every weight
+    save_model(saved, controller, meta=header["meta"])
+    finals_run(tiny_run, "ulp", 2, candidates=2, episodes=1)
+    controller.set_flat(exact + 1e-3)
+    save_model(saved, controller, meta=header["meta"])
+    with pytest.raises(ConfigError, match="does not give these weights"):
+        finals_run(tiny_run, "ulp", 2, candidates=2, episodes=2)
