@@ -65,8 +65,11 @@ def selection_means(rounds: list[dict[str, Any]], run: RunDir) -> dict[int, floa
             f"{run.iterations_dir}: run.agent_round=best compares the rounds' winners on "
             "the same selection episodes, but they were scored on different ones (round: "
             "(seed, episodes) " + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items()))
-            + "); keep controller.select_episodes and controller.final_episodes as the "
-            "first round had them, or set run.agent_round=last")
+            + "). Finished rounds are not scored again: give every round the "
+            "selection the finished ones had (controller.select_episodes, "
+            "controller.final_candidates and controller.final_episodes; the solve preset "
+            "added final_candidates=4 final_episodes=96 on 2026-12-05), or set "
+            "run.agent_round=last")
     return {int(r["round"]): selection_mean(r, run.round(int(r["round"])).summary)
             for r in rounds}
 

@@ -208,7 +208,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     run.load_vae(cfg.vae.z_dim)  # V fits the config
     history = read_history(files.history, settings, c.population)
     log: list[dict[str, Any]] = read_json(files.log, [], GENERATION_KEYS)[: len(history)]
-    select = {"episodes": c.select_episodes or c.eval_episodes, "seed": selection_seed}
+    select = {"episodes": c.selection_size, "seed": selection_seed}
     selected = read_selected(files.selected, select)
     run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     files.dir.mkdir(parents=True, exist_ok=True)
@@ -252,12 +252,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
                 score = last_eval[source]
                 writer.add_scalar(f"c/selection_{source}", score["mean"], gen + 1)
                 if selected is None or score["mean"] > selected["selection_mean"]:
-                    selected = {"generation": score["generation"], "source": source,
-                                "selection_mean": score["mean"],
-                                "selection_std": score["std"],
-                                "selection_episodes": score["episodes"],
-                                "selection_seed": selection_seed,
-                                "evaluated_at": gen + 1}
+                    selected = selection_meta(score, source, selection_seed, gen + 1)
                     params = es.mean() if source == "mean" else None
                     if params is None:
                         load_weights(files.best, controller)
@@ -408,6 +403,17 @@ def read_selected(path: Path, select: dict[str, int]) -> dict[str, Any] | None:
               f"episodes, seed {meta.get('selection_seed')}); the next evaluation replaces it")
         return None
     return meta
+
+
+def selection_meta(score: dict[str, Any], source: str, seed: int,
+                   evaluated_at: int) -> dict[str, Any]:
+    """The meta of ``selected.safetensors`` for a checkpoint's selection ``score`` (its
+    ``generation``, ``mean``, ``std`` and ``episodes``) on the selection seeds of ``seed``,
+    scored at generation ``evaluated_at``."""
+    return {"generation": score["generation"], "source": source,
+            "selection_mean": score["mean"], "selection_std": score["std"],
+            "selection_episodes": score["episodes"], "selection_seed": seed,
+            "evaluated_at": evaluated_at}
 
 
 def evaluate_for_selection(controller: FlatPolicy, best: Path, best_generation: int,

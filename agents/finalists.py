@@ -11,9 +11,11 @@ next N seeds of the same selection stream (:func:`agents.seeds.selection_seeds` 
 the stream avoids the report seeds), and the run's C is the finalist with the highest
 mean over all ``select_episodes + N`` episodes.
 
-* each finalist is rebuilt exactly by replaying its search's CMA-ES history
+* each finalist is rebuilt by replaying its search's CMA-ES history
   (:func:`agents.cmaes.replay_parameters`), so no checkpoint needs to have been saved;
-  the first stage's pick is checked against its saved weights first;
+  the rebuilt first-stage pick is checked against its search's saved ``selected``
+  weights (within :data:`REPLAY_TOLERANCE`; not where a run of one search already holds
+  a finalist there), and a pick its log does not rank first is refused;
 * ``controller/final.json`` keeps every finalist's scores as they come, by the digest of
   its weights and of the seeds it played; a rerun (a new ranking after more generations,
   another K) plays only what it lacks;
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.cmaes import ProcessEvaluator, replay_parameters, seeds_key
+from agents.cmaes import ProcessEvaluator, replay_parameters, seeds_key, selection_meta
 from agents.rollouts import describe_returns
 from agents.seeds import search_seed, selection_seeds
 from worldmodels.checkpoint import (
@@ -102,24 +104,26 @@ def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int,
                     progress: bool = True) -> tuple[dict[str, Any], np.ndarray] | None:
     """Run (or resume) the second stage on the run's finished searches: the winner's
     meta and flat weights (None when the stage is off), for :func:`save_selected`.
-    ``seed``: the run's selection seed."""
+    ``seed``: the run's ``seed``, both its selection seed and the CMA-ES seed its
+    searches' seeds follow from (:func:`agents.searches.train_searches`)."""
     c = cfg.controller
     if not c.final_candidates:
         return None
-    files, n1, n2 = run.controller, c.select_episodes or c.eval_episodes, c.final_episodes
+    files, n1, n2 = run.controller, c.selection_size, c.final_episodes
     first_seeds = selection_seeds(seed, n1)
     every = selection_seeds(seed, n1 + n2)
     if every[:n1] != first_seeds:  # the stream's prefixes: what makes the stages one set
         raise ConfigError(f"selection seeds of seed {seed}: the first {n1} of {n1 + n2} "
-                          "differ from the first stage's")
+                          "differ from the first stage's (a rejected draw moved the "
+                          "stream); give another controller.final_episodes")
     extra = every[n1:]
     points = ranked_checkpoints(run, c.restarts, first_seeds)[: c.final_candidates]
     if not points:
         raise ConfigError(f"{files.dir}: no controller was scored on the run's selection "
                           "seeds, so there are no finalists (controller.eval_every)")
     params = rebuild(cfg, run, points, seed)
-    # scores kept by the weights and the seeds they played: a new ranking, K or N only
-    # plays what is missing
+    # scores kept by the weights and the seeds they played: a new ranking or K plays only
+    # what is missing (a new N plays other seeds, so all again)
     played = seeds_key(extra)
     kept = read_json(files.final, {}).get("results", {})
     results: dict[str, Any] = {}
@@ -155,7 +159,10 @@ def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int,
             "selection_std": winner_row["overall"]["std"], "selection_episodes": n1 + n2,
             "selection_seed": seed, "evaluated_at": winner.evaluated_at,
             "final": {"candidates": c.final_candidates, "episodes": n2,
-                      "stage1": stage1_meta(first, n1, seed),
+                      "stage1": selection_meta(
+                          {"generation": first.generation, "mean": first.mean,
+                           "std": first.std, "episodes": n1},
+                          first.source, seed, first.evaluated_at),
                       "finalists": [{k: row[k] for k in ("search", "source", "generation",
                                                          "first_stage", "final", "overall")}
                                     for row in rows]}}
@@ -173,14 +180,6 @@ def save_selected(cfg: ExperimentConfig, run: RunDir, meta: dict[str, Any],
     controller = run.new_controller(cfg, run.action_space(), run.load_memory())
     controller.set_flat(torch.as_tensor(params))
     save_model(run.controller.selected, controller, meta=meta)
-
-
-def stage1_meta(point: Checkpoint, episodes: int, seed: int) -> dict[str, Any]:
-    """The selected controller's meta as the first stage writes it (agents.cmaes)."""
-    return {"generation": point.generation, "source": point.source,
-            "selection_mean": point.mean, "selection_std": point.std,
-            "selection_episodes": episodes, "selection_seed": seed,
-            "evaluated_at": point.evaluated_at}
 
 
 def rebuild(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint], seed: int

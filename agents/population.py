@@ -144,7 +144,7 @@ def run_key(cfg: ExperimentConfig, view: RunView, variant: str, seed: int,
             "memory_digest": file_digest(view.memory.weights()),
             "population": c.population, "rollouts": c.rollouts, "generations": c.generations,
             "sigma0": c.sigma0, "seed": seed, "eval_every": c.eval_every,
-            "select_episodes": c.select_episodes or c.eval_episodes,
+            "select_episodes": c.selection_size,
             "max_episode_steps": c.max_episode_steps, "stall_steps": c.stall_steps,
             "dream": {"temperature": cfg.dream.temperature, "done": cfg.dream.done,
                       "done_threshold": cfg.dream.done_threshold,
@@ -300,7 +300,7 @@ def one_run(run: RunDir, cfg: ExperimentConfig, plan: Plan, variant: str, popula
         "variant": variant, "memory_seed": plan.memory_seed, "population": population,
         "seed": seed, "rollouts": rollouts, "generations": len(log),
         "dream_episodes": len(log) * population * rollouts,
-        "eval_every": every, "select_episodes": c.select_episodes or c.eval_episodes,
+        "eval_every": every, "select_episodes": c.selection_size,
         "selections": selections, "selection_real_episodes": select_played,
         "selected_source": selected.get("source"),
         "selected_generation": selected.get("generation"),
@@ -349,7 +349,7 @@ def check_plan(run: RunDir, cfg: ExperimentConfig, plan: Plan) -> None:
         selection_interval(plan, gens, c.eval_every)
     report_seeds = set(evaluation_seeds(plan.report_seed, plan.report_episodes))
     for seed in plan.seeds:
-        if report_seeds & set(selection_seeds(seed, c.select_episodes or c.eval_episodes)):
+        if report_seeds & set(selection_seeds(seed, c.selection_size)):
             raise ConfigError(f"seed {seed}'s selection seeds meet the report seeds of "
                               f"--report-seed {plan.report_seed}: pick another report seed")
 

@@ -381,7 +381,7 @@ class _Trainer(BaseCallback):
         self.last_save = int(state["num_timesteps"])
         # the selection schedule resumes where the checkpoint left it
         self.last_eval = int(state.get("last_eval", state["num_timesteps"]))
-        self.seeds = selection_seeds(cfg.seed, c.select_episodes or c.eval_episodes)
+        self.seeds = selection_seeds(cfg.seed, c.selection_size)
 
     def _on_training_start(self) -> None:
         if self.progress:

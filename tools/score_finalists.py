@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     seeds = evaluation_seeds(cfg.seed, args.episodes)
     check_report_seeds(seeds, selection_of(meta), "the finalists")
     check_writable(run.eval_dir)
-    params = rebuild(cfg, run, points, int(meta["selection_seed"]))
+    params = rebuild(cfg, run, points, run.load_config().seed)  # the run's, not seed=S
     c = cfg.controller
     started = time.perf_counter()
     evaluator = ProcessEvaluator(run, c.engine, c.workers, c.ray_address,
@@ -69,13 +69,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     finally:
         evaluator.close()
     seconds = time.perf_counter() - started
-    rows = []
+    rows, seed = [], other_seed(run, cfg.seed)
     print("| finalist | first stage | second stage | both | report |\n|---|---|---|---|---|")
     for i, (p, info) in enumerate(zip(points, meta["final"]["finalists"], strict=True)):
         name = f"finalist_{p.search}_{p.source}_{p.generation}"
-        seed = other_seed(run, cfg.seed)
         name += "" if seed is None else f"_seed{seed}"
-        summary = {"policy": name, **describe_returns(returns[i]), "seconds": seconds,
+        # (the finalists play together: each gets an equal share of the wall time)
+        summary = {"policy": name, **describe_returns(returns[i]),
+                   "seconds": seconds / len(points),
                    "weights": weights_key(params[p.key]), "finalist": info}
         write_evaluation(run.eval_dir, name,
                          [{"episode": j, "seed": s, "return": float(returns[i, j]),

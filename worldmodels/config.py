@@ -312,6 +312,12 @@ class ControllerConfig:
     stall_steps: int = _opt(0, "End a training episode after N steps without positive reward "
                                "(0: off; evaluation always plays whole episodes).", ge=0)
 
+    @property
+    def selection_size(self) -> int:
+        """Episodes of the first selection stage: ``select_episodes``, else
+        ``eval_episodes``."""
+        return self.select_episodes or self.eval_episodes
+
 
 @dataclass
 class DreamConfig:
