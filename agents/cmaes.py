@@ -6,9 +6,9 @@ holds ``fitness`` float64 (G, P). A rerun rebuilds the strategy by replaying ask
 then continues: bit for bit under the BLAS thread count the search ran with, and within
 a float32 ulp or so of it under another (NumPy's OpenBLAS rounds its threaded linear
 algebra differently; measured on a 1,731-parameter search: 284 of its weights one ulp
-apart after 50 generations). CMA-ES draws from NumPy's global RNG; the strategy gets a private copy
-of that state, swapped in around each ``ask``, so nothing else in the process can
-perturb a replay.
+apart after 50 generations). CMA-ES draws from NumPy's global RNG; the strategy gets a
+private copy of that state, swapped in around each ``ask``, so nothing else in the
+process can perturb a replay.
 
 Files under ``<run>/controller/`` (:class:`worldmodels.run_dir.ControllerFiles`):
 ``cmaes_history.npz``, ``best.safetensors`` (+ .json;

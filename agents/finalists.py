@@ -29,7 +29,7 @@ mean over all ``select_episodes + N`` episodes.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -147,25 +147,22 @@ def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int,
                   f"{returns.mean():.1f} on {n2} more")
     if evaluator is not None:
         evaluator.close()
-    rows = [{**asdict(p), "first_stage": {"mean": p.mean, "std": p.std, "episodes": n1},
+    rows = [{"search": p.search, "source": p.source, "generation": p.generation,
+             "first_stage": {"mean": p.mean, "std": p.std, "episodes": n1},
              "final": results[p.key]["score"],
              "overall": pooled({"mean": p.mean, "std": p.std}, n1, results[p.key]["score"])}
             for p in points]
     winner_row = max(rows, key=lambda row: row["overall"]["mean"])  # first on ties
-    winner = points[rows.index(winner_row)]
-    first = points[0]
-    meta = {"generation": winner.generation, "source": winner.source,
-            "search": winner.search, "selection_mean": winner_row["overall"]["mean"],
-            "selection_std": winner_row["overall"]["std"], "selection_episodes": n1 + n2,
-            "selection_seed": seed, "evaluated_at": winner.evaluated_at,
+    winner, first = points[rows.index(winner_row)], points[0]
+    overall = {**winner_row["overall"], "generation": winner.generation,
+               "episodes": n1 + n2}
+    meta = {**selection_meta(overall, winner.source, seed, winner.evaluated_at),
+            "search": winner.search,
             "final": {"candidates": c.final_candidates, "episodes": n2,
                       "stage1": selection_meta(
-                          {"generation": first.generation, "mean": first.mean,
-                           "std": first.std, "episodes": n1},
+                          {**rows[0]["first_stage"], "generation": first.generation},
                           first.source, seed, first.evaluated_at),
-                      "finalists": [{k: row[k] for k in ("search", "source", "generation",
-                                                         "first_stage", "final", "overall")}
-                                    for row in rows]}}
+                      "finalists": rows}}
     if progress:
         print(f"final selection: search {winner.search}, {winner.source} of generation "
               f"{winner.generation}, {meta['selection_mean']:.1f} over {n1 + n2} episodes "
