@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agents.agent_round import put_back_previous, settle_agent
+from agents.agent_round import put_back_previous, refuse_mixed_before, settle_agent
 from agents.collect import collect, describe
 from agents.dream_check import check_run
 from agents.evaluation import evaluate, result_name
@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stages, earlier_wall = run_stages(STAGES, cfg, run, run.progress_file)
         summary.update(stages)
     else:
+        refuse_mixed_before(cfg, run)
         summary["rounds"] = [play_round(cfg, run, n) for n in range(1, cfg.run.iterations + 1)]
         summary["agent"] = settle_agent(cfg, run, summary["rounds"])
         # the killed jobs' part of the rounds this job finished (reused rounds: none)

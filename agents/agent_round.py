@@ -29,7 +29,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agents.iterations import copy_files, files_in, round_start_latents, round_total
+from agents.iterations import (
+    copy_files,
+    files_in,
+    finished_round,
+    round_start_latents,
+    round_total,
+)
 from worldmodels.checkpoint import read_json, sidecar, write_json_atomic
 from worldmodels.config import ExperimentConfig
 from worldmodels.errors import InputError
@@ -50,26 +56,56 @@ def selection_mean(figures: dict[str, Any], where: Path) -> float:
         ) from None
 
 
-def selection_means(rounds: list[dict[str, Any]], run: RunDir) -> dict[int, float]:
-    """Each round's winner's selection mean, by round number; refused when the rounds'
-    winners were scored on different selection episodes (a second selection stage,
-    ``controller.final_episodes``, turned on or changed between rounds): such means do
-    not compare."""
-    kinds = {}
-    for r in rounds:
-        chosen = (r.get("controller") or {}).get("selected") or {}
-        kinds[int(r["round"])] = (chosen.get("selection_seed"),
-                                  chosen.get("selection_episodes"))
+def selection_of(figures: dict[str, Any]) -> tuple[Any, Any]:
+    """The (selection seed, episodes) a round's winner was scored on (its figures)."""
+    chosen = (figures.get("controller") or {}).get("selected") or {}
+    return chosen.get("selection_seed"), chosen.get("selection_episodes")
+
+
+def planned_selection(cfg: ExperimentConfig) -> tuple[int, int]:
+    """The (selection seed, episodes) a round trained under ``cfg`` will be scored on:
+    the run's seed, the first stage's episodes plus the second stage's, if any."""
+    c = cfg.controller
+    return cfg.seed, c.selection_size + (c.final_episodes if c.final_candidates else 0)
+
+
+def _refuse_mixed(kinds: dict[str, tuple[Any, Any]], run: RunDir) -> None:
+    """Refused when the rounds (by name) were, or will be, scored on different
+    selection episodes: their winners' means do not compare."""
     if len(set(kinds.values())) > 1:
         raise InputError(
             f"{run.iterations_dir}: run.agent_round=best compares the rounds' winners on "
             "the same selection episodes, but they were scored on different ones (round: "
-            "(seed, episodes) " + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items()))
+            "(seed, episodes) " + ", ".join(f"{k}: {v}" for k, v in kinds.items())
             + "). Finished rounds are not scored again: give every round the "
             "selection the finished ones had (controller.select_episodes, "
             "controller.final_candidates and controller.final_episodes; the solve preset "
             "added final_candidates=4 final_episodes=96 on 2026-12-05), or set "
             "run.agent_round=last")
+
+
+def refuse_mixed_before(cfg: ExperimentConfig, run: RunDir) -> None:
+    """Before any round of ``run.iterations`` trains, with ``run.agent_round=best``:
+    refused when a finished round was scored on other selection episodes than the
+    rounds still to come would be (:func:`planned_selection`), so the refusal comes
+    before the new rounds' hours, not after (:func:`selection_means` would refuse them
+    then)."""
+    if cfg.run.agent_round != "best":
+        return
+    finished = {n: figures for n in range(1, cfg.run.iterations + 1)
+                if (figures := finished_round(run, n)) is not None}
+    if len(finished) < cfg.run.iterations:
+        _refuse_mixed({**{str(n): selection_of(f) for n, f in finished.items()},
+                       "to come": planned_selection(cfg)}, run)
+
+
+def selection_means(rounds: list[dict[str, Any]], run: RunDir) -> dict[int, float]:
+    """Each round's winner's selection mean, by round number; refused when the rounds'
+    winners were scored on different selection episodes (a second selection stage,
+    ``controller.final_episodes``, turned on or changed between rounds): such means do
+    not compare."""
+    _refuse_mixed({str(r["round"]): selection_of(r)
+                   for r in sorted(rounds, key=lambda r: int(r["round"]))}, run)
     return {int(r["round"]): selection_mean(r, run.round(int(r["round"])).summary)
             for r in rounds}
 

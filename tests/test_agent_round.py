@@ -111,6 +111,21 @@ def test_rounds_scored_on_different_selection_episodes_are_not_compared(tmp_path
         best_round([rnd(1, 900.0, 32), rnd(2, 800.0, 128)], rd)
 
 
+def test_a_new_round_on_another_selection_is_refused_before_it_trains(best_run):
+    """Two rounds finished on 1 selection episode; run.iterations=3 with a second
+    selection stage would score round 3 on 2: refused before round 3 plays (no
+    episode, no kept files, the run's places untouched), not after it trained."""
+    tmp, _ = best_run
+    rd = tiny_run(tmp)
+    before, episodes = places(rd), sorted(rd.rollouts.iterdir())
+    with pytest.raises(InputError, match=r"different ones.*1: \(\d+, 1\), 2: \(\d+, 1\), "
+                                         r"to come: \(\d+, 2\)"):
+        run.main([*best_args(tmp, rounds=3), "controller.final_candidates=2",
+                  "controller.final_episodes=1"])
+    assert not rd.round(3).dir.exists() and sorted(rd.rollouts.iterdir()) == episodes
+    assert places(rd) == before
+
+
 def test_the_run_holds_the_best_rounds_agent(best_run, tmp_path):
     tmp, summary = best_run
     rd = tiny_run(tmp)
