@@ -53,6 +53,7 @@ from worldmodels.encoding import encode_rollouts
 from worldmodels.errors import run_cli
 from worldmodels.frmdn_training import report_dict as memory_report
 from worldmodels.frmdn_training import train_memory
+from worldmodels.preflight import preflight
 from worldmodels.run_dir import RunDir, run_from_args
 from worldmodels.vae_training import report_dict, train_vae
 
@@ -338,6 +339,7 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
+    preflight(cfg, run)  # before the first stage writes: V's and M's sizes, engines
     summary: dict[str, Any] = {"run_dir": str(run.path)}
     started = time.perf_counter()
     if cfg.run.iterations == 1:

@@ -34,6 +34,7 @@ import train_controller as controller_script
 import train_frmdn as frmdn_script
 import train_vae as vae_script
 import worldmodels.atomic
+import worldmodels.config
 from tests.builders import make_frmdn
 from tests.conftest import PicklePayload
 from tests.test_run_dir import run_files, trained_run
@@ -190,6 +191,48 @@ INVALID_YAML = "seed: [0\nvae: {z_dim: 4\n"
 PYTHON_TAG = "seed: !!python/object/apply:os.system ['touch /tmp/yaml_tag_ran']\n"
 
 
+def nan_weights(directory: str) -> Callable[[Path], None]:
+    """A NaN in the first float parameter of every model file in ``directory``."""
+    def plant(run: Path) -> None:
+        for path in sorted((run / directory).glob("*.safetensors")):
+            if path.name == "train_state.safetensors":
+                continue
+            model = load_model(path)
+            with torch.no_grad():
+                next(iter(model.parameters())).view(-1)[0] = float("nan")
+            save_model(path, model, meta=read_header(path)["meta"])
+    return plant
+
+
+def nan_fitness(run: Path) -> None:
+    path = run / "controller" / "cmaes_history.npz"
+    fitness = read_npz(path, ("fitness",))["fitness"].copy()
+    fitness[-1, 0] = np.nan
+    _rewrite_npz(path, fitness=fitness)
+
+
+def optimizer_state_of(make: Callable[[Path], torch.nn.Module],
+                       into: str) -> Callable[[Path], None]:
+    """``into``'s training state replaced by Adam's state for another model (``make``),
+    at the same epoch, so that the moments would be loaded."""
+    def plant(run: Path) -> None:
+        path = run / into / "train_state.safetensors"
+        other = make(run)
+        optimizer = torch.optim.Adam(other.parameters())
+        sum(p.sum() for p in other.parameters()).backward()
+        optimizer.step()
+        save_state(path, {"optimizer": optimizer.state_dict(),
+                          "epoch": load_state(path)["epoch"]})
+    return plant
+
+
+def wider_memory(run: Path) -> torch.nn.Module:
+    """The run's M rebuilt with 3 more LSTM units: the same parameters, other shapes."""
+    header = read_header(run / "memory" / "model.safetensors")
+    return type(load_model(run / "memory" / "model.safetensors"))(
+        **{**header["config"], "hidden": header["config"]["hidden"] + 3})
+
+
 @contextmanager
 def kept(run: Path, plant: Callable[[Path], None] | None):
     """Plant the bad input; afterwards put every file of the run back as it was."""
@@ -326,6 +369,26 @@ CASES = {
                                         "selected.safetensors",
                                         plant_bytes("controller/selected.safetensors",
                                                     b"junk")),
+    "NaN in V's weights": Case("encode", [], "vae/model.safetensors", nan_weights("vae")),
+    "NaN in M's weights": Case("dream", ["--dream-only", "--steps", "2"], "memory/",
+                               nan_weights("memory")),
+    "NaN in C's weights": Case("evaluate", ["--episodes", "1"], "controller/",
+                               nan_weights("controller")),
+    "NaN fitness in the CMA-ES history": Case("train_controller", [], "cmaes_history.npz",
+                                              nan_fitness),
+    "M's training state of another size": Case(
+        "train_frmdn", ["memory.epochs=3"], "memory/train_state.safetensors",
+        optimizer_state_of(wider_memory, "memory")),
+    "M's training state in V's place": Case(
+        "train_vae", ["vae.epochs=3"], "vae/train_state.safetensors",
+        optimizer_state_of(lambda run: load_model(run / "memory" / "model.safetensors"),
+                           "vae")),
+    # a later stage's files checked before the first stage writes
+    "run.py, vae.z_dim against the trained V": Case("run", ["vae.z_dim=8"], "vae.z_dim=8"),
+    "run.py, memory.hidden against the trained M": Case("run", ["memory.hidden=9"],
+                                                        "hidden=9"),
+    "collect.py, vae.z_dim against the trained V": Case(
+        "collect", ["vae.z_dim=8", "collect.episodes=9"], "vae/model.safetensors"),
     "pickled training state": Case("train_vae", [], "train_state.safetensors", pickled_state),
     "corrupt M training state": Case("train_frmdn", [], "train_state.safetensors",
                                      plant_bytes("memory/train_state.safetensors", b"\0" * 9)),
@@ -633,3 +696,39 @@ def test_processes_writing_one_file_never_share_a_temporary_file(tmp_path):
     assert [w.exitcode for w in writers] == [0, 0]
     assert json.loads(target.read_text())["i"] == 199
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_engine_ray_without_ray_is_refused_before_the_config_is_saved(
+        run_dir, capsys, monkeypatch):
+    """controller.engine=ray where ray is not installed: refused naming the key, and the
+    run's config.yaml does not take the engine (a later plain command would fail)."""
+    monkeypatch.setattr(worldmodels.config, "has_package", lambda name: name != "ray")
+    with kept(run_dir, None):
+        before = run_files(run_dir)
+        err = refused(controller_script, ["--run", str(run_dir), "controller.engine=ray",
+                                          "controller.generations=9"], capsys)
+        assert "controller.engine" in err and "pip install" in err
+        assert run_files(run_dir) == before
+
+
+def test_a_key_given_twice_is_said_and_the_last_is_used(capsys):
+    from worldmodels.config import cli_parser, parse_cli
+
+    args = parse_cli(cli_parser("x"), ["memory.epochs=2", "vae.epochs=1", "memory.epochs=3"])
+    assert args.overrides[-1] == "memory.epochs=3"
+    err = capsys.readouterr().err
+    assert "memory.epochs is given 2 times; the last, memory.epochs=3, is used" in err
+    assert "vae.epochs" not in err
+
+
+@pytest.mark.parametrize(("tool", "argv", "names"), [
+    ("dream_action_check", ["RUN", "-1"], "temperature"),
+    ("dream_action_check", ["RUN", "nan"], "temperature"),
+    ("dream_spread", ["RUN", "--taus", "1.0", "-1"], "--taus"),
+    ("dream_spread", ["RUN", "--samples", "1"], "--samples"),
+    ("dream_spread", ["RUN", "--episodes", "0"], "--episodes"),
+])
+def test_tool_arguments_out_of_range_are_one_line(run_dir, capsys, tool, argv, names):
+    module = __import__(f"tools.{tool}", fromlist=["main"])
+    err = refused(module, [a.replace("RUN", str(run_dir)) for a in argv], capsys)
+    assert names in err

@@ -177,12 +177,17 @@ def test_skip_corrupt_carries_collect_and_encode_past_an_unreadable_shard(tiny_c
     assert "ep_000001.npz" in listed["rollouts"][0] and "ep_000001.npz" in listed["encode"][0]
 
 
-def test_rollout_shard_with_nan_reward_or_float_frames_is_refused(tmp_path):
+def test_rollout_shard_with_nan_reward_or_action_or_float_frames_is_refused(tmp_path):
     from tests.conftest import synthetic_shard
 
     shard = synthetic_shard(0)
     shard.reward[3] = np.nan
     with pytest.raises(ShardError, match="reward has NaN"):
+        shard.save(tmp_path / "ep_000000.npz")
+    shard = synthetic_shard(0)
+    shard.action = shard.action.astype(np.float32)
+    shard.action[2] = np.nan
+    with pytest.raises(ShardError, match="action has NaN"):
         shard.save(tmp_path / "ep_000000.npz")
     good = synthetic_shard(1)
     frames = good.obs.astype(np.float32)
@@ -220,6 +225,12 @@ def test_latents_with_nan_or_another_z_size_are_refused_by_name(latent_run):
     data["mu"][3, 1] = np.inf
     write_npz_atomic(victim, data)
     with pytest.raises(ShardError, match="ep_000004.npz: mu or logvar has NaN/Inf"):
+        train_memory(cfg, progress=False)
+    data["mu"][3, 1] = 0.0
+    data["action"] = data["action"].astype(np.float32)
+    data["action"].flat[0] = np.nan
+    write_npz_atomic(victim, data)
+    with pytest.raises(ShardError, match="ep_000004.npz: action has NaN/Inf"):
         train_memory(cfg, progress=False)
     cfg.data.skip_corrupt = True
     assert train_memory(cfg, progress=False).skipped_shards == 1

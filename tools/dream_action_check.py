@@ -27,6 +27,7 @@ import torch
 from agents.dream_check import held_action_check, markdown_table
 from envs.dream_env import load_dream
 from envs.factory import make_env_from_config
+from worldmodels.config import ConfigError
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
 
@@ -37,6 +38,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("temperature", type=float)
     parser.add_argument("overrides", nargs="*", help="dream.<key>=<value>")
     args = parser.parse_args(argv)
+    if not args.temperature > 0:  # (NaN too)
+        raise ConfigError(f"temperature must be > 0, got {args.temperature}")
     torch.set_num_threads(1)
     run = RunDir(args.run)
     cfg = run.load_config(tuple(args.overrides))

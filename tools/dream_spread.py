@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
+from worldmodels.config import ConfigError
 from worldmodels.datasets import read_latents
 from worldmodels.errors import InputError, run_cli
 from worldmodels.memory import Memory
@@ -49,6 +50,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--taus", type=float, nargs="+", default=[1.0, 1.15, 1.3])
     args = parser.parse_args(argv)
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.samples < 2:  # (a spread needs two samples)
+        raise ConfigError(f"--samples must be >= 2, got {args.samples}")
+    if not all(tau > 0 for tau in args.taus):  # (NaN too)
+        raise ConfigError(f"--taus must all be > 0, got {args.taus}")
 
     runs = [RunDir(r) for r in args.runs]
     paths = list_shards(runs[0].latents)

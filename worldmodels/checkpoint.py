@@ -87,13 +87,16 @@ def read_header(path: Path) -> dict[str, Any]:
 
 
 def load_weights(path: Path, model: nn.Module) -> None:
-    """Load a safetensors file into ``model``; every key and shape must match."""
+    """Load a safetensors file into ``model``; every key and shape must match, no float
+    be NaN and no parameter infinite."""
     path = Path(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: unreadable weights ({err})") from err
     expected = model.state_dict()
+    # a buffer may hold inf (an unbounded action space's bound); a parameter may not
+    parameters = {name for name, _ in model.named_parameters()}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -109,6 +112,10 @@ def load_weights(path: Path, model: nn.Module) -> None:
         if value.is_floating_point() != expected[key].is_floating_point():
             raise CheckpointError(f"{path}: '{key}' is {value.dtype}, the model expects "
                                   f"{expected[key].dtype}")
+        if value.is_floating_point() and bool(
+                (value.isnan() | (value.isinf() & (key in parameters))).any()):
+            raise CheckpointError(f"{path}: '{key}' holds NaN or Inf; these weights cannot "
+                                  "be used (retrain, or restore the file)")
         if value.dtype != expected[key].dtype:  # fp16 weights of a shipped agent: fp32 model
             tensors[key] = value.to(expected[key].dtype)
     model.load_state_dict(tensors)
@@ -222,6 +229,27 @@ def load_state(path: Path) -> dict[str, Any]:
         ) from None
 
 
+def check_moments(saved: Any, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Refuse an optimizer state (``saved``, read from ``path``) that is not this
+    model's: other parameter groups or counts, or moments of other shapes (say another
+    run's ``train_state.safetensors`` copied in), which torch would only fail on at the
+    first step."""
+    fix = ("; it belongs to another model: delete it to restart the optimizer from the "
+           "last weights")
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [
+            len(g["params"]) for g in optimizer.param_groups]:
+        raise CheckpointError(f"{path}: its optimizer has other parameter groups{fix}")
+    moments = saved.get("state") or {}
+    for group, ours in zip(groups, optimizer.param_groups, strict=True):
+        for index, param in zip(group["params"], ours["params"], strict=True):
+            for name, value in (moments.get(index) or moments.get(str(index)) or {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    raise CheckpointError(
+                        f"{path}: moment '{name}' of parameter {index} has shape "
+                        f"{tuple(value.shape)}, the model's is {tuple(param.shape)}{fix}")
+
+
 def resume_training(
     model_path: Path, state_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     expect: dict[str, Any] | None = None,
@@ -245,6 +273,7 @@ def resume_training(
         if int(state.get("epoch", -1)) == epoch:
             # the moments resume; the learning rate is the config's (a rerun may change it)
             rates = [group["lr"] for group in optimizer.param_groups]
+            check_moments(state["optimizer"], optimizer, Path(state_path))
             optimizer.load_state_dict(state["optimizer"])
             for group, rate in zip(optimizer.param_groups, rates, strict=True):
                 group["lr"] = rate

@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import importlib.util
 import json
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Iterator
@@ -31,7 +33,7 @@ from typing import Any, Literal
 import yaml
 
 from worldmodels.atomic import write_text_atomic
-from worldmodels.errors import InputError
+from worldmodels.errors import InputError, MissingPackageError
 
 
 class ConfigError(InputError, ValueError):
@@ -823,6 +825,20 @@ def to_dict(cfg: ExperimentConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def has_package(name: str) -> bool:
+    """Whether ``name`` can be imported (without importing it)."""
+    return importlib.util.find_spec(name) is not None
+
+
+def refuse_missing_engines(cfg: ExperimentConfig) -> None:
+    """``engine=ray`` without the ``ray`` package, named by its key: checked before a
+    command saves the config that asks for it (:meth:`RunDir.write_config`)."""
+    for key, section in (("collect", cfg.collect), ("controller", cfg.controller)):
+        if section.engine == "ray" and not has_package("ray"):
+            raise MissingPackageError(f"config key '{key}.engine': engine=ray needs the "
+                                      "package 'ray': pip install 'worldmodels[ray]'")
+
+
 def save_config(cfg: ExperimentConfig, path: Path) -> None:
     """Write the resolved config (atomically) so a run can be rebuilt from it."""
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -923,8 +939,15 @@ def cli_parser(description: str) -> argparse.ArgumentParser:
 
 
 def parse_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse options and ``key=value`` overrides in any order (``--algo ppo a.b=1`` too)."""
-    return parser.parse_intermixed_args(argv)
+    """Parse options and ``key=value`` overrides in any order (``--algo ppo a.b=1`` too).
+    A key given twice is said on stderr: the last value is the one used."""
+    args = parser.parse_intermixed_args(argv)
+    keys = [text.split("=", 1)[0].strip() for text in getattr(args, "overrides", None) or []]
+    for key in sorted({k for k in keys if keys.count(k) > 1}):
+        last = [t for t in args.overrides if t.split("=", 1)[0].strip() == key][-1]
+        print(f"command line: {key} is given {keys.count(key)} times; the last, {last}, "
+              "is used", file=sys.stderr)
+    return args
 
 
 def exit_on_help_config(args: argparse.Namespace) -> None:

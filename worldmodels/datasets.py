@@ -305,7 +305,7 @@ LATENT_KEYS = ("mu", "logvar", "action", "reward", "terminated")
 
 def read_latents(path: Path, z_dim: int | None = None) -> dict[str, np.ndarray]:
     """A latent shard's arrays, checked: mu, logvar float32 (T+1, z) finite; reward
-    float32 (T,) finite; terminated bool (T,); action (T, ...). ``z_dim`` is the size
+    float32 (T,) finite; terminated bool (T,); action (T, ...) finite. ``z_dim`` is the size
     the caller expects. Any violation is a :class:`ShardError` naming the file."""
     data = read_npz(path, LATENT_KEYS)
     T = len(data["reward"])
@@ -324,6 +324,7 @@ def read_latents(path: Path, z_dim: int | None = None) -> dict[str, np.ndarray]:
         (data["action"].shape[:1] == (T,), f"action shape {data['action'].shape} for {T} steps"),
         (bool(np.isfinite(mu).all() and np.isfinite(logvar).all()), "mu or logvar has NaN/Inf"),
         (bool(np.isfinite(data["reward"]).all()), "reward has NaN/Inf"),
+        (bool(np.isfinite(data["action"]).all()), "action has NaN/Inf"),
     ]
     for ok, why in checks:
         if not ok:

@@ -69,6 +69,7 @@ from worldmodels.config import (
     preset_names,
     preset_overrides,
     read_yaml,
+    refuse_missing_engines,
     to_dict,
 )
 from worldmodels.controller import FlatPolicy, build_controller
@@ -542,6 +543,7 @@ class RunDir:
         ``config.prev.yaml``.
         """
         self.refuse_shipped()
+        refuse_missing_engines(cfg)
         for directory in (self.config_file.parent, *outputs):
             check_writable(directory)
         text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
