@@ -116,6 +116,7 @@ def write_tiny_run(cfg):
     from worldmodels.vae import ConvVAE
 
     run_of(cfg).mkdir(parents=True)
+    cfg.memory.mixtures = 2  # the M below: the config says what the run's files are
     save_config(cfg, run_of(cfg) / "config.yaml")
     torch.manual_seed(0)
     save_model(RunDir(run_of(cfg)).vae.model, ConvVAE(z_dim=4))
