@@ -378,7 +378,7 @@ def read_history(path: Path, settings: dict[str, Any], population: int) -> np.nd
                           f"expected, and a settings mapping); {delete}")
     if not bool(np.isfinite(fitness).all()):
         raise ConfigError(f"{path}: fitness holds NaN or Inf (generation "
-                          f"{int(np.argwhere(~np.isfinite(fitness))[0][0])}), so CMA-ES "
+                          f"{int(np.argwhere(~np.isfinite(fitness))[0][0]) + 1}), so CMA-ES "
                           f"cannot replay it; {delete}")
     changed = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
                if saved.get(k) != settings.get(k)}

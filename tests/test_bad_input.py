@@ -711,6 +711,19 @@ def test_engine_ray_without_ray_is_refused_before_the_config_is_saved(
         assert run_files(run_dir) == before
 
 
+def test_an_engine_is_checked_only_where_the_command_sets_it(monkeypatch):
+    """A run made on a Ray cluster (engine=ray saved) still trains V or M where ray is
+    absent; a command that sets the engine, or a new run, is refused."""
+    from worldmodels.config import load_config, refuse_missing_engines
+
+    monkeypatch.setattr(worldmodels.config, "has_package", lambda name: name != "ray")
+    cfg = load_config("carracing", [], ["controller.engine=ray"])
+    refuse_missing_engines(cfg, {"memory.epochs"})
+    for changed in (None, {"memory.epochs", "controller.engine"}):
+        with pytest.raises(worldmodels.config.MissingPackageError, match="controller.engine"):
+            refuse_missing_engines(cfg, changed)
+
+
 def test_a_key_given_twice_is_said_and_the_last_is_used(capsys):
     from worldmodels.config import cli_parser, parse_cli
 
@@ -725,6 +738,8 @@ def test_a_key_given_twice_is_said_and_the_last_is_used(capsys):
     ("dream_action_check", ["RUN", "-1"], "temperature"),
     ("dream_action_check", ["RUN", "nan"], "temperature"),
     ("dream_spread", ["RUN", "--taus", "1.0", "-1"], "--taus"),
+    ("dream_spread", ["RUN", "--taus", "inf"], "--taus"),
+    ("dream_action_check", ["RUN", "inf"], "temperature"),
     ("dream_spread", ["RUN", "--samples", "1"], "--samples"),
     ("dream_spread", ["RUN", "--episodes", "0"], "--episodes"),
 ])

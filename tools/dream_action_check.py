@@ -16,6 +16,7 @@ check before C trains in the dream (``agents/dream_check.py``).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("temperature", type=float)
     parser.add_argument("overrides", nargs="*", help="dream.<key>=<value>")
     args = parser.parse_args(argv)
-    if not args.temperature > 0:  # (NaN too)
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise ConfigError(f"temperature must be > 0, got {args.temperature}")
     torch.set_num_threads(1)
     run = RunDir(args.run)

@@ -13,6 +13,7 @@ Two Ms with the same spread give CMA-ES equally noisy dreams (docs/results.md, i
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> None:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     if args.samples < 2:  # (a spread needs two samples)
         raise ConfigError(f"--samples must be >= 2, got {args.samples}")
-    if not all(tau > 0 for tau in args.taus):  # (NaN too)
+    if not all(math.isfinite(tau) and tau > 0 for tau in args.taus):
         raise ConfigError(f"--taus must all be > 0, got {args.taus}")
 
     runs = [RunDir(r) for r in args.runs]

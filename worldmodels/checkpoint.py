@@ -237,14 +237,17 @@ def check_moments(saved: Any, optimizer: torch.optim.Optimizer, path: Path) -> N
     fix = ("; it belongs to another model: delete it to restart the optimizer from the "
            "last weights")
     groups = saved.get("param_groups") if isinstance(saved, dict) else None
-    if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups) or [
+            len(g.get("params", ())) for g in groups] != [
             len(g["params"]) for g in optimizer.param_groups]:
         raise CheckpointError(f"{path}: its optimizer has other parameter groups{fix}")
     moments = saved.get("state") or {}
+    if not isinstance(moments, dict) or not all(isinstance(m, dict) for m in moments.values()):
+        raise CheckpointError(f"{path}: its optimizer state is not a mapping of moments{fix}")
     for group, ours in zip(groups, optimizer.param_groups, strict=True):
         for index, param in zip(group["params"], ours["params"], strict=True):
             for name, value in (moments.get(index) or moments.get(str(index)) or {}).items():
-                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                if torch.is_tensor(value) and name != "step" and value.shape != param.shape:
                     raise CheckpointError(
                         f"{path}: moment '{name}' of parameter {index} has shape "
                         f"{tuple(value.shape)}, the model's is {tuple(param.shape)}{fix}")

@@ -830,10 +830,14 @@ def has_package(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def refuse_missing_engines(cfg: ExperimentConfig) -> None:
+def refuse_missing_engines(cfg: ExperimentConfig, changed: set[str] | None = None) -> None:
     """``engine=ray`` without the ``ray`` package, named by its key: checked before a
-    command saves the config that asks for it (:meth:`RunDir.write_config`)."""
+    command saves the config that asks for it (:meth:`RunDir.write_config`). With
+    ``changed`` (the keys the command changes in a run's config) only an engine it sets
+    is checked: a run made on a Ray cluster still trains V or M where ray is absent."""
     for key, section in (("collect", cfg.collect), ("controller", cfg.controller)):
+        if changed is not None and f"{key}.engine" not in changed:
+            continue
         if section.engine == "ray" and not has_package("ray"):
             raise MissingPackageError(f"config key '{key}.engine': engine=ray needs the "
                                       "package 'ray': pip install 'worldmodels[ray]'")

@@ -324,7 +324,10 @@ def read_latents(path: Path, z_dim: int | None = None) -> dict[str, np.ndarray]:
         (data["action"].shape[:1] == (T,), f"action shape {data['action'].shape} for {T} steps"),
         (bool(np.isfinite(mu).all() and np.isfinite(logvar).all()), "mu or logvar has NaN/Inf"),
         (bool(np.isfinite(data["reward"]).all()), "reward has NaN/Inf"),
-        (bool(np.isfinite(data["action"]).all()), "action has NaN/Inf"),
+        (np.issubdtype(data["action"].dtype, np.number), f"action dtype "
+         f"{data['action'].dtype}, expected a number type"),
+        (not np.issubdtype(data["action"].dtype, np.number)
+         or bool(np.isfinite(data["action"]).all()), "action has NaN/Inf"),
     ]
     for ok, why in checks:
         if not ok:

@@ -143,7 +143,8 @@ class RolloutShard:
             (self.reward.dtype == np.float32 and self.reward.shape == (T,),
              f"reward is {self.reward.dtype} {self.reward.shape}, expected float32 (T,)"),
             (bool(np.isfinite(self.reward).all()), "reward has NaN/Inf"),
-            (bool(np.isfinite(self.action).all()), "action has NaN/Inf"),
+            (self.action.dtype not in (np.float32, np.int64)  # (reported by the dtype line)
+             or bool(np.isfinite(self.action).all()), "action has NaN/Inf"),
             (self.terminated.shape == (T,) and self.terminated.dtype == np.bool_,
              "terminated must be bool (T,)"),
             (self.truncated.shape == (T,) and self.truncated.dtype == np.bool_,
