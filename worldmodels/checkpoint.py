@@ -121,6 +121,15 @@ def load_weights(path: Path, model: nn.Module) -> None:
     model.load_state_dict(tensors)
 
 
+def refuse_made_with(path: Path, made: dict[str, Any], expect: dict[str, Any]) -> None:
+    """Refuse the checkpoint at ``path``, made with the config ``made``, when a value
+    the caller ``expect``s differs; the error names the first such key."""
+    for key, value in expect.items():
+        if made.get(key) != value:
+            raise CheckpointError(f"{path}: made with {key}={made.get(key)!r}, "
+                                  f"but the config asks for {key}={value!r}")
+
+
 def load_model(path: Path, expect: dict[str, Any] | None = None,
                map_location: str | torch.device = "cpu",
                kinds: tuple[str, ...] | None = None) -> nn.Module:
@@ -139,12 +148,7 @@ def load_model(path: Path, expect: dict[str, Any] | None = None,
         raise CheckpointError(f"{path}: holds a {kind}, but a {' or '.join(kinds)} belongs here")
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"{path}: unknown model kind '{kind}' (known: {sorted(MODEL_KINDS)})")
-    for key, value in (expect or {}).items():
-        if side["config"].get(key) != value:
-            raise CheckpointError(
-                f"{path}: made with {key}={side['config'].get(key)!r}, "
-                f"but the config asks for {key}={value!r}"
-            )
+    refuse_made_with(path, side["config"], expect or {})
     model = MODEL_KINDS[kind](**side["config"])
     load_weights(path, model)
     return model.to(map_location)

@@ -9,7 +9,7 @@ before V's stage refused. These checks run first.
 
 from __future__ import annotations
 
-from worldmodels.checkpoint import CheckpointError, read_header
+from worldmodels.checkpoint import CheckpointError, read_header, refuse_made_with
 from worldmodels.config import ExperimentConfig, refuse_missing_engines
 from worldmodels.frmdn_training import build_memory
 from worldmodels.run_dir import RunDir
@@ -33,12 +33,7 @@ def refuse_other_models(cfg: ExperimentConfig, run: RunDir) -> None:
             raise CheckpointError(f"{run.memory.model}: holds a {header['kind']}, but the "
                                   f"config's memory.kind={cfg.memory.kind!r} builds a "
                                   f"{type(model).__name__}")
-        want = model.config()
-        for key in sorted(set(want) | set(made)):
-            if want.get(key) != made.get(key):
-                raise CheckpointError(
-                    f"{run.memory.model}: made with {key}={made.get(key)!r}, but the "
-                    f"config asks for {key}={want.get(key)!r}")
+        refuse_made_with(run.memory.model, made, model.config())
 
 
 def preflight(cfg: ExperimentConfig, run: RunDir) -> None:

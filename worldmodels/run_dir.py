@@ -545,18 +545,17 @@ class RunDir:
         self.refuse_shipped()
         text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
         old_text = self.config_file.read_text() if self.config_file.exists() else None
-        changed = None
-        if old_text is not None and old_text != text:
+        changed = None  # (no config yet: a new run)
+        if old_text is not None:
             old = read_yaml(self.config_file)
             new, before = _flatten(to_dict(cfg)), _flatten(old if isinstance(old, dict) else {})
             changed = sorted(k for k in set(new) | set(before) if new.get(k) != before.get(k))
-        refuse_missing_engines(cfg, None if old_text is None else set(changed or ()))
+        refuse_missing_engines(cfg, None if changed is None else set(changed))
         for directory in (self.config_file.parent, *outputs):
             check_writable(directory)
-        if old_text is not None:
-            if old_text == text:
-                return
-            assert changed is not None
+        if old_text == text:
+            return
+        if changed is not None:
             print(f"{self.config_file}: config changed since the last run: "
                   + ", ".join(f"{k}: {before.get(k)!r} -> {new.get(k)!r}" for k in changed),
                   file=sys.stderr)
