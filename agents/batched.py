@@ -95,6 +95,11 @@ class BatchedActor:
                     for s in state:
                         s[:, i] = 0.0
                     if slot.episode.params is not None:
+                        if slot.episode.params.size != params.shape[1]:
+                            raise ValueError(
+                                f"episode of seed {slot.episode.seed}: "
+                                f"{slot.episode.params.size} parameters, but the controller "
+                                f"takes {params.shape[1]}")
                         params[i] = torch.as_tensor(slot.episode.params, dtype=torch.float32)
             live = [i for i in range(n) if slots[i] is not None]
             t1 = clock()

@@ -85,7 +85,7 @@ class ProcessEvaluator:
 
     def __init__(self, run: RunDir, engine: str = "process", workers: int = 0,
                  ray_address: str = "", max_steps: int = 0, stall_steps: int = 0,
-                 overrides: tuple[str, ...] = (), batch: int = 1):
+                 overrides: tuple[str, ...] = (), batch: int = 1, vote: int = 0):
         # a view's paths differ from its directory's: the tasks carry the view itself
         # (a run on another run's world model is rebuilt from its home, which names it)
         self.run_dir: str | RunDir = run if isinstance(run, RunView) else str(run.home)
@@ -93,6 +93,7 @@ class ProcessEvaluator:
         self.ray_address, self.max_steps, self.stall_steps = ray_address, max_steps, stall_steps
         self.overrides = tuple(overrides)  # env.* / dream.*: see RunDir.load_config
         self.batch = batch  # episodes a worker steps together
+        self.vote = vote  # > 0: candidates are votes of that many controllers' weights
         self.pool = TaskPool(engine, workers, ray_address)  # kept: workers load V, M once
 
     def close(self) -> None:
@@ -118,7 +119,8 @@ class ProcessEvaluator:
         # on the settings only, not on the engine
         size = max(1, min(self.batch, -(-len(episodes) // resolve_workers(self.workers))))
         tasks = [RolloutTask(self.run_dir, tuple(e for e, _ in chunk),
-                             tuple(t for _, t in chunk), self.batch, self.overrides)
+                             tuple(t for _, t in chunk), self.batch, self.overrides,
+                             self.vote)
                  for chunk in (episodes[k:k + size] for k in range(0, len(episodes), size))]
         returns = np.zeros((len(candidates), len(seeds)))
         steps = np.zeros((len(candidates), len(seeds)), dtype=int)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,17 @@ class Checkpoint:
     @property
     def key(self) -> str:
         return f"{self.search}/{self.source}/{self.generation}"
+
+
+def finalists_of(meta: dict[str, Any], where: Path) -> list[Checkpoint]:
+    """The finalists a selected controller's meta lists, first stage's ranking order."""
+    final = meta.get("final")
+    if not isinstance(final, dict) or not final.get("finalists"):
+        raise ConfigError(f"{where}: this controller was not chosen by a second selection "
+                          "stage (controller.final_candidates); there are no finalists")
+    return [Checkpoint(int(f["search"]), str(f["source"]), int(f["generation"]),
+                       float(f["first_stage"]["mean"]), float(f["first_stage"]["std"]), 0)
+            for f in final["finalists"]]
 
 
 def search_files(run: RunDir, restarts: int) -> list[ControllerFiles]:

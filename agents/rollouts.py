@@ -20,6 +20,7 @@ import torch
 from agents.batched import BatchedActor, Episode, EpisodeResult
 from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
+from worldmodels.controller_vote import VoteController
 from worldmodels.run_dir import RunDir, as_run
 
 
@@ -33,6 +34,7 @@ class RolloutTask:
     tags: tuple[tuple[int, int], ...]
     batch: int = 1
     overrides: tuple[str, ...] = ()  # env.* / dream.* for the trained run (RunDir.load_config)
+    vote: int = 0  # > 0: each episode's weights are that many members' (VoteController)
 
 
 @contextmanager
@@ -53,12 +55,19 @@ class RolloutWorker:
     plays episodes ``batch`` at a time."""
 
     def __init__(self, run: RunDir, device: str = "cpu", overrides: tuple[str, ...] = (),
-                 batch: int = 1, controller: torch.nn.Module | None = None):
+                 batch: int = 1, controller: torch.nn.Module | None = None, vote: int = 0):
         """``controller``: what acts on M's features (e.g. an SB3 policy,
         :class:`agents.sb3.SB3Controller`); default: an untrained C of the run's kind,
-        whose parameters each episode sets."""
+        whose parameters each episode sets, or with ``vote`` > 0 a
+        :class:`~worldmodels.controller_vote.VoteController` of that many such Cs."""
         self.cfg = run.load_config(overrides)
         self.env = make_env_from_config(self.cfg.env)
+        if vote:
+            if controller is not None:
+                raise ValueError("a vote is of the run's own controllers, not of another")
+            memory = run.load_memory(device)
+            controller = VoteController(
+                run.new_controller(self.cfg, self.env.action_space, memory), vote)
         if controller is None:
             self.agent = VMCAgent.from_run(run, self.cfg, self.env.action_space, device=device)
         else:
@@ -95,13 +104,13 @@ def play_task(task: RolloutTask) -> list[tuple[float, int]]:
         # the weights' stamp: a later round of iterative training replaces M, and this
         # process (the serial engine) may have loaded the earlier one
         run = as_run(task.run_dir)
-        key = (task.run_dir, task.overrides, task.batch, run.models_stamp())
+        key = (task.run_dir, task.overrides, task.batch, task.vote, run.models_stamp())
         if key not in _WORKERS:
-            for old in [k for k in _WORKERS if k[:3] == key[:3]]:  # weights since replaced
+            for old in [k for k in _WORKERS if k[:4] == key[:4]]:  # weights since replaced
                 del _WORKERS[old]
             os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
             _WORKERS[key] = RolloutWorker(run, overrides=task.overrides,
-                                          batch=task.batch)
+                                          batch=task.batch, vote=task.vote)
         return [(r.ret, r.steps) for r in _WORKERS[key].play(list(task.episodes))]
 
 

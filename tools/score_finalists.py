@@ -26,7 +26,7 @@ from typing import Any
 
 from agents.cmaes import ProcessEvaluator
 from agents.evaluation import other_seed, write_evaluation
-from agents.finalists import Checkpoint, rebuild, weights_key
+from agents.finalists import finalists_of, rebuild, weights_key
 from agents.rollouts import describe_returns
 from agents.seeds import check_report_seeds, evaluation_seeds, selection_of
 from worldmodels.atomic import check_writable
@@ -34,17 +34,6 @@ from worldmodels.checkpoint import read_header
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import run_from_args
-
-
-def finalists_of(meta: dict[str, Any], where: Path) -> list[Checkpoint]:
-    """The finalists a selected controller's meta lists, first stage's ranking order."""
-    final = meta.get("final")
-    if not isinstance(final, dict) or not final.get("finalists"):
-        raise ConfigError(f"{where}: this controller was not chosen by a second selection "
-                          "stage (controller.final_candidates); there are no finalists")
-    return [Checkpoint(int(f["search"]), str(f["source"]), int(f["generation"]),
-                       float(f["first_stage"]["mean"]), float(f["first_stage"]["std"]), 0)
-            for f in final["finalists"]]
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
