@@ -56,8 +56,10 @@ from worldmodels.checkpoint import (
 )
 from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.controller import FlatPolicy
+from worldmodels.errors import InputError
 from worldmodels.monitoring import summary_writer
 from worldmodels.pictures import plot_curves
+from worldmodels.preflight import refuse_other_models
 from worldmodels.run_dir import ControllerFiles, RunDir, RunView
 from worldmodels.shards import ShardError, read_npz, write_npz_atomic
 
@@ -212,6 +214,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     log: list[dict[str, Any]] = read_json(files.log, [], GENERATION_KEYS)[: len(history)]
     select = {"episodes": c.selection_size, "seed": selection_seed}
     selected = read_selected(files.selected, select)
+    refuse_other_models(cfg, run)
     run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     files.dir.mkdir(parents=True, exist_ok=True)
     if evaluator is None:
@@ -229,6 +232,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     for gen in bar:
         candidates = es.ask()
         fitness = evaluator(candidates, generation_seeds(seed, gen, c.rollouts))
+        refuse_non_finite(fitness, files.history, gen + 1)
         es.tell(candidates, fitness)
         entry: dict[str, Any] = {"generation": gen + 1, "best": float(fitness.max()),
                                  "mean": float(fitness.mean()), "worst": float(fitness.min()),
@@ -285,6 +289,18 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
         real_evaluator.close()
     return CMAESReport(len(es.history), best, last_eval, time.perf_counter() - started,
                        selected)
+
+
+def refuse_non_finite(fitness: np.ndarray, history: Path, generation: int) -> None:
+    """A generation's fitness (P,) must be finite: a NaN would poison CMA-ES's update,
+    and its history could not be replayed. Refused before it is told or kept, so the
+    history on disk stops at the generation before (and a rerun resumes from there)."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(fitness, float)))
+    if len(bad):
+        raise InputError(f"{history}: generation {generation}'s fitness of candidate "
+                         f"{int(bad[0]) + 1} is {float(fitness[bad[0]])} (a non-finite "
+                         "return from the dream or the env: check M and the env); the "
+                         f"history is kept up to generation {generation - 1}")
 
 
 def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int) -> dict[str, Any]:

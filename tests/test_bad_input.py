@@ -389,6 +389,13 @@ CASES = {
                                                         "hidden=9"),
     "collect.py, vae.z_dim against the trained V": Case(
         "collect", ["vae.z_dim=8", "collect.episodes=9"], "vae/model.safetensors"),
+    # every stage checks the run's V and M against the config before it writes it
+    **{f"{name}, memory.hidden against the trained M": Case(
+        name, args + ["memory.hidden=9"], "memory/model.safetensors")
+       for name, args in [("train_controller", []), ("encode", []), ("train_vae", []),
+                          ("train_frmdn", [])]},
+    "train_controller, vae.z_dim against the trained V": Case(
+        "train_controller", ["vae.z_dim=8"], "vae/model.safetensors"),
     "pickled training state": Case("train_vae", [], "train_state.safetensors", pickled_state),
     "corrupt M training state": Case("train_frmdn", [], "train_state.safetensors",
                                      plant_bytes("memory/train_state.safetensors", b"\0" * 9)),

@@ -5,6 +5,7 @@ from agents.cmaes import CMAES, ProcessEvaluator, train_cmaes
 from tests.conftest import run_of, write_tiny_run
 from worldmodels.checkpoint import file_digest
 from worldmodels.config import ConfigError
+from worldmodels.errors import InputError
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import read_npz
 
@@ -40,6 +41,25 @@ def test_resumed_run_equals_uninterrupted_run(tiny_run, tmp_path):
     train_cmaes(tiny_run, evaluator=quadratic, progress=False)
     resumed = read_npz(RunDir(run_of(tiny_run)).controller.history)["fitness"]
     np.testing.assert_array_equal(resumed, history)
+
+
+def test_a_non_finite_fitness_is_refused_and_the_run_resumes_before_it(tiny_run):
+    calls = []
+
+    def nan_in_generation_3(candidates, seeds):
+        calls.append(1)
+        fitness = quadratic(candidates, seeds)
+        if len(calls) == 3:
+            fitness[1] = np.nan
+        return fitness
+
+    with pytest.raises(InputError, match="generation 3's fitness of candidate 2 is nan"):
+        train_cmaes(tiny_run, evaluator=nan_in_generation_3, progress=False)
+    files = RunDir(run_of(tiny_run)).controller
+    assert read_npz(files.history)["fitness"].shape == (2, 4)  # kept up to generation 2
+    train_cmaes(tiny_run, evaluator=quadratic, progress=False)  # resumes from there
+    resumed = read_npz(files.history)["fitness"]
+    assert resumed.shape == (4, 4) and np.isfinite(resumed).all()
 
 
 def test_real_env_fitness_is_the_same_on_every_engine(tiny_run):
