@@ -27,6 +27,7 @@ from worldmodels.checkpoint import (
     file_digest,
     load_weights,
     read_header,
+    read_json,
     write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -79,8 +80,14 @@ def keep_replaced(out: Path, name: str, summary: dict[str, Any]) -> Path | None:
 def write_evaluation(out: Path, policy: str, rows: list[dict[str, Any]],
                      summary: dict[str, Any]) -> None:
     """``<out>/<policy>.csv`` (one row an episode) and ``.json``; an earlier evaluation
-    under that name that this one does not reproduce is kept aside (:func:`keep_replaced`)."""
-    keep_replaced(out, policy, summary)
+    under that name that this one does not reproduce is kept aside (:func:`keep_replaced`).
+    One it reproduces keeps its ``key`` (what ``run.py`` checks to reuse it) when this
+    one has none: evaluate.py on the run's own evaluation episodes plays them again, and
+    ``run.py`` would otherwise play them a third time."""
+    if keep_replaced(out, policy, summary) is None and "key" not in summary:
+        old = read_json(out / f"{policy}.json", {})
+        if isinstance(old, dict) and "key" in old:
+            summary = {**summary, "key": old["key"]}
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -136,6 +136,12 @@ def test_evaluate_plays_env_overrides_and_keeps_the_runs_own_result(tiny_run):
              (out / "controller_max_episode_steps-30.csv").read_text().splitlines()[1:]]
     assert max(steps) <= 30
     assert json.loads((out / "controller.json").read_text())["mean"] == own["mean"]
+    # run.py's cache key (what it checks to reuse an evaluation) survives evaluate.py
+    # playing the same episodes again without one
+    keyed = {**json.loads((out / "controller.json").read_text()), "key": {"seed": 0}}
+    (out / "controller.json").write_text(json.dumps(keyed))
+    evaluate(run, episodes=2, engine="serial", progress=False)
+    assert json.loads((out / "controller.json").read_text())["key"] == {"seed": 0}
     # other report seeds than the run's own name their own files too
     seed = run.load_config().seed + 1
     other = evaluate(run, episodes=2, engine="serial", progress=False, seed=seed)
