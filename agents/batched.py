@@ -99,7 +99,7 @@ class BatchedActor:
                             raise ValueError(
                                 f"episode of seed {slot.episode.seed}: "
                                 f"{slot.episode.params.size} parameters, but the controller "
-                                f"takes {params.shape[1]}")
+                                f"({type(agent.controller).__name__}) takes {params.shape[1]}")
                         params[i] = torch.as_tensor(slot.episode.params, dtype=torch.float32)
             live = [i for i in range(n) if slots[i] is not None]
             t1 = clock()

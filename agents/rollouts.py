@@ -62,17 +62,17 @@ class RolloutWorker:
         :class:`~worldmodels.controller_vote.VoteController` of that many such Cs."""
         self.cfg = run.load_config(overrides)
         self.env = make_env_from_config(self.cfg.env)
-        if vote:
-            if controller is not None:
-                raise ValueError("a vote is of the run's own controllers, not of another")
-            memory = run.load_memory(device)
-            controller = VoteController(
-                run.new_controller(self.cfg, self.env.action_space, memory), vote)
-        if controller is None:
+        if controller is None and not vote:
             self.agent = VMCAgent.from_run(run, self.cfg, self.env.action_space, device=device)
         else:
-            self.agent = VMCAgent(run.load_vae(self.cfg.vae.z_dim, device),
-                                  run.load_memory(device), controller,  # type: ignore[arg-type]
+            memory = run.load_memory(device)
+            if vote:
+                if controller is not None:
+                    raise ValueError("a vote is of the run's own controllers, not of another")
+                controller = VoteController(
+                    run.new_controller(self.cfg, self.env.action_space, memory), vote)
+            self.agent = VMCAgent(run.load_vae(self.cfg.vae.z_dim, device), memory,
+                                  controller,  # type: ignore[arg-type]
                                   device, self.cfg.controller.agent_precision)
         self.controller = self.agent.controller
         self.actor = BatchedActor(self.agent, lambda: make_env_from_config(self.cfg.env),

@@ -389,7 +389,9 @@ CASES = {
                                                         "hidden=9"),
     "collect.py, vae.z_dim against the trained V": Case(
         "collect", ["vae.z_dim=8", "collect.episodes=9"], "vae/model.safetensors"),
-    # every stage checks the run's V and M against the config before it writes it
+    # every stage checks the run's V and M against the config before it writes it (the
+    # train_frmdn and vae.z_dim cases were refused before, by M's resume and V's load:
+    # kept as guards)
     **{f"{name}, memory.hidden against the trained M": Case(
         name, args + ["memory.hidden=9"], "memory/model.safetensors")
        for name, args in [("train_controller", []), ("encode", []), ("train_vae", []),

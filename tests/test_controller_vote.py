@@ -88,8 +88,8 @@ def test_box_members_vote_by_their_mean_action():
 
 
 def test_a_vote_plays_as_its_members_in_the_process_evaluator(tiny_run):
-    """A vote of one member returns what the member returns on the same seeds; a vote
-    of the same member twice too; a vote of members that differ plays its own game."""
+    """A vote of one member returns what the member returns on the same seeds, and a
+    vote of the same member twice too (batched); a vector of the wrong size is refused."""
     run = RunDir(run_of(tiny_run))
     n = (4 + 8) * 3 + 3
     params = np.random.default_rng(3).normal(0, 0.5, size=(2, n))
@@ -101,5 +101,6 @@ def test_a_vote_plays_as_its_members_in_the_process_evaluator(tiny_run):
     np.testing.assert_array_equal(one_steps, steps)
     np.testing.assert_allclose(one, alone, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(twice, alone, rtol=1e-4, atol=1e-3)
-    with pytest.raises(TaskError, match="39 parameters, but the controller takes 78"):
+    wrong = r"39 parameters, but the controller \(VoteController\) takes 78"
+    with pytest.raises(TaskError, match=wrong):
         ProcessEvaluator(run, "serial", max_steps=30, vote=2).returns([params[0]], [5])

@@ -45,11 +45,12 @@ class VoteController(nn.Module):
             return actions.mean(dim=0)
         k = actions.shape[0]
         ballots = nn.functional.one_hot(actions, self.actions)  # (K, ..., A)
-        # the count decides; among equal counts the earliest member's action: member i
-        # adds 2^(K-1-i), which sums below 2^K, so it never outweighs one more vote
-        rank = (2 ** torch.arange(k - 1, -1, -1, device=actions.device)).view(
+        # the count decides; among equal counts, the action of the earliest member:
+        # score = count (K + 1) + K - (the earliest member choosing it), which is below
+        # K + 1 apart from the count, so it never outweighs one more vote
+        rank = torch.arange(k, 0, -1, device=actions.device).view(
             k, *([1] * (ballots.dim() - 1)))
-        score = ballots.sum(dim=0) * 2**k + (ballots * rank).sum(dim=0)
+        score = ballots.sum(dim=0) * (k + 1) + (ballots * rank).amax(dim=0)
         return score.argmax(dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -10,6 +10,8 @@ run would rewrite ``config.yaml`` and collect episodes before V's stage refused.
 
 from __future__ import annotations
 
+import torch
+
 from worldmodels.checkpoint import CheckpointError, read_header, refuse_made_with
 from worldmodels.config import ExperimentConfig, refuse_missing_engines
 from worldmodels.run_dir import RunDir
@@ -33,8 +35,9 @@ def refuse_other_models(cfg: ExperimentConfig, run: RunDir) -> None:
     if run.memory.model.exists():
         header = read_header(run.memory.model)
         made = header["config"]
-        model = build_memory(cfg, int(made.get("action_dim", 0)),
-                             bool(made.get("discrete_actions", False)))
+        with torch.random.fork_rng(devices=[]):  # (a check must not move the caller's RNG)
+            model = build_memory(cfg, int(made.get("action_dim", 0)),
+                                 bool(made.get("discrete_actions", False)))
         if type(model).__name__ != header["kind"]:
             raise CheckpointError(f"{run.memory.model}: holds a {header['kind']}, but the "
                                   f"config's memory.kind={cfg.memory.kind!r} builds a "
