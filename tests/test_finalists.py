@@ -235,6 +235,31 @@ def test_score_finalists_plays_each_finalist_as_evaluate_plays_the_selected(tiny
     assert (RunDir(run_of(tiny_run)).eval_dir / f"{name}.csv").is_file()
 
 
+def test_score_vote_of_one_member_plays_the_runs_c_and_of_all_its_own_game(tiny_run):
+    import evaluate
+    from tools.score_vote import main
+
+    finals_run(tiny_run, "vote", 1, candidates=2, episodes=2)
+    path = str(run_of(tiny_run))
+    one = main(["--run", path, "--episodes", "2", "--members", "1", "seed=3"])
+    played = evaluate.main(["--run", path, "--episodes", "2", "seed=3"])
+    assert one["mean"] == pytest.approx(played["mean"]) and one["episodes"] == 2
+    meta = read_header(RunDir(run_of(tiny_run)).controller.selected)["meta"]
+    assert [(m["source"], m["generation"]) for m in one["members"]] == [
+        (meta["source"], meta["generation"])]
+    both = main(["--run", path, "--episodes", "2", "seed=3"])
+    assert len(both["members"]) == 2 and both["weights"] != one["weights"]
+    eval_dir = RunDir(run_of(tiny_run)).eval_dir
+    assert (eval_dir / "vote_1_seed3.json").is_file() and (eval_dir / "vote_2_seed3.csv").is_file()
+    capped = main(["--run", path, "--episodes", "2", "--members", "1", "seed=3",
+                   "env.max_episode_steps=5"])  # an env override is played, and named
+    assert capped["policy"] == "vote_1_max_episode_steps-5_seed3"
+    steps = (eval_dir / "vote_1_max_episode_steps-5_seed3.csv").read_text().splitlines()[1:]
+    assert max(int(line.split(",")[3]) for line in steps) <= 5
+    with pytest.raises(ConfigError, match="--members 3"):
+        main(["--run", path, "--episodes", "2", "--members", "3", "seed=3"])
+
+
 def test_a_replay_that_misses_the_saved_pick_is_refused_and_an_ulp_is_not(tiny_run):
     """Another BLAS thread count moves a replayed weight by a float32 ulp or so: accepted.
     A replay that lands on other weights (another cma, another history) is refused."""

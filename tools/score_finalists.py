@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 from typing import Any
 
 from agents.cmaes import ProcessEvaluator
-from agents.evaluation import other_seed, write_evaluation
+from agents.evaluation import other_seed, play_overrides, result_name, write_evaluation
 from agents.finalists import finalists_of, rebuild, weights_key
 from agents.rollouts import describe_returns
 from agents.seeds import check_report_seeds, evaluation_seeds, selection_of
@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     params = rebuild(cfg, run, points, run.load_config().seed)  # the run's, not seed=S
     c = cfg.controller
     started = time.perf_counter()
+    overrides = play_overrides(args.overrides)  # env.* / dream.*: played, and in the names
     evaluator = ProcessEvaluator(run, c.engine, c.workers, c.ray_address,
-                                 batch=c.batch_envs)
+                                 overrides=overrides, batch=c.batch_envs)
     try:
         returns, steps = evaluator.returns([params[p.key] for p in points], seeds)
     finally:
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows, seed = [], other_seed(run, cfg.seed)
     print("| finalist | first stage | second stage | both | report |\n|---|---|---|---|---|")
     for i, (p, info) in enumerate(zip(points, meta["final"]["finalists"], strict=True)):
-        name = f"finalist_{p.search}_{p.source}_{p.generation}"
-        name += "" if seed is None else f"_seed{seed}"
+        name = result_name(f"finalist_{p.search}_{p.source}_{p.generation}",
+                           overrides=overrides, seed=seed)
         # (the finalists play together: each gets an equal share of the wall time)
         summary = {"policy": name, **describe_returns(returns[i]),
                    "seconds": seconds / len(points),

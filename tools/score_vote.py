@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from agents.cmaes import ProcessEvaluator
-from agents.evaluation import other_seed, write_evaluation
+from agents.evaluation import other_seed, play_overrides, result_name, write_evaluation
 from agents.finalists import finalists_of, rebuild, weights_key
 from agents.rollouts import describe_returns
 from agents.seeds import check_report_seeds, evaluation_seeds, selection_of
@@ -67,14 +67,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flat = np.concatenate([params[p.key] for p in members])
     c = cfg.controller
     started = time.perf_counter()
+    overrides = play_overrides(args.overrides)  # env.* / dream.*: played, and in the names
     evaluator = ProcessEvaluator(run, c.engine, c.workers, c.ray_address,
-                                 batch=c.batch_envs, vote=k)
+                                 overrides=overrides, batch=c.batch_envs, vote=k)
     try:
         returns, steps = evaluator.returns([flat], seeds, whole_episodes=True)
     finally:
         evaluator.close()
     seed = other_seed(run, cfg.seed)
-    name = f"vote_{k}" + ("" if seed is None else f"_seed{seed}")
+    name = result_name(f"vote_{k}", overrides=overrides, seed=seed)
     summary = {"policy": name, **describe_returns(returns[0]),
                "seconds": time.perf_counter() - started, "weights": weights_key(flat),
                "members": [{"search": p.search, "source": p.source,
