@@ -225,15 +225,20 @@ def rebuild(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint], seed: 
     gap = float((torch.as_tensor(out[first.key]) - weights).abs().max())
     if gap > REPLAY_TOLERANCE * max(1.0, float(weights.abs().max())):
         raise ConfigError(f"{saved}: replaying {first_files.history} does not give these "
-                          f"weights (they differ by up to {gap:.3g}; another cma version?), "
-                          "so the finalists cannot be rebuilt")
+                          f"weights (they differ by up to {gap:.3g}), so the finalists cannot "
+                          "be rebuilt. Replay with the BLAS thread count the search ran with "
+                          "(e.g. OMP_NUM_THREADS=1 for a run trained with one torch thread: "
+                          "CMA-ES's eigendecomposition rounds differently under another, "
+                          "and a long search can drift far from it), and the same cma")
     return out
 
 
 #: how far (relative to the largest weight) a replayed controller may lie from the one
 #: the search saved: bit for bit under the BLAS thread count it ran with, a float32 ulp
-#: or so under another (OpenBLAS's threaded eigendecomposition rounds differently);
-#: another checkpoint lies orders of magnitude further
+#: or so under another (OpenBLAS's threaded eigendecomposition rounds differently),
+#: though a long search can drift much further (a population-64 search of 100
+#: generations replayed with 2 threads instead of 1: 1.85, refused); another checkpoint
+#: lies orders of magnitude further
 REPLAY_TOLERANCE = 1e-6
 
 

@@ -132,3 +132,19 @@ def test_runs_summary_names_a_missing_evaluation_and_refuses_repeated_seeds(tmp_
         main([str(tmp_path / "stale"), "--seeds", "0,1"])
     seed1.write_text(json.dumps({"digests": AGENT}))
     assert len(main([str(tmp_path / "stale"), "--seeds", "0,1"])[0].returns) == 2
+
+
+def test_dream_vs_real_ranks_and_refuses_what_it_cannot_compare(tiny_run, tmp_path):
+    from tools.dream_vs_real import main, spearman
+
+    assert spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]) == pytest.approx(1.0)
+    assert spearman([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    assert spearman([1.0, 2.0, 3.0], [1.0, 9.0, 2.0]) == pytest.approx(0.5)
+    from tests.conftest import run_of
+    from worldmodels.config import ConfigError
+
+    path = str(run_of(tiny_run))
+    with pytest.raises(ConfigError, match="at least two runs"):
+        main(["--runs", path])
+    with pytest.raises(ConfigError, match="--dreams"):
+        main(["--runs", f"{path},{path}", "--dreams", "0"])

@@ -1,0 +1,106 @@
+"""Does the dream rank controllers as the real env does? Virtual against real scores.
+
+    python tools/dream_vs_real.py --runs /work/runs/tc9/s16,/work/runs/tc9/s17 \\
+        --dreams 1000 --real-seeds 0,1 dream.temperature=1.15
+
+For every run (all on one world model, so that their dreams are the same): each finalist
+of its second selection stage (agents/finalists.py), or its selected controller when it
+has none. Its real score is read from the run's report files of the seed sets in
+``--real-seeds`` (``eval/finalist_<search>_<source>_<generation>_seed<s>.json`` from
+tools/score_finalists.py, ``eval/controller_selected_seed<s>.json`` from evaluate.py;
+a missing file is named), pooled over the sets. Its virtual score is its mean return
+over ``--dreams`` dreams of the first run's M at the first run's ``dream.*`` settings
+(with the command's ``dream.*`` overrides), every controller on the same starts and
+noise. Prints a markdown table and, last, Spearman's rank correlation of the two scores.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import this checkout, not an installed copy
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+from agents.dreams import DreamEvaluator
+from agents.finalists import finalists_of, rebuild
+from worldmodels.checkpoint import file_digest, load_weights, read_header
+from worldmodels.config import ConfigError, cli_parser, parse_cli
+from worldmodels.errors import run_cli
+from worldmodels.run_dir import RunDir, as_run
+
+
+def real_score(run: RunDir, name: str, seeds: list[int]) -> float:
+    """The mean return over the report files ``eval/<name>_seed<s>.json``, pooled."""
+    total, episodes = 0.0, 0
+    for s in seeds:
+        path = run.eval_dir / f"{name}_seed{s}.json"
+        if not path.is_file():
+            raise ConfigError(f"{path}: no real score of {name} on the report seeds of "
+                              f"seed={s} (tools/score_finalists.py or evaluate.py first)")
+        summary = json.loads(path.read_text())
+        total += float(summary["mean"]) * int(summary["episodes"])
+        episodes += int(summary["episodes"])
+    return total / episodes
+
+
+def controllers(run: RunDir, evaluator: DreamEvaluator) -> list[tuple[str, np.ndarray]]:
+    """(report file stem, flat weights) of the run's finalists, or of its selected C."""
+    cfg = run.load_config()
+    meta = dict(read_header(run.controller.selected).get("meta", {}))
+    if not meta.get("final"):
+        load_weights(run.controller.selected, evaluator.controller)
+        return [("controller_selected", evaluator.controller.get_flat().numpy())]
+    points = finalists_of(meta, run.controller.selected)
+    params = rebuild(cfg, run, points, cfg.seed)
+    return [(f"finalist_{p.search}_{p.source}_{p.generation}", params[p.key]) for p in points]
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (ranks by order; ties are not expected in means)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = cli_parser(__doc__.splitlines()[0])
+    parser.add_argument("--runs", required=True, help="comma-separated run directories")
+    parser.add_argument("--dreams", type=int, default=1000)
+    parser.add_argument("--real-seeds", default="0,1")
+    args: argparse.Namespace = parse_cli(parser, argv)
+    if args.dreams < 1:
+        raise ConfigError(f"--dreams must be >= 1, got {args.dreams}")
+    runs = [as_run(p) for p in args.runs.split(",") if p]
+    seeds = [int(s) for s in args.real_seeds.split(",") if s]
+    if len(runs) < 2 or not seeds:
+        raise ConfigError("--runs needs at least two runs and --real-seeds a seed set")
+    models = {file_digest(r.memory.model) for r in runs}
+    if len(models) != 1:
+        raise ConfigError(f"{args.runs}: the runs' Ms differ; their dreams cannot be compared")
+    dream_overrides = [o for o in args.overrides if o.startswith("dream.")]
+    evaluator = DreamEvaluator(runs[0], runs[0].load_config(dream_overrides))
+    starts = [int(s) for s in np.random.default_rng([0, 31337]).integers(
+        0, 2**31 - 1, size=args.dreams)]
+    rows: list[dict[str, Any]] = []
+    print("| run | controller | real | dream |\n|---|---|---|---|")
+    for run in runs:
+        for name, flat in controllers(run, evaluator):
+            real = real_score(run, name, seeds)
+            dream = float(evaluator(flat[None], starts)[0])
+            rows.append({"run": str(run.home), "controller": name, "real": real,
+                         "dream": dream})
+            print(f"| {run.home.name} | {name} | {real:.1f} | {dream:.1f} |")
+    rho = spearman([r["real"] for r in rows], [r["dream"] for r in rows])
+    print(f"Spearman rank correlation of real and dream scores over {len(rows)} "
+          f"controllers: {rho:.3f}")
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)
