@@ -59,7 +59,6 @@ from worldmodels.controller import FlatPolicy
 from worldmodels.errors import InputError
 from worldmodels.monitoring import summary_writer
 from worldmodels.pictures import plot_curves
-from worldmodels.preflight import refuse_other_models
 from worldmodels.run_dir import ControllerFiles, RunDir, RunView
 from worldmodels.shards import ShardError, read_npz, write_npz_atomic
 
@@ -214,7 +213,6 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     log: list[dict[str, Any]] = read_json(files.log, [], GENERATION_KEYS)[: len(history)]
     select = {"episodes": c.selection_size, "seed": selection_seed}
     selected = read_selected(files.selected, select)
-    refuse_other_models(cfg, run)
     run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     files.dir.mkdir(parents=True, exist_ok=True)
     if evaluator is None:

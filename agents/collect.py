@@ -27,7 +27,6 @@ from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import file_digest
 from worldmodels.config import ConfigError, EnvConfig, ExperimentConfig, policy_schedule
 from worldmodels.controller import build_controller
-from worldmodels.preflight import refuse_other_models
 from worldmodels.run_dir import RunDir, file_stamp
 from worldmodels.shards import (
     RolloutShard,
@@ -261,7 +260,6 @@ def collect(cfg: ExperimentConfig, run: RunDir | None = None, out_dir: Path | No
     existing = list_shards(out)
     check_compatible(existing, cfg)
     if out_dir is None:
-        refuse_other_models(cfg, run)  # (a later stage would refuse, after collecting)
         run.write_config(cfg, outputs=(out,))  # inputs accepted
     else:
         check_writable(out)

@@ -51,6 +51,12 @@ class DreamEvaluator:
         return dream_returns(self.dream, self.controller, params, starts)
 
 
+def dream_score_seeds(seed: int, episodes: int) -> list[int]:
+    """The dream seeds (start and noise) of a virtual score of ``episodes`` dreams."""
+    return [int(s) for s in np.random.default_rng([seed, 31337]).integers(
+        0, 2**31 - 1, size=episodes)]
+
+
 def dream_score(run: RunDir, cfg: ExperimentConfig | None = None, weights: str = "best",
                 episodes: int = 100, seed: int = 0, out_dir: Path | None = None,
                 policy: str = "controller") -> dict[str, Any]:
@@ -73,9 +79,7 @@ def dream_score(run: RunDir, cfg: ExperimentConfig | None = None, weights: str =
     else:
         evaluator.controller = sb3_controller(run, cfg, policy, cfg.controller.environment)
         params, name, label = np.zeros((1, 1), np.float32), policy, f"{policy} in the dream"
-    seeds = [int(s) for s in np.random.default_rng([seed, 31337]).integers(0, 2**31 - 1,
-                                                                          size=episodes)]
-    returns, steps = evaluator.returns(params, seeds)
+    returns, steps = evaluator.returns(params, dream_score_seeds(seed, episodes))
     tau = evaluator.dream.temperature
     summary = {"policy": label, "temperature": tau,
                **describe_returns(returns[0]), "mean_steps": float(steps.mean())}

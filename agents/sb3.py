@@ -46,7 +46,6 @@ from worldmodels.checkpoint import (
 from worldmodels.config import ConfigError, ExperimentConfig, to_dict
 from worldmodels.memory import Memory, State, zero_rows
 from worldmodels.pictures import plot_curves
-from worldmodels.preflight import refuse_other_models
 from worldmodels.run_dir import RUNTIME_KEYS, RunDir
 from worldmodels.vae import ConvVAE
 
@@ -547,7 +546,6 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
         _check_config(run, cfg)
         check_writable(run.controller.dir)
     else:
-        refuse_other_models(cfg, run)
         run.write_config(cfg, outputs=(run.controller.dir,))
     checkpoint = run.controller.sb3_checkpoint(algo, environment)
     state = _resume(checkpoint, settings)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.dreams import DreamEvaluator
+from agents.dreams import DreamEvaluator, dream_score_seeds
 from agents.finalists import finalists_of, rebuild
 from worldmodels.checkpoint import file_digest, load_weights, read_header
 from worldmodels.config import ConfigError, cli_parser, parse_cli
@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise ConfigError(f"{args.runs}: the runs' Ms differ; their dreams cannot be compared")
     dream_overrides = [o for o in args.overrides if o.startswith("dream.")]
     evaluator = DreamEvaluator(runs[0], runs[0].load_config(dream_overrides))
-    starts = [int(s) for s in np.random.default_rng([0, 31337]).integers(
-        0, 2**31 - 1, size=args.dreams)]
+    starts = dream_score_seeds(0, args.dreams)  # (evaluate.py --in-dream's of seed=0)
     rows: list[dict[str, Any]] = []
     print("| run | controller | real | dream |\n|---|---|---|---|")
     for run in runs:

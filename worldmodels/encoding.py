@@ -19,7 +19,6 @@ from tqdm import tqdm
 from worldmodels.checkpoint import file_digest
 from worldmodels.config import ExperimentConfig, torch_device
 from worldmodels.datasets import add_skipped, usable_shards
-from worldmodels.preflight import refuse_other_models
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import (
     RolloutShard,
@@ -81,7 +80,6 @@ def encode_rollouts(cfg: ExperimentConfig, run: RunDir | None = None,
     # left out and listed under "encode", beside V's own "rollouts" list)
     shards, _ = usable_shards(shards, lambda path: None, skip, record, "encode", spec,
                               check_kind="rollouts")
-    refuse_other_models(cfg, run)
     run.write_config(cfg, outputs=(dst,))  # inputs accepted
     remove_partial_files(dst)
     todo = [p for p in shards if not latent_is_current(dst / p.name, digest)]

@@ -69,7 +69,6 @@ from worldmodels.datasets import (
 )
 from worldmodels.memory import MEMORY_KINDS, Memory, done_metrics
 from worldmodels.monitoring import summary_writer
-from worldmodels.preflight import refuse_other_models
 from worldmodels.run_dir import MemoryFiles, RunDir
 from worldmodels.shards import ShardError, ShardSpec, list_shards, read_meta, shard_length
 
@@ -322,8 +321,7 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     metrics = [x for x in read_json(files.metrics, [], ("epoch", "train_seconds"))
                if x["epoch"] <= start_epoch]
     best_epoch, best_nll = _best_so_far(files, metrics, select_after)
-    if out_dir is None:  # (a variant's M, memory_compare's, is not the run's)
-        refuse_other_models(cfg, run)
+    if out_dir is None:
         run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     else:
         check_writable(files.dir)

@@ -105,7 +105,8 @@ def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list
     train, _, _ = latent_split(cfg, run)  # the run has usable latents of its V
     if train_episodes > len(train):
         raise ConfigError(f"{train_episodes} training episodes asked, {len(train)} exist")
-    run.write_config(cfg, outputs=(run.memory_compare_dir,))  # inputs accepted
+    # (its memory.* may describe the variants, not the run's own M)
+    run.write_config(cfg, outputs=(run.memory_compare_dir,), check_models=False)
     rows, m = [], cfg.memory
     for name in variants:
         vcfg = variant_config(cfg, name)

@@ -1,11 +1,11 @@
 """Checks a command makes before its first stage writes anything: a run's trained V and
 M against the sizes the config asks for, and the optional packages it names.
 
-Each stage checks its own inputs before it writes ``config.yaml``, and the run's V and M
-against the config (:func:`refuse_other_models`), but a later stage's files are only
-read when that stage starts: ``run.py`` with, say, ``vae.z_dim`` changed on a trained
-run would rewrite ``config.yaml`` and collect episodes before V's stage refused. So
-``run.py`` makes these checks first.
+Each stage checks its own inputs before it writes ``config.yaml``, and
+``RunDir.write_config`` the run's V and M against the config (:func:`refuse_other_models`),
+but a later stage's files are only read when that stage starts: ``run.py`` with, say,
+``vae.z_dim`` changed on a trained run would rewrite ``config.yaml`` and collect episodes
+before V's stage refused. So ``run.py`` makes these checks first.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ def refuse_other_models(cfg: ExperimentConfig, run: RunDir) -> None:
     ``vae.z_dim``, M of ``memory.kind`` with the sizes of ``memory.*`` (for the actions
     M was made for). Refused naming the file and the first key that differs.
 
-    Every stage calls it before it writes ``config.yaml`` (so a command that changes, say,
-    ``memory.hidden`` on a run whose M is trained cannot leave a config its files
-    contradict), and ``run.py`` before its first stage."""
-    from worldmodels.frmdn_training import build_memory  # (M's stage imports this module)
+    :meth:`RunDir.write_config` calls it before every stage writes ``config.yaml`` (so a
+    command that changes, say, ``memory.hidden`` on a run whose M is trained cannot
+    leave a config its files contradict), and ``run.py`` before its first stage."""
+    from worldmodels.frmdn_training import build_memory  # (M's stage imports run_dir)
 
     if run.vae.model.exists():
         made = read_header(run.vae.model)["config"].get("z_dim")

@@ -532,7 +532,8 @@ class RunDir:
             str(self.config_file), rounds=self.plays_rounds)))
         return sorted(k for k in set(now) | set(saved) if now.get(k) != saved.get(k))
 
-    def write_config(self, cfg: ExperimentConfig, outputs: tuple[Path, ...] = ()) -> None:
+    def write_config(self, cfg: ExperimentConfig, outputs: tuple[Path, ...] = (),
+                     check_models: bool = True) -> None:
         """Save ``cfg`` as the run's ``config.yaml``, once a command has accepted it.
 
         First the run's directory and the stage's ``outputs`` (directories) are made
@@ -540,9 +541,17 @@ class RunDir:
         command here, before any work (:func:`worldmodels.atomic.check_writable`).
         If a different config is there, the changed keys are printed (a rerun with,
         say, more epochs is a normal way to continue a run) and the old file becomes
-        ``config.prev.yaml``.
+        ``config.prev.yaml``. Before all that, the run's trained V and M must be what
+        ``cfg`` builds (:func:`worldmodels.preflight.refuse_other_models`), so no stage
+        leaves a config its files contradict; ``check_models=False`` for a command whose
+        ``memory.*`` describe other Ms (compare_memory.py's variants).
         """
         self.refuse_shipped()
+        if check_models:
+            # (preflight builds M with M's stage, which imports this module)
+            from worldmodels.preflight import refuse_other_models
+
+            refuse_other_models(cfg, self)
         text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
         old_text = self.config_file.read_text() if self.config_file.exists() else None
         changed = None  # (no config yet: a new run)

@@ -42,7 +42,6 @@ from worldmodels.datasets import (
 )
 from worldmodels.monitoring import peak_rss_mib, summary_writer
 from worldmodels.pictures import recon_grid, save_png
-from worldmodels.preflight import refuse_other_models
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import RolloutShard, ShardError, ShardSpec, list_shards, load_frames
 from worldmodels.vae import ConvVAE, to_float_frames, vae_loss
@@ -224,7 +223,6 @@ def import_vae(cfg: ExperimentConfig, run: RunDir, progress: bool = True) -> VAE
     device = torch_device(cfg.device)
     model = source.load_vae(v.z_dim, cfg.device)  # z_dim checked, naming the file
     train_paths, holdout_paths, skipped_shards = rollout_split(cfg, run)
-    refuse_other_models(cfg, run)
     run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     mean = mean_frame(train_paths)
     write_atomic(files.mean, lambda fh: np.save(fh, mean, allow_pickle=False))
@@ -269,7 +267,6 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
     mean = read_mean_frame(files.mean, cfg.env.frame_size) if files.mean.exists() else None
     metrics = [m for m in read_json(files.metrics, [], VAE_METRIC_KEYS)
                if m["epoch"] <= start_epoch]
-    refuse_other_models(cfg, run)
     run.write_config(cfg, outputs=(files.dir, run.tensorboard("vae")))  # inputs accepted
 
     if mean is None:
