@@ -37,6 +37,7 @@ class Episode:
     max_steps: int = 0
     stall_steps: int = 0
     record: bool = False  # keep its frames (for a video)
+    trace: bool = False  # keep V's latent and C's action of every step (M on real episodes)
 
 
 @dataclass
@@ -44,6 +45,9 @@ class EpisodeResult:
     ret: float
     steps: int
     frames: list[np.ndarray] = field(default_factory=list)
+    #: with ``Episode.trace``: z_t (z_dim,) and a_t of every step the controller acted
+    latents: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -145,8 +149,15 @@ class BatchedActor:
                     s.copy_(new)
                 else:
                     s[:, rows] = new
-            for j, a in zip(acting, action.cpu().numpy(), strict=True):
+            actions = action.cpu().numpy()
+            for j, a in zip(acting, actions, strict=True):
                 out[j] = a
+            if any(slots[j].episode.trace for j in acting):
+                latents = z.float().cpu().numpy()
+                for row, j in enumerate(acting):
+                    if slots[j].episode.trace:
+                        slots[j].result.latents.append(latents[row])
+                        slots[j].result.actions.append(actions[row])
         for j in range(len(slots)):
             if out[j] is None:
                 out[j] = np.asarray(self.envs[live[j]].action_space.sample())

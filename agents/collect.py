@@ -57,6 +57,7 @@ class EpisodeTask:
     controller_epsilon: float = 0.0
     controller_algo: str = "cmaes"  # the SB3 policy's algorithm for controller_weights=sb3
     controller_environment: str = "real"  # where that policy trained (its files differ)
+    hold_max: int = 10  # the held policy's longest hold
 
 
 def episode_seeds(seed: int, index: int) -> tuple[int, np.random.Generator]:
@@ -67,13 +68,14 @@ def episode_seeds(seed: int, index: int) -> tuple[int, np.random.Generator]:
 
 def run_episode(env: gym.Env, policy_name: str, seed: int, index: int,
                 brownian_dt: float = 0.02, linear_std: float = 0.5, agent: Any = None,
-                epsilon: float = 0.0) -> RolloutShard:
+                epsilon: float = 0.0, hold_max: int = 10) -> RolloutShard:
     """Play one episode to its end (the env's TimeLimit caps its length). ``agent`` and
-    ``epsilon``: the ``controller`` policy's V-M-C agent and random-action chance."""
+    ``epsilon``: the ``controller`` policy's V-M-C agent and random-action chance;
+    ``hold_max``: the ``held`` policy's longest hold."""
     env_seed, rng = episode_seeds(seed, index)
     env.action_space.seed(env_seed)
     policy = make_policy(policy_name, env.action_space, rng, brownian_dt, linear_std,
-                         agent, epsilon)
+                         agent, epsilon, hold_max)
     obs, _ = env.reset(seed=env_seed)
     frames, actions, rewards, terms, truncs = [obs], [], [], [], []
     while True:
@@ -171,7 +173,7 @@ def collect_episode(task: EpisodeTask) -> int:
     if task.policy == "controller":
         agent, controller_meta = _worker_agent(task, env)
     shard = run_episode(env, task.policy, task.seed, task.index, task.brownian_dt,
-                        task.linear_std, agent, task.controller_epsilon)
+                        task.linear_std, agent, task.controller_epsilon, task.hold_max)
     shard.meta["env_id"] = task.env["id"]
     if controller_meta is not None:
         shard.meta["controller"] = controller_meta
@@ -204,7 +206,8 @@ def probe_env(cfg: ExperimentConfig, run: RunDir) -> None:
                                         cfg.controller.algo, cfg.controller.environment)
                 continue
             make_policy(name, env.action_space, np.random.default_rng(0),
-                        cfg.collect.brownian_dt, cfg.collect.linear_std)
+                        cfg.collect.brownian_dt, cfg.collect.linear_std,
+                        hold_max=cfg.collect.hold_max)
     finally:
         env.close()
 
@@ -276,7 +279,7 @@ def collect(cfg: ExperimentConfig, run: RunDir | None = None, out_dir: Path | No
     tasks = [EpisodeTask(i, cfg.seed, str(out), asdict(cfg.env), policy_for(schedule, i),
                          c.brownian_dt, c.linear_std, c.compress_level, str(run.path),
                          c.controller_weights, c.controller_epsilon, cfg.controller.algo,
-                         cfg.controller.environment)
+                         cfg.controller.environment, c.hold_max)
              for i in todo]
     start = time.perf_counter()
     steps = 0

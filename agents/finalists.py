@@ -262,3 +262,25 @@ def restore_first_stage(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any] | 
     save_selected(cfg, run, stage1, found[key])
     return stage1
 
+
+def run_controllers(run: RunDir, template: torch.nn.Module) -> list[tuple[str, np.ndarray]]:
+    """(report file stem, flat weights) of each finalist of the run's second selection
+    stage, or of its selected C when it has none (``template``: a controller of the run's
+    kind, loaded in place). The stems are those of tools/score_finalists.py's and
+    evaluate.py's report files: ``finalist_<search>_<source>_<generation>``,
+    ``controller_selected``."""
+    cfg = run.load_config()
+    meta = dict(read_header(run.controller.selected).get("meta", {}))
+    if not meta.get("final"):
+        load_weights(run.controller.selected, template)
+        return [("controller_selected", template.get_flat().numpy())]  # type: ignore[operator]
+    points = finalists_of(meta, run.controller.selected)
+    params = rebuild(cfg, run, points, cfg.seed)
+    return [(f"finalist_{p.search}_{p.source}_{p.generation}", params[p.key]) for p in points]
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation of two score lists (ranks by order: ties are not
+    expected in means of many episodes)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])

@@ -1,5 +1,6 @@
-"""Data-collection policies: uniform random, brownian, Ha's random linear controller, and
-the run's own trained V-M-C agent (for Ha's iterative training).
+"""Data-collection policies: uniform random, random actions held for a few steps, brownian,
+Ha's random linear controller, and the run's own trained V-M-C agent (for Ha's iterative
+training).
 
 Each policy owns its random generator so an episode is reproducible from its seed.
 """
@@ -39,6 +40,29 @@ class RandomPolicy(DataPolicy):
 
     def act(self, frame: np.ndarray) -> np.ndarray | int:
         return self._uniform()
+
+
+class HeldPolicy(DataPolicy):
+    """A uniform random action held for k ~ U{1, ..., ``hold_max``} steps, then another
+    with a new k: Ha & Schmidhuber's Doom data policy ("more diverse random policy, works
+    slightly better" than a random linear controller, with ``hold_max`` = 10). Unlike
+    actions drawn anew every step, it runs into walls and stays in corners, as trained
+    controllers do."""
+
+    def __init__(self, action_space: gym.Space, rng: np.random.Generator, hold_max: int):
+        if hold_max < 1:
+            raise ConfigError(f"collect.hold_max must be >= 1, got {hold_max}")
+        super().__init__(action_space, rng)
+        self.hold_max = hold_max
+        self.left = 0
+        self.action: np.ndarray | int = 0
+
+    def act(self, frame: np.ndarray) -> np.ndarray | int:
+        if self.left == 0:
+            self.action = self._uniform()
+            self.left = int(self.rng.integers(1, self.hold_max + 1))
+        self.left -= 1
+        return self.action.copy() if isinstance(self.action, np.ndarray) else self.action
 
 
 class BrownianPolicy(DataPolicy):
@@ -121,11 +145,13 @@ class ControllerPolicy(DataPolicy):
 def make_policy(
     name: str, action_space: gym.Space, rng: np.random.Generator,
     brownian_dt: float = 0.02, linear_std: float = 0.5, agent: Any = None,
-    epsilon: float = 0.0,
+    epsilon: float = 0.0, hold_max: int = 10,
 ) -> DataPolicy:
     """``agent``: a :class:`agents.vmc.VMCAgent` for the ``controller`` policy."""
     if name == "random":
         return RandomPolicy(action_space, rng)
+    if name == "held":
+        return HeldPolicy(action_space, rng, hold_max)
     if name == "brownian":
         return BrownianPolicy(action_space, rng, brownian_dt)
     if name == "linear":
@@ -135,4 +161,4 @@ def make_policy(
             raise ConfigError("collect.policy=controller needs the run's trained agent")
         return ControllerPolicy(action_space, rng, agent, epsilon)
     raise ConfigError(f"collect.policy: unknown data policy '{name}' "
-                      "(random, brownian, linear, controller)")
+                      "(random, held, brownian, linear, controller)")

@@ -68,7 +68,7 @@ def test_policies_respect_action_spaces():
     rng = np.random.default_rng(0)
     box = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.ones(3, np.float32))
     frame = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    for name in ("random", "brownian", "linear"):
+    for name in ("random", "held", "brownian", "linear"):
         policy = make_policy(name, box, rng)
         for _ in range(50):
             a = policy.act(frame)
@@ -81,6 +81,28 @@ def test_policies_respect_action_spaces():
     assert picked == {0, 1, 2}
     with pytest.raises(ConfigError, match="brownian needs a Box"):
         make_policy("brownian", disc, rng)
+
+
+def test_held_policy_holds_each_random_action_for_up_to_hold_max_steps():
+    import gymnasium as gym
+
+    disc = gym.spaces.Discrete(3)
+    # k ~ U{1..10}: a redraw every 5.5 steps on average, a new action at 2 of 3 redraws
+    held = make_policy("held", disc, np.random.default_rng(0), hold_max=10)
+    a = np.array([held.act(None) for _ in range(30_000)])
+    assert np.bincount(a, minlength=3) / len(a) == pytest.approx([1 / 3] * 3, abs=0.02)
+    assert np.mean(np.diff(a) != 0) == pytest.approx((2 / 3) / 5.5, abs=0.01)
+    every = make_policy("held", disc, np.random.default_rng(0), hold_max=1)
+    b = np.array([every.act(None) for _ in range(30_000)])
+    assert np.mean(np.diff(b) != 0) == pytest.approx(2 / 3, abs=0.01)  # uniform each step
+    box = gym.spaces.Box(-np.ones(2, np.float32), np.ones(2, np.float32))
+    held_box = make_policy("held", box, np.random.default_rng(1), hold_max=10)
+    c = np.stack([held_box.act(None) for _ in range(5_000)])
+    assert np.all(np.abs(c) <= 1.0)
+    redraws = np.mean(np.any(np.diff(c, axis=0) != 0, axis=1))
+    assert redraws == pytest.approx(1 / 5.5, abs=0.02)
+    with pytest.raises(ConfigError, match="hold_max"):
+        make_policy("held", disc, np.random.default_rng(0), hold_max=0)
 
 
 @pytest.mark.slow

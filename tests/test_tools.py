@@ -135,7 +135,8 @@ def test_runs_summary_names_a_missing_evaluation_and_refuses_repeated_seeds(tmp_
 
 
 def test_dream_vs_real_ranks_and_refuses_what_it_cannot_compare(tiny_run, tmp_path):
-    from tools.dream_vs_real import main, spearman
+    from agents.finalists import spearman
+    from tools.dream_vs_real import main
 
     assert spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]) == pytest.approx(1.0)
     assert spearman([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0)

@@ -26,11 +26,9 @@ import argparse
 import json
 from typing import Any
 
-import numpy as np
-
 from agents.dreams import DreamEvaluator, dream_score_seeds
-from agents.finalists import finalists_of, rebuild
-from worldmodels.checkpoint import file_digest, load_weights, read_header
+from agents.finalists import run_controllers, spearman
+from worldmodels.checkpoint import file_digest
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir, as_run
@@ -48,24 +46,6 @@ def real_score(run: RunDir, name: str, seeds: list[int]) -> float:
         total += float(summary["mean"]) * int(summary["episodes"])
         episodes += int(summary["episodes"])
     return total / episodes
-
-
-def controllers(run: RunDir, evaluator: DreamEvaluator) -> list[tuple[str, np.ndarray]]:
-    """(report file stem, flat weights) of the run's finalists, or of its selected C."""
-    cfg = run.load_config()
-    meta = dict(read_header(run.controller.selected).get("meta", {}))
-    if not meta.get("final"):
-        load_weights(run.controller.selected, evaluator.controller)
-        return [("controller_selected", evaluator.controller.get_flat().numpy())]
-    points = finalists_of(meta, run.controller.selected)
-    params = rebuild(cfg, run, points, cfg.seed)
-    return [(f"finalist_{p.search}_{p.source}_{p.generation}", params[p.key]) for p in points]
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation (ranks by order; ties are not expected in means)."""
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -89,7 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     print("| run | controller | real | dream |\n|---|---|---|---|")
     for run in runs:
-        for name, flat in controllers(run, evaluator):
+        for name, flat in run_controllers(run, evaluator.controller):
             real = real_score(run, name, seeds)
             dream = float(evaluator(flat[None], starts)[0])
             rows.append({"run": str(run.home), "controller": name, "real": real,

@@ -45,7 +45,7 @@ def episode_nll(agent: VMCAgent, env: gym.Env, seed: int, data_policy: str | Non
     memory, z_dim = agent.memory, cfg.vae.z_dim
     policy = None if data_policy is None else make_policy(
         data_policy, env.action_space, np.random.default_rng(seed), cfg.collect.brownian_dt,
-        cfg.collect.linear_std)
+        cfg.collect.linear_std, hold_max=cfg.collect.hold_max)
     obs, _ = env.reset(seed=seed)
     state = memory.initial_state(1)
     h = None

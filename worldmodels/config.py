@@ -120,13 +120,15 @@ class CollectConfig:
     workers: int = _opt(0, "Parallel workers (0 = one per CPU core).", ge=0)
     engine: Engine = _opt("process", "Where episodes run.")
     ray_address: str = _opt("", "Ray cluster address for engine=ray ('' starts a local Ray).")
-    policy: str = _opt("brownian", "Data policy: random | brownian | linear | controller (the "
-                                   "run's trained V-M-C agent), or a schedule 'random:2000,"
-                                   "linear' (episodes 0-1999 random, then linear).")
+    policy: str = _opt("brownian", "Data policy: random | held | brownian | linear | controller "
+                                   "(the run's trained V-M-C agent), or a schedule "
+                                   "'random:2000,linear' (episodes 0-1999 random, then linear).")
     brownian_dt: float = _opt(0.02, "Brownian policy step: a' = clip(a + sqrt(dt) N(0, I)).",
                               gt=0)
     linear_std: float = _opt(0.5, "Linear policy: weights ~ N(0, s^2), s ~ U(0, linear_std).",
                              ge=0)
+    hold_max: int = _opt(10, "Held policy: a uniform random action held for k ~ U{1..hold_max} "
+                             "steps, then another (Ha's Doom data policy: 10).", ge=1)
     controller_weights: Literal["selected", "best", "mean", "sb3"] = _opt(
         "selected", "Controller policy: the run's selected weights (its best candidate "
         "when CMA-ES selected none), best or mean; or sb3: the run's SB3 policy of "
@@ -784,7 +786,7 @@ def validate(cfg: ExperimentConfig, rounds: bool = True) -> None:
             raise ConfigError(f"config key '{key}' {why}")
 
 
-DATA_POLICIES = ("random", "brownian", "linear", "controller")
+DATA_POLICIES = ("random", "held", "brownian", "linear", "controller")
 
 
 def holdout_base(cfg: ExperimentConfig) -> int:

@@ -1,0 +1,115 @@
+"""M on the real episodes of runs' controllers: where does the dream misjudge them?
+
+    python tools/m_on_real.py --runs /work/runs/tc9/s16,/work/runs/tc13/real-s29 \\
+        --episodes 50 seed=0 --out /tmp/m_on_real.json
+
+For every controller of the runs (each finalist of a run's second selection stage, or
+its selected C), all on one world model (the first run's V and M): play ``--episodes``
+real episodes on the report seeds of ``seed=S`` (default 0; the same episodes for every controller),
+keep each step's latent and action, and feed them to M (teacher forcing,
+:mod:`worldmodels.teacher_forcing`). Per controller:
+
+* ``real``: the mean return of those episodes, and ``steps``, their mean length;
+* ``nll``: M's mean -log p(z_{t+1} | h_{t+1}) per latent dimension on them;
+* ``rule``: how long the dream's end rule (the first run's ``dream.done`` and
+  ``dream.done_threshold``, with the command's ``dream.*`` overrides) lets those real
+  episodes live, on average, and ``early``: the fraction of them it ends before their
+  last step. A controller whose ``rule`` falls far below its ``steps`` is one M's done
+  head kills early, so the dream scores it below its real worth;
+* ``p_done``: M's mean calibrated P(done) on the steps before the last.
+
+Prints a markdown table and, last, Spearman's rank correlation of the real return with
+``rule`` and with ``-nll`` over the controllers. ``--out`` keeps the rows as JSON.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import this checkout, not an installed copy
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+from typing import Any
+
+import numpy as np
+
+from agents.batched import Episode
+from agents.finalists import run_controllers, spearman
+from agents.rollouts import RolloutWorker
+from agents.seeds import evaluation_seeds
+from worldmodels.checkpoint import file_digest, write_json_atomic
+from worldmodels.config import ConfigError, cli_parser, parse_cli
+from worldmodels.errors import run_cli
+from worldmodels.run_dir import as_run
+from worldmodels.teacher_forcing import dream_rule_length, teacher_forced
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = cli_parser(__doc__.splitlines()[0])
+    parser.add_argument("--runs", required=True, help="comma-separated run directories")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--out", default="", help="a JSON file for the rows")
+    args: argparse.Namespace = parse_cli(parser, argv)
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    runs = [as_run(p) for p in args.runs.split(",") if p]
+    if not runs:
+        raise ConfigError("--runs names no run")
+    if len({file_digest(r.memory.model) for r in runs}) != 1:
+        raise ConfigError(f"{args.runs}: the runs' Ms differ; one M must judge them all")
+    dream_overrides = [o for o in args.overrides if o.startswith("dream.")]
+    others = [o for o in args.overrides if o not in dream_overrides and not o.startswith("seed=")]
+    if others:
+        raise ConfigError(f"only seed= and dream.* overrides apply here, not {others}")
+    seed_given = [o for o in args.overrides if o.startswith("seed=")]
+    seed = runs[0].load_config(seed_given).seed if seed_given else 0
+    dream = runs[0].load_config(dream_overrides).dream
+    pos_weight = float(runs[0].memory_meta().get("done_pos_weight", 1.0))
+    cfg = runs[0].load_config()
+    worker = RolloutWorker(runs[0], batch=cfg.controller.batch_envs)
+    memory = worker.agent.memory
+    seeds = evaluation_seeds(seed, args.episodes)
+    rows: list[dict[str, Any]] = []
+    print("| run | controller | real | steps | rule | early | p_done | nll |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        for name, flat in run_controllers(run, worker.controller):
+            params = np.asarray(flat, np.float32)
+            results = worker.play([Episode(s, params, trace=True) for s in seeds])
+            nll, rule, early, p_mid = [], [], [], []
+            for res in results:
+                forced = teacher_forced(memory, np.stack(res.latents), np.stack(res.actions),
+                                        pos_weight)
+                nll.append(forced.nll)
+                if forced.p_done is not None:
+                    length = dream_rule_length(forced.p_done, dream.done, dream.done_threshold)
+                    rule.append(length)
+                    early.append(length < res.steps - 0.5)
+                    p_mid.append(forced.p_done[:-1])
+            row = {"run": str(run.home), "controller": name,
+                   "real": float(np.mean([r.ret for r in results])),
+                   "steps": float(np.mean([r.steps for r in results])),
+                   "rule": float(np.mean(rule)) if rule else float("nan"),
+                   "early": float(np.mean(early)) if early else float("nan"),
+                   "p_done": float(np.concatenate(p_mid).mean()) if p_mid else float("nan"),
+                   "nll": float(np.concatenate(nll).mean())}
+            rows.append(row)
+            print(f"| {run.home.name} | {name} | {row['real']:.1f} | {row['steps']:.1f} | "
+                  f"{row['rule']:.1f} | {row['early']:.2f} | {row['p_done']:.4f} | "
+                  f"{row['nll']:.4f} |", flush=True)
+    worker.actor.close()
+    if args.out:
+        write_json_atomic(Path(args.out), {"seed": seed, "episodes": args.episodes,
+                                           "dream": dream_overrides, "rows": rows})
+    if len(rows) > 1:
+        real = [r["real"] for r in rows]
+        print(f"Spearman over {len(rows)} controllers: real vs rule "
+              f"{spearman(real, [r['rule'] for r in rows]):.3f}, real vs -nll "
+              f"{spearman(real, [-r['nll'] for r in rows]):.3f}")
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)
