@@ -30,6 +30,26 @@ def test_batched_play_equals_batch_1_play(tiny_run):
     actor.close()
 
 
+def test_a_traced_episode_keeps_each_steps_latent_and_action(tiny_run):
+    import torch
+
+    worker = RolloutWorker(RunDir(run_of(tiny_run)))
+    params = np.random.default_rng(2).normal(0, 0.5, size=N_PARAMS).astype(np.float32)
+    traced, plain = BatchedActor(worker.agent, lambda: _env(tiny_run), 2).play(
+        [Episode(4, params, record=True, trace=True), Episode(4, params, max_steps=30)])
+    assert plain.latents == [] and plain.actions == []
+    assert len(traced.latents) == len(traced.actions) == traced.steps
+    frames = torch.from_numpy(np.stack(traced.frames[:-1]))  # the frame before each step
+    with torch.no_grad():
+        z = worker.agent.encode(frames).numpy()
+    np.testing.assert_allclose(np.stack(traced.latents), z, atol=1e-5)
+    # the actions C took: replayed in a fresh env they give the same return
+    env = _env(tiny_run)
+    env.reset(seed=4)
+    ret = sum(float(env.step(a)[1]) for a in traced.actions)
+    assert ret == pytest.approx(traced.ret, abs=1e-6)
+
+
 def _env(cfg):
     from envs.factory import make_env_from_config
 

@@ -260,6 +260,29 @@ def test_score_vote_of_one_member_plays_the_runs_c_and_of_all_its_own_game(tiny_
         main(["--run", path, "--episodes", "2", "--members", "3", "seed=3"])
 
 
+def test_m_on_real_plays_each_finalist_and_feeds_its_episodes_to_m(tiny_run, tmp_path):
+    import evaluate
+    from tools.m_on_real import main
+
+    finals_run(tiny_run, "forced", 2, candidates=2, episodes=2)
+    path = str(run_of(tiny_run))
+    out = tmp_path / "rows.json"
+    rows = main(["--runs", path, "--episodes", "2", "seed=3", "--out", str(out)])
+    assert len(rows) == 2 and json.loads(out.read_text())["rows"] == rows
+    meta = read_header(RunDir(run_of(tiny_run)).controller.selected)["meta"]
+    winner = [r for r in rows if r["controller"] == "finalist_{}_{}_{}".format(
+        meta["search"], meta["source"], meta["generation"])]
+    played = evaluate.main(["--run", path, "--episodes", "2", "seed=3"])
+    assert winner and winner[0]["real"] == pytest.approx(played["mean"], abs=1e-3)
+    for r in rows:
+        assert 1 <= r["rule"] <= r["steps"] and 0 <= r["early"] <= 1
+        assert np.isfinite(r["nll"]) and 0 <= r["p_done"] <= 1
+    with pytest.raises(ConfigError, match="only seed= and dream"):
+        main(["--runs", path, "--episodes", "2", "env.max_episode_steps=5"])
+    with pytest.raises(ConfigError, match="--episodes"):
+        main(["--runs", path, "--episodes", "0"])
+
+
 def test_a_replay_that_misses_the_saved_pick_is_refused_and_an_ulp_is_not(tiny_run):
     """Another BLAS thread count moves a replayed weight by a float32 ulp or so: accepted.
     A replay that lands on other weights (another cma, another history) is refused."""

@@ -27,16 +27,9 @@ import torch
 from agents.dream_check import discrete_actions, held_action_episodes
 from envs.factory import make_env_from_config
 from worldmodels.errors import run_cli
-from worldmodels.memory import done_probability
 from worldmodels.run_dir import RunDir
+from worldmodels.teacher_forcing import dream_rule_length, teacher_forced
 from worldmodels.vae import to_float_frames
-
-
-def implied_length(p_done: np.ndarray) -> float:
-    """E[min(L, T)] for L the first step where a done sampled with per-step
-    probability p_done (T,) fires: sum over t < T of P(no done in steps 1..t)."""
-    survive = np.cumprod(1.0 - p_done)
-    return float(1.0 + survive[:-1].sum())
 
 
 def main(argv: list[str]) -> None:
@@ -58,10 +51,10 @@ def main(argv: list[str]) -> None:
         for frames, actions in held_action_episodes(env, action, args.episodes, frames=True):
             with torch.no_grad():  # frames 0..T-1 and actions 0..T-1 -> P(done) at steps 1..T
                 mu, _ = vae.encode(to_float_frames(torch.as_tensor(np.stack(frames[:-1]))))
-                h, _ = memory(mu[None], torch.as_tensor(actions)[None])
-                p = done_probability(memory.done_logit(h[0]), pos_weight).numpy()
+            p = teacher_forced(memory, mu.numpy(), np.asarray(actions), pos_weight).p_done
+            assert p is not None
             real.append(len(actions))
-            implied.append(implied_length(p))
+            implied.append(dream_rule_length(p, "sample", 0.5))
             last.append(p[-1])
         name = "uniform random" if action is None else f"always action {action}"
         print(f"| {name} | {np.mean(real):.0f} ± {np.std(real):.0f} | "

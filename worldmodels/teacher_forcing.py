@@ -53,7 +53,8 @@ def teacher_forced(memory: Memory, latents: np.ndarray, actions: np.ndarray,
 def dream_rule_length(p_done: np.ndarray, mode: str, threshold: float) -> float:
     """Steps the dream's end rule gives an episode of these per-step P(done) (T,), capped
     at T: with ``threshold``, up to and including the first step above it; with
-    ``sample``, the expected length, sum over t of P(alive before step t)."""
+    ``sample``, the expected length E[min(L, T)], sum over t of P(alive before step t) (a
+    dream always plays its first step)."""
     p = np.asarray(p_done, np.float64)
     if mode == "threshold":
         above = np.flatnonzero(p > threshold)

@@ -1,0 +1,53 @@
+"""M on real episodes: teacher forcing matches M stepped by hand, and the dream rule's
+length is what the rule does."""
+
+import numpy as np
+import pytest
+import torch
+
+from tests.builders import make_frmdn
+from worldmodels.memory import done_probability
+from worldmodels.teacher_forcing import dream_rule_length, teacher_forced
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_teacher_forcing_equals_m_stepped_by_hand(discrete):
+    torch.manual_seed(0)
+    memory = make_frmdn(z_dim=3, action_dim=2, discrete_actions=discrete, hidden=8,
+                        mixtures=2).eval()
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((7, 3)).astype(np.float32)
+    actions = rng.integers(0, 2, 7) if discrete else rng.uniform(-1, 1, (7, 2)).astype(
+        np.float32)
+    forced = teacher_forced(memory, z, actions, done_pos_weight=10.0)
+    assert forced.nll.shape == (6,) and forced.p_done is not None
+    assert forced.p_done.shape == (7,)
+    state = memory.initial_state(1)
+    with torch.no_grad():
+        for t in range(7):
+            a = torch.as_tensor(actions[t:t + 1])
+            h, state = memory.step(torch.as_tensor(z[t:t + 1]), a, state)
+            p = float(done_probability(memory.done_logit(h), 10.0)[0])
+            assert forced.p_done[t] == pytest.approx(p, abs=1e-5)
+            if t < 6:
+                nll = -float(memory.log_prob(torch.as_tensor(z[t + 1:t + 2]), h)[0]) / 3
+                assert forced.nll[t] == pytest.approx(nll, rel=1e-4, abs=1e-4)
+    with pytest.raises(ValueError, match="one episode"):
+        teacher_forced(memory, z, actions[:5])
+
+
+def test_dream_rule_length_is_the_rules_episode_length():
+    p = np.array([0.01, 0.2, 0.01, 0.5])
+    assert dream_rule_length(p, "threshold", 0.1) == 2  # up to and with the first above
+    assert dream_rule_length(p, "threshold", 0.6) == 4  # never above: the real length
+    assert dream_rule_length(np.zeros(5), "sample", 0.5) == 5
+    assert dream_rule_length(np.ones(5), "sample", 0.5) == 1  # it always plays step 0
+    assert dream_rule_length(np.array([0.5, 0.5, 0.5]), "sample", 0.5) == pytest.approx(1.75)
+    # the expected length of sampled ends, checked by drawing them
+    rng = np.random.default_rng(0)
+    q = rng.uniform(0, 0.2, 30)
+    ends = [int(np.argmax(np.append(rng.random(30) < q, True))) + 1 for _ in range(20_000)]
+    assert dream_rule_length(q, "sample", 0.5) == pytest.approx(
+        np.mean(np.minimum(ends, 30)), rel=0.02)
+    with pytest.raises(ValueError, match="threshold or sample"):
+        dream_rule_length(p, "other", 0.5)
