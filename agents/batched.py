@@ -156,8 +156,8 @@ class BatchedActor:
                 latents = z.float().cpu().numpy()
                 for row, j in enumerate(acting):
                     if slots[j].episode.trace:
-                        slots[j].result.latents.append(latents[row])
-                        slots[j].result.actions.append(actions[row])
+                        slots[j].result.latents.append(latents[row].copy())
+                        slots[j].result.actions.append(actions[row].copy())
         for j in range(len(slots)):
             if out[j] is None:
                 out[j] = np.asarray(self.envs[live[j]].action_space.sample())

@@ -97,7 +97,8 @@ def run_episode(env: gym.Env, policy_name: str, seed: int, index: int,
         truncated=np.asarray(truncs, dtype=bool),
         meta={"env_id": env.spec.id if env.spec else "", "env_seed": env_seed,
               "seed": seed, "index": index, "policy": policy_name,
-              "action_space": describe_action_space(env.action_space)},
+              "action_space": describe_action_space(env.action_space),
+              **({"hold_max": hold_max} if policy_name == "held" else {})},
     )
 
 
@@ -226,8 +227,9 @@ def check_compatible(shards: list[Path], cfg: ExperimentConfig) -> None:
                 raise
             unreadable.append(str(err))
             continue
-        want = {"env_id": cfg.env.id, "seed": cfg.seed,
-                "policy": policy_for(schedule, shard_index(path))}
+        policy = policy_for(schedule, shard_index(path))
+        want = {"env_id": cfg.env.id, "seed": cfg.seed, "policy": policy,
+                **({"hold_max": cfg.collect.hold_max} if policy == "held" else {})}
         for key, value in want.items():
             if meta.get(key) != value:
                 raise ShardError(

@@ -47,6 +47,7 @@ from worldmodels.checkpoint import (
     write_json_atomic,
 )
 from worldmodels.config import ConfigError, ExperimentConfig
+from worldmodels.controller import FlatPolicy
 from worldmodels.run_dir import ControllerFiles, RunDir
 
 
@@ -263,7 +264,7 @@ def restore_first_stage(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any] | 
     return stage1
 
 
-def run_controllers(run: RunDir, template: torch.nn.Module) -> list[tuple[str, np.ndarray]]:
+def run_controllers(run: RunDir, template: FlatPolicy) -> list[tuple[str, np.ndarray]]:
     """(report file stem, flat weights) of each finalist of the run's second selection
     stage, or of its selected C when it has none (``template``: a controller of the run's
     kind, loaded in place). The stems are those of tools/score_finalists.py's and
@@ -273,14 +274,28 @@ def run_controllers(run: RunDir, template: torch.nn.Module) -> list[tuple[str, n
     meta = dict(read_header(run.controller.selected).get("meta", {}))
     if not meta.get("final"):
         load_weights(run.controller.selected, template)
-        return [("controller_selected", template.get_flat().numpy())]  # type: ignore[operator]
+        return [("controller_selected", template.get_flat().numpy())]
     points = finalists_of(meta, run.controller.selected)
     params = rebuild(cfg, run, points, cfg.seed)
     return [(f"finalist_{p.search}_{p.source}_{p.generation}", params[p.key]) for p in points]
 
 
 def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation of two score lists (ranks by order: ties are not
-    expected in means of many episodes)."""
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """Spearman's rank correlation of two score lists: the correlation of their ranks,
+    tied values sharing their average rank; NaN when a list holds NaN or is constant."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"two lists of one length >= 2, got {len(x)} and {len(y)}")
+    if np.isnan(x).any() or np.isnan(y).any() or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(_average_ranks(x), _average_ranks(y))[0, 1])
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 of x (n,), ties given the mean of the ranks they span."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    _, inverse = np.unique(x, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / np.bincount(inverse)[inverse]

@@ -101,6 +101,8 @@ def test_held_policy_holds_each_random_action_for_up_to_hold_max_steps():
     assert np.all(np.abs(c) <= 1.0)
     redraws = np.mean(np.any(np.diff(c, axis=0) != 0, axis=1))
     assert redraws == pytest.approx(1 / 5.5, abs=0.02)
+    again = make_policy("held", disc, np.random.default_rng(0), hold_max=10)
+    assert [again.act(None) for _ in range(len(a))] == a.tolist()  # its generator alone
     with pytest.raises(ConfigError, match="hold_max"):
         make_policy("held", disc, np.random.default_rng(0), hold_max=0)
 
@@ -181,6 +183,19 @@ def test_a_policy_schedule_extends_a_collection_with_another_policy(tiny_cfg):
         collect(tiny_cfg, progress=False)
     with pytest.raises(ConfigError, match="collect.policy"):
         load_config("carracing", [], ["collect.policy=random,linear:5"])
+
+
+def test_held_episodes_record_their_hold_and_refuse_another_on_resume(tiny_cfg):
+    out = run_of(tiny_cfg) / "rollouts"
+    tiny_cfg.collect.policy, tiny_cfg.collect.hold_max, tiny_cfg.collect.episodes = "held", 4, 1
+    collect(tiny_cfg, progress=False)
+    (shard,) = _shards(out)
+    assert shard.meta["policy"] == "held" and shard.meta["hold_max"] == 4
+    redraws = np.any(np.diff(shard.action, axis=0) != 0, axis=1)
+    assert 0 < redraws.mean() < 0.5  # held: far fewer changes than one every step
+    tiny_cfg.collect.hold_max, tiny_cfg.collect.episodes = 10, 2
+    with pytest.raises(ShardError, match="hold_max=4.*hold_max=10"):
+        collect(tiny_cfg, progress=False)
 
 
 def test_fewer_episodes_than_on_disk_are_counted_and_said(tiny_cfg, tmp_path, capsys):

@@ -277,8 +277,13 @@ def test_m_on_real_plays_each_finalist_and_feeds_its_episodes_to_m(tiny_run, tmp
     for r in rows:
         assert 1 <= r["rule"] <= r["steps"] and 0 <= r["early"] <= 1
         assert np.isfinite(r["nll"]) and 0 <= r["p_done"] <= 1
-    with pytest.raises(ConfigError, match="only seed= and dream"):
-        main(["--runs", path, "--episodes", "2", "env.max_episode_steps=5"])
+    for other in ("env.max_episode_steps=5", "dream.temperature=2"):  # not what it plays
+        with pytest.raises(ConfigError, match="only seed=, dream.done= and"):
+            main(["--runs", path, "--episodes", "2", other])
+    never = main(["--runs", path, "--episodes", "2", "seed=3", "dream.done=threshold",
+                  "dream.done_threshold=0.999"])
+    assert [r["rule"] for r in never] == [r["steps"] for r in rows]  # no end: the real length
+    assert all(r["early"] == 0 for r in never)
     with pytest.raises(ConfigError, match="--episodes"):
         main(["--runs", path, "--episodes", "0"])
 

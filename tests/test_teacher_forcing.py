@@ -7,7 +7,7 @@ import torch
 
 from tests.builders import make_frmdn
 from worldmodels.memory import done_probability
-from worldmodels.teacher_forcing import dream_rule_length, teacher_forced
+from worldmodels.teacher_forcing import dream_rule_early, dream_rule_length, teacher_forced
 
 
 @pytest.mark.parametrize("discrete", [True, False])
@@ -34,6 +34,8 @@ def test_teacher_forcing_equals_m_stepped_by_hand(discrete):
                 assert forced.nll[t] == pytest.approx(nll, rel=1e-4, abs=1e-4)
     with pytest.raises(ValueError, match="one episode"):
         teacher_forced(memory, z, actions[:5])
+    with pytest.raises(ValueError, match="eval"):
+        teacher_forced(memory.train(), z, actions)
 
 
 def test_dream_rule_length_is_the_rules_episode_length():
@@ -51,3 +53,17 @@ def test_dream_rule_length_is_the_rules_episode_length():
         np.mean(np.minimum(ends, 30)), rel=0.02)
     with pytest.raises(ValueError, match="threshold or sample"):
         dream_rule_length(p, "other", 0.5)
+
+
+def test_dream_rule_early_is_the_chance_of_an_end_before_the_last_step():
+    p = np.array([0.01, 0.2, 0.01, 0.5])
+    assert dream_rule_early(p, "threshold", 0.1) == 1.0
+    assert dream_rule_early(p, "threshold", 0.3) == 0.0  # only the last step is above
+    assert dream_rule_early(p, "sample", 0.5) == pytest.approx(1 - 0.99 * 0.8 * 0.99)
+    # a small hazard over a long episode: likely, not certain, though the expected
+    # length falls short of the real one
+    q = np.full(1000, 0.001)
+    assert dream_rule_early(q, "sample", 0.5) == pytest.approx(1 - 0.999 ** 999)
+    assert dream_rule_length(q, "sample", 0.5) < 999
+    with pytest.raises(ValueError, match="threshold or sample"):
+        dream_rule_early(p, "other", 0.5)

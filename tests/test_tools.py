@@ -141,6 +141,9 @@ def test_dream_vs_real_ranks_and_refuses_what_it_cannot_compare(tiny_run, tmp_pa
     assert spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]) == pytest.approx(1.0)
     assert spearman([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0)
     assert spearman([1.0, 2.0, 3.0], [1.0, 9.0, 2.0]) == pytest.approx(0.5)
+    # ties share their average rank (scipy.stats.spearmanr's 0.866 here); NaN is no rank
+    assert spearman([1.0, 1.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(0.8660254)
+    assert np.isnan(spearman([1.0, float("nan"), 2.0], [1.0, 2.0, 3.0]))
     from tests.conftest import run_of
     from worldmodels.config import ConfigError
 

@@ -26,6 +26,7 @@ import torch
 
 from agents.dream_check import discrete_actions, held_action_episodes
 from envs.factory import make_env_from_config
+from worldmodels.config import ConfigError
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
 from worldmodels.teacher_forcing import dream_rule_length, teacher_forced
@@ -52,7 +53,8 @@ def main(argv: list[str]) -> None:
             with torch.no_grad():  # frames 0..T-1 and actions 0..T-1 -> P(done) at steps 1..T
                 mu, _ = vae.encode(to_float_frames(torch.as_tensor(np.stack(frames[:-1]))))
             p = teacher_forced(memory, mu.numpy(), np.asarray(actions), pos_weight).p_done
-            assert p is not None
+            if p is None:
+                raise ConfigError(f"{run.memory.model}: M has no done head to ask")
             real.append(len(actions))
             implied.append(dream_rule_length(p, "sample", 0.5))
             last.append(p[-1])

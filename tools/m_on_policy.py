@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("run", help="a trained run (or a shipped agent under pretrained/)")
     parser.add_argument("--policy", choices=POLICIES, default="ppo",
                         help="the run's policy whose episodes M scores (default ppo)")
-    parser.add_argument("--baseline", choices=DATA_POLICIES[:3], default="brownian",
+    parser.add_argument("--baseline", default="brownian",
+                        choices=[p for p in DATA_POLICIES if p != "controller"],
                         help="the data policy played on the same seeds (default brownian)")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=10_000,

@@ -4,18 +4,20 @@
         --episodes 50 seed=0 --out /tmp/m_on_real.json
 
 For every controller of the runs (each finalist of a run's second selection stage, or
-its selected C), all on one world model (the first run's V and M): play ``--episodes``
-real episodes on the report seeds of ``seed=S`` (default 0; the same episodes for every controller),
-keep each step's latent and action, and feed them to M (teacher forcing,
-:mod:`worldmodels.teacher_forcing`). Per controller:
+its selected C), all on one world model (the same V, M and env config): play
+``--episodes`` real episodes on the report seeds of ``seed=S`` (default 0; the same
+episodes for every controller), keep each step's latent and action, and feed them to M
+(teacher forcing, :mod:`worldmodels.teacher_forcing`). Per controller:
 
 * ``real``: the mean return of those episodes, and ``steps``, their mean length;
 * ``nll``: M's mean -log p(z_{t+1} | h_{t+1}) per latent dimension on them;
 * ``rule``: how long the dream's end rule (the first run's ``dream.done`` and
-  ``dream.done_threshold``, with the command's ``dream.*`` overrides) lets those real
-  episodes live, on average, and ``early``: the fraction of them it ends before their
-  last step. A controller whose ``rule`` falls far below its ``steps`` is one M's done
-  head kills early, so the dream scores it below its real worth;
+  ``dream.done_threshold``, which the command may override, and its cap
+  ``dream.max_steps``) lets those real episodes live, on average, and ``early``: the
+  chance that it ends one before its last step (with ``dream.done=sample``, the chance
+  of a sampled end; with ``threshold``, the fraction ended). A controller whose
+  ``rule`` falls far below its ``steps`` is one M's done head kills early, so the dream
+  scores it below its real worth;
 * ``p_done``: M's mean calibrated P(done) on the steps before the last.
 
 Prints a markdown table and, last, Spearman's rank correlation of the real return with
@@ -35,15 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from agents.batched import Episode
+from agents.batched import Episode, EpisodeResult
 from agents.finalists import run_controllers, spearman
 from agents.rollouts import RolloutWorker
 from agents.seeds import evaluation_seeds
 from worldmodels.checkpoint import file_digest, write_json_atomic
-from worldmodels.config import ConfigError, cli_parser, parse_cli
+from worldmodels.config import ConfigError, DreamConfig, cli_parser, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import as_run
-from worldmodels.teacher_forcing import dream_rule_length, teacher_forced
+from worldmodels.teacher_forcing import dream_rule_early, dream_rule_length, teacher_forced
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -57,58 +59,77 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     runs = [as_run(p) for p in args.runs.split(",") if p]
     if not runs:
         raise ConfigError("--runs names no run")
-    if len({file_digest(r.memory.model) for r in runs}) != 1:
-        raise ConfigError(f"{args.runs}: the runs' Ms differ; one M must judge them all")
-    dream_overrides = [o for o in args.overrides if o.startswith("dream.")]
-    others = [o for o in args.overrides if o not in dream_overrides and not o.startswith("seed=")]
-    if others:
-        raise ConfigError(f"only seed= and dream.* overrides apply here, not {others}")
+    rule_keys = ("dream.done=", "dream.done_threshold=")
+    rule_overrides = [o for o in args.overrides if o.startswith(rule_keys)]
     seed_given = [o for o in args.overrides if o.startswith("seed=")]
+    others = [o for o in args.overrides if o not in rule_overrides + seed_given]
+    if others:
+        raise ConfigError(f"only seed=, dream.done= and dream.done_threshold= apply here, "
+                          f"not {others}")
+    first = runs[0].load_config()
+    for run in runs[1:]:  # every controller plays with the first run's V, M and env
+        same = (file_digest(run.memory.model) == file_digest(runs[0].memory.model)
+                and file_digest(run.vae.model) == file_digest(runs[0].vae.model)
+                and run.load_config().env == first.env)
+        if not same:
+            raise ConfigError(f"{run.home}: its V, M or env differ from {runs[0].home}'s; "
+                              "one world model must judge them all")
     seed = runs[0].load_config(seed_given).seed if seed_given else 0
-    dream = runs[0].load_config(dream_overrides).dream
-    pos_weight = float(runs[0].memory_meta().get("done_pos_weight", 1.0))
-    cfg = runs[0].load_config()
-    worker = RolloutWorker(runs[0], batch=cfg.controller.batch_envs)
+    dream = runs[0].load_config(rule_overrides).dream
+    pos_weight = float(runs[0].memory_meta()["done_pos_weight"])
+    worker = RolloutWorker(runs[0], batch=first.controller.batch_envs)
     memory = worker.agent.memory
     seeds = evaluation_seeds(seed, args.episodes)
     rows: list[dict[str, Any]] = []
     print("| run | controller | real | steps | rule | early | p_done | nll |\n"
           "|---|---|---|---|---|---|---|---|")
-    for run in runs:
-        for name, flat in run_controllers(run, worker.controller):
-            params = np.asarray(flat, np.float32)
-            results = worker.play([Episode(s, params, trace=True) for s in seeds])
-            nll, rule, early, p_mid = [], [], [], []
-            for res in results:
-                forced = teacher_forced(memory, np.stack(res.latents), np.stack(res.actions),
-                                        pos_weight)
-                nll.append(forced.nll)
-                if forced.p_done is not None:
-                    length = dream_rule_length(forced.p_done, dream.done, dream.done_threshold)
-                    rule.append(length)
-                    early.append(length < res.steps - 0.5)
-                    p_mid.append(forced.p_done[:-1])
-            row = {"run": str(run.home), "controller": name,
-                   "real": float(np.mean([r.ret for r in results])),
-                   "steps": float(np.mean([r.steps for r in results])),
-                   "rule": float(np.mean(rule)) if rule else float("nan"),
-                   "early": float(np.mean(early)) if early else float("nan"),
-                   "p_done": float(np.concatenate(p_mid).mean()) if p_mid else float("nan"),
-                   "nll": float(np.concatenate(nll).mean())}
-            rows.append(row)
-            print(f"| {run.home.name} | {name} | {row['real']:.1f} | {row['steps']:.1f} | "
-                  f"{row['rule']:.1f} | {row['early']:.2f} | {row['p_done']:.4f} | "
-                  f"{row['nll']:.4f} |", flush=True)
-    worker.actor.close()
+    try:
+        for run in runs:
+            for name, flat in run_controllers(run, worker.controller):
+                results = worker.play([Episode(s, np.asarray(flat, np.float32), trace=True)
+                                       for s in seeds])
+                rows.append(score_episodes(memory, results, dream, pos_weight,
+                                           {"run": str(run.home), "controller": name}))
+                r = rows[-1]
+                print(f"| {run.home.name} | {name} | {r['real']:.1f} | {r['steps']:.1f} | "
+                      f"{r['rule']:.1f} | {r['early']:.2f} | {r['p_done']:.4f} | "
+                      f"{r['nll']:.4f} |", flush=True)
+    finally:
+        worker.actor.close()
     if args.out:
         write_json_atomic(Path(args.out), {"seed": seed, "episodes": args.episodes,
-                                           "dream": dream_overrides, "rows": rows})
+                                           "dream": rule_overrides, "rows": rows})
     if len(rows) > 1:
         real = [r["real"] for r in rows]
         print(f"Spearman over {len(rows)} controllers: real vs rule "
               f"{spearman(real, [r['rule'] for r in rows]):.3f}, real vs -nll "
               f"{spearman(real, [-r['nll'] for r in rows]):.3f}")
     return rows
+
+
+def score_episodes(memory: Any, results: list[EpisodeResult], dream: DreamConfig,
+                   pos_weight: float, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with one controller's figures over its traced real episodes (the
+    columns of the module's docstring). A dream capped at ``dream.max_steps`` caps the
+    rule's length too."""
+    nll, rule, early, p_mid = [], [], [], []
+    for res in results:
+        forced = teacher_forced(memory, np.stack(res.latents), np.stack(res.actions),
+                                pos_weight)
+        nll.append(forced.nll)
+        if forced.p_done is not None:
+            p = forced.p_done[:dream.max_steps] if dream.max_steps else forced.p_done
+            rule.append(dream_rule_length(p, dream.done, dream.done_threshold))
+            early.append(dream_rule_early(p, dream.done, dream.done_threshold)
+                         if len(p) == len(forced.p_done) else 1.0)
+            p_mid.append(forced.p_done[:-1])
+    nan = float("nan")
+    return {**row, "real": float(np.mean([r.ret for r in results])),
+            "steps": float(np.mean([r.steps for r in results])),
+            "rule": float(np.mean(rule)) if rule else nan,
+            "early": float(np.mean(early)) if early else nan,
+            "p_done": float(np.concatenate(p_mid).mean()) if p_mid else nan,
+            "nll": float(np.concatenate(nll).mean())}
 
 
 if __name__ == "__main__":

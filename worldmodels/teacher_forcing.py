@@ -9,8 +9,9 @@ A dream feeds M its own samples; here M reads the real z_t and a_t of an episode
   step, when it died, is the last), or None when M has no done head.
 
 :func:`dream_rule_length` reads off how long the dream's end rule would let the real
-episode live: a controller that M's done head kills early on its real trajectories is
-one the dream scores below its real worth.
+episode live, and :func:`dream_rule_early` the chance that it ends it too soon: a
+controller that M's done head kills early on its real trajectories is one the dream
+scores below its real worth.
 """
 
 from __future__ import annotations
@@ -35,19 +36,22 @@ def teacher_forced(memory: Memory, latents: np.ndarray, actions: np.ndarray,
     """M over one real episode: latents (T, d) float, actions (T, A) float or (T,) int
     (Discrete) -> per-step NLL and P(done). ``done_pos_weight``: the weight M's done head
     was trained with (its checkpoint's meta), undone to calibrate P(done)."""
-    z = torch.as_tensor(np.asarray(latents, np.float32))
+    if memory.training:  # type: ignore[attr-defined]
+        raise ValueError("teacher forcing is for a trained M: call memory.eval() first")
+    device = next(memory.parameters()).device  # type: ignore[attr-defined]
+    z = torch.as_tensor(np.asarray(latents, np.float32), device=device)
     if z.ndim != 2 or len(z) < 1 or len(actions) != len(z):
         raise ValueError(f"latents (T, d) and actions (T, ...) of one episode, got "
                          f"{tuple(z.shape)} and {np.shape(actions)}")
-    a = torch.as_tensor(np.asarray(actions))
+    a = torch.as_tensor(np.asarray(actions), device=device)
     if not torch.is_floating_point(a):
         a = a.long()
     h, _ = memory(z[None], a[None])  # (1, T, hidden): h_{t+1} after (z_t, a_t)
     h = h[0]
     nll = -memory.log_prob(z[1:], h[:-1]) / z.shape[1]
     logit = memory.done_logit(h)
-    p_done = None if logit is None else done_probability(logit, done_pos_weight).numpy()
-    return ForcedEpisode(nll.numpy().astype(np.float64), p_done)
+    p_done = None if logit is None else done_probability(logit, done_pos_weight).cpu().numpy()
+    return ForcedEpisode(nll.cpu().numpy().astype(np.float64), p_done)
 
 
 def dream_rule_length(p_done: np.ndarray, mode: str, threshold: float) -> float:
@@ -62,4 +66,16 @@ def dream_rule_length(p_done: np.ndarray, mode: str, threshold: float) -> float:
     if mode == "sample":
         alive = np.concatenate([[1.0], np.cumprod(1.0 - p)[:-1]])
         return float(alive.sum())
+    raise ValueError(f"mode must be threshold or sample, not {mode!r}")
+
+
+def dream_rule_early(p_done: np.ndarray, mode: str, threshold: float) -> float:
+    """The chance that the dream's end rule ends an episode of these per-step P(done)
+    (T,) before its last step: 0 or 1 with ``threshold``, 1 - prod over t < T-1 of
+    (1 - p_t) with ``sample``."""
+    p = np.asarray(p_done, np.float64)
+    if mode == "threshold":
+        return float(bool(np.any(p[:-1] > threshold)))
+    if mode == "sample":
+        return float(1.0 - np.prod(1.0 - p[:-1]))
     raise ValueError(f"mode must be threshold or sample, not {mode!r}")
