@@ -299,3 +299,18 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     _, inverse = np.unique(x, return_inverse=True)
     sums = np.bincount(inverse, weights=ranks)
     return sums[inverse] / np.bincount(inverse)[inverse]
+
+
+def report_score(run: RunDir, name: str, seeds: list[int]) -> float:
+    """The mean return over the report files ``eval/<name>_seed<s>.json`` (from
+    tools/score_finalists.py or evaluate.py) of the seed sets ``seeds``, pooled."""
+    total, episodes = 0.0, 0
+    for s in seeds:
+        path = run.eval_dir / f"{name}_seed{s}.json"
+        if not path.is_file():
+            raise ConfigError(f"{path}: no real score of {name} on the report seeds of "
+                              f"seed={s} (tools/score_finalists.py or evaluate.py first)")
+        summary = read_json(path, {}, ("mean", "episodes"))
+        total += float(summary["mean"]) * int(summary["episodes"])
+        episodes += int(summary["episodes"])
+    return total / episodes

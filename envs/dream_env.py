@@ -96,13 +96,18 @@ def dream_cap(cfg: ExperimentConfig) -> int:
 
 
 def load_dream(run: RunDir, cfg: ExperimentConfig | None = None,
-               temperature: float | None = None, seed: int = 0) -> tuple[Dream, gym.Space]:
+               temperature: float | None = None, seed: int = 0,
+               starts: tuple[torch.Tensor, torch.Tensor] | None = None,
+               ) -> tuple[Dream, gym.Space]:
     """(dream, action space) of a trained run: its M, dreaming from the first frames of
-    its training episodes, with ``cfg.dream``'s settings (default: the run's config);
-    the temperature is ``dream.temperature`` unless given."""
+    its training episodes (or from ``starts``, start latents (mu, logvar) (N, d) each),
+    with ``cfg.dream``'s settings (default: the run's config); the temperature is
+    ``dream.temperature`` unless given."""
     cfg = cfg if cfg is not None else run.load_config()
     memory = run.load_memory()
-    if run.dream_starts.exists():  # a shipped agent: the start latents, without the shards
+    if starts is not None:
+        mu0, logvar0 = starts
+    elif run.dream_starts.exists():  # a shipped agent: the start latents, without the shards
         starts = read_npz(run.dream_starts, ("mu", "logvar"))
         mu0, logvar0 = (torch.from_numpy(starts[k].astype(np.float32)) for k in ("mu", "logvar"))
     else:
@@ -198,13 +203,14 @@ class DreamVecEnv(VecEnv):
 
 
 def load_batched_dream(run: RunDir, cfg: ExperimentConfig, temperature: float | None = None,
-                       seed: int = 0) -> tuple[Dream, gym.Space]:
+                       seed: int = 0, starts: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       ) -> tuple[Dream, gym.Space]:
     """:func:`load_dream` for many dreams in one batch (CMA-ES's fitness, SB3's
     :class:`DreamVecEnv`), run on ``dream.threads`` torch threads (0: torch's default;
     1 for runs side by side, which would otherwise contend)."""
     if cfg.dream.threads:
         torch.set_num_threads(cfg.dream.threads)
-    return load_dream(run, cfg, temperature, seed)
+    return load_dream(run, cfg, temperature, seed, starts)
 
 
 def dream_vec_env(run: RunDir, cfg: ExperimentConfig, n: int, seed: int = 0) -> DreamVecEnv:

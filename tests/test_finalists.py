@@ -288,6 +288,30 @@ def test_m_on_real_plays_each_finalist_and_feeds_its_episodes_to_m(tiny_run, tmp
         main(["--runs", path, "--episodes", "0"])
 
 
+def test_branched_dreams_score_every_finalist_from_the_same_branch_points(tiny_run):
+    from tools.branched_dreams import main
+    from tools.score_finalists import main as score
+
+    paths = []
+    for name, restarts in (("b1", 1), ("b2", 2)):  # two runs on the same V and M
+        finals_run(tiny_run, name, restarts, candidates=2, episodes=2)
+        paths.append(str(run_of(tiny_run)))
+        score(["--run", paths[-1], "--episodes", "2", "seed=3"])
+    common = ["--source", paths[0], "--source-episodes", "2", "--random-episodes", "2",
+              "--every", "10", "--real-seeds", "3", "dream.max_steps=15"]
+    rows = main(["--runs", ",".join(paths), *common])
+    assert len(rows) == 4
+    for r in rows:
+        assert 0 <= r["survived"] <= 1 and 1 <= r["length"] <= 15
+    # a controller scored twice scores the same: the same branch points and noise
+    twice = main(["--runs", f"{paths[0]},{paths[0]}", *common])
+    assert twice[:2] == twice[2:] == rows[:2]
+    with pytest.raises(ConfigError, match="only seed= and dream"):
+        main(["--runs", ",".join(paths), *common, "env.max_episode_steps=5"])
+    with pytest.raises(ConfigError, match="--every"):
+        main(["--runs", ",".join(paths), *common, "--every", "0"])
+
+
 def test_a_replay_that_misses_the_saved_pick_is_refused_and_an_ulp_is_not(tiny_run):
     """Another BLAS thread count moves a replayed weight by a float32 ulp or so: accepted.
     A replay that lands on other weights (another cma, another history) is refused."""

@@ -7,7 +7,12 @@ import torch
 
 from tests.builders import make_frmdn
 from worldmodels.memory import done_probability
-from worldmodels.teacher_forcing import dream_rule_early, dream_rule_length, teacher_forced
+from worldmodels.teacher_forcing import (
+    branch_points,
+    dream_rule_early,
+    dream_rule_length,
+    teacher_forced,
+)
 
 
 @pytest.mark.parametrize("discrete", [True, False])
@@ -67,3 +72,45 @@ def test_dream_rule_early_is_the_chance_of_an_end_before_the_last_step():
     assert dream_rule_length(q, "sample", 0.5) < 999
     with pytest.raises(ValueError, match="threshold or sample"):
         dream_rule_early(p, "other", 0.5)
+
+
+def test_branch_points_hold_ms_state_after_the_real_steps_before_each():
+    torch.manual_seed(1)
+    memory = make_frmdn(z_dim=3, action_dim=2, discrete_actions=True, hidden=8,
+                        mixtures=2).eval()
+    rng = np.random.default_rng(1)
+    episodes = [(rng.standard_normal((T, 3)).astype(np.float32), rng.integers(0, 2, T))
+                for T in (9, 4, 12)]
+    z, state = branch_points(memory, episodes, every=4)
+    # steps 4 and 8 of the first, none of the second (t > 0 and t < T), 4 and 8 of the third
+    where = [(0, 4), (0, 8), (2, 4), (2, 8)]
+    assert z.shape == (4, 3) and all(s.shape == (1, 4, 8) for s in state)
+    for row, (e, t) in enumerate(where):
+        latents, actions = episodes[e]
+        np.testing.assert_array_equal(z[row].numpy(), latents[t])
+        by_hand = memory.initial_state(1)
+        with torch.no_grad():
+            for k in range(t):
+                _, by_hand = memory.step(torch.as_tensor(latents[k:k + 1]),
+                                         torch.as_tensor(actions[k:k + 1]), by_hand)
+        for s, h in zip(state, by_hand, strict=True):
+            torch.testing.assert_close(s[:, row], h[:, 0])
+    with pytest.raises(ValueError, match="longer than every"):
+        branch_points(memory, episodes, every=20)
+
+
+def test_a_dream_branches_from_the_given_state_and_refuses_one_of_another_size():
+    from worldmodels.dream import Dream
+
+    torch.manual_seed(2)
+    memory = make_frmdn(z_dim=3, action_dim=2, discrete_actions=True, hidden=8,
+                        mixtures=2).eval()
+    dream = Dream(memory, torch.zeros(1, 3), torch.zeros(1, 3), max_steps=5)
+    state = tuple(torch.randn(1, 2, 8) for _ in range(2))
+    z0 = torch.randn(2, 3)
+    z = dream.reset(2, z0=z0, state=state)
+    assert torch.equal(z, z0) and all(torch.equal(a, b) for a, b in zip(dream.state, state,
+                                                                         strict=True))
+    assert dream.state[0] is not state[0]  # a copy: stepping the dream leaves it alone
+    with pytest.raises(ValueError, match="start state for 3 dreams"):
+        dream.reset(3, z0=torch.randn(3, 3), state=state)

@@ -23,29 +23,14 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import json
 from typing import Any
 
 from agents.dreams import DreamEvaluator, dream_score_seeds
-from agents.finalists import run_controllers, spearman
+from agents.finalists import report_score, run_controllers, spearman
 from worldmodels.checkpoint import file_digest
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
-from worldmodels.run_dir import RunDir, as_run
-
-
-def real_score(run: RunDir, name: str, seeds: list[int]) -> float:
-    """The mean return over the report files ``eval/<name>_seed<s>.json``, pooled."""
-    total, episodes = 0.0, 0
-    for s in seeds:
-        path = run.eval_dir / f"{name}_seed{s}.json"
-        if not path.is_file():
-            raise ConfigError(f"{path}: no real score of {name} on the report seeds of "
-                              f"seed={s} (tools/score_finalists.py or evaluate.py first)")
-        summary = json.loads(path.read_text())
-        total += float(summary["mean"]) * int(summary["episodes"])
-        episodes += int(summary["episodes"])
-    return total / episodes
+from worldmodels.run_dir import as_run
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -70,7 +55,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print("| run | controller | real | dream |\n|---|---|---|---|")
     for run in runs:
         for name, flat in run_controllers(run, evaluator.controller):
-            real = real_score(run, name, seeds)
+            real = report_score(run, name, seeds)
             dream = float(evaluator(flat[None], starts)[0])
             rows.append({"run": str(run.home), "controller": name, "real": real,
                          "dream": dream})

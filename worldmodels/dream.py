@@ -92,12 +92,19 @@ class Dream:
         return self.memory.features(z, self.state, use_cell)
 
     def reset(self, batch: int, starts: Tensor | None = None, z0: Tensor | None = None,
-              noise_rows: Tensor | None = None) -> Tensor:
+              noise_rows: Tensor | None = None, state: State | None = None) -> Tensor:
         """Start ``batch`` dreams; ``starts`` (B,) picks start latents (default: random),
         or ``z0`` (B, d) gives them (a real frame's encoding, say). ``noise_rows`` (B,)
-        int: dreams with equal rows share their noise. Returns z_0 (B, d).
+        int: dreams with equal rows share their noise. ``state``: M's state to start
+        from, each tensor (layers, B, hidden) (default: M's initial state; with a real
+        episode's state at step t and its z_t as ``z0``, a dream branches from step t of
+        that episode). Returns z_0 (B, d).
         """
-        self.state = self.memory.initial_state(batch)
+        if state is not None and any(s.shape[1] != batch for s in state):
+            raise ValueError(f"a start state for {batch} dreams, got shapes "
+                             f"{[tuple(s.shape) for s in state]}")
+        self.state = self.memory.initial_state(batch) if state is None else \
+            tuple(s.clone() for s in state)
         self.steps = torch.zeros(batch, dtype=torch.long)
         self.rows = None if noise_rows is None else torch.as_tensor(noise_rows, dtype=torch.long)
         self._n_rows = 0 if self.rows is None else int(self.rows.max()) + 1
@@ -178,17 +185,28 @@ class Dream:
 
 @torch.no_grad()
 def dream_returns(dream: Dream, controller: FlatPolicy, params: Tensor, starts: Tensor,
+                  branches: tuple[Tensor, State] | None = None,
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Every candidate from every start: params (P, n), starts (R,) -> returns and steps,
     (P, R) each. All P x R dreams run as one batch until each ends (``dream.max_steps``
-    must be > 0 or M must end them)."""
+    must be > 0 or M must end them). ``branches``: (z (R, d), M's state with R rows)
+    to start rollout j from instead of start latent ``starts[j]`` and M's initial state
+    (dreams branched from real episodes, :func:`worldmodels.teacher_forcing.branch_points`)."""
     if not dream.max_steps and not dream.memory.predicts_done:
         raise ValueError("these dreams never end: M has no done head and max_steps is 0")
     P, R = len(params), len(starts)
     candidate = torch.arange(P).repeat_interleave(R)
     p = params.float()[candidate]
     # rollout j of every candidate shares start and noise: common random numbers
-    z = dream.reset(P * R, torch.as_tensor(starts).repeat(P), noise_rows=torch.arange(R).repeat(P))
+    if branches is None:
+        z = dream.reset(P * R, torch.as_tensor(starts).repeat(P),
+                        noise_rows=torch.arange(R).repeat(P))
+    else:
+        z0, state0 = branches
+        if len(z0) != R:
+            raise ValueError(f"{len(z0)} branch points for {R} rollouts")
+        z = dream.reset(P * R, z0=z0.repeat(P, 1), noise_rows=torch.arange(R).repeat(P),
+                        state=tuple(s.repeat(1, P, 1) for s in state0))
     alive = torch.arange(P * R)
     returns = torch.zeros(P * R, dtype=torch.float64)
     steps = torch.zeros(P * R, dtype=torch.long)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worldmodels.memory import Memory, done_probability
+from worldmodels.memory import Memory, State, done_probability
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,30 @@ def dream_rule_early(p_done: np.ndarray, mode: str, threshold: float) -> float:
     if mode == "sample":
         return float(1.0 - np.prod(1.0 - p[:-1]))
     raise ValueError(f"mode must be threshold or sample, not {mode!r}")
+
+
+@torch.no_grad()
+def branch_points(memory: Memory, episodes: list[tuple[np.ndarray, np.ndarray]], every: int,
+                  ) -> tuple[torch.Tensor, State]:
+    """Where dreams can branch from real episodes: at every ``every``-th step t > 0 of
+    each episode (latents (T, d), actions (T, ...)), its real z_t and M's state after
+    reading the real (z_0, a_0) ... (z_{t-1}, a_{t-1}). Returns z (N, d) and M's state
+    with N rows (each tensor (layers, N, hidden)), in episode then step order."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    zs: list[torch.Tensor] = []
+    states: list[State] = []
+    for latents, actions in episodes:
+        z = torch.as_tensor(np.asarray(latents, np.float32))
+        a = torch.as_tensor(np.asarray(actions))
+        if not torch.is_floating_point(a):
+            a = a.long()
+        state = memory.initial_state(1)
+        for t in range(len(z)):
+            if t and t % every == 0:
+                zs.append(z[t])
+                states.append(state)
+            _, state = memory.step(z[t:t + 1], a[t:t + 1], state)
+    if not zs:
+        raise ValueError(f"no episode is longer than every={every} steps")
+    return torch.stack(zs), tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True))
