@@ -35,8 +35,10 @@ def test_a_traced_episode_keeps_each_steps_latent_and_action(tiny_run):
 
     worker = RolloutWorker(RunDir(run_of(tiny_run)))
     params = np.random.default_rng(2).normal(0, 0.5, size=N_PARAMS).astype(np.float32)
-    traced, plain = BatchedActor(worker.agent, lambda: _env(tiny_run), 2).play(
-        [Episode(4, params, record=True, trace=True), Episode(4, params, max_steps=30)])
+    # beside an untraced episode and random play (a slot V and M skip)
+    traced, plain, _ = BatchedActor(worker.agent, lambda: _env(tiny_run), 3).play(
+        [Episode(4, params, record=True, trace=True), Episode(4, params, max_steps=30),
+         Episode(6, None, max_steps=20)])
     assert plain.latents == [] and plain.actions == []
     assert len(traced.latents) == len(traced.actions) == traced.steps
     frames = torch.from_numpy(np.stack(traced.frames[:-1]))  # the frame before each step

@@ -15,11 +15,12 @@ from worldmodels.teacher_forcing import (
 )
 
 
-@pytest.mark.parametrize("discrete", [True, False])
-def test_teacher_forcing_equals_m_stepped_by_hand(discrete):
+@pytest.mark.parametrize("kind,discrete", [("frmdn", True), ("frmdn", False),
+                                           ("mdn_rnn", True), ("gru_mdn", False)])
+def test_teacher_forcing_equals_m_stepped_by_hand(kind, discrete):
     torch.manual_seed(0)
     memory = make_frmdn(z_dim=3, action_dim=2, discrete_actions=discrete, hidden=8,
-                        mixtures=2).eval()
+                        mixtures=2, kind=kind).eval()
     rng = np.random.default_rng(0)
     z = rng.standard_normal((7, 3)).astype(np.float32)
     actions = rng.integers(0, 2, 7) if discrete else rng.uniform(-1, 1, (7, 2)).astype(
@@ -74,17 +75,19 @@ def test_dream_rule_early_is_the_chance_of_an_end_before_the_last_step():
         dream_rule_early(p, "other", 0.5)
 
 
-def test_branch_points_hold_ms_state_after_the_real_steps_before_each():
+@pytest.mark.parametrize("kind", ["frmdn", "gru_mdn"])  # an (h, c) state and an (h,) one
+def test_branch_points_hold_ms_state_after_the_real_steps_before_each(kind):
     torch.manual_seed(1)
     memory = make_frmdn(z_dim=3, action_dim=2, discrete_actions=True, hidden=8,
-                        mixtures=2).eval()
+                        mixtures=2, kind=kind).eval()
     rng = np.random.default_rng(1)
     episodes = [(rng.standard_normal((T, 3)).astype(np.float32), rng.integers(0, 2, T))
                 for T in (9, 4, 12)]
     z, state = branch_points(memory, episodes, every=4)
     # steps 4 and 8 of the first, none of the second (t > 0 and t < T), 4 and 8 of the third
     where = [(0, 4), (0, 8), (2, 4), (2, 8)]
-    assert z.shape == (4, 3) and all(s.shape == (1, 4, 8) for s in state)
+    assert z.shape == (4, 3) and len(state) == len(memory.initial_state(1))
+    assert all(s.shape == (1, 4, 8) for s in state)
     for row, (e, t) in enumerate(where):
         latents, actions = episodes[e]
         np.testing.assert_array_equal(z[row].numpy(), latents[t])
