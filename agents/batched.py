@@ -71,6 +71,7 @@ class BatchedActor:
         #: wall seconds spent so far in V + M + C (one call per step for every episode)
         #: and in the envs (steps and resets), for benchmarks
         self.seconds = {"agent": 0.0, "env": 0.0}
+        self._tracing = False  # does the current play() keep any episode's latents
 
     def close(self) -> None:
         for env in self.envs:
@@ -91,6 +92,7 @@ class BatchedActor:
         # each slot's controller parameters, set when its episode starts
         params = torch.zeros(n, agent.controller.num_parameters(), device=agent.device)
         clock = time.perf_counter
+        self._tracing = any(e.trace for e in episodes)
         while queue or any(slots):
             t0 = clock()
             for i in range(n):  # free slots take the next episodes
@@ -152,7 +154,7 @@ class BatchedActor:
             actions = action.cpu().numpy()
             for j, a in zip(acting, actions, strict=True):
                 out[j] = a
-            if any(slots[j].episode.trace for j in acting):
+            if self._tracing:
                 latents = z.float().cpu().numpy()
                 for row, j in enumerate(acting):
                     if slots[j].episode.trace:

@@ -40,6 +40,7 @@ from agents.cmaes import ProcessEvaluator, replay_parameters, seeds_key, selecti
 from agents.rollouts import describe_returns
 from agents.seeds import search_seed, selection_seeds
 from worldmodels.checkpoint import (
+    file_digest,
     load_weights,
     read_header,
     read_json,
@@ -314,3 +315,21 @@ def report_score(run: RunDir, name: str, seeds: list[int]) -> float:
         total += float(summary["mean"]) * int(summary["episodes"])
         episodes += int(summary["episodes"])
     return total / episodes
+
+
+def world_model_key(run: RunDir) -> tuple[str, str]:
+    """(V's digest, M's digest): runs with equal keys dream and see alike."""
+    return file_digest(run.vae.model), file_digest(run.memory.model)
+
+
+def tool_overrides(run: RunDir, overrides: list[str], allowed: tuple[str, ...],
+                   described: str) -> tuple[list[str], int]:
+    """The ``key=value`` overrides of a tool over several runs: (those starting with one
+    of ``allowed``, the report seed set of ``seed=S``, default 0). Any other is refused,
+    naming what applies (``described``)."""
+    kept = [o for o in overrides if o.startswith(allowed)]
+    seed_given = [o for o in overrides if o.startswith("seed=")]
+    others = [o for o in overrides if o not in kept + seed_given]
+    if others:
+        raise ConfigError(f"only {described} apply here, not {others}")
+    return kept, run.load_config(seed_given).seed if seed_given else 0

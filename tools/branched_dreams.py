@@ -37,11 +37,17 @@ import numpy as np
 import torch
 
 from agents.batched import Episode
-from agents.finalists import report_score, run_controllers, spearman
+from agents.finalists import (
+    report_score,
+    run_controllers,
+    spearman,
+    tool_overrides,
+    world_model_key,
+)
 from agents.rollouts import RolloutWorker
 from agents.seeds import evaluation_seeds
 from envs.dream_env import load_batched_dream
-from worldmodels.checkpoint import file_digest, load_weights
+from worldmodels.checkpoint import load_weights
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.dream import dream_returns
 from worldmodels.errors import run_cli
@@ -68,16 +74,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             args.source_episodes + args.random_episodes < 1 or args.every < 1:
         raise ConfigError("--source-episodes and --random-episodes must be >= 0, one of "
                           "them > 0, and --every >= 1")
-    digests = {(file_digest(r.vae.model), file_digest(r.memory.model)) for r in [source, *runs]}
-    if len(digests) != 1:
+    if len({world_model_key(r) for r in [source, *runs]}) != 1:
         raise ConfigError(f"{args.source} and {args.runs}: their V or M differ; one world "
                           "model must judge them all")
-    dream_overrides = [o for o in args.overrides if o.startswith("dream.")]
-    seed_given = [o for o in args.overrides if o.startswith("seed=")]
-    others = [o for o in args.overrides if o not in dream_overrides + seed_given]
-    if others:
-        raise ConfigError(f"only seed= and dream.* overrides apply here, not {others}")
-    seed = runs[0].load_config(seed_given).seed if seed_given else 0
+    dream_overrides, seed = tool_overrides(runs[0], args.overrides, ("dream.",),
+                                           "seed= and dream.* overrides")
 
     worker = RolloutWorker(source, batch=source.load_config().controller.batch_envs)
     try:

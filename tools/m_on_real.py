@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 
 from agents.batched import Episode, EpisodeResult
-from agents.finalists import run_controllers, spearman
+from agents.finalists import run_controllers, spearman, tool_overrides, world_model_key
 from agents.rollouts import RolloutWorker
 from agents.seeds import evaluation_seeds
-from worldmodels.checkpoint import file_digest, write_json_atomic
+from worldmodels.checkpoint import write_json_atomic
 from worldmodels.config import ConfigError, DreamConfig, cli_parser, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import as_run
@@ -59,22 +59,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     runs = [as_run(p) for p in args.runs.split(",") if p]
     if not runs:
         raise ConfigError("--runs names no run")
-    rule_keys = ("dream.done=", "dream.done_threshold=")
-    rule_overrides = [o for o in args.overrides if o.startswith(rule_keys)]
-    seed_given = [o for o in args.overrides if o.startswith("seed=")]
-    others = [o for o in args.overrides if o not in rule_overrides + seed_given]
-    if others:
-        raise ConfigError(f"only seed=, dream.done= and dream.done_threshold= apply here, "
-                          f"not {others}")
-    first = runs[0].load_config()
+    rule_overrides, seed = tool_overrides(
+        runs[0], args.overrides, ("dream.done=", "dream.done_threshold="),
+        "seed=, dream.done= and dream.done_threshold=")
+    first, key = runs[0].load_config(), world_model_key(runs[0])
     for run in runs[1:]:  # every controller plays with the first run's V, M and env
-        same = (file_digest(run.memory.model) == file_digest(runs[0].memory.model)
-                and file_digest(run.vae.model) == file_digest(runs[0].vae.model)
-                and run.load_config().env == first.env)
-        if not same:
+        if world_model_key(run) != key or run.load_config().env != first.env:
             raise ConfigError(f"{run.home}: its V, M or env differ from {runs[0].home}'s; "
                               "one world model must judge them all")
-    seed = runs[0].load_config(seed_given).seed if seed_given else 0
     dream = runs[0].load_config(rule_overrides).dream
     pos_weight = float(runs[0].memory_meta()["done_pos_weight"])
     worker = RolloutWorker(runs[0], batch=first.controller.batch_envs)
@@ -120,6 +112,7 @@ def score_episodes(memory: Any, results: list[EpisodeResult], dream: DreamConfig
         if forced.p_done is not None:
             p = forced.p_done[:dream.max_steps] if dream.max_steps else forced.p_done
             rule.append(dream_rule_length(p, dream.done, dream.done_threshold))
+            # an episode longer than the cap always ends early in the dream
             early.append(dream_rule_early(p, dream.done, dream.done_threshold)
                          if len(p) == len(forced.p_done) else 1.0)
             p_mid.append(forced.p_done[:-1])
