@@ -24,7 +24,7 @@ from agents.policies import make_policy
 from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
 from worldmodels.atomic import check_writable
-from worldmodels.checkpoint import file_digest
+from worldmodels.checkpoint import file_digest, load_weights
 from worldmodels.config import ConfigError, EnvConfig, ExperimentConfig, policy_schedule
 from worldmodels.controller import build_controller
 from worldmodels.run_dir import RunDir, file_stamp
@@ -117,10 +117,14 @@ _WORKER_AGENTS: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
 
 
 def controller_weights_path(run: RunDir, weights: str, algo: str = "cmaes",
-                            environment: str = "real") -> Path:
-    """The trained controller the ``controller`` data policy plays: CMA-ES's ``weights``,
-    or for ``sb3`` the run's SB3 policy of ``algo`` trained in ``environment`` (the real
-    env or the dream); a clear error if the run has none yet."""
+                            environment: str = "real", index: int = 0) -> Path:
+    """The trained controller the ``controller`` data policy plays in episode ``index``:
+    CMA-ES's ``weights``; for ``finalists``, finalist ``index mod K`` of the run's second
+    selection stage; or for ``sb3`` the run's SB3 policy of ``algo`` trained in
+    ``environment`` (the real env or the dream); a clear error if the run has none yet."""
+    if weights == "finalists":
+        paths = run.controller.finalist_weights()
+        return paths[index % len(paths)]
     if weights == "sb3":
         path = run.controller.sb3(algo, environment)[0]
         if not path.exists():
@@ -143,12 +147,13 @@ def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[VMCAgent, dict[str, 
     worker process."""
     run = RunDir(task.run_dir)
     path = controller_weights_path(run, task.controller_weights, task.controller_algo,
-                                   task.controller_environment)
+                                   task.controller_environment, task.index)
     # the stamps: a later round of iterative training replaces V-M-C's weights, and this
     # process (the serial engine) may have loaded the earlier ones
-    key = (task.run_dir, task.controller_weights, run.models_stamp() + file_stamp(path))
+    key = (task.run_dir, task.controller_weights, path.name,
+           run.models_stamp() + file_stamp(path))
     if key not in _WORKER_AGENTS:
-        for old in [k for k in _WORKER_AGENTS if k[:2] == key[:2]]:  # weights since replaced
+        for old in [k for k in _WORKER_AGENTS if k[:3] == key[:3]]:  # weights since replaced
             del _WORKER_AGENTS[old]
         torch.set_num_threads(1)  # one frame a step: threads only contend
         cfg = run.load_config()
@@ -159,6 +164,10 @@ def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[VMCAgent, dict[str, 
                                     task.controller_environment)
             policy.deterministic = True  # its mean action; exploration is the epsilon
             agent = VMCAgent.from_run(run, cfg, env.action_space, controller=policy)
+        elif task.controller_weights == "finalists":
+            controller = run.new_controller(cfg, env.action_space, run.load_memory())
+            load_weights(path, controller)
+            agent = VMCAgent.from_run(run, cfg, env.action_space, controller=controller.eval())
         else:
             agent = VMCAgent.from_run(run, cfg, env.action_space, path.stem)
         meta = {"weights": path.stem, "digest": file_digest(path),

@@ -45,6 +45,7 @@ from worldmodels.checkpoint import (
     read_header,
     read_json,
     save_model,
+    sidecar,
     write_json_atomic,
 )
 from worldmodels.config import ConfigError, ExperimentConfig
@@ -122,6 +123,7 @@ def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int,
     searches' seeds follow from (:func:`agents.searches.train_searches`)."""
     c = cfg.controller
     if not c.final_candidates:
+        clear_finalists(run)
         return None
     files, n1, n2 = run.controller, c.selection_size, c.final_episodes
     first_seeds = selection_seeds(seed, n1)
@@ -166,6 +168,7 @@ def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int,
              "final": results[p.key]["score"],
              "overall": pooled({"mean": p.mean, "std": p.std}, n1, results[p.key]["score"])}
             for p in points]
+    save_finalists(cfg, run, points, params, rows)
     winner_row = max(rows, key=lambda row: row["overall"]["mean"])  # first on ties
     winner, first = points[rows.index(winner_row)], points[0]
     overall = {**winner_row["overall"], "generation": winner.generation,
@@ -191,6 +194,37 @@ def save_selected(cfg: ExperimentConfig, run: RunDir, meta: dict[str, Any],
     controller = run.new_controller(cfg, run.action_space(), run.load_memory())
     controller.set_flat(torch.as_tensor(params))
     save_model(run.controller.selected, controller, meta=meta)
+
+
+def clear_finalists(run: RunDir) -> None:
+    """Remove ``controller/finalists/``'s files: the stage is off, so no finalists."""
+    folder = run.controller.finalists
+    for old in folder.iterdir() if folder.is_dir() else ():
+        old.unlink()
+
+
+def finalist_stem(point: Checkpoint) -> str:
+    """A finalist's file stem, in ``controller/finalists/`` and in report files."""
+    return f"finalist_{point.search}_{point.source}_{point.generation}"
+
+
+def save_finalists(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint],
+                   params: dict[str, np.ndarray], rows: list[dict[str, Any]]) -> None:
+    """Write every finalist's weights to ``controller/finalists/`` (meta: its row and its
+    rank in the first stage's order), and remove the files of earlier finalists, so the
+    folder holds this ranking's K and nothing else."""
+    folder = run.controller.finalists
+    folder.mkdir(parents=True, exist_ok=True)
+    controller = run.new_controller(cfg, run.action_space(), run.load_memory())
+    keep = set()
+    for rank, (point, row) in enumerate(zip(points, rows, strict=True)):
+        path = folder / f"{finalist_stem(point)}.safetensors"
+        controller.set_flat(torch.as_tensor(params[point.key]))
+        save_model(path, controller, meta={**row, "rank": rank})
+        keep.update({path.name, sidecar(path).name})
+    for old in folder.iterdir():
+        if old.name not in keep:
+            old.unlink()
 
 
 def rebuild(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint], seed: int
@@ -278,7 +312,7 @@ def run_controllers(run: RunDir, template: FlatPolicy) -> list[tuple[str, np.nda
         return [("controller_selected", template.get_flat().numpy())]
     points = finalists_of(meta, run.controller.selected)
     params = rebuild(cfg, run, points, cfg.seed)
-    return [(f"finalist_{p.search}_{p.source}_{p.generation}", params[p.key]) for p in points]
+    return [(finalist_stem(p), params[p.key]) for p in points]
 
 
 def spearman(a: list[float], b: list[float]) -> float:

@@ -4,7 +4,8 @@ Round 1 is the pipeline as ever. Round ``r`` > 1 (docs/experiments/takecover-ite
 
 * collects ``run.iteration_episodes`` episodes played by the run's controller as round
   ``r - 1`` left it (the ``controller`` data policy: ``collect.controller_weights``,
-  with ``collect.controller_epsilon`` random actions), as the run's episodes
+  with ``collect.controller_epsilon`` random actions; ``finalists``: the K finalists of
+  its second selection stage in turn), as the run's episodes
   ``collect.episodes + (r - 2) * run.iteration_episodes`` onwards (:func:`round_episodes`);
 * encodes them (the encode stage encodes only shards without current latents);
 * trains M ``run.iteration_memory_epochs`` more epochs on all the episodes, from its last
@@ -99,6 +100,7 @@ def collect_round(cfg: ExperimentConfig, run: RunDir, number: int) -> dict[str, 
     total = round_total(cfg, number)
     have = {shard_index(p) for p in list_shards(run.rollouts)}
     figures: dict[str, Any] = {"policy": "controller",
+                               "weights": cfg.collect.controller_weights,
                                "epsilon": cfg.collect.controller_epsilon,
                                "first_episode": round_episodes(cfg, number).start}
     if all(i in have for i in range(total)):

@@ -332,3 +332,76 @@ def test_a_replay_that_misses_the_saved_pick_is_refused_and_an_ulp_is_not(tiny_r
     save_model(saved, controller, meta=header["meta"])
     with pytest.raises(ConfigError, match="does not give these weights"):
         finals_run(tiny_run, "ulp", 2, candidates=2, episodes=2)
+
+
+def test_the_stage_saves_its_finalists_and_collect_plays_them_in_turn(tiny_run, monkeypatch):
+    """``controller/finalists/`` holds the ranking's K controllers, the weights replay
+    gives; ``collect.controller_weights=finalists`` plays finalist i mod K in episode i
+    (the rollouts a finalist plays are its own: the same actions replayed by hand)."""
+    import copy
+
+    from agents.collect import collect, episode_seeds
+    from agents.finalists import run_controllers
+    from agents.vmc import VMCAgent
+    from envs.factory import make_env_from_config
+    from worldmodels.shards import read_meta, read_npz
+
+    cfg = tiny_run
+    scored_by_weights(cfg, monkeypatch)
+    finals_run(cfg, "played", 2, candidates=3, episodes=2)
+    run = RunDir(run_of(cfg))
+    paths = run.controller.finalist_weights()
+    meta = read_header(run.controller.selected)["meta"]
+    stems = [f"finalist_{f['search']}_{f['source']}_{f['generation']}"
+             for f in meta["final"]["finalists"]]
+    assert [p.name.removesuffix(".safetensors") for p in paths] == stems
+    template = run.new_controller(cfg, run.action_space(), run.load_memory())
+    for (stem, params), path in zip(run_controllers(run, template), paths, strict=True):
+        assert stem == path.name.removesuffix(".safetensors")
+        assert torch.equal(flat_weights(cfg, run, path),
+                           torch.as_tensor(params, dtype=torch.float32))
+    # collect: episodes 1-4 by finalists 1, 2, 0, 1
+    data = copy.deepcopy(cfg)
+    c = data.collect
+    c.policy, c.episodes, c.engine, c.controller_epsilon = "random:1,controller", 5, "serial", 0
+    c.controller_weights = "finalists"
+    validate(data)
+    collect(data, progress=False)
+    shards = sorted((run.home / "rollouts").glob("ep_*.npz"))
+    played = [read_meta(s)["controller"] for s in shards[1:]]
+    assert [m["weights"] for m in played] == [stems[i % 3] for i in range(1, 5)]
+    assert [m["digest"] for m in played] == [file_digest(paths[i % 3]) for i in range(1, 5)]
+    env = make_env_from_config(cfg.env)
+    controller = run.new_controller(cfg, env.action_space, run.load_memory())
+    load_weights(paths[2], controller)
+    agent = VMCAgent.from_run(run, cfg, env.action_space, controller=controller.eval())
+    agent.reset(1)
+    shard = read_npz(shards[2])
+    obs, _ = env.reset(seed=episode_seeds(cfg.seed, 2)[0])
+    for t in range(len(shard["action"])):
+        np.testing.assert_allclose(agent.act(obs[None])[0], shard["action"][t], rtol=1e-5)
+        obs = env.step(shard["action"][t])[0]
+    env.close()
+    # fewer finalists: the folder holds only the new ranking's
+    finals_run(cfg, "played", 2, candidates=2, episodes=2)
+    assert [p.name for p in run.controller.finalist_weights()] == [p.name for p in paths[:2]]
+    assert len(list(run.controller.finalists.iterdir())) == 4  # weights and sidecars
+    # the stage turned off: no finalists, and the data policy says what to do
+    finals_run(cfg, "played", 2)
+    with pytest.raises(ConfigError, match="finalists.*controller.final_candidates"):
+        run.controller.finalist_weights()
+    data.collect.episodes = 6
+    with pytest.raises(ConfigError, match="finalists.*controller.final_candidates"):
+        collect(data, progress=False)
+    assert len(list((run.home / "rollouts").glob("ep_*.npz"))) == 5  # nothing lost
+
+
+def test_the_finalists_data_policy_needs_the_second_stage(tiny_run):
+    tiny_run.collect.controller_weights = "finalists"
+    validate(tiny_run)  # no episode of the controller policy: nothing to play
+    tiny_run.collect.policy = "random:1,controller"
+    with pytest.raises(ConfigError, match="collect.controller_weights.*final_candidates"):
+        validate(tiny_run)
+    c = tiny_run.controller
+    c.final_candidates, c.final_episodes, c.eval_every, c.select_episodes = 2, 2, 2, 2
+    validate(tiny_run)

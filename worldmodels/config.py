@@ -129,10 +129,12 @@ class CollectConfig:
                              ge=0)
     hold_max: int = _opt(10, "Held policy: a uniform random action held for k ~ U{1..hold_max} "
                              "steps, then another (Ha's Doom data policy: 10).", ge=1)
-    controller_weights: Literal["selected", "best", "mean", "sb3"] = _opt(
+    controller_weights: Literal["selected", "best", "mean", "sb3", "finalists"] = _opt(
         "selected", "Controller policy: the run's selected weights (its best candidate "
-        "when CMA-ES selected none), best or mean; or sb3: the run's SB3 policy of "
-        "controller.algo (trained where controller.environment says), by its mean action.")
+        "when CMA-ES selected none), best or mean; finalists: the controllers of the run's "
+        "second selection stage (controller.final_candidates), episode i played by "
+        "finalist i mod K; or sb3: the run's SB3 policy of controller.algo (trained where "
+        "controller.environment says), by its mean action.")
     controller_epsilon: float = _opt(0.1, "Controller policy: chance of a uniform random action "
                                      "at each step.", ge=0, le=1)
     compress_level: int = _opt(1, "zlib level of shards (0 = stored, 9 = smallest).",
@@ -754,6 +756,10 @@ def validate(cfg: ExperimentConfig, rounds: bool = True) -> None:
          or "controller" not in cfg.collect.policy,
          "collect.controller_weights", "=sb3 plays the run's SB3 policy: set controller.algo "
          "to its algorithm (ppo, a2c, sac or td3)"),
+        (cfg.collect.controller_weights != "finalists" or "controller" not in cfg.collect.policy
+         and (cfg.run.iterations == 1 or not rounds) or cfg.controller.final_candidates > 0,
+         "collect.controller_weights", "=finalists plays the finalists of the run's second "
+         "selection stage: set controller.final_candidates and controller.final_episodes"),
         (cfg.run.iterations == 1 or not rounds
          or (cfg.controller.algo == "cmaes") == (cfg.collect.controller_weights != "sb3"),
          "run.iterations", "above 1: later rounds collect with the controller data policy, "

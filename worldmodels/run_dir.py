@@ -165,6 +165,26 @@ class ControllerFiles:
         selection stage (:mod:`agents.finalists`)."""
         return self.dir / "final.json"
 
+    @property
+    def finalists(self) -> Path:
+        """``controller.final_candidates`` > 0: every finalist's weights,
+        ``finalist_<search>_<source>_<generation>.safetensors``, first stage's ranking
+        order in their meta (what ``collect.controller_weights=finalists`` plays)."""
+        return self.dir / "finalists"
+
+    def finalist_weights(self) -> list[Path]:
+        """The finalists' weights files, first stage's ranking order; a clear error when
+        the run's C had no second selection stage."""
+        folder = self.finalists
+        paths = list(folder.glob("finalist_*.safetensors")) if folder.is_dir() else []
+        if not paths:
+            raise ConfigError(
+                f"{folder}: no finalists' weights. The second selection stage writes them: "
+                "train the run's C with controller.final_candidates and "
+                "controller.final_episodes (for a C trained before the stage wrote them, "
+                "run train_controller.py again: it plays nothing new and writes them)")
+        return sorted(paths, key=lambda p: int(read_header(p)["meta"]["rank"]))
+
     def search(self, k: int) -> ControllerFiles:
         """The files of CMA-ES search ``k`` of several: ``searches/<k>/``."""
         return ControllerFiles.at(self.dir / "searches" / str(k))
