@@ -150,10 +150,11 @@ def _worker_agent(task: EpisodeTask, env: gym.Env) -> tuple[VMCAgent, dict[str, 
                                    task.controller_environment, task.index)
     # the stamps: a later round of iterative training replaces V-M-C's weights, and this
     # process (the serial engine) may have loaded the earlier ones
-    key = (task.run_dir, task.controller_weights, path.name,
-           run.models_stamp() + file_stamp(path))
+    key = (task.run_dir, task.controller_weights, run.models_stamp(), path.name,
+           file_stamp(path))
     if key not in _WORKER_AGENTS:
-        for old in [k for k in _WORKER_AGENTS if k[:3] == key[:3]]:  # weights since replaced
+        for old in [k for k in _WORKER_AGENTS  # weights since replaced (V, M or this C)
+                    if k[:2] == key[:2] and (k[2] != key[2] or k[3] == key[3])]:
             del _WORKER_AGENTS[old]
         torch.set_num_threads(1)  # one frame a step: threads only contend
         cfg = run.load_config()

@@ -115,10 +115,11 @@ def pooled(first: dict[str, float], n1: int, second: dict[str, Any]) -> dict[str
     return {"mean": float(mean), "std": float(np.sqrt(max(square - mean**2, 0.0)))}
 
 
-def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int,
-                    progress: bool = True) -> tuple[dict[str, Any], np.ndarray] | None:
+def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int, progress: bool = True,
+                    ) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]] | None:
     """Run (or resume) the second stage on the run's finished searches: the winner's
-    meta and flat weights (None when the stage is off), for :func:`save_selected`.
+    meta and flat weights and every finalist's by key (None when the stage is off), for
+    :func:`save_selected`.
     ``seed``: the run's ``seed``, both its selection seed and the CMA-ES seed its
     searches' seeds follow from (:func:`agents.searches.train_searches`)."""
     c = cfg.controller
@@ -168,7 +169,6 @@ def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int,
              "final": results[p.key]["score"],
              "overall": pooled({"mean": p.mean, "std": p.std}, n1, results[p.key]["score"])}
             for p in points]
-    save_finalists(cfg, run, points, params, rows)
     winner_row = max(rows, key=lambda row: row["overall"]["mean"])  # first on ties
     winner, first = points[rows.index(winner_row)], points[0]
     overall = {**winner_row["overall"], "generation": winner.generation,
@@ -185,12 +185,17 @@ def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int,
               f"{winner.generation}, {meta['selection_mean']:.1f} over {n1 + n2} episodes "
               f"(first stage: search {first.search}, {first.source} of generation "
               f"{first.generation}, {first.mean:.1f} over {n1})")
-    return meta, params[winner.key]
+    return meta, params[winner.key], {p.key: params[p.key] for p in points}
 
 
 def save_selected(cfg: ExperimentConfig, run: RunDir, meta: dict[str, Any],
-                  params: np.ndarray) -> None:
-    """Write the second stage's winner as the run's ``controller/selected.safetensors``."""
+                  params: np.ndarray, finalists: dict[str, np.ndarray] | None = None) -> None:
+    """Write the second stage's finalists, if given (``controller/finalists/``, by
+    their keys), then its winner as the run's ``controller/selected.safetensors``: the last write,
+    so a kill between them leaves the finalists refused against the old C
+    (:meth:`worldmodels.run_dir.ControllerFiles.finalist_weights`) until a rerun."""
+    if finalists is not None:
+        save_finalists(cfg, run, meta["final"]["finalists"], finalists)
     controller = run.new_controller(cfg, run.action_space(), run.load_memory())
     controller.set_flat(torch.as_tensor(params))
     save_model(run.controller.selected, controller, meta=meta)
@@ -208,16 +213,18 @@ def finalist_stem(point: Checkpoint) -> str:
     return f"finalist_{point.search}_{point.source}_{point.generation}"
 
 
-def save_finalists(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint],
-                   params: dict[str, np.ndarray], rows: list[dict[str, Any]]) -> None:
-    """Write every finalist's weights to ``controller/finalists/`` (meta: its row and its
-    rank in the first stage's order), and remove the files of earlier finalists, so the
-    folder holds this ranking's K and nothing else."""
+def save_finalists(cfg: ExperimentConfig, run: RunDir, rows: list[dict[str, Any]],
+                   params: dict[str, np.ndarray]) -> None:
+    """Write every finalist's weights to ``controller/finalists/`` (meta: its row of the
+    stage and its rank in the first stage's order; ``params`` by checkpoint key), and
+    remove the files of earlier finalists, so the folder holds this ranking's K."""
     folder = run.controller.finalists
     folder.mkdir(parents=True, exist_ok=True)
     controller = run.new_controller(cfg, run.action_space(), run.load_memory())
     keep = set()
-    for rank, (point, row) in enumerate(zip(points, rows, strict=True)):
+    for rank, row in enumerate(rows):
+        point = Checkpoint(int(row["search"]), str(row["source"]), int(row["generation"]),
+                           0.0, 0.0, 0)
         path = folder / f"{finalist_stem(point)}.safetensors"
         controller.set_flat(torch.as_tensor(params[point.key]))
         save_model(path, controller, meta={**row, "rank": rank})

@@ -382,23 +382,44 @@ def test_the_stage_saves_its_finalists_and_collect_plays_them_in_turn(tiny_run, 
         np.testing.assert_allclose(agent.act(obs[None])[0], shard["action"][t], rtol=1e-5)
         obs = env.step(shard["action"][t])[0]
     env.close()
-    # fewer finalists: the folder holds only the new ranking's
+    # the serial engine's cache holds one agent per finalist, for the current weights
+    from agents import collect as collecting
+
+    mine = [k for k in collecting._WORKER_AGENTS if k[0] == str(run.path)]
+    assert sorted(k[3] for k in mine) == sorted(p.name for p in paths)
+    # fewer finalists: the folder holds only the new ranking's, rewritten
     finals_run(cfg, "played", 2, candidates=2, episodes=2)
     assert [p.name for p in run.controller.finalist_weights()] == [p.name for p in paths[:2]]
     assert len(list(run.controller.finalists.iterdir())) == 4  # weights and sidecars
+    data.collect.episodes = 6  # episode 5: finalist 1 of 2, its new file: old entry gone
+    collect(data, progress=False)
+    mine = [k for k in collecting._WORKER_AGENTS if k[0] == str(run.path)]
+    assert sorted(k[3] for k in mine) == sorted(p.name for p in paths)
+    assert len({k[4] for k in mine if k[3] == paths[1].name}) == 1
+    # a folder that is not the selected C's finalists is refused, naming both
+    stale = run.controller.finalists / "finalist_9_best_9.safetensors"
+    stale.write_bytes(paths[0].read_bytes())
+    with pytest.raises(ConfigError, match="finalist_9_best_9.*chosen among"):
+        run.controller.finalist_weights()
+    stale.unlink()
     # the stage turned off: no finalists, and the data policy says what to do
     finals_run(cfg, "played", 2)
     with pytest.raises(ConfigError, match="finalists.*controller.final_candidates"):
         run.controller.finalist_weights()
-    data.collect.episodes = 6
+    data.collect.episodes = 7
     with pytest.raises(ConfigError, match="finalists.*controller.final_candidates"):
         collect(data, progress=False)
-    assert len(list((run.home / "rollouts").glob("ep_*.npz"))) == 5  # nothing lost
+    assert len(list((run.home / "rollouts").glob("ep_*.npz"))) == 6  # nothing lost
 
 
 def test_the_finalists_data_policy_needs_the_second_stage(tiny_run):
     tiny_run.collect.controller_weights = "finalists"
     validate(tiny_run)  # no episode of the controller policy: nothing to play
+    tiny_run.run.iterations = 2  # later rounds play the controller policy
+    with pytest.raises(ConfigError, match="collect.controller_weights.*final_candidates"):
+        validate(tiny_run)
+    validate(tiny_run, rounds=False)  # a config that never plays a round
+    tiny_run.run.iterations = 1
     tiny_run.collect.policy = "random:1,controller"
     with pytest.raises(ConfigError, match="collect.controller_weights.*final_candidates"):
         validate(tiny_run)

@@ -174,17 +174,28 @@ class ControllerFiles:
 
     def finalist_weights(self) -> list[Path]:
         """The finalists' weights files, first stage's ranking order; a clear error when
-        the run's C had no second selection stage."""
+        the run's C had no second selection stage, or when the folder does not hold
+        exactly the finalists its ``selected`` C was chosen among (a kill mid-write, a C
+        trained again since)."""
         folder = self.finalists
-        paths = list(folder.glob("finalist_*.safetensors")) if folder.is_dir() else []
+        paths = {p.name.removesuffix(".safetensors"): p
+                 for p in folder.glob("finalist_*.safetensors")} if folder.is_dir() else {}
         if not paths:
             raise ConfigError(
                 f"{folder}: no finalists' weights. The second selection stage writes them: "
                 "train the run's C with controller.final_candidates and "
                 "controller.final_episodes (for a C trained before the stage wrote them, "
                 "run train_controller.py again: it plays nothing new and writes them)")
-        return sorted(paths, key=lambda p: int(read_header(p)["meta"]["rank"]))
-
+        meta = read_header(self.selected).get("meta", {}) if self.selected.exists() else {}
+        final = meta.get("final") if isinstance(meta.get("final"), dict) else {}
+        wanted = [f"finalist_{f['search']}_{f['source']}_{f['generation']}"
+                  for f in final.get("finalists", [])]
+        if sorted(wanted) != sorted(paths):
+            raise ConfigError(
+                f"{folder}: holds {', '.join(sorted(paths))}, but {self.selected} was "
+                f"chosen among {', '.join(wanted) or 'no finalists'}; run "
+                "train_controller.py again, which plays nothing new and writes them")
+        return [paths[stem] for stem in wanted]
     def search(self, k: int) -> ControllerFiles:
         """The files of CMA-ES search ``k`` of several: ``searches/<k>/``."""
         return ControllerFiles.at(self.dir / "searches" / str(k))
