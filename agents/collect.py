@@ -66,6 +66,14 @@ def episode_seeds(seed: int, index: int) -> tuple[int, np.random.Generator]:
     return int(rng.integers(2**31 - 1)), rng
 
 
+def policy_settings(policy: str, brownian_dt: float, linear_std: float, hold_max: int,
+                    ) -> dict[str, float | int]:
+    """The setting of data policy ``policy`` that its shards record, so a resume with
+    another value is refused: ``brownian_dt``, ``linear_std`` or ``hold_max``."""
+    return {"brownian": {"brownian_dt": brownian_dt}, "linear": {"linear_std": linear_std},
+            "held": {"hold_max": hold_max}}.get(policy, {})
+
+
 def run_episode(env: gym.Env, policy_name: str, seed: int, index: int,
                 brownian_dt: float = 0.02, linear_std: float = 0.5, agent: Any = None,
                 epsilon: float = 0.0, hold_max: int = 10) -> RolloutShard:
@@ -98,7 +106,7 @@ def run_episode(env: gym.Env, policy_name: str, seed: int, index: int,
         meta={"env_id": env.spec.id if env.spec else "", "env_seed": env_seed,
               "seed": seed, "index": index, "policy": policy_name,
               "action_space": describe_action_space(env.action_space),
-              **({"hold_max": hold_max} if policy_name == "held" else {})},
+              **policy_settings(policy_name, brownian_dt, linear_std, hold_max)},
     )
 
 
@@ -238,9 +246,13 @@ def check_compatible(shards: list[Path], cfg: ExperimentConfig) -> None:
             unreadable.append(str(err))
             continue
         policy = policy_for(schedule, shard_index(path))
-        want = {"env_id": cfg.env.id, "seed": cfg.seed, "policy": policy,
-                **({"hold_max": cfg.collect.hold_max} if policy == "held" else {})}
+        c = cfg.collect
+        setting = policy_settings(policy, c.brownian_dt, c.linear_std, c.hold_max)
+        want = {"env_id": cfg.env.id, "seed": cfg.seed, "policy": policy, **setting}
         for key, value in want.items():
+            # shards from before brownian_dt and linear_std were recorded lack them
+            if key in ("brownian_dt", "linear_std") and key not in meta:
+                continue
             if meta.get(key) != value:
                 raise ShardError(
                     f"{path}: collected with {key}={meta.get(key)!r}, this run asks for "

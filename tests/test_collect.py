@@ -198,6 +198,30 @@ def test_held_episodes_record_their_hold_and_refuse_another_on_resume(tiny_cfg):
         collect(tiny_cfg, progress=False)
 
 
+def test_brownian_and_linear_shards_record_their_setting_and_refuse_another(tiny_cfg):
+    out = run_of(tiny_cfg) / "rollouts"
+    c = tiny_cfg.collect
+    c.policy, c.brownian_dt, c.linear_std, c.episodes = "brownian:1,linear", 0.05, 0.3, 2
+    collect(tiny_cfg, progress=False)
+    first, second = _shards(out)
+    assert (first.meta["brownian_dt"], second.meta["linear_std"]) == (0.05, 0.3)
+    assert "linear_std" not in first.meta and "brownian_dt" not in second.meta
+    c.episodes = 3
+    for key, value, match in (("brownian_dt", 0.02, "brownian_dt=0.05.*brownian_dt=0.02"),
+                              ("linear_std", 0.5, "linear_std=0.3.*linear_std=0.5")):
+        old = getattr(c, key)
+        setattr(c, key, value)
+        with pytest.raises(ShardError, match=match):
+            collect(tiny_cfg, progress=False)
+        setattr(c, key, old)
+    assert len(list_shards(out)) == 2  # nothing written, nothing lost
+    # a shard from before the settings were recorded resumes under any value
+    second.meta.pop("linear_std")
+    second.save(list_shards(out)[1])
+    c.linear_std = 0.5
+    assert collect(tiny_cfg, progress=False).episodes_new == 1
+
+
 def test_fewer_episodes_than_on_disk_are_counted_and_said(tiny_cfg, tmp_path, capsys):
     """collect never deletes an episode: asked for fewer than the run holds, it reports
     the episodes there (what the later stages use) and says so."""
