@@ -175,6 +175,28 @@ def test_skip_corrupt_carries_collect_and_encode_past_an_unreadable_shard(tiny_c
     listed = json.loads((run_of(tiny_cfg) / "skipped_shards.json").read_text())
     assert [len(listed["rollouts"]), len(listed["encode"])] == [1, 1]  # V's and encode's
     assert "ep_000001.npz" in listed["rollouts"][0] and "ep_000001.npz" in listed["encode"][0]
+    # V and M hold out the same episodes: the split of all 4, less the skipped one (the
+    # 3 usable split alone hold out 1, where the minimum holds out 2 of the 4)
+    from worldmodels.datasets import split_episodes
+    from worldmodels.frmdn_training import latent_split
+    from worldmodels.run_dir import RunDir
+    from worldmodels.shards import list_shards
+    from worldmodels.vae_training import rollout_split
+
+    run = RunDir(run_of(tiny_cfg))
+    d = tiny_cfg.data
+    every = split_episodes(list_shards(run.rollouts), d.holdout_fraction,
+                           run.data_seed(tiny_cfg), d.holdout_min_episodes)
+
+    def names(paths):
+        return [p.name for p in paths if p.name != "ep_000001.npz"]
+
+    usable = split_episodes([p for p in list_shards(run.rollouts)
+                             if p.name != "ep_000001.npz"], d.holdout_fraction,
+                            run.data_seed(tiny_cfg), d.holdout_min_episodes)
+    assert len(usable[1]) == 1 and len(every[1]) == 2
+    for train, held, _ in (rollout_split(tiny_cfg, run), latent_split(tiny_cfg, run)):
+        assert (names(train), names(held)) == (names(every[0]), names(every[1]))
 
 
 def test_rollout_shard_with_nan_reward_or_action_or_float_frames_is_refused(tmp_path):

@@ -39,6 +39,25 @@ def _unit_hash(seed: int, name: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def split_usable(
+    usable: Sequence[Path], listed: Sequence[Path], holdout_fraction: float, seed: int,
+    min_episodes: int = 0, base_episodes: int = 0,
+) -> tuple[list[Path], list[Path]]:
+    """:func:`split_episodes` of every ``listed`` episode, corrupt ones too, then only
+    the ``usable`` shards on each side: a shard skipped as corrupt
+    (``data.skip_corrupt``) moves no other episode between training and held-out, where
+    splitting the usable shards alone would whenever ``min_episodes`` tops the held-out
+    set up. Episodes are matched by file name, so ``listed`` may name another stage's
+    shards of the same episodes (M lists the rollouts too: an episode encode skipped
+    has no latents)."""
+    names = {Path(p).name: Path(p) for p in usable}
+    every = {Path(p).name: Path(p) for p in listed} | names
+    train, held = split_episodes(list(every.values()), holdout_fraction, seed, min_episodes,
+                                 base_episodes)
+    return ([names[p.name] for p in train if p.name in names],
+            [names[p.name] for p in held if p.name in names])
+
+
 def split_episodes(
     paths: Sequence[Path], holdout_fraction: float, seed: int, min_episodes: int = 0,
     base_episodes: int = 0,

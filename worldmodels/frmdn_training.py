@@ -64,7 +64,7 @@ from worldmodels.datasets import (
     ShardLoader,
     nested_subset,
     read_latents,
-    split_episodes,
+    split_usable,
     usable_shards,
 )
 from worldmodels.memory import MEMORY_KINDS, Memory, done_metrics
@@ -111,8 +111,9 @@ def latent_split(cfg: ExperimentConfig, run: RunDir, check_digest: bool = True,
                          "run encode.py first")
     if check_digest:
         check_latents_current(run, shards)
-    return (*split_episodes(shards, cfg.data.holdout_fraction, run.data_seed(cfg),
-                              cfg.data.holdout_min_episodes, holdout_base(cfg)),
+    listed = paths + list_shards(run.rollouts)  # an episode encode skipped has no latents
+    return (*split_usable(shards, listed, cfg.data.holdout_fraction, run.data_seed(cfg),
+                            cfg.data.holdout_min_episodes, holdout_base(cfg)),
             skipped)
 
 

@@ -37,7 +37,7 @@ from worldmodels.datasets import (
     ShardLoader,
     count_frames,
     mean_frame,
-    split_episodes,
+    split_usable,
     usable_shards,
 )
 from worldmodels.monitoring import peak_rss_mib, summary_writer
@@ -71,7 +71,8 @@ def rollout_split(cfg: ExperimentConfig, run: RunDir) -> tuple[list[Path], list[
     """(train, held-out, corrupt shards skipped): split by episode name, fixed by
     :meth:`RunDir.data_seed` (the seed V's training recorded, else ``cfg.seed``)."""
     directory = run.rollouts
-    shards, skipped = usable_shards(list_shards(directory), RolloutShard.load,
+    listed = list_shards(directory)
+    shards, skipped = usable_shards(listed, RolloutShard.load,
                                     cfg.data.skip_corrupt, run.skipped_shards_file, "rollouts",
                                     ShardSpec(frame_size=cfg.env.frame_size))
     if len(shards) < 2:
@@ -79,8 +80,8 @@ def rollout_split(cfg: ExperimentConfig, run: RunDir) -> tuple[list[Path], list[
             f"{directory}: {len(shards)} usable shard(s); training V needs at least 2 "
             "(run collect.py with the same config first)"
         )
-    return (*split_episodes(shards, cfg.data.holdout_fraction, run.data_seed(cfg),
-                              cfg.data.holdout_min_episodes, holdout_base(cfg)),
+    return (*split_usable(shards, listed, cfg.data.holdout_fraction, run.data_seed(cfg),
+                            cfg.data.holdout_min_episodes, holdout_base(cfg)),
             skipped)
 
 
