@@ -307,3 +307,46 @@ def test_a_finished_round_ships_as_that_round_left_it_and_replays_its_score(two_
     # a shipped agent plays no rounds: its iterations/ would not be its own
     with pytest.raises(InputError, match="plays none"):
         export(dest, tmp_path / "again", weights=weights, round_number=1)
+
+
+def test_m_data_control_trains_a_rounds_m_on_the_earlier_episodes_only(two_rounds, tmp_path,
+                                                                        monkeypatch):
+    """tools/m_data_control.py: round 1's M, one more epoch on the episodes below 3 (round
+    1's data), in a directory of its own; the run's files are only read."""
+    from tools import m_data_control
+    from worldmodels import frmdn_training
+
+    tmp, _ = two_rounds
+    rd = tiny_run(tmp)
+    before = {p: file_digest(p) for p in rd.path.rglob("*") if p.is_file()}
+    seen = []
+    real = frmdn_training.SequenceDataset
+
+    def spy(paths, *args, **kwargs):
+        seen.append([shard_index(p) for p in paths])
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(frmdn_training, "SequenceDataset", spy)
+    out = tmp_path / "control"
+    result = m_data_control.main(["--run", str(rd.path), "--round", "1", "--epochs", "1",
+                                  "--below", "3", "--out", str(out)])
+    train, held, _ = latent_split(rd.load_config(), rd)
+    # trained on the episodes below 3, scored on every held-out one
+    assert seen[0] == [shard_index(p) for p in train if shard_index(p) < 3]
+    assert seen[1:] and all(s == [shard_index(p) for p in held] for s in seen[1:])
+    assert any(shard_index(p) >= 3 for p in train)  # the filter left some out
+    assert result["memory"]["epochs_done"] == result["memory"]["best_epoch"] == 2
+    assert "skipped" in result["check"]  # CarRacing's actions are not Discrete
+    metrics = json.loads((out / "memory" / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [2]
+    # started from round 1's M: its weights, then one epoch on
+    assert load_model(out / "memory" / "model.safetensors") is not None
+    assert {p: file_digest(p) for p in before} == before  # the run is only read
+    # below 0: every training episode
+    seen.clear()
+    m_data_control.main(["--run", str(rd.path), "--round", "1", "--epochs", "1",
+                         "--below", "0", "--out", str(tmp_path / "all")])
+    assert seen[0] == [shard_index(p) for p in train]
+    with pytest.raises(ConfigError, match="round 3"):
+        m_data_control.main(["--run", str(rd.path), "--round", "3", "--epochs", "1",
+                             "--below", "0", "--out", str(tmp_path / "none")])

@@ -70,7 +70,14 @@ from worldmodels.datasets import (
 from worldmodels.memory import MEMORY_KINDS, Memory, done_metrics
 from worldmodels.monitoring import summary_writer
 from worldmodels.run_dir import MemoryFiles, RunDir
-from worldmodels.shards import ShardError, ShardSpec, list_shards, read_meta, shard_length
+from worldmodels.shards import (
+    ShardError,
+    ShardSpec,
+    list_shards,
+    read_meta,
+    shard_index,
+    shard_length,
+)
 
 
 @dataclass
@@ -280,7 +287,7 @@ def evaluate_memory(model: Memory, paths: list[Path], cfg: ExperimentConfig,
 def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                  out_dir: Path | None = None, seed: int | None = None,
                  progress: bool = True, train_episodes: int = 0, epochs: int | None = None,
-                 select_after: int = 0) -> MemoryReport:
+                 select_after: int = 0, episodes_below: int = 0) -> MemoryReport:
     """Train (or resume) M on the run's latents up to ``cfg.memory.epochs`` epochs; the
     run is ``cfg``'s default directory unless given.
 
@@ -289,7 +296,9 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     follows :meth:`RunDir.data_seed`, so runs with different seeds see the same data.
     ``train_episodes`` > 0 trains on that many of the training episodes only
     (:func:`~worldmodels.datasets.nested_subset` by the data seed), scored on the same
-    held-out episodes (a point of a data curve).
+    held-out episodes (a point of a data curve). ``episodes_below`` > 0 trains on the
+    training episodes whose index is below it only (say the first rounds' data of
+    iterative training), scored on the same held-out episodes.
 
     A later round of iterative training (``run.py`` with ``run.iterations`` > 1) gives
     ``epochs``, the round's cumulative target instead of ``memory.epochs``, and
@@ -304,6 +313,11 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     device = torch_device(cfg.device)
     files = run.memory if out_dir is None else MemoryFiles.at(out_dir)
     train_paths, holdout_paths, skipped_shards = latent_split(cfg, run)
+    if episodes_below:
+        train_paths = [p for p in train_paths if shard_index(p) < episodes_below]
+        if not train_paths:
+            raise ConfigError(f"{run.latents}: no training episode has an index below "
+                              f"{episodes_below}")
     if train_episodes:
         if train_episodes > len(train_paths):
             raise ConfigError(f"{train_episodes} training episodes asked, "
