@@ -50,7 +50,7 @@ from worldmodels.checkpoint import (
 )
 from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.controller import FlatPolicy
-from worldmodels.run_dir import ControllerFiles, RunDir
+from worldmodels.run_dir import ControllerFiles, RunDir, finalist_stem
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ class Checkpoint:
     @property
     def key(self) -> str:
         return f"{self.search}/{self.source}/{self.generation}"
+
+    @property
+    def stem(self) -> str:
+        """Its file stem in ``controller/finalists/`` and in report files."""
+        return finalist_stem(self.search, self.source, self.generation)
 
 
 def finalists_of(meta: dict[str, Any], where: Path) -> list[Checkpoint]:
@@ -118,7 +123,8 @@ def pooled(first: dict[str, float], n1: int, second: dict[str, Any]) -> dict[str
 def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int, progress: bool = True,
                     ) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]] | None:
     """Run (or resume) the second stage on the run's finished searches: the winner's
-    meta and flat weights and every finalist's by key (None when the stage is off), for
+    meta and flat weights and every finalist's by file stem, first stage's order (None
+    when the stage is off), for
     :func:`save_selected`.
     ``seed``: the run's ``seed``, both its selection seed and the CMA-ES seed its
     searches' seeds follow from (:func:`agents.searches.train_searches`)."""
@@ -185,15 +191,15 @@ def final_selection(cfg: ExperimentConfig, run: RunDir, seed: int, progress: boo
               f"{winner.generation}, {meta['selection_mean']:.1f} over {n1 + n2} episodes "
               f"(first stage: search {first.search}, {first.source} of generation "
               f"{first.generation}, {first.mean:.1f} over {n1})")
-    return meta, params[winner.key], {p.key: params[p.key] for p in points}
+    return meta, params[winner.key], {p.stem: params[p.key] for p in points}
 
 
 def save_selected(cfg: ExperimentConfig, run: RunDir, meta: dict[str, Any],
                   params: np.ndarray, finalists: dict[str, np.ndarray] | None = None) -> None:
     """Write the second stage's finalists, if given (``controller/finalists/``, by
-    their keys), then its winner as the run's ``controller/selected.safetensors``: the last write,
-    so a kill between them leaves the finalists refused against the old C
-    (:meth:`worldmodels.run_dir.ControllerFiles.finalist_weights`) until a rerun."""
+    their file stems), then its winner as the run's ``controller/selected.safetensors``:
+    the last write, so a kill between them leaves the finalists refused against the old
+    C (:meth:`worldmodels.run_dir.ControllerFiles.finalist_weights`) until a rerun."""
     if finalists is not None:
         save_finalists(cfg, run, meta["final"]["finalists"], finalists)
     controller = run.new_controller(cfg, run.action_space(), run.load_memory())
@@ -201,37 +207,31 @@ def save_selected(cfg: ExperimentConfig, run: RunDir, meta: dict[str, Any],
     save_model(run.controller.selected, controller, meta=meta)
 
 
-def clear_finalists(run: RunDir) -> None:
-    """Remove ``controller/finalists/``'s files: the stage is off, so no finalists."""
+def clear_finalists(run: RunDir, keep: set[str] | None = None) -> None:
+    """Remove the files of ``controller/finalists/`` whose names are not in ``keep``
+    (all of them by default: the stage is off, so no finalists)."""
     folder = run.controller.finalists
     for old in folder.iterdir() if folder.is_dir() else ():
-        old.unlink()
-
-
-def finalist_stem(point: Checkpoint) -> str:
-    """A finalist's file stem, in ``controller/finalists/`` and in report files."""
-    return f"finalist_{point.search}_{point.source}_{point.generation}"
+        if old.name not in (keep or set()):
+            old.unlink()
 
 
 def save_finalists(cfg: ExperimentConfig, run: RunDir, rows: list[dict[str, Any]],
                    params: dict[str, np.ndarray]) -> None:
-    """Write every finalist's weights to ``controller/finalists/`` (meta: its row of the
-    stage and its rank in the first stage's order; ``params`` by checkpoint key), and
-    remove the files of earlier finalists, so the folder holds this ranking's K."""
+    """Write every finalist's weights to ``controller/finalists/`` (``params`` by file
+    stem, in the order of ``rows``, the stage's rows; meta: its row and its rank in the
+    first stage's order), and remove the files of earlier finalists, so the folder
+    holds this ranking's K."""
     folder = run.controller.finalists
     folder.mkdir(parents=True, exist_ok=True)
     controller = run.new_controller(cfg, run.action_space(), run.load_memory())
     keep = set()
-    for rank, row in enumerate(rows):
-        point = Checkpoint(int(row["search"]), str(row["source"]), int(row["generation"]),
-                           0.0, 0.0, 0)
-        path = folder / f"{finalist_stem(point)}.safetensors"
-        controller.set_flat(torch.as_tensor(params[point.key]))
+    for rank, (row, (stem, flat)) in enumerate(zip(rows, params.items(), strict=True)):
+        path = folder / f"{stem}.safetensors"
+        controller.set_flat(torch.as_tensor(flat))
         save_model(path, controller, meta={**row, "rank": rank})
         keep.update({path.name, sidecar(path).name})
-    for old in folder.iterdir():
-        if old.name not in keep:
-            old.unlink()
+    clear_finalists(run, keep)
 
 
 def rebuild(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint], seed: int
@@ -319,7 +319,7 @@ def run_controllers(run: RunDir, template: FlatPolicy) -> list[tuple[str, np.nda
         return [("controller_selected", template.get_flat().numpy())]
     points = finalists_of(meta, run.controller.selected)
     params = rebuild(cfg, run, points, cfg.seed)
-    return [(finalist_stem(p), params[p.key]) for p in points]
+    return [(p.stem, params[p.key]) for p in points]
 
 
 def spearman(a: list[float], b: list[float]) -> float:

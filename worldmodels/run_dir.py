@@ -138,6 +138,11 @@ class MemoryFiles:
 CONTROLLER_WEIGHTS = ("selected", "best", "mean")
 
 
+def finalist_stem(search: int, source: str, generation: int) -> str:
+    """A finalist's file stem, in ``controller/finalists/`` and in report files."""
+    return f"finalist_{search}_{source}_{generation}"
+
+
 @dataclass(frozen=True)
 class ControllerFiles:
     dir: Path
@@ -188,7 +193,7 @@ class ControllerFiles:
                 "run train_controller.py again: it plays nothing new and writes them)")
         meta = read_header(self.selected).get("meta", {}) if self.selected.exists() else {}
         final = meta.get("final") if isinstance(meta.get("final"), dict) else {}
-        wanted = [f"finalist_{f['search']}_{f['source']}_{f['generation']}"
+        wanted = [finalist_stem(f["search"], f["source"], f["generation"])
                   for f in final.get("finalists", [])]
         if sorted(wanted) != sorted(paths):
             raise ConfigError(
@@ -196,6 +201,7 @@ class ControllerFiles:
                 f"chosen among {', '.join(wanted) or 'no finalists'}; run "
                 "train_controller.py again, which plays nothing new and writes them")
         return [paths[stem] for stem in wanted]
+
     def search(self, k: int) -> ControllerFiles:
         """The files of CMA-ES search ``k`` of several: ``searches/<k>/``."""
         return ControllerFiles.at(self.dir / "searches" / str(k))
