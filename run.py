@@ -36,7 +36,7 @@ from typing import Any
 
 from agents.agent_round import put_back_previous, refuse_mixed_before, settle_agent
 from agents.collect import collect, describe
-from agents.dream_check import check_run
+from agents.dream_check import check_run, train_memory_checked
 from agents.evaluation import evaluate, result_name
 from agents.iterations import (
     collect_round,
@@ -52,7 +52,6 @@ from worldmodels.config import ExperimentConfig, cli_parser, parse_cli
 from worldmodels.encoding import encode_rollouts
 from worldmodels.errors import run_cli
 from worldmodels.frmdn_training import report_dict as memory_report
-from worldmodels.frmdn_training import train_memory
 from worldmodels.preflight import preflight
 from worldmodels.run_dir import RunDir, run_from_args
 from worldmodels.vae_training import report_dict, train_vae
@@ -118,9 +117,14 @@ def _score(s: dict[str, Any]) -> str:
 def _memory(s: dict[str, Any]) -> str:
     skill = s.get("holdout_done_skill", float("nan"))
     se = s.get("holdout_nll_se", float("nan"))
+    passed = s.get("held_passed", -1)
     return (f"held-out NLL {s['holdout_nll']:.4f}" + ("" if se != se else f" ± {se:.4f}")
             + f" nats/dim (epoch {s.get('best_epoch', s['epochs_done'])})") + (
-        "" if skill != skill else f", done skill {skill:.3f}")  # nan: no episode ended
+        "" if skill != skill else f", done skill {skill:.3f}") + (  # nan: no episode ended
+        "" if passed < 0 else (f", chosen among {passed} epochs that passed the held-action "
+                               "check" if passed else ", no epoch passed the held-action "
+                               "check: chosen by NLL alone")
+        + f" (its worst: action {s['held_worst_action']}, {s['held_worst_ratio']:.2f}x)")
 
 
 def _dream_check(s: dict[str, Any]) -> str:
@@ -179,7 +183,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("encode", lambda cfg, run: vars(encode_rollouts(cfg, run)),
           lambda s: f"{s['encoded']} of {s['episodes']} episodes encoded", ENCODE_ADDS,
           ("vae_digest",)),
-    Stage("memory", lambda cfg, run: memory_report(train_memory(cfg, run)), _memory),
+    Stage("memory", lambda cfg, run: memory_report(train_memory_checked(cfg, run)), _memory),
     Stage("dream_check", check_run, _dream_check),
     Stage("controller", train_controller, _controller),
     Stage("evaluate", lambda cfg, run: evaluate_once(cfg, run, trained_policy(cfg)), _score),

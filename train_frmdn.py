@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import json
 
+from agents.dream_check import train_memory_checked
 from worldmodels.config import cli_parser, parse_cli
 from worldmodels.errors import run_cli
-from worldmodels.frmdn_training import report_dict, train_memory
+from worldmodels.frmdn_training import report_dict
 from worldmodels.run_dir import run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
-    summary = report_dict(train_memory(cfg, run))
+    summary = report_dict(train_memory_checked(cfg, run))
     print(json.dumps(summary, indent=2))
     if run.memory.model.exists():
         print(f"weights: {run.memory.model}")

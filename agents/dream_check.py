@@ -22,8 +22,9 @@ from envs.dream_env import load_dream
 from envs.factory import make_env_from_config
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic
 from worldmodels.config import ExperimentConfig
-from worldmodels.dream import Dream
+from worldmodels.dream import Dream, start_latents
 from worldmodels.errors import InputError
+from worldmodels.frmdn_training import EpochCheck, MemoryReport, latent_split, train_memory
 from worldmodels.run_dir import RunDir
 
 
@@ -108,14 +109,60 @@ def real_lengths(env: gym.Env, action: int | None, episodes: int = 30,
 def held_action_check(dream: Dream, env: gym.Env, dreams: int = 256, episodes: int = 30,
                       ) -> list[HeldActionRow]:
     """Each action held, then uniform random, in the dream and in the real env."""
-    n = discrete_actions(env)
+    return dreamt_rows(dream, real_rows(env, episodes), dreams)
+
+
+def real_rows(env: gym.Env, episodes: int = 30) -> dict[int | None, np.ndarray]:
+    """The real side of the check: each action held, then uniform random (None), and its
+    ``episodes`` real episodes' lengths."""
+    return {action: real_lengths(env, action, episodes)
+            for action in [*range(discrete_actions(env)), None]}
+
+
+def dreamt_rows(dream: Dream, reals: dict[int | None, np.ndarray], dreams: int = 256,
+                ) -> list[HeldActionRow]:
+    """The check's rows: ``reals`` (:func:`real_rows`) beside the same policies in
+    ``dream``."""
+    n = len(reals) - 1
     rows = []
-    for action in [*range(n), None]:
-        real = real_lengths(env, action, episodes)
+    for action, real in reals.items():
         dreamt = dream_lengths(dream, n, action, dreams)
         rows.append(HeldActionRow(action, float(real.mean()), float(real.std()),
                                   float(dreamt.mean()), float(dreamt.std())))
     return rows
+
+
+def epoch_checker(cfg: ExperimentConfig, run: RunDir) -> EpochCheck | None:
+    """``train_memory``'s ``epoch_check`` for ``memory.select_max_held`` > 0 (None when
+    it is 0): the held-action check of M as it trains, on the run's dream settings and
+    start latents (its training episodes' first frames), returning the worst held
+    action and its dream / real ratio. The real episodes, which do not depend on M, are
+    played once, at the first epoch checked."""
+    if cfg.memory.select_max_held <= 0:
+        return None
+    reals: dict[int | None, np.ndarray] = {}
+    starts: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def check(memory: torch.nn.Module) -> dict[str, float]:
+        if not reals:
+            env = make_env_from_config(cfg.env)
+            try:
+                reals.update(real_rows(env, cfg.dream.check_episodes))
+            finally:
+                env.close()
+            starts.append(start_latents(latent_split(cfg, run)[0]))
+        memory.eval()
+        dream, _ = load_dream(run, cfg, starts=starts[0], memory=memory)
+        worst = worst_held(dreamt_rows(dream, reals))
+        return {"held_worst_ratio": worst.ratio, "held_worst_action": worst.action}
+
+    return check
+
+
+def train_memory_checked(cfg: ExperimentConfig, run: RunDir, **kwargs: Any) -> MemoryReport:
+    """:func:`train_memory` with :func:`epoch_checker`'s check of every scored epoch when
+    ``memory.select_max_held`` > 0 (the one way the stages and scripts train M)."""
+    return train_memory(cfg, run, epoch_check=epoch_checker(cfg, run), **kwargs)
 
 
 def markdown_table(rows: list[HeldActionRow], tau: float) -> str:

@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agents.collect import collect, describe
+from agents.dream_check import train_memory_checked
 from worldmodels.atomic import write_bytes_atomic
 from worldmodels.checkpoint import read_json, sidecar, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig, policy_schedule
 from worldmodels.dream import start_latents
-from worldmodels.frmdn_training import latent_split, report_dict, train_memory
+from worldmodels.frmdn_training import latent_split, report_dict
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import list_shards, shard_index
 
@@ -117,8 +118,8 @@ def memory_round(cfg: ExperimentConfig, run: RunDir, number: int) -> dict[str, A
     began (the last round's ``epochs_done``) to ``run.iteration_memory_epochs`` more;
     its best is chosen among the round's own epochs."""
     start = int(_previous(run, number)["memory"]["epochs_done"])
-    report = train_memory(cfg, run, epochs=start + cfg.run.iteration_memory_epochs,
-                          select_after=start)
+    report = train_memory_checked(cfg, run, epochs=start + cfg.run.iteration_memory_epochs,
+                                  select_after=start)
     return {**report_dict(report), "round_start_epoch": start}
 
 

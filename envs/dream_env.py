@@ -98,13 +98,16 @@ def dream_cap(cfg: ExperimentConfig) -> int:
 def load_dream(run: RunDir, cfg: ExperimentConfig | None = None,
                temperature: float | None = None, seed: int = 0,
                starts: tuple[torch.Tensor, torch.Tensor] | None = None,
-               ) -> tuple[Dream, gym.Space]:
-    """(dream, action space) of a trained run: its M, dreaming from the first frames of
-    its training episodes (or from ``starts``, start latents (mu, logvar) (N, d) each),
-    with ``cfg.dream``'s settings (default: the run's config); the temperature is
+               memory: torch.nn.Module | None = None) -> tuple[Dream, gym.Space]:
+    """(dream, action space) of a trained run: its M (or ``memory``, an M in training,
+    with ``cfg.memory.done_pos_weight``), dreaming from the first frames of its training
+    episodes (or from ``starts``, start latents (mu, logvar) (N, d) each), with
+    ``cfg.dream``'s settings (default: the run's config); the temperature is
     ``dream.temperature`` unless given."""
     cfg = cfg if cfg is not None else run.load_config()
-    memory = run.load_memory()
+    pos_weight = (cfg.memory.done_pos_weight if memory is not None
+                  else float(run.memory_meta()["done_pos_weight"]))
+    memory = run.load_memory() if memory is None else memory
     if starts is not None:
         mu0, logvar0 = starts
     elif run.dream_starts.exists():  # a shipped agent: the start latents, without the shards
@@ -116,7 +119,7 @@ def load_dream(run: RunDir, cfg: ExperimentConfig | None = None,
         memory, mu0, logvar0,
         temperature=cfg.dream.temperature if temperature is None else temperature,
         done_mode=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
-        done_pos_weight=float(run.memory_meta()["done_pos_weight"]),
+        done_pos_weight=pos_weight,
         max_steps=dream_cap(cfg), generator=torch.Generator().manual_seed(seed),
     )
     return dream, run.action_space()

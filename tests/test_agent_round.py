@@ -213,7 +213,7 @@ def test_no_move_while_a_later_round_is_unfinished(tmp_path, monkeypatch):
     def killed(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(agents.iterations, "train_memory", killed)
+    monkeypatch.setattr(agents.iterations, "train_memory_checked", killed)
     with pytest.raises(Killed):
         run.main(best_args(tmp_path, rounds=3))
     monkeypatch.undo()

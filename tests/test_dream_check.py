@@ -85,3 +85,39 @@ def test_main_job_check_is_skipped_where_it_does_not_apply(tiny_cfg):
     assert "real env" in check_run(tiny_cfg, RunDir(run_of(tiny_cfg)))["skipped"]
     tiny_cfg.controller.environment, tiny_cfg.dream.check_episodes = "dream", 0
     assert "check_episodes=0" in check_run(tiny_cfg, RunDir(run_of(tiny_cfg)))["skipped"]
+
+
+def test_epoch_checker_agrees_with_the_check_of_the_saved_m(tiny_cfg, monkeypatch):
+    """memory.select_max_held trains M with a held-action check of every epoch: the
+    figures recorded for the chosen epoch are those of run.py's check of the saved best
+    M, and the real episodes are played once."""
+    import json
+
+    import agents.dream_check as dream_check
+    from tests.test_frmdn_training import write_latents
+
+    played = []
+
+    def make_env(cfg_env):
+        played.append(1)
+        return HoldToDie()
+
+    monkeypatch.setattr(dream_check, "make_env_from_config", make_env)
+    cfg = tiny_cfg
+    for key, value in dict(hidden=16, mixtures=2, seq_len=10, batch_size=4, epochs=3,
+                           flow_hidden=8, shuffle_buffer=8, select_max_held=1.5,
+                           eval_draws=1).items():
+        setattr(cfg.memory, key, value)
+    cfg.vae.z_dim = 4
+    cfg.controller.environment, cfg.dream.check_episodes = "dream", 3
+    cfg.dream.max_steps = 60
+    write_latents(run_of(cfg) / "latents", discrete=True)
+    run = RunDir(run_of(cfg))
+    report = dream_check.train_memory_checked(cfg, run, progress=False)
+    rows = json.loads(run.memory.metrics.read_text())
+    assert len(played) == 1 and all("held_worst_ratio" in r for r in rows)
+    chosen = next(r for r in rows if r["epoch"] == report.best_epoch)
+    saved = check_run(cfg, run)
+    assert saved["worst_action"] == chosen["held_worst_action"]
+    assert saved["worst_ratio"] == pytest.approx(chosen["held_worst_ratio"], rel=1e-6)
+    assert report.held_worst_ratio == chosen["held_worst_ratio"]

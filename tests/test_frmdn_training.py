@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -408,3 +409,46 @@ def test_a_later_command_adds_its_variants_to_the_table(mem_cfg):
     again = compare_memory.main(base + ["--variants", "rmdn_diag"])  # resumes: nothing new
     assert len(json.loads((out / "results.json").read_text())) == 3
     assert again == text
+
+
+def test_select_max_held_keeps_the_lowest_nll_among_epochs_that_pass(mem_cfg, monkeypatch):
+    """memory.select_max_held: the best epoch is the lowest NLL among the epochs whose
+    held-action check passes, also across a kill; with none passing, the lowest NLL."""
+    import run as run_py
+    from worldmodels import frmdn_training
+    from worldmodels.checkpoint import read_header
+
+    nlls = {1: 0.9, 2: 0.7, 3: 0.8, 4: 0.6, 5: 0.85}
+    ratios = {1: 1.0, 2: 2.0, 3: 1.1, 4: 1.9, 5: 1.05}
+    epoch = {"n": 0}
+
+    def fake_evaluate(model, paths, cfg, device, draw_seed=0):
+        epoch["n"] += 1
+        return {"nll": nlls[epoch["n"]]}
+
+    def check(model):
+        return {"held_worst_ratio": ratios[epoch["n"]], "held_worst_action": epoch["n"] % 3}
+
+    monkeypatch.setattr(frmdn_training, "evaluate_memory", fake_evaluate)
+    write_latents(run_of(mem_cfg) / "latents")
+    run = RunDir(run_of(mem_cfg))
+    mem_cfg.memory.select_max_held = 1.5
+    with pytest.raises(ConfigError, match="select_max_held"):
+        train_memory(mem_cfg, progress=False)  # no check to select by
+    mem_cfg.memory.epochs = 3
+    report = train_memory(mem_cfg, progress=False, epoch_check=check)
+    assert (report.best_epoch, report.holdout_nll, report.held_passed) == (3, 0.8, 2)
+    assert report.held_worst_ratio == 1.1 and report.held_worst_action == 0
+    mem_cfg.memory.epochs = 5  # resumed: epoch 4 has the lowest NLL but fails the check
+    report = train_memory(mem_cfg, progress=False, epoch_check=check)
+    assert (report.best_epoch, report.holdout_nll, report.held_passed) == (3, 0.8, 3)
+    assert read_header(run.memory.best)["meta"]["epoch"] == 3
+    rows = json.loads(run.memory.metrics.read_text())
+    assert [r["held_worst_ratio"] for r in rows] == [1.0, 2.0, 1.1, 1.9, 1.05]
+    # none of a later round's epochs passes: the lowest NLL among them, as without the key
+    nlls.update({6: 0.75, 7: 0.65})
+    ratios.update({6: 3.0, 7: 2.5})
+    mem_cfg.memory.epochs = 7
+    report = train_memory(mem_cfg, progress=False, epoch_check=check, select_after=5)
+    assert (report.best_epoch, report.held_passed) == (7, 0)
+    assert "chosen by NLL alone" in run_py._memory(asdict(report))

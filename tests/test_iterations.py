@@ -179,7 +179,7 @@ def test_a_kill_inside_round_2_then_a_rerun_finishes_as_an_uninterrupted_run(
         raise Killed(where)
 
     if where == "memory":  # round 2, after its episodes are collected and encoded
-        monkeypatch.setattr(agents.iterations, "train_memory", killed)
+        monkeypatch.setattr(agents.iterations, "train_memory_checked", killed)
     else:  # round 2, after M's epochs and after C's files were cleared for CMA-ES
         monkeypatch.setattr(run, "train_controller", killed)
     with pytest.raises(Killed):

@@ -35,7 +35,7 @@ def test_a_job_killed_in_m_then_rerun_reports_the_killed_jobs_collection(
         raise Killed
 
     args = tiny_job_args(tmp_path, "dream")
-    monkeypatch.setattr(run, "train_memory", killed)
+    monkeypatch.setattr(run, "train_memory_checked", killed)
     with pytest.raises(Killed):
         run.main(args)
     run_dir = tmp_path / "runs" / "CarRacing-v3" / "tiny"

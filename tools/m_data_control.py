@@ -23,12 +23,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import this checkout, not an installed copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.dream_check import check_run
+from agents.dream_check import check_run, train_memory_checked
 from worldmodels.atomic import write_bytes_atomic
 from worldmodels.checkpoint import read_header, sidecar
 from worldmodels.config import ConfigError
 from worldmodels.errors import run_cli
-from worldmodels.frmdn_training import report_dict, train_memory
+from worldmodels.frmdn_training import report_dict
 from worldmodels.run_dir import RunDir, RunView
 
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         if sidecar(start).exists():
             write_bytes_atomic(sidecar(view.memory.model), sidecar(start).read_bytes())
     epoch = int(read_header(start)["meta"]["epoch"])
-    report = train_memory(cfg, view, epochs=epoch + args.epochs, select_after=epoch,
+    report = train_memory_checked(cfg, view, epochs=epoch + args.epochs, select_after=epoch,
                           episodes_below=args.below)
     result = {"memory": report_dict(report), "check": check_run(cfg, view),
               "start": str(start), "below": args.below}

@@ -224,6 +224,13 @@ class MemoryConfig:
     shuffle_buffer: int = _opt(2000, "Windows held in memory for shuffling.", ge=1)
     nonfinite: Literal["raise", "skip"] = _opt(
         "raise", "On a NaN/Inf loss: raise (naming the step) or skip (count it).")
+    select_max_held: float = _opt(0.0, "Choose M's epoch by its dream too (0 = by held-out "
+                                  "NLL alone): run the held-action check (dream.* settings, "
+                                  "dream.check_episodes real episodes per policy) after every "
+                                  "scored epoch, and keep the lowest-NLL epoch among those "
+                                  "whose worst held action lives at most this many times "
+                                  "longer in the dream than in the real env (if none, the "
+                                  "lowest NLL). Discrete actions.", ge=0)
 
 
 @dataclass
@@ -782,6 +789,9 @@ def validate(cfg: ExperimentConfig, rounds: bool = True) -> None:
          "controller.final_candidates",
          "and controller.final_episodes go together: both 0 (no second selection stage) "
          "or both above 0"),
+        (cfg.memory.select_max_held == 0 or cfg.dream.check_episodes > 0,
+         "memory.select_max_held", "above 0 runs the held-action check on every epoch of "
+         "M: it needs dream.check_episodes > 0"),
         (cfg.controller.final_candidates == 0 or cmaes_selects,
          "controller.final_candidates", "above 0 needs controller.algo=cmaes and a "
          "selection (0 < controller.eval_every <= controller.generations): the finalists "

@@ -4,13 +4,16 @@ Files under ``<run>/memory/`` (or another directory given by the caller)::
 
     model.safetensors (+ .json)   weights of the last finished epoch (training resumes
                                   from them)
-    best.safetensors (+ .json)    weights of the epoch with the lowest held-out NLL (the
-                                  headline below); later stages load these
+    best.safetensors (+ .json)    weights of the chosen epoch: the lowest held-out NLL
+                                  (the headline below), among the epochs that pass the
+                                  held-action check when ``memory.select_max_held`` is
+                                  set (:func:`selection_key`); later stages load these
     train_state.safetensors       optimizer state and counters (safetensors + JSON)
     metrics.json                  per epoch: train seconds, skipped batches and, on
                                   scored epochs (every ``memory.eval_every`` and the
                                   last), held-out NLL (nats / latent dim) as below,
-                                  reward MSE, done accuracy, recall, precision and skill
+                                  reward MSE, done accuracy, recall, precision and skill,
+                                  and the epoch check's figures (``epoch_check``)
 
 Held-out NLL (:func:`evaluate_memory`), in nats per latent dimension, on the episodes
 :func:`latent_split` holds out (at least ``data.holdout_min_episodes``):
@@ -101,6 +104,28 @@ class MemoryReport:
     holdout_nll_windows_se: float = float("nan")
     last_holdout_nll: float = float("nan")  # the headline of the last scored epoch
     stopped_early: bool = False  # memory.patience ended training before memory.epochs
+    held_worst_ratio: float = float("nan")  # the chosen epoch's check (memory.select_max_held)
+    held_worst_action: int = -1
+    held_passed: int = -1  # scored epochs of this call's selection that passed the check
+
+
+#: a check of M's weights after a scored epoch (``train_memory``'s ``epoch_check``): its
+#: figures go into the epoch's metrics row (``held_worst_ratio`` is the one selection reads)
+EpochCheck = Callable[[torch.nn.Module], dict[str, float]]
+
+
+def selection_key(row: dict[str, Any], max_held: float) -> tuple[int, float]:
+    """How a scored epoch's metrics row ranks as the best epoch, lower first: with
+    ``max_held`` > 0, the epochs whose held-action check (``held_worst_ratio``: the held
+    action the dream overrates most, dream length / real length) is at most ``max_held``
+    come first (an epoch never checked does not pass); then the lowest held-out NLL. If
+    no epoch passes, that is the lowest NLL, as with ``max_held`` = 0. An epoch without a
+    finite NLL ranks last, (2, inf), where the search for the best starts."""
+    nll = row.get("holdout_nll", math.inf)
+    if not math.isfinite(nll):
+        return 2, math.inf
+    fails = max_held > 0 and not row.get("held_worst_ratio", math.inf) <= max_held
+    return int(fails), nll
 
 
 def latent_split(cfg: ExperimentConfig, run: RunDir, check_digest: bool = True,
@@ -287,7 +312,8 @@ def evaluate_memory(model: Memory, paths: list[Path], cfg: ExperimentConfig,
 def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                  out_dir: Path | None = None, seed: int | None = None,
                  progress: bool = True, train_episodes: int = 0, epochs: int | None = None,
-                 select_after: int = 0, episodes_below: int = 0) -> MemoryReport:
+                 select_after: int = 0, episodes_below: int = 0,
+                 epoch_check: EpochCheck | None = None) -> MemoryReport:
     """Train (or resume) M on the run's latents up to ``cfg.memory.epochs`` epochs; the
     run is ``cfg``'s default directory unless given.
 
@@ -305,6 +331,10 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     ``select_after``, the epoch M had when the round began: only later epochs can be
     the round's best (the earlier ones trained on less data, and were scored on fewer
     held-out episodes), and ``memory.patience`` counts from the round's best.
+
+    ``epoch_check`` runs on M after every scored epoch (say run.py's held-action check,
+    :func:`agents.dream_check.epoch_checker`); its figures join the epoch's metrics, and
+    ``memory.select_max_held`` > 0 chooses the best epoch by :func:`selection_key`.
     """
     run = run or RunDir.for_config(cfg)
     m = cfg.memory
@@ -335,7 +365,11 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                                      expect=model.config())
     metrics = [x for x in read_json(files.metrics, [], ("epoch", "train_seconds"))
                if x["epoch"] <= start_epoch]
-    best_epoch, best_nll = _best_so_far(files, metrics, select_after)
+    max_held = m.select_max_held
+    if max_held > 0 and epoch_check is None:
+        raise ConfigError("memory.select_max_held > 0 needs the held-action check of each "
+                          "epoch: train M through run.py or train_frmdn.py")
+    best_epoch, best_key = _best_so_far(files, metrics, max_held, select_after)
     if out_dir is None:
         run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     else:
@@ -352,9 +386,10 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     meta = {"seed": seed, "done_pos_weight": m.done_pos_weight, "action_space": action_space,
             **({"vae_digest": vae_digest} if vae_digest else {})}
     if (metrics and metrics[-1]["epoch"] == start_epoch > select_after
-            and metrics[-1].get("holdout_nll", math.inf) < best_nll):
+            and "holdout_nll" in metrics[-1]
+            and selection_key(metrics[-1], max_held) < best_key):
         # the last epoch was the best, killed before its weights were copied: copy them now
-        best_epoch, best_nll = start_epoch, metrics[-1]["holdout_nll"]
+        best_epoch, best_key = start_epoch, selection_key(metrics[-1], max_held)
         save_model(files.best, model, meta={"epoch": best_epoch, **meta})
 
     for epoch in range(start_epoch, target):
@@ -363,7 +398,7 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
         last_scored = bool(metrics) and "holdout_nll" in metrics[-1]
         if m.patience and best_epoch and last_scored and epoch - best_epoch >= m.patience:
             if progress:
-                tqdm.write(f"M: no better held-out NLL for {epoch - best_epoch} epochs "
+                tqdm.write(f"M: no better epoch for {epoch - best_epoch} epochs "
                            f"(memory.patience={m.patience}); stopped after epoch {epoch}, "
                            f"best epoch {best_epoch}")
             break
@@ -411,12 +446,16 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
         seconds = time.perf_counter() - started
         scored = (epoch + 1) % m.eval_every == 0 or epoch + 1 == target
         held = evaluate_memory(model, holdout_paths, cfg, device) if scored else {}
+        checked = epoch_check(model) if scored and epoch_check is not None else {}
         for k, v in held.items():
             writer.add_scalar(f"m/holdout_{k}", v, step)
+        for k, v in checked.items():
+            writer.add_scalar(f"m/{k}", v, step)
         writer.add_scalar("m/seconds_per_epoch", seconds, step)
         skipped_total += skipped
         metrics.append({"epoch": epoch + 1, "train_seconds": seconds, "batches": ran,
-                        "skipped": skipped, **{f"holdout_{k}": v for k, v in held.items()}})
+                        "skipped": skipped, **{f"holdout_{k}": v for k, v in held.items()},
+                        **checked})
         write_json_atomic(files.metrics, metrics)  # first: see vae_training
         save_model(files.model, model, meta={"epoch": epoch + 1, **meta})
         save_state(files.state, {"optimizer": optimizer.state_dict(), "epoch": epoch + 1})
@@ -425,8 +464,8 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                 tqdm.write(f"M epoch {epoch + 1}: {seconds:.1f}s (held-out scored every "
                            f"{m.eval_every} epochs)")
             continue
-        if held["nll"] < best_nll:  # after the last weights: see the copy on resume above
-            best_epoch, best_nll = epoch + 1, held["nll"]
+        if selection_key(metrics[-1], max_held) < best_key:  # after the last weights:
+            best_epoch, best_key = epoch + 1, selection_key(metrics[-1], max_held)  # (resume)
             save_model(files.best, model, meta={"epoch": best_epoch, **meta})
         writer.add_scalar("m/best_epoch", best_epoch, step)
         if progress:
@@ -435,6 +474,7 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                        f"± {held['nll_se']:.4f} nats/dim (z = mu {held['nll_mu']:.4f}, "
                        f"windows {held['nll_windows']:.4f}){done}, {seconds:.1f}s"
                        + (f", skipped {skipped} batches" if skipped else "")
+                       + ("".join(f", {k} {v:.3g}" for k, v in checked.items()))
                        + (" (best)" if best_epoch == epoch + 1 else ""))
     writer.close()
     last = next((x for x in reversed(metrics) if "holdout_nll" in x), None)
@@ -457,19 +497,24 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
         holdout_nll_windows=chosen.get("holdout_nll_windows", nan),
         holdout_nll_windows_se=chosen.get("holdout_nll_windows_se", nan),
         last_holdout_nll=last["holdout_nll"], stopped_early=metrics[-1]["epoch"] < target,
+        held_worst_ratio=chosen.get("held_worst_ratio", nan),
+        held_worst_action=int(chosen.get("held_worst_action", -1)),
+        held_passed=(-1 if max_held <= 0 else sum(
+            selection_key(x, max_held)[0] == 0 for x in metrics
+            if x["epoch"] > select_after and "holdout_nll" in x)),
     )
 
 
-def _best_so_far(files: MemoryFiles, metrics: list[dict[str, Any]],
-                 select_after: int = 0) -> tuple[int, float]:
-    """(epoch, held-out NLL) of the weights in ``files.best``, if they are of a recorded
-    epoch after ``select_after``; (0, inf) otherwise."""
+def _best_so_far(files: MemoryFiles, metrics: list[dict[str, Any]], max_held: float,
+                 select_after: int = 0) -> tuple[int, tuple[int, float]]:
+    """(epoch, :func:`selection_key`) of the weights in ``files.best``, if they are of a
+    recorded epoch after ``select_after``; (0, (2, inf)) otherwise."""
     if files.best.exists():
         epoch = int(read_header(files.best).get("meta", {}).get("epoch", 0))
         for x in metrics if epoch > select_after else []:
             if x["epoch"] == epoch and "holdout_nll" in x:
-                return epoch, x["holdout_nll"]
-    return 0, math.inf
+                return epoch, selection_key(x, max_held)
+    return 0, (2, math.inf)
 
 
 def report_dict(report: MemoryReport) -> dict[str, Any]:
