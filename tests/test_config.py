@@ -60,7 +60,7 @@ def test_bad_overrides_name_the_key(override, needle):
 
 def test_selecting_m_by_the_held_action_check_needs_the_check():
     keys = ["memory.select_max_held=1.2", "dream.check_episodes=0"]
-    with pytest.raises(ConfigError, match=r"'memory\.select_max_held' above 0 .*check_episodes > 0"):
+    with pytest.raises(ConfigError, match=r"'memory\.select_max_held' above 0 .*episodes > 0"):
         load_config("doom_takecover", ["solve"], keys)
     assert load_config("doom_takecover", ["solve"], keys[:1]).memory.select_max_held == 1.2
 
