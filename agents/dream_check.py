@@ -9,6 +9,7 @@ dream and 320-400 in reality (docs/results.md, issue 5). For Discrete action spa
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from envs.dream_env import load_dream
 from envs.factory import make_env_from_config
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic
-from worldmodels.config import ExperimentConfig
+from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.dream import Dream, start_latents
 from worldmodels.errors import InputError
 from worldmodels.frmdn_training import EpochCheck, MemoryReport, latent_split, train_memory
@@ -135,24 +136,38 @@ def dreamt_rows(dream: Dream, reals: dict[int | None, np.ndarray], dreams: int =
 def epoch_checker(cfg: ExperimentConfig, run: RunDir) -> EpochCheck | None:
     """``train_memory``'s ``epoch_check`` for ``memory.select_max_held`` > 0 (None when
     it is 0): the held-action check of M as it trains, on the run's dream settings and
-    start latents (its training episodes' first frames), returning the worst held
-    action and its dream / real ratio. The real episodes, which do not depend on M, are
-    played once, at the first epoch checked."""
+    start latents (those :func:`~envs.dream_env.load_dream` uses), on a CPU copy of M
+    where it trains on another device, returning the worst held action and its dream /
+    real ratio. The real episodes, which do not depend on M, are played once, at the
+    first epoch checked. A run the check cannot apply to (actions not Discrete, or no
+    reward head for a dream) is refused here, before any epoch trains."""
     if cfg.memory.select_max_held <= 0:
         return None
+    space = run.action_space()
+    if not isinstance(space, gym.spaces.Discrete):
+        raise ConfigError(f"memory.select_max_held > 0 holds each action in turn: it needs "
+                          f"a Discrete action space, not {space}; set it to 0")
+    if not cfg.memory.reward_head:
+        raise ConfigError("memory.select_max_held > 0 dreams with M: it needs "
+                          "memory.reward_head=true")
     reals: dict[int | None, np.ndarray] = {}
-    starts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    starts: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
 
     def check(memory: torch.nn.Module) -> dict[str, float]:
         if not reals:
+            begin = (None if run.dream_starts.exists()  # load_dream reads them
+                     else start_latents(latent_split(cfg, run)[0]))
             env = make_env_from_config(cfg.env)
             try:
-                reals.update(real_rows(env, cfg.dream.check_episodes))
+                played = real_rows(env, cfg.dream.check_episodes)
             finally:
                 env.close()
-            starts.append(start_latents(latent_split(cfg, run)[0]))
-        memory.eval()
-        dream, _ = load_dream(run, cfg, starts=starts[0], memory=memory)
+            starts["starts"] = begin
+            reals.update(played)
+        if next(memory.parameters()).device.type != "cpu":  # the dream steps on the CPU
+            memory = copy.deepcopy(memory).cpu()
+        memory.eval()  # (train_memory sets train mode again at every epoch)
+        dream, _ = load_dream(run, cfg, starts=starts["starts"], memory=memory)
         worst = worst_held(dreamt_rows(dream, reals))
         return {"held_worst_ratio": worst.ratio, "held_worst_action": worst.action}
 

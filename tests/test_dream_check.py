@@ -11,14 +11,17 @@ from agents.dream_check import (
     HeldActionRow,
     check_run,
     dream_lengths,
+    epoch_checker,
     gate,
     held_action_check,
     markdown_table,
     real_lengths,
+    train_memory_checked,
     worst_held,
 )
 from tests.conftest import run_of
 from tests.test_dream import Z, memory_with_heads
+from worldmodels.config import ConfigError
 from worldmodels.dream import Dream
 from worldmodels.errors import InputError
 from worldmodels.run_dir import RunDir
@@ -121,3 +124,20 @@ def test_epoch_checker_agrees_with_the_check_of_the_saved_m(tiny_cfg, monkeypatc
     assert saved["worst_action"] == chosen["held_worst_action"]
     assert saved["worst_ratio"] == pytest.approx(chosen["held_worst_ratio"], rel=1e-6)
     assert report.held_worst_ratio == chosen["held_worst_ratio"]
+
+
+def test_epoch_checker_refuses_a_run_it_cannot_check_before_m_trains(tiny_cfg):
+    from tests.test_frmdn_training import write_latents
+
+    tiny_cfg.vae.z_dim = 4
+    tiny_cfg.memory.select_max_held = 1.2
+    write_latents(run_of(tiny_cfg) / "latents")  # CarRacing's Box actions
+    run = RunDir(run_of(tiny_cfg))
+    with pytest.raises(ConfigError, match="Discrete action space"):
+        train_memory_checked(tiny_cfg, run, progress=False)
+    assert not run.memory.metrics.exists()  # refused before any epoch
+    tiny_cfg.memory.select_max_held = 0.0  # off: no check, no held figures
+    assert epoch_checker(tiny_cfg, run) is None
+    tiny_cfg.memory.epochs, tiny_cfg.memory.hidden = 1, 8
+    train_memory_checked(tiny_cfg, run, progress=False)
+    assert not any(k.startswith("held") for k in run.memory.metrics.read_text().split('"'))

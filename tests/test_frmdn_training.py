@@ -4,7 +4,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from tests.conftest import run_of
+from tests.conftest import CAR_ACTIONS, run_of
 from worldmodels.checkpoint import save_model
 from worldmodels.config import ConfigError
 from worldmodels.datasets import split_episodes
@@ -26,7 +26,7 @@ def write_latents(directory, n=6, T=40, z=4, discrete=False, nan_in=None, digest
             mu[t + 1] = 0.9 * mu[t] + 0.3 * rng.normal(size=z)
         if nan_in == i:  # finite in the shard (which refuses NaN), but its square overflows
             mu[5, 0] = np.float32(3e38)
-        space = {"type": "discrete", "n": 3} if discrete else {"type": "box", "shape": [3]}
+        space = {"type": "discrete", "n": 3} if discrete else CAR_ACTIONS
         action = (rng.integers(0, 3, T) if discrete
                   else rng.uniform(-1, 1, (T, 3)).astype(np.float32))
         meta = {"action_space": space, "vae_digest": digest}
@@ -452,3 +452,22 @@ def test_select_max_held_keeps_the_lowest_nll_among_epochs_that_pass(mem_cfg, mo
     report = train_memory(mem_cfg, progress=False, epoch_check=check, select_after=5)
     assert (report.best_epoch, report.held_passed) == (7, 0)
     assert "chosen by NLL alone" in run_py._memory(asdict(report))
+    # killed between epoch 8's weights and the copy of the best: epoch 8 passes, so the
+    # rerun copies it over epoch 7 (which failed, with a higher NLL)
+    nlls[8], ratios[8] = 0.7, 1.0
+    real_save = frmdn_training.save_model
+
+    def killed_at_best(path, *args, **kwargs):
+        if path == run.memory.best:
+            raise KeyboardInterrupt
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(frmdn_training, "save_model", killed_at_best)
+    mem_cfg.memory.epochs = 8
+    with pytest.raises(KeyboardInterrupt):
+        train_memory(mem_cfg, progress=False, epoch_check=check, select_after=5)
+    monkeypatch.setattr(frmdn_training, "save_model", real_save)
+    assert read_header(run.memory.best)["meta"]["epoch"] == 7
+    report = train_memory(mem_cfg, progress=False, epoch_check=check, select_after=5)
+    assert (report.best_epoch, report.held_passed) == (8, 1)
+    assert read_header(run.memory.best)["meta"]["epoch"] == 8

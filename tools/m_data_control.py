@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
             write_bytes_atomic(sidecar(view.memory.model), sidecar(start).read_bytes())
     epoch = int(read_header(start)["meta"]["epoch"])
     report = train_memory_checked(cfg, view, epochs=epoch + args.epochs, select_after=epoch,
-                          episodes_below=args.below)
+                                  episodes_below=args.below)
     result = {"memory": report_dict(report), "check": check_run(cfg, view),
               "start": str(start), "below": args.below}
     print(json.dumps({"holdout_nll": result["memory"]["holdout_nll"],

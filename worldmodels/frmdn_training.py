@@ -368,7 +368,8 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
     max_held = m.select_max_held
     if max_held > 0 and epoch_check is None:
         raise ConfigError("memory.select_max_held > 0 needs the held-action check of each "
-                          "epoch: train M through run.py or train_frmdn.py")
+                          "epoch: train M through run.py, train_frmdn.py or "
+                          "agents.dream_check.train_memory_checked")
     best_epoch, best_key = _best_so_far(files, metrics, max_held, select_after)
     if out_dir is None:
         run.write_config(cfg, outputs=(files.dir,))  # inputs accepted

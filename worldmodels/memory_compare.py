@@ -75,6 +75,7 @@ def variant_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
         raise ConfigError(f"unknown variant '{name}' (known: {', '.join(VARIANTS)})")
     out = copy.deepcopy(cfg)
     merge_into(out, {"memory": VARIANTS[name]}, f"variant '{name}'")
+    out.memory.select_max_held = 0.0  # variants are compared by held-out NLL alone
     validate(out)
     return out
 
