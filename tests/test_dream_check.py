@@ -124,6 +124,7 @@ def test_epoch_checker_agrees_with_the_check_of_the_saved_m(tiny_cfg, monkeypatc
     assert saved["worst_action"] == chosen["held_worst_action"]
     assert saved["worst_ratio"] == pytest.approx(chosen["held_worst_ratio"], rel=1e-6)
     assert report.held_worst_ratio == chosen["held_worst_ratio"]
+    assert run.memory.held_check_png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_epoch_checker_refuses_a_run_it_cannot_check_before_m_trains(tiny_cfg):

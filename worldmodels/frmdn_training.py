@@ -14,6 +14,7 @@ Files under ``<run>/memory/`` (or another directory given by the caller)::
                                   last), held-out NLL (nats / latent dim) as below,
                                   reward MSE, done accuracy, recall, precision and skill,
                                   and the epoch check's figures (``epoch_check``)
+    held_check.png                the check per epoch (with ``memory.select_max_held``)
 
 Held-out NLL (:func:`evaluate_memory`), in nats per latent dimension, on the episodes
 :func:`latent_split` holds out (at least ``data.holdout_min_episodes``):
@@ -72,6 +73,7 @@ from worldmodels.datasets import (
 )
 from worldmodels.memory import MEMORY_KINDS, Memory, done_metrics
 from worldmodels.monitoring import summary_writer
+from worldmodels.pictures import plot_curves
 from worldmodels.run_dir import MemoryFiles, RunDir
 from worldmodels.shards import (
     ShardError,
@@ -458,6 +460,8 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                         "skipped": skipped, **{f"holdout_{k}": v for k, v in held.items()},
                         **checked})
         write_json_atomic(files.metrics, metrics)  # first: see vae_training
+        if checked:
+            plot_held_check(files.held_check_png, metrics, max_held)
         save_model(files.model, model, meta={"epoch": epoch + 1, **meta})
         save_state(files.state, {"optimizer": optimizer.state_dict(), "epoch": epoch + 1})
         if not scored:  # memory.eval_every: this epoch is not a candidate for the best
@@ -504,6 +508,17 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
             selection_key(x, max_held)[0] == 0 for x in metrics
             if x["epoch"] > select_after and "holdout_nll" in x)),
     )
+
+
+def plot_held_check(path: Path, metrics: list[dict[str, Any]], max_held: float) -> None:
+    """Each checked epoch's worst held action, dream length / real length (log scale),
+    with ``memory.select_max_held``'s line, as PNG at ``path``."""
+    rows = [x for x in metrics if "held_worst_ratio" in x]
+    hlines = {f"memory.select_max_held={max_held:g}": max_held} if max_held > 0 else {}
+    plot_curves(path, {"worst held action": ([x["epoch"] for x in rows],
+                                             [x["held_worst_ratio"] for x in rows])},
+                "M's dream: the held-action check of every epoch", "epoch",
+                "dream / real length (log)", hlines={"1 (as real)": 1.0, **hlines}, logy=True)
 
 
 def _best_so_far(files: MemoryFiles, metrics: list[dict[str, Any]], max_held: float,

@@ -44,10 +44,11 @@ def save_png(path: Path, image: np.ndarray) -> None:
 def plot_curves(path: Path, series: dict[str, tuple[list[float], list[float]]], title: str,
                 xlabel: str, ylabel: str, band: tuple[list[float], list[float]] | None = None,
                 hlines: dict[str, float] | None = None,
-                styles: dict[str, dict[str, Any]] | None = None) -> None:
+                styles: dict[str, dict[str, Any]] | None = None, logy: bool = False) -> None:
     """Line plot of named (x, y) series, an optional shaded band (low, high) under the first
     series' x, and labelled horizontal reference lines; written atomically as PNG.
-    ``styles``: matplotlib keywords for some series by name (colour, marker, ...)."""
+    ``styles``: matplotlib keywords for some series by name (colour, marker, ...);
+    ``logy`` for a logarithmic y axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,6 +63,8 @@ def plot_curves(path: Path, series: dict[str, tuple[list[float], list[float]]], 
         first_x = x if first_x is None else first_x
     if band is not None and first_x is not None:
         ax.fill_between(first_x, band[0], band[1], alpha=0.15, label="worst to best")
+    if logy:
+        ax.set_yscale("log")
     for name, value in (hlines or {}).items():
         ax.axhline(value, linestyle="--", linewidth=1, color="grey")
         ax.annotate(name, (ax.get_xlim()[0], value), fontsize=8, color="grey",

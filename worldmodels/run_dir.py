@@ -112,8 +112,13 @@ class MemoryFiles:
     model: Path
     state: Path
     metrics: Path
-    best: Path  # the weights of the epoch with the best held-out NLL
+    best: Path  # the chosen epoch's weights (frmdn_training.selection_key)
     tensorboard: Path
+
+    @property
+    def held_check_png(self) -> Path:
+        """The held-action check of every epoch, drawn (``memory.select_max_held``)."""
+        return self.dir / "held_check.png"
 
     @classmethod
     def at(cls, d: Path) -> MemoryFiles:
