@@ -143,8 +143,10 @@ def test_sampled_done_follows_the_calibrated_probability(pos_weight):
     assert abs(steps.mean() - 10.0) < 0.6
 
 
-@pytest.mark.parametrize(("p", "expected"), [(0.6, 1), (0.4, 25)])
+@pytest.mark.parametrize(("p", "expected"), [(0.6, 1), (0.4, 25), (0.5, 25)])
 def test_threshold_done_ends_exactly_when_p_crosses_it(p, expected):
+    """P(done) above the threshold ends the dream; at it exactly (logit 0: 0.5, the
+    default threshold) it does not, as Ha's rule is a strict inequality."""
     dream = Dream(memory_with_heads(1.0, math.log(p / (1 - p))), torch.zeros(1, Z),
                   torch.zeros(1, Z), done_mode="threshold", max_steps=25)
     ctrl = box_controller()
