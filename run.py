@@ -121,9 +121,10 @@ def _memory(s: dict[str, Any]) -> str:
     return (f"held-out NLL {s['holdout_nll']:.4f}" + ("" if se != se else f" ± {se:.4f}")
             + f" nats/dim (epoch {s.get('best_epoch', s['epochs_done'])})") + (
         "" if skill != skill else f", done skill {skill:.3f}") + (  # nan: no episode ended
-        "" if passed < 0 else (f", chosen among {passed} epochs that passed the held-action "
-                               "check" if passed else ", no epoch passed the held-action "
-                               "check: chosen by NLL alone")
+        "" if passed < 0 else (f", chosen among {passed} epoch{'s' * (passed > 1)} that "
+                               "passed the held-action check" if passed
+                               else ", no epoch passed the held-action check: chosen by "
+                               "NLL alone")
         + f" (its worst: action {s['held_worst_action']}, {s['held_worst_ratio']:.2f}x)")
 
 
