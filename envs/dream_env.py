@@ -105,9 +105,11 @@ def load_dream(run: RunDir, cfg: ExperimentConfig | None = None,
     ``cfg.dream``'s settings (default: the run's config); the temperature is
     ``dream.temperature`` unless given."""
     cfg = cfg if cfg is not None else run.load_config()
-    pos_weight = (cfg.memory.done_pos_weight if memory is not None
-                  else float(run.memory_meta()["done_pos_weight"]))
-    memory = run.load_memory() if memory is None else memory
+    if memory is None:
+        memory = run.load_memory()  # first: it names a run without M
+        pos_weight = float(run.memory_meta()["done_pos_weight"])
+    else:
+        pos_weight = cfg.memory.done_pos_weight
     if starts is not None:
         mu0, logvar0 = starts
     elif run.dream_starts.exists():  # a shipped agent: the start latents, without the shards
