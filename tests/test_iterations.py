@@ -17,7 +17,7 @@ from agents.evaluation import evaluate
 from agents.iterations import round_episodes, round_schedule
 from tests.test_run import tiny_job_args
 from tools.export_pretrained import export
-from worldmodels.checkpoint import file_digest, load_model
+from worldmodels.checkpoint import file_digest, load_model, read_header
 from worldmodels.config import ConfigError, load_config
 from worldmodels.datasets import split_episodes
 from worldmodels.dream import start_latents
@@ -28,11 +28,17 @@ from worldmodels.run_dir import RunDir
 from worldmodels.shards import list_shards, read_meta, shard_index, shard_name
 
 ROUNDS = ["run.iterations=2", "run.iteration_episodes=2", "run.iteration_memory_epochs=1",
-          "collect.controller_epsilon=0.25"]
+          "collect.controller_epsilon=0.25", "memory.keep_epochs=true"]
 
 
 def iterated_args(tmp_path: Path) -> list[str]:
     return tiny_job_args(tmp_path, "dream") + ROUNDS
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two M checkpoints hold equal tensors."""
+    wa, wb = (load_model(p, kinds=checkpoint_kinds()).state_dict() for p in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def tiny_run(tmp_path: Path) -> RunDir:
@@ -297,6 +303,22 @@ def test_a_finished_round_ships_as_that_round_left_it_and_replays_its_score(two_
     with pytest.raises(InputError, match=r"round_3.summary\.json.*not finished"):
         export(rd.path, tmp_path / "round3", weights=weights, round_number=3)
     assert not (tmp_path / "round3").exists()
+    # memory.keep_epochs: every scored epoch's weights, the chosen ones among them; the
+    # export ships a kept epoch's M with the round's C, and refuses one not kept
+    epochs = [rd.load_config().memory.epochs + r for r in (0, 1)]
+    best_epoch = read_header(rd.round(1).memory.best)["meta"]["epoch"]
+    assert all(rd.memory.epoch_weights(e).is_file() for e in range(1, epochs[1] + 1))
+    assert same_weights(rd.memory.epoch_weights(best_epoch), rd.round(1).memory.best)
+    info = export(rd.path, tmp_path / "epoch2", weights=weights, round_number=1,
+                  memory_epoch=epochs[1])
+    shipped = RunDir(tmp_path / "epoch2")
+    assert read_header(shipped.memory.model)["meta"]["epoch"] == epochs[1]
+    assert info["files"]["memory/model.safetensors"]["sha256"]
+    assert same_weights(shipped.memory.model, rd.memory.epoch_weights(epochs[1]))
+    assert not same_weights(shipped.memory.model, rd.round(1).memory.best)
+    with pytest.raises(InputError, match=r"epoch_099\.safetensors: no weights kept.*epoch_001"):
+        export(rd.path, tmp_path / "epoch99", weights=weights, memory_epoch=99)
+    assert not (tmp_path / "epoch99").exists()
     # dreams start from the episodes round 1's M trained on, not round 2's as well
     cfg = rd.load_config()
     train = latent_split(cfg, rd)[0]

@@ -5,6 +5,7 @@
     python tools/export_pretrained.py RUN DEST --fp16 env.direct_render=false
     python tools/export_pretrained.py RUN DEST --policy ppo --fp16   # an SB3 policy instead
     python tools/export_pretrained.py RUN DEST --round 2 --fp16      # a finished round's agent
+    python tools/export_pretrained.py RUN DEST --round 1 --memory-epoch 19  # a kept epoch's M
     python evaluate.py --run pretrained/carracing --episodes 100
 
 DEST gets ``config.yaml`` (the run's resolved config, with the optional ``KEY=VALUE``
@@ -25,7 +26,11 @@ in full beside itself and renamed into place, and a DEST that exists non-empty i
 round left it: its M and C from ``iterations/round_<N>/`` (V is trained in round 1 only),
 so a finished round can be played, dreamt or trained on (``train_controller.py
 --world-model``) while the run goes on or after its run directory is lost. Its dream
-start latents are those of the training episodes that round's M saw.
+start latents are those of the training episodes that round's M saw. ``--memory-epoch
+E`` ships M's weights of epoch E instead (kept by ``memory.keep_epochs``; give the round
+that trained it for its start latents), with the run's or round's C: a world model for
+``train_controller.py --world-model`` to train C on, so that M's epoch can be chosen by
+the controllers its dream trains.
 
 A shipped directory is a run for evaluate.py and dream.py that is only read: their
 outputs go to ``runs/pretrained/<DEST's name>/`` under the working directory (or
@@ -93,13 +98,16 @@ def _policy_files(policies: ControllerFiles, cfg: Any, policy: str,
 
 def export(run_path: Path, dest: Path, fp16: bool = False,
            weights: str = "selected", overrides: list[str] | None = None,
-           policy: str = "controller", round_number: int | None = None) -> dict[str, Any]:
+           policy: str = "controller", round_number: int | None = None,
+           memory_epoch: int | None = None) -> dict[str, Any]:
     """Write the shipped agent of the run at ``run_path`` to ``dest``; returns what
     ``shipped.json`` holds. ``overrides`` (dotted ``key=value``) change the shipped
     config where :meth:`RunDir.load_config` allows a trained run to (how it plays, not
     what its files fix). ``policy``: ``controller`` (CMA-ES's ``weights``) or an SB3
     algorithm whose policy the run trained. ``round_number``: ship that finished round
-    of iterative training (its kept M and C) instead of the run's latest."""
+    of iterative training (its kept M and C) instead of the run's latest.
+    ``memory_epoch``: ship M's weights of that scored epoch, kept by
+    ``memory.keep_epochs``, instead of the chosen epoch's."""
     run, dest = RunDir(run_path), Path(dest).expanduser().absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InputError(f"{dest}: exists and is not an empty directory; ship to a new one")
@@ -116,6 +124,12 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
             raise InputError(f"{kept.summary}: round {round_number} of {run.path} is not "
                              f"finished (run.iterations={cfg.run.iterations})")
         policies, memory_path = kept.controller, kept.memory.best
+    if memory_epoch is not None:
+        memory_path = run.memory.epoch_weights(memory_epoch)
+        if not memory_path.is_file():
+            kept = sorted(p.stem for p in memory_path.parent.glob("epoch_*.safetensors"))
+            raise InputError(f"{memory_path}: no weights kept of epoch {memory_epoch} (kept: "
+                             f"{', '.join(kept) or 'none; train M with memory.keep_epochs=true'})")
     # the round shipped: --round N, or the earlier round run.agent_round=best put in place
     shipped_round = round_number if round_number is not None else (
         round_in_place(run) if run.agent_round_file.exists() else None)
@@ -124,6 +138,8 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     memory = load_model(memory_path, kinds=checkpoint_kinds())
     memory_meta = {**run.memory_meta(), **read_header(memory_path).get("meta", {})}
     memory_meta.setdefault("weights", memory_path.stem)  # (a shipped M's says "best")
+    if memory_epoch is not None:
+        memory_meta["weights"] = memory_path.stem
     dtype = torch.float16 if fp16 else None
     partial = dest.with_name(dest.name + ".partial")
     if partial.exists():
@@ -202,15 +218,20 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--round", type=int, default=None, metavar="N", dest="round_number",
                         help="ship finished round N of iterative training (run.iterations) "
                              "instead of the run's latest M and C")
+    parser.add_argument("--memory-epoch", type=int, default=None, metavar="E",
+                        help="ship M's weights of scored epoch E, kept in memory/epochs/ "
+                             "(memory.keep_epochs=true)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides of the shipped config.yaml that a trained run "
                              "allows, e.g. env.direct_render=false")
     args = parser.parse_intermixed_args(argv)  # the overrides may follow --fp16
     info = export(args.run, args.dest, args.fp16, args.weights, args.overrides, args.policy,
-                  args.round_number)
+                  args.round_number, args.memory_epoch)
     what = f"controller {args.weights}" if args.policy == "controller" else args.policy
     if args.round_number is not None:
         what += f" of round {args.round_number}"
+    if args.memory_epoch is not None:
+        what += f", M of epoch {args.memory_epoch}"
     print(f"{args.dest}: {len(info['files'])} files, {info['bytes'] / 1e6:.1f} MB, "
           f"{what}" + (", V and M in fp16" if args.fp16 else ""))
     return info

@@ -224,6 +224,10 @@ class MemoryConfig:
     shuffle_buffer: int = _opt(2000, "Windows held in memory for shuffling.", ge=1)
     nonfinite: Literal["raise", "skip"] = _opt(
         "raise", "On a NaN/Inf loss: raise (naming the step) or skip (count it).")
+    keep_epochs: bool = _opt(False, "Keep every scored epoch's weights in memory/epochs/ "
+                                    "(about 2.4 MB each for TakeCover's M), to choose M's "
+                                    "epoch later by another measure (tools/export_pretrained.py "
+                                    "--memory-epoch N ships one).")
     select_max_held: float = _opt(0.0, "Choose M's epoch by its dream too (0 = by held-out "
                                   "NLL alone): run the held-action check (dream.* settings, "
                                   "dream.check_episodes real episodes per policy) after every "

@@ -15,6 +15,7 @@ Files under ``<run>/memory/`` (or another directory given by the caller)::
                                   reward MSE, done accuracy, recall, precision and skill,
                                   and the epoch check's figures (``epoch_check``)
     held_check.png                the check per epoch (with ``memory.select_max_held``)
+    epochs/epoch_<NNN>.safetensors  each scored epoch's weights (``memory.keep_epochs``)
 
 Held-out NLL (:func:`evaluate_memory`), in nats per latent dimension, on the episodes
 :func:`latent_split` holds out (at least ``data.holdout_min_episodes``):
@@ -469,6 +470,9 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                 tqdm.write(f"M epoch {epoch + 1}: {seconds:.1f}s (held-out scored every "
                            f"{m.eval_every} epochs)")
             continue
+        if m.keep_epochs:
+            files.epoch_weights(epoch + 1).parent.mkdir(parents=True, exist_ok=True)
+            save_model(files.epoch_weights(epoch + 1), model, meta={"epoch": epoch + 1, **meta})
         if selection_key(metrics[-1], max_held) < best_key:  # after the last weights:
             best_epoch, best_key = epoch + 1, selection_key(metrics[-1], max_held)  # (resume)
             save_model(files.best, model, meta={"epoch": best_epoch, **meta})

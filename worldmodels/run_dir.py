@@ -115,6 +115,10 @@ class MemoryFiles:
     best: Path  # the chosen epoch's weights (frmdn_training.selection_key)
     tensorboard: Path
 
+    def epoch_weights(self, epoch: int) -> Path:
+        """The weights kept of scored epoch ``epoch`` (``memory.keep_epochs``)."""
+        return self.dir / "epochs" / f"epoch_{epoch:03d}.safetensors"
+
     @property
     def held_check_png(self) -> Path:
         """The held-action check of every epoch, drawn (``memory.select_max_held``)."""
