@@ -370,6 +370,22 @@ def test_padding_every_window_shares_is_cut_and_changes_no_loss(mem_cfg):
                               rtol=1e-5, atol=1e-6), k
 
 
+def test_keep_epochs_keeps_the_scored_epochs_weights(mem_cfg):
+    """memory.keep_epochs: one file per scored epoch (memory.eval_every=2: epochs 2 and
+    4), the last of them the last epoch's weights."""
+    from worldmodels.checkpoint import file_digest
+
+    write_latents(run_of(mem_cfg) / "latents")
+    mem_cfg.memory.epochs, mem_cfg.memory.eval_every = 4, 2
+    mem_cfg.memory.keep_epochs, mem_cfg.memory.eval_draws = True, 1
+    train_memory(mem_cfg, progress=False)
+    run = RunDir(run_of(mem_cfg))
+    kept = sorted(p.name for p in (run.memory.dir / "epochs").iterdir()
+                  if p.suffix == ".safetensors")
+    assert kept == ["epoch_002.safetensors", "epoch_004.safetensors"]
+    assert file_digest(run.memory.epoch_weights(4)) == file_digest(run.memory.model)
+
+
 def test_patience_is_judged_at_scored_epochs(mem_cfg, monkeypatch):
     """With memory.eval_every=2 and patience 1, an unscored epoch never stops M: it stops
     after the first scored epoch that did not improve."""

@@ -309,15 +309,21 @@ def test_a_finished_round_ships_as_that_round_left_it_and_replays_its_score(two_
     best_epoch = read_header(rd.round(1).memory.best)["meta"]["epoch"]
     assert all(rd.memory.epoch_weights(e).is_file() for e in range(1, epochs[1] + 1))
     assert same_weights(rd.memory.epoch_weights(best_epoch), rd.round(1).memory.best)
-    info = export(rd.path, tmp_path / "epoch2", weights=weights, round_number=1,
+    with pytest.raises(InputError, match=f"epoch {epochs[1]} of M is not of round 1"):
+        export(rd.path, tmp_path / "epoch2", weights=weights, round_number=1,
+               memory_epoch=epochs[1])  # round 2's epoch, round 1's episodes and C
+    with pytest.raises(InputError, match="needs --round"):
+        export(rd.path, tmp_path / "epoch2", weights=weights, memory_epoch=epochs[1])
+    info = export(rd.path, tmp_path / "epoch2", weights=weights, round_number=2,
                   memory_epoch=epochs[1])
-    shipped = RunDir(tmp_path / "epoch2")
-    assert read_header(shipped.memory.model)["meta"]["epoch"] == epochs[1]
-    assert info["files"]["memory/model.safetensors"]["sha256"]
-    assert same_weights(shipped.memory.model, rd.memory.epoch_weights(epochs[1]))
-    assert not same_weights(shipped.memory.model, rd.round(1).memory.best)
+    epoch_ship = RunDir(tmp_path / "epoch2").memory.model
+    meta = read_header(epoch_ship)["meta"]
+    assert (meta["epoch"], meta["weights"]) == (epochs[1], f"epoch_{epochs[1]:03d}")
+    assert (info["round"], info["memory_epoch"]) == (2, epochs[1])
+    assert same_weights(epoch_ship, rd.memory.epoch_weights(epochs[1]))
+    assert not same_weights(epoch_ship, rd.round(1).memory.best)
     with pytest.raises(InputError, match=r"epoch_099\.safetensors: no weights kept.*epoch_001"):
-        export(rd.path, tmp_path / "epoch99", weights=weights, memory_epoch=99)
+        export(rd.path, tmp_path / "epoch99", weights=weights, round_number=2, memory_epoch=99)
     assert not (tmp_path / "epoch99").exists()
     # dreams start from the episodes round 1's M trained on, not round 2's as well
     cfg = rd.load_config()

@@ -56,7 +56,13 @@ import torch
 from agents.agent_round import round_in_place
 from agents.iterations import round_start_latents
 from agents.sb3 import SB3_ALGORITHMS, sb3_controller
-from worldmodels.checkpoint import load_model, read_header, save_model, write_json_atomic
+from worldmodels.checkpoint import (
+    load_model,
+    read_header,
+    read_json,
+    save_model,
+    write_json_atomic,
+)
 from worldmodels.config import save_config
 from worldmodels.errors import InputError, run_cli
 from worldmodels.memory import checkpoint_kinds
@@ -96,6 +102,27 @@ def _policy_files(policies: ControllerFiles, cfg: Any, policy: str,
     return files
 
 
+def _check_epoch_in_round(run: RunDir, cfg: Any, epoch: int, round_number: int | None) -> None:
+    """Refuse an M epoch that did not train on round ``round_number``'s episodes (whose
+    start latents and C ship with it): it must come after the round's first epoch and,
+    unless the round is the run's last, not after its last. A run of several rounds
+    needs the round named."""
+    rounds = run.plays_rounds and cfg.run.iterations > 1
+    if round_number is None:
+        if rounds:
+            raise InputError(f"{run.path}: --memory-epoch on a run of {cfg.run.iterations} "
+                             "rounds needs --round, the round whose episodes epoch "
+                             f"{epoch} trained on")
+        return
+    done = read_json(run.round(round_number).summary, {}).get("memory", {})
+    start = int(done.get("round_start_epoch", 0))
+    end = int(done.get("epochs_done", 0)) if round_number < cfg.run.iterations else None
+    if epoch <= start or (end is not None and epoch > end):
+        span = f"{start + 1}-{end}" if end is not None else f"{start + 1} on"
+        raise InputError(f"{run.path}: epoch {epoch} of M is not of round {round_number} "
+                         f"(its epochs: {span})")
+
+
 def export(run_path: Path, dest: Path, fp16: bool = False,
            weights: str = "selected", overrides: list[str] | None = None,
            policy: str = "controller", round_number: int | None = None,
@@ -125,6 +152,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
                              f"finished (run.iterations={cfg.run.iterations})")
         policies, memory_path = kept.controller, kept.memory.best
     if memory_epoch is not None:
+        _check_epoch_in_round(run, cfg, memory_epoch, round_number)
         memory_path = run.memory.epoch_weights(memory_epoch)
         if not memory_path.is_file():
             kept = sorted(p.stem for p in memory_path.parent.glob("epoch_*.safetensors"))
@@ -193,6 +221,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
                {"sb3_environment": cfg.controller.environment}),
             **({"world_model": str(run.path)} if run.borrows_world_model else {}),
             **({"round": shipped_round} if shipped_round is not None else {}),
+            **({"memory_epoch": memory_epoch} if memory_epoch is not None else {}),
             "controller_meta": meta,
             "config_overrides": list(overrides or []), "fp16": fp16,
             "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
