@@ -88,8 +88,9 @@ from worldmodels.shards import (
 
 @dataclass
 class MemoryReport:
-    """Held-out figures of the chosen epoch (``best_epoch``: the lowest headline NLL),
-    whose weights are ``best.safetensors``; see :func:`evaluate_memory`."""
+    """Held-out figures of the chosen epoch (``best_epoch``: the lowest headline NLL, or
+    by :func:`selection_key` with ``memory.select_max_held``), whose weights are
+    ``best.safetensors``; see :func:`evaluate_memory`."""
 
     epochs_done: int
     holdout_nll: float  # the headline, nats per latent dimension (evaluate_memory)
