@@ -10,6 +10,7 @@ dream and 320-400 in reality (docs/results.md, issue 5). For Discrete action spa
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -150,24 +151,25 @@ def epoch_checker(cfg: ExperimentConfig, run: RunDir) -> EpochCheck | None:
     if not cfg.memory.reward_head:
         raise ConfigError("memory.select_max_held > 0 dreams with M: it needs "
                           "memory.reward_head=true")
-    reals: dict[int | None, np.ndarray] = {}
-    starts: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+
+    @functools.cache
+    def prepared() -> tuple[dict[int | None, np.ndarray], tuple[torch.Tensor, torch.Tensor] | None]:
+        """(real lengths, start latents or None where load_dream reads dream_starts.npz),
+        made at the first epoch checked."""
+        starts = (None if run.dream_starts.exists()
+                  else start_latents(latent_split(cfg, run)[0]))
+        env = make_env_from_config(cfg.env)
+        try:
+            return real_rows(env, cfg.dream.check_episodes), starts
+        finally:
+            env.close()
 
     def check(memory: torch.nn.Module) -> dict[str, float]:
-        if not reals:
-            begin = (None if run.dream_starts.exists()  # load_dream reads them
-                     else start_latents(latent_split(cfg, run)[0]))
-            env = make_env_from_config(cfg.env)
-            try:
-                played = real_rows(env, cfg.dream.check_episodes)
-            finally:
-                env.close()
-            starts["starts"] = begin
-            reals.update(played)
+        reals, starts = prepared()
         if next(memory.parameters()).device.type != "cpu":  # the dream steps on the CPU
             memory = copy.deepcopy(memory).cpu()
         memory.eval()  # (train_memory sets train mode again at every epoch)
-        dream, _ = load_dream(run, cfg, starts=starts["starts"], memory=memory)
+        dream, _ = load_dream(run, cfg, starts=starts, memory=memory)
         worst = worst_held(dreamt_rows(dream, reals))
         return {"held_worst_ratio": worst.ratio, "held_worst_action": worst.action}
 

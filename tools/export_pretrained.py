@@ -107,9 +107,8 @@ def _check_epoch_in_round(run: RunDir, cfg: Any, epoch: int, round_number: int |
     start latents and C ship with it): it must come after the round's first epoch and,
     unless the round is the run's last, not after its last. A run of several rounds
     needs the round named."""
-    rounds = run.plays_rounds and cfg.run.iterations > 1
     if round_number is None:
-        if rounds:
+        if run.plays_rounds and cfg.run.iterations > 1:
             raise InputError(f"{run.path}: --memory-epoch on a run of {cfg.run.iterations} "
                              "rounds needs --round, the round whose episodes epoch "
                              f"{epoch} trained on")
@@ -165,8 +164,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     vae = run.load_vae(cfg.vae.z_dim)
     memory = load_model(memory_path, kinds=checkpoint_kinds())
     memory_meta = {**run.memory_meta(), **read_header(memory_path).get("meta", {})}
-    memory_meta.setdefault("weights", memory_path.stem)  # (a shipped M's says "best")
-    if memory_epoch is not None:
+    if memory_epoch is not None or "weights" not in memory_meta:  # (a shipped M's: "best")
         memory_meta["weights"] = memory_path.stem
     dtype = torch.float16 if fp16 else None
     partial = dest.with_name(dest.name + ".partial")

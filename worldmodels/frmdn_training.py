@@ -462,10 +462,11 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                         "skipped": skipped, **{f"holdout_{k}": v for k, v in held.items()},
                         **checked})
         write_json_atomic(files.metrics, metrics)  # first: see vae_training
+        epoch_meta = {"epoch": epoch + 1, **meta}
         if scored and m.keep_epochs:  # before the last weights: a kill retrains the epoch
             files.epoch_weights(epoch + 1).parent.mkdir(parents=True, exist_ok=True)
-            save_model(files.epoch_weights(epoch + 1), model, meta={"epoch": epoch + 1, **meta})
-        save_model(files.model, model, meta={"epoch": epoch + 1, **meta})
+            save_model(files.epoch_weights(epoch + 1), model, meta=epoch_meta)
+        save_model(files.model, model, meta=epoch_meta)
         save_state(files.state, {"optimizer": optimizer.state_dict(), "epoch": epoch + 1})
         if not scored:  # memory.eval_every: this epoch is not a candidate for the best
             if progress:
@@ -474,9 +475,10 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
             continue
         if checked:  # a picture: after every file training resumes from
             plot_held_check(files.held_check_png, metrics, max_held)
-        if selection_key(metrics[-1], max_held) < best_key:  # after the last weights:
-            best_epoch, best_key = epoch + 1, selection_key(metrics[-1], max_held)  # (resume)
-            save_model(files.best, model, meta={"epoch": best_epoch, **meta})
+        key = selection_key(metrics[-1], max_held)
+        if key < best_key:  # after the last weights: see the copy on resume above
+            best_epoch, best_key = epoch + 1, key
+            save_model(files.best, model, meta=epoch_meta)
         writer.add_scalar("m/best_epoch", best_epoch, step)
         if progress:
             done = f", done skill {held['done_skill']:.3f}" if "done_skill" in held else ""
