@@ -18,7 +18,7 @@ from agents.dreams import DREAM_POLICIES, record_dream
 from agents.evaluation import default_policy
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
-from worldmodels.run_dir import run_from_args
+from worldmodels.run_dir import refuse_output_in_shipped, run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"--seed must be in [0, 2**31), got {seed}")
     policy = args.policy or default_policy(run)
     tau = cfg.dream.temperature
+    refuse_output_in_shipped(Path(args.out) if args.out else None)
     out = (Path(args.out) if args.out else run.dreams_dir) \
         / f"{policy}_seed{seed}_tau{tau:g}.gif"
     result = record_dream(run, out, cfg, policy, seed, args.steps,

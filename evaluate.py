@@ -21,7 +21,7 @@ from agents.dreams import dream_score
 from agents.evaluation import EVAL_POLICIES, default_policy, evaluate, play_overrides
 from worldmodels.config import ConfigError, cli_parser, parse_cli
 from worldmodels.errors import run_cli
-from worldmodels.run_dir import CONTROLLER_WEIGHTS, run_from_args
+from worldmodels.run_dir import CONTROLLER_WEIGHTS, refuse_output_in_shipped, run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"--weights {args.weights} chooses among CMA-ES's controllers, but "
                           f"the policy played is {policy} (give --policy controller)")
     out = Path(args.out) if args.out else None
+    refuse_output_in_shipped(out)
     if args.in_dream:
         summary = dream_score(run, cfg, args.weights or run.controller.default_weights(),
                               args.episodes, cfg.seed, out, policy)

@@ -39,6 +39,7 @@ from worldmodels.checkpoint import (
     file_digest,
     load_state,
     read_json,
+    refuse_non_finite,
     save_state,
     write_bytes_atomic,
     write_text_atomic,
@@ -343,6 +344,8 @@ def load_policy(model: Any, path: Path, whose: str = "this run's policy") -> Non
         tensors = load_file(str(path))
     except (ValueError, OSError, SafetensorError) as err:
         raise CheckpointError(f"{path}: unreadable SB3 policy ({err})") from None
+    for key, value in tensors.items():
+        refuse_non_finite(path, key, value)
     try:
         model.policy.load_state_dict(tensors)
     except RuntimeError as err:

@@ -42,7 +42,10 @@ def _reserved(seed: int) -> frozenset[int]:
 def selection_of(meta: dict) -> tuple[int, int] | None:
     """(seed, episodes) of the selection that chose a policy, from its meta: CMA-ES's
     ``selected`` controller (``selection_seed``, ``selection_episodes``) or an SB3
-    policy (``seed``, ``selected.episodes``); None if nothing was selected on seeds."""
+    policy (``seed``, ``selected.episodes``); None if nothing was selected on seeds (or
+    ``meta`` is not a mapping: the policy's loader names that file)."""
+    if not isinstance(meta, dict):
+        return None
     if "selection_seed" in meta and "selection_episodes" in meta:
         return int(meta["selection_seed"]), int(meta["selection_episodes"])
     selected = meta.get("selected")

@@ -20,10 +20,10 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from envs.factory import episode_cap
 from worldmodels.config import ExperimentConfig
-from worldmodels.dream import Dream, start_latents
+from worldmodels.dream import Dream, read_start_latents, start_latents
 from worldmodels.frmdn_training import latent_split
 from worldmodels.run_dir import RunDir
-from worldmodels.shards import read_npz
+from worldmodels.shards import ShardError
 from worldmodels.vae import ConvVAE
 
 
@@ -113,8 +113,11 @@ def load_dream(run: RunDir, cfg: ExperimentConfig | None = None,
     if starts is not None:
         mu0, logvar0 = starts
     elif run.dream_starts.exists():  # a shipped agent: the start latents, without the shards
-        starts = read_npz(run.dream_starts, ("mu", "logvar"))
-        mu0, logvar0 = (torch.from_numpy(starts[k].astype(np.float32)) for k in ("mu", "logvar"))
+        mu0, logvar0 = read_start_latents(run.dream_starts, cfg.vae.z_dim)
+    elif run.is_shipped:
+        raise ShardError(f"{run.dream_starts}: missing; this shipped agent has no dream start "
+                         "latents, so it plays the real env only (export it again from its "
+                         "run to dream)")
     else:
         mu0, logvar0 = start_latents(latent_split(cfg, run)[0])
     dream = Dream(

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import collect as collect_script
 import compare_memory as compare_script
@@ -39,6 +40,7 @@ from tests.builders import make_frmdn
 from tests.conftest import PicklePayload
 from tests.test_run_dir import run_files, trained_run
 from worldmodels.checkpoint import (
+    HEADER_KEY,
     CheckpointError,
     load_model,
     load_state,
@@ -183,6 +185,35 @@ def pickled_state(run: Path) -> None:
                run / "vae" / "train_state.safetensors", pickle_module=pickle)
 
 
+def npy_where(rel: str) -> Callable[[Path], None]:
+    """A bare .npy array where an .npz belongs."""
+    def plant(run: Path) -> None:
+        with open(run / rel, "wb") as fh:
+            np.save(fh, np.zeros(3, np.float32))
+    return plant
+
+
+def model_config(change: Callable[[dict], object]) -> Callable[[Path], None]:
+    """M's checkpoints with the model config in their header replaced by ``change(config)``
+    (a checkpoint of another version of the library, say)."""
+    def plant(run: Path) -> None:
+        for path in sorted((run / "memory").glob("*.safetensors")):
+            if path.name == "train_state.safetensors":
+                continue
+            header = read_header(path)
+            tensors = load_file(str(path))
+            save_file(tensors, str(path), metadata={HEADER_KEY: json.dumps(
+                {**header, "config": change(dict(header["config"]))})})
+            path.with_name(path.name + ".json").unlink(missing_ok=True)
+    return plant
+
+
+def dream_starts(**arrays: np.ndarray) -> Callable[[Path], None]:
+    """A ``dream_starts.npz`` of the given arrays where dreams start (as a shipped agent's,
+    or one ``run.agent_round=best`` put in place)."""
+    return lambda run: write_npz_atomic(run / "dream_starts.npz", arrays)
+
+
 def config_text(text: str) -> Callable[[Path], None]:
     return lambda run: (run / "config.yaml").write_text(text)
 
@@ -314,6 +345,27 @@ CASES = {
     "latent shard, other z size": Case("train_frmdn", [], "ep_000001.npz", other_z),
     "truncated rollout shard": Case("train_vae", [], "ep_000002.npz",
                                     truncated("rollouts/ep_000002.npz")),
+    **{f"an .npy where a latent shard belongs ({name})": Case(
+        name, args, "ep_000000.npz: unreadable shard", npy_where("latents/ep_000000.npz"))
+       for name, args in [("train_frmdn", []), ("dream", ["--dream-only", "--steps", "2"])]},
+    "an .npy where the CMA-ES history belongs": Case(
+        "train_controller", [], "cmaes_history.npz: unreadable shard: not an .npz",
+        npy_where("controller/cmaes_history.npz")),
+    "M's header config of another version": Case(
+        "evaluate", ["--episodes", "1"], "does not build", model_config(
+            lambda config: {**config, "bogus": 1})),
+    "M's header config a list": Case("evaluate", ["--episodes", "1"], "not a mapping",
+                                     model_config(lambda config: [config])),
+    **{f"dream starts, {what}": Case(
+        "evaluate", ["--in-dream", "--episodes", "1"], "dream_starts.npz", dream_starts(
+            mu=mu, logvar=np.zeros_like(mu)))
+       for what, mu in [("other z size", np.zeros((5, 3), np.float32)),
+                        ("no rows", np.zeros((0, 4), np.float32)),
+                        ("one dimension", np.zeros(4, np.float32)),
+                        ("NaN", np.full((5, 4), np.nan, np.float32)),
+                        ("integers", np.zeros((5, 4), np.int64))]},
+    "SB3 policy description a list": Case("evaluate", ["--policy", "ppo"], "sb3_ppo_dream",
+                                          sb3_policy(b"", "[1]")),
     "garbage latent shard": Case("train_frmdn", [], "ep_000000.npz",
                                  plant_bytes("latents/ep_000000.npz", b"not a zip")),
     "corrupt mean_frame.npy": Case("train_vae", [], "mean_frame.npy",

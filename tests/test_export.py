@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,11 @@ from envs.factory import make_env_from_config
 from tests.test_run import tiny_job_args
 from tools.export_pretrained import export
 from tools.export_pretrained import main as export_main
+from worldmodels.checkpoint import CheckpointError
 from worldmodels.config import ConfigError
 from worldmodels.errors import InputError
 from worldmodels.run_dir import RunDir
+from worldmodels.shards import ShardError
 
 
 def tree_hash(directory: Path) -> dict[str, str]:
@@ -78,6 +81,10 @@ def test_a_shipped_agent_plays_from_anywhere_and_is_never_written(trained, tmp_p
     evaluate_script.main(["--run", str(dest), "--episodes", "1", "--policy", "random",
                           "controller.engine=serial", "--out", str(tmp_path / "o")])
     assert (tmp_path / "o" / "random.json").exists()
+    for script, args in ((evaluate_script, ["--episodes", "1"]),
+                         (dream_script, ["--dream-only", "--steps", "2"])):
+        with pytest.raises(ConfigError, match="inside the shipped agent"):
+            script.main(["--run", str(dest), *args, "--out", str(dest / "controller")])
     assert tree_hash(dest) == before
     with pytest.raises(InputError, match="not an empty directory"):
         export(trained.path, dest)
@@ -139,3 +146,29 @@ def test_play_overrides_change_the_shipped_config_and_fixed_keys_are_refused(tra
     with pytest.raises(ConfigError, match="vae.z_dim"):
         export(trained.path, refused, overrides=["vae.z_dim=7"])
     assert not refused.exists() and not refused.with_name("refused.partial").exists()
+
+
+def test_a_refused_export_names_the_source_file_and_leaves_nothing(trained, tmp_path):
+    """A corrupt controller or latent shard of the run stops the export, naming the run's
+    file (not the copy being written), and no half-written agent is left behind."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained.path, copy)
+    dest = tmp_path / "ship"
+    selected = copy / "controller" / "selected.safetensors"
+    kept = selected.read_bytes()
+    selected.write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match=re.escape(str(selected))):
+        export(copy, dest)
+    assert not dest.exists() and not (tmp_path / "ship.partial").exists()
+    selected.write_bytes(kept)
+    first = sorted((copy / "latents").glob("*.npz"))[0]
+    first.write_bytes(b"junk")  # dreams would start from it: no agent without its starts
+    with pytest.raises(ShardError, match=first.name):
+        export(copy, dest)
+    assert not dest.exists() and not (tmp_path / "ship.partial").exists()
+    for shard in (copy / "latents").glob("*.npz"):
+        shard.unlink()  # no latents at all: the agent ships to play the real env only
+    info = export(copy, dest)
+    assert "dream_starts.npz" not in info["files"]
+    with pytest.raises(ShardError, match="dream_starts.npz: missing; this shipped agent"):
+        evaluate_script.main(["--run", str(dest), "--in-dream", "--episodes", "1"])

@@ -253,3 +253,13 @@ def test_only_a_file_named_config_yaml_stands_for_its_run(tmp_path):
     assert run.home == exp and cfg.vae.z_dim == load_config("carracing", ["quick"]).vae.z_dim
     with pytest.raises(ConfigError, match=r"typo\.yaml: unknown top-level key\(s\) \['default'\]"):
         run_from_args(parse_cli(parser, ["--config", str(exp / "typo.yaml")]))
+
+
+def test_world_model_digests_name_a_missing_file(tmp_path):
+    """A directory without V or M (an empty one given as a run, say) is named, not a
+    FileNotFoundError of the first file hashed."""
+    from worldmodels.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"vae/model.safetensors: no such file; is .*"
+                                              r"a trained run\?"):
+        RunDir(tmp_path).world_model_digests()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -419,3 +420,18 @@ def test_an_ensemble_plays_the_mean_of_its_policies_actions(tiny_run):
     run_of(other).joinpath("vae", "model.safetensors").write_bytes(b"another V")
     with pytest.raises(ConfigError, match="V and M differ"):
         main([str(run_of(cfg)), str(run_of(other)), "--episodes", "1"])
+
+
+def test_a_policy_with_nan_weights_is_refused_naming_its_file(tiny_run):
+    cfg = tiny_sb3(tiny_run, timesteps=32)
+    run = RunDir(run_of(cfg))
+    train_sb3(run, cfg, progress=False)
+    path = run.controller.sb3("ppo")[0]
+    tensors = load_file(str(path))
+    key = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
+    tensors[key].view(-1)[0] = float("nan")
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointError, match=rf"{path.name}: '{re.escape(key)}' holds NaN"):
+        sb3_controller(run, cfg, "ppo", cfg.controller.environment)

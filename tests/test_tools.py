@@ -22,6 +22,17 @@ def test_average_controllers_names_a_directory_that_is_not_a_run(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_average_controllers_never_writes_into_an_existing_run(tmp_path):
+    member = tmp_path / "member"
+    (member / "controller").mkdir(parents=True)
+    weights = member / "controller" / "best.safetensors"
+    weights.write_bytes(b"trained")
+    for out in (member, member / "controller" / "best.safetensors"):
+        with pytest.raises(InputError, match="not an empty directory"):
+            average(out, [member, member])
+    assert weights.read_bytes() == b"trained"
+
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "tools").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
 REPO_PACKAGES = {"worldmodels", "agents", "envs", "configs", "tools", "benchmarks"}

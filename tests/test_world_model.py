@@ -92,7 +92,12 @@ def test_a_borrowed_world_model_is_guarded(shipped, trained, tmp_path):  # noqa:
         controller_script.main(["--world-model", str(shipped), "--run", str(home),
                                 "vae.z_dim=8"])
     assert not home.exists()  # refused before anything was written
+    # a first command refused after the marker (a missing engine, say) leaves the
+    # directory free: a retry on another world model takes it
+    borrow_world_model(trained.path, home)
+    assert not RunDir(home).has_config()
     controller_script.main(["--world-model", str(shipped), "--run", str(home), *TINY_PPO])
+    assert json.loads((home / WORLD_MODEL_FILE).read_text())["source"] == str(shipped)
     for script in (vae_script, frmdn_script):  # stages that would write into the source
         with pytest.raises(ConfigError, match="trains controllers on the V and M"):
             script.main(["--run", str(home)])

@@ -31,6 +31,9 @@ from worldmodels.run_dir import RunDir
 
 
 def average(out_dir: Path, member_dirs: list[Path]) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputError(f"{out_dir}: exists and is not an empty directory; the average "
+                         "is written into a new run directory (nothing is overwritten)")
     out, members = RunDir(out_dir), [RunDir(m) for m in member_dirs]
     for m in members:
         if not m.memory.model.is_file():

@@ -63,11 +63,12 @@ from worldmodels.checkpoint import (
     save_model,
     write_json_atomic,
 )
-from worldmodels.config import save_config
+from worldmodels.config import ExperimentConfig, save_config
+from worldmodels.dream import read_start_latents
 from worldmodels.errors import InputError, run_cli
 from worldmodels.memory import checkpoint_kinds
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, SHIPPED_FILE, ControllerFiles, RunDir
-from worldmodels.shards import ShardError, write_npz_atomic
+from worldmodels.shards import list_shards, write_npz_atomic
 
 
 def sha256(path: Path) -> str:
@@ -161,6 +162,8 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     shipped_round = round_number if round_number is not None else (
         round_in_place(run) if run.agent_round_file.exists() else None)
     controller, sidecar = _policy_files(policies, cfg, policy, weights)
+    if policy == "controller":
+        load_model(controller)  # a bad file is named where it is, before anything is written
     vae = run.load_vae(cfg.vae.z_dim)
     memory = load_model(memory_path, kinds=checkpoint_kinds())
     memory_meta = {**run.memory_meta(), **read_header(memory_path).get("meta", {})}
@@ -170,9 +173,40 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     partial = dest.with_name(dest.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)  # an export killed half way
-    shipped = RunDir(partial)
     partial.mkdir(parents=True)
-    if overrides:
+    try:
+        info = _write_agent(run, cfg, partial, vae, memory, memory_meta, dtype, controller,
+                            sidecar, policy, weights, round_number, bool(overrides))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a refused export leaves nothing behind
+        raise
+    info = {"source_run": str(run.home), "env": cfg.env.id, "policy": policy,
+            **({"weights": weights} if policy == "controller" else
+               {"sb3_environment": cfg.controller.environment}),
+            **({"world_model": str(run.path)} if run.borrows_world_model else {}),
+            **({"round": shipped_round} if shipped_round is not None else {}),
+            **({"memory_epoch": memory_epoch} if memory_epoch is not None else {}),
+            **info, "config_overrides": list(overrides or []), "fp16": fp16,
+            "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    files = {str(p.relative_to(partial)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+             for p in sorted(partial.rglob("*")) if p.is_file()}
+    info.update(bytes=sum(f["bytes"] for f in files.values()), files=files)
+    write_json_atomic(partial / SHIPPED_FILE, info)
+    if dest.exists():
+        dest.rmdir()  # empty, checked above
+    partial.rename(dest)
+    return info
+
+
+def _write_agent(run: RunDir, cfg: ExperimentConfig, partial: Path, vae: torch.nn.Module,
+                 memory: torch.nn.Module, memory_meta: dict[str, Any],
+                 dtype: torch.dtype | None, controller: Path, sidecar: Path, policy: str,
+                 weights: str, round_number: int | None, overridden: bool) -> dict[str, Any]:
+    """Write the agent's files into ``partial`` (the config as ``cfg`` says if
+    ``overridden``, else the run's file) and check that they load as the fp32 models a
+    run builds; returns ``{"controller_meta": ...}`` for ``shipped.json``."""
+    shipped = RunDir(partial)
+    if overridden:
         save_config(cfg, shipped.config_file)
     else:
         shutil.copyfile(run.config_file, shipped.config_file)
@@ -182,16 +216,16 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     # a shipped agent's (under a run on its world model), or those of the earlier round
     # that run.agent_round=best put in the run's places; --round N computes round N's
     if round_number is None and run.dream_starts.exists():
+        read_start_latents(run.dream_starts, cfg.vae.z_dim)  # (checked before it ships)
         shutil.copyfile(run.dream_starts, shipped.dream_starts)
+    elif list_shards(run.latents):
+        # what dreams start from (dream.py, evaluate.py --in-dream); with --round, the
+        # episodes that round's M trained on. A corrupt shard stops the export.
+        mu0, logvar0 = round_start_latents(cfg, run, round_number)
+        write_npz_atomic(shipped.dream_starts, {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
     else:
-        try:  # what dreams start from (dream.py, evaluate.py --in-dream)
-            # with --round, the episodes that round's M trained on
-            mu0, logvar0 = round_start_latents(cfg, run, round_number)
-            write_npz_atomic(shipped.dream_starts,
-                             {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
-        except ShardError as err:
-            print(f"note: no dream start latents shipped ({err}): the agent plays the real "
-                  "env only")
+        print(f"note: no dream start latents shipped ({run.latents} holds no latent shards): "
+              "the agent plays the real env only")
     target = shipped.controller.dir / controller.name
     target.parent.mkdir(parents=True)
     shutil.copyfile(controller, target)
@@ -212,23 +246,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
         dtypes = {p.dtype for p in model.state_dict().values() if p.is_floating_point()}
         if dtypes != {torch.float32}:
             raise InputError(f"{partial}: a shipped model loads as {dtypes}, not float32")
-    files = {str(p.relative_to(partial)): {"sha256": sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(partial.rglob("*")) if p.is_file()}
-    info = {"source_run": str(run.home), "env": cfg.env.id, "policy": policy,
-            **({"weights": weights} if policy == "controller" else
-               {"sb3_environment": cfg.controller.environment}),
-            **({"world_model": str(run.path)} if run.borrows_world_model else {}),
-            **({"round": shipped_round} if shipped_round is not None else {}),
-            **({"memory_epoch": memory_epoch} if memory_epoch is not None else {}),
-            "controller_meta": meta,
-            "config_overrides": list(overrides or []), "fp16": fp16,
-            "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "bytes": sum(f["bytes"] for f in files.values()), "files": files}
-    write_json_atomic(partial / SHIPPED_FILE, info)
-    if dest.exists():
-        dest.rmdir()  # empty, checked above
-    partial.rename(dest)
-    return info
+    return {"controller_meta": meta}
 
 
 def main(argv: list[str]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import torch
 
 from worldmodels.config import load_config
 from worldmodels.datasets import SequenceDataset
+from worldmodels.errors import run_cli
 from worldmodels.frmdn_training import _batch_losses, action_info, build_memory, latent_split
 from worldmodels.run_dir import RunDir
 
@@ -79,7 +80,7 @@ def run(cfg, variant: dict, seed: int, steps: int) -> dict:
             "max_abs_loss": worst, "last_nll": nll}
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="carracing")
     parser.add_argument("--preset", action="append", default=None)
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg = load_config(args.config, args.preset, args.overrides)
     torch.set_num_threads(1)
     print(f"machine: {platform.platform()}; run {RunDir.for_config(cfg)}; z {cfg.vae.z_dim}, "
@@ -110,4 +111,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

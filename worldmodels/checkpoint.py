@@ -86,6 +86,17 @@ def read_header(path: Path) -> dict[str, Any]:
     return data
 
 
+def refuse_non_finite(path: Path, key: str, value: torch.Tensor,
+                      allow_inf: bool = False) -> None:
+    """A :class:`CheckpointError` naming ``path`` and ``key`` if the tensor ``value``
+    holds NaN (or an infinity, unless ``allow_inf``: a buffer such as an unbounded
+    action space's bound)."""
+    if value.is_floating_point() and bool(
+            (value.isnan() | (value.isinf() & (not allow_inf))).any()):
+        raise CheckpointError(f"{path}: '{key}' holds NaN or Inf; these weights cannot "
+                              "be used (retrain, or restore the file)")
+
+
 def load_weights(path: Path, model: nn.Module) -> None:
     """Load a safetensors file into ``model``; every key and shape must match, no float
     be NaN and no parameter infinite."""
@@ -112,10 +123,7 @@ def load_weights(path: Path, model: nn.Module) -> None:
         if value.is_floating_point() != expected[key].is_floating_point():
             raise CheckpointError(f"{path}: '{key}' is {value.dtype}, the model expects "
                                   f"{expected[key].dtype}")
-        if value.is_floating_point() and bool(
-                (value.isnan() | (value.isinf() & (key in parameters))).any()):
-            raise CheckpointError(f"{path}: '{key}' holds NaN or Inf; these weights cannot "
-                                  "be used (retrain, or restore the file)")
+        refuse_non_finite(path, key, value, allow_inf=key not in parameters)
         if value.dtype != expected[key].dtype:  # fp16 weights of a shipped agent: fp32 model
             tensors[key] = value.to(expected[key].dtype)
     model.load_state_dict(tensors)
@@ -148,8 +156,16 @@ def load_model(path: Path, expect: dict[str, Any] | None = None,
         raise CheckpointError(f"{path}: holds a {kind}, but a {' or '.join(kinds)} belongs here")
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"{path}: unknown model kind '{kind}' (known: {sorted(MODEL_KINDS)})")
-    refuse_made_with(path, side["config"], expect or {})
-    model = MODEL_KINDS[kind](**side["config"])
+    config = side["config"]
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its model config is a {type(config).__name__}, "
+                              f"not a mapping of {kind}'s arguments")
+    refuse_made_with(path, config, expect or {})
+    try:
+        model = MODEL_KINDS[kind](**config)
+    except (TypeError, ValueError) as err:  # keys of another version, or values out of range
+        raise CheckpointError(f"{path}: its {kind} config {config} does not build a {kind} "
+                              f"with this version of worldmodels ({err})") from err
     load_weights(path, model)
     return model.to(map_location)
 

@@ -55,6 +55,26 @@ def start_latents(paths: list[Path]) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(np.stack(mus)), torch.from_numpy(np.stack(logvars))
 
 
+def read_start_latents(path: Path, z_dim: int) -> tuple[Tensor, Tensor]:
+    """(mu, logvar), float32 (N, z_dim) each, from a shipped agent's ``dream_starts.npz``;
+    a :class:`ShardError` naming the file unless both are finite floats of that shape
+    with N >= 1."""
+    data = read_npz(path, ("mu", "logvar"))
+    for key, value in data.items():
+        if value.dtype.kind != "f" or value.ndim != 2 or value.shape[1:] != (z_dim,) \
+                or len(value) == 0:
+            raise ShardError(f"{path}: '{key}' is {value.dtype} {value.shape}, expected "
+                             f"floats (N, {z_dim}) with N >= 1 (the first latents of M's "
+                             "training episodes)")
+        if not np.isfinite(value).all():
+            raise ShardError(f"{path}: '{key}' holds NaN or infinite values")
+    if data["mu"].shape != data["logvar"].shape:
+        raise ShardError(f"{path}: 'mu' {data['mu'].shape} and 'logvar' "
+                         f"{data['logvar'].shape} differ in shape")
+    return torch.from_numpy(data["mu"].astype(np.float32)), \
+        torch.from_numpy(data["logvar"].astype(np.float32))
+
+
 class Dream:
     """B dreams of one M, stepped together.
 

@@ -402,7 +402,11 @@ class RunDir:
     def world_model_digests(self) -> dict[str, str]:
         """Short SHA-256s of the V and M a policy of this run reads (M: the weights
         :meth:`load_memory` loads), as ``{"vae": ..., "memory": ...}``."""
-        return {"vae": file_digest(self.vae.model), "memory": file_digest(self.memory.weights())}
+        files = {"vae": self.vae.model, "memory": self.memory.weights()}
+        for path in files.values():
+            if not path.is_file():
+                raise CheckpointError(f"{path}: no such file; is {self.home} a trained run?")
+        return {part: file_digest(path) for part, path in files.items()}
 
     @property
     def dream_starts(self) -> Path:
@@ -870,6 +874,18 @@ def _world_model_hashes(source: RunDir) -> dict[str, str]:
     return {f"{k}/{files[k].name}": d for k, d in source.world_model_digests().items()}
 
 
+def refuse_output_in_shipped(out: Path | None) -> None:
+    """An ``--out`` directory inside a shipped agent (any directory above it holding
+    :data:`SHIPPED_FILE`) is refused: a shipped agent is only read."""
+    if out is None:
+        return
+    path = Path(out).expanduser().absolute()
+    for directory in (path, *path.parents):
+        if (directory / SHIPPED_FILE).is_file():
+            raise ConfigError(f"--out {out}: inside the shipped agent {directory}, which is "
+                              "only read; give a directory outside it")
+
+
 def borrow_world_model(source: str | Path, dest: str | Path,
                        overrides: list[str] | tuple[str, ...] = ()
                        ) -> tuple[ExperimentConfig, RunDir]:
@@ -884,12 +900,14 @@ def borrow_world_model(source: str | Path, dest: str | Path,
     source resumes; another source, or V or M changed since, is refused.
     """
     src, home = RunDir(source), RunDir(dest)
-    if home.borrows_world_model and home.path != src.path:  # before comparing configs
+    # started: its config is written; a first command refused before that (a missing
+    # engine, say) leaves only the marker, and the directory is still free for any source
+    started = home.borrows_world_model and home.has_config()
+    if started and home.path != src.path:  # before comparing configs
         raise ConfigError(f"{home.world_model_file}: this run uses the world model of "
                           f"{home.path}, not {src.path}; use another --run")
     # a rerun continues the run's own config (the overrides on top), a new run the source's
-    resumed = home.borrows_world_model and home.has_config()
-    cfg = (home if resumed else src).load_config(list(overrides), trained=False,
+    cfg = (home if started else src).load_config(list(overrides), trained=False,
                                                  rounds=False)
     saved = _flatten(to_dict(src.load_config()))
     fixed = fixed_changes(cfg, saved, (*TRAINED_RUN_SECTIONS, "controller"))
@@ -899,12 +917,12 @@ def borrow_world_model(source: str | Path, dest: str | Path,
                           "dream.* or how to run")
     src.load_vae(cfg.vae.z_dim), src.load_memory()  # both load, before anything is written
     hashes = _world_model_hashes(src)
-    if home.borrows_world_model:
+    if started:
         recorded = json.loads(home.world_model_file.read_text())
         if recorded.get("files") != hashes:
             raise ConfigError(f"{home.world_model_file}: V or M of {src.path} changed since "
                               "this run started (SHA-256 differs); use another --run")
-    elif home.has_config() or home.vae.model.exists():
+    elif home.has_config() or VAEFiles.at(home.home / "vae").model.exists():
         raise ConfigError(f"{home.path}: already a run with its own config or V; a run on "
                           "another world model needs a new directory")
     else:

@@ -88,6 +88,10 @@ def write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray], compress_leve
     write_atomic(path, write)
 
 
+#: first bytes of a zip archive (an .npz): a local file header, or an empty archive's end
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+
+
 def read_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """Read (some) arrays of an ``.npz`` with ``allow_pickle=False``.
 
@@ -95,6 +99,13 @@ def read_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.nd
     :class:`ShardError` naming the file.
     """
     path = Path(path)
+    with unreadable_as_shard_error(path), open(path, "rb") as fh:
+        magic = fh.read(4)
+    # (np.load would read a bare .npy as one array, and call a text file "pickled data")
+    if magic not in ZIP_MAGICS:
+        raise ShardError(f"{path}: unreadable shard: " + (
+            "an empty file" if not magic else
+            f"not an .npz archive (a zip file starts with b'PK', this one with {magic!r})"))
     with unreadable_as_shard_error(path), np.load(path, allow_pickle=False) as data:
         names = keys if keys is not None else tuple(data.files)
         missing = [k for k in names if k not in data.files]

@@ -362,6 +362,9 @@ def read_mean_frame(path: Path, frame_size: int) -> np.ndarray:
     """The saved mean training frame, float (F, F, 3) in [0, 1]; an empty, corrupt or
     pickled file, or one of another shape, is a :class:`CheckpointError` naming it."""
     try:
+        with open(path, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":  # (np.load would call a text file pickled data)
+                raise ValueError("not a .npy file")
         mean = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise CheckpointError(f"{path}: unreadable mean frame ({type(err).__name__}: {err}); "
