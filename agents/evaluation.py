@@ -141,7 +141,10 @@ def default_policy(run: RunDir) -> str:
     (whose absence the caller then reports)."""
     if run.is_shipped:
         policy = run.shipped_info().get("policy", "controller")
-        return policy if policy in EVAL_POLICIES else "controller"
+        if policy not in EVAL_POLICIES:
+            raise ConfigError(f"{run.shipped_file}: policy '{policy}' is not one this version "
+                              f"plays ({', '.join(EVAL_POLICIES)})")
+        return policy
     if any(run.controller.weights(w).exists() for w in CONTROLLER_WEIGHTS):
         return "controller"
     environment = run.load_config().controller.environment

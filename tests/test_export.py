@@ -172,3 +172,9 @@ def test_a_refused_export_names_the_source_file_and_leaves_nothing(trained, tmp_
     assert "dream_starts.npz" not in info["files"]
     with pytest.raises(ShardError, match="dream_starts.npz: missing; this shipped agent"):
         evaluate_script.main(["--run", str(dest), "--in-dream", "--episodes", "1"])
+    with pytest.raises(CheckpointError, match=r"no such controller \(it ships selected\)"):
+        evaluate_script.main(["--run", str(dest), "--episodes", "1", "--weights", "mean"])
+    shipped = json.loads((dest / "shipped.json").read_text())
+    (dest / "shipped.json").write_text(json.dumps({**shipped, "policy": "dqn"}))
+    with pytest.raises(ConfigError, match="policy 'dqn' is not one this version plays"):
+        evaluate_script.main(["--run", str(dest), "--episodes", "1"])
