@@ -364,7 +364,7 @@ CASES = {
                         ("one dimension", np.zeros(4, np.float32)),
                         ("NaN", np.full((5, 4), np.nan, np.float32)),
                         ("integers", np.zeros((5, 4), np.int64))]},
-    "SB3 policy description a list": Case("evaluate", ["--policy", "ppo"], "sb3_ppo_dream",
+    "SB3 policy description a list": Case("evaluate", ["--policy", "ppo"], "sb3_ppo_dream.json",
                                           sb3_policy(b"", "[1]")),
     "garbage latent shard": Case("train_frmdn", [], "ep_000000.npz",
                                  plant_bytes("latents/ep_000000.npz", b"not a zip")),

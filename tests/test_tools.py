@@ -4,6 +4,7 @@ tools/ and benchmarks/ imports the checkout it is run from."""
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,11 @@ def test_average_controllers_never_writes_into_an_existing_run(tmp_path):
     (member / "controller").mkdir(parents=True)
     weights = member / "controller" / "best.safetensors"
     weights.write_bytes(b"trained")
-    for out in (member, member / "controller" / "best.safetensors"):
-        with pytest.raises(InputError, match="not an empty directory"):
+    other = tmp_path / "other"
+    shutil.copytree(member, other)
+    for out, why in ((member, "is one of the members"), (weights, "is a file"),
+                     (other, "not an average")):
+        with pytest.raises(InputError, match=f"{why}.*nothing is overwritten"):
             average(out, [member, member])
     assert weights.read_bytes() == b"trained"
 

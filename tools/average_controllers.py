@@ -25,15 +25,42 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 import torch
 
 import worldmodels.controller  # noqa: F401  (registers the Controller checkpoint kind)
-from worldmodels.checkpoint import file_digest, load_model, save_model
+from worldmodels.checkpoint import (
+    CheckpointError,
+    file_digest,
+    load_model,
+    read_header,
+    save_model,
+)
 from worldmodels.errors import InputError, run_cli
 from worldmodels.run_dir import RunDir
 
 
+def refuse_overwrite(out_dir: Path, member_dirs: list[Path]) -> None:
+    """``out_dir`` must be a new directory or an earlier (killed) average's, which the
+    same command completes: never a file, a member, or a run with its own controllers."""
+    why = None
+    if out_dir.exists() and not out_dir.is_dir():
+        why = "is a file"
+    elif out_dir.resolve() in {Path(m).resolve() for m in member_dirs}:
+        why = "is one of the members"
+    else:
+        for weights in ("mean", "best", "selected"):
+            path = out_dir / "controller" / f"{weights}.safetensors"
+            if path.exists():
+                try:
+                    averaged = "average_of" in read_header(path).get("meta", {})
+                except CheckpointError:
+                    averaged = False
+                if not averaged:
+                    why = f"holds a controller that is not an average ({path.name})"
+    if why:
+        raise InputError(f"{out_dir}: {why}; the average goes into a new run directory "
+                         "(nothing is overwritten)")
+
+
 def average(out_dir: Path, member_dirs: list[Path]) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise InputError(f"{out_dir}: exists and is not an empty directory; the average "
-                         "is written into a new run directory (nothing is overwritten)")
+    refuse_overwrite(out_dir, member_dirs)
     out, members = RunDir(out_dir), [RunDir(m) for m in member_dirs]
     for m in members:
         if not m.memory.model.is_file():

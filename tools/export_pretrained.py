@@ -58,6 +58,7 @@ from agents.iterations import round_start_latents
 from agents.sb3 import SB3_ALGORITHMS, sb3_controller
 from worldmodels.checkpoint import (
     load_model,
+    load_weights,
     read_header,
     read_json,
     save_model,
@@ -68,7 +69,7 @@ from worldmodels.dream import read_start_latents
 from worldmodels.errors import InputError, run_cli
 from worldmodels.memory import checkpoint_kinds
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, SHIPPED_FILE, ControllerFiles, RunDir
-from worldmodels.shards import list_shards, write_npz_atomic
+from worldmodels.shards import ShardError, write_npz_atomic
 
 
 def sha256(path: Path) -> str:
@@ -162,10 +163,10 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     shipped_round = round_number if round_number is not None else (
         round_in_place(run) if run.agent_round_file.exists() else None)
     controller, sidecar = _policy_files(policies, cfg, policy, weights)
-    if policy == "controller":
-        load_model(controller)  # a bad file is named where it is, before anything is written
     vae = run.load_vae(cfg.vae.z_dim)
     memory = load_model(memory_path, kinds=checkpoint_kinds())
+    if policy == "controller":  # a bad file is named where it is, before anything is written
+        load_weights(controller, run.new_controller(cfg, run.action_space(), memory))
     memory_meta = {**run.memory_meta(), **read_header(memory_path).get("meta", {})}
     if memory_epoch is not None or "weights" not in memory_meta:  # (a shipped M's: "best")
         memory_meta["weights"] = memory_path.stem
@@ -177,9 +178,19 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     try:
         info = _write_agent(run, cfg, partial, vae, memory, memory_meta, dtype, controller,
                             sidecar, policy, weights, round_number, bool(overrides))
+        return _seal(partial, dest, info, run, cfg, policy, weights, shipped_round,
+                     memory_epoch, overrides, fp16)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # a refused export leaves nothing behind
         raise
+
+
+def _seal(partial: Path, dest: Path, info: dict[str, Any], run: RunDir,
+          cfg: ExperimentConfig, policy: str, weights: str, shipped_round: int | None,
+          memory_epoch: int | None, overrides: list[str] | None, fp16: bool,
+          ) -> dict[str, Any]:
+    """Write ``shipped.json`` (what, from where, and every file's SHA-256) into
+    ``partial`` and move it to ``dest``; returns what ``shipped.json`` holds."""
     info = {"source_run": str(run.home), "env": cfg.env.id, "policy": policy,
             **({"weights": weights} if policy == "controller" else
                {"sb3_environment": cfg.controller.environment}),
@@ -218,14 +229,15 @@ def _write_agent(run: RunDir, cfg: ExperimentConfig, partial: Path, vae: torch.n
     if round_number is None and run.dream_starts.exists():
         read_start_latents(run.dream_starts, cfg.vae.z_dim)  # (checked before it ships)
         shutil.copyfile(run.dream_starts, shipped.dream_starts)
-    elif list_shards(run.latents):
-        # what dreams start from (dream.py, evaluate.py --in-dream); with --round, the
-        # episodes that round's M trained on. A corrupt shard stops the export.
-        mu0, logvar0 = round_start_latents(cfg, run, round_number)
-        write_npz_atomic(shipped.dream_starts, {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
     else:
-        print(f"note: no dream start latents shipped ({run.latents} holds no latent shards): "
-              "the agent plays the real env only")
+        try:  # what dreams start from (dream.py, evaluate.py --in-dream)
+            # with --round, the episodes that round's M trained on
+            mu0, logvar0 = round_start_latents(cfg, run, round_number)
+            write_npz_atomic(shipped.dream_starts,
+                             {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
+        except ShardError as err:  # (no latents kept, or none usable: the real env only)
+            print(f"note: no dream start latents shipped ({err}): the agent plays the real "
+                  "env only")
     target = shipped.controller.dir / controller.name
     target.parent.mkdir(parents=True)
     shutil.copyfile(controller, target)

@@ -83,6 +83,10 @@ def read_header(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{source}: model config is not JSON: {err}") from err
     if not isinstance(data, dict) or "kind" not in data or "config" not in data:
         raise CheckpointError(f"{source}: model config needs 'kind' and 'config'")
+    if not isinstance(data["config"], dict):
+        raise CheckpointError(f"{source}: its model config is a "
+                              f"{type(data['config']).__name__}, not a mapping of "
+                              f"{data['kind']}'s arguments")
     return data
 
 
@@ -157,9 +161,6 @@ def load_model(path: Path, expect: dict[str, Any] | None = None,
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"{path}: unknown model kind '{kind}' (known: {sorted(MODEL_KINDS)})")
     config = side["config"]
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: its model config is a {type(config).__name__}, "
-                              f"not a mapping of {kind}'s arguments")
     refuse_made_with(path, config, expect or {})
     try:
         model = MODEL_KINDS[kind](**config)

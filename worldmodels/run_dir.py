@@ -883,7 +883,7 @@ def refuse_output_in_shipped(out: Path | None) -> None:
     :data:`SHIPPED_FILE`) is refused: a shipped agent is only read."""
     if out is None:
         return
-    path = Path(out).expanduser().absolute()
+    path = Path(out).expanduser().resolve()  # (.. and links resolved: where it writes)
     for directory in (path, *path.parents):
         if (directory / SHIPPED_FILE).is_file():
             raise ConfigError(f"--out {out}: inside the shipped agent {directory}, which is "
