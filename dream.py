@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"--seed must be in [0, 2**31), got {seed}")
     policy = args.policy or default_policy(run)
     tau = cfg.dream.temperature
-    refuse_output_in_shipped(Path(args.out) if args.out else None)
-    out = (Path(args.out) if args.out else run.dreams_dir) \
+    out_dir = Path(args.out) if args.out else None
+    refuse_output_in_shipped(out_dir)
+    out = (out_dir or run.dreams_dir) \
         / f"{policy}_seed{seed}_tau{tau:g}.gif"
     result = record_dream(run, out, cfg, policy, seed, args.steps,
                           beside_real=not args.dream_only)

@@ -33,30 +33,33 @@ from worldmodels.checkpoint import (
     save_model,
 )
 from worldmodels.errors import InputError, run_cli
-from worldmodels.run_dir import RunDir
+from worldmodels.run_dir import CONTROLLER_WEIGHTS, RunDir
 
 
 def refuse_overwrite(out_dir: Path, member_dirs: list[Path]) -> None:
     """``out_dir`` must be a new directory or an earlier (killed) average's, which the
     same command completes: never a file, a member, or a run with its own controllers."""
-    why = None
+    trained = [p for p in (out_dir / "controller" / f"{w}.safetensors"
+                           for w in CONTROLLER_WEIGHTS)
+               if p.exists() and not _is_average(p)]
     if out_dir.exists() and not out_dir.is_dir():
         why = "is a file"
     elif out_dir.resolve() in {Path(m).resolve() for m in member_dirs}:
         why = "is one of the members"
+    elif trained:
+        why = f"holds a controller that is not an average ({trained[0].name})"
     else:
-        for weights in ("mean", "best", "selected"):
-            path = out_dir / "controller" / f"{weights}.safetensors"
-            if path.exists():
-                try:
-                    averaged = "average_of" in read_header(path).get("meta", {})
-                except CheckpointError:
-                    averaged = False
-                if not averaged:
-                    why = f"holds a controller that is not an average ({path.name})"
-    if why:
-        raise InputError(f"{out_dir}: {why}; the average goes into a new run directory "
-                         "(nothing is overwritten)")
+        return
+    raise InputError(f"{out_dir}: {why}; the average goes into a new run directory "
+                     "(nothing is overwritten)")
+
+
+def _is_average(path: Path) -> bool:
+    """Was the controller file at ``path`` written by :func:`average`?"""
+    try:
+        return "average_of" in read_header(path).get("meta", {})
+    except CheckpointError:
+        return False
 
 
 def average(out_dir: Path, member_dirs: list[Path]) -> None:

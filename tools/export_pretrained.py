@@ -45,6 +45,8 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +66,7 @@ from worldmodels.checkpoint import (
     save_model,
     write_json_atomic,
 )
-from worldmodels.config import ExperimentConfig, save_config
+from worldmodels.config import save_config
 from worldmodels.dream import read_start_latents
 from worldmodels.errors import InputError, run_cli
 from worldmodels.memory import checkpoint_kinds
@@ -175,90 +177,76 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     if partial.exists():
         shutil.rmtree(partial)  # an export killed half way
     partial.mkdir(parents=True)
-    try:
-        info = _write_agent(run, cfg, partial, vae, memory, memory_meta, dtype, controller,
-                            sidecar, policy, weights, round_number, bool(overrides))
-        return _seal(partial, dest, info, run, cfg, policy, weights, shipped_round,
-                     memory_epoch, overrides, fp16)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)  # a refused export leaves nothing behind
-        raise
-
-
-def _seal(partial: Path, dest: Path, info: dict[str, Any], run: RunDir,
-          cfg: ExperimentConfig, policy: str, weights: str, shipped_round: int | None,
-          memory_epoch: int | None, overrides: list[str] | None, fp16: bool,
-          ) -> dict[str, Any]:
-    """Write ``shipped.json`` (what, from where, and every file's SHA-256) into
-    ``partial`` and move it to ``dest``; returns what ``shipped.json`` holds."""
-    info = {"source_run": str(run.home), "env": cfg.env.id, "policy": policy,
-            **({"weights": weights} if policy == "controller" else
-               {"sb3_environment": cfg.controller.environment}),
-            **({"world_model": str(run.path)} if run.borrows_world_model else {}),
-            **({"round": shipped_round} if shipped_round is not None else {}),
-            **({"memory_epoch": memory_epoch} if memory_epoch is not None else {}),
-            **info, "config_overrides": list(overrides or []), "fp16": fp16,
-            "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    files = {str(p.relative_to(partial)): {"sha256": sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(partial.rglob("*")) if p.is_file()}
-    info.update(bytes=sum(f["bytes"] for f in files.values()), files=files)
-    write_json_atomic(partial / SHIPPED_FILE, info)
-    if dest.exists():
-        dest.rmdir()  # empty, checked above
-    partial.rename(dest)
+    with _removed_on_failure(partial):  # a refused export leaves nothing behind
+        shipped = RunDir(partial)
+        if overrides:
+            save_config(cfg, shipped.config_file)
+        else:
+            shutil.copyfile(run.config_file, shipped.config_file)
+        save_model(shipped.vae.model, vae, meta=read_header(run.vae.model).get("meta", {}),
+                   dtype=dtype)
+        save_model(shipped.memory.model, memory, meta=memory_meta, dtype=dtype)
+        # a shipped agent's (under a run on its world model), or those of the earlier round
+        # that run.agent_round=best put in the run's places; --round N computes round N's
+        if round_number is None and run.dream_starts.exists():
+            read_start_latents(run.dream_starts, cfg.vae.z_dim)  # (checked before it ships)
+            shutil.copyfile(run.dream_starts, shipped.dream_starts)
+        else:
+            try:  # what dreams start from (dream.py, evaluate.py --in-dream)
+                # with --round, the episodes that round's M trained on
+                mu0, logvar0 = round_start_latents(cfg, run, round_number)
+                write_npz_atomic(shipped.dream_starts,
+                                 {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
+            except ShardError as err:  # (no latents kept, or none usable: the real env only)
+                print(f"note: no dream start latents shipped ({err}): the agent plays the real "
+                      "env only")
+        target = shipped.controller.dir / controller.name
+        target.parent.mkdir(parents=True)
+        shutil.copyfile(controller, target)
+        if sidecar.exists():
+            shutil.copyfile(sidecar, shipped.controller.dir / sidecar.name)
+        # the shipped parts load into the fp32 models a run builds
+        loaded = [shipped.load_vae(cfg.vae.z_dim), shipped.load_memory()]
+        agent_cfg = shipped.load_config(rounds=False)  # (shipped.json comes last)
+        if policy == "controller":
+            loaded.append(shipped.load_controller(agent_cfg, shipped.action_space(), loaded[1],
+                                                  weights))
+            meta = read_header(controller).get("meta", {})
+        else:
+            loaded.append(sb3_controller(shipped, agent_cfg, policy,
+                                         agent_cfg.controller.environment).policy)
+            meta = json.loads(sidecar.read_text())
+        for model in loaded:
+            dtypes = {p.dtype for p in model.state_dict().values() if p.is_floating_point()}
+            if dtypes != {torch.float32}:
+                raise InputError(f"{partial}: a shipped model loads as {dtypes}, not float32")
+        files = {str(p.relative_to(partial)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+                 for p in sorted(partial.rglob("*")) if p.is_file()}
+        info = {"source_run": str(run.home), "env": cfg.env.id, "policy": policy,
+                **({"weights": weights} if policy == "controller" else
+                   {"sb3_environment": cfg.controller.environment}),
+                **({"world_model": str(run.path)} if run.borrows_world_model else {}),
+                **({"round": shipped_round} if shipped_round is not None else {}),
+                **({"memory_epoch": memory_epoch} if memory_epoch is not None else {}),
+                "controller_meta": meta,
+                "config_overrides": list(overrides or []), "fp16": fp16,
+                "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "bytes": sum(f["bytes"] for f in files.values()), "files": files}
+        write_json_atomic(partial / SHIPPED_FILE, info)
+        if dest.exists():
+            dest.rmdir()  # empty, checked above
+        partial.rename(dest)
     return info
 
 
-def _write_agent(run: RunDir, cfg: ExperimentConfig, partial: Path, vae: torch.nn.Module,
-                 memory: torch.nn.Module, memory_meta: dict[str, Any],
-                 dtype: torch.dtype | None, controller: Path, sidecar: Path, policy: str,
-                 weights: str, round_number: int | None, overridden: bool) -> dict[str, Any]:
-    """Write the agent's files into ``partial`` (the config as ``cfg`` says if
-    ``overridden``, else the run's file) and check that they load as the fp32 models a
-    run builds; returns ``{"controller_meta": ...}`` for ``shipped.json``."""
-    shipped = RunDir(partial)
-    if overridden:
-        save_config(cfg, shipped.config_file)
-    else:
-        shutil.copyfile(run.config_file, shipped.config_file)
-    save_model(shipped.vae.model, vae, meta=read_header(run.vae.model).get("meta", {}),
-               dtype=dtype)
-    save_model(shipped.memory.model, memory, meta=memory_meta, dtype=dtype)
-    # a shipped agent's (under a run on its world model), or those of the earlier round
-    # that run.agent_round=best put in the run's places; --round N computes round N's
-    if round_number is None and run.dream_starts.exists():
-        read_start_latents(run.dream_starts, cfg.vae.z_dim)  # (checked before it ships)
-        shutil.copyfile(run.dream_starts, shipped.dream_starts)
-    else:
-        try:  # what dreams start from (dream.py, evaluate.py --in-dream)
-            # with --round, the episodes that round's M trained on
-            mu0, logvar0 = round_start_latents(cfg, run, round_number)
-            write_npz_atomic(shipped.dream_starts,
-                             {"mu": mu0.numpy(), "logvar": logvar0.numpy()})
-        except ShardError as err:  # (no latents kept, or none usable: the real env only)
-            print(f"note: no dream start latents shipped ({err}): the agent plays the real "
-                  "env only")
-    target = shipped.controller.dir / controller.name
-    target.parent.mkdir(parents=True)
-    shutil.copyfile(controller, target)
-    if sidecar.exists():
-        shutil.copyfile(sidecar, shipped.controller.dir / sidecar.name)
-    # the shipped parts load into the fp32 models a run builds
-    loaded = [shipped.load_vae(cfg.vae.z_dim), shipped.load_memory()]
-    agent_cfg = shipped.load_config(rounds=False)  # (shipped.json comes last)
-    if policy == "controller":
-        loaded.append(shipped.load_controller(agent_cfg, shipped.action_space(), loaded[1],
-                                              weights))
-        meta = read_header(controller).get("meta", {})
-    else:
-        loaded.append(sb3_controller(shipped, agent_cfg, policy,
-                                     agent_cfg.controller.environment).policy)
-        meta = json.loads(sidecar.read_text())
-    for model in loaded:
-        dtypes = {p.dtype for p in model.state_dict().values() if p.is_floating_point()}
-        if dtypes != {torch.float32}:
-            raise InputError(f"{partial}: a shipped model loads as {dtypes}, not float32")
-    return {"controller_meta": meta}
+@contextmanager
+def _removed_on_failure(directory: Path) -> Iterator[None]:
+    """Delete ``directory`` (an export's ``.partial``) if the block raises."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
 
 
 def main(argv: list[str]) -> dict[str, Any]:

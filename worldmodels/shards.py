@@ -101,17 +101,18 @@ def read_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.nd
     path = Path(path)
     with unreadable_as_shard_error(path), open(path, "rb") as fh:
         magic = fh.read(4)
-    # (np.load would read a bare .npy as one array, and call a text file "pickled data")
-    if magic not in ZIP_MAGICS:
-        raise ShardError(f"{path}: unreadable shard: " + (
-            "an empty file" if not magic else
-            f"not an .npz archive (a zip file starts with b'PK', this one with {magic!r})"))
-    with unreadable_as_shard_error(path), np.load(path, allow_pickle=False) as data:
-        names = keys if keys is not None else tuple(data.files)
-        missing = [k for k in names if k not in data.files]
-        if missing:
-            raise ShardError(f"{path}: missing array(s) {missing} (has {data.files})")
-        return {k: data[k] for k in names}
+        # (np.load would read a bare .npy as one array, and call a text file "pickled data")
+        if magic not in ZIP_MAGICS:
+            raise ShardError(f"{path}: unreadable shard: " + (
+                "an empty file" if not magic else
+                f"not an .npz archive (a zip file starts with b'PK', this one with {magic!r})"))
+        fh.seek(0)
+        with np.load(fh, allow_pickle=False) as data:
+            names = keys if keys is not None else tuple(data.files)
+            missing = [k for k in names if k not in data.files]
+            if missing:
+                raise ShardError(f"{path}: missing array(s) {missing} (has {data.files})")
+            return {k: data[k] for k in names}
 
 
 @contextmanager
