@@ -119,6 +119,15 @@ def test_a_borrowed_world_model_is_guarded(shipped, trained, tmp_path):  # noqa:
     marker.write_text(json.dumps({"source": str(tmp_path / "gone")}))
     with pytest.raises(ConfigError, match="holds no trained V and M"):
         RunDir(home)
+    with pytest.raises(ConfigError, match="holds no trained V and M"):  # a started run
+        borrow_world_model(shipped, home)
+    # a marker alone (no C started) whose source has gone: a retry on another source
+    # takes the directory and names the new source
+    alone = tmp_path / "alone"
+    borrow_world_model(trained.path, alone)
+    (alone / WORLD_MODEL_FILE).write_text(json.dumps({"source": str(tmp_path / "moved")}))
+    borrow_world_model(shipped, alone)
+    assert RunDir(alone).path == shipped
     with pytest.raises(InputError, match="no ppo policy"):
         export(trained.path, tmp_path / "none", policy="ppo")
 

@@ -311,7 +311,9 @@ class RunDir:
     """One experiment's directory (kept absolute, so a later ``chdir`` or a worker
     process with another working directory finds the same run)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, follow_marker: bool = True):
+        """``follow_marker=False``: a :data:`WORLD_MODEL_FILE` in ``path`` is not read
+        (:func:`borrow_world_model` on a directory whose marker's source is gone)."""
         self.path = Path(path).expanduser().absolute()
         #: where the config, summary, C's files and TensorBoard logs live, and M's
         #: directory: the run's own, except in a :class:`RunView`
@@ -326,7 +328,8 @@ class RunDir:
                                       "cannot be made under it")
                 break
         marker = self.path / WORLD_MODEL_FILE
-        if marker.is_file():  # C's run on another run's V and M: its paths are theirs
+        # C's run on another run's V and M: its paths are theirs
+        if follow_marker and marker.is_file():
             self.path = world_model_source(marker)
             self.memory_dir = self.path / "memory"
 
@@ -903,7 +906,7 @@ def borrow_world_model(source: str | Path, dest: str | Path,
     ``env.direct_render=true`` to train in the fast renderer. A rerun on the same
     source resumes; another source, or V or M changed since, is refused.
     """
-    src, home = RunDir(source), RunDir(dest)
+    src, home = RunDir(source), _borrowing_home(dest)
     # started: its config is written; a first command refused before that (a missing
     # engine, say) leaves only the marker, and the directory is still free for any source
     started = home.borrows_world_model and home.has_config()
@@ -935,6 +938,19 @@ def borrow_world_model(source: str | Path, dest: str | Path,
             {"source": str(src.path), "config": str(src.config_file), "files": hashes},
             indent=2))
     return cfg, RunDir(dest)
+
+
+def _borrowing_home(dest: str | Path) -> RunDir:
+    """``RunDir(dest)`` for :func:`borrow_world_model`; a directory that holds only a
+    :data:`WORLD_MODEL_FILE` (no config: no C was started on it) whose source has since
+    moved or gone is read as an empty directory, so a retry on any source takes it."""
+    try:
+        return RunDir(dest)
+    except ConfigError:
+        path = Path(dest).expanduser().absolute()
+        if not (path / WORLD_MODEL_FILE).is_file() or (path / RUN_CONFIG).exists():
+            raise
+        return RunDir(path, follow_marker=False)
 
 
 def is_run_config(config: str) -> bool:
