@@ -947,10 +947,10 @@ def _borrowing_home(dest: str | Path) -> RunDir:
     try:
         return RunDir(dest)
     except ConfigError:
-        path = Path(dest).expanduser().absolute()
-        if not (path / WORLD_MODEL_FILE).is_file() or (path / RUN_CONFIG).exists():
+        home = RunDir(dest, follow_marker=False)
+        if not home.borrows_world_model or home.has_config():
             raise
-        return RunDir(path, follow_marker=False)
+        return home
 
 
 def is_run_config(config: str) -> bool:
