@@ -16,6 +16,7 @@ from worldmodels.config import (
     load_config,
     merge_into,
     numeric_fields,
+    parse_override,
     save_config,
 )
 
@@ -114,6 +115,21 @@ def test_unknown_key_in_file_names_file_and_key(tmp_path):
     path.write_text("defaults: {}\nextra: 1\n")
     with pytest.raises(ConfigError, match="extra"):
         load_config(str(path))
+
+
+def test_a_key_given_twice_is_refused_naming_file_lines_and_key(tmp_path):
+    """PyYAML keeps the last of two equal keys: a second ``vae:`` block would drop the
+    first's keys without a word."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("defaults:\n  vae: {epochs: 3}\n  memory: {hidden: 8}\n  vae: {z_dim: 16}\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml.*'vae' is given twice \(lines 2 and 4\)"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match="controller.sb3_kwargs.*'a' is given twice"):
+        parse_override("controller.sb3_kwargs={a: 1, a: 2}")
+    # a << merge's keys may be overridden, as YAML means
+    path.write_text("presets:\n  base: &b {vae: {epochs: 3}, memory: {hidden: 8}}\n"
+                    "  more:\n    <<: *b\n    vae: {epochs: 4}\ndefaults: {}\n")
+    assert load_config(str(path), ["more"]).vae.epochs == 4
 
 
 def test_unknown_preset_and_config():

@@ -282,6 +282,21 @@ def test_controller_weights_of_another_shape_are_refused(tmp_path):
     assert torch.isfinite(other.get_flat()).all()
 
 
+def test_another_kind_of_model_in_the_checkpoints_place_is_refused_by_name(tmp_path):
+    """An M's weights where V's belong (the same z_dim, so ``expect`` alone passes it):
+    a CheckpointError naming the file, not torch's missing-keys RuntimeError."""
+    from tests.builders import make_frmdn
+    from worldmodels.checkpoint import CheckpointError, resume_training, save_model
+    from worldmodels.vae import ConvVAE
+
+    path = tmp_path / "model.safetensors"
+    save_model(path, make_frmdn(4, 3, hidden=8), meta={"epoch": 2})
+    model = ConvVAE(z_dim=4)
+    with pytest.raises(CheckpointError, match=rf"{path}: holds a FRMDN.*ConvVAE"):
+        resume_training(path, tmp_path / "state.safetensors", model,
+                        torch.optim.Adam(model.parameters()), expect={"z_dim": 4})
+
+
 def test_a_resumed_optimizer_keeps_its_moments_and_takes_the_configs_learning_rate(tmp_path):
     """A rerun with memory.lr (or vae.lr) changed trains at the new rate: the saved
     optimizer state brings back Adam's moments, not the old rate."""

@@ -58,6 +58,47 @@ def test_partial_files_are_not_listed_and_are_cleaned(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ep_000000.npz"]
 
 
+def test_copies_a_user_left_beside_the_shards_are_not_shards(tmp_path):
+    """``ep_000000_bak.npz`` or ``ep_0.npz`` would count episode 0 twice (and the split
+    hashes file names, so the copy could land in held-out while the original trains)."""
+    synthetic_shard(0).save(tmp_path / "ep_000000.npz")
+    for name in ("ep_000000_bak.npz", "ep_0.npz", "ep_backup.npz", "ep_0000000.npz"):
+        (tmp_path / name).write_bytes((tmp_path / "ep_000000.npz").read_bytes())
+    synthetic_shard(1).save(tmp_path / "ep_1000000.npz")  # past 6 digits, as written
+    assert [p.name for p in list_shards(tmp_path)] == ["ep_000000.npz", "ep_1000000.npz"]
+
+
+def test_cleaning_spares_a_live_writers_file(tmp_path):
+    """A second collect/encode starting on a directory that another process still
+    writes cleans only dead writers' files: the live write still lands."""
+    import threading
+
+    from worldmodels.atomic import write_atomic
+
+    started, go, errors = threading.Event(), threading.Event(), []
+
+    def slow(fh) -> None:
+        fh.write(b"x" * 100)
+        started.set()
+        go.wait(30)
+
+    def writer() -> None:
+        try:
+            write_atomic(tmp_path / "ep_000007.npz", slow)
+        except BaseException as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert started.wait(30)
+    (tmp_path / ".ep_000001.npz.partial").write_bytes(b"left by a killed writer")
+    assert remove_partial_files(tmp_path) == 1
+    go.set()
+    thread.join(30)
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ep_000007.npz"]
+
+
 def test_truncated_shard_raises_naming_file(tmp_path):
     path = tmp_path / "ep_000000.npz"
     synthetic_shard(0).save(path)
@@ -79,6 +120,30 @@ def test_wrong_dtype_is_refused(tmp_path):
         "meta": np.array("{}")})
     with pytest.raises(ShardError, match="frames for"):
         RolloutShard.load(tmp_path / "ep_000001.npz")
+
+
+@pytest.mark.parametrize("reward", [np.array(["a", "b", "c"]), np.float32(1.0)])
+def test_a_reward_of_another_type_is_a_shard_error_naming_the_file(tmp_path, reward):
+    """Text rewards (or a scalar) from another tool: every reader, and the screen that
+    data.skip_corrupt relies on, refuses the shard by name instead of a TypeError."""
+    from worldmodels.datasets import read_latents
+    from worldmodels.shards import ShardSpec, check_shard
+
+    T = 3
+    common = {"action": np.zeros(T, np.int64), "reward": np.asarray(reward),
+              "terminated": np.zeros(T, bool), "truncated": np.zeros(T, bool),
+              "meta": np.array("{}")}
+    rollout, latent = tmp_path / "r" / "ep_000000.npz", tmp_path / "l" / "ep_000000.npz"
+    write_npz_atomic(rollout, {"obs": np.zeros((T + 1, 8, 8, 3), np.uint8), **common})
+    write_npz_atomic(latent, {"mu": np.zeros((T + 1, 4), np.float32),
+                              "logvar": np.zeros((T + 1, 4), np.float32), **common})
+    for path, kind in ((rollout, "rollouts"), (latent, "latents")):
+        with pytest.raises(ShardError, match=f"{path}: 'reward' is"):
+            check_shard(path, kind, ShardSpec())
+    with pytest.raises(ShardError, match=f"{rollout}: reward is"):
+        RolloutShard.load(rollout)
+    with pytest.raises(ShardError, match=f"{latent}: reward is"):
+        read_latents(latent, 4)
 
 
 def test_pickled_object_in_shard_is_refused_not_executed(tmp_path, pickle_marker):

@@ -95,26 +95,43 @@ _CLEANED: set[tuple[int, Path]] = set()
 
 def _remove_dead_writers_temps(directory: Path) -> None:
     """Once per process and directory (a scan per write would make a directory of N
-    shards cost N^2): remove the temporary files that killed processes of this host
-    left, which no later write reuses since each process has its own name. Another
-    host's, and a live writer's, are left alone. Best effort: the write itself is done."""
+    shards cost N^2), :func:`remove_stale_temps`. Best effort: the write itself is done."""
     key = (os.getpid(), directory)
     if key in _CLEANED:
         return
     _CLEANED.add(key)
+    remove_stale_temps(directory)
+
+
+def remove_stale_temps(directory: Path | str) -> int:
+    """Remove the temporary files that killed processes of this host left in
+    ``directory`` (no later write reuses them: each process has its own name), and any
+    without a writer's tag; returns how many. Another host's, and a live writer's, are
+    left alone, so a second command starting on a directory that another still writes
+    does not pull a file from under it."""
+    directory = Path(directory)
     mine, host = f"-{os.getpid()}{TMP_SUFFIX}", _host()
+    removed = 0
     try:
         with os.scandir(directory) as entries:
             names = [e.name for e in entries
                      if e.name.startswith(".") and e.name.endswith(TMP_SUFFIX)]
-        for name in names:
-            writer = name[: -len(TMP_SUFFIX)].rsplit(".", 1)[-1]
-            who, _, pid = writer.rpartition("-")
-            if who == host and pid.isdigit() and not name.endswith(mine) \
-                    and not _alive(int(pid)):
+    except OSError:
+        return 0
+    for name in names:
+        stem = name[1: -len(TMP_SUFFIX)]
+        writer = stem.rsplit(".", 1)[-1]
+        who, _, pid = writer.rpartition("-")
+        untagged = not (who and pid.isdigit())
+        try:
+            dead = untagged or (who == host and not name.endswith(mine)
+                                and not _alive(int(pid)))
+            if dead:
                 (directory / name).unlink(missing_ok=True)
-    except (OSError, OverflowError, ValueError):
-        pass
+                removed += 1
+        except (OSError, OverflowError, ValueError):
+            pass
+    return removed
 
 
 def _alive(pid: int) -> bool:

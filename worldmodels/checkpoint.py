@@ -289,12 +289,17 @@ def resume_training(
     model_path = Path(model_path)
     if not model_path.exists():
         return 0, {}
-    loaded = load_model(model_path, expect=expect)
-    model.load_state_dict(loaded.state_dict())
-    epoch = int(read_header(model_path)["meta"].get("epoch", 0))
+    side = read_header(model_path)
+    kind = type(model).__name__
+    if side["kind"] != kind:  # (an M's checkpoint in V's place: the same z_dim)
+        raise CheckpointError(f"{model_path}: holds a {side['kind']}, but this stage trains "
+                              f"a {kind} there; move the file aside or give another run")
+    refuse_made_with(model_path, side["config"], expect or {})
+    load_weights(model_path, model)  # (names the file and any key or shape that differs)
+    epoch = int((side.get("meta") or {}).get("epoch", 0))
     if Path(state_path).exists():
         state = load_state(state_path)
-        if int(state.get("epoch", -1)) == epoch:
+        if int(state.get("epoch", -1)) == epoch and "optimizer" in state:
             # the moments resume; the learning rate is the config's (a rerun may change it)
             rates = [group["lr"] for group in optimizer.param_groups]
             check_moments(state["optimizer"], optimizer, Path(state_path))
@@ -323,7 +328,7 @@ def read_json(path: Path, default: Any, keys: tuple[str, ...] = ()) -> Any:
     delete = "delete it to start its log anew"
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # (not JSON, or not UTF-8 text at all)
         raise CheckpointError(f"{path}: not JSON ({err}); {delete}") from err
     if default is not None and not isinstance(data, type(default)):
         raise CheckpointError(f"{path}: a JSON {type(data).__name__}, where a "

@@ -512,7 +512,31 @@ def parse_override(text: str, cfg: Any = None) -> dict:
 
 class _YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader, plus YAML 1.2's floats without a dot (``1e-3``, ``3E+4``),
-    which YAML 1.1 reads as strings: ``lr: 3e-4`` is a float, as a user expects."""
+    which YAML 1.1 reads as strings: ``lr: 3e-4`` is a float, as a user expects; and a
+    key given twice in one mapping is an error (PyYAML keeps the last, so a second
+    ``vae:`` block would silently drop the first's keys). Keys a ``<<`` merge brings in
+    may still be overridden, as YAML means."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    again = key in first
+                except TypeError:  # an unhashable key: the constructor below says so
+                    continue
+                if again:
+                    where = f"line {line}" if first[key] == line else \
+                        f"lines {first[key]} and {line}"
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key}' is given twice ({where}); merge the two "
+                        "into one")
+                first[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(

@@ -26,6 +26,7 @@ from worldmodels.errors import InputError
 from worldmodels.shards import (
     ShardError,
     ShardSpec,
+    check_in_order,
     check_shard,
     load_frames,
     read_npz,
@@ -327,30 +328,29 @@ def read_latents(path: Path, z_dim: int | None = None) -> dict[str, np.ndarray]:
     float32 (T,) finite; terminated bool (T,); action (T, ...) finite. ``z_dim`` is the size
     the caller expects. Any violation is a :class:`ShardError` naming the file."""
     data = read_npz(path, LATENT_KEYS)
-    T = len(data["reward"])
     mu, logvar = data["mu"], data["logvar"]
-    checks = [
-        (mu.dtype == np.float32 and mu.ndim == 2 and mu.shape[0] == T + 1,
+    reward, action, terminated = data["reward"], data["action"], data["terminated"]
+    T = len(reward) if reward.ndim == 1 else -1
+    checks = [  # in order (check_in_order): np.isfinite only on what is a number type
+        (lambda: reward.dtype == np.float32 and reward.ndim == 1,
+         f"reward is {reward.dtype} {reward.shape}, expected float32 (T,)"),
+        (lambda: mu.dtype == np.float32 and mu.ndim == 2 and mu.shape[0] == T + 1,
          f"mu is {mu.dtype} {mu.shape}, expected float32 ({T + 1}, z)"),
-        (logvar.shape == mu.shape and logvar.dtype == np.float32,
+        (lambda: logvar.shape == mu.shape and logvar.dtype == np.float32,
          f"logvar is {logvar.dtype} {logvar.shape}, expected float32 {mu.shape}"),
-        (z_dim is None or mu.shape[-1] == z_dim,
+        (lambda: z_dim is None or mu.shape[-1] == z_dim,
          f"latents have z = {mu.shape[-1]}, but the config's vae.z_dim is {z_dim}"),
-        (data["reward"].dtype == np.float32 and data["reward"].ndim == 1,
-         f"reward is {data['reward'].dtype} {data['reward'].shape}, expected float32 (T,)"),
-        (data["terminated"].shape == (T,) and data["terminated"].dtype == np.bool_,
+        (lambda: terminated.shape == (T,) and terminated.dtype == np.bool_,
          "terminated must be bool (T,)"),
-        (data["action"].shape[:1] == (T,), f"action shape {data['action'].shape} for {T} steps"),
-        (bool(np.isfinite(mu).all() and np.isfinite(logvar).all()), "mu or logvar has NaN/Inf"),
-        (bool(np.isfinite(data["reward"]).all()), "reward has NaN/Inf"),
-        (np.issubdtype(data["action"].dtype, np.number), f"action dtype "
-         f"{data['action'].dtype}, expected a number type"),
-        (not np.issubdtype(data["action"].dtype, np.number)
-         or bool(np.isfinite(data["action"]).all()), "action has NaN/Inf"),
+        (lambda: action.shape[:1] == (T,), f"action shape {action.shape} for {T} steps"),
+        (lambda: bool(np.isfinite(mu).all() and np.isfinite(logvar).all()),
+         "mu or logvar has NaN/Inf"),
+        (lambda: bool(np.isfinite(reward).all()), "reward has NaN/Inf"),
+        (lambda: np.issubdtype(action.dtype, np.number),
+         f"action dtype {action.dtype}, expected a number type"),
+        (lambda: bool(np.isfinite(action).all()), "action has NaN/Inf"),
     ]
-    for ok, why in checks:
-        if not ok:
-            raise ShardError(f"{path}: {why}")
+    check_in_order(path, checks)
     return data
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from worldmodels.atomic import TMP_SUFFIX, write_atomic
+from worldmodels.atomic import remove_stale_temps, write_atomic
 from worldmodels.errors import InputError
 
 SHARD_GLOB = "ep_*.npz"
@@ -49,23 +49,37 @@ def shard_index(path: Path) -> int:
     return int(Path(path).stem.split("_")[1])
 
 
+def is_shard_name(name: str) -> bool:
+    """``ep_000042.npz`` as :func:`shard_name` writes it; not a copy a user left beside
+    it (``ep_000042_bak.npz``, ``ep_42.npz``), which would count an episode twice."""
+    stem, dot, ext = name.partition(".")
+    digits = stem[3:]
+    return (stem.startswith("ep_") and dot == "." and ext == "npz" and digits.isdigit()
+            and digits.isascii() and shard_name(int(digits)) == name)
+
+
 def list_shards(directory: Path) -> list[Path]:
-    """Complete shards in ``directory``, sorted by episode index (temp files excluded)."""
+    """Complete shards in ``directory``, sorted by episode index: temp files, and files
+    not named as :func:`shard_name` names them, are not shards."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.glob(SHARD_GLOB) if p.name.count(".") == 1)
+    return sorted(p for p in directory.glob(SHARD_GLOB) if is_shard_name(p.name))
 
 
 def remove_partial_files(directory: Path) -> int:
-    """Delete temp files left by a killed writer; returns how many were removed."""
-    directory = Path(directory)
-    removed = 0
-    if directory.is_dir():
-        for p in directory.glob(f".*{TMP_SUFFIX}"):
-            p.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    """Delete temp files left by killed writers (a live writer's, another host's, are
+    kept: :func:`worldmodels.atomic.remove_stale_temps`); returns how many were removed."""
+    return remove_stale_temps(directory)
+
+
+def check_in_order(source: str | Path, checks: Sequence[tuple[Callable[[], bool], str]]) -> None:
+    """Raise a :class:`ShardError` ``<source>: <why>`` for the first check that fails.
+    Each check runs only once those before it hold, so a later one (``np.isfinite`` on
+    the rewards) may assume the dtypes and shapes the earlier ones confirmed."""
+    for ok, why in checks:
+        if not ok():
+            raise ShardError(f"{source}: {why}")
 
 
 def write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray], compress_level: int = 1) -> None:
@@ -143,28 +157,27 @@ class RolloutShard:
         return len(self.reward)
 
     def validate(self, source: str = "shard") -> None:
-        T = len(self.reward)
-        checks = [
-            (self.obs.dtype == np.uint8, f"obs dtype {self.obs.dtype}, expected uint8"),
-            (self.obs.ndim == 4 and self.obs.shape[-1] == 3,
-             f"obs shape {self.obs.shape}, expected (T+1, H, W, 3)"),
-            (self.obs.shape[0] == T + 1, f"obs has {self.obs.shape[0]} frames for {T} steps"),
-            (self.action.shape[:1] == (T,), f"action shape {self.action.shape} for {T} steps"),
-            (self.action.dtype in (np.float32, np.int64),
-             f"action dtype {self.action.dtype}, expected float32 or int64"),
-            (self.reward.dtype == np.float32 and self.reward.shape == (T,),
+        T = len(self.reward) if self.reward.ndim == 1 else -1
+        checks = [  # in order, each evaluated only once those above it hold
+            (lambda: self.reward.dtype == np.float32 and self.reward.ndim == 1,
              f"reward is {self.reward.dtype} {self.reward.shape}, expected float32 (T,)"),
-            (bool(np.isfinite(self.reward).all()), "reward has NaN/Inf"),
-            (self.action.dtype not in (np.float32, np.int64)  # (reported by the dtype line)
-             or bool(np.isfinite(self.action).all()), "action has NaN/Inf"),
-            (self.terminated.shape == (T,) and self.terminated.dtype == np.bool_,
+            (lambda: self.obs.dtype == np.uint8, f"obs dtype {self.obs.dtype}, expected uint8"),
+            (lambda: self.obs.ndim == 4 and self.obs.shape[-1] == 3,
+             f"obs shape {self.obs.shape}, expected (T+1, H, W, 3)"),
+            (lambda: self.obs.shape[0] == T + 1,
+             f"obs has {self.obs.shape[0] if self.obs.ndim else 0} frames for {T} steps"),
+            (lambda: self.action.shape[:1] == (T,),
+             f"action shape {self.action.shape} for {T} steps"),
+            (lambda: self.action.dtype in (np.float32, np.int64),
+             f"action dtype {self.action.dtype}, expected float32 or int64"),
+            (lambda: bool(np.isfinite(self.reward).all()), "reward has NaN/Inf"),
+            (lambda: bool(np.isfinite(self.action).all()), "action has NaN/Inf"),
+            (lambda: self.terminated.shape == (T,) and self.terminated.dtype == np.bool_,
              "terminated must be bool (T,)"),
-            (self.truncated.shape == (T,) and self.truncated.dtype == np.bool_,
+            (lambda: self.truncated.shape == (T,) and self.truncated.dtype == np.bool_,
              "truncated must be bool (T,)"),
         ]
-        for ok, why in checks:
-            if not ok:
-                raise ShardError(f"{source}: {why}")
+        check_in_order(source, checks)
 
     def save(self, path: Path, compress_level: int = 1) -> None:
         self.validate(str(path))
@@ -243,8 +256,9 @@ def check_shard(path: Path, kind: str, spec: ShardSpec) -> None:
     path = Path(path)
     image = ("obs",) if kind == "rollouts" else ("mu", "logvar")
     arrays = array_headers(path, (*image, "action", "reward"))
-    if len(arrays["reward"][0]) != 1:
-        raise ShardError(f"{path}: 'reward' has shape {arrays['reward'][0]}, expected (T,)")
+    if len(arrays["reward"][0]) != 1 or arrays["reward"][1] != np.float32:
+        raise ShardError(f"{path}: 'reward' is {arrays['reward'][1]} {arrays['reward'][0]}, "
+                         "expected float32 (T,)")
     T = arrays["reward"][0][0]
     if kind == "rollouts":
         F = spec.frame_size
