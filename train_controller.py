@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg, run = run_from_args(args, borrowed_ok=True)
     if cfg.controller.algo == "cmaes":
         summary = asdict(train_searches(cfg, run))
-        if run.controller.best.exists():
-            print(f"best controller: {run.controller.best}")
+        if run.controller.selected.exists():  # what evaluation plays and export ships
+            print(f"selected controller: {run.controller.selected}")
     else:
         _, summary = train_sb3(run, cfg)
     print(json.dumps(summary, indent=2))

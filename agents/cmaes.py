@@ -117,7 +117,8 @@ class ProcessEvaluator:
         episodes = [(Episode(int(s), flat[i], *caps), (i, j))
                     for i in range(len(flat)) for j, s in enumerate(seeds)]
         # tasks of up to ``batch`` episodes, at least one per worker; the split depends
-        # on the settings only, not on the engine
+        # on the settings and the worker count (workers=0: this machine's cores), not on
+        # the engine; an episode's return is the same in any batch up to float error
         size = max(1, min(self.batch, -(-len(episodes) // resolve_workers(self.workers))))
         tasks = [RolloutTask(self.run_dir, tuple(e for e, _ in chunk),
                              tuple(t for _, t in chunk), self.batch, self.overrides,
@@ -167,9 +168,16 @@ class CMAES:
         """The search distribution's mean (n,)."""
         return np.asarray(self.es.mean, float)
 
-    def replay(self, history: np.ndarray) -> None:
+    def replay(self, history: np.ndarray) -> np.ndarray | None:
+        """Tell the strategy ``history`` (G, P) again; returns the best candidate of it
+        (the first of the highest fitness), None for no generation."""
+        best, top = None, -np.inf
         for fitness in history:
-            self.tell(self.ask(), fitness)
+            candidates = self.ask()
+            if fitness.max() > top:
+                best, top = candidates[int(np.argmax(fitness))], float(fitness.max())
+            self.tell(candidates, fitness)
+        return best
 
 
 @dataclass
@@ -207,25 +215,35 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     torch.manual_seed(seed)
     x0 = np.zeros(controller.num_parameters())
     es = CMAES(x0, c.sigma0, c.population, seed)
-    settings = cmaes_settings(cfg, len(x0), seed)
     run.load_vae(cfg.vae.z_dim)  # V fits the config
+    settings = cmaes_settings(cfg, len(x0), seed, run.world_model_digests())
     history = read_history(files.history, settings, c.population)
     log: list[dict[str, Any]] = read_json(files.log, [], GENERATION_KEYS)[: len(history)]
     select = {"episodes": c.selection_size, "seed": selection_seed}
-    selected = read_selected(files.selected, select)
+    selected = read_selected(files.selected, select, len(history))
     run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     files.dir.mkdir(parents=True, exist_ok=True)
     if evaluator is None:
         evaluator = make_evaluator(cfg, run)
     # periodic evaluations are real episodes, also when C trains in the dream
     real_evaluator = evaluator if isinstance(evaluator, ProcessEvaluator) else None
-    es.replay(history)
+    best_params = es.replay(history)
     best = float(history.max()) if len(history) else -np.inf
     best_generation = int(np.argmax(history.max(axis=1))) + 1 if len(history) else 0
+    if best_params is not None and best_generation != _saved_generation(files.best):
+        # a kill after best.safetensors but before the history: the file holds a
+        # candidate of a generation the history lacks (its rerun may score it otherwise)
+        controller.set_flat(torch.as_tensor(best_params))
+        save_model(files.best, controller,
+                   meta={"generation": best_generation, "fitness": best, "rollouts": c.rollouts})
+    # a search that met controller.target_return is finished: a rerun adds no generation
+    reached = bool(c.target_return and selected
+                   and selected["selection_mean"] >= c.target_return)
+    last = len(history) if reached else c.generations
     writer = summary_writer(run.tensorboard(tensorboard))
     started = time.perf_counter()
     last_eval = next((g["eval"] for g in reversed(log) if "eval" in g), None)
-    bar = tqdm(range(len(history), c.generations), initial=len(history), total=c.generations,
+    bar = tqdm(range(len(history), last), initial=len(history), total=c.generations,
                desc="CMA-ES", unit="gen", disable=not progress)
     for gen in bar:
         candidates = es.ask()
@@ -301,9 +319,13 @@ def refuse_non_finite(fitness: np.ndarray, history: Path, generation: int) -> No
                          f"history is kept up to generation {generation - 1}")
 
 
-def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int) -> dict[str, Any]:
+def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int,
+                   world_model: dict[str, str] | None = None) -> dict[str, Any]:
     """What a CMA-ES history depends on (stored beside it; a replay under other settings
-    would put the old fitness values on other candidates)."""
+    would put the old fitness values on other candidates). ``world_model``: the digests
+    of the V and M its fitness was scored with (:meth:`RunDir.world_model_digests`): M
+    trained further (``memory.epochs`` raised) makes the recorded fitness, and the
+    selected controller, another M's."""
     c = cfg.controller
     settings: dict[str, Any] = {
         "dim": dim, "population": c.population, "rollouts": c.rollouts, "sigma0": c.sigma0,
@@ -315,7 +337,22 @@ def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int) -> dict[str, Any]
         settings.update(temperature=cfg.dream.temperature,
                         done=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
                         dream_max_steps=cfg.dream.max_steps)
+    if world_model:
+        settings["world_model"] = dict(world_model)
     return settings
+
+
+#: settings compared only when the history and the caller both hold them: histories
+#: written before a key existed stay valid, and a replay that only rebuilds weights
+#: (agents.finalists) need not hash the world model again
+OPTIONAL_SETTINGS = ("world_model",)
+
+
+def _saved_generation(path: Path) -> int | None:
+    """The generation in a controller file's meta, None without a file."""
+    if not path.exists():
+        return None
+    return (read_header(path).get("meta") or {}).get("generation")
 
 
 def replay_parameters(cfg: ExperimentConfig, files: ControllerFiles, dim: int, seed: int,
@@ -397,7 +434,14 @@ def read_history(path: Path, settings: dict[str, Any], population: int) -> np.nd
                           f"{int(np.argwhere(~np.isfinite(fitness))[0][0]) + 1}), so CMA-ES "
                           f"cannot replay it; {delete}")
     changed = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
-               if saved.get(k) != settings.get(k)}
+               if saved.get(k) != settings.get(k)
+               and (k not in OPTIONAL_SETTINGS or (k in saved and k in settings))}
+    if "world_model" in changed:
+        raise ConfigError(f"{path}: scored with another V or M ({changed['world_model'][0]}; "
+                          f"the run's are now {changed['world_model'][1]}: M trained "
+                          "further?), so its fitness and selected controller are not this "
+                          f"world model's; move {path.parent} aside (or use a new run "
+                          "name) to train C on the world model as it is")
     if changed:
         raise ConfigError(f"{path}: made with other CMA-ES settings "
                          + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -408,15 +452,22 @@ def read_history(path: Path, settings: dict[str, Any], population: int) -> np.nd
     return fitness
 
 
-def read_selected(path: Path, select: dict[str, int]) -> dict[str, Any] | None:
+def read_selected(path: Path, select: dict[str, int],
+                  generations: int | None = None) -> dict[str, Any] | None:
     """The meta of a run's ``selected.safetensors`` (its selection mean is what a resumed
-    run must beat), or None: no file, or a score on other selection seeds (``select``:
-    their ``episodes`` and ``seed``), which the next evaluation replaces."""
+    run must beat), or None: no file, a score on other selection seeds (``select``:
+    their ``episodes`` and ``seed``), which the next evaluation replaces, or one made at
+    a generation past the ``generations`` its history holds (a kill before the history
+    was written, or a history deleted by hand: that generation is redone)."""
     if not path.exists():
         return None
     meta = dict(read_header(path).get("meta", {}))
     if isinstance(meta.get("final"), dict) and "stage1" in meta["final"]:
         meta = dict(meta["final"]["stage1"])  # the mean later evaluations must beat
+    if generations is not None and int(meta.get("evaluated_at", 0)) > generations:
+        print(f"{path}: chosen at generation {meta.get('evaluated_at')}, past the "
+              f"{generations} its history holds; that generation is redone")
+        return None
     if (meta.get("selection_episodes"), meta.get("selection_seed")) != \
             (select["episodes"], select["seed"]):
         print(f"{path}: scored on other selection seeds ({meta.get('selection_episodes')} "

@@ -194,6 +194,7 @@ def collect_episode(task: EpisodeTask) -> int:
     shard = run_episode(env, task.policy, task.seed, task.index, task.brownian_dt,
                         task.linear_std, agent, task.controller_epsilon, task.hold_max)
     shard.meta["env_id"] = task.env["id"]
+    shard.meta["env"] = env_settings(task.env)
     if controller_meta is not None:
         shard.meta["controller"] = controller_meta
     shard.save(Path(task.out_dir) / shard_name(task.index), compress_level=task.compress_level)
@@ -231,6 +232,12 @@ def probe_env(cfg: ExperimentConfig, run: RunDir) -> None:
         env.close()
 
 
+def env_settings(env: dict[str, Any]) -> dict[str, Any]:
+    """The ``env.*`` settings a shard records beside its env id (what changes its frames,
+    rewards or lengths): all but ``fast_render``, whose frames are Gymnasium's."""
+    return {k: v for k, v in env.items() if k not in ("id", "fast_render")}
+
+
 def check_compatible(shards: list[Path], cfg: ExperimentConfig) -> None:
     """Refuse to resume into shards collected with another env, seed or policy. With
     ``data.skip_corrupt`` an unreadable shard is kept as it is (and counted as
@@ -257,6 +264,15 @@ def check_compatible(shards: list[Path], cfg: ExperimentConfig) -> None:
                 raise ShardError(
                     f"{path}: collected with {key}={meta.get(key)!r}, this run asks for "
                     f"{key}={value!r}; use another run name (name=...) or directory")
+        # shards from before the env settings were recorded lack them
+        recorded, asked = meta.get("env") or {}, env_settings(asdict(cfg.env))
+        differ = sorted(k for k in recorded if k in asked and recorded[k] != asked[k])
+        if differ:
+            raise ShardError(
+                f"{path}: collected with " + ", ".join(
+                    f"env.{k}={recorded[k]!r}" for k in differ) + ", this run asks for "
+                + ", ".join(f"env.{k}={asked[k]!r}" for k in differ)
+                + "; use another run name (name=...) or directory")
     if unreadable:
         print(f"{len(unreadable)} unreadable rollout shard(s) kept as they are "
               f"(data.skip_corrupt: later stages skip them); first: {unreadable[0]}")

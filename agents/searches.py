@@ -39,6 +39,7 @@ from agents.seeds import search_seed
 from worldmodels.atomic import write_bytes_atomic
 from worldmodels.checkpoint import read_header, read_json, sidecar, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig
+from worldmodels.errors import InputError
 from worldmodels.pictures import plot_curves
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, RunDir
 
@@ -155,6 +156,10 @@ def keep_winner(run: RunDir, k: int) -> dict[str, Any]:
     for name in CONTROLLER_WEIGHTS:
         src, dst = source.weights(name), target.weights(name)
         pairs += [(src, dst), (sidecar(src), sidecar(dst))]
+    missing = [src for src, _ in pairs if not src.is_file()]
+    if missing:
+        raise InputError(f"{missing[0]}: missing, so search {k}'s controller cannot be kept "
+                         f"(delete {source.dir} to train that search again)")
     for src, dst in pairs:
         write_bytes_atomic(dst, src.read_bytes())
     return dict(read_header(target.selected)["meta"])

@@ -402,6 +402,53 @@ def test_target_return_stops_on_the_selection_mean(tiny_run):
     assert report.generations == 2 and report.selected["evaluated_at"] == 2
 
 
+def test_a_rerun_of_a_search_that_met_its_target_adds_no_generation(tiny_run):
+    tiny_run.controller.target_return = -1e9
+    selection_run(tiny_run, "target", 6)
+    files = RunDir(run_of(tiny_run)).controller
+    before = {p: file_digest(p) for p in (files.history, files.selected, files.best)}
+    for _ in range(2):  # run.py reruns the controller stage every time
+        report = selection_run(tiny_run, "target", 6)
+        assert report.generations == 2
+    assert {p: file_digest(p) for p in before} == before
+
+
+def test_a_history_scored_with_another_m_is_refused(tiny_run):
+    """M trained further (memory.epochs raised, run.py rerun): the recorded fitness and
+    the selected C belong to the old M, so the search does not resume on the new one."""
+    import torch
+
+    from worldmodels.checkpoint import load_model, read_header, save_model
+
+    selection_run(tiny_run, "m_changed", 2)
+    run = RunDir(run_of(tiny_run))
+    path = run.memory.weights()
+    memory = load_model(path)
+    with torch.no_grad():
+        next(memory.parameters()).add_(0.5)
+    save_model(path, memory, meta=read_header(path)["meta"])
+    with pytest.raises(ConfigError, match="scored with another V or M.*move .*controller aside"):
+        selection_run(tiny_run, "m_changed", 4)
+
+
+def test_a_best_file_past_the_history_is_rebuilt_from_it(tiny_run):
+    """Killed after best.safetensors but before the history: the file may hold a
+    candidate of a generation the history lacks; the rerun rebuilds the recorded best."""
+    import torch
+
+    from worldmodels.checkpoint import load_model, read_header, save_model
+
+    selection_run(tiny_run, "best_killed", 4)
+    files = RunDir(run_of(tiny_run)).controller
+    recorded = file_digest(files.best)
+    meta = read_header(files.best)["meta"]
+    stray = load_model(files.best)
+    stray.set_flat(torch.randn(stray.num_parameters()))
+    save_model(files.best, stray, meta={**meta, "generation": 5, "fitness": 1e9})
+    selection_run(tiny_run, "best_killed", 4)
+    assert file_digest(files.best) == recorded
+
+
 def test_final_evaluation_plays_selected_in_gymnasiums_renderer(tiny_run, monkeypatch):
     import run as run_script
 

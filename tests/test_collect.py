@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.collect import collect
+from agents.collect import check_compatible, collect
 from agents.policies import BrownianPolicy, LinearPolicy, make_policy
 from tests.conftest import run_of
 from worldmodels.config import ConfigError
@@ -220,6 +220,29 @@ def test_brownian_and_linear_shards_record_their_setting_and_refuse_another(tiny
     second.save(list_shards(out)[1])
     c.linear_std = 0.5
     assert collect(tiny_cfg, progress=False).episodes_new == 1
+
+
+def test_shards_record_the_env_settings_and_refuse_others_on_resume(tiny_cfg):
+    """A resume under another episode cap or crop would mix two kinds of episode."""
+    out = run_of(tiny_cfg) / "rollouts"
+    tiny_cfg.collect.episodes = 1
+    collect(tiny_cfg, progress=False)
+    (shard,) = _shards(out)
+    assert shard.meta["env"]["max_episode_steps"] == tiny_cfg.env.max_episode_steps
+    assert "fast_render" not in shard.meta["env"]  # its frames are Gymnasium's
+    tiny_cfg.collect.episodes, cap = 2, tiny_cfg.env.max_episode_steps
+    tiny_cfg.env.max_episode_steps = cap + 7
+    with pytest.raises(ShardError, match=rf"env.max_episode_steps={cap}, .*={cap + 7}"):
+        collect(tiny_cfg, progress=False)
+    assert len(list_shards(out)) == 1  # nothing written, nothing lost
+    tiny_cfg.env.fast_render = not tiny_cfg.env.fast_render  # pixel-identical: accepted
+    tiny_cfg.env.max_episode_steps = cap
+    assert collect(tiny_cfg, progress=False).episodes_new == 1
+    # a shard from before the settings were recorded resumes under any
+    shard.meta.pop("env")
+    shard.save(list_shards(out)[0])
+    tiny_cfg.collect.episodes, tiny_cfg.env.crop_bottom = 3, 5
+    check_compatible(list_shards(out)[:1], tiny_cfg)
 
 
 def test_fewer_episodes_than_on_disk_are_counted_and_said(tiny_cfg, tmp_path, capsys):

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     seeds = evaluation_seeds(cfg.seed, args.episodes)
     check_report_seeds(seeds, selection_of(meta), "the finalists")
     check_writable(run.eval_dir)
-    params = rebuild(cfg, run, points, run.load_config().seed)  # the run's, not seed=S
+    saved = run.load_config()  # the searches' settings (a dream.* override only plays)
+    params = rebuild(saved, run, points, saved.seed)  # the run's seed, not seed=S
     c = cfg.controller
     started = time.perf_counter()
     overrides = play_overrides(args.overrides)  # env.* / dream.*: played, and in the names
