@@ -216,8 +216,10 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     x0 = np.zeros(controller.num_parameters())
     es = CMAES(x0, c.sigma0, c.population, seed)
     run.load_vae(cfg.vae.z_dim)  # V fits the config
-    settings = cmaes_settings(cfg, len(x0), seed, run.world_model_digests())
-    history = read_history(files.history, settings, c.population)
+    world_model = run.world_model_digests()
+    settings = cmaes_settings(cfg, len(x0), seed, world_model)
+    history = read_history(files.history, cmaes_settings(cfg, len(x0), seed), c.population)
+    scored_with = history_world_model(files.history) if len(history) else None
     log: list[dict[str, Any]] = read_json(files.log, [], GENERATION_KEYS)[: len(history)]
     select = {"episodes": c.selection_size, "seed": selection_seed}
     selected = read_selected(files.selected, select, len(history))
@@ -240,6 +242,17 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     reached = bool(c.target_return and selected
                    and selected["selection_mean"] >= c.target_return)
     last = len(history) if reached else c.generations
+    if scored_with is not None and scored_with != world_model:
+        # V or M changed since (M trained further): its fitness is another world model's
+        if len(history) < last:
+            raise ConfigError(
+                f"{files.history}: scored with another V or M ({scored_with}; the run's are "
+                f"now {world_model}: M trained further?), so its fitness cannot go on "
+                f"with this world model's; move {files.dir} aside (or use a new run "
+                "name) to train C on the world model as it is")
+        print(f"{files.history}: C was trained on another V or M ({scored_with}; now "
+              f"{world_model}); kept as it is, and scored on this one by evaluation (move "
+              f"{files.dir} aside to train C on this world model)")
     writer = summary_writer(run.tensorboard(tensorboard))
     started = time.perf_counter()
     last_eval = next((g["eval"] for g in reversed(log) if "eval" in g), None)
@@ -342,9 +355,10 @@ def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int,
     return settings
 
 
-#: settings compared only when the history and the caller both hold them: histories
-#: written before a key existed stay valid, and a replay that only rebuilds weights
-#: (agents.finalists) need not hash the world model again
+#: settings :func:`read_history` compares only when the history and the caller both hold
+#: them: histories from before a key existed stay valid, and the world model is checked by
+#: :func:`train_cmaes` itself (a finished search on a changed M is kept and only scored
+#: anew; one that would train on is refused)
 OPTIONAL_SETTINGS = ("world_model",)
 
 
@@ -413,6 +427,13 @@ def plot_fitness(log: list[dict[str, Any]], path: Path, title: str = "CMA-ES fit
                 band=([g["worst"] for g in log], [g["best"] for g in log]))
 
 
+def history_world_model(path: Path) -> dict[str, str] | None:
+    """The V and M digests a CMA-ES history was scored with (None: none recorded, as in
+    histories from before stop 52)."""
+    saved = json.loads(str(read_npz(path, ("fitness", "settings"))["settings"]))
+    return saved.get("world_model") if isinstance(saved, dict) else None
+
+
 def read_history(path: Path, settings: dict[str, Any], population: int) -> np.ndarray:
     """Recorded fitness (G, P); refuses a history made with other CMA-ES settings, whose
     replay would put the old values on different candidates."""
@@ -436,12 +457,6 @@ def read_history(path: Path, settings: dict[str, Any], population: int) -> np.nd
     changed = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
                if saved.get(k) != settings.get(k)
                and (k not in OPTIONAL_SETTINGS or (k in saved and k in settings))}
-    if "world_model" in changed:
-        raise ConfigError(f"{path}: scored with another V or M ({changed['world_model'][0]}; "
-                          f"the run's are now {changed['world_model'][1]}: M trained "
-                          "further?), so its fitness and selected controller are not this "
-                          f"world model's; move {path.parent} aside (or use a new run "
-                          "name) to train C on the world model as it is")
     if changed:
         raise ConfigError(f"{path}: made with other CMA-ES settings "
                          + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())

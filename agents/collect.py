@@ -238,10 +238,14 @@ def env_settings(env: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in env.items() if k not in ("id", "fast_render")}
 
 
-def check_compatible(shards: list[Path], cfg: ExperimentConfig) -> None:
-    """Refuse to resume into shards collected with another env, seed or policy. With
-    ``data.skip_corrupt`` an unreadable shard is kept as it is (and counted as
-    collected): the later stages skip it and list it in ``skipped_shards.json``."""
+def check_compatible(shards: list[Path], cfg: ExperimentConfig, env_settings_too: bool = True,
+                     ) -> None:
+    """Refuse to resume into shards collected with another env, seed or policy, and (with
+    ``env_settings_too``: when episodes are to be added) other ``env.*`` settings; a
+    collection with nothing to add mixes nothing (``run.py env.max_episode_steps=10``
+    evaluates under another cap). With ``data.skip_corrupt`` an unreadable shard is kept
+    as it is (and counted as collected): the later stages skip it and list it in
+    ``skipped_shards.json``."""
     schedule = policy_schedule(cfg.collect.policy)
     unreadable = []
     for path in shards:
@@ -265,7 +269,8 @@ def check_compatible(shards: list[Path], cfg: ExperimentConfig) -> None:
                     f"{path}: collected with {key}={meta.get(key)!r}, this run asks for "
                     f"{key}={value!r}; use another run name (name=...) or directory")
         # shards from before the env settings were recorded lack them
-        recorded, asked = meta.get("env") or {}, env_settings(asdict(cfg.env))
+        recorded = (meta.get("env") or {}) if env_settings_too else {}
+        asked = env_settings(asdict(cfg.env))
         differ = sorted(k for k in recorded if k in asked and recorded[k] != asked[k])
         if differ:
             raise ShardError(
@@ -301,15 +306,15 @@ def collect(cfg: ExperimentConfig, run: RunDir | None = None, out_dir: Path | No
     probe_env(cfg, run)
     out = Path(out_dir) if out_dir is not None else run.rollouts
     existing = list_shards(out)
-    check_compatible(existing, cfg)
+    have = {shard_index(p) for p in existing}
+    todo = [i for i in range(cfg.collect.episodes) if i not in have]
+    check_compatible(existing, cfg, env_settings_too=bool(todo))
     if out_dir is None:
         run.write_config(cfg, outputs=(out,))  # inputs accepted
     else:
         check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_partial_files(out)
-    have = {shard_index(p) for p in existing}
-    todo = [i for i in range(cfg.collect.episodes) if i not in have]
     if len(have) > cfg.collect.episodes:  # collect never deletes an episode
         print(f"note: {out} holds {len(have)} episodes, more than collect.episodes="
               f"{cfg.collect.episodes}; the later stages use all {len(have)}",

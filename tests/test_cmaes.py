@@ -415,7 +415,7 @@ def test_a_rerun_of_a_search_that_met_its_target_adds_no_generation(tiny_run):
 
 def test_a_history_scored_with_another_m_is_refused(tiny_run):
     """M trained further (memory.epochs raised, run.py rerun): the recorded fitness and
-    the selected C belong to the old M, so the search does not resume on the new one."""
+    the selected C belong to the old M, so the search does not train on with the new."""
     import torch
 
     from worldmodels.checkpoint import load_model, read_header, save_model
@@ -427,8 +427,12 @@ def test_a_history_scored_with_another_m_is_refused(tiny_run):
     with torch.no_grad():
         next(memory.parameters()).add_(0.5)
     save_model(path, memory, meta=read_header(path)["meta"])
+    history = file_digest(run.controller.history)
     with pytest.raises(ConfigError, match="scored with another V or M.*move .*controller aside"):
         selection_run(tiny_run, "m_changed", 4)
+    # finished, it is kept as it is (evaluation scores it on the new M), and said
+    assert selection_run(tiny_run, "m_changed", 2).generations == 2
+    assert file_digest(run.controller.history) == history
 
 
 def test_a_best_file_past_the_history_is_rebuilt_from_it(tiny_run):
