@@ -146,6 +146,33 @@ def test_a_reward_of_another_type_is_a_shard_error_naming_the_file(tmp_path, rew
         read_latents(latent, 4)
 
 
+@pytest.mark.parametrize("space", [{"type": "box", "shape": [3]}, "box", {"type": "box",
+                                   "low": [0], "high": [1], "shape": "x"}])
+def test_an_unreadable_action_space_in_a_shards_meta_is_named(tmp_path, space):
+    """A hand-made meta (a box without bounds, not a mapping): a ShardError naming the
+    file, from the header screen and from the run's action space."""
+    import json
+
+    from worldmodels.run_dir import RunDir
+    from worldmodels.shards import ShardSpec, action_space_from_meta, check_shard
+
+    shard = synthetic_shard(0)
+    shard.meta["action_space"] = space
+    path = tmp_path / "latents" / "ep_000000.npz"
+    write_npz_atomic(path, {"mu": np.zeros((len(shard) + 1, 4), np.float32),
+                            "logvar": np.zeros((len(shard) + 1, 4), np.float32),
+                            "action": shard.action, "reward": shard.reward,
+                            "terminated": shard.terminated, "truncated": shard.truncated,
+                            "meta": np.array(json.dumps(shard.meta))})
+    if not isinstance(space, dict):  # (the screen reads only a mapping's shape)
+        with pytest.raises(ShardError, match=f"{path}: "):
+            check_shard(path, "latents", ShardSpec())
+    with pytest.raises(ShardError, match=f"{path}: "):
+        RunDir(tmp_path).action_space()
+    with pytest.raises(ShardError, match="somewhere: "):
+        action_space_from_meta(space, "somewhere")
+
+
 def test_pickled_object_in_shard_is_refused_not_executed(tmp_path, pickle_marker):
     good = synthetic_shard(0)
     buf = io.BytesIO()

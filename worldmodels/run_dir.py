@@ -631,12 +631,12 @@ class RunDir:
         if self.memory.model.exists():
             info = self.memory_meta().get("action_space")
             if info:
-                return action_space_from_meta(info)
+                return action_space_from_meta(info, self.memory.model)
         found = self._episodes_action_space()
         if found is None:
             raise ShardError(f"{self.path}: no trained M and no shards, so the action space "
                              "is unknown (run collect.py)")
-        return action_space_from_meta(found[1])
+        return action_space_from_meta(found[1], found[0])
 
     def _episodes_action_space(self) -> tuple[Path, dict[str, Any]] | None:
         """(first shard, its recorded action space) of the run's latents, else rollouts;

@@ -244,9 +244,14 @@ def array_headers(path: Path, keys: tuple[str, ...]) -> dict[str, tuple[tuple[in
 
 def _action_layout(space: dict[str, Any]) -> tuple[tuple[int, ...], type]:
     """(shape of one action, dtype) that an action space's shard arrays have."""
+    if not isinstance(space, dict):
+        raise ShardError(f"action space description {space!r} is not a mapping")
     if space.get("type") == "discrete":
         return (), np.int64
-    return tuple(int(n) for n in space.get("shape", ())), np.float32
+    try:
+        return tuple(int(n) for n in space.get("shape", ())), np.float32
+    except (TypeError, ValueError) as err:
+        raise ShardError(f"action space description {space!r}: shape ({err})") from None
 
 
 def check_shard(path: Path, kind: str, spec: ShardSpec) -> None:
@@ -281,7 +286,10 @@ def check_shard(path: Path, kind: str, spec: ShardSpec) -> None:
                                  f"vae.z_dim is {z} ('{key}' is {shape})")
     space = spec.action_space or read_meta(path).get("action_space")
     if space:
-        tail, dtype = _action_layout(space)
+        try:
+            tail, dtype = _action_layout(space)
+        except ShardError as err:
+            raise ShardError(f"{path}: {err}") from None
         shape, got = arrays["action"]
         if shape != (T, *tail) or got != dtype:
             raise ShardError(f"{path}: 'action' is {got} {shape}, but the run's action space "
@@ -327,12 +335,17 @@ def describe_action_space(space: gym.Space) -> dict[str, Any]:
     raise ValueError(f"unsupported action space {space}")
 
 
-def action_space_from_meta(info: dict[str, Any]) -> gym.Space:
-    """The inverse of :func:`describe_action_space`."""
-    if info.get("type") == "discrete":
-        return gym.spaces.Discrete(int(info["n"]), start=int(info.get("start", 0)))
-    if info.get("type") == "box":
-        return gym.spaces.Box(np.array(info["low"], np.float32),
-                              np.array(info["high"], np.float32), tuple(info["shape"]),
-                              np.float32)
-    raise ShardError(f"unsupported action space description {info}")
+def action_space_from_meta(info: Any, source: Path | str = "action space") -> gym.Space:
+    """The inverse of :func:`describe_action_space`; a description it cannot read is a
+    :class:`ShardError` naming ``source`` (the file that holds it)."""
+    try:
+        if info.get("type") == "discrete":
+            return gym.spaces.Discrete(int(info["n"]), start=int(info.get("start", 0)))
+        if info.get("type") == "box":
+            return gym.spaces.Box(np.array(info["low"], np.float32),
+                                  np.array(info["high"], np.float32), tuple(info["shape"]),
+                                  np.float32)
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ShardError(f"{source}: unreadable action space description {info!r} "
+                         f"({type(err).__name__}: {err})") from None
+    raise ShardError(f"{source}: unsupported action space description {info!r}")
