@@ -218,8 +218,8 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     run.load_vae(cfg.vae.z_dim)  # V fits the config
     world_model = run.world_model_digests()
     settings = cmaes_settings(cfg, len(x0), seed, world_model)
-    history = read_history(files.history, cmaes_settings(cfg, len(x0), seed), c.population)
-    scored_with = history_world_model(files.history) if len(history) else None
+    history, saved_settings = read_history(files.history, settings, c.population)
+    scored_with = saved_settings.get(WORLD_MODEL_KEY)
     log: list[dict[str, Any]] = read_json(files.log, [], GENERATION_KEYS)[: len(history)]
     select = {"episodes": c.selection_size, "seed": selection_seed}
     selected = read_selected(files.selected, select, len(history))
@@ -351,15 +351,15 @@ def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int,
                         done=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
                         dream_max_steps=cfg.dream.max_steps)
     if world_model:
-        settings["world_model"] = dict(world_model)
+        settings[WORLD_MODEL_KEY] = dict(world_model)
     return settings
 
 
-#: settings :func:`read_history` compares only when the history and the caller both hold
-#: them: histories from before a key existed stay valid, and the world model is checked by
-#: :func:`train_cmaes` itself (a finished search on a changed M is kept and only scored
-#: anew; one that would train on is refused)
-OPTIONAL_SETTINGS = ("world_model",)
+#: the settings key of the V and M digests a history was scored with: not compared by
+#: :func:`read_history` but by :func:`train_cmaes`, which keeps a finished search on a
+#: changed M (evaluation scores it anew) and refuses one that would train on; histories
+#: from before stop 52 lack it
+WORLD_MODEL_KEY = "world_model"
 
 
 def _saved_generation(path: Path) -> int | None:
@@ -377,7 +377,7 @@ def replay_parameters(cfg: ExperimentConfig, files: ControllerFiles, dim: int, s
     The strategy is fixed by its seed and the fitness it was told, so these are the
     weights the search saved then (a test checks it against the saved files)."""
     c = cfg.controller
-    history = read_history(files.history, cmaes_settings(cfg, dim, seed), c.population)
+    history, _ = read_history(files.history, cmaes_settings(cfg, dim, seed), c.population)
     wanted_set = set(wanted)
     missing = [w for w in wanted_set if not 1 <= w[1] <= len(history)]
     if missing:
@@ -427,18 +427,13 @@ def plot_fitness(log: list[dict[str, Any]], path: Path, title: str = "CMA-ES fit
                 band=([g["worst"] for g in log], [g["best"] for g in log]))
 
 
-def history_world_model(path: Path) -> dict[str, str] | None:
-    """The V and M digests a CMA-ES history was scored with (None: none recorded, as in
-    histories from before stop 52)."""
-    saved = json.loads(str(read_npz(path, ("fitness", "settings"))["settings"]))
-    return saved.get("world_model") if isinstance(saved, dict) else None
-
-
-def read_history(path: Path, settings: dict[str, Any], population: int) -> np.ndarray:
-    """Recorded fitness (G, P); refuses a history made with other CMA-ES settings, whose
-    replay would put the old values on different candidates."""
+def read_history(path: Path, settings: dict[str, Any], population: int,
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Recorded fitness (G, P) and the settings saved with it; refuses a history made with
+    other CMA-ES settings, whose replay would put the old values on different candidates
+    (all but :data:`WORLD_MODEL_KEY`, which the caller weighs)."""
     if not path.exists():
-        return np.zeros((0, population))
+        return np.zeros((0, population)), {}
     delete = "delete it (or the controller directory) to start CMA-ES anew"
     try:
         data = read_npz(path, ("fitness", "settings"))
@@ -455,8 +450,7 @@ def read_history(path: Path, settings: dict[str, Any], population: int) -> np.nd
                           f"{int(np.argwhere(~np.isfinite(fitness))[0][0]) + 1}), so CMA-ES "
                           f"cannot replay it; {delete}")
     changed = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
-               if saved.get(k) != settings.get(k)
-               and (k not in OPTIONAL_SETTINGS or (k in saved and k in settings))}
+               if saved.get(k) != settings.get(k) and k != WORLD_MODEL_KEY}
     if changed:
         raise ConfigError(f"{path}: made with other CMA-ES settings "
                          + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -464,7 +458,7 @@ def read_history(path: Path, settings: dict[str, Any], population: int) -> np.nd
     if fitness.shape[1] != population:
         raise ConfigError(f"{path}: has {fitness.shape[1]} candidates a generation, the "
                           f"population is {population}; {delete}")
-    return fitness
+    return fitness, saved
 
 
 def read_selected(path: Path, select: dict[str, int],
