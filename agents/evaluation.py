@@ -220,7 +220,8 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
 
     Writes ``<out_dir>/<policy>.csv`` (episode, seed, return, steps) and ``<policy>.json``
     (mean, std, min, max, and ``key`` if given: what the caller checks to reuse it);
-    GIFs of the first ``video_episodes`` (every ``video_stride``-th frame). ``out_dir`` defaults to
+    GIFs of the first ``video_episodes`` (every ``video_stride``-th frame), named as the
+    result (``<policy>_episode<i>.gif``). ``out_dir`` defaults to
     the run's ``eval/`` (for a shipped agent, ``runs/pretrained/<name>/eval`` under the
     working directory: :attr:`RunDir.eval_dir`). ``weights``: the controller's ``best``
     candidate, CMA-ES's ``mean`` or the ``selected`` one of them (files
@@ -249,28 +250,35 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
                  **({"env_overrides": env_overrides} if env_overrides else {})}
         return _evaluate_sb3(run, cfg, policy, sb3_environment, seeds, out, name, extra,
                              video_episodes, video_stride)
-    params = None
+    params, worker = None, None
     if policy == "controller":  # (the random policy needs no V, M or env in this process)
         path = run.trained_controller(weights)
         worker = RolloutWorker(run, overrides=tuple(overrides))
-        load_weights(path, worker.controller)
-        played = agent_digests(run, path)
-        params = worker.controller.get_flat().numpy()
-    started = time.perf_counter()
-    if progress:
-        print(f"evaluate {policy}: {episodes} episodes on {engine} workers")
-    evaluator = ProcessEvaluator(run, engine, workers, ray_address, overrides=tuple(overrides),
-                                 batch=cfg.controller.batch_envs)
     try:
-        returns, steps = evaluator.returns([params], seeds)
+        if worker is not None:
+            load_weights(path, worker.controller)
+            played = agent_digests(run, path)
+            params = worker.controller.get_flat().numpy()
+        started = time.perf_counter()
+        if progress:
+            print(f"evaluate {policy}: {episodes} episodes on {engine} workers")
+        evaluator = ProcessEvaluator(run, engine, workers, ray_address,
+                                     overrides=tuple(overrides),
+                                     batch=cfg.controller.batch_envs)
+        try:
+            returns, steps = evaluator.returns([params], seeds)
+        finally:
+            evaluator.close()
+        # the GIFs carry the result's name: another evaluation's never overwrite them
+        for i in range(min(video_episodes, episodes) if worker is not None else 0):
+            frames = worker.play_one(params, seeds[i], record=True).frames
+            save_video(worker.agent.vae, np.stack(frames), out / f"{name}_episode{i}.gif",
+                       video_stride, device=worker.agent.device)
     finally:
-        evaluator.close()
+        if worker is not None:
+            worker.close()
     rows = [{"episode": i, "seed": s, "return": float(returns[0, i]), "steps": int(steps[0, i])}
             for i, s in enumerate(seeds)]
-    for i in range(min(video_episodes, episodes) if policy == "controller" else 0):
-        frames = worker.play_one(params, seeds[i], record=True).frames
-        save_video(worker.agent.vae, np.stack(frames), out / f"{policy}_episode{i}.gif",
-                   video_stride, device=worker.agent.device)
     env_overrides = [o for o in overrides if o.startswith("env.")]
     summary = {"policy": name, **describe_returns(returns[0]),
                "seconds": time.perf_counter() - started, **({"key": key} if key else {}),

@@ -82,6 +82,10 @@ class RolloutWorker:
     def play(self, episodes: list[Episode]) -> list[EpisodeResult]:
         return self.actor.play(episodes)
 
+    def close(self) -> None:
+        """Close every env it opened (a ViZDoom env is a game process)."""
+        self.actor.close()
+
     def play_one(self, params: np.ndarray | None, seed: int, max_steps: int = 0,
                  stall_steps: int = 0, record: bool = False) -> EpisodeResult:
         """One episode: the batch-1 case of :meth:`play`."""

@@ -9,7 +9,10 @@ same algorithm and loading the weights.
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,6 +200,9 @@ def latent_env(run: RunDir, cfg: ExperimentConfig, device: str = "cpu") -> Laten
                              cfg.controller.use_cell, run_dir=run.home)
 
 
+#: the policy sidecar's key for the digests of the V and M it was trained on
+WORLD_MODEL_META = "world_model"
+
 #: ``controller.algo`` -> the name of its Stable-Baselines3 class
 SB3_ALGORITHMS = {"ppo": "PPO", "a2c": "A2C", "sac": "SAC", "td3": "TD3"}
 #: SB3 keyword arguments that take a schedule: a number, or ``"lin_<x>"`` (rl-zoo's
@@ -295,7 +301,9 @@ def _settings(cfg: ExperimentConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
     c = cfg.controller
     settings = {"algo": c.algo, "kwargs": kwargs, "seed": cfg.seed,
                 "environment": c.environment, "envs": c.sb3_envs,
-                "normalize_reward": c.sb3_normalize_reward}
+                "normalize_reward": c.sb3_normalize_reward,
+                # [z, h] or [z, c, h]: the size of what the policy reads
+                "use_cell": c.use_cell}
     if c.sb3_init:  # the bytes decide (a path differs with the working directory)
         settings["init"] = file_digest(init_policy_path(c.sb3_init, c.algo))
     return settings
@@ -328,13 +336,31 @@ def check_init_policy(run: RunDir, source: str, algo: str, kwargs: dict[str, Any
             raise ConfigError(f"config key 'controller.sb3_init': {path} is {theirs[0]} with "
                               f"policy_kwargs {theirs[1]}; this training is {ours[0]} with "
                               f"{ours[1]}")
-    source_dir = Path(source).expanduser()
-    if source_dir.is_dir():
-        other = RunDir(source_dir)
-        if other.world_model_digests() != run.world_model_digests():
-            raise ConfigError(f"config key 'controller.sb3_init': {other.home}'s V and M "
-                              f"differ from {run.home}'s, so its policy reads another [z, h]")
+    theirs_wm, whose = _init_world_model(Path(source).expanduser(), path, meta)
+    if theirs_wm is not None and theirs_wm != run.world_model_digests():
+        raise ConfigError(f"config key 'controller.sb3_init': {whose}'s V and M differ "
+                          f"from {run.home}'s, so its policy reads another [z, h]")
     return path
+
+
+def _init_world_model(source: Path, path: Path, meta: dict[str, Any],
+                      ) -> tuple[dict[str, str] | None, Path]:
+    """The V and M digests an initial policy was trained on, and where they come from:
+    the run ``source`` names; for a file, the digests its sidecar records (policies
+    shipped since they were recorded) or else the run whose ``controller/`` holds it;
+    (None, path) when neither tells."""
+    if source.is_dir():
+        return RunDir(source).world_model_digests(), source
+    recorded = meta.get(WORLD_MODEL_META)
+    if isinstance(recorded, dict):
+        return recorded, path
+    home = path.parent.parent
+    if path.parent.name == "controller" and (home / "config.yaml").is_file():
+        try:
+            return RunDir(home).world_model_digests(), home
+        except CheckpointError:
+            return None, path
+    return None, path
 
 
 def load_policy(model: Any, path: Path, whose: str = "this run's policy") -> None:
@@ -368,6 +394,24 @@ def _check_config(run: RunDir, cfg: ExperimentConfig) -> None:
 
 def _ret_rms(venv: VecEnv) -> VecNormalize | None:
     return venv if isinstance(venv, VecNormalize) else None
+
+
+#: what a gSDE distribution draws in ``sample_weights`` (one noise matrix per env)
+_NOISE_ATTRIBUTES = ("weights_dist", "exploration_mat", "exploration_matrices")
+
+
+@contextmanager
+def kept_exploration_noise(policy: Any) -> Iterator[None]:
+    """Put the policy's gSDE exploration noise back as it was on leaving: sampled play
+    on other seeds and batch sizes (a selection) would otherwise leave the training's
+    next steps its noise matrices."""
+    dist = getattr(policy, "action_dist", None)
+    kept = {name: getattr(dist, name) for name in _NOISE_ATTRIBUTES if hasattr(dist, name)}
+    try:
+        yield
+    finally:
+        for name, value in kept.items():
+            setattr(dist, name, value)
 
 
 class _Trainer(BaseCallback):
@@ -422,9 +466,10 @@ class _Trainer(BaseCallback):
         """Play the policy on the selection seeds; keep it if it is the best so far."""
         n = int(self.model.num_timesteps)
         self.last_eval = n
-        returns = [r for r, _ in play_policy_batched(
-            self.run, self.cfg, policy_controller(self.model, self.cfg), self.seeds,
-            self.cfg.controller.batch_envs)]
+        with kept_exploration_noise(self.model.policy):  # sampled play redraws it
+            returns = [r for r, _ in play_policy_batched(
+                self.run, self.cfg, policy_controller(self.model, self.cfg), self.seeds,
+                self.cfg.controller.batch_envs)]
         mean, std = float(np.mean(returns)), float(np.std(returns))
         self.state["evals"].append({"step": n, "mean": mean, "std": std,
                                     "deterministic": self.cfg.controller.sb3_deterministic})
@@ -445,6 +490,9 @@ class _Trainer(BaseCallback):
         self.state["num_timesteps"] = n
         self.state["last_eval"] = self.last_eval
         self.state["parameters"] = self.model.get_parameters()
+        off_policy = off_policy_state(self.model)
+        if off_policy is not None:
+            self.state["off_policy"] = off_policy
         norm = _ret_rms(self.model.get_env())
         if norm is not None:
             self.state["ret_rms"] = {
@@ -457,6 +505,60 @@ class _Trainer(BaseCallback):
         save_state(self.run.controller.sb3_checkpoint(self.algo, self.environment),
                    self.state)
         plot_sb3_curve(self.run.controller.sb3_curve(self.algo, self.environment), self.state)
+
+
+#: the replay buffer's arrays an off-policy checkpoint keeps
+_BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones",
+                  "timeouts")
+
+
+def off_policy_state(model: Any) -> dict[str, Any] | None:
+    """What SB3's ``get_parameters`` leaves out of an off-policy algorithm (SAC, TD3),
+    for a resume that goes on as the training would have: the filled rows of the
+    replay buffer (as tensors, no pickle), its position, the update count (TD3's
+    policy delay counts on it) and SAC's learned entropy coefficient; None for an
+    on-policy algorithm."""
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is None:
+        return None
+    # (with optimize_memory_usage the next observation of row pos - 1 sits in row pos)
+    rows = buffer.buffer_size if buffer.full else min(buffer.pos + 1, buffer.buffer_size)
+    arrays = {name: torch.from_numpy(np.ascontiguousarray(getattr(buffer, name)[:rows]))
+              for name in _BUFFER_ARRAYS if getattr(buffer, name, None) is not None}
+    state: dict[str, Any] = {"pos": int(buffer.pos), "full": bool(buffer.full),
+                             "buffer": arrays, "n_updates": int(model._n_updates)}
+    log_ent_coef = getattr(model, "log_ent_coef", None)
+    if isinstance(log_ent_coef, torch.Tensor):
+        state["log_ent_coef"] = log_ent_coef.detach().cpu().clone()
+    return state
+
+
+def restore_off_policy(model: Any, saved: dict[str, Any] | None, path: Path) -> None:
+    """Put :func:`off_policy_state`'s ``saved`` (read from the checkpoint ``path``) back
+    into ``model``; a checkpoint without it, for an off-policy model, or with arrays
+    that do not fit its buffer, is a :class:`CheckpointError` naming ``path``."""
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is None:
+        return
+    if not isinstance(saved, dict) or not isinstance(saved.get("buffer"), dict):
+        raise CheckpointError(f"{path}: an off-policy checkpoint without its replay buffer "
+                              "(made before buffers were saved); delete it to train anew")
+    for name, values in saved["buffer"].items():
+        target = getattr(buffer, name, None)
+        if (name not in _BUFFER_ARRAYS or target is None
+                or tuple(values.shape[1:]) != target.shape[1:]
+                or len(values) > len(target)):
+            raise CheckpointError(f"{path}: its replay buffer's {name} "
+                                  f"{tuple(values.shape)} does not fit this training's "
+                                  f"{None if target is None else target.shape}; delete it "
+                                  "to train anew")
+        target[: len(values)] = values.numpy()
+    buffer.pos, buffer.full = int(saved["pos"]), bool(saved["full"])
+    model._n_updates = int(saved["n_updates"])
+    if "log_ent_coef" in saved and isinstance(getattr(model, "log_ent_coef", None),
+                                              torch.Tensor):
+        with torch.no_grad():  # in place: the entropy optimizer holds this tensor
+            model.log_ent_coef.copy_(saved["log_ent_coef"])
 
 
 def _policy_state(model: Any) -> dict[str, torch.Tensor]:
@@ -475,7 +577,8 @@ def ship(run: RunDir, state: dict[str, Any], model: Any = None) -> dict[str, Any
     meta = {**settings, "timesteps": int(state["timesteps"]),
             "num_timesteps": int(state["num_timesteps"]),
             "controller": state["controller"],
-            "source": "selected" if selected else "last"}
+            "source": "selected" if selected else "last",
+            WORLD_MODEL_META: run.world_model_digests()}
     if state.get("init_path"):
         meta["init_path"] = state["init_path"]
     if selected:
@@ -511,6 +614,11 @@ def _resume(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
         return None
     state = load_state(path)
     saved = state.get("settings")
+    if isinstance(saved, dict) and "use_cell" not in saved:
+        # recorded since use_cell became a setting; a policy of the other size is
+        # refused when its parameters are loaded
+        saved = {**saved, "use_cell": settings["use_cell"]}
+        state["settings"] = saved
     if saved != settings:
         saved = saved if isinstance(saved, dict) else {}
         changed = [f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}"
@@ -565,34 +673,42 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
     init = check_init_policy(run, c.sb3_init, algo, kwargs) \
         if c.sb3_init and state is None else None
     env = training_env(run, cfg)
-    model = build_model(algo, env, cfg.seed, kwargs, str(run.tensorboard()))
-    if state is None:
-        state = {"settings": settings, "num_timesteps": 0, "episode_steps": [],
-                 "episode_returns": [], "evals": [], "selected": None}
-        if init is not None:
-            load_policy(model, init, "this training's policy (controller.sb3_init)")
-            state["init_path"] = str(init)
+    try:
+        model = build_model(algo, env, cfg.seed, kwargs, str(run.tensorboard()))
+        if state is None:
+            state = {"settings": settings, "num_timesteps": 0, "episode_steps": [],
+                     "episode_returns": [], "evals": [], "selected": None}
+            if init is not None:
+                load_policy(model, init, "this training's policy (controller.sb3_init)")
+                state["init_path"] = str(init)
+                if progress:
+                    print(f"starting from the policy {init}")
+        else:
+            try:
+                model.set_parameters(state["parameters"], exact_match=True)
+            except (RuntimeError, ValueError, KeyError) as err:
+                why = " ".join(str(err).split())[:300]
+                raise CheckpointError(f"{checkpoint}: does not fit this training's {algo} "
+                                      f"model ({why}); delete it to train anew") from None
+            restore_off_policy(model, state.get("off_policy"), checkpoint)
+            model.num_timesteps = int(state["num_timesteps"])
+            norm = _ret_rms(env)
+            if norm is not None and state.get("ret_rms"):
+                norm.ret_rms.mean = state["ret_rms"]["mean"].numpy()
+                norm.ret_rms.var = state["ret_rms"]["var"].numpy()
+                norm.ret_rms.count = float(state["ret_rms"]["count"])
             if progress:
-                print(f"starting from the policy {init}")
-    else:
-        model.set_parameters(state["parameters"], exact_match=True)
-        model.num_timesteps = int(state["num_timesteps"])
-        norm = _ret_rms(env)
-        if norm is not None and state.get("ret_rms"):
-            norm.ret_rms.mean = state["ret_rms"]["mean"].numpy()
-            norm.ret_rms.var = state["ret_rms"]["var"].numpy()
-            norm.ret_rms.count = float(state["ret_rms"]["count"])
-        if progress:
-            print(f"{checkpoint}: resuming at {model.num_timesteps} of "
-                  f"{c.sb3_timesteps} steps")
-    state["timesteps"] = c.sb3_timesteps
-    state["controller"] = to_dict(cfg)["controller"]
-    trainer = _Trainer(run, cfg, state, progress)
-    started = model.num_timesteps
-    model.learn(total_timesteps=max(0, c.sb3_timesteps - started), callback=trainer,
-                reset_num_timesteps=started == 0, progress_bar=False,
-                tb_log_name=f"sb3_{algo}_{environment}")
-    env.close()
+                print(f"{checkpoint}: resuming at {model.num_timesteps} of "
+                      f"{c.sb3_timesteps} steps")
+        state["timesteps"] = c.sb3_timesteps
+        state["controller"] = to_dict(cfg)["controller"]
+        trainer = _Trainer(run, cfg, state, progress)
+        started = model.num_timesteps
+        model.learn(total_timesteps=max(0, c.sb3_timesteps - started), callback=trainer,
+                    reset_num_timesteps=started == 0, progress_bar=False,
+                    tb_log_name=f"sb3_{algo}_{environment}")
+    finally:
+        env.close()
     return model, ship(run, state, model)
 
 
@@ -606,10 +722,9 @@ def _shipped_steps(weights: Path, meta_path: Path) -> int | None:
         return None
 
 
-def load_sb3(run: RunDir, cfg: ExperimentConfig, algo: str = "ppo",
-             environment: str = "real") -> tuple[Any, LatentObservation]:
-    """Rebuild the trained SB3 model (weights only, no pickle) and the real env of
-    ``cfg.env`` it plays."""
+def policy_meta(run: RunDir, algo: str, environment: str = "real") -> dict[str, Any]:
+    """The sidecar of the run's trained SB3 policy (seed, kwargs, the controller keys it
+    trained with); a missing or unreadable one is a :class:`CheckpointError` naming it."""
     weights, meta_path = run.controller.sb3(algo, environment)
     if not meta_path.exists() or not weights.exists():
         raise CheckpointError(f"{weights}: no {algo} policy trained in the {environment} env "
@@ -623,12 +738,36 @@ def load_sb3(run: RunDir, cfg: ExperimentConfig, algo: str = "ppo",
             and isinstance(meta.get("kwargs"), dict)):
         raise CheckpointError(f"{meta_path}: an SB3 policy description needs 'seed' (an "
                               "integer) and 'kwargs' (a mapping)")
-    env = latent_env(run, cfg)
+    return meta
+
+
+def policy_config(cfg: ExperimentConfig, meta: dict[str, Any]) -> ExperimentConfig:
+    """``cfg`` with the ``controller.use_cell`` the policy of ``meta`` trained with (what
+    it reads: [z, h] or [z, c, h]), which the run's CMA-ES config need not share."""
+    use_cell = (meta.get("controller") or {}).get("use_cell")
+    if not isinstance(use_cell, bool) or use_cell == cfg.controller.use_cell:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.controller.use_cell = use_cell
+    return cfg
+
+
+def load_sb3(run: RunDir, cfg: ExperimentConfig, algo: str = "ppo",
+             environment: str = "real") -> tuple[Any, LatentObservation]:
+    """Rebuild the trained SB3 model (weights only, no pickle) and the real env of
+    ``cfg.env`` it plays, on the features the policy trained on."""
+    meta = policy_meta(run, algo, environment)
+    weights, meta_path = run.controller.sb3(algo, environment)
+    env = latent_env(run, policy_config(cfg, meta))
     try:
         model = build_model(algo, env, meta["seed"], meta["kwargs"])
+        load_policy(model, weights)
     except ConfigError as err:
+        env.close()
         raise CheckpointError(f"{meta_path}: {err}") from None
-    load_policy(model, weights)
+    except BaseException:
+        env.close()
+        raise
     return model, env
 
 
@@ -712,6 +851,7 @@ def play_policy_episodes(run: RunDir, cfg: ExperimentConfig, controller: SB3Cont
 def sb3_controller(run: RunDir, cfg: ExperimentConfig, algo: str,
                    environment: str = "real") -> SB3Controller:
     """The run's trained SB3 policy as a controller on M's features."""
+    cfg = policy_config(cfg, policy_meta(run, algo, environment))
     model, env = load_sb3(run, cfg, algo, environment)
     env.close()
     return policy_controller(model, cfg)
@@ -729,14 +869,17 @@ def play_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, seeds: list[int],
     """(return, steps) of one deterministic real episode per seed."""
     model, env = load_sb3(run, cfg, algo, environment)
     results = []
-    for s in seeds:
-        obs, _ = env.reset(seed=s)
-        total, steps, done = 0.0, 0, False
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            steps += 1
-            done = terminated or truncated
-        results.append((total, steps))
+    try:
+        for s in seeds:
+            obs, _ = env.reset(seed=s)
+            total, steps, done = 0.0, 0, False
+            while not done:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                steps += 1
+                done = terminated or truncated
+            results.append((total, steps))
+    finally:
+        env.close()
     return results

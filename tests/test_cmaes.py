@@ -106,7 +106,12 @@ def test_evaluate_writes_csv_summary_and_video(tiny_run):
     assert saved["digests"] == {"weights": file_digest(run.controller.best),
                                 "vae": file_digest(run.vae.model),
                                 "memory": file_digest(run.memory.weights())}
-    assert (out / "controller_episode0.gif").stat().st_size > 1000
+    gif = (out / "controller_episode0.gif").read_bytes()
+    assert len(gif) > 1000
+    other = tiny_run.seed + 1  # another evaluation's GIF gets its own name
+    evaluate(run, episodes=1, video_episodes=1, engine="serial", progress=False, seed=other)
+    assert (out / f"controller_seed{other}_episode0.gif").stat().st_size > 1000
+    assert (out / "controller_episode0.gif").read_bytes() == gif
     rand = evaluate(RunDir(run_of(tiny_run)), episodes=2, policy="random", engine="serial",
                     progress=False)
     assert rand["episodes"] == 2 and (out / "random.csv").exists()

@@ -435,3 +435,101 @@ def test_a_policy_with_nan_weights_is_refused_naming_its_file(tiny_run):
     save_file(tensors, str(path))
     with pytest.raises(CheckpointError, match=rf"{path.name}: '{re.escape(key)}' holds NaN"):
         sb3_controller(run, cfg, "ppo", cfg.controller.environment)
+
+
+def test_a_resumed_sac_training_keeps_its_replay_buffer_and_entropy_coefficient(
+        tiny_run, monkeypatch):
+    """SB3's get_parameters leaves out the replay buffer, SAC's log_ent_coef and the
+    update count; without them a resume trains on an empty buffer at ent_coef 1."""
+    from stable_baselines3 import SAC
+
+    c = tiny_run.controller
+    c.algo, c.sb3_envs, c.sb3_checkpoint_steps, c.sb3_timesteps = "sac", 1, 0, 60
+    c.sb3_kwargs = {"learning_starts": 20, "batch_size": 16, "buffer_size": 1000,
+                    "policy_kwargs": {"net_arch": [8]}}
+    run = RunDir(run_of(tiny_run))
+    real_train = SAC.train
+    seen: list[tuple[int, int, float, int]] = []
+
+    def spy(self, gradient_steps, batch_size=64):
+        seen.append((self.num_timesteps, self.replay_buffer.size(),
+                     float(self.log_ent_coef), self._n_updates))
+        real_train(self, gradient_steps, batch_size)
+
+    monkeypatch.setattr(SAC, "train", spy)
+    model, _ = train_sb3(run, tiny_run, progress=False)
+    assert seen[-1][:2] == (60, 60)  # one env: a transition a step
+    end = (float(model.log_ent_coef), model._n_updates)
+    assert end[0] != 0.0  # trained away from ent_coef 1
+    seen.clear()
+    c.sb3_timesteps = 70
+    train_sb3(run, tiny_run, progress=False)
+    assert seen[0][:2] == (61, 61)  # the 60 saved transitions and the new one
+    assert seen[0][2:] == end  # the coefficient and the update count go on
+
+    checkpoint = run.controller.sb3_checkpoint("sac")  # one made without them: refused
+    state = load_state(checkpoint)
+    del state["off_policy"]
+    from worldmodels.checkpoint import save_state
+
+    save_state(checkpoint, state)
+    c.sb3_timesteps = 80
+    with pytest.raises(CheckpointError, match=r"sb3_sac.*without its replay buffer"):
+        train_sb3(run, tiny_run, progress=False)
+
+
+def test_a_use_cell_policy_plays_on_its_own_features_and_refuses_a_resume_without(
+        tiny_run):
+    cfg = tiny_sb3(tiny_run, timesteps=32, use_cell=True)
+    run = RunDir(run_of(cfg))
+    train_sb3(run, cfg, progress=False)
+    cfg.controller.use_cell = False  # the run's CMA-ES setting: the policy reads [z, c, h]
+    controller = sb3_controller(run, cfg, "ppo")
+    assert controller.use_cell
+    assert len(play_sb3(run, cfg, "ppo", [3])) == 1
+    cfg.controller.sb3_timesteps = 64
+    with pytest.raises(ConfigError, match=r"other settings.*use_cell: True -> False"):
+        train_sb3(run, cfg, progress=False)
+
+
+def test_an_initial_policy_file_from_another_world_model_is_refused(tiny_run):
+    cfg = tiny_sb3(tiny_run, timesteps=32)
+    source_run = RunDir(run_of(cfg))
+    train_sb3(source_run, cfg, progress=False)
+    weights, meta_path = source_run.controller.sb3("ppo")
+    assert json.loads(meta_path.read_text())["world_model"] == \
+        source_run.world_model_digests()
+    from tests.builders import make_frmdn
+    from tests.conftest import CAR_ACTIONS
+    from worldmodels.checkpoint import save_model
+
+    other = copy.deepcopy(cfg)
+    other.name = "other_m"
+    write_tiny_run(other)
+    torch.manual_seed(1)
+    save_model(run_of(other) / "memory" / "model.safetensors",
+               make_frmdn(z_dim=4, action_dim=3, hidden=8, mixtures=2),
+               meta={"done_pos_weight": 1.0, "action_space": CAR_ACTIONS})
+    copied = run_of(other).parent / "elsewhere" / weights.name  # out of its run: the sidecar
+    copied.parent.mkdir()
+    copied.write_bytes(weights.read_bytes())
+    copied.with_suffix(".json").write_text(meta_path.read_text())
+    for source in (weights, copied):
+        other.controller.sb3_init = str(source)
+        with pytest.raises(ConfigError, match=r"V and M differ"):
+            train_sb3(RunDir(run_of(other)), other, progress=False)
+
+
+def test_a_selection_leaves_the_training_s_gsde_noise_as_it_was():
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from agents.sb3 import SB3Controller, kept_exploration_noise
+
+    model = PPO("MlpPolicy", make_vec_env("Pendulum-v1", 2), use_sde=True, n_steps=8,
+                seed=0)
+    model.policy.reset_noise(2)  # what a rollout starts with
+    before = model.policy.action_dist.exploration_matrices.clone()
+    with kept_exploration_noise(model.policy):
+        SB3Controller(model.policy, deterministic=False)(torch.zeros(5, 3))
+        assert model.policy.action_dist.exploration_matrices.shape[0] == 5  # redrawn
+    assert torch.equal(model.policy.action_dist.exploration_matrices, before)

@@ -47,7 +47,8 @@ _KEPT_SIZES = 4
 def stamp(tensors: Iterable[Tensor | None]) -> tuple:
     """What a value made from ``tensors`` depends on: each one's version (bumped by
     in-place changes, as optimisers and ``load_state_dict`` make), storage, dtype and
-    device; None entries are skipped."""
+    device; None entries are skipped. An in-place change through ``t.data`` bypasses
+    ``t``'s version counter, so it is not seen (see ``frmdn.kept``)."""
     return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors
                  if t is not None)
 

@@ -66,7 +66,9 @@ def kept(owner: nn.Module, name: str, params: tuple[Tensor, ...],
          make: typing.Callable[[], Tensor]) -> Tensor:
     """``make()`` (without autograd), kept in ``owner`` under ``name`` until a tensor of
     ``params`` changes: in place (as optimisers and ``load_state_dict`` change them), or
-    by a move to another device or dtype."""
+    by a move to another device or dtype. An in-place change through ``p.data`` does not
+    bump ``p``'s version and is not seen: change parameters through ``torch.no_grad()``
+    in-place ops or ``load_state_dict`` instead."""
     key = stamp(params)
     cached = owner.__dict__.get(name)
     if cached is None or cached[0] != key:
