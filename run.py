@@ -39,6 +39,7 @@ from agents.collect import collect, describe
 from agents.dream_check import check_run, train_memory_checked
 from agents.evaluation import evaluate, result_name
 from agents.iterations import (
+    check_round_sizes,
     collect_round,
     controller_round,
     finished_round,
@@ -352,6 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary.update(stages)
     else:
         refuse_mixed_before(cfg, run)
+        check_round_sizes(cfg, run)  # (before any round plays or is reused)
         summary["rounds"] = [play_round(cfg, run, n) for n in range(1, cfg.run.iterations + 1)]
         summary["agent"] = settle_agent(cfg, run, summary["rounds"])
         # the killed jobs' part of the rounds this job finished (reused rounds: none)

@@ -35,6 +35,7 @@ from agents.iterations import (
     finished_round,
     round_start_latents,
     round_total,
+    set_aside_evaluations,
 )
 from worldmodels.checkpoint import read_json, sidecar, write_json_atomic
 from worldmodels.config import ExperimentConfig
@@ -154,17 +155,6 @@ def started_after(cfg: ExperimentConfig, run: RunDir, latest: int) -> str | None
     return None
 
 
-def _set_aside(run: RunDir, keep: set[str]) -> None:
-    """Move the run's evaluations (JSON, CSV) not named in ``keep`` (say
-    evaluate.py on other seeds of the agent in place) to ``eval/set_aside/``: they
-    describe another round's agent."""
-    for path in files_in(run.eval_dir, (".json", ".csv")):
-        if path.name not in keep:
-            target = run.eval_dir / "set_aside" / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            path.replace(target)
-
-
 def move_in(cfg: ExperimentConfig, run: RunDir, number: int) -> None:
     """Put finished round ``number``'s kept M, C and evaluations in the run's places
     (see the module's docstring); the mark records it. Refused, with nothing moved, when
@@ -189,7 +179,7 @@ def move_in(cfg: ExperimentConfig, run: RunDir, number: int) -> None:
     copy_files([(p, run.controller.dir / p.relative_to(kept.controller.dir))
                 for p in files_in(kept.controller.dir, recursive=True)])
     evaluations = files_in(kept.eval_dir, (".json", ".csv"))
-    _set_aside(run, {p.name for p in evaluations})
+    set_aside_evaluations(run, {p.name for p in evaluations})
     copy_files([(p, run.eval_dir / p.name) for p in evaluations])
     if starts is None:
         run.dream_starts.unlink(missing_ok=True)  # the run's own episodes, as ever

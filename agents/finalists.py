@@ -343,19 +343,44 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return sums[inverse] / np.bincount(inverse)[inverse]
 
 
-def report_score(run: RunDir, name: str, seeds: list[int]) -> float:
-    """The mean return over the report files ``eval/<name>_seed<s>.json`` (from
-    tools/score_finalists.py or evaluate.py) of the seed sets ``seeds``, pooled."""
+def report_score(run: RunDir, name: str, seeds: list[int],
+                 params: np.ndarray | None = None) -> float:
+    """The mean return over the report files of ``name`` (from tools/score_finalists.py
+    or evaluate.py) on the seed sets ``seeds``, pooled: ``eval/<name>.json`` for the
+    run's own seed, ``eval/<name>_seed<s>.json`` for another. With ``params`` (the flat
+    weights being scored), a file that says it scored other weights (an earlier round's
+    C under the same name) is a :class:`ConfigError` naming it."""
+    own = run.load_config().seed
     total, episodes = 0.0, 0
     for s in seeds:
-        path = run.eval_dir / f"{name}_seed{s}.json"
+        path = run.eval_dir / (f"{name}.json" if s == own else f"{name}_seed{s}.json")
         if not path.is_file():
             raise ConfigError(f"{path}: no real score of {name} on the report seeds of "
                               f"seed={s} (tools/score_finalists.py or evaluate.py first)")
         summary = read_json(path, {}, ("mean", "episodes"))
+        if params is not None and not scored_these(run, name, summary, params):
+            raise ConfigError(f"{path}: scores other weights than the {name} of "
+                              f"{run.home} (an earlier C's); score it again "
+                              "(tools/score_finalists.py or evaluate.py)")
         total += float(summary["mean"]) * int(summary["episodes"])
         episodes += int(summary["episodes"])
     return total / episodes
+
+
+def scored_these(run: RunDir, name: str, summary: dict[str, Any], params: np.ndarray,
+                 ) -> bool:
+    """Whether a report file's ``summary`` scored the flat weights ``params``, as far as
+    it tells: tools/score_finalists.py records their :func:`weights_key`, evaluate.py
+    the digest of the controller file that played (``controller_<weights>``); a file
+    recording neither cannot tell and passes."""
+    recorded = summary.get("digests")
+    if isinstance(recorded, dict) and isinstance(recorded.get("weights"), str):
+        path = run.controller.dir / f"{name.removeprefix('controller_')}.safetensors"
+        return path.is_file() and file_digest(path) == recorded["weights"]
+    key = summary.get("weights")
+    if isinstance(key, str) and len(key) == 16:
+        return key == weights_key(params)
+    return True
 
 
 def world_model_key(run: RunDir) -> tuple[str, str]:

@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 from agents.collect import collect, describe
 from agents.dream_check import train_memory_checked
 from worldmodels.atomic import write_bytes_atomic
-from worldmodels.checkpoint import read_json, sidecar, write_json_atomic
+from worldmodels.checkpoint import file_digest, read_json, sidecar, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig, policy_schedule
 from worldmodels.dream import start_latents
+from worldmodels.errors import InputError
 from worldmodels.frmdn_training import latent_split, report_dict
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import list_shards, shard_index
@@ -104,7 +105,14 @@ def collect_round(cfg: ExperimentConfig, run: RunDir, number: int) -> dict[str, 
                                "weights": cfg.collect.controller_weights,
                                "epsilon": cfg.collect.controller_epsilon,
                                "first_episode": round_episodes(cfg, number).start}
-    if all(i in have for i in range(total)):
+    missing = [i for i in range(total) if i not in have]
+    if missing and read_json(run.round(number).state, {}).get("controller_cleared"):
+        raise InputError(f"{run.rollouts}: episode {missing[0]} of round {number} is missing, "
+                         "but the round's C was already cleared to train anew, so the "
+                         "last round's C cannot play it; restore the shard, or start the "
+                         "round again (delete its iterations/round_<r>/ folder and put the "
+                         "last round's controller/ back)")
+    if not missing:
         return {"episodes_total": total, "episodes_new": 0, "steps_new": 0, "seconds": 0.0,
                 "steps_per_second": 0.0, **figures}
     # this round's collection only: the run's config.yaml keeps the run's own settings
@@ -128,16 +136,60 @@ def controller_round(cfg: ExperimentConfig, run: RunDir, number: int,
                      ) -> dict[str, Any]:
     """C trained anew for round ``number``: the run's ``controller/`` files (the last
     round's, kept in its ``iterations/round_<r>/controller/``) are removed once, a mark
-    in the round's state says so, then ``train`` runs (or resumes) as in round 1."""
+    in the round's state says so with the digest of the M it trains in, then ``train``
+    runs (or resumes) as in round 1. A rerun whose M has changed since (more
+    ``run.iteration_memory_epochs``) clears C again: it was trained in another dream."""
     files = run.round(number)
     state = read_json(files.state, {})
-    if not state.get("controller_cleared"):
-        _previous(run, number)  # the last round kept its copy of these files
+    memory = file_digest(run.memory.weights())
+    cleared = state.get("controller_cleared")
+    if cleared and "memory" not in state:  # (marked before the digest was recorded)
+        state = {**state, "memory": memory}
+        write_json_atomic(files.state, state)
+    if not cleared or state["memory"] != memory:
+        if not cleared:
+            _previous(run, number)  # the last round kept its copy of these files
+        else:
+            print(f"{run.controller.dir}: round {number}'s C trained in another M's dream "
+                  f"(M changed since: {state['memory']} -> {memory}); trained anew")
         for path in files_in(run.controller.dir, recursive=True):
             path.unlink()
+        # the last round's scores (its copies are kept) would pass for this round's C's:
+        # finalists and evaluate.py's other seed sets reuse their names round to round
+        set_aside_evaluations(run, {p.name for p in files_in(run.eval_dir)
+                                    if p.name.startswith("random")})
         files.dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(files.state, {**state, "controller_cleared": True})
+        write_json_atomic(files.state, {**state, "controller_cleared": True,
+                                        "memory": memory})
     return {**train(cfg, run), "restarted": True}
+
+
+def check_round_sizes(cfg: ExperimentConfig, run: RunDir) -> None:
+    """Refuse a config whose round sizes (``collect.episodes``,
+    ``run.iteration_episodes``) put a finished round's end elsewhere than the episodes
+    it collected: later rounds would skip or mislabel episodes, and dream starts of an
+    earlier round would take a later round's."""
+    number = 1
+    while (done := finished_round(run, number)) is not None:
+        total = (done.get("collect") or {}).get("episodes_total")
+        if isinstance(total, int) and total != round_total(cfg, number):
+            raise ConfigError(
+                f"{run.round(number).summary}: round {number} ended at {total} episodes, "
+                f"but collect.episodes={cfg.collect.episodes} and run.iteration_episodes="
+                f"{cfg.run.iteration_episodes} put its end at {round_total(cfg, number)}; "
+                "give them as the run had them")
+        number += 1
+
+
+def set_aside_evaluations(run: RunDir, keep: set[str]) -> None:
+    """Move the run's evaluations (JSON, CSV, GIF) not named in ``keep`` to
+    ``eval/set_aside/``: they describe another round's agent (say evaluate.py on other
+    seeds of the agent that was in place)."""
+    for path in files_in(run.eval_dir, (".json", ".csv", ".gif")):
+        if path.name not in keep:
+            target = run.eval_dir / "set_aside" / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(target)
 
 
 def files_in(directory: Path, suffixes: tuple[str, ...] = (), recursive: bool = False,

@@ -426,3 +426,30 @@ def test_the_finalists_data_policy_needs_the_second_stage(tiny_run):
     c = tiny_run.controller
     c.final_candidates, c.final_episodes, c.eval_every, c.select_episodes = 2, 2, 2, 2
     validate(tiny_run)
+
+
+def test_report_scores_read_the_runs_own_seed_unsuffixed_and_refuse_other_weights(
+        tiny_run):
+    from agents.finalists import report_score, weights_key
+
+    run = RunDir(run_of(tiny_run))
+    own = tiny_run.seed  # evaluate.py and score_finalists.py name it without a suffix
+    flat = np.arange(5, dtype=np.float32)
+    run.eval_dir.mkdir(parents=True, exist_ok=True)
+    for stem, mean, episodes in (("finalist_0_mean_3", 100.0, 1),
+                                 (f"finalist_0_mean_3_seed{own + 1}", 400.0, 3)):
+        (run.eval_dir / f"{stem}.json").write_text(json.dumps(
+            {"mean": mean, "episodes": episodes, "weights": weights_key(flat)}))
+    assert report_score(run, "finalist_0_mean_3", [own, own + 1], flat) == \
+        pytest.approx((100.0 + 3 * 400.0) / 4)
+    with pytest.raises(ConfigError, match=r"finalist_0_mean_3\.json: scores other weights"):
+        report_score(run, "finalist_0_mean_3", [own], flat + 1)  # an earlier round's
+    run.controller.dir.mkdir(parents=True, exist_ok=True)  # evaluate.py's: the file played
+    run.controller.selected.write_bytes(b"a C")
+    (run.eval_dir / "controller_selected.json").write_text(json.dumps(
+        {"mean": 5.0, "episodes": 1, "weights": "selected",
+         "digests": {"weights": file_digest(run.controller.selected)}}))
+    assert report_score(run, "controller_selected", [own], flat) == 5.0
+    run.controller.selected.write_bytes(b"another C")
+    with pytest.raises(ConfigError, match=r"controller_selected\.json: scores other"):
+        report_score(run, "controller_selected", [own], flat)

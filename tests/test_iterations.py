@@ -378,3 +378,65 @@ def test_m_data_control_trains_a_rounds_m_on_the_earlier_episodes_only(two_round
     with pytest.raises(ConfigError, match="round 3"):
         m_data_control.main(["--run", str(rd.path), "--round", "3", "--epochs", "1",
                              "--below", "0", "--out", str(tmp_path / "none")])
+
+
+def _copy_of(two_rounds, tmp_path: Path) -> RunDir:
+    """A copy of the two-round run's directory, under tmp_path's runs/ (the fixture's
+    run is shared by the module's tests)."""
+    import shutil
+
+    tmp, _ = two_rounds
+    shutil.copytree(tmp / "runs", tmp_path / "runs")
+    return tiny_run(tmp_path)
+
+
+def test_round_sizes_unlike_the_finished_rounds_are_refused(two_rounds, tmp_path):
+    rd = _copy_of(two_rounds, tmp_path)
+    before = sorted(p.name for p in rd.rollouts.iterdir())
+    with pytest.raises(ConfigError, match=r"round_2.*summary.json: round 2 ended at 5 "
+                                          r"episodes.*run.iteration_episodes=1"):
+        run.main([*iterated_args(tmp_path), "run.iteration_episodes=1", "run.iterations=3"])
+    assert sorted(p.name for p in rd.rollouts.iterdir()) == before  # nothing collected
+
+
+def test_a_new_rounds_c_sets_the_last_rounds_scores_aside_and_follows_m(two_rounds,
+                                                                         tmp_path):
+    from agents.iterations import controller_round
+
+    rd = _copy_of(two_rounds, tmp_path)
+    cfg = rd.load_config()
+    stale = rd.eval_dir / "controller_selected_seed7.json"  # round 2's C, other seeds
+    stale.write_text(json.dumps({"mean": 400.0, "episodes": 100}))
+    (rd.eval_dir / "random_seed7.json").write_text("{}")
+    trained: list[int] = []
+
+    def train(cfg, run):  # a C trained in this round: one file
+        trained.append(1)
+        (run.controller.dir / "best.safetensors").write_bytes(b"C of round 3")
+        return {}
+
+    controller_round(cfg, rd, 3, train)
+    assert not stale.exists() and (rd.eval_dir / "set_aside" / stale.name).is_file()
+    assert (rd.eval_dir / "random_seed7.json").is_file()  # the random policy's stay
+    assert (rd.round(2).eval_dir / "controller.json").is_file()  # round 2 kept its own
+    state = json.loads(rd.round(3).state.read_text())
+    assert state["memory"] == file_digest(rd.memory.weights())
+    controller_round(cfg, rd, 3, lambda cfg, run: {})  # a rerun, same M: C stays
+    assert (rd.controller.dir / "best.safetensors").read_bytes() == b"C of round 3"
+    shutil_m = rd.memory.weights()
+    shutil_m.write_bytes(rd.round(1).memory.best.read_bytes())  # M trained further
+    controller_round(cfg, rd, 3, lambda cfg, run: {})
+    assert not (rd.controller.dir / "best.safetensors").exists()  # C of another dream
+    assert json.loads(rd.round(3).state.read_text())["memory"] == file_digest(shutil_m)
+
+
+def test_a_missing_episode_after_the_rounds_c_was_cleared_is_refused(two_rounds, tmp_path):
+    from agents.iterations import collect_round
+
+    rd = _copy_of(two_rounds, tmp_path)
+    cfg = run_config = rd.load_config()
+    run_config.run.iterations, run_config.run.iteration_episodes = 3, 2
+    rd.round(3).dir.mkdir(parents=True)
+    rd.round(3).state.write_text(json.dumps({"controller_cleared": True}))
+    with pytest.raises(InputError, match=r"episode 5 of round 3 is missing.*cleared"):
+        collect_round(cfg, rd, 3)

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             _, steps = dream_returns(dream, controller, torch.as_tensor(params)[None],
                                      torch.arange(n), branches)
             row = {"run": str(run.home), "controller": name,
-                   "real": report_score(run, name, real_seeds),
+                   "real": report_score(run, name, real_seeds, params),
                    "survived": float(np.mean(steps[0] >= dream.max_steps)),
                    "length": float(np.mean(steps[0]))}
             rows.append(row)

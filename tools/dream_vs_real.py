@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print("| run | controller | real | dream |\n|---|---|---|---|")
     for run in runs:
         for name, flat in run_controllers(run, evaluator.controller):
-            real = report_score(run, name, seeds)
+            real = report_score(run, name, seeds, flat)
             dream = float(evaluator(flat[None], starts)[0])
             rows.append({"run": str(run.home), "controller": name, "real": real,
                          "dream": dream})
