@@ -253,6 +253,8 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
         print(f"{files.history}: C was trained on another V or M ({scored_with}; now "
               f"{world_model}); kept as it is, and scored on this one by evaluation (move "
               f"{files.dir} aside to train C on this world model)")
+    # (no purge on resume: later rounds of run.py log their generations from 1 again in
+    # this directory, and a purge would hide the earlier rounds' curves)
     writer = summary_writer(run.tensorboard(tensorboard))
     started = time.perf_counter()
     last_eval = next((g["eval"] for g in reversed(log) if "eval" in g), None)
@@ -350,9 +352,19 @@ def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int,
         settings.update(temperature=cfg.dream.temperature,
                         done=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
                         dream_max_steps=cfg.dream.max_steps)
+    settings[ARCHITECTURE_KEY] = controller_architecture(cfg)
     if world_model:
         settings[WORLD_MODEL_KEY] = dict(world_model)
     return settings
+
+
+def controller_architecture(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The ``controller.*`` keys that fix what a flat parameter vector means: two
+    controllers of one size may read it otherwise (another ``kind``, ``action_order``
+    or ``discrete_head``)."""
+    c = cfg.controller
+    return {"kind": c.kind, "hidden": c.hidden, "use_cell": c.use_cell,
+            "discrete_head": c.discrete_head, "action_order": list(c.action_order)}
 
 
 #: the settings key of the V and M digests a history was scored with: not compared by
@@ -360,6 +372,10 @@ def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int,
 #: changed M (evaluation scores it anew) and refuses one that would train on; histories
 #: from before stop 52 lack it
 WORLD_MODEL_KEY = "world_model"
+
+#: the settings key of the controller's architecture (:func:`controller_architecture`),
+#: compared when the history records it (histories from before stop 53 do not)
+ARCHITECTURE_KEY = "controller"
 
 
 def _saved_generation(path: Path) -> int | None:
@@ -450,7 +466,8 @@ def read_history(path: Path, settings: dict[str, Any], population: int,
                           f"{int(np.argwhere(~np.isfinite(fitness))[0][0]) + 1}), so CMA-ES "
                           f"cannot replay it; {delete}")
     changed = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
-               if saved.get(k) != settings.get(k) and k != WORLD_MODEL_KEY}
+               if saved.get(k) != settings.get(k) and k != WORLD_MODEL_KEY
+               and (k != ARCHITECTURE_KEY or k in saved)}
     if changed:
         raise ConfigError(f"{path}: made with other CMA-ES settings "
                          + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())

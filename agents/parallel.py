@@ -35,8 +35,8 @@ def resolve_workers(workers: int) -> int:
 def _call(fn: Callable[..., T], task: Any) -> T:
     try:
         return fn(task)
-    except InputError:  # bad input: its own message says what to fix
-        raise
+    except (InputError, KeyboardInterrupt, SystemExit):  # bad input says what to fix;
+        raise  # Ctrl-C and SIGTERM (Stopped) stop the job, in a serial task as in a worker
     except BaseException as err:  # a bug: keep the worker's traceback in the message
         raise TaskError(f"task {task!r} failed:\n{traceback.format_exc()}") from err
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from agents.cmaes import seeds_key, train_cmaes
+from agents.cmaes import controller_architecture, seeds_key, train_cmaes
 from agents.evaluation import evaluate, other_seed, result_name
 from agents.seeds import evaluation_seeds, selection_seeds
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic, write_text_atomic
@@ -150,7 +150,19 @@ def run_key(cfg: ExperimentConfig, view: RunView, variant: str, seed: int,
                       "done_threshold": cfg.dream.done_threshold,
                       "max_steps": cfg.dream.max_steps},
             "report_episodes": plan.report_episodes, "report_seed": plan.report_seed,
-            **_precision(cfg)}
+            **_precision(cfg), **_architecture(cfg, RunDir(view.path).load_config())}
+
+
+def _architecture(cfg: ExperimentConfig, base: ExperimentConfig) -> dict[str, Any]:
+    """The controller's architecture and ``clip_dims`` where the experiment's command
+    line makes them differ from the base run's (so that keys written before they were
+    recorded stay valid): a rerun with another controller must not reuse the finished
+    rows of this one."""
+    ours, theirs = controller_architecture(cfg), controller_architecture(base)
+    changed = {k: v for k, v in ours.items() if v != theirs[k]}
+    if sorted(set(cfg.controller.clip_dims)) != sorted(set(base.controller.clip_dims)):
+        changed["clip_dims"] = sorted(set(cfg.controller.clip_dims))
+    return {"controller": changed} if changed else {}
 
 
 def _precision(cfg: ExperimentConfig) -> dict[str, Any]:

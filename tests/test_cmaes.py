@@ -491,3 +491,26 @@ def test_final_evaluation_plays_selected_in_gymnasiums_renderer(tiny_run, monkey
     tiny_run.env.direct_render = False
     run_script.evaluate_once(tiny_run, run, "controller")
     assert calls[-1]["overrides"] == ()
+
+
+def test_a_history_of_another_controller_architecture_is_refused(tiny_run):
+    """Two controllers of one size can read a flat vector otherwise (here the discrete
+    head); a history from before the architecture was recorded still resumes."""
+    import json
+
+    from worldmodels.shards import write_npz_atomic
+
+    train_cmaes(tiny_run, evaluator=quadratic, progress=False)
+    history = RunDir(run_of(tiny_run)).controller.history
+    saved = read_npz(history)
+    settings = json.loads(str(saved["settings"]))
+    assert settings["controller"]["discrete_head"] == tiny_run.controller.discrete_head
+    tiny_run.controller.generations = 5
+    tiny_run.controller.discrete_head = "ordinal"
+    with pytest.raises(ConfigError, match=r"cmaes_history.npz: made with other CMA-ES "
+                                          r"settings controller: .*'ordinal'"):
+        train_cmaes(tiny_run, evaluator=quadratic, progress=False)
+    del settings["controller"]  # an older history: not compared
+    write_npz_atomic(history, {"fitness": saved["fitness"],
+                               "settings": np.array(json.dumps(settings))})
+    assert train_cmaes(tiny_run, evaluator=quadratic, progress=False).generations == 5

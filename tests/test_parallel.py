@@ -144,3 +144,20 @@ def test_failing_task_is_named():
     for engine in ("serial", "process"):
         with pytest.raises(TaskError, match="task 3 failed"):
             list(run_tasks(fails_on_three, [1, 2, 3, 4], engine=engine, workers=2))
+
+
+def interrupted(task: int) -> int:
+    from worldmodels.errors import Stopped
+
+    raise Stopped(signal.SIGTERM) if task == 2 else KeyboardInterrupt
+
+
+def test_a_stop_in_a_serial_task_stops_the_job_rather_than_failing_the_task():
+    """One worker runs tasks in the main process (the serial engine): Ctrl-C and SIGTERM
+    reach the task there, and must stop the job as they do with worker processes."""
+    from worldmodels.errors import Stopped
+
+    with pytest.raises(Stopped):
+        list(run_tasks(interrupted, [2], engine="serial", workers=1))
+    with pytest.raises(KeyboardInterrupt):
+        list(run_tasks(interrupted, [1], engine="serial", workers=1))

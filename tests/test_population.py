@@ -247,3 +247,16 @@ def test_report_only_gathers_the_finished_runs_and_runs_nothing(run, monkeypatch
     shutil.rmtree(run.controller_compare.dir)
     with pytest.raises(ConfigError, match="no run of this plan has finished"):
         compare_controllers.main([*args, "--report-only"])
+
+
+def test_another_controller_on_the_command_line_does_not_reuse_finished_rows(run):
+    plan = Plan(VARIANTS, (4,), (0,), 16)
+
+    def key(extra: list[str]) -> dict:
+        cfg = run.load_config([*OPEN, *extra], trained=False)
+        return population._prepare(run, cfg, plan, VARIANTS[0], 4, 0)[2]
+
+    assert "controller" not in key([])  # the base run's C: keys written before stay valid
+    assert key(["controller.hidden=4"])["controller"] == {"hidden": 4}
+    assert key(["controller.clip_dims=[0]"])["controller"] == {"clip_dims": [0]}
+    assert key(["controller.hidden=4"]) != key([])

@@ -320,3 +320,35 @@ def test_a_resumed_optimizer_keeps_its_moments_and_takes_the_configs_learning_ra
     assert saved.keys() == loaded.keys()
     for k in saved:
         torch.testing.assert_close(loaded[k]["exp_avg"], saved[k]["exp_avg"])
+
+
+def test_a_replaced_rollout_is_encoded_again_and_an_empty_held_out_side_is_named(tiny_cfg):
+    """A latent shard is current for its V *and* its rollout as it is (its size); V
+    refuses a split whose held-out side lost every episode to data.skip_corrupt, naming
+    the directory, before an epoch is trained (was: ZeroDivisionError after one)."""
+    from agents.collect import collect
+    from worldmodels.datasets import split_episodes
+    from worldmodels.encoding import encode_rollouts
+    from worldmodels.run_dir import RunDir
+    from worldmodels.shards import list_shards
+    from worldmodels.vae_training import rollout_split, train_vae
+
+    tiny_cfg.collect.episodes = 6
+    collect(tiny_cfg, progress=False)
+    train_vae(tiny_cfg, progress=False)
+    assert encode_rollouts(tiny_cfg, progress=False).encoded == 6
+    assert encode_rollouts(tiny_cfg, progress=False).encoded == 0
+    run = RunDir(run_of(tiny_cfg))
+    a, b = run.rollouts / "ep_000002.npz", run.rollouts / "ep_000003.npz"
+    assert a.stat().st_size != b.stat().st_size
+    a.write_bytes(b.read_bytes())  # another episode under ep_000002's name
+    assert encode_rollouts(tiny_cfg, progress=False).encoded == 1
+
+    d = tiny_cfg.data
+    held = split_episodes(list_shards(run.rollouts), d.holdout_fraction,
+                          run.data_seed(tiny_cfg), d.holdout_min_episodes)[1]
+    for path in held:
+        path.write_bytes(path.read_bytes()[:3000])  # truncated
+    tiny_cfg.data.skip_corrupt = True
+    with pytest.raises(ShardError, match=r"rollouts: no usable held-out episode"):
+        rollout_split(tiny_cfg, run)

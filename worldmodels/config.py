@@ -150,7 +150,11 @@ class DataConfig:
                                      "warning says so).", ge=0)
     shuffle_buffer: int = _opt(20000, "Frames held in memory for shuffling while streaming.",
                                ge=1)
-    loader_workers: int = _opt(0, "DataLoader worker processes that read shards.", ge=0)
+    loader_workers: int = _opt(0, "DataLoader worker processes that read shards. Each "
+                                  "worker shuffles its own share of the shards in a buffer "
+                                  "of its own (memory: workers x shuffle_buffer), so the "
+                                  "worker count changes the batches, and the trained "
+                                  "weights: keep it fixed to reproduce a run.", ge=0)
     skip_corrupt: bool = _opt(False, "Skip unreadable or invalid shards (counted and listed "
                                      "in <run>/skipped_shards.json, one list per stage) "
                                      "instead of stopping: collect keeps them as they "

@@ -72,9 +72,11 @@ def split_episodes(
     ``2 * min_episodes`` episodes, N // 2 are held out and one line on stderr says so.
     At least one episode always trains and, with two or more, at least one is held out.
 
-    The below-threshold part never moves when episodes are added (no episode a model
-    trained on becomes held-out later); only while the minimum binds may a topped-up
-    episode go back to training as episodes are added. (Topping up to
+    The below-threshold part never moves when episodes are added. The top-up can: while
+    the minimum binds, a topped-up episode may go back to training as episodes are
+    added, and while there are fewer than ``2 * min_episodes`` episodes (the warning's
+    regime) N // 2 grows with N, so an episode a model trained on may become held-out.
+    From ``2 * min_episodes`` episodes on, no training episode becomes held-out. (Topping up to
     ``round(fraction * N)`` as well would move episodes at every size, so the fraction
     is kept as the threshold.) V and M both split with this function, so their
     held-out episodes are the same.

@@ -2,7 +2,8 @@
 
 ``<run>/latents/ep_XXXXXX.npz`` holds ``mu``, ``logvar`` float32 (T+1, z) and the
 episode's ``action``, ``reward``, ``terminated``, ``truncated``, with the V weights'
-digest in ``meta.vae_digest``; a latent shard made by other weights is encoded again.
+digest in ``meta.vae_digest`` and the rollout's size in ``meta.rollout_bytes``; a latent
+shard made by other weights, or from a rollout since replaced, is encoded again.
 """
 
 from __future__ import annotations
@@ -53,13 +54,19 @@ def encode_frames(model: ConvVAE, frames: np.ndarray, batch_size: int,
     return torch.cat(mus).numpy(), torch.cat(logvars).numpy()
 
 
-def latent_is_current(path: Path, digest: str) -> bool:
+def latent_is_current(path: Path, digest: str, rollout: Path | None = None) -> bool:
+    """Whether the latent shard at ``path`` was made by the V of ``digest`` from the
+    rollout shard ``rollout`` as it is now (its size, recorded since stop 53: a rollout
+    replaced under the same name is encoded again)."""
     if not path.exists():
         return False
     try:
-        return read_meta(path).get("vae_digest") == digest
+        meta = read_meta(path)
     except ShardError:
         return False
+    size = meta.get("rollout_bytes")
+    return meta.get("vae_digest") == digest and (
+        rollout is None or size is None or size == rollout.stat().st_size)
 
 
 def encode_rollouts(cfg: ExperimentConfig, run: RunDir | None = None,
@@ -82,7 +89,7 @@ def encode_rollouts(cfg: ExperimentConfig, run: RunDir | None = None,
                               check_kind="rollouts")
     run.write_config(cfg, outputs=(dst,))  # inputs accepted
     remove_partial_files(dst)
-    todo = [p for p in shards if not latent_is_current(dst / p.name, digest)]
+    todo = [p for p in shards if not latent_is_current(dst / p.name, digest, p)]
     start = time.perf_counter()
     frames = encoded = 0
     for path in tqdm(todo, desc="encode", unit="ep", disable=not progress):
@@ -95,7 +102,8 @@ def encode_rollouts(cfg: ExperimentConfig, run: RunDir | None = None,
             continue
         mu, logvar = encode_frames(model, shard.obs, cfg.encode.batch_size, device)
         frames += len(shard.obs)
-        meta = {**shard.meta, "vae_digest": digest, "z_dim": cfg.vae.z_dim}
+        meta = {**shard.meta, "vae_digest": digest, "z_dim": cfg.vae.z_dim,
+                "rollout_bytes": path.stat().st_size}
         write_npz_atomic(dst / path.name, {
             "mu": mu, "logvar": logvar, "action": shard.action, "reward": shard.reward,
             "terminated": shard.terminated, "truncated": shard.truncated,

@@ -176,8 +176,13 @@ def check_latents_current(run: RunDir, shards: list[Path]) -> None:
     for path in shards:
         made_by = read_meta(path).get("vae_digest")
         if made_by != digest:
+            rollout = run.rollouts / path.name
+            fix = ("rerun encode.py" if rollout.exists() else
+                   f"its rollout {rollout} is gone, so encode.py cannot make it again: "
+                   "delete this latent shard, or restore the rollout")
             raise ShardError(f"{path}: made by V weights {made_by}, but the run's V is {digest} "
-                             "(rerun encode.py)")
+                             f"({fix}; a rollout encode.py skips as corrupt leaves its old "
+                             "latent shard too: delete it)")
 
 
 def check_memory_matches_latents(model: Path, vae_digest: str | None) -> None:
@@ -384,8 +389,8 @@ def train_memory(cfg: ExperimentConfig, run: RunDir | None = None,
                               z_dim=cfg.vae.z_dim)
     loader = ShardLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers)
     lengths = {p: shard_length(p) for p in train_paths}  # read once, replayed every epoch
-    writer = summary_writer(files.tensorboard)
     step = sum(x.get("batches", 0) for x in metrics)
+    writer = summary_writer(files.tensorboard, resumed_at=step)
     skipped_total = sum(x.get("skipped", 0) for x in metrics)
     generator = torch.Generator(device=device)
     meta = {"seed": seed, "done_pos_weight": m.done_pos_weight, "action_space": action_space,

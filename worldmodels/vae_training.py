@@ -80,9 +80,15 @@ def rollout_split(cfg: ExperimentConfig, run: RunDir) -> tuple[list[Path], list[
             f"{directory}: {len(shards)} usable shard(s); training V needs at least 2 "
             "(run collect.py with the same config first)"
         )
-    return (*split_usable(shards, listed, cfg.data.holdout_fraction, run.data_seed(cfg),
-                            cfg.data.holdout_min_episodes, holdout_base(cfg)),
-            skipped)
+    train, held = split_usable(shards, listed, cfg.data.holdout_fraction, run.data_seed(cfg),
+                               cfg.data.holdout_min_episodes, holdout_base(cfg))
+    for name, side in (("training", train), ("held-out", held)):
+        if not side:  # (corrupt shards skipped on one side of the split)
+            raise ShardError(
+                f"{directory}: no usable {name} episode ({skipped} corrupt shard(s) "
+                f"skipped, listed in {run.skipped_shards_file}); V needs both sides of the "
+                "split: collect more episodes or replace the corrupt ones")
+    return train, held, skipped
 
 
 #: an object pixel differs from the mean training frame by more than this (any channel)
@@ -280,8 +286,8 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
                            max_frames=v.max_frames_per_epoch)
     loader = ShardLoader(dataset, batch_size=None, num_workers=cfg.data.loader_workers,
                         persistent_workers=False)
-    writer = summary_writer(run.tensorboard("vae"))
     step = int(state.get("step", start_epoch * (frames_per_epoch // v.batch_size)))
+    writer = summary_writer(run.tensorboard("vae"), resumed_at=step)
     started = time.perf_counter()
     holdout_mse, base_mse, n_scored = float("nan"), float("nan"), 0
     if start_epoch >= v.epochs and metrics:
