@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.weights and policy != "controller":
         raise ConfigError(f"--weights {args.weights} chooses among CMA-ES's controllers, but "
                           f"the policy played is {policy} (give --policy controller)")
+    if args.video and policy == "random":
+        raise ConfigError("--video films the agent's episodes (real frames beside V's "
+                          "reconstructions); the random policy's are not recorded")
     out = Path(args.out) if args.out else None
     refuse_output_in_shipped(out)
     if args.in_dream:

@@ -62,7 +62,8 @@ def dream_score(run: RunDir, cfg: ExperimentConfig | None = None, weights: str =
                 policy: str = "controller") -> dict[str, Any]:
     """The policy's virtual score: mean and spread of its return over ``episodes``
     dreams at ``cfg.dream``'s settings (the paper's "virtual score"), written to
-    ``<policy>_dream_tau<T>.json`` in ``out_dir`` (default: the run's ``eval/``).
+    ``<policy>_dream_tau<T>.json`` in ``out_dir`` (default: the run's ``eval/``; other
+    ``dream.done*``/``max_steps`` settings and a seed not the run's own add suffixes).
     ``policy``: the CMA-ES controller (its ``weights``) or an SB3 algorithm's policy."""
     if policy not in ("controller", *SB3_ALGORITHMS):
         raise ConfigError(f"a dream score needs a trained policy: controller or one of "
@@ -81,10 +82,22 @@ def dream_score(run: RunDir, cfg: ExperimentConfig | None = None, weights: str =
         params, name, label = np.zeros((1, 1), np.float32), policy, f"{policy} in the dream"
     returns, steps = evaluator.returns(params, dream_score_seeds(seed, episodes))
     tau = evaluator.dream.temperature
+    # other dream settings and another seed name their own file (as real evaluations'
+    # do), so that one score never overwrites another's
+    saved = run.load_config()
+    suffix = "".join(f"_{key}-{getattr(cfg.dream, key)}" for key in DREAM_SCORE_KEYS
+                     if getattr(cfg.dream, key) != getattr(saved.dream, key))
+    suffix += "" if seed == saved.seed else f"_seed{seed}"
     summary = {"policy": label, "temperature": tau,
-               **describe_returns(returns[0]), "mean_steps": float(steps.mean())}
-    write_json_atomic(out / f"{name}_dream_tau{tau:g}.json", summary)
+               **describe_returns(returns[0]), "mean_steps": float(steps.mean()),
+               "seed": seed, "dream": {key: getattr(cfg.dream, key)
+                                       for key in ("temperature", *DREAM_SCORE_KEYS)}}
+    write_json_atomic(out / f"{name}_dream_tau{tau:g}{suffix}.json", summary)
     return summary
+
+
+#: ``dream.*`` keys besides the temperature that change a dream score
+DREAM_SCORE_KEYS = ("done", "done_threshold", "max_steps")
 
 
 @torch.no_grad()

@@ -134,9 +134,13 @@ class ControllerPolicy(DataPolicy):
         agent.reset(1)
 
     def act(self, frame: np.ndarray) -> np.ndarray | int:
-        action = self.agent.act(frame[None])[0]  # always, to keep M's state current
-        if self.rng.random() < self.epsilon:
-            return self._uniform()
+        def explore(chosen: np.ndarray) -> np.ndarray:  # (1, ...) -> what the env gets
+            if self.rng.random() < self.epsilon:
+                return np.asarray(self._uniform())[None]
+            return chosen
+
+        # M reads the action played, random or not, so C's next choice sees what happened
+        action = self.agent.act(frame[None], explore)[0]
         if isinstance(self.action_space, gym.spaces.Discrete):
             return int(action)
         return np.asarray(action, dtype=np.float32)

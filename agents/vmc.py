@@ -78,13 +78,20 @@ class VMCAgent:
                                                           device=self.device))
 
     @torch.no_grad()
-    def act(self, frames: np.ndarray) -> np.ndarray:
-        """frames uint8 (B, 64, 64, 3) -> actions float (B, A) or int64 (B,)."""
+    def act(self, frames: np.ndarray,
+            played: typing.Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """frames uint8 (B, 64, 64, 3) -> actions float (B, A) or int64 (B,). ``played``:
+        given C's actions, the actions the env will get instead (exploration, say); M
+        then reads those, so that its state follows what happened."""
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         if self.state is None or self.batch != x.shape[0]:
             self.reset(x.shape[0])
         assert self.state is not None
         z = self.encode(x)
         action = self.controller(self.memory.features(z, self.state, self.controller.use_cell))
+        if played is not None:
+            chosen = action.cpu().numpy()
+            action = torch.as_tensor(np.asarray(played(chosen), dtype=chosen.dtype)
+                                     .reshape(chosen.shape), device=self.device)
         _, self.state = self.memory.step(z, action, self.state)
         return action.cpu().numpy()

@@ -67,6 +67,11 @@ class DreamEnv(gym.Env):
         if seed is not None:
             self.dream.generator.manual_seed(seed)
         start = (options or {}).get("start")
+        count = len(self.dream.mu0)
+        if start is not None and not (isinstance(start, (int, np.integer))
+                                      and 0 <= int(start) < count):
+            raise ValueError(f"reset option 'start' is {start!r}: the index of one of the "
+                             f"dream's {count} start latents, from 0 to {count - 1}")
         starts = None if start is None else torch.tensor([int(start)])
         self._z = self.dream.reset(1, starts)
         return self._observation(), {}

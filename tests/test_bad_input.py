@@ -394,6 +394,9 @@ CASES = {
                                              memory_with(vae_digest="0123456789abcdef")),
     "evaluate --weights of another policy": Case("evaluate", ["--policy", "random",
                                                               "--weights", "mean"], "--weights"),
+    "evaluate --video of the random policy": Case("evaluate", ["--policy", "random",
+                                                               "--video", "1"],
+                                                  "random policy's are not recorded"),
     "evaluate, no controller file": Case("evaluate", ["--policy", "controller", "--weights",
                                                       "best"], "no trained controller",
                                          lambda run: (run / "controller" / "best.safetensors"

@@ -253,3 +253,31 @@ def test_fewer_episodes_than_on_disk_are_counted_and_said(tiny_cfg, tmp_path, ca
     report = collect(tiny_cfg, out_dir=tmp_path / "r", progress=False)
     assert (report.episodes_total, report.episodes_new) == (2, 0)
     assert "holds 2 episodes, more than collect.episodes=1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 1.0])
+def test_the_controller_policy_steps_m_with_the_action_the_env_gets(tiny_run, epsilon):
+    """With exploration, M's state must follow the random action played, not the one C
+    chose and the env never saw; without it, C's own."""
+    import gymnasium as gym
+    import torch
+
+    from agents.vmc import VMCAgent
+    from worldmodels.run_dir import RunDir
+
+    run = RunDir(run_of(tiny_run))
+    space = gym.spaces.Box(np.array([-1.0, 0.0, 0.0], np.float32),
+                           np.array([1.0, 1.0, 1.0], np.float32))
+    agent = VMCAgent.from_run(run, tiny_run, space)
+    policy = make_policy("controller", space, np.random.default_rng(0), agent=agent,
+                         epsilon=epsilon)
+    frames = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    chosen = agent.controller(agent.memory.features(
+        agent.encode(torch.from_numpy(frames[:1])), agent.state, agent.controller.use_cell))
+    played = policy.act(frames[0])
+    assert np.allclose(played, chosen[0].detach().numpy()) == (epsilon == 0.0)
+    with torch.no_grad():
+        z = agent.encode(torch.from_numpy(frames[:1]))
+        _, want = agent.memory.step(z, torch.as_tensor(np.asarray(played)[None]),
+                                    agent.memory.initial_state(1, "cpu"))
+    assert all(torch.allclose(a, b) for a, b in zip(agent.state, want, strict=True))

@@ -185,6 +185,12 @@ def test_dream_env_is_registered_with_gymnasium(dream_run):
         if terminated or truncated:
             break
     assert total <= 40  # the env's cap (env.max_episode_steps) also caps dreams
+    count = len(env.unwrapped.dream.mu0)
+    first, _ = env.reset(seed=0, options={"start": count - 1})  # the last start latent
+    assert first.shape == obs.shape
+    for start in (count, -1, 1.5):  # (was: wrapped modulo N, another start played)
+        with pytest.raises(ValueError, match=rf"'start' is {start}.* 0 to {count - 1}"):
+            env.reset(seed=0, options={"start": start})
 
 
 def test_dream_evaluator_is_reproducible_and_candidates_differ(dream_run):
@@ -294,4 +300,9 @@ def test_virtual_score_is_written_and_reproducible(dream_run):
     first = dream_score(run, cfg, episodes=5)
     again = dream_score(run, cfg, episodes=5)
     assert first == again and first["episodes"] == 5 and first["temperature"] == 1.3
-    assert (run_of(dream_run) / "eval" / "controller_dream_tau1.3.json").exists()
+    path = run_of(dream_run) / "eval" / "controller_dream_tau1.3.json"
+    assert json.loads(path.read_text())["seed"] == cfg.seed == 0
+    other = dream_score(run, run.load_config(("dream.temperature=1.3", "dream.max_steps=7")),
+                        episodes=5, seed=1)  # its own file: the first stays
+    assert other["mean_steps"] <= 7 and json.loads(path.read_text()) == first
+    assert (path.parent / "controller_dream_tau1.3_max_steps-7_seed1.json").exists()

@@ -85,6 +85,10 @@ def test_a_shipped_agent_plays_from_anywhere_and_is_never_written(trained, tmp_p
                          (dream_script, ["--dream-only", "--steps", "2"])):
         with pytest.raises(ConfigError, match="inside the shipped agent"):
             script.main(["--run", str(dest), *args, "--out", str(dest / "controller")])
+    monkeypatch.chdir(dest)  # run from inside it: its default outputs would go inside
+    with pytest.raises(ConfigError, match=r"shipped agent, only read.*inside it"):
+        evaluate_script.main(["--run", ".", "--episodes", "1", "--policy", "random",
+                              "controller.engine=serial"])
     assert tree_hash(dest) == before
     with pytest.raises(InputError, match="not an empty directory"):
         export(trained.path, dest)

@@ -486,7 +486,12 @@ class RunDir:
         """Where evaluations and dreams go by default: the run itself, or for a shipped
         agent ``runs/pretrained/<name>`` under the current working directory."""
         if self.is_shipped:
-            return Path.cwd().absolute() / "runs" / "pretrained" / self.home.name
+            out = Path.cwd().absolute() / "runs" / "pretrained" / self.home.name
+            if out.resolve().is_relative_to(self.home.resolve()):
+                raise ConfigError(f"{self.home} is a shipped agent, only read, and its "
+                                  f"outputs would go to {out}, inside it: run from outside "
+                                  "it, or give --out")
+            return out
         return self.home
 
     @property
