@@ -505,12 +505,19 @@ def test_a_history_of_another_controller_architecture_is_refused(tiny_run):
     saved = read_npz(history)
     settings = json.loads(str(saved["settings"]))
     assert settings["controller"]["discrete_head"] == tiny_run.controller.discrete_head
+
+    def rewrite(settings: dict) -> None:
+        write_npz_atomic(history, {"fitness": saved["fitness"],
+                                   "settings": np.array(json.dumps(settings))})
+
+    # a history of the same size made by a controller with an ordinal head (this run's
+    # Box actions take none, so the history is written as such a run would have)
+    rewrite({**settings, "controller": {**settings["controller"],
+                                        "discrete_head": "ordinal"}})
     tiny_run.controller.generations = 5
-    tiny_run.controller.discrete_head = "ordinal"
     with pytest.raises(ConfigError, match=r"cmaes_history.npz: made with other CMA-ES "
                                           r"settings controller: .*'ordinal'"):
         train_cmaes(tiny_run, evaluator=quadratic, progress=False)
     del settings["controller"]  # an older history: not compared
-    write_npz_atomic(history, {"fitness": saved["fitness"],
-                               "settings": np.array(json.dumps(settings))})
+    rewrite(settings)
     assert train_cmaes(tiny_run, evaluator=quadratic, progress=False).generations == 5

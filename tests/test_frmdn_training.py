@@ -84,6 +84,13 @@ def test_nonfinite_loss_raises_naming_step_or_is_skipped(mem_cfg):
 def test_latents_from_another_vae_are_refused(mem_cfg):
     save_model(RunDir(run_of(mem_cfg)).vae.model, ConvVAE(z_dim=4))
     write_latents(run_of(mem_cfg) / "latents", digest="0123456789abcdef")
+    # no rollouts here: encode.py cannot make them again, so the fix is to delete them
+    with pytest.raises(ShardError, match=r"ep_000000\.npz is gone.*delete this latent"):
+        train_memory(mem_cfg, progress=False)
+    rollouts = run_of(mem_cfg) / "rollouts"
+    rollouts.mkdir(exist_ok=True)
+    for path in (run_of(mem_cfg) / "latents").glob("ep_*.npz"):
+        (rollouts / path.name).write_bytes(b"a rollout")  # (only its presence is read)
     with pytest.raises(ShardError, match="rerun encode.py"):
         train_memory(mem_cfg, progress=False)
 
