@@ -8,6 +8,7 @@ the seeds CMA-ES selected the controller on).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -251,32 +252,26 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
         return _evaluate_sb3(run, cfg, policy, sb3_environment, seeds, out, name, extra,
                              video_episodes, video_stride)
     params, worker = None, None
-    if policy == "controller":  # (the random policy needs no V, M or env in this process)
-        path = run.trained_controller(weights)
-        worker = RolloutWorker(run, overrides=tuple(overrides))
-    try:
-        if worker is not None:
+    with contextlib.ExitStack() as opened:  # the envs and worker processes, closed last
+        if policy == "controller":  # (the random policy needs no V, M or env here)
+            path = run.trained_controller(weights)
+            worker = opened.enter_context(contextlib.closing(
+                RolloutWorker(run, overrides=tuple(overrides))))
             load_weights(path, worker.controller)
             played = agent_digests(run, path)
             params = worker.controller.get_flat().numpy()
         started = time.perf_counter()
         if progress:
             print(f"evaluate {policy}: {episodes} episodes on {engine} workers")
-        evaluator = ProcessEvaluator(run, engine, workers, ray_address,
-                                     overrides=tuple(overrides),
-                                     batch=cfg.controller.batch_envs)
-        try:
-            returns, steps = evaluator.returns([params], seeds)
-        finally:
-            evaluator.close()
+        evaluator = opened.enter_context(contextlib.closing(ProcessEvaluator(
+            run, engine, workers, ray_address, overrides=tuple(overrides),
+            batch=cfg.controller.batch_envs)))
+        returns, steps = evaluator.returns([params], seeds)
         # the GIFs carry the result's name: another evaluation's never overwrite them
         for i in range(min(video_episodes, episodes) if worker is not None else 0):
             frames = worker.play_one(params, seeds[i], record=True).frames
             save_video(worker.agent.vae, np.stack(frames), out / f"{name}_episode{i}.gif",
                        video_stride, device=worker.agent.device)
-    finally:
-        if worker is not None:
-            worker.close()
     rows = [{"episode": i, "seed": s, "return": float(returns[0, i]), "steps": int(steps[0, i])}
             for i, s in enumerate(seeds)]
     env_overrides = [o for o in overrides if o.startswith("env.")]

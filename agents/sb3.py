@@ -578,7 +578,7 @@ def ship(run: RunDir, state: dict[str, Any], model: Any = None) -> dict[str, Any
             "num_timesteps": int(state["num_timesteps"]),
             "controller": state["controller"],
             "source": "selected" if selected else "last",
-            WORLD_MODEL_META: run.world_model_digests()}
+            WORLD_MODEL_META: state.get(WORLD_MODEL_META) or run.world_model_digests()}
     if state.get("init_path"):
         meta["init_path"] = state["init_path"]
     if selected:
@@ -702,6 +702,7 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
                       f"{c.sb3_timesteps} steps")
         state["timesteps"] = c.sb3_timesteps
         state["controller"] = to_dict(cfg)["controller"]
+        state[WORLD_MODEL_META] = run.world_model_digests()  # (hashed once a training)
         trainer = _Trainer(run, cfg, state, progress)
         started = model.num_timesteps
         model.learn(total_timesteps=max(0, c.sb3_timesteps - started), callback=trainer,
