@@ -10,6 +10,13 @@ import pytest
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # One pytest worker a core (pyproject's `-n auto`): a worker on torch's default thread
+    # count would share its core with the other workers' threads, and OpenMP's spinning
+    # threads then wait on each other (benchmark (g)); 1 thread each took CI's pytest from
+    # 6 min 19 s to 5 min 15 s on 2 cores. Set before torch is imported, so the
+    # subprocesses the tests start (kill-and-rerun tests, process back-ends) inherit it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from worldmodels.config import load_config  # noqa: E402
 from worldmodels.shards import RolloutShard, shard_name  # noqa: E402
