@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=None,
                         help="real env seed and dream noise (default: the config's seed, "
                              "which seed=N also sets)")
-    parser.add_argument("--steps", type=int, default=0, help="cap (0: the dream's cap)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="cap (0: the dream's cap, dream.max_steps or the env's)")
     parser.add_argument("--dream-only", action="store_true", help="no real env beside it")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="write the GIF here instead of the run's dreams/")

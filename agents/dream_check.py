@@ -58,7 +58,10 @@ def dream_lengths(dream: Dream, n_actions: int, action: int | None, dreams: int 
     dream.generator.manual_seed(seed)
     z = dream.reset(dreams)
     alive, steps = torch.arange(dreams), torch.zeros(dreams)
-    pick = torch.Generator().manual_seed(seed)
+    # its own stream: seeded like the dream's generator, its first draws would repeat the
+    # start latents' (randint over N starts and over n actions, N a multiple of n)
+    pick = torch.Generator().manual_seed(
+        int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
     while len(alive):
         a = (torch.randint(n_actions, (len(alive),), generator=pick) if action is None
              else torch.full((len(alive),), action))

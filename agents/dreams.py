@@ -119,6 +119,9 @@ def record_dream(run: RunDir, out: Path, cfg: ExperimentConfig | None = None,
     cfg = cfg if cfg is not None else run.load_config()
     check_writable(Path(out).parent)  # before the dream, not after
     dream, action_space = load_dream(run, cfg, seed=seed)
+    if max_steps > dream.max_steps:  # the dream would end itself there, short of it
+        raise ConfigError(f"--steps {max_steps} is beyond the dream's cap of "
+                          f"{dream.max_steps} steps: add dream.max_steps={max_steps}")
     vae = run.load_vae(cfg.vae.z_dim)
     controller: Any = None
     if policy == "controller":

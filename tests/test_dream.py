@@ -267,6 +267,11 @@ def test_dream_entry_point_writes_a_gif_beside_the_real_env(dream_run):
     # one frame per step plus the start, dream over real, enlarged 3x
     assert len(frames) == max(result["dream_steps"], result["real_steps"]) + 1
     assert frames.shape[1] == 2 * 64 * 3 + 3 * 2
+    args = ["--config", str(run_of(dream_run) / "config.yaml"), "--policy", "random",
+            "--dream-only", "--steps", "31"]
+    with pytest.raises(ConfigError, match=r"--steps 31 is beyond .* dream.max_steps=31"):
+        dream_script.main([*args, "dream.max_steps=30"])
+    assert dream_script.main([*args, "dream.max_steps=31"])["dream_steps"] <= 31
 
 
 def test_dream_entry_point_without_a_trained_controller_says_so(dream_run):

@@ -65,6 +65,20 @@ def test_dream_lengths_follow_the_done_head_and_are_reproducible():
     np.testing.assert_array_equal(steps, dream_lengths(dream, 3, action=1, dreams=3000))
 
 
+def test_random_actions_of_the_dreams_do_not_repeat_their_start_latents_draws():
+    """The random actions have their own stream: seeded like the dream's generator, the
+    first action was start % 3 in every dream (600 starts, 3 actions)."""
+    dream = Dream(memory_with_heads(1.0, math.log(0.1 / 0.9), discrete=True),
+                  torch.zeros(600, Z), torch.zeros(600, Z), max_steps=10_000)
+    first: list[torch.Tensor] = []
+    step = dream.step
+    dream.step = lambda z, a: (first.append(a) if not first else None) or step(z, a)
+    dream_lengths(dream, 3, action=None, dreams=600, seed=0)
+    starts = torch.randint(600, (600,), generator=torch.Generator().manual_seed(0))
+    same = (first[0] == starts % 3).float().mean().item()
+    assert same < 0.45  # chance: 1/3 (std 0.02); 1.0 when both streams were one
+
+
 def test_ratios_find_the_overrated_action_and_the_gate_stops_on_it(tmp_path):
     rows = held_action_check(constant_done_dream(0.1), HoldToDie(), dreams=2000, episodes=3)
     assert [r.action for r in rows] == [0, 1, 2, None]

@@ -119,3 +119,23 @@ def test_no_grad_lstm_step_is_nn_lstms(discrete):
         h, _ = model.step(z[:, 0], a[:, 0], state)
     h_ref, _ = model.step(z[:, 0], a[:, 0], state)
     torch.testing.assert_close(h, h_ref.detach())
+
+
+def test_inference_mode_then_no_grad_then_autograd_give_the_same_values():
+    """The kept caches (LSTM weights, U's inverse, the flow inverse's buffers) made under
+    torch.inference_mode are not reused outside it, where writing into or differentiating
+    through an inference tensor fails."""
+    torch.manual_seed(0)
+    model = make_frmdn(z_dim=4, action_dim=2, hidden=8, mixtures=3, precision="square",
+                       flow="maf", flow_layers=2, flow_hidden=16).eval()
+    h, u = torch.tanh(torch.randn(5, 8)), torch.randn(5, 4)
+    z, a = torch.randn(5, 4), torch.randn(5, 2)
+    with torch.inference_mode():
+        inferred = model.flow_inverse(u, h).clone()
+        stepped = model.step(z, a, None)[0].clone()
+    with torch.no_grad():
+        torch.testing.assert_close(model.flow_inverse(u, h), inferred)
+        torch.testing.assert_close(model.step(z, a, None)[0], stepped)
+    y = model.flow_inverse(u, h)  # autograd on: zuko's inverse
+    torch.testing.assert_close(y.detach(), inferred)
+    model.log_prob(y, h).sum().backward()

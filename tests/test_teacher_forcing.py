@@ -102,6 +102,22 @@ def test_branch_points_hold_ms_state_after_the_real_steps_before_each(kind):
         branch_points(memory, episodes, every=20)
 
 
+@pytest.mark.parametrize("kind", ["frmdn", "gru_mdn"])
+def test_branch_points_and_the_zero_state_follow_ms_device_and_dtype(kind):
+    """On M's device (the meta device stands in for a GPU) and in M's dtype: a float64 M
+    steps from its zero state with autograd on."""
+    memory = make_frmdn(z_dim=3, action_dim=2, discrete_actions=True, hidden=8,
+                        mixtures=2, kind=kind)
+    episodes = [(np.zeros((9, 3), np.float32), np.zeros(9, np.int64))]
+    z, state = branch_points(memory.to("meta"), episodes, every=4)
+    assert z.device.type == "meta" and all(s.device.type == "meta" for s in state)
+    double = make_frmdn(z_dim=3, action_dim=2, hidden=8, mixtures=2, kind=kind).double()
+    assert all(s.dtype == torch.float64 for s in double.initial_state(2))
+    h, _ = double.step(torch.zeros(2, 3, dtype=torch.float64),
+                       torch.zeros(2, 2, dtype=torch.float64), double.initial_state(2))
+    h.sum().backward()
+
+
 def test_a_dream_branches_from_the_given_state_and_refuses_one_of_another_size():
     from worldmodels.dream import Dream
 

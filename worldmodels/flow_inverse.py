@@ -241,7 +241,9 @@ class FlowInverse:
               ) -> tuple[Tensor, list[_Steps]]:
         """The first layers' context share (H1 total, N) and each transform's steps (last
         transform first), kept for the last few sizes."""
-        key = (n, dtype, device)
+        # buffers made under inference_mode are inference tensors, which no write
+        # outside it may touch: each mode keeps its own
+        key = (n, dtype, device, torch.is_inference_mode_enabled())
         if key not in self._work_of:
             if len(self._work_of) >= _KEPT_SIZES:
                 del self._work_of[next(iter(self._work_of))]

@@ -68,8 +68,13 @@ def kept(owner: nn.Module, name: str, params: tuple[Tensor, ...],
     ``params`` changes: in place (as optimisers and ``load_state_dict`` change them), or
     by a move to another device or dtype. An in-place change through ``p.data`` does not
     bump ``p``'s version and is not seen: change parameters through ``torch.no_grad()``
-    in-place ops or ``load_state_dict`` instead."""
-    key = stamp(params)
+    in-place ops or ``load_state_dict`` instead. Fused optimisers
+    (``torch.optim.Adam(fused=True)``) update parameters without bumping their versions
+    either: after their steps, call ``m.load_state_dict(m.state_dict())`` before a no-grad
+    pass (``train_memory``'s Adam is the default, foreach, which bumps them). A value made
+    under ``torch.inference_mode`` is kept apart from one made outside it (an inference
+    tensor cannot enter autograd outside that mode)."""
+    key = (stamp(params), torch.is_inference_mode_enabled())
     cached = owner.__dict__.get(name)
     if cached is None or cached[0] != key:
         with torch.no_grad():
@@ -407,7 +412,8 @@ class LSTMMemory(MemoryModel):
         return h, (h.unsqueeze(0), c.unsqueeze(0))
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
-        zeros = torch.zeros(1, batch, self.lstm.hidden_size, device=device)
+        zeros = torch.zeros(1, batch, self.lstm.hidden_size, device=device,
+                            dtype=self.lstm.weight_ih_l0.dtype)
         return zeros, zeros.clone()
 
 

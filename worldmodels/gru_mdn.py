@@ -64,7 +64,8 @@ class GRUMDN(MemoryModel):
         return h.squeeze(1), (last,)
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
-        return (torch.zeros(1, batch, self.hidden_size, device=device),)
+        return (torch.zeros(1, batch, self.hidden_size, device=device,
+                            dtype=self.gru.weight_ih_l0.dtype),)
 
     # ------------------------------------------------------------------ what C reads
     def features(self, z: Tensor, state: State, use_cell: bool = False) -> Tensor:

@@ -90,14 +90,15 @@ def branch_points(memory: Memory, episodes: list[tuple[np.ndarray, np.ndarray]],
     with N rows (each tensor (layers, N, hidden)), in episode then step order."""
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
+    device = next(memory.parameters()).device
     zs: list[torch.Tensor] = []
     states: list[State] = []
     for latents, actions in episodes:
-        z = torch.as_tensor(np.asarray(latents, np.float32))
-        a = torch.as_tensor(np.asarray(actions))
+        z = torch.as_tensor(np.asarray(latents, np.float32), device=device)
+        a = torch.as_tensor(np.asarray(actions), device=device)
         if not torch.is_floating_point(a):
             a = a.long()
-        state = memory.initial_state(1)
+        state = memory.initial_state(1, device)
         for t in range(len(z)):
             if t and t % every == 0:
                 zs.append(z[t])
