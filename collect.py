@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 from agents.collect import collect
-from worldmodels.config import cli_parser, parse_cli
+from worldmodels.config import cli_parser, doc_summary, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import run_from_args
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
+    cfg, run = run_from_args(parse_cli(cli_parser(doc_summary(__doc__)), argv))
     report = collect(cfg, run)
     print(f"{run.rollouts}: {report.episodes_total} episodes "
           f"({report.episodes_new} new, {report.steps_new} steps, "

@@ -33,6 +33,7 @@ from worldmodels.config import (
     comma_integers,
     comma_names,
     comma_seeds,
+    doc_summary,
     parse_cli,
 )
 from worldmodels.errors import run_cli
@@ -48,7 +49,7 @@ def shard_of(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = cli_parser(__doc__.splitlines()[0])
+    parser = cli_parser(doc_summary(__doc__))
     parser.add_argument("--memories", default="rmdn_diag,frmdn_square_conditional",
                         help="comma-separated M variants (compare_memory.py's names)")
     parser.add_argument("--memory-seed", type=int, default=0,

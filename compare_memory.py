@@ -19,7 +19,14 @@ from __future__ import annotations
 
 import argparse
 
-from worldmodels.config import cli_parser, comma_integers, comma_names, comma_seeds, parse_cli
+from worldmodels.config import (
+    cli_parser,
+    comma_integers,
+    comma_names,
+    comma_seeds,
+    doc_summary,
+    parse_cli,
+)
 from worldmodels.errors import run_cli
 from worldmodels.memory_compare import (
     BUDGETS,
@@ -34,7 +41,7 @@ from worldmodels.run_dir import run_from_args
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = cli_parser(__doc__.splitlines()[0])
+    parser = cli_parser(doc_summary(__doc__))
     parser.add_argument("--variants", default=",".join(PAPER_VARIANTS),
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds")

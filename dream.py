@@ -16,13 +16,13 @@ from pathlib import Path
 
 from agents.dreams import DREAM_POLICIES, record_dream
 from agents.evaluation import default_policy
-from worldmodels.config import ConfigError, cli_parser, parse_cli
+from worldmodels.config import ConfigError, cli_parser, doc_summary, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import refuse_output_in_shipped, run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = cli_parser(__doc__.splitlines()[0])
+    parser = cli_parser(doc_summary(__doc__))
     parser.add_argument("--policy", choices=DREAM_POLICIES, default=None,
                         help="what acts in the dream (default: a shipped agent's own policy, "
                              "else the run's controller, else its SB3 policy)")

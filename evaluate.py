@@ -19,13 +19,13 @@ from pathlib import Path
 
 from agents.dreams import dream_score
 from agents.evaluation import EVAL_POLICIES, default_policy, evaluate, play_overrides
-from worldmodels.config import ConfigError, cli_parser, parse_cli
+from worldmodels.config import ConfigError, cli_parser, doc_summary, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, refuse_output_in_shipped, run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = cli_parser(__doc__.splitlines()[0])
+    parser = cli_parser(doc_summary(__doc__))
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--policy", choices=EVAL_POLICIES, default=None,
                         help="the CMA-ES controller, uniform random actions, or an SB3 policy "

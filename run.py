@@ -49,7 +49,7 @@ from agents.iterations import (
 from agents.sb3 import train_sb3
 from agents.searches import train_searches
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic
-from worldmodels.config import ExperimentConfig, cli_parser, parse_cli
+from worldmodels.config import ExperimentConfig, cli_parser, doc_summary, parse_cli
 from worldmodels.encoding import encode_rollouts
 from worldmodels.errors import run_cli
 from worldmodels.frmdn_training import report_dict as memory_report
@@ -344,7 +344,7 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
+    cfg, run = run_from_args(parse_cli(cli_parser(doc_summary(__doc__)), argv))
     preflight(cfg, run)  # before the first stage writes: V's and M's sizes, engines
     summary: dict[str, Any] = {"run_dir": str(run.path)}
     started = time.perf_counter()

@@ -27,6 +27,7 @@ from agents.searches import train_searches
 from worldmodels.config import (
     ConfigError,
     cli_parser,
+    doc_summary,
     parse_cli,
     preset_names,
     preset_overrides,
@@ -36,7 +37,7 @@ from worldmodels.run_dir import borrow_world_model, run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = cli_parser(__doc__.splitlines()[0])
+    parser = cli_parser(doc_summary(__doc__))
     parser.add_argument("--algo", default=None,
                         help="cmaes | ppo | a2c | sac | td3 (same as controller.algo=...)")
     parser.add_argument("--world-model", default=None, metavar="DIR",

@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 
 from agents.dream_check import train_memory_checked
-from worldmodels.config import cli_parser, parse_cli
+from worldmodels.config import cli_parser, doc_summary, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.frmdn_training import report_dict
 from worldmodels.run_dir import run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
+    cfg, run = run_from_args(parse_cli(cli_parser(doc_summary(__doc__)), argv))
     summary = report_dict(train_memory_checked(cfg, run))
     print(json.dumps(summary, indent=2))
     if run.memory.model.exists():

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 
-from worldmodels.config import cli_parser, parse_cli
+from worldmodels.config import cli_parser, doc_summary, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import run_from_args
 from worldmodels.vae_training import report_dict, train_vae
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg, run = run_from_args(parse_cli(cli_parser(__doc__.splitlines()[0]), argv))
+    cfg, run = run_from_args(parse_cli(cli_parser(doc_summary(__doc__)), argv))
     report = train_vae(cfg, run)
     summary = report_dict(report)
     print(json.dumps(summary, indent=2))

@@ -31,14 +31,14 @@ import torch  # noqa: E402
 
 from agents.vmc import VMCAgent  # noqa: E402
 from envs.factory import FAST_RENDERERS, make_env_from_config  # noqa: E402
-from worldmodels.config import load_config  # noqa: E402
+from worldmodels.config import doc_summary, load_config  # noqa: E402
 from worldmodels.controller import build_controller  # noqa: E402
 from worldmodels.frmdn_training import build_memory  # noqa: E402
 from worldmodels.vae import ConvVAE  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--config", default="carracing")
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--block", type=int, default=50)

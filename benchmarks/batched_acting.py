@@ -47,7 +47,7 @@ from agents.batched import BatchedActor, Episode  # noqa: E402
 from agents.vmc import VMCAgent  # noqa: E402
 from envs.dream_env import DreamEnv, DreamVecEnv  # noqa: E402
 from envs.factory import make_env_from_config  # noqa: E402
-from worldmodels.config import load_config  # noqa: E402
+from worldmodels.config import doc_summary, load_config  # noqa: E402
 from worldmodels.controller import build_controller  # noqa: E402
 from worldmodels.dream import Dream  # noqa: E402
 from worldmodels.frmdn_training import build_memory  # noqa: E402
@@ -152,7 +152,7 @@ def generation_seconds(cfg, vae: ConvVAE, memory, population: int, rollouts: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--config", default="carracing")
     parser.add_argument("--batches", default="8,16,32", help="batched N to compare with 1")
     parser.add_argument("--rounds", type=int, default=3)

@@ -35,10 +35,11 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 
 import envs  # noqa: E402,F401  (registers CarRacingFast-v3)
+from worldmodels.config import doc_summary
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--seconds", type=float, default=60.0,
                         help="stepping time of both envs together")
     parser.add_argument("--block", type=int, default=50)

@@ -29,7 +29,7 @@ import gymnasium as gym  # noqa: E402
 
 from agents.collect import collect  # noqa: E402
 from envs.factory import ensure_registered, renderer_id  # noqa: E402
-from worldmodels.config import load_config  # noqa: E402
+from worldmodels.config import doc_summary, load_config  # noqa: E402
 
 
 def plain_env_steps_per_s(env_id: str, seconds: float, seed: int = 0) -> tuple[float, int]:
@@ -50,7 +50,7 @@ def plain_env_steps_per_s(env_id: str, seconds: float, seed: int = 0) -> tuple[f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--config", default="carracing")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--episodes", type=int, default=0,

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 from agents.vmc import VMCAgent  # noqa: E402
 from envs.factory import make_env_from_config  # noqa: E402
-from worldmodels.config import ExperimentConfig, load_config  # noqa: E402
+from worldmodels.config import ExperimentConfig, doc_summary, load_config  # noqa: E402
 from worldmodels.controller import FlatPolicy, build_controller  # noqa: E402
 from worldmodels.dream import Dream, dream_returns  # noqa: E402
 from worldmodels.frmdn_training import build_memory  # noqa: E402
@@ -103,7 +103,7 @@ def dream_generation(cfg: ExperimentConfig, action_space: gym.Space, trained: bo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--config", default="doom_takecover")
     parser.add_argument("--preset", action="append", default=None)
     parser.add_argument("--trained", action="store_true", help="use the run's trained M")

@@ -23,13 +23,13 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
-from worldmodels.config import load_config
+from worldmodels.config import doc_summary, load_config
 from worldmodels.frmdn_training import build_memory
 from worldmodels.memory_compare import VARIANTS, variant_config
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--z", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)

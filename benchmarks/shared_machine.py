@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from worldmodels.config import doc_summary
+
 if __package__ in (None, ""):  # run as a script: import this checkout, not an installed copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -94,7 +96,7 @@ def beside(args: argparse.Namespace, policy: str, threads: int) -> tuple[float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--config", default="doom_takecover")
     parser.add_argument("--preset", action="append", default=None)
     parser.add_argument("--seconds", type=float, default=20.0, help="timed span of a case")

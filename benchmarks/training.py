@@ -7,8 +7,8 @@ Each part runs the library's own training loop (``worldmodels.vae_training.train
 ``worldmodels.frmdn_training.train_memory``) for one epoch in its own subprocess, on
 synthetic shards of the real shapes written to a temporary run directory: rollouts of
 uint8 (T+1, 64, 64, 3) frames for V; latents of float32 (T+1, z) for M. Model sizes
-are the config's defaults; M's window length and batch are the config class defaults
-(100 x 32) since the paper's 999-step windows would not fit the time budget. Figures:
+are the config's defaults; M's windows are 100 steps in batches of 32 (set here: the
+paper's 999-step windows would not fit the time budget). Figures:
 training frames/s (V), windows ("sequences") of seq_len steps per second (M), both
 from the loops' own timers, and the subprocess's peak resident memory (ru_maxrss,
 which includes the Python and torch start-up, about 300 MiB).
@@ -30,6 +30,8 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+
+from worldmodels.config import doc_summary
 
 #: part -> config overrides; M variants are those of worldmodels.memory_compare
 PARTS: dict[str, list[str]] = {
@@ -111,11 +113,12 @@ def run_part(part: str, config: str, frames: int, episodes: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--config", default="carracing")
     parser.add_argument("--vae-frames", type=int, default=3000, help="V training frames")
     parser.add_argument("--m-episodes", type=int, default=12,
-                        help="latent episodes of 1,000 steps for M (10% held out)")
+                        help="latent episodes of 1,000 steps for M (held out: 10%%, and at least "
+                             "data.holdout_min_episodes, 5 by default)")
     parser.add_argument("--part", choices=list(PARTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:  # the subprocess: one part, figures as JSON on the last line

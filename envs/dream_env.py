@@ -5,7 +5,7 @@ Observations are the controller's features, float32 ``[z, h]`` (``[z, c, h]`` wi
 real env, so a policy trained here acts there unchanged. Actions are the real env's.
 ``render()`` decodes z with V into a 64x64x3 uint8 frame.
 
-    env = gymnasium.make("worldmodels/Dream-v0", run_dir="runs/VizdoomTakeCover-v1/dream")
+    env = gymnasium.make("envs:worldmodels/Dream-v0", run_dir="runs/VizdoomTakeCover-v1/dream")
 """
 
 from __future__ import annotations

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
@@ -116,3 +120,25 @@ def test_documented_commands_use_known_scripts_options_keys_and_presets():
             except ConfigError as err:
                 problems.append(f"{doc}: {script}: {err}")
     assert not problems, "\n".join(problems)
+
+
+COMMANDS = sorted([*ROOT.glob("*.py"), *(ROOT / "tools").glob("*.py"),
+                   *(ROOT / "benchmarks").glob("*.py")])
+
+
+@pytest.mark.parametrize("script", [p.relative_to(ROOT).as_posix() for p in COMMANDS])
+def test_every_commands_help_prints_its_docstrings_first_paragraph(script, monkeypatch, capsys):
+    """--help runs (no help string breaks argparse's % formatting) and describes the
+    command with its docstring's whole first paragraph, not a line cut mid-sentence."""
+    import runpy
+
+    from worldmodels.config import doc_summary
+
+    path = ROOT / script
+    monkeypatch.setattr(sys, "argv", [str(path), "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(path), run_name="__main__")
+    assert done.value.code in (0, None)
+    summary = doc_summary(ast.get_docstring(ast.parse(path.read_text())))
+    assert summary.endswith((".", ":", ")", "?")), f"{script}'s first paragraph: {summary!r}"
+    assert "".join(summary.split()) in "".join(capsys.readouterr().out.split())  # as wrapped

@@ -32,6 +32,7 @@ from worldmodels.checkpoint import (
     read_header,
     save_model,
 )
+from worldmodels.config import doc_summary
 from worldmodels.errors import InputError, run_cli
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, RunDir
 
@@ -93,7 +94,7 @@ def average(out_dir: Path, member_dirs: list[Path]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("out", type=Path)
     parser.add_argument("members", type=Path, nargs="+")
     args = parser.parse_args(argv)

@@ -48,7 +48,7 @@ from agents.rollouts import RolloutWorker
 from agents.seeds import evaluation_seeds
 from envs.dream_env import load_batched_dream
 from worldmodels.checkpoint import load_weights
-from worldmodels.config import ConfigError, cli_parser, parse_cli
+from worldmodels.config import ConfigError, cli_parser, doc_summary, parse_cli
 from worldmodels.dream import dream_returns
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import as_run
@@ -56,7 +56,7 @@ from worldmodels.teacher_forcing import branch_points
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = cli_parser(__doc__.splitlines()[0])
+    parser = cli_parser(doc_summary(__doc__))
     parser.add_argument("--runs", required=True, help="comma-separated run directories")
     parser.add_argument("--source", required=True,
                         help="the run whose C plays the source episodes (same V and M)")

@@ -28,13 +28,13 @@ from typing import Any
 from agents.dreams import DreamEvaluator, dream_score_seeds
 from agents.finalists import report_score, run_controllers, spearman
 from worldmodels.checkpoint import file_digest
-from worldmodels.config import ConfigError, cli_parser, parse_cli
+from worldmodels.config import ConfigError, cli_parser, doc_summary, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import as_run
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = cli_parser(__doc__.splitlines()[0])
+    parser = cli_parser(doc_summary(__doc__))
     parser.add_argument("--runs", required=True, help="comma-separated run directories")
     parser.add_argument("--dreams", type=int, default=1000)
     parser.add_argument("--real-seeds", default="0,1")

@@ -66,7 +66,7 @@ from worldmodels.checkpoint import (
     save_model,
     write_json_atomic,
 )
-from worldmodels.config import save_config
+from worldmodels.config import doc_summary, save_config
 from worldmodels.dream import read_start_latents
 from worldmodels.errors import InputError, run_cli
 from worldmodels.memory import checkpoint_kinds
@@ -250,7 +250,7 @@ def _removed_on_failure(directory: Path) -> Iterator[None]:
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("run", type=Path, help="the trained run's directory")
     parser.add_argument("dest", type=Path, help="a new (or empty) directory")
     parser.add_argument("--fp16", action="store_true",

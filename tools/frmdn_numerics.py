@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
-from worldmodels.config import load_config
+from worldmodels.config import doc_summary, load_config
 from worldmodels.datasets import SequenceDataset
 from worldmodels.errors import run_cli
 from worldmodels.frmdn_training import _batch_losses, action_info, build_memory, latent_split
@@ -81,7 +81,7 @@ def run(cfg, variant: dict, seed: int, steps: int) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--config", default="carracing")
     parser.add_argument("--preset", action="append", default=None)
     parser.add_argument("--steps", type=int, default=300)

@@ -42,14 +42,14 @@ from agents.finalists import run_controllers, spearman, tool_overrides, world_mo
 from agents.rollouts import RolloutWorker
 from agents.seeds import evaluation_seeds
 from worldmodels.checkpoint import write_json_atomic
-from worldmodels.config import ConfigError, DreamConfig, cli_parser, parse_cli
+from worldmodels.config import ConfigError, DreamConfig, cli_parser, doc_summary, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import as_run
 from worldmodels.teacher_forcing import dream_rule_early, dream_rule_length, teacher_forced
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = cli_parser(__doc__.splitlines()[0])
+    parser = cli_parser(doc_summary(__doc__))
     parser.add_argument("--runs", required=True, help="comma-separated run directories")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--out", default="", help="a JSON file for the rows")

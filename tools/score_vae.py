@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
+from worldmodels.config import doc_summary
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
 from worldmodels.vae_training import (
@@ -41,7 +42,7 @@ def _share(kept: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--run", required=True, help="the run whose held-out frames are scored")
     parser.add_argument("--vae", action="append", default=[],
                         help="another run whose V is scored on them (repeatable)")

@@ -34,13 +34,13 @@ from agents.rollouts import describe_returns
 from agents.seeds import check_report_seeds, evaluation_seeds, selection_of
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import read_header
-from worldmodels.config import ConfigError, cli_parser, parse_cli
+from worldmodels.config import ConfigError, cli_parser, doc_summary, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import run_from_args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = cli_parser(__doc__.splitlines()[0])
+    parser = cli_parser(doc_summary(__doc__))
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--members", type=int, default=0,
                         help="the K best ranked finalists vote (default: all)")

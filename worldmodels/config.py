@@ -275,8 +275,8 @@ class ControllerConfig:
                              "file; same algo and network, on the same V and M (its SHA-256 "
                              "joins the training's settings). Empty: random start.")
     environment: Literal["real", "dream"] = _opt(
-        "real", "Where C trains: real (the env) | dream (M as the env; evaluation is always "
-                "in the real env).")
+        "real", "Where C trains: real (the env) | dream (M as the env; evaluation is in the "
+                "real env, unless evaluate.py --in-dream asks for the dream's score).")
     kind: ControllerKind = _opt("dense", "The controller: dense (linear, or one tanh hidden "
                                          "layer with controller.hidden; squashed Box actions, "
                                          "argmax or ordinal Discrete ones).")
@@ -778,7 +778,7 @@ def validate(cfg: ExperimentConfig, rounds: bool = True) -> None:
         (DEVICE_PATTERN.fullmatch(cfg.device) is not None, "device",
          f"must be cpu, cuda, cuda:N or mps, got {cfg.device!r}"),
         (_is_schedule(cfg.collect.policy), "collect.policy",
-         "must be random, brownian, linear or controller, or a schedule like "
+         f"must be one of {', '.join(DATA_POLICIES)}, or a schedule like "
          "'random:2000,linear'"),
         (cfg.memory.overcomplete_m == 0 or cfg.memory.overcomplete_m > cfg.vae.z_dim,
          "memory.overcomplete_m", "must be 0 or > vae.z_dim"),
@@ -972,6 +972,11 @@ def check_seed(value: int, option: str) -> int:
     return value
 
 
+def doc_summary(doc: str | None) -> str:
+    """A command's --help description: its docstring's first paragraph, on one line."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
 def cli_parser(description: str) -> argparse.ArgumentParser:
     """The arguments every entry point shares: --config, --preset, key=value overrides."""
     parser = _Parser(
@@ -986,7 +991,8 @@ def cli_parser(description: str) -> argparse.ArgumentParser:
                         help="named preset(s) layered over the file's defaults, e.g. quick")
     parser.add_argument("--run", default=None, metavar="DIR",
                         help="the run's directory, wherever it is: its config.yaml is the "
-                             "config (overrides on top); instead of --config/--preset")
+                             "config (overrides on top), instead of --config; with --preset, "
+                             "that preset's controller.* keys over the run's config")
     parser.add_argument("--help-config", action="store_true", help="list every config key")
     parser.add_argument("overrides", nargs="*", help="dotted overrides key=value")
     return parser
