@@ -737,6 +737,24 @@ def test_a_killed_writers_temporary_files_go_with_the_next_write_there(tmp_path)
     assert live.exists() and remote.exists()
 
 
+def test_the_write_probe_is_a_tagged_temp_file_that_other_cleaners_spare(tmp_path, monkeypatch):
+    """check_writable's probe carries its writer's tag: another process cleaning the
+    directory (its first atomic write there) while the probe is open leaves it alone."""
+    from worldmodels.atomic import check_writable, remove_stale_temps
+
+    seen, real_fsync = [], os.fsync
+
+    def fsync_while_another_cleans(fd):
+        seen.extend(p.name for p in tmp_path.glob("*.partial"))
+        remove_stale_temps(tmp_path)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(worldmodels.atomic.os, "fsync", fsync_while_another_cleans)
+    check_writable(tmp_path)
+    assert seen == [f".write_probe.{worldmodels.atomic._writer()}.partial"]
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def _write_often(path: str, tag: int, times: int) -> None:
     from worldmodels.checkpoint import write_json_atomic
 

@@ -170,14 +170,15 @@ def check_writable(directory: Path | str) -> None:
     """Make ``directory`` and write (then remove) a probe file there: a read-only place
     or a full disk is refused before any work, naming the directory."""
     directory = Path(directory)
-    probe = directory / f".write_probe_{os.getpid()}{TMP_SUFFIX}"
+    # tagged like any temp file, so another process's remove_stale_temps spares it
+    probe = temp_path(directory / "write_probe")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with open(probe, "wb") as fh:
             fh.write(b"\0")
             fh.flush()
             os.fsync(fh.fileno())
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as err:
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
