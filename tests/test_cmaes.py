@@ -316,6 +316,8 @@ def test_selection_and_report_seeds_never_overlap():
     assert evaluation_seeds(3, 5) == evaluation_seeds(3, 50)[:5]
     # a stream that repeats a value (seed 4507 does within 1,000) still gives distinct
     # episodes, and a report too large to be kept apart is refused
+    raw = np.random.default_rng([4507, 424242]).integers(0, 2**31 - 1, size=1000)
+    assert len(set(raw.tolist())) < 1000  # the premise: the stream does repeat
     assert len(set(evaluation_seeds(4507, 1000))) == 1000
     assert evaluation_seeds(4507, 1000)[:900] == evaluation_seeds(4507, 900)
     with pytest.raises(ConfigError, match="at most 100000"):

@@ -304,6 +304,14 @@ NUMERIC = [(key, value) for key, f in numeric_fields()
 
 
 def test_every_numeric_key_has_a_range():
+    """_opt refuses a number without a range when the config classes are defined, and
+    every numeric key has out-of-range cases below."""
+    from worldmodels.config import _opt
+
+    with pytest.raises(TypeError, match="needs a range"):
+        _opt(3, "x")
+    with pytest.raises(TypeError, match="needs a range"):
+        _opt(3, "x", finite=True)  # finite is for floats
     for key, _ in numeric_fields():
         assert any(k == key for k, _ in NUMERIC), f"{key} declares no range"
     assert len(numeric_fields()) >= 50
@@ -320,7 +328,12 @@ def test_out_of_range_value_is_refused_naming_the_key(key, value):
     "controller.target_return=-50.5", "collect.controller_epsilon=1", "memory.grad_clip=0",
 ])
 def test_edge_of_a_range_is_accepted(override):
-    load_config("carracing", [], [override])
+    key, value = override.split("=")
+    cfg = load_config("carracing", [], [override])
+    owner = cfg
+    for part in key.split(".")[:-1]:
+        owner = getattr(owner, part)
+    assert getattr(owner, key.split(".")[-1]) == float(value)
 
 
 def test_seed_range_is_what_the_seeded_libraries_take():

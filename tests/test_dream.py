@@ -204,6 +204,12 @@ def test_dream_evaluator_is_reproducible_and_candidates_differ(dream_run):
     np.testing.assert_array_equal(first[1], second[1])
     assert first[0].shape == (3, 2)
     assert (first[1] <= 40).all() and (first[1] >= 1).all()
+    # each row is its own candidate's: alone it scores the same (common random numbers),
+    # and the candidates' rows differ
+    for i in range(3):
+        alone = evaluator.returns(candidates[i:i + 1], seeds)[0][0]
+        np.testing.assert_allclose(alone, first[0][i], rtol=1e-5, atol=1e-5)
+    assert len({tuple(row) for row in first[0].round(4)}) == 3
 
 
 def test_cmaes_in_the_dream_resumes_and_evaluates_in_the_real_env(dream_run):

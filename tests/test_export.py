@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import collect as collect_script
 import dream as dream_script
@@ -73,6 +74,14 @@ def test_a_shipped_agent_plays_from_anywhere_and_is_never_written(trained, tmp_p
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"mean return -?\d+\.\d ± \d+\.\d over 2 episodes", last), last
     assert summary["mean"] == own["mean"]  # the same agent on the same episodes
+    # the same weights (tiny runs' means tie across agents): C and V byte for byte, M's
+    # tensors (its file's header gains the export's meta)
+    assert {k: summary["digests"][k] for k in ("weights", "vae")} == \
+        {k: own["digests"][k] for k in ("weights", "vae")}
+    shipped_m, own_m = RunDir(dest).load_memory(), trained.load_memory()
+    for (name, a), b in zip(shipped_m.state_dict().items(), own_m.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
     out = elsewhere / "runs" / "pretrained" / "car"
     assert (out / "eval" / "controller_selected.json").exists()
     dreamt = dream_script.main(["--run", str(dest), "--dream-only", "--steps", "4"])

@@ -8,6 +8,7 @@ import dataclasses
 import math
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
@@ -101,9 +102,17 @@ def test_batched_dream_runs_on_the_gru():
     cfg = ExperimentConfig()
     ctrl = build_controller(cfg.controller, model.feature_size(),
                             gym.spaces.Box(-1, 1, (3,)))
-    returns, steps = dream_returns(dream, ctrl, torch.randn(4, ctrl.num_parameters()),
-                                   torch.arange(3))
-    assert returns.shape == (4, 3) and (steps <= 7).all()
+    params = torch.randn(4, ctrl.num_parameters())
+    returns, steps = dream_returns(dream, ctrl, params, torch.arange(3))
+    assert returns.shape == (4, 3) and ((steps >= 1) & (steps <= 7)).all()
+    # the GRU's reward head over the dream's steps: candidates that act differently
+    # dream differently, and a candidate alone plays its row of the batch
+    assert len({tuple(r) for r in returns.round(5).tolist()}) > 1
+    dream.generator.manual_seed(0)
+    alone, _ = dream_returns(dream, ctrl, params[1:2], torch.arange(3))
+    dream.generator.manual_seed(0)
+    batch, _ = dream_returns(dream, ctrl, params, torch.arange(3))
+    np.testing.assert_allclose(alone[0], batch[1], rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -355,6 +355,14 @@ def test_m_data_control_trains_a_rounds_m_on_the_earlier_episodes_only(two_round
         return real(paths, *args, **kwargs)
 
     monkeypatch.setattr(frmdn_training, "SequenceDataset", spy)
+    started_from = []
+    real_train = m_data_control.train_memory_checked
+
+    def train_spy(cfg, view, **kwargs):  # the weights M starts from
+        started_from.append(file_digest(view.memory.model))
+        return real_train(cfg, view, **kwargs)
+
+    monkeypatch.setattr(m_data_control, "train_memory_checked", train_spy)
     out = tmp_path / "control"
     result = m_data_control.main(["--run", str(rd.path), "--round", "1", "--epochs", "1",
                                   "--below", "3", "--out", str(out)])
@@ -368,7 +376,8 @@ def test_m_data_control_trains_a_rounds_m_on_the_earlier_episodes_only(two_round
     metrics = json.loads((out / "memory" / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics] == [2]
     # started from round 1's M: its weights, then one epoch on
-    assert load_model(out / "memory" / "model.safetensors") is not None
+    assert started_from == [file_digest(rd.round(1).memory.best)]
+    assert file_digest(out / "memory" / "model.safetensors") != started_from[0]
     assert {p: file_digest(p) for p in before} == before  # the run is only read
     # below 0: every training episode
     seen.clear()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tools.average_controllers import average
 from worldmodels.errors import InputError
@@ -167,3 +168,35 @@ def test_dream_vs_real_ranks_and_refuses_what_it_cannot_compare(tiny_run, tmp_pa
         main(["--runs", path])
     with pytest.raises(ConfigError, match="--dreams"):
         main(["--runs", f"{path},{path}", "--dreams", "0"])
+
+
+def test_terminal_frame_measures_the_black_frames_latent_and_counts_dream_steps(tiny_cfg):
+    """Episodes whose last latent is V's latent of a black frame: distance 0 there, the
+    terminal step's share of M's NLL as weighted, and every dream step that goes on is
+    'near' for an infinite radius, none for a zero one."""
+    from agents.cmaes import train_cmaes
+    from tests.conftest import run_of
+    from tests.test_dream import write_dream_run
+    from tools.terminal_frame import main
+    from worldmodels.run_dir import RunDir
+    from worldmodels.shards import list_shards, write_npz_atomic
+
+    cfg = write_dream_run(tiny_cfg, population=4, rollouts=1, generations=1)
+    train_cmaes(cfg, progress=False)
+    run = RunDir(run_of(cfg))
+    with torch.no_grad():
+        black = run.load_vae().encode_mean(torch.zeros(1, 64, 64, 3, dtype=torch.uint8))
+    for path in list_shards(run.latents):
+        with np.load(path, allow_pickle=False) as shard:
+            data = {key: shard[key] for key in shard.files}
+        data["mu"][-1] = black[0].numpy()
+        write_npz_atomic(path, data)
+    args = [str(run.path), "--latents", str(run.latents), "--every", "1", "--dreams", "5"]
+    everywhere = main([*args, "--radius", "1e9"])
+    assert everywhere["episodes"] == 6 and everywhere["last_distance_max"] < 1e-5
+    assert everywhere["terminal_share"] == pytest.approx(6 / (6 * 12))
+    share = everywhere["terminal_share"]
+    assert everywhere["nll_with_terminal"] == pytest.approx(
+        share * everywhere["terminal_nll"] + (1 - share) * everywhere["other_nll"])
+    assert everywhere["dream_steps_on_from_black"] == everywhere["dream_steps"] - 5
+    assert main([*args, "--radius", "1e-9"])["dream_steps_on_from_black"] == 0

@@ -169,10 +169,13 @@ def test_sigkill_during_training_then_rerun_completes(tiny_cfg):
     proc = subprocess.Popen(args, cwd=root, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not files.state.exists():
+    while time.time() < deadline and not files.state.exists() and proc.poll() is None:
         time.sleep(0.02)
+    assert proc.poll() is None, "train_vae.py ended before the kill"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    done_before = json.loads(files.metrics.read_text()) if files.metrics.exists() else []
+    assert files.state.exists() and len(done_before) < 6  # killed mid-training
     rerun = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     metrics = json.loads(files.metrics.read_text())
