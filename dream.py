@@ -5,7 +5,8 @@ the same actions from the same start (top: dream, bottom: real).
     python dream.py --config doom_takecover --preset dream --policy random --seed 3
     python dream.py --preset quick --dream-only dream.temperature=1.3 dream.done=threshold
 
-Writes ``<run>/dreams/<policy>_seed<S>_tau<T>.gif`` (or the same under ``--out``) and
+Writes ``<run>/dreams/<policy>_seed<S>_tau<T>.gif`` (``..._dream-only.gif`` with
+``--dream-only``; or the same under ``--out``) and
 prints both episodes' steps and returns. ``dream.*`` and ``env.*`` overrides apply.
 """
 
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     tau = cfg.dream.temperature
     out_dir = Path(args.out) if args.out else None
     refuse_output_in_shipped(out_dir)
-    out = (out_dir or run.dreams_dir) \
-        / f"{policy}_seed{seed}_tau{tau:g}.gif"
+    alone = "_dream-only" if args.dream_only else ""  # not the GIF with the real env
+    out = (out_dir or run.dreams_dir) / f"{policy}_seed{seed}_tau{tau:g}{alone}.gif"
     result = record_dream(run, out, cfg, policy, seed, args.steps,
                           beside_real=not args.dream_only)
     print(json.dumps(result, indent=2))

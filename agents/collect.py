@@ -219,6 +219,9 @@ def probe_env(cfg: ExperimentConfig, run: RunDir) -> None:
     of a dim the env lacks) fail before the stages that come before C's."""
     env = make_env_from_config(cfg.env)
     try:
+        # a rendered picture's height is known only at its first frame: env.crop_bottom
+        # is checked here, not in a worker after config.yaml is written
+        env.reset(seed=cfg.seed)
         build_controller(cfg.controller, 1, env.action_space)
         for name, _ in policy_schedule(cfg.collect.policy):
             if name == "controller":  # its weights must exist; the agent loads in workers

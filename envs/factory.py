@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Any
 
@@ -43,8 +44,18 @@ class UnknownEnvError(InputError, gym.error.UnregisteredEnv):
     """An env id that no installed package registers."""
 
 
-def ensure_registered(env_id: str) -> None:
-    """Import the package that registers ``env_id`` (ViZDoom, ALE), with an install hint."""
+def ensure_registered(env_id: str) -> str:
+    """Import the package that registers ``env_id`` (ViZDoom, ALE), with an install hint;
+    ``module:Id`` (Gymnasium's form for another package's env) imports ``module``. Returns
+    the id to make (``Id``). An id no prefix names (ale-py's ``PongNoFrameskip-v4``) is
+    looked for in the installed providers too."""
+    if ":" in env_id:
+        module, _, env_id = env_id.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise MissingPackageError(f"env '{module}:{env_id}': the module '{module}' does "
+                                      f"not import ({err})") from err
     for prefix, (module, hint) in _PROVIDERS.items():
         if env_id.startswith(prefix):
             try:
@@ -55,6 +66,11 @@ def ensure_registered(env_id: str) -> None:
                 ) from err
             if module == "ale_py":
                 gym.register_envs(mod)
+    if env_id not in gym.registry:
+        for module, _ in _PROVIDERS.values():
+            with contextlib.suppress(ImportError):
+                importlib.import_module(module)
+    return env_id
 
 
 def renderer_id(env_id: str, fast_render: bool = True, direct_render: bool = False) -> str:
@@ -86,7 +102,11 @@ def make_env(
     rewards and episode ends, slightly different frames); it takes precedence.
     ``kwargs`` go to ``gymnasium.make``.
     """
-    ensure_registered(env_id)
+    env_id = ensure_registered(env_id)
+    if direct_render and env_id not in DIRECT_RENDERERS:
+        raise ConfigError(f"config key 'env.direct_render' is true, but {env_id} has no direct "
+                          f"renderer (only {', '.join(DIRECT_RENDERERS)}): set "
+                          "env.direct_render=false")
     known = KNOWN_ENVS.get(env_id, {})
     if max_episode_steps is None:
         max_episode_steps = known.get("max_episode_steps", 0)
@@ -94,8 +114,9 @@ def make_env(
         crop_bottom = known.get("crop_bottom", 0)
     if env_id not in gym.registry:
         raise UnknownEnvError(
-            f"unknown env id '{env_id}' (not in gymnasium's registry; "
-            "Vizdoom*/ALE/* ids need their packages installed)"
+            f"unknown env id '{env_id}' (not in gymnasium's registry, nor registered by an "
+            "installed vizdoom or ale-py; Vizdoom*/ALE/* ids need their packages installed, "
+            "and another package's env is env.id=<module>:<id>)"
         )
     # Gymnasium's passive checker re-checks every step's output; the wrapped envs are
     # checked once by tests (check_env), so the per-step hop is skipped

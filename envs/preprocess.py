@@ -91,12 +91,13 @@ class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
 
     def _check_crop(self, height: int) -> None:
         """``crop_bottom`` must leave rows of the env's frame (else numpy's negative
-        index would wrap round and keep a few rows, or none)."""
-        self._checked_height = True
+        index would wrap round and keep a few rows, or none). Checked again until it
+        passes: an env kept after a refused frame must not go on with it."""
         if self.crop_bottom >= height:
             name = self.env.spec.id if self.env.spec else type(self.env.unwrapped).__name__
             raise ConfigError(f"config key 'env.crop_bottom' is {self.crop_bottom}, but "
                               f"{name}'s frames are {height} rows high: it must be < {height}")
+        self._checked_height = True
 
     def observation(self, observation: Any) -> np.ndarray:
         if self._source == "":

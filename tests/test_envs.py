@@ -115,3 +115,43 @@ def test_an_ale_game_by_id_without_code_change():
     obs, *_ = env.step(env.action_space.sample())
     assert obs.shape == (64, 64, 3) and obs.std() > 0
     env.close()
+
+
+def test_a_crop_taller_than_a_rendered_frame_is_refused_at_every_reset(tmp_path):
+    """A classic-control env's picture is its rendering, whose height is known at the
+    first frame: the refusal repeats (a kept env must not go on cropping with a wrapped
+    index), and collection refuses before it writes anything."""
+    from worldmodels.config import ConfigError
+
+    env = make_env("CartPole-v1", crop_bottom=500)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="'env.crop_bottom' is 500.*400 rows"):
+            env.reset(seed=0)
+    env.close()
+    import collect as collect_script
+
+    with pytest.raises(ConfigError, match="env.crop_bottom"):
+        collect_script.main(["--preset", "quick", f"root={tmp_path}", "env.id=CartPole-v1",
+                             "env.crop_bottom=500", "collect.policy=random",
+                             "collect.episodes=2", "env.max_episode_steps=5"])
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no config, no shard
+
+
+def test_direct_render_is_refused_for_an_env_without_a_direct_renderer():
+    from worldmodels.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'env.direct_render' is true, but CartPole-v1"):
+        make_env("CartPole-v1", direct_render=True)
+
+
+def test_other_packages_ids_module_colon_id_and_ids_ale_py_registers():
+    """Gymnasium's module:Id form imports the module; an id that ale-py registers without
+    the ALE/ prefix (PongNoFrameskip-v4) is found in the installed providers."""
+    pytest.importorskip("ale_py")
+    for env_id in ("PongNoFrameskip-v4", "ale_py:Pong-v4"):
+        env = make_env(env_id, max_episode_steps=3)
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == (64, 64, 3) and env.unwrapped.spec.id == env_id.split(":")[-1]
+        env.close()
+    with pytest.raises(MissingPackageError, match="'no_such_module' does not import"):
+        make_env("no_such_module:Thing-v0")

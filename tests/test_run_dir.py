@@ -188,7 +188,7 @@ def test_dream_overrides_reach_the_dream(car_run):
                                    "dream.max_steps=2", "dream.temperature=1.3"])
     assert capped["mean_steps"] <= 2 and capped["temperature"] == 1.3
     shown = dream_script.main(["--run", str(car_run), "--dream-only", "dream.max_steps=3"])
-    assert shown["dream_steps"] <= 3 and shown["gif"].endswith("tau1.15.gif")
+    assert shown["dream_steps"] <= 3 and shown["gif"].endswith("tau1.15_dream-only.gif")
 
 
 def test_cmaes_in_the_dream_leaves_torch_threads_alone(car_run):
