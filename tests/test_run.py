@@ -1,9 +1,11 @@
 """The main job end to end on a tiny config, then again: every stage skipped or reused."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import run
 from worldmodels.checkpoint import file_digest, load_model, read_header, save_model
@@ -161,3 +163,25 @@ def test_main_job_runs_every_stage_then_skips_them(tmp_path, capsys):
     with pytest.raises(ConfigError, match="memory/model.safetensors: M was trained on latents"):
         run.main([*args, "vae.epochs=2"])
     assert file_digest(model) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id, extra", [
+    ("CartPole-v1", ["collect.policy=random", "controller.environment=dream"]),  # Discrete
+    ("Pendulum-v1", ["controller.environment=real"]),  # Box actions, brownian data
+])
+def test_another_env_by_id_runs_every_stage_from_its_rendered_frames(tmp_path, env_id, extra):
+    """Classic-control envs have no picture observation: V sees their rgb_array rendering,
+    and every stage runs through run.py from `--config common` (no env file's settings);
+    the run directory is named after the env id, and dream.py plays the trained agent."""
+    import dream as dream_script
+
+    args = ["--config", "common", *tiny_job_args(tmp_path, "dream"), f"env.id={env_id}",
+            *extra]
+    summary = run.main(args)
+    assert summary["collect"]["episodes_new"] == 3 and summary["evaluate"]["episodes"] == 1
+    run_dir = tmp_path / "runs" / env_id / "tiny"
+    assert (run_dir / "controller" / "best.safetensors").exists()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["env"]["crop_bottom"] == -1
+    shown = dream_script.main(["--run", str(run_dir), "--dream-only", "--steps", "3"])
+    assert 1 <= shown["dream_steps"] <= 3 and Path(shown["gif"]).exists()
