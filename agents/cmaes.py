@@ -54,7 +54,7 @@ from worldmodels.checkpoint import (
     save_model,
     write_json_atomic,
 )
-from worldmodels.config import ConfigError, ExperimentConfig
+from worldmodels.config import ConfigError, ExperimentConfig, to_dict
 from worldmodels.controller import FlatPolicy
 from worldmodels.errors import InputError
 from worldmodels.monitoring import summary_writer
@@ -222,7 +222,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     scored_with = saved_settings.get(WORLD_MODEL_KEY)
     log: list[dict[str, Any]] = read_json(files.log, [], GENERATION_KEYS)[: len(history)]
     select = {"episodes": c.selection_size, "seed": selection_seed}
-    selected = read_selected(files.selected, select, len(history))
+    selected = read_selected(files.selected, select, len(history), c.select_episodes == 0)
     run.write_config(cfg, outputs=(files.dir,))  # inputs accepted
     files.dir.mkdir(parents=True, exist_ok=True)
     if evaluator is None:
@@ -253,6 +253,14 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
         print(f"{files.history}: C was trained on another V or M ({scored_with}; now "
               f"{world_model}); kept as it is, and scored on this one by evaluation (move "
               f"{files.dir} aside to train C on this world model)")
+    changed_play = play_changes(saved_settings.get(PLAY_KEY), settings[PLAY_KEY])
+    if changed_play and len(history) < last and (not in_dream or c.eval_every):
+        # the real episodes (fitness, or the dream's periodic selection) would mix envs
+        raise ConfigError(f"{files.history}: its real episodes were played with other "
+                          f"settings ({', '.join(changed_play)}), so its fitness and "
+                          "selection scores cannot go on with these: give the run's own "
+                          "settings to train on (evaluate.py plays others), or use a new "
+                          "run name")
     # (no purge on resume: later rounds of run.py log their generations from 1 again in
     # this directory, and a purge would hide the earlier rounds' curves)
     writer = summary_writer(run.tensorboard(tensorboard))
@@ -334,6 +342,18 @@ def refuse_non_finite(fitness: np.ndarray, history: Path, generation: int) -> No
                          f"history is kept up to generation {generation - 1}")
 
 
+def play_changes(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each :func:`play_settings` key a history recorded (None:
+    none recorded) that ``now`` plays otherwise."""
+    if saved is None:
+        return []
+    old = {f"env.{k}": v for k, v in saved.get("env", {}).items()}
+    old["controller.agent_precision"] = saved.get("agent_precision")
+    new = {f"env.{k}": v for k, v in now["env"].items()}
+    new["controller.agent_precision"] = now["agent_precision"]
+    return [f"{k}: {v!r} -> {new.get(k)!r}" for k, v in old.items() if new.get(k) != v]
+
+
 def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int,
                    world_model: dict[str, str] | None = None) -> dict[str, Any]:
     """What a CMA-ES history depends on (stored beside it; a replay under other settings
@@ -353,6 +373,7 @@ def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int,
                         done=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
                         dream_max_steps=cfg.dream.max_steps)
     settings[ARCHITECTURE_KEY] = controller_architecture(cfg)
+    settings[PLAY_KEY] = play_settings(cfg)
     if world_model:
         settings[WORLD_MODEL_KEY] = dict(world_model)
     return settings
@@ -376,6 +397,20 @@ WORLD_MODEL_KEY = "world_model"
 #: the settings key of the controller's architecture (:func:`controller_architecture`),
 #: compared when the history records it (histories from before stop 53 do not)
 ARCHITECTURE_KEY = "controller"
+
+#: the settings key of what a real episode's return depends on beyond C, V and M: the
+#: ``env.*`` settings and V's precision (:func:`play_settings`); like
+#: :data:`WORLD_MODEL_KEY` compared by :func:`train_cmaes` only where generations are to
+#: be added (an evaluation may play other env settings); histories from before stop 54
+#: lack it
+PLAY_KEY = "play"
+
+
+def play_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The ``env.*`` settings (all but ``fast_render``, whose frames are Gymnasium's) and
+    ``controller.agent_precision`` a real episode is played with."""
+    env = {k: v for k, v in to_dict(cfg)["env"].items() if k != "fast_render"}
+    return {"env": env, "agent_precision": cfg.controller.agent_precision}
 
 
 def _saved_generation(path: Path) -> int | None:
@@ -466,7 +501,7 @@ def read_history(path: Path, settings: dict[str, Any], population: int,
                           f"{int(np.argwhere(~np.isfinite(fitness))[0][0]) + 1}), so CMA-ES "
                           f"cannot replay it; {delete}")
     changed = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
-               if saved.get(k) != settings.get(k) and k != WORLD_MODEL_KEY
+               if saved.get(k) != settings.get(k) and k not in (WORLD_MODEL_KEY, PLAY_KEY)
                and (k != ARCHITECTURE_KEY or k in saved)}
     if changed:
         raise ConfigError(f"{path}: made with other CMA-ES settings "
@@ -478,13 +513,16 @@ def read_history(path: Path, settings: dict[str, Any], population: int,
     return fitness, saved
 
 
-def read_selected(path: Path, select: dict[str, int],
-                  generations: int | None = None) -> dict[str, Any] | None:
+def read_selected(path: Path, select: dict[str, int], generations: int | None = None,
+                  size_from_eval_episodes: bool = False) -> dict[str, Any] | None:
     """The meta of a run's ``selected.safetensors`` (its selection mean is what a resumed
     run must beat), or None: no file, a score on other selection seeds (``select``:
     their ``episodes`` and ``seed``), which the next evaluation replaces, or one made at
     a generation past the ``generations`` its history holds (a kill before the history
-    was written, or a history deleted by hand: that generation is redone)."""
+    was written, or a history deleted by hand: that generation is redone).
+    ``size_from_eval_episodes``: the selection's size is ``controller.eval_episodes``
+    (``select_episodes`` 0), so another size is a report size given for the selection's:
+    a ConfigError that says how to keep the selection."""
     if not path.exists():
         return None
     meta = dict(read_header(path).get("meta", {}))
@@ -494,6 +532,14 @@ def read_selected(path: Path, select: dict[str, int],
         print(f"{path}: chosen at generation {meta.get('evaluated_at')}, past the "
               f"{generations} its history holds; that generation is redone")
         return None
+    if size_from_eval_episodes and meta.get("selection_seed") == select["seed"] \
+            and meta.get("selection_episodes") != select["episodes"]:
+        n = meta.get("selection_episodes")
+        raise ConfigError(
+            f"{path}: selected on {n} episodes, controller.eval_episodes's number while "
+            f"controller.select_episodes is 0; controller.eval_episodes={select['episodes']} "
+            f"would move the selection to other seeds: add controller.select_episodes={n} "
+            "to keep it (the report then plays the new number)")
     if (meta.get("selection_episodes"), meta.get("selection_seed")) != \
             (select["episodes"], select["seed"]):
         print(f"{path}: scored on other selection seeds ({meta.get('selection_episodes')} "

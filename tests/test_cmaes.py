@@ -442,6 +442,46 @@ def test_a_history_scored_with_another_m_is_refused(tiny_run):
     assert file_digest(run.controller.history) == history
 
 
+def test_a_history_played_with_other_env_settings_is_refused_where_it_would_train_on(tiny_run):
+    """Its periodic selection scored real episodes of 80 steps: another step cap (or V's
+    precision) would mix two envs' scores, so it does not train on; finished, it is kept
+    (evaluate.py may play other settings)."""
+    selection_run(tiny_run, "env_changed", 2)
+    history = file_digest(RunDir(run_of(tiny_run)).controller.history)
+    tiny_run.env.max_episode_steps = 20
+    with pytest.raises(ConfigError, match=r"other settings \(env.max_episode_steps: 80 -> "
+                                          r"20\).*evaluate.py plays others"):
+        selection_run(tiny_run, "env_changed", 4)
+    assert selection_run(tiny_run, "env_changed", 2).generations == 2
+    tiny_run.env.max_episode_steps = 80
+    tiny_run.controller.agent_precision = "bfloat16"
+    with pytest.raises(ConfigError, match=r"controller.agent_precision: 'float32' -> 'bfloat16'"):
+        selection_run(tiny_run, "env_changed", 4)
+    assert file_digest(RunDir(run_of(tiny_run)).controller.history) == history
+    tiny_run.controller.agent_precision = "float32"
+    assert selection_run(tiny_run, "env_changed", 4).generations == 4
+
+
+def test_a_report_size_given_for_a_selection_sized_by_eval_episodes_is_refused(tiny_run):
+    """select_episodes 0: the selection played controller.eval_episodes; a rerun with
+    another eval_episodes (a bigger report) would drop the selection, so it is refused
+    with the fix, which keeps it."""
+    from worldmodels.checkpoint import read_header
+
+    selection_run(tiny_run, "by_eval", 2)
+    c = tiny_run.controller
+    c.select_episodes, c.eval_episodes = 0, 2
+    train_cmaes(tiny_run, evaluator=quadratic, progress=False)  # selected on 2 episodes
+    files = RunDir(run_of(tiny_run)).controller
+    chosen = read_header(files.selected)["meta"]
+    assert chosen["selection_episodes"] == 2
+    c.eval_episodes = 100
+    with pytest.raises(ConfigError, match=r"selected on 2 episodes.*controller.select_episodes=2"):
+        train_cmaes(tiny_run, evaluator=quadratic, progress=False)
+    c.select_episodes = 2
+    assert train_cmaes(tiny_run, evaluator=quadratic, progress=False).selected == chosen
+
+
 def test_a_best_file_past_the_history_is_rebuilt_from_it(tiny_run):
     """Killed after best.safetensors but before the history: the file may hold a
     candidate of a generation the history lacks; the rerun rebuilds the recorded best."""
