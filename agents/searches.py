@@ -107,7 +107,8 @@ def check_searches(run: RunDir, restarts: int) -> None:
     new_run = "use a new run (train_controller.py --world-model RUN --run NEW)"
     if restarts == 1 and found:
         raise ConfigError(f"{files.dir / 'searches'}: this run's C comes from several CMA-ES "
-                          f"searches; set controller.restarts={found[-1] + 1}, or {new_run}")
+                          f"searches; set controller.restarts to their number (at least "
+                          f"{max(2, found[-1] + 1)}), or {new_run}")
     if restarts > 1 and files.history.exists():
         raise ConfigError(f"{files.history}: this run trained one CMA-ES search; several "
                           f"would mix their files with it: {new_run}")
