@@ -31,10 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-from worldmodels.config import doc_summary
-
 if __package__ in (None, ""):  # run as a script: import this checkout, not an installed copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worldmodels.config import doc_summary
 
 SCRIPT = Path(__file__).resolve()
 POLICIES = ("default", "PASSIVE")
