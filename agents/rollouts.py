@@ -21,7 +21,7 @@ from agents.batched import BatchedActor, Episode, EpisodeResult
 from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
 from worldmodels.controller_vote import VoteController
-from worldmodels.run_dir import RunDir, as_run
+from worldmodels.run_dir import RunDir, as_run, file_stamp
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,12 @@ def play_task(task: RolloutTask) -> list[tuple[float, int]]:
     106 ms with 2). The caller's thread count is restored, for the serial engine's sake.
     """
     with torch_threads(1):
-        # the weights' stamp: a later round of iterative training replaces M, and this
-        # process (the serial engine) may have loaded the earlier one
+        # the weights' and the config's stamps: a later round of iterative training
+        # replaces M, a later command may change env.*, and this process (the serial
+        # engine) may have loaded the earlier ones
         run = as_run(task.run_dir)
-        key = (task.run_dir, task.overrides, task.batch, task.vote, run.models_stamp())
+        key = (task.run_dir, task.overrides, task.batch, task.vote,
+               run.models_stamp() + file_stamp(run.config_file))
         if key not in _WORKERS:
             for old in [k for k in _WORKERS if k[:4] == key[:4]]:  # weights since replaced
                 del _WORKERS[old]

@@ -74,6 +74,22 @@ def test_real_env_fitness_is_the_same_on_every_engine(tiny_run):
     np.testing.assert_array_equal(serial, procs)
 
 
+def test_the_serial_engines_kept_worker_follows_the_runs_config(tiny_run):
+    """The serial engine keeps its worker between calls in this process: a config.yaml
+    rewritten since (another env.* setting) makes a new one, not the old env's."""
+    from worldmodels.config import save_config
+
+    run = RunDir(run_of(tiny_run))
+    params = np.random.default_rng(2).normal(0, 0.5, size=(2, (4 + 8) * 3 + 3))
+    evaluator = ProcessEvaluator(run, "serial")
+    _, long_steps = evaluator.returns(params, [3], whole_episodes=True)
+    assert long_steps.max() > 20
+    tiny_run.env.max_episode_steps = 20
+    save_config(tiny_run, run.config_file)
+    _, short_steps = evaluator.returns(params, [3], whole_episodes=True)
+    assert short_steps.max() == 20
+
+
 @pytest.mark.slow
 def test_ray_back_end_returns_the_process_back_end_fitness(tiny_run, ray_cluster):
     rng = np.random.default_rng(1)
