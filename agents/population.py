@@ -41,7 +41,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from agents.cmaes import controller_architecture, seeds_key, train_cmaes
+from agents.cmaes import controller_architecture, play_settings, seeds_key, train_cmaes
 from agents.evaluation import evaluate, other_seed, result_name
 from agents.seeds import evaluation_seeds, selection_seeds
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic, write_text_atomic
@@ -99,6 +99,12 @@ def selection_interval(plan: Plan, generations: int, eval_every: int) -> int:
     if plan.selections > generations:
         raise ConfigError(f"{plan.selections} selections asked, but a run has only "
                           f"{generations} generations")
+    if plan.selections and generations % plan.selections:
+        # every `every`-th generation would select more often than asked (24 // 5 = 4:
+        # 6 selections), so the populations would not play the same selection episodes
+        raise ConfigError(f"--selections {plan.selections} does not divide a run's "
+                          f"{generations} generations: give a divisor, or a dream-episode "
+                          "budget whose generations it divides")
     if not 1 <= every <= generations:
         raise ConfigError(f"selection every {every} generations: a run of {generations} "
                           "generations would never select a controller; lower "
@@ -256,21 +262,30 @@ def _prepare(run: RunDir, cfg: ExperimentConfig, plan: Plan, variant: str, popul
     return rcfg, view, run_key(rcfg, view, variant, seed, plan), generations, every
 
 
-def _finished(view: RunView, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The run's kept row if it finished with these settings and these weights."""
+def _finished(view: RunView, key: dict[str, Any], rcfg: ExperimentConfig,
+              ) -> dict[str, Any] | None:
+    """The run's kept row if it finished with these settings and these weights, and its
+    own config.yaml (what it trained and played with) has ``rcfg``'s controller and env:
+    the key records the architecture only where it differs from the base run's, which a
+    later command may have changed, and no env.* at all."""
     old = read_json(view.result_file, {})
     selected = view.controller.selected
-    if (old.get("key") == key and selected.exists()
-            and old.get("selected_digest") == file_digest(selected)):
-        return old
-    return None
+    if not (old.get("key") == key and selected.exists()
+            and old.get("selected_digest") == file_digest(selected)
+            and view.config_file.is_file()):
+        return None
+    trained = view.load_config()
+    same = (controller_architecture(trained) == controller_architecture(rcfg)
+            and sorted(set(trained.controller.clip_dims)) == sorted(set(rcfg.controller.clip_dims))
+            and play_settings(trained) == play_settings(rcfg))
+    return old if same else None
 
 
 def finished_row(run: RunDir, cfg: ExperimentConfig, plan: Plan, variant: str,
                  population: int, seed: int) -> dict[str, Any] | None:
     """The row of a run that finished with the plan's settings (None if it has not)."""
-    _, view, key, _, _ = _prepare(run, cfg, plan, variant, population, seed)
-    return _finished(view, key)
+    rcfg, view, key, _, _ = _prepare(run, cfg, plan, variant, population, seed)
+    return _finished(view, key, rcfg)
 
 
 def one_run(run: RunDir, cfg: ExperimentConfig, plan: Plan, variant: str, population: int,
@@ -280,7 +295,7 @@ def one_run(run: RunDir, cfg: ExperimentConfig, plan: Plan, variant: str, popula
     rollouts = cfg.controller.rollouts
     rcfg, view, key, generations, every = _prepare(run, cfg, plan, variant, population, seed)
     files = view.controller
-    if (old := _finished(view, key)) is not None:
+    if (old := _finished(view, key, rcfg)) is not None:
         return old  # finished with these settings: nothing to run
     done = history_length(view)
     if done > generations:

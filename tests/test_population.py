@@ -260,3 +260,33 @@ def test_another_controller_on_the_command_line_does_not_reuse_finished_rows(run
     assert key(["controller.hidden=4"])["controller"] == {"hidden": 4}
     assert key(["controller.clip_dims=[0]"])["controller"] == {"clip_dims": [0]}
     assert key(["controller.hidden=4"]) != key([])
+
+
+def test_selections_that_do_not_divide_the_generations_are_refused(run):
+    """16 dream episodes at population 4 x 1 rollout: 4 generations; 3 selections would
+    select every 1st generation, 4 times."""
+    cfg = run.load_config(OPEN, trained=False)
+    with pytest.raises(ConfigError, match="--selections 3 does not divide a run's 4"):
+        population_experiment(cfg, run, Plan(VARIANTS, (4,), (0,), 16, selections=3),
+                              progress=False)
+
+
+def test_a_finished_row_is_reused_only_while_its_run_trained_with_these_settings(run):
+    """The key records the controller only where it differs from the base run's (which a
+    later command may change) and no env.*: a run whose own config.yaml says otherwise
+    is not finished for these settings."""
+    plan = Plan(VARIANTS[:1], (4,), (0,), 16, report_episodes=2)
+    cfg = run.load_config(OPEN, trained=False)
+    population_experiment(cfg, run, plan, progress=False)
+    row = population.finished_row(run, cfg, plan, VARIANTS[0], 4, 0)
+    assert row is not None
+    home = run.controller_compare.run_home(VARIANTS[0], 4, 0)
+    config = home / "config.yaml"
+    original = config.read_text()
+    for old, new in (("  max_episode_steps: 40\n", "  max_episode_steps: 30\n"),  # env's
+                     ("  hidden: 0\n", "  hidden: 4\n")):  # the controller's
+        assert original.count(old) == 1
+        config.write_text(original.replace(old, new))
+        assert population.finished_row(run, cfg, plan, VARIANTS[0], 4, 0) is None
+    config.write_text(original)
+    assert population.finished_row(run, cfg, plan, VARIANTS[0], 4, 0) == row
