@@ -438,6 +438,27 @@ def test_a_later_command_adds_its_variants_to_the_table(mem_cfg):
     assert again == text
 
 
+def test_rows_of_other_settings_are_not_averaged_into_the_table(mem_cfg, capsys):
+    """A seed trained for 2 epochs and a later seed for 1 are not two seeds of one row;
+    a directory trained further than asked says how far."""
+    import compare_memory
+
+    write_latents(run_of(mem_cfg) / "latents", n=8, T=20)
+    run = RunDir(run_of(mem_cfg))
+    run.write_config(mem_cfg)
+    base = ["--run", str(run.path), "--variants", "rmdn_diag"]
+    compare_memory.main([*base, "--seeds", "0", "memory.epochs=2"])
+    text = compare_memory.main([*base, "--seeds", "1", "memory.epochs=1"])
+    assert "1 earlier row(s) trained with other memory.*" in capsys.readouterr().out
+    line = next(x for x in text.splitlines() if x.startswith("| rmdn_diag |"))
+    assert line.rstrip(" |").endswith("| 1") and " of 1 " in line  # seed 1 alone, 1 epoch
+    rows = json.loads((run.memory_compare_dir / "results.json").read_text())
+    assert [(r["seed"], r["epochs_done"]) for r in rows] == [(1, 1)]
+    text = compare_memory.main([*base, "--seeds", "0", "memory.epochs=1"])
+    line = next(x for x in text.splitlines() if x.startswith("| rmdn_diag |"))
+    assert " of 1/2 " in line  # seed 0's M had trained 2 epochs: the table says so
+
+
 def test_select_max_held_keeps_the_lowest_nll_among_epochs_that_pass(mem_cfg, monkeypatch):
     """memory.select_max_held: the best epoch is the lowest NLL among the epochs whose
     held-action check passes, also across a kill; with none passing, the lowest NLL."""

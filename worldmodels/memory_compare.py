@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from worldmodels.checkpoint import read_json, write_json_atomic, write_text_atomic
-from worldmodels.config import ConfigError, ExperimentConfig, merge_into, validate
+from worldmodels.config import ConfigError, ExperimentConfig, merge_into, to_dict, validate
 from worldmodels.frmdn_training import latent_split, report_dict, train_memory
 from worldmodels.pictures import plot_errorbars
 from worldmodels.run_dir import RunDir
@@ -67,6 +67,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 #: compare_memory.py's default set: the paper's variants (MAF flows) and the baseline
 PAPER_VARIANTS = tuple(v for v in VARIANTS if "coupling" not in v and v != "mdn_rnn")
+
+
+def shared_settings(vcfg: ExperimentConfig) -> dict[str, Any]:
+    """What the rows of one table share, whatever their variant: ``memory.*`` but the
+    :data:`VARIED` keys (epochs, lr, sizes, ...) and ``data.*`` (the split)."""
+    d = to_dict(vcfg)
+    return {"memory": {k: v for k, v in d["memory"].items() if k not in VARIED},
+            "data": d["data"]}
 
 
 def variant_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
@@ -127,7 +135,8 @@ def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list
                                               train_episodes=train_episodes))
             rows.append({"variant": name, "seed": seed,
                          "train_episodes": train_episodes or len(train),
-                         "epochs": vcfg.memory.epochs, **report})
+                         "epochs": vcfg.memory.epochs, **report,
+                         "settings": shared_settings(vcfg)})
     return rows
 
 
@@ -204,10 +213,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         gap = None if name == BASELINE else gap_to_baseline(rows, name)
         draw_se = statistics.mean(r.get("holdout_nll_se", math.nan) for r in rs)
         best = "/".join(str(r.get("best_epoch", "?")) for r in rs)
+        # the epochs each M trained (a directory trained further than asked says so)
+        done = "/".join(dict.fromkeys(str(r.get("epochs_done", r.get("epochs"))) for r in rs))
         lines.append(
             f"| {name} | {_fmt(of('holdout_nll'))} | {_fmt(gap, sign=True)} "
             f"| {_fmt(of('holdout_nll_mu'))} | {_fmt(of('holdout_nll_windows'))} "
-            f"| {draw_se:.4f} | {best} of {rs[0].get('epochs', rs[0]['epochs_done'])} "
+            f"| {draw_se:.4f} | {best} of {done} "
             f"| {_fmt(of('holdout_reward_mse'))} | {_fmt(of('holdout_done_acc'))} "
             f"| {secs:.1f}{ratio} | {rs[0]['parameters']} | {len(rs)} |")
     return "\n".join(lines)
@@ -236,14 +247,21 @@ def _row_key(row: dict[str, Any]) -> tuple[Any, Any, Any]:
 def write_results(run: RunDir, rows: list[dict[str, Any]]) -> str:
     """``memory_compare/results.json`` and ``results.md`` (the table, returned).
 
-    The table keeps the rows of earlier commands on the same training-set size that
-    ``rows`` does not redo (e.g. ``--variants mdn_rnn`` after the paper's variants), in
-    their order; a (variant, seed) trained again replaces its old row."""
+    The table keeps the rows of earlier commands on the same training-set size and the
+    same :func:`shared_settings` that ``rows`` does not redo (e.g. ``--variants mdn_rnn``
+    after the paper's variants), in their order; a (variant, seed) trained again replaces
+    its old row. Rows of other settings (another ``memory.epochs``, say) are left out of
+    the table, said, and their Ms kept; rows from before settings were recorded are kept."""
     path = run.memory_compare_dir / "results.json"
     new = {_row_key(r): r for r in rows}
     sizes = {r.get("train_episodes") for r in rows}
-    kept = [r for r in read_json(path, [], keys=("variant", "seed", "holdout_nll"))
-            if r.get("train_episodes") in sizes]
+    settings = [r["settings"] for r in rows if "settings" in r]
+    old = [r for r in read_json(path, [], keys=("variant", "seed", "holdout_nll"))
+           if r.get("train_episodes") in sizes]
+    kept = [r for r in old if "settings" not in r or not settings or r["settings"] in settings]
+    if len(kept) < len(old):
+        print(f"{path}: {len(old) - len(kept)} earlier row(s) trained with other memory.* or "
+              "data.* settings are left out of the table (their Ms stay)")
     rows = ([new.pop(_row_key(r), r) for r in kept]  # an old row, or its new one in place
             + [r for r in rows if _row_key(r) in new])
     text = table(rows)
