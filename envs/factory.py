@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -103,6 +104,10 @@ def make_env(
     ``kwargs`` go to ``gymnasium.make``.
     """
     env_id = ensure_registered(env_id)
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        # no screen: pygame's renderers (classic control's rgb_array, CarRacing) draw
+        # off screen, and SDL's default driver would print an 'error:' line per process
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     if direct_render and env_id not in DIRECT_RENDERERS:
         raise ConfigError(f"config key 'env.direct_render' is true, but {env_id} has no direct "
                           f"renderer (only {', '.join(DIRECT_RENDERERS)}): set "

@@ -155,3 +155,22 @@ def test_other_packages_ids_module_colon_id_and_ids_ale_py_registers():
         env.close()
     with pytest.raises(MissingPackageError, match="'no_such_module' does not import"):
         make_env("no_such_module:Thing-v0")
+
+
+def test_a_rendered_env_on_a_machine_without_a_screen_prints_no_sdl_error():
+    """Without DISPLAY, make_env asks SDL for its dummy video driver: SDL's default one
+    printed 'error: XDG_RUNTIME_DIR is invalid ...' once per process, like our errors."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SDL_VIDEODRIVER", "SDL_AUDIODRIVER", "DISPLAY", "WAYLAND_DISPLAY",
+                        "XDG_RUNTIME_DIR")}
+    code = ("from envs import make_env\n"
+            "e = make_env('CartPole-v1'); e.reset(seed=0); e.step(0); print('played')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0 and "played" in done.stdout, done.stderr
+    assert "error" not in done.stderr.lower(), done.stderr
