@@ -143,3 +143,42 @@ def test_agent_carries_and_resets_state():
         zs.append(z)
     h_seq, _ = memory(torch.stack(zs, 1), torch.stack(acts, 1))
     torch.testing.assert_close(agent.state[0][0], h_seq[:, -1])
+
+
+def test_saturated_actions_stay_inside_bounds_that_float32_cannot_add_up_to():
+    """low + (high - low) can land an ulp past high in float32 (here 1.1538513 for
+    1.1538512); the controller and a vote of controllers clamp to the bounds."""
+    from worldmodels.controller_vote import VoteController
+
+    low, high = [-1.1632245, -0.3], [1.1538512, 0.7]
+    space = gym.spaces.Box(np.array(low, np.float32), np.array(high, np.float32))
+    one = make_controller(4, 8, 2, low=low, high=high)
+    one.set_flat(torch.full((one.num_parameters(),), 50.0))  # every output at +1
+    vote = VoteController(one, 3)
+    vote.set_flat(torch.full((vote.num_parameters(),), 50.0))
+    x = lstm_features(torch.ones(5, 4), torch.ones(5, 8))
+    with torch.no_grad():
+        for policy in (one, vote):
+            a = policy(x).numpy()
+            assert (a == space.high).all() and all(space.contains(row) for row in a)
+
+
+def test_set_flat_copies_the_vector():
+    c = make_controller(4, 8, 3, discrete=True)
+    vector = np.zeros(c.num_parameters(), np.float32)
+    c.set_flat(vector)
+    vector += 1.0  # the caller's array changes later
+    assert float(c.get_flat().abs().max()) == 0.0
+
+
+def test_action_order_without_the_ordinal_head_and_clip_dims_beyond_one_are_refused():
+    from worldmodels.config import ConfigError, ControllerConfig
+    from worldmodels.controller import build_controller
+
+    with pytest.raises(ConfigError, match="set controller.discrete_head=ordinal too"):
+        build_controller(ControllerConfig(action_order=[2, 0, 1]), 12, gym.spaces.Discrete(3))
+    wide = gym.spaces.Box(np.array([-2, 0], np.float32), np.array([2, 3], np.float32))
+    with pytest.raises(ConfigError, match=r"clip_dims': dim 0 .* beyond \[-1, 1\]"):
+        build_controller(ControllerConfig(clip_dims=[0]), 12, wide)
+    narrow = gym.spaces.Box(np.array([-1, 0], np.float32), np.array([1, 1], np.float32))
+    build_controller(ControllerConfig(clip_dims=[1]), 12, narrow)

@@ -286,11 +286,13 @@ class ControllerConfig:
     discrete_head: Literal["argmax", "ordinal"] = _opt(
         "argmax", "Discrete actions: argmax (one logit per action) | ordinal (one tanh output "
                   "cut into equal bins of [-1, 1], as the paper's Doom controller).")
-    action_order: list = _opt([], "Ordinal head: the action of each bin from -1 to 1 "
-                                  "(empty: 0..n-1). TakeCover: [2, 0, 1], left-stay-right.")
-    clip_dims: list = _opt([], "Box action dims mapped by clip(tanh(y), low, high) instead "
-                               "of low + (tanh(y) + 1) / 2 (high - low): exactly low (off) "
-                               "for y <= 0. Ha & Schmidhuber's CarRacing brake: [2].")
+    action_order: list = _opt([], "Ordinal head (discrete_head=ordinal, which it needs): the "
+                                  "action of each bin from -1 to 1 (empty: 0..n-1). "
+                                  "TakeCover: [2, 0, 1], left-stay-right.")
+    clip_dims: list = _opt([], "Box action dims (bounds within [-1, 1]) mapped by "
+                               "clip(tanh(y), low, high) instead of low + (tanh(y) + 1) / 2 "
+                               "(high - low): exactly low (off) for y <= 0. Ha & "
+                               "Schmidhuber's CarRacing brake: [2].")
     population: int = _opt(64, "CMA-ES population size.", ge=MIN_POPULATION)
     rollouts: int = _opt(16, "Episodes per candidate; fitness is their mean return.", ge=1)
     sigma0: float = _opt(0.1, "CMA-ES initial step size.", gt=0)

@@ -153,7 +153,8 @@ class Controller(nn.Module):
         if self.discrete:
             return out.argmax(dim=-1)
         y = torch.tanh(out)
-        actions = self.low + (y + 1) / 2 * (self.high - self.low)
+        # (clamped: in float32 low + (high - low) can land an ulp past high)
+        actions = torch.minimum(self.low + (y + 1) / 2 * (self.high - self.low), self.high)
         if self.clip is not None:
             actions = torch.where(self.clip, y.clamp(self.low, self.high), actions)
         return actions
@@ -193,7 +194,10 @@ class Controller(nn.Module):
         return nn.utils.parameters_to_vector(self.parameters()).detach().clone()
 
     def set_flat(self, vector: Tensor) -> None:
-        vector = torch.as_tensor(vector, dtype=torch.float32)
+        # a copy on the weights' device: vector_to_parameters keeps views of its input,
+        # which a caller changing its array later would change with it
+        device = next(self.parameters()).device
+        vector = torch.as_tensor(vector, dtype=torch.float32, device=device).clone()
         if vector.numel() != self.num_parameters():
             raise ValueError(f"expected {self.num_parameters()} parameters, got {vector.numel()}")
         nn.utils.vector_to_parameters(vector, self.parameters())
@@ -205,6 +209,10 @@ def _discrete_controller(c: ControllerConfig, features: int, space: gym.Space) -
         raise ConfigError(f"config key 'controller.clip_dims' is for Box actions; {space} "
                           "is Discrete")
     order = None
+    if c.action_order and c.discrete_head != "ordinal":
+        raise ConfigError("config key 'controller.action_order' orders the ordinal head's "
+                          "bins: set controller.discrete_head=ordinal too (with argmax it "
+                          "would be ignored)")
     if c.discrete_head == "ordinal":
         order = list(c.action_order) or list(range(n))
         if sorted(order) != list(range(n)):
@@ -227,6 +235,12 @@ def _box_controller(c: ControllerConfig, features: int, space: gym.Space) -> Con
     if bad:
         raise ConfigError(f"config key 'controller.clip_dims' must list action dims in "
                           f"0..{dims - 1} of {space}, got {bad[0]!r}")
+    low, high = space.low.reshape(-1), space.high.reshape(-1)
+    wide = [d for d in c.clip_dims if low[d] < -1 or high[d] > 1]
+    if wide:  # clip(tanh(y), low, high) reaches only [-1, 1]
+        raise ConfigError(f"config key 'controller.clip_dims': dim {wide[0]} of {space} has "
+                          f"bounds [{low[wide[0]]}, {high[wide[0]]}] beyond [-1, 1], which "
+                          "clip(tanh(y)) cannot reach")
     return Controller(features=features, action_dim=dims, low=space.low.tolist(),
                       high=space.high.tolist(), hidden=c.hidden, use_cell=c.use_cell,
                       order=None, clip_dims=list(c.clip_dims))

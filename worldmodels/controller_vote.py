@@ -41,8 +41,9 @@ class VoteController(nn.Module):
     def vote(self, actions: Tensor) -> Tensor:
         """The members' actions (K, ...) -> the vote's (...): Discrete, int64 (K, B) ->
         (B,) (ties to the earliest member's action); Box, float (K, B, A) -> the mean."""
-        if not self.discrete:
-            return actions.mean(dim=0)
+        if not self.discrete:  # (the mean of K equal bounds can pass them by an ulp)
+            return torch.minimum(torch.maximum(actions.mean(dim=0), actions.amin(dim=0)),
+                                 actions.amax(dim=0))
         k = actions.shape[0]
         ballots = nn.functional.one_hot(actions, self.actions)  # (K, ..., A)
         # the count decides; among equal counts, the action of the earliest member:
