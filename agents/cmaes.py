@@ -264,7 +264,7 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
     # (no purge on resume: later rounds of run.py log their generations from 1 again in
     # this directory, and a purge would hide the earlier rounds' curves)
     writer = summary_writer(run.tensorboard(tensorboard))
-    started = time.perf_counter()
+    started, session = time.perf_counter(), len(history) + 1  # the session's first generation
     last_eval = next((g["eval"] for g in reversed(log) if "eval" in g), None)
     bar = tqdm(range(len(history), last), initial=len(history), total=c.generations,
                desc="CMA-ES", unit="gen", disable=not progress)
@@ -275,7 +275,8 @@ def train_cmaes(cfg: ExperimentConfig, run: RunDir | None = None,
         es.tell(candidates, fitness)
         entry: dict[str, Any] = {"generation": gen + 1, "best": float(fitness.max()),
                                  "mean": float(fitness.mean()), "worst": float(fitness.min()),
-                                 "seconds": time.perf_counter() - started}
+                                 "seconds": time.perf_counter() - started,
+                                 "session": session}
         if fitness.max() > best:
             best, best_generation = float(fitness.max()), gen + 1
             controller.set_flat(torch.as_tensor(candidates[int(fitness.argmax())]))

@@ -201,13 +201,19 @@ def history_length(view: RunView) -> int:
 
 
 def cmaes_seconds(log: list[dict[str, Any]]) -> float:
-    """CMA-ES wall time over every session of a run, from ``generations.json`` (each
-    entry's ``seconds`` counts from its session's start, so a drop marks a resume)."""
-    total, last = 0.0, 0.0
+    """CMA-ES wall time over every session of a run, from ``generations.json``: each
+    entry's ``seconds`` counts from its session's start, and its ``session`` (the
+    session's first generation) marks a resume; in entries written before it was
+    recorded, a drop in ``seconds`` does (missing a resume whose first generation took
+    longer than the session before)."""
+    total, last, session = 0.0, 0.0, None
     for entry in log:
-        if entry["seconds"] < last:
+        now = entry.get("session")
+        resumed = now != session if now is not None and session is not None \
+            else entry["seconds"] < last
+        if resumed:
             total += last
-        last = entry["seconds"]
+        last, session = entry["seconds"], now
     return total + last
 
 

@@ -290,3 +290,29 @@ def test_a_finished_row_is_reused_only_while_its_run_trained_with_these_settings
         assert population.finished_row(run, cfg, plan, VARIANTS[0], 4, 0) is None
     config.write_text(original)
     assert population.finished_row(run, cfg, plan, VARIANTS[0], 4, 0) == row
+
+
+def test_cmaes_seconds_count_every_session_also_one_whose_first_generation_is_long():
+    """A killed session of 2 generations (10 s) and a resumed one whose first generation
+    took 20 s: 30 s in all (the drop in seconds that marked a resume is not there);
+    entries without a session still count by that drop."""
+    from agents.population import cmaes_seconds
+
+    log = [{"seconds": 5.0, "session": 1}, {"seconds": 10.0, "session": 1},
+           {"seconds": 20.0, "session": 3}, {"seconds": 26.0, "session": 3}]
+    assert cmaes_seconds(log) == 36.0
+    assert cmaes_seconds([{"seconds": 5.0}, {"seconds": 10.0}, {"seconds": 4.0}]) == 14.0
+
+
+def test_cmaes_logs_the_session_of_each_generation(run):
+    """train_cmaes writes each generation's session (its first generation) in the log."""
+    cfg = run.load_config([*OPEN, "controller.generations=1", "controller.eval_every=0"],
+                          trained=False)
+    cfg.controller.environment = "dream"
+    from agents.cmaes import train_cmaes
+
+    train_cmaes(cfg, run, progress=False)
+    cfg.controller.generations = 2
+    train_cmaes(cfg, run, progress=False)
+    log = json.loads(run.controller.log.read_text())
+    assert [g["session"] for g in log] == [1, 2]
