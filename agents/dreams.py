@@ -13,6 +13,7 @@ import torch
 
 from agents.rollouts import describe_returns
 from agents.sb3 import SB3_ALGORITHMS, sb3_controller
+from agents.seeds import REPORT_EPISODES_MAX
 from envs.dream_env import load_batched_dream, load_dream
 from envs.factory import make_env_from_config
 from worldmodels.atomic import check_writable
@@ -65,6 +66,8 @@ def dream_score(run: RunDir, cfg: ExperimentConfig | None = None, weights: str =
     ``<policy>_dream_tau<T>.json`` in ``out_dir`` (default: the run's ``eval/``; other
     ``dream.done*``/``max_steps`` settings and a seed not the run's own add suffixes).
     ``policy``: the CMA-ES controller (its ``weights``) or an SB3 algorithm's policy."""
+    if episodes > REPORT_EPISODES_MAX:  # (all dreams run in one batch)
+        raise ConfigError(f"{episodes} dream episodes: at most {REPORT_EPISODES_MAX}")
     if policy not in ("controller", *SB3_ALGORITHMS):
         raise ConfigError(f"a dream score needs a trained policy: controller or one of "
                           f"{', '.join(SB3_ALGORITHMS)}, not '{policy}'")

@@ -71,6 +71,8 @@ def keep_replaced(out: Path, name: str, summary: dict[str, Any]) -> Path | None:
     old_csv = out / f"{name}.csv"
     if old_csv.is_file():
         old_csv.replace(target.with_suffix(".csv"))
+    for gif in out.glob(f"{name}_episode*.gif"):  # its films go with it
+        gif.replace(target.with_name(f"{target.stem}_{gif.name[len(name) + 1:]}"))
     old_json.replace(target)
     what = (f"{old.get('episodes', '?')} episodes, mean {old['mean']:.1f}"
             if isinstance(old.get("mean"), (int, float)) else "unreadable")
@@ -198,12 +200,12 @@ def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: st
             for i, (s, r) in enumerate(zip(seeds, results, strict=True))]
     summary = {"policy": name, **describe_returns(np.array([r.ret for r in results])),
                "seconds": time.perf_counter() - started, **extra, "digests": played}
+    write_evaluation(out, name, rows, summary)  # (an earlier one's GIFs set aside first)
     if video_episodes:
         vae = run.load_vae(cfg.vae.z_dim)
         for i, result in enumerate(results[:video_episodes]):
             save_video(vae, np.stack(result.frames), out / f"{name}_episode{i}.gif",
                        video_stride)
-    write_evaluation(out, name, rows, summary)
     return summary
 
 
@@ -267,11 +269,10 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
             run, engine, workers, ray_address, overrides=tuple(overrides),
             batch=cfg.controller.batch_envs)))
         returns, steps = evaluator.returns([params], seeds)
-        # the GIFs carry the result's name: another evaluation's never overwrite them
-        for i in range(min(video_episodes, episodes) if worker is not None else 0):
-            frames = worker.play_one(params, seeds[i], record=True).frames
-            save_video(worker.agent.vae, np.stack(frames), out / f"{name}_episode{i}.gif",
-                       video_stride, device=worker.agent.device)
+        # the GIFs carry the result's name: another evaluation's never overwrite them;
+        # written after the result, which first sets an earlier one's aside with its GIFs
+        films = [np.stack(worker.play_one(params, seeds[i], record=True).frames)
+                 for i in range(min(video_episodes, episodes) if worker is not None else 0)]
     rows = [{"episode": i, "seed": s, "return": float(returns[0, i]), "steps": int(steps[0, i])}
             for i, s in enumerate(seeds)]
     env_overrides = [o for o in overrides if o.startswith("env.")]
@@ -282,6 +283,10 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
                **({"agent_precision": cfg.controller.agent_precision}
                   if cfg.controller.agent_precision != "float32" else {})}
     write_evaluation(out, name, rows, summary)
+    for i, frames in enumerate(films):
+        assert worker is not None  # (films are the controller's)
+        save_video(worker.agent.vae, frames, out / f"{name}_episode{i}.gif", video_stride,
+                   device=worker.agent.device)
     return summary
 
 

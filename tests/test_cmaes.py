@@ -135,6 +135,15 @@ def test_evaluate_writes_csv_summary_and_video(tiny_run):
     again = evaluate(RunDir(run_of(tiny_run)), episodes=2, engine="process", workers=2,
                      progress=False)
     assert again["mean"] == summary["mean"]
+    # a result that replaces another takes its GIFs aside with it: no GIF of the old
+    # agent stays beside the new result
+    evaluate(run, episodes=2, video_episodes=2, engine="serial", progress=False)
+    films = [(out / f"controller_episode{i}.gif").read_bytes() for i in (0, 1)]
+    evaluate(run, episodes=1, video_episodes=1, engine="serial", progress=False)
+    assert (out / "replaced" / "controller.2ep_episode1.gif").read_bytes() == films[1]
+    assert (out / "replaced" / "controller.2ep_episode0.gif").read_bytes() == films[0]
+    assert not (out / "controller_episode1.gif").exists()
+    assert (out / "controller_episode0.gif").stat().st_size > 1000
 
 
 def test_evaluate_plays_env_overrides_and_keeps_the_runs_own_result(tiny_run):

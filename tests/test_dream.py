@@ -317,3 +317,13 @@ def test_virtual_score_is_written_and_reproducible(dream_run):
                         episodes=5, seed=1)  # its own file: the first stays
     assert other["mean_steps"] <= 7 and json.loads(path.read_text()) == first
     assert (path.parent / "controller_dream_tau1.3_max_steps-7_seed1.json").exists()
+
+
+def test_a_virtual_score_of_more_dreams_than_a_report_takes_is_refused(dream_run):
+    """Every dream of a virtual score runs in one batch: more than REPORT_EPISODES_MAX
+    would end in a MemoryError, so it is refused first, like a real report."""
+    from agents.dreams import dream_score
+    from agents.seeds import REPORT_EPISODES_MAX
+
+    with pytest.raises(ConfigError, match=f"at most {REPORT_EPISODES_MAX}"):
+        dream_score(RunDir(run_of(dream_run)), episodes=REPORT_EPISODES_MAX + 1)

@@ -109,7 +109,7 @@ def test_runs_summary_pools_each_runs_seed_sets_and_gives_the_median_over_runs(
                 for s in (0, 1)}
         _run_with_eval(tmp_path / f"r{own}", own, {
             ("controller_selected" if s == own else f"controller_selected_seed{s}"): rows
-            for s, rows in sets.items()})
+            for s, rows in sets.items()}, {**AGENT, "weights": f"c{own}"})
         pooled[own] = [r for rows in sets.values() for _, r in rows]
     scores = main([str(tmp_path / f"r{i}") for i in (0, 1, 2)] + ["--seeds", "0,1"])
     assert [len(s.returns) for s in scores] == [10, 10, 10]
@@ -117,6 +117,13 @@ def test_runs_summary_pools_each_runs_seed_sets_and_gives_the_median_over_runs(
     last = capsys.readouterr().out.strip().splitlines()[-1]
     median = float(np.median([np.mean(pooled[i]) for i in (0, 1, 2)]))
     assert last.startswith(f"median {median:.1f} over 3 runs")
+    # a run named twice, or two runs of one agent (a run and its export), are one run
+    with pytest.raises(InputError, match="again; the median is over independent runs"):
+        main([str(tmp_path / "r0"), str(tmp_path / "r1"), str(tmp_path / "r0" / ".")])
+    _run_with_eval(tmp_path / "export", 0, {"controller_selected": [(1, 1.0), (2, 2.0)]},
+                   {**AGENT, "weights": "c1"})
+    with pytest.raises(InputError, match=r"export: plays the agent of .*r1"):
+        main([str(tmp_path / "r1"), str(tmp_path / "export")])
 
 
 def test_runs_summary_names_a_missing_evaluation_and_refuses_repeated_seeds(tmp_path):

@@ -147,8 +147,22 @@ def main(argv: list[str] | None = None) -> list[RunScore]:
                         help="pool evaluations that do not record the agent they played")
     args = parser.parse_args(argv)
     seeds = parse_seeds(args.seeds)
+    homes: dict[Path, Path] = {}
+    for path in args.runs:  # a run named twice (a/., a link) is not two runs
+        if path.resolve() in homes:
+            raise InputError(f"{path}: the run {homes[path.resolve()]} again; the median is "
+                             "over independent runs")
+        homes[path.resolve()] = path
     scores = [run_score(path, args.result, seeds, args.allow_unverified)
               for path in args.runs]
+    agents: dict[tuple[str, str, str], str] = {}
+    for score in scores:  # a run and its export play one agent: not two runs either
+        agent = played_agent(RunDir(Path(score.run)).eval_dir / score.files[0])
+        if agent is not None and agent in agents:
+            raise InputError(f"{score.run}: plays the agent of {agents[agent]} (the same C, V "
+                             "and M digests); the median is over independent runs")
+        if agent is not None:
+            agents[agent] = score.run
     print("\n".join(summary_lines(scores)))
     return scores
 
