@@ -16,13 +16,17 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.factory import episode_cap
-from worldmodels.config import ExperimentConfig
+from worldmodels.checkpoint import CheckpointError
+from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.dream import Dream, read_start_latents, start_latents
+from worldmodels.dream_ensemble import MemoryEnsemble
 from worldmodels.frmdn_training import latent_split
-from worldmodels.run_dir import RunDir
+from worldmodels.memory import Memory
+from worldmodels.run_dir import RunDir, as_run
 from worldmodels.shards import ShardError
 from worldmodels.vae import ConvVAE
 
@@ -125,6 +129,8 @@ def load_dream(run: RunDir, cfg: ExperimentConfig | None = None,
                          "run to dream)")
     else:
         mu0, logvar0 = start_latents(latent_split(cfg, run)[0])
+    if cfg.dream.ensemble:
+        memory = ensemble_memory(run, cfg, memory, pos_weight)
     dream = Dream(
         memory, mu0, logvar0,
         temperature=cfg.dream.temperature if temperature is None else temperature,
@@ -133,6 +139,45 @@ def load_dream(run: RunDir, cfg: ExperimentConfig | None = None,
         max_steps=dream_cap(cfg), generator=torch.Generator().manual_seed(seed),
     )
     return dream, run.action_space()
+
+
+def ensemble_memory(run: RunDir, cfg: ExperimentConfig, memory: Memory,
+                    pos_weight: float) -> MemoryEnsemble:
+    """The run's M (``memory``, trained with done weight ``pos_weight``) with the Ms of
+    the runs or shipped agents in ``dream.ensemble``, as one
+    :class:`worldmodels.dream_ensemble.MemoryEnsemble`. Each must have been trained on
+    latents of the same V weights as the run's (compared tensor by tensor); a
+    :class:`ConfigError` naming the key and the directory otherwise."""
+    own = _vae_tensors(run)
+    members, weights = [memory], [pos_weight]
+    for path in (p.strip() for p in cfg.dream.ensemble.split(",")):
+        if not path:
+            continue
+        other = as_run(path)
+        if not other.memory.model.exists():
+            raise ConfigError(f"config key 'dream.ensemble': {other.memory.model}: no trained "
+                              f"M in '{path}'")
+        theirs = _vae_tensors(other)
+        if theirs.keys() != own.keys() or not all(torch.equal(own[k], theirs[k]) for k in own):
+            raise ConfigError(f"config key 'dream.ensemble': '{path}' has other V weights "
+                              f"than {run.path}; an ensemble's Ms must read the latents of "
+                              "one V")
+        members.append(other.load_memory())
+        weights.append(float(other.memory_meta()["done_pos_weight"]))
+    try:
+        return MemoryEnsemble(members, weights, cfg.dream.ensemble_z)
+    except ValueError as err:
+        raise ConfigError(f"config key 'dream.ensemble' ({cfg.dream.ensemble}): {err}") \
+            from None
+
+
+def _vae_tensors(run: RunDir) -> dict[str, torch.Tensor]:
+    """The tensors of the run's V file (to compare Vs whatever their file metadata)."""
+    path = run.vae.model
+    if not path.exists():
+        raise CheckpointError(f"{path}: no trained V (config key 'dream.ensemble' compares "
+                              "the runs' Vs)")
+    return load_file(str(path))
 
 
 def make_dream_env(run_dir: str | Path, temperature: float | None = None,

@@ -352,6 +352,14 @@ class DreamConfig:
     done_threshold: float = _opt(0.5, "P(done) above which a dream ends, for done=threshold.",
                                  gt=0, lt=1)
     max_steps: int = _opt(0, "Cap on dream length (0 = the env's cap).", ge=0)
+    ensemble: str = _opt("", "Comma-separated trained runs' or shipped agents' directories "
+                             "whose Ms dream beside this run's M on the same V (a pessimistic "
+                             "ensemble, worldmodels/dream_ensemble.py): C reads this run's "
+                             "M, a dream ends with the highest P(done) of any M, and z comes "
+                             "from dream.ensemble_z. '' = this run's M alone.")
+    ensemble_z: Literal["first", "random"] = _opt(
+        "random", "With dream.ensemble, whose sample the next z is: first (this run's M) | "
+                  "random (an M drawn uniformly per dream and step).")
     threads: int = _opt(0, "Torch threads for the batched dream, in CMA-ES and SB3 (0 = "
                            "torch's default; 1 for runs side by side).", ge=0)
     check_episodes: int = _opt(30, "run.py, before C trains in the dream: real episodes per "

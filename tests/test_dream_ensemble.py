@@ -1,0 +1,191 @@
+"""A pessimistic ensemble of Ms dreaming one dream (worldmodels/dream_ensemble.py)."""
+
+import copy
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from agents.dreams import DreamEvaluator
+from envs.dream_env import load_dream
+from tests.builders import make_controller, make_frmdn
+from tests.conftest import run_of
+from tests.test_dream import Z, write_dream_run
+from worldmodels.checkpoint import save_model
+from worldmodels.config import ConfigError
+from worldmodels.dream import Dream, dream_returns
+from worldmodels.dream_ensemble import MemoryEnsemble
+from worldmodels.mdn_rnn import MDNRNN
+from worldmodels.memory import done_probability
+from worldmodels.run_dir import RunDir
+
+
+def frmdn(seed: int, hidden: int = 8, done_bias: float | None = None):
+    torch.manual_seed(seed)
+    m = make_frmdn(z_dim=Z, action_dim=3, hidden=hidden, mixtures=2)
+    if done_bias is not None:
+        with torch.no_grad():
+            m.done_head.bias.fill_(done_bias)
+    return m.eval()
+
+
+def dream_of(memory, seed: int = 5, max_steps: int = 60) -> Dream:
+    return Dream(memory, torch.randn(6, Z, generator=torch.Generator().manual_seed(1)),
+                 torch.full((6, Z), -2.0), max_steps=max_steps,
+                 generator=torch.Generator().manual_seed(seed))
+
+
+def play(dream: Dream, hidden: int = 8, candidates: int = 3, rollouts: int = 8):
+    ctrl = make_controller(Z, hidden, 3, low=[-1, 0, 0], high=[1, 1, 1])
+    params = torch.randn(candidates, ctrl.num_parameters(),
+                         generator=torch.Generator().manual_seed(2))
+    return dream_returns(dream, ctrl, params, torch.arange(rollouts))
+
+
+def test_an_ensemble_of_one_m_twice_dreams_exactly_its_dream():
+    """z from the first M, and its copy's P(done) equal to its own: the same returns,
+    dream by dream, as the M alone (same start and noise)."""
+    m = frmdn(0, done_bias=-3.0)
+    alone = play(dream_of(m))
+    both = play(dream_of(MemoryEnsemble([m, copy.deepcopy(m)], [1.0, 1.0], "first")))
+    np.testing.assert_allclose(both[0], alone[0], rtol=1e-5)
+    np.testing.assert_array_equal(both[1], alone[1])
+
+
+def test_a_second_m_only_shortens_dreams_where_it_fears_death():
+    """With z from the first M, each dream of the ensemble follows the first M's dream
+    step by step and ends at or before it (max of P(done)); a second M that fears death
+    more cuts some short."""
+    first, second = frmdn(0, done_bias=-4.0), frmdn(1, hidden=12, done_bias=-2.5)
+    alone = play(dream_of(first))[1]
+    both = play(dream_of(MemoryEnsemble([first, second], [1.0, 1.0], "first")))[1]
+    assert (both <= alone).all()
+    assert (both < alone).sum() > 5
+
+
+def test_done_is_the_highest_calibrated_probability_of_any_member():
+    first, second = frmdn(0), frmdn(1, hidden=12)
+    ens = MemoryEnsemble([first, second], [10.0, 3.0])
+    z, a = torch.randn(7, Z), torch.rand(7, 3)
+    h, state = ens.step(z, a, ens.initial_state(7))
+    h1, _ = first.step(z, a, first.initial_state(7))
+    h2, _ = second.step(z, a, second.initial_state(7))
+    assert h.shape == (7, 8 + 12)
+    expected = torch.maximum(done_probability(first.done_logit(h1), 10.0),
+                             done_probability(second.done_logit(h2), 3.0))
+    torch.testing.assert_close(done_probability(ens.done_logit(h), 10.0), expected)
+    torch.testing.assert_close(ens.reward(h), first.reward(h1))
+    # C reads the first member's features
+    torch.testing.assert_close(ens.features(z, state), first.features(z, (h1[None], state[1])))
+    assert ens.feature_size() == first.feature_size() == Z + 8
+
+
+def test_random_z_takes_each_rows_sample_from_the_member_its_uniform_picks():
+    """Member j's rows get member j's sample with the uniform rescaled to [0, 1); the
+    members are drawn about equally often."""
+    first, second = frmdn(0), frmdn(1, hidden=12)
+    ens = MemoryEnsemble([first, second], [1.0, 1.0], "random")
+    n = 4000
+    z, a = torch.randn(n, Z), torch.rand(n, 3)
+    h, _ = ens.step(z, a, ens.initial_state(n))
+    h1, h2 = h.split([8, 12], dim=-1)
+    u, eps = torch.rand(n), torch.randn(n, Z)
+    out = ens.sample(h, 1.15, noise=(u, eps))
+    take_second = u >= 0.5
+    torch.testing.assert_close(
+        out[~take_second], first.sample(h1[~take_second], 1.15,
+                                        noise=(2 * u[~take_second], eps[~take_second])))
+    torch.testing.assert_close(
+        out[take_second], second.sample(h2[take_second], 1.15,
+                                        noise=(2 * u[take_second] - 1, eps[take_second])))
+    assert 0.45 < take_second.float().mean() < 0.55
+
+
+def test_random_z_is_reproducible_and_differs_from_the_first_ms_dream():
+    first, second = frmdn(0, done_bias=-3.0), frmdn(1, hidden=12, done_bias=-3.0)
+    ens = MemoryEnsemble([first, second], [1.0, 1.0], "random")
+    a = play(dream_of(ens))
+    b = play(dream_of(ens))
+    np.testing.assert_array_equal(a[0], b[0])
+    first_only = play(dream_of(MemoryEnsemble([first, second], [1.0, 1.0], "first")))
+    assert not np.array_equal(a[0], first_only[0])
+
+
+def test_members_must_read_the_same_latents_and_noise():
+    with pytest.raises(ValueError, match="z_dim"):
+        torch.manual_seed(0)
+        MemoryEnsemble([frmdn(0), make_frmdn(z_dim=Z + 1, action_dim=3, hidden=8)],
+                       [1.0, 1.0])
+    mdn = MDNRNN(z_dim=Z, action_dim=3, discrete_actions=False, hidden=8, mixtures=2,
+                 reward_head=True, done_head=True)
+    with pytest.raises(ValueError, match="one kind"):
+        MemoryEnsemble([frmdn(0), mdn], [1.0, 1.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        MemoryEnsemble([frmdn(0)], [1.0])
+
+
+def test_mdn_rnn_members_with_per_dimension_component_noise():
+    """MDN-RNNs draw a component per dimension: the member draw reads the first
+    dimension's uniform and the dream still runs reproducibly."""
+    torch.manual_seed(0)
+    members = [MDNRNN(z_dim=Z, action_dim=3, discrete_actions=False, hidden=8, mixtures=2,
+                      reward_head=True, done_head=True).eval() for _ in range(2)]
+    ens = MemoryEnsemble(members, [1.0, 1.0], "random")
+    a, b = play(dream_of(ens)), play(dream_of(ens))
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+@pytest.fixture
+def two_runs(tiny_cfg, tmp_path):
+    """Two dream runs on the same V, the second with its own M (another seed)."""
+    cfg = write_dream_run(tiny_cfg, population=4, rollouts=2, generations=2)
+    other = tmp_path / "other"
+    shutil.copytree(run_of(cfg), other)
+    torch.manual_seed(7)
+    memory = RunDir(other).load_memory()
+    with torch.no_grad():
+        for p in memory.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    save_model(RunDir(other).memory.model, memory, meta=dict(RunDir(other).memory_meta()))
+    return cfg, other
+
+
+def test_a_run_dreams_with_another_runs_m_by_config(two_runs):
+    cfg, other = two_runs
+    run = RunDir(run_of(cfg))
+    single = DreamEvaluator(run, run.load_config())
+    both = DreamEvaluator(run, run.load_config([f"dream.ensemble={other}"]))
+    assert isinstance(both.dream.memory, MemoryEnsemble)
+    assert both.controller.num_parameters() == single.controller.num_parameters()
+    candidates = np.random.default_rng(0).normal(size=(3, single.controller.num_parameters()))
+    r1, s1 = single.returns(candidates, [11, 12])
+    r2, s2 = both.returns(candidates, [11, 12])
+    np.testing.assert_array_equal(both.returns(candidates, [11, 12])[0], r2)
+    assert not np.array_equal(r1, r2)
+
+
+def test_an_ensemble_member_on_another_v_or_without_m_is_refused(two_runs):
+    cfg, other = two_runs
+    run = RunDir(run_of(cfg))
+    vae = RunDir(other).load_vae()
+    with torch.no_grad():
+        next(vae.parameters()).add_(1.0)
+    save_model(RunDir(other).vae.model, vae)
+    with pytest.raises(ConfigError, match="dream.ensemble.*other V weights"):
+        load_dream(run, run.load_config([f"dream.ensemble={other}"]))
+    missing = other.parent / "nothing"
+    missing.mkdir()
+    with pytest.raises(ConfigError, match="dream.ensemble.*no trained M"):
+        load_dream(run, run.load_config([f"dream.ensemble={missing}"]))
+
+
+def test_pos_weight_calibration_uses_each_members_own_weight():
+    """A member trained with a 10x done weight but the same logit is 10x less sure of
+    death: max(P) must not take its raw logit."""
+    m = frmdn(0, done_bias=0.0)
+    ens = MemoryEnsemble([m, copy.deepcopy(m)], [1.0, 10.0])
+    with torch.no_grad():
+        h, _ = ens.step(torch.zeros(2, Z), torch.zeros(2, 3), ens.initial_state(2))
+        p = done_probability(ens.done_logit(h), 1.0)
+        torch.testing.assert_close(p, torch.sigmoid(m.done_logit(h[:, :8])))
