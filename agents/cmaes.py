@@ -59,7 +59,7 @@ from worldmodels.controller import FlatPolicy
 from worldmodels.errors import InputError
 from worldmodels.monitoring import summary_writer
 from worldmodels.pictures import plot_curves
-from worldmodels.run_dir import ControllerFiles, RunDir, RunView
+from worldmodels.run_dir import ControllerFiles, RunDir, RunView, as_run
 from worldmodels.shards import ShardError, read_npz, write_npz_atomic
 
 with warnings.catch_warnings():
@@ -373,6 +373,8 @@ def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int,
         settings.update(temperature=cfg.dream.temperature,
                         done=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
                         dream_max_steps=cfg.dream.max_steps)
+        if cfg.dream.ensemble:
+            settings[ENSEMBLE_KEY] = ensemble_settings(cfg)
     settings[ARCHITECTURE_KEY] = controller_architecture(cfg)
     settings[PLAY_KEY] = play_settings(cfg)
     if world_model:
@@ -398,6 +400,22 @@ WORLD_MODEL_KEY = "world_model"
 #: the settings key of the controller's architecture (:func:`controller_architecture`),
 #: compared when the history records it (histories from before stop 53 do not)
 ARCHITECTURE_KEY = "controller"
+
+#: the settings key of the dream's other Ms (:func:`ensemble_settings`), compared when
+#: the history records it (histories from before the ensemble existed do not)
+ENSEMBLE_KEY = "dream_ensemble"
+
+
+def ensemble_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The digests of the Ms in ``dream.ensemble`` (whatever paths name them) and
+    ``dream.ensemble_z``: another M beside the run's puts other fitness on candidates."""
+    members = []
+    for path in (p.strip() for p in cfg.dream.ensemble.split(",")):
+        model = as_run(path).memory.model if path else None
+        if model is not None:
+            members.append(file_digest(model) if model.exists() else f"missing: {path}")
+    return {"members": members, "z_from": cfg.dream.ensemble_z}
+
 
 #: the settings key of what a real episode's return depends on beyond C, V and M: the
 #: ``env.*`` settings and V's precision (:func:`play_settings`); like
@@ -503,7 +521,7 @@ def read_history(path: Path, settings: dict[str, Any], population: int,
                           f"cannot replay it; {delete}")
     changed = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
                if saved.get(k) != settings.get(k) and k not in (WORLD_MODEL_KEY, PLAY_KEY)
-               and (k != ARCHITECTURE_KEY or k in saved)}
+               and (k not in (ARCHITECTURE_KEY, ENSEMBLE_KEY) or k in saved)}
     if changed:
         raise ConfigError(f"{path}: made with other CMA-ES settings "
                          + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())

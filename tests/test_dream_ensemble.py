@@ -189,3 +189,22 @@ def test_pos_weight_calibration_uses_each_members_own_weight():
         h, _ = ens.step(torch.zeros(2, Z), torch.zeros(2, 3), ens.initial_state(2))
         p = done_probability(ens.done_logit(h), 1.0)
         torch.testing.assert_close(p, torch.sigmoid(m.done_logit(h[:, :8])))
+
+
+def test_cmaes_history_in_an_ensemble_dream_refuses_a_resume_without_it(two_runs):
+    """The history records the other Ms' digests: resuming with M alone, or with
+    another M beside it, would put the old fitness on other candidates."""
+    from agents.cmaes import train_cmaes
+
+    cfg, other = two_runs
+    cfg.dream.ensemble = str(other)
+    assert train_cmaes(cfg, progress=False).generations == 2
+    cfg.controller.generations = 3
+    cfg.dream.ensemble = ""
+    with pytest.raises(ConfigError, match="dream_ensemble"):
+        train_cmaes(cfg, progress=False)
+    cfg.dream.ensemble, cfg.dream.ensemble_z = str(other), "first"
+    with pytest.raises(ConfigError, match="dream_ensemble"):
+        train_cmaes(cfg, progress=False)
+    cfg.dream.ensemble_z = "random"
+    assert train_cmaes(cfg, progress=False).generations == 3
