@@ -46,6 +46,7 @@ from agents.dreams import DreamEvaluator
 from agents.parallel import TaskPool, resolve_workers
 from agents.rollouts import RolloutTask, describe_returns, play_task
 from agents.seeds import selection_seeds
+from envs.dream_env import ensemble_settings
 from worldmodels.checkpoint import (
     file_digest,
     load_weights,
@@ -59,7 +60,7 @@ from worldmodels.controller import FlatPolicy
 from worldmodels.errors import InputError
 from worldmodels.monitoring import summary_writer
 from worldmodels.pictures import plot_curves
-from worldmodels.run_dir import ControllerFiles, RunDir, RunView, as_run
+from worldmodels.run_dir import ControllerFiles, RunDir, RunView
 from worldmodels.shards import ShardError, read_npz, write_npz_atomic
 
 with warnings.catch_warnings():
@@ -401,20 +402,9 @@ WORLD_MODEL_KEY = "world_model"
 #: compared when the history records it (histories from before stop 53 do not)
 ARCHITECTURE_KEY = "controller"
 
-#: the settings key of the dream's other Ms (:func:`ensemble_settings`), compared when
-#: the history records it (histories from before the ensemble existed do not)
+#: the settings key of the dream's other Ms (:func:`envs.dream_env.ensemble_settings`),
+#: compared when the history records it (histories from before the ensemble do not)
 ENSEMBLE_KEY = "dream_ensemble"
-
-
-def ensemble_settings(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The digests of the Ms in ``dream.ensemble`` (whatever paths name them) and
-    ``dream.ensemble_z``: another M beside the run's puts other fitness on candidates."""
-    members = []
-    for path in (p.strip() for p in cfg.dream.ensemble.split(",")):
-        model = as_run(path).memory.model if path else None
-        if model is not None:
-            members.append(file_digest(model) if model.exists() else f"missing: {path}")
-    return {"members": members, "z_from": cfg.dream.ensemble_z}
 
 
 #: the settings key of what a real episode's return depends on beyond C, V and M: the

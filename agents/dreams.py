@@ -4,6 +4,8 @@ batched dream, the controller's virtual score, and dream GIFs beside the real en
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import torch
 from agents.rollouts import describe_returns
 from agents.sb3 import SB3_ALGORITHMS, sb3_controller
 from agents.seeds import REPORT_EPISODES_MAX
-from envs.dream_env import load_batched_dream, load_dream
+from envs.dream_env import ensemble_settings, load_batched_dream, load_dream
 from envs.factory import make_env_from_config
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import load_weights, write_bytes_atomic, write_json_atomic
@@ -90,12 +92,21 @@ def dream_score(run: RunDir, cfg: ExperimentConfig | None = None, weights: str =
     saved = run.load_config()
     suffix = "".join(f"_{key}-{getattr(cfg.dream, key)}" for key in DREAM_SCORE_KEYS
                      if getattr(cfg.dream, key) != getattr(saved.dream, key))
+    dream = {key: getattr(cfg.dream, key) for key in ("temperature", *DREAM_SCORE_KEYS)}
+    if cfg.dream.ensemble:  # other Ms beside the run's: their own file, by their digests
+        dream["ensemble"] = ensemble_settings(cfg)
+        suffix += "_ensemble-" + hashlib.sha256(
+            json.dumps(dream["ensemble"], sort_keys=True).encode()).hexdigest()[:8]
     suffix += "" if seed == saved.seed else f"_seed{seed}"
     summary = {"policy": label, "temperature": tau,
                **describe_returns(returns[0]), "mean_steps": float(steps.mean()),
-               "seed": seed, "dream": {key: getattr(cfg.dream, key)
-                                       for key in ("temperature", *DREAM_SCORE_KEYS)}}
-    write_json_atomic(out / f"{name}_dream_tau{tau:g}{suffix}.json", summary)
+               "seed": seed, "dream": dream}
+    # one of another size or agent under that name is kept aside, as evaluations' are
+    from agents.evaluation import keep_replaced  # (evaluation imports this module's users)
+
+    stem = f"{name}_dream_tau{tau:g}{suffix}"
+    keep_replaced(out, stem, summary)
+    write_json_atomic(out / f"{stem}.json", summary)
     return summary
 
 

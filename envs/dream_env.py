@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.factory import episode_cap
-from worldmodels.checkpoint import CheckpointError
+from worldmodels.checkpoint import CheckpointError, file_digest
 from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.dream import Dream, read_start_latents, start_latents
 from worldmodels.dream_ensemble import MemoryEnsemble
@@ -169,6 +169,18 @@ def ensemble_memory(run: RunDir, cfg: ExperimentConfig, memory: Memory,
     except ValueError as err:
         raise ConfigError(f"config key 'dream.ensemble' ({cfg.dream.ensemble}): {err}") \
             from None
+
+
+def ensemble_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The digests of the Ms in ``dream.ensemble`` (whatever paths name them) and
+    ``dream.ensemble_z``: what another M beside the run's changes (a CMA-ES history's
+    fitness, a dream score's file)."""
+    members = []
+    for path in (p.strip() for p in cfg.dream.ensemble.split(",")):
+        model = as_run(path).memory.model if path else None
+        if model is not None:
+            members.append(file_digest(model) if model.exists() else f"missing: {path}")
+    return {"members": members, "z_from": cfg.dream.ensemble_z}
 
 
 def _vae_tensors(run: RunDir) -> dict[str, torch.Tensor]:

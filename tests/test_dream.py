@@ -317,6 +317,11 @@ def test_virtual_score_is_written_and_reproducible(dream_run):
                         episodes=5, seed=1)  # its own file: the first stays
     assert other["mean_steps"] <= 7 and json.loads(path.read_text()) == first
     assert (path.parent / "controller_dream_tau1.3_max_steps-7_seed1.json").exists()
+    # fewer dreams under the same name: the earlier score is kept aside, not overwritten
+    fewer = dream_score(run, cfg, episodes=3)
+    assert json.loads(path.read_text()) == fewer
+    assert json.loads((path.parent / "replaced" / "controller_dream_tau1.3.5ep.json")
+                      .read_text()) == first
 
 
 def test_a_virtual_score_of_more_dreams_than_a_report_takes_is_refused(dream_run):

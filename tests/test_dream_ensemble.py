@@ -1,6 +1,7 @@
 """A pessimistic ensemble of Ms dreaming one dream (worldmodels/dream_ensemble.py)."""
 
 import copy
+import json
 import shutil
 
 import numpy as np
@@ -208,3 +209,18 @@ def test_cmaes_history_in_an_ensemble_dream_refuses_a_resume_without_it(two_runs
         train_cmaes(cfg, progress=False)
     cfg.dream.ensemble_z = "random"
     assert train_cmaes(cfg, progress=False).generations == 3
+
+
+def test_a_virtual_score_in_an_ensemble_dream_has_its_own_file(two_runs):
+    from agents.cmaes import train_cmaes
+    from agents.dreams import dream_score
+
+    cfg, other = two_runs
+    train_cmaes(cfg, progress=False)
+    run = RunDir(run_of(cfg))
+    alone = dream_score(run, episodes=4)
+    both = dream_score(run, run.load_config([f"dream.ensemble={other}"]), episodes=4)
+    assert both["dream"]["ensemble"]["z_from"] == "random"
+    files = sorted(p.name for p in run.eval_dir.glob("controller_dream_*.json"))
+    assert len(files) == 2 and any("_ensemble-" in f for f in files)
+    assert json.loads((run.eval_dir / "controller_dream_tau1.15.json").read_text()) == alone
