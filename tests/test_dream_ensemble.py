@@ -101,6 +101,10 @@ def test_random_z_takes_each_rows_sample_from_the_member_its_uniform_picks():
         out[take_second], second.sample(h2[take_second], 1.15,
                                         noise=(2 * u[take_second] - 1, eps[take_second])))
     assert 0.45 < take_second.float().mean() < 0.55
+    # without given noise: the generator's draws, reproducible
+    drawn = [ens.sample(h, 1.15, torch.Generator().manual_seed(4)) for _ in range(2)]
+    torch.testing.assert_close(drawn[0], drawn[1])
+    assert drawn[0].shape == (n, Z) and bool(torch.isfinite(drawn[0]).all())
 
 
 def test_random_z_is_reproducible_and_differs_from_the_first_ms_dream():

@@ -159,25 +159,21 @@ class MemoryEnsemble(nn.Module):
             return self.members[0].sample(hs[0], tau, generator, noise)
         k = len(self.members)
         if noise is None:
-            u = torch.rand(len(h), generator=generator)
-            choice = (u * k).long().clamp_max(k - 1)
-            z = h.new_empty(len(h), self.z_dim)
-            for j, (m, hj) in enumerate(zip(self.members, hs, strict=True)):
-                rows = choice == j
-                if bool(rows.any()):
-                    z[rows] = m.sample(hj[rows], tau, generator)
-            return z
-        uniform, normal = noise
-        first = uniform if uniform.dim() == 1 else uniform[:, 0]
+            first = torch.rand(len(h), generator=generator)
+        else:
+            first = noise[0] if noise[0].dim() == 1 else noise[0][:, 0]
         choice = (first * k).long().clamp_max(k - 1)
-        rescaled = (first * k - choice).clamp(0, 1 - 1e-7)  # uniform again, given choice
-        uniform = rescaled if uniform.dim() == 1 else \
-            torch.cat([rescaled[:, None], uniform[:, 1:]], dim=1)
-        z = normal.new_empty(len(h), self.z_dim)
+        if noise is not None:  # the chosen member reads the uniform rescaled: uniform again
+            rescaled = (first * k - choice).clamp(0, 1 - 1e-7)
+            uniform = rescaled if noise[0].dim() == 1 else \
+                torch.cat([rescaled[:, None], noise[0][:, 1:]], dim=1)
+            noise = (uniform, noise[1])
+        z = h.new_empty(len(h), self.z_dim)
         for j, (m, hj) in enumerate(zip(self.members, hs, strict=True)):
             rows = choice == j
             if bool(rows.any()):
-                z[rows] = m.sample(hj[rows], tau, noise=(uniform[rows], normal[rows]))
+                z[rows] = m.sample(hj[rows], tau, generator,
+                                   None if noise is None else (noise[0][rows], noise[1][rows]))
         return z
 
     def predict(self, h: Tensor, tau: float = 1.0, generator: torch.Generator | None = None,
