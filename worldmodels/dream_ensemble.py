@@ -75,11 +75,13 @@ class MemoryEnsemble(nn.Module):
         self.discrete_actions = first.discrete_actions
         self._state_sizes = [len(m.initial_state(1)) for m in members]  # tensors each
         with torch.no_grad():  # each member's h size, from one step of one row
-            z = torch.zeros(1, first.z_dim)
-            action = torch.zeros(1, dtype=torch.long) if first.discrete_actions \
-                else torch.zeros(1, getattr(first, "action_dim", 1))
-            self._h_sizes = [m.step(z, action, m.initial_state(1))[0].shape[-1]
-                             for m in members]
+            self._h_sizes = []
+            for m in members:
+                dtype = next(m.parameters()).dtype  # type: ignore[attr-defined]
+                z = torch.zeros(1, first.z_dim, dtype=dtype)
+                action = torch.zeros(1, dtype=torch.long) if first.discrete_actions \
+                    else torch.zeros(1, getattr(first, "action_dim", 1), dtype=dtype)
+                self._h_sizes.append(m.step(z, action, m.initial_state(1))[0].shape[-1])
 
     # ------------------------------------------------------------------ as a Memory
     @property
