@@ -403,7 +403,7 @@ WORLD_MODEL_KEY = "world_model"
 ARCHITECTURE_KEY = "controller"
 
 #: the settings key of the dream's other Ms (:func:`envs.dream_env.ensemble_settings`),
-#: compared when the history records it (histories from before the ensemble do not)
+#: recorded only when the dream has other Ms, so a history without it is one M's
 ENSEMBLE_KEY = "dream_ensemble"
 
 
@@ -511,7 +511,7 @@ def read_history(path: Path, settings: dict[str, Any], population: int,
                           f"cannot replay it; {delete}")
     changed = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
                if saved.get(k) != settings.get(k) and k not in (WORLD_MODEL_KEY, PLAY_KEY)
-               and (k not in (ARCHITECTURE_KEY, ENSEMBLE_KEY) or k in saved)}
+               and (k != ARCHITECTURE_KEY or k in saved)}
     if changed:
         raise ConfigError(f"{path}: made with other CMA-ES settings "
                          + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())

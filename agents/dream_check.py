@@ -10,6 +10,7 @@ dream and 320-400 in reality (docs/results.md, issue 5). For Discrete action spa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.dream_env import load_dream
+from envs.dream_env import ensemble_settings, load_dream
 from envs.factory import make_env_from_config
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig
@@ -142,11 +143,14 @@ def epoch_checker(cfg: ExperimentConfig, run: RunDir) -> EpochCheck | None:
     it is 0): the held-action check of M as it trains, on the run's dream settings and
     start latents (those :func:`~envs.dream_env.load_dream` uses), on a CPU copy of M
     where it trains on another device, returning the worst held action and its dream /
-    real ratio. The real episodes, which do not depend on M, are played once, at the
-    first epoch checked. A run the check cannot apply to (actions not Discrete, or no
-    reward head for a dream) is refused here, before any epoch trains."""
+    real ratio (M alone, without ``dream.ensemble``'s other Ms). The real episodes, which
+    do not depend on M, are played once, at the first epoch checked. A run the check
+    cannot apply to (actions not Discrete, or no reward head for a dream) is refused
+    here, before any epoch trains."""
     if cfg.memory.select_max_held <= 0:
         return None
+    # M's own dream: the epoch chosen is this M's, whatever other Ms C later dreams with
+    cfg = dataclasses.replace(cfg, dream=dataclasses.replace(cfg.dream, ensemble=""))
     space = run.action_space()
     if not isinstance(space, gym.spaces.Discrete):
         raise ConfigError(f"memory.select_max_held > 0 holds each action in turn: it needs "
@@ -231,6 +235,8 @@ def check_run(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
            "temperature": cfg.dream.temperature, "done": cfg.dream.done,
            "done_threshold": cfg.dream.done_threshold, "max_steps": cfg.dream.max_steps,
            "episodes": cfg.dream.check_episodes, "dreams": dreams}
+    if cfg.dream.ensemble:  # (only then: the keys of earlier checks stay valid)
+        key["ensemble"] = ensemble_settings(cfg)
     out = run.eval_dir / "dream_check.json"
     cached = read_json(out, {})
     if cached.get("key") == key:

@@ -44,6 +44,7 @@ from tqdm import tqdm
 from agents.cmaes import controller_architecture, play_settings, seeds_key, train_cmaes
 from agents.evaluation import evaluate, other_seed, result_name
 from agents.seeds import evaluation_seeds, selection_seeds
+from envs.dream_env import ensemble_settings
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic, write_text_atomic
 from worldmodels.config import MIN_POPULATION, ConfigError, ExperimentConfig, merge_into, validate
 from worldmodels.memory_compare import VARIANTS, compare, variant_config
@@ -154,7 +155,9 @@ def run_key(cfg: ExperimentConfig, view: RunView, variant: str, seed: int,
             "max_episode_steps": c.max_episode_steps, "stall_steps": c.stall_steps,
             "dream": {"temperature": cfg.dream.temperature, "done": cfg.dream.done,
                       "done_threshold": cfg.dream.done_threshold,
-                      "max_steps": cfg.dream.max_steps},
+                      "max_steps": cfg.dream.max_steps,
+                      # (only when set: keys written before the ensemble stay valid)
+                      **({"ensemble": ensemble_settings(cfg)} if cfg.dream.ensemble else {})},
             "report_episodes": plan.report_episodes, "report_seed": plan.report_seed,
             **_precision(cfg), **_architecture(cfg, RunDir(view.path).load_config())}
 

@@ -154,11 +154,12 @@ def ensemble_memory(run: RunDir, cfg: ExperimentConfig, memory: Memory,
         if not path:
             continue
         other = as_run(path)
-        if not other.memory.model.exists():
-            raise ConfigError(f"config key 'dream.ensemble': {other.memory.model}: no trained "
-                              f"M in '{path}'")
+        if not other.memory.weights().exists():
+            raise ConfigError(f"config key 'dream.ensemble': {other.memory.weights()}: no "
+                              f"trained M in '{path}'")
         theirs = _vae_tensors(other)
-        if theirs.keys() != own.keys() or not all(torch.equal(own[k], theirs[k]) for k in own):
+        if theirs.keys() != own.keys() or not all(  # (an fp16 export: its V in float32)
+                torch.equal(own[k].float(), theirs[k].float()) for k in own):
             raise ConfigError(f"config key 'dream.ensemble': '{path}' has other V weights "
                               f"than {run.path}; an ensemble's Ms must read the latents of "
                               "one V")
@@ -177,7 +178,7 @@ def ensemble_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     fitness, a dream score's file)."""
     members = []
     for path in (p.strip() for p in cfg.dream.ensemble.split(",")):
-        model = as_run(path).memory.model if path else None
+        model = as_run(path).memory.weights() if path else None  # what load_memory loads
         if model is not None:
             members.append(file_digest(model) if model.exists() else f"missing: {path}")
     return {"members": members, "z_from": cfg.dream.ensemble_z}

@@ -2,8 +2,11 @@
 
 import copy
 import json
+import math
 import shutil
+from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -139,6 +142,16 @@ def test_mdn_rnn_members_with_per_dimension_component_noise():
     ens = MemoryEnsemble(members, [1.0, 1.0], "random")
     a, b = play(dream_of(ens)), play(dream_of(ens))
     np.testing.assert_array_equal(a[0], b[0])
+    # the second member's rows read their first uniform rescaled, the others as given
+    n = 500
+    with torch.no_grad():
+        h, _ = ens.step(torch.randn(n, Z), torch.rand(n, 3), ens.initial_state(n))
+        u, eps = torch.rand(n, Z), torch.randn(n, Z)
+        out = ens.sample(h, 1.0, noise=(u, eps))
+        rows = u[:, 0] >= 0.5
+        rescaled = torch.cat([2 * u[rows, :1] - 1, u[rows, 1:]], dim=1)
+        torch.testing.assert_close(out[rows], members[1].sample(
+            h[rows, 8:], 1.0, noise=(rescaled, eps[rows])))
 
 
 @pytest.fixture
@@ -186,14 +199,16 @@ def test_an_ensemble_member_on_another_v_or_without_m_is_refused(two_runs):
 
 
 def test_pos_weight_calibration_uses_each_members_own_weight():
-    """A member trained with a 10x done weight but the same logit is 10x less sure of
-    death: max(P) must not take its raw logit."""
+    """Two copies of one M, the first trained with a 10x done weight: the same logit
+    means 10x less certain death for it, so the ensemble's P(done) is the second's
+    (uncalibrated) one, given back in the first's calibration."""
     m = frmdn(0, done_bias=0.0)
-    ens = MemoryEnsemble([m, copy.deepcopy(m)], [1.0, 10.0])
+    ens = MemoryEnsemble([m, copy.deepcopy(m)], [10.0, 1.0])
     with torch.no_grad():
         h, _ = ens.step(torch.zeros(2, Z), torch.zeros(2, 3), ens.initial_state(2))
-        p = done_probability(ens.done_logit(h), 1.0)
+        p = done_probability(ens.done_logit(h), 10.0)
         torch.testing.assert_close(p, torch.sigmoid(m.done_logit(h[:, :8])))
+        assert bool((p > done_probability(m.done_logit(h[:, :8]), 10.0) * 2).all())
 
 
 def test_cmaes_history_in_an_ensemble_dream_refuses_a_resume_without_it(two_runs):
@@ -202,7 +217,13 @@ def test_cmaes_history_in_an_ensemble_dream_refuses_a_resume_without_it(two_runs
     from agents.cmaes import train_cmaes
 
     cfg, other = two_runs
+    assert train_cmaes(cfg, progress=False).generations == 2  # M alone
+    cfg.controller.generations = 3
     cfg.dream.ensemble = str(other)
+    with pytest.raises(ConfigError, match="dream_ensemble"):
+        train_cmaes(cfg, progress=False)
+    shutil.rmtree(RunDir(run_of(cfg)).controller.dir)
+    cfg.controller.generations = 2
     assert train_cmaes(cfg, progress=False).generations == 2
     cfg.controller.generations = 3
     cfg.dream.ensemble = ""
@@ -228,3 +249,91 @@ def test_a_virtual_score_in_an_ensemble_dream_has_its_own_file(two_runs):
     files = sorted(p.name for p in run.eval_dir.glob("controller_dream_*.json"))
     assert len(files) == 2 and any("_ensemble-" in f for f in files)
     assert json.loads((run.eval_dir / "controller_dream_tau1.15.json").read_text()) == alone
+
+
+def test_identical_candidates_share_their_luck_in_an_ensemble_dream():
+    """Common random numbers with z from either M: identical candidates score the same,
+    rollout by rollout, so CMA-ES compares candidates on the same luck."""
+    first, second = frmdn(0, done_bias=-3.0), frmdn(1, hidden=12, done_bias=-3.0)
+    dream = dream_of(MemoryEnsemble([first, second], [1.0, 1.0], "random"))
+    ctrl = make_controller(Z, 8, 3, low=[-1, 0, 0], high=[1, 1, 1])
+    one = torch.randn(1, ctrl.num_parameters(), generator=torch.Generator().manual_seed(2))
+    returns, steps = dream_returns(dream, ctrl, one.repeat(3, 1), torch.arange(6))
+    np.testing.assert_array_equal(steps[0], steps[1])
+    np.testing.assert_array_equal(steps[0], steps[2])
+    np.testing.assert_allclose(returns[0], returns[2], rtol=1e-6)  # (float rounding by row)
+    assert len(set(steps[0].tolist())) > 1
+
+
+def test_threshold_done_ends_when_any_member_passes_it():
+    """Ha's rule on an ensemble: P(done) of 0.05 and 0.2 against a threshold of 0.1
+    ends every dream at its first step, either member alone only with the second."""
+    logit = [math.log(0.05 / 0.95), math.log(0.2 / 0.8)]
+    members = [frmdn(0), frmdn(1)]
+    for m, b in zip(members, logit, strict=True):
+        with torch.no_grad():
+            m.done_head.weight.zero_()
+            m.done_head.bias.fill_(b)
+
+    def ends(memory) -> bool:
+        dream = Dream(memory, torch.zeros(2, Z), torch.zeros(2, Z), done_mode="threshold",
+                      done_threshold=0.1, max_steps=5)
+        z = dream.reset(2)
+        return bool(dream.step(z, torch.zeros(2, 3)).done.all())
+
+    assert not ends(members[0]) and ends(members[1])
+    assert ends(MemoryEnsemble(members, [1.0, 1.0], "first"))
+
+
+def test_an_ensemble_dream_vec_env_restarts_every_members_state():
+    """SB3's dream VecEnv on an ensemble: an ended dream starts anew with every M's
+    state zeroed, the others keep theirs."""
+    from envs.dream_env import DreamVecEnv
+
+    ens = MemoryEnsemble([frmdn(0, done_bias=-1.0), frmdn(1, hidden=12, done_bias=-1.0)],
+                         [1.0, 1.0])
+    env = DreamVecEnv(dream_of(ens, max_steps=400), gym.spaces.Box(-1, 1, (3,)), 8)
+    env.seed(0)
+    env.reset()
+    for _ in range(20):
+        _, _, dones, _ = env.step(np.zeros((8, 3), np.float32))
+        if dones.any():
+            break
+    assert dones.any() and not dones.all()
+    state = env.dream.state
+    assert len(state) == 4 and [s.shape[-1] for s in state] == [8, 8, 12, 12]
+    for s in state:
+        assert bool((s[:, torch.as_tensor(dones)] == 0).all())
+        assert bool((s[:, ~torch.as_tensor(dones)] != 0).any())
+
+
+def test_gru_members_and_branch_points_of_an_ensemble():
+    """A GRU M (one state tensor) beside an LSTM M; the ensemble's branch points carry
+    both Ms' states, and dreams branched from them run."""
+    from worldmodels.gru_mdn import GRUMDN
+    from worldmodels.teacher_forcing import branch_points
+
+    torch.manual_seed(0)
+    gru = GRUMDN(z_dim=Z, action_dim=3, discrete_actions=False, hidden=6, mixtures=2,
+                 reward_head=True, done_head=True).eval()
+    ens = MemoryEnsemble([frmdn(0, done_bias=-3.0), gru], [1.0, 1.0])
+    rng = np.random.default_rng(0)
+    episodes = [(rng.normal(size=(30, Z)).astype(np.float32),
+                 rng.uniform(size=(30, 3)).astype(np.float32)) for _ in range(2)]
+    with torch.no_grad():
+        z0, state = branch_points(ens, episodes, every=10)
+    assert z0.shape == (4, Z) and len(state) == 3 and state[2].shape[1:] == (4, 6)
+    dream = dream_of(ens)
+    ctrl = make_controller(Z, 8, 3, low=[-1, 0, 0], high=[1, 1, 1])
+    params = torch.randn(2, ctrl.num_parameters(), generator=torch.Generator().manual_seed(2))
+    returns, steps = dream_returns(dream, ctrl, params, torch.arange(4), branches=(z0, state))
+    assert returns.shape == (2, 4) and (steps >= 1).all()
+
+
+def test_ensemble_paths_on_the_command_line_become_absolute(tmp_path, monkeypatch):
+    """A run's config keeps the Ms it dreams with wherever it is resumed from."""
+    from worldmodels.config import parse_override
+
+    monkeypatch.chdir(tmp_path)
+    got = parse_override("dream.ensemble=runs/a, ~/b")["dream"]["ensemble"]
+    assert got.split(",") == [str(tmp_path / "runs" / "a"), str(Path.home() / "b")]

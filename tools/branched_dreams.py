@@ -92,13 +92,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         played = worker.play(plays)
     finally:
         worker.actor.close()
-    branches = branch_points(worker.agent.memory,
-                             [(np.stack(r.latents), np.stack(r.actions)) for r in played],
-                             args.every)
-    n = len(branches[0])
     cfg = runs[0].load_config(dream_overrides)
+    latents = [(np.stack(r.latents), np.stack(r.actions)) for r in played]
+    z_dim = latents[0][0].shape[-1]
     dream, action_space = load_batched_dream(  # (start latents unused: every dream branches)
-        runs[0], cfg, starts=(branches[0], torch.zeros_like(branches[0])))
+        runs[0], cfg, starts=(torch.zeros(1, z_dim), torch.zeros(1, z_dim)))
+    # the dream's M gives the branches' states (with dream.ensemble: every M's)
+    branches = branch_points(dream.memory, latents, args.every)
+    n = len(branches[0])
     controller = runs[0].new_controller(cfg, action_space, dream.memory)
     print(f"{n} branch points from {len(played)} real episodes (mean length "
           f"{np.mean([r.steps for r in played]):.0f}); dreams of up to {dream.max_steps} "

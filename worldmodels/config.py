@@ -489,11 +489,14 @@ def _dotted_to_nested(key: str, value: Any) -> dict:
 #: keys naming a path; given on the command line, a relative one is made absolute
 #: against the working directory, so that the run's ``config.yaml`` works from anywhere
 PATH_KEYS = ("vae.pretrained", "controller.sb3_init")
+#: keys holding comma-separated paths, each made absolute as :data:`PATH_KEYS`' are
+PATH_LIST_KEYS = ("dream.ensemble",)
 
 
 def parse_override(text: str, cfg: Any = None) -> dict:
     """``'vae.epochs=5'`` -> ``{'vae': {'epochs': 5}}`` (the value is read as YAML; a
-    :data:`PATH_KEYS` value becomes an absolute path).
+    :data:`PATH_KEYS` value becomes an absolute path, each path of a
+    :data:`PATH_LIST_KEYS` value too).
 
     A key that goes on inside a field holding a mapping (``controller.sb3_kwargs.gamma``)
     changes that one entry of ``cfg``'s mapping and keeps the others; a whole mapping
@@ -507,6 +510,9 @@ def parse_override(text: str, cfg: Any = None) -> dict:
         raise ConfigError(f"command line: cannot read value of '{key}': {err}") from err
     if key.strip() in PATH_KEYS and isinstance(value, str) and value:
         value = str(Path(value).expanduser().absolute())  # the run works from anywhere
+    if key.strip() in PATH_LIST_KEYS and isinstance(value, str) and value:
+        value = ",".join(str(Path(p.strip()).expanduser().absolute())
+                         for p in value.split(",") if p.strip())
     parts, obj = key.strip().split("."), cfg
     for i, part in enumerate(parts[:-1]):
         if obj is None or not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
