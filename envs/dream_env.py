@@ -150,10 +150,7 @@ def ensemble_memory(run: RunDir, cfg: ExperimentConfig, memory: Memory,
     :class:`ConfigError` naming the key and the directory otherwise."""
     own = _vae_tensors(run)
     members, weights = [memory], [pos_weight]
-    for path in (p.strip() for p in cfg.dream.ensemble.split(",")):
-        if not path:
-            continue
-        other = as_run(path)
+    for path, other in ensemble_runs(cfg):
         if not other.memory.weights().exists():
             raise ConfigError(f"config key 'dream.ensemble': {other.memory.weights()}: no "
                               f"trained M in '{path}'")
@@ -177,11 +174,15 @@ def ensemble_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     ``dream.ensemble_z``: what another M beside the run's changes (a CMA-ES history's
     fitness, a dream score's file)."""
     members = []
-    for path in (p.strip() for p in cfg.dream.ensemble.split(",")):
-        model = as_run(path).memory.weights() if path else None  # what load_memory loads
-        if model is not None:
-            members.append(file_digest(model) if model.exists() else f"missing: {path}")
+    for path, other in ensemble_runs(cfg):
+        model = other.memory.weights()  # what load_memory loads
+        members.append(file_digest(model) if model.exists() else f"missing: {path}")
     return {"members": members, "z_from": cfg.dream.ensemble_z}
+
+
+def ensemble_runs(cfg: ExperimentConfig) -> list[tuple[str, RunDir]]:
+    """(path as given, run) of each directory in ``dream.ensemble``."""
+    return [(p, as_run(p)) for p in (x.strip() for x in cfg.dream.ensemble.split(",")) if p]
 
 
 def _vae_tensors(run: RunDir) -> dict[str, torch.Tensor]:
