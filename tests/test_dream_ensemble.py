@@ -337,3 +337,23 @@ def test_ensemble_paths_on_the_command_line_become_absolute(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     got = parse_override("dream.ensemble=runs/a, ~/b")["dream"]["ensemble"]
     assert got.split(",") == [str(tmp_path / "runs" / "a"), str(Path.home() / "b")]
+
+
+def test_an_exported_agent_dreams_with_its_own_m_alone(two_runs, tmp_path):
+    """The other Ms are not shipped: the shipped config must not name directories that a
+    fresh clone lacks (shipped.json records them), and the agent still dreams."""
+    from agents.cmaes import train_cmaes
+    from tools.export_pretrained import export
+
+    cfg, other = two_runs
+    cfg.dream.ensemble = str(other)
+    train_cmaes(cfg, progress=False)
+    run = RunDir(run_of(cfg))
+    assert run.load_config().dream.ensemble == str(other)
+    info = export(run.path, tmp_path / "shipped", weights="best")
+    shutil.rmtree(other)
+    shipped = RunDir(tmp_path / "shipped")
+    assert shipped.load_config().dream.ensemble == ""
+    assert info["dream_ensemble"] == str(other)
+    dream, _ = load_dream(shipped, shipped.load_config())
+    assert not isinstance(dream.memory, MemoryEnsemble)

@@ -17,7 +17,9 @@ start from), the policy, and ``shipped.json`` (the source run, the policy, each 
 SHA-256 and size). The policy is CMA-ES's ``controller/<weights>.safetensors`` (``selected``
 by default), or with ``--policy ppo`` (any SB3 algorithm) the run's SB3 policy
 ``controller/sb3_<algo>.safetensors`` and its description; policies stay fp32, and
-evaluate.py and dream.py play the shipped one by default.
+evaluate.py and dream.py play the shipped one by default. A run that dreamt beside other
+runs' Ms (``dream.ensemble``) ships without them: its config dreams with its own M alone,
+and ``shipped.json`` records the ensemble under ``dream_ensemble``.
 ``--fp16`` stores V's and M's floating-point tensors in half precision (half the size);
 they load into fp32 models, which the export checks before it finishes. DEST is written
 in full beside itself and renamed into place, and a DEST that exists non-empty is refused.
@@ -40,6 +42,7 @@ outputs go to ``runs/pretrained/<DEST's name>/`` under the working directory (or
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -143,6 +146,12 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
         raise InputError(f"{dest}: exists and is not an empty directory; ship to a new one")
     # a whole, valid config; overrides only where a trained run allows them
     cfg = run.load_config(list(overrides or []), trained=True)
+    # the other Ms a dream ran beside M are not shipped: the agent dreams with M alone
+    ensemble = cfg.dream.ensemble
+    if ensemble:
+        cfg = dataclasses.replace(cfg, dream=dataclasses.replace(cfg.dream, ensemble=""))
+        print(f"note: dream.ensemble ({ensemble}) is not shipped: the agent dreams with its "
+              f"own M alone (shipped.json records the ensemble C was trained in)")
     if round_number is None:
         policies, memory_path = run.controller, run.memory.weights("best")
     else:
@@ -179,7 +188,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     partial.mkdir(parents=True)
     with _removed_on_failure(partial):  # a refused export leaves nothing behind
         shipped = RunDir(partial)
-        if overrides:
+        if overrides or ensemble:
             save_config(cfg, shipped.config_file)
         else:
             shutil.copyfile(run.config_file, shipped.config_file)
@@ -228,6 +237,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
                 **({"world_model": str(run.path)} if run.borrows_world_model else {}),
                 **({"round": shipped_round} if shipped_round is not None else {}),
                 **({"memory_epoch": memory_epoch} if memory_epoch is not None else {}),
+                **({"dream_ensemble": ensemble} if ensemble else {}),
                 "controller_meta": meta,
                 "config_overrides": list(overrides or []), "fp16": fp16,
                 "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
