@@ -20,6 +20,10 @@ episodes for every controller), keep each step's latent and action, and feed the
   scores it below its real worth;
 * ``p_done``: M's mean calibrated P(done) on the steps before the last.
 
+M is the runs' own M alone: the other Ms of a ``dream.ensemble`` are not read, so for
+runs that dreamt with an ensemble, ``rule`` and ``p_done`` are their M's alone (the
+ensemble's dream ends on the highest P(done) of any M).
+
 Prints a markdown table and, last, Spearman's rank correlation of the real return with
 ``rule`` and with ``-nll`` over the controllers. ``--out`` keeps the rows as JSON.
 """
