@@ -10,7 +10,6 @@ dream and 320-400 in reality (docs/results.md, issue 5). For Discrete action spa
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.dream_env import ensemble_settings, load_dream
+from envs.dream_env import ensemble_settings, load_dream, without_ensemble
 from envs.factory import make_env_from_config
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig
@@ -150,7 +149,7 @@ def epoch_checker(cfg: ExperimentConfig, run: RunDir) -> EpochCheck | None:
     if cfg.memory.select_max_held <= 0:
         return None
     # M's own dream: the epoch chosen is this M's, whatever other Ms C later dreams with
-    cfg = dataclasses.replace(cfg, dream=dataclasses.replace(cfg.dream, ensemble=""))
+    cfg = without_ensemble(cfg)
     space = run.action_space()
     if not isinstance(space, gym.spaces.Discrete):
         raise ConfigError(f"memory.select_max_held > 0 holds each action in turn: it needs "

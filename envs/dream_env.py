@@ -10,6 +10,7 @@ real env, so a policy trained here acts there unchanged. Actions are the real en
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,11 @@ def ensemble_settings(cfg: ExperimentConfig) -> dict[str, Any]:
         model = other.memory.weights()  # what load_memory loads
         members.append(file_digest(model) if model.exists() else f"missing: {path}")
     return {"members": members, "z_from": cfg.dream.ensemble_z}
+
+
+def without_ensemble(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``dream.ensemble`` cleared: the run's M dreams alone."""
+    return dataclasses.replace(cfg, dream=dataclasses.replace(cfg.dream, ensemble=""))
 
 
 def ensemble_runs(cfg: ExperimentConfig) -> list[tuple[str, RunDir]]:

@@ -42,7 +42,6 @@ outputs go to ``runs/pretrained/<DEST's name>/`` under the working directory (or
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -61,6 +60,7 @@ import torch
 from agents.agent_round import round_in_place
 from agents.iterations import round_start_latents
 from agents.sb3 import SB3_ALGORITHMS, sb3_controller
+from envs.dream_env import without_ensemble
 from worldmodels.checkpoint import (
     load_model,
     load_weights,
@@ -149,7 +149,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     # the other Ms a dream ran beside M are not shipped: the agent dreams with M alone
     ensemble = cfg.dream.ensemble
     if ensemble:
-        cfg = dataclasses.replace(cfg, dream=dataclasses.replace(cfg.dream, ensemble=""))
+        cfg = without_ensemble(cfg)
         print(f"note: dream.ensemble ({ensemble}) is not shipped: the agent dreams with its "
               f"own M alone (shipped.json records the ensemble C was trained in)")
     if round_number is None:
