@@ -176,7 +176,8 @@ class LatentVecEnv(VecEnvWrapper):
 
 def latent_vec_env(run: RunDir, cfg: ExperimentConfig, n: int,
                    device: str = "cpu") -> LatentVecEnv:
-    """``n`` envs of ``cfg.env`` in one process, with the run's V and M batched."""
+    """``n`` envs of ``cfg.env`` in one process, with the run's V and M batched. Sets
+    torch to one thread for the whole process, as :func:`latent_env` does."""
     torch.set_num_threads(1)
     venv = DummyVecEnv([lambda: make_env_from_config(cfg.env)] * n)
     return LatentVecEnv(venv, run.load_vae(cfg.vae.z_dim, device), run.load_memory(device),
@@ -192,7 +193,9 @@ def make_latent_env(run_dir: str | Path | RunDir, device: str = "cpu",
 
 
 def latent_env(run: RunDir, cfg: ExperimentConfig, device: str = "cpu") -> LatentObservation:
-    """The env of ``cfg.env`` wrapped with the run's V and M."""
+    """The env of ``cfg.env`` wrapped with the run's V and M. Sets torch to one thread
+    for the whole process (one frame a step: more threads only contend); a caller that
+    needs more afterwards sets them back."""
     torch.set_num_threads(1)
     vae = run.load_vae(cfg.vae.z_dim, device)
     memory = run.load_memory(device)

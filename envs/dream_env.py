@@ -211,8 +211,11 @@ def make_dream_env(run_dir: str | Path, temperature: float | None = None,
 
 def dream_env(run: RunDir, cfg: ExperimentConfig, temperature: float | None = None,
               render_mode: str | None = None, seed: int = 0) -> DreamEnv:
-    """The run's dream with ``cfg.dream``'s settings."""
-    torch.set_num_threads(1)  # one dream steps one row: threads only contend
+    """The run's dream with ``cfg.dream``'s settings.
+
+    Sets torch to one thread for the whole process (one dream steps one row: more
+    threads only contend); a caller that needs more afterwards sets them back."""
+    torch.set_num_threads(1)
     dream, action_space = load_dream(run, cfg, temperature, seed)
     vae = run.load_vae(cfg.vae.z_dim) if render_mode else None
     return DreamEnv(dream, action_space, vae, cfg.controller.use_cell, render_mode)
@@ -285,7 +288,8 @@ def load_batched_dream(run: RunDir, cfg: ExperimentConfig, temperature: float | 
                        ) -> tuple[Dream, gym.Space]:
     """:func:`load_dream` for many dreams in one batch (CMA-ES's fitness, SB3's
     :class:`DreamVecEnv`), run on ``dream.threads`` torch threads (0: torch's default;
-    1 for runs side by side, which would otherwise contend)."""
+    1 for runs side by side, which would otherwise contend). The count is set for the
+    whole process, as torch's thread count is."""
     if cfg.dream.threads:
         torch.set_num_threads(cfg.dream.threads)
     return load_dream(run, cfg, temperature, seed, starts)
