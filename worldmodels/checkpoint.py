@@ -315,7 +315,7 @@ def resume_training(
 def write_json_atomic(path: Path, data: Any) -> None:
     """``data`` as indented JSON, written atomically. A figure that is not finite (a
     metric with nothing to score) is written as ``NaN`` / ``Infinity``, as Python's
-    ``json`` writes it: :func:`read_json`, pandas and Python read it back; strict JSON
+    ``json`` writes it: :func:`read_json` (Python's ``json``) reads it back; strict JSON
     parsers may not."""
     write_text_atomic(path, json.dumps(data, indent=2))
 
