@@ -21,6 +21,7 @@ from agents.dream_check import (
 )
 from tests.conftest import run_of
 from tests.test_dream import Z, memory_with_heads
+from worldmodels.checkpoint import CheckpointError
 from worldmodels.config import ConfigError
 from worldmodels.dream import Dream
 from worldmodels.errors import InputError
@@ -156,3 +157,29 @@ def test_epoch_checker_refuses_a_run_it_cannot_check_before_m_trains(tiny_cfg):
     tiny_cfg.memory.epochs, tiny_cfg.memory.hidden = 1, 8
     train_memory_checked(tiny_cfg, run, progress=False)
     assert not any(k.startswith("held") for k in run.memory.metrics.read_text().split('"'))
+
+
+def test_epoch_checker_dreams_with_the_run_m_alone(tiny_cfg, tmp_path, monkeypatch):
+    """The held-action check of M as it trains is M's own: a ``dream.ensemble`` (here
+    naming a run that does not exist; a dream with it is refused on this run) is left
+    out."""
+    import agents.dream_check as dream_check
+    from envs.dream_env import load_dream
+    from tests.test_frmdn_training import write_latents
+
+    monkeypatch.setattr(dream_check, "make_env_from_config", lambda cfg_env: HoldToDie())
+    cfg = tiny_cfg
+    for key, value in dict(hidden=8, mixtures=2, seq_len=10, batch_size=4, epochs=1,
+                           flow_hidden=8, shuffle_buffer=8, select_max_held=1.5,
+                           eval_draws=1).items():
+        setattr(cfg.memory, key, value)
+    cfg.vae.z_dim = 4
+    cfg.controller.environment, cfg.dream.check_episodes = "dream", 2
+    cfg.dream.max_steps = 30
+    cfg.dream.ensemble = str(tmp_path / "no-such-run")
+    write_latents(run_of(cfg) / "latents", discrete=True)
+    run = RunDir(run_of(cfg))
+    report = dream_check.train_memory_checked(cfg, run, progress=False)
+    assert report.held_worst_ratio > 0
+    with pytest.raises(CheckpointError, match="dream.ensemble"):
+        load_dream(run, cfg)
