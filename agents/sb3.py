@@ -34,6 +34,7 @@ from stable_baselines3.common.vec_env import (
 from torch import nn
 
 from agents.seeds import selection_seeds
+from agents.vmc import agent_encoder
 from envs.dream_env import action_batch, dream_vec_env
 from envs.factory import make_env_from_config
 from worldmodels.atomic import check_writable
@@ -73,23 +74,25 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def __init__(self, env: gym.Env, vae: ConvVAE | None = None, memory: Memory | None = None,
                  device: str = "cpu", use_cell: bool = False,
-                 run_dir: str | Path | None = None):
+                 run_dir: str | Path | None = None, precision: str = "float32"):
         if run_dir is not None:
             run_dir = str(Path(run_dir).absolute())  # the spec may be made elsewhere
             gym.utils.RecordConstructorArgs.__init__(
-                self, device=str(device), use_cell=use_cell, run_dir=run_dir)
+                self, device=str(device), use_cell=use_cell, run_dir=run_dir,
+                precision=precision)
         elif vae is None or memory is None:
             raise ValueError("LatentObservation needs V and M, or the run_dir to load them")
         else:
             gym.utils.RecordConstructorArgs.__init__(
                 self, _disable_deepcopy=True, vae=vae, memory=memory, device=str(device),
-                use_cell=use_cell)
+                use_cell=use_cell, precision=precision)
         gym.Wrapper.__init__(self, env)
         if vae is None or memory is None:
             run = RunDir(run_dir)
             vae = run.load_vae(run.load_config().vae.z_dim, device) if vae is None else vae
             memory = run.load_memory(device) if memory is None else memory
         self.vae, self.memory = vae.eval(), memory.eval()
+        self.encoder = agent_encoder(self.vae, precision)
         self.device = torch.device(device)
         self.use_cell = use_cell
         size = memory.feature_size(use_cell)
@@ -99,7 +102,7 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     @torch.no_grad()
     def _encode(self, frame: np.ndarray) -> torch.Tensor:
-        return self.vae.encode(torch.from_numpy(frame[None]).to(self.device))[0]
+        return self.encoder(torch.from_numpy(frame[None]).to(self.device))
 
     def _observation(self) -> np.ndarray:
         assert self._z is not None and self._state is not None
@@ -131,10 +134,11 @@ class LatentVecEnv(VecEnvWrapper):
     """
 
     def __init__(self, venv: VecEnv, vae: ConvVAE, memory: Memory, device: str = "cpu",
-                 use_cell: bool = False):
+                 use_cell: bool = False, precision: str = "float32"):
         size = memory.feature_size(use_cell)
         super().__init__(venv, gym.spaces.Box(-np.inf, np.inf, (size,), np.float32))
         self.vae, self.memory = vae.eval(), memory.eval()
+        self.encoder = agent_encoder(self.vae, precision)
         self.device, self.use_cell = torch.device(device), use_cell
         self._z: torch.Tensor | None = None
         self._state: State | None = None
@@ -142,7 +146,7 @@ class LatentVecEnv(VecEnvWrapper):
 
     @torch.no_grad()
     def _encode(self, frames: np.ndarray) -> torch.Tensor:
-        return self.vae.encode(torch.from_numpy(np.ascontiguousarray(frames)).to(self.device))[0]
+        return self.encoder(torch.from_numpy(np.ascontiguousarray(frames)).to(self.device))
 
     def _features(self, z: torch.Tensor, state: State) -> np.ndarray:
         return self.memory.features(z, state, self.use_cell).cpu().numpy()
@@ -181,7 +185,7 @@ def latent_vec_env(run: RunDir, cfg: ExperimentConfig, n: int,
     torch.set_num_threads(1)
     venv = DummyVecEnv([lambda: make_env_from_config(cfg.env)] * n)
     return LatentVecEnv(venv, run.load_vae(cfg.vae.z_dim, device), run.load_memory(device),
-                        device, cfg.controller.use_cell)
+                        device, cfg.controller.use_cell, cfg.controller.agent_precision)
 
 
 def make_latent_env(run_dir: str | Path | RunDir, device: str = "cpu",
@@ -200,7 +204,8 @@ def latent_env(run: RunDir, cfg: ExperimentConfig, device: str = "cpu") -> Laten
     vae = run.load_vae(cfg.vae.z_dim, device)
     memory = run.load_memory(device)
     return LatentObservation(make_env_from_config(cfg.env), vae, memory, device,
-                             cfg.controller.use_cell, run_dir=run.home)
+                             cfg.controller.use_cell, run_dir=run.home,
+                             precision=cfg.controller.agent_precision)
 
 
 #: the policy sidecar's key for the digests of the V and M it was trained on
@@ -307,6 +312,9 @@ def _settings(cfg: ExperimentConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
                 "normalize_reward": c.sb3_normalize_reward,
                 # [z, h] or [z, c, h]: the size of what the policy reads
                 "use_cell": c.use_cell}
+    if c.environment == "real" and c.agent_precision != "float32":
+        # what V reads the real frames in (a key made before it was recorded stays valid)
+        settings["agent_precision"] = c.agent_precision
     if c.sb3_init:  # the bytes decide (a path differs with the working directory)
         settings["init"] = file_digest(init_policy_path(c.sb3_init, c.algo))
     return settings

@@ -17,6 +17,27 @@ from worldmodels.vae import ConvVAE, MeanEncoder
 AGENT_PRECISIONS: tuple[str, ...] = typing.get_args(AgentPrecision)
 
 
+def check_precision(precision: str) -> None:
+    """Refuse a ``controller.agent_precision`` that is not one of :data:`AGENT_PRECISIONS`."""
+    if precision not in AGENT_PRECISIONS:
+        raise ConfigError(f"controller.agent_precision must be one of "
+                          f"{' | '.join(AGENT_PRECISIONS)}, not {precision!r}")
+
+
+def agent_encoder(vae: ConvVAE, precision: str = "float32",
+                  ) -> typing.Callable[[torch.Tensor], torch.Tensor]:
+    """What an agent reads frames with: frames (as :meth:`ConvVAE.encode_mean` takes them)
+    -> V's mean z (B, z_dim) float32, computed in ``precision``
+    (``controller.agent_precision``): V itself for float32, else a
+    :class:`~worldmodels.vae.MeanEncoder` copy of V's weights as they are now. The V-M-C
+    agent and SB3's [z, h] envs both read with it, so a policy trains on the features it
+    plays on."""
+    check_precision(precision)
+    if precision == "float32":
+        return vae.encode_mean
+    return MeanEncoder(vae, getattr(torch, precision)).eval()
+
+
 class VMCAgent:
     """Acts in B envs at once (a vector env, or B=1).
 
@@ -31,16 +52,13 @@ class VMCAgent:
     def __init__(self, vae: ConvVAE, memory: Memory, controller: FlatPolicy,
                  device: str | torch.device = "cpu",
                  precision: AgentPrecision = ControllerConfig.agent_precision):
-        if precision not in AGENT_PRECISIONS:
-            raise ConfigError(f"controller.agent_precision must be one of "
-                              f"{' | '.join(AGENT_PRECISIONS)}, not {precision!r}")
+        check_precision(precision)
         self.device = torch.device(device)
         # channels-last convolutions: a uint8 (B, H, W, C) frame permuted to NCHW already
         # has that layout, and oneDNN runs V about 10% faster so (same values)
         self.vae = vae.to(self.device, memory_format=torch.channels_last).eval()
         self.precision = precision
-        self._encoder = None if precision == "float32" else \
-            MeanEncoder(self.vae, getattr(torch, precision)).eval()
+        self._encode = agent_encoder(self.vae, precision)
         self.memory = memory.to(self.device).eval()
         self.controller = controller.to(self.device).eval()
         self.state: State | None = None
@@ -63,7 +81,7 @@ class VMCAgent:
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """V's mean of frames uint8 (B, 64, 64, 3) -> z (B, z_dim) float32, in the agent's
         precision (``controller.agent_precision``)."""
-        return self.vae.encode_mean(frames) if self._encoder is None else self._encoder(frames)
+        return self._encode(frames)
 
     def reset(self, batch: int = 1) -> None:
         self.state = self.memory.initial_state(batch, self.device)

@@ -4,10 +4,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from agents.batched import BatchedActor, Episode
 from agents.cmaes import ProcessEvaluator
 from agents.rollouts import RolloutWorker
+from envs.factory import make_env_from_config
 from tests.conftest import run_of
 from worldmodels.run_dir import RunDir
 
@@ -185,3 +187,29 @@ def test_agent_precision_is_checked():
         load_config("carracing", [], ["controller.agent_precision=float16"])
     with pytest.raises(ConfigError, match="controller.agent_precision"):
         VMCAgent(None, None, None, precision="fp16")  # type: ignore[arg-type]
+
+
+def test_sb3_real_envs_read_frames_in_the_agent_precision(tiny_run):
+    """``controller.agent_precision`` is the same in SB3's [z, h] envs as where the policy
+    plays (the V-M-C agent): a policy trains on the features it acts on."""
+    from agents.sb3 import latent_vec_env, make_latent_env
+    from agents.vmc import VMCAgent
+
+    run = RunDir(run_of(tiny_run))
+    read = {}
+    for precision in ("float32", "bfloat16"):
+        tiny_run.controller.agent_precision = precision
+        venv = latent_vec_env(run, tiny_run, 2)
+        venv.seed(5)
+        obs = venv.reset()
+        single = make_latent_env(run, overrides=(f"controller.agent_precision={precision}",))
+        np.testing.assert_allclose(single.reset(seed=5)[0], obs[0], rtol=1e-5, atol=1e-7)
+        frames = np.stack([make_env_from_config(tiny_run.env).reset(seed=5 + i)[0]
+                           for i in range(2)])
+        agent = VMCAgent.from_run(run, tiny_run, venv.action_space)
+        with torch.no_grad():
+            z = agent.encode(torch.from_numpy(frames)).numpy()
+        np.testing.assert_allclose(obs[:, : z.shape[1]], z, rtol=1e-5, atol=1e-7)
+        read[precision] = z
+    gap = np.abs(read["float32"] - read["bfloat16"]) / np.abs(read["float32"])
+    assert gap.max() > 1e-3  # the two precisions read differently (past the tolerance)

@@ -105,6 +105,22 @@ def test_main_job_check_is_skipped_where_it_does_not_apply(tiny_cfg):
     assert "check_episodes=0" in check_run(tiny_cfg, RunDir(run_of(tiny_cfg)))["skipped"]
 
 
+def held_checked_run(cfg, hidden: int, epochs: int, episodes: int, max_steps: int):
+    """(cfg, run) of a tiny Discrete-action run whose M trains with the held-action check
+    of every epoch (``memory.select_max_held``), its latents written."""
+    from tests.test_frmdn_training import write_latents
+
+    for key, value in dict(hidden=hidden, mixtures=2, seq_len=10, batch_size=4,
+                           epochs=epochs, flow_hidden=8, shuffle_buffer=8,
+                           select_max_held=1.5, eval_draws=1).items():
+        setattr(cfg.memory, key, value)
+    cfg.vae.z_dim = 4
+    cfg.controller.environment, cfg.dream.check_episodes = "dream", episodes
+    cfg.dream.max_steps = max_steps
+    write_latents(run_of(cfg) / "latents", discrete=True)
+    return cfg, RunDir(run_of(cfg))
+
+
 def test_epoch_checker_agrees_with_the_check_of_the_saved_m(tiny_cfg, monkeypatch):
     """memory.select_max_held trains M with a held-action check of every epoch: the
     figures recorded for the chosen epoch are those of run.py's check of the saved best
@@ -112,7 +128,6 @@ def test_epoch_checker_agrees_with_the_check_of_the_saved_m(tiny_cfg, monkeypatc
     import json
 
     import agents.dream_check as dream_check
-    from tests.test_frmdn_training import write_latents
 
     played = []
 
@@ -121,16 +136,7 @@ def test_epoch_checker_agrees_with_the_check_of_the_saved_m(tiny_cfg, monkeypatc
         return HoldToDie()
 
     monkeypatch.setattr(dream_check, "make_env_from_config", make_env)
-    cfg = tiny_cfg
-    for key, value in dict(hidden=16, mixtures=2, seq_len=10, batch_size=4, epochs=3,
-                           flow_hidden=8, shuffle_buffer=8, select_max_held=1.5,
-                           eval_draws=1).items():
-        setattr(cfg.memory, key, value)
-    cfg.vae.z_dim = 4
-    cfg.controller.environment, cfg.dream.check_episodes = "dream", 3
-    cfg.dream.max_steps = 60
-    write_latents(run_of(cfg) / "latents", discrete=True)
-    run = RunDir(run_of(cfg))
+    cfg, run = held_checked_run(tiny_cfg, hidden=16, epochs=3, episodes=3, max_steps=60)
     report = dream_check.train_memory_checked(cfg, run, progress=False)
     rows = json.loads(run.memory.metrics.read_text())
     assert len(played) == 1 and all("held_worst_ratio" in r for r in rows)
@@ -165,20 +171,10 @@ def test_epoch_checker_dreams_with_the_run_m_alone(tiny_cfg, tmp_path, monkeypat
     out."""
     import agents.dream_check as dream_check
     from envs.dream_env import load_dream
-    from tests.test_frmdn_training import write_latents
 
     monkeypatch.setattr(dream_check, "make_env_from_config", lambda cfg_env: HoldToDie())
-    cfg = tiny_cfg
-    for key, value in dict(hidden=8, mixtures=2, seq_len=10, batch_size=4, epochs=1,
-                           flow_hidden=8, shuffle_buffer=8, select_max_held=1.5,
-                           eval_draws=1).items():
-        setattr(cfg.memory, key, value)
-    cfg.vae.z_dim = 4
-    cfg.controller.environment, cfg.dream.check_episodes = "dream", 2
-    cfg.dream.max_steps = 30
+    cfg, run = held_checked_run(tiny_cfg, hidden=8, epochs=1, episodes=2, max_steps=30)
     cfg.dream.ensemble = str(tmp_path / "no-such-run")
-    write_latents(run_of(cfg) / "latents", discrete=True)
-    run = RunDir(run_of(cfg))
     report = dream_check.train_memory_checked(cfg, run, progress=False)
     assert report.held_worst_ratio > 0
     with pytest.raises(CheckpointError, match="dream.ensemble"):

@@ -533,3 +533,17 @@ def test_a_selection_leaves_the_training_s_gsde_noise_as_it_was():
         SB3Controller(model.policy, deterministic=False)(torch.zeros(5, 3))
         assert model.policy.action_dist.exploration_matrices.shape[0] == 5  # redrawn
     assert torch.equal(model.policy.action_dist.exploration_matrices, before)
+
+
+def test_a_real_env_training_refuses_a_resume_in_another_agent_precision(tiny_run):
+    """V reads the real frames of an SB3 training in ``controller.agent_precision``: a
+    checkpoint made in float32 does not train on in bfloat16 (its policy learnt other
+    features), and a float32 checkpoint's settings are those written before the key was."""
+    cfg = tiny_sb3(tiny_run, timesteps=32)
+    run = RunDir(run_of(cfg))
+    train_sb3(run, cfg, progress=False)
+    assert "agent_precision" not in load_state(run.controller.sb3_checkpoint("ppo"))["settings"]
+    cfg.controller.sb3_timesteps = 64
+    cfg.controller.agent_precision = "bfloat16"
+    with pytest.raises(ConfigError, match=r"agent_precision: None -> 'bfloat16'"):
+        train_sb3(run, cfg, progress=False)

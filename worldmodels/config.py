@@ -326,10 +326,11 @@ class ControllerConfig:
     batch_envs: int = _opt(16, "Real episodes a worker steps together: V encodes their frames "
                               "in one call, M and C step them in one call.", ge=1)
     agent_precision: AgentPrecision = _opt(
-        "float32", "V's encoder when the V-M-C agent acts in the real env (CMA-ES workers, "
-                   "evaluation): float32, or bfloat16 (latents stay float32; V about 2.5x "
-                   "faster at batch 16 on CPUs with AMX-BF16; a trained V's latents move "
-                   "by under 1% of their spread on average: docs/performance.md).")
+        "float32", "V's encoder when an agent reads the real env (CMA-ES workers, SB3's "
+                   "[z, h] envs, evaluation): float32, or bfloat16 (latents stay float32; "
+                   "V about 2.5x faster at batch 16 on CPUs with AMX-BF16; a trained V's "
+                   "latents move by under 1% of their spread on average: "
+                   "docs/performance.md).")
     ray_address: str = _opt("", "Ray cluster address for engine=ray ('' starts a local Ray).")
     max_episode_steps: int = _opt(0, "Cap on training episodes (0 = the env's cap).", ge=0)
     stall_steps: int = _opt(0, "End a training episode after N steps without positive reward "
