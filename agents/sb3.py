@@ -48,7 +48,7 @@ from worldmodels.checkpoint import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from worldmodels.config import ConfigError, ExperimentConfig, to_dict
+from worldmodels.config import AgentPrecision, ConfigError, ExperimentConfig, to_dict
 from worldmodels.memory import Memory, State, zero_rows
 from worldmodels.pictures import plot_curves
 from worldmodels.run_dir import RUNTIME_KEYS, RunDir
@@ -69,12 +69,13 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     V and M are given, or loaded from ``run_dir`` when they are not. ``env.spec`` records
     the run directory rather than the models, so ``env.spec.make()`` rebuilds the env
     (and the spec stays plain data); given models without a ``run_dir`` are recorded
-    by reference instead.
+    by reference instead. V reads frames in ``precision`` (``controller.agent_precision``,
+    :func:`agents.vmc.agent_encoder`), as the agent that plays the policy does.
     """
 
     def __init__(self, env: gym.Env, vae: ConvVAE | None = None, memory: Memory | None = None,
                  device: str = "cpu", use_cell: bool = False,
-                 run_dir: str | Path | None = None, precision: str = "float32"):
+                 run_dir: str | Path | None = None, precision: AgentPrecision = "float32"):
         if run_dir is not None:
             run_dir = str(Path(run_dir).absolute())  # the spec may be made elsewhere
             gym.utils.RecordConstructorArgs.__init__(
@@ -130,11 +131,12 @@ class LatentVecEnv(VecEnvWrapper):
 
     ``venv`` holds the pixel envs (e.g. SB3's ``DummyVecEnv``, which resets an ended
     env at once); an env that starts anew starts M from zeros, and its last observation
-    is in ``info["terminal_observation"]`` as features too.
+    is in ``info["terminal_observation"]`` as features too. V reads frames in
+    ``precision``, as :class:`LatentObservation` does.
     """
 
     def __init__(self, venv: VecEnv, vae: ConvVAE, memory: Memory, device: str = "cpu",
-                 use_cell: bool = False, precision: str = "float32"):
+                 use_cell: bool = False, precision: AgentPrecision = "float32"):
         size = memory.feature_size(use_cell)
         super().__init__(venv, gym.spaces.Box(-np.inf, np.inf, (size,), np.float32))
         self.vae, self.memory = vae.eval(), memory.eval()

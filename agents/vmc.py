@@ -24,7 +24,7 @@ def check_precision(precision: str) -> None:
                           f"{' | '.join(AGENT_PRECISIONS)}, not {precision!r}")
 
 
-def agent_encoder(vae: ConvVAE, precision: str = "float32",
+def agent_encoder(vae: ConvVAE, precision: AgentPrecision = "float32",
                   ) -> typing.Callable[[torch.Tensor], torch.Tensor]:
     """What an agent reads frames with: frames (as :meth:`ConvVAE.encode_mean` takes them)
     -> V's mean z (B, z_dim) float32, computed in ``precision``
