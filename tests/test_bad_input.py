@@ -829,3 +829,27 @@ def test_tool_arguments_out_of_range_are_one_line(run_dir, capsys, tool, argv, n
     module = __import__(f"tools.{tool}", fromlist=["main"])
     err = refused(module, [a.replace("RUN", str(run_dir)) for a in argv], capsys)
     assert names in err
+
+
+def test_a_refused_command_leaves_the_runs_config_as_it_was(run_dir, tmp_path, capsys):
+    """A command refused on its inputs puts the run's config.yaml and config.prev.yaml
+    back (a review: train_controller.py wrote its changed config, then found a corrupt
+    latent shard; after two such commands the config the run was trained with was in
+    neither file). A command that went on to write outputs keeps its config."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = {name: (run / name).read_text() if (run / name).exists() else None
+              for name in ("config.yaml", "config.prev.yaml")}
+    shard = run / "latents" / "ep_000001.npz"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:300])
+    for generations in (2, 3):
+        err = refused(controller_script, ["--run", str(run), f"controller.generations={generations}"],
+                      capsys, worked=True)
+        assert str(shard) in err
+        assert {name: (run / name).read_text() if (run / name).exists() else None
+                for name in before} == before
+    shard.write_bytes(good)
+    run_cli(controller_script.main, ["--run", str(run), "controller.generations=2"])
+    assert "generations: 2" in (run / "config.yaml").read_text()
+    assert (run / "config.prev.yaml").read_text() == before["config.yaml"]

@@ -438,6 +438,27 @@ def test_a_later_command_adds_its_variants_to_the_table(mem_cfg):
     assert again == text
 
 
+def test_a_comparison_leaves_the_runs_own_m_and_its_config_alone(mem_cfg):
+    """compare_memory.py's memory.* describe its variants: the run's config.yaml keeps
+    the run's own, so the run's M stage does not train its M on with them (it did:
+    memory.epochs=2 here trained the run's M one more epoch, and memory.precision=diag
+    made every later stage refuse the run's square-U M)."""
+    import compare_memory
+
+    write_latents(run_of(mem_cfg) / "latents", n=8, T=20)
+    mem_cfg.memory.epochs, mem_cfg.memory.eval_draws = 1, 1
+    train_memory(mem_cfg, progress=False)
+    run = RunDir(run_of(mem_cfg))
+    config = run.config_file.read_text()
+    model = run.memory.model.read_bytes()
+    compare_memory.main(["--run", str(run.path), "--variants", "rmdn_diag", "--seeds", "0",
+                         "memory.epochs=2", "memory.precision=diag", "data.shuffle_buffer=32"])
+    assert run.config_file.read_text() == config
+    assert (run.memory_compare_dir / "rmdn_diag__s0" / "best.safetensors").exists()
+    report = train_memory(run.load_config(), run, progress=False)  # the run's own M stage
+    assert report.epochs_done == 1 and run.memory.model.read_bytes() == model
+
+
 def test_rows_of_other_settings_are_not_averaged_into_the_table(mem_cfg, capsys):
     """A seed trained for 2 epochs and a later seed for 1 are not two seeds of one row;
     a directory trained further than asked says how far."""

@@ -51,9 +51,32 @@ def _raise_stopped(signum: int, _frame: object) -> None:
     raise Stopped(signum)
 
 
+#: called when run_cli refuses a command, before its error line (see :func:`on_refusal`)
+_REFUSAL_HOOKS: list[Callable[[], None]] = []
+
+
+def on_refusal(hook: Callable[[], None]) -> None:
+    """Call ``hook()`` when :func:`run_cli` refuses a command (exit status 2), e.g. to put
+    back a config the command wrote before its inputs were found bad
+    (:func:`worldmodels.run_dir.undo_refused_config`). A hook that fails is skipped."""
+    if hook not in _REFUSAL_HOOKS:
+        _REFUSAL_HOOKS.append(hook)
+
+
+def _refused(message: str) -> SystemExit:
+    for hook in _REFUSAL_HOOKS:
+        try:
+            hook()
+        except Exception as err:  # the refusal's own message matters more
+            print(f"(while undoing: {one_line(err)})", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
 def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> None:
     """Run an entry point; an :class:`InputError` becomes ``error: <message>`` (one
     line), exit 2, and so does an ``OSError`` of :data:`OS_REFUSALS` naming a file.
+    A refused command first runs the :func:`on_refusal` hooks.
 
     SIGTERM stops it as Ctrl-C does; either prints one line and exits with 128 + the
     signal's number (SIGINT 130, SIGTERM 143), keeping what was written.
@@ -62,14 +85,11 @@ def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> 
     try:
         main(sys.argv[1:] if argv is None else argv)
     except InputError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise _refused(one_line(err)) from None
     except OSError as err:
         if err.errno not in OS_REFUSALS or not err.filename:
             raise  # see the module docstring: more likely a bug
-        reason = (err.strerror or str(err)).lower()
-        print(f"error: {err.filename}: {reason}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise _refused(f"{err.filename}: {(err.strerror or str(err)).lower()}") from None
     except KeyboardInterrupt as err:
         signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
         print(f"stopped by {signal.Signals(signum).name}: files already written are kept; "

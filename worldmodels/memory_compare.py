@@ -88,6 +88,19 @@ def variant_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
     return out
 
 
+def run_config(cfg: ExperimentConfig, run: RunDir) -> ExperimentConfig:
+    """What the comparison writes as the run's ``config.yaml``: ``cfg`` with the run's
+    own ``memory.*`` and ``data.*``. Those given to compare_memory.py describe the
+    variants' training, not the run's M: written there, the run's next M stage would
+    train its own M on with them, and its C would be refused as scored with another M."""
+    if not run.has_config():
+        return cfg
+    saved = run.load_config(trained=False)
+    out = copy.deepcopy(cfg)
+    out.memory, out.data = saved.memory, saved.data
+    return out
+
+
 BASELINE = "rmdn_diag"
 BUDGETS = ("steps", "epochs")
 
@@ -114,8 +127,7 @@ def compare(cfg: ExperimentConfig, run: RunDir, variants: list[str], seeds: list
     train, _, _ = latent_split(cfg, run)  # the run has usable latents of its V
     if train_episodes > len(train):
         raise ConfigError(f"{train_episodes} training episodes asked, {len(train)} exist")
-    # (its memory.* may describe the variants, not the run's own M)
-    run.write_config(cfg, outputs=(run.memory_compare_dir,), check_models=False)
+    run.write_config(run_config(cfg, run), outputs=(run.memory_compare_dir,))
     rows, m = [], cfg.memory
     for name in variants:
         vcfg = variant_config(cfg, name)

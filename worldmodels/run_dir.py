@@ -73,6 +73,7 @@ from worldmodels.config import (
     to_dict,
 )
 from worldmodels.controller import FlatPolicy, build_controller
+from worldmodels.errors import on_refusal
 from worldmodels.memory import Memory, checkpoint_kinds
 from worldmodels.shards import ShardError, action_space_from_meta, list_shards, read_meta
 from worldmodels.vae import ConvVAE
@@ -590,8 +591,7 @@ class RunDir:
             str(self.config_file), rounds=self.plays_rounds)))
         return sorted(k for k in set(now) | set(saved) if now.get(k) != saved.get(k))
 
-    def write_config(self, cfg: ExperimentConfig, outputs: tuple[Path, ...] = (),
-                     check_models: bool = True) -> None:
+    def write_config(self, cfg: ExperimentConfig, outputs: tuple[Path, ...] = ()) -> None:
         """Save ``cfg`` as the run's ``config.yaml``, once a command has accepted it.
 
         First the run's directory and the stage's ``outputs`` (directories) are made
@@ -601,15 +601,14 @@ class RunDir:
         say, more epochs is a normal way to continue a run) and the old file becomes
         ``config.prev.yaml``. Before all that, the run's trained V and M must be what
         ``cfg`` builds (:func:`worldmodels.preflight.refuse_other_models`), so no stage
-        leaves a config its files contradict; ``check_models=False`` for a command whose
-        ``memory.*`` describe other Ms (compare_memory.py's variants).
+        leaves a config its files contradict (compare_memory.py writes the run's own
+        ``memory.*``, not its variants': :func:`worldmodels.memory_compare.run_config`).
         """
         self.refuse_shipped()
-        if check_models:
-            # (preflight builds M with M's stage, which imports this module)
-            from worldmodels.preflight import refuse_other_models
+        # (preflight builds M with M's stage, which imports this module)
+        from worldmodels.preflight import refuse_other_models
 
-            refuse_other_models(cfg, self)
+        refuse_other_models(cfg, self)
         text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
         old_text = self.config_file.read_text() if self.config_file.exists() else None
         changed = None  # (no config yet: a new run)
@@ -622,12 +621,16 @@ class RunDir:
             check_writable(directory)
         if old_text == text:
             return
+        old_prev = (self.prev_config_file.read_text()
+                    if self.prev_config_file.is_file() else None)
         if changed is not None:
             print(f"{self.config_file}: config changed since the last run: "
                   + ", ".join(f"{k}: {before.get(k)!r} -> {new.get(k)!r}" for k in changed),
                   file=sys.stderr)
             write_text_atomic(self.prev_config_file, old_text)
         write_text_atomic(self.config_file, text)
+        _WRITTEN_CONFIGS[:] = [_WrittenConfig(self, old_text, old_prev,
+                                              self.config_file.stat().st_mtime_ns)]
 
     # ------------------------------------------------------------------ parts
     def action_space(self) -> gym.Space:
@@ -967,3 +970,44 @@ def is_run_config(config: str) -> bool:
         return False
     data = read_yaml(path)
     return isinstance(data, dict) and bool(data) and not set(CONFIG_FILE_KEYS) & set(data)
+
+
+@dataclass
+class _WrittenConfig:
+    """The last ``config.yaml`` this process wrote: the run, the texts of its
+    ``config.yaml`` and ``config.prev.yaml`` before (None: no such file) and when."""
+
+    run: RunDir
+    old: str | None
+    old_prev: str | None
+    mtime_ns: int
+
+
+_WRITTEN_CONFIGS: list[_WrittenConfig] = []
+
+
+def undo_refused_config() -> None:
+    """Put back the run's ``config.yaml`` and ``config.prev.yaml`` as they were before
+    this process last wrote them, if nothing else in the run has been written since: a
+    command refused on its inputs (a corrupt shard, a history scored with another M)
+    leaves the run's config as its files were made with. Before, each refused command
+    moved the config along, and after two of them the trained config was in neither
+    file. Called by :func:`worldmodels.errors.run_cli` on a refusal."""
+    if not _WRITTEN_CONFIGS:
+        return
+    written = _WRITTEN_CONFIGS.pop()
+    run = written.run
+    own = {run.config_file, run.prev_config_file}
+    for path in run.home.rglob("*"):
+        if path not in own and path.is_file() and path.stat().st_mtime_ns >= written.mtime_ns:
+            return  # the command wrote outputs with this config: it stands
+    for path, text in ((run.config_file, written.old), (run.prev_config_file, written.old_prev)):
+        if text is None:
+            path.unlink(missing_ok=True)
+        elif not path.is_file() or path.read_text() != text:
+            write_text_atomic(path, text)
+    print(f"{run.config_file}: put back as it was (the command was refused)", file=sys.stderr)
+
+
+on_refusal(undo_refused_config)
+
