@@ -844,8 +844,8 @@ def test_a_refused_command_leaves_the_runs_config_as_it_was(run_dir, tmp_path, c
     good = shard.read_bytes()
     shard.write_bytes(good[:300])
     for generations in (2, 3):
-        err = refused(controller_script, ["--run", str(run), f"controller.generations={generations}"],
-                      capsys, worked=True)
+        argv = ["--run", str(run), f"controller.generations={generations}"]
+        err = refused(controller_script, argv, capsys, worked=True)
         assert str(shard) in err
         assert {name: (run / name).read_text() if (run / name).exists() else None
                 for name in before} == before
