@@ -620,12 +620,21 @@ def plot_sb3_curve(path: Path, state: dict[str, Any]) -> None:
                     "env steps", "return")
 
 
-def _resume(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+def _resume(path: Path, settings: dict[str, Any], policy: Path) -> dict[str, Any] | None:
     """The checkpoint's state, or None when there is none; one made with other settings
-    is refused (its optimizer and schedules belong to another training)."""
+    is refused (its optimizer and schedules belong to another training), and so is an
+    unreadable one, saying that without it training starts anew and replaces ``policy``
+    (the trained policy beside it)."""
     if not path.exists():
         return None
-    state = load_state(path)
+    try:
+        state = load_state(path)
+    except CheckpointError as err:
+        reason = str(err).split("; delete it")[0]
+        raise CheckpointError(
+            f"{reason}; SB3 cannot resume from it. Without it this command trains a new "
+            f"policy from step 0, which replaces {policy}: move that aside first to keep it "
+            "(it still plays: evaluate.py --policy), then delete the checkpoint") from None
     saved = state.get("settings")
     if isinstance(saved, dict) and "use_cell" not in saved:
         # recorded since use_cell became a setting; a policy of the other size is
@@ -672,8 +681,8 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
     else:
         run.write_config(cfg, outputs=(run.controller.dir,))
     checkpoint = run.controller.sb3_checkpoint(algo, environment)
-    state = _resume(checkpoint, settings)
     weights, meta_path = run.controller.sb3(algo, environment)
+    state = _resume(checkpoint, settings, weights)
     if state is not None and state["num_timesteps"] >= c.sb3_timesteps:
         print(f"{checkpoint}: trained for {state['num_timesteps']} steps already "
               f"(controller.sb3_timesteps={c.sb3_timesteps}); skipped")

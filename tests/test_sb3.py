@@ -125,6 +125,16 @@ def test_killed_sb3_training_resumes_to_the_same_end_and_schedule(tiny_run, monk
     cfg.controller.sb3_kwargs = {**TINY, "n_epochs": 2}
     with pytest.raises(ConfigError, match=r"other settings.*n_epochs"):
         train_sb3(run, cfg, progress=False)
+    # an unreadable checkpoint: its error says that without it the policy is trained
+    # anew and replaced (it said "restart the optimizer from the last weights", and the
+    # policy was silently replaced), and nothing is written
+    cfg.controller.sb3_kwargs = dict(TINY)
+    checkpoint.write_bytes(b"junk")
+    policy = weights.read_bytes()
+    replaced = f"step 0, which replaces {re.escape(str(weights))}: move"
+    with pytest.raises(CheckpointError, match=replaced):
+        train_sb3(run, cfg, progress=False)
+    assert weights.read_bytes() == policy
 
 
 def test_a_kill_resumes_the_selection_schedule_and_never_leaves_an_older_policy(
