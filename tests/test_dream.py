@@ -18,6 +18,7 @@ from worldmodels.config import ConfigError
 from worldmodels.controller import Controller
 from worldmodels.dream import Dream, dream_returns
 from worldmodels.frmdn import FRMDN
+from worldmodels.frmdn_training import latent_split
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import shard_name, write_npz_atomic
 
@@ -251,6 +252,21 @@ def test_load_dream_refuses_a_run_without_memory(dream_run):
     (run_of(dream_run) / "memory" / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no trained M"):
         load_dream(RunDir(run_of(dream_run)))
+
+
+def test_a_nan_start_latent_is_refused_naming_its_shard(dream_run):
+    """Dreams start at each training shard's first latent; a NaN there made every dream
+    from it NaN (evaluate.py --in-dream wrote 'mean return nan', CMA-ES blamed M or the
+    env), so it is refused by the shard's name."""
+    from worldmodels.shards import ShardError, read_npz
+
+    run = RunDir(run_of(dream_run))
+    train = latent_split(dream_run, run)[0]
+    data = read_npz(train[1])
+    data["mu"][0, 1] = np.nan
+    write_npz_atomic(train[1], data)
+    with pytest.raises(ShardError, match=f"{train[1]}: its first latent"):
+        load_dream(run)
 
 
 def test_save_model_keeps_done_pos_weight_for_dreams(dream_run):

@@ -50,8 +50,13 @@ def start_latents(paths: list[Path]) -> tuple[Tensor, Tensor]:
     mus, logvars = [], []
     for path in paths:
         data = read_npz(path, ("mu", "logvar"))
-        mus.append(data["mu"][0])
-        logvars.append(data["logvar"][0])
+        mu, logvar = data["mu"][0], data["logvar"][0]
+        if not (np.isfinite(mu).all() and np.isfinite(logvar).all()):
+            # (a NaN start makes every dream from it, and its fitness, NaN)
+            raise ShardError(f"{path}: its first latent, where dreams start, has NaN/Inf "
+                             "in mu or logvar (encode the run again, or move the shard aside)")
+        mus.append(mu)
+        logvars.append(logvar)
     return torch.from_numpy(np.stack(mus)), torch.from_numpy(np.stack(logvars))
 
 
