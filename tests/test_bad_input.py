@@ -49,6 +49,7 @@ from worldmodels.checkpoint import (
     save_state,
 )
 from worldmodels.errors import run_cli
+from worldmodels.run_dir import RunDir
 from worldmodels.shards import read_npz, write_npz_atomic
 
 ENTRY_POINTS = {"collect": collect_script, "train_vae": vae_script, "encode": encode_script,
@@ -331,6 +332,10 @@ CASES = {
                                            "env.crop_bottom"),
     "env.kwargs unknown keyword": Case("collect", ["env.kwargs={bogus_option: 1}"],
                                        "bogus_option"),
+    # (were TypeErrors: make_env got the keyword twice)
+    "env.kwargs holds max_episode_steps": Case(
+        "collect", ["env.kwargs={max_episode_steps: 5}"], "is env.max_episode_steps"),
+    "env.kwargs holds id": Case("collect", ["env.kwargs={id: CarRacing-v3}"], "is env.id"),
     "evaluate --episodes 0": Case("evaluate", ["--episodes", "0"], "--episodes"),
     "evaluate --episodes x": Case("evaluate", ["--episodes", "x"], "--episodes"),
     "dream --policy bogus": Case("dream", ["--policy", "bogus"], "--policy"),
@@ -853,3 +858,30 @@ def test_a_refused_command_leaves_the_runs_config_as_it_was(run_dir, tmp_path, c
     run_cli(controller_script.main, ["--run", str(run), "controller.generations=2"])
     assert "generations: 2" in (run / "config.yaml").read_text()
     assert (run / "config.prev.yaml").read_text() == before["config.yaml"]
+
+
+def test_skip_corrupt_passes_over_an_unreadable_first_latent_shard(run_dir, tmp_path):
+    """data.skip_corrupt=true: C trains with the run's first latent shard truncated (the
+    action space was read from that shard alone, so the skip stopped there)."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    first = run / "latents" / "ep_000000.npz"
+    first.write_bytes(first.read_bytes()[:300])
+    run_cli(controller_script.main, ["--run", str(run), "controller.generations=2",
+                                     "data.skip_corrupt=true"])
+    log = json.loads((run / "controller" / "generations.json").read_text())
+    assert [g["generation"] for g in log] == [1, 2]
+
+
+def test_a_trained_run_is_played_only_in_an_env_with_its_actions(run_dir, capsys):
+    """evaluate.py / dream.py env.id=... or env.kwargs=... on a trained run: an env that
+    acts otherwise is refused naming the key (was: a traceback from CartPole, an error
+    blaming C's file, or the CarRacing agent scored in Pendulum); the same actions pass."""
+    run = RunDir(run_dir)
+    run.load_config(["env.kwargs={lap_complete_percent: 0.9}"])  # same actions: fine
+    for script, extra in ((evaluate_script, ["--episodes", "1"]),
+                          (dream_script, ["--steps", "2"])):
+        for override in ("env.id=Pendulum-v1", "env.kwargs={continuous: false}"):
+            err = refused(script, ["--run", str(run_dir), *extra, override], capsys)
+            assert "acts in" in err and "were trained on Box" in err, err
+            assert f"'{override.split('=')[0]}'" in err

@@ -28,7 +28,7 @@ from tools.export_pretrained import export
 from tools.export_pretrained import main as export_main
 from worldmodels.checkpoint import CheckpointError
 from worldmodels.config import ConfigError
-from worldmodels.errors import InputError
+from worldmodels.errors import InputError, run_cli
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import ShardError
 
@@ -161,7 +161,7 @@ def test_play_overrides_change_the_shipped_config_and_fixed_keys_are_refused(tra
     assert not refused.exists() and not refused.with_name("refused.partial").exists()
 
 
-def test_a_refused_export_names_the_source_file_and_leaves_nothing(trained, tmp_path):
+def test_a_refused_export_names_the_source_file_and_leaves_nothing(trained, tmp_path, capsys):
     """A corrupt controller of the run stops the export, naming the run's file (not the
     copy being written), and no half-written agent is left behind; a run without latents
     ships an agent that plays the real env only, and says so when asked to dream."""
@@ -181,6 +181,17 @@ def test_a_refused_export_names_the_source_file_and_leaves_nothing(trained, tmp_
     assert "dream_starts.npz" not in info["files"]
     with pytest.raises(ShardError, match="dream_starts.npz: missing; this shipped agent"):
         evaluate_script.main(["--run", str(dest), "--in-dream", "--episodes", "1"])
+    # C in the dream of that agent's V and M: the same error (it was "<agent>/latents: 0
+    # usable latent shard(s); run encode.py first"), and the new run's directory is left
+    # free for another world model (its config.yaml, written first, is taken back)
+    borrowed = tmp_path / "borrowed"
+    for _ in range(2):
+        with pytest.raises(SystemExit):
+            run_cli(controller_script.main, ["--world-model", str(dest), "--run", str(borrowed),
+                                             "controller.environment=dream"])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"error: {dest / 'dream_starts.npz'}: missing"), err
+        assert not (borrowed / "config.yaml").exists()
     with pytest.raises(CheckpointError, match=r"no such controller \(it ships selected\)"):
         evaluate_script.main(["--run", str(dest), "--episodes", "1", "--weights", "mean"])
     shipped = json.loads((dest / "shipped.json").read_text())

@@ -849,6 +849,19 @@ def validate(cfg: ExperimentConfig, rounds: bool = True) -> None:
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"config key '{key}' {why}")
+    reserved = sorted(set(cfg.env.kwargs) & set(ENV_KWARGS_OWNED))
+    if reserved:
+        raise ConfigError(f"config key 'env.kwargs' holds '{reserved[0]}', which "
+                          f"{ENV_KWARGS_OWNED[reserved[0]]}")
+
+
+#: keywords of gymnasium.make that the env's own keys set (env.kwargs may not hold them)
+ENV_KWARGS_OWNED = {
+    "id": "is env.id",
+    "max_episode_steps": "is env.max_episode_steps",
+    "render_mode": "the library sets (rgb_array where it needs frames)",
+    "disable_env_checker": "the library sets",
+}
 
 
 DATA_POLICIES = ("random", "held", "brownian", "linear", "controller")

@@ -579,7 +579,27 @@ class RunDir:
                 raise ConfigError(
                     f"{self.home} is a trained run: '{fixed[0]}' is fixed by its files "
                     f"({saved.get(fixed[0])!r}); only {allowed} can change")
+            now = _flatten(to_dict(cfg))
+            other_env = [k for k in ("env.id", "env.kwargs") if now.get(k) != saved.get(k)]
+            if other_env:
+                self._refuse_other_actions(cfg, other_env[0])
         return cfg
+
+    def _refuse_other_actions(self, cfg: ExperimentConfig, key: str) -> None:
+        """A trained run played in another env (``key``: env.id or env.kwargs changed) must
+        act in the same action space as its M and C were trained on (was: a traceback
+        from the env, an error blaming C's file, or a CarRacing agent scored in Pendulum)."""
+        from envs.factory import make_env_from_config  # (envs imports this module)
+
+        env = make_env_from_config(cfg.env)
+        try:
+            actions, trained = env.action_space, self.action_space()
+        finally:
+            env.close()
+        if actions != trained:
+            raise ConfigError(f"config key '{key}': {cfg.env.id} (env.kwargs={cfg.env.kwargs}) "
+                              f"acts in {actions}, but {self.home}'s M and C were trained on "
+                              f"{trained}: play the run in an env with the same actions")
 
     def changed_keys(self, cfg: ExperimentConfig) -> list[str]:
         """The dotted keys whose values in ``cfg`` differ from the run's ``config.yaml``
@@ -623,14 +643,14 @@ class RunDir:
             return
         old_prev = (self.prev_config_file.read_text()
                     if self.prev_config_file.is_file() else None)
+        files = _file_times(self)
         if changed is not None:
             print(f"{self.config_file}: config changed since the last run: "
                   + ", ".join(f"{k}: {before.get(k)!r} -> {new.get(k)!r}" for k in changed),
                   file=sys.stderr)
             write_text_atomic(self.prev_config_file, old_text)
         write_text_atomic(self.config_file, text)
-        _WRITTEN_CONFIGS[:] = [_WrittenConfig(self, old_text, old_prev,
-                                              self.config_file.stat().st_mtime_ns)]
+        _WRITTEN_CONFIGS[:] = [_WrittenConfig(self, old_text, old_prev, files)]
 
     # ------------------------------------------------------------------ parts
     def action_space(self) -> gym.Space:
@@ -647,15 +667,25 @@ class RunDir:
         return action_space_from_meta(found[1], found[0])
 
     def _episodes_action_space(self) -> tuple[Path, dict[str, Any]] | None:
-        """(first shard, its recorded action space) of the run's latents, else rollouts;
-        None without shards."""
+        """(first readable shard, its recorded action space) of the run's latents, else
+        rollouts; None without shards. An unreadable shard is passed over (every shard
+        records the same space; the stages that read its data refuse or skip it by
+        ``data.skip_corrupt``); with none readable, the first one's error."""
         for directory in (self.latents, self.rollouts):
             shards = list_shards(directory)
-            if shards:
-                info = read_meta(shards[0]).get("action_space")
+            first: ShardError | None = None
+            for shard in shards:
+                try:
+                    meta = read_meta(shard)
+                except ShardError as err:
+                    first = first or err
+                    continue
+                info = meta.get("action_space")
                 if not info:
-                    raise ShardError(f"{shards[0]}: meta has no action_space")
-                return shards[0], info
+                    raise ShardError(f"{shard}: meta has no action_space")
+                return shard, info
+            if first is not None:
+                raise first
         return None
 
     def load_vae(self, z_dim: int | None = None, device: str = "cpu") -> ConvVAE:
@@ -975,15 +1005,23 @@ def is_run_config(config: str) -> bool:
 @dataclass
 class _WrittenConfig:
     """The last ``config.yaml`` this process wrote: the run, the texts of its
-    ``config.yaml`` and ``config.prev.yaml`` before (None: no such file) and when."""
+    ``config.yaml`` and ``config.prev.yaml`` before (None: no such file), and the run's
+    other files then (:func:`_file_times`)."""
 
     run: RunDir
     old: str | None
     old_prev: str | None
-    mtime_ns: int
+    files: dict[Path, int]
 
 
 _WRITTEN_CONFIGS: list[_WrittenConfig] = []
+
+
+def _file_times(run: RunDir) -> dict[Path, int]:
+    """Every file under the run's own directory but its configs, with its mtime (ns)."""
+    own = {run.config_file, run.prev_config_file}
+    return {path: path.stat().st_mtime_ns for path in run.home.rglob("*")
+            if path not in own and path.is_file()}
 
 
 def undo_refused_config() -> None:
@@ -997,10 +1035,8 @@ def undo_refused_config() -> None:
         return
     written = _WRITTEN_CONFIGS.pop()
     run = written.run
-    own = {run.config_file, run.prev_config_file}
-    for path in run.home.rglob("*"):
-        if path not in own and path.is_file() and path.stat().st_mtime_ns >= written.mtime_ns:
-            return  # the command wrote outputs with this config: it stands
+    if _file_times(run) != written.files:
+        return  # the command wrote outputs with this config: it stands
     for path, text in ((run.config_file, written.old), (run.prev_config_file, written.old_prev)):
         if text is None:
             path.unlink(missing_ok=True)
