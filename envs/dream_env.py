@@ -151,10 +151,16 @@ def ensemble_memory(run: RunDir, cfg: ExperimentConfig, memory: Memory,
     :class:`ConfigError` naming the key and the directory otherwise."""
     own = _vae_tensors(run)
     members, weights = [memory], [pos_weight]
+    seen = {run.memory.weights().resolve(): str(run.path)}
     for path, other in ensemble_runs(cfg):
         if not other.memory.weights().exists():
             raise ConfigError(f"config key 'dream.ensemble': {other.memory.weights()}: no "
                               f"trained M in '{path}'")
+        where = other.memory.weights().resolve()
+        if where in seen:  # (with z from a random member, one M twice has double weight)
+            raise ConfigError(f"config key 'dream.ensemble': '{path}' names the M of "
+                              f"'{seen[where]}' again; each M may dream once")
+        seen[where] = path
         theirs = _vae_tensors(other)
         if theirs.keys() != own.keys() or not all(  # (an fp16 export: its V in float32)
                 torch.equal(own[k].float(), theirs[k].float()) for k in own):

@@ -186,6 +186,10 @@ def test_a_run_dreams_with_another_runs_m_by_config(two_runs):
 def test_an_ensemble_member_on_another_v_or_without_m_is_refused(two_runs):
     cfg, other = two_runs
     run = RunDir(run_of(cfg))
+    # one M twice (by any path) would dream with double weight under ensemble_z=random
+    for twice in (f"{run.path}", f"{other},{other}/."):
+        with pytest.raises(ConfigError, match="dream.ensemble.*names the M of .* again"):
+            load_dream(run, run.load_config([f"dream.ensemble={twice}"]))
     vae = RunDir(other).load_vae()
     with torch.no_grad():
         next(vae.parameters()).add_(1.0)

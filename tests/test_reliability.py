@@ -282,6 +282,20 @@ def test_controller_weights_of_another_shape_are_refused(tmp_path):
     assert torch.isfinite(other.get_flat()).all()
 
 
+def test_weights_without_a_header_beside_a_sidecar_that_is_not_text_are_refused(tmp_path):
+    """A weights file whose header lacks the model config is read with its JSON sidecar;
+    one of bytes that are not UTF-8 is a CheckpointError naming it (was a traceback)."""
+    from safetensors.torch import save_file
+
+    from worldmodels.checkpoint import read_header, sidecar
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    sidecar(path).write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(CheckpointError, match=f"{sidecar(path)}: model config is not JSON"):
+        read_header(path)
+
+
 def test_another_kind_of_model_in_the_checkpoints_place_is_refused_by_name(tmp_path):
     """An M's weights where V's belong (the same z_dim, so ``expect`` alone passes it):
     a CheckpointError naming the file, not torch's missing-keys RuntimeError."""

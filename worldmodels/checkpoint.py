@@ -76,10 +76,10 @@ def read_header(path: Path) -> dict[str, Any]:
         source = sidecar(path)
         if not source.exists():
             raise CheckpointError(f"{path}: no model config in its header and no {source.name}")
-        text = source.read_text()
+        text = source.read_bytes()
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{source}: model config is not JSON: {err}") from err
     if not isinstance(data, dict) or "kind" not in data or "config" not in data:
         raise CheckpointError(f"{source}: model config needs 'kind' and 'config'")
