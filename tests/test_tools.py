@@ -207,3 +207,25 @@ def test_terminal_frame_measures_the_black_frames_latent_and_counts_dream_steps(
         share * everywhere["terminal_nll"] + (1 - share) * everywhere["other_nll"])
     assert everywhere["dream_steps_on_from_black"] == everywhere["dream_steps"] - 5
     assert main([*args, "--radius", "1e-9"])["dream_steps_on_from_black"] == 0
+
+
+TOOLS_WITH_OPTIONS = ["average_controllers", "done_along_real", "dream_action_check",
+                      "dream_spread", "ensemble_eval", "export_pretrained", "frmdn_numerics",
+                      "m_data_control", "m_on_policy", "runs_summary", "score_vae",
+                      "terminal_frame"]
+
+
+@pytest.mark.parametrize("tool", TOOLS_WITH_OPTIONS)
+def test_a_tools_argument_error_is_one_line(tool, capsys):
+    """An unknown option is `error: <prog>: ... (--help lists the options)`, exit 2, as
+    for the staged scripts (the tools printed argparse's usage block)."""
+    import importlib
+
+    from worldmodels.errors import run_cli
+
+    module = importlib.import_module(f"tools.{tool}")
+    with pytest.raises(SystemExit) as stop:
+        run_cli(module.main, ["--no-such-option"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and "--help lists the options" in err

@@ -13,7 +13,6 @@ actions, a vote weighted by each member's confidence. ``evaluate.py`` then score
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -32,7 +31,7 @@ from worldmodels.checkpoint import (
     read_header,
     save_model,
 )
-from worldmodels.config import doc_summary
+from worldmodels.config import command_parser
 from worldmodels.errors import InputError, run_cli
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, RunDir
 
@@ -94,7 +93,7 @@ def average(out_dir: Path, member_dirs: list[Path]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
+    parser = command_parser(__doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("members", type=Path, nargs="+")
     args = parser.parse_args(argv)

@@ -14,7 +14,6 @@ not in the done head (docs/results.md, issue 5). For Discrete action spaces.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 
 from agents.dream_check import discrete_actions, held_action_episodes
 from envs.factory import make_env_from_config
-from worldmodels.config import ConfigError, doc_summary
+from worldmodels.config import ConfigError, command_parser
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
 from worldmodels.teacher_forcing import dream_rule_length, teacher_forced
@@ -34,7 +33,7 @@ from worldmodels.vae import to_float_frames
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
+    parser = command_parser(__doc__)
     parser.add_argument("run", type=Path)
     parser.add_argument("--episodes", type=int, default=15)
     args = parser.parse_args(argv)

@@ -15,7 +15,6 @@ check before C trains in the dream (``agents/dream_check.py``).
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -28,13 +27,13 @@ import torch
 from agents.dream_check import held_action_check, markdown_table
 from envs.dream_env import load_dream
 from envs.factory import make_env_from_config
-from worldmodels.config import ConfigError, doc_summary
+from worldmodels.config import ConfigError, command_parser
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
+    parser = command_parser(__doc__)
     parser.add_argument("run", type=Path)
     parser.add_argument("temperature", type=float)
     parser.add_argument("overrides", nargs="*", help="dream.<key>=<value>")

@@ -12,7 +12,6 @@ Two Ms with the same spread give CMA-ES equally noisy dreams (docs/results.md, i
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
-from worldmodels.config import ConfigError, doc_summary
+from worldmodels.config import ConfigError, command_parser
 from worldmodels.datasets import read_latents
 from worldmodels.errors import InputError, run_cli
 from worldmodels.memory import Memory
@@ -44,7 +43,7 @@ def spread(memory: Memory, mu: torch.Tensor, action: torch.Tensor, tau: float,
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
+    parser = command_parser(__doc__)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--episodes", type=int, default=80,
                         help="the first half and the last half of the first run's latents")

@@ -12,7 +12,6 @@ and, last, ``mean return M ± S over N episodes``. Writes nothing.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import nn
 from agents.sb3 import SB3Controller, play_policy_batched, sb3_controller
 from agents.seeds import check_report_seeds, evaluation_seeds, selection_of
 from worldmodels.checkpoint import read_json
-from worldmodels.config import ConfigError, doc_summary
+from worldmodels.config import ConfigError, command_parser
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
 
@@ -71,7 +70,7 @@ def check_members(runs: list[RunDir], algo: str, seeds: list[int]) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[float]:
-    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
+    parser = command_parser(__doc__)
     parser.add_argument("items", nargs="+", metavar="RUN | KEY=VALUE",
                         help="run directories with an SB3 policy each, then seed=S and "
                              "env.* overrides")

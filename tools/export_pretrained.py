@@ -41,7 +41,6 @@ outputs go to ``runs/pretrained/<DEST's name>/`` under the working directory (or
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -69,7 +68,7 @@ from worldmodels.checkpoint import (
     save_model,
     write_json_atomic,
 )
-from worldmodels.config import doc_summary, save_config
+from worldmodels.config import command_parser, save_config
 from worldmodels.dream import read_start_latents
 from worldmodels.errors import InputError, run_cli
 from worldmodels.memory import checkpoint_kinds
@@ -260,7 +259,7 @@ def _removed_on_failure(directory: Path) -> Iterator[None]:
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
+    parser = command_parser(__doc__)
     parser.add_argument("run", type=Path, help="the trained run's directory")
     parser.add_argument("dest", type=Path, help="a new (or empty) directory")
     parser.add_argument("--fp16", action="store_true",

@@ -12,7 +12,6 @@ cannot hide the next. Prints a table and exits 1 if anything was non-finite.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import platform
@@ -25,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
-from worldmodels.config import doc_summary, load_config
+from worldmodels.config import command_parser, load_config
 from worldmodels.datasets import SequenceDataset
 from worldmodels.errors import run_cli
 from worldmodels.frmdn_training import _batch_losses, action_info, build_memory, latent_split
@@ -81,7 +80,7 @@ def run(cfg, variant: dict, seed: int, steps: int) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
+    parser = command_parser(__doc__)
     parser.add_argument("--config", default="carracing")
     parser.add_argument("--preset", action="append", default=None)
     parser.add_argument("--steps", type=int, default=300)

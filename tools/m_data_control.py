@@ -15,7 +15,6 @@ resumes M from its last epoch and reuses the check when M has not changed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,14 +25,14 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 from agents.dream_check import check_run, train_memory_checked
 from worldmodels.atomic import write_bytes_atomic
 from worldmodels.checkpoint import read_header, sidecar
-from worldmodels.config import ConfigError, doc_summary
+from worldmodels.config import ConfigError, command_parser
 from worldmodels.errors import run_cli
 from worldmodels.frmdn_training import report_dict
 from worldmodels.run_dir import RunDir, RunView
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
+    parser = command_parser(__doc__)
     parser.add_argument("--run", type=Path, required=True, help="a run of iterative training")
     parser.add_argument("--round", type=int, required=True, help="the round whose M starts")
     parser.add_argument("--epochs", type=int, required=True, help="more epochs (>= 1)")

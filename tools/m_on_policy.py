@@ -15,7 +15,6 @@ Ha's iterative training. Writes nothing.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -31,7 +30,7 @@ import torch
 from agents.policies import make_policy
 from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
-from worldmodels.config import DATA_POLICIES, ExperimentConfig, doc_summary
+from worldmodels.config import DATA_POLICIES, ExperimentConfig, command_parser
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
 
@@ -71,7 +70,7 @@ def episode_nll(agent: VMCAgent, env: gym.Env, seed: int, data_policy: str | Non
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
+    parser = command_parser(__doc__)
     parser.add_argument("run", help="a trained run (or a shipped agent under pretrained/)")
     parser.add_argument("--policy", choices=POLICIES, default="ppo",
                         help="the run's policy whose episodes M scores (default ppo)")

@@ -16,7 +16,6 @@ run: episodes, mean, std, min, max) and last ``median <M> over <N> runs (min <a>
 
 from __future__ import annotations
 
-import argparse
 import csv
 import statistics
 import sys
@@ -29,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 import numpy as np
 
 from worldmodels.checkpoint import read_json
-from worldmodels.config import doc_summary
+from worldmodels.config import command_parser
 from worldmodels.errors import InputError, run_cli
 from worldmodels.run_dir import RunDir
 
@@ -137,7 +136,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> list[RunScore]:
-    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
+    parser = command_parser(__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
     parser.add_argument("--result", default="controller_selected",
                         help="the evaluation's name in eval/ (controller_selected, ppo, ...)")

@@ -15,7 +15,6 @@ things, such as TakeCover's distant fireballs, that the frame MSE hides.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
-from worldmodels.config import doc_summary
+from worldmodels.config import command_parser
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
 from worldmodels.vae_training import (
@@ -42,7 +41,7 @@ def _share(kept: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
+    parser = command_parser(__doc__)
     parser.add_argument("--run", required=True, help="the run whose held-out frames are scored")
     parser.add_argument("--vae", action="append", default=[],
                         help="another run whose V is scored on them (repeatable)")

@@ -16,7 +16,6 @@ black frame's. README, "Data and checkpoints".
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from envs.dream_env import load_dream
-from worldmodels.config import ConfigError, doc_summary
+from worldmodels.config import ConfigError, command_parser
 from worldmodels.datasets import read_latents
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
@@ -35,7 +34,7 @@ from worldmodels.shards import list_shards
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
+    parser = command_parser(__doc__)
     parser.add_argument("run", type=Path, help="a trained run or shipped agent (V, M and C)")
     parser.add_argument("--latents", type=Path, required=True,
                         help="latent shards encoded by the run's V")

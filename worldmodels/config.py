@@ -1007,6 +1007,12 @@ def doc_summary(doc: str | None) -> str:
     return " ".join((doc or "").strip().split("\n\n")[0].split())
 
 
+def command_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A tool's argument parser, its --help description the first paragraph of ``doc``
+    (the module's docstring); an argument error is one line, as for every entry point."""
+    return _Parser(description=doc_summary(doc))
+
+
 def cli_parser(description: str) -> argparse.ArgumentParser:
     """The arguments every entry point shares: --config, --preset, key=value overrides."""
     parser = _Parser(
