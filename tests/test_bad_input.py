@@ -404,8 +404,13 @@ CASES = {
                                                   "random policy's are not recorded"),
     "evaluate, no controller file": Case("evaluate", ["--policy", "controller", "--weights",
                                                       "best"], "no trained controller",
-                                         lambda run: (run / "controller" / "best.safetensors"
-                                                      ).unlink()),
+                                         lambda run: [p.unlink() for p in (
+                                             run / "controller").glob("*.safetensors")]),
+    # (it said "no trained controller (run train_controller.py ...)" beside the others)
+    "evaluate, not that controller": Case("evaluate", ["--policy", "controller", "--weights",
+                                                       "best"], "choose it with --weights",
+                                          lambda run: (run / "controller" / "best.safetensors"
+                                                       ).unlink()),
     "evaluate on its own selection seeds": Case(
         "evaluate", ["--episodes", "1000", "seed=8175", "--weights", "selected"],
         "give another seed=N", selected_on(0, 1000)),

@@ -766,10 +766,14 @@ class RunDir:
         """The path of C's ``weights`` (None: the default), which must exist."""
         path = self.controller.weights(weights or self.controller.default_weights())
         if not path.exists():
+            have = sorted(w for w in CONTROLLER_WEIGHTS if self.controller.weights(w).exists())
             if self.is_shipped:
-                have = sorted(w for w in CONTROLLER_WEIGHTS if self.controller.weights(w).exists())
                 raise CheckpointError(f"{path}: this shipped agent has no such controller "
                                       f"(it ships {', '.join(have) or 'none'})")
+            if have:  # e.g. selected asked of a run trained without a selection
+                raise CheckpointError(f"{path}: no such controller (CMA-ES writes "
+                                      "selected.safetensors when controller.eval_every > 0); "
+                                      f"this run has {', '.join(have)}: choose it with --weights")
             raise CheckpointError(f"{path}: no trained controller (run train_controller.py "
                                   f"for {self.home})")
         return path
