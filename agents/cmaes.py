@@ -487,6 +487,30 @@ def plot_fitness(log: list[dict[str, Any]], path: Path, title: str = "CMA-ES fit
                 band=([g["worst"] for g in log], [g["best"] for g in log]))
 
 
+#: what a refused CMA-ES history's error advises
+DELETE_HISTORY = "delete it (or the controller directory) to start CMA-ES anew"
+
+
+def read_history_file(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """(fitness (G, P) float64, finite; the settings mapping) of an existing CMA-ES
+    history, or a :class:`ConfigError` naming it (unreadable, another format, NaN)."""
+    try:
+        data = read_npz(path, ("fitness", "settings"))
+        saved = json.loads(str(data["settings"]))
+    except (ShardError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: unreadable CMA-ES history ({err}); {DELETE_HISTORY}") from None
+    fitness = data["fitness"]
+    if not isinstance(saved, dict) or fitness.dtype != np.float64 or fitness.ndim != 2:
+        raise ConfigError(f"{path}: not a CMA-ES history (fitness {fitness.dtype} "
+                          f"{fitness.shape}, float64 (generations, population) "
+                          f"expected, and a settings mapping); {DELETE_HISTORY}")
+    if not bool(np.isfinite(fitness).all()):
+        raise ConfigError(f"{path}: fitness holds NaN or Inf (generation "
+                          f"{int(np.argwhere(~np.isfinite(fitness))[0][0]) + 1}), so CMA-ES "
+                          f"cannot replay it; {DELETE_HISTORY}")
+    return fitness, saved
+
+
 def read_history(path: Path, settings: dict[str, Any], population: int,
                  ) -> tuple[np.ndarray, dict[str, Any]]:
     """Recorded fitness (G, P) and the settings saved with it; refuses a history made with
@@ -494,21 +518,7 @@ def read_history(path: Path, settings: dict[str, Any], population: int,
     (all but :data:`WORLD_MODEL_KEY`, which the caller weighs)."""
     if not path.exists():
         return np.zeros((0, population)), {}
-    delete = "delete it (or the controller directory) to start CMA-ES anew"
-    try:
-        data = read_npz(path, ("fitness", "settings"))
-        saved = json.loads(str(data["settings"]))
-    except (ShardError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: unreadable CMA-ES history ({err}); {delete}") from None
-    fitness = data["fitness"]
-    if not isinstance(saved, dict) or fitness.dtype != np.float64 or fitness.ndim != 2:
-        raise ConfigError(f"{path}: not a CMA-ES history (fitness {fitness.dtype} "
-                          f"{fitness.shape}, float64 (generations, population) "
-                          f"expected, and a settings mapping); {delete}")
-    if not bool(np.isfinite(fitness).all()):
-        raise ConfigError(f"{path}: fitness holds NaN or Inf (generation "
-                          f"{int(np.argwhere(~np.isfinite(fitness))[0][0]) + 1}), so CMA-ES "
-                          f"cannot replay it; {delete}")
+    fitness, saved = read_history_file(path)
     changed = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings}
                if saved.get(k) != settings.get(k) and k not in (WORLD_MODEL_KEY, PLAY_KEY)
                and (k != ARCHITECTURE_KEY or k in saved)}
@@ -518,7 +528,7 @@ def read_history(path: Path, settings: dict[str, Any], population: int,
                          + "; use a new run name or delete the controller directory")
     if fitness.shape[1] != population:
         raise ConfigError(f"{path}: has {fitness.shape[1]} candidates a generation, the "
-                          f"population is {population}; {delete}")
+                          f"population is {population}; {DELETE_HISTORY}")
     return fitness, saved
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from agents.cmaes import CMAESReport, Evaluator, train_cmaes
+from agents.cmaes import CMAESReport, Evaluator, read_history_file, train_cmaes
 from agents.finalists import final_selection, restore_first_stage, save_selected
 from agents.seeds import search_seed
 from worldmodels.atomic import write_bytes_atomic
@@ -59,6 +59,9 @@ def train_searches(cfg: ExperimentConfig, run: RunDir, progress: bool = True,
             return dataclasses.replace(report, selected=restored) if restored else report
         save_selected(cfg, run, *final)
         return dataclasses.replace(report, selected=final[0])
+    for k in range(restarts):  # every search's history readable before any trains
+        if files.search(k).history.exists():
+            read_history_file(files.search(k).history)
     reports = []
     for k in range(restarts):
         if progress:

@@ -81,6 +81,17 @@ def test_the_number_of_searches_of_a_run_is_fixed_once_it_has_files(tiny_run):
     assert len(report.searches) == 3 and files.search(2).selected.exists()
     with pytest.raises(ConfigError, match=r"searches/2: a search beyond"):
         searches_run(tiny_run, "two", 2)
+    # a later search's corrupt history is refused before an earlier search trains on
+    # (it was found only when its turn came, search 0 having trained meanwhile)
+    history = files.search(2).history
+    kept = history.read_bytes()
+    history.write_bytes(kept[:100])
+    before = {p: p.read_bytes() for p in files.dir.rglob("*") if p.is_file()}
+    tiny_run.controller.generations, tiny_run.controller.restarts = 3, 3
+    with pytest.raises(ConfigError, match=r"searches/2/cmaes_history.npz: unreadable"):
+        train_searches(tiny_run, RunDir(run_of(tiny_run)), progress=False, evaluator=quadratic)
+    assert {p: p.read_bytes() for p in files.dir.rglob("*") if p.is_file()} == before
+    history.write_bytes(kept)
     # a search that lost its selection cannot be compared
     files.search(1).selected.unlink()
     with pytest.raises(ConfigError, match=r"searches/1: this search has no controller"):
