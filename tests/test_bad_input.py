@@ -408,7 +408,7 @@ CASES = {
                                              run / "controller").glob("*.safetensors")]),
     # (it said "no trained controller (run train_controller.py ...)" beside the others)
     "evaluate, not that controller": Case("evaluate", ["--policy", "controller", "--weights",
-                                                       "best"], "choose it with --weights",
+                                                       "best"], "choose one with --weights",
                                           lambda run: (run / "controller" / "best.safetensors"
                                                        ).unlink()),
     "evaluate on its own selection seeds": Case(
@@ -860,9 +860,20 @@ def test_a_refused_command_leaves_the_runs_config_as_it_was(run_dir, tmp_path, c
         assert {name: (run / name).read_text() if (run / name).exists() else None
                 for name in before} == before
     shard.write_bytes(good)
+    # run.py: its first stage writes the config, its C stage refuses the CMA-ES history
+    # (another population); progress.json, rewritten after every stage done or skipped,
+    # is not an output
+    err = refused(run_script, ["--run", str(run), "controller.population=4"], capsys,
+                  worked=True)
+    assert "other CMA-ES settings" in err, err
+    assert {name: (run / name).read_text() if (run / name).exists() else None
+            for name in before} == before
     run_cli(controller_script.main, ["--run", str(run), "controller.generations=2"])
     assert "generations: 2" in (run / "config.yaml").read_text()
     assert (run / "config.prev.yaml").read_text() == before["config.yaml"]
+    # a later refused command of the same process undoes only what it wrote itself
+    refused(evaluate_script, ["--run", str(run), "--episodes", "x"], capsys)
+    assert "generations: 2" in (run / "config.yaml").read_text()
 
 
 def test_skip_corrupt_passes_over_an_unreadable_first_latent_shard(run_dir, tmp_path):
@@ -878,15 +889,47 @@ def test_skip_corrupt_passes_over_an_unreadable_first_latent_shard(run_dir, tmp_
     assert [g["generation"] for g in log] == [1, 2]
 
 
-def test_a_trained_run_is_played_only_in_an_env_with_its_actions(run_dir, capsys):
+def test_a_trained_run_is_played_only_in_an_env_with_its_actions(run_dir, tmp_path,
+                                                                  capsys):
     """evaluate.py / dream.py env.id=... or env.kwargs=... on a trained run: an env that
     acts otherwise is refused naming the key (was: a traceback from CartPole, an error
     blaming C's file, or the CarRacing agent scored in Pendulum); the same actions pass."""
     run = RunDir(run_dir)
     run.load_config(["env.kwargs={lap_complete_percent: 0.9}"])  # same actions: fine
     for script, extra in ((evaluate_script, ["--episodes", "1"]),
-                          (dream_script, ["--steps", "2"])):
+                          (dream_script, ["--steps", "2"]),
+                          (controller_script, ["controller.generations=2"])):
         for override in ("env.id=Pendulum-v1", "env.kwargs={continuous: false}"):
             err = refused(script, ["--run", str(run_dir), *extra, override], capsys)
             assert "acts in" in err and "were trained on Box" in err, err
             assert f"'{override.split('=')[0]}'" in err
+    # a run whose env.kwargs are not empty: one of its keys changed is a change too
+    other = tmp_path / "kwargs"
+    shutil.copytree(run_dir, other)
+    config = other / "config.yaml"
+    config.write_text(config.read_text().replace(
+        "kwargs: {}", "kwargs:\n    lap_complete_percent: 0.95", 1))
+    assert RunDir(other).load_config().env.kwargs == {"lap_complete_percent": 0.95}
+    err = refused(evaluate_script, ["--run", str(other), "--episodes", "1",
+                                    "env.kwargs.continuous=false"], capsys)
+    assert "config key 'env.kwargs'" in err and "acts in Discrete(5)" in err, err
+    # ... and a run on its V and M (--world-model) is checked when it starts
+    err = refused(controller_script, ["--world-model", str(run_dir), "--run",
+                                      str(tmp_path / "borrowed"), "env.id=Pendulum-v1"], capsys)
+    assert "acts in" in err, err
+
+
+def test_action_spaces_compare_by_what_they_take():
+    """A float64 Box against M's recorded float32 one with the same bounds is the same
+    (gymnasium's == compares dtypes); another shape, bound or kind is not."""
+    from gymnasium.spaces import Box, Discrete
+
+    from worldmodels.run_dir import same_actions
+
+    f32 = Box(np.array([-1, 0, 0.1], np.float32), np.ones(3, np.float32))
+    assert same_actions(Box(np.array([-1, 0, 0.1]), np.ones(3)), f32)
+    assert not same_actions(Box(np.array([-1, 0, 0.2]), np.ones(3)), f32)
+    assert not same_actions(Box(-1, 1, (2,)), Box(-1, 1, (3,)))
+    assert same_actions(Discrete(3), Discrete(3)) and not same_actions(Discrete(3), Discrete(4))
+    assert not same_actions(Discrete(3, start=1), Discrete(3))
+    assert not same_actions(Discrete(3), Box(-1, 1, (3,)))

@@ -855,12 +855,11 @@ def validate(cfg: ExperimentConfig, rounds: bool = True) -> None:
                           f"{ENV_KWARGS_OWNED[reserved[0]]}")
 
 
-#: keywords of gymnasium.make that the env's own keys set (env.kwargs may not hold them)
+#: keywords of gymnasium.make that the env's own keys give (in env.kwargs as well, make
+#: got them twice: a TypeError)
 ENV_KWARGS_OWNED = {
     "id": "is env.id",
     "max_episode_steps": "is env.max_episode_steps",
-    "render_mode": "the library sets (rgb_array where it needs frames)",
-    "disable_env_checker": "the library sets",
 }
 
 

@@ -53,6 +53,14 @@ def _raise_stopped(signum: int, _frame: object) -> None:
 
 #: called when run_cli refuses a command, before its error line (see :func:`on_refusal`)
 _REFUSAL_HOOKS: list[Callable[[], None]] = []
+#: how many commands run_cli has started in this process
+_COMMANDS = [0]
+
+
+def current_command() -> int:
+    """The number of the run_cli command this process is running (0 before any): what a
+    refusal hook may undo is what the refused command itself did."""
+    return _COMMANDS[0]
 
 
 def on_refusal(hook: Callable[[], None]) -> None:
@@ -82,6 +90,7 @@ def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> 
     signal's number (SIGINT 130, SIGTERM 143), keeping what was written.
     """
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    _COMMANDS[0] += 1
     try:
         main(sys.argv[1:] if argv is None else argv)
     except InputError as err:

@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import yaml
 
 # the package's memory models: importing them registers them (memory.kind, checkpoints)
@@ -73,7 +75,7 @@ from worldmodels.config import (
     to_dict,
 )
 from worldmodels.controller import FlatPolicy, build_controller
-from worldmodels.errors import on_refusal
+from worldmodels.errors import current_command, on_refusal
 from worldmodels.memory import Memory, checkpoint_kinds
 from worldmodels.shards import ShardError, action_space_from_meta, list_shards, read_meta
 from worldmodels.vae import ConvVAE
@@ -571,32 +573,39 @@ class RunDir:
             raise ConfigError(f"{self.config_file}: empty; a run's config is written whole by "
                               "its first stage (an earlier one may be in config.prev.yaml)")
         cfg = load_config(str(self.config_file), [], list(overrides), rounds)
-        if trained and overrides:
-            saved = _flatten(to_dict(load_config(str(self.config_file), rounds=rounds)))
-            fixed = fixed_changes(cfg, saved, TRAINED_RUN_SECTIONS)
-            if fixed:
-                allowed = ", ".join([f"{s}.*" for s in TRAINED_RUN_SECTIONS] + list(RUNTIME_KEYS))
-                raise ConfigError(
-                    f"{self.home} is a trained run: '{fixed[0]}' is fixed by its files "
-                    f"({saved.get(fixed[0])!r}); only {allowed} can change")
-            now = _flatten(to_dict(cfg))
-            other_env = [k for k in ("env.id", "env.kwargs") if now.get(k) != saved.get(k)]
-            if other_env:
-                self._refuse_other_actions(cfg, other_env[0])
+        if overrides:
+            saved_cfg = load_config(str(self.config_file), rounds=rounds)
+            if trained:
+                saved = _flatten(to_dict(saved_cfg))
+                fixed = fixed_changes(cfg, saved, TRAINED_RUN_SECTIONS)
+                if fixed:
+                    allowed = ", ".join([f"{s}.*" for s in TRAINED_RUN_SECTIONS]
+                                        + list(RUNTIME_KEYS))
+                    raise ConfigError(
+                        f"{self.home} is a trained run: '{fixed[0]}' is fixed by its files "
+                        f"({saved.get(fixed[0])!r}); only {allowed} can change")
+            if cfg.env.id != saved_cfg.env.id or cfg.env.kwargs != saved_cfg.env.kwargs:
+                self._refuse_other_actions(
+                    cfg, "env.id" if cfg.env.id != saved_cfg.env.id else "env.kwargs")
         return cfg
 
     def _refuse_other_actions(self, cfg: ExperimentConfig, key: str) -> None:
-        """A trained run played in another env (``key``: env.id or env.kwargs changed) must
-        act in the same action space as its M and C were trained on (was: a traceback
-        from the env, an error blaming C's file, or a CarRacing agent scored in Pendulum)."""
+        """A run with an M or episodes, played or trained on in another env (``key``:
+        env.id or env.kwargs changed), must act in the same action space as its files
+        (was: a traceback from the env or from C's size, an error blaming C's file, or a
+        CarRacing agent scored in Pendulum). Spaces compare as their descriptions, with
+        float32 tolerance on a Box's bounds (M records them in float32)."""
         from envs.factory import make_env_from_config  # (envs imports this module)
 
+        if not (self.memory.model.exists() or self._episodes_action_space()):
+            return  # nothing trained or collected yet: the env is the run's to choose
+        trained = self.action_space()
         env = make_env_from_config(cfg.env)
         try:
-            actions, trained = env.action_space, self.action_space()
+            actions = env.action_space
         finally:
             env.close()
-        if actions != trained:
+        if not same_actions(actions, trained):
             raise ConfigError(f"config key '{key}': {cfg.env.id} (env.kwargs={cfg.env.kwargs}) "
                               f"acts in {actions}, but {self.home}'s M and C were trained on "
                               f"{trained}: play the run in an env with the same actions")
@@ -650,7 +659,8 @@ class RunDir:
                   file=sys.stderr)
             write_text_atomic(self.prev_config_file, old_text)
         write_text_atomic(self.config_file, text)
-        _WRITTEN_CONFIGS[:] = [_WrittenConfig(self, old_text, old_prev, files)]
+        _WRITTEN_CONFIGS[:] = [_WrittenConfig(self, old_text, old_prev, files,
+                                              current_command())]
 
     # ------------------------------------------------------------------ parts
     def action_space(self) -> gym.Space:
@@ -771,9 +781,10 @@ class RunDir:
                 raise CheckpointError(f"{path}: this shipped agent has no such controller "
                                       f"(it ships {', '.join(have) or 'none'})")
             if have:  # e.g. selected asked of a run trained without a selection
-                raise CheckpointError(f"{path}: no such controller (CMA-ES writes "
-                                      "selected.safetensors when controller.eval_every > 0); "
-                                      f"this run has {', '.join(have)}: choose it with --weights")
+                why = (" (CMA-ES writes it when controller.eval_every > 0)"
+                       if path == self.controller.weights("selected") else "")
+                raise CheckpointError(f"{path}: no such controller{why}; this run has "
+                                      f"{', '.join(have)}: choose one with --weights")
             raise CheckpointError(f"{path}: no trained controller (run train_controller.py "
                                   f"for {self.home})")
         return path
@@ -1016,16 +1027,43 @@ class _WrittenConfig:
     old: str | None
     old_prev: str | None
     files: dict[Path, int]
+    command: int  # worldmodels.errors.current_command() when it was written
 
 
 _WRITTEN_CONFIGS: list[_WrittenConfig] = []
 
 
+def same_actions(a: gym.Space, b: gym.Space) -> bool:
+    """Do two action spaces take the same actions? Discrete: n and start; Box: shape and
+    bounds (to float32 precision, whatever the dtypes)."""
+    if isinstance(a, gym.spaces.Discrete) and isinstance(b, gym.spaces.Discrete):
+        return int(a.n) == int(b.n) and int(a.start) == int(b.start)
+    if isinstance(a, gym.spaces.Box) and isinstance(b, gym.spaces.Box):
+        return a.shape == b.shape and all(
+            np.allclose(x.astype(np.float32), y.astype(np.float32), rtol=1e-6, atol=0)
+            for x, y in ((a.low, b.low), (a.high, b.high)))
+    return False
+
+
 def _file_times(run: RunDir) -> dict[Path, int]:
-    """Every file under the run's own directory but its configs, with its mtime (ns)."""
+    """Every file under the run's own directory with its mtime (ns), but its configs,
+    the ``progress.json`` bookkeeping run.py rewrites after every stage, done or skipped,
+    and the TensorBoard logs (a skipped stage opens a new, empty event file). A file that
+    goes while it is read is left out."""
     own = {run.config_file, run.prev_config_file}
-    return {path: path.stat().st_mtime_ns for path in run.home.rglob("*")
-            if path not in own and path.is_file()}
+    logs = run.tensorboard()
+    times: dict[Path, int] = {}
+    for top, dirs, names in os.walk(run.home):
+        dirs[:] = [name for name in dirs if Path(top) / name != logs]
+        for name in names:
+            path = Path(top) / name
+            if name == "progress.json" or path in own:
+                continue
+            try:
+                times[path] = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+    return times
 
 
 def undo_refused_config() -> None:
@@ -1038,6 +1076,8 @@ def undo_refused_config() -> None:
     if not _WRITTEN_CONFIGS:
         return
     written = _WRITTEN_CONFIGS.pop()
+    if written.command != current_command():
+        return  # written by an earlier command of this process, which went through
     run = written.run
     if _file_times(run) != written.files:
         return  # the command wrote outputs with this config: it stands
