@@ -627,14 +627,10 @@ def _resume(path: Path, settings: dict[str, Any], policy: Path) -> dict[str, Any
     (the trained policy beside it)."""
     if not path.exists():
         return None
-    try:
-        state = load_state(path)
-    except CheckpointError as err:
-        reason = str(err).split("; delete it")[0]
-        raise CheckpointError(
-            f"{reason}; SB3 cannot resume from it. Without it this command trains a new "
-            f"policy from step 0, which replaces {policy}: move that aside first to keep it "
-            "(it still plays: evaluate.py --policy), then delete the checkpoint") from None
+    state = load_state(path, advice=(
+        f"SB3 cannot resume from it. Without it this command trains a new policy from step "
+        f"0, which replaces {policy}: move that aside first to keep it (it still plays: "
+        "evaluate.py --policy), then delete the checkpoint"))
     saved = state.get("settings")
     if isinstance(saved, dict) and "use_cell" not in saved:
         # recorded since use_cell became a setting; a policy of the other size is

@@ -229,9 +229,11 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     write_bytes_atomic(path, safetensors_bytes(tensors, metadata={STATE_KEY: structure}))
 
 
-def load_state(path: Path) -> dict[str, Any]:
+def load_state(path: Path, advice: str = "delete it to restart the optimizer from the "
+               "last weights") -> dict[str, Any]:
     """Read what :func:`save_state` wrote; anything else (a pickle, a truncated file)
-    is a :class:`CheckpointError` naming the file. No pickle is ever read."""
+    is a :class:`CheckpointError` naming the file and giving ``advice``. No pickle is
+    ever read."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -245,8 +247,7 @@ def load_state(path: Path) -> dict[str, Any]:
         return state
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(
-            f"{path}: unreadable training state ({type(err).__name__}: {err}); delete it "
-            "to restart the optimizer from the last weights"
+            f"{path}: unreadable training state ({type(err).__name__}: {err}); {advice}"
         ) from None
 
 

@@ -597,9 +597,9 @@ class RunDir:
         float32 tolerance on a Box's bounds (M records them in float32)."""
         from envs.factory import make_env_from_config  # (envs imports this module)
 
-        if not (self.memory.model.exists() or self._episodes_action_space()):
+        trained = self.known_action_space()
+        if trained is None:
             return  # nothing trained or collected yet: the env is the run's to choose
-        trained = self.action_space()
         env = make_env_from_config(cfg.env)
         try:
             actions = env.action_space
@@ -659,22 +659,26 @@ class RunDir:
                   file=sys.stderr)
             write_text_atomic(self.prev_config_file, old_text)
         write_text_atomic(self.config_file, text)
-        _WRITTEN_CONFIGS[:] = [_WrittenConfig(self, old_text, old_prev, files,
-                                              current_command())]
+        _LAST_WRITTEN[0] = _WrittenConfig(self, old_text, old_prev, files, current_command())
 
     # ------------------------------------------------------------------ parts
     def action_space(self) -> gym.Space:
         """The env's action space: as M's checkpoint recorded it, else from the metadata
         of the run's first latent (or rollout) shard."""
+        space = self.known_action_space()
+        if space is None:
+            raise ShardError(f"{self.path}: no trained M and no shards, so the action space "
+                             "is unknown (run collect.py)")
+        return space
+
+    def known_action_space(self) -> gym.Space | None:
+        """:meth:`action_space`, or None for a run with neither M nor shards yet."""
         if self.memory.model.exists():
             info = self.memory_meta().get("action_space")
             if info:
                 return action_space_from_meta(info, self.memory.model)
         found = self._episodes_action_space()
-        if found is None:
-            raise ShardError(f"{self.path}: no trained M and no shards, so the action space "
-                             "is unknown (run collect.py)")
-        return action_space_from_meta(found[1], found[0])
+        return None if found is None else action_space_from_meta(found[1], found[0])
 
     def _episodes_action_space(self) -> tuple[Path, dict[str, Any]] | None:
         """(first readable shard, its recorded action space) of the run's latents, else
@@ -1030,7 +1034,8 @@ class _WrittenConfig:
     command: int  # worldmodels.errors.current_command() when it was written
 
 
-_WRITTEN_CONFIGS: list[_WrittenConfig] = []
+#: the last config.yaml this process wrote (one slot; None once undone or never)
+_LAST_WRITTEN: list[_WrittenConfig | None] = [None]
 
 
 def same_actions(a: gym.Space, b: gym.Space) -> bool:
@@ -1073,11 +1078,9 @@ def undo_refused_config() -> None:
     leaves the run's config as its files were made with. Before, each refused command
     moved the config along, and after two of them the trained config was in neither
     file. Called by :func:`worldmodels.errors.run_cli` on a refusal."""
-    if not _WRITTEN_CONFIGS:
-        return
-    written = _WRITTEN_CONFIGS.pop()
-    if written.command != current_command():
-        return  # written by an earlier command of this process, which went through
+    written, _LAST_WRITTEN[0] = _LAST_WRITTEN[0], None
+    if written is None or written.command != current_command():
+        return  # none, or written by an earlier command of this process, which went through
     run = written.run
     if _file_times(run) != written.files:
         return  # the command wrote outputs with this config: it stands
