@@ -13,7 +13,9 @@ import errno
 import json
 import os
 import pickle
+import re
 import shutil
+import sys
 import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -48,7 +50,7 @@ from worldmodels.checkpoint import (
     save_model,
     save_state,
 )
-from worldmodels.errors import run_cli
+from worldmodels.errors import DEPENDENCY_MODULES, run_cli
 from worldmodels.run_dir import RunDir
 from worldmodels.shards import read_npz, write_npz_atomic
 
@@ -607,6 +609,34 @@ def test_an_os_refusal_outside_the_atomic_write_is_one_line_and_a_bug_is_not(cap
 
     with pytest.raises(FileNotFoundError):
         run_cli(missing, [])
+
+
+def test_a_missing_dependency_is_one_line_naming_it_and_changes_nothing(run_copy, capsys,
+                                                                         monkeypatch):
+    # an install left incomplete (pip install --no-deps): TensorBoard cannot be imported
+    before = (run_copy / "config.yaml").read_text()
+    state = run_copy / "vae" / "train_state.safetensors"
+    epoch = load_state(state)["epoch"]
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    err = refused(vae_script, ["--run", str(run_copy), "vae.epochs=3"], capsys, worked=True)
+    assert err.startswith("error: the package 'tensorboard' (imported as 'tensorboard')")
+    assert "reinstall worldmodels" in err
+    assert (run_copy / "config.yaml").read_text() == before  # vae.epochs=3 not kept
+    assert load_state(state)["epoch"] == epoch
+
+    def other(_argv):  # a module worldmodels does not depend on: a bug, with its traceback
+        import not_a_dependency_of_worldmodels  # noqa: F401
+
+    with pytest.raises(ModuleNotFoundError):
+        run_cli(other, [])
+
+
+def test_the_dependencies_named_on_a_failed_import_are_pyprojects():
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    declared = {re.split(r"[<>=\[]", d)[0] for d in pyproject["project"]["dependencies"]}
+    assert declared == {name.partition("[")[0] for name in DEPENDENCY_MODULES.values()}
 
 
 # --------------------------------------------------------------------------- training

@@ -24,6 +24,13 @@ def tiny_job_args(tmp_path, environment: str) -> list[str]:
             "controller.engine=serial", f"controller.environment={environment}"]
 
 
+def logged_scalars(log_dir: Path) -> list[str]:
+    """The scalar tags TensorBoard reads from the event files under ``log_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return EventAccumulator(str(log_dir)).Reload().Tags()["scalars"]
+
+
 @pytest.mark.parametrize("new_v", [False, True])
 def test_a_job_killed_in_m_then_rerun_reports_the_killed_jobs_collection(
         tmp_path, monkeypatch, capsys, new_v):
@@ -128,13 +135,19 @@ def test_main_job_runs_every_stage_then_skips_them(tmp_path, capsys):
     assert first["evaluate"]["episodes"] == 1 and "cached" not in first["evaluate"]
     # the printed score says which episodes it was played on
     assert f"(the report seeds of seed={first['evaluate']['key']['seed']})" in table
+    run_dir = tmp_path / "runs" / "CarRacing-v3" / "tiny"
+    logs = sorted((run_dir / "tensorboard").glob("*/events.out.tfevents.*"))
+    assert {p.parent.name for p in logs} == {"vae", "memory", "controller"}
+    for stage in ("vae", "memory", "controller"):  # each training stage drew its curves
+        assert logged_scalars(run_dir / "tensorboard" / stage), stage
     second = run.main(args)
+    # stages with nothing to do open no (empty) event files
+    assert sorted((run_dir / "tensorboard").glob("*/events.out.tfevents.*")) == logs
     # a rerun of a finished job reports its own (no) work: nothing was carried over
     assert second["collect"]["episodes_new"] == 0 and "invocations" not in second["collect"]
     assert second["encode"]["encoded"] == 0
     assert second["evaluate"]["cached"] and second["evaluate_random"]["cached"]
     assert second["evaluate"]["mean"] == first["evaluate"]["mean"]
-    run_dir = tmp_path / "runs" / "CarRacing-v3" / "tiny"
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["memory"]["epochs_done"] == 1
     # run.iterations=1 (the default) is the pipeline once: these stages, no rounds kept

@@ -10,7 +10,13 @@ read-only file system, no permission) are conditions of the machine, not of the 
 so with a file name they become one line ``error: <path>: <reason>``, exit status 2.
 Every other ``OSError`` (no such file, not a directory, ...) keeps its traceback: the
 entry points check the paths a user gives (run directory, config, ``root``), so one of
-those reaching here more likely means a path the code got wrong, a bug."""
+those reaching here more likely means a path the code got wrong, a bug.
+
+A package worldmodels depends on (pyproject.toml's ``dependencies``) that cannot be
+imported is an install left incomplete (``pip install --no-deps``, a package removed
+since): one line naming it and how to reinstall, exit status 2. The optional packages
+(vizdoom, ale-py, ray) are named where an env or engine asks for them
+(:class:`MissingPackageError`)."""
 
 from __future__ import annotations
 
@@ -22,6 +28,16 @@ from typing import Any
 
 #: errno values of an OSError that mean the OS refused, not that the code is wrong
 OS_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+#: the import name of each package in pyproject.toml's ``dependencies`` -> its pip name
+#: (tests/test_bad_input.py keeps the two lists the same)
+DEPENDENCY_MODULES = {
+    "torch": "torch", "gymnasium": "gymnasium[box2d]", "Box2D": "gymnasium[box2d]",
+    "stable_baselines3": "stable-baselines3", "cv2": "opencv-python-headless",
+    "numpy": "numpy", "cma": "cma", "tqdm": "tqdm", "tensorboard": "tensorboard",
+    "yaml": "pyyaml", "safetensors": "safetensors", "imageio": "imageio",
+    "matplotlib": "matplotlib", "zuko": "zuko",
+}
 
 
 def one_line(message: object) -> str:
@@ -83,7 +99,8 @@ def _refused(message: str) -> SystemExit:
 
 def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> None:
     """Run an entry point; an :class:`InputError` becomes ``error: <message>`` (one
-    line), exit 2, and so does an ``OSError`` of :data:`OS_REFUSALS` naming a file.
+    line), exit 2, and so does an ``OSError`` of :data:`OS_REFUSALS` naming a file and a
+    dependency that cannot be imported (:data:`DEPENDENCY_MODULES`).
     A refused command first runs the :func:`on_refusal` hooks.
 
     SIGTERM stops it as Ctrl-C does; either prints one line and exits with 128 + the
@@ -95,6 +112,14 @@ def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> 
         main(sys.argv[1:] if argv is None else argv)
     except InputError as err:
         raise _refused(one_line(err)) from None
+    except ModuleNotFoundError as err:
+        top = (err.name or "").partition(".")[0]
+        if top not in DEPENDENCY_MODULES:
+            raise
+        raise _refused(f"the package '{DEPENDENCY_MODULES[top]}' (imported as '{top}'), "
+                       "which worldmodels depends on, is not installed: reinstall "
+                       "worldmodels with its dependencies (pip install -e . in a "
+                       "checkout, or pip install .)") from None
     except OSError as err:
         if err.errno not in OS_REFUSALS or not err.filename:
             raise  # see the module docstring: more likely a bug
