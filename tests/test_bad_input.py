@@ -157,6 +157,15 @@ def memory_as_vae(run: Path) -> None:
                     run / "vae" / f"model.safetensors{suffix}")
 
 
+def v_trained_again(run: Path) -> None:
+    """V's weights moved (as ``train_vae.py vae.epochs=<more>`` moves them), M and C not."""
+    path = run / "vae" / "model.safetensors"
+    model = load_model(path)
+    with torch.no_grad():
+        next(iter(model.parameters())).add_(0.01)
+    save_model(path, model, meta=read_header(path)["meta"])
+
+
 def memory_with(z_dim: int | None = None, **meta: object) -> Callable[[Path], None]:
     """M's checkpoints replaced by an M reading latents of ``z_dim`` (an M of another V),
     or by the same M with ``meta`` changed (another env's actions, another V's latents)."""
@@ -399,6 +408,14 @@ CASES = {
                                        memory_with(action_space={"type": "discrete", "n": 5})),
     "M trained on another V's latents": Case("train_frmdn", [], "memory/model.safetensors",
                                              memory_with(vae_digest="0123456789abcdef")),
+    # V trained again after M and C: they are not played, nor borrowed, with the new V
+    "M of a V trained since (evaluate)": Case("evaluate", ["--episodes", "1"],
+                                              "memory/best.safetensors", v_trained_again),
+    "M of a V trained since (--world-model)": Case(
+        "train_controller", ["--world-model", "{run}", "--run", "{tmp}/borrowed"],
+        "memory/best.safetensors", v_trained_again, by_run=False),
+    "M of a V trained since (train_controller)": Case("train_controller", [],
+                                                      "memory/best.safetensors", v_trained_again),
     "evaluate --weights of another policy": Case("evaluate", ["--policy", "random",
                                                               "--weights", "mean"], "--weights"),
     "evaluate --video of the random policy": Case("evaluate", ["--policy", "random",

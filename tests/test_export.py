@@ -26,7 +26,13 @@ from envs.factory import make_env_from_config
 from tests.test_run import tiny_job_args
 from tools.export_pretrained import export
 from tools.export_pretrained import main as export_main
-from worldmodels.checkpoint import CheckpointError
+from worldmodels.checkpoint import (
+    CheckpointError,
+    file_digest,
+    load_model,
+    read_header,
+    save_model,
+)
 from worldmodels.config import ConfigError
 from worldmodels.errors import InputError, run_cli
 from worldmodels.run_dir import RunDir
@@ -125,6 +131,9 @@ def test_fp16_agent_loads_as_fp32_and_acts_like_the_fp32_one(trained, tmp_path):
     fp16 = export(trained.path, tmp_path / "fp16", fp16=True)
     assert fp16["fp16"] and fp16["bytes"] < fp32["bytes"]
     half = RunDir(tmp_path / "fp16")
+    # V's file is new (its tensors in fp16): M records it as the V it was trained on
+    assert read_header(half.memory.model)["meta"]["vae_digest"] == file_digest(half.vae.model)
+    assert file_digest(half.vae.model) != file_digest(trained.vae.model)
     for model in (half.load_vae(), half.load_memory()):
         assert {str(p.dtype) for p in model.parameters()} == {"torch.float32"}
     cfg = half.load_config()
@@ -175,6 +184,18 @@ def test_a_refused_export_names_the_source_file_and_leaves_nothing(trained, tmp_
         export(copy, dest)
     assert not dest.exists() and not (tmp_path / "ship.partial").exists()
     selected.write_bytes(kept)
+    # V trained again after M and C: they belong to the old V, and do not ship with the new
+    v_path = copy / "vae" / "model.safetensors"
+    v_kept = v_path.read_bytes()
+    vae = load_model(v_path)
+    with torch.no_grad():
+        next(iter(vae.parameters())).add_(0.01)
+    save_model(v_path, vae, meta=read_header(v_path)["meta"])
+    with pytest.raises(CheckpointError, match=re.escape(str(copy / "memory" / "best.safetensors"))
+                       + ": M was trained on latents of V weights"):
+        export(copy, dest)
+    assert not dest.exists() and not (tmp_path / "ship.partial").exists()
+    v_path.write_bytes(v_kept)
     for shard in (copy / "latents").glob("*.npz"):
         shard.unlink()  # no latents at all: the agent ships to play the real env only
     info = export(copy, dest)

@@ -61,6 +61,7 @@ from agents.iterations import round_start_latents
 from agents.sb3 import SB3_ALGORITHMS, sb3_controller
 from envs.dream_env import without_ensemble
 from worldmodels.checkpoint import (
+    file_digest,
     load_model,
     load_weights,
     read_header,
@@ -175,6 +176,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     controller, sidecar = _policy_files(policies, cfg, policy, weights)
     vae = run.load_vae(cfg.vae.z_dim)
     memory = load_model(memory_path, kinds=checkpoint_kinds())
+    run.check_memory_fits(memory_path, memory)  # M of this V (not trained again since)
     if policy == "controller":  # a bad file is named where it is, before anything is written
         load_weights(controller, run.new_controller(cfg, run.action_space(), memory))
     memory_meta = {**run.memory_meta(), **read_header(memory_path).get("meta", {})}
@@ -193,6 +195,8 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
             shutil.copyfile(run.config_file, shipped.config_file)
         save_model(shipped.vae.model, vae, meta=read_header(run.vae.model).get("meta", {}),
                    dtype=dtype)
+        if "vae_digest" in memory_meta:  # the same V weights, in the shipped V's file
+            memory_meta["vae_digest"] = file_digest(shipped.vae.model)
         save_model(shipped.memory.model, memory, meta=memory_meta, dtype=dtype)
         # a shipped agent's (under a run on its world model), or those of the earlier round
         # that run.agent_round=best put in the run's places; --round N computes round N's

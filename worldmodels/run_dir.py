@@ -725,7 +725,7 @@ class RunDir:
             raise CheckpointError(f"{path}: no trained M (run train_frmdn.py for {self.path})")
         self._check_borrowed(path)
         memory: Any = load_model(path, map_location=device, kinds=checkpoint_kinds())
-        self._check_memory_fits(path, memory)
+        self.check_memory_fits(path, memory)
         return memory.eval()
 
     def _check_borrowed(self, path: Path) -> None:
@@ -750,16 +750,28 @@ class RunDir:
                 "moved on (a later round, or run.agent_round put another round in place). "
                 "Put those weights back there, or train C again on the new ones")
 
-    def _check_memory_fits(self, path: Path, memory: Memory) -> None:
+    def check_memory_fits(self, path: Path, memory: Memory) -> None:
         """Refuse an M (at ``path``) made for another V or env than this run's: its z size
-        against the run's V, its action space against the run's shards."""
+        against the run's V; the V weights whose latents it was trained on (its
+        ``meta.vae_digest``; older Ms have none) against the run's V file, so that M
+        and C are never played or trained further on a V trained again after them; its
+        action space against the run's shards."""
+        meta = read_header(path).get("meta", {})
         if self.vae.model.exists():
             z_dim = read_header(self.vae.model).get("config", {}).get("z_dim")
             if z_dim is not None and memory.z_dim != z_dim:
                 raise CheckpointError(
                     f"{path}: M reads latents of size {memory.z_dim}, but the run's V "
                     f"({self.vae.model}) makes latents of size {z_dim} (an M of another run?)")
-        space = read_header(path).get("meta", {}).get("action_space")
+            trained_on = meta.get("vae_digest")
+            if trained_on and trained_on != (digest := file_digest(self.vae.model)):
+                raise CheckpointError(
+                    f"{path}: M was trained on latents of V weights {trained_on}, but the "
+                    f"run's V ({self.vae.model}) is {digest} (V was trained again after M). "
+                    "M and the controller belong to the old V: start a new run, or move "
+                    f"{self.memory.dir} and the controller's files aside to train them on "
+                    "the new V")
+        space = meta.get("action_space")
         found = self._episodes_action_space() if space else None
         if found is not None and found[1] != space:
             raise CheckpointError(
