@@ -123,7 +123,21 @@ def test_training_entry_points_refuse_a_shipped_agent(trained, tmp_path, script,
         script.main(["--run", str(dest), *args])
     with pytest.raises(ConfigError, match="is a shipped agent"):
         script.main(["--config", str(dest / "config.yaml"), *args])
+    # a new run inside it is refused too, made by any entry point (a review's reproducer:
+    # `collect.py root=<agent>` wrote its rollouts there)
+    with pytest.raises(ConfigError, match=f"inside the shipped agent {dest}"):
+        script.main(["--preset", "quick", f"root={dest}", "name=x", *args])
     assert tree_hash(dest) == before
+
+
+def test_a_run_on_a_shipped_agents_world_model_is_not_made_inside_it(trained, tmp_path):
+    dest = tmp_path / "ship"
+    export(trained.path, dest, weights="best")
+    before = tree_hash(dest)
+    with pytest.raises(ConfigError, match=f"inside the shipped agent {dest}"):
+        controller_script.main(["--world-model", str(dest), "--run", str(dest / "new"),
+                                "controller.generations=1"])
+    assert tree_hash(dest) == before and not (dest / "new").exists()
 
 
 def test_fp16_agent_loads_as_fp32_and_acts_like_the_fp32_one(trained, tmp_path):

@@ -330,6 +330,10 @@ class RunDir:
                     raise ConfigError(f"{parent}: a file, so the run directory {self.path} "
                                       "cannot be made under it")
                 break
+        agent = shipped_agent_holding(self.path.parent)
+        if agent is not None:  # (the agent itself is a run, played and never written)
+            raise ConfigError(f"{self.path}: inside the shipped agent {agent}, which is only "
+                              "read; put the run outside it")
         marker = self.path / WORLD_MODEL_FILE
         # C's run on another run's V and M: its paths are theirs
         if follow_marker and marker.is_file():
@@ -950,16 +954,20 @@ def _world_model_hashes(source: RunDir) -> dict[str, str]:
     return {f"{k}/{files[k].name}": d for k, d in source.world_model_digests().items()}
 
 
+def shipped_agent_holding(path: Path) -> Path | None:
+    """The shipped agent (a directory holding :data:`SHIPPED_FILE`) that ``path`` is in or
+    is, with ``..`` and links resolved (where a write would land); None if none."""
+    resolved = Path(path).expanduser().resolve()
+    return next((d for d in (resolved, *resolved.parents) if (d / SHIPPED_FILE).is_file()),
+                None)
+
+
 def refuse_output_in_shipped(out: Path | None) -> None:
-    """An ``--out`` directory inside a shipped agent (any directory above it holding
-    :data:`SHIPPED_FILE`) is refused: a shipped agent is only read."""
-    if out is None:
-        return
-    path = Path(out).expanduser().resolve()  # (.. and links resolved: where it writes)
-    for directory in (path, *path.parents):
-        if (directory / SHIPPED_FILE).is_file():
-            raise ConfigError(f"--out {out}: inside the shipped agent {directory}, which is "
-                              "only read; give a directory outside it")
+    """An ``--out`` directory inside a shipped agent is refused: it is only read."""
+    agent = None if out is None else shipped_agent_holding(out)
+    if agent is not None:
+        raise ConfigError(f"--out {out}: inside the shipped agent {agent}, which is "
+                          "only read; give a directory outside it")
 
 
 def borrow_world_model(source: str | Path, dest: str | Path,
