@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agents.dreams import DREAM_POLICIES, record_dream
 from agents.evaluation import default_policy
-from worldmodels.config import ConfigError, cli_parser, doc_summary, parse_cli
+from worldmodels.config import ConfigError, check_seed, cli_parser, doc_summary, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import refuse_output_in_shipped, run_from_args
 
@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.seed is not None and any(o.startswith("seed=") for o in args.overrides) \
             and args.seed != cfg.seed:
         raise ConfigError(f"--seed {args.seed} and seed={cfg.seed}: give one of them")
-    seed = cfg.seed if args.seed is None else args.seed
-    if not 0 <= seed < 2**31:
-        raise ConfigError(f"--seed must be in [0, 2**31), got {seed}")
+    seed = cfg.seed if args.seed is None else check_seed(args.seed, "--seed")
     policy = args.policy or default_policy(run)
     tau = cfg.dream.temperature
     out_dir = Path(args.out) if args.out else None

@@ -16,12 +16,13 @@ import torch
 from agents.rollouts import describe_returns
 from agents.sb3 import SB3_ALGORITHMS, sb3_controller
 from agents.seeds import REPORT_EPISODES_MAX
-from envs.dream_env import ensemble_settings, load_batched_dream, load_dream
+from envs.dream_env import dream_cap, ensemble_settings, load_batched_dream, load_dream
 from envs.factory import make_env_from_config
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import load_weights, write_bytes_atomic, write_json_atomic
 from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.dream import dream_returns, dream_seed, start_indices
+from worldmodels.errors import InputError
 from worldmodels.pictures import frame_grid
 from worldmodels.run_dir import RunDir
 
@@ -87,12 +88,15 @@ def dream_score(run: RunDir, cfg: ExperimentConfig | None = None, weights: str =
         params, name, label = np.zeros((1, 1), np.float32), policy, f"{policy} in the dream"
     returns, steps = evaluator.returns(params, dream_score_seeds(seed, episodes))
     tau = evaluator.dream.temperature
+    if not np.isfinite(returns).all():  # (no score file holds a NaN)
+        raise InputError(f"{label} at temperature {tau:g}: a non-finite return in the dream "
+                         "(check M's weights and dream.*); nothing written")
     # other dream settings and another seed name their own file (as real evaluations'
     # do), so that one score never overwrites another's
     saved = run.load_config()
-    suffix = "".join(f"_{key}-{getattr(cfg.dream, key)}" for key in DREAM_SCORE_KEYS
-                     if getattr(cfg.dream, key) != getattr(saved.dream, key))
-    dream = {key: getattr(cfg.dream, key) for key in ("temperature", *DREAM_SCORE_KEYS)}
+    played, own = dream_score_settings(cfg), dream_score_settings(saved)
+    suffix = "".join(f"_{key}-{value}" for key, value in played.items() if value != own[key])
+    dream = {"temperature": cfg.dream.temperature, **played}
     if cfg.dream.ensemble:  # other Ms beside the run's: their own file, by their digests
         dream["ensemble"] = ensemble_settings(cfg)
         suffix += "_ensemble-" + hashlib.sha256(
@@ -110,8 +114,13 @@ def dream_score(run: RunDir, cfg: ExperimentConfig | None = None, weights: str =
     return summary
 
 
-#: ``dream.*`` keys besides the temperature that change a dream score
-DREAM_SCORE_KEYS = ("done", "done_threshold", "max_steps")
+def dream_score_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What changes a dream score besides the temperature: ``dream.done``,
+    ``dream.done_threshold`` and the dream's length cap as played (``max_steps``:
+    ``dream.max_steps``, else the env's step cap, so ``env.max_episode_steps=N`` names
+    its own score too)."""
+    return {"done": cfg.dream.done, "done_threshold": cfg.dream.done_threshold,
+            "max_steps": dream_cap(cfg)}
 
 
 @torch.no_grad()

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from agents.cmaes import ProcessEvaluator
 from agents.rollouts import RolloutWorker, describe_returns
@@ -33,7 +36,7 @@ from worldmodels.checkpoint import (
     write_json_atomic,
     write_text_atomic,
 )
-from worldmodels.config import ConfigError, ExperimentConfig
+from worldmodels.config import ConfigError, ExperimentConfig, load_yaml
 from worldmodels.pictures import recon_grid
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, RunDir
 
@@ -118,17 +121,51 @@ def result_name(policy: str, weights: str = "best", overrides: tuple[str, ...] =
     policy trained in the dream; each ``env.*`` or ``controller.agent_precision``
     override adds its own suffix (e.g. ``controller_selected_direct_render-false``,
     ``controller_agent_precision-bfloat16``), so the run's own result stays; so does
-    ``seed``, the report seed set when it is not the run's own (:func:`other_seed`)."""
+    ``seed``, the report seed set when it is not the run's own (:func:`other_seed`).
+
+    The suffixes are the settings as the config reads them, by key: ``=3`` and ``=03``,
+    ``false`` and ``False``, a mapping and its entries one by one, any order, name one
+    file; a value keeps only characters safe in a file name (``env.id=ALE/Pong-v5``:
+    ``id-ALE-Pong-v5``), and a long one is a digest."""
     name = policy
     if policy == "controller" and weights != "best":
         name = f"controller_{weights}"
     elif policy in SB3_POLICIES and sb3_environment != "real":
         name = f"{policy}_{sb3_environment}"
-    named = [o for o in overrides if o.startswith(NAMED_OVERRIDES)]
-    if named:
-        name += "_" + "_".join(o.removeprefix("env.").removeprefix("controller.")
-                               .replace("=", "-") for o in named)
+    settings: dict[str, Any] = {}
+    for override in overrides:
+        if override.startswith(NAMED_OVERRIDES):
+            key, _, raw = override.partition("=")
+            settings.update(_flat_setting(key.strip().removeprefix("env.")
+                                          .removeprefix("controller."), _read_value(raw)))
+    if settings:
+        name += "_" + "_".join(f"{key}-{_file_safe(settings[key])}" for key in sorted(settings))
     return name if seed is None else f"{name}_seed{seed}"
+
+
+def _read_value(raw: str) -> Any:
+    """An override's value as the config reads it (YAML)."""
+    try:
+        return load_yaml(raw) if raw else ""
+    except yaml.YAMLError:  # (the config refuses it before any file is named)
+        return raw
+
+
+def _flat_setting(key: str, value: Any) -> dict[str, Any]:
+    """``{key: value}``, a mapping's entries each under ``key.entry``."""
+    if isinstance(value, dict) and value:
+        return {k: v for entry, item in value.items()
+                for k, v in _flat_setting(f"{key}.{entry}", item).items()}
+    return {key: value}
+
+
+def _file_safe(value: Any) -> str:
+    """``value`` in a file name: YAML's spelling of it (``false``, ``0.9``), characters
+    other than letters, digits, ``.``, ``+`` and ``-`` as ``-``; over 40 characters, the
+    first 8 hex digits of its SHA-256."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    safe = re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "empty"
+    return safe if len(safe) <= 40 else hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def other_seed(run: RunDir, seed: int) -> int | None:

@@ -723,7 +723,14 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
         state[WORLD_MODEL_META] = run.world_model_digests()  # (hashed once a training)
         trainer = _Trainer(run, cfg, state, progress)
         started = model.num_timesteps
-        model.learn(total_timesteps=max(0, c.sb3_timesteps - started), callback=trainer,
+        rollout = getattr(model, "n_steps", 0) * model.n_envs  # (on-policy: A2C, PPO)
+        left = max(0, c.sb3_timesteps - started)
+        if rollout and left % rollout:
+            print(f"note: {algo} collects {model.n_steps} x {model.n_envs} = {rollout} steps "
+                  f"per update, so it trains to {started + -(-left // rollout) * rollout} "
+                  f"steps (controller.sb3_timesteps={c.sb3_timesteps}, rounded up to whole "
+                  "rollouts)")
+        model.learn(total_timesteps=left, callback=trainer,
                     reset_num_timesteps=started == 0, progress_bar=False,
                     tb_log_name=f"sb3_{algo}_{environment}")
     finally:

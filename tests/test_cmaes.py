@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -99,6 +101,32 @@ def test_ray_back_end_returns_the_process_back_end_fitness(tiny_run, ray_cluster
     procs = ProcessEvaluator(run, "process", workers=2, max_steps=80)(params, seeds)
     on_ray = ProcessEvaluator(run, "ray", workers=2, max_steps=80)(params, seeds)
     np.testing.assert_array_equal(procs, on_ray)
+
+
+def test_result_names_are_the_settings_as_read_and_safe_in_a_file_name():
+    from agents.evaluation import result_name
+
+    assert (result_name("controller", "selected", ("env.direct_render=false",))
+            == "controller_selected_direct_render-false")
+    # one setting spelled otherwise, or given in another order: one name
+    a = result_name("controller", overrides=("env.max_episode_steps=03",
+                                             "env.direct_render=False"))
+    b = result_name("controller", overrides=("env.direct_render=false",
+                                             "env.max_episode_steps=3"))
+    assert a == b == "controller_direct_render-false_max_episode_steps-3"
+    # a whole mapping and its entries one by one
+    whole = result_name("ppo", overrides=("env.kwargs={lap_complete_percent: 0.9, "
+                                          "continuous: false}",))
+    assert whole == result_name("ppo", overrides=("env.kwargs.continuous=false",
+                                                  "env.kwargs.lap_complete_percent=0.9"))
+    assert whole == "ppo_kwargs.continuous-false_kwargs.lap_complete_percent-0.9"
+    # a slash is not a directory (a review's reproducer wrote eval/controller_id-ALE/...)
+    assert result_name("controller", overrides=("env.id=ALE/Pong-v5",)) == \
+        "controller_id-ALE-Pong-v5"
+    long = result_name("controller", overrides=("env.kwargs.x=" + "a b" * 40,))
+    assert re.fullmatch(r"controller_kwargs\.x-[0-9a-f]{8}", long), long
+    # how to run is not what is played: no suffix
+    assert result_name("controller", overrides=("controller.engine=serial",)) == "controller"
 
 
 def test_evaluate_writes_csv_summary_and_video(tiny_run):

@@ -294,6 +294,13 @@ def test_dream_entry_point_writes_a_gif_beside_the_real_env(dream_run):
     with pytest.raises(ConfigError, match=r"--steps 31 is beyond .* dream.max_steps=31"):
         dream_script.main([*args, "dream.max_steps=30"])
     assert dream_script.main([*args, "dream.max_steps=31"])["dream_steps"] <= 31
+    # every seed a run may have dreams (a review's reproducer: seed=2**31 was refused as
+    # a --seed that was not given); beyond them, the option given is named
+    from worldmodels.config import SEED_MAX
+
+    assert dream_script.main([*args, f"seed={SEED_MAX}"])["dream_steps"] >= 1
+    with pytest.raises(ConfigError, match=f"--seed: {SEED_MAX + 1} is outside"):
+        dream_script.main([*args, "--seed", str(SEED_MAX + 1)])
 
 
 def test_dream_entry_point_without_a_trained_controller_says_so(dream_run):
@@ -333,11 +340,42 @@ def test_virtual_score_is_written_and_reproducible(dream_run):
                         episodes=5, seed=1)  # its own file: the first stays
     assert other["mean_steps"] <= 7 and json.loads(path.read_text()) == first
     assert (path.parent / "controller_dream_tau1.3_max_steps-7_seed1.json").exists()
+    # the env's step cap caps the dream when dream.max_steps is 0: its own file too (it
+    # took the run's standard name), and the record says the cap played
+    assert cfg.dream.max_steps == 0
+    capped = dream_score(run, run.load_config(("dream.temperature=1.3",
+                                               "env.max_episode_steps=3")), episodes=5)
+    assert capped["mean_steps"] <= 3 and capped["dream"]["max_steps"] == 3
+    assert (path.parent / "controller_dream_tau1.3_max_steps-3.json").exists()
+    assert json.loads(path.read_text()) == first
     # fewer dreams under the same name: the earlier score is kept aside, not overwritten
     fewer = dream_score(run, cfg, episodes=3)
     assert json.loads(path.read_text()) == fewer
     assert json.loads((path.parent / "replaced" / "controller_dream_tau1.3.5ep.json")
                       .read_text()) == first
+
+
+def test_a_virtual_score_with_a_non_finite_return_is_refused_and_not_written(dream_run,
+                                                                            monkeypatch):
+    from agents.dreams import DreamEvaluator, dream_score
+    from worldmodels.errors import InputError
+
+    run = RunDir(run_of(dream_run))
+    train_cmaes(dream_run, progress=False)
+    real = DreamEvaluator.returns
+
+    def nan_returns(self, candidates, seeds):  # (as a dream at an overflowing tau gave)
+        returns, steps = real(self, candidates, seeds)
+        returns[0, 1] = np.nan
+        return returns, steps
+
+    monkeypatch.setattr(DreamEvaluator, "returns", nan_returns)
+    before = sorted(run.eval_dir.glob("*.json")) if run.eval_dir.exists() else []
+    with pytest.raises(InputError, match="a non-finite return in the dream"):
+        dream_score(run, episodes=3, seed=5)
+    assert (sorted(run.eval_dir.glob("*.json")) if run.eval_dir.exists() else []) == before
+    with pytest.raises(ConfigError, match="dream.temperature"):
+        run.load_config(("dream.temperature=1e100",))
 
 
 def test_a_virtual_score_of_more_dreams_than_a_report_takes_is_refused(dream_run):

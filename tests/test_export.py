@@ -233,3 +233,15 @@ def test_a_refused_export_names_the_source_file_and_leaves_nothing(trained, tmp_
     (dest / "shipped.json").write_text(json.dumps({**shipped, "policy": "dqn"}))
     with pytest.raises(ConfigError, match="policy 'dqn' is not one this version plays"):
         evaluate_script.main(["--run", str(dest), "--episodes", "1"])
+
+
+def test_the_default_export_ships_what_evaluate_plays(trained, tmp_path):
+    """A run without a selected controller (CMA-ES with eval_every=0) ships its best by
+    default, the controller evaluate.py plays (the export refused it)."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained.path, copy)
+    for file in (copy / "controller").glob("selected.safetensors*"):
+        file.unlink()
+    info = export(copy, tmp_path / "ship")
+    assert info["weights"] == "best" == RunDir(copy).controller.default_weights()
+    assert (tmp_path / "ship" / "controller" / "best.safetensors").is_file()

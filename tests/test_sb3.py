@@ -78,6 +78,14 @@ def _spy_lr(monkeypatch, stop_after: int = 0) -> list[float]:
     return seen
 
 
+def test_steps_that_are_not_whole_rollouts_are_rounded_up_and_said(tiny_run, capsys):
+    cfg = tiny_sb3(tiny_run, timesteps=40)  # rollouts of 16 steps x 2 envs
+    _, info = train_sb3(RunDir(run_of(cfg)), cfg, progress=False)
+    assert info["num_timesteps"] == 64
+    assert ("ppo collects 16 x 2 = 32 steps per update, so it trains to 64 steps "
+            "(controller.sb3_timesteps=40" in capsys.readouterr().out)
+
+
 def test_killed_sb3_training_resumes_to_the_same_end_and_schedule(tiny_run, monkeypatch):
     cfg = tiny_sb3(tiny_run, timesteps=384)  # 12 updates; episodes of 80 steps
     run = RunDir(run_of(cfg))

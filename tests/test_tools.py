@@ -229,3 +229,11 @@ def test_a_tools_argument_error_is_one_line(tool, capsys):
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and "--help lists the options" in err
+
+
+def test_score_vae_refuses_a_negative_frame_count(tmp_path):
+    from tools.score_vae import main
+    from worldmodels.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--frames must be >= 0 \(0: all\), got -5"):
+        main(["--run", str(tmp_path), "--frames", "-5"])

@@ -14,10 +14,11 @@ shipped agent plays Gymnasium's own CarRacing renderer by default), ``vae/model.
 ``memory/model.safetensors`` (M's best held-out epoch, with the action space its training
 recorded), ``dream_starts.npz`` (the first latents of M's training episodes, which dreams
 start from), the policy, and ``shipped.json`` (the source run, the policy, each file's
-SHA-256 and size). The policy is CMA-ES's ``controller/<weights>.safetensors`` (``selected``
-by default), or with ``--policy ppo`` (any SB3 algorithm) the run's SB3 policy
-``controller/sb3_<algo>.safetensors`` and its description; policies stay fp32, and
-evaluate.py and dream.py play the shipped one by default. A run that dreamt beside other
+SHA-256 and size). The policy is CMA-ES's ``controller/<weights>.safetensors`` (by default
+the one evaluate.py plays: ``selected``, else ``best``), or with ``--policy ppo`` (any SB3
+algorithm) the run's SB3 policy ``controller/sb3_<algo>.safetensors`` and its
+description; policies stay fp32, and evaluate.py and dream.py play the shipped one by
+default. A run that dreamt beside other
 runs' Ms (``dream.ensemble``) ships without them: its config dreams with its own M alone,
 and ``shipped.json`` records the ensemble under ``dream_ensemble``.
 ``--fp16`` stores V's and M's floating-point tensors in half precision (half the size);
@@ -130,13 +131,14 @@ def _check_epoch_in_round(run: RunDir, cfg: Any, epoch: int, round_number: int |
 
 
 def export(run_path: Path, dest: Path, fp16: bool = False,
-           weights: str = "selected", overrides: list[str] | None = None,
+           weights: str | None = None, overrides: list[str] | None = None,
            policy: str = "controller", round_number: int | None = None,
            memory_epoch: int | None = None) -> dict[str, Any]:
     """Write the shipped agent of the run at ``run_path`` to ``dest``; returns what
     ``shipped.json`` holds. ``overrides`` (dotted ``key=value``) change the shipped
     config where :meth:`RunDir.load_config` allows a trained run to (how it plays, not
-    what its files fix). ``policy``: ``controller`` (CMA-ES's ``weights``) or an SB3
+    what its files fix). ``policy``: ``controller`` (CMA-ES's ``weights``; None: the
+    run's default, ``selected`` else ``best``, as evaluate.py plays) or an SB3
     algorithm whose policy the run trained. ``round_number``: ship that finished round
     of iterative training (its kept M and C) instead of the run's latest.
     ``memory_epoch``: ship M's weights of that scored epoch, kept by
@@ -173,6 +175,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
     # the round shipped: --round N, or the earlier round run.agent_round=best put in place
     shipped_round = round_number if round_number is not None else (
         round_in_place(run) if run.agent_round_file.exists() else None)
+    weights = weights or policies.default_weights()
     controller, sidecar = _policy_files(policies, cfg, policy, weights)
     vae = run.load_vae(cfg.vae.z_dim)
     memory = load_model(memory_path, kinds=checkpoint_kinds())
@@ -268,8 +271,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("dest", type=Path, help="a new (or empty) directory")
     parser.add_argument("--fp16", action="store_true",
                         help="store V and M in half precision (they load as fp32)")
-    parser.add_argument("--weights", choices=list(CONTROLLER_WEIGHTS), default="selected",
-                        help="the controller to ship (default: CMA-ES's selected one)")
+    parser.add_argument("--weights", choices=list(CONTROLLER_WEIGHTS), default=None,
+                        help="the controller to ship (default: CMA-ES's selected one, else "
+                             "its best, as evaluate.py plays)")
     parser.add_argument("--policy", choices=["controller", *SB3_ALGORITHMS],
                         default="controller",
                         help="ship CMA-ES's controller (default) or the run's SB3 policy")
@@ -285,7 +289,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     args = parser.parse_intermixed_args(argv)  # the overrides may follow --fp16
     info = export(args.run, args.dest, args.fp16, args.weights, args.overrides, args.policy,
                   args.round_number, args.memory_epoch)
-    what = f"controller {args.weights}" if args.policy == "controller" else args.policy
+    what = f"controller {info['weights']}" if args.policy == "controller" else args.policy
     if args.round_number is not None:
         what += f" of round {args.round_number}"
     if args.memory_epoch is not None:

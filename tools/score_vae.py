@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import torch
 
-from worldmodels.config import command_parser
+from worldmodels.config import ConfigError, command_parser
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import RunDir
 from worldmodels.vae_training import (
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--objects", action="store_true",
                         help="also the share of object pixels kept, by object size")
     args = parser.parse_args(argv)
+    if args.frames < 0:
+        raise ConfigError(f"--frames must be >= 0 (0: all), got {args.frames}")
     run = RunDir(args.run)
     cfg = run.load_config()
     _, holdout, _ = rollout_split(cfg, run)

@@ -346,7 +346,9 @@ class ControllerConfig:
 @dataclass
 class DreamConfig:
     temperature: float = _opt(1.15, "tau: M's mixture logits / tau and covariance x tau "
-                                    "(1.15 was the paper's best for Doom).", gt=0)
+                                    "(1.15 was the paper's best for Doom; above 100 "
+                                    "the dream is noise, and float32 overflows).",
+                              gt=0, le=100)
     done: Literal["sample", "threshold"] = _opt(
         "sample", "How M ends a dream: sample (a Bernoulli of its calibrated P(done)) | "
                   "threshold (P(done) > done_threshold).")
