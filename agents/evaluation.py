@@ -123,23 +123,26 @@ def result_name(policy: str, weights: str = "best", overrides: tuple[str, ...] =
     ``controller_agent_precision-bfloat16``), so the run's own result stays; so does
     ``seed``, the report seed set when it is not the run's own (:func:`other_seed`).
 
-    The suffixes are the settings as the config reads them, by key: ``=3`` and ``=03``,
-    ``false`` and ``False``, a mapping and its entries one by one, any order, name one
-    file; a value keeps only characters safe in a file name (``env.id=ALE/Pong-v5``:
-    ``id-ALE-Pong-v5``), and a long one is a digest."""
+    The suffixes are the values as the config reads them, sorted by key: ``=3`` and
+    ``=03``, ``false`` and ``False``, any order, name one file. A whole mapping
+    (``env.kwargs={...}``, which replaces the run's) and one entry of it
+    (``env.kwargs.x=1``, which keeps the others) are different settings and name
+    different files. Keys and values keep only characters safe in a file name
+    (``env.id=ALE/Pong-v5``: ``id-ALE-Pong-v5``); a long value is a digest."""
     name = policy
     if policy == "controller" and weights != "best":
         name = f"controller_{weights}"
     elif policy in SB3_POLICIES and sb3_environment != "real":
         name = f"{policy}_{sb3_environment}"
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = {}  # (a key given twice: the last, as the config reads it)
     for override in overrides:
         if override.startswith(NAMED_OVERRIDES):
             key, _, raw = override.partition("=")
-            settings.update(_flat_setting(key.strip().removeprefix("env.")
-                                          .removeprefix("controller."), _read_value(raw)))
+            settings[key.strip().removeprefix("env.").removeprefix("controller.")] = \
+                _read_value(raw)
     if settings:
-        name += "_" + "_".join(f"{key}-{_file_safe(settings[key])}" for key in sorted(settings))
+        name += "_" + "_".join(f"{_safe_text(key)}-{_file_safe(settings[key])}"
+                               for key in sorted(settings))
     return name if seed is None else f"{name}_seed{seed}"
 
 
@@ -151,21 +154,19 @@ def _read_value(raw: str) -> Any:
         return raw
 
 
-def _flat_setting(key: str, value: Any) -> dict[str, Any]:
-    """``{key: value}``, a mapping's entries each under ``key.entry``."""
-    if isinstance(value, dict) and value:
-        return {k: v for entry, item in value.items()
-                for k, v in _flat_setting(f"{key}.{entry}", item).items()}
-    return {key: value}
-
-
 def _file_safe(value: Any) -> str:
     """``value`` in a file name: YAML's spelling of it (``false``, ``0.9``), characters
     other than letters, digits, ``.``, ``+`` and ``-`` as ``-``; over 40 characters, the
     first 8 hex digits of its SHA-256."""
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    safe = re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "empty"
+    safe = _safe_text(text)
     return safe if len(safe) <= 40 else hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _safe_text(text: str) -> str:
+    """``text`` with each run of characters other than letters, digits, ``_``, ``.``,
+    ``+`` and ``-`` as one ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-") or "empty"
 
 
 def other_seed(run: RunDir, seed: int) -> int | None:

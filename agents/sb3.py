@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import (
     DummyVecEnv,
@@ -723,8 +724,9 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
         state[WORLD_MODEL_META] = run.world_model_digests()  # (hashed once a training)
         trainer = _Trainer(run, cfg, state, progress)
         started = model.num_timesteps
-        rollout = getattr(model, "n_steps", 0) * model.n_envs  # (on-policy: A2C, PPO)
         left = max(0, c.sb3_timesteps - started)
+        # (off-policy algorithms' n_steps is their n-step return, not a rollout)
+        rollout = model.n_steps * model.n_envs if isinstance(model, OnPolicyAlgorithm) else 0
         if rollout and left % rollout:
             print(f"note: {algo} collects {model.n_steps} x {model.n_envs} = {rollout} steps "
                   f"per update, so it trains to {started + -(-left // rollout) * rollout} "

@@ -4,10 +4,12 @@ so a test model has the defaults a run would have."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from worldmodels.checkpoint import load_model, read_header, save_model
 from worldmodels.config import ControllerConfig, ExperimentConfig
 from worldmodels.controller import Controller
 from worldmodels.frmdn import FRMDN
@@ -39,3 +41,13 @@ def make_controller(z_dim: int, h_dim: int, action_dim: int, *, discrete: bool =
 def lstm_features(z: Tensor, h: Tensor, c: Tensor | None = None) -> Tensor:
     """The features an LSTM memory (FRMDN) gives C: [z, h], or [z, c, h] given c."""
     return torch.cat([z, h] if c is None else [z, c, h], dim=-1)
+
+
+def v_trained_again(run: Path) -> None:
+    """The run's V weights moved (as ``train_vae.py vae.epochs=<more>`` moves them), its M
+    and C not."""
+    path = run / "vae" / "model.safetensors"
+    model = load_model(path)
+    with torch.no_grad():
+        next(iter(model.parameters())).add_(0.01)
+    save_model(path, model, meta=read_header(path)["meta"])

@@ -38,7 +38,7 @@ import train_frmdn as frmdn_script
 import train_vae as vae_script
 import worldmodels.atomic
 import worldmodels.config
-from tests.builders import make_frmdn
+from tests.builders import make_frmdn, v_trained_again
 from tests.conftest import PicklePayload
 from tests.test_run_dir import run_files, trained_run
 from worldmodels.checkpoint import (
@@ -155,15 +155,6 @@ def memory_as_vae(run: Path) -> None:
     for suffix in ("", ".json"):
         shutil.copy(run / "memory" / f"model.safetensors{suffix}",
                     run / "vae" / f"model.safetensors{suffix}")
-
-
-def v_trained_again(run: Path) -> None:
-    """V's weights moved (as ``train_vae.py vae.epochs=<more>`` moves them), M and C not."""
-    path = run / "vae" / "model.safetensors"
-    model = load_model(path)
-    with torch.no_grad():
-        next(iter(model.parameters())).add_(0.01)
-    save_model(path, model, meta=read_header(path)["meta"])
 
 
 def memory_with(z_dim: int | None = None, **meta: object) -> Callable[[Path], None]:
@@ -647,6 +638,12 @@ def test_a_missing_dependency_is_one_line_naming_it_and_changes_nothing(run_copy
 
     with pytest.raises(ModuleNotFoundError):
         run_cli(other, [])
+
+    def moved(_argv):  # a module missing inside an installed dependency: a bug too
+        import numpy.not_a_module_of_numpy  # noqa: F401
+
+    with pytest.raises(ModuleNotFoundError):
+        run_cli(moved, [])
 
 
 def test_the_dependencies_named_on_a_failed_import_are_pyprojects():

@@ -114,12 +114,12 @@ def test_result_names_are_the_settings_as_read_and_safe_in_a_file_name():
     b = result_name("controller", overrides=("env.direct_render=false",
                                              "env.max_episode_steps=3"))
     assert a == b == "controller_direct_render-false_max_episode_steps-3"
-    # a whole mapping and its entries one by one
-    whole = result_name("ppo", overrides=("env.kwargs={lap_complete_percent: 0.9, "
-                                          "continuous: false}",))
-    assert whole == result_name("ppo", overrides=("env.kwargs.continuous=false",
-                                                  "env.kwargs.lap_complete_percent=0.9"))
-    assert whole == "ppo_kwargs.continuous-false_kwargs.lap_complete_percent-0.9"
+    # a whole mapping replaces the run's; one entry keeps its others: two settings
+    whole = result_name("ppo", overrides=("env.kwargs={continuous: false}",))
+    entry = result_name("ppo", overrides=("env.kwargs.continuous=false",))
+    assert whole == "ppo_kwargs-continuous-false" and entry == "ppo_kwargs.continuous-false"
+    assert result_name("ppo", overrides=("env.kwargs={continuous: false, x: 1}",)) == \
+        result_name("ppo", overrides=("env.kwargs={x: 1, continuous: False}",))
     # a slash is not a directory (a review's reproducer wrote eval/controller_id-ALE/...)
     assert result_name("controller", overrides=("env.id=ALE/Pong-v5",)) == \
         "controller_id-ALE-Pong-v5"

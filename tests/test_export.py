@@ -23,6 +23,7 @@ import train_vae as vae_script
 from agents.evaluation import evaluate
 from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
+from tests.builders import v_trained_again
 from tests.test_run import tiny_job_args
 from tools.export_pretrained import export
 from tools.export_pretrained import main as export_main
@@ -150,6 +151,12 @@ def test_fp16_agent_loads_as_fp32_and_acts_like_the_fp32_one(trained, tmp_path):
     assert file_digest(half.vae.model) != file_digest(trained.vae.model)
     for model in (half.load_vae(), half.load_memory()):
         assert {str(p.dtype) for p in model.parameters()} == {"torch.float32"}
+    # an fp16 agent exported by an earlier version, whose M kept the source V's digest,
+    # still loads: a shipped agent's V and M were checked together at its export
+    meta = read_header(half.memory.model)["meta"]
+    save_model(half.memory.model, load_model(half.memory.model),
+               meta={**meta, "vae_digest": file_digest(trained.vae.model)})
+    half.load_memory()
     cfg = half.load_config()
     env = make_env_from_config(cfg.env)
     agents = [VMCAgent.from_run(RunDir(tmp_path / d), cfg, env.action_space, "selected")
@@ -201,10 +208,7 @@ def test_a_refused_export_names_the_source_file_and_leaves_nothing(trained, tmp_
     # V trained again after M and C: they belong to the old V, and do not ship with the new
     v_path = copy / "vae" / "model.safetensors"
     v_kept = v_path.read_bytes()
-    vae = load_model(v_path)
-    with torch.no_grad():
-        next(iter(vae.parameters())).add_(0.01)
-    save_model(v_path, vae, meta=read_header(v_path)["meta"])
+    v_trained_again(copy)
     with pytest.raises(CheckpointError, match=re.escape(str(copy / "memory" / "best.safetensors"))
                        + ": M was trained on latents of V weights"):
         export(copy, dest)

@@ -114,8 +114,8 @@ def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> 
         raise _refused(one_line(err)) from None
     except ModuleNotFoundError as err:
         top = (err.name or "").partition(".")[0]
-        if top not in DEPENDENCY_MODULES:
-            raise
+        if err.name != top or top not in DEPENDENCY_MODULES:
+            raise  # (a submodule missing from an installed package: more likely a bug)
         raise _refused(f"the package '{DEPENDENCY_MODULES[top]}' (imported as '{top}'), "
                        "which worldmodels depends on, is not installed: reinstall "
                        "worldmodels with its dependencies (pip install -e . in a "

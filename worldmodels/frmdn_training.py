@@ -75,7 +75,7 @@ from worldmodels.datasets import (
 from worldmodels.memory import MEMORY_KINDS, Memory, done_metrics
 from worldmodels.monitoring import summary_writer
 from worldmodels.pictures import plot_curves
-from worldmodels.run_dir import MemoryFiles, RunDir
+from worldmodels.run_dir import MemoryFiles, RunDir, refuse_memory_of_other_v
 from worldmodels.shards import (
     ShardError,
     ShardSpec,
@@ -188,17 +188,9 @@ def check_latents_current(run: RunDir, shards: list[Path]) -> None:
 def check_memory_matches_latents(model: Path, vae_digest: str | None) -> None:
     """Refuse to go on training (or to count as trained) an M whose checkpoint ``model``
     was trained on latents of other V weights than ``vae_digest``, the current latents'
-    (V was trained again after M): M, and the C trained in its dream, belong to the old
-    V. An M saved before V digests were recorded is not checked."""
-    if not model.exists() or not vae_digest:
-        return
-    trained_on = read_header(model).get("meta", {}).get("vae_digest")
-    if trained_on and trained_on != vae_digest:
-        raise ConfigError(
-            f"{model}: M was trained on latents of V weights {trained_on}, but the run's "
-            f"latents are now V {vae_digest}'s (V was trained again). M and the controller "
-            f"belong to the old V: start a new run (or move {model.parent} and the "
-            "controller's files aside) to train them on the new V")
+    (:func:`worldmodels.run_dir.refuse_memory_of_other_v`)."""
+    if model.exists() and vae_digest:
+        refuse_memory_of_other_v(model, vae_digest)
 
 
 def action_info(path: Path) -> tuple[int, bool]:

@@ -767,14 +767,10 @@ class RunDir:
                 raise CheckpointError(
                     f"{path}: M reads latents of size {memory.z_dim}, but the run's V "
                     f"({self.vae.model}) makes latents of size {z_dim} (an M of another run?)")
-            trained_on = meta.get("vae_digest")
-            if trained_on and trained_on != (digest := file_digest(self.vae.model)):
-                raise CheckpointError(
-                    f"{path}: M was trained on latents of V weights {trained_on}, but the "
-                    f"run's V ({self.vae.model}) is {digest} (V was trained again after M). "
-                    "M and the controller belong to the old V: start a new run, or move "
-                    f"{self.memory.dir} and the controller's files aside to train them on "
-                    "the new V")
+            # (a shipped agent's V and M were checked together when it was exported, and
+            # an fp16 export of an earlier version kept the source V's digest in M)
+            if not (self.path / SHIPPED_FILE).is_file():
+                refuse_memory_of_other_v(path, file_digest(self.vae.model), CheckpointError)
         space = meta.get("action_space")
         found = self._episodes_action_space() if space else None
         if found is not None and found[1] != space:
@@ -952,6 +948,21 @@ def _world_model_hashes(source: RunDir) -> dict[str, str]:
     :data:`WORLD_MODEL_FILE` records them."""
     files = {"vae": source.vae.model, "memory": source.memory.weights()}
     return {f"{k}/{files[k].name}": d for k, d in source.world_model_digests().items()}
+
+
+def refuse_memory_of_other_v(model: Path, vae_digest: str,
+                             error: type[Exception] = ConfigError) -> None:
+    """Refuse (raise ``error``) the M checkpoint ``model`` when it was trained on latents
+    of other V weights than ``vae_digest`` (its ``meta.vae_digest``; V was trained again
+    after M): M, and the C trained on it, belong to the old V. An M saved before V
+    digests were recorded is not checked."""
+    trained_on = read_header(model).get("meta", {}).get("vae_digest")
+    if trained_on and trained_on != vae_digest:
+        raise error(
+            f"{model}: M was trained on latents of V weights {trained_on}, but the run's V "
+            f"is now {vae_digest} (V was trained again after M). M and the controller "
+            f"belong to the old V: start a new run (or move {model.parent} and the "
+            "controller's files aside) to train them on the new V")
 
 
 def shipped_agent_holding(path: Path) -> Path | None:
