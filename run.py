@@ -348,7 +348,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     preflight(cfg, run)  # before the first stage writes: V's and M's sizes, engines
     summary: dict[str, Any] = {"run_dir": str(run.path)}
     started = time.perf_counter()
-    if cfg.run.iterations == 1:
+    # (a run that played rounds and is now asked for one: round 1 becomes its agent, as
+    # fewer rounds than played make the last of them the agent)
+    if cfg.run.iterations == 1 and not run.round(1).summary.is_file():
         stages, earlier_wall = run_stages(STAGES, cfg, run, run.progress_file)
         summary.update(stages)
     else:

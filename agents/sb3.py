@@ -683,6 +683,9 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
     if state is not None and state["num_timesteps"] >= c.sb3_timesteps:
         print(f"{checkpoint}: trained for {state['num_timesteps']} steps already "
               f"(controller.sb3_timesteps={c.sb3_timesteps}); skipped")
+        curve = run.controller.sb3_curve(algo, environment)
+        if not curve.exists() or curve.stat().st_mtime < checkpoint.stat().st_mtime:
+            plot_sb3_curve(curve, state)  # a stop between the checkpoint and its curve
         if _shipped_steps(weights, meta_path) != state["num_timesteps"]:
             # killed between the checkpoint and the policy (before the policy was written
             # first): the policy comes from the finished checkpoint

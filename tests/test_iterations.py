@@ -408,6 +408,22 @@ def test_round_sizes_unlike_the_finished_rounds_are_refused(two_rounds, tmp_path
     assert sorted(p.name for p in rd.rollouts.iterdir()) == before  # nothing collected
 
 
+def test_fewer_rounds_than_played_make_the_last_of_them_the_agent(two_rounds, tmp_path):
+    """run.iterations=1 on a run that played 2 rounds puts round 1 in place (it ran the
+    one-round pipeline over the rounds' episodes, or refused naming collect.policy), and
+    run.iterations=2 puts round 2 back."""
+    rd = _copy_of(two_rounds, tmp_path)
+    before = sorted(p.name for p in rd.rollouts.iterdir())
+    one = run.main([*iterated_args(tmp_path), "run.iterations=1"])
+    assert [r["round"] for r in one["rounds"]] == [1] and one["rounds"][0].get("reused")
+    assert one["agent"]["round"] == 1
+    assert same_weights(rd.memory.best, rd.round(1).memory.best)
+    assert not same_weights(rd.memory.best, rd.round(2).memory.best)
+    two = run.main(iterated_args(tmp_path))
+    assert two["agent"]["round"] == 2 and same_weights(rd.memory.best, rd.round(2).memory.best)
+    assert sorted(p.name for p in rd.rollouts.iterdir()) == before  # nothing collected
+
+
 def test_a_new_rounds_c_sets_the_last_rounds_scores_aside_and_follows_m(two_rounds,
                                                                          tmp_path):
     from agents.iterations import controller_round

@@ -114,8 +114,11 @@ def test_killed_sb3_training_resumes_to_the_same_end_and_schedule(tiny_run, monk
     logs = sorted(run.tensorboard().glob("sb3_ppo_real_*"))
     assert len(logs) == 2  # the killed-and-resumed training continued its log (_2)
 
+    curve = run.controller.sb3_curve("ppo")
+    curve.unlink()  # stopped between the last checkpoint and its curve: drawn again
     skipped, again = train_sb3(run, cfg, progress=False)  # finished: nothing to do
     assert skipped is None and again["skipped"] and again["num_timesteps"] == 384
+    assert curve.read_bytes()[:4] == b"\x89PNG"
     # a policy older than the finished checkpoint (a kill between the two writes, when
     # the checkpoint came first) is shipped again from the checkpoint
     weights, meta_path = run.controller.sb3("ppo")

@@ -89,6 +89,8 @@ def _run_with_eval(path: Path, own_seed: int, files: dict[str, list[tuple[int, f
     run = RunDir(path)
     run.eval_dir.mkdir(parents=True)
     save_config(load_config("carracing", ["quick"], [f"seed={own_seed}"]), run.config_file)
+    run.controller.dir.mkdir()  # CMA-ES selected a controller: evaluate.py's default
+    run.controller.selected.write_bytes(b"")
     for name, rows in files.items():
         lines = ["episode,seed,return,steps"] + [f"{i},{s},{r},100"
                                                  for i, (s, r) in enumerate(rows)]
@@ -124,6 +126,18 @@ def test_runs_summary_pools_each_runs_seed_sets_and_gives_the_median_over_runs(
                    {**AGENT, "weights": "c1"})
     with pytest.raises(InputError, match=r"export: plays the agent of .*r1"):
         main([str(tmp_path / "r1"), str(tmp_path / "export")])
+
+
+def test_runs_summary_reads_by_default_what_evaluate_writes_by_default(tmp_path):
+    """A run without a selected controller (``controller.eval_every=0``): evaluate.py
+    plays its best and writes ``controller.csv``, which the summary then reads (it named
+    ``controller_selected.csv`` missing, with a command that did not write it)."""
+    from tools.runs_summary import main
+
+    run = _run_with_eval(tmp_path / "r", 0, {"controller": [(1, 1.0), (2, 3.0)]})
+    run.controller.selected.unlink()
+    run.controller.best.write_bytes(b"")
+    assert main([str(run.path)])[0].files == ["controller.csv"]
 
 
 def test_runs_summary_names_a_missing_evaluation_and_refuses_repeated_seeds(tmp_path):

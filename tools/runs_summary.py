@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout, not an i
 
 import numpy as np
 
+from agents.evaluation import default_policy, result_name
 from worldmodels.checkpoint import read_json
 from worldmodels.config import command_parser
 from worldmodels.errors import InputError, run_cli
@@ -49,6 +50,15 @@ class RunScore:
     @property
     def std(self) -> float:
         return float(np.std(self.returns))
+
+
+def default_result(run: RunDir) -> str:
+    """The name of what ``evaluate.py --run RUN`` writes with no ``--policy`` or
+    ``--weights``: the run's controller (``controller_selected``, else ``controller``
+    for its best), or its SB3 policy."""
+    policy = default_policy(run)
+    return result_name(policy, run.controller.default_weights() if policy == "controller"
+                       else "best")
 
 
 def result_file(run: RunDir, result: str, seed: int) -> Path:
@@ -80,11 +90,13 @@ def played_agent(csv_path: Path) -> tuple[str, str, str] | None:
     return None
 
 
-def run_score(path: Path, result: str, seeds: list[int], unverified: bool = False,
+def run_score(path: Path, result: str | None, seeds: list[int], unverified: bool = False,
               ) -> RunScore:
-    """``result``'s episodes of the run at ``path``, pooled over the seed sets ``seeds``;
-    ``unverified``: pool files that do not say which agent they played."""
+    """``result``'s episodes of the run at ``path`` (None: what evaluate.py plays by
+    default, :func:`default_result`), pooled over the seed sets ``seeds``; ``unverified``:
+    pool files that do not say which agent they played."""
     run = RunDir(path)
+    result = result or default_result(run)
     files, env_seeds, returns = [], [], []
     for seed in seeds:
         csv_path = result_file(run, result, seed)
@@ -138,8 +150,9 @@ def parse_seeds(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> list[RunScore]:
     parser = command_parser(__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
-    parser.add_argument("--result", default="controller_selected",
-                        help="the evaluation's name in eval/ (controller_selected, ppo, ...)")
+    parser.add_argument("--result", default=None,
+                        help="the evaluation's name in eval/ (controller_selected, ppo, ...; "
+                             "default: what evaluate.py plays by default in each run)")
     parser.add_argument("--seeds", default="0",
                         help="report seed sets to pool per run, e.g. 0,1 (default 0)")
     parser.add_argument("--allow-unverified", action="store_true",

@@ -299,7 +299,8 @@ def train_vae(cfg: ExperimentConfig, run: RunDir | None = None,
         dataset.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1000 + epoch)
         epoch_start = time.perf_counter()
-        bar = tqdm(loader, total=frames_per_epoch // v.batch_size, unit="batch",
+        batches = -(-frames_per_epoch // v.batch_size)  # (the last one may be partial)
+        bar = tqdm(loader, total=batches, unit="batch",
                    desc=f"vae epoch {epoch + 1}/{v.epochs}", disable=not progress)
         for batch in bar:
             x = to_float_frames(batch.to(device, non_blocking=True))
