@@ -27,7 +27,7 @@ from worldmodels.dream import Dream, read_start_latents, start_latents
 from worldmodels.dream_ensemble import MemoryEnsemble
 from worldmodels.frmdn_training import latent_split
 from worldmodels.memory import Memory
-from worldmodels.run_dir import SHIPPED_FILE, RunDir, as_run
+from worldmodels.run_dir import RunDir, as_run
 from worldmodels.shards import ShardError
 from worldmodels.vae import ConvVAE
 
@@ -124,7 +124,7 @@ def load_dream(run: RunDir, cfg: ExperimentConfig | None = None,
         mu0, logvar0 = starts
     elif run.dream_starts.exists():  # a shipped agent: the start latents, without the shards
         mu0, logvar0 = read_start_latents(run.dream_starts, cfg.vae.z_dim)
-    elif (run.path / SHIPPED_FILE).is_file():  # a shipped agent, or a run on its V and M
+    elif run.world_model_shipped:  # a shipped agent, or a run on its V and M
         raise ShardError(f"{run.dream_starts}: missing; this shipped agent has no dream start "
                          "latents, so it plays the real env only (export it again from its "
                          "run to dream)")

@@ -18,9 +18,9 @@ SHA-256 and size). The policy is CMA-ES's ``controller/<weights>.safetensors`` (
 the one evaluate.py plays: ``selected``, else ``best``), or with ``--policy ppo`` (any SB3
 algorithm) the run's SB3 policy ``controller/sb3_<algo>.safetensors`` and its
 description; policies stay fp32, and evaluate.py and dream.py play the shipped one by
-default. A run that dreamt beside other
-runs' Ms (``dream.ensemble``) ships without them: its config dreams with its own M alone,
-and ``shipped.json`` records the ensemble under ``dream_ensemble``.
+default. A run that dreamt beside other runs' Ms (``dream.ensemble``) ships without
+them: its config dreams with its own M alone, and ``shipped.json`` records the ensemble
+under ``dream_ensemble``.
 ``--fp16`` stores V's and M's floating-point tensors in half precision (half the size);
 they load into fp32 models, which the export checks before it finishes. DEST is written
 in full beside itself and renamed into place, and a DEST that exists non-empty is refused.

@@ -489,6 +489,12 @@ class RunDir:
         return self.shipped_file.is_file()
 
     @property
+    def world_model_shipped(self) -> bool:
+        """Are the V and M this run reads a shipped agent's (the agent itself, or the
+        source of a run on its world model)?"""
+        return (self.path / SHIPPED_FILE).is_file()
+
+    @property
     def output_dir(self) -> Path:
         """Where evaluations and dreams go by default: the run itself, or for a shipped
         agent ``runs/pretrained/<name>`` under the current working directory."""
@@ -769,7 +775,7 @@ class RunDir:
                     f"({self.vae.model}) makes latents of size {z_dim} (an M of another run?)")
             # (a shipped agent's V and M were checked together when it was exported, and
             # an fp16 export of an earlier version kept the source V's digest in M)
-            if not (self.path / SHIPPED_FILE).is_file():
+            if not self.world_model_shipped:
                 refuse_memory_of_other_v(path, file_digest(self.vae.model), CheckpointError)
         space = meta.get("action_space")
         found = self._episodes_action_space() if space else None
