@@ -132,6 +132,35 @@ def test_a_borrowed_world_model_is_guarded(shipped, trained, tmp_path):  # noqa:
         export(trained.path, tmp_path / "none", policy="ppo")
 
 
+def test_an_sb3_c_on_a_world_model_trained_with_searches_turns_them_off(trained, tmp_path,  # noqa: F811
+                                                                         capsys):
+    """A source whose C ran 3 CMA-ES searches and a second selection stage (the shipped
+    TakeCover agent) lends its V and M to an SB3 C: the command sets only
+    controller.algo, and the search settings, which SB3 refuses, are turned off and said."""
+    import yaml
+
+    source = tmp_path / "searched"
+    shutil.copytree(trained.path, source)
+    data = yaml.safe_load((source / "config.yaml").read_text())
+    data["controller"].update(restarts=3, final_candidates=2, final_episodes=2)
+    (source / "config.yaml").write_text(yaml.safe_dump(data))
+    assert load_config(str(source / "config.yaml")).controller.restarts == 3  # valid CMA-ES
+    capsys.readouterr()
+    cfg, _ = borrow_world_model(source, tmp_path / "ppo", ["controller.algo=ppo"])
+    c = cfg.controller
+    assert (c.algo, c.restarts, c.final_candidates, c.final_episodes) == ("ppo", 1, 0, 0)
+    assert ("this run takes controller.restarts=1 controller.final_candidates=0 "
+            "controller.final_episodes=0") in capsys.readouterr().err
+    # CMA-ES keeps the source's searches, and says nothing
+    cfg, _ = borrow_world_model(source, tmp_path / "cmaes", [])
+    assert (cfg.controller.restarts, cfg.controller.final_candidates) == (3, 2)
+    assert capsys.readouterr().err == ""
+    # a search setting the command gives itself is kept, and SB3 refuses it by name
+    with pytest.raises(ConfigError, match="'controller.restarts' above 1 needs"):
+        borrow_world_model(source, tmp_path / "own", ["controller.algo=sac",
+                                                      "controller.restarts=2"])
+
+
 def test_cmaes_on_a_borrowed_world_model_plays_the_runs_own_controller(shipped, tmp_path):
     home = tmp_path / "cmaes"
     args = ["--world-model", str(shipped), "--run", str(home)]

@@ -1,4 +1,4 @@
-"""Does the dream get the actions' effects right? Mean episode length under each fixed
+r"""Does the dream get the actions' effects right? Mean episode length under each fixed
 action and under uniform random actions, in M's dream and in the real env.
 
     python tools/dream_action_check.py runs/VizdoomTakeCover-v1/dream2_frmdn 1.15

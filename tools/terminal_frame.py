@@ -1,4 +1,4 @@
-"""What the blank frame after a ViZDoom death costs M: its share of M's NLL, and whether
+r"""What the blank frame after a ViZDoom death costs M: its share of M's NLL, and whether
 M's dreams ever step into it.
 
     python tools/terminal_frame.py pretrained/takecover \

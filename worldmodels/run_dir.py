@@ -68,6 +68,7 @@ from worldmodels.config import (
     env_slug,
     exit_on_help_config,
     load_config,
+    parse_override,
     preset_names,
     preset_overrides,
     read_yaml,
@@ -1008,8 +1009,9 @@ def borrow_world_model(source: str | Path, dest: str | Path,
         raise ConfigError(f"{home.world_model_file}: this run uses the world model of "
                           f"{home.path}, not {src.path}; use another --run")
     # a rerun continues the run's own config (the overrides on top), a new run the source's
-    cfg = (home if started else src).load_config(list(overrides), trained=False,
-                                                 rounds=False)
+    base = home if started else src
+    overrides = [*_searches_an_sb3_c_drops(base, overrides), *overrides]
+    cfg = base.load_config(overrides, trained=False, rounds=False)
     saved = _flatten(to_dict(src.load_config()))
     fixed = fixed_changes(cfg, saved, (*TRAINED_RUN_SECTIONS, "controller"))
     if fixed:
@@ -1032,6 +1034,36 @@ def borrow_world_model(source: str | Path, dest: str | Path,
             {"source": str(src.path), "config": str(src.config_file), "files": hashes},
             indent=2))
     return cfg, RunDir(dest)
+
+
+#: CMA-ES's search settings (several searches, a second selection stage) that a config
+#: borrowed for an SB3 C may hold, and the values that turn them off
+CMAES_SEARCH_SETTINGS = {"controller.restarts": 1, "controller.final_candidates": 0,
+                         "controller.final_episodes": 0}
+
+
+def _searches_an_sb3_c_drops(base: RunDir, overrides: list[str] | tuple[str, ...]
+                             ) -> list[str]:
+    """Overrides turning off the CMA-ES search settings of ``base``'s config (a world
+    model trained with ``controller.restarts: 3``, say) when ``overrides`` switch
+    ``controller.algo`` to an SB3 algorithm and do not set them: they belong to the
+    source's CMA-ES, and SB3 refuses them. Said on stderr; none when the command keeps
+    CMA-ES or sets them itself (then the config's check names any that SB3 refuses)."""
+    given = {o.partition("=")[0].strip(): o for o in overrides}  # (the last one counts)
+    if "controller.algo" not in given or not base.has_config():
+        return []  # (load_config names what is wrong with the config)
+    algo = parse_override(given["controller.algo"])["controller"]["algo"]
+    saved = read_yaml(base.config_file)
+    if algo not in ("ppo", "a2c", "sac", "td3") or not isinstance(saved, dict):
+        return []
+    saved = _flatten(saved)
+    dropped = [f"{key}={off}" for key, off in CMAES_SEARCH_SETTINGS.items()
+               if key not in given and saved.get(key, off) != off]
+    if dropped:
+        print(f"{base.config_file}: its CMA-ES search settings are not for "
+              f"controller.algo={algo}; this run takes {' '.join(dropped)}",
+              file=sys.stderr)
+    return dropped
 
 
 def _borrowing_home(dest: str | Path) -> RunDir:
