@@ -1009,8 +1009,9 @@ def borrow_world_model(source: str | Path, dest: str | Path,
         raise ConfigError(f"{home.world_model_file}: this run uses the world model of "
                           f"{home.path}, not {src.path}; use another --run")
     # a rerun continues the run's own config (the overrides on top), a new run the source's
+    # (a new run only: a started run's config is its own, and changing it is said)
     base = home if started else src
-    overrides = [*_searches_an_sb3_c_drops(base, overrides), *overrides]
+    overrides = [*([] if started else _searches_an_sb3_c_drops(src, overrides)), *overrides]
     cfg = base.load_config(overrides, trained=False, rounds=False)
     saved = _flatten(to_dict(src.load_config()))
     fixed = fixed_changes(cfg, saved, (*TRAINED_RUN_SECTIONS, "controller"))
@@ -1042,25 +1043,26 @@ CMAES_SEARCH_SETTINGS = {"controller.restarts": 1, "controller.final_candidates"
                          "controller.final_episodes": 0}
 
 
-def _searches_an_sb3_c_drops(base: RunDir, overrides: list[str] | tuple[str, ...]
+def _searches_an_sb3_c_drops(source: RunDir, overrides: list[str] | tuple[str, ...]
                              ) -> list[str]:
-    """Overrides turning off the CMA-ES search settings of ``base``'s config (a world
-    model trained with ``controller.restarts: 3``, say) when ``overrides`` switch
-    ``controller.algo`` to an SB3 algorithm and do not set them: they belong to the
-    source's CMA-ES, and SB3 refuses them. Said on stderr; none when the command keeps
-    CMA-ES or sets them itself (then the config's check names any that SB3 refuses)."""
+    """Overrides turning off the CMA-ES search settings of ``source``'s config (a world
+    model trained with ``controller.restarts: 3``, say) for a new run on its V and M when
+    ``overrides`` switch ``controller.algo`` to an SB3 algorithm and do not set them:
+    they belong to the source's CMA-ES, and SB3 refuses them. Said on stderr; none when
+    the command keeps CMA-ES or sets them itself (then the config's check names any
+    that SB3 refuses)."""
     given = {o.partition("=")[0].strip(): o for o in overrides}  # (the last one counts)
-    if "controller.algo" not in given or not base.has_config():
+    if "controller.algo" not in given or not source.has_config():
         return []  # (load_config names what is wrong with the config)
     algo = parse_override(given["controller.algo"])["controller"]["algo"]
-    saved = read_yaml(base.config_file)
+    saved = read_yaml(source.config_file)
     if algo not in ("ppo", "a2c", "sac", "td3") or not isinstance(saved, dict):
         return []
     saved = _flatten(saved)
     dropped = [f"{key}={off}" for key, off in CMAES_SEARCH_SETTINGS.items()
                if key not in given and saved.get(key, off) != off]
     if dropped:
-        print(f"{base.config_file}: its CMA-ES search settings are not for "
+        print(f"{source.config_file}: its CMA-ES search settings are not for "
               f"controller.algo={algo}; this run takes {' '.join(dropped)}",
               file=sys.stderr)
     return dropped
