@@ -44,9 +44,9 @@ from tqdm import tqdm
 from agents.batched import Episode
 from agents.dreams import DreamEvaluator
 from agents.parallel import TaskPool, resolve_workers
-from agents.rollouts import RolloutTask, describe_returns, play_task
+from agents.rollouts import RolloutTask, describe_returns, play_settings, play_task
 from agents.seeds import selection_seeds
-from envs.dream_env import ensemble_settings
+from envs.dream_env import dream_training_settings
 from worldmodels.checkpoint import (
     file_digest,
     load_weights,
@@ -55,7 +55,7 @@ from worldmodels.checkpoint import (
     save_model,
     write_json_atomic,
 )
-from worldmodels.config import ConfigError, ExperimentConfig, to_dict
+from worldmodels.config import ConfigError, ExperimentConfig
 from worldmodels.controller import FlatPolicy
 from worldmodels.errors import InputError
 from worldmodels.monitoring import summary_writer
@@ -371,11 +371,7 @@ def cmaes_settings(cfg: ExperimentConfig, dim: int, seed: int,
     if c.clip_dims:  # (only when set: histories from before the option stay valid)
         settings["clip_dims"] = sorted(set(c.clip_dims))
     if c.environment == "dream":
-        settings.update(temperature=cfg.dream.temperature,
-                        done=cfg.dream.done, done_threshold=cfg.dream.done_threshold,
-                        dream_max_steps=cfg.dream.max_steps)
-        if cfg.dream.ensemble:
-            settings[ENSEMBLE_KEY] = ensemble_settings(cfg)
+        settings.update(dream_training_settings(cfg))
     settings[ARCHITECTURE_KEY] = controller_architecture(cfg)
     settings[PLAY_KEY] = play_settings(cfg)
     if world_model:
@@ -402,11 +398,6 @@ WORLD_MODEL_KEY = "world_model"
 #: compared when the history records it (histories from before stop 53 do not)
 ARCHITECTURE_KEY = "controller"
 
-#: the settings key of the dream's other Ms (:func:`envs.dream_env.ensemble_settings`),
-#: recorded only when the dream has other Ms, so a history without it is one M's
-ENSEMBLE_KEY = "dream_ensemble"
-
-
 #: the settings key of what a real episode's return depends on beyond C, V and M: the
 #: ``env.*`` settings and V's precision (:func:`play_settings`); like
 #: :data:`WORLD_MODEL_KEY` compared by :func:`train_cmaes` only where generations are to
@@ -414,12 +405,6 @@ ENSEMBLE_KEY = "dream_ensemble"
 #: lack it
 PLAY_KEY = "play"
 
-
-def play_settings(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The ``env.*`` settings (all but ``fast_render``, whose frames are Gymnasium's) and
-    ``controller.agent_precision`` a real episode is played with."""
-    env = {k: v for k, v in to_dict(cfg)["env"].items() if k != "fast_render"}
-    return {"env": env, "agent_precision": cfg.controller.agent_precision}
 
 
 def _saved_generation(path: Path) -> int | None:

@@ -248,7 +248,7 @@ def _evaluate_sb3(run: RunDir, cfg: ExperimentConfig, algo: str, environment: st
 
 
 def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
-             seed: int = 0, video_episodes: int = 0, engine: str = "process",
+             seed: int | None = None, video_episodes: int = 0, engine: str = "process",
              workers: int = 0, ray_address: str = "", progress: bool = True,
              key: dict[str, Any] | None = None, weights: str | None = None,
              overrides: tuple[str, ...] = (), out_dir: Path | None = None,
@@ -257,7 +257,9 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
 
     ``overrides`` (``env.<key>=<value>``) play the trained agent in another variant of
     the run's env, e.g. ``env.direct_render=false`` for Gymnasium's renderer; the
-    summary records them and the files get their own names.
+    summary records them and the files get their own names. ``seed``: whose report
+    seeds to play (:func:`agents.seeds.evaluation_seeds`); None, the run's own
+    ``seed``, as ``evaluate.py`` plays by default.
 
     Writes ``<out_dir>/<policy>.csv`` (episode, seed, return, steps) and ``<policy>.json``
     (mean, std, min, max, and ``key`` if given: what the caller checks to reuse it);
@@ -276,6 +278,7 @@ def evaluate(run: RunDir, episodes: int = 100, policy: str = "controller",
     if episodes < 1:
         raise ConfigError(f"episodes must be >= 1, got {episodes}")
     cfg = run.load_config(overrides)
+    seed = cfg.seed if seed is None else seed
     weights = weights or run.controller.default_weights()
     run.controller.weights(weights)  # a known name
     name = result_name(policy, weights, tuple(overrides), sb3_environment,

@@ -41,8 +41,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from agents.cmaes import controller_architecture, play_settings, seeds_key, train_cmaes
+from agents.cmaes import controller_architecture, seeds_key, train_cmaes
 from agents.evaluation import evaluate, other_seed, result_name
+from agents.rollouts import play_settings
 from agents.seeds import evaluation_seeds, selection_seeds
 from envs.dream_env import ensemble_settings
 from worldmodels.checkpoint import file_digest, read_json, write_json_atomic, write_text_atomic

@@ -20,6 +20,7 @@ import torch
 from agents.batched import BatchedActor, Episode, EpisodeResult
 from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
+from worldmodels.config import ExperimentConfig, to_dict
 from worldmodels.controller_vote import VoteController
 from worldmodels.run_dir import RunDir, as_run, file_stamp
 
@@ -124,3 +125,10 @@ def describe_returns(returns: np.ndarray) -> dict[str, Any]:
     return {"mean": float(np.mean(returns)), "std": float(np.std(returns)),
             "min": float(np.min(returns)), "max": float(np.max(returns)),
             "episodes": int(len(returns))}
+
+
+def play_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The ``env.*`` settings (all but ``fast_render``, whose frames are Gymnasium's) and
+    ``controller.agent_precision`` a real episode is played with."""
+    env = {k: v for k, v in to_dict(cfg)["env"].items() if k != "fast_render"}
+    return {"env": env, "agent_precision": cfg.controller.agent_precision}

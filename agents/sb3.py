@@ -34,9 +34,10 @@ from stable_baselines3.common.vec_env import (
 )
 from torch import nn
 
+from agents.rollouts import play_settings
 from agents.seeds import selection_seeds
 from agents.vmc import agent_encoder
-from envs.dream_env import action_batch, dream_vec_env
+from envs.dream_env import action_batch, dream_training_settings, dream_vec_env
 from envs.factory import make_env_from_config
 from worldmodels.atomic import check_writable
 from worldmodels.checkpoint import (
@@ -52,7 +53,7 @@ from worldmodels.checkpoint import (
 from worldmodels.config import AgentPrecision, ConfigError, ExperimentConfig, to_dict
 from worldmodels.memory import Memory, State, zero_rows
 from worldmodels.pictures import plot_curves
-from worldmodels.run_dir import RUNTIME_KEYS, RunDir
+from worldmodels.run_dir import RUNTIME_KEYS, TRAINED_RUN_SECTIONS, RunDir
 from worldmodels.vae import ConvVAE
 
 if TYPE_CHECKING:
@@ -320,7 +321,17 @@ def _settings(cfg: ExperimentConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
         settings["agent_precision"] = c.agent_precision
     if c.sb3_init:  # the bytes decide (a path differs with the working directory)
         settings["init"] = file_digest(init_policy_path(c.sb3_init, c.algo))
+    # the env its real episodes (training or selection) play, and the dream it trains in
+    settings[PLAY_KEY] = play_settings(cfg)
+    if c.environment == "dream":
+        settings[DREAM_KEY] = dream_training_settings(cfg)
     return settings
+
+
+#: the settings keys of the env played (:func:`agents.rollouts.play_settings`) and of the
+#: dream trained in (:func:`envs.dream_env.dream_training_settings`); checkpoints made
+#: before they were recorded (stop 61) lack them and are read as made with today's
+PLAY_KEY, DREAM_KEY = "play", "dream"
 
 
 def init_policy_path(source: str, algo: str) -> Path:
@@ -396,14 +407,18 @@ def load_policy(model: Any, path: Path, whose: str = "this run's policy") -> Non
 def _check_config(run: RunDir, cfg: ExperimentConfig) -> None:
     """The SB3 route trains on the run's V and M as they are: its settings are the
     ``controller.*`` keys (recorded in the policy's meta), which may differ from the
-    run's ``config.yaml`` (whose controller stays the CMA-ES one); other changes are
-    refused (they would need the earlier stages rerun)."""
+    run's ``config.yaml`` (whose controller stays the CMA-ES one), and the ``env.*`` and
+    ``dream.*`` keys a trained run leaves open (the env played and the dream trained in,
+    recorded in the checkpoint's settings: a resume in another is refused); other
+    changes are refused (they would need the earlier stages rerun)."""
     fixed = [k for k in run.changed_keys(cfg)
-             if not k.startswith("controller.") and k not in RUNTIME_KEYS]
+             if not k.startswith(("controller.", *(f"{s}." for s in TRAINED_RUN_SECTIONS)))
+             and k not in RUNTIME_KEYS]
     if fixed:
         raise ConfigError(f"{run.home}: an SB3 policy trains on this run's V and M as its "
                           f"config.yaml has them, but '{fixed[0]}' differs; change only "
-                          "controller.* keys (or rerun the earlier stages)")
+                          "controller.*, env.* or dream.* keys (or rerun the earlier "
+                          "stages)")
 
 
 def _ret_rms(venv: VecEnv) -> VecNormalize | None:
@@ -633,10 +648,11 @@ def _resume(path: Path, settings: dict[str, Any], policy: Path) -> dict[str, Any
         f"0, which replaces {policy}: move that aside first to keep it (it still plays: "
         "evaluate.py --policy), then delete the checkpoint"))
     saved = state.get("settings")
-    if isinstance(saved, dict) and "use_cell" not in saved:
-        # recorded since use_cell became a setting; a policy of the other size is
-        # refused when its parameters are loaded
-        saved = {**saved, "use_cell": settings["use_cell"]}
+    late = [k for k in ("use_cell", PLAY_KEY, DREAM_KEY) if k in settings]
+    if isinstance(saved, dict) and any(k not in saved for k in late):
+        # recorded since (use_cell: a policy of the other size is refused when its
+        # parameters are loaded)
+        saved = {**{k: settings[k] for k in late}, **saved}
         state["settings"] = saved
     if saved != settings:
         saved = saved if isinstance(saved, dict) else {}

@@ -101,6 +101,9 @@ class VMCAgent:
         """frames uint8 (B, 64, 64, 3) -> actions float (B, A) or int64 (B,). ``played``:
         given C's actions, the actions the env will get instead (exploration, say); M
         then reads those, so that its state follows what happened."""
+        if np.ndim(frames) != 4:  # (before M's state is reset for a batch it is not)
+            raise ValueError(f"frames must be a batch, uint8 (B, 64, 64, 3); got shape "
+                             f"{np.shape(frames)} (one frame: frames[None])")
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         if self.state is None or self.batch != x.shape[0]:
             self.reset(x.shape[0])

@@ -42,8 +42,25 @@ def action_batch(actions: Any, space: gym.Space) -> torch.Tensor:
     return a.reshape(a.shape[0] if a.ndim > 1 else 1, -1)
 
 
+def start_option(options: dict[str, Any] | None, count: int) -> int | None:
+    """The start latent a reset's ``options={"start": i}`` asks for, of ``count`` (None:
+    a random one); an index that is not one is a ``ValueError``."""
+    start = (options or {}).get("start")
+    if start is not None and not (isinstance(start, (int, np.integer))
+                                  and 0 <= int(start) < count):
+        raise ValueError(f"reset option 'start' is {start!r}: the index of one of the "
+                         f"dream's {count} start latents, from 0 to {count - 1}")
+    return None if start is None else int(start)
+
+
 class DreamEnv(gym.Env):
     """A single dream; ``reset(seed=s)`` makes its start and noise reproducible.
+
+    Unseeded, it follows Gymnasium's envs: the first ``reset()`` without a seed draws
+    the dream's noise from fresh entropy (``np_random``), so envs made side by side
+    (``gym.make_vec``, SB3's ``make_vec_env`` without a seed) dream apart; ``seeded``:
+    the dream's generator was seeded on purpose (``make_dream_env(seed=s)``), and an
+    unseeded first reset keeps it.
 
     ``options={"start": i}`` starts from the i-th start latent (default: a random one).
     """
@@ -51,13 +68,15 @@ class DreamEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
 
     def __init__(self, dream: Dream, action_space: gym.Space, vae: ConvVAE | None = None,
-                 use_cell: bool = False, render_mode: str | None = None):
+                 use_cell: bool = False, render_mode: str | None = None,
+                 seeded: bool = False):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', not '{render_mode}'")
         if render_mode and vae is None:
             raise ValueError("rendering a dream decodes its latents: pass the run's V")
         self.dream, self.vae, self.use_cell = dream, vae, use_cell
         self.render_mode = render_mode
+        self._seeded = seeded
         self.action_space = action_space
         size = dream.memory.feature_size(use_cell)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
@@ -68,23 +87,26 @@ class DreamEnv(gym.Env):
         return self.dream.features(self._z, self.use_cell)[0].numpy()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        fresh = self._np_random is None  # Gymnasium seeds it from entropy when seed is None
         super().reset(seed=seed)
         if seed is not None:
             self.dream.generator.manual_seed(seed)
-        start = (options or {}).get("start")
-        count = len(self.dream.mu0)
-        if start is not None and not (isinstance(start, (int, np.integer))
-                                      and 0 <= int(start) < count):
-            raise ValueError(f"reset option 'start' is {start!r}: the index of one of the "
-                             f"dream's {count} start latents, from 0 to {count - 1}")
-        starts = None if start is None else torch.tensor([int(start)])
-        self._z = self.dream.reset(1, starts)
+        elif fresh and not self._seeded:
+            self.dream.generator.manual_seed(int(self.np_random.integers(2**63 - 1)))
+        self._seeded = True
+        start = start_option(options, len(self.dream.mu0))
+        self._z = self.dream.reset(1, None if start is None else torch.tensor([start]))
         return self._observation(), {}
 
     def step(self, action: Any):
         if self._z is None:
             raise RuntimeError("call reset() before step()")
-        out = self.dream.step(self._z, action_batch([action], self.action_space))
+        space = self.action_space
+        given = np.asarray(action)
+        if (given.shape != space.shape if isinstance(space, gym.spaces.Box)
+                else not space.contains(action)):  # (a Box action may leave its bounds)
+            raise ValueError(f"action {action!r} is not in the dream's action space {space}")
+        out = self.dream.step(self._z, action_batch([action], space))
         self._z = out.z
         return (self._observation(), float(out.reward[0]), bool(out.done[0]),
                 bool(out.truncated[0]), {})
@@ -92,7 +114,11 @@ class DreamEnv(gym.Env):
     @torch.no_grad()
     def decode(self) -> np.ndarray:
         """The current latent as V sees it: uint8 (64, 64, 3)."""
-        assert self.vae is not None and self._z is not None
+        if self.vae is None:
+            raise RuntimeError("decoding a dream needs the run's V (make the env with "
+                               "render_mode='rgb_array')")
+        if self._z is None:
+            raise RuntimeError("call reset() before render()")
         frame = self.vae.decode(self._z).clamp(0, 1)[0]
         return (frame * 255).byte().permute(1, 2, 0).numpy()
 
@@ -176,6 +202,24 @@ def ensemble_memory(run: RunDir, cfg: ExperimentConfig, memory: Memory,
             from None
 
 
+#: the settings key of the dream's other Ms (:func:`ensemble_settings`), recorded only
+#: when the dream has other Ms, so settings without it are one M's
+ENSEMBLE_KEY = "dream_ensemble"
+
+
+def dream_training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a controller trained in the dream learns from besides V and M: the
+    temperature, the done rule, the dream's cap and any other Ms beside the run's
+    (:data:`ENSEMBLE_KEY`). Recorded with a CMA-ES history and an SB3 checkpoint, so
+    training goes on only in the dream it began in."""
+    settings: dict[str, Any] = {
+        "temperature": cfg.dream.temperature, "done": cfg.dream.done,
+        "done_threshold": cfg.dream.done_threshold, "dream_max_steps": cfg.dream.max_steps}
+    if cfg.dream.ensemble:
+        settings[ENSEMBLE_KEY] = ensemble_settings(cfg)
+    return settings
+
+
 def ensemble_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     """The digests of the Ms in ``dream.ensemble`` (whatever paths name them) and
     ``dream.ensemble_z``: what another M beside the run's changes (a CMA-ES history's
@@ -207,24 +251,30 @@ def _vae_tensors(run: RunDir) -> dict[str, torch.Tensor]:
 
 
 def make_dream_env(run_dir: str | Path, temperature: float | None = None,
-                   render_mode: str | None = None, seed: int = 0,
-                   overrides: tuple[str, ...] = ()) -> DreamEnv:
+                   render_mode: str | None = None, seed: int | None = None,
+                   overrides: tuple[str, ...] | list[str] = ()) -> DreamEnv:
     """The dream of the trained run at ``run_dir`` (its M, start latents and action
-    space; V to render). ``overrides``: ``dream.*`` keys (see :meth:`RunDir.load_config`)."""
+    space; V to render). ``overrides``: ``dream.*`` keys (see :meth:`RunDir.load_config`).
+    ``seed``: the dream's noise before any seeded reset (None: fresh entropy at the
+    first reset, as Gymnasium's envs)."""
+    if isinstance(overrides, str):  # (a string would be read one character a key)
+        raise TypeError("overrides is a sequence of 'key=value' strings, not one string")
     run = RunDir(run_dir)
     return dream_env(run, run.load_config(overrides), temperature, render_mode, seed)
 
 
 def dream_env(run: RunDir, cfg: ExperimentConfig, temperature: float | None = None,
-              render_mode: str | None = None, seed: int = 0) -> DreamEnv:
-    """The run's dream with ``cfg.dream``'s settings.
+              render_mode: str | None = None, seed: int | None = None) -> DreamEnv:
+    """The run's dream with ``cfg.dream``'s settings (``seed`` as
+    :func:`make_dream_env`'s).
 
     Sets torch to one thread for the whole process (one dream steps one row: more
     threads only contend); a caller that needs more afterwards sets them back."""
     torch.set_num_threads(1)
-    dream, action_space = load_dream(run, cfg, temperature, seed)
+    dream, action_space = load_dream(run, cfg, temperature, seed or 0)
     vae = run.load_vae(cfg.vae.z_dim) if render_mode else None
-    return DreamEnv(dream, action_space, vae, cfg.controller.use_cell, render_mode)
+    return DreamEnv(dream, action_space, vae, cfg.controller.use_cell, render_mode,
+                    seeded=seed is not None)
 
 
 class DreamVecEnv(VecEnv):
@@ -234,7 +284,9 @@ class DreamVecEnv(VecEnv):
 
     A dream that ends is started anew at once from a random start latent (SB3's
     auto-reset); its last observation is in ``info["terminal_observation"]``.
-    ``seed(s)`` then ``reset()`` makes the dreams reproducible.
+    ``seed(s)`` then ``reset()`` makes the dreams reproducible; ``set_options`` with
+    ``{"start": i}`` (for all dreams, or a list, one a dream) starts the next ``reset()``'s
+    dreams from those start latents, as :class:`DreamEnv`'s option does.
     """
 
     render_mode = None  # (SB3 asks its envs)
@@ -251,7 +303,16 @@ class DreamVecEnv(VecEnv):
         if seed is not None:
             self.dream.generator.manual_seed(seed)
         self._reset_seeds()
-        self._z = self.dream.reset(self.num_envs)
+        count = len(self.dream.mu0)
+        asked = [start_option(o, count) for o in self._options]
+        self._reset_options()
+        starts = None
+        if any(a is not None for a in asked):  # (the draw a reset makes anyway, then those)
+            starts = torch.randint(count, (self.num_envs,), generator=self.dream.generator)
+            for i, a in enumerate(asked):
+                if a is not None:
+                    starts[i] = a
+        self._z = self.dream.reset(self.num_envs, starts)
         return self.dream.features(self._z, self.use_cell).numpy()
 
     def step_async(self, actions: np.ndarray) -> None:

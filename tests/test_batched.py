@@ -126,6 +126,20 @@ def test_dream_vec_env_restarts_ended_dreams_and_is_reproducible(tiny_cfg):
     venv.seed(3)
     np.testing.assert_array_equal(venv.reset(), first)
     np.testing.assert_array_equal(venv.step(actions[0].astype(np.float32))[0], trace[0])
+    # SB3's set_options: the next reset starts the dreams asked for from those start
+    # latents, the others as without options (was: accepted and ignored)
+    starts = [{"start": 0}] + [{}] * 14 + [{"start": 0}]
+    venv.seed(3)
+    venv.set_options(starts)
+    asked = venv.reset()
+    np.testing.assert_array_equal(asked[1:15], first[1:15])
+    z0 = venv.dream.mu0[0].numpy()
+    assert np.abs(asked[[0, 15], :4] - z0).max() < np.abs(first[[0, 15], :4] - z0).max()
+    venv.seed(3)
+    np.testing.assert_array_equal(venv.reset(), first)  # options hold for one reset
+    venv.set_options({"start": len(venv.dream.mu0)})
+    with pytest.raises(ValueError, match="'start' is"):
+        venv.reset()
     import torch
 
     before = torch.get_num_threads()

@@ -229,6 +229,15 @@ def test_evaluate_plays_env_overrides_and_keeps_the_runs_own_result(tiny_run):
     cfg = run.load_config(("dream.done=threshold", "vae.z_dim=4"))
     assert cfg.dream.done == "threshold"
     assert run.load_config(("vae.z_dim=8",), trained=False).vae.z_dim == 8
+    # from Python without a seed: the run's own report seeds, as evaluate.py plays them
+    # (was: seed 0's, whatever the run's seed)
+    from agents.seeds import evaluation_seeds
+
+    text = run.config_file.read_text()
+    run.config_file.write_text(re.sub(r"(?m)^seed: \d+$", f"seed: {seed}", text))
+    mine = evaluate(run, episodes=2, engine="serial", progress=False)
+    played = (out / "controller.csv").read_text().splitlines()[1].split(",")[1]
+    assert mine["policy"] == "controller" and int(played) == evaluation_seeds(seed, 2)[0]
 
 
 def test_collect_with_the_runs_trained_controller(tiny_run):

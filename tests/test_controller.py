@@ -110,6 +110,8 @@ def test_flat_round_trip_and_checkpoint():
     assert torch.equal(c.get_flat(), v)
     with pytest.raises(ValueError, match="expected"):
         c.set_flat(torch.zeros(3))
+    c.set_flat(v[None] * 2)  # one row of the right size, as a population's (was: torch's
+    assert torch.equal(c.get_flat(), v * 2)  # shape error from vector_to_parameters)
 
 
 def test_controller_checkpoint_reproduces_actions(tmp_path):
@@ -143,6 +145,13 @@ def test_agent_carries_and_resets_state():
         zs.append(z)
     h_seq, _ = memory(torch.stack(zs, 1), torch.stack(acts, 1))
     torch.testing.assert_close(agent.state[0][0], h_seq[:, -1])
+    # one frame, not a batch: refused before M's state is touched (was: the state reset
+    # to 64 rows, then torch's permute error)
+    kept = [s.clone() for s in agent.state]
+    with pytest.raises(ValueError, match=r"a batch.*\(64, 64, 3\).*frames\[None\]"):
+        agent.act(frames[0])
+    assert agent.batch == 2
+    assert all(torch.equal(a, b) for a, b in zip(agent.state, kept, strict=True))
 
 
 def test_saturated_actions_stay_inside_bounds_that_float32_cannot_add_up_to():

@@ -194,6 +194,43 @@ def test_dream_env_is_registered_with_gymnasium(dream_run):
             env.reset(seed=0, options={"start": start})
 
 
+def test_unseeded_dream_envs_dream_apart_and_a_seed_repeats(dream_run):
+    """As Gymnasium's envs: dreams made side by side without a seed (``gym.make_vec``,
+    SB3's ``make_vec_env``) draw their own noise; a seed given to the env or to
+    ``reset`` repeats its dream; an action of another shape is refused by name."""
+    import envs  # noqa: F401  (registers worldmodels/Dream-v0)
+
+    run = str(run_of(dream_run))
+    still = np.zeros(3, np.float32)  # CarRacing's Box(3)
+
+    def dream(env, steps=15):
+        obs = [env.reset()[0]]
+        return np.stack(obs + [env.step(still)[0] for _ in range(steps)])
+
+    apart = [dream(gym.make("worldmodels/Dream-v0", run_dir=run)) for _ in range(2)]
+    assert not np.array_equal(*apart)
+    vec = gym.make_vec("worldmodels/Dream-v0", num_envs=2, vectorization_mode="sync",
+                       run_dir=run)
+    obs = [vec.reset()[0]] + [vec.step(np.stack([still, still]))[0] for _ in range(5)]
+    vec.close()
+    assert not np.array_equal(np.stack(obs)[:, 0], np.stack(obs)[:, 1])
+    np.testing.assert_array_equal(*[dream(make_dream_env(run, seed=5)) for _ in range(2)])
+    env = make_dream_env(run)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(still)
+    np.testing.assert_array_equal(env.reset(seed=9)[0], env.reset(seed=9)[0])
+    with pytest.raises(RuntimeError, match="render_mode='rgb_array'"):
+        env.unwrapped.decode()
+    with pytest.raises(RuntimeError, match=r"reset\(\) before render"):
+        make_dream_env(run, render_mode="rgb_array").render()
+    with pytest.raises(ValueError, match="finite and > 0"):  # (was: NaN observations)
+        make_dream_env(run, temperature=float("inf"))
+    with pytest.raises(ValueError, match="not in the dream's action space"):
+        env.step(np.zeros(2, np.float32))
+    with pytest.raises(TypeError, match="not one string"):
+        make_dream_env(run, overrides="dream.max_steps=20")
+
+
 def test_dream_evaluator_is_reproducible_and_candidates_differ(dream_run):
     evaluator = DreamEvaluator(RunDir(run_of(dream_run)))
     dim = evaluator.controller.num_parameters()
@@ -244,6 +281,22 @@ def test_sb3_trains_in_the_dream_and_plays_the_real_env(dream_run):
     assert info["weights"].endswith("sb3_ppo_dream.safetensors")  # beside a real-env one
     summary = evaluate(run, episodes=1, policy="ppo", progress=False, sb3_environment="dream")
     assert summary["episodes"] == 1 and summary["policy"] == "ppo_dream"
+    # the dream it trained in is recorded with the policy, and a resume in another dream
+    # is refused (was: none recorded, and a config changed by another command since
+    # resumed the checkpoint in it without a word)
+    assert info["dream"]["temperature"] == cfg.dream.temperature
+    import copy
+
+    hotter = copy.deepcopy(cfg)
+    hotter.dream.temperature, hotter.controller.sb3_timesteps = 2.5, 96
+    with pytest.raises(ConfigError, match=r"other settings \(dream: \{'temperature': "
+                                          r"[\d.]+, .* -> \{'temperature': 2\.5"):
+        train_sb3(run, hotter, kwargs={"n_steps": 32, "batch_size": 16})
+    # how many threads dream is how to run it, not the dream: the same training, which
+    # its first rollouts (32 steps x 8 dreams) took past 96 steps (was: refused, as
+    # every dream.* key was, naming the run's V and M)
+    cfg.dream.threads, cfg.controller.sb3_timesteps = 1, 96
+    assert train_sb3(run, cfg, kwargs={"n_steps": 32, "batch_size": 16})[1]["skipped"]
 
 
 def test_load_dream_refuses_a_run_without_memory(dream_run):

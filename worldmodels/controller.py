@@ -197,7 +197,7 @@ class Controller(nn.Module):
         # a copy on the weights' device: vector_to_parameters keeps views of its input,
         # which a caller changing its array later would change with it
         device = next(self.parameters()).device
-        vector = torch.as_tensor(vector, dtype=torch.float32, device=device).clone()
+        vector = torch.as_tensor(vector, dtype=torch.float32, device=device).reshape(-1).clone()
         if vector.numel() != self.num_parameters():
             raise ValueError(f"expected {self.num_parameters()} parameters, got {vector.numel()}")
         nn.utils.vector_to_parameters(vector, self.parameters())

@@ -20,6 +20,7 @@ CMA-ES candidates are compared on the same luck (identical candidates score the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,8 +98,8 @@ class Dream:
                               "(train M with memory.reward_head=true)")
         if done_mode not in ("sample", "threshold"):
             raise ValueError(f"done_mode must be sample or threshold, not '{done_mode}'")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
         self.memory = memory.eval()
         self.mu0, self.logvar0 = mu0.float(), logvar0.float()
         self.temperature, self.done_mode = temperature, done_mode

@@ -277,8 +277,8 @@ class TiedPrecisionMixture(nn.Module):
         (the component is the uniform's place in the weights' CDF), so callers can share
         it between samples (common random numbers).
         """
-        if not tau > 0:
-            raise ValueError(f"temperature tau must be > 0, got {tau}")
+        if not 0 < tau < math.inf:
+            raise ValueError(f"temperature tau must be finite and > 0, got {tau}")
         batch = p.logits.shape[:-1]
         k = self.component(p.logits, tau, generator, noise)
         mu = torch.gather(p.mu, -2, k.unsqueeze(-1).expand(*batch, 1, self.d)).squeeze(-2)
@@ -538,8 +538,8 @@ class FRMDN(LSTMMemory):
         sample reads d + m).
         """
         mix = self.mixture
-        if not tau > 0:
-            raise ValueError(f"temperature tau must be > 0, got {tau}")
+        if not 0 < tau < math.inf:
+            raise ValueError(f"temperature tau must be finite and > 0, got {tau}")
         batch = h.shape[:-1]
         flat = h.reshape(-1, h.shape[-1])
         per = 1 + mix.d + mix.m

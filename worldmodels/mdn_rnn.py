@@ -72,8 +72,8 @@ class MDNRNN(LSTMMemory):
                noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """y ~ p(. | h) at temperature tau, every dimension's component drawn on its own:
         h (..., hidden) -> (..., d); ``noise``: see the module's docstring."""
-        if not tau > 0:
-            raise ValueError(f"temperature tau must be > 0, got {tau}")
+        if not 0 < tau < math.inf:
+            raise ValueError(f"temperature tau must be finite and > 0, got {tau}")
         log_pi, mu, log_sigma = self.params(h)
         probs = torch.softmax(log_pi / tau, dim=-1)  # (..., d, K)
         if noise is None:

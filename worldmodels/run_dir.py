@@ -801,8 +801,14 @@ class RunDir:
         if not path.exists():
             have = sorted(w for w in CONTROLLER_WEIGHTS if self.controller.weights(w).exists())
             if self.is_shipped:
+                sb3 = sorted(a for a in ("ppo", "a2c", "sac", "td3")
+                             if self.controller.sb3(a, "real")[0].exists()
+                             or self.controller.sb3(a, "dream")[0].exists())
+                ships = ", ".join(have) or (f"no CMA-ES controller but an SB3 policy, "
+                                            f"{', '.join(sb3)}: evaluate.py --policy {sb3[0]}"
+                                            if sb3 else "none")
                 raise CheckpointError(f"{path}: this shipped agent has no such controller "
-                                      f"(it ships {', '.join(have) or 'none'})")
+                                      f"(it ships {ships})")
             if have:  # e.g. selected asked of a run trained without a selection
                 why = (" (CMA-ES writes it when controller.eval_every > 0)"
                        if path == self.controller.weights("selected") else "")
