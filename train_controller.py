@@ -33,7 +33,7 @@ from worldmodels.config import (
     preset_overrides,
 )
 from worldmodels.errors import run_cli
-from worldmodels.run_dir import borrow_world_model, run_from_args
+from worldmodels.run_dir import RunDir, borrow_world_model, run_from_args, sb3_search_settings_off
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> dict:
         cfg, run = borrow_world_model(args.world_model, args.run,
                                       [*overrides, *args.overrides])
     else:
+        if args.run:  # SB3 on a run's V and M: its CMA-ES searches turned off, as above
+            presets = preset_names(args)
+            given = [*(preset_overrides(args.config or "carracing", presets) if presets
+                       else []), *args.overrides]
+            args.overrides = [*sb3_search_settings_off(RunDir(args.run), given),
+                              *args.overrides]
         cfg, run = run_from_args(args, borrowed_ok=True)
     if cfg.controller.algo == "cmaes":
         summary = asdict(train_searches(cfg, run))

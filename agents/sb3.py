@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -321,17 +321,25 @@ def _settings(cfg: ExperimentConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
         settings["agent_precision"] = c.agent_precision
     if c.sb3_init:  # the bytes decide (a path differs with the working directory)
         settings["init"] = file_digest(init_policy_path(c.sb3_init, c.algo))
-    # the env its real episodes (training or selection) play, and the dream it trains in
-    settings[PLAY_KEY] = play_settings(cfg)
-    if c.environment == "dream":
-        settings[DREAM_KEY] = dream_training_settings(cfg)
+    settings.update(_played_settings(cfg, c.environment == "dream"))
     return settings
 
 
-#: the settings keys of the env played (:func:`agents.rollouts.play_settings`) and of the
-#: dream trained in (:func:`envs.dream_env.dream_training_settings`); checkpoints made
-#: before they were recorded (stop 61) lack them and are read as made with today's
-PLAY_KEY, DREAM_KEY = "play", "dream"
+def _played_settings(cfg: ExperimentConfig, in_dream: bool) -> dict[str, Any]:
+    """The env an SB3 training's real episodes (training or selection) play
+    (:data:`ENV_KEY`, the ``env.*`` keys as :func:`agents.rollouts.play_settings` has
+    them) and, ``in_dream``, the dream it trains in (:data:`DREAM_KEY`)."""
+    played: dict[str, Any] = {ENV_KEY: play_settings(cfg)["env"]}
+    if in_dream:
+        played[DREAM_KEY] = dream_training_settings(cfg)
+    return played
+
+
+#: the settings keys of the env played and of the dream trained in
+#: (:func:`_played_settings`): compared only while training remains (a finished training
+#: reruns as done, as CMA-ES's finished searches do); a checkpoint made before they were
+#: recorded (stop 61) is read as made with the run's ``config.yaml``'s
+ENV_KEY, DREAM_KEY = "env", "dream"
 
 
 def init_policy_path(source: str, algo: str) -> Path:
@@ -636,11 +644,14 @@ def plot_sb3_curve(path: Path, state: dict[str, Any]) -> None:
                     "env steps", "return")
 
 
-def _resume(path: Path, settings: dict[str, Any], policy: Path) -> dict[str, Any] | None:
+def _resume(path: Path, settings: dict[str, Any], policy: Path, timesteps: int,
+            legacy: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
     """The checkpoint's state, or None when there is none; one made with other settings
     is refused (its optimizer and schedules belong to another training), and so is an
     unreadable one, saying that without it training starts anew and replaces ``policy``
-    (the trained policy beside it)."""
+    (the trained policy beside it). The env and dream (:func:`_played_settings`) are
+    compared only while the training has steps left of ``timesteps``; a checkpoint
+    without them was made in those ``legacy()`` gives (the run's own config's)."""
     if not path.exists():
         return None
     state = load_state(path, advice=(
@@ -648,20 +659,33 @@ def _resume(path: Path, settings: dict[str, Any], policy: Path) -> dict[str, Any
         f"0, which replaces {policy}: move that aside first to keep it (it still plays: "
         "evaluate.py --policy), then delete the checkpoint"))
     saved = state.get("settings")
-    late = [k for k in ("use_cell", PLAY_KEY, DREAM_KEY) if k in settings]
-    if isinstance(saved, dict) and any(k not in saved for k in late):
-        # recorded since (use_cell: a policy of the other size is refused when its
-        # parameters are loaded)
-        saved = {**{k: settings[k] for k in late}, **saved}
-        state["settings"] = saved
-    if saved != settings:
-        saved = saved if isinstance(saved, dict) else {}
-        changed = [f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}"
-                   for k in {**saved, **settings} if saved.get(k) != settings.get(k)]
+    if isinstance(saved, dict):  # keys recorded since: use_cell (a policy of the other
+        # size is refused when its parameters are loaded), the env and the dream
+        late = {"use_cell": settings["use_cell"], ENV_KEY: None, DREAM_KEY: None}
+        if any(k not in saved and k in settings for k in late):
+            late = {**late, **legacy()}
+            late = {k: v for k, v in late.items() if k in settings}
+            saved = {**late, **saved}
+            state["settings"] = saved
+    saved = saved if isinstance(saved, dict) else {}
+    finished = int(state.get("num_timesteps", 0)) >= timesteps
+    changed = [change for k in {**saved, **settings} if saved.get(k) != settings.get(k)
+               and not (finished and k in (ENV_KEY, DREAM_KEY))
+               for change in _changes(k, saved.get(k), settings.get(k))]
+    if changed:
         raise ConfigError(f"{path}: an SB3 checkpoint made with other settings ("
                           + "; ".join(changed) + "); delete it (and the policy beside it) "
                           "to train anew, or use another run")
     return state
+
+
+def _changes(key: str, old: Any, new: Any) -> list[str]:
+    """``key: old -> new``, or one such line per changed entry when both are mappings
+    (``dream.temperature: 1.15 -> 2.5``, not the two whole mappings)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                for k in {**old, **new} if old.get(k) != new.get(k)]
+    return [f"{key}: {old!r} -> {new!r}"]
 
 
 def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
@@ -695,7 +719,11 @@ def train_sb3(run: RunDir, cfg: ExperimentConfig, progress: bool = True,
         run.write_config(cfg, outputs=(run.controller.dir,))
     checkpoint = run.controller.sb3_checkpoint(algo, environment)
     weights, meta_path = run.controller.sb3(algo, environment)
-    state = _resume(checkpoint, settings, weights)
+    def legacy() -> dict[str, Any]:  # (read only for a checkpoint from before stop 61)
+        own = run.load_config(trained=False) if run.has_config() else cfg
+        return _played_settings(own, environment == "dream")
+
+    state = _resume(checkpoint, settings, weights, c.sb3_timesteps, legacy)
     if state is not None and state["num_timesteps"] >= c.sb3_timesteps:
         print(f"{checkpoint}: trained for {state['num_timesteps']} steps already "
               f"(controller.sb3_timesteps={c.sb3_timesteps}); skipped")

@@ -87,11 +87,10 @@ class DreamEnv(gym.Env):
         return self.dream.features(self._z, self.use_cell)[0].numpy()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        fresh = self._np_random is None  # Gymnasium seeds it from entropy when seed is None
         super().reset(seed=seed)
         if seed is not None:
             self.dream.generator.manual_seed(seed)
-        elif fresh and not self._seeded:
+        elif not self._seeded:  # (np_random: from entropy, unless seeded on purpose)
             self.dream.generator.manual_seed(int(self.np_random.integers(2**63 - 1)))
         self._seeded = True
         start = start_option(options, len(self.dream.mu0))

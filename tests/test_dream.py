@@ -209,6 +209,10 @@ def test_unseeded_dream_envs_dream_apart_and_a_seed_repeats(dream_run):
 
     apart = [dream(gym.make("worldmodels/Dream-v0", run_dir=run)) for _ in range(2)]
     assert not np.array_equal(*apart)
+    read = [gym.make("worldmodels/Dream-v0", run_dir=run) for _ in range(2)]
+    for env in read:  # np_random read (or set) before the first reset: apart all the same
+        env.unwrapped.np_random.random()
+    assert not np.array_equal(*[dream(env) for env in read])
     vec = gym.make_vec("worldmodels/Dream-v0", num_envs=2, vectorization_mode="sync",
                        run_dir=run)
     obs = [vec.reset()[0]] + [vec.step(np.stack([still, still]))[0] for _ in range(5)]
@@ -283,20 +287,35 @@ def test_sb3_trains_in_the_dream_and_plays_the_real_env(dream_run):
     assert summary["episodes"] == 1 and summary["policy"] == "ppo_dream"
     # the dream it trained in is recorded with the policy, and a resume in another dream
     # is refused (was: none recorded, and a config changed by another command since
-    # resumed the checkpoint in it without a word)
-    assert info["dream"]["temperature"] == cfg.dream.temperature
+    # resumed the checkpoint in it without a word); its first rollouts (32 steps x 8
+    # dreams) took it to 256 steps
     import copy
 
+    from worldmodels.checkpoint import load_state, save_state
+
+    assert info["dream"]["temperature"] == cfg.dream.temperature
+    tiny = {"n_steps": 32, "batch_size": 16}
     hotter = copy.deepcopy(cfg)
-    hotter.dream.temperature, hotter.controller.sb3_timesteps = 2.5, 96
-    with pytest.raises(ConfigError, match=r"other settings \(dream: \{'temperature': "
-                                          r"[\d.]+, .* -> \{'temperature': 2\.5"):
-        train_sb3(run, hotter, kwargs={"n_steps": 32, "batch_size": 16})
-    # how many threads dream is how to run it, not the dream: the same training, which
-    # its first rollouts (32 steps x 8 dreams) took past 96 steps (was: refused, as
-    # every dream.* key was, naming the run's V and M)
+    hotter.dream.temperature, hotter.controller.sb3_timesteps = 2.5, 512
+    refused = rf"other settings \(dream\.temperature: {cfg.dream.temperature} -> 2\.5\)"
+    with pytest.raises(ConfigError, match=refused):
+        train_sb3(run, hotter, kwargs=tiny)
+    # a finished training reruns as done in any dream (nothing trains), as CMA-ES's do
+    hotter.controller.sb3_timesteps = 96
+    assert train_sb3(run, hotter, kwargs=tiny)[1]["skipped"]
+    # how many threads dream is how to run it, not the dream (was: refused, as every
+    # dream.* key was, naming the run's V and M)
     cfg.dream.threads, cfg.controller.sb3_timesteps = 1, 96
-    assert train_sb3(run, cfg, kwargs={"n_steps": 32, "batch_size": 16})[1]["skipped"]
+    assert train_sb3(run, cfg, kwargs=tiny)[1]["skipped"]
+    # a checkpoint from before the dream was recorded was made in the run's own dream:
+    # it is not taken to another one
+    checkpoint = run.controller.sb3_checkpoint("ppo", "dream")
+    state = load_state(checkpoint)
+    del state["settings"]["dream"], state["settings"]["env"]
+    save_state(checkpoint, state)
+    hotter.controller.sb3_timesteps = 512
+    with pytest.raises(ConfigError, match=refused):
+        train_sb3(run, hotter, kwargs=tiny)
 
 
 def test_load_dream_refuses_a_run_without_memory(dream_run):

@@ -72,6 +72,9 @@ def test_ppo_on_a_shipped_world_model_ships_and_plays_by_default(shipped, tmp_pa
     ship = tmp_path / "ship_ppo"
     info = export(home, ship, policy="ppo", overrides=["env.max_episode_steps=30"])
     assert info["policy"] == "ppo" and info["world_model"] == str(shipped)
+    with pytest.raises(CheckpointError, match=r"it ships no CMA-ES controller but an SB3 "
+                                              r"policy, ppo: evaluate.py --policy ppo"):
+        RunDir(ship).trained_controller()
     assert "controller/sb3_ppo.safetensors" in info["files"]
     assert not any(name.startswith("controller/selected") for name in info["files"])
     monkeypatch.chdir(tmp_path)
@@ -159,6 +162,13 @@ def test_an_sb3_c_on_a_world_model_trained_with_searches_turns_them_off(trained,
     with pytest.raises(ConfigError, match="'controller.restarts' above 1 needs"):
         borrow_world_model(source, tmp_path / "own", ["controller.algo=sac",
                                                       "controller.restarts=2"])
+    # so on the run itself: PPO beside its CMA-ES C, its config.yaml left as it was
+    before = (source / "config.yaml").read_bytes()
+    capsys.readouterr()
+    controller_script.main(["--run", str(source), *TINY_PPO])
+    assert "this run takes controller.restarts=1" in capsys.readouterr().err
+    assert (source / "controller" / "sb3_ppo.safetensors").exists()
+    assert (source / "config.yaml").read_bytes() == before
 
 
 def test_cmaes_on_a_borrowed_world_model_plays_the_runs_own_controller(shipped, tmp_path):

@@ -1017,7 +1017,7 @@ def borrow_world_model(source: str | Path, dest: str | Path,
     # a rerun continues the run's own config (the overrides on top), a new run the source's
     # (a new run only: a started run's config is its own, and changing it is said)
     base = home if started else src
-    overrides = [*([] if started else _searches_an_sb3_c_drops(src, overrides)), *overrides]
+    overrides = [*([] if started else sb3_search_settings_off(src, overrides)), *overrides]
     cfg = base.load_config(overrides, trained=False, rounds=False)
     saved = _flatten(to_dict(src.load_config()))
     fixed = fixed_changes(cfg, saved, (*TRAINED_RUN_SECTIONS, "controller"))
@@ -1049,10 +1049,11 @@ CMAES_SEARCH_SETTINGS = {"controller.restarts": 1, "controller.final_candidates"
                          "controller.final_episodes": 0}
 
 
-def _searches_an_sb3_c_drops(source: RunDir, overrides: list[str] | tuple[str, ...]
+def sb3_search_settings_off(source: RunDir, overrides: list[str] | tuple[str, ...]
                              ) -> list[str]:
-    """Overrides turning off the CMA-ES search settings of ``source``'s config (a world
-    model trained with ``controller.restarts: 3``, say) for a new run on its V and M when
+    """Overrides turning off the CMA-ES search settings of ``source``'s config (a run
+    trained with ``controller.restarts: 3``, say) for an SB3 C on its V and M (a new run
+    on them, or the run itself, whose ``config.yaml`` SB3 leaves as it is) when
     ``overrides`` switch ``controller.algo`` to an SB3 algorithm and do not set them:
     they belong to the source's CMA-ES, and SB3 refuses them. Said on stderr; none when
     the command keeps CMA-ES or sets them itself (then the config's check names any
