@@ -20,6 +20,7 @@ named there (world_model.json), not copied; evaluate.py and dream.py then play t
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 
 from agents.sb3 import train_sb3
@@ -54,13 +55,16 @@ def main(argv: list[str] | None = None) -> dict:
         cfg, run = borrow_world_model(args.world_model, args.run,
                                       [*overrides, *args.overrides])
     else:
+        said = ""
         if args.run:  # SB3 on a run's V and M: its CMA-ES searches turned off, as above
             presets = preset_names(args)
             given = [*(preset_overrides(args.config or "carracing", presets) if presets
                        else []), *args.overrides]
-            args.overrides = [*sb3_search_settings_off(RunDir(args.run), given),
-                              *args.overrides]
+            off, said = sb3_search_settings_off(RunDir(args.run), given)
+            args.overrides = [*off, *args.overrides]
         cfg, run = run_from_args(args, borrowed_ok=True)
+        if said:  # (once the command is accepted)
+            print(said, file=sys.stderr)
     if cfg.controller.algo == "cmaes":
         summary = asdict(train_searches(cfg, run))
         if run.controller.selected.exists():  # what evaluation plays and export ships

@@ -337,8 +337,9 @@ def _played_settings(cfg: ExperimentConfig, in_dream: bool) -> dict[str, Any]:
 
 #: the settings keys of the env played and of the dream trained in
 #: (:func:`_played_settings`): compared only while training remains (a finished training
-#: reruns as done, as CMA-ES's finished searches do); a checkpoint made before they were
-#: recorded (stop 61) is read as made with the run's ``config.yaml``'s
+#: reruns as done; CMA-ES exempts a finished search's env settings only, and refuses its
+#: dream's); a checkpoint made before they were recorded (stop 61) is read as made with
+#: the run's ``config.yaml``'s
 ENV_KEY, DREAM_KEY = "env", "dream"
 
 
@@ -659,6 +660,12 @@ def _resume(path: Path, settings: dict[str, Any], policy: Path, timesteps: int,
         f"0, which replaces {policy}: move that aside first to keep it (it still plays: "
         "evaluate.py --policy), then delete the checkpoint"))
     saved = state.get("settings")
+    if isinstance(saved, dict) and isinstance(saved.get("play"), dict):
+        # 3958d76 recorded the env as play.env (and V's precision beside it, which
+        # agent_precision records where it matters)
+        saved = {**{k: v for k, v in saved.items() if k != "play"},
+                 ENV_KEY: saved["play"].get("env")}
+        state["settings"] = saved
     if isinstance(saved, dict):  # keys recorded since: use_cell (a policy of the other
         # size is refused when its parameters are loaded), the env and the dream
         late = {"use_cell": settings["use_cell"], ENV_KEY: None, DREAM_KEY: None}

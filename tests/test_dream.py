@@ -316,6 +316,11 @@ def test_sb3_trains_in_the_dream_and_plays_the_real_env(dream_run):
     hotter.controller.sb3_timesteps = 512
     with pytest.raises(ConfigError, match=refused):
         train_sb3(run, hotter, kwargs=tiny)
+    # one from 3958d76, which kept the env as play.env: read as the env, and done
+    state = load_state(checkpoint)
+    state["settings"]["play"] = {"env": info["env"], "agent_precision": "float32"}
+    save_state(checkpoint, state)
+    assert train_sb3(run, cfg, kwargs=tiny)[1]["skipped"]
 
 
 def test_load_dream_refuses_a_run_without_memory(dream_run):

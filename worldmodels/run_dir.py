@@ -1017,8 +1017,8 @@ def borrow_world_model(source: str | Path, dest: str | Path,
     # a rerun continues the run's own config (the overrides on top), a new run the source's
     # (a new run only: a started run's config is its own, and changing it is said)
     base = home if started else src
-    overrides = [*([] if started else sb3_search_settings_off(src, overrides)), *overrides]
-    cfg = base.load_config(overrides, trained=False, rounds=False)
+    off, said = ([], "") if started else sb3_search_settings_off(src, overrides)
+    cfg = base.load_config([*off, *overrides], trained=False, rounds=False)
     saved = _flatten(to_dict(src.load_config()))
     fixed = fixed_changes(cfg, saved, (*TRAINED_RUN_SECTIONS, "controller"))
     if fixed:
@@ -1040,6 +1040,8 @@ def borrow_world_model(source: str | Path, dest: str | Path,
         write_text_atomic(home.world_model_file, json.dumps(
             {"source": str(src.path), "config": str(src.config_file), "files": hashes},
             indent=2))
+    if said:  # (once the command is accepted)
+        print(said, file=sys.stderr)
     return cfg, RunDir(dest)
 
 
@@ -1050,29 +1052,27 @@ CMAES_SEARCH_SETTINGS = {"controller.restarts": 1, "controller.final_candidates"
 
 
 def sb3_search_settings_off(source: RunDir, overrides: list[str] | tuple[str, ...]
-                             ) -> list[str]:
+                            ) -> tuple[list[str], str]:
     """Overrides turning off the CMA-ES search settings of ``source``'s config (a run
     trained with ``controller.restarts: 3``, say) for an SB3 C on its V and M (a new run
     on them, or the run itself, whose ``config.yaml`` SB3 leaves as it is) when
     ``overrides`` switch ``controller.algo`` to an SB3 algorithm and do not set them:
-    they belong to the source's CMA-ES, and SB3 refuses them. Said on stderr; none when
-    the command keeps CMA-ES or sets them itself (then the config's check names any
-    that SB3 refuses)."""
+    they belong to the source's CMA-ES, and SB3 refuses them. None when the command keeps
+    CMA-ES or sets them itself (then the config's check names any that SB3 refuses).
+    Returns them and the line that says so, for stderr once the config is accepted."""
     given = {o.partition("=")[0].strip(): o for o in overrides}  # (the last one counts)
     if "controller.algo" not in given or not source.has_config():
-        return []  # (load_config names what is wrong with the config)
+        return [], ""  # (load_config names what is wrong with the config)
     algo = parse_override(given["controller.algo"])["controller"]["algo"]
     saved = read_yaml(source.config_file)
     if algo not in ("ppo", "a2c", "sac", "td3") or not isinstance(saved, dict):
-        return []
+        return [], ""
     saved = _flatten(saved)
     dropped = [f"{key}={off}" for key, off in CMAES_SEARCH_SETTINGS.items()
                if key not in given and saved.get(key, off) != off]
-    if dropped:
-        print(f"{source.config_file}: its CMA-ES search settings are not for "
-              f"controller.algo={algo}; this run takes {' '.join(dropped)}",
-              file=sys.stderr)
-    return dropped
+    said = (f"{source.config_file}: its CMA-ES search settings are not for "
+            f"controller.algo={algo}; this run takes {' '.join(dropped)}") if dropped else ""
+    return dropped, said
 
 
 def _borrowing_home(dest: str | Path) -> RunDir:
