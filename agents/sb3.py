@@ -660,21 +660,20 @@ def _resume(path: Path, settings: dict[str, Any], policy: Path, timesteps: int,
         f"0, which replaces {policy}: move that aside first to keep it (it still plays: "
         "evaluate.py --policy), then delete the checkpoint"))
     saved = state.get("settings")
-    if isinstance(saved, dict) and isinstance(saved.get("play"), dict):
+    saved = dict(saved) if isinstance(saved, dict) else {}
+    if isinstance(saved.get("play"), dict):
         # 3958d76 recorded the env as play.env (and V's precision beside it, which
         # agent_precision records where it matters)
-        saved = {**{k: v for k, v in saved.items() if k != "play"},
-                 ENV_KEY: saved["play"].get("env")}
-        state["settings"] = saved
-    if isinstance(saved, dict):  # keys recorded since: use_cell (a policy of the other
-        # size is refused when its parameters are loaded), the env and the dream
-        late = {"use_cell": settings["use_cell"], ENV_KEY: None, DREAM_KEY: None}
-        if any(k not in saved and k in settings for k in late):
-            late = {**late, **legacy()}
-            late = {k: v for k, v in late.items() if k in settings}
-            saved = {**late, **saved}
-            state["settings"] = saved
-    saved = saved if isinstance(saved, dict) else {}
+        saved[ENV_KEY] = saved.pop("play").get("env")
+    # keys recorded since: use_cell (a policy of the other size is refused when its
+    # parameters are loaded), the env and the dream (as the run's own config has them)
+    missing = [k for k in ("use_cell", ENV_KEY, DREAM_KEY) if k in settings and k not in saved
+               and isinstance(state.get("settings"), dict)]
+    if missing:
+        known = {"use_cell": settings["use_cell"],
+                 **(legacy() if missing != ["use_cell"] else {})}
+        saved.update({k: known[k] for k in missing})
+    state["settings"] = saved
     finished = int(state.get("num_timesteps", 0)) >= timesteps
     changed = [change for k in {**saved, **settings} if saved.get(k) != settings.get(k)
                and not (finished and k in (ENV_KEY, DREAM_KEY))

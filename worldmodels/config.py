@@ -68,6 +68,9 @@ AgentPrecision = Literal["float32", "bfloat16"]
 #: ``controller.kind``: the key each controller registers
 #: (worldmodels.controller.CONTROLLER_KINDS)
 ControllerKind = Literal["dense"]
+#: ``controller.algo``: CMA-ES, or a Stable-Baselines3 algorithm (:data:`SB3_ALGOS`)
+ControllerAlgo = Literal["cmaes", "ppo", "a2c", "sac", "td3"]
+SB3_ALGOS: tuple[str, ...] = tuple(a for a in typing.get_args(ControllerAlgo) if a != "cmaes")
 
 #: a seed reaches numpy's legacy RNG as seed + 1 (CMA-ES, via ``cma``), which takes
 #: 0..2**32 - 1; torch.manual_seed and np.random.default_rng take more
@@ -243,7 +246,7 @@ class MemoryConfig:
 
 @dataclass
 class ControllerConfig:
-    algo: Literal["cmaes", "ppo", "a2c", "sac", "td3"] = _opt(
+    algo: ControllerAlgo = _opt(
         "cmaes", "cmaes, or a Stable-Baselines3 algorithm.")
     sb3_timesteps: int = _opt(100_000, "Environment steps for an SB3 algorithm.", ge=1)
     sb3_kwargs: dict = _opt({}, "Keyword arguments for the SB3 algorithm, e.g. {n_steps: 512, "

@@ -62,6 +62,7 @@ from worldmodels.checkpoint import (
 from worldmodels.config import (
     CONFIG_FILE_KEYS,
     RUN_CONFIG,
+    SB3_ALGOS,
     ConfigError,
     ExperimentConfig,
     config_from_args,
@@ -801,7 +802,7 @@ class RunDir:
         if not path.exists():
             have = sorted(w for w in CONTROLLER_WEIGHTS if self.controller.weights(w).exists())
             if self.is_shipped:
-                sb3 = sorted(a for a in ("ppo", "a2c", "sac", "td3")
+                sb3 = sorted(a for a in SB3_ALGOS
                              if self.controller.sb3(a, "real")[0].exists()
                              or self.controller.sb3(a, "dream")[0].exists())
                 ships = ", ".join(have) or (f"no CMA-ES controller but an SB3 policy, "
@@ -1065,7 +1066,7 @@ def sb3_search_settings_off(source: RunDir, overrides: list[str] | tuple[str, ..
         return [], ""  # (load_config names what is wrong with the config)
     algo = parse_override(given["controller.algo"])["controller"]["algo"]
     saved = read_yaml(source.config_file)
-    if algo not in ("ppo", "a2c", "sac", "td3") or not isinstance(saved, dict):
+    if algo not in SB3_ALGOS or not isinstance(saved, dict):
         return [], ""
     saved = _flatten(saved)
     dropped = [f"{key}={off}" for key, off in CMAES_SEARCH_SETTINGS.items()
