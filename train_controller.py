@@ -10,6 +10,8 @@
     python train_controller.py --world-model pretrained/carracing --run runs/carracing-ppo \
         --preset ppo env.direct_render=true          # a new C on a shipped agent's V and M
 
+``--preset`` with ``--run`` or ``--world-model`` takes the preset from ``--config``'s file,
+else from the file of the run's env (configs/doom_takecover.yaml for a TakeCover run).
 A CMA-ES rerun resumes from controller/cmaes_history.npz (with controller.restarts=K,
 from each search's controller/searches/<k>/cmaes_history.npz). A shipped agent
 (tools/export_pretrained.py) is refused: it is only read. ``--world-model DIR`` trains C
@@ -22,10 +24,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from agents.sb3 import train_sb3
 from agents.searches import train_searches
 from worldmodels.config import (
+    RUN_CONFIG,
     ConfigError,
     cli_parser,
     doc_summary,
@@ -51,15 +55,16 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.run:
             raise ConfigError("--world-model DIR needs --run: the new run's directory")
         presets = preset_names(args)
-        overrides = preset_overrides(args.config or "carracing", presets) if presets else []
+        overrides = preset_overrides(args.config, presets, Path(args.world_model) / RUN_CONFIG
+                                     ) if presets else []
         cfg, run = borrow_world_model(args.world_model, args.run,
                                       [*overrides, *args.overrides])
     else:
         said = ""
         if args.run:  # SB3 on a run's V and M: its CMA-ES searches turned off, as above
             presets = preset_names(args)
-            given = [*(preset_overrides(args.config or "carracing", presets) if presets
-                       else []), *args.overrides]
+            given = [*(preset_overrides(args.config, presets, Path(args.run) / RUN_CONFIG)
+                       if presets else []), *args.overrides]
             off, said = sb3_search_settings_off(RunDir(args.run), given)
             args.overrides = [*off, *args.overrides]
         cfg, run = run_from_args(args, borrowed_ok=True)

@@ -362,3 +362,29 @@ def test_a_relative_path_key_becomes_absolute(tmp_path, monkeypatch):
     cfg = load_config("carracing", [], ["vae.pretrained=pretrained/x"])
     assert cfg.vae.pretrained == str(tmp_path / "pretrained" / "x")
     assert load_config("carracing", [], ["vae.pretrained="]).vae.pretrained == ""
+
+
+def test_a_preset_over_a_run_comes_from_the_file_of_the_runs_env(tmp_path):
+    """``--run DIR --preset NAME`` without ``--config``: the preset file whose env is the
+    run's (a TakeCover run does not take CarRacing's PPO preset); ``--config`` still
+    names another file."""
+    from worldmodels.config import env_preset_file, preset_overrides
+
+    assert env_preset_file("VizdoomTakeCover-v1").name == "doom_takecover.yaml"
+    assert env_preset_file("CarRacing-v3").name == "carracing.yaml"
+    assert env_preset_file("ALE/Pong-v5") is None
+    doom, racing = tmp_path / "doom" / "config.yaml", tmp_path / "racing" / "config.yaml"
+    doom.parent.mkdir()
+    racing.parent.mkdir()
+    save_config(load_config("doom_takecover"), doom)
+    save_config(load_config("carracing"), racing)
+    with pytest.raises(ConfigError, match=r"doom_takecover.yaml: no preset 'ppo'.*"
+                                          r"run's env VizdoomTakeCover-v1.*--config"):
+        preset_overrides(None, ["ppo"], doom)
+    ppo = preset_overrides("carracing", ["ppo"], doom)  # the file named
+    assert "controller.algo=\"ppo\"" in ppo
+    assert preset_overrides(None, ["ppo"], racing) == ppo
+    with pytest.raises(ConfigError, match="preset 'dream'.*doom_takecover.yaml.*sets"):
+        preset_overrides(None, ["dream"], doom)  # found in the run's env's file
+    # a file it cannot read (or an env no file is for): carracing's, as before
+    assert preset_overrides(None, ["ppo"], tmp_path / "none" / "config.yaml") == ppo

@@ -255,3 +255,15 @@ def test_ppo_trains_on_the_world_model_of_cmaes_rounds(shipped, tmp_path):
     summary = evaluate_script.main(["--run", str(ship), "--episodes", "1",
                                     "--out", str(tmp_path / "eval")])
     assert summary["policy"] == "ppo"
+
+
+def test_a_preset_on_a_shipped_takecover_world_model_is_the_doom_files(tmp_path):
+    """``--world-model pretrained/takecover --preset ppo`` without ``--config`` looks for
+    the preset in doom_takecover.yaml (which has none), not CarRacing's PPO; nothing is
+    written."""
+    source = Path(__file__).parent.parent / "pretrained" / "takecover"
+    new = tmp_path / "c"
+    with pytest.raises(ConfigError, match="doom_takecover.yaml: no preset 'ppo'.*--config"):
+        controller_script.main(["--world-model", str(source), "--run", str(new),
+                                "--preset", "ppo"])
+    assert not new.exists()

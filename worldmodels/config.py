@@ -693,18 +693,57 @@ def load_config(
 RUN_PRESET_SECTIONS = ("controller",)
 
 
-def preset_overrides(config: str, presets: list[str]) -> list[str]:
+def env_preset_file(env_id: str) -> Path | None:
+    """The file in ``configs/`` whose ``defaults`` set ``env.id`` to ``env_id``
+    (``VizdoomTakeCover-v1``: doom_takecover.yaml), or None when no file or several do."""
+    found = []
+    for path in sorted(config_dir().glob("*.yaml")):
+        try:
+            data = read_yaml(path)
+        except ConfigError:
+            continue
+        env = ((data or {}).get("defaults") or {}).get("env") if isinstance(data, dict) else None
+        if isinstance(env, dict) and env.get("id") == env_id:
+            found.append(path)
+    return found[0] if len(found) == 1 else None
+
+
+def run_env_id(run_config: Path) -> str:
+    """``env.id`` of a run's ``config.yaml`` (the dataclass default when the file does not
+    say: the run's own loading reports a file it cannot read)."""
+    try:
+        data = read_yaml(run_config)
+    except (ConfigError, OSError):
+        data = None
+    env = data.get("env") if isinstance(data, dict) else None
+    env_id = env.get("id") if isinstance(env, dict) else None
+    return env_id if isinstance(env_id, str) else EnvConfig().id
+
+
+def preset_overrides(config: str | None, presets: list[str],
+                     run_config: Path | None = None) -> list[str]:
     """``presets`` of the preset file ``config`` as ``key=value`` overrides, to layer over
     a run's own config (``--run DIR --preset ppo``): such presets may set only
     :data:`RUN_PRESET_SECTIONS` (a controller to train on the run's V and M); one that
-    sets another section is refused, naming it."""
-    path = resolve_config_path(config)
+    sets another section is refused, naming it. Without ``config``: the file of the env
+    of ``run_config`` (a run's ``config.yaml``; :func:`env_preset_file`), so a TakeCover
+    run does not take CarRacing's presets; carracing's when no file is that env's."""
+    chosen = ""
+    if config is None:
+        env_id = run_env_id(run_config) if run_config is not None else EnvConfig().id
+        by_env = env_preset_file(env_id)
+        path = by_env or resolve_config_path("carracing")
+        chosen = (f"; the preset file of the run's env {env_id}: give --config FILE for "
+                  "another file's" if by_env else "")
+    else:
+        path = resolve_config_path(config)
     layers = _config_layers(path)
     known = {name for _, data in layers for name in data.get("presets") or {}}
     out: list[str] = []
     for preset in presets:
         if preset not in known:
-            raise ConfigError(f"{path}: no preset '{preset}' (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{path}: no preset '{preset}' (known: "
+                              f"{', '.join(sorted(known))}){chosen}")
         for layer_path, data in layers:
             values = (data.get("presets") or {}).get(preset) or {}
             if not isinstance(values, dict):

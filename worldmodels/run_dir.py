@@ -886,7 +886,7 @@ def run_from_args(args: argparse.Namespace, trained: bool = False,
     :func:`worldmodels.config.cli_parser`).
 
     ``--run DIR``: the run at DIR, its ``config.yaml`` with the overrides on top; with
-    ``--preset NAME`` (of ``--config``'s file, default carracing) the preset's
+    ``--preset NAME`` (of ``--config``'s file, default the file of the run's env) the preset's
     ``controller.*`` keys come first (:func:`worldmodels.config.preset_overrides`: e.g.
     ``train_controller.py --run runs/CarRacing-v3/solve --preset ppo`` trains PPO on the
     solve run's V and M beside its CMA-ES controller).
@@ -912,7 +912,8 @@ def run_from_args(args: argparse.Namespace, trained: bool = False,
             if args.config and args.run and is_run_config(args.config):
                 raise ConfigError(f"--config {args.config}: a run's config holds no presets")
             source = args.config if args.run else None
-            overrides = preset_overrides(source or "carracing", presets) + overrides
+            overrides = preset_overrides(source, presets,
+                                         Path(run_path) / RUN_CONFIG) + overrides
         run = RunDir(run_path)
         if not trained:
             run.refuse_shipped()
