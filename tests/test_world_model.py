@@ -25,7 +25,13 @@ from worldmodels.config import ConfigError, holdout_base, load_config
 from worldmodels.datasets import split_episodes
 from worldmodels.errors import InputError
 from worldmodels.frmdn_training import latent_split
-from worldmodels.run_dir import SHIPPED_FILE, WORLD_MODEL_FILE, RunDir, borrow_world_model
+from worldmodels.run_dir import (
+    SHIPPED_FILE,
+    WORLD_MODEL_FILE,
+    RunDir,
+    borrow_world_model,
+    sb3_search_settings_off,
+)
 from worldmodels.shards import list_shards
 
 #: a PPO that updates every 32 steps of 2 envs
@@ -158,6 +164,15 @@ def test_an_sb3_c_on_a_world_model_trained_with_searches_turns_them_off(trained,
     cfg, _ = borrow_world_model(source, tmp_path / "cmaes", [])
     assert (cfg.controller.restarts, cfg.controller.final_candidates) == (3, 2)
     assert capsys.readouterr().err == ""
+    # the switch given as a whole section counts as the dotted key does
+    off, said = sb3_search_settings_off(RunDir(source), ['controller={"algo": "ppo"}'])
+    assert off == ["controller.restarts=1", "controller.final_candidates=0",
+                   "controller.final_episodes=0"] and "controller.algo=ppo" in said
+    off, _ = sb3_search_settings_off(RunDir(source), [
+        'controller={"algo": "sac", "restarts": 2}', "controller.final_episodes=2"])
+    assert off == ["controller.final_candidates=0"]  # the command's own are kept
+    assert sb3_search_settings_off(RunDir(source), ["controller.algo=ppo",
+                                                    "controller.algo=cmaes"]) == ([], "")
     # a search setting the command gives itself is kept, and SB3 refuses it by name
     with pytest.raises(ConfigError, match="'controller.restarts' above 1 needs"):
         borrow_world_model(source, tmp_path / "own", ["controller.algo=sac",

@@ -1062,10 +1062,15 @@ def sb3_search_settings_off(source: RunDir, overrides: list[str] | tuple[str, ..
     they belong to the source's CMA-ES, and SB3 refuses them. None when the command keeps
     CMA-ES or sets them itself (then the config's check names any that SB3 refuses).
     Returns them and the line that says so, for stderr once the config is accepted."""
-    given = {o.partition("=")[0].strip(): o for o in overrides}  # (the last one counts)
-    if "controller.algo" not in given or not source.has_config():
+    given: dict[str, Any] = {}  # dotted key -> value; the last one counts, and a whole
+    for text in overrides:      # section (controller={"algo": "ppo"}) gives its keys
+        try:
+            given.update(_flatten(parse_override(text)))
+        except ConfigError:
+            continue  # (load_config names what is wrong with the command)
+    algo = given.get("controller.algo")
+    if algo is None or not source.has_config():
         return [], ""  # (load_config names what is wrong with the config)
-    algo = parse_override(given["controller.algo"])["controller"]["algo"]
     saved = read_yaml(source.config_file)
     if algo not in SB3_ALGOS or not isinstance(saved, dict):
         return [], ""
