@@ -339,7 +339,13 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append(f"agent: round {agent['round']} (run.agent_round={agent['rule']}"
                      + ("; selection means by round: " + ", ".join(
                          f"{n}: {m:.1f}" for n, m in means.items()) if means else "") + ")")
-    lines.append(f"  {'total':<16} {summary['wall_seconds']:>8.1f} s")
+    total = f"  {'total':<16} {summary['wall_seconds']:>8.1f} s"
+    rounds = summary.get("rounds", [])
+    reused = sum(bool(r.get("reused")) for r in rounds)
+    if reused:  # (this job's time leaves out the rounds it found finished)
+        total += (f"   this job; the {len(rounds)} rounds took "
+                  f"{sum(r['wall_seconds'] for r in rounds):.1f} s ({reused} finished before)")
+    lines.append(total)
     return "\n".join(lines)
 
 

@@ -152,6 +152,8 @@ def test_two_rounds_run_end_to_end_and_keep_each_rounds_files(two_rounds, capsys
     assert [r.get("reused") for r in again["rounds"]] == [True, True]
     table = capsys.readouterr().out
     assert "round 2" in table and "anew" in table
+    took = sum(r["wall_seconds"] for r in again["rounds"])
+    assert f"this job; the 2 rounds took {took:.1f} s (2 finished before)" in table
 
 
 def test_round_2_keeps_the_first_rounds_held_out_split(two_rounds):
