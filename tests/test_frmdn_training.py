@@ -16,7 +16,7 @@ from worldmodels.vae import ConvVAE
 
 
 def write_latents(directory, n=6, T=40, z=4, discrete=False, nan_in=None, digest=None,
-                  logvar=-6.0):
+                  logvar=-6.0, space=None):
     directory.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         rng = np.random.default_rng(i)
@@ -26,7 +26,7 @@ def write_latents(directory, n=6, T=40, z=4, discrete=False, nan_in=None, digest
             mu[t + 1] = 0.9 * mu[t] + 0.3 * rng.normal(size=z)
         if nan_in == i:  # finite in the shard (which refuses NaN), but its square overflows
             mu[5, 0] = np.float32(3e38)
-        space = {"type": "discrete", "n": 3} if discrete else CAR_ACTIONS
+        space = space or ({"type": "discrete", "n": 3} if discrete else CAR_ACTIONS)
         action = (rng.integers(0, 3, T) if discrete
                   else rng.uniform(-1, 1, (T, 3)).astype(np.float32))
         meta = {"action_space": space, "vae_digest": digest}

@@ -251,3 +251,24 @@ def test_score_vae_refuses_a_negative_frame_count(tmp_path):
 
     with pytest.raises(ConfigError, match=r"--frames must be >= 0 \(0: all\), got -5"):
         main(["--run", str(tmp_path), "--frames", "-5"])
+
+
+def test_dream_spread_takes_a_discrete_runs_own_latents(tmp_path, capsys):
+    """TakeCover's latents hold (T,) action indices, which its M one-hots: dream_spread
+    compares them with M's number of actions, not their length (a review: every Discrete
+    run was refused against its own latents); vectors for a Discrete M are refused."""
+    from tests.test_frmdn_training import write_latents
+    from tools import dream_spread
+
+    run = tmp_path / "tc"
+    shutil.copytree(Path(__file__).parent.parent / "pretrained" / "takecover", run)
+    write_latents(run / "latents", n=2, T=6, z=64, discrete=True,
+                  space={"type": "discrete", "n": 3, "start": 0})
+    dream_spread.main([str(run), "--episodes", "2", "--samples", "2", "--taus", "1.0"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tc |")]
+    assert len(rows) == 1 and all(np.isfinite(float(x)) for x in rows[0].split("|")[3:6])
+    # a run of continuous actions against these indices
+    racing = Path(__file__).parent.parent / "pretrained" / "carracing"
+    with pytest.raises(InputError, match=r"carracing: its M takes z of 32 and actions of 3, "
+                                         r".*hold z of 64 and action indices up to 2"):
+        dream_spread.main([str(run), str(racing), "--episodes", "2", "--samples", "2"])

@@ -72,11 +72,20 @@ def main(argv: list[str]) -> None:
     print("|---|---|---|---|---|")
     for run in runs:
         memory = run.load_memory()
-        width = (episodes[0][0].shape[-1], episodes[0][1].shape[-1])
-        if (memory.z_dim, memory.action_dim) != width:
-            raise InputError(f"{run.path}: its M takes z of {memory.z_dim} and actions of "
-                             f"{memory.action_dim}, {runs[0].path}'s latents hold "
-                             f"{width[0]} and {width[1]}: give runs of one V and env")
+        z, action = episodes[0]  # actions: (T,) indices (Discrete) or (T, action_dim)
+        indices = action.ndim == 1 and not action.is_floating_point()
+        held = (f"action indices up to {int(action.max())}" if indices
+                else f"actions of shape {tuple(action.shape[1:])}")
+        if memory.discrete_actions:  # (M one-hots the index)
+            fits = indices and int(action.max()) < memory.action_dim
+            takes = f"{memory.action_dim} discrete actions"
+        else:
+            fits = action.ndim == 2 and action.shape[-1] == memory.action_dim
+            takes = f"actions of {memory.action_dim}"
+        if z.shape[-1] != memory.z_dim or not fits:
+            raise InputError(f"{run.path}: its M takes z of {memory.z_dim} and {takes}, "
+                             f"{runs[0].path}'s latents hold z of {z.shape[-1]} and "
+                             f"{held}: give runs of one V and env")
         for tau in args.taus:
             parts = [spread(memory, mu, action, tau, args.samples) for mu, action in episodes]
             std, mse, mean_mse = (torch.cat(p).mean().item() for p in zip(*parts, strict=True))
