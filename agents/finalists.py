@@ -246,6 +246,13 @@ def rebuild(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint], seed: 
         wanted = [(p.source, p.generation) for p in points if p.search == k]
         if not wanted:
             continue
+        if not files.history.is_file():
+            source = run.shipped_info().get("source_run") if run.is_shipped else None
+            raise ConfigError(
+                f"{files.history}: no such file, and the search's controllers are rebuilt "
+                "from its CMA-ES history; " + (
+                    f"a shipped agent keeps none: give the run it was exported from "
+                    f"({source})" if source else "give the run that trained them"))
         found = replay_parameters(cfg, files, dim, search_seed(seed, k), wanted)
         for p in points:
             if p.search == k:

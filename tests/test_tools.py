@@ -272,3 +272,23 @@ def test_dream_spread_takes_a_discrete_runs_own_latents(tmp_path, capsys):
     with pytest.raises(InputError, match=r"carracing: its M takes z of 32 and actions of 3, "
                                          r".*hold z of 64 and action indices up to 2"):
         dream_spread.main([str(run), str(racing), "--episodes", "2", "--samples", "2"])
+
+
+def test_finalists_of_a_shipped_agent_name_the_run_that_holds_their_history():
+    """A shipped agent keeps no CMA-ES history, so its finalists cannot be rebuilt there:
+    the tools that rebuild them (score_vote, score_finalists, ...) name the missing file
+    and the run it was exported from (was: '... has 0 generations')."""
+    import re
+
+    from agents.finalists import finalists_of, rebuild
+    from worldmodels.checkpoint import read_header
+    from worldmodels.config import ConfigError
+    from worldmodels.run_dir import RunDir
+
+    run = RunDir(Path(__file__).parent.parent / "pretrained" / "takecover")
+    cfg = run.load_config()
+    points = finalists_of(read_header(run.controller.selected)["meta"], run.controller.selected)
+    source = run.shipped_info()["source_run"]
+    with pytest.raises(ConfigError, match=r"cmaes_history.npz: no such file.*shipped agent "
+                                          rf"keeps none.*\({re.escape(source)}\)"):
+        rebuild(cfg, run, points, cfg.seed)
