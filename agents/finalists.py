@@ -329,6 +329,29 @@ def run_controllers(run: RunDir, template: FlatPolicy) -> list[tuple[str, np.nda
     return [(p.stem, params[p.key]) for p in points]
 
 
+def distinct_runs(runs: list[RunDir]) -> list[RunDir]:
+    """``runs`` (a tool's ``--runs``), refused if one is given twice (its controllers
+    would count twice in a rank correlation)."""
+    homes = [run.home.resolve() for run in runs]
+    twice = next((h for h in homes if homes.count(h) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"{twice}: given twice in --runs")
+    return runs
+
+
+def scored_controllers(runs: list[RunDir], template: FlatPolicy,
+                       real_seeds: list[int] | None = None,
+                       ) -> list[tuple[RunDir, str, np.ndarray, float | None]]:
+    """(run, report file stem, flat weights, real report score or None) of every
+    controller of ``runs`` (:func:`run_controllers`), the scores (:func:`report_score`)
+    on ``real_seeds`` if given: all resolved before a tool plays, so a missing report
+    file or a history that cannot be replayed is refused before any episode or dream is
+    spent."""
+    return [(run, name, params,
+             None if real_seeds is None else report_score(run, name, real_seeds, params))
+            for run in runs for name, params in run_controllers(run, template)]
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman's rank correlation of two score lists: the correlation of their ranks,
     tied values sharing their average rank; NaN when a list holds NaN or is constant."""

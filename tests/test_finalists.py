@@ -3,6 +3,7 @@ rebuilt by replaying CMA-ES, scored on more selection episodes, and the run's C 
 over all of them."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -286,9 +287,16 @@ def test_m_on_real_plays_each_finalist_and_feeds_its_episodes_to_m(tiny_run, tmp
     assert all(r["early"] == 0 for r in never)
     with pytest.raises(ConfigError, match="--episodes"):
         main(["--runs", path, "--episodes", "0"])
+    from worldmodels.atomic import WriteError
+
+    with pytest.raises(WriteError, match="a directory; give the path of a file"):
+        main(["--runs", path, "--episodes", "2", "--out", str(tmp_path)])  # before play
+    with pytest.raises(ConfigError, match="given twice in --runs"):
+        main(["--runs", f"{path},{path}", "--episodes", "2"])
 
 
-def test_branched_dreams_score_every_finalist_from_the_same_branch_points(tiny_run):
+def test_branched_dreams_score_every_finalist_from_the_same_branch_points(tiny_run, tmp_path,
+                                                                        monkeypatch):
     from tools.branched_dreams import main
     from tools.score_finalists import main as score
 
@@ -303,9 +311,24 @@ def test_branched_dreams_score_every_finalist_from_the_same_branch_points(tiny_r
     assert len(rows) == 4
     for r in rows:
         assert 0 <= r["survived"] <= 1 and 1 <= r["length"] <= 15
-    # a controller scored twice scores the same: the same branch points and noise
-    twice = main(["--runs", f"{paths[0]},{paths[0]}", *common])
-    assert twice[:2] == twice[2:] == rows[:2]
+    # a controller scored twice (a copy of its run) scores the same: the same branch
+    # points and noise; one run given twice is refused
+    copy = tmp_path / "copy"
+    shutil.copytree(paths[0], copy)
+    twice = main(["--runs", f"{paths[0]},{copy}", *common])
+    scores = [{k: v for k, v in r.items() if k != "run"} for r in twice]
+    assert scores[:2] == scores[2:] == [{k: v for k, v in r.items() if k != "run"}
+                                        for r in rows[:2]]
+    with pytest.raises(ConfigError, match="given twice in --runs"):
+        main(["--runs", f"{paths[0]},{paths[0]}", *common])
+    # a missing report file or a bad seed list is refused before any episode is played
+    import tools.branched_dreams as branched
+
+    monkeypatch.setattr(branched, "RolloutWorker", None)  # (playing would fail on it)
+    with pytest.raises(ConfigError, match=r"no real score of .*seed=4"):
+        main(["--runs", ",".join(paths), *common, "--real-seeds", "4"])
+    with pytest.raises(ConfigError, match="--real-seeds"):
+        main(["--runs", ",".join(paths), *common, "--real-seeds", "x"])
     with pytest.raises(ConfigError, match="only seed= and dream"):
         main(["--runs", ",".join(paths), *common, "env.max_episode_steps=5"])
     with pytest.raises(ConfigError, match="--every"):

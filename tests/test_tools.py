@@ -189,6 +189,15 @@ def test_dream_vs_real_ranks_and_refuses_what_it_cannot_compare(tiny_run, tmp_pa
         main(["--runs", path])
     with pytest.raises(ConfigError, match="--dreams"):
         main(["--runs", f"{path},{path}", "--dreams", "0"])
+    with pytest.raises(ConfigError, match="--real-seeds"):  # (was: a ValueError traceback)
+        main(["--runs", f"{path},{path}", "--real-seeds", "x"])
+    with pytest.raises(ConfigError, match="given twice in --runs"):
+        main(["--runs", f"{path},{path}/", "--dreams", "1"])
+    other = tmp_path / "other"
+    shutil.copytree(path, other)
+    with pytest.raises(ConfigError, match=r"only seed= and dream.\* overrides apply here, "
+                                          r"not \['env.frame_skip=4'\]"):  # (was: ignored)
+        main(["--runs", f"{path},{other}", "env.frame_skip=4"])
 
 
 def test_terminal_frame_measures_the_black_frames_latent_and_counts_dream_steps(tiny_cfg):

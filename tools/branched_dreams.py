@@ -38,8 +38,8 @@ import torch
 
 from agents.batched import Episode
 from agents.finalists import (
-    report_score,
-    run_controllers,
+    distinct_runs,
+    scored_controllers,
     spearman,
     tool_overrides,
     world_model_key,
@@ -48,7 +48,7 @@ from agents.rollouts import RolloutWorker
 from agents.seeds import evaluation_seeds
 from envs.dream_env import load_batched_dream
 from worldmodels.checkpoint import load_weights
-from worldmodels.config import ConfigError, cli_parser, doc_summary, parse_cli
+from worldmodels.config import ConfigError, cli_parser, comma_seeds, doc_summary, parse_cli
 from worldmodels.dream import dream_returns
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import as_run
@@ -65,11 +65,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--real-seeds", default="0,1")
     args: argparse.Namespace = parse_cli(parser, argv)
+    real_seeds = comma_seeds(args.real_seeds, "--real-seeds")
     runs = [as_run(p) for p in args.runs.split(",") if p]
     source = as_run(args.source)
-    real_seeds = [int(s) for s in args.real_seeds.split(",") if s]
-    if len(runs) < 2 or not real_seeds:
-        raise ConfigError("--runs needs at least two runs and --real-seeds a seed set")
+    if len(runs) < 2:
+        raise ConfigError("--runs needs at least two runs")
+    distinct_runs(runs)
     if min(args.source_episodes, args.random_episodes) < 0 or \
             args.source_episodes + args.random_episodes < 1 or args.every < 1:
         raise ConfigError("--source-episodes and --random-episodes must be >= 0, one of "
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                           "model must judge them all")
     dream_overrides, seed = tool_overrides(runs[0], args.overrides, ("dream.",),
                                            "seed= and dream.* overrides")
+    cfg = runs[0].load_config(dream_overrides)
+    # every controller and real score is found before the real episodes are played
+    scored = scored_controllers(runs, runs[0].new_controller(
+        cfg, runs[0].action_space(), runs[0].load_memory()), real_seeds)
 
     worker = RolloutWorker(source, batch=source.load_config().controller.batch_envs)
     try:
@@ -92,7 +97,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         played = worker.play(plays)
     finally:
         worker.actor.close()
-    cfg = runs[0].load_config(dream_overrides)
     latents = [(np.stack(r.latents), np.stack(r.actions)) for r in played]
     z_dim = latents[0][0].shape[-1]
     dream, action_space = load_batched_dream(  # (start latents unused: every dream branches)
@@ -106,18 +110,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
           f"steps at tau {dream.temperature}")
     rows: list[dict[str, Any]] = []
     print("| run | controller | real | branches survived | mean length |\n|---|---|---|---|---|")
-    for run in runs:
-        for name, params in run_controllers(run, controller):
-            dream.generator.manual_seed(seed)  # the same noise for every controller
-            _, steps = dream_returns(dream, controller, torch.as_tensor(params)[None],
-                                     torch.arange(n), branches)
-            row = {"run": str(run.home), "controller": name,
-                   "real": report_score(run, name, real_seeds, params),
-                   "survived": float(np.mean(steps[0] >= dream.max_steps)),
-                   "length": float(np.mean(steps[0]))}
-            rows.append(row)
-            print(f"| {run.home.name} | {name} | {row['real']:.1f} | {row['survived']:.3f} | "
-                  f"{row['length']:.1f} |", flush=True)
+    for run, name, params, real in scored:
+        dream.generator.manual_seed(seed)  # the same noise for every controller
+        _, steps = dream_returns(dream, controller, torch.as_tensor(params)[None],
+                                 torch.arange(n), branches)
+        row = {"run": str(run.home), "controller": name, "real": real,
+               "survived": float(np.mean(steps[0] >= dream.max_steps)),
+               "length": float(np.mean(steps[0]))}
+        rows.append(row)
+        print(f"| {run.home.name} | {name} | {row['real']:.1f} | {row['survived']:.3f} | "
+              f"{row['length']:.1f} |", flush=True)
     rho = spearman([r["real"] for r in rows], [r["survived"] for r in rows])
     print(f"Spearman rank correlation of real scores and branches survived over "
           f"{len(rows)} controllers: {rho:.3f}")

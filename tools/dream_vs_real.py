@@ -10,8 +10,10 @@ has none. Its real score is read from the run's report files of the seed sets in
 tools/score_finalists.py, ``eval/controller_selected_seed<s>.json`` from evaluate.py;
 a missing file is named), pooled over the sets. Its virtual score is its mean return
 over ``--dreams`` dreams of the first run's M at the first run's ``dream.*`` settings
-(with the command's ``dream.*`` overrides), every controller on the same starts and
-noise. Prints a markdown table and, last, Spearman's rank correlation of the two scores.
+(with the command's ``dream.*`` overrides; other keys are refused), every controller on
+the same starts and noise: those evaluate.py --in-dream plays for ``seed=S`` (default 0).
+Every report file and controller is found before any dream is played. Prints a markdown
+table and, last, Spearman's rank correlation of the two scores.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import argparse
 from typing import Any
 
 from agents.dreams import DreamEvaluator, dream_score_seeds
-from agents.finalists import report_score, run_controllers, spearman
+from agents.finalists import distinct_runs, scored_controllers, spearman, tool_overrides
 from worldmodels.checkpoint import file_digest
-from worldmodels.config import ConfigError, cli_parser, doc_summary, parse_cli
+from worldmodels.config import ConfigError, cli_parser, comma_seeds, doc_summary, parse_cli
 from worldmodels.errors import run_cli
 from worldmodels.run_dir import as_run
 
@@ -41,25 +43,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args: argparse.Namespace = parse_cli(parser, argv)
     if args.dreams < 1:
         raise ConfigError(f"--dreams must be >= 1, got {args.dreams}")
+    seeds = comma_seeds(args.real_seeds, "--real-seeds")
     runs = [as_run(p) for p in args.runs.split(",") if p]
-    seeds = [int(s) for s in args.real_seeds.split(",") if s]
-    if len(runs) < 2 or not seeds:
-        raise ConfigError("--runs needs at least two runs and --real-seeds a seed set")
+    if len(runs) < 2:
+        raise ConfigError("--runs needs at least two runs")
+    distinct_runs(runs)
     models = {file_digest(r.memory.model) for r in runs}
     if len(models) != 1:
         raise ConfigError(f"{args.runs}: the runs' Ms differ; their dreams cannot be compared")
-    dream_overrides = [o for o in args.overrides if o.startswith("dream.")]
+    dream_overrides, seed = tool_overrides(runs[0], args.overrides, ("dream.",),
+                                           "seed= and dream.* overrides")
     evaluator = DreamEvaluator(runs[0], runs[0].load_config(dream_overrides))
-    starts = dream_score_seeds(0, args.dreams)  # (evaluate.py --in-dream's of seed=0)
+    starts = dream_score_seeds(seed, args.dreams)  # (evaluate.py --in-dream's of seed=S)
     rows: list[dict[str, Any]] = []
     print("| run | controller | real | dream |\n|---|---|---|---|")
-    for run in runs:
-        for name, flat in run_controllers(run, evaluator.controller):
-            real = report_score(run, name, seeds, flat)
-            dream = float(evaluator(flat[None], starts)[0])
-            rows.append({"run": str(run.home), "controller": name, "real": real,
-                         "dream": dream})
-            print(f"| {run.home.name} | {name} | {real:.1f} | {dream:.1f} |")
+    for run, name, flat, real in scored_controllers(runs, evaluator.controller, seeds):
+        dream = float(evaluator(flat[None], starts)[0])
+        rows.append({"run": str(run.home), "controller": name, "real": real, "dream": dream})
+        print(f"| {run.home.name} | {name} | {real:.1f} | {dream:.1f} |")
     rho = spearman([r["real"] for r in rows], [r["dream"] for r in rows])
     print(f"Spearman rank correlation of real and dream scores over {len(rows)} "
           f"controllers: {rho:.3f}")

@@ -42,9 +42,16 @@ from typing import Any
 import numpy as np
 
 from agents.batched import Episode, EpisodeResult
-from agents.finalists import run_controllers, spearman, tool_overrides, world_model_key
+from agents.finalists import (
+    distinct_runs,
+    scored_controllers,
+    spearman,
+    tool_overrides,
+    world_model_key,
+)
 from agents.rollouts import RolloutWorker
 from agents.seeds import evaluation_seeds
+from worldmodels.atomic import check_output_file
 from worldmodels.checkpoint import write_json_atomic
 from worldmodels.config import ConfigError, DreamConfig, cli_parser, doc_summary, parse_cli
 from worldmodels.errors import run_cli
@@ -60,7 +67,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args: argparse.Namespace = parse_cli(parser, argv)
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
-    runs = [as_run(p) for p in args.runs.split(",") if p]
+    out = check_output_file(args.out) if args.out else None  # (before any play)
+    runs = distinct_runs([as_run(p) for p in args.runs.split(",") if p])
     if not runs:
         raise ConfigError("--runs names no run")
     rule_overrides, seed = tool_overrides(
@@ -80,20 +88,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print("| run | controller | real | steps | rule | early | p_done | nll |\n"
           "|---|---|---|---|---|---|---|---|")
     try:
-        for run in runs:
-            for name, flat in run_controllers(run, worker.controller):
-                results = worker.play([Episode(s, np.asarray(flat, np.float32), trace=True)
-                                       for s in seeds])
-                rows.append(score_episodes(memory, results, dream, pos_weight,
-                                           {"run": str(run.home), "controller": name}))
-                r = rows[-1]
-                print(f"| {run.home.name} | {name} | {r['real']:.1f} | {r['steps']:.1f} | "
-                      f"{r['rule']:.1f} | {r['early']:.2f} | {r['p_done']:.4f} | "
-                      f"{r['nll']:.4f} |", flush=True)
+        # every run's controllers are found before the first episode is played
+        for run, name, flat, _ in scored_controllers(runs, worker.controller):
+            results = worker.play([Episode(s, np.asarray(flat, np.float32), trace=True)
+                                   for s in seeds])
+            rows.append(score_episodes(memory, results, dream, pos_weight,
+                                       {"run": str(run.home), "controller": name}))
+            r = rows[-1]
+            print(f"| {run.home.name} | {name} | {r['real']:.1f} | {r['steps']:.1f} | "
+                  f"{r['rule']:.1f} | {r['early']:.2f} | {r['p_done']:.4f} | "
+                  f"{r['nll']:.4f} |", flush=True)
     finally:
         worker.actor.close()
-    if args.out:
-        write_json_atomic(Path(args.out), {"seed": seed, "episodes": args.episodes,
+    if out is not None:
+        write_json_atomic(out, {"seed": seed, "episodes": args.episodes,
                                            "dream": rule_overrides, "rows": rows})
     if len(rows) > 1:
         real = [r["real"] for r in rows]

@@ -166,6 +166,16 @@ def write_text_atomic(path: Path | str, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def check_output_file(path: Path | str) -> Path:
+    """``path`` for a file an entry point writes at its end (``--out rows.json``), checked
+    before its work: not a directory, and its directory writable (:func:`check_writable`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise WriteError(f"{path}: a directory; give the path of a file")
+    check_writable(path.parent)
+    return path
+
+
 def check_writable(directory: Path | str) -> None:
     """Make ``directory`` and write (then remove) a probe file there: a read-only place
     or a full disk is refused before any work, naming the directory."""
