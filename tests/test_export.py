@@ -25,7 +25,7 @@ from agents.vmc import VMCAgent
 from envs.factory import make_env_from_config
 from tests.builders import v_trained_again
 from tests.test_run import tiny_job_args
-from tools.export_pretrained import export
+from tools.export_pretrained import PARTIAL_MARK, export
 from tools.export_pretrained import main as export_main
 from worldmodels.checkpoint import (
     CheckpointError,
@@ -214,9 +214,19 @@ def test_a_refused_export_names_the_source_file_and_leaves_nothing(trained, tmp_
         export(copy, dest)
     assert not dest.exists() and not (tmp_path / "ship.partial").exists()
     v_path.write_bytes(v_kept)
+    # a DEST.partial an export did not make is left as it is; a killed export's goes
+    foreign = tmp_path / "ship.partial"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="ship.partial: exists and is not an export's"):
+        export(copy, dest)
+    assert (foreign / "notes.txt").read_text() == "mine" and not dest.exists()
+    (foreign / PARTIAL_MARK).touch()
     for shard in (copy / "latents").glob("*.npz"):
         shard.unlink()  # no latents at all: the agent ships to play the real env only
     info = export(copy, dest)
+    assert not foreign.exists() and not (dest / "notes.txt").exists()
+    assert PARTIAL_MARK not in info["files"] and not (dest / PARTIAL_MARK).exists()
     assert "dream_starts.npz" not in info["files"]
     with pytest.raises(ShardError, match="dream_starts.npz: missing; this shipped agent"):
         evaluate_script.main(["--run", str(dest), "--in-dream", "--episodes", "1"])

@@ -77,6 +77,9 @@ from worldmodels.memory import checkpoint_kinds
 from worldmodels.run_dir import CONTROLLER_WEIGHTS, SHIPPED_FILE, ControllerFiles, RunDir
 from worldmodels.shards import ShardError, write_npz_atomic
 
+#: the file that marks DEST.partial as an export's, which a later export may delete
+PARTIAL_MARK = ".export_in_progress"
+
 
 def sha256(path: Path) -> str:
     """The full SHA-256 of a file's bytes."""
@@ -187,9 +190,15 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
         memory_meta["weights"] = memory_path.stem
     dtype = torch.float16 if fp16 else None
     partial = dest.with_name(dest.name + ".partial")
-    if partial.exists():
+    mark = partial / PARTIAL_MARK
+    if partial.exists() or partial.is_symlink():
+        if not (partial.is_dir() and not partial.is_symlink() and mark.is_file()):
+            raise InputError(f"{partial}: exists and is not an export's (no {PARTIAL_MARK} "
+                             "in it), so it is left as it is; move it away, or give "
+                             "another DEST")
         shutil.rmtree(partial)  # an export killed half way
     partial.mkdir(parents=True)
+    mark.touch()  # (removed before the rename: the shipped agent holds no mark)
     with _removed_on_failure(partial):  # a refused export leaves nothing behind
         shipped = RunDir(partial)
         if overrides or ensemble:
@@ -236,7 +245,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
             if dtypes != {torch.float32}:
                 raise InputError(f"{partial}: a shipped model loads as {dtypes}, not float32")
         files = {str(p.relative_to(partial)): {"sha256": sha256(p), "bytes": p.stat().st_size}
-                 for p in sorted(partial.rglob("*")) if p.is_file()}
+                 for p in sorted(partial.rglob("*")) if p.is_file() and p != mark}
         info = {"source_run": str(run.home), "env": cfg.env.id, "policy": policy,
                 **({"weights": weights} if policy == "controller" else
                    {"sb3_environment": cfg.controller.environment}),
@@ -251,6 +260,7 @@ def export(run_path: Path, dest: Path, fp16: bool = False,
         write_json_atomic(partial / SHIPPED_FILE, info)
         if dest.exists():
             dest.rmdir()  # empty, checked above
+        mark.unlink()
         partial.rename(dest)
     return info
 
