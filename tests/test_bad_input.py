@@ -878,6 +878,9 @@ def test_a_key_given_twice_is_said_and_the_last_is_used(capsys):
     ("dream_action_check", ["RUN", "inf"], "temperature"),
     ("dream_spread", ["RUN", "--samples", "1"], "--samples"),
     ("dream_spread", ["RUN", "--episodes", "0"], "--episodes"),
+    ("ensemble_eval", ["RUN", "--batch", "0"], "--batch"),  # (was: a traceback)
+    ("ensemble_eval", ["RUN", "--episodes", "0"], "--episodes"),  # (was: NaN, exit 0)
+    ("done_along_real", ["RUN", "--episodes", "0"], "--episodes"),  # (was: NaN, exit 0)
 ])
 def test_tool_arguments_out_of_range_are_one_line(run_dir, capsys, tool, argv, names):
     module = __import__(f"tools.{tool}", fromlist=["main"])

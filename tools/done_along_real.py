@@ -37,6 +37,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--episodes", type=int, default=15)
     args = parser.parse_args(argv)
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     torch.set_num_threads(1)
     run = RunDir(args.run)
     cfg = run.load_config()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.sb3 import SB3Controller, play_policy_batched, sb3_controller
+from agents.sb3 import SB3_ALGORITHMS, SB3Controller, play_policy_batched, sb3_controller
 from agents.seeds import check_report_seeds, evaluation_seeds, selection_of
 from worldmodels.checkpoint import read_json
 from worldmodels.config import ConfigError, command_parser
@@ -74,10 +74,13 @@ def main(argv: list[str] | None = None) -> list[float]:
     parser.add_argument("items", nargs="+", metavar="RUN | KEY=VALUE",
                         help="run directories with an SB3 policy each, then seed=S and "
                              "env.* overrides")
-    parser.add_argument("--algo", default="ppo")
+    parser.add_argument("--algo", default="ppo", choices=sorted(SB3_ALGORITHMS))
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_intermixed_args(argv)
+    if args.episodes < 1 or args.batch < 1:
+        raise ConfigError(f"--episodes and --batch must be >= 1, got {args.episodes} and "
+                          f"{args.batch}")
     overrides = [a for a in args.items if "=" in a]
     runs = [RunDir(a) for a in args.items if "=" not in a]
     cfg = runs[0].load_config(overrides)
