@@ -142,7 +142,7 @@ def load_dream(run: RunDir, cfg: ExperimentConfig | None = None,
     cfg = cfg if cfg is not None else run.load_config()
     if memory is None:
         memory = run.load_memory()  # first: it names a run without M
-        pos_weight = float(run.memory_meta()["done_pos_weight"])
+        pos_weight = run.done_pos_weight()
     else:
         pos_weight = cfg.memory.done_pos_weight
     if starts is not None:
@@ -193,7 +193,7 @@ def ensemble_memory(run: RunDir, cfg: ExperimentConfig, memory: Memory,
                               f"than {run.path}; an ensemble's Ms must read the latents of "
                               "one V")
         members.append(other.load_memory())
-        weights.append(float(other.memory_meta()["done_pos_weight"]))
+        weights.append(other.done_pos_weight())
     try:
         return MemoryEnsemble(members, weights, cfg.dream.ensemble_z)
     except ValueError as err:

@@ -397,6 +397,12 @@ CASES = {
                                     memory_with(z_dim=7)),
     "M of another env (actions)": Case("dream", ["--dream-only", "--steps", "2"], "memory/",
                                        memory_with(action_space={"type": "discrete", "n": 5})),
+    "M with a done_pos_weight not a number": Case(
+        "dream", ["--dream-only", "--steps", "2"], "meta.done_pos_weight is 'abc'",
+        memory_with(done_pos_weight="abc")),  # (was: a ValueError traceback)
+    "M with done_pos_weight 0": Case("dream", ["--dream-only", "--steps", "2"],
+                                     "meta.done_pos_weight is 0,",
+                                     memory_with(done_pos_weight=0)),
     "M trained on another V's latents": Case("train_frmdn", [], "memory/model.safetensors",
                                              memory_with(vae_digest="0123456789abcdef")),
     # V trained again after M and C: they are not played, nor borrowed, with the new V

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
     run = RunDir(args.run)
     cfg = run.load_config()
     vae, memory = run.load_vae(cfg.vae.z_dim), run.load_memory()
-    pos_weight = float(run.memory_meta()["done_pos_weight"])
+    pos_weight = run.done_pos_weight()
     env = make_env_from_config(cfg.env)
     n = discrete_actions(env)
     print("| policy | real | implied by M's P(done) | P(done) at the real last step |\n"

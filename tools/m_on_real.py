@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             raise ConfigError(f"{run.home}: its V, M or env differ from {runs[0].home}'s; "
                               "one world model must judge them all")
     dream = runs[0].load_config(rule_overrides).dream
-    pos_weight = float(runs[0].memory_meta()["done_pos_weight"])
+    pos_weight = runs[0].done_pos_weight()
     worker = RolloutWorker(runs[0], batch=first.controller.batch_envs)
     memory = worker.agent.memory
     seeds = evaluation_seeds(seed, args.episodes)

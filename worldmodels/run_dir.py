@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -789,6 +790,21 @@ class RunDir:
     def memory_meta(self) -> dict[str, Any]:
         """What M's training recorded in its checkpoint (epoch, seed, done_pos_weight)."""
         return dict(read_header(self.memory.model).get("meta", {}))
+
+    def done_pos_weight(self) -> float:
+        """The ``memory.done_pos_weight`` M was trained with (its checkpoint's meta), which
+        the dream's done probability undoes: a finite number > 0, else a
+        :class:`CheckpointError` naming M's file."""
+        value = self.memory_meta().get("done_pos_weight")
+        try:
+            weight = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            weight = math.nan
+        if not (math.isfinite(weight) and weight > 0):
+            raise CheckpointError(f"{self.memory.model}: meta.done_pos_weight is {value!r}, "
+                                  "not a number > 0 (the dream's done probability needs the "
+                                  "weight M's done head was trained with)")
+        return weight
 
     def new_controller(self, cfg: ExperimentConfig, action_space: gym.Space,
                        memory: Memory) -> FlatPolicy:
