@@ -301,3 +301,22 @@ def test_finalists_of_a_shipped_agent_name_the_run_that_holds_their_history():
     with pytest.raises(ConfigError, match=r"cmaes_history.npz: no such file.*shipped agent "
                                           rf"keeps none.*\({re.escape(source)}\)"):
         rebuild(cfg, run, points, cfg.seed)
+
+
+def test_average_controllers_reads_every_member_before_writing(tmp_path):
+    """A member without latents, or without a controller file to average, is refused
+    before the average's run is begun (was: config.yaml, vae/ and memory/ written, then a
+    traceback, leaving a half-made run)."""
+    from worldmodels.checkpoint import CheckpointError
+
+    member = tmp_path / "member"
+    shutil.copytree(Path(__file__).parent.parent / "pretrained" / "takecover", member)
+    (member / "shipped.json").unlink()  # (a run of its own: a shipped agent is only read)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="latents: no such directory"):
+        average(out, [member, member])
+    assert not out.exists()
+    (member / "latents").mkdir()
+    with pytest.raises(CheckpointError, match=r"mean.safetensors"):
+        average(out, [member, member])
+    assert not out.exists()

@@ -72,18 +72,30 @@ def average(out_dir: Path, member_dirs: list[Path]) -> None:
     if len(digests) != 1:
         raise InputError(f"{', '.join(map(str, members))}: their Ms differ; average "
                          "controllers trained on one M")
+    copies = ((members[0].latents, out.latents), (members[0].vae.dir, out.vae.dir),
+              (members[0].memory.dir, out.memory.dir))
+    missing = [src for src, dst in copies if not dst.exists() and not src.is_dir()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such directory; the average's run takes "
+                         f"{members[0].path}'s latents, V and M")
+    # every member's controllers are read before anything is written
+    loaded = {weights: [load_model(m.controller.weights(weights)) for m in members]
+              for weights in ("mean", "best")}
+    for weights, models in loaded.items():
+        sizes = [sum(p.numel() for p in model.parameters()) for model in models]
+        if len(set(sizes)) != 1:
+            raise InputError(f"{', '.join(map(str, members))}: their {weights} controllers "
+                             f"have {sizes} weights; average controllers of one shape")
     cfg = members[0].load_config()
     cfg.name = out.path.name
     out.write_config(cfg)
-    for src, dst in ((members[0].latents, out.latents), (members[0].vae.dir, out.vae.dir),
-                     (members[0].memory.dir, out.memory.dir)):
+    for src, dst in copies:
         if not dst.exists():  # linked under a temporary name: a kill leaves no half copy
             partial = dst.with_name(dst.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(src, partial, copy_function=os.link)
             partial.rename(dst)
-    for weights in ("mean", "best"):
-        models = [load_model(m.controller.weights(weights)) for m in members]
+    for weights, models in loaded.items():
         flats = torch.stack([m.get_flat() for m in models])
         models[0].set_flat(flats.mean(0))
         save_model(out.controller.weights(weights), models[0],
