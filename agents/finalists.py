@@ -246,14 +246,7 @@ def rebuild(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint], seed: 
         wanted = [(p.source, p.generation) for p in points if p.search == k]
         if not wanted:
             continue
-        if not files.history.is_file():
-            source = run.shipped_info().get("source_run") if run.is_shipped else None
-            raise ConfigError(
-                f"{files.history}: no such file, and the search's controllers are rebuilt "
-                "from its CMA-ES history; " + (
-                    f"a shipped agent keeps none: give the run it was exported from "
-                    f"({source})" if source else "give the run that trained them"))
-        found = replay_parameters(cfg, files, dim, search_seed(seed, k), wanted)
+        found = replay(cfg, run, files, dim, search_seed(seed, k), wanted)
         for p in points:
             if p.search == k:
                 out[p.key] = found[p.source, p.generation]
@@ -292,6 +285,21 @@ def rebuild(cfg: ExperimentConfig, run: RunDir, points: list[Checkpoint], seed: 
 REPLAY_TOLERANCE = 1e-6
 
 
+def replay(cfg: ExperimentConfig, run: RunDir, files: ControllerFiles, dim: int, seed: int,
+           wanted: list[tuple[str, int]]) -> dict[tuple[str, int], np.ndarray]:
+    """:func:`agents.cmaes.replay_parameters` of one of ``run``'s searches, a missing
+    history named with where to find it (a shipped agent keeps none: the run it was
+    exported from)."""
+    if not files.history.is_file():
+        source = run.shipped_info().get("source_run") if run.is_shipped else None
+        raise ConfigError(
+            f"{files.history}: no such file, and the search's controllers are rebuilt "
+            "from its CMA-ES history; " + (
+                f"a shipped agent keeps none: give the run it was exported from "
+                f"({source})" if source else "give the run that trained them"))
+    return replay_parameters(cfg, files, dim, seed, wanted)
+
+
 def weights_key(params: np.ndarray) -> str:
     """A short digest of flat weights as they are saved (float32)."""
     return hashlib.sha256(np.asarray(params, np.float32).tobytes()).hexdigest()[:16]
@@ -308,7 +316,7 @@ def restore_first_stage(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any] | 
     stage1 = dict(meta["final"]["stage1"])
     controller = run.new_controller(cfg, run.action_space(), run.load_memory())
     key = (stage1["source"], int(stage1["generation"]))
-    found = replay_parameters(cfg, files, controller.num_parameters(), cfg.seed, [key])
+    found = replay(cfg, run, files, controller.num_parameters(), cfg.seed, [key])
     save_selected(cfg, run, stage1, found[key])
     return stage1
 

@@ -82,7 +82,7 @@ def average(out_dir: Path, member_dirs: list[Path]) -> None:
     loaded = {weights: [load_model(m.controller.weights(weights)) for m in members]
               for weights in ("mean", "best")}
     for weights, models in loaded.items():
-        sizes = [sum(p.numel() for p in model.parameters()) for model in models]
+        sizes = [model.num_parameters() for model in models]
         if len(set(sizes)) != 1:
             raise InputError(f"{', '.join(map(str, members))}: their {weights} controllers "
                              f"have {sizes} weights; average controllers of one shape")
